@@ -1,0 +1,29 @@
+"""Small torch building blocks shared by the per-version model files."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LN_EPS = 1e-5  # LayerNorm eps of ln0/ln1/ln2/ln_out in every version (FORMATS A9)
+GN_EPS = 64e-5  # GroupNorm ln_x eps for v5, v6, v7 (FORMATS A9: 1e-5 * head_size_divisor**2)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """LayerNorm over the last axis with the checkpoints' eps."""
+    return F.layer_norm(x, (x.shape[-1],), weight=weight, bias=bias, eps=LN_EPS)
+
+
+def group_norm_heads(y: torch.Tensor, n_head: int, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """GroupNorm with one group per head over the last axis of ``y`` ([..., A]), computed in fp32."""
+    shape = y.shape
+    flat = y.reshape(-1, shape[-1]).float()
+    out = F.group_norm(flat, n_head, weight=weight.float(), bias=bias.float(), eps=GN_EPS)
+    return out.reshape(shape)
+
+
+def token_shift(xx: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    """The previous token's vector for every position: ``xx`` [B,T,C], ``prev`` [B,C] → [B,T,C]."""
+    if xx.shape[1] == 1:
+        return prev.unsqueeze(1)
+    return torch.cat([prev.unsqueeze(1), xx[:, :-1]], dim=1)
