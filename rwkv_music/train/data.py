@@ -97,7 +97,10 @@ def _levenshtein(a: str, b: str) -> int:
 
 
 def abc_sections(music: str) -> list[tuple[str, int]]:
-    """(text, bar count) of each section; sections end at ``[| || |] |: :: :|`` (FORMATS B)."""
+    """(text, bar count) of each section; sections end at ``[| || |] |: :: :|`` (FORMATS B).
+
+    Every stretch holding a note or rest counts as a bar, a pickup included.
+    """
     sections: list[tuple[str, int]] = []
     text: list[str] = []
     bars, pos = 0, 0

@@ -1,0 +1,223 @@
+"""The onnxruntime backend: runs graphs written by :func:`export` behind the Backend protocol.
+
+This module never imports torch (nor onnx): a graph and its JSON sidecar (``OUT.onnx.json``, or
+``OUT.json``) carry everything needed, so ``--backend onnx`` works on machines without torch.
+Inputs and outputs are numpy arrays; states are :class:`~rwkv_music.model.state.State` values
+with the same tensor names, shapes and S orientation as the torch backend, so a state can move
+between backends (``State.numpy()`` / ``State.torch()``).
+
+Graph interface (see :mod:`rwkv_music.backends.onnx_export` for the design):
+
+* inputs: ``tokens`` int64 [batch, time]; ``state_<name>`` per state tensor ([L, batch, ...]);
+  ``return_all_logits`` bool [] (optional, default false);
+* outputs: ``logits`` float32 [batch, V] (last position); ``all_logits`` float32 [batch, time, V]
+  (empty unless requested); ``new_state_<name>``.
+
+>>> import rwkv_music  # doctest: +SKIP
+>>> model = rwkv_music.load_model("abc.onnx", backend="onnx")  # doctest: +SKIP
+>>> logits, state = model.forward([[2, 83, 58]])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rwkv_music.backends.base import tokens_to_numpy
+from rwkv_music.errors import BackendUnavailable, CheckpointError, StateError
+from rwkv_music.model.config import RWKVConfig
+from rwkv_music.model.state import State, state_shapes
+
+log = logging.getLogger(__name__)
+
+SIDECAR_FORMAT = "rwkv_music.onnx/1"
+META_KEY = "rwkv_music"  # model metadata entry repeating the sidecar's identity (config, dtype)
+TOKENS = "tokens"
+ALL_FLAG = "return_all_logits"
+LOGITS = "logits"
+ALL_LOGITS = "all_logits"
+STATE_IN = "state_"
+STATE_OUT = "new_state_"
+TOKENIZER_BY_VOCAB = {128: "abc", 20096: "midi"}  # vocab sizes of the BlinkDL music models
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def sidecar_path(onnx_path: str | os.PathLike) -> Path:
+    """Where :func:`export` writes the sidecar: ``OUT.onnx`` → ``OUT.onnx.json``."""
+    p = Path(onnx_path)
+    return p.with_name(p.name + ".json")
+
+
+def find_sidecar(onnx_path: str | os.PathLike) -> Path:
+    """``OUT.onnx.json`` or ``OUT.json`` next to the graph; :class:`CheckpointError` if neither."""
+    p = Path(onnx_path)
+    for cand in (sidecar_path(p), p.with_suffix(".json")):
+        if cand.is_file():
+            return cand
+    raise CheckpointError(f"{p}: no sidecar {sidecar_path(p).name} next to it; re-export with 'rwkv-music export-onnx'")
+
+
+def read_sidecar(path: Path) -> tuple[dict[str, Any], RWKVConfig]:
+    """Parse and check a sidecar; returns ``(data, config)``."""
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != SIDECAR_FORMAT:
+            raise CheckpointError(f"{path}: not an rwkv_music ONNX sidecar (format {data.get('format')!r}, expected {SIDECAR_FORMAT!r})")
+        cfg = RWKVConfig.from_dict(data["config"])
+        if data.get("dtype") not in ("fp32", "fp16") or set(data.get("state", {})) != set(state_shapes(cfg, 1)):
+            raise CheckpointError(f"{path}: sidecar dtype/state entries do not fit an RWKV v{cfg.version} model")
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: unreadable ONNX sidecar ({type(exc).__name__}: {exc})") from None
+    return data, cfg
+
+
+def _providers(device: str) -> list[Any]:
+    import onnxruntime as ort
+
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise BackendUnavailable(f"device {device!r}: this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
+        index = int(device.partition(":")[2] or 0)
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    raise BackendUnavailable(f"device {device!r} is not supported by the onnx backend (use 'cpu' or 'cuda')")
+
+
+class OnnxModel:
+    """An exported RWKV graph on onnxruntime (implements :class:`~rwkv_music.backends.base.Backend`)."""
+
+    name = "onnx"
+
+    def __init__(
+        self, session: Any, config: RWKVConfig, sidecar: dict[str, Any], device: str, path: Path, initial: State | None = None
+    ) -> None:
+        self.session = session
+        self.config = config
+        self.sidecar = sidecar
+        self.device = device
+        self.path = path
+        self.dtype: str = sidecar["dtype"]
+        self.quantization: str | None = sidecar.get("quantization")
+        self.tokenizer_kind: str | None = sidecar.get("tokenizer")
+        self._state_dtypes = {n: _NP_DTYPES[s["dtype"]] for n, s in sidecar["state"].items()}
+        self._initial = initial  # v6 state tuning (time_state), batch 1
+
+    @property
+    def info(self) -> RWKVConfig:
+        return self.config
+
+    def __repr__(self) -> str:
+        return f"OnnxModel({self.path.name}, v{self.config.version}, {self.quantization or self.dtype}, {self.device})"
+
+    def new_state(self, batch_size: int = 1) -> State:
+        """A fresh state in the dtypes the graph expects: zeros (v4 ``att_p`` at -1e30), or the
+        checkpoint's ``time_state`` for state-tuned v6 models."""
+        if self._initial is None:
+            act = np.float16 if self.dtype == "fp16" else None
+            return State.zeros(self.config, batch_size, backend="numpy", dtype=act)
+        if batch_size < 1:
+            raise StateError(f"new_state: batch_size must be >= 1, got {batch_size}")
+        rows = {n: np.repeat(t, batch_size, axis=1).astype(self._state_dtypes[n]) for n, t in self._initial.tensors.items()}
+        return State(self.config.version, rows)
+
+    def forward(self, tokens: Any, state: State | None = None, *, all_logits: bool = False) -> tuple[np.ndarray, State]:
+        """Run ``tokens`` [B,T] from ``state``; returns float32 logits ([B,V] or [B,T,V]) and a new state."""
+        ids = tokens_to_numpy(tokens, self.config.vocab_size)
+        batch = ids.shape[0]
+        if state is None:
+            state = self.new_state(batch)
+        elif not isinstance(state, State):
+            raise StateError(f"state must be a rwkv_music State, got {type(state).__name__}")
+        state.check(self.config, batch_size=batch)
+        feeds: dict[str, np.ndarray] = {TOKENS: ids}
+        for name, dt in self._state_dtypes.items():
+            t = state.tensors[name]
+            if type(t).__module__.split(".")[0] == "torch":  # a torch backend's state; no torch import needed
+                t = t.detach().float().cpu().numpy()
+            feeds[STATE_IN + name] = np.ascontiguousarray(t, dtype=dt)
+        if all_logits:
+            feeds[ALL_FLAG] = np.array(True)
+        names = [ALL_LOGITS if all_logits else LOGITS] + [STATE_OUT + n for n in self._state_dtypes]
+        out = self.session.run(names, feeds)
+        new = State(self.config.version, dict(zip(self._state_dtypes, out[1:])))
+        return out[0], new
+
+
+def _check_graph(session: Any, path: Path, side: Path, sidecar: dict[str, Any], cfg: RWKVConfig) -> None:
+    """The graph must be an rwkv_music export whose metadata and inputs agree with the sidecar."""
+    meta = session.get_modelmeta().custom_metadata_map.get(META_KEY)
+    if meta is None:
+        raise CheckpointError(f"{path}: not an rwkv_music RWKV graph (no {META_KEY!r} metadata)")
+    ident = json.loads(meta)
+    for key in ("config", "dtype"):
+        if ident.get(key) != sidecar.get(key):
+            got, want = ident.get(key), sidecar.get(key)
+            if isinstance(got, dict) and isinstance(want, dict):
+                diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+                got, want = {k: got.get(k) for k in diff}, {k: want.get(k) for k in diff}
+            raise CheckpointError(f"{side}: sidecar does not match {path.name}: {key} {want} in the sidecar, {got} in the graph")
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    for name, (shape, _) in state_shapes(cfg, 1).items():
+        dims = inputs.get(STATE_IN + name)
+        fixed = [d for k, d in enumerate(dims or []) if k != 1]
+        if dims is None or fixed != [d for k, d in enumerate(shape) if k != 1]:
+            raise CheckpointError(f"{path}: graph input {STATE_IN + name!r} is {dims}, the sidecar's model needs {list(shape)}")
+    if TOKENS not in inputs:
+        raise CheckpointError(f"{path}: graph has no {TOKENS!r} input")
+
+
+def load(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None, *, threads: int | None = None, **kw: Any) -> OnnxModel:
+    """Open an exported graph on onnxruntime.
+
+    Args:
+        path: the ``.onnx`` file (its sidecar ``.onnx.json`` must sit next to it).
+        device: "cpu", or "cuda"/"cuda:N" (needs onnxruntime-gpu).
+        dtype: ignored beyond a log line: the graph's dtype was fixed at export.
+        threads: onnxruntime intra-op threads (default: onnxruntime's choice).
+    """
+    if kw:
+        raise TypeError(f"onnx backend: unexpected arguments {sorted(kw)}")
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such ONNX file")
+    side = find_sidecar(path)
+    sidecar, cfg = read_sidecar(side)
+    if dtype not in (None, "auto", sidecar["dtype"]):
+        log.info("%s: graph dtype is %s (fixed at export); requested %s ignored", path.name, sidecar["dtype"], dtype)
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise BackendUnavailable(f"backend 'onnx' needs onnxruntime ({exc}); pip install rwkv-music[onnx]") from None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=_providers(device))
+    except BackendUnavailable:
+        raise
+    except Exception as exc:  # onnxruntime raises its own classes for bad protobufs / graphs
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: onnxruntime cannot load it ({first})") from None
+    _check_graph(session, path, side, sidecar, cfg)
+    initial = None
+    if sidecar.get("initial_state"):
+        initial = State.load(path.with_name(sidecar["initial_state"]))
+        initial.check(cfg, batch_size=1)
+    return OnnxModel(session, cfg, sidecar, device, path, initial)
+
+
+def export(checkpoint: Any, out_path: str | os.PathLike, dtype: str = "fp32", opset: int | None = None, **kw: Any) -> Path:
+    """Export a checkpoint to ONNX (see :func:`rwkv_music.backends.onnx_export.export`)."""
+    from rwkv_music.backends import onnx_export
+
+    return onnx_export.export(checkpoint, out_path, dtype, opset or onnx_export.DEFAULT_OPSET, **kw)

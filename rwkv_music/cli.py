@@ -1,0 +1,267 @@
+"""The ``rwkv-music`` command line (and ``generate-midi``, its most used command on its own).
+
+Thin by design: parse, build options, call :class:`~rwkv_music.compose.Composer` or
+:mod:`rwkv_music.render`, echo paths.  ``--help`` imports no torch, onnxruntime or ncnn: every
+heavy import happens inside a command.  Project errors (:class:`RwkvMusicError`) are caught once,
+in :func:`boundary`, and shown as one line with exit status 1; usage mistakes exit with 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rwkv_music import __version__
+from rwkv_music.cli_common import (
+    CONTEXT,
+    boundary,
+    check_outputs,
+    compose,
+    echo_paths,
+    instruments_arg,
+    load,
+    midi_options,
+    model_options,
+    output_options,
+    output_paths,
+    sampling_args,
+    sampling_options,
+    save_all,
+    seed_or_new,
+    state_or_none,
+)
+from rwkv_music.errors import RwkvMusicError
+
+# Commands that live in other modules, imported only when run: name → (module, attribute, help).
+LAZY_COMMANDS = {
+    "train": ("rwkv_music.train.command", "train", "Train or fine-tune an RWKV-7 music model."),
+    "export-onnx": ("rwkv_music.backends.onnx_export", "export_onnx", "Export a checkpoint to ONNX (for --backend onnx)."),
+}
+
+
+# -- the group ----------------------------------------------------------------------------------
+class _Group(click.Group):
+    """Lists lazy commands with their static help, so ``--help`` imports nothing heavy."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is not None or name not in LAZY_COMMANDS:
+            return command
+        module, attr, _help = LAZY_COMMANDS[name]
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            return _unavailable(name, f"{name} is not available in this installation ({exc})")
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in LAZY_COMMANDS:
+                rows.append((name, LAZY_COMMANDS[name][2]))
+            else:
+                cmd = super().get_command(ctx, name)
+                if cmd is not None and not cmd.hidden:
+                    rows.append((name, cmd.get_short_help_str(limit=formatter.width - 20)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _unavailable(name: str, message: str) -> click.Command:
+    def fail(**_kwargs: Any) -> None:
+        raise click.ClickException(message)
+
+    return click.Command(name, callback=fail, help=message,
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+
+
+@click.group(cls=_Group, context_settings=CONTEXT, epilog="""\b
+Examples:
+  rwkv-music generate-midi -n 4 --seconds 30 --instruments piano,violin
+  rwkv-music generate-abc --key G --meter 6/8 -n 8 --midi
+  rwkv-music continue tune.mid --model midi.pth -n 2
+  rwkv-music render prompts.txt --model abc.pth --samples-per-prompt 4 --out data/ --resume
+  rwkv-music info model.pth
+""")
+@click.version_option(__version__, message="%(prog)s %(version)s")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Compose music with RWKV language models (ABC tunes and MIDI)."""
+    import logging
+
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+# -- composing ------------------------------------------------------------------------------------
+GENERATE_MIDI_EPILOG = """\b
+Examples:
+  generate-midi                                   # one piece from the shipped model into ./out/
+  generate-midi -n 4 --seconds 30 --piano-only --png
+  generate-midi --model midi.pth --instruments piano,violin --seed 7 --top-p 0.9
+  generate-midi --continue-from melody.mid -n 2 --out continuations/
+"""
+
+
+@click.command("generate-midi", context_settings=CONTEXT, epilog=GENERATE_MIDI_EPILOG)
+@model_options
+@click.option("-n", "--num", "n", type=click.IntRange(min=1), default=1, show_default=True, help="Pieces (one batch).")
+@midi_options
+@click.option("--max-tokens", type=click.IntRange(min=1), default=2048, show_default=True, help="Most new tokens per piece.")
+@click.option("--prompt", default=None, help="MIDI-token text to start from, e.g. 'pi:4a:7 t30 pi:4a:0'.")
+@click.option("--continue-from", type=click.Path(dir_okay=False), default=None, help="A .mid file to continue.")
+@click.option("--state", "state_file", type=click.Path(dir_okay=False), default=None, help="Initial state (.npz, see `state make`).")
+@sampling_options
+@output_options
+@click.option("--png", is_flag=True, help="Also write a piano-roll .png per piece.")
+@click.option("--wav", is_flag=True, help="Also write a .wav per piece (needs FluidSynth and a SoundFont).")
+@click.option("--soundfont", type=click.Path(dir_okay=False), default=None, envvar="RWKV_MUSIC_SOUNDFONT",
+              help="SoundFont for --wav (default: pretty_midi's TimGM6mb.sf2).")
+@boundary
+def generate_midi(model, backend, device, dtype, n, seconds, instruments, piano_only, no_constraints, max_tokens, prompt,
+                  continue_from, state_file, seed, preset, temperature, top_p, top_k, out, force, quiet, png, wav,
+                  soundfont) -> None:
+    """Compose MIDI pieces and write them as .mid files into --out (their paths are printed)."""
+    if prompt and continue_from:
+        raise click.BadParameter("use either --prompt or --continue-from", param_hint="--prompt")
+    if no_constraints and (instruments or piano_only or seconds):
+        raise click.BadParameter("--instruments/--piano-only/--seconds need the constraint", param_hint="--no-constraints")
+    instruments = instruments_arg(instruments, piano_only)
+    if continue_from and not Path(continue_from).is_file():
+        raise RwkvMusicError(f"{continue_from}: no such MIDI file")
+    seed = seed_or_new(seed)
+    stem = f"{Path(continue_from).stem}-cont-{seed}" if continue_from else f"midi-{seed}"
+    extras = ("mid",) + ("png",) * png + ("wav",) * wav
+    check_outputs(output_paths(out, stem, n, extras), force)
+    composer = load(model, "midi" if model is None else None, backend, device, dtype)
+    common = dict(n=n, seconds=seconds, max_tokens=max_tokens, instruments=instruments, seed=seed, preset=preset,
+                  state=state_or_none(state_file), constrained=not no_constraints, **sampling_args(temperature, top_p, top_k))
+    if continue_from:
+        pieces = compose(composer, "continue_midi", quiet, path=continue_from, **common)
+    else:
+        pieces = compose(composer, "compose_midi", quiet, prompt=prompt, **common)
+    echo_paths(save_all(pieces, out, stem, force, extras, soundfont))
+
+
+def generate_midi_main() -> None:
+    """Entry point of the ``generate-midi`` script."""
+    generate_midi(prog_name="generate-midi")
+
+
+main.add_command(generate_midi)
+
+
+@main.command("generate-abc", context_settings=CONTEXT, epilog="""\b
+Examples:
+  rwkv-music generate-abc --key G --meter 6/8 -n 4          # four jigs into ./out/
+  rwkv-music generate-abc --controls 'S:2;B:8;E:0;B:8' --tempo 120 --midi
+  rwkv-music generate-abc --model abc.pth --prompt '|:DFA dAF|' --book
+""")
+@model_options
+@click.option("-n", "--num", "n", type=click.IntRange(min=1), default=1, show_default=True, help="Tunes (one batch).")
+@click.option("--key", "-k", default="D", show_default=True, help="K: key, e.g. D, Gm, Ador.")
+@click.option("--meter", default="4/4", show_default=True, help="M: meter, e.g. 6/8, 3/4, C|.")
+@click.option("--unit", default="1/8", show_default=True, help="L: unit note length.")
+@click.option("--tempo", default=None, help="Q: tempo (bpm or 1/4=120).")
+@click.option("--controls", default="S:2", show_default=True, help="Control codes, ';'-separated (S: sections, B: bars, E: similarity).")
+@click.option("--prompt", default=None, help="First bars of music after the header.")
+@click.option("--no-constraints", is_flag=True, help="Plain sampling: no ABC grammar / bar-balance constraint.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=1024, show_default=True, help="Most new characters per tune.")
+@click.option("--state", "state_file", type=click.Path(dir_okay=False), default=None, help="Initial state (.npz).")
+@sampling_options
+@output_options
+@click.option("--book", is_flag=True, help="Write all tunes into one tune book (X:1, X:2, ...) instead of one file each.")
+@click.option("--midi", "also_midi", is_flag=True, help="Also write a .mid per tune (through music21).")
+@click.option("--musicxml", is_flag=True, help="Also write a .musicxml per tune.")
+@boundary
+def generate_abc(model, backend, device, dtype, n, key, meter, unit, tempo, controls, prompt, no_constraints, max_tokens,
+                 state_file, seed, preset, temperature, top_p, top_k, out, force, quiet, book, also_midi, musicxml) -> None:
+    """Compose ABC tunes and write them as .abc files into --out (their paths are printed)."""
+    from rwkv_music.compose_options import AbcOptions
+
+    AbcOptions(key, meter, unit, tempo, controls)  # bad key/meter/unit: fail before loading the model
+    seed = seed_or_new(seed)
+    check_outputs(_abc_paths(out, f"abc-{seed}", n, book, also_midi, musicxml), force)
+    composer = load(model, "abc" if model is None else None, backend, device, dtype)
+    pieces = compose(composer, "compose_abc", quiet, n=n, key=key, meter=meter, unit=unit, tempo=tempo, controls=controls,
+                      prompt=prompt, constrained=not no_constraints, max_tokens=max_tokens, seed=seed, preset=preset,
+                      state=state_or_none(state_file), **sampling_args(temperature, top_p, top_k))
+    echo_paths(_save_abc(pieces, out, f"abc-{seed}", force, book, also_midi, musicxml))
+
+
+def _abc_paths(out: str, stem: str, n: int, book: bool, also_midi: bool, musicxml: bool) -> list[Path]:
+    extras = ("mid",) * also_midi + ("musicxml",) * musicxml
+    if book:
+        return [Path(out) / f"{stem}.abc"] + output_paths(out, stem, n, extras)
+    return output_paths(out, stem, n, ("abc",) + extras)
+
+
+def _save_abc(pieces: list[Any], out: str, stem: str, force: bool, book: bool, also_midi: bool, musicxml: bool) -> list[Path]:
+    extras = ("mid",) * also_midi + ("musicxml",) * musicxml
+    if not book:
+        return save_all(pieces, out, stem, force, ("abc",) + extras)
+    from rwkv_music.export.abc import write_abc
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    paths = [write_abc([p.text for p in pieces], Path(out) / f"{stem}.abc", force)]
+    return paths + (save_all(pieces, out, stem, force, extras) if extras else [])
+
+
+@main.command("continue", context_settings=CONTEXT, epilog="""\b
+Examples:
+  rwkv-music continue melody.mid -n 3 --seconds 20      # MIDI: the shipped MIDI model
+  rwkv-music continue tune.abc --model abc.pth --midi   # ABC: first tune of the file
+""")
+@click.argument("file", type=click.Path(dir_okay=False))
+@model_options
+@click.option("-n", "--num", "n", type=click.IntRange(min=1), default=1, show_default=True, help="Continuations.")
+@midi_options
+@click.option("--controls", default="S:2", show_default=True, help="ABC control codes for the continuation.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Most new tokens (default 2048 MIDI, 1024 ABC).")
+@sampling_options
+@output_options
+@click.option("--png", is_flag=True, help="Also write a piano-roll .png per piece.")
+@click.option("--midi", "also_midi", is_flag=True, help="ABC: also write a .mid per tune.")
+@boundary
+def continue_(file, model, backend, device, dtype, n, seconds, instruments, piano_only, no_constraints, controls, max_tokens,
+              seed, preset, temperature, top_p, top_k, out, force, quiet, png, also_midi) -> None:
+    """Continue FILE (.mid or .abc) and write the continuations into --out."""
+    suffix = Path(file).suffix.lower()
+    if suffix not in (".mid", ".midi", ".abc"):
+        raise click.BadParameter(f"{file}: expected a .mid, .midi or .abc file", param_hint="FILE")
+    if not Path(file).is_file():
+        raise RwkvMusicError(f"{file}: no such file")
+    mode = "abc" if suffix == ".abc" else "midi"
+    seed, sampling = seed_or_new(seed), sampling_args(temperature, top_p, top_k)
+    stem = f"{Path(file).stem}-cont-{seed}"
+    if mode == "midi":
+        check_outputs(output_paths(out, stem, n, ("mid",) + ("png",) * png), force)
+    else:
+        check_outputs(_abc_paths(out, stem, n, False, also_midi, False) + output_paths(out, stem, n, ("png",) * png), force)
+    composer = load(model, mode, backend, device, dtype)
+    if mode == "midi":
+        pieces = compose(composer, "continue_midi", quiet, path=file, n=n, seconds=seconds, max_tokens=max_tokens or 2048,
+                          instruments=instruments_arg(instruments, piano_only), constrained=not no_constraints,
+                          seed=seed, preset=preset, **sampling)
+        echo_paths(save_all(pieces, out, stem, force, ("mid",) + ("png",) * png))
+    else:
+        pieces = compose(composer, "continue_abc", quiet, path_or_text=Path(file), n=n, controls=controls,
+                          constrained=not no_constraints, max_tokens=max_tokens or 1024, seed=seed, preset=preset, **sampling)
+        echo_paths(_save_abc(pieces, out, stem, force, False, also_midi, False) + (
+            save_all(pieces, out, stem, force, ("png",)) if png else []))
+
+
+def _register_tools() -> None:
+    from rwkv_music.cli_tools import export_ncnn, info, render, state
+
+    for command in (info, state, render, export_ncnn):
+        main.add_command(command)
+
+
+_register_tools()

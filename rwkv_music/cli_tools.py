@@ -1,0 +1,255 @@
+"""CLI commands around the composer: ``info``, ``state make|show``, ``render``, ``export-ncnn``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rwkv_music.cli_common import (
+    BACKENDS,
+    CONTEXT,
+    DTYPES,
+    PRESETS,
+    boundary,
+    instruments_arg,
+    load,
+    model_options,
+)
+from rwkv_music.errors import RwkvMusicError
+
+
+@click.command("info", context_settings=CONTEXT, epilog="""\b
+Examples:
+  rwkv-music info model.pth
+  rwkv-music info model.onnx --backend onnx
+""")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="Runtime to load it with.")
+@boundary
+def info(model: str, backend: str) -> None:
+    """Show a model's version, sizes, vocabulary, mode and dtype."""
+    from rwkv_music import load_model
+    from rwkv_music.compose_options import VOCAB_MODES
+
+    path = Path(model)
+    if not path.is_file():
+        raise RwkvMusicError(f"{path}: no such model file")
+    m = load_model(path, backend=backend)
+    c = m.config
+    rows = [
+        ("file", f"{path} ({path.stat().st_size / 2**20:.1f} MiB)"),
+        ("version", f"RWKV-{c.version}"),
+        ("layers", c.n_layer),
+        ("width (n_embd)", c.n_embd),
+        ("heads x head size", f"{c.n_head} x {c.head_size}" if c.n_head else "-"),
+        ("ffn size", c.dim_ffn),
+        ("vocabulary", f"{c.vocab_size} ids ({VOCAB_MODES.get(c.vocab_size, 'unknown')} mode)"),
+        ("parameters", f"{c.n_params:,}" if c.n_params else "?"),
+        ("lora", ", ".join(f"{k}={v}" for k, v in c.lora.items()) or "-"),
+        ("dtype", str(getattr(m, "dtype", "?")).replace("torch.", "")),
+        ("backend", f"{m.name} on {m.device}"),
+    ]
+    for name, value in rows:
+        click.echo(f"{name:<18} {value}")
+
+
+@click.group("state", context_settings=CONTEXT)
+def state() -> None:
+    """Make and inspect initial states (custom starting memory for composing)."""
+
+
+@state.command("make", context_settings=CONTEXT, epilog="""\b
+Examples:
+  rwkv-music state make --model abc.pth --prompt 'S:3' --out jig.npz
+  rwkv-music state make --model midi.pth --from-file style.mid --out style.npz
+  rwkv-music generate-abc --model abc.pth --state jig.npz
+""")
+@model_options
+@click.option("--prompt", default=None, help="Text in the model's format to read.")
+@click.option("--from-file", type=click.Path(dir_okay=False), default=None, help="A .mid or .abc file to read instead.")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), required=True, help="Where to write the state (.npz).")
+@click.option("--force", is_flag=True, help="Overwrite --out.")
+@boundary
+def state_make(model, backend, device, dtype, prompt, from_file, out, force) -> None:
+    """Read a prompt with a model and save the resulting state (.npz) for `--state`."""
+    from rwkv_music.io_utils import check_writable
+
+    if (prompt is None) == (from_file is None):
+        raise click.UsageError("give exactly one of --prompt and --from-file")
+    check_writable(out, force)
+    composer = load(model, None if model else "midi", backend, device, dtype)
+    if from_file is not None:
+        prompt = _file_prompt(composer, Path(from_file))
+    st = composer.make_state(prompt)
+    if force:
+        Path(out).unlink(missing_ok=True)
+    st.save(out, composer.config)
+    click.echo(str(out))
+
+
+def _file_prompt(composer: Any, path: Path) -> Any:
+    from rwkv_music import compose_helpers as ch
+
+    if composer.mode == "midi":
+        return ch.midi_file_ids(composer.tokenizer, path)
+    return ch.read_abc_tune(path)[0]
+
+
+@state.command("show", context_settings=CONTEXT)
+@click.argument("file", type=click.Path(dir_okay=False))
+@boundary
+def state_show(file: str) -> None:
+    """Print a saved state's version, batch size and tensor shapes."""
+    import numpy as np
+
+    from rwkv_music.model.state import State
+
+    st = State.load(file)
+    click.echo(f"version   RWKV-{st.version}")
+    click.echo(f"batch     {st.batch_size}")
+    click.echo(f"layers    {st.n_layer}")
+    for name, t in st.tensors.items():
+        arr = np.asarray(t, dtype=np.float32)
+        click.echo(f"{name:<9} {tuple(arr.shape)}  rms {float(np.sqrt(np.mean(arr.astype(np.float64) ** 2))):.4g}")
+
+
+@click.command("render", context_settings=CONTEXT, epilog="""\b
+Examples:
+  rwkv-music render prompts.txt --model midi.pth --samples-per-prompt 4 --seconds 20 --out data/
+  rwkv-music render prompts.jsonl --model abc.pth --batch-size 16 --out data/ --resume
+  rwkv-music render tunes/ --model abc.pth --max-tokens 512 --out continued/
+  rwkv-music render --abc-to-midi music21:oneills1850 --out midi_data/
+
+\b
+PROMPTS_OR_DIR: a text file (one prompt per line, '#' comments, '\\n' for newlines), a .jsonl
+file (objects with "prompt" or "file" plus per-row options such as "seconds", "key",
+"temperature"), or a folder of .abc/.mid files to continue.
+""")
+@click.argument("source", metavar="PROMPTS_OR_DIR", required=False, type=click.Path())
+@model_options
+@click.option("--samples-per-prompt", "-k", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True, help="Samples generated together.")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None, help="MIDI target length.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Most new tokens per sample.")
+@click.option("--instruments", default=None, help="MIDI: comma-separated instruments.")
+@click.option("--piano-only", is_flag=True, help="MIDI: piano only.")
+@click.option("--key", default=None, help="ABC: K: for prompts without a header.")
+@click.option("--meter", default=None, help="ABC: M: for prompts without a header.")
+@click.option("--unit", default=None, help="ABC: L: for prompts without a header.")
+@click.option("--no-constraints", is_flag=True, help="Plain sampling, no music constraint.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Base seed (sample j: derived from seed, j).")
+@click.option("--preset", type=click.Choice(PRESETS), default=None, help="Sampling preset.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=None)
+@click.option("--top-p", type=click.FloatRange(min=0), default=None)
+@click.option("--top-k", type=click.IntRange(min=0), default=None)
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Output folder (manifest.jsonl, stats.json).")
+@click.option("--resume", is_flag=True, help="Skip samples already in the manifest.")
+@click.option("--force", is_flag=True, help="Start over in a folder that has a manifest.")
+@click.option("--max-samples", type=click.IntRange(min=0), default=None, help="Stop after this many new samples.")
+@click.option("--abc-to-midi", "abc_dir", default=None, metavar="DIR",
+              help="Instead: convert every tune of the .abc files under DIR (or music21:COLLECTION) to .mid.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@boundary
+def render(source, model, backend, device, dtype, samples_per_prompt, batch_size, seconds, max_tokens, instruments,
+           piano_only, key, meter, unit, no_constraints, seed, preset, temperature, top_p, top_k, out, resume, force,
+           max_samples, abc_dir, quiet) -> None:
+    """Batch-render a dataset: every prompt (or file) × K samples, one file each, plus a manifest."""
+    if (source is None) == (abc_dir is None):
+        raise click.UsageError("give PROMPTS_OR_DIR or --abc-to-midi DIR (one of them)")
+    if abc_dir is not None:
+        return _abc_to_midi(abc_dir, out, force, quiet)
+    from rwkv_music.render import RenderSettings, render as run
+
+    instruments = instruments_arg(instruments, piano_only)
+    if not Path(source).exists():
+        raise RwkvMusicError(f"{source}: no such prompts file or folder")
+    composer = load(model, None if model else _guess_mode(source), backend, device, dtype)
+    if composer.mode == "midi":
+        options = {"seconds": seconds, "max_tokens": max_tokens, "instruments": instruments}
+        if key or meter or unit:
+            raise click.BadParameter("--key/--meter/--unit are for ABC models", param_hint="--key")
+    else:
+        options = {"key": key, "meter": meter, "unit": unit, "max_tokens": max_tokens}
+        if seconds or instruments:
+            raise click.BadParameter("--seconds/--instruments are for MIDI models", param_hint="--seconds")
+    options = {k: v for k, v in options.items() if v is not None}
+    if no_constraints:
+        options["constrained"] = False
+    sampling = {k: v for k, v in {"preset": preset, "temperature": temperature, "top_p": top_p, "top_k": top_k}.items()
+                if v is not None}
+    settings = RenderSettings(samples_per_prompt, batch_size, seed, options, sampling, resume, force, max_samples)
+    bar = _bar(quiet, "render", "sample")
+    try:
+        report = run(composer, source, out, settings, progress=lambda n, todo, tok: bar(n, todo))
+    finally:
+        bar.close()
+    s = report.stats
+    click.echo(f"{report.out}: {s['samples']}/{s['expected']} samples ({report.written} new), "
+               f"{s['tokens']} tokens; manifest {report.out / 'manifest.jsonl'}")
+    if not report.complete:
+        click.echo("not finished: rerun with --resume to render the rest", err=True)
+
+
+def _guess_mode(source: str) -> str:
+    """Which shipped model fits a source without --model: MIDI for .mid folders, else ABC."""
+    path = Path(source)
+    if path.is_dir():
+        return "midi" if any(path.rglob("*.mid")) or any(path.rglob("*.midi")) else "abc"
+    return "abc"
+
+
+def _abc_to_midi(abc_dir: str, out: str, force: bool, quiet: bool) -> None:
+    from rwkv_music.export.abc_to_midi import convert_folder
+
+    bar = _bar(quiet, "abc→midi", "file")
+    try:
+        report = convert_folder(abc_dir, out, force=force, progress=lambda n, total: bar(1, total))
+    finally:
+        bar.close()
+    click.echo(f"{out}: {report.written} written, {report.skipped} already there, {len(report.failed)} failed"
+               + (f" (see {Path(out) / 'failed.txt'})" if report.failed else ""))
+
+
+class _bar:  # noqa: N801 - used like a function
+    """tqdm on stderr, created on first use so --quiet runs never import it."""
+
+    def __init__(self, quiet: bool, desc: str, unit: str) -> None:
+        self.quiet, self.desc, self.unit, self.tqdm = quiet, desc, unit, None
+
+    def __call__(self, n: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.tqdm is None:
+            from tqdm import tqdm
+
+            self.tqdm = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr, dynamic_ncols=True)
+        self.tqdm.update(n)
+
+    def close(self) -> None:
+        if self.tqdm is not None:
+            self.tqdm.close()
+
+
+@click.command("export-ncnn", context_settings=CONTEXT, epilog="""\b
+Examples:
+  rwkv-music export-ncnn model.pth model.param
+""")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--dtype", type=click.Choice(DTYPES), default="fp32", show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@boundary
+def export_ncnn(checkpoint: str, out: str, dtype: str, force: bool) -> None:
+    """Export CHECKPOINT to ncnn files at OUT (for --backend ncnn)."""
+    import importlib
+
+    if not Path(checkpoint).is_file():
+        raise RwkvMusicError(f"{checkpoint}: no such checkpoint")
+    try:
+        exporter = importlib.import_module("rwkv_music.backends.ncnn").export
+    except (ImportError, AttributeError) as exc:
+        raise RwkvMusicError(f"the ncnn exporter is not available in this installation ({exc})") from None
+    click.echo(str(exporter(checkpoint, out, dtype=dtype, force=force)))

@@ -1,0 +1,230 @@
+"""RWKV-4 in torch: load-time rewrites and the forward pass (FORMATS.md A6, A7, A10).
+
+Shapes: B batch, T time, C n_embd, A dim_att, F dim_ffn, V vocab.  Weights are stored for
+row-vector products ``x @ W`` (``[in, out]``, contiguous); the three time-mix projections are
+stacked as one ``[3, C, A]`` tensor so one ``bmm`` computes k, v and r for the whole batch.
+
+The WKV recurrence keeps a running maximum ``pp`` so its exponentials never overflow
+(``aa·e^pp`` and ``bb·e^pp`` are the numerator and denominator sums).  It is evaluated in fp32
+whatever the run dtype, as the rwkv package does.  Prefill does every matmul for all T tokens
+at once and scans only this cheap elementwise recurrence over time.
+
+The channel mix here (:func:`channel_mix`) is shared with v5 (FORMATS A7: "v4/v5 channel mix").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from rwkv_music.model.config import RWKVConfig
+from rwkv_music.model.ops import layer_norm, token_shift
+from rwkv_music.model.state import State
+
+VERSIONS = ("4",)
+
+
+@dataclass
+class ChannelMixWeights:
+    """Channel mix of v4/v5: ``σ(rx·Wr) ⊙ (relu²(kx·Wk)·Wv)``."""
+
+    mix: torch.Tensor  # [2, 1, C] mixing weights for (k, r); 1 = current token
+    mix_c: torch.Tensor  # [2, 1, C] 1 - mix, precomputed
+    key: torch.Tensor  # [C, F]
+    receptance: torch.Tensor  # [C, C]
+    value: torch.Tensor  # [F, C]
+
+
+@dataclass
+class V4Layer:
+    ln1_w: torch.Tensor  # [C]
+    ln1_b: torch.Tensor
+    ln2_w: torch.Tensor
+    ln2_b: torch.Tensor
+    att_mix: torch.Tensor  # [3, 1, C] for (k, v, r)
+    att_mix_c: torch.Tensor  # [3, 1, C] 1 - att_mix
+    att_kvr: torch.Tensor  # [3, C, A] stacked Wk, Wv, Wr
+    decay: torch.Tensor  # [A] f32, w = -exp(time_decay) (log-domain decay per step)
+    first: torch.Tensor  # [A] f32, u = time_first (log-domain bonus of the current token)
+    att_out: torch.Tensor  # [A, C]
+    ffn: ChannelMixWeights
+
+
+@dataclass
+class V4Weights:
+    emb: torch.Tensor  # [V, C] with LN0 folded in
+    layers: list[V4Layer]
+    ln_out_w: torch.Tensor  # [C]
+    ln_out_b: torch.Tensor
+    head: torch.Tensor  # [C, V]
+
+
+# -- load time -----------------------------------------------------------------------------
+
+def folded_embedding(sd: dict[str, torch.Tensor], dtype: torch.dtype, device) -> torch.Tensor:
+    """``emb.weight`` with ``blocks.0.ln0`` applied to every row, computed in fp32 (A6 LN0 fold)."""
+    emb = sd.pop("emb.weight").float()
+    emb = layer_norm(emb, sd.pop("blocks.0.ln0.weight").float(), sd.pop("blocks.0.ln0.bias").float())
+    return emb.to(device=device, dtype=dtype).contiguous()
+
+
+def as_vector(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+    """A stored ``[1, 1, C]`` (or ``[C]``) vector as a contiguous ``[C]``."""
+    return t.reshape(-1).to(device=device, dtype=dtype).contiguous()
+
+
+def as_rows(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+    """A stored ``[out, in]`` matrix as contiguous ``[in, out]`` for ``x @ W``."""
+    return t.t().to(device=device, dtype=dtype).contiguous()
+
+
+def mixes(vectors: list[torch.Tensor], dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack token-shift mixes to ``[M, 1, C]`` and return (mix, 1 - mix) in the run dtype."""
+    mix = torch.stack([v.reshape(-1).float() for v in vectors]).unsqueeze(1)
+    return mix.to(device=device, dtype=dtype), (1 - mix).to(device=device, dtype=dtype)
+
+
+def prepare_channel_mix(sd: dict[str, torch.Tensor], p: str, dtype: torch.dtype, device) -> ChannelMixWeights:
+    mix, mix_c = mixes([sd.pop(p + "time_mix_k"), sd.pop(p + "time_mix_r")], dtype, device)
+    return ChannelMixWeights(
+        mix=mix,
+        mix_c=mix_c,
+        key=as_rows(sd.pop(p + "key.weight"), dtype, device),
+        receptance=as_rows(sd.pop(p + "receptance.weight"), dtype, device),
+        value=as_rows(sd.pop(p + "value.weight"), dtype, device),
+    )
+
+
+def prepare_head(sd: dict[str, torch.Tensor], dtype: torch.dtype, device) -> tuple[torch.Tensor, ...]:
+    """(ln_out weight, ln_out bias, head [C, V])."""
+    return (
+        as_vector(sd.pop("ln_out.weight"), dtype, device),
+        as_vector(sd.pop("ln_out.bias"), dtype, device),
+        as_rows(sd.pop("head.weight"), dtype, device),
+    )
+
+
+def prepare(sd: dict[str, torch.Tensor], config: RWKVConfig, dtype: torch.dtype, device) -> V4Weights:
+    """Load-time rewrites of a raw v4 checkpoint (FORMATS A6); pops what it uses from ``sd``."""
+    emb = folded_embedding(sd, dtype, device)
+    layers = []
+    for i in range(config.n_layer):
+        b, a = f"blocks.{i}.", f"blocks.{i}.att."
+        mix, mix_c = mixes([sd.pop(a + "time_mix_k"), sd.pop(a + "time_mix_v"), sd.pop(a + "time_mix_r")], dtype, device)
+        kvr = torch.stack([sd.pop(a + n + ".weight").t().to(dtype) for n in ("key", "value", "receptance")])
+        layers.append(V4Layer(
+            ln1_w=as_vector(sd.pop(b + "ln1.weight"), dtype, device),
+            ln1_b=as_vector(sd.pop(b + "ln1.bias"), dtype, device),
+            ln2_w=as_vector(sd.pop(b + "ln2.weight"), dtype, device),
+            ln2_b=as_vector(sd.pop(b + "ln2.bias"), dtype, device),
+            att_mix=mix,
+            att_mix_c=mix_c,
+            att_kvr=kvr.to(device).contiguous(),
+            decay=-torch.exp(as_vector(sd.pop(a + "time_decay"), torch.float32, device)),
+            first=as_vector(sd.pop(a + "time_first"), torch.float32, device),
+            att_out=as_rows(sd.pop(a + "output.weight"), dtype, device),
+            ffn=prepare_channel_mix(sd, f"blocks.{i}.ffn.", dtype, device),
+        ))
+    ln_w, ln_b, head = prepare_head(sd, dtype, device)
+    return V4Weights(emb=emb, layers=layers, ln_out_w=ln_w, ln_out_b=ln_b, head=head)
+
+
+# -- shared pieces -------------------------------------------------------------------------
+
+def channel_mix(xx: torch.Tensor, sx: torch.Tensor, w: ChannelMixWeights) -> torch.Tensor:
+    """v4/v5 channel mix of LN2 outputs ``xx`` with shifted ``sx`` (both [..., C]) → [..., C]."""
+    km = torch.addcmul(xx * w.mix[0], sx, w.mix_c[0])  # [..., C]
+    rm = torch.addcmul(xx * w.mix[1], sx, w.mix_c[1])
+    k = torch.relu(km @ w.key).square_()  # [..., F]
+    return torch.sigmoid(rm @ w.receptance) * (k @ w.value)
+
+
+def mixed_projections(xx: torch.Tensor, sx: torch.Tensor, mix: torch.Tensor, mix_c: torch.Tensor,
+                      weight: torch.Tensor) -> torch.Tensor:
+    """Token-shift mixes and their projections in one bmm.
+
+    ``xx``, ``sx``: [B, C] or [B, T, C]; ``mix``: [M, 1, C]; ``weight``: [M, C, A] → [M, B(·T), A].
+    """
+    C = xx.shape[-1]
+    flat_xx, flat_sx = xx.reshape(1, -1, C), sx.reshape(1, -1, C)  # [1, B·T, C]
+    xm = torch.addcmul(flat_xx * mix, flat_sx, mix_c)  # [M, B·T, C]
+    return torch.bmm(xm, weight)  # [M, B·T, A]
+
+
+def head_logits(x: torch.Tensor, weights) -> torch.Tensor:
+    """Final LayerNorm and output projection: [..., C] → float32 [..., V]."""
+    return (layer_norm(x, weights.ln_out_w, weights.ln_out_b) @ weights.head).float()
+
+
+# -- time mix ------------------------------------------------------------------------------
+
+def _wkv_step(k, v, aa, bb, pp, decay, first):
+    """One WKV step on [B, A] fp32 tensors → (wkv, aa', bb', pp')  (FORMATS A7 v4 steps 3–4)."""
+    ww = first + k
+    p = torch.maximum(pp, ww)
+    e1 = torch.exp(pp - p)
+    e2 = torch.exp(ww - p)
+    wkv = (e1 * aa + e2 * v) / (e1 * bb + e2)
+    ww = decay + pp
+    p = torch.maximum(ww, k)
+    e1 = torch.exp(ww - p)
+    e2 = torch.exp(k - p)
+    return wkv, e1 * aa + e2 * v, e1 * bb + e2, p
+
+
+def time_mix(xx, sx, aa, bb, pp, ly: V4Layer):
+    """v4 time mix.  ``xx``/``sx`` [B, C] (decode) or [B, T, C] (prefill); aa/bb/pp [B, A] f32.
+
+    Returns (out like xx, aa', bb', pp').
+    """
+    kvr = mixed_projections(xx, sx, ly.att_mix, ly.att_mix_c, ly.att_kvr)  # [3, B·T, A]
+    k, v = kvr[0].float(), kvr[1].float()  # WKV inputs in fp32 (A10)
+    r = torch.sigmoid(kvr[2])
+    if xx.dim() == 2:  # decode: one step
+        wkv, aa, bb, pp = _wkv_step(k, v, aa, bb, pp, ly.decay, ly.first)
+    else:  # prefill: scan the elementwise recurrence over T
+        B, T, _ = xx.shape
+        k, v = k.view(B, T, -1), v.view(B, T, -1)
+        wkv = torch.empty_like(k)  # [B, T, A]
+        for t in range(T):
+            wkv[:, t], aa, bb, pp = _wkv_step(k[:, t], v[:, t], aa, bb, pp, ly.decay, ly.first)
+        wkv = wkv.view(B * T, -1)
+    out = (r * wkv.to(r.dtype)) @ ly.att_out  # [B(·T), C]
+    return out.view(xx.shape), aa, bb, pp
+
+
+# -- forward -------------------------------------------------------------------------------
+
+def forward(weights: V4Weights, config: RWKVConfig, tokens: torch.Tensor, state: State, all_logits: bool):
+    """Logits float32 [B, V] (or [B, T, V]) and the new state, for tokens [B, T]."""
+    B, T = tokens.shape
+    s = state.tensors
+    x = F.embedding(tokens, weights.emb)  # [B, T, C]
+    if T == 1:
+        x = x[:, 0]  # [B, C]: the lean decode path works on 2-D tensors
+    att_x, att_a, att_b, att_p, ffn_x = [], [], [], [], []
+    for i, ly in enumerate(weights.layers):
+        xx = layer_norm(x, ly.ln1_w, ly.ln1_b)
+        sx = s["att_x"][i] if T == 1 else token_shift(xx, s["att_x"][i])
+        out, aa, bb, pp = time_mix(xx, sx, s["att_a"][i], s["att_b"][i], s["att_p"][i], ly)
+        x = x + out
+        att_x.append(xx if T == 1 else xx[:, -1])
+        att_a.append(aa)
+        att_b.append(bb)
+        att_p.append(pp)
+        xx = layer_norm(x, ly.ln2_w, ly.ln2_b)
+        sx = s["ffn_x"][i] if T == 1 else token_shift(xx, s["ffn_x"][i])
+        x = x + channel_mix(xx, sx, ly.ffn)
+        ffn_x.append(xx if T == 1 else xx[:, -1])
+    if T > 1 and not all_logits:
+        x = x[:, -1]
+    logits = head_logits(x, weights)
+    if T == 1 and all_logits:
+        logits = logits.unsqueeze(1)
+    new = {
+        "att_x": torch.stack(att_x), "att_a": torch.stack(att_a), "att_b": torch.stack(att_b),
+        "att_p": torch.stack(att_p), "ffn_x": torch.stack(ffn_x),
+    }
+    return logits, State(config.version, new)

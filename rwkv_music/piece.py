@@ -1,0 +1,118 @@
+"""One composed piece: its tokens, its text, how it was made, and how to save it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rwkv_music.errors import RwkvMusicError
+from rwkv_music.export import format_for
+
+MODES = ("abc", "midi")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A generated (or continued) piece of music.
+
+    Attributes:
+        mode: ``"abc"`` or ``"midi"``.
+        tokens: every token id of the piece, prompt included (without the leading separator).
+        text: model text: for MIDI ``"<start> … <end>"`` (FORMATS C/D3); for ABC the control codes
+            and the tune as the model wrote it, without ``X:`` (FORMATS B).
+        meta: seed, params, model, timing, validity, finish reason (JSON-serialisable).
+        index: position of the piece in its batch (ABC files get ``X:index+1``).
+        tokenizer: the tokenizer that wrote ``text`` (needed by :meth:`to_midi` for MIDI pieces).
+
+    Example:
+        >>> p = Piece("abc", [76, 58], "S:1\\nL:1/8\\nM:2/4\\nK:C\\nCDEF|GABc|]", {})
+        >>> print(p.to_abc())
+        X:1
+        L:1/8
+        M:2/4
+        K:C
+        CDEF|GABc|]
+        <BLANKLINE>
+    """
+
+    mode: str
+    tokens: list[int]
+    text: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    index: int = 0
+    tokenizer: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"Piece.mode must be one of {MODES}, got {self.mode!r}")
+
+    # -- conversions --------------------------------------------------------------------
+    def to_abc(self, number: int | None = None) -> str:
+        """Standard ABC text: control codes dropped, ``X:number`` first (default ``index + 1``)."""
+        from rwkv_music.export.abc import with_reference
+
+        if self.mode != "abc":
+            raise RwkvMusicError("to_abc: this is a MIDI piece; ABC output needs an ABC model")
+        return with_reference(self.text, self.index + 1 if number is None else number)
+
+    def to_midi(self) -> Any:
+        """The piece as a :class:`mido.MidiFile` (MIDI: through the tokenizer; ABC: through music21)."""
+        if self.mode == "midi":
+            tokenizer = self.tokenizer
+            if tokenizer is None:
+                from rwkv_music.tokenizers.midi import MidiTokenizer
+
+                tokenizer = MidiTokenizer()
+            return tokenizer.text_to_midi(self.text)
+        from rwkv_music.export.music21_io import abc_to_midi
+
+        return abc_to_midi(self.text, source=self._name())
+
+    def to_score(self) -> Any:
+        """The piece as a music21 score."""
+        from rwkv_music.export import music21_io
+
+        if self.mode == "abc":
+            return music21_io.abc_to_score(self.text, source=self._name())
+        return music21_io.midi_to_score(self.to_midi(), source=self._name())
+
+    # -- files --------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, force: bool = False, soundfont: str | os.PathLike | None = None) -> Path:
+        """Write the piece to ``path``; the extension picks the format.
+
+        ``.mid``/``.midi``, ``.abc`` (ABC pieces only), ``.musicxml``/``.xml``, ``.png`` (piano
+        roll), ``.wav`` (needs FluidSynth, see :mod:`rwkv_music.export.audio`).  The write is
+        atomic; an existing file raises :class:`~rwkv_music.errors.OutputExistsError` unless
+        ``force``.  Returns the path written.
+        """
+        from rwkv_music.io_utils import check_writable
+
+        fmt = format_for(path)
+        path = check_writable(path, force)  # fail before any expensive conversion
+        if fmt == "abc":
+            from rwkv_music.export.abc import write_abc
+
+            if self.mode != "abc":
+                raise RwkvMusicError(f"{path}: a MIDI piece cannot be saved as ABC; use .mid, .png or .wav")
+            return write_abc(self.text, path, force, first=self.index + 1)
+        if fmt == "musicxml":
+            from rwkv_music.export.music21_io import write_musicxml
+
+            return write_musicxml(self.to_score(), path, force)
+        midi = self.to_midi()
+        if fmt == "midi":
+            from rwkv_music.export.midi import write_midi
+
+            return write_midi(midi, path, force)
+        if fmt == "png":
+            from rwkv_music.export.pianoroll import write_piano_roll
+
+            return write_piano_roll(midi, path, force, title=path.stem)
+        from rwkv_music.export.audio import write_wav
+
+        return write_wav(midi, path, force, soundfont=soundfont)
+
+    def _name(self) -> str:
+        return f"piece {self.index} (seed {self.meta.get('seed')})"

@@ -1,0 +1,313 @@
+"""Batch dataset rendering: many prompts × K samples → files, ``manifest.jsonl`` and ``stats.json``.
+
+Input is a prompts file (one prompt per line, or JSON lines with per-row parameters) or a folder
+of .abc/.mid files to continue.  Sample ``j`` (= row × K + k) always gets the seed
+``piece_seed(base_seed, j)``, so a rerun reproduces it whatever the batching.
+
+Crash safety (``resume=True``): each sample file is written atomically (temporary file, then
+rename) and its manifest row is appended, in one ``write`` and fsynced, only after the file is
+in place.  A killed run therefore leaves, at worst, a sample file without a row (regenerated,
+identically, on resume), a truncated last manifest line (dropped on resume) and a stray
+temporary file (deleted on resume); never a row pointing at a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from rwkv_music.compose_options import AbcOptions, MidiOptions, piece_seed
+from rwkv_music.errors import OutputExistsError, RwkvMusicError
+from rwkv_music.io_utils import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.jsonl"
+STATS = "stats.json"
+SETTINGS = "render.json"
+INPUT_SUFFIXES = {".abc": "abc", ".mid": "midi", ".midi": "midi"}
+MIDI_OPTION_KEYS = ("seconds", "max_tokens", "instruments", "constrained")
+ABC_OPTION_KEYS = ("key", "meter", "unit", "tempo", "controls", "constrained", "max_tokens")
+SAMPLING_KEYS = ("preset", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
+                 "penalty_decay")
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """One input row: a prompt (text or ``None``) or a file to continue, plus row parameters."""
+
+    index: int
+    prompt: str | None = None
+    file: str | None = None
+    params: tuple[tuple[str, Any], ...] = ()
+    name: str = ""
+
+    def input_label(self) -> str | None:
+        return self.file if self.file is not None else self.prompt
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How to render: samples per row, batching, seeds, defaults for every row."""
+
+    samples_per_prompt: int = 1
+    batch_size: int = 8
+    seed: int = 0  # base seed; sample j uses piece_seed(seed, j)
+    options: tuple[tuple[str, Any], ...] = ()  # compose options for every row (rows may override)
+    sampling: tuple[tuple[str, Any], ...] = ()  # preset name and sampling overrides
+    resume: bool = False
+    force: bool = False
+    max_samples: int | None = None  # stop after this many new samples (chunked runs)
+
+    def __post_init__(self) -> None:
+        for name in ("samples_per_prompt", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RwkvMusicError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.max_samples is not None and self.max_samples < 0:
+            raise RwkvMusicError(f"max_samples must be >= 0, got {self.max_samples}")
+        for name in ("options", "sampling"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, tuple(sorted(value.items())))
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide what each sample is (must match when resuming)."""
+        return {"samples_per_prompt": self.samples_per_prompt, "seed": self.seed,
+                "options": dict(self.options), "sampling": dict(self.sampling)}
+
+
+@dataclass
+class RenderReport:
+    """What a render call did."""
+
+    out: Path
+    total: int  # samples the input asks for
+    done_before: int  # already in the manifest when the run started
+    written: int  # new samples this run
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.done_before + self.written >= self.total
+
+
+# -- input ---------------------------------------------------------------------------------------
+def read_jobs(source: str | os.PathLike, mode: str) -> list[RenderJob]:
+    """Rows of a prompts file (text or .jsonl) or a folder of .abc/.mid files."""
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file() and INPUT_SUFFIXES.get(p.suffix.lower()) == mode)
+        if not files:
+            raise RwkvMusicError(f"{source}: no .{'abc' if mode == 'abc' else 'mid'} files to continue with a {mode.upper()} model")
+        return [RenderJob(i, file=str(p), name=_SAFE.sub("-", p.stem)[:40]) for i, p in enumerate(files)]
+    if not source.is_file():
+        raise RwkvMusicError(f"{source}: no such prompts file or folder")
+    text = source.read_text(encoding="utf-8")
+    if source.suffix.lower() == ".jsonl":
+        return _jsonl_jobs(source, text, mode)
+    lines = [line.rstrip("\r") for line in text.split("\n")]
+    prompts = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise RwkvMusicError(f"{source}: no prompts (one per line; '#' starts a comment)")
+    return [RenderJob(i, prompt=p.replace("\\n", "\n")) for i, p in enumerate(prompts)]
+
+
+def _jsonl_jobs(source: Path, text: str, mode: str) -> list[RenderJob]:
+    allowed = set(MIDI_OPTION_KEYS if mode == "midi" else ABC_OPTION_KEYS) | set(SAMPLING_KEYS)
+    jobs = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RwkvMusicError(f"{source}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise RwkvMusicError(f"{source}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        prompt, file = row.pop("prompt", None), row.pop("file", None)
+        name = _SAFE.sub("-", str(row.pop("name", "")))[:40]
+        unknown = sorted(set(row) - allowed)
+        if unknown:
+            raise RwkvMusicError(f"{source}:{lineno}: unknown key(s) {', '.join(unknown)}; allowed: prompt, file, name, {', '.join(sorted(allowed))}")
+        if file is not None:
+            path = Path(file) if Path(file).is_absolute() else source.parent / file
+            if not path.is_file():
+                raise RwkvMusicError(f"{source}:{lineno}: no such file {file}")
+            file = str(path)
+        jobs.append(RenderJob(len(jobs), prompt=prompt, file=file, params=tuple(sorted(row.items())), name=name))
+    if not jobs:
+        raise RwkvMusicError(f"{source}: no rows")
+    return jobs
+
+
+# -- planning ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sample:
+    job: RenderJob
+    k: int
+    number: int  # global sample index: job.index * K + k
+    seed: int
+    output: str  # path relative to the output folder
+
+    @property
+    def id(self) -> str:
+        return Path(self.output).stem
+
+
+def plan(jobs: list[RenderJob], settings: RenderSettings, suffix: str) -> list[Sample]:
+    """Every sample the input asks for, in order, with its seed and output name."""
+    K = settings.samples_per_prompt
+    out = []
+    for job in jobs:
+        for k in range(K):
+            number = job.index * K + k
+            stem = f"{job.index:05d}_{job.name}_{k}" if job.name else f"{job.index:05d}_{k}"
+            out.append(Sample(job, k, number, piece_seed(settings.seed, number), stem + suffix))
+    return out
+
+
+# -- the run -------------------------------------------------------------------------------------
+def render(composer: Any, source: str | os.PathLike, out: str | os.PathLike, settings: RenderSettings,
+           progress: Callable[[int, int, int], None] | None = None) -> RenderReport:
+    """Render ``source`` with ``composer`` into ``out`` (see the module docstring).
+
+    ``progress(done_now, todo, tokens)`` is called once with ``done_now=0`` before the first
+    batch, then after each batch.
+    """
+    out = Path(out)
+    jobs = read_jobs(source, composer.mode)
+    suffix = ".mid" if composer.mode == "midi" else ".abc"
+    samples = plan(jobs, settings, suffix)
+    out.mkdir(parents=True, exist_ok=True)
+    done = _prepare_output(out, settings, {"input": str(Path(source).resolve()), "model": composer.model_info(),
+                                           **settings.identity()})
+    todo = [s for s in samples if s.id not in done]
+    if settings.max_samples is not None:
+        todo = todo[: settings.max_samples]
+    written = 0
+    if progress is not None:
+        progress(0, len(todo), 0)
+    for batch in _batches(todo, settings):
+        pieces = _generate(composer, batch, settings)
+        tokens = 0
+        for sample, piece in zip(batch, pieces):
+            _write_sample(out, sample, piece)
+            tokens += int(piece.meta.get("new_tokens", 0))
+            written += 1
+        if progress is not None:
+            progress(len(batch), len(todo), tokens)
+    rows, _ = read_jsonl(out / MANIFEST)
+    stats = compute_stats(rows, total=len(samples))
+    atomic_write_json(out / STATS, stats, force=True)
+    return RenderReport(out, len(samples), len(done), written, stats)
+
+
+def _prepare_output(out: Path, settings: RenderSettings, identity: dict[str, Any]) -> set[str]:
+    """Check or reset the output folder; return the ids already done (resume)."""
+    manifest, settings_file = out / MANIFEST, out / SETTINGS
+    identity = json.loads(json.dumps(identity, default=str))
+    if manifest.exists() and not settings.resume:
+        if not settings.force:
+            raise OutputExistsError(f"{manifest}: exists; pass --resume to finish that render or --force to start over")
+        manifest.unlink()
+        (out / STATS).unlink(missing_ok=True)
+    for stray in out.glob(".*.tmp*"):  # temporaries of a killed atomic write
+        stray.unlink(missing_ok=True)
+    if settings.resume and settings_file.exists():
+        before = json.loads(settings_file.read_text(encoding="utf-8"))
+        changed = sorted(k for k in ("input", "samples_per_prompt", "seed", "options", "sampling")
+                         if before.get(k) != identity.get(k))
+        if changed:
+            raise RwkvMusicError(f"{out}: cannot resume, the render settings differ from the first run ({', '.join(changed)})")
+    if not settings.resume or not settings_file.exists():
+        atomic_write_json(settings_file, identity, force=True)
+    rows, bad = read_jsonl(manifest)
+    good, seen = [], set()
+    for row in rows:  # keep rows whose file is really there, once each
+        rid = row.get("id")
+        if rid and rid not in seen and (out / str(row.get("output", ""))).is_file():
+            good.append(row)
+            seen.add(rid)
+    if bad or len(good) != len(rows):
+        log.info("%s: dropping %d damaged or dangling manifest rows", manifest, bad + len(rows) - len(good))
+        atomic_write_text(manifest, "".join(json.dumps(r, sort_keys=True) + "\n" for r in good), force=True)
+    return seen
+
+
+def _batches(todo: list[Sample], settings: RenderSettings) -> Iterable[list[Sample]]:
+    """Consecutive samples sharing their row parameters, at most ``batch_size`` at a time."""
+    batch: list[Sample] = []
+    for s in todo:
+        if batch and (len(batch) >= settings.batch_size or batch[0].job.params != s.job.params):
+            yield batch
+            batch = []
+        batch.append(s)
+    if batch:
+        yield batch
+
+
+def _generate(composer: Any, batch: list[Sample], settings: RenderSettings) -> list[Any]:
+    params = {**dict(settings.options), **dict(settings.sampling), **dict(batch[0].job.params)}
+    sampling = {k: params.pop(k) for k in list(params) if k in SAMPLING_KEYS}
+    preset = sampling.pop("preset", None)
+    options = MidiOptions(**params) if composer.mode == "midi" else AbcOptions(**params)
+    inputs = [Path(s.job.file) if s.job.file else s.job.prompt for s in batch]
+    return composer.compose_rows(inputs, options, seeds=[s.seed for s in batch], preset=preset, **sampling)
+
+
+def _write_sample(out: Path, sample: Sample, piece: Any) -> None:
+    # force=True: a file without a manifest row is a leftover of a killed run (same seed, same piece)
+    piece.save(out / sample.output, force=True)
+    meta = piece.meta
+    timing = meta.get("timing", {})
+    row = {
+        "id": sample.id,
+        "row": sample.job.index,
+        "sample": sample.k,
+        "input": sample.job.input_label(),
+        "seed": sample.seed,
+        "params": {**meta.get("params", {}), "preset": meta.get("preset")},
+        "output": sample.output,
+        "tokens": meta.get("new_tokens"),
+        "prompt_tokens": meta.get("prompt_tokens"),
+        "seconds": round(timing.get("batch_seconds", 0.0) / max(1, timing.get("batch_size", 1)), 4),
+        "finish_reason": meta.get("finish_reason"),
+        "validity": meta.get("validity", {}),
+    }
+    append_jsonl(out / MANIFEST, row)
+
+
+def compute_stats(rows: list[dict[str, Any]], total: int) -> dict[str, Any]:
+    """Totals and validity rates over manifest rows (what ``stats.json`` holds)."""
+    n = len(rows)
+    tokens = sum(int(r.get("tokens") or 0) for r in rows)
+    seconds = sum(float(r.get("seconds") or 0.0) for r in rows)
+    validity = [r.get("validity") or {} for r in rows]
+    stats: dict[str, Any] = {
+        "samples": n,
+        "expected": total,
+        "complete": n >= total,
+        "tokens": tokens,
+        "generation_seconds": round(seconds, 3),
+        "tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
+        "finish_reasons": dict(Counter(str(r.get("finish_reason")) for r in rows)),
+    }
+    for key in ("decodes", "parse_ok"):
+        flags = [v[key] for v in validity if key in v]
+        if flags:
+            stats[f"{key}_rate"] = round(sum(bool(f) for f in flags) / len(flags), 4)
+    for key in ("notes", "seconds"):
+        values = [float(v[key]) for v in validity if isinstance(v.get(key), (int, float))]
+        if values:
+            stats[f"mean_{'music_seconds' if key == 'seconds' else key}"] = round(sum(values) / len(values), 3)
+    stats["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return stats

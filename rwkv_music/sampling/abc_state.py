@@ -1,0 +1,195 @@
+"""Configuration and state value of the ABC state machine (see :mod:`rwkv_music.sampling.abc_grammar`).
+
+:class:`AbcGrammarConfig` is the frozen set of switches (defaults = the strict subset used to
+constrain generation; :meth:`AbcGrammarConfig.lenient` = the relaxed subset used to read human
+tunes).  :class:`AbcState` is the immutable, hashable machine state: everything the next byte
+depends on, and nothing else (no text already read), so equal states can share cached masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from rwkv_music.errors import ConstraintError
+
+CONTROL, HEADER, BODY = 0, 1, 2  # phases: control-code block, header fields, tune body
+
+ZERO = Fraction(0)
+
+
+@dataclass(frozen=True)
+class AbcGrammarConfig:
+    """Switches of the ABC subset.  Defaults: the strict subset for constrained generation.
+
+    Args:
+        x_field: ``"optional"`` (an ``X:`` line may open the header), ``"required"`` or ``"forbidden"``.
+        control_codes: allow TunesFormer ``S:``/``B:``/``E:`` lines before the header (FORMATS B).
+        text_fields: header letters whose value is free text.
+        tempo_field: allow ``Q:`` (strict value ``bpm`` or ``beat=bpm``).
+        body_fields: letters of field lines allowed inside the body (``K:``, ``M:``, ``L:``).
+        comments: allow ``%`` comment lines and trailing comments.
+        free_meter: allow ``M:none`` (no bar checks).
+        max_meter_numerator: largest ``n`` of ``M:n/d``.
+        max_length_numerator: largest numerator of a note length (``A16``).
+        length_denominators: denominators of note lengths (``A3/2``, ``A/4``).
+        chord_symbols: ``"chords"`` (quoted chord symbols such as ``"Am7/G"``), ``"any"`` (any
+            quoted text) or ``"none"``.
+        decorations: one-character decorations placed before a note.
+        named_decorations: allow ``!trill!``-style decorations (strict: a fixed list of names).
+        chords, max_chord_notes: allow ``[CEG]`` chords of up to this many notes.
+        grace_notes, max_grace_notes: allow ``{ga}`` grace groups of up to this many notes.
+        tuplets, broken_rhythm: allow ``(3abc`` / ``(p:q:r`` and ``A>B`` / ``A<B``.
+        max_slur_depth: deepest nesting of ``( )`` slurs (strict: all must close before the end).
+        max_octave_marks: most ``'`` or ``,`` after one note.
+        pair_short_bars: a short bar right after a section bar line must complete the short bar
+            before it (``|: ... A6 :| B2 | ...`` in 4/4 with L:1/8); see the grammar docstring.
+        min_full_bars: complete bars needed before the tune may end.
+        key_scale_only: no accidentals: every note is in the key signature's scale.
+        pitch_range: ``(low, high)`` MIDI numbers for the written natural note (letter and octave
+            marks; an accidental may move it by up to two semitones).
+        meter, unit, key: if given, the only ``M:``/``L:``/``K:`` value allowed, and the header
+            must state it (body changes of that field are then not allowed).
+        lenient: read human tunes: see :meth:`lenient`.  Not for generation: lenient tunes may
+            dead-end, and music21 mis-reads some lenient constructs.
+    """
+
+    x_field: str = "optional"
+    control_codes: bool = True
+    text_fields: str = "TCOANZRDHGFSBW"
+    tempo_field: bool = True
+    body_fields: str = "KML"
+    comments: bool = False
+    free_meter: bool = True
+    max_meter_numerator: int = 12
+    max_length_numerator: int = 16
+    length_denominators: tuple[int, ...] = (2, 4, 8, 16)
+    chord_symbols: str = "chords"
+    decorations: str = "~.Tuv"
+    named_decorations: bool = True
+    chords: bool = True
+    max_chord_notes: int = 4
+    grace_notes: bool = True
+    max_grace_notes: int = 4
+    tuplets: bool = True
+    broken_rhythm: bool = True
+    max_slur_depth: int = 2
+    max_octave_marks: int = 2
+    pair_short_bars: bool = True
+    min_full_bars: int = 1
+    key_scale_only: bool = False
+    pitch_range: tuple[int, int] | None = None
+    meter: str | None = None
+    unit: str | None = None
+    key: str | None = None
+    lenient: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(name: str, expected: str) -> ConstraintError:
+            return ConstraintError(f"AbcGrammarConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+
+        if self.x_field not in ("optional", "required", "forbidden"):
+            raise bad("x_field", "'optional', 'required' or 'forbidden'")
+        if self.chord_symbols not in ("chords", "any", "none"):
+            raise bad("chord_symbols", "'chords', 'any' or 'none'")
+        for name in ("max_meter_numerator", "max_length_numerator", "max_chord_notes", "max_grace_notes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise bad(name, "an integer >= 1")
+        for name in ("max_slur_depth", "max_octave_marks", "min_full_bars"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise bad(name, "an integer >= 0")
+        if any(d not in (2, 4, 8, 16, 32, 64) for d in self.length_denominators):
+            raise bad("length_denominators", "powers of two between 2 and 64")
+        if set(self.decorations) - set("~.HLMOPSTuvJRk"):
+            raise bad("decorations", "characters from '~.HLMOPSTuvJRk'")
+        if self.pitch_range is not None:
+            low, high = self.pitch_range
+            if not (0 <= low <= high <= 127):
+                raise bad("pitch_range", "(low, high) with 0 <= low <= high <= 127")
+
+    @classmethod
+    def lenient(cls, **overrides: Any) -> "AbcGrammarConfig":
+        """The relaxed subset for reading human tunes (the music21 corpus).
+
+        Relaxes, relative to the strict default: any header field letter, free ``Q:`` text,
+        long/capitalised key modes (``E Minor``) and trailing text after ``K:``/``M:`` values,
+        comments, any quoted text, any ``!...!`` text, more bar-line spellings (``:||``, ``:|]``,
+        ``|:|``, ``[|]``), ``x`` and ``Z`` rests, decorations ``H L M O P S T u v``, chord notes
+        with their own lengths, unbalanced slurs, tabs and backquotes, inline ``[K:]``/``[M:]``/
+        ``[L:]``/``[P:]`` fields, any body field line, lengths up to 128, a newline that ends a
+        full bar without a bar line, a tune that ends without a final bar line, no pairing of
+        short bars, and no lookahead (tuplet and broken-rhythm notes are only checked for
+        overfull bars, not for a reachable end).
+        """
+        base: dict[str, Any] = dict(
+            text_fields="ABCDFGHINOPRSTUVWZmrsw", body_fields="KMLPTWwNQRVIU", comments=True,
+            max_meter_numerator=16, max_length_numerator=128, length_denominators=(2, 4, 8, 16, 32, 64),
+            chord_symbols="any", decorations="~.HLMOPSTuvJRk", max_chord_notes=8, max_grace_notes=16,
+            max_slur_depth=8, max_octave_marks=4, pair_short_bars=False, min_full_bars=0,
+            control_codes=False, lenient=True,
+        )  # fmt: skip
+        base.update(overrides)
+        return cls(**base)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AbcGrammarConfig":
+        data = dict(data)
+        for name in ("length_denominators", "pitch_range"):
+            if data.get(name) is not None:
+                data[name] = tuple(data[name])
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class AbcState:
+    """One state of the ABC machine.  Immutable and hashable; compare with ``==``.
+
+    Lexical fields say which token is being read; musical fields carry what bar balance needs.
+    Durations are exact fractions of a whole note.
+    """
+
+    phase: int = CONTROL  # CONTROL, HEADER or BODY
+    mode: str = "line"  # token being read (see the grammar docstring)
+    buf: str = ""  # text of the token or value read so far (only where it matters)
+    field: str = ""  # field letter of the line / inline field being read; 'c'/'g' in chord/grace
+    case: str = ""  # 'u'/'l': octave marks allowed after an upper/lower-case note letter
+    # -- header ------------------------------------------------------------------------------
+    seen: str = ""  # header field letters read so far (X, M, L, ...; 's' = a control code)
+    # -- musical context -------------------------------------------------------------------
+    bar_len: Fraction | None = None  # length of a full bar; None = free meter (no checks)
+    compound: bool = False  # compound meter (default q of (5 (7 (9 tuplets is 3)
+    unit: Fraction | None = None  # L:, once known
+    # -- body: timing ------------------------------------------------------------------------
+    pos: Fraction = ZERO  # duration of the current bar before the note being read
+    nfac: Fraction = ZERO  # duration of one L-length of the note being read (unit x tuplet x broken)
+    nkind: int = 0  # note being read: 0 plain, 1 in a tuplet, 2 right side of a broken rhythm
+    last: Fraction = ZERO  # duration of the last note (left side of a broken rhythm)
+    tuplet: tuple[int, int, int] | None = None  # (p, q, notes still to start) of an open tuplet
+    broken: Fraction | None = None  # duration factor waiting for the right note of A>B
+    pitch: int = 0  # MIDI number of the written natural note being read (pitch range)
+    count: int = 0  # notes in the chord / grace group, or octave marks of the note being read
+    # -- body: syntax context -----------------------------------------------------------------
+    line_start: bool = True  # at the start of a body line (field lines may begin)
+    after_note: bool = False  # a note/rest/chord just ended: '>' '<' '-' may follow
+    no_left: bool = False  # ... but it may not be the left side of a broken rhythm
+    need_note: bool = False  # a decoration / chord symbol / grace group / slur waits for its note
+    slur: int = 0  # open slurs
+    # -- body: bars ---------------------------------------------------------------------------
+    bar_notes: bool = False  # the current bar has a note or rest
+    first_bar: bool = True  # no non-empty bar closed yet (the first may be a pickup)
+    after_section: bool = False  # the current bar follows a section bar line (|: :| || |] [1 ...)
+    carry: Fraction | None = None  # length of the short bar the last section bar line closed
+    closed: bool = False  # the last bar line may end the tune
+    any_note: bool = False  # a pitched note has been written
+    full_bars: int = 0  # complete bars so far (capped at config.min_full_bars)
+
+    def replace(self, **changes: Any) -> "AbcState":
+        return dataclasses.replace(self, **changes)
+
+
+__all__ = ["AbcGrammarConfig", "AbcState", "BODY", "CONTROL", "HEADER", "ZERO"]

@@ -1,0 +1,80 @@
+"""Named sampling recipes: the ChatRWKV ones (FORMATS D3, D4) and the toolkit's defaults.
+
+>>> get_preset("chatrwkv-abc").top_k
+8
+>>> get_preset("chatrwkv-midi", temperature=0.9).temperature
+0.9
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from rwkv_music.sampling.base import SamplingValueError
+from rwkv_music.sampling.config import SamplingConfig
+
+# ChatRWKV music/run.py counts ids 0-126 (<pad>, <start>, <end>, t1..t124) with weight 0.3 and
+# t125 and every note with weight 1 (D3 step 7).
+_CHATRWKV_MIDI_WEIGHTS = ((0, 127, 0.3),)
+
+
+def _chatrwkv_midi() -> SamplingConfig:
+    """ChatRWKV ``music/run.py`` MIDI recipe (D3): prompt ``[0]``, stop on ``<pad>``, 4096 steps."""
+    return SamplingConfig(
+        temperature=1.0,
+        top_k=8,
+        top_p=0.8,
+        frequency_penalty=0.5,  # logit[id] -= 0.5 * occ[id]; no presence term
+        penalty_decay=0.997,
+        penalty_weights=_CHATRWKV_MIDI_WEIGHTS,
+        eos_bias_tokens=(0,),  # logit[0] += (i - 2000) / 500
+        eos_bias_start=2000.0,
+        eos_bias_scale=500.0,
+        logit_bias=((127, -1.0),),  # t125 discouraged
+        stop_tokens=(0,),
+        max_new_tokens=4096,  # "only trained with ctx4096"
+    )
+
+
+def _chatrwkv_abc() -> SamplingConfig:
+    """ChatRWKV ABC recipe (D4): the MIDI sampler call, no penalties or EOS bias, stop on id 3."""
+    return SamplingConfig(temperature=1.0, top_k=8, top_p=0.8, stop_tokens=(3,), max_new_tokens=4096)
+
+
+def _default_midi() -> SamplingConfig:
+    """Ours for MIDI: the ChatRWKV recipe with a slightly wider nucleus and both end markers.
+
+    Meant to run with a :class:`~rwkv_music.sampling.midi_constraint.MidiConstraint`, which
+    handles length and note hygiene; the step-based EOS bias stays as the model's own ending cue.
+    """
+    return _chatrwkv_midi().replace(top_k=16, top_p=0.9, stop_tokens=(0, 2))
+
+
+def _default_abc() -> SamplingConfig:
+    """Ours for ABC: nucleus 0.9 with a min-p floor; the ABC models are ctx1024."""
+    return SamplingConfig(temperature=1.0, top_k=16, top_p=0.9, min_p=0.02, stop_tokens=(3,), max_new_tokens=2048)
+
+
+PRESETS: Mapping[str, Callable[[], SamplingConfig]] = MappingProxyType({
+    "chatrwkv-midi": _chatrwkv_midi,
+    "chatrwkv-abc": _chatrwkv_abc,
+    "default-midi": _default_midi,
+    "default-abc": _default_abc,
+})
+
+
+def preset_names() -> list[str]:
+    """Names accepted by :func:`get_preset`."""
+    return list(PRESETS)
+
+
+def get_preset(name: str, **overrides: Any) -> SamplingConfig:
+    """The named :class:`SamplingConfig`, with any fields in ``overrides`` replaced."""
+    if name not in PRESETS:
+        raise SamplingValueError(f"unknown sampling preset {name!r}; choose one of {', '.join(PRESETS)}")
+    config = PRESETS[name]()
+    return config.replace(**overrides) if overrides else config
+
+
+__all__ = ["PRESETS", "SamplingConfig", "get_preset", "preset_names"]

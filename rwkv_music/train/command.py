@@ -1,0 +1,116 @@
+"""``rwkv-music train``: the click command (registered by the CLI as a subcommand).
+
+Examples::
+
+    rwkv-music train --mode abc --layers 4 --width 128 --ctx 256 --steps 2000 --out runs/abc
+    rwkv-music train --mode abc --data my_tunes/ --init runs/abc/model.pth --steps 200 --out runs/ft
+    rwkv-music train --mode midi --data midi_folder/ --width 128 --steps 1000 --out runs/midi
+    rwkv-music train --resume --out runs/abc --steps 4000
+    rwkv-music train --objective reinforce --reward abc-bar-balance --init runs/abc/model.pth --out runs/rl
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from rwkv_music.errors import RwkvMusicError
+
+log = logging.getLogger(__name__)
+
+
+def _progress_printer(every: int):
+    def show(info: dict) -> None:
+        if info.get("final"):
+            click.echo(f"final step {info['step']}: val {info['val_bits']:.4f} bits/token", err=True)
+        elif "reward" in info:
+            click.echo(f"step {info['step']}: reward {info['reward']:.4f} loss {info['loss']:.4f}", err=True)
+        elif info["step"] % every == 0 or "val_bits" in info:
+            extra = f" val {info['val_bits']:.4f} bits/token" if "val_bits" in info else ""
+            click.echo(f"step {info['step']}: loss {info['loss']:.4f} (ema {info['loss_ema']:.4f}) "
+                       f"lr {info['lr']:.2e} {info['elapsed_s']:.0f}s{extra}", err=True)
+    return show
+
+
+@click.command("train")
+@click.option("--data", "data", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="ABC files/folders (abc) or .mid files/folders (midi); default: music21's non-Essen corpus.")
+@click.option("--mode", type=click.Choice(["abc", "midi"]), default="abc", show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder (model.pth, train_state.pt).")
+@click.option("--layers", default=4, show_default=True, help="Number of layers (fresh models).")
+@click.option("--width", default=128, show_default=True, help="Embedding width C (fresh models).")
+@click.option("--head-size", default=32, show_default=True, help="Head size N (fresh models).")
+@click.option("--ctx", default=256, show_default=True, help="Training context length in tokens.")
+@click.option("--steps", default=1000, show_default=True, help="Optimizer steps (total, counting resumed ones).")
+@click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--lr-final", default=1e-4, show_default=True, help="Learning rate at the end of the cosine.")
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seeds init, data split and batches.")
+@click.option("--val-fraction", default=0.05, show_default=True, help="Held-out fraction of documents.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ... (bf16 autocast on CUDA).")
+@click.option("--init", "init", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Fine-tune this RWKV-7 checkpoint instead of starting from scratch.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its train_state.pt.")
+@click.option("--time-budget-min", type=float, default=None, help="Stop cleanly after this many minutes.")
+@click.option("--eval-every", default=200, show_default=True, help="Validation every N steps (0: only at the end).")
+@click.option("--save-dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--threads", type=int, default=None, help="torch CPU threads.")
+@click.option("--no-control-codes", is_flag=True, help="ABC: do not prepend S:/B:/E: control codes.")
+@click.option("--mask-control", is_flag=True, help="ABC: do not train on the control-code bytes.")
+@click.option("--max-pieces", type=int, default=None, help="MIDI: use at most this many music21 pieces when rendering.")
+@click.option("--objective", type=click.Choice(["sft", "reinforce"]), default="sft", show_default=True)
+@click.option("--reward", default="abc-bar-balance", show_default=True,
+              help="REINFORCE reward: abc-bar-balance, midi-stuck-notes or token:<id>.")
+@click.option("--gen-len", default=128, show_default=True, help="REINFORCE: sampled tokens per rollout.")
+def train(data, mode, out, layers, width, head_size, ctx, steps, lr, lr_final, batch_size, seed, val_fraction,
+          device, init, resume, time_budget_min, eval_every, save_dtype, threads, no_control_codes,
+          mask_control, max_pieces, objective, reward, gen_len):
+    """Train (or fine-tune) an RWKV-7 music model on ABC tunes or MIDI files."""
+    from rwkv_music.train.trainer import TrainOptions
+
+    opts = TrainOptions(out=str(out), mode=mode, layers=layers, width=width, head_size=head_size, ctx=ctx,
+                        steps=steps, lr=lr, lr_final=lr_final, batch_size=batch_size, seed=seed,
+                        val_fraction=val_fraction, device=device, init=str(init) if init else None,
+                        time_budget_min=time_budget_min, eval_every=eval_every, save_dtype=save_dtype,
+                        threads=threads)
+    try:
+        if objective == "reinforce":
+            _run_reinforce(opts, reward, gen_len)
+            return
+        docs, vocab = load_documents(mode, list(data), with_control=not no_control_codes,
+                                     mask_control=mask_control, max_pieces=max_pieces)
+        from rwkv_music.train.trainer import train as run
+
+        result = run(opts, docs, vocab, resume=resume, progress=_progress_printer(max(1, min(50, steps // 20))))
+    except RwkvMusicError as exc:
+        raise click.ClickException(str(exc)) from exc
+    val = f"{result.val_bits_per_token:.4f}" if result.val_bits_per_token is not None else "n/a"
+    click.echo(f"wrote {result.model_path} after {result.step} steps ({result.tokens_seen} tokens, "
+               f"{result.elapsed_s:.0f}s); val {val} bits/token")
+
+
+def load_documents(mode: str, data: list[Path], *, with_control: bool = True, mask_control: bool = False,
+                   max_pieces: int | None = None):
+    """(documents, vocab size) for a mode; music21's corpus when ``data`` is empty."""
+    if mode == "abc":
+        from rwkv_music.train.data import ABC_VOCAB, abc_documents
+
+        return abc_documents(data or None, with_control=with_control, mask_control=mask_control), ABC_VOCAB
+    from rwkv_music.train.midi_data import MIDI_VOCAB, midi_documents
+
+    return midi_documents(data or None, max_pieces=max_pieces), MIDI_VOCAB
+
+
+def _run_reinforce(opts, reward: str, gen_len: int) -> None:
+    from rwkv_music.train.reinforce import ReinforceOptions, reinforce_train, reward_by_name
+
+    if not opts.init:
+        raise RwkvMusicError("--objective reinforce needs --init CKPT (a trained model to improve)")
+    ropts = ReinforceOptions(steps=opts.steps, lr=opts.lr, batch_size=opts.batch_size, gen_len=gen_len,
+                             seed=opts.seed, device=opts.device)
+    prompt = [2] if opts.mode == "abc" else [0]
+    result = reinforce_train(Path(opts.init), Path(opts.out), reward_by_name(reward), prompt, ropts,
+                             progress=_progress_printer(1), save_dtype=opts.save_dtype)
+    click.echo(f"wrote {result} after {opts.steps} REINFORCE steps")

@@ -1,0 +1,211 @@
+"""MidiConstraint: layout against the reference vocabulary, each rule, and 200 constrained pieces
+checked by an independent stream walker (tests/test_sampling_fakes.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rwkv_music.sampling import LogitsProcessorList, MidiConstraint, SamplingValueError, generate, get_preset
+from rwkv_music.sampling.midi_constraint import BIN_NAMES, VOCAB_SIZE, note_token, wait_token
+from test_sampling_fakes import DATA, PREFIX_TO_BIN, FakeBackend, check_stream, id_to_word
+
+WORDS = id_to_word()
+BIN_PREFIX = {name: prefix for prefix, name in PREFIX_TO_BIN.items()}
+ID = {w: i for i, w in enumerate(WORDS)}
+
+
+def legal(c: MidiConstraint, row: int = 0) -> set[str]:
+    return {WORDS[i] for i in np.flatnonzero(c.allowed()[row])}
+
+
+def constraint_for(prompt_words, **kw) -> MidiConstraint:
+    c = MidiConstraint(**kw)
+    c.reset([[0] + [ID[w] for w in prompt_words]])
+    return c
+
+
+def test_layout_matches_reference_vocabulary_for_every_id():
+    assert VOCAB_SIZE == len(WORDS) == 20096
+    bins = json.loads((DATA / "vocab_config.json").read_text())["bin_instrument_names"]
+    assert list(BIN_NAMES) == bins
+    assert [WORDS[wait_token(n)] for n in range(1, 126)] == [f"t{n}" for n in range(1, 126)]
+    for b, name in enumerate(BIN_NAMES):
+        for pitch in range(128):
+            for vel in range(12):
+                assert WORDS[note_token(b, pitch, vel)] == f"{BIN_PREFIX[name]}:{pitch:x}:{vel:x}"
+
+
+def test_note_off_only_for_sounding_notes_and_no_retrigger():
+    c = constraint_for(["pi:3c:a", "t10"], instruments=["piano"])
+    words = legal(c)
+    assert "pi:3c:0" in words and "pi:3e:0" not in words  # no orphan note-off
+    assert "pi:3c:5" not in words and "pi:3e:5" in words  # no re-trigger of a sounding note
+    assert "<start>" not in words and "<pad>" not in words and "<end>" not in words  # a note still sounds
+
+
+def test_polyphony_limit_blocks_note_ons():
+    c = constraint_for(["pi:3c:a", "pi:40:a"], max_polyphony=2)
+    words = legal(c)
+    assert not any(w.endswith(("a", "1")) and ":" in w for w in words)
+    assert {"pi:3c:0", "pi:40:0", "t1", "t125"} <= words
+
+
+def test_max_note_length_caps_waits_and_forces_release():
+    c = constraint_for(["pi:3c:a", "t100"], max_note_seconds=1.0)  # 125 ticks; 100 used
+    words = legal(c)
+    assert "t25" in words and "t26" not in words
+    c = constraint_for(["pi:3c:a", "t100", "pi:40:a", "t25"], max_note_seconds=1.0)
+    assert legal(c) == {"pi:3c:0"}  # overdue: only its release
+    c.update([ID["pi:3c:0"]])
+    assert {"t100", "pi:40:0"} <= legal(c) and "t101" not in legal(c)
+
+
+def test_instruments_drums_and_pitch_range():
+    c = constraint_for([], instruments=["violin", "flute"], drums=True, pitch_range=(60, 72))
+    ons = {w.split(":")[0] for w in legal(c) if ":" in w}
+    assert ons == {"v", "f", "p", "d"}
+    assert "v:3c:5" in legal(c) and "v:3b:5" not in legal(c) and "v:49:5" not in legal(c)
+    assert "p:23:5" in legal(c)  # percussion keys are exempt from the pitch range
+    piano = MidiConstraint.piano_only()
+    piano.reset([[0]])
+    assert {w.split(":")[0] for w in legal(piano) if ":" in w} == {"pi"}
+    with pytest.raises(SamplingValueError, match="drums=False"):
+        MidiConstraint(["percussion"], drums=False)
+    with pytest.raises(SamplingValueError, match="unknown instrument 'kazoo'"):
+        MidiConstraint(["kazoo"])
+
+
+def test_target_length_gates_end_waits_and_note_ons():
+    kw = dict(target_seconds=2.0, length_tolerance=0.05)  # ticks: min 238, target 250, max 262
+    early = constraint_for(["t125", "t100"], **kw)  # 225 ticks
+    assert "<pad>" not in legal(early) and "pi:3c:5" in legal(early)
+    late = constraint_for(["t125", "t120"], **kw)  # 245 ticks: may end, 17 ticks of room
+    assert {"<pad>", "<end>", "t17", "pi:3c:5"} <= legal(late) and "t18" not in legal(late)
+    closing = constraint_for(["pi:3c:a", "t125", "t125", "t5"], **kw)  # 255: past target, note sounds
+    assert not any(w.endswith(":5") for w in legal(closing)) and "<pad>" not in legal(closing)
+    full = constraint_for(["pi:3c:a", "t125", "t125", "t12"], **kw)  # 262 = max: must release, then end
+    assert legal(full) == {"pi:3c:0"}
+    full.update([ID["pi:3c:0"]])
+    assert legal(full) == {"<pad>", "<end>"}
+    bias_early, bias_max = late.end_bias_now()[0], full.end_bias_now()[0]
+    assert 0 < bias_early < bias_max == 4.0
+
+
+def test_end_token_starts_a_fresh_piece_and_prompt_resets_at_separator():
+    c = constraint_for(["pi:3c:a", "t10", "pi:3c:0", "<end>", "pi:40:a"], max_polyphony=1)
+    assert "pi:40:0" in legal(c) and "pi:3c:0" not in legal(c)
+    c.update([ID["pi:40:0"]])
+    c.update([0])
+    assert "pi:40:0" not in legal(c) and "pi:40:5" in legal(c)
+
+
+def test_wrong_vocabulary_size_is_an_error():
+    c = MidiConstraint()
+    c.reset([[0]])
+    with pytest.raises(SamplingValueError, match="20096"):
+        c(0, np.zeros((1, 128), np.float32))
+
+
+CONFIGS = [
+    dict(instruments=["piano"], max_polyphony=3, max_note_seconds=1.0, target_seconds=4.0, pitch_range=(48, 84)),
+    dict(instruments=["violin", "flute", "bass"], drums=True, max_polyphony=6, max_note_seconds=0.5,
+         target_seconds=3.0),
+    dict(instruments=None, drums=False, max_polyphony=2, max_note_seconds=2.0, target_seconds=6.0,
+         pitch_range=(30, 100)),
+    dict(instruments=["guitar"], max_polyphony=1, target_seconds=2.0),
+]
+
+
+def allowed_names(kw):
+    names = set(BIN_NAMES) if kw.get("instruments") is None else set(kw["instruments"])
+    if kw.get("drums") is True:
+        names |= {"percussion", "drum"}
+    if kw.get("drums") is False:
+        names -= {"percussion", "drum"}
+    return names
+
+
+def check_generation(res, prompts, kw):
+    reports = []
+    for toks, reason, hit, prompt in zip(res.tokens, res.finish_reasons, res.stop_tokens, prompts):
+        assert reason == "stop" and hit in (0, 2)
+        max_note_ms = (kw.get("max_note_seconds") or 1e9) * 1000
+        rep = check_stream([WORDS[t] for t in toks] + [WORDS[hit]], max_note_ms=max_note_ms,
+                           allowed=allowed_names(kw), pitch_range=kw.get("pitch_range", (0, 127)),
+                           prompt_words=[WORDS[t] for t in prompt])
+        assert (rep.orphan_offs, rep.overlong_notes, rep.bad_instruments, rep.bad_pitches) == (0, 0, 0, 0)
+        assert (rep.retriggers, rep.start_tokens, rep.unreleased_at_end) == (0, 0, 0)
+        assert rep.max_polyphony <= kw["max_polyphony"]
+        assert abs(rep.seconds - kw["target_seconds"]) <= 0.1 * kw["target_seconds"]
+        reports.append(rep)
+    return reports
+
+
+@pytest.mark.parametrize("kw", CONFIGS, ids=["piano", "trio+drums", "all-no-drums", "guitar-mono"])
+def test_fifty_random_logit_pieces_per_config_are_well_formed(kw):
+    backend = FakeBackend(vocab_size=VOCAB_SIZE, table_rows=61, scale=2.0, seed=7)
+    prompts = [[0] for _ in range(50)]
+    procs = LogitsProcessorList([MidiConstraint(**kw)])
+    res = generate(backend, prompts, processors=procs, max_new_tokens=800, seeds=list(range(50)), stop_tokens=(0, 2),
+                   return_state=False)
+    reports = check_generation(res, prompts, kw)
+    assert sum(len(r.instruments) > 0 for r in reports) == 50  # every piece plays something
+
+
+def test_constraint_composes_with_chatrwkv_recipe_and_a_prompt():
+    backend = FakeBackend(vocab_size=VOCAB_SIZE, table_rows=61, seed=3)
+    kw = dict(instruments=["piano"], max_polyphony=4, max_note_seconds=2.0, target_seconds=5.0)
+    prompts = [[0, ID["pi:3c:a"], ID["pi:40:8"], ID["t60"]]] * 8
+    procs = get_preset("default-midi").build_processors([MidiConstraint(**kw)])
+    res = generate(backend, prompts, processors=procs, max_new_tokens=1500, seeds=list(range(8)), stop_tokens=(0, 2),
+                   return_state=False)
+    check_generation(res, prompts, kw)
+
+
+def test_random_weights_midi_model_respects_the_constraint(checkpoint_path):
+    import rwkv_music
+
+    model = rwkv_music.load_model(checkpoint_path("4", vocab_size=VOCAB_SIZE, n_embd=64, n_layer=2, seed=2))
+    kw = dict(instruments=["piano", "bass"], drums=True, max_polyphony=4, max_note_seconds=1.5, target_seconds=3.0)
+    prompts = [[0]] * 6
+    res = generate(model, prompts, processors=[MidiConstraint(**kw)], max_new_tokens=1500, seeds=list(range(6)),
+                   stop_tokens=(0, 2), return_state=False)
+    check_generation(res, prompts, kw)
+
+
+# -- there is always a legal token ----------------------------------------------------------
+INTERESTING = [0, 1, 2, 3, 4, 60, 127]
+INTERESTING += [note_token(b, p, v) for b in (0, 1, 8, 12) for p in (0, 60, 127) for v in (0, 1, 11)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    instruments=st.sampled_from([None, ["piano"], ["violin", "pad"], ["percussion"], [0, 12]]),
+    drums=st.sampled_from([None, True]),
+    poly=st.sampled_from([None, 1, 2, 5]),
+    max_note=st.sampled_from([None, 0.008, 0.1, 1.0, 5.0]),
+    target=st.sampled_from([None, 0.05, 0.5, 2.0]),
+    tol=st.sampled_from([0.0, 0.05, 0.2]),
+    prompts=st.lists(st.lists(st.sampled_from(INTERESTING), max_size=12), min_size=1, max_size=6),
+)
+def test_every_state_has_a_legal_token(seed, instruments, drums, poly, max_note, target, tol, prompts):
+    try:
+        c = MidiConstraint(instruments, drums=drums, max_polyphony=poly, max_note_seconds=max_note,
+                           target_seconds=target, length_tolerance=tol)
+    except SamplingValueError:
+        return  # e.g. a target too short for the tolerance: rejected up front
+    c.reset(prompts)
+    rng = np.random.default_rng(seed)
+    for _ in range(60):
+        mask = c.allowed()
+        assert mask.any(axis=1).all()
+        # mostly legal moves, sometimes an arbitrary token (a caller that ignores the mask)
+        tokens = [int(rng.choice(np.flatnonzero(m))) if rng.random() < 0.85 else int(rng.integers(VOCAB_SIZE))
+                  for m in mask]
+        c.update(tokens)
