@@ -39,8 +39,8 @@ class FakeBackend:
         state = state if state is not None else self.new_state(toks.shape[0])
         x = state.tensors["att_x"][0].copy()  # [B, C]
         for t in range(toks.shape[1]):
-            x = 0.5 * x + self.emb[toks[:, t]]
-        logits = (2.0 * self.emb[toks[:, -1]] + x) @ self.mix
+            x = 0.9 * x + 0.3 * self.emb[toks[:, t]]  # slow decay: old context still matters
+        logits = (self.emb[toks[:, -1]] + 3.0 * x) @ self.mix
         new = state.copy()
         new.tensors["att_x"][0] = x
         return logits.astype(np.float32), new

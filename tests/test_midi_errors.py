@@ -110,9 +110,13 @@ def test_trailing_garbage_shorter_than_a_chunk_is_ignored() -> None:
     assert MidiTokenizer().midi_to_text(data) == "<start> pi:3c:a t12 pi:3c:0 <end>"
 
 
-def test_loaded_file_with_bad_division_is_refused() -> None:
+def test_loaded_file_with_bad_division_or_times_is_refused() -> None:
     with pytest.raises(MidiFormatError, match="ticks per beat"):
         load_midi(mido.MidiFile(ticks_per_beat=0))
+    mid = mido.MidiFile()
+    mid.tracks.append(mido.MidiTrack([mido.Message("note_on", note=60, time=0.5)]))
+    with pytest.raises(MidiFormatError, match="track 0 has delta time 0.5"):
+        MidiTokenizer().midi_to_text(mid)
 
 
 def test_error_names_bytes_input() -> None:

@@ -73,6 +73,7 @@ def test_note_id_examples_from_formats(vocab: MidiVocab, token: str, token_id: i
     assert vocab.note_id(bin_name, pitch, vel) == token_id
     assert vocab.note_token(bin_name, pitch, vel) == token
     assert vocab.parse(token_id) == NoteToken(vocab.bin_index(bin_name), pitch, vel)
+    assert vocab.parse_token(token.upper()) == vocab.parse(token_id)
 
 
 def test_parse_inverts_note_id_for_every_note(vocab: MidiVocab) -> None:

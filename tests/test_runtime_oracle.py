@@ -4,9 +4,10 @@ Every version runs random 2-layer checkpoints in the exact BlinkDL key layout.  
 package is the oracle for logits and states (fp32); batching, sequence/step equivalence and
 the low-precision dtypes are checked against our own fp32 single-row runs.
 
-Low-precision tolerances (max |logit difference| to fp32 after a 24-token prompt and 8 steps,
-logits of scale ~5; measured on these checkpoints: bf16 ≲ 0.15, fp16 ≲ 0.02).  Asserted bounds
-below leave headroom: bf16 0.35, fp16 0.06.
+Low-precision tolerance: max |logit difference| to fp32 over a 24-token prompt and 8 steps.
+Measured on random 2-layer checkpoints (logit scale 4–11), all versions: bf16 0.06–0.13,
+fp16 0.006–0.022 (width 128 / vocab 20096 at the top of each range).  Asserted bounds leave
+about 2x headroom over the width-64 values: bf16 0.25, fp16 0.05.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ SHAPES = {"small": (128, 64, 32), "midi": (20096, 128, 64)}
 PROMPT = tuple(int(t) for t in np.random.default_rng(7).integers(0, 128, size=80))  # > one 64-token chunk
 STEPS = tuple(int(t) for t in np.random.default_rng(8).integers(0, 128, size=16))
 FP32_TOL = 1e-4  # max abs logit / state difference to the pip package (fp32)
-LOW_PRECISION_TOL = {"bf16": 0.35, "fp16": 0.06}
+LOW_PRECISION_TOL = {"bf16": 0.25, "fp16": 0.05}
 
 
 def _compare_state(ours, theirs: dict, prefix: str, tol: float) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -64,18 +65,35 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""
-    return f"{type(exc).__name__}: {first[:160]}" if first else type(exc).__name__
+    if len(first) > 120:
+        first = first[:117] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _read_torch(p: Path) -> Any:
+    import pickle
+
     import torch
 
+    with open(p, "rb") as fh:
+        magic = fh.read(2)
+    if not magic:
+        raise CheckpointError(f"{p.name}: not a PyTorch checkpoint (empty file)")
+    if magic != b"PK" and magic[:1] != b"\x80":  # torch.save writes a zip, legacy files a pickle
+        raise CheckpointError(f"{p.name}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4" notes: the result is checked below
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
     except MemoryError:
         raise
-    except Exception as exc:  # truncated zip, text file, unsafe pickle, ...: all "not a checkpoint"
-        raise CheckpointError(f"{p.name}: not a PyTorch checkpoint ({_one_line(exc)})") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{p.name}: not a PyTorch checkpoint (holds objects other than tensors; refused by safe loading)"
+        ) from None
+    except Exception as exc:  # truncated zip, damaged pickle, ...
+        what = "damaged or truncated zip archive" if magic == b"PK" else "damaged pickle"
+        raise CheckpointError(f"{p.name}: not a PyTorch checkpoint ({what}; {_one_line(exc)})") from None
 
 
 def _read_safetensors(p: Path) -> Any:
@@ -97,7 +115,7 @@ def check_payload(payload: Any, source: str) -> dict[str, Any]:
         raise CheckpointError(f"{source}: not a checkpoint (holds a {type(payload).__name__}, expected a dict of tensors)")
     if "_strategy" in payload:
         raise CheckpointError(
-            f"{source}: pre-converted by the rwkv package (strategy {payload['_strategy']!r}); "
+            f"{source}: pre-converted by the rwkv package ('_strategy' {payload['_strategy']!r}); "
             "load the original trainer .pth instead"
         )
     if not payload:

@@ -47,8 +47,8 @@ VERSIONS: tuple[str, ...] = ("7", "7a")
 DECAY_SCALE = math.exp(-0.5)  # A7 step 7: w = exp(-e^{-1/2}·σ(w0 + w_raw)) ∈ (0.545, 1)
 CHUNK_LEN = 32  # sequence-mode WKV chunk; 1/W_L stays ≤ 2.7e8 (module docstring)
 SEMB_SIDE = 32  # DeepEmbed rows are viewed as 32×32 matrices (A3, v7a row)
-_ATT_MIX = ("x_r", "x_k", "x_v", "x_w", "x_a", "x_g")  # [:3] feed r,k,v; [2:] feed the LoRAs
-_LORA = ("v", "w", "a", "g")  # LoRA stack order (input mixes x_v, x_w, x_a, x_g)
+_ATT_MIX = ("x_r", "x_k", "x_v", "x_a", "x_w", "x_g")  # [:3] feed r,k,v; [2:] feed the LoRAs
+_LORA = ("v", "a", "w", "g")  # LoRA stack order; w and g (the two with tanh) last
 
 
 @dataclass
@@ -59,11 +59,12 @@ class V7Layer:
     ln2: tuple[torch.Tensor, torch.Tensor]
     mix: torch.Tensor  # [6, 1, C] in _ATT_MIX order
     rkv: torch.Tensor  # [3, C, C] receptance, key, value
-    lora_in: torch.Tensor  # [4, C, D] v1 w1 a1 g1, zero-padded to the widest D
-    lora_out: torch.Tensor  # [4, D, C] v2 w2 a2 g2, zero-padded
-    lora_bias: torch.Tensor  # [4, 1, C] v0 w0 a0 0
+    lora_in: torch.Tensor  # [4, C, D] v1 a1 w1 g1/2, zero-padded to the widest D
+    lora_out: torch.Tensor  # [4, D, C] v2 a2 w2 g2/2, zero-padded
+    lora_bias: torch.Tensor  # [4, 1, C] v0 a0 w0 Σ(g2)/2
     k_k: torch.Tensor  # [C]
     k_a: torch.Tensor  # [C]
+    one_minus_k_a: torch.Tensor  # [C]
     r_k: torch.Tensor  # [C] (flattened [H, N])
     output: torch.Tensor  # [C, C]
     ln_x: tuple[torch.Tensor, torch.Tensor]  # fp32 [C]
@@ -116,17 +117,21 @@ def prepare(sd: dict[str, torch.Tensor], config: RWKVConfig, dtype: torch.dtype,
     for i in range(config.n_layer):
         att, ffn = f"blocks.{i}.att.", f"blocks.{i}.ffn."
         vec = lambda name: g(name).flatten()  # noqa: E731
-        widths = {n: g(f"{att}{n}1").shape[1] for n in _LORA}
+        widths = {n: g(f"{att}{n}1").shape[1] for n in _LORA if i or n != "v"}
         D = max(widths.values())
         lora_in = torch.zeros(4, C, D)
         lora_out = torch.zeros(4, D, C)
         for j, n in enumerate(_LORA):
-            if i == 0 and n == "v":
+            if n not in widths:
                 continue  # A6: layer 0's v0/v1/v2 are unused (its value *is* v_first)
             lora_in[j, :, : widths[n]] = g(f"{att}{n}1")
             lora_out[j, : widths[n]] = g(f"{att}{n}2")
+        # g = σ(xg·g1)·g2 = tanh(xg·g1/2)·(g2/2) + Σ_rows(g2)/2, so one in-place tanh serves w and g
+        lora_in[3] *= 0.5
+        g_bias = lora_out[3].sum(0) * 0.5
+        lora_out[3] *= 0.5
         zero = torch.zeros(C)
-        bias = torch.stack([zero if i == 0 else vec(att + "v0"), vec(att + "w0"), vec(att + "a0"), zero])
+        bias = torch.stack([zero if i == 0 else vec(att + "v0"), vec(att + "a0"), vec(att + "w0"), g_bias])
         layer = V7Layer(
             ln1=(cast(vec(f"blocks.{i}.ln1.weight")), cast(vec(f"blocks.{i}.ln1.bias"))),
             ln2=(cast(vec(f"blocks.{i}.ln2.weight")), cast(vec(f"blocks.{i}.ln2.bias"))),
@@ -137,6 +142,7 @@ def prepare(sd: dict[str, torch.Tensor], config: RWKVConfig, dtype: torch.dtype,
             lora_bias=cast(bias.view(4, 1, C)),
             k_k=cast(vec(att + "k_k")),
             k_a=cast(vec(att + "k_a")),
+            one_minus_k_a=cast(1.0 - vec(att + "k_a")),
             r_k=cast(vec(att + "r_k")),
             output=cast(g(att + "output.weight").t()),
             ln_x=(vec(att + "ln_x.weight").to(device), vec(att + "ln_x.bias").to(device)),
@@ -163,94 +169,113 @@ def prepare(sd: dict[str, torch.Tensor], config: RWKVConfig, dtype: torch.dtype,
 def forward(
     weights: V7Weights, config: RWKVConfig, tokens: torch.Tensor, state: State, all_logits: bool
 ) -> tuple[torch.Tensor, State]:
-    """Run ``tokens`` [B, T] from ``state`` (not mutated): float32 logits [B, V] (or [B, T, V]) and a new State."""
+    """Run ``tokens`` [B, T] from ``state`` (not mutated): float32 logits [B, V] (or [B, T, V]) and a new State.
+
+    Activations are kept as ``[B·T, C]`` (``[B, C]`` when T == 1) so every projection is one matmul.
+    """
     B, T = tokens.shape
     C, dtype = config.n_embd, weights.dtype
-    att_x, att_kv, ffn_x = state.tensors["att_x"], state.tensors["att_kv"], state.tensors["ffn_x"]
-    new_att_x = torch.empty(att_x.shape, dtype=dtype, device=att_x.device)
-    new_kv = torch.empty(att_kv.shape, dtype=torch.float32, device=att_kv.device)
-    new_ffn_x = torch.empty_like(new_att_x)
     flat_tokens = tokens.reshape(-1)
-    x = weights.emb[tokens]  # [B, T, C]
+    att_prev = state.tensors["att_x"].to(dtype).unbind(0)
+    ffn_prev = state.tensors["ffn_x"].to(dtype).unbind(0)
+    kv = state.tensors["att_kv"]
+    new_kv = torch.empty(kv.shape, dtype=torch.float32, device=kv.device)
+    kv_in, kv_out = kv.unbind(0), new_kv.unbind(0)
+    att_last, ffn_last = [], []
+    x = weights.emb[flat_tokens]  # [B·T, C]
     v_first = None
     for i, lw in enumerate(weights.layers):
         xx = F.layer_norm(x, (C,), lw.ln1[0], lw.ln1[1], LN_EPS)
-        dx, v_first = _time_mix(lw, config, xx, att_x[i].to(dtype), att_kv[i], new_kv[i], v_first)
-        new_att_x[i] = xx[:, -1]
+        dx, v_first = _time_mix(lw, config, B, T, xx, att_prev[i], kv_in[i], kv_out[i], v_first)
         x = x + dx
+        att_last.append(_last(xx, B, T))
         xx = F.layer_norm(x, (C,), lw.ln2[0], lw.ln2[1], LN_EPS)
-        x = x + _channel_mix(lw, xx, ffn_x[i].to(dtype), flat_tokens)
-        new_ffn_x[i] = xx[:, -1]
-    if not all_logits:
-        x = x[:, -1]
+        x = x + _channel_mix(lw, B, T, xx, ffn_prev[i], flat_tokens)
+        ffn_last.append(_last(xx, B, T))
+    if all_logits:
+        x = x.view(B, T, C)
+    elif T > 1:
+        x = x.view(B, T, C)[:, -1]
     x = F.layer_norm(x, (C,), weights.ln_out[0], weights.ln_out[1], LN_EPS)
     logits = (x @ weights.head).float()
-    return logits, State(config.version, {"att_x": new_att_x, "att_kv": new_kv, "ffn_x": new_ffn_x})
+    tensors = {"att_x": torch.stack(att_last), "att_kv": new_kv, "ffn_x": torch.stack(ffn_last)}
+    return logits, State(config.version, tensors)
+
+
+def _last(xx: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """The last position's row per batch row of ``xx`` [B·T, C] (the next call's token shift)."""
+    return xx if T == 1 else xx.view(B, T, -1)[:, -1]
+
+
+def _shifted(xx: torch.Tensor, prev: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """The previous position's LN output for every row of ``xx`` [B·T, C] (``prev`` [B, C] before the first)."""
+    if T == 1:
+        return prev
+    return token_shift(xx.view(B, T, -1), prev).view(B * T, -1)
 
 
 def _time_mix(
-    lw: V7Layer, config: RWKVConfig, xx: torch.Tensor, prev: torch.Tensor,
+    lw: V7Layer, config: RWKVConfig, B: int, T: int, xx: torch.Tensor, prev: torch.Tensor,
     S: torch.Tensor, S_out: torch.Tensor, v_first: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A7 v7 time mix on LN1 outputs ``xx`` [B,T,C]; writes the new S into ``S_out``; returns (out, v_first)."""
-    B, T, C = xx.shape
+    """A7 v7 time mix of LN1 outputs ``xx`` [B·T, C]; writes the new S into ``S_out``; returns (out, v_first)."""
     H, N = config.n_head, config.head_size
-    BT = B * T
-    mixed = torch.lerp(xx, token_shift(xx, prev), lw.mix.unsqueeze(1)).view(6, BT, C)  # step 1
-    r, k, v = torch.bmm(mixed[:3], lw.rkv)  # step 2, each [BT, C]
-    h = torch.bmm(mixed[2:], lw.lora_in)  # [4, BT, D]: v w a g
-    h[1].tanh_()
-    h[3].sigmoid_()
-    lora = torch.baddbmm(lw.lora_bias, h, lw.lora_out)  # [4, BT, C]
-    a = torch.sigmoid(lora[2])  # step 3
-    g = lora[3]
-    log_w = lora[1].float().sigmoid_().mul_(-DECAY_SCALE)  # step 7, as log w (fp32)
-    kk = F.normalize((k * lw.k_k).view(BT, H, N), dim=-1, p=2.0, eps=1e-12).view(BT, C)  # step 4
-    k = k * ((a - 1) * lw.k_a + 1)  # step 5
-    if v_first is None:  # step 6 (layer 0 keeps its value)
+    BT, C = xx.shape
+    mixed = torch.lerp(xx, _shifted(xx, prev, B, T), lw.mix)  # step 1: [6, B·T, C]
+    r, k, v = torch.bmm(mixed[:3], lw.rkv)  # step 2
+    h = torch.bmm(mixed[2:], lw.lora_in)  # [4, B·T, D]: v a w g
+    h[2:].tanh_()  # w's tanh, and g's sigmoid via σ(x) = (1 + tanh(x/2)) / 2 folded into the weights
+    lv, la, lw_raw, g = torch.baddbmm(lw.lora_bias, h, lw.lora_out)  # step 3
+    a = torch.sigmoid(la)
+    kk = (k * lw.k_k).view(BT, H, N)
+    kk = (kk / kk.norm(dim=-1, keepdim=True).clamp_min(1e-12)).view(BT, C)  # step 4 (F.normalize)
+    k = k * torch.addcmul(lw.one_minus_k_a, a, lw.k_a)  # step 5: 1 + (a - 1)·k_a
+    if v_first is None:  # step 6: layer 0 keeps its value for the others
         v_first = v
     else:
-        v = torch.lerp(v, v_first, torch.sigmoid(lora[0]))
-    heads = [t.float().view(B, T, H, N) for t in (r, k, v, kk, kk * a)]
+        v = torch.lerp(v, v_first, torch.sigmoid(lv))
+    neg_decay = lw_raw.float().sigmoid_().mul_(-DECAY_SCALE)  # step 7: log w, fp32 (A10)
+    vecs = (r.float(), k.float(), v.float(), kk.float(), (kk * a).float())
     if T == 1:
-        y = _wkv_step(S, S_out, heads[0][:, 0], log_w.view(B, H, N).exp(), *(t[:, 0] for t in heads[1:]))
+        y = _wkv_step(S, S_out, H, neg_decay.exp_(), *vecs)
     else:
-        y = _wkv_chunked(S, S_out, heads[0], log_w.view(B, T, H, N), *heads[1:])
-    y = F.group_norm(y.reshape(BT, C), H, lw.ln_x[0], lw.ln_x[1], GN_EPS)  # step 9 (fp32)
-    bonus = (r * k * lw.r_k).view(BT, H, N).sum(-1, keepdim=True) * v.view(BT, H, N)
-    y = (y + bonus.view(BT, C)).to(xx.dtype) * g
-    return (y @ lw.output).view(B, T, C), v_first  # step 10
+        y = _wkv_chunked(S, S_out, neg_decay.view(B, T, H, N), *(t.view(B, T, H, N) for t in vecs))
+        y = y.reshape(BT, C)
+    y = F.group_norm(y, H, lw.ln_x[0], lw.ln_x[1], GN_EPS).view(BT, H, N)  # step 9, fp32
+    rk = (vecs[0] * vecs[1]).mul_(lw.r_k).view(BT, H, N).sum(-1, keepdim=True)
+    y = torch.addcmul(y, rk, vecs[2].view(BT, H, N)).view(BT, C)  # the r·k bonus
+    return (y.to(xx.dtype) * g) @ lw.output, v_first  # step 10
 
 
-def _channel_mix(lw: V7Layer, xx: torch.Tensor, prev: torch.Tensor, flat_tokens: torch.Tensor) -> torch.Tensor:
-    """A7 v7 channel mix (and the v7a DeepEmbed gate) on LN2 outputs ``xx`` [B,T,C]."""
-    B, T, C = xx.shape
-    kx = torch.lerp(xx, token_shift(xx, prev), lw.ffn_mix)
-    k = F.relu(kx @ lw.ffn_key).square_()
+def _channel_mix(lw: V7Layer, B: int, T: int, xx: torch.Tensor, prev: torch.Tensor, flat_tokens: torch.Tensor) -> torch.Tensor:
+    """A7 v7 channel mix (and the v7a DeepEmbed gate) of LN2 outputs ``xx`` [B·T, C]."""
+    kx = torch.lerp(xx, _shifted(xx, prev, B, T), lw.ffn_mix)
+    k = torch.relu_(kx @ lw.ffn_key).square_()
     if lw.s_emb is not None:  # v7a: the gate reads xx (the LN2 output), not kx
-        s = torch.bmm((xx @ lw.s1).view(B * T, 1, SEMB_SIDE), lw.s_emb[flat_tokens])
-        k = k * (s.view(B, T, SEMB_SIDE) @ lw.s2 + lw.s0)
+        s = torch.bmm((xx @ lw.s1).unsqueeze(1), lw.s_emb[flat_tokens]).squeeze(1)  # [B·T, 32]
+        k = k * torch.addmm(lw.s0, s, lw.s2)
     return k @ lw.ffn_value
 
 
 def _wkv_step(
-    S: torch.Tensor, S_out: torch.Tensor, r: torch.Tensor, w: torch.Tensor,
-    k: torch.Tensor, v: torch.Tensor, kk: torch.Tensor, b: torch.Tensor,
+    S: torch.Tensor, S_out: torch.Tensor, H: int, w: torch.Tensor,
+    r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kk: torch.Tensor, b: torch.Tensor,
 ) -> torch.Tensor:
-    """One token (A7 step 8): vectors [B,H,N] fp32, S [B,H,N(value),N(key)]; returns y = S_new·r [B,H,N]."""
-    B, H, N = r.shape
-    BH = B * H
+    """One token (A7 step 8): vectors [B, C] fp32, S [B,H,N(value),N(key)]; returns y = S_new·r as [B, C]."""
+    B, C = r.shape
+    BH, N = B * H, C // H
     S = S.reshape(BH, N, N)
     out = S_out.view(BH, N, N)
-    sk = torch.bmm(S, kk.reshape(BH, N, 1))  # S·kk with the old S
-    torch.mul(S, w.reshape(BH, 1, N), out=out)
-    out.baddbmm_(sk, b.reshape(BH, 1, N), alpha=-1.0)
-    out.baddbmm_(v.reshape(BH, N, 1), k.reshape(BH, 1, N))
-    return torch.bmm(out, r.reshape(BH, N, 1)).view(B, H, N)
+    # (S·kk)ᵀ = kkᵀ·Sᵀ: the row form is several times faster than bmm with a [N, 1] right side on CPU
+    sk = torch.bmm(kk.view(BH, 1, N), S.transpose(1, 2)).view(BH, N, 1)
+    torch.mul(S, w.view(BH, 1, N), out=out)
+    out.addcmul_(sk, b.view(BH, 1, N), value=-1.0)
+    out.addcmul_(v.view(BH, N, 1), k.view(BH, 1, N))
+    return torch.bmm(r.view(BH, 1, N), out.transpose(1, 2)).view(B, C)
 
 
 def _wkv_chunked(
-    S: torch.Tensor, S_out: torch.Tensor, r: torch.Tensor, log_w: torch.Tensor,
+    S: torch.Tensor, S_out: torch.Tensor, log_w: torch.Tensor, r: torch.Tensor,
     k: torch.Tensor, v: torch.Tensor, kk: torch.Tensor, b: torch.Tensor, chunk: int = CHUNK_LEN,
 ) -> torch.Tensor:
     """Many tokens at once (module docstring): inputs [B,T,H,N] fp32; returns y [B,T,H,N]."""

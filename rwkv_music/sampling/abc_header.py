@@ -10,7 +10,7 @@ lines are shared with body field lines (``K:G`` on its own line in the tune).
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from rwkv_music.sampling.abc_state import BODY, CONTROL, HEADER, AbcState
 from rwkv_music.sampling.abc_values import ValueSet, meter_info
@@ -33,6 +33,7 @@ class HeaderRules:
     _keys: ValueSet
     _tempos: ValueSet
     _controls: dict[str, ValueSet]
+    _body_line: Callable[[AbcState], AbcState]  # from the body rules
 
     # -- which line may start ---------------------------------------------------------------
     def _is_control(self, s: AbcState, letter: str) -> bool:
@@ -160,9 +161,6 @@ class HeaderRules:
         return s.replace(
             phase=BODY, mode="idle", buf="", field="", line_start=True, unit=s.unit or Fraction(1, 8), pos=Fraction(0)
         )
-
-    def _body_line(self, s: AbcState) -> AbcState:  # provided by the body rules
-        raise NotImplementedError
 
 
 __all__ = ["HeaderRules", "LETTERS", "PRINTABLE"]

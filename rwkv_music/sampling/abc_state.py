@@ -1,7 +1,7 @@
 """Configuration and state value of the ABC state machine (see :mod:`rwkv_music.sampling.abc_grammar`).
 
 :class:`AbcGrammarConfig` is the frozen set of switches (defaults = the strict subset used to
-constrain generation; :meth:`AbcGrammarConfig.lenient` = the relaxed subset used to read human
+constrain generation; :meth:`AbcGrammarConfig.human` = the relaxed subset used to read human
 tunes).  :class:`AbcState` is the immutable, hashable machine state: everything the next byte
 depends on, and nothing else (no text already read), so equal states can share cached masks.
 """
@@ -52,7 +52,7 @@ class AbcGrammarConfig:
             marks; an accidental may move it by up to two semitones).
         meter, unit, key: if given, the only ``M:``/``L:``/``K:`` value allowed, and the header
             must state it (body changes of that field are then not allowed).
-        lenient: read human tunes: see :meth:`lenient`.  Not for generation: lenient tunes may
+        lenient: read human tunes: see :meth:`human`.  Not for generation: lenient tunes may
             dead-end, and music21 mis-reads some lenient constructs.
     """
 
@@ -110,7 +110,7 @@ class AbcGrammarConfig:
                 raise bad("pitch_range", "(low, high) with 0 <= low <= high <= 127")
 
     @classmethod
-    def lenient(cls, **overrides: Any) -> "AbcGrammarConfig":
+    def human(cls, **overrides: Any) -> "AbcGrammarConfig":
         """The relaxed subset for reading human tunes (the music21 corpus).
 
         Relaxes, relative to the strict default: any header field letter, free ``Q:`` text,

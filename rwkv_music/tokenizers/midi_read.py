@@ -58,7 +58,7 @@ def load_midi(source: MidiSource) -> mido.MidiFile:
     Raises :class:`MidiFormatError` naming the file for anything unreadable.
     """
     if isinstance(source, mido.MidiFile):
-        _check_division(source.ticks_per_beat, _name(source))
+        _check_loaded(source, _name(source))
         return source
     if isinstance(source, (bytes, bytearray)):
         name, data = "<bytes>", bytes(source)
@@ -69,6 +69,15 @@ def load_midi(source: MidiSource) -> mido.MidiFile:
 
 def _name(mid: mido.MidiFile) -> str:
     return str(mid.filename) if getattr(mid, "filename", None) else "<MidiFile>"
+
+
+def _check_loaded(mid: mido.MidiFile, name: str) -> None:
+    """A file built in memory can hold what no MIDI file can: fractional or negative delta times."""
+    _check_division(mid.ticks_per_beat, name)
+    for index, track in enumerate(mid.tracks):
+        for msg in track:
+            if not isinstance(msg.time, int) or msg.time < 0:
+                raise MidiFormatError(f"{name}: track {index} has delta time {msg.time!r}, expected ticks >= 0")
 
 
 def _read_file(path: Path) -> bytes:

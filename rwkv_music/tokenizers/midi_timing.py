@@ -8,7 +8,8 @@ its own (FORMATS.md C4 "Ticks").  Both errors accumulate, so onsets drift over a
 ``"exact"`` (the default) quantizes *absolute* times: the encoder puts every event on the
 8 ms grid counted from the first event and emits the difference of grid positions; the decoder
 places every message at the tick nearest to its absolute time.  Every onset then lies within
-half a step of the original, however long the piece.  Long gaps are not clipped to 10 s either.
+half a step (plus half a tick) of the original, however long the piece.  Long gaps are not
+clipped to 10 s either.
 """
 
 from __future__ import annotations

@@ -210,6 +210,10 @@ class MidiVocab:
         pitch, vel = divmod(rest, self.n_velocity_bins)
         return NoteToken(b, pitch, vel)
 
+    def parse_token(self, token: str) -> Token:
+        """Structured view of a token string (lowercased first): ``parse_token("PI:3C:A")``."""
+        return self.parse(self.token_to_id(token.lower()))
+
     def is_note(self, token_id: int) -> bool:
         return token_id in self.note_ids
 

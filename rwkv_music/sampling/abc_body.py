@@ -1,0 +1,416 @@
+"""Body rules of the ABC state machine: notes, chords, tuplets, bar lines (see abc_grammar).
+
+Mixed into :class:`rwkv_music.sampling.abc_grammar.AbcGrammar`.  Each ``_b_*`` method takes a
+state and one character and returns the next state or ``None``.  A token that cannot grow by
+the character is finished (its duration committed, its bar line checked) and the character is
+read again from ``idle`` -- longest match, as music21's tokenizer does.
+
+Timing: ``pos`` is the committed duration of the current bar; the note being read adds
+``length(buf) * nfac``.  :meth:`_length_ok` is the lookahead that keeps the machine free of
+dead ends in strict mode (see :mod:`rwkv_music.sampling.abc_timing`).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import TYPE_CHECKING, Callable
+
+from rwkv_music.sampling.abc_header import PRINTABLE
+from rwkv_music.sampling.abc_state import AbcState
+from rwkv_music.sampling.abc_timing import TimingRules
+from rwkv_music.sampling.abc_values import tuplet_ratio
+
+if TYPE_CHECKING:
+    from rwkv_music.sampling.abc_values import ValueSet
+
+PITCHES = "CDEFGABcdefgab"
+NATURAL = {"C": 60, "D": 62, "E": 64, "F": 65, "G": 67, "A": 69, "B": 71}
+ACCIDENTALS = "^_="
+LENGTH_CHARS = frozenset("0123456789/")
+LEFT_FACTOR = {">": Fraction(3, 2), ">>": Fraction(7, 4), ">>>": Fraction(15, 8),
+               "<": Fraction(1, 2), "<<": Fraction(1, 4), "<<<": Fraction(1, 8)}  # fmt: skip
+
+
+class BodyRules(TimingRules):
+    """Lexical rules of the tune body; timing and bar checks come from :class:`TimingRules`."""
+
+    _bars: ValueSet
+    _tuplets: ValueSet
+    _decorations: ValueSet | None
+    _chord_names: ValueSet | None
+    _idle_chars: dict[str, Callable[[AbcState, str], AbcState | None]]
+
+    def _init_body(self) -> None:
+        self._idle_chars = {
+            " ": self._i_space, "\t": self._i_noise, "`": self._i_noise, "y": self._i_noise,
+            "\n": self._i_newline, "\\": self._i_continue, "%": self._i_comment,
+            "|": self._i_bar, ":": self._i_bar, "[": self._i_bracket, "(": self._i_paren,
+            ")": self._i_close_slur, "-": self._i_tie, ">": self._i_broken, "<": self._i_broken,
+            '"': self._i_quote, "!": self._i_bang, "{": self._i_grace,
+        }  # fmt: skip
+        forced = {"M": self.config.meter, "L": self.config.unit, "K": self.config.key}
+        self._body_fields = "".join(f for f in self.config.body_fields if forced.get(f) is None)
+        strict_pitch_low = 60 - 12 * self.config.max_octave_marks
+        strict_pitch_high = 83 + 12 * self.config.max_octave_marks
+        low, high = self.config.pitch_range or (0, 127)
+        self._pitch_bounds = (max(low, strict_pitch_low), min(high, strict_pitch_high))
+
+    # -- idle: between tokens ---------------------------------------------------------------
+    def _b_idle(self, s: AbcState, c: str) -> AbcState | None:
+        if s.broken is not None and not self._lenient:  # the right note of A>B must follow at once (music21 pairs neighbours)
+            return self._note_start(s, c) if (c in PITCHES or c in ACCIDENTALS or c in "z[") else None
+        if c in PITCHES or c in ACCIDENTALS or c == "z" or (self._lenient and c in "xZ"):
+            return self._note_start(s, c)
+        if s.line_start and c in self._body_fields:
+            return s.replace(mode="fletter", buf=c, line_start=False)
+        if c in self.config.decorations:
+            return self._prefix(s)
+        handler = self._idle_chars.get(c)
+        return handler(s, c) if handler is not None else None
+
+    def _prefix(self, s: AbcState) -> AbcState | None:
+        """A decoration (or chord symbol, grace group, slur) that belongs to the next note."""
+        if not self._lenient and not self._music_ok(s):
+            return None
+        return s.replace(mode="idle", buf="", need_note=not self._lenient, after_note=False, line_start=False)
+
+    def _i_space(self, s: AbcState, c: str) -> AbcState | None:
+        return s.replace(after_note=False, line_start=False) if (s.after_note or s.line_start) else s
+
+    def _i_noise(self, s: AbcState, c: str) -> AbcState | None:
+        return s if self._lenient else None
+
+    def _i_newline(self, s: AbcState, c: str) -> AbcState | None:
+        if (s.line_start and not self._lenient) or s.need_note:
+            return None
+        if s.tuplet is not None and not self._lenient:
+            return None
+        if self._lenient and s.bar_len is not None and s.bar_notes and s.pos == s.bar_len:
+            s = self._close_bar(s, "|", implicit=True) or s  # a line end as the bar line (Essen)
+        return self._body_line(s)
+
+    def _body_line(self, s: AbcState) -> AbcState:
+        return s.replace(mode="idle", buf="", field="", line_start=True, after_note=False)
+
+    def _i_continue(self, s: AbcState, c: str) -> AbcState | None:
+        return None if s.need_note else s.replace(mode="cont", after_note=False)
+
+    def _i_comment(self, s: AbcState, c: str) -> AbcState | None:
+        return s.replace(mode="comment", after_note=False) if self.config.comments and not s.need_note else None
+
+    def _i_bar(self, s: AbcState, c: str) -> AbcState | None:
+        if (s.need_note or s.tuplet is not None) and not self._lenient:
+            return None
+        return s.replace(mode="bar", buf=c, after_note=False, line_start=False) if self._bars.is_prefix(c) else None
+
+    def _i_bracket(self, s: AbcState, c: str) -> AbcState | None:
+        return s.replace(mode="lbr", after_note=False, line_start=False)
+
+    def _i_paren(self, s: AbcState, c: str) -> AbcState | None:
+        if not self._lenient and not self._music_ok(s):
+            return None
+        return s.replace(mode="paren", after_note=False, line_start=False)
+
+    def _i_close_slur(self, s: AbcState, c: str) -> AbcState | None:
+        if self._lenient:
+            return s.replace(after_note=False, line_start=False, slur=max(s.slur - 1, 0))
+        if s.slur == 0 or s.need_note:
+            return None
+        return s.replace(slur=s.slur - 1, after_note=False)
+
+    def _i_tie(self, s: AbcState, c: str) -> AbcState | None:
+        if not s.after_note and not self._lenient:
+            return None
+        return s.replace(after_note=False, line_start=False)
+
+    def _i_broken(self, s: AbcState, c: str) -> AbcState | None:
+        cfg = self.config
+        if self._lenient:
+            return s.replace(mode="brk", buf=c) if s.last > 0 else None
+        if not (cfg.broken_rhythm and s.after_note and not s.no_left and s.tuplet is None):
+            return None
+        t = s.replace(mode="brk", buf=c)
+        return t if self._broken_ok(t, LEFT_FACTOR[c]) else None
+
+    def _i_quote(self, s: AbcState, c: str) -> AbcState | None:
+        if self.config.chord_symbols == "none" or (not self._lenient and not self._music_ok(s)):
+            return None
+        return s.replace(mode="quote", buf="", after_note=False, line_start=False)
+
+    def _i_bang(self, s: AbcState, c: str) -> AbcState | None:
+        if not self.config.named_decorations or (not self._lenient and not self._music_ok(s)):
+            return None
+        return s.replace(mode="bang", buf="", after_note=False, line_start=False)
+
+    def _i_grace(self, s: AbcState, c: str) -> AbcState | None:
+        if not self.config.grace_notes:
+            return None
+        if not self._lenient and (s.tuplet is not None or not self._music_ok(s)):
+            return None  # music21 counts grace notes as tuplet notes
+        return s.replace(mode="group", field="g", count=0, buf="", after_note=False, line_start=False)
+
+    # -- notes and rests ------------------------------------------------------------------------
+    def _note_start(self, s: AbcState, c: str) -> AbcState | None:
+        if c == "[":
+            return s.replace(mode="lbr", after_note=False, line_start=False)
+        if c in ACCIDENTALS and self.config.key_scale_only:
+            return None
+        t = self._begin_timing(s)
+        if t is None:
+            return None
+        if c in ACCIDENTALS:
+            return t.replace(mode="acc", buf=c)
+        if c == "Z":
+            return t.replace(mode="mrest", buf="") if not s.bar_notes else None
+        if c == "x":  # lenient: music21 drops invisible rests, so they take no time
+            return t.replace(mode="rest", buf="", nfac=Fraction(0))
+        if c == "z":
+            return t.replace(mode="rest", buf="")
+        return self._pitch(t, c, "note")
+
+    def _pitch(self, s: AbcState, c: str, mode: str) -> AbcState | None:
+        """A note letter: remember its natural MIDI pitch and which octave marks may follow."""
+        pitch = NATURAL[c.upper()] + (12 if c.islower() else 0)
+        t = s.replace(mode=mode, buf="", case="l" if c.islower() else "u", pitch=pitch)
+        return t if self._pitch_reachable(t) else None
+
+    def _pitch_reachable(self, s: AbcState) -> bool:
+        """Some number of octave marks still brings the note into the pitch bounds."""
+        low, high = self._pitch_bounds
+        if self._lenient or s.buf:
+            return self._lenient or low <= s.pitch <= high
+        step = -12 if s.case == "u" else 12
+        p = s.pitch
+        while low - 12 <= p <= high + 12:
+            if low <= p <= high:
+                return True
+            if (step < 0 and p < low) or (step > 0 and p > high):
+                return False
+            p += step
+        return False
+
+    def _octave_mark(self, s: AbcState, c: str) -> AbcState | None:
+        if s.buf or not (self._lenient or c == ("," if s.case == "u" else "'")):
+            return None
+        t = s.replace(pitch=s.pitch + (12 if c == "'" else -12))
+        return t if self._pitch_reachable(t) else None
+
+    def _b_acc(self, s: AbcState, c: str) -> AbcState | None:
+        if c == s.buf and c in "^_":
+            return s.replace(buf=c + c)
+        if c not in PITCHES:
+            return None
+        if s.field in ("c", "g"):
+            return self._inner_pitch(s.replace(mode="group"), c)
+        return self._pitch(s, c, "note")
+
+    def _b_note(self, s: AbcState, c: str) -> AbcState | None:
+        """A pitched note: octave marks, then its length; anything else ends it."""
+        if c in "',":
+            return self._octave_mark(s, c)
+        return self._b_length(s, c, pitched=True)
+
+    def _b_rest(self, s: AbcState, c: str) -> AbcState | None:
+        return self._b_length(s, c, pitched=False)
+
+    def _b_chord_length(self, s: AbcState, c: str) -> AbcState | None:
+        return self._b_length(s, c, pitched=True)
+
+    def _b_length(self, s: AbcState, c: str, pitched: bool) -> AbcState | None:
+        if c in LENGTH_CHARS:
+            text = s.buf + c
+            if not self._length_set.is_prefix(text):
+                return None
+            t = s.replace(buf=text)
+            return t if self._length_ok(t, text) else None
+        done = self._end_note(s, pitched)
+        return self._b_idle(done, c) if done is not None else None
+
+    def _b_multirest(self, s: AbcState, c: str) -> AbcState | None:
+        """Lenient ``Z``/``Z4``: rests filling this bar (and more)."""
+        if c.isdigit():
+            return s
+        done = s.replace(mode="idle", pos=s.bar_len or s.pos, bar_notes=True, after_note=False, closed=False)
+        return self._b_idle(done, c)
+
+    # -- chords and grace groups ---------------------------------------------------------------
+    def _b_bracket(self, s: AbcState, c: str) -> AbcState | None:
+        """After ``[``: a chord, a bar line ``[|`` / ``[1``, or an inline field ``[K:G]``."""
+        if c in PITCHES or c in ACCIDENTALS:
+            if not self.config.chords:
+                return None
+            t = self._begin_timing(s)
+            return self._b_group(t.replace(mode="group", field="c", count=0, buf=""), c) if t is not None else None
+        if s.broken is not None or s.need_note or (s.tuplet is not None and not self._lenient):
+            return None
+        if c in "|0123456789":
+            return s.replace(mode="bar", buf="[" + c) if self._bars.is_prefix("[" + c) else None
+        if self._lenient and c in "KMLPVIT":
+            return s.replace(mode="ilet", field=c)
+        return None
+
+    def _b_group(self, s: AbcState, c: str) -> AbcState | None:
+        """Inside ``[...]`` (field ``c``) or ``{...}`` (field ``g``), between notes."""
+        if c in ACCIDENTALS:
+            return None if self.config.key_scale_only else s.replace(mode="gacc", buf=c)
+        if c in PITCHES:
+            return self._inner_pitch(s, c)
+        if s.field == "c" and c == "]" and s.count:
+            return s.replace(mode="clen", buf="", field="", count=0)
+        if s.field == "g" and c == "}" and s.count:
+            return s.replace(mode="idle", buf="", field="", count=0, need_note=not self._lenient)
+        if s.field == "g" and c == "/" and not s.count and not s.buf:
+            return s.replace(buf="/")  # acciaccatura {/g}
+        if self._lenient and c in " -":
+            return s
+        return None
+
+    def _inner_pitch(self, s: AbcState, c: str) -> AbcState | None:
+        limit = self.config.max_chord_notes if s.field == "c" else self.config.max_grace_notes
+        if s.count >= limit:
+            return None
+        return self._pitch(s.replace(count=s.count + 1), c, "gnote")
+
+    def _b_inner_note(self, s: AbcState, c: str) -> AbcState | None:
+        """A note inside a chord or grace group: octave marks and (grace, lenient) a length."""
+        if c in "',":
+            return self._octave_mark(s, c)
+        if c in LENGTH_CHARS and (s.field == "g" or self._lenient):
+            text = s.buf + c
+            return s.replace(buf=text) if self._length_set.is_prefix(text) else None
+        if not self._length_set.is_complete(s.buf) or not self._in_range(s):
+            return None
+        t = s.replace(mode="group", buf="", case="")
+        if s.field == "c" and s.count == 1 and s.buf:  # music21: a chord lasts as long as its first note
+            t = t.replace(nfac=s.nfac * self._lengths[s.buf])
+        return self._b_group(t, c)
+
+    # -- quoted chord symbols, !decorations! ------------------------------------------------------
+    def _b_quote(self, s: AbcState, c: str) -> AbcState | None:
+        names = self._chord_names
+        if c == '"':
+            if names is not None and not names.is_complete(s.buf):
+                return None
+            return s.replace(mode="idle", buf="", need_note=not self._lenient)
+        if c not in PRINTABLE:
+            return None
+        if names is None:
+            return s
+        return s.replace(buf=s.buf + c) if names.is_prefix(s.buf + c) else None
+
+    def _b_bang(self, s: AbcState, c: str) -> AbcState | None:
+        names = self._decorations
+        if c == "!":
+            if names is not None and not names.is_complete(s.buf):
+                return None
+            return s.replace(mode="idle", buf="", need_note=not self._lenient)
+        if c not in PRINTABLE:
+            return None
+        if names is None:
+            return s
+        return s.replace(buf=s.buf + c) if names.is_prefix(s.buf + c) else None
+
+    # -- slurs and tuplets ------------------------------------------------------------------------
+    def _b_paren(self, s: AbcState, c: str) -> AbcState | None:
+        """After ``(``: a digit opens a tuplet, anything else makes it a slur."""
+        if c.isdigit():
+            if not self.config.tuplets or (s.tuplet is not None and not self._lenient):
+                return None
+            return s.replace(mode="tup", buf="(" + c) if self._tuplets.is_prefix("(" + c) else None
+        if not self._lenient and s.slur >= self.config.max_slur_depth:
+            return None
+        return self._b_idle(s.replace(mode="idle", slur=s.slur + 1, need_note=not self._lenient), c)
+
+    def _b_tuplet(self, s: AbcState, c: str) -> AbcState | None:
+        text = s.buf + c
+        if self._tuplets.is_prefix(text):
+            return s.replace(buf=text)
+        if not self._tuplets.is_complete(s.buf):
+            return None
+        p, q, r = tuplet_ratio(s.buf, s.compound)
+        t = s.replace(mode="idle", buf="", tuplet=(p, q, r), need_note=not self._lenient)
+        if not self._lenient and self._begin_timing(t) is None:
+            return None  # r notes in the time of q cannot end on the grid within this bar
+        return self._b_idle(t, c)
+
+    def _b_broken(self, s: AbcState, c: str) -> AbcState | None:
+        """``>``, ``>>``, ``>>>`` (or ``<``...): then the right-hand note at once."""
+        if c == s.buf[0] and len(s.buf) < 3:
+            t = s.replace(buf=s.buf + c)
+            return t if self._broken_ok(t, LEFT_FACTOR[t.buf]) else None
+        if not (c in PITCHES or c in ACCIDENTALS or c in "z[" or self._lenient):
+            return None
+        left = LEFT_FACTOR[s.buf]
+        t = s.replace(mode="idle", buf="", pos=s.pos + s.last * (left - 1), broken=2 - left, after_note=False)
+        return self._b_idle(t, c)
+
+    # -- bar lines and field lines --------------------------------------------------------------
+    def _b_bar(self, s: AbcState, c: str) -> AbcState | None:
+        text = s.buf + c
+        if self._bars.is_prefix(text):
+            return s.replace(buf=text)
+        if not self._bars.is_complete(s.buf):
+            return None
+        done = self._close_bar(s, s.buf)
+        return self._b_idle(done, c) if done is not None else None
+
+    def _b_field_letter(self, s: AbcState, c: str) -> AbcState | None:
+        """A letter at the start of a body line: ``K:``-style field line, or a decoration."""
+        letter = s.buf
+        if c == ":":
+            if letter in "ML" and not self._lenient and (s.bar_notes or s.tuplet is not None or s.need_note):
+                return None  # meter and unit change only between bars
+            mode = "value" if letter in "MLK" else "text"
+            return s.replace(mode=mode, buf="", field=letter)
+        if letter in self.config.decorations:
+            t = self._prefix(s.replace(mode="idle", buf=""))
+            return self._b_idle(t, c) if t is not None else None
+        return None
+
+    def _b_continue(self, s: AbcState, c: str) -> AbcState | None:
+        if c == " ":
+            return s
+        if c == "\n":
+            return self._body_line(s)
+        return None
+
+    def _b_inline_letter(self, s: AbcState, c: str) -> AbcState | None:
+        return s.replace(mode="ival", buf="") if c == ":" else None
+
+    def _b_inline_value(self, s: AbcState, c: str) -> AbcState | None:
+        """Lenient ``[M:3/4]``, ``[L:1/16]``, ``[K:D]``: applied when the value is a valid one."""
+        if c != "]":
+            return s.replace(buf=s.buf + c) if c in PRINTABLE and len(s.buf) < 40 else None
+        core = s.buf.strip()
+        t = s.replace(mode="idle", buf="", field="")
+        if s.field == "M" and self._meters.is_complete(core) and not s.bar_notes:
+            t = self._apply_value(s.replace(field="M"), core).replace(mode="idle", buf="", field="")
+        elif s.field == "L" and self._units.is_complete(core):
+            t = self._apply_value(s.replace(field="L"), core).replace(mode="idle", buf="", field="")
+        return t
+
+    # -- end of tune ------------------------------------------------------------------------------
+    def _finish(self, s: AbcState) -> AbcState | None:
+        """``s`` with the token being read finished (as if a space followed); None if incomplete."""
+        if s.mode == "idle":
+            return s
+        if s.mode in ("note", "rest", "clen"):
+            return self._end_note(s, pitched=s.mode != "rest")
+        if s.mode == "bar":
+            return self._close_bar(s, s.buf) if self._bars.is_complete(s.buf) else None
+        if s.mode == "mrest":
+            return self._b_multirest(s, " ")
+        return None
+
+    def _final(self, s: AbcState) -> bool:
+        t = self._finish(s)
+        if t is None or t.need_note or t.broken is not None or t.tuplet is not None:
+            return False
+        if not t.any_note or t.full_bars < self.config.min_full_bars:
+            return False
+        if t.closed and not t.bar_notes:
+            return self._lenient or t.slur == 0
+        return self._lenient and t.bar_notes and self._close_bar(t, "|]") is not None
+
+
+__all__ = ["ACCIDENTALS", "BodyRules", "LEFT_FACTOR", "PITCHES"]

@@ -1,0 +1,209 @@
+"""Timing rules of the ABC state machine: note durations, lookahead and bar lines (see abc_grammar).
+
+All durations are exact :class:`~fractions.Fraction` s of a whole note.  A note lasts
+``length * L`` times its tuplet factor ``q/p`` and broken-rhythm factor (``A>B``: 3/2 and 1/2,
+``>>``: 7/4 and 1/4, ``>>>``: 15/8 and 1/8, ``<`` the other way round), as music21 reads it.
+
+**The grid.**  In strict mode every bar position between notes is a multiple of the grid
+``G = L * g`` where ``g`` is the shortest note length (1/16 of ``L`` by default).  Plain notes
+are multiples of ``G`` anyway; a tuplet (as a whole) and a broken-rhythm pair must also end on
+the grid.  Because bar lengths are multiples of ``G`` too (meter denominators <= 16), whatever
+is left of a bar can always be filled with plain notes -- this is what makes the machine free of
+dead ends.  While a tuplet note or the right note of a broken pair is being read,
+:meth:`TimingRules._length_ok` checks that some length still lets the group end on the grid
+inside the bar (integer arithmetic over the few possible lengths).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+from rwkv_music.sampling.abc_state import ZERO, AbcState
+from rwkv_music.sampling.abc_values import FINAL_BARS, ValueSet
+
+if TYPE_CHECKING:
+    from rwkv_music.sampling.abc_state import AbcGrammarConfig
+
+
+class TimingRules:
+    """Durations, the grid lookahead and the bar-line rules."""
+
+    config: AbcGrammarConfig
+    _lenient: bool
+    _lengths: dict[str, Fraction]  # length suffix -> value in units of L
+    _length_set: ValueSet
+    _length_ext: dict[str, tuple[Fraction, ...]]  # prefix -> sorted values of its completions
+    _grain: Fraction  # shortest length, units of L
+    _run: int  # lengths grain, 2*grain, ..., run*grain all exist (tuplet lookahead)
+    _pitch_bounds: tuple[int, int]
+
+    def _init_timing(self, lengths: dict[str, Fraction]) -> None:
+        self._lengths = lengths
+        self._length_set = ValueSet(lengths)
+        ext: dict[str, set[Fraction]] = {}
+        for text, value in lengths.items():
+            for i in range(len(text) + 1):
+                ext.setdefault(text[:i], set()).add(value)
+        self._length_ext = {p: tuple(sorted(v)) for p, v in ext.items()}
+        self._grain = min(lengths.values())
+        values = set(lengths.values())
+        run = 1
+        while self._grain * (run + 1) in values:
+            run += 1
+        self._run = run
+
+    # -- note timing -----------------------------------------------------------------------
+    def _music_ok(self, s: AbcState) -> bool:
+        """Room for one more note in this bar."""
+        return s.bar_len is None or s.pos < s.bar_len
+
+    def _begin_timing(self, s: AbcState) -> AbcState | None:
+        """A note, rest or chord starts: its factor (unit, tuplet, broken rhythm), if it can fit."""
+        factor, kind, tup = s.unit, 0, s.tuplet
+        if tup is not None:
+            p, q, left = tup
+            factor, kind, tup = factor * Fraction(q, p), 1, (p, q, left - 1)
+        if s.broken is not None:
+            factor, kind = factor * s.broken, 2
+        if self._lenient and s.bar_len is not None and s.bar_notes and s.pos >= s.bar_len:
+            s = self._wrap(s, s.pos)  # a full bar without a bar line: music21 re-bars it
+        t = s.replace(nfac=factor, nkind=kind, tuplet=tup, broken=None, need_note=False, after_note=False,
+                      line_start=False, no_left=False, closed=False)  # fmt: skip
+        return t if self._length_ok(t, "") else None
+
+    def _wrap(self, s: AbcState, pos: Fraction) -> AbcState:
+        """Lenient: bars that fill up without a bar line end there, as music21's re-barring does."""
+        full = 0
+        while pos >= s.bar_len:  # type: ignore[operator]
+            pos -= s.bar_len  # type: ignore[operator]
+            full += 1
+        return s.replace(pos=pos, first_bar=False, after_section=False, carry=None, last=ZERO,
+                         full_bars=min(s.full_bars + full, self.config.min_full_bars))  # fmt: skip
+
+    def _grid(self, s: AbcState) -> Fraction:
+        return s.unit * self._grain
+
+    def _length_ok(self, s: AbcState, text: str) -> bool:
+        """Some completion of length ``text`` fits the bar (and, strict, ends its group on the grid)."""
+        if s.bar_len is None:
+            return True
+        if self._lenient:
+            return True
+        ext = self._length_ext[text]
+        if s.nkind == 0:
+            return s.pos + ext[0] * s.nfac <= s.bar_len
+        if s.nkind == 2:
+            return self._broken_right_ok(s, ext)
+        return self._tuplet_ok(s, ext)
+
+    def _tuplet_ok(self, s: AbcState, ext: tuple[Fraction, ...]) -> bool:
+        """A tuplet note of length in ``ext``, then ``left`` more, can end the tuplet on the grid.
+
+        In units ``U = G / p`` a note of ``k`` grains lasts ``k * q`` units; the tuplet ends on
+        the grid when the position is a multiple of ``p``.  The other notes can take any sum of
+        ``left .. left * run`` grains.
+        """
+        p, q, left = s.tuplet  # type: ignore[misc]
+        unit = self._grid(s) / p
+        start, room = s.pos / unit, s.bar_len / unit  # type: ignore[operator]
+        for value in ext:
+            base = start + (value / self._grain) * q
+            if base > room:
+                return False
+            if left == 0:
+                if base % p == 0:
+                    return True
+                continue
+            for m in range(left, min(left * self._run, left + p - 1) + 1):
+                end = base + q * m
+                if end > room:
+                    break
+                if end % p == 0:
+                    return True
+        return False
+
+    def _broken_right_ok(self, s: AbcState, ext: tuple[Fraction, ...]) -> bool:
+        """The right note of a broken pair, of length in ``ext``, ends the pair on the grid in the bar."""
+        unit = self._grid(s) / 8  # factors 1/8 .. 15/8
+        start, room = s.pos / unit, s.bar_len / unit  # type: ignore[operator]
+        per_grain = (s.nfac / s.unit) * 8  # type: ignore[operator]
+        for value in ext:
+            end = start + (value / self._grain) * per_grain
+            if end > room:
+                return False
+            if end % 8 == 0:
+                return True
+        return False
+
+    def _broken_ok(self, s: AbcState, left: Fraction) -> bool:
+        """``>``/``<`` after the last note: the stretched left note fits and a right note can follow."""
+        if s.bar_len is None:
+            return True
+        pos = s.pos + s.last * (left - 1)
+        if pos > s.bar_len:
+            return False
+        if self._lenient:
+            return pos < s.bar_len
+        right = s.replace(pos=pos, nfac=s.unit * (2 - left), nkind=2)
+        return self._length_ok(right, "")
+
+    def _in_range(self, s: AbcState) -> bool:
+        low, high = self._pitch_bounds
+        return self._lenient or low <= s.pitch <= high
+
+    def _end_note(self, s: AbcState, pitched: bool) -> AbcState | None:
+        """Commit the note being read: its duration joins the bar; a tuplet may end."""
+        text = s.buf
+        if not self._length_set.is_complete(text) or (pitched and not self._in_range(s)):
+            return None
+        dur = self._lengths[text] * s.nfac
+        tup = s.tuplet
+        if s.bar_len is None:
+            pos = ZERO
+        else:
+            pos = s.pos + dur
+            if pos > s.bar_len:
+                if not self._lenient:
+                    return None
+                s = self._wrap(s, pos)
+                pos = s.pos
+            off_grid = not self._lenient and (pos / self._grid(s)).denominator != 1
+            if s.nkind == 2 and off_grid:
+                return None
+            if s.nkind == 1 and tup is not None and tup[2] == 0 and off_grid:
+                return None
+        if s.nkind == 1 and tup is not None and tup[2] == 0:
+            tup = None
+        return s.replace(mode="idle", buf="", case="", count=0, pitch=0, nfac=ZERO, nkind=0, pos=pos, last=dur,
+                         tuplet=tup, after_note=True, no_left=s.nkind != 0, bar_notes=True,
+                         any_note=s.any_note or pitched)  # fmt: skip
+
+    # -- bar lines --------------------------------------------------------------------------
+    def _close_bar(self, s: AbcState, text: str, implicit: bool = False) -> AbcState | None:
+        """A bar line ``text`` ends the current bar; ``None`` if the bar may not end here.
+
+        A bar with no notes ends silently (``|`` then ``|:`` is one boundary).  A full bar may
+        always end.  A short bar only if it is the first bar (pickup), if ``text`` is a section
+        bar line (anything but ``|``), or if it follows a section bar line -- with
+        ``pair_short_bars``, only when it completes the short bar before that line.
+        """
+        section = text != "|"
+        final = text in FINAL_BARS and not implicit
+        if not s.bar_notes:
+            return s.replace(mode="idle", buf="", after_note=False, line_start=False,
+                             after_section=s.after_section or section, closed=final)  # fmt: skip
+        bar, x, carry, full = s.bar_len, s.pos, None, True
+        if bar is not None:
+            full = x == bar
+            if x < bar:
+                paired = not self.config.pair_short_bars or (s.carry is not None and s.carry + x == bar)
+                if not (s.first_bar or section or (s.after_section and paired)):
+                    return None
+                carry = x if section else None
+        return s.replace(mode="idle", buf="", after_note=False, line_start=False, pos=ZERO, last=ZERO,
+                         bar_notes=False, first_bar=False, after_section=section, carry=carry, closed=final,
+                         full_bars=min(s.full_bars + full, self.config.min_full_bars))  # fmt: skip
+
+
+__all__ = ["TimingRules"]
