@@ -46,20 +46,22 @@ print(json.dumps({"prefill": pre, "decode": dec}))
 """
 
 
-def measure(model: Any, prefill: int, steps: int, batch: int = 1) -> tuple[float, float]:
-    """(prefill tok/s, decode tok/s) through the backend protocol."""
+def measure(model: Any, prefill: int, steps: int, batch: int = 1) -> tuple[float, float, np.ndarray]:
+    """(prefill tok/s, decode tok/s, logits after the prompt) through the backend protocol."""
     toks = (np.arange(batch * prefill).reshape(batch, prefill) * 37) % 128
     model.forward(toks[:, :8])  # warm up (session / kernel initialisation)
     t = time.perf_counter()
-    _, state = model.forward(toks)
+    logits, state = model.forward(toks)
     pre = batch * prefill / (time.perf_counter() - t)
+    if type(logits).__module__.split(".")[0] == "torch":
+        logits = logits.float().numpy()
     step = np.ones((batch, 1), dtype=np.int64)
     for _ in range(3):
         _, state = model.forward(step, state)
     t = time.perf_counter()
     for _ in range(steps):
         _, state = model.forward(step, state)
-    return pre, batch * steps / (time.perf_counter() - t)
+    return pre, batch * steps / (time.perf_counter() - t), np.asarray(logits)
 
 
 def measure_pip(ckpt: Path, version: str, threads: int, prefill: int, steps: int) -> tuple[float, float] | None:
@@ -107,7 +109,7 @@ def main() -> None:
             graphs = {"fp32": export(ckpt, Path(tmp) / f"v{version}.onnx")}
             if args.int8:
                 graphs["int8"] = export(ckpt, Path(tmp) / f"v{version}-int8.onnx", int8=True)
-            results: dict[tuple[str, str], tuple[float, float] | None] = {}
+            results: dict[tuple[str, str], tuple[float, ...] | None] = {}
             results[("torch (ours)", "fp32")] = measure(rwkv_music.load_model(ckpt), args.prefill, args.decode)
             for dtype, path in graphs.items():
                 model = rwkv_music.load_model(path, backend="onnx", threads=args.threads)
@@ -115,15 +117,16 @@ def main() -> None:
                 del model
             if not args.no_pip:
                 results[("rwkv package", "fp32")] = measure_pip(ckpt, version, args.threads, args.prefill, args.decode)
-            base = results[("torch (ours)", "fp32")][1]
+            base = results[("torch (ours)", "fp32")]
             for (backend, dtype), res in results.items():
                 if res is not None:
-                    rows.append((device, backend, version, dtype, 1, res[0], res[1], res[1] / base))
+                    diff = f"{np.abs(res[2] - base[2]).max():.1e}" if len(res) > 2 else "-"
+                    rows.append((device, backend, version, dtype, 1, res[0], res[1], res[1] / base[1], diff))
 
-    print("| device | backend | version | dtype | batch | prefill tok/s | decode tok/s | decode vs torch |")  # noqa: T201
-    print("|---|---|---|---|---|---|---|---|")  # noqa: T201
-    for dev, backend, version, dtype, batch, pre, dec, rel in rows:
-        print(f"| {dev} | {backend} | {version} | {dtype} | {batch} | {pre:.1f} | {dec:.1f} | {rel:.2f}x |")  # noqa: T201
+    print("| device | backend | version | dtype | batch | prefill tok/s | decode tok/s | decode vs torch | max abs Δlogits vs torch |")  # noqa: T201
+    print("|---|---|---|---|---|---|---|---|---|")  # noqa: T201
+    for dev, backend, version, dtype, batch, pre, dec, rel, diff in rows:
+        print(f"| {dev} | {backend} | {version} | {dtype} | {batch} | {pre:.1f} | {dec:.1f} | {rel:.2f}x | {diff} |")  # noqa: T201
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from rwkv_music import __version__
 from rwkv_music.cli_common import (
     CONTEXT,
     boundary,
+    check_audio,
     check_outputs,
     compose,
     echo_paths,
@@ -139,6 +140,8 @@ def generate_midi(model, backend, device, dtype, n, seconds, instruments, piano_
     stem = f"{Path(continue_from).stem}-cont-{seed}" if continue_from else f"midi-{seed}"
     extras = ("mid",) + ("png",) * png + ("wav",) * wav
     check_outputs(output_paths(out, stem, n, extras), force)
+    if wav:
+        check_audio(soundfont)
     composer = load(model, "midi" if model is None else None, backend, device, dtype)
     common = dict(n=n, seconds=seconds, max_tokens=max_tokens, instruments=instruments, seed=seed, preset=preset,
                   state=state_or_none(state_file), constrained=not no_constraints, **sampling_args(temperature, top_p, top_k))
@@ -210,7 +213,7 @@ def _save_abc(pieces: list[Any], out: str, stem: str, force: bool, book: bool, a
 
     Path(out).mkdir(parents=True, exist_ok=True)
     paths = [write_abc([p.text for p in pieces], Path(out) / f"{stem}.abc", force)]
-    return paths + (save_all(pieces, out, stem, force, extras) if extras else [])
+    return paths + (save_all(pieces, out, stem, force, extras, required=0) if extras else [])
 
 
 @main.command("continue", context_settings=CONTEXT, epilog="""\b
@@ -238,6 +241,8 @@ def continue_(file, model, backend, device, dtype, n, seconds, instruments, pian
     if not Path(file).is_file():
         raise RwkvMusicError(f"{file}: no such file")
     mode = "abc" if suffix == ".abc" else "midi"
+    if mode == "abc" and (seconds or instruments or piano_only):
+        raise click.BadParameter("--seconds/--instruments/--piano-only are for MIDI files", param_hint="--instruments")
     seed, sampling = seed_or_new(seed), sampling_args(temperature, top_p, top_k)
     stem = f"{Path(file).stem}-cont-{seed}"
     if mode == "midi":
@@ -254,7 +259,7 @@ def continue_(file, model, backend, device, dtype, n, seconds, instruments, pian
         pieces = compose(composer, "continue_abc", quiet, path_or_text=Path(file), n=n, controls=controls,
                           constrained=not no_constraints, max_tokens=max_tokens or 1024, seed=seed, preset=preset, **sampling)
         echo_paths(_save_abc(pieces, out, stem, force, False, also_midi, False) + (
-            save_all(pieces, out, stem, force, ("png",)) if png else []))
+            save_all(pieces, out, stem, force, ("png",), required=0) if png else []))
 
 
 def _register_tools() -> None:

@@ -127,14 +127,33 @@ def check_outputs(paths: list[Path], force: bool) -> None:
         check_writable(path, force)
 
 
-def save_all(pieces: list[Any], out: str, stem: str, force: bool, extras: tuple[str, ...], soundfont: str | None = None) -> list[Path]:
-    """Save every piece as ``out/stem-ii.<ext>`` (first ext = main format); returns the paths."""
+def save_all(pieces: list[Any], out: str, stem: str, force: bool, extras: tuple[str, ...], soundfont: str | None = None,
+             required: int = 1) -> list[Path]:
+    """Save every piece as ``out/stem-ii.<ext>``; returns the paths written.
+
+    The first ``required`` extensions must work; a later one (e.g. ``.mid`` of an ABC tune that
+    music21 cannot read) is skipped with a warning on stderr.
+    """
+    from rwkv_music.errors import TokenizerError
+
     Path(out).mkdir(parents=True, exist_ok=True)
     written = []
     for piece in pieces:
-        for path in output_paths(out, stem, piece.index + 1, extras)[piece.index * len(extras):]:
-            written.append(piece.save(path, force=force, soundfont=soundfont))
+        for k, path in enumerate(output_paths(out, stem, piece.index + 1, extras)[piece.index * len(extras):]):
+            try:
+                written.append(piece.save(path, force=force, soundfont=soundfont))
+            except TokenizerError as exc:  # AbcFormatError / MidiFormatError of generated music
+                if k < required:
+                    raise
+                click.echo(f"warning: {path.name} skipped: {exc}", err=True)
     return written
+
+
+def check_audio(soundfont: str | None) -> None:
+    """Fail before any work when --wav cannot be honoured."""
+    from rwkv_music.export.audio import check_available
+
+    check_available(soundfont)
 
 
 def echo_paths(paths: list[Path]) -> None:

@@ -56,7 +56,11 @@ def info(model: str, backend: str) -> None:
         click.echo(f"{name:<18} {value}")
 
 
-@click.group("state", context_settings=CONTEXT)
+@click.group("state", context_settings=CONTEXT, epilog="""\b
+Examples:
+  rwkv-music state make --model abc.pth --prompt 'S:3' --out jig.npz
+  rwkv-music state show jig.npz
+""")
 def state() -> None:
     """Make and inspect initial states (custom starting memory for composing)."""
 
@@ -98,7 +102,10 @@ def _file_prompt(composer: Any, path: Path) -> Any:
     return ch.read_abc_tune(path)[0]
 
 
-@state.command("show", context_settings=CONTEXT)
+@state.command("show", context_settings=CONTEXT, epilog="""\b
+Examples:
+  rwkv-music state show jig.npz
+""")
 @click.argument("file", type=click.Path(dir_okay=False))
 @boundary
 def state_show(file: str) -> None:

@@ -122,7 +122,8 @@ class Composer:
 
         Args:
             n: pieces, generated together as one batch.
-            seconds: target length; the MIDI constraint ends the piece near it.
+            seconds: target length of the new music (after any prompt); the MIDI constraint
+                ends the piece near it.
             max_tokens: hard cap on new tokens per piece.
             instruments: allowed instruments (``"piano,violin"`` or a list); ``None`` = any.
             prompt: MIDI-token text the pieces start with (e.g. ``"pi:4a:7 t20"``).
@@ -230,7 +231,7 @@ class Composer:
         callback: ProgressCallback | None = None,
         **sampling: Any,
     ) -> list[Piece]:
-        """One piece per input row, generated as one batch (ABC rows grouped by header).
+        """One piece per input row, generated as one batch per group of rows sharing a constraint.
 
         ``inputs``: ``None`` (a fresh piece), prompt text, or a :class:`~pathlib.Path` of a
         .mid/.abc file to continue.  ``seeds`` gives each row's seed; otherwise row ``i`` gets
@@ -267,7 +268,11 @@ class Composer:
         return [p for p in pieces if p is not None]
 
     def _prompt(self, item: RowInput, options: MidiOptions | AbcOptions) -> tuple[list[int], Any]:
-        """Prompt ids of one row and the header that decides its constraint (ABC only)."""
+        """Prompt ids of one row and the key that groups rows sharing a constraint.
+
+        The key is the ABC header (meter, unit, key), or for MIDI with ``seconds`` the prompt's
+        own length (the target is that plus ``seconds``).
+        """
         if isinstance(options, MidiOptions):
             if item is None:
                 body: list[int] = []
@@ -275,7 +280,8 @@ class Composer:
                 body = _c.midi_file_ids(self.tokenizer, item)[-options.max_prompt_tokens:]
             else:
                 body = _c.midi_body_ids(self.tokenizer, item)
-            return [MIDI_SEPARATOR] + body, None
+            # `seconds` is new music after the prompt; MidiConstraint counts the prompt's time too
+            return [MIDI_SEPARATOR] + body, (round(_c.prompt_seconds(body), 3) if options.seconds else None)
         if isinstance(item, os.PathLike):
             item = _c.read_abc_tune(item)[0]
         fields = _c.abc_header_fields(item) if item is not None else {}
@@ -292,7 +298,8 @@ class Composer:
              preset: str | None, state: Any, callback: ProgressCallback | None, sampling: dict[str, Any]) -> list[Piece]:
         preset = preset or DEFAULT_PRESETS[self.mode]
         if isinstance(options, MidiOptions):
-            constraint = _c.midi_constraint(options.instruments, options.seconds, **dict(options.limits)) if options.constrained else None
+            target = options.seconds + header if options.seconds else None  # header: the prompt's seconds
+            constraint = _c.midi_constraint(options.instruments, target, **dict(options.limits)) if options.constrained else None
             stop = [MIDI_SEPARATOR]
         else:
             constraint = _c.abc_constraint(*header) if options.constrained else None

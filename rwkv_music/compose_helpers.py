@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rwkv_music.errors import AbcFormatError, RwkvMusicError, StateError
+from rwkv_music.errors import AbcFormatError, BackendUnavailable, RwkvMusicError, StateError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,11 @@ def midi_file_ids(tokenizer: Any, path: str | os.PathLike) -> list[int]:
 
         raise MidiFormatError(f"{path}: the MIDI file has no notes to continue")
     return ids
+
+
+def prompt_seconds(ids: Sequence[int]) -> float:
+    """Music time of prompt ids: the sum of their wait tokens ``t1``..``t125`` (ids 3..127, 8 ms steps, C1)."""
+    return sum(t - 2 for t in ids if 3 <= t <= 127) * 0.008
 
 
 def midi_text(tokenizer: Any, ids: Sequence[int]) -> str:
@@ -194,8 +199,11 @@ def has_control_codes(text: str) -> bool:
 
 def abc_constraint(meter: str | None, unit: str | None, key: str | None) -> Any:
     """The ABC grammar / bar-balance constraint for this header."""
-    from rwkv_music.sampling.abc_constraint import AbcConstraint
-
+    try:
+        from rwkv_music.sampling.abc_constraint import AbcConstraint
+    except ImportError as exc:
+        raise BackendUnavailable(f"the ABC constraint is not available ({exc}); compose with constrained=False "
+                                 "(--no-constraints)") from None
     kwargs = {k: v for k, v in {"meter": meter, "unit": unit, "key": key}.items() if v}
     return AbcConstraint(**kwargs)
 
@@ -280,38 +288,14 @@ def validity(piece: Any) -> dict[str, Any]:
 
 
 def abc_validity(text: str) -> dict[str, Any]:
-    """``parse_ok`` and bar balance of ABC text, from :mod:`rwkv_music.abc_check`."""
-    from rwkv_music.export.abc import with_reference
+    """music21 validity and bar balance of a tune (:mod:`rwkv_music.abc_check`)."""
+    from rwkv_music.abc_check import bar_balance, parse_ok
 
-    out: dict[str, Any] = {}
-    tune = with_reference(text, 1)
-    try:
-        from rwkv_music import abc_check
-    except ImportError:
-        abc_check = None
-    if abc_check is not None:
-        try:
-            out["parse_ok"] = bool(abc_check.parse_ok(tune))
-            out["bar_balance"] = _plain(abc_check.bar_balance(tune))
-        except Exception as exc:  # a checker failure must not lose the piece
-            out["error"] = f"{type(exc).__name__}: {exc}"
-        return out
-    from rwkv_music.export.music21_io import abc_to_score
-
-    try:
-        abc_to_score(tune)
-        out["parse_ok"] = True
-    except RwkvMusicError as exc:
-        out["parse_ok"], out["error"] = False, str(exc)
-    return out
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-friendly view of a metric result (dataclass, number, dict)."""
-    import dataclasses
-
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, (int, float, str, bool, dict, list)) or value is None:
-        return value
-    return str(value)
+    report = bar_balance(text)
+    return {
+        "parse_ok": bool(report.parsed and parse_ok(text)),
+        "bars_checked": report.checked,
+        "bar_balance": round(report.rate, 4),
+        "overfull_bars": report.overfull,
+        "all_balanced": report.all_balanced,
+    }

@@ -301,13 +301,13 @@ def compute_stats(rows: list[dict[str, Any]], total: int) -> dict[str, Any]:
         "tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
         "finish_reasons": dict(Counter(str(r.get("finish_reason")) for r in rows)),
     }
-    for key in ("decodes", "parse_ok"):
+    for key in ("decodes", "parse_ok", "all_balanced"):  # validity flags → rates
         flags = [v[key] for v in validity if key in v]
         if flags:
             stats[f"{key}_rate"] = round(sum(bool(f) for f in flags) / len(flags), 4)
-    for key in ("notes", "seconds"):
-        values = [float(v[key]) for v in validity if isinstance(v.get(key), (int, float))]
+    for key, name in (("notes", "mean_notes"), ("seconds", "mean_music_seconds"), ("bar_balance", "mean_bar_balance")):
+        values = [float(v[key]) for v in validity if isinstance(v.get(key), (int, float)) and not isinstance(v.get(key), bool)]
         if values:
-            stats[f"mean_{'music_seconds' if key == 'seconds' else key}"] = round(sum(values) / len(values), 3)
+            stats[name] = round(sum(values) / len(values), 3)
     stats["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     return stats

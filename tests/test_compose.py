@@ -88,13 +88,23 @@ def test_unknown_instrument_fails_before_generating(midi_composer: Composer) -> 
         midi_composer.compose_midi(instruments="piano,kazoo")
 
 
-def test_continue_midi_starts_with_the_files_tokens(midi_composer: Composer) -> None:
-    path = DATA / "sample-RWKV-4-MIDI-120M.mid"
+def test_continue_midi_starts_with_the_files_tokens(midi_composer: Composer, tmp_path: Path) -> None:
+    text = "<start> pi:3c:a pi:40:8 t30 pi:3c:0 pi:40:0 t10 pi:43:9 t60 pi:43:0 <end>"
+    path = tmp_path / "short.mid"
+    midi_composer.tokenizer.text_to_midi(text).save(path)
     file_ids = [t for t in midi_composer.tokenizer.midi_to_ids(path) if t > 2]
     piece = midi_composer.continue_midi(path, max_tokens=6, seed=1)[0]
-    kept = file_ids[-MAX_MIDI_PROMPT:]  # long files: the last tokens only
+    assert piece.tokens[: len(file_ids)] == file_ids
+    assert piece.meta["prompt_tokens"] == len(file_ids) + 1
+
+
+def test_continuing_a_long_file_keeps_its_last_tokens() -> None:
+    composer = Composer(FakeBackend(20096), model_name="fake")
+    path = DATA / "sample-RWKV-4-MIDI-120M.mid"
+    file_ids = [t for t in composer.tokenizer.midi_to_ids(path) if t > 2]
+    piece = composer.continue_midi(path, max_tokens=2, seed=1)[0]
+    kept = file_ids[-MAX_MIDI_PROMPT:]
     assert len(file_ids) > MAX_MIDI_PROMPT and piece.tokens[: len(kept)] == kept
-    assert piece.meta["prompt_tokens"] == len(kept) + 1
 
 
 def test_prompt_text_is_the_start_of_the_piece(midi_composer: Composer) -> None:

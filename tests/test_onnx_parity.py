@@ -10,8 +10,8 @@ from onnx_support import ALL_VERSIONS, FP16_TOL, FP32_TOL, as_numpy, export_cach
 PROMPT_LEN, DECODE_STEPS = 8, 16
 
 
-def _run_onnx(model, toks: np.ndarray, state=None):
-    """Prompt toks[:, :PROMPT_LEN] in one call, then one token per call; logits per call."""
+def _prompt_then_decode(model, toks: np.ndarray, state=None):
+    """Any backend: prompt toks[:, :PROMPT_LEN] in one call, then one token per call; logits per call."""
     logits, state = model.forward(toks[:, :PROMPT_LEN], state)
     out = [as_numpy(logits)]
     for t in range(PROMPT_LEN, toks.shape[1]):
@@ -57,8 +57,8 @@ def test_onnx_fp32_matches_torch_backend_prompt_then_decode(version, batch, chec
     onnx_model = rwkv_music.load_model(export_cached(tmp_path_factory, ckpt), backend="onnx", threads=1)
     torch_model = rwkv_music.load_model(ckpt)
     toks = tokens(batch, PROMPT_LEN + DECODE_STEPS, seed=2 + batch)
-    got, got_state = _run_onnx(onnx_model, toks)
-    want, want_state = _run_onnx(torch_model, toks)
+    got, got_state = _prompt_then_decode(onnx_model, toks)
+    want, want_state = _prompt_then_decode(torch_model, toks)
     assert got.shape == (batch, 1 + DECODE_STEPS, 128)
     assert np.abs(got - want).max() <= FP32_TOL
     assert max_state_diff(got_state, want_state) <= FP32_TOL * 10  # v4's aa/bb/pp grow to O(10)
@@ -72,8 +72,8 @@ def test_onnx_fp16_graph_stays_close_to_fp32(version, checkpoint_path, tmp_path_
     f32 = load(export_cached(tmp_path_factory, ckpt), threads=1)
     f16 = load(export_cached(tmp_path_factory, ckpt, "fp16"), threads=1)
     toks = tokens(2, PROMPT_LEN + DECODE_STEPS, seed=5)
-    want, _ = _run_onnx(f32, toks)
-    got, state = _run_onnx(f16, toks)
+    want, _ = _prompt_then_decode(f32, toks)
+    got, state = _prompt_then_decode(f16, toks)
     assert got.dtype == np.float32
     assert np.abs(got - want).max() <= FP16_TOL
     kv = [n for n in state.tensors if n not in ("att_x", "ffn_x")]
@@ -133,7 +133,7 @@ def test_v6_time_state_becomes_the_onnx_initial_state(tmp_path, require_version)
     torch.save(sd, ckpt)
     model = load(export(ckpt, tmp_path / "tuned.onnx"), threads=1)
     start = model.new_state(2)
-    assert np.allclose(start.tensors["att_kv"][1, 1], sd["blocks.1.att.time_state"].numpy().T)  # S[key, value]
+    assert np.allclose(start.tensors["att_kv"][1, 1], sd["blocks.1.att.time_state"].numpy().transpose(0, 2, 1))  # S[key, value]
     toks = tokens(2, 5, seed=12)
     got, _ = model.forward(toks)
     want, _ = rwkv_music.load_model(ckpt).forward(toks)

@@ -34,6 +34,8 @@ TAG_FP32 = 0
 TAG_FP16 = 0x01306B47
 TAG_CODEBOOK = 1  # any tag with a non-zero byte sum that is not fp16/int8/"scaled fp32" (ModelBin)
 STORAGES = ("fp32", "fp16", "int8")
+LN_EPS = 1e-5  # ln0/ln1/ln2/ln_out eps in every version (FORMATS A9)
+GN_EPS = 64e-5  # ln_x GroupNorm eps of v5, v6 and v7 (FORMATS A9)
 
 # BinaryOp op_type / UnaryOp op_type / Reduction operation numbers (operators.md)
 ADD, SUB, MUL, DIV, MAX = 0, 1, 2, 3, 4
@@ -145,23 +147,27 @@ class NcnnGraph:
         return self.const(np.asarray(vector, dtype=np.float32).reshape(1, -1))
 
     # -- elementwise ---------------------------------------------------------------------------
-    def binary(self, op: int, a: str, b: str) -> str:
-        return self.one("BinaryOp", [a, b], {0: op})
+    def binary(self, op: int, a: str, b: str, out: str | None = None) -> str:
+        return self.one("BinaryOp", [a, b], {0: op}, out=out)
 
     def scalar(self, op: int, a: str, value: float) -> str:
         return self.one("BinaryOp", [a], {0: op, 1: 1, 2: float(value)})
 
+    def lerp(self, base: str, diff: str, coef: str) -> str:
+        """``base + diff * coef`` (the token-shift mixes)."""
+        return self.add_(base, self.mul(diff, coef))
+
     def unary(self, op: int, a: str) -> str:
         return self.one("UnaryOp", [a], {0: op})
 
-    def add_(self, a: str, b: str) -> str:
-        return self.binary(ADD, a, b)
+    def add_(self, a: str, b: str, out: str | None = None) -> str:
+        return self.binary(ADD, a, b, out)
 
     def sub(self, a: str, b: str) -> str:
         return self.binary(SUB, a, b)
 
-    def mul(self, a: str, b: str) -> str:
-        return self.binary(MUL, a, b)
+    def mul(self, a: str, b: str, out: str | None = None) -> str:
+        return self.binary(MUL, a, b, out)
 
     def act(self, type_: str, a: str) -> str:
         """A parameterless activation layer: Sigmoid, TanH, ReLU, Swish."""
@@ -186,6 +192,15 @@ class NcnnGraph:
                out: str | None = None) -> str:
         """InnerProduct ``x @ weight.T + bias`` on ``[B, in]``; ``weight`` is ``[out, in]`` as stored."""
         n_out, n_in = weight.shape
+        if self.storage == "int8" and not small:  # codebook of the row-normalised matrix, rows rescaled after
+            from rwkv_music.backends.ncnn_quant import row_scales
+
+            scale = row_scales(weight)
+            y = self.one("InnerProduct", [x], {0: n_out, 1: 0, 2: n_out * n_in},
+                         [tagged(weight / scale[:, None], "int8")])
+            if bias is None:
+                return self.mul(y, self.row(scale), out=out)
+            return self.add_(self.mul(y, self.row(scale)), self.row(bias), out=out)
         storage = "fp32" if small and self.storage == "int8" else self.storage
         weights = [tagged(weight, storage)]
         if bias is not None:

@@ -8,9 +8,12 @@ or calibration; the ``.bin`` shrinks to about a quarter.  (ncnn's true int8 Inne
 quantises the activations as well, with static per-layer scales from a calibration set, which
 a language model's wide activation range does not suit.)
 
-The table is fitted per matrix with a few Lloyd iterations (1-D k-means) started from quantiles,
-so it places more levels where the weights are dense; that beats a uniform int8 grid with one
-scale per matrix and is close to per-row scaling for Gaussian-like weights.
+The table is fitted per matrix: levels start with a density proportional to p(w)^(1/3) (the
+high-resolution optimum for mean squared error, Panter–Dite) plus a uniform floor that keeps
+levels in sparse tails, read off a histogram, and are refined by a few Lloyd iterations (1-D
+k-means).  The exporter quantises each matrix divided by its per-row RMS and multiplies the
+rows back after the InnerProduct (:func:`row_scales`).  For Gaussian-like weights this is as accurate
+as per-row int8 scaling, and it follows skewed or heavy-tailed matrices without clipping them.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from __future__ import annotations
 import numpy as np
 
 LEVELS = 256
-LLOYD_ITERATIONS = 12
-FIT_SAMPLE = 1 << 20  # weights used to fit the table; assignment always uses all of them
+LLOYD_ITERATIONS = 8
+FIT_SAMPLE = 1 << 18  # weights used to fit the table; assignment always uses all of them
+DENSITY_FLOOR = 0.2  # uniform share added to the level density, so sparse tails keep some levels
+MAX_HIST_BINS = 4096  # resolution of the density estimate that seeds the table
+SAMPLES_PER_BIN = 64  # fewer bins for small matrices, so the density estimate is not noise
 
 
 def _assign(values: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -28,16 +34,31 @@ def _assign(values: np.ndarray, table: np.ndarray) -> np.ndarray:
     return np.searchsorted(edges, values).astype(np.uint8)
 
 
+def _initial_table(sample: np.ndarray) -> np.ndarray:
+    """Levels spaced by the cube root of the weight density (Panter–Dite point density)."""
+    lo, hi = float(sample[0]), float(sample[-1])
+    if hi - lo <= 0:
+        return np.full(LEVELS, lo)
+    bins = int(np.clip(sample.size // SAMPLES_PER_BIN, LEVELS // 4, MAX_HIST_BINS))
+    hist, edges = np.histogram(sample, bins=bins, range=(lo, hi))
+    density = np.cbrt(hist.astype(np.float64))
+    density += DENSITY_FLOOR * density.mean()
+    cdf = np.concatenate([[0.0], np.cumsum(density)])
+    cdf /= cdf[-1]
+    return np.interp((np.arange(LEVELS) + 0.5) / LEVELS, cdf, edges)
+
+
 def codebook_quantize(weight: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(table float32[256], index uint8[weight.size])`` with ``table[index] ≈ weight.ravel()``."""
     flat = np.ascontiguousarray(weight, dtype=np.float32).ravel()
     if flat.size == 0:
         return np.zeros(LEVELS, np.float32), np.zeros(0, np.uint8)
     sample = flat
-    if flat.size > FIT_SAMPLE:
-        sample = np.random.default_rng(seed).choice(flat, FIT_SAMPLE, replace=False)
+    if flat.size > FIT_SAMPLE:  # a random subset, plus both extremes so the table spans them
+        picked = np.random.default_rng(seed).choice(flat, FIT_SAMPLE, replace=False)
+        sample = np.concatenate([picked, [flat.min(), flat.max()]])
     sample = np.sort(sample.astype(np.float64))
-    table = np.quantile(sample, (np.arange(LEVELS) + 0.5) / LEVELS)
+    table = _initial_table(sample)
     for _ in range(LLOYD_ITERATIONS):
         idx = _assign(sample, table)
         sums = np.bincount(idx, weights=sample, minlength=LEVELS)
@@ -45,9 +66,18 @@ def codebook_quantize(weight: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np
         filled = counts > 0
         table[filled] = sums[filled] / counts[filled]
         table = np.sort(table)
-    table[0], table[-1] = min(table[0], sample[0]), max(table[-1], sample[-1])  # keep the extremes representable
     table32 = table.astype(np.float32)
     return table32, _assign(flat, table32)
+
+
+def row_scales(weight: np.ndarray) -> np.ndarray:
+    """Per-output-row RMS of a ``[out, in]`` matrix (1 for all-zero rows).
+
+    The exporter stores ``weight / scale[:, None]`` through the codebook and multiplies the
+    InnerProduct's output by ``scale``, so one table serves rows of very different magnitude.
+    """
+    rms = np.sqrt(np.mean(np.square(weight, dtype=np.float64), axis=1))
+    return np.where(rms > 0, rms, 1.0).astype(np.float32)
 
 
 def dequantize(table: np.ndarray, index: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -37,7 +37,8 @@ import numpy as np
 
 from rwkv_music.backends import onnx as rt
 from rwkv_music.backends.onnx_graph_common import LN_EPS, GraphBuilder, Weights, layer_norm_np, onnx_modules
-from rwkv_music.errors import CheckpointError, OutputExistsError, RwkvMusicError
+from rwkv_music.cli_common import CONTEXT, boundary
+from rwkv_music.errors import CheckpointError, OutputExistsError
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.state import State, state_shapes
 
@@ -250,20 +251,24 @@ def export(
     return out
 
 
-@click.command("export-onnx")
+@click.command("export-onnx", context_settings=CONTEXT, epilog="""\b
+Examples:
+  rwkv-music export-onnx RWKV-5-ABC-82M.pth abc.onnx
+  rwkv-music export-onnx model.pth model-fp16.onnx --dtype fp16
+  rwkv-music export-onnx model.pth model-int8.onnx --int8
+  rwkv-music generate-abc --model abc.onnx --backend onnx
+""")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True, help="Activation dtype of the graph (the WKV state stays fp32).")
-@click.option("--int8", is_flag=True, help="Weight-only int8 quantization of the large matrices (fp32 graphs).")
+@click.option("--int8", is_flag=True, help="Int8 weights for the large matrices (MatMulNBits; fp32 graphs only).")
 @click.option("--opset", type=click.IntRange(min=17), default=DEFAULT_OPSET, show_default=True, help="ONNX opset version.")
 @click.option("--external-data/--no-external-data", default=None, help="Store weights in OUT.data (default: when above ~100 MB).")
 @click.option("--force", is_flag=True, help="Overwrite OUT and its sidecar.")
+@boundary
 def export_onnx(checkpoint: str, out: str, dtype: str, int8: bool, opset: int, external_data: bool | None, force: bool) -> None:
-    """Export CHECKPOINT to the ONNX graph OUT (plus OUT.json) for `--backend onnx`."""
+    """Export CHECKPOINT to the ONNX graph OUT plus its sidecar OUT.json (for --backend onnx)."""
     if int8 and dtype != "fp32":
         raise click.BadParameter("--int8 needs --dtype fp32", param_hint="--int8")
-    try:
-        path = export(checkpoint, out, dtype, opset, int8=int8, external_data=external_data, force=force)
-    except RwkvMusicError as exc:
-        raise click.ClickException(str(exc)) from None
+    path = export(checkpoint, out, dtype, opset, int8=int8, external_data=external_data, force=force)
     click.echo(f"wrote {path} and {rt.sidecar_path(path)}")

@@ -21,7 +21,11 @@ from rwkv_music.backends.onnx_graph_common import onnx_modules
 
 BLOCK_SIZE = 32  # input rows per scale (MatMulNBits needs a power of two >= 16)
 BITS = 8
-QUANTIZATION = f"int8 weight-only (MatMulNBits, block {BLOCK_SIZE}, symmetric)"
+# MatMulNBits accuracy_level 4 = int8 compute: onnxruntime 1.32's x86 CPU kernel for 8-bit weights
+# then quantizes activations per block on the fly; level 1 (fp32 compute) is exact w.r.t. the
+# dequantized weights but ~40x slower than fp32 MatMul at batch 1 (it dequantizes every call).
+ACCURACY_LEVEL = 4
+QUANTIZATION = f"int8 (MatMulNBits, block {BLOCK_SIZE}, symmetric, accuracy_level {ACCURACY_LEVEL})"
 # Initializer name prefixes (from the graph builders) of the matrices worth quantizing.
 BIG_MATRICES = ("Wr_", "Wk_", "Wv_", "Wo_", "Wg_", "ffn_k_", "ffn_v_", "ffn_r_", "head_")
 MS_DOMAIN = "com.microsoft"
@@ -47,7 +51,7 @@ def dequantize_block_int8(packed: np.ndarray, scales: np.ndarray, k: int) -> np.
     return w.reshape(n, -1)[:, :k].T
 
 
-def quantize_weights(model: Any, block_size: int = BLOCK_SIZE) -> Any:
+def quantize_weights(model: Any, block_size: int = BLOCK_SIZE, accuracy_level: int = ACCURACY_LEVEL) -> Any:
     """Return ``model`` (an fp32 ``ModelProto``, edited in place) with its big MatMuls in int8."""
     onnx, helper, numpy_helper = onnx_modules()
     graph = model.graph
@@ -72,7 +76,7 @@ def quantize_weights(model: Any, block_size: int = BLOCK_SIZE) -> Any:
         new_nodes.append(
             helper.make_node(
                 "MatMulNBits", [node.input[0], wname + "_q8", wname + "_scale"], list(node.output),
-                domain=MS_DOMAIN, K=k, N=n, bits=BITS, block_size=block_size, accuracy_level=1,
+                domain=MS_DOMAIN, K=k, N=n, bits=BITS, block_size=block_size, accuracy_level=accuracy_level,
             )
         )
     del graph.node[:]

@@ -53,6 +53,12 @@ def _load_fluidsynth() -> Any:
     return fluidsynth
 
 
+def check_available(soundfont: str | os.PathLike | None = None) -> Path:
+    """Raise :class:`AudioUnavailable` unless .wav rendering can work; returns the SoundFont."""
+    _load_fluidsynth()
+    return find_soundfont(soundfont)
+
+
 def wav_bytes(midi: Any, soundfont: str | os.PathLike | None = None, sample_rate: int = SAMPLE_RATE) -> bytes:
     """Render ``midi`` (a :class:`mido.MidiFile`) to 16-bit stereo WAV bytes."""
     import numpy as np

@@ -85,7 +85,7 @@ class BodyRules(TimingRules):
             return None
         if s.tuplet is not None and not self._lenient:
             return None
-        if self._lenient and s.bar_len is not None and s.bar_notes and s.pos == s.bar_len:
+        if self._lenient and s.bar_len is not None and s.bar_notes and s.pos >= s.bar_len:
             s = self._close_bar(s, "|", implicit=True) or s  # a line end as the bar line (Essen)
         return self._body_line(s)
 

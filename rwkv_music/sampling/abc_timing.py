@@ -66,20 +66,9 @@ class TimingRules:
             factor, kind, tup = factor * Fraction(q, p), 1, (p, q, left - 1)
         if s.broken is not None:
             factor, kind = factor * s.broken, 2
-        if self._lenient and s.bar_len is not None and s.bar_notes and s.pos >= s.bar_len:
-            s = self._wrap(s, s.pos)  # a full bar without a bar line: music21 re-bars it
         t = s.replace(nfac=factor, nkind=kind, tuplet=tup, broken=None, need_note=False, after_note=False,
                       line_start=False, no_left=False, closed=False)  # fmt: skip
         return t if self._length_ok(t, "") else None
-
-    def _wrap(self, s: AbcState, pos: Fraction) -> AbcState:
-        """Lenient: bars that fill up without a bar line end there, as music21's re-barring does."""
-        full = 0
-        while pos >= s.bar_len:  # type: ignore[operator]
-            pos -= s.bar_len  # type: ignore[operator]
-            full += 1
-        return s.replace(pos=pos, first_bar=False, after_section=False, carry=None, last=ZERO,
-                         full_bars=min(s.full_bars + full, self.config.min_full_bars))  # fmt: skip
 
     def _grid(self, s: AbcState) -> Fraction:
         return s.unit * self._grain
@@ -163,11 +152,8 @@ class TimingRules:
             pos = ZERO
         else:
             pos = s.pos + dur
-            if pos > s.bar_len:
-                if not self._lenient:
-                    return None
-                s = self._wrap(s, pos)
-                pos = s.pos
+            if pos > s.bar_len and not self._lenient:  # lenient bars may overflow: see _close_bar
+                return None
             off_grid = not self._lenient and (pos / self._grid(s)).denominator != 1
             if s.nkind == 2 and off_grid:
                 return None
@@ -187,23 +173,30 @@ class TimingRules:
         always end.  A short bar only if it is the first bar (pickup), if ``text`` is a section
         bar line (anything but ``|``), or if it follows a section bar line -- with
         ``pair_short_bars``, only when it completes the short bar before that line.
+
+        Lenient only: a bar may hold several bars' worth of notes (bar lines left out; counted as
+        music21 re-bars them, the remainder being a short bar), and ``implicit`` (a line end
+        after a full or longer bar, Essen's phrase ends) ends it, dropping any remainder and
+        letting the next bar be a short phrase pickup.
         """
         section = text != "|"
         final = text in FINAL_BARS and not implicit
         if not s.bar_notes:
             return s.replace(mode="idle", buf="", after_note=False, line_start=False,
                              after_section=s.after_section or section, closed=final)  # fmt: skip
-        bar, x, carry, full = s.bar_len, s.pos, None, True
-        if bar is not None:
-            full = x == bar
-            if x < bar:
-                paired = not self.config.pair_short_bars or (s.carry is not None and s.carry + x == bar)
-                if not (s.first_bar or section or (s.after_section and paired)):
+        full, carry = 1, None
+        if s.bar_len is not None:
+            full, rest = divmod(s.pos, s.bar_len)
+            if implicit:
+                rest = ZERO
+            if rest:
+                paired = not self.config.pair_short_bars or (s.carry is not None and s.carry + rest == s.bar_len)
+                if not (section or (not full and (s.first_bar or (s.after_section and paired)))):
                     return None
-                carry = x if section else None
+                carry = rest if section else None
         return s.replace(mode="idle", buf="", after_note=False, line_start=False, pos=ZERO, last=ZERO,
-                         bar_notes=False, first_bar=False, after_section=section, carry=carry, closed=final,
-                         full_bars=min(s.full_bars + full, self.config.min_full_bars))  # fmt: skip
+                         bar_notes=False, first_bar=False, after_section=section or implicit, carry=carry,
+                         closed=final, full_bars=min(s.full_bars + int(full), self.config.min_full_bars))  # fmt: skip
 
 
 __all__ = ["TimingRules"]

@@ -1,0 +1,290 @@
+"""The ncnn backend: runs graphs written by :func:`export` on the stock ``ncnn`` wheel.
+
+This module never imports torch: the ``.param`` / ``.bin`` pair and the JSON sidecar
+(``PREFIX.json``) carry everything, so ``--backend ncnn`` works on machines without torch.
+Inputs and outputs are numpy arrays; states are :class:`~rwkv_music.model.state.State` values
+with the same names, shapes and S orientation as the torch backend, so states move freely
+between backends.
+
+The graph computes one token for B rows (see :mod:`rwkv_music.backends.ncnn_export` for its
+design); :meth:`NcnnModel.forward` loops over the T positions in Python, feeding ``token`` and
+the ``in_<name>_<i>`` state blobs and extracting the single packed blob ``out_all`` (logits
+and every ``out_<name>_<i>`` state, concatenated per row).
+
+Why inputs are cloned: a ``ncnn.Mat`` built from a numpy array borrows its memory and has no
+reference count, and in light mode ncnn's in-place layers check that count before writing —
+a null dereference that crashes the interpreter (seen as "the Extractor crashes extracting a
+second output in light mode").  Cloning the input Mats gives them owned, counted memory, so
+light mode (intermediate blobs freed as soon as they are used) is safe; one extractor per step
+and one extract per extractor keep it that way.
+
+>>> model = load("abc-82m.param", num_threads=4)  # doctest: +SKIP
+>>> logits, state = model.forward([[2, 83, 58]])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rwkv_music.backends.base import tokens_to_numpy
+from rwkv_music.errors import BackendUnavailable, CheckpointError, StateError
+from rwkv_music.model.config import RWKVConfig
+from rwkv_music.model.state import State, state_shapes
+
+log = logging.getLogger(__name__)
+
+SIDECAR_FORMAT = "rwkv_music.ncnn/1"
+TOKEN = "token"  # int32 ids [B]
+LOGITS = "logits"  # [B, V]
+PACKED = "out_all"  # [B, V + Σ state sizes]: logits, then every out_<name>_<i>
+STORAGES = ("fp32", "fp16", "int8")
+TOKENIZER_BY_VOCAB = {128: "abc", 20096: "midi"}  # vocab sizes of the BlinkDL music models
+_SUFFIXES = (".param", ".bin", ".json")
+
+
+def prefix_paths(path: str | os.PathLike) -> dict[str, Path]:
+    """The files of one export from its prefix or any of its files: param, bin, sidecar, state."""
+    p = Path(path)
+    name = p.name
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    stem = p.with_name(name)
+    return {"param": Path(f"{stem}.param"), "bin": Path(f"{stem}.bin"), "sidecar": Path(f"{stem}.json"),
+            "state": Path(f"{stem}.state.npz")}
+
+
+def read_sidecar(path: Path) -> tuple[dict[str, Any], RWKVConfig]:
+    """Parse and check a sidecar; returns ``(data, config)``."""
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+            got = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise CheckpointError(f"{path}: not an rwkv_music ncnn sidecar (format {got!r}, expected {SIDECAR_FORMAT!r})")
+        cfg = RWKVConfig.from_dict(data["config"])
+        if data.get("dtype") not in STORAGES or set(data["state"]) != set(state_shapes(cfg, 1)):
+            raise CheckpointError(f"{path}: sidecar dtype/state entries do not fit an RWKV v{cfg.version} model")
+        _check_segments(path, data, cfg)
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: unreadable ncnn sidecar ({type(exc).__name__}: {exc})") from None
+    return data, cfg
+
+
+def _check_segments(path: Path, data: dict[str, Any], cfg: RWKVConfig) -> None:
+    """The packed-output layout must cover the logits and every state blob of ``cfg``, in order."""
+    segments = data["outputs"][PACKED]["segments"]
+    expected = [(LOGITS, cfg.vocab_size)]
+    for name, (shape, _) in state_shapes(cfg, 1).items():
+        expected += [(f"out_{name}_{i}", int(np.prod(shape[2:]))) for i in range(cfg.n_layer)]
+    got = [(s["name"], s["size"]) for s in segments]
+    if any(s.get("state") != s["name"][4:].rsplit("_", 1)[0] for s in segments[1:]):
+        raise CheckpointError(f"{path}: packed output segments name no state tensors")
+    offsets = [s["offset"] for s in segments]
+    if got != expected or offsets != list(np.cumsum([0] + [n for _, n in expected[:-1]])):
+        raise CheckpointError(f"{path}: packed output layout does not match an RWKV v{cfg.version} L{cfg.n_layer} model")
+
+
+def _ncnn() -> Any:
+    try:
+        import ncnn
+    except ImportError as exc:
+        raise BackendUnavailable(f"backend 'ncnn' needs the ncnn package ({exc}); pip install rwkv-music[ncnn]") from None
+    return ncnn
+
+
+def _as_numpy(t: Any) -> np.ndarray:
+    if type(t).__module__.split(".")[0] == "torch":  # a torch backend's state; no torch import needed
+        t = t.detach().float().cpu().numpy()
+    return np.asarray(t, dtype=np.float32)
+
+
+class NcnnModel:
+    """An exported RWKV graph on ncnn (implements :class:`~rwkv_music.backends.base.Backend`)."""
+
+    name = "ncnn"
+
+    def __init__(self, net: Any, config: RWKVConfig, sidecar: dict[str, Any], paths: dict[str, Path], device: str,
+                 fp16: bool, num_threads: int, initial: State | None = None) -> None:
+        self.net = net
+        self.config = config
+        self.sidecar = sidecar
+        self.paths = paths
+        self.device = device
+        self.fp16 = fp16
+        self.num_threads = num_threads
+        self.dtype: str = sidecar["dtype"]  # weight storage chosen at export
+        self.quantization: str | None = sidecar.get("quantization")
+        self.tokenizer_kind: str | None = sidecar.get("tokenizer")
+        self._ncnn = _ncnn()
+        self._names = list(state_shapes(config, 1))
+        self._shapes = {n: shape[2:] for n, (shape, _) in state_shapes(config, 1).items()}
+        # (state name, offset, size) of every new state blob in the packed output, layers in order
+        self._segments = [(s["state"], s["offset"], s["size"]) for s in sidecar["outputs"][PACKED]["segments"][1:]]
+        self._initial = initial  # v6 state tuning (time_state), batch 1
+
+    @property
+    def info(self) -> RWKVConfig:
+        return self.config
+
+    def __repr__(self) -> str:
+        storage = "fp16 storage" if self.fp16 else "fp32 storage"
+        return f"NcnnModel({self.paths['param'].name}, v{self.config.version}, {self.dtype} weights, {storage}, {self.device})"
+
+    # -- protocol ----------------------------------------------------------------------------
+    def new_state(self, batch_size: int = 1) -> State:
+        """A fresh float32 state: zeros (v4 ``att_p`` at -1e30), or the state-tuned start of a v6 export."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise StateError(f"{self.paths['param'].name}: batch_size must be a positive int, got {batch_size!r}")
+        if self._initial is None:
+            return State.zeros(self.config, int(batch_size), backend="numpy")
+        return State(self.config.version, {n: np.repeat(t, int(batch_size), axis=1) for n, t in self._initial.tensors.items()})
+
+    def forward(self, tokens: Any, state: State | None = None, *, all_logits: bool = False) -> tuple[np.ndarray, State]:
+        """Run ``tokens`` [B, T] from ``state``; float32 logits [B, V] (or [B, T, V]) and a new state."""
+        source = self.paths["param"].name
+        ids = tokens_to_numpy(tokens, self.config.vocab_size, source=f"{source}: tokens").astype(np.int32)
+        B, T = ids.shape
+        cur = self._layers(self._state(state, B))
+        steps = []
+        for t in range(T):
+            logits, cur = self._step(np.ascontiguousarray(ids[:, t]), cur, B)
+            steps.append(logits)
+        new = State(self.config.version, {n: np.stack(cur[n]) for n in self._names})
+        return (np.stack(steps, axis=1) if all_logits else steps[-1]), new
+
+    # -- internals ---------------------------------------------------------------------------
+    def _state(self, state: Any, batch: int) -> State:
+        if state is None:
+            return self.new_state(batch)
+        if not isinstance(state, State):
+            raise StateError(f"{self.paths['param'].name}: state must be a rwkv_music State, got {type(state).__name__}")
+        try:
+            state.check(self.config, batch_size=batch)
+        except StateError as exc:
+            raise StateError(f"{self.paths['param'].name}: {exc}") from None
+        return state
+
+    def _layers(self, state: State) -> dict[str, list[np.ndarray]]:
+        """Per state name, one contiguous float32 [B, ...] array per layer (copies: the input stays untouched)."""
+        return {n: [np.array(a, dtype=np.float32, copy=True) for a in _as_numpy(state.tensors[n])] for n in self._names}
+
+    def _step(self, ids: np.ndarray, cur: dict[str, list[np.ndarray]], B: int) -> tuple[np.ndarray, dict[str, list[np.ndarray]]]:
+        ncnn = self._ncnn
+        ex = self.net.create_extractor()
+        ex.set_light_mode(True)
+        ex.input(TOKEN, ncnn.Mat(ids).clone())  # clone: see the module docstring
+        for n in self._names:
+            for i, arr in enumerate(cur[n]):
+                ex.input(f"in_{n}_{i}", ncnn.Mat(arr).clone())
+        ret, mat = ex.extract(PACKED)
+        if ret != 0:
+            raise CheckpointError(f"{self.paths['param'].name}: ncnn failed to run the graph (error {ret})")
+        out = np.array(mat, dtype=np.float32).reshape(B, -1)
+        logits = out[:, : self.config.vocab_size].copy()
+        new: dict[str, list[np.ndarray]] = {n: [] for n in self._names}
+        for name, offset, size in self._segments:
+            new[name].append(np.ascontiguousarray(out[:, offset : offset + size]).reshape(B, *self._shapes[name]))
+        return logits, new
+
+
+def _check_files(paths: dict[str, Path], sidecar: dict[str, Any]) -> None:
+    """The sidecar must describe exactly these .param/.bin files (hash and size recorded at export)."""
+    import hashlib
+
+    files = sidecar.get("files", {})
+    digest = hashlib.sha256(paths["param"].read_bytes()).hexdigest()
+    if files.get("param_sha256") != digest:
+        raise CheckpointError(f"{paths['sidecar']}: sidecar does not match {paths['param'].name} (param hash differs); re-export")
+    size = paths["bin"].stat().st_size
+    if files.get("bin_bytes") != size:
+        raise CheckpointError(f"{paths['sidecar']}: sidecar does not match {paths['bin'].name} "
+                              f"({files.get('bin_bytes')} bytes expected, {size} found); re-export")
+
+
+def _use_vulkan(ncnn: Any, device: str, vulkan: bool) -> tuple[bool, str]:
+    """(use Vulkan?, device label); falls back to the CPU with a warning when no GPU is usable."""
+    wanted = vulkan or device.startswith(("vulkan", "gpu"))
+    if not wanted:
+        if device != "cpu":
+            raise BackendUnavailable(f"device {device!r} is not supported by the ncnn backend (use 'cpu' or 'vulkan')")
+        return False, "cpu"
+    index = int(device.partition(":")[2] or 0) if ":" in device else 0
+    try:
+        count = int(ncnn.get_gpu_count())
+    except Exception:  # a wheel built without Vulkan
+        count = 0
+    if count <= index:
+        log.warning("ncnn: no Vulkan GPU %d available (%d found); running on the CPU", index, count)
+        return False, "cpu"
+    return True, f"vulkan:{index}"
+
+
+def load(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None, num_threads: int | None = None,
+         fp16: bool = False, vulkan: bool = False, **kw: Any) -> NcnnModel:
+    """Open an export (``PREFIX``, ``PREFIX.param`` or ``PREFIX.bin``; the sidecar ``PREFIX.json`` must sit beside it).
+
+    Args:
+        path: the export's prefix or one of its files.
+        device: "cpu", or "vulkan" / "vulkan:N" (falls back to the CPU when no GPU is usable).
+        dtype: "fp16" turns on ncnn's fp16 storage and arithmetic (same as ``fp16=True``); "fp32",
+            "int8", "auto" or None change nothing (weight storage is fixed at export).
+        num_threads: ncnn threads (default: ncnn's choice, all big cores).
+        fp16: fp16 storage/arithmetic where the CPU or GPU supports it (activations and weights).
+        vulkan: run on the first Vulkan GPU if there is one.
+        threads: accepted as an alias of ``num_threads`` (the onnx backend's name).
+    """
+    if "threads" in kw:
+        num_threads = kw.pop("threads") if num_threads is None else num_threads
+    if kw:
+        raise TypeError(f"ncnn backend: unexpected arguments {sorted(kw)}")
+    if dtype not in (None, "auto", *STORAGES):
+        raise BackendUnavailable(f"dtype {dtype!r} is not supported by the ncnn backend (use fp32, or fp16 for fp16 storage)")
+    fp16 = bool(fp16 or dtype == "fp16")
+    paths = prefix_paths(path)
+    for kind in ("param", "bin", "sidecar"):
+        if not paths[kind].is_file():
+            hint = "; re-export with 'rwkv-music export-ncnn'" if kind == "sidecar" else ""
+            raise CheckpointError(f"{paths[kind]}: no such file (ncnn {kind} of {paths['param'].name}){hint}")
+    sidecar, cfg = read_sidecar(paths["sidecar"])
+    _check_files(paths, sidecar)
+    ncnn = _ncnn()
+    use_vulkan, label = _use_vulkan(ncnn, str(device), vulkan)
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = use_vulkan
+    net.opt.use_fp16_storage = fp16
+    net.opt.use_fp16_packed = fp16
+    net.opt.use_fp16_arithmetic = fp16
+    net.opt.use_bf16_storage = False
+    if num_threads:
+        net.opt.num_threads = int(num_threads)
+    if net.load_param(str(paths["param"])) != 0:
+        raise CheckpointError(f"{paths['param']}: ncnn cannot parse this param file")
+    if net.load_model(str(paths["bin"])) != 0:
+        raise CheckpointError(f"{paths['bin']}: ncnn cannot read the weights (truncated or not from this .param)")
+    missing = [n for n in (TOKEN, *(s["inputs"][0] for s in sidecar["state"].values())) if n not in net.input_names()]
+    if missing:
+        raise CheckpointError(f"{paths['param']}: graph has no input blob {missing[0]!r} named in the sidecar")
+    initial = None
+    if sidecar.get("initial_state"):
+        initial = State.load(paths["param"].with_name(sidecar["initial_state"]))
+        initial.check(cfg, batch_size=1)
+        initial = initial.numpy()
+    log.info("%s: RWKV v%s on ncnn (%s weights, %s, %s)", paths["param"].name, cfg.version, sidecar["dtype"],
+             "fp16" if fp16 else "fp32", label)
+    return NcnnModel(net, cfg, sidecar, paths, label, fp16, int(net.opt.num_threads), initial)
+
+
+def export(checkpoint: Any, out_prefix: str | os.PathLike, dtype: str = "fp32", **kw: Any) -> Path:
+    """Export a checkpoint to ncnn (see :func:`rwkv_music.backends.ncnn_export.export`); needs torch to read .pth files."""
+    from rwkv_music.backends import ncnn_export
+
+    return ncnn_export.export(checkpoint, out_prefix, dtype, **kw)

@@ -1,0 +1,94 @@
+"""ncnn layers for one RWKV-4 block, and the pieces v5/v6/v7 share (FORMATS.md A7).
+
+Every function appends layers to an :class:`~rwkv_music.backends.ncnn_graph.NcnnGraph` and returns
+blob names.  Activations are ``[B, C]`` (one token for each of B rows); per-channel constants are
+``[1, C]`` rows.  ``w`` reads the raw checkpoint (``w.get(key)`` → float32 numpy, squeezed).
+
+State blobs of layer ``i`` are named ``in_<name>_<i>`` / ``out_<name>_<i>`` after the
+:class:`~rwkv_music.model.state.State` tensors, one row of the batch per row of the blob.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rwkv_music.backends.ncnn_graph import DIV, EXP, LN_EPS, MAX, SQUARE, NcnnGraph
+from rwkv_music.model.config import RWKVConfig
+
+
+def state_in(g: NcnnGraph, name: str, i: int) -> str:
+    return g.input(f"in_{name}_{i}")
+
+
+def state_out(name: str, i: int) -> str:
+    return f"out_{name}_{i}"
+
+
+def pre_norm(g: NcnnGraph, w: Any, i: int, which: str, x: str, state: str) -> tuple[str, str]:
+    """``(xx, sx)``: the LN output (which is also the new shift state ``state``) and the previous one."""
+    C = w.get(f"blocks.{i}.{which}.weight").shape[0]
+    xx = g.layer_norm(x, w.get(f"blocks.{i}.{which}.weight"), w.get(f"blocks.{i}.{which}.bias"), C, LN_EPS,
+                      out=state_out(state, i))
+    return xx, state_in(g, state, i)
+
+
+def channel_mix_v4(g: NcnnGraph, w: Any, i: int, x: str, keys: tuple[str, str] = ("time_mix_k", "time_mix_r"),
+                   maa: bool = False) -> str:
+    """``x + σ(Wr·rx) ⊙ (Wv·relu²(Wk·kx))`` (v4/v5; v6 with ``maa=True``: mixes are ``1 - time_maa``)."""
+    f = f"blocks.{i}.ffn."
+    xx, sx = pre_norm(g, w, i, "ln2", x, "ffn_x")
+    d = g.sub(xx, sx)
+    mk, mr = (w.get(f + key) for key in keys)
+    if maa:  # v6: x* = xx + (sx - xx)·maa = sx + (xx - sx)·(1 - maa)
+        mk, mr = 1 - mk, 1 - mr
+    kx, rx = g.lerp(sx, d, g.row(mk)), g.lerp(sx, d, g.row(mr))
+    k = g.unary(SQUARE, g.act("ReLU", g.linear(kx, w.get(f + "key.weight"))))
+    r = g.act("Sigmoid", g.linear(rx, w.get(f + "receptance.weight")))
+    return g.add_(x, g.mul(r, g.linear(k, w.get(f + "value.weight"))))
+
+
+def head(g: NcnnGraph, w: Any, x: str, out: str) -> str:
+    """``logits = head · LN_out(x)`` → ``[B, V]``."""
+    C = w.get("ln_out.weight").shape[0]
+    h = g.layer_norm(x, w.get("ln_out.weight"), w.get("ln_out.bias"), C, LN_EPS)
+    return g.linear(h, w.get("head.weight"), out=out)
+
+
+def _exp(g: NcnnGraph, a: str) -> str:
+    return g.unary(EXP, a)
+
+
+def time_mix_v4(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str) -> str:
+    """FORMATS A7 "v4 time mix" with the running-maximum WKV; returns ``x + TimeMix(LN1(x))``."""
+    a = f"blocks.{i}.att."
+    xx, sx = pre_norm(g, w, i, "ln1", x, "att_x")
+    d = g.sub(xx, sx)
+    kx, vx, rx = (g.lerp(sx, d, g.row(w.get(a + f"time_mix_{n}"))) for n in "kvr")
+    k = g.linear(kx, w.get(a + "key.weight"))
+    v = g.linear(vx, w.get(a + "value.weight"))
+    r = g.act("Sigmoid", g.linear(rx, w.get(a + "receptance.weight")))
+    aa, bb, pp = (state_in(g, n, i) for n in ("att_a", "att_b", "att_p"))
+    decay = g.row(-np.exp(w.get(a + "time_decay").astype(np.float64)))  # A6: w = -exp(time_decay)
+    first = g.row(w.get(a + "time_first"))  # A6: u = time_first (log domain)
+    # output: q = max(pp, u + k); wkv = (e^{pp-q} aa + e^{u+k-q} v) / (e^{pp-q} bb + e^{u+k-q})
+    ww = g.add_(k, first)
+    q = g.binary(MAX, pp, ww)
+    e1, e2 = _exp(g, g.sub(pp, q)), _exp(g, g.sub(ww, q))
+    num = g.add_(g.mul(e1, aa), g.mul(e2, v))
+    den = g.add_(g.mul(e1, bb), e2)
+    wkv = g.binary(DIV, num, den)
+    # state: q' = max(w + pp, k); aa' = e^{w+pp-q'} aa + e^{k-q'} v; bb' likewise; pp' = q'
+    ww = g.add_(pp, decay)
+    q2 = g.binary(MAX, ww, k, out=state_out("att_p", i))
+    e1, e2 = _exp(g, g.sub(ww, q2)), _exp(g, g.sub(k, q2))
+    g.add_(g.mul(e1, aa), g.mul(e2, v), out=state_out("att_a", i))
+    g.add_(g.mul(e1, bb), e2, out=state_out("att_b", i))
+    return g.add_(x, g.linear(g.mul(r, wkv), w.get(a + "output.weight")))
+
+
+def block(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str, ctx: dict[str, Any]) -> str:
+    """One v4 block: ``x`` [B, C] → [B, C]."""
+    x = time_mix_v4(g, w, cfg, i, x)
+    return channel_mix_v4(g, w, i, x)

@@ -1,0 +1,119 @@
+"""ncnn layers for one RWKV-5.0/5.1/5.2 or RWKV-6 block (FORMATS.md A6, A7).
+
+Per head the state is ``S[key j, value i]`` (the rwkv package's layout, A8), one ``[B, H, N, N]``
+blob per layer.  One token:
+
+    y_i = Σ_j r_j S[j, i] + (Σ_j r_j u_j k_j) v_i      → MatMul([B,H,1,N], S) + a rank-1 term
+    S'  = w_j S[j, i] + k_j v_i                        → S ⊙ w[B|1,H,N,1] + k[B,H,N,1] ⊙ v[B,H,1,N]
+
+then GroupNorm over each head (a LayerNorm without affine over the innermost N, eps 64e-5, then
+the ``ln_x`` affine over A), the 5.1/5.2/6 gate ``silu(Wg·gx)``, and the output projection.
+v5.0/5.1 store one decay and bonus per head; they are broadcast to ``[H, N]`` at export.  v6
+computes its decay per token from a LoRA: ``w = exp(-exp(td + tanh(wx·Dw1)·Dw2))``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rwkv_music.backends.ncnn_graph import EXP, GN_EPS, NEG, R_SUM, NcnnGraph
+from rwkv_music.backends.ncnn_graph_v4 import channel_mix_v4, pre_norm, state_in, state_out
+from rwkv_music.model.config import RWKVConfig
+
+V6_MIX_ORDER = "wkvrg"  # rows of time_maa_w2 (FORMATS A3 notes)
+
+
+def _per_channel(arr: np.ndarray, H: int, N: int) -> np.ndarray:
+    """A per-head ([H] or [H,1]) or per-channel ([H,N]) tensor as [H, N]."""
+    return np.broadcast_to(np.asarray(arr, np.float64).reshape(H, -1), (H, N))
+
+
+def decay_and_bonus(w: Any, cfg: RWKVConfig, a: str) -> tuple[np.ndarray | None, np.ndarray]:
+    """(w = exp(-exp(time_decay)) as [H, N], or None for v6; u as [H, N])  — FORMATS A6."""
+    H, N = cfg.n_head, cfg.head_size
+    if a + "time_first" in w:  # 5.0/5.1 "time_first" is log u
+        u = np.exp(_per_channel(w.get(a + "time_first"), H, N))
+    else:
+        u = _per_channel(w.get(a + "time_faaaa"), H, N)
+    if cfg.version.family == 6:
+        return None, u
+    return np.exp(-np.exp(_per_channel(w.get(a + "time_decay"), H, N))), u
+
+
+def wkv5(g: NcnnGraph, cfg: RWKVConfig, i: int, r: str, k: str, v: str, u: np.ndarray, decay: str) -> str:
+    """The per-head recurrence above; ``decay`` broadcasts as ``[·, H, N, 1]``.  Returns y as [B, A]."""
+    H, N, A = cfg.n_head, cfg.head_size, cfg.dim_att
+    S = state_in(g, "att_kv", i)
+    v_row = g.reshape(v, [-1, H, 1, N])
+    y = g.matmul(g.reshape(r, [-1, H, 1, N]), S)  # Σ_j r_j S[j, i]
+    ruk = g.reduce_last(R_SUM, g.reshape(g.mul(g.mul(r, g.row(u.reshape(-1))), k), [-1, H, N]))  # [B, H, 1]
+    y = g.add_(y, g.mul(g.reshape(ruk, [-1, H, 1, 1]), v_row))
+    kv = g.mul(g.reshape(k, [-1, H, N, 1]), v_row)
+    g.add_(g.mul(S, decay), kv, out=state_out("att_kv", i))
+    return g.reshape(y, [-1, A])
+
+
+def group_norm(g: NcnnGraph, w: Any, cfg: RWKVConfig, a: str, y: str) -> str:
+    """GroupNorm with one group per head (A9 eps 64e-5) and the ``ln_x`` affine; y [B, A]."""
+    H, N, A = cfg.n_head, cfg.head_size, cfg.dim_att
+    y = g.layer_norm(g.reshape(y, [-1, H, N]), None, None, N, GN_EPS)
+    y = g.mul(g.reshape(y, [-1, A]), g.row(w.get(a + "ln_x.weight")))
+    return g.add_(y, g.row(w.get(a + "ln_x.bias")))
+
+
+def time_mix_v5(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str) -> str:
+    a = f"blocks.{i}.att."
+    gated = cfg.version != "5.0"
+    xx, sx = pre_norm(g, w, i, "ln1", x, "att_x")
+    d = g.sub(xx, sx)
+    names = ("r", "k", "v") + (("g",) if gated else ())
+    mixed = {n: g.lerp(sx, d, g.row(w.get(a + f"time_mix_{n}"))) for n in names}
+    proj = {"r": "receptance", "k": "key", "v": "value", "g": "gate"}
+    r, k, v = (g.linear(mixed[n], w.get(a + proj[n] + ".weight")) for n in "rkv")
+    decay, u = decay_and_bonus(w, cfg, a)
+    assert decay is not None
+    decay_blob = g.const(decay.reshape(1, cfg.n_head, cfg.head_size, 1))
+    y = group_norm(g, w, cfg, a, wkv5(g, cfg, i, r, k, v, u, decay_blob))
+    if gated:
+        y = g.mul(y, g.act("Swish", g.linear(mixed["g"], w.get(a + "gate.weight"))))
+    return g.add_(x, g.linear(y, w.get(a + "output.weight")))
+
+
+def time_mix_v6(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str) -> str:
+    """FORMATS A7 "v6.0 time mix" (data-dependent shift and decay)."""
+    a = f"blocks.{i}.att."
+    H, N = cfg.n_head, cfg.head_size
+    xx, sx = pre_norm(g, w, i, "ln1", x, "att_x")
+    dd = g.sub(sx, xx)  # v6 mixes are xx + (sx - xx)·m
+    xxx = g.lerp(xx, dd, g.row(w.get(a + "time_maa_x")))
+    w1 = w.get(a + "time_maa_w1")  # [C, 5·Dm]
+    w2 = w.get(a + "time_maa_w2")  # [5, Dm, C]
+    Dm = w2.shape[1]
+    m = g.act("TanH", g.linear(xxx, w1.T, small=True))
+    parts = g.slice_cols(m, [Dm] * 5)
+    mixed = {}
+    for j, n in enumerate(V6_MIX_ORDER):  # maa_n + m_j·W2[j], the bias carries maa_n
+        coef = g.linear(parts[j], w2[j].T, bias=w.get(a + f"time_maa_{n}"), small=True)
+        mixed[n] = g.lerp(xx, dd, coef)
+    r = g.linear(mixed["r"], w.get(a + "receptance.weight"))
+    k = g.linear(mixed["k"], w.get(a + "key.weight"))
+    v = g.linear(mixed["v"], w.get(a + "value.weight"))
+    gate = g.act("Swish", g.linear(mixed["g"], w.get(a + "gate.weight")))
+    lora = g.act("TanH", g.linear(mixed["w"], w.get(a + "time_decay_w1").T, small=True))
+    td = g.linear(lora, w.get(a + "time_decay_w2").T, bias=w.get(a + "time_decay").reshape(-1), small=True)
+    decay = g.unary(EXP, g.unary(NEG, g.unary(EXP, td)))  # w = exp(-exp(td + ...)) per token
+    _, u = decay_and_bonus(w, cfg, a)
+    y = group_norm(g, w, cfg, a, wkv5(g, cfg, i, r, k, v, u, g.reshape(decay, [-1, H, N, 1])))
+    return g.add_(x, g.linear(g.mul(y, gate), w.get(a + "output.weight")))
+
+
+def block_v5(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str, ctx: dict[str, Any]) -> str:
+    x = time_mix_v5(g, w, cfg, i, x)
+    return channel_mix_v4(g, w, i, x)
+
+
+def block_v6(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str, ctx: dict[str, Any]) -> str:
+    x = time_mix_v6(g, w, cfg, i, x)
+    return channel_mix_v4(g, w, i, x, ("time_maa_k", "time_maa_r"), maa=True)
