@@ -2,10 +2,12 @@
 
 Builds random-weight checkpoints with the shapes of the ABC 82M models (L12 D768 V128, head 64),
 exports them to ONNX (fp32, and int8 with --int8), and measures prefill and decode tokens/s at
-batch 1 on the CPU.  Prints a Markdown table; asserts nothing.  The rwkv package runs in a
-subprocess because it picks its RWKV-7 class from environment variables at import time.
+batch 1 on the CPU.  The in-process backends are timed in alternating rounds and every figure is
+a median over rounds (prefill) or single steps (decode), so load from other processes on a
+shared machine hits all of them alike.  The rwkv package runs in a subprocess (it picks its
+RWKV-7 class from environment variables at import time).  Prints a Markdown table; asserts nothing.
 
-    python benchmarks/bench_onnx.py --quick --threads 2
+    python benchmarks/bench_onnx.py --quick --threads 2 --int8
 """
 
 from __future__ import annotations
@@ -26,53 +28,59 @@ import numpy as np
 SHAPES = {"n_layer": 12, "n_embd": 768, "head_size": 64, "vocab_size": 128}
 
 PIP_SCRIPT = r"""
-import json, sys, time, torch
+import json, statistics, sys, time, torch
 torch.set_num_threads(int(sys.argv[2]))
 from rwkv.model import RWKV
-path, prefill, steps = sys.argv[1], int(sys.argv[3]), int(sys.argv[4])
+path, prefill, steps, rounds = sys.argv[1], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[6])
 kw = {} if sys.argv[5].startswith("7") else {"verbose": False}
 model = RWKV(model=path[:-4], strategy="cpu fp32", **kw)
 toks = [(i * 37) % 128 for i in range(prefill)]
+pre, dec = [], []
 with torch.no_grad():
     model.forward(toks[:8], None)
-    t = time.perf_counter(); _, state = model.forward(toks, None); pre = prefill / (time.perf_counter() - t)
-    for i in range(3):
-        _, state = model.forward([i], state)
-    t = time.perf_counter()
-    for i in range(steps):
-        _, state = model.forward([i % 128], state)
-    dec = steps / (time.perf_counter() - t)
-print(json.dumps({"prefill": pre, "decode": dec}))
+    for _ in range(rounds):
+        t = time.perf_counter(); _, state = model.forward(toks, None); pre.append(time.perf_counter() - t)
+        for i in range(steps):
+            t = time.perf_counter(); _, state = model.forward([1], state); dec.append(time.perf_counter() - t)
+print(json.dumps({"prefill": prefill / statistics.median(pre), "decode": 1 / statistics.median(dec[1:])}))
 """
 
 
-def measure(model: Any, prefill: int, steps: int, batch: int = 1) -> tuple[float, float, np.ndarray]:
-    """(prefill tok/s, decode tok/s, logits after the prompt) through the backend protocol."""
-    toks = (np.arange(batch * prefill).reshape(batch, prefill) * 37) % 128
-    model.forward(toks[:, :8])  # warm up (session / kernel initialisation)
-    t = time.perf_counter()
-    logits, state = model.forward(toks)
-    pre = batch * prefill / (time.perf_counter() - t)
-    if type(logits).__module__.split(".")[0] == "torch":
-        logits = logits.float().numpy()
-    step = np.ones((batch, 1), dtype=np.int64)
-    for _ in range(3):
-        _, state = model.forward(step, state)
-    t = time.perf_counter()
-    for _ in range(steps):
-        _, state = model.forward(step, state)
-    return pre, batch * steps / (time.perf_counter() - t), np.asarray(logits)
+class Timer:
+    """Prefill and per-step decode times of one backend, collected over several rounds."""
+
+    def __init__(self, model: Any, prefill: int) -> None:
+        self.model = model
+        self.toks = (np.arange(prefill).reshape(1, prefill) * 37) % 128
+        self.prefill: list[float] = []
+        self.decode: list[float] = []
+        self.logits: np.ndarray | None = None
+        model.forward(self.toks[:, :8])  # warm up (session / kernel initialisation)
+
+    def round(self, steps: int) -> None:
+        t = time.perf_counter()
+        logits, state = self.model.forward(self.toks)
+        self.prefill.append(time.perf_counter() - t)
+        if self.logits is None:
+            self.logits = logits.float().numpy() if hasattr(logits, "float") else np.asarray(logits)
+        step = np.ones((1, 1), dtype=np.int64)
+        _, state = self.model.forward(step, state)
+        for _ in range(steps):
+            t = time.perf_counter()
+            _, state = self.model.forward(step, state)
+            self.decode.append(time.perf_counter() - t)
+
+    def result(self) -> tuple[float, float]:
+        return self.toks.shape[1] / float(np.median(self.prefill)), 1.0 / float(np.median(self.decode))
 
 
-def measure_pip(ckpt: Path, version: str, threads: int, prefill: int, steps: int) -> tuple[float, float] | None:
+def measure_pip(ckpt: Path, version: str, threads: int, prefill: int, steps: int, rounds: int) -> tuple[float, float] | None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RWKV_")}
     env.update({"RWKV_JIT_ON": "1", "RWKV_CUDA_ON": "0", "OMP_NUM_THREADS": str(threads)})
     if version.startswith("7"):
         env["RWKV_V7_ON"] = "1"
-    proc = subprocess.run(
-        [sys.executable, "-c", PIP_SCRIPT, str(ckpt), str(threads), str(prefill), str(steps), version],
-        capture_output=True, text=True, env=env, timeout=1800,
-    )
+    args = [str(ckpt), str(threads), str(prefill), str(steps), version, str(rounds)]
+    proc = subprocess.run([sys.executable, "-c", PIP_SCRIPT, *args], capture_output=True, text=True, env=env, timeout=1800)
     if proc.returncode != 0:
         print(f"<!-- rwkv package failed on v{version}: {proc.stderr.strip().splitlines()[-1:]} -->")  # noqa: T201
         return None
@@ -85,13 +93,14 @@ def main() -> None:
     ap.add_argument("--versions", default="5.2,7", help="comma-separated RWKV versions")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prefill", type=int, default=256, help="prompt length for the prefill figure")
-    ap.add_argument("--decode", type=int, default=128, help="single-token steps for the decode figure")
-    ap.add_argument("--quick", action="store_true", help="prefill 64, decode 32")
+    ap.add_argument("--decode", type=int, default=64, help="single-token steps per round")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating measurement rounds")
+    ap.add_argument("--quick", action="store_true", help="prefill 64, 16 steps, 3 rounds")
     ap.add_argument("--int8", action="store_true", help="also time the int8 (MatMulNBits) graph")
     ap.add_argument("--no-pip", action="store_true", help="skip the rwkv package")
     args = ap.parse_args()
     if args.quick:
-        args.prefill, args.decode = 64, 32
+        args.prefill, args.decode, args.rounds = 64, 16, 3
 
     import torch
 
@@ -100,33 +109,36 @@ def main() -> None:
     from rwkv_music.backends.onnx import export
     from rwkv_music.model.factory import random_checkpoint
 
-    device = f"CPU {platform.processor() or platform.machine()}, {args.threads} threads"
+    device = f"CPU {platform.machine()}, {args.threads} thread(s)"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for version in args.versions.split(","):
             ckpt = Path(tmp) / f"v{version}.pth"
             torch.save(random_checkpoint(version, **SHAPES), ckpt)
+            timers = {("torch (ours)", "fp32"): Timer(rwkv_music.load_model(ckpt), args.prefill)}
             graphs = {"fp32": export(ckpt, Path(tmp) / f"v{version}.onnx")}
             if args.int8:
                 graphs["int8"] = export(ckpt, Path(tmp) / f"v{version}-int8.onnx", int8=True)
-            results: dict[tuple[str, str], tuple[float, ...] | None] = {}
-            results[("torch (ours)", "fp32")] = measure(rwkv_music.load_model(ckpt), args.prefill, args.decode)
             for dtype, path in graphs.items():
-                model = rwkv_music.load_model(path, backend="onnx", threads=args.threads)
-                results[("onnx", dtype)] = measure(model, args.prefill, args.decode)
-                del model
+                timers[("onnx", dtype)] = Timer(rwkv_music.load_model(path, backend="onnx", threads=args.threads), args.prefill)
+            for _ in range(args.rounds):
+                for timer in timers.values():
+                    timer.round(args.decode)
+            base = timers[("torch (ours)", "fp32")]
+            for (backend, dtype), timer in timers.items():
+                pre, dec = timer.result()
+                diff = float(np.abs(timer.logits - base.logits).max())
+                rows.append((backend, version, dtype, pre, dec, dec / base.result()[1], f"{diff:.1e}"))
+            timers.clear()
             if not args.no_pip:
-                results[("rwkv package", "fp32")] = measure_pip(ckpt, version, args.threads, args.prefill, args.decode)
-            base = results[("torch (ours)", "fp32")]
-            for (backend, dtype), res in results.items():
+                res = measure_pip(ckpt, version, args.threads, args.prefill, args.decode, args.rounds)
                 if res is not None:
-                    diff = f"{np.abs(res[2] - base[2]).max():.1e}" if len(res) > 2 else "-"
-                    rows.append((device, backend, version, dtype, 1, res[0], res[1], res[1] / base[1], diff))
+                    rows.append(("rwkv package", version, "fp32", res[0], res[1], res[1] / base.result()[1], "-"))
 
     print("| device | backend | version | dtype | batch | prefill tok/s | decode tok/s | decode vs torch | max abs Δlogits vs torch |")  # noqa: T201
     print("|---|---|---|---|---|---|---|---|---|")  # noqa: T201
-    for dev, backend, version, dtype, batch, pre, dec, rel, diff in rows:
-        print(f"| {dev} | {backend} | {version} | {dtype} | {batch} | {pre:.1f} | {dec:.1f} | {rel:.2f}x | {diff} |")  # noqa: T201
+    for backend, version, dtype, pre, dec, rel, diff in rows:
+        print(f"| {device} | {backend} | {version} | {dtype} | 1 | {pre:.1f} | {dec:.1f} | {rel:.2f}x | {diff} |")  # noqa: T201
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Compose a few jigs (6/8, D major) in ABC and save them as a tune book plus MIDI files.
 
-    python examples/compose_jig.py                       # the shipped ABC model
-    python examples/compose_jig.py --model abc.pth -n 4 --out jigs/
+python examples/compose_jig.py                       # the shipped ABC model
+python examples/compose_jig.py --model abc.pth -n 4 --out jigs/
 """
 
 from __future__ import annotations
@@ -26,18 +26,26 @@ def main(argv: list[str] | None = None) -> None:
 
     composer = Composer.load(args.model, mode="abc")
     # Two sections of 8 bars, the second unlike the first (TunesFormer control codes, FORMATS B).
-    jigs = composer.compose_abc(n=args.n, key="D", meter="6/8", unit="1/8", controls="S:2;B:8;E:0;B:8",
-                                max_tokens=args.max_tokens, seed=args.seed, constrained=not args.no_constraints)
+    jigs = composer.compose_abc(
+        n=args.n,
+        key="D",
+        meter="6/8",
+        unit="1/8",
+        controls="S:2;B:8;E:0;B:8",
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        constrained=not args.no_constraints,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     book = write_abc([jig.text for jig in jigs], args.out / "jigs.abc", force=True)
-    print(f"{book}: {len(jigs)} tunes")
+    print(f"{book}: {len(jigs)} tunes")  # noqa: T201 - a script reports to its user
     for jig in jigs:
         ok = jig.meta["validity"]["parse_ok"]
         try:
             path = jig.save(args.out / f"jig-{jig.index + 1}.mid", force=True)
-            print(f"{path}  (music21 parse ok: {ok}, bar balance {jig.meta['validity']['bar_balance']})")
+            print(f"{path}  (music21 parse ok: {ok}, bar balance {jig.meta['validity']['bar_balance']})")  # noqa: T201 - a script reports to its user
         except AbcFormatError as exc:  # a tune music21 cannot read has no MIDI
-            print(f"jig {jig.index + 1}: no MIDI ({exc})")
+            print(f"jig {jig.index + 1}: no MIDI ({exc})")  # noqa: T201 - a script reports to its user
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Continue a MIDI file a few times with the MIDI model and draw each result as a piano roll.
 
-    python examples/continue_midi.py melody.mid                    # the shipped MIDI model
-    python examples/continue_midi.py melody.mid --model midi.pth --seconds 20 -n 2
+python examples/continue_midi.py melody.mid                    # the shipped MIDI model
+python examples/continue_midi.py melody.mid --model midi.pth --seconds 20 -n 2
 """
 
 from __future__ import annotations
@@ -28,17 +28,24 @@ def main(argv: list[str] | None = None) -> None:
 
     def progress(step: int, total: int) -> None:  # streaming progress, one call per token
         if step % 100 == 0 or step == total:
-            print(f"  token {step}/{total}", flush=True)
+            print(f"  token {step}/{total}", flush=True)  # noqa: T201 - a script reports to its user
 
-    pieces = composer.continue_midi(args.midi, n=args.n, seconds=args.seconds, max_tokens=args.max_tokens,
-                                    instruments=args.instruments, seed=args.seed, callback=progress)
+    pieces = composer.continue_midi(
+        args.midi,
+        n=args.n,
+        seconds=args.seconds,
+        max_tokens=args.max_tokens,
+        instruments=args.instruments,
+        seed=args.seed,
+        callback=progress,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     for piece in pieces:
         stem = args.out / f"{args.midi.stem}-{piece.index + 1}"
         mid = piece.save(stem.with_suffix(".mid"), force=True)
         png = piece.save(stem.with_suffix(".png"), force=True)
         v = piece.meta["validity"]
-        print(f"{mid} + {png.name}: {v['notes']} notes, {v['seconds']:.1f} s, {piece.meta['finish_reason']}")
+        print(f"{mid} + {png.name}: {v['notes']} notes, {v['seconds']:.1f} s, {piece.meta['finish_reason']}")  # noqa: T201 - a script reports to its user
 
 
 if __name__ == "__main__":

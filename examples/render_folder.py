@@ -26,16 +26,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("rendered"))
+    parser.add_argument("--no-constraints", action="store_true", help="plain sampling (no music constraint)")
     args = parser.parse_args(argv)
 
     mode = "midi" if any(args.folder.rglob("*.mid")) else "abc"
     composer = Composer.load(args.model, mode=None if args.model else mode)
-    settings = RenderSettings(samples_per_prompt=args.samples, batch_size=args.batch_size, seed=args.seed,
-                              options={"max_tokens": args.max_tokens}, resume=True)
-    report = render(composer, args.folder, args.out, settings,
-                    progress=lambda n, todo, tokens: print(f"  +{n} samples ({tokens} tokens)", flush=True))
-    print(f"{report.out}: {report.written} new, {report.done_before} already there")
-    print(json.dumps(report.stats, indent=2))
+    settings = RenderSettings(
+        samples_per_prompt=args.samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        options={"max_tokens": args.max_tokens, "constrained": not args.no_constraints},
+        resume=True,
+    )
+    report = render(
+        composer,
+        args.folder,
+        args.out,
+        settings,
+        progress=lambda n, todo, tokens: print(f"  +{n} samples ({tokens} tokens)", flush=True),  # noqa: T201 - a script reports to its user
+    )
+    print(f"{report.out}: {report.written} new, {report.done_before} already there")  # noqa: T201 - a script reports to its user
+    print(json.dumps(report.stats, indent=2))  # noqa: T201 - a script reports to its user
 
 
 if __name__ == "__main__":

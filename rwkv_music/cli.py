@@ -40,13 +40,21 @@ from rwkv_music.errors import RwkvMusicError
 # Commands that live in other modules, imported only when run: name → (module, attribute, help).
 LAZY_COMMANDS = {
     "train": ("rwkv_music.train.command", "train", "Train or fine-tune an RWKV-7 music model."),
-    "export-onnx": ("rwkv_music.backends.onnx_export", "export_onnx", "Export a checkpoint to ONNX (for --backend onnx)."),
+    "export-onnx": ("rwkv_music.backends.onnx_export", "export_onnx", "Export a checkpoint to ONNX (--backend onnx)."),
+    "export-ncnn": ("rwkv_music.backends.ncnn_export", "export_ncnn", "Export a checkpoint to ncnn (--backend ncnn)."),
 }
 
 
 # -- the group ----------------------------------------------------------------------------------
 class _Group(click.Group):
-    """Lists lazy commands with their static help, so ``--help`` imports nothing heavy."""
+    """Lists lazy commands with their static help, so ``--help`` imports nothing heavy.
+
+    ``invoke`` applies the same error boundary as every command of this module, so commands
+    from other modules (``train``, ``export-*``) also end in one line, not a traceback.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return boundary(super().invoke)(ctx)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
@@ -78,18 +86,23 @@ def _unavailable(name: str, message: str) -> click.Command:
     def fail(**_kwargs: Any) -> None:
         raise click.ClickException(message)
 
-    return click.Command(name, callback=fail, help=message,
-                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    return click.Command(
+        name, callback=fail, help=message, context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
+    )
 
 
-@click.group(cls=_Group, context_settings=CONTEXT, epilog="""\b
+@click.group(
+    cls=_Group,
+    context_settings=CONTEXT,
+    epilog="""\b
 Examples:
   rwkv-music generate-midi -n 4 --seconds 30 --instruments piano,violin
   rwkv-music generate-abc --key G --meter 6/8 -n 8 --midi
   rwkv-music continue tune.mid --model midi.pth -n 2
   rwkv-music render prompts.txt --model abc.pth --samples-per-prompt 4 --out data/ --resume
   rwkv-music info model.pth
-""")
+""",
+)
 @click.version_option(__version__, message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
@@ -114,25 +127,63 @@ Examples:
 @model_options
 @click.option("-n", "--num", "n", type=click.IntRange(min=1), default=1, show_default=True, help="Pieces (one batch).")
 @midi_options
-@click.option("--max-tokens", type=click.IntRange(min=1), default=2048, show_default=True, help="Most new tokens per piece.")
+@click.option(
+    "--max-tokens", type=click.IntRange(min=1), default=2048, show_default=True, help="Most new tokens per piece."
+)
 @click.option("--prompt", default=None, help="MIDI-token text to start from, e.g. 'pi:4a:7 t30 pi:4a:0'.")
 @click.option("--continue-from", type=click.Path(dir_okay=False), default=None, help="A .mid file to continue.")
-@click.option("--state", "state_file", type=click.Path(dir_okay=False), default=None, help="Initial state (.npz, see `state make`).")
+@click.option(
+    "--state",
+    "state_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Initial state (.npz, see `state make`).",
+)
 @sampling_options
 @output_options
 @click.option("--png", is_flag=True, help="Also write a piano-roll .png per piece.")
 @click.option("--wav", is_flag=True, help="Also write a .wav per piece (needs FluidSynth and a SoundFont).")
-@click.option("--soundfont", type=click.Path(dir_okay=False), default=None, envvar="RWKV_MUSIC_SOUNDFONT",
-              help="SoundFont for --wav (default: pretty_midi's TimGM6mb.sf2).")
+@click.option(
+    "--soundfont",
+    type=click.Path(dir_okay=False),
+    default=None,
+    envvar="RWKV_MUSIC_SOUNDFONT",
+    help="SoundFont for --wav (default: pretty_midi's TimGM6mb.sf2).",
+)
 @boundary
-def generate_midi(model, backend, device, dtype, n, seconds, instruments, piano_only, no_constraints, max_tokens, prompt,
-                  continue_from, state_file, seed, preset, temperature, top_p, top_k, out, force, quiet, png, wav,
-                  soundfont) -> None:
+def generate_midi(
+    model: str | None,
+    backend: str,
+    device: str,
+    dtype: str,
+    n: int,
+    seconds: float | None,
+    instruments: str | None,
+    piano_only: bool,
+    no_constraints: bool,
+    max_tokens: int | None,
+    prompt: str | None,
+    continue_from: str | None,
+    state_file: str | None,
+    seed: int | None,
+    preset: str | None,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    out: str,
+    force: bool,
+    quiet: bool,
+    png: bool,
+    wav: bool,
+    soundfont: str | None,
+) -> None:
     """Compose MIDI pieces and write them as .mid files into --out (their paths are printed)."""
     if prompt and continue_from:
         raise click.BadParameter("use either --prompt or --continue-from", param_hint="--prompt")
     if no_constraints and (instruments or piano_only or seconds):
-        raise click.BadParameter("--instruments/--piano-only/--seconds need the constraint", param_hint="--no-constraints")
+        raise click.BadParameter(
+            "--instruments/--piano-only/--seconds need the constraint", param_hint="--no-constraints"
+        )
     instruments = instruments_arg(instruments, piano_only)
     if continue_from and not Path(continue_from).is_file():
         raise RwkvMusicError(f"{continue_from}: no such MIDI file")
@@ -143,8 +194,17 @@ def generate_midi(model, backend, device, dtype, n, seconds, instruments, piano_
     if wav:
         check_audio(soundfont)
     composer = load(model, "midi" if model is None else None, backend, device, dtype)
-    common = dict(n=n, seconds=seconds, max_tokens=max_tokens, instruments=instruments, seed=seed, preset=preset,
-                  state=state_or_none(state_file), constrained=not no_constraints, **sampling_args(temperature, top_p, top_k))
+    common = dict(
+        n=n,
+        seconds=seconds,
+        max_tokens=max_tokens,
+        instruments=instruments,
+        seed=seed,
+        preset=preset,
+        state=state_or_none(state_file),
+        constrained=not no_constraints,
+        **sampling_args(temperature, top_p, top_k),
+    )
     if continue_from:
         pieces = compose(composer, "continue_midi", quiet, path=continue_from, **common)
     else:
@@ -160,31 +220,69 @@ def generate_midi_main() -> None:
 main.add_command(generate_midi)
 
 
-@main.command("generate-abc", context_settings=CONTEXT, epilog="""\b
+@main.command(
+    "generate-abc",
+    context_settings=CONTEXT,
+    epilog="""\b
 Examples:
   rwkv-music generate-abc --key G --meter 6/8 -n 4          # four jigs into ./out/
   rwkv-music generate-abc --controls 'S:2;B:8;E:0;B:8' --tempo 120 --midi
   rwkv-music generate-abc --model abc.pth --prompt '|:DFA dAF|' --book
-""")
+""",
+)
 @model_options
 @click.option("-n", "--num", "n", type=click.IntRange(min=1), default=1, show_default=True, help="Tunes (one batch).")
 @click.option("--key", "-k", default="D", show_default=True, help="K: key, e.g. D, Gm, Ador.")
 @click.option("--meter", default="4/4", show_default=True, help="M: meter, e.g. 6/8, 3/4, C|.")
 @click.option("--unit", default="1/8", show_default=True, help="L: unit note length.")
 @click.option("--tempo", default=None, help="Q: tempo (bpm or 1/4=120).")
-@click.option("--controls", default="S:2", show_default=True, help="Control codes, ';'-separated (S: sections, B: bars, E: similarity).")
+@click.option(
+    "--controls",
+    default="S:2",
+    show_default=True,
+    help="Control codes, ';'-separated (S: sections, B: bars, E: similarity).",
+)
 @click.option("--prompt", default=None, help="First bars of music after the header.")
 @click.option("--no-constraints", is_flag=True, help="Plain sampling: no ABC grammar / bar-balance constraint.")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=1024, show_default=True, help="Most new characters per tune.")
+@click.option(
+    "--max-tokens", type=click.IntRange(min=1), default=1024, show_default=True, help="Most new characters per tune."
+)
 @click.option("--state", "state_file", type=click.Path(dir_okay=False), default=None, help="Initial state (.npz).")
 @sampling_options
 @output_options
-@click.option("--book", is_flag=True, help="Write all tunes into one tune book (X:1, X:2, ...) instead of one file each.")
+@click.option(
+    "--book", is_flag=True, help="Write all tunes into one tune book (X:1, X:2, ...) instead of one file each."
+)
 @click.option("--midi", "also_midi", is_flag=True, help="Also write a .mid per tune (through music21).")
 @click.option("--musicxml", is_flag=True, help="Also write a .musicxml per tune.")
 @boundary
-def generate_abc(model, backend, device, dtype, n, key, meter, unit, tempo, controls, prompt, no_constraints, max_tokens,
-                 state_file, seed, preset, temperature, top_p, top_k, out, force, quiet, book, also_midi, musicxml) -> None:
+def generate_abc(
+    model: str | None,
+    backend: str,
+    device: str,
+    dtype: str,
+    n: int,
+    key: str | None,
+    meter: str | None,
+    unit: str | None,
+    tempo: str | None,
+    controls: str,
+    prompt: str | None,
+    no_constraints: bool,
+    max_tokens: int | None,
+    state_file: str | None,
+    seed: int | None,
+    preset: str | None,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    out: str,
+    force: bool,
+    quiet: bool,
+    book: bool,
+    also_midi: bool,
+    musicxml: bool,
+) -> None:
     """Compose ABC tunes and write them as .abc files into --out (their paths are printed)."""
     from rwkv_music.compose_options import AbcOptions
 
@@ -192,9 +290,24 @@ def generate_abc(model, backend, device, dtype, n, key, meter, unit, tempo, cont
     seed = seed_or_new(seed)
     check_outputs(_abc_paths(out, f"abc-{seed}", n, book, also_midi, musicxml), force)
     composer = load(model, "abc" if model is None else None, backend, device, dtype)
-    pieces = compose(composer, "compose_abc", quiet, n=n, key=key, meter=meter, unit=unit, tempo=tempo, controls=controls,
-                      prompt=prompt, constrained=not no_constraints, max_tokens=max_tokens, seed=seed, preset=preset,
-                      state=state_or_none(state_file), **sampling_args(temperature, top_p, top_k))
+    pieces = compose(
+        composer,
+        "compose_abc",
+        quiet,
+        n=n,
+        key=key,
+        meter=meter,
+        unit=unit,
+        tempo=tempo,
+        controls=controls,
+        prompt=prompt,
+        constrained=not no_constraints,
+        max_tokens=max_tokens,
+        seed=seed,
+        preset=preset,
+        state=state_or_none(state_file),
+        **sampling_args(temperature, top_p, top_k),
+    )
     echo_paths(_save_abc(pieces, out, f"abc-{seed}", force, book, also_midi, musicxml))
 
 
@@ -205,7 +318,9 @@ def _abc_paths(out: str, stem: str, n: int, book: bool, also_midi: bool, musicxm
     return output_paths(out, stem, n, ("abc",) + extras)
 
 
-def _save_abc(pieces: list[Any], out: str, stem: str, force: bool, book: bool, also_midi: bool, musicxml: bool) -> list[Path]:
+def _save_abc(
+    pieces: list[Any], out: str, stem: str, force: bool, book: bool, also_midi: bool, musicxml: bool
+) -> list[Path]:
     extras = ("mid",) * also_midi + ("musicxml",) * musicxml
     if not book:
         return save_all(pieces, out, stem, force, ("abc",) + extras)
@@ -216,24 +331,52 @@ def _save_abc(pieces: list[Any], out: str, stem: str, force: bool, book: bool, a
     return paths + (save_all(pieces, out, stem, force, extras, required=0) if extras else [])
 
 
-@main.command("continue", context_settings=CONTEXT, epilog="""\b
+@main.command(
+    "continue",
+    context_settings=CONTEXT,
+    epilog="""\b
 Examples:
   rwkv-music continue melody.mid -n 3 --seconds 20      # MIDI: the shipped MIDI model
   rwkv-music continue tune.abc --model abc.pth --midi   # ABC: first tune of the file
-""")
+""",
+)
 @click.argument("file", type=click.Path(dir_okay=False))
 @model_options
 @click.option("-n", "--num", "n", type=click.IntRange(min=1), default=1, show_default=True, help="Continuations.")
 @midi_options
 @click.option("--controls", default="S:2", show_default=True, help="ABC control codes for the continuation.")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Most new tokens (default 2048 MIDI, 1024 ABC).")
+@click.option(
+    "--max-tokens", type=click.IntRange(min=1), default=None, help="Most new tokens (default 2048 MIDI, 1024 ABC)."
+)
 @sampling_options
 @output_options
 @click.option("--png", is_flag=True, help="Also write a piano-roll .png per piece.")
 @click.option("--midi", "also_midi", is_flag=True, help="ABC: also write a .mid per tune.")
 @boundary
-def continue_(file, model, backend, device, dtype, n, seconds, instruments, piano_only, no_constraints, controls, max_tokens,
-              seed, preset, temperature, top_p, top_k, out, force, quiet, png, also_midi) -> None:
+def continue_(
+    file: str,
+    model: str | None,
+    backend: str,
+    device: str,
+    dtype: str,
+    n: int,
+    seconds: float | None,
+    instruments: str | None,
+    piano_only: bool,
+    no_constraints: bool,
+    controls: str,
+    max_tokens: int | None,
+    seed: int | None,
+    preset: str | None,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    out: str,
+    force: bool,
+    quiet: bool,
+    png: bool,
+    also_midi: bool,
+) -> None:
     """Continue FILE (.mid or .abc) and write the continuations into --out."""
     suffix = Path(file).suffix.lower()
     if suffix not in (".mid", ".midi", ".abc"):
@@ -248,24 +391,50 @@ def continue_(file, model, backend, device, dtype, n, seconds, instruments, pian
     if mode == "midi":
         check_outputs(output_paths(out, stem, n, ("mid",) + ("png",) * png), force)
     else:
-        check_outputs(_abc_paths(out, stem, n, False, also_midi, False) + output_paths(out, stem, n, ("png",) * png), force)
+        check_outputs(
+            _abc_paths(out, stem, n, False, also_midi, False) + output_paths(out, stem, n, ("png",) * png), force
+        )
     composer = load(model, mode, backend, device, dtype)
     if mode == "midi":
-        pieces = compose(composer, "continue_midi", quiet, path=file, n=n, seconds=seconds, max_tokens=max_tokens or 2048,
-                          instruments=instruments_arg(instruments, piano_only), constrained=not no_constraints,
-                          seed=seed, preset=preset, **sampling)
+        pieces = compose(
+            composer,
+            "continue_midi",
+            quiet,
+            path=file,
+            n=n,
+            seconds=seconds,
+            max_tokens=max_tokens or 2048,
+            instruments=instruments_arg(instruments, piano_only),
+            constrained=not no_constraints,
+            seed=seed,
+            preset=preset,
+            **sampling,
+        )
         echo_paths(save_all(pieces, out, stem, force, ("mid",) + ("png",) * png))
     else:
-        pieces = compose(composer, "continue_abc", quiet, path_or_text=Path(file), n=n, controls=controls,
-                          constrained=not no_constraints, max_tokens=max_tokens or 1024, seed=seed, preset=preset, **sampling)
-        echo_paths(_save_abc(pieces, out, stem, force, False, also_midi, False) + (
-            save_all(pieces, out, stem, force, ("png",), required=0) if png else []))
+        pieces = compose(
+            composer,
+            "continue_abc",
+            quiet,
+            path_or_text=Path(file),
+            n=n,
+            controls=controls,
+            constrained=not no_constraints,
+            max_tokens=max_tokens or 1024,
+            seed=seed,
+            preset=preset,
+            **sampling,
+        )
+        echo_paths(
+            _save_abc(pieces, out, stem, force, False, also_midi, False)
+            + (save_all(pieces, out, stem, force, ("png",), required=0) if png else [])
+        )
 
 
 def _register_tools() -> None:
-    from rwkv_music.cli_tools import export_ncnn, info, render, state
+    from rwkv_music.cli_tools import info, render, state
 
-    for command in (info, state, render, export_ncnn):
+    for command in (info, state, render):
         main.add_command(command)
 
 

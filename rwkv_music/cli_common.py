@@ -43,27 +43,51 @@ def combine(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 model_options = combine(
-    click.option("--model", "-m", type=click.Path(dir_okay=False), default=None,
-                 help="Model file (.pth for torch, .onnx, .param for ncnn); default: the shipped model."),
-    click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="Inference runtime."),
+    click.option(
+        "--model",
+        "-m",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Model file (.pth for torch, .onnx, .param for ncnn); default: the shipped model.",
+    ),
+    click.option(
+        "--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="Inference runtime."
+    ),
     click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."),
     click.option("--dtype", type=click.Choice(DTYPES), default="fp32", show_default=True, help="Run dtype."),
 )
 sampling_options = combine(
-    click.option("--seed", type=click.IntRange(min=0), default=None, help="Base seed (random if omitted; it is part of the file names)."),
-    click.option("--preset", type=click.Choice(PRESETS), default=None, help="Sampling preset (default: default-<mode>)."),
-    click.option("--temperature", type=click.FloatRange(min=0), default=None, help="Override the preset's temperature."),
-    click.option("--top-p", type=click.FloatRange(min=0), default=None, help="Override the preset's top-p (>= 1 = off)."),
+    click.option(
+        "--seed",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Base seed (random if omitted; it is part of the file names).",
+    ),
+    click.option(
+        "--preset", type=click.Choice(PRESETS), default=None, help="Sampling preset (default: default-<mode>)."
+    ),
+    click.option(
+        "--temperature", type=click.FloatRange(min=0), default=None, help="Override the preset's temperature."
+    ),
+    click.option(
+        "--top-p", type=click.FloatRange(min=0), default=None, help="Override the preset's top-p (>= 1 = off)."
+    ),
     click.option("--top-k", type=click.IntRange(min=0), default=None, help="Override the preset's top-k (0 = off)."),
 )
 output_options = combine(
-    click.option("--out", "-o", type=click.Path(file_okay=False), default="out", show_default=True, help="Output folder."),
+    click.option(
+        "--out", "-o", type=click.Path(file_okay=False), default="out", show_default=True, help="Output folder."
+    ),
     click.option("--force", is_flag=True, help="Overwrite existing output files."),
     click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
 )
 midi_options = combine(
-    click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None, help="Target length in seconds."),
-    click.option("--instruments", default=None, help="Comma-separated instruments: piano,violin,bass,drum,... (default any)."),
+    click.option(
+        "--seconds", type=click.FloatRange(min=0, min_open=True), default=None, help="Target length in seconds."
+    ),
+    click.option(
+        "--instruments", default=None, help="Comma-separated instruments: piano,violin,bass,drum,... (default any)."
+    ),
     click.option("--piano-only", is_flag=True, help="Only piano notes (the ChatRWKV piano-only mode)."),
     click.option("--no-constraints", is_flag=True, help="Plain sampling: no MIDI well-formedness constraint."),
 )
@@ -127,8 +151,15 @@ def check_outputs(paths: list[Path], force: bool) -> None:
         check_writable(path, force)
 
 
-def save_all(pieces: list[Any], out: str, stem: str, force: bool, extras: tuple[str, ...], soundfont: str | None = None,
-             required: int = 1) -> list[Path]:
+def save_all(
+    pieces: list[Any],
+    out: str,
+    stem: str,
+    force: bool,
+    extras: tuple[str, ...],
+    soundfont: str | None = None,
+    required: int = 1,
+) -> list[Path]:
     """Save every piece as ``out/stem-ii.<ext>``; returns the paths written.
 
     The first ``required`` extensions must work; a later one (e.g. ``.mid`` of an ABC tune that
@@ -139,7 +170,7 @@ def save_all(pieces: list[Any], out: str, stem: str, force: bool, extras: tuple[
     Path(out).mkdir(parents=True, exist_ok=True)
     written = []
     for piece in pieces:
-        for k, path in enumerate(output_paths(out, stem, piece.index + 1, extras)[piece.index * len(extras):]):
+        for k, path in enumerate(output_paths(out, stem, piece.index + 1, extras)[piece.index * len(extras) :]):
             try:
                 written.append(piece.save(path, force=force, soundfont=soundfont))
             except TokenizerError as exc:  # AbcFormatError / MidiFormatError of generated music

@@ -21,13 +21,19 @@ from rwkv_music.cli_common import (
 from rwkv_music.errors import RwkvMusicError
 
 
-@click.command("info", context_settings=CONTEXT, epilog="""\b
+@click.command(
+    "info",
+    context_settings=CONTEXT,
+    epilog="""\b
 Examples:
   rwkv-music info model.pth
   rwkv-music info model.onnx --backend onnx
-""")
+""",
+)
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="Runtime to load it with.")
+@click.option(
+    "--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="Runtime to load it with."
+)
 @boundary
 def info(model: str, backend: str) -> None:
     """Show a model's version, sizes, vocabulary, mode and dtype."""
@@ -56,28 +62,45 @@ def info(model: str, backend: str) -> None:
         click.echo(f"{name:<18} {value}")
 
 
-@click.group("state", context_settings=CONTEXT, epilog="""\b
+@click.group(
+    "state",
+    context_settings=CONTEXT,
+    epilog="""\b
 Examples:
   rwkv-music state make --model abc.pth --prompt 'S:3' --out jig.npz
   rwkv-music state show jig.npz
-""")
+""",
+)
 def state() -> None:
     """Make and inspect initial states (custom starting memory for composing)."""
 
 
-@state.command("make", context_settings=CONTEXT, epilog="""\b
+@state.command(
+    "make",
+    context_settings=CONTEXT,
+    epilog="""\b
 Examples:
   rwkv-music state make --model abc.pth --prompt 'S:3' --out jig.npz
   rwkv-music state make --model midi.pth --from-file style.mid --out style.npz
   rwkv-music generate-abc --model abc.pth --state jig.npz
-""")
+""",
+)
 @model_options
 @click.option("--prompt", default=None, help="Text in the model's format to read.")
 @click.option("--from-file", type=click.Path(dir_okay=False), default=None, help="A .mid or .abc file to read instead.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), required=True, help="Where to write the state (.npz).")
 @click.option("--force", is_flag=True, help="Overwrite --out.")
 @boundary
-def state_make(model, backend, device, dtype, prompt, from_file, out, force) -> None:
+def state_make(
+    model: str | None,
+    backend: str,
+    device: str,
+    dtype: str,
+    prompt: str | None,
+    from_file: str | None,
+    out: str,
+    force: bool,
+) -> None:
     """Read a prompt with a model and save the resulting state (.npz) for `--state`."""
     from rwkv_music.io_utils import check_writable
 
@@ -102,10 +125,14 @@ def _file_prompt(composer: Any, path: Path) -> Any:
     return ch.read_abc_tune(path)[0]
 
 
-@state.command("show", context_settings=CONTEXT, epilog="""\b
+@state.command(
+    "show",
+    context_settings=CONTEXT,
+    epilog="""\b
 Examples:
   rwkv-music state show jig.npz
-""")
+""",
+)
 @click.argument("file", type=click.Path(dir_okay=False))
 @boundary
 def state_show(file: str) -> None:
@@ -123,7 +150,10 @@ def state_show(file: str) -> None:
         click.echo(f"{name:<9} {tuple(arr.shape)}  rms {float(np.sqrt(np.mean(arr.astype(np.float64) ** 2))):.4g}")
 
 
-@click.command("render", context_settings=CONTEXT, epilog="""\b
+@click.command(
+    "render",
+    context_settings=CONTEXT,
+    epilog="""\b
 Examples:
   rwkv-music render prompts.txt --model midi.pth --samples-per-prompt 4 --seconds 20 --out data/
   rwkv-music render prompts.jsonl --model abc.pth --batch-size 16 --out data/ --resume
@@ -134,11 +164,14 @@ Examples:
 PROMPTS_OR_DIR: a text file (one prompt per line, '#' comments, '\\n' for newlines), a .jsonl
 file (objects with "prompt" or "file" plus per-row options such as "seconds", "key",
 "temperature"), or a folder of .abc/.mid files to continue.
-""")
+""",
+)
 @click.argument("source", metavar="PROMPTS_OR_DIR", required=False, type=click.Path())
 @model_options
 @click.option("--samples-per-prompt", "-k", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True, help="Samples generated together.")
+@click.option(
+    "--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True, help="Samples generated together."
+)
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None, help="MIDI target length.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Most new tokens per sample.")
 @click.option("--instruments", default=None, help="MIDI: comma-separated instruments.")
@@ -147,28 +180,67 @@ file (objects with "prompt" or "file" plus per-row options such as "seconds", "k
 @click.option("--meter", default=None, help="ABC: M: for prompts without a header.")
 @click.option("--unit", default=None, help="ABC: L: for prompts without a header.")
 @click.option("--no-constraints", is_flag=True, help="Plain sampling, no music constraint.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Base seed (sample j: derived from seed, j).")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Base seed (sample j: derived from seed, j).",
+)
 @click.option("--preset", type=click.Choice(PRESETS), default=None, help="Sampling preset.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=None)
 @click.option("--top-p", type=click.FloatRange(min=0), default=None)
 @click.option("--top-k", type=click.IntRange(min=0), default=None)
-@click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Output folder (manifest.jsonl, stats.json).")
+@click.option(
+    "--out", "-o", type=click.Path(file_okay=False), required=True, help="Output folder (manifest.jsonl, stats.json)."
+)
 @click.option("--resume", is_flag=True, help="Skip samples already in the manifest.")
 @click.option("--force", is_flag=True, help="Start over in a folder that has a manifest.")
 @click.option("--max-samples", type=click.IntRange(min=0), default=None, help="Stop after this many new samples.")
-@click.option("--abc-to-midi", "abc_dir", default=None, metavar="DIR",
-              help="Instead: convert every tune of the .abc files under DIR (or music21:COLLECTION) to .mid.")
+@click.option(
+    "--abc-to-midi",
+    "abc_dir",
+    default=None,
+    metavar="DIR",
+    help="Instead: convert every tune of the .abc files under DIR (or music21:COLLECTION) to .mid.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @boundary
-def render(source, model, backend, device, dtype, samples_per_prompt, batch_size, seconds, max_tokens, instruments,
-           piano_only, key, meter, unit, no_constraints, seed, preset, temperature, top_p, top_k, out, resume, force,
-           max_samples, abc_dir, quiet) -> None:
+def render(
+    source: str | None,
+    model: str | None,
+    backend: str,
+    device: str,
+    dtype: str,
+    samples_per_prompt: int,
+    batch_size: int,
+    seconds: float | None,
+    max_tokens: int | None,
+    instruments: str | None,
+    piano_only: bool,
+    key: str | None,
+    meter: str | None,
+    unit: str | None,
+    no_constraints: bool,
+    seed: int | None,
+    preset: str | None,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    out: str,
+    resume: bool,
+    force: bool,
+    max_samples: int | None,
+    abc_dir: str | None,
+    quiet: bool,
+) -> None:
     """Batch-render a dataset: every prompt (or file) × K samples, one file each, plus a manifest."""
     if (source is None) == (abc_dir is None):
         raise click.UsageError("give PROMPTS_OR_DIR or --abc-to-midi DIR (one of them)")
     if abc_dir is not None:
         return _abc_to_midi(abc_dir, out, force, quiet)
-    from rwkv_music.render import RenderSettings, render as run
+    from rwkv_music.render import RenderSettings
+    from rwkv_music.render import render as run
 
     instruments = instruments_arg(instruments, piano_only)
     if not Path(source).exists():
@@ -185,8 +257,11 @@ def render(source, model, backend, device, dtype, samples_per_prompt, batch_size
     options = {k: v for k, v in options.items() if v is not None}
     if no_constraints:
         options["constrained"] = False
-    sampling = {k: v for k, v in {"preset": preset, "temperature": temperature, "top_p": top_p, "top_k": top_k}.items()
-                if v is not None}
+    sampling = {
+        k: v
+        for k, v in {"preset": preset, "temperature": temperature, "top_p": top_p, "top_k": top_k}.items()
+        if v is not None
+    }
     settings = RenderSettings(samples_per_prompt, batch_size, seed, options, sampling, resume, force, max_samples)
     bar = _bar(quiet, "render", "sample")
     try:
@@ -194,8 +269,10 @@ def render(source, model, backend, device, dtype, samples_per_prompt, batch_size
     finally:
         bar.close()
     s = report.stats
-    click.echo(f"{report.out}: {s['samples']}/{s['expected']} samples ({report.written} new), "
-               f"{s['tokens']} tokens; manifest {report.out / 'manifest.jsonl'}")
+    click.echo(
+        f"{report.out}: {s['samples']}/{s['expected']} samples ({report.written} new), "
+        f"{s['tokens']} tokens; manifest {report.out / 'manifest.jsonl'}"
+    )
     if not report.complete:
         click.echo("not finished: rerun with --resume to render the rest", err=True)
 
@@ -216,8 +293,10 @@ def _abc_to_midi(abc_dir: str, out: str, force: bool, quiet: bool) -> None:
         report = convert_folder(abc_dir, out, force=force, progress=lambda n, total: bar(1, total))
     finally:
         bar.close()
-    click.echo(f"{out}: {report.written} written, {report.skipped} already there, {len(report.failed)} failed"
-               + (f" (see {Path(out) / 'failed.txt'})" if report.failed else ""))
+    click.echo(
+        f"{out}: {report.written} written, {report.skipped} already there, {len(report.failed)} failed"
+        + (f" (see {Path(out) / 'failed.txt'})" if report.failed else "")
+    )
 
 
 class _bar:  # noqa: N801 - used like a function
@@ -240,10 +319,14 @@ class _bar:  # noqa: N801 - used like a function
             self.tqdm.close()
 
 
-@click.command("export-ncnn", context_settings=CONTEXT, epilog="""\b
+@click.command(
+    "export-ncnn",
+    context_settings=CONTEXT,
+    epilog="""\b
 Examples:
   rwkv-music export-ncnn model.pth model.param
-""")
+""",
+)
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--dtype", type=click.Choice(DTYPES), default="fp32", show_default=True)

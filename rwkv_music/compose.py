@@ -141,7 +141,9 @@ class Composer:
             ``n`` :class:`~rwkv_music.piece.Piece` objects (``.text``, ``.to_midi()``, ``.save()``).
         """
         options = MidiOptions(seconds, max_tokens, instruments, constrained, limits or {})
-        return self.compose_rows([prompt] * n, options, seed=seed, preset=preset, state=state, callback=callback, **sampling)
+        return self.compose_rows(
+            [prompt] * n, options, seed=seed, preset=preset, state=state, callback=callback, **sampling
+        )
 
     def continue_midi(
         self,
@@ -164,7 +166,9 @@ class Composer:
         ``MidiOptions.max_prompt_tokens`` tokens.
         """
         options = MidiOptions(seconds, max_tokens, instruments, constrained, limits or {})
-        return self.compose_rows([Path(path)] * n, options, seed=seed, preset=preset, state=state, callback=callback, **sampling)
+        return self.compose_rows(
+            [Path(path)] * n, options, seed=seed, preset=preset, state=state, callback=callback, **sampling
+        )
 
     # -- ABC ------------------------------------------------------------------------------
     def compose_abc(
@@ -197,7 +201,9 @@ class Composer:
                 (default preset ``"default-abc"``; ``"chatrwkv-abc"`` is FORMATS D4).
         """
         options = AbcOptions(key, meter, unit, tempo, controls, constrained, max_tokens)
-        return self.compose_rows([prompt] * n, options, seed=seed, preset=preset, state=state, callback=callback, **sampling)
+        return self.compose_rows(
+            [prompt] * n, options, seed=seed, preset=preset, state=state, callback=callback, **sampling
+        )
 
     def continue_abc(
         self,
@@ -216,7 +222,9 @@ class Composer:
         tune, source = _c.read_abc_tune(path_or_text)  # fails early on a missing file or a tune without K:
         options = AbcOptions(controls=controls, constrained=constrained, max_tokens=max_tokens)
         row: RowInput = tune if source == _c.ABC_TEXT_SOURCE else Path(source)
-        return self.compose_rows([row] * n, options, seed=seed, preset=preset, state=state, callback=callback, **sampling)
+        return self.compose_rows(
+            [row] * n, options, seed=seed, preset=preset, state=state, callback=callback, **sampling
+        )
 
     # -- rows: the batched core used by every compose call and by the batch renderer ---------
     def compose_rows(
@@ -240,8 +248,10 @@ class Composer:
         expected = MidiOptions if self.mode == "midi" else AbcOptions
         if not isinstance(options, expected):
             article = "an" if self.mode == "abc" else "a"
-            raise RwkvMusicError(f"{self.model_name or 'model'} is {article} {self.mode.upper()} model; "
-                                 f"it cannot compose {'ABC' if self.mode == 'midi' else 'MIDI'} (vocab/model mismatch)")
+            raise RwkvMusicError(
+                f"{self.model_name or 'model'} is {article} {self.mode.upper()} model; "
+                f"it cannot compose {'ABC' if self.mode == 'midi' else 'MIDI'} (vocab/model mismatch)"
+            )
         n = len(inputs)
         if n < 1:
             raise RwkvMusicError(f"n must be at least 1, got {n}")
@@ -260,8 +270,16 @@ class Composer:
             sub_state = state
             if state is not None and getattr(state, "batch_size", 1) > 1 and len(groups) > 1:
                 sub_state = state.select(idx)
-            made = self._run([rows[i][0] for i in idx], options, header, [int(seeds[i]) for i in idx],
-                             preset, sub_state, callback, sampling)
+            made = self._run(
+                [rows[i][0] for i in idx],
+                options,
+                header,
+                [int(seeds[i]) for i in idx],
+                preset,
+                sub_state,
+                callback,
+                sampling,
+            )
             for i, piece in zip(idx, made):
                 piece.meta.update(base_seed=base_seed, input=_describe(inputs[i]))
                 pieces[i] = Piece(piece.mode, piece.tokens, piece.text, piece.meta, i, piece.tokenizer)
@@ -277,7 +295,7 @@ class Composer:
             if item is None:
                 body: list[int] = []
             elif isinstance(item, os.PathLike):
-                body = _c.midi_file_ids(self.tokenizer, item)[-options.max_prompt_tokens:]
+                body = _c.midi_file_ids(self.tokenizer, item)[-options.max_prompt_tokens :]
             else:
                 body = _c.midi_body_ids(self.tokenizer, item)
             # `seconds` is new music after the prompt; MidiConstraint counts the prompt's time too
@@ -294,12 +312,23 @@ class Composer:
             header = (options.meter, options.unit, options.key)
         return [ABC_BOS] + self._encode(text), header
 
-    def _run(self, prompts: list[list[int]], options: MidiOptions | AbcOptions, header: Any, seeds: list[int],
-             preset: str | None, state: Any, callback: ProgressCallback | None, sampling: dict[str, Any]) -> list[Piece]:
+    def _run(
+        self,
+        prompts: list[list[int]],
+        options: MidiOptions | AbcOptions,
+        header: Any,
+        seeds: list[int],
+        preset: str | None,
+        state: Any,
+        callback: ProgressCallback | None,
+        sampling: dict[str, Any],
+    ) -> list[Piece]:
         preset = preset or DEFAULT_PRESETS[self.mode]
         if isinstance(options, MidiOptions):
             target = options.seconds + header if options.seconds else None  # header: the prompt's seconds
-            constraint = _c.midi_constraint(options.instruments, target, **dict(options.limits)) if options.constrained else None
+            constraint = (
+                _c.midi_constraint(options.instruments, target, **dict(options.limits)) if options.constrained else None
+            )
             stop = [MIDI_SEPARATOR]
         else:
             constraint = _c.abc_constraint(*header) if options.constrained else None
@@ -343,8 +372,14 @@ class Composer:
     def model_info(self) -> dict[str, Any]:
         """Model facts recorded in ``Piece.meta["model"]``."""
         c = self.config
-        return {"path": self.model_name, "version": str(c.version), "n_layer": c.n_layer, "n_embd": c.n_embd,
-                "vocab_size": c.vocab_size, "backend": getattr(self.backend, "name", "?")}
+        return {
+            "path": self.model_name,
+            "version": str(c.version),
+            "n_layer": c.n_layer,
+            "n_embd": c.n_embd,
+            "vocab_size": c.vocab_size,
+            "backend": getattr(self.backend, "name", "?"),
+        }
 
     def _encode(self, text: str) -> list[int]:
         if self.mode == "midi":
@@ -352,7 +387,9 @@ class Composer:
         ids = [int(t) for t in self.tokenizer.encode(text)]
         bad = next((i for i, t in enumerate(ids) if t >= self.config.vocab_size), None)
         if bad is not None:
-            raise AbcFormatError(f"ABC prompt: character {text[bad]!r} at position {bad} is outside the model's vocabulary")
+            raise AbcFormatError(
+                f"ABC prompt: character {text[bad]!r} at position {bad} is outside the model's vocabulary"
+            )
         return ids
 
 

@@ -87,7 +87,9 @@ def midi_constraint(instruments: list[str] | None, seconds: float | None, **limi
 
 
 # -- ABC prompts (FORMATS B, D4) -------------------------------------------------------------------
-def abc_prompt_text(controls: str | None, key: str, meter: str, unit: str, tempo: Any = None, body: str | None = None) -> str:
+def abc_prompt_text(
+    controls: str | None, key: str, meter: str, unit: str, tempo: Any = None, body: str | None = None
+) -> str:
     """Control codes, then ``L:``, ``M:``, (``Q:``), ``K:`` lines, then optional first bars.
 
     ``Q:`` goes before ``K:`` because ABC ends the header at ``K:`` and the models always
@@ -163,8 +165,12 @@ def read_abc_tune(path_or_text: str | os.PathLike) -> tuple[str, str]:
     from rwkv_music.export.abc import prompt_from_tune, split_tunes
 
     text: str
-    if isinstance(path_or_text, os.PathLike) or (isinstance(path_or_text, str) and "\n" not in path_or_text
-                                                  and len(path_or_text) < 4096 and not path_or_text.lstrip().startswith("X:")):
+    if isinstance(path_or_text, os.PathLike) or (
+        isinstance(path_or_text, str)
+        and "\n" not in path_or_text
+        and len(path_or_text) < 4096
+        and not path_or_text.lstrip().startswith("X:")
+    ):
         path = Path(path_or_text)
         if not path.is_file():
             raise AbcFormatError(f"{path}: no such ABC file")
@@ -202,8 +208,9 @@ def abc_constraint(meter: str | None, unit: str | None, key: str | None) -> Any:
     try:
         from rwkv_music.sampling.abc_constraint import AbcConstraint
     except ImportError as exc:
-        raise BackendUnavailable(f"the ABC constraint is not available ({exc}); compose with constrained=False "
-                                 "(--no-constraints)") from None
+        raise BackendUnavailable(
+            f"the ABC constraint is not available ({exc}); compose with constrained=False (--no-constraints)"
+        ) from None
     kwargs = {k: v for k, v in {"meter": meter, "unit": unit, "key": key}.items() if v}
     return AbcConstraint(**kwargs)
 
@@ -240,8 +247,16 @@ def fit_state(backend: Any, state: Any, n: int) -> Any:
     return state
 
 
-def run_generate(backend: Any, prompts: list[list[int]], processors: Any, max_new_tokens: int, seeds: list[int],
-                 stop_tokens: Sequence[int], state: Any, callback: Callable[[int, int], None] | None) -> Any:
+def run_generate(
+    backend: Any,
+    prompts: list[list[int]],
+    processors: Any,
+    max_new_tokens: int,
+    seeds: list[int],
+    stop_tokens: Sequence[int],
+    state: Any,
+    callback: Callable[[int, int], None] | None,
+) -> Any:
     """Call :func:`rwkv_music.sampling.generate.generate`; ``callback(step, max_new_tokens)`` per step.
 
     A row that a constraint leaves without a legal token ends (reason ``"constraint"``) instead
@@ -255,9 +270,18 @@ def run_generate(backend: Any, prompts: list[list[int]], processors: Any, max_ne
         def progress(step: int, _finished: int) -> None:
             callback(step + 1, max_new_tokens)
 
-    return generate(backend, prompts, processors=processors, max_new_tokens=max_new_tokens, seeds=seeds,
-                    stop_tokens=list(stop_tokens), state=state, callback=progress, on_constraint="finish",
-                    return_state=False)
+    return generate(
+        backend,
+        prompts,
+        processors=processors,
+        max_new_tokens=max_new_tokens,
+        seeds=seeds,
+        stop_tokens=list(stop_tokens),
+        state=state,
+        callback=progress,
+        on_constraint="finish",
+        return_state=False,
+    )
 
 
 def finish_reason(result: Any, row: int) -> str:
@@ -290,10 +314,13 @@ def validity(piece: Any) -> dict[str, Any]:
 def abc_validity(text: str) -> dict[str, Any]:
     """music21 validity and bar balance of a tune (:mod:`rwkv_music.abc_check`)."""
     from rwkv_music.abc_check import bar_balance, parse_ok
+    from rwkv_music.export.music21_io import quiet_music21
 
-    report = bar_balance(text)
+    with quiet_music21():
+        report = bar_balance(text)
+        ok = bool(report.parsed and parse_ok(text))
     return {
-        "parse_ok": bool(report.parsed and parse_ok(text)),
+        "parse_ok": ok,
         "bars_checked": report.checked,
         "bar_balance": round(report.rate, 4),
         "overfull_bars": report.overfull,

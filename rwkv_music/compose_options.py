@@ -45,15 +45,21 @@ def mode_for_vocab(vocab_size: int, mode: str | None, source: str = "model") -> 
     """
     if mode is None:
         if vocab_size not in VOCAB_MODES:
-            raise RwkvMusicError(f"{source}: a vocabulary of {vocab_size} ids matches neither ABC ({ABC_VOCAB}) "
-                                 f"nor MIDI ({MIDI_VOCAB}); pass mode='abc' or 'midi'")
+            raise RwkvMusicError(
+                f"{source}: a vocabulary of {vocab_size} ids matches neither ABC ({ABC_VOCAB}) "
+                f"nor MIDI ({MIDI_VOCAB}); pass mode='abc' or 'midi'"
+            )
         return VOCAB_MODES[vocab_size]
     if mode not in DEFAULT_PRESETS:
         raise RwkvMusicError(f"unknown mode {mode!r}; use 'abc' or 'midi'")
     if mode == "midi" and vocab_size != MIDI_VOCAB:
-        raise RwkvMusicError(f"{source}: vocabulary has {vocab_size} ids, a MIDI model needs {MIDI_VOCAB} (vocab/model mismatch)")
+        raise RwkvMusicError(
+            f"{source}: vocabulary has {vocab_size} ids, a MIDI model needs {MIDI_VOCAB} (vocab/model mismatch)"
+        )
     if mode == "abc" and vocab_size < ABC_VOCAB:
-        raise RwkvMusicError(f"{source}: vocabulary has {vocab_size} ids, an ABC model needs at least {ABC_VOCAB} (vocab/model mismatch)")
+        raise RwkvMusicError(
+            f"{source}: vocabulary has {vocab_size} ids, an ABC model needs at least {ABC_VOCAB} (vocab/model mismatch)"
+        )
     return mode
 
 

@@ -35,8 +35,16 @@ SETTINGS = "render.json"
 INPUT_SUFFIXES = {".abc": "abc", ".mid": "midi", ".midi": "midi"}
 MIDI_OPTION_KEYS = ("seconds", "max_tokens", "instruments", "constrained")
 ABC_OPTION_KEYS = ("key", "meter", "unit", "tempo", "controls", "constrained", "max_tokens")
-SAMPLING_KEYS = ("preset", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
-                 "penalty_decay")
+SAMPLING_KEYS = (
+    "preset",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "penalty_decay",
+)
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -81,8 +89,12 @@ class RenderSettings:
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide what each sample is (must match when resuming)."""
-        return {"samples_per_prompt": self.samples_per_prompt, "seed": self.seed,
-                "options": dict(self.options), "sampling": dict(self.sampling)}
+        return {
+            "samples_per_prompt": self.samples_per_prompt,
+            "seed": self.seed,
+            "options": dict(self.options),
+            "sampling": dict(self.sampling),
+        }
 
 
 @dataclass
@@ -107,7 +119,9 @@ def read_jobs(source: str | os.PathLike, mode: str) -> list[RenderJob]:
     if source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.is_file() and INPUT_SUFFIXES.get(p.suffix.lower()) == mode)
         if not files:
-            raise RwkvMusicError(f"{source}: no .{'abc' if mode == 'abc' else 'mid'} files to continue with a {mode.upper()} model")
+            raise RwkvMusicError(
+                f"{source}: no .{'abc' if mode == 'abc' else 'mid'} files to continue with a {mode.upper()} model"
+            )
         return [RenderJob(i, file=str(p), name=_SAFE.sub("-", p.stem)[:40]) for i, p in enumerate(files)]
     if not source.is_file():
         raise RwkvMusicError(f"{source}: no such prompts file or folder")
@@ -137,7 +151,8 @@ def _jsonl_jobs(source: Path, text: str, mode: str) -> list[RenderJob]:
         name = _SAFE.sub("-", str(row.pop("name", "")))[:40]
         unknown = sorted(set(row) - allowed)
         if unknown:
-            raise RwkvMusicError(f"{source}:{lineno}: unknown key(s) {', '.join(unknown)}; allowed: prompt, file, name, {', '.join(sorted(allowed))}")
+            known = ", ".join(["prompt", "file", "name", *sorted(allowed)])
+            raise RwkvMusicError(f"{source}:{lineno}: unknown key(s) {', '.join(unknown)}; allowed: {known}")
         if file is not None:
             path = Path(file) if Path(file).is_absolute() else source.parent / file
             if not path.is_file():
@@ -176,8 +191,13 @@ def plan(jobs: list[RenderJob], settings: RenderSettings, suffix: str) -> list[S
 
 
 # -- the run -------------------------------------------------------------------------------------
-def render(composer: Any, source: str | os.PathLike, out: str | os.PathLike, settings: RenderSettings,
-           progress: Callable[[int, int, int], None] | None = None) -> RenderReport:
+def render(
+    composer: Any,
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    settings: RenderSettings,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> RenderReport:
     """Render ``source`` with ``composer`` into ``out`` (see the module docstring).
 
     ``progress(done_now, todo, tokens)`` is called once with ``done_now=0`` before the first
@@ -188,8 +208,9 @@ def render(composer: Any, source: str | os.PathLike, out: str | os.PathLike, set
     suffix = ".mid" if composer.mode == "midi" else ".abc"
     samples = plan(jobs, settings, suffix)
     out.mkdir(parents=True, exist_ok=True)
-    done = _prepare_output(out, settings, {"input": str(Path(source).resolve()), "model": composer.model_info(),
-                                           **settings.identity()})
+    done = _prepare_output(
+        out, settings, {"input": str(Path(source).resolve()), "model": composer.model_info(), **settings.identity()}
+    )
     todo = [s for s in samples if s.id not in done]
     if settings.max_samples is not None:
         todo = todo[: settings.max_samples]
@@ -224,10 +245,15 @@ def _prepare_output(out: Path, settings: RenderSettings, identity: dict[str, Any
         stray.unlink(missing_ok=True)
     if settings.resume and settings_file.exists():
         before = json.loads(settings_file.read_text(encoding="utf-8"))
-        changed = sorted(k for k in ("input", "samples_per_prompt", "seed", "options", "sampling")
-                         if before.get(k) != identity.get(k))
+        changed = sorted(
+            k
+            for k in ("input", "samples_per_prompt", "seed", "options", "sampling")
+            if before.get(k) != identity.get(k)
+        )
         if changed:
-            raise RwkvMusicError(f"{out}: cannot resume, the render settings differ from the first run ({', '.join(changed)})")
+            raise RwkvMusicError(
+                f"{out}: cannot resume, the render settings differ from the first run ({', '.join(changed)})"
+            )
     if not settings.resume or not settings_file.exists():
         atomic_write_json(settings_file, identity, force=True)
     rows, bad = read_jsonl(manifest)
@@ -306,7 +332,9 @@ def compute_stats(rows: list[dict[str, Any]], total: int) -> dict[str, Any]:
         if flags:
             stats[f"{key}_rate"] = round(sum(bool(f) for f in flags) / len(flags), 4)
     for key, name in (("notes", "mean_notes"), ("seconds", "mean_music_seconds"), ("bar_balance", "mean_bar_balance")):
-        values = [float(v[key]) for v in validity if isinstance(v.get(key), (int, float)) and not isinstance(v.get(key), bool)]
+        values = [
+            float(v[key]) for v in validity if isinstance(v.get(key), (int, float)) and not isinstance(v.get(key), bool)
+        ]
         if values:
             stats[name] = round(sum(values) / len(values), 3)
     stats["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")

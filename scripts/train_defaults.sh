@@ -35,7 +35,7 @@ if [[ "$WHAT" == abc || "$WHAT" == all ]]; then
 fi
 
 if [[ "$WHAT" == midi || "$WHAT" == all ]]; then
-  # Render music21 scores (250 Bach, 6 each of 10 other composers) and every 12th non-Essen ABC tune.
+  # Render music21 scores (250 Bach, 6 each of 9 other composers) and every 12th non-Essen ABC tune.
   "$PY" -c "from rwkv_music.train.midi_data import build_default_midi_corpus as b; b()"
   "${TRAIN[@]}" --mode midi --out "$RUN/midi-default" \
     --layers 4 --width 128 --head-size 32 --ctx 256 --batch-size 4 \

@@ -19,8 +19,9 @@ class FakeBackend:
     device = "cpu"
 
     def __init__(self, vocab_size: int = 128, seed: int = 0) -> None:
-        self.config = RWKVConfig(version="7", n_layer=1, n_embd=32, dim_att=32, dim_ffn=128, n_head=1, head_size=32,
-                                 vocab_size=vocab_size)
+        self.config = RWKVConfig(
+            version="7", n_layer=1, n_embd=32, dim_att=32, dim_ffn=128, n_head=1, head_size=32, vocab_size=vocab_size
+        )
         rng = np.random.default_rng(seed)
         self.mix = rng.normal(0, 1, size=(32, vocab_size)).astype(np.float32)
         self.emb = rng.normal(0, 1, size=(vocab_size, 32)).astype(np.float32)

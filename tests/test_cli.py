@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import mido
 import pytest
@@ -16,17 +17,16 @@ from rwkv_music.cli import generate_midi, main
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "onnxruntime", "ncnn", "music21", "matplotlib")
-COMMANDS = ["generate-midi", "generate-abc", "continue", "info", "render", "state", "state make", "state show",
-            "export-ncnn"]
+COMMANDS = ["generate-midi", "generate-abc", "continue", "info", "render", "state", "state make", "state show"]
 
 
 @pytest.fixture(scope="module")
-def midi_model(checkpoint_path) -> Path:
+def midi_model(checkpoint_path: Callable[..., Path]) -> Path:
     return checkpoint_path("7", vocab_size=20096, n_layer=2)
 
 
 @pytest.fixture(scope="module")
-def abc_model(checkpoint_path) -> Path:
+def abc_model(checkpoint_path: Callable[..., Path]) -> Path:
     return checkpoint_path("7", vocab_size=128, n_layer=2)
 
 
@@ -36,7 +36,9 @@ def _run(args: list[str]):
 
 def _python(code: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def test_help_of_every_command_imports_no_runtime() -> None:
@@ -50,7 +52,17 @@ def test_help_of_every_command_imports_no_runtime() -> None:
     result = _python(code)
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout
-    for name in ("generate-midi", "generate-abc", "continue", "render", "info", "state", "train", "export-onnx"):
+    for name in (
+        "generate-midi",
+        "generate-abc",
+        "continue",
+        "render",
+        "info",
+        "state",
+        "train",
+        "export-onnx",
+        "export-ncnn",
+    ):
         assert f"  {name} " in result.stdout
 
 
@@ -62,8 +74,25 @@ def test_every_command_help_has_examples_or_subcommands(command: str) -> None:
 
 
 def test_generate_midi_writes_n_files_that_mido_opens(midi_model: Path, tmp_path: Path) -> None:
-    result = _run(["generate-midi", "--model", midi_model, "-n", 2, "--max-tokens", 8, "--seed", 4,
-                   "--instruments", "piano,violin", "--out", tmp_path, "--png", "-q"])
+    result = _run(
+        [
+            "generate-midi",
+            "--model",
+            midi_model,
+            "-n",
+            2,
+            "--max-tokens",
+            8,
+            "--seed",
+            4,
+            "--instruments",
+            "piano,violin",
+            "--out",
+            tmp_path,
+            "--png",
+            "-q",
+        ]
+    )
     assert result.exit_code == 0, result.output
     paths = [Path(p) for p in result.stdout.split()]
     assert [p.name for p in paths] == ["midi-4-00.mid", "midi-4-00.png", "midi-4-01.mid", "midi-4-01.png"]
@@ -71,8 +100,23 @@ def test_generate_midi_writes_n_files_that_mido_opens(midi_model: Path, tmp_path
         assert len(mido.MidiFile(p).tracks) == 1
     again = _run(["generate-midi", "--model", midi_model, "-n", 2, "--seed", 4, "--out", tmp_path, "-q"])
     assert again.exit_code == 1 and "exists" in again.stderr and "--force" in again.stderr
-    forced = _run(["generate-midi", "--model", midi_model, "-n", 1, "--max-tokens", 3, "--seed", 4, "--out", tmp_path,
-                   "-q", "--force"])
+    forced = _run(
+        [
+            "generate-midi",
+            "--model",
+            midi_model,
+            "-n",
+            1,
+            "--max-tokens",
+            3,
+            "--seed",
+            4,
+            "--out",
+            tmp_path,
+            "-q",
+            "--force",
+        ]
+    )
     assert forced.exit_code == 0
 
 
@@ -90,20 +134,41 @@ def test_generate_midi_entry_point_runs_as_a_subprocess_without_torch(onnx_model
         "try:\n    generate_midi_main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
         "print('TORCH', 'torch' in sys.modules)\n"
     )
-    result = _python(code, "--model", str(onnx_model), "--backend", "onnx", "--max-tokens", "5", "--seed", "1", "-q",
-                     cwd=tmp_path)
+    result = _python(
+        code, "--model", str(onnx_model), "--backend", "onnx", "--max-tokens", "5", "--seed", "1", "-q", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(Path("out/midi-1-00.mid")), "TORCH", "False"]  # default --out is ./out/
     assert mido.MidiFile(tmp_path / "out" / "midi-1-00.mid").length >= 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("rwkv_music.sampling.abc_constraint") is None,
-                    reason="ABC constraint not installed yet")
+@pytest.mark.skipif(
+    importlib.util.find_spec("rwkv_music.sampling.abc_constraint") is None, reason="ABC constraint not installed yet"
+)
 def test_generate_abc_writes_tunes_that_music21_reads(abc_model: Path, tmp_path: Path) -> None:
     from music21 import converter
 
-    result = _run(["generate-abc", "--model", abc_model, "-n", 2, "--key", "G", "--meter", "6/8", "--max-tokens", 40,
-                   "--seed", 2, "--midi", "--out", tmp_path, "-q"])
+    result = _run(
+        [
+            "generate-abc",
+            "--model",
+            abc_model,
+            "-n",
+            2,
+            "--key",
+            "G",
+            "--meter",
+            "6/8",
+            "--max-tokens",
+            40,
+            "--seed",
+            2,
+            "--midi",
+            "--out",
+            tmp_path,
+            "-q",
+        ]
+    )
     assert result.exit_code == 0, result.output
     abc_files = sorted(tmp_path.glob("*.abc"))
     assert len(abc_files) == 2
@@ -113,8 +178,26 @@ def test_generate_abc_writes_tunes_that_music21_reads(abc_model: Path, tmp_path:
 
 
 def test_generate_abc_book_numbers_tunes_and_drops_control_codes(abc_model: Path, tmp_path: Path) -> None:
-    result = _run(["generate-abc", "--model", abc_model, "-n", 3, "--max-tokens", 6, "--seed", 3, "--no-constraints",
-                   "--controls", "S:2;B:8", "--book", "--out", tmp_path, "-q"])
+    result = _run(
+        [
+            "generate-abc",
+            "--model",
+            abc_model,
+            "-n",
+            3,
+            "--max-tokens",
+            6,
+            "--seed",
+            3,
+            "--no-constraints",
+            "--controls",
+            "S:2;B:8",
+            "--book",
+            "--out",
+            tmp_path,
+            "-q",
+        ]
+    )
     assert result.exit_code == 0, result.output
     text = (tmp_path / "abc-3.abc").read_text()
     assert [line for line in text.splitlines() if line.startswith("X:")] == ["X:1", "X:2", "X:3"]
@@ -126,8 +209,9 @@ def test_continue_a_midi_file(midi_model: Path, tmp_path: Path) -> None:
 
     src = tmp_path / "melody.mid"
     MidiTokenizer().text_to_midi("pi:3c:a t40 pi:3c:0 pi:40:9 t40 pi:40:0").save(src)
-    result = _run(["continue", src, "--model", midi_model, "-n", 2, "--max-tokens", 4, "--seed", 8, "--out",
-                   tmp_path / "o", "-q"])
+    result = _run(
+        ["continue", src, "--model", midi_model, "-n", 2, "--max-tokens", 4, "--seed", 8, "--out", tmp_path / "o", "-q"]
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["melody-cont-8-00.mid", "melody-cont-8-01.mid"]
 
@@ -151,7 +235,15 @@ def test_continue_a_midi_file(midi_model: Path, tmp_path: Path) -> None:
         (["render", "--out", "o"], 2, "PROMPTS_OR_DIR"),
     ],
 )
-def test_bad_input_gives_one_line_and_nonzero_exit(args, code, message, midi_model, abc_model, tmp_path, monkeypatch) -> None:
+def test_bad_input_gives_one_line_and_nonzero_exit(
+    args: list[str],
+    code: int,
+    message: str,
+    midi_model: Path,
+    abc_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     bad = tmp_path / "bad.mid"
     bad.write_bytes(b"this is not a MIDI file")
     args = [a.format(midi=midi_model, abc=abc_model, bad_mid=bad) for a in args]
@@ -173,18 +265,37 @@ def test_info_shows_version_sizes_and_mode(abc_model: Path) -> None:
 
 
 def test_state_make_show_and_use(abc_model: Path, tmp_path: Path) -> None:
-    made = _run(["state", "make", "--model", abc_model, "--prompt", "S:3\nL:1/8\nM:6/8\nK:D\n", "--out", tmp_path / "s.npz"])
+    made = _run(
+        ["state", "make", "--model", abc_model, "--prompt", "S:3\nL:1/8\nM:6/8\nK:D\n", "--out", tmp_path / "s.npz"]
+    )
     assert made.exit_code == 0, made.output
     shown = _run(["state", "show", tmp_path / "s.npz"])
     assert "RWKV-7" in shown.stdout and "att_kv    (2, 1, 2, 32, 32)" in shown.stdout
-    used = _run(["generate-abc", "--model", abc_model, "--state", tmp_path / "s.npz", "--no-constraints",
-                 "--max-tokens", 4, "--seed", 1, "--out", tmp_path, "-q"])
+    used = _run(
+        [
+            "generate-abc",
+            "--model",
+            abc_model,
+            "--state",
+            tmp_path / "s.npz",
+            "--no-constraints",
+            "--max-tokens",
+            4,
+            "--seed",
+            1,
+            "--out",
+            tmp_path,
+            "-q",
+        ]
+    )
     assert used.exit_code == 0, used.output
 
 
 def test_render_abc_to_midi_converts_a_folder(tmp_path: Path) -> None:
     (tmp_path / "abc").mkdir()
-    (tmp_path / "abc" / "two.abc").write_text("X:1\nT:a\nL:1/8\nM:2/4\nK:G\nGABc|d4|]\n\nX:2\nT:b\nL:1/8\nM:2/4\nK:D\nDEFG|A4|]\n")
+    (tmp_path / "abc" / "two.abc").write_text(
+        "X:1\nT:a\nL:1/8\nM:2/4\nK:G\nGABc|d4|]\n\nX:2\nT:b\nL:1/8\nM:2/4\nK:D\nDEFG|A4|]\n"
+    )
     result = _run(["render", "--abc-to-midi", tmp_path / "abc", "--out", tmp_path / "mid", "-q"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "mid").glob("*.mid")) == ["two_0001.mid", "two_0002.mid"]
@@ -197,6 +308,22 @@ def test_python_m_rwkv_music_runs_the_cli(tmp_path: Path) -> None:
     assert result.returncode == 0 and "rwkv-music" in result.stdout
 
 
+def test_a_missing_lazy_command_fails_with_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rwkv_music.cli as cli
+
+    monkeypatch.setitem(cli.LAZY_COMMANDS, "export-ncnn", ("rwkv_music.no_such_module", "x", "Export to ncnn."))
+    result = _run(["export-ncnn", "model.pth", "out", "--dtype", "fp16"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "not available" in result.stderr
+
+
 def test_generate_midi_is_its_own_click_command() -> None:
     result = CliRunner().invoke(generate_midi, ["--help"], prog_name="generate-midi")
     assert result.exit_code == 0 and "Usage: generate-midi" in result.output
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fluidsynth") is not None, reason="FluidSynth is installed")
+def test_wav_without_fluidsynth_fails_before_loading_the_model(tmp_path: Path) -> None:
+    result = _run(["generate-midi", "--model", tmp_path / "never-read.pth", "--wav", "--out", tmp_path, "-q"])
+    assert result.exit_code == 1 and "FluidSynth" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Callable
 
 import mido
 import numpy as np
 import pytest
-
 from fake_backend import FakeBackend
+
 from rwkv_music.compose import AbcOptions, Composer, MidiOptions, piece_seed
 from rwkv_music.compose_options import MAX_MIDI_PROMPT
 from rwkv_music.errors import AbcFormatError, RwkvMusicError
@@ -21,12 +22,12 @@ PIANO_BIN = 8  # FORMATS C1 bin order
 
 
 @pytest.fixture(scope="module")
-def midi_composer(checkpoint_path) -> Composer:
+def midi_composer(checkpoint_path: Callable[..., Path]) -> Composer:
     return Composer.load(checkpoint_path("7", vocab_size=20096, n_layer=2))
 
 
 @pytest.fixture(scope="module")
-def abc_composer(checkpoint_path) -> Composer:
+def abc_composer(checkpoint_path: Callable[..., Path]) -> Composer:
     return Composer.load(checkpoint_path("7", vocab_size=128, n_layer=2))
 
 
@@ -34,7 +35,7 @@ def test_mode_is_inferred_from_the_vocabulary(midi_composer: Composer, abc_compo
     assert (midi_composer.mode, abc_composer.mode) == ("midi", "abc")
 
 
-def test_mode_override_that_contradicts_the_vocabulary_fails(checkpoint_path) -> None:
+def test_mode_override_that_contradicts_the_vocabulary_fails(checkpoint_path: Callable[..., Path]) -> None:
     with pytest.raises(RwkvMusicError, match="vocab/model mismatch"):
         Composer.load(checkpoint_path("7", vocab_size=128, n_layer=2), mode="midi")
 
@@ -118,13 +119,14 @@ def test_abc_prompt_is_bos_controls_and_header(abc_composer: Composer, monkeypat
 
     real = ch.run_generate
 
-    def spy(backend, prompts, *args, **kwargs):
+    def spy(backend: object, prompts: list, *args: object, **kwargs: object) -> object:
         seen["prompts"] = prompts
         return real(backend, prompts, *args, **kwargs)
 
     monkeypatch.setattr(ch, "run_generate", spy)
-    pieces = abc_composer.compose_abc(n=2, key="G", meter="6/8", tempo=100, controls="S:3;B:8",
-                                      constrained=False, max_tokens=8, seed=1)
+    pieces = abc_composer.compose_abc(
+        n=2, key="G", meter="6/8", tempo=100, controls="S:3;B:8", constrained=False, max_tokens=8, seed=1
+    )
     expected = [2] + [ord(c) for c in "S:3\nB:8\nL:1/8\nM:6/8\nQ:1/4=100\nK:G\n"]
     assert seen["prompts"] == [expected, expected]
     saved = pieces[1].to_abc()
@@ -141,8 +143,9 @@ def test_invalid_abc_header_fails_at_construction() -> None:
         MidiOptions(max_tokens=0)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("rwkv_music.sampling.abc_constraint") is None,
-                    reason="ABC constraint not installed yet")
+@pytest.mark.skipif(
+    importlib.util.find_spec("rwkv_music.sampling.abc_constraint") is None, reason="ABC constraint not installed yet"
+)
 def test_constrained_abc_tunes_parse_in_music21(abc_composer: Composer) -> None:
     pieces = abc_composer.compose_abc(n=2, key="D", meter="6/8", max_tokens=48, seed=3)
     assert all(p.meta["validity"].get("parse_ok") for p in pieces)
@@ -182,3 +185,23 @@ def test_meta_records_seed_params_model_timing_and_validity(midi_composer: Compo
     assert p.meta["sampling"]["temperature"] == 0.7
     assert p.meta["model"]["vocab_size"] == 20096 and p.meta["model"]["version"] == "7"
     assert np.isfinite(p.meta["timing"]["batch_seconds"])
+
+
+def test_seconds_counts_new_music_after_the_prompt(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rwkv_music.compose_helpers as ch
+
+    targets = []
+    real = ch.midi_constraint
+
+    def spy(instruments: object, seconds: float, **limits: object) -> object:
+        targets.append(seconds)
+        return real(instruments, seconds, **limits)
+
+    monkeypatch.setattr(ch, "midi_constraint", spy)
+    composer = Composer(FakeBackend(20096), model_name="fake")
+    prompt = "pi:3c:a t125 t125 pi:3c:0"  # 2 s of music already
+    pieces = composer.compose_midi(n=2, seconds=0.5, max_tokens=60, prompt=prompt, seed=3)
+    assert targets[-1] == pytest.approx(2.5)
+    for p in pieces:
+        new = p.tokens[p.meta["prompt_tokens"] - 1 :]
+        assert ch.prompt_seconds(new) <= 0.5 + 2.5 * 0.05 + 1e-9  # the tolerance is 5 % of the whole piece

@@ -82,7 +82,8 @@ def test_ncnn_int8_codebook_stays_near_fp32(version, checkpoint_path, torch_refe
 
 def test_ncnn_int8_and_fp16_files_are_smaller(checkpoint_path, tmp_path_factory):
     ckpt = checkpoint_path("5.2", n_embd=256, head_size=64, seed=3)
-    sizes = {dt: export_cached(tmp_path_factory, ckpt, dt).with_suffix(".bin").stat().st_size for dt in ("fp32", "fp16", "int8")}
+    sizes = {dt: export_cached(tmp_path_factory, ckpt, dt).with_suffix(".bin").stat().st_size
+             for dt in ("fp32", "fp16", "int8")}
     assert sizes["fp16"] < 0.55 * sizes["fp32"]
     assert sizes["int8"] < 0.32 * sizes["fp32"]
 
@@ -90,7 +91,8 @@ def test_ncnn_int8_and_fp16_files_are_smaller(checkpoint_path, tmp_path_factory)
 def test_ncnn_rows_of_a_batch_are_independent(checkpoint_path, tmp_path_factory):
     from rwkv_music.backends.ncnn import load
 
-    model = load(export_cached(tmp_path_factory, checkpoint_path("7")), num_threads=1)
+    model = load(export_cached(tmp_path_factory, checkpoint_path("7")), threads=1)  # the onnx backend's name
+    assert model.num_threads == 1
     toks = tokens(3, 6, seed=5)
     batch_logits, batch_state = model.forward(toks, all_logits=True)
     for row in range(3):

@@ -9,11 +9,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import mido
 import pytest
-
 from fake_backend import FakeBackend
+
 from rwkv_music.compose import Composer, piece_seed
 from rwkv_music.errors import OutputExistsError, RwkvMusicError
 from rwkv_music.render import RenderSettings, read_jobs, render
@@ -45,7 +46,7 @@ def _check_complete(out: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def midi_model(checkpoint_path) -> Path:
+def midi_model(checkpoint_path: Callable[..., Path]) -> Path:
     return checkpoint_path("7", vocab_size=20096, n_layer=2)
 
 
@@ -88,8 +89,26 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
 
 def test_a_render_killed_mid_run_resumes_to_exactly_60_files(midi_model: Path, tmp_path: Path) -> None:
     prompts, out = _prompts(tmp_path / "p.txt"), tmp_path / "out"
-    cmd = [sys.executable, "-m", "rwkv_music", "render", str(prompts), "--model", str(midi_model), "-k", str(K),
-           "-b", "10", "--max-tokens", "4", "--seed", "5", "--out", str(out), "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rwkv_music",
+        "render",
+        str(prompts),
+        "--model",
+        str(midi_model),
+        "-k",
+        str(K),
+        "-b",
+        "10",
+        "--max-tokens",
+        "4",
+        "--seed",
+        "5",
+        "--out",
+        str(out),
+        "-q",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     manifest = out / "manifest.jsonl"
@@ -114,11 +133,15 @@ def test_folder_input_continues_each_file_and_jsonl_rows_carry_params(tmp_path: 
     folder = tmp_path / "mids"
     folder.mkdir()
     for i in range(2):
-        composer.tokenizer.text_to_midi(f"pi:{0x3c + i:x}:a t40 pi:{0x3c + i:x}:0").save(folder / f"m{i}.mid")
+        composer.tokenizer.text_to_midi(f"pi:{0x3C + i:x}:a t40 pi:{0x3C + i:x}:0").save(folder / f"m{i}.mid")
     report = render(composer, folder, tmp_path / "o1", RenderSettings(2, 4, 0, {"max_tokens": 3}))
     rows = _manifest(tmp_path / "o1")
-    assert report.written == 4 and {r["output"] for r in rows} == {"00000_m0_0.mid", "00000_m0_1.mid",
-                                                                   "00001_m1_0.mid", "00001_m1_1.mid"}
+    assert report.written == 4 and {r["output"] for r in rows} == {
+        "00000_m0_0.mid",
+        "00000_m0_1.mid",
+        "00001_m1_0.mid",
+        "00001_m1_1.mid",
+    }
     jsonl = tmp_path / "rows.jsonl"
     jsonl.write_text('{"prompt": "pi:3c:a t10", "max_tokens": 2}\n{"file": "mids/m1.mid", "temperature": 0.5}\n')
     render(composer, jsonl, tmp_path / "o2", RenderSettings(1, 4, 0, {"max_tokens": 5}))

@@ -39,9 +39,21 @@ def _compare_state(ours, theirs: dict, prefix: str, tol: float) -> None:
         assert np.abs(a - b).max() <= tol * scale, f"{name}: max diff {np.abs(a - b).max()}"
 
 
+def _time_tuned_v6(path):
+    """A v6 checkpoint with state-tuning tensors (``time_state`` [H, N, N] in every block)."""
+    from rwkv_music.model.factory import random_checkpoint
+
+    sd = random_checkpoint("6", n_embd=64, head_size=32)
+    gen = torch.Generator().manual_seed(5)
+    for i in range(2):
+        sd[f"blocks.{i}.att.time_state"] = torch.randn(2, 32, 32, generator=gen) * 0.3
+    torch.save(sd, path)
+    return path
+
+
 @pytest.fixture(scope="module")
-def oracle_results(checkpoint_path, pip_oracle):
-    """Run the pip package once for every available version and shape (3 subprocesses)."""
+def oracle_results(checkpoint_path, pip_oracle, tmp_path_factory):
+    """Run the pip package once for every available version and shape (3 parallel subprocesses)."""
     from rwkv_music.model.registry import available_versions
 
     present = available_versions()
@@ -53,6 +65,9 @@ def oracle_results(checkpoint_path, pip_oracle):
             path = checkpoint_path(version, vocab_size=V, n_embd=C, head_size=N)
             prompt = tuple(t % V for t in PROMPT)
             cases[(version, shape)] = pip_oracle.Case(path, version, prompt, STEPS)
+    if "6" in present:
+        path = _time_tuned_v6(tmp_path_factory.mktemp("v6-tuned") / "v6-time-state.pth")
+        cases[("6", "time_state")] = pip_oracle.Case(path, "6", PROMPT[:20], STEPS[:4])
     results = pip_oracle.run(list(cases.values()))
     return {key: (case, res) for (key, case), res in zip(cases.items(), results)}
 
@@ -151,24 +166,18 @@ def test_v5_strong_decay_chunks_match_single_steps(checkpoint_path):
     torch.testing.assert_close(s.tensors["att_kv"], s_whole.tensors["att_kv"], rtol=1e-5, atol=2e-5)
 
 
-def test_v6_time_state_is_the_initial_state_like_pip(checkpoint_path, pip_oracle, require_version, tmp_path):
+def test_v6_time_state_is_the_initial_state_like_pip(oracle_results, require_version):
     require_version("6")
-    from rwkv_music.model.factory import random_checkpoint
-
-    sd = random_checkpoint("6", n_embd=64, head_size=32)
-    gen = torch.Generator().manual_seed(5)
-    for i in range(2):
-        sd[f"blocks.{i}.att.time_state"] = torch.randn(2, 32, 32, generator=gen) * 0.3
-    path = tmp_path / "v6-time-state.pth"
-    torch.save(sd, path)
-    (ref,) = pip_oracle.run([pip_oracle.Case(path, "6", PROMPT[:20], STEPS[:4])])
-    model = load(path)
+    case, ref = oracle_results[("6", "time_state")]
+    sd = torch.load(case.path, map_location="cpu", weights_only=True)
+    tuned = torch.stack([sd[f"blocks.{i}.att.time_state"] for i in range(2)])  # [L, H, value, key]
+    model = load(case.path)
     fresh = model.new_state(2)
-    torch.testing.assert_close(fresh.tensors["att_kv"][:, 1], sd_state(sd).transpose(-1, -2))
-    logits, state = model.forward([list(PROMPT[:20])], all_logits=True)
+    for row in range(2):  # every row starts from the tuned state, in the S[key, value] layout
+        torch.testing.assert_close(fresh.tensors["att_kv"][:, row], tuned.transpose(-1, -2))
+    logits, state = model.forward([list(case.prompt)], all_logits=True)
     assert np.abs(logits[0].numpy() - ref["prompt_logits"]).max() <= FP32_TOL
     _compare_state(state, ref, "prompt_state_", FP32_TOL)
-
-
-def sd_state(sd: dict) -> torch.Tensor:
-    return torch.stack([sd[f"blocks.{i}.att.time_state"] for i in range(2)])
+    for tok in case.steps:
+        out, state = model.forward([[tok]], state)
+    assert np.abs(out[0].numpy() - ref["step_logits"][-1]).max() <= FP32_TOL

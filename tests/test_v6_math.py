@@ -5,9 +5,10 @@ logits and states (including a state-tuned checkpoint with ``time_state``); batc
 sequence/step equivalence are checked against our own runs; the chunked WKV is checked against
 a float64 per-token loop of FORMATS A7 (v6) at decays down to 1e-9.
 
-Low-precision tolerance: max |logit difference| to the pip fp32 logits over a 40-token
-prompt and 16 steps, logit scale ≈ 5.  Measured: bf16 0.05–0.08 (pip's own bf16: 0.05–0.08),
-fp16 0.007–0.014 (pip's fp16: 0.008–0.012).  Asserted with about 2.5x headroom.
+Low-precision tolerance: max |logit difference| to the pip fp32 logits over a 40–64-token
+prompt and 16 steps, logit scale 5–8.  Measured (width 64, and width 128 / vocab 20096):
+bf16 0.05–0.12 (pip's own bf16 run: 0.05–0.13), fp16 0.007–0.014 (pip's fp16: 0.008–0.014).
+The tests assert 0.2 and 0.04 on the width-64 model.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ FP32_TOL = 1e-4
 LOW_PRECISION_TOL = {torch.bfloat16: 0.2, torch.float16: 0.04}
 SEQ_RTOL = 1e-5  # sequence mode vs split calls, relative to the logit scale
 CASES = {"small": (128, 64, 32), "midi": (20096, 128, 64), "time_state": (128, 64, 32)}
+ORACLE_ROWS = {"small": 4, "midi": 2, "time_state": 2}  # prompts per case sent to the pip package
 N_ROWS, PROMPT_LEN, N_STEPS = 4, 40, 16
 
 
@@ -75,9 +77,15 @@ def oracle(models, pip_oracle):
     cases = {}
     for n, (name, (V, _, _)) in enumerate(CASES.items()):
         prompts, steps = _tokens(V, seed=n)
-        cases[name] = [pip_oracle.Case(models(name)[0], "6", tuple(p), tuple(s)) for p, s in zip(prompts, steps)]
+        rows = ORACLE_ROWS[name]
+        path = models(name)[0]
+        cases[name] = [pip_oracle.Case(path, "6", tuple(p), tuple(s)) for p, s in zip(prompts[:rows], steps[:rows])]
     flat = pip_oracle.run([c for group in cases.values() for c in group])
-    return {name: (group, flat[N_ROWS * i : N_ROWS * (i + 1)]) for i, (name, group) in enumerate(cases.items())}
+    out, i = {}, 0
+    for name, group in cases.items():
+        out[name] = (group, flat[i : i + len(group)])
+        i += len(group)
+    return out
 
 
 def _start(weights, config, rows: int, dtype=torch.float32) -> State:
@@ -87,7 +95,8 @@ def _start(weights, config, rows: int, dtype=torch.float32) -> State:
 
 def _run(weights, config, prompts, steps, dtype=torch.float32):
     """Batched prompt (all logits) then single steps: (prompt logits [B,T,V], step logits [B,S,V], states)."""
-    prompt_logits, state = v6.forward(weights, config, torch.tensor(prompts), _start(weights, config, len(prompts), dtype), True)
+    start = _start(weights, config, len(prompts), dtype)
+    prompt_logits, state = v6.forward(weights, config, torch.tensor(prompts), start, True)
     after_prompt = state
     out = []
     for j in range(len(steps[0])):

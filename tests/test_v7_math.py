@@ -4,9 +4,10 @@ Random 2-layer checkpoints in the BlinkDL layout.  The pip package is the oracle
 logits and states; batching and sequence/step equivalence are checked against our own runs;
 the chunked WKV is checked against a float64 per-token loop of FORMATS A7 step 8.
 
-Low-precision tolerance: max |logit difference| to the pip fp32 logits over a 40-token
-prompt and 16 steps, logit scale 5–9.  Measured: bf16 0.05–0.08 (pip's own bf16: 0.06–0.08),
-fp16 0.006–0.014 (pip's fp16: 0.008–0.010).  Asserted with about 2.5x headroom.
+Low-precision tolerance: max |logit difference| to the pip fp32 logits over a 40–64-token
+prompt and 16 steps, logit scale 5–9.  Measured (v7, v7a; width 64, and width 128 / vocab
+20096): bf16 0.04–0.10 (pip's own bf16 run: 0.05–0.15), fp16 0.006–0.012 (pip's fp16:
+0.008–0.017).  The tests assert 0.2 and 0.04 on the width-64 models.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ FP32_TOL = 1e-4
 LOW_PRECISION_TOL = {torch.bfloat16: 0.2, torch.float16: 0.04}
 SEQ_RTOL = 1e-5  # sequence mode vs split calls, relative to the logit scale
 CASES = {"7-small": ("7", 128, 64, 32), "7-midi": ("7", 20096, 128, 64), "7a-small": ("7a", 128, 64, 32)}
+ORACLE_ROWS = {"7-small": 4, "7-midi": 2, "7a-small": 4}  # prompts per case sent to the pip package
 N_ROWS, PROMPT_LEN, N_STEPS = 4, 40, 16
 
 
@@ -68,7 +70,8 @@ def oracle(models, pip_oracle):
     for name, (version, V, _, _) in CASES.items():
         path = models(name)[0]
         prompts, steps = _tokens(V, seed=len(cases))
-        cases[name] = [pip_oracle.Case(path, version, tuple(p), tuple(s)) for p, s in zip(prompts, steps)]
+        rows = ORACLE_ROWS[name]
+        cases[name] = [pip_oracle.Case(path, version, tuple(p), tuple(s)) for p, s in zip(prompts[:rows], steps[:rows])]
     flat = pip_oracle.run([c for group in cases.values() for c in group])
     out, i = {}, 0
     for name, group in cases.items():

@@ -46,6 +46,7 @@ PACKED = "out_all"  # [B, V + Σ state sizes]: logits, then every out_<name>_<i>
 STORAGES = ("fp32", "fp16", "int8")
 TOKENIZER_BY_VOCAB = {128: "abc", 20096: "midi"}  # vocab sizes of the BlinkDL music models
 _SUFFIXES = (".param", ".bin", ".json")
+Layers = dict[str, list[np.ndarray]]  # state name → one [B, ...] float32 array per layer
 
 
 def prefix_paths(path: str | os.PathLike) -> dict[str, Path]:
@@ -67,7 +68,8 @@ def read_sidecar(path: Path) -> tuple[dict[str, Any], RWKVConfig]:
         data = json.loads(path.read_text())
         if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
             got = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise CheckpointError(f"{path}: not an rwkv_music ncnn sidecar (format {got!r}, expected {SIDECAR_FORMAT!r})")
+            raise CheckpointError(
+                f"{path}: not an rwkv_music ncnn sidecar (format {got!r}, expected {SIDECAR_FORMAT!r})")
         cfg = RWKVConfig.from_dict(data["config"])
         if data.get("dtype") not in STORAGES or set(data["state"]) != set(state_shapes(cfg, 1)):
             raise CheckpointError(f"{path}: sidecar dtype/state entries do not fit an RWKV v{cfg.version} model")
@@ -85,19 +87,24 @@ def _check_segments(path: Path, data: dict[str, Any], cfg: RWKVConfig) -> None:
     expected = [(LOGITS, cfg.vocab_size)]
     for name, (shape, _) in state_shapes(cfg, 1).items():
         expected += [(f"out_{name}_{i}", int(np.prod(shape[2:]))) for i in range(cfg.n_layer)]
+    for name, entry in data["state"].items():
+        if entry.get("inputs") != [f"in_{name}_{i}" for i in range(cfg.n_layer)]:
+            raise CheckpointError(f"{path}: state {name!r} does not list one input blob per layer")
     got = [(s["name"], s["size"]) for s in segments]
     if any(s.get("state") != s["name"][4:].rsplit("_", 1)[0] for s in segments[1:]):
         raise CheckpointError(f"{path}: packed output segments name no state tensors")
     offsets = [s["offset"] for s in segments]
     if got != expected or offsets != list(np.cumsum([0] + [n for _, n in expected[:-1]])):
-        raise CheckpointError(f"{path}: packed output layout does not match an RWKV v{cfg.version} L{cfg.n_layer} model")
+        raise CheckpointError(
+            f"{path}: packed output layout does not match an RWKV v{cfg.version} L{cfg.n_layer} model")
 
 
 def _ncnn() -> Any:
     try:
         import ncnn
     except ImportError as exc:
-        raise BackendUnavailable(f"backend 'ncnn' needs the ncnn package ({exc}); pip install rwkv-music[ncnn]") from None
+        raise BackendUnavailable(
+            f"backend 'ncnn' needs the ncnn package ({exc}); pip install rwkv-music[ncnn]") from None
     return ncnn
 
 
@@ -130,6 +137,7 @@ class NcnnModel:
         # (state name, offset, size) of every new state blob in the packed output, layers in order
         self._segments = [(s["state"], s["offset"], s["size"]) for s in sidecar["outputs"][PACKED]["segments"][1:]]
         self._initial = initial  # v6 state tuning (time_state), batch 1
+        self._inputs = {n: sidecar["state"][n]["inputs"] for n in self._names}  # in_<name>_<i> per layer
 
     @property
     def info(self) -> RWKVConfig:
@@ -137,7 +145,8 @@ class NcnnModel:
 
     def __repr__(self) -> str:
         storage = "fp16 storage" if self.fp16 else "fp32 storage"
-        return f"NcnnModel({self.paths['param'].name}, v{self.config.version}, {self.dtype} weights, {storage}, {self.device})"
+        name = self.paths["param"].name
+        return f"NcnnModel({name}, v{self.config.version}, {self.dtype} weights, {storage}, {self.device})"
 
     # -- protocol ----------------------------------------------------------------------------
     def new_state(self, batch_size: int = 1) -> State:
@@ -146,7 +155,8 @@ class NcnnModel:
             raise StateError(f"{self.paths['param'].name}: batch_size must be a positive int, got {batch_size!r}")
         if self._initial is None:
             return State.zeros(self.config, int(batch_size), backend="numpy")
-        return State(self.config.version, {n: np.repeat(t, int(batch_size), axis=1) for n, t in self._initial.tensors.items()})
+        rows = {n: np.repeat(t, int(batch_size), axis=1) for n, t in self._initial.tensors.items()}
+        return State(self.config.version, rows)
 
     def forward(self, tokens: Any, state: State | None = None, *, all_logits: bool = False) -> tuple[np.ndarray, State]:
         """Run ``tokens`` [B, T] from ``state``; float32 logits [B, V] (or [B, T, V]) and a new state."""
@@ -166,25 +176,27 @@ class NcnnModel:
         if state is None:
             return self.new_state(batch)
         if not isinstance(state, State):
-            raise StateError(f"{self.paths['param'].name}: state must be a rwkv_music State, got {type(state).__name__}")
+            name = self.paths["param"].name
+            raise StateError(f"{name}: state must be a rwkv_music State, got {type(state).__name__}")
         try:
             state.check(self.config, batch_size=batch)
         except StateError as exc:
             raise StateError(f"{self.paths['param'].name}: {exc}") from None
         return state
 
-    def _layers(self, state: State) -> dict[str, list[np.ndarray]]:
-        """Per state name, one contiguous float32 [B, ...] array per layer (copies: the input stays untouched)."""
-        return {n: [np.array(a, dtype=np.float32, copy=True) for a in _as_numpy(state.tensors[n])] for n in self._names}
+    def _layers(self, state: State) -> Layers:
+        """Per state name, one contiguous float32 [B, ...] array per layer (ncnn gets clones, so the
+        caller's state is never written)."""
+        return {n: [np.ascontiguousarray(a) for a in _as_numpy(state.tensors[n])] for n in self._names}
 
-    def _step(self, ids: np.ndarray, cur: dict[str, list[np.ndarray]], B: int) -> tuple[np.ndarray, dict[str, list[np.ndarray]]]:
+    def _step(self, ids: np.ndarray, cur: Layers, B: int) -> tuple[np.ndarray, Layers]:
         ncnn = self._ncnn
         ex = self.net.create_extractor()
         ex.set_light_mode(True)
         ex.input(TOKEN, ncnn.Mat(ids).clone())  # clone: see the module docstring
         for n in self._names:
-            for i, arr in enumerate(cur[n]):
-                ex.input(f"in_{n}_{i}", ncnn.Mat(arr).clone())
+            for blob, arr in zip(self._inputs[n], cur[n]):
+                ex.input(blob, ncnn.Mat(arr).clone())
         ret, mat = ex.extract(PACKED)
         if ret != 0:
             raise CheckpointError(f"{self.paths['param'].name}: ncnn failed to run the graph (error {ret})")
@@ -203,7 +215,8 @@ def _check_files(paths: dict[str, Path], sidecar: dict[str, Any]) -> None:
     files = sidecar.get("files", {})
     digest = hashlib.sha256(paths["param"].read_bytes()).hexdigest()
     if files.get("param_sha256") != digest:
-        raise CheckpointError(f"{paths['sidecar']}: sidecar does not match {paths['param'].name} (param hash differs); re-export")
+        raise CheckpointError(
+            f"{paths['sidecar']}: sidecar does not match {paths['param'].name} (param hash differs); re-export")
     size = paths["bin"].stat().st_size
     if files.get("bin_bytes") != size:
         raise CheckpointError(f"{paths['sidecar']}: sidecar does not match {paths['bin'].name} "
@@ -247,7 +260,8 @@ def load(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None,
     if kw:
         raise TypeError(f"ncnn backend: unexpected arguments {sorted(kw)}")
     if dtype not in (None, "auto", *STORAGES):
-        raise BackendUnavailable(f"dtype {dtype!r} is not supported by the ncnn backend (use fp32, or fp16 for fp16 storage)")
+        raise BackendUnavailable(
+            f"dtype {dtype!r} is not supported by the ncnn backend (use fp32, or fp16 for fp16 storage)")
     fp16 = bool(fp16 or dtype == "fp16")
     paths = prefix_paths(path)
     for kind in ("param", "bin", "sidecar"):
@@ -260,6 +274,8 @@ def load(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None,
     use_vulkan, label = _use_vulkan(ncnn, str(device), vulkan)
     net = ncnn.Net()
     net.opt.use_vulkan_compute = use_vulkan
+    # ncnn turns fp16 storage/arithmetic on by default wherever the CPU has it (x86 F16C too), which
+    # moves logits by ~1e-2; the backend runs fp32 unless fp16 is asked for.
     net.opt.use_fp16_storage = fp16
     net.opt.use_fp16_packed = fp16
     net.opt.use_fp16_arithmetic = fp16
@@ -270,9 +286,11 @@ def load(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None,
         raise CheckpointError(f"{paths['param']}: ncnn cannot parse this param file")
     if net.load_model(str(paths["bin"])) != 0:
         raise CheckpointError(f"{paths['bin']}: ncnn cannot read the weights (truncated or not from this .param)")
-    missing = [n for n in (TOKEN, *(s["inputs"][0] for s in sidecar["state"].values())) if n not in net.input_names()]
-    if missing:
-        raise CheckpointError(f"{paths['param']}: graph has no input blob {missing[0]!r} named in the sidecar")
+    wanted = {TOKEN, *(blob for s in sidecar["state"].values() for blob in s["inputs"])}
+    have = set(net.input_names())
+    if wanted != have:
+        odd = sorted(wanted ^ have)[0]
+        raise CheckpointError(f"{paths['param']}: graph inputs and sidecar disagree (blob {odd!r} is in only one)")
     initial = None
     if sidecar.get("initial_state"):
         initial = State.load(paths["param"].with_name(sidecar["initial_state"]))
@@ -284,7 +302,10 @@ def load(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None,
 
 
 def export(checkpoint: Any, out_prefix: str | os.PathLike, dtype: str = "fp32", **kw: Any) -> Path:
-    """Export a checkpoint to ncnn (see :func:`rwkv_music.backends.ncnn_export.export`); needs torch to read .pth files."""
+    """Export a checkpoint to ncnn (see :func:`rwkv_music.backends.ncnn_export.export`).
+
+    Reading a ``.pth`` checkpoint needs torch; running the export does not.
+    """
     from rwkv_music.backends import ncnn_export
 
     return ncnn_export.export(checkpoint, out_prefix, dtype, **kw)

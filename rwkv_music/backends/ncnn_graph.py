@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -261,7 +261,8 @@ class NcnnGraph:
         blobs = {blob for layer in layers for blob in layer.outputs}
         lines = [str(MAGIC), f"{len(layers)} {len(blobs)}"]
         for layer in layers:
-            parts = [layer.type, layer.name, str(len(layer.inputs)), str(len(layer.outputs)), *layer.inputs, *layer.outputs]
+            parts = [layer.type, layer.name, str(len(layer.inputs)), str(len(layer.outputs)),
+                     *layer.inputs, *layer.outputs]
             for key, value in layer.params.items():
                 if isinstance(value, (list, tuple)):
                     parts.append(f"{key}={len(value)}," + ",".join(_fmt(v) for v in value))
@@ -270,7 +271,7 @@ class NcnnGraph:
             lines.append(" ".join(parts))
         return "\n".join(lines) + "\n"
 
-    def weight_chunks(self):
+    def weight_chunks(self) -> Iterator[bytes]:
         """The ``.bin`` content as a stream of byte chunks, in layer order."""
         for layer in self.layers:
             yield from layer.weights

@@ -26,12 +26,30 @@ FIT_SAMPLE = 1 << 18  # weights used to fit the table; assignment always uses al
 DENSITY_FLOOR = 0.2  # uniform share added to the level density, so sparse tails keep some levels
 MAX_HIST_BINS = 4096  # resolution of the density estimate that seeds the table
 SAMPLES_PER_BIN = 64  # fewer bins for small matrices, so the density estimate is not noise
+ASSIGN_BINS = 1 << 16  # grid of the nearest-level lookup in _assign
 
 
 def _assign(values: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Index of the nearest table entry for every value (``table`` sorted ascending)."""
+    """Index of the nearest table entry for every value (``table`` sorted ascending).
+
+    Same result as ``searchsorted(midpoints, values)``, but a lookup on a fine uniform grid plus a
+    short fix-up pass is several times faster for millions of weights.
+    """
     edges = (table[1:] + table[:-1]) * 0.5
-    return np.searchsorted(edges, values).astype(np.uint8)
+    lo, hi = float(values.min()), float(values.max())
+    if not hi > lo:
+        return np.searchsorted(edges, values).astype(np.uint8)
+    scale = ASSIGN_BINS / (hi - lo)
+    bins = np.minimum(((values - lo) * scale).astype(np.int64), ASSIGN_BINS - 1)
+    starts = lo + (np.arange(ASSIGN_BINS) - 0.5) / scale  # at or below every value of the bin
+    idx = np.searchsorted(edges, starts)[bins]
+    upper = np.append(edges, np.inf).astype(values.dtype)
+    while True:  # a bin holds at most a few edges, so this runs once or twice
+        step = values > upper[idx]
+        if not step.any():
+            break
+        idx += step
+    return idx.astype(np.uint8)
 
 
 def _initial_table(sample: np.ndarray) -> np.ndarray:
@@ -55,16 +73,16 @@ def codebook_quantize(weight: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np
         return np.zeros(LEVELS, np.float32), np.zeros(0, np.uint8)
     sample = flat
     if flat.size > FIT_SAMPLE:  # a random subset, plus both extremes so the table spans them
-        picked = np.random.default_rng(seed).choice(flat, FIT_SAMPLE, replace=False)
+        picked = flat[np.random.default_rng(seed).integers(0, flat.size, FIT_SAMPLE)]
         sample = np.concatenate([picked, [flat.min(), flat.max()]])
     sample = np.sort(sample.astype(np.float64))
     table = _initial_table(sample)
-    for _ in range(LLOYD_ITERATIONS):
-        idx = _assign(sample, table)
-        sums = np.bincount(idx, weights=sample, minlength=LEVELS)
-        counts = np.bincount(idx, minlength=LEVELS)
+    prefix = np.concatenate([[0.0], np.cumsum(sample)])
+    for _ in range(LLOYD_ITERATIONS):  # the sample is sorted, so each cell is a contiguous run
+        bounds = np.concatenate([[0], np.searchsorted(sample, (table[1:] + table[:-1]) * 0.5), [sample.size]])
+        counts = np.diff(bounds)
         filled = counts > 0
-        table[filled] = sums[filled] / counts[filled]
+        table[filled] = (prefix[bounds[1:]] - prefix[bounds[:-1]])[filled] / counts[filled]
         table = np.sort(table)
     table32 = table.astype(np.float32)
     return table32, _assign(flat, table32)

@@ -122,7 +122,8 @@ class TorchModel:
             state.tensors["att_kv"][:] = self._initial_kv.unsqueeze(1)
         return state
 
-    def forward(self, tokens: Any, state: State | None = None, *, all_logits: bool = False) -> tuple[torch.Tensor, State]:
+    def forward(self, tokens: Any, state: State | None = None, *,
+                all_logits: bool = False) -> tuple[torch.Tensor, State]:
         """Run ``tokens`` [B, T] from ``state`` (None: a fresh one).
 
         Returns float32 logits [B, V] of the last position ([B, T, V] with ``all_logits``) and a

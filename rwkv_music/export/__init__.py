@@ -33,7 +33,9 @@ def format_for(path: str | os.PathLike) -> str:
         return SUFFIX_FORMATS[suffix]
     except KeyError:
         known = ", ".join(sorted(SUFFIX_FORMATS))
-        raise RwkvMusicError(f"{path}: unknown output format {suffix or '(no extension)'!r}; use one of {known}") from None
+        raise RwkvMusicError(
+            f"{path}: unknown output format {suffix or '(no extension)'!r}; use one of {known}"
+        ) from None
 
 
 __all__ = ["SUFFIX_FORMATS", "format_for"]

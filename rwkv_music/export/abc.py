@@ -79,10 +79,11 @@ def split_tunes(text: str) -> list[tuple[int | None, str]]:
 def prompt_from_tune(tune: str) -> str:
     """A continuation prompt from an existing tune: musical header fields (L, M, Q, K) and the body.
 
-    Titles, composers, sources and notes are dropped (the models were trained without them;
-    ``S:``/``B:`` would also be read as control codes), as is the ``X:`` line.
+    Titles, composers, sources, notes, lyrics, parts and voices are dropped (the models were
+    trained without them; ``S:``/``B:`` would also be read as control codes), as are the ``X:``
+    line, comments and blank lines.
     """
-    keep_fields = {"L", "M", "Q", "K", "P", "V"}
+    keep_fields = {"L", "M", "Q", "K"}
     out = []
     for line in tune.replace("\r\n", "\n").split("\n"):
         stripped = line.strip()

@@ -42,7 +42,7 @@ def resolve_source(source: str | os.PathLike) -> Path:
     if text.startswith(MUSIC21_PREFIX):
         from music21 import common
 
-        path = Path(common.getCorpusFilePath()) / text[len(MUSIC21_PREFIX):]
+        path = Path(common.getCorpusFilePath()) / text[len(MUSIC21_PREFIX) :]
     else:
         path = Path(text)
     if not path.is_dir():
@@ -50,8 +50,12 @@ def resolve_source(source: str | os.PathLike) -> Path:
     return path
 
 
-def convert_folder(source: str | os.PathLike, out: str | os.PathLike, force: bool = False,
-                   progress: Callable[[int, int], None] | None = None) -> ConversionReport:
+def convert_folder(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ConversionReport:
     """Write one .mid per tune of every .abc file under ``source`` into ``out``.
 
     ``progress(files_done, files_total)`` is called after each file.  A list of failures is

@@ -103,6 +103,8 @@ def wav_bytes(midi: Any, soundfont: str | os.PathLike | None = None, sample_rate
     return buf.getvalue()
 
 
-def write_wav(midi: Any, path: str | os.PathLike, force: bool = False, soundfont: str | os.PathLike | None = None) -> Path:
+def write_wav(
+    midi: Any, path: str | os.PathLike, force: bool = False, soundfont: str | os.PathLike | None = None
+) -> Path:
     """Render ``midi`` to a .wav file at ``path`` atomically (see :func:`wav_bytes`)."""
     return atomic_write_bytes(path, wav_bytes(midi, soundfont), force)

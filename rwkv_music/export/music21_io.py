@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from rwkv_music.errors import AbcFormatError, MidiFormatError
 from rwkv_music.export.abc import with_reference
 from rwkv_music.export.midi import read_midi
 from rwkv_music.io_utils import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def quiet_music21() -> Iterator[None]:
+    """Route music21's direct ``sys.stderr`` warnings (e.g. "abcFormat: WARNING: ...") to logging."""
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        yield
+    for line in buf.getvalue().splitlines():
+        if line.strip():
+            log.debug("music21: %s", line.strip())
 
 
 def abc_to_score(text: str, source: str = "ABC text") -> Any:
@@ -21,7 +37,8 @@ def abc_to_score(text: str, source: str = "ABC text") -> Any:
     from music21 import converter
 
     try:
-        score = converter.parse(with_reference(text, 1), format="abc")
+        with quiet_music21():
+            score = converter.parse(with_reference(text, 1), format="abc")
     except Exception as exc:  # music21 raises many unrelated types for bad ABC
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise AbcFormatError(f"{source}: music21 cannot read this ABC ({type(exc).__name__}: {first[:160]})") from None
@@ -49,7 +66,8 @@ def midi_to_score(midi: Any, source: str = "MIDI data") -> Any:
     from rwkv_music.export.midi import midi_bytes
 
     try:
-        return converter.parse(midi_bytes(midi), format="midi")
+        with quiet_music21():
+            return converter.parse(midi_bytes(midi), format="midi")
     except Exception as exc:
         raise MidiFormatError(f"{source}: music21 cannot read this MIDI ({type(exc).__name__}: {exc})") from None
 

@@ -55,4 +55,3 @@ def piano_roll_png(midi: Any, title: str | None = None, width: float = 12.0, hei
 def write_piano_roll(midi: Any, path: str | os.PathLike, force: bool = False, title: str | None = None) -> Path:
     """Write the piano roll of ``midi`` to ``path`` (.png) atomically."""
     return atomic_write_bytes(path, piano_roll_png(midi, title), force)
-

@@ -112,7 +112,8 @@ def check_payload(payload: Any, source: str) -> dict[str, Any]:
     import torch
 
     if not isinstance(payload, Mapping):
-        raise CheckpointError(f"{source}: not a checkpoint (holds a {type(payload).__name__}, expected a dict of tensors)")
+        kind = type(payload).__name__
+        raise CheckpointError(f"{source}: not a checkpoint (holds a {kind}, expected a dict of tensors)")
     if "_strategy" in payload:
         raise CheckpointError(
             f"{source}: pre-converted by the rwkv package ('_strategy' {payload['_strategy']!r}); "
@@ -149,7 +150,8 @@ def inspect_state_dict(sd: Mapping[str, Any], source: str = "checkpoint") -> RWK
     """
     shapes = shapes_of(sd)
     version = detect_version(shapes, source)
-    core = [k for k in ("emb.weight", "head.weight", "blocks.0.att.key.weight", "blocks.0.ffn.key.weight") if k not in shapes]
+    core_keys = ("emb.weight", "head.weight", "blocks.0.att.key.weight", "blocks.0.ffn.key.weight")
+    core = [k for k in core_keys if k not in shapes]
     if core:
         unexpected = [k for k in shapes if not k.startswith(("blocks.", "emb.", "head.", "ln_out."))]
         extra = f"; unexpected keys {_listing(unexpected)}" if unexpected else ""

@@ -146,7 +146,10 @@ def config_from_state_dict(sd: Mapping[str, Any], version: Any = None, source: s
         raise CheckpointError(f"{source}: inconsistent sizes ({exc})") from None
 
 
-def expected_shapes(config: RWKVConfig, time_key: str = "time_faaaa") -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+ShapeTable = dict[str, tuple[int, ...]]
+
+
+def expected_shapes(config: RWKVConfig, time_key: str = "time_faaaa") -> tuple[ShapeTable, ShapeTable]:
     """``(required, optional)``: key → shape as stored, for a raw trainer checkpoint of ``config``.
 
     ``time_key`` is the bonus key name of v5.0/v5.1 files (see :func:`first_time_key`).
@@ -154,9 +157,9 @@ def expected_shapes(config: RWKVConfig, time_key: str = "time_faaaa") -> tuple[d
     """
     L, C, A, F, V = config.n_layer, config.n_embd, config.dim_att, config.dim_ffn, config.vocab_size
     H, N, ver = config.n_head, config.head_size, config.version
-    req: dict[str, tuple[int, ...]] = {"emb.weight": (V, C), "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,),
-                                       "ln_out.weight": (C,), "ln_out.bias": (C,), "head.weight": (V, C)}
-    opt: dict[str, tuple[int, ...]] = {}
+    req: ShapeTable = {"emb.weight": (V, C), "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,),
+                       "ln_out.weight": (C,), "ln_out.bias": (C,), "head.weight": (V, C)}
+    opt: ShapeTable = {}
     for i in range(L):
         p = f"blocks.{i}."
         for ln in ("ln1", "ln2"):
@@ -169,10 +172,11 @@ def expected_shapes(config: RWKVConfig, time_key: str = "time_faaaa") -> tuple[d
 
 
 def _att_shapes(ver: ModelVersion, C: int, A: int, H: int, N: int, lora: Mapping[str, int], time_key: str,
-                layer: int) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+                layer: int) -> tuple[ShapeTable, ShapeTable]:
     mats = {"key.weight": (A, C), "value.weight": (A, C), "receptance.weight": (A, C), "output.weight": (C, A)}
     if ver == "4":
-        return {"time_mix_k": (C,), "time_mix_v": (C,), "time_mix_r": (C,), "time_decay": (A,), "time_first": (A,), **mats}, {}
+        mix = {"time_mix_k": (C,), "time_mix_v": (C,), "time_mix_r": (C,)}
+        return {**mix, "time_decay": (A,), "time_first": (A,), **mats}, {}
     if ver.family == 5:
         out = {"time_mix_k": (C,), "time_mix_v": (C,), "time_mix_r": (C,), **mats, "ln_x.weight": (A,), "ln_x.bias": (A,)}
         if ver == "5.2":
@@ -202,13 +206,14 @@ def _att_shapes(ver: ModelVersion, C: int, A: int, H: int, N: int, lora: Mapping
     return out, {}
 
 
-def _ffn_shapes(ver: ModelVersion, C: int, F: int, V: int, lora: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+def _ffn_shapes(ver: ModelVersion, C: int, F: int, V: int, lora: Mapping[str, int]) -> ShapeTable:
     if ver.family == 7:
         out = {"x_k": (C,), "key.weight": (F, C), "value.weight": (C, F)}
         if ver == "7a":
             D = lora.get("semb", 0)
             side = math.isqrt(D)
-            out.update({"s_emb.weight": (V, D), "s_emb_x.weight": (D, C), "s1": (C, side), "s2": (side, F), "s0": (F,)})
+            out.update({"s_emb.weight": (V, D), "s_emb_x.weight": (D, C),
+                        "s1": (C, side), "s2": (side, F), "s0": (F,)})
         return out
     mix = ("time_maa_k", "time_maa_r") if ver == "6" else ("time_mix_k", "time_mix_r")
     return {mix[0]: (C,), mix[1]: (C,), "key.weight": (F, C), "receptance.weight": (C, C), "value.weight": (C, F)}

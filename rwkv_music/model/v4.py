@@ -15,9 +15,11 @@ The channel mix here (:func:`channel_mix`) is shared with v5 (FORMATS A7: "v4/v5
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.ops import layer_norm, token_shift
@@ -63,30 +65,30 @@ class V4Weights:
 
 # -- load time -----------------------------------------------------------------------------
 
-def folded_embedding(sd: dict[str, torch.Tensor], dtype: torch.dtype, device) -> torch.Tensor:
+def folded_embedding(sd: dict[str, torch.Tensor], dtype: torch.dtype, device: Any) -> torch.Tensor:
     """``emb.weight`` with ``blocks.0.ln0`` applied to every row, computed in fp32 (A6 LN0 fold)."""
     emb = sd.pop("emb.weight").float()
     emb = layer_norm(emb, sd.pop("blocks.0.ln0.weight").float(), sd.pop("blocks.0.ln0.bias").float())
     return emb.to(device=device, dtype=dtype).contiguous()
 
 
-def as_vector(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+def as_vector(t: torch.Tensor, dtype: torch.dtype, device: Any) -> torch.Tensor:
     """A stored ``[1, 1, C]`` (or ``[C]``) vector as a contiguous ``[C]``."""
     return t.reshape(-1).to(device=device, dtype=dtype).contiguous()
 
 
-def as_rows(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+def as_rows(t: torch.Tensor, dtype: torch.dtype, device: Any) -> torch.Tensor:
     """A stored ``[out, in]`` matrix as contiguous ``[in, out]`` for ``x @ W``."""
     return t.t().to(device=device, dtype=dtype).contiguous()
 
 
-def mixes(vectors: list[torch.Tensor], dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+def mixes(vectors: list[torch.Tensor], dtype: torch.dtype, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack token-shift mixes to ``[M, 1, C]`` and return (mix, 1 - mix) in the run dtype."""
     mix = torch.stack([v.reshape(-1).float() for v in vectors]).unsqueeze(1)
     return mix.to(device=device, dtype=dtype), (1 - mix).to(device=device, dtype=dtype)
 
 
-def prepare_channel_mix(sd: dict[str, torch.Tensor], p: str, dtype: torch.dtype, device) -> ChannelMixWeights:
+def prepare_channel_mix(sd: dict[str, torch.Tensor], p: str, dtype: torch.dtype, device: Any) -> ChannelMixWeights:
     mix, mix_c = mixes([sd.pop(p + "time_mix_k"), sd.pop(p + "time_mix_r")], dtype, device)
     return ChannelMixWeights(
         mix=mix,
@@ -97,7 +99,7 @@ def prepare_channel_mix(sd: dict[str, torch.Tensor], p: str, dtype: torch.dtype,
     )
 
 
-def prepare_head(sd: dict[str, torch.Tensor], dtype: torch.dtype, device) -> tuple[torch.Tensor, ...]:
+def prepare_head(sd: dict[str, torch.Tensor], dtype: torch.dtype, device: Any) -> tuple[torch.Tensor, ...]:
     """(ln_out weight, ln_out bias, head [C, V])."""
     return (
         as_vector(sd.pop("ln_out.weight"), dtype, device),
@@ -106,13 +108,13 @@ def prepare_head(sd: dict[str, torch.Tensor], dtype: torch.dtype, device) -> tup
     )
 
 
-def prepare(sd: dict[str, torch.Tensor], config: RWKVConfig, dtype: torch.dtype, device) -> V4Weights:
+def prepare(sd: dict[str, torch.Tensor], config: RWKVConfig, dtype: torch.dtype, device: Any) -> V4Weights:
     """Load-time rewrites of a raw v4 checkpoint (FORMATS A6); pops what it uses from ``sd``."""
     emb = folded_embedding(sd, dtype, device)
     layers = []
     for i in range(config.n_layer):
         b, a = f"blocks.{i}.", f"blocks.{i}.att."
-        mix, mix_c = mixes([sd.pop(a + "time_mix_k"), sd.pop(a + "time_mix_v"), sd.pop(a + "time_mix_r")], dtype, device)
+        mix, mix_c = mixes([sd.pop(a + f"time_mix_{n}") for n in "kvr"], dtype, device)
         kvr = torch.stack([sd.pop(a + n + ".weight").t().to(dtype) for n in ("key", "value", "receptance")])
         layers.append(V4Layer(
             ln1_w=as_vector(sd.pop(b + "ln1.weight"), dtype, device),
@@ -135,32 +137,32 @@ def prepare(sd: dict[str, torch.Tensor], config: RWKVConfig, dtype: torch.dtype,
 
 def channel_mix(xx: torch.Tensor, sx: torch.Tensor, w: ChannelMixWeights) -> torch.Tensor:
     """v4/v5 channel mix of LN2 outputs ``xx`` with shifted ``sx`` (both [..., C]) → [..., C]."""
-    km = torch.addcmul(xx * w.mix[0], sx, w.mix_c[0])  # [..., C]
-    rm = torch.addcmul(xx * w.mix[1], sx, w.mix_c[1])
-    k = torch.relu(km @ w.key).square_()  # [..., F]
-    return torch.sigmoid(rm @ w.receptance) * (k @ w.value)
+    C = xx.shape[-1]
+    km, rm = torch.addcmul(xx.reshape(-1, C) * w.mix, sx.reshape(-1, C), w.mix_c).unbind(0)  # 2 × [B(·T), C]
+    k = torch.relu(km @ w.key).square_()  # [B(·T), F]
+    return (torch.sigmoid(rm @ w.receptance) * (k @ w.value)).view(xx.shape)
 
 
 def mixed_projections(xx: torch.Tensor, sx: torch.Tensor, mix: torch.Tensor, mix_c: torch.Tensor,
-                      weight: torch.Tensor) -> torch.Tensor:
+                      weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Token-shift mixes and their projections in one bmm.
 
-    ``xx``, ``sx``: [B, C] or [B, T, C]; ``mix``: [M, 1, C]; ``weight``: [M, C, A] → [M, B(·T), A].
+    ``xx``, ``sx``: [N, C] (N = B, or B·T flattened); ``mix``: [M, 1, C]; ``weight``: [M, C, A].
+    Returns M tensors [N, A] (views of one result).
     """
-    C = xx.shape[-1]
-    flat_xx, flat_sx = xx.reshape(1, -1, C), sx.reshape(1, -1, C)  # [1, B·T, C]
-    xm = torch.addcmul(flat_xx * mix, flat_sx, mix_c)  # [M, B·T, C]
-    return torch.bmm(xm, weight)  # [M, B·T, A]
+    xm = torch.addcmul(xx * mix, sx, mix_c)  # [M, N, C]: xx·μ + sx·(1-μ) per projection
+    return torch.bmm(xm, weight).unbind(0)  # M × [N, A]
 
 
-def head_logits(x: torch.Tensor, weights) -> torch.Tensor:
+def head_logits(x: torch.Tensor, weights: Any) -> torch.Tensor:
     """Final LayerNorm and output projection: [..., C] → float32 [..., V]."""
     return (layer_norm(x, weights.ln_out_w, weights.ln_out_b) @ weights.head).float()
 
 
 # -- time mix ------------------------------------------------------------------------------
 
-def _wkv_step(k, v, aa, bb, pp, decay, first):
+def _wkv_step(k: Tensor, v: Tensor, aa: Tensor, bb: Tensor, pp: Tensor, decay: Tensor,
+              first: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One WKV step on [B, A] fp32 tensors → (wkv, aa', bb', pp')  (FORMATS A7 v4 steps 3–4)."""
     ww = first + k
     p = torch.maximum(pp, ww)
@@ -174,14 +176,17 @@ def _wkv_step(k, v, aa, bb, pp, decay, first):
     return wkv, e1 * aa + e2 * v, e1 * bb + e2, p
 
 
-def time_mix(xx, sx, aa, bb, pp, ly: V4Layer):
+def time_mix(xx: Tensor, sx: Tensor, aa: Tensor, bb: Tensor, pp: Tensor,
+             ly: V4Layer) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """v4 time mix.  ``xx``/``sx`` [B, C] (decode) or [B, T, C] (prefill); aa/bb/pp [B, A] f32.
 
     Returns (out like xx, aa', bb', pp').
     """
-    kvr = mixed_projections(xx, sx, ly.att_mix, ly.att_mix_c, ly.att_kvr)  # [3, B·T, A]
-    k, v = kvr[0].float(), kvr[1].float()  # WKV inputs in fp32 (A10)
-    r = torch.sigmoid(kvr[2])
+    C = xx.shape[-1]
+    k, v, r = mixed_projections(xx.reshape(-1, C), sx.reshape(-1, C), ly.att_mix, ly.att_mix_c, ly.att_kvr)
+    if k.dtype != torch.float32:  # WKV inputs in fp32 (A10)
+        k, v = k.float(), v.float()
+    r = torch.sigmoid(r)  # [B(·T), A]
     if xx.dim() == 2:  # decode: one step
         wkv, aa, bb, pp = _wkv_step(k, v, aa, bb, pp, ly.decay, ly.first)
     else:  # prefill: scan the elementwise recurrence over T
@@ -197,25 +202,27 @@ def time_mix(xx, sx, aa, bb, pp, ly: V4Layer):
 
 # -- forward -------------------------------------------------------------------------------
 
-def forward(weights: V4Weights, config: RWKVConfig, tokens: torch.Tensor, state: State, all_logits: bool):
+def forward(weights: V4Weights, config: RWKVConfig, tokens: Tensor, state: State,
+            all_logits: bool) -> tuple[Tensor, State]:
     """Logits float32 [B, V] (or [B, T, V]) and the new state, for tokens [B, T]."""
     B, T = tokens.shape
     s = state.tensors
     x = F.embedding(tokens, weights.emb)  # [B, T, C]
     if T == 1:
         x = x[:, 0]  # [B, C]: the lean decode path works on 2-D tensors
+    prev_att, prev_a, prev_b, prev_p, prev_ffn = (s[n].unbind(0) for n in ("att_x", "att_a", "att_b", "att_p", "ffn_x"))
     att_x, att_a, att_b, att_p, ffn_x = [], [], [], [], []
     for i, ly in enumerate(weights.layers):
         xx = layer_norm(x, ly.ln1_w, ly.ln1_b)
-        sx = s["att_x"][i] if T == 1 else token_shift(xx, s["att_x"][i])
-        out, aa, bb, pp = time_mix(xx, sx, s["att_a"][i], s["att_b"][i], s["att_p"][i], ly)
+        sx = prev_att[i] if T == 1 else token_shift(xx, prev_att[i])
+        out, aa, bb, pp = time_mix(xx, sx, prev_a[i], prev_b[i], prev_p[i], ly)
         x = x + out
         att_x.append(xx if T == 1 else xx[:, -1])
         att_a.append(aa)
         att_b.append(bb)
         att_p.append(pp)
         xx = layer_norm(x, ly.ln2_w, ly.ln2_b)
-        sx = s["ffn_x"][i] if T == 1 else token_shift(xx, s["ffn_x"][i])
+        sx = prev_ffn[i] if T == 1 else token_shift(xx, prev_ffn[i])
         x = x + channel_mix(xx, sx, ly.ffn)
         ffn_x.append(xx if T == 1 else xx[:, -1])
     if T > 1 and not all_logits:

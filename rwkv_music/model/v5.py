@@ -20,11 +20,12 @@ become one matmul per chunk.  Tc is chosen per layer at load time so that no fac
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.ops import GN_EPS, layer_norm, token_shift
@@ -67,10 +68,6 @@ class V5Layer:
     att_out: torch.Tensor  # [A, C]
     ffn: ChannelMixWeights
 
-    @property
-    def gated(self) -> bool:
-        return self.att_rkvg.shape[0] == 4
-
 
 @dataclass
 class V5Weights:
@@ -96,7 +93,7 @@ def chunk_length(log_decay: torch.Tensor) -> int:
     return tc
 
 
-def _decay_and_bonus(sd: dict[str, torch.Tensor], a: str, config: RWKVConfig, device):
+def _decay_and_bonus(sd: dict[str, torch.Tensor], a: str, config: RWKVConfig, device: Any):
     """(log w [H,N], u [H,N]) in fp32 from the stored time_decay and time_first/time_faaaa (A6)."""
     H, N = config.n_head, config.head_size
     log_w = -torch.exp(sd.pop(a + "time_decay").float()).reshape(H, -1).expand(H, N)
@@ -108,7 +105,7 @@ def _decay_and_bonus(sd: dict[str, torch.Tensor], a: str, config: RWKVConfig, de
     return log_w.to(device).contiguous(), u.to(device).contiguous()
 
 
-def prepare(sd: dict[str, torch.Tensor], config: RWKVConfig, dtype: torch.dtype, device) -> V5Weights:
+def prepare(sd: dict[str, torch.Tensor], config: RWKVConfig, dtype: torch.dtype, device: Any) -> V5Weights:
     """Load-time rewrites of a raw v5.x checkpoint (FORMATS A6); pops what it uses from ``sd``."""
     gated = config.version != "5.0"
     names = ("receptance", "key", "value") + (("gate",) if gated else ())
@@ -143,20 +140,20 @@ def prepare(sd: dict[str, torch.Tensor], config: RWKVConfig, dtype: torch.dtype,
 
 # -- WKV -----------------------------------------------------------------------------------
 
-def wkv_one(r, k, v, S, S_out, ly: V5Layer):
+def wkv_one(r: Tensor, k: Tensor, v: Tensor, S: Tensor, S_out: Tensor, ly: V5Layer) -> Tensor:
     """One token.  r, k, v [B, H, N] f32; S [B, H, N, N] f32 (read only).
 
     Writes S' into ``S_out`` (same shape) and returns y [B, H, N].
     """
-    y = (r.unsqueeze(-2) @ S).squeeze(-2)  # [B, H, N]: Σ_j r_j S[j, i]
-    ruk = (r * ly.bonus * k).sum(-1, keepdim=True)  # [B, H, 1]: Σ_j r_j u_j k_j
-    y.addcmul_(ruk, v)
+    B, H, N = r.shape
+    y = torch.bmm(r.view(B * H, 1, N), S.view(B * H, N, N)).view(B, H, N)  # Σ_j r_j S[j, i]
+    y.addcmul_((r * ly.bonus * k).sum(-1, keepdim=True), v)  # + (Σ_j r_j u_j k_j) v_i
     torch.mul(S, ly.decay, out=S_out)  # w_j S[j, i]
     S_out.addcmul_(k.unsqueeze(-1), v.unsqueeze(-2))  # + k_j v_i
     return y
 
 
-def wkv_chunked(r, k, v, S, ly: V5Layer):
+def wkv_chunked(r: Tensor, k: Tensor, v: Tensor, S: Tensor, ly: V5Layer) -> tuple[Tensor, Tensor]:
     """Prefill.  r, k, v [B, H, T, N] f32; S [B, H, N, N] f32 → (y [B, H, T, N], S_T).
 
     Per chunk of length Tc (positions t, s inside it, S0 the state entering it):
@@ -188,49 +185,55 @@ def wkv_chunked(r, k, v, S, ly: V5Layer):
 
 # -- time mix ------------------------------------------------------------------------------
 
-def time_mix(xx, sx, S, S_out, ly: V5Layer, n_head: int):
+def time_mix(xx: Tensor, sx: Tensor, S: Tensor, S_out: Tensor | None, ly: V5Layer,
+             n_head: int) -> tuple[Tensor, Tensor]:
     """v5.x time mix.  ``xx``/``sx`` [B, C] (decode) or [B, T, C] (prefill); S [B, H, N, N] f32.
 
     Returns (out like xx, S'); in decode S' is written into ``S_out``.
     """
-    lead = xx.shape[:-1]  # (B,) or (B, T)
-    proj = mixed_projections(xx, sx, ly.att_mix, ly.att_mix_c, ly.att_rkvg)  # [M, B·T, A]
-    H = n_head
-    r, k, v = (proj[j].float().view(*lead, H, -1) for j in range(3))  # [B(, T), H, N] f32 (A10)
+    C, H = xx.shape[-1], n_head
+    r, k, v, *g = mixed_projections(xx.reshape(-1, C), sx.reshape(-1, C), ly.att_mix, ly.att_mix_c, ly.att_rkvg)
+    if r.dtype != torch.float32:  # r, k, v in fp32 (A10)
+        r, k, v = r.float(), k.float(), v.float()
     if xx.dim() == 2:
-        y = wkv_one(r, k, v, S, S_out, ly)  # [B, H, N]
+        B = xx.shape[0]
+        y = wkv_one(r.view(B, H, -1), k.view(B, H, -1), v.view(B, H, -1), S, S_out, ly)  # [B, H, N]
         S_new = S_out
     else:
-        r, k, v = (t.transpose(1, 2).contiguous() for t in (r, k, v))  # [B, H, T, N]
+        B, T, _ = xx.shape
+        r, k, v = (t.view(B, T, H, -1).transpose(1, 2).contiguous() for t in (r, k, v))  # [B, H, T, N]
         y, S_new = wkv_chunked(r, k, v, S, ly)  # [B, H, T, N]
         y = y.transpose(1, 2)  # [B, T, H, N]
     y = F.group_norm(y.reshape(-1, H * y.shape[-1]), H, ly.ln_x_w, ly.ln_x_b, eps=GN_EPS)  # [B·T, A] f32
     y = y.to(xx.dtype)
-    if ly.gated:
-        y = y * F.silu(proj[3])
+    if g:  # 5.1 / 5.2 gate
+        y = y * F.silu(g[0])
     return (y @ ly.att_out).view(xx.shape), S_new
 
 
 # -- forward -------------------------------------------------------------------------------
 
-def forward(weights: V5Weights, config: RWKVConfig, tokens: torch.Tensor, state: State, all_logits: bool):
+def forward(weights: V5Weights, config: RWKVConfig, tokens: Tensor, state: State,
+            all_logits: bool) -> tuple[Tensor, State]:
     """Logits float32 [B, V] (or [B, T, V]) and the new state, for tokens [B, T]."""
     B, T = tokens.shape
     s = state.tensors
     x = F.embedding(tokens, weights.emb)  # [B, T, C]
     if T == 1:
         x = x[:, 0]  # [B, C]: the lean decode path works on 2-D tensors
-    kv_new = torch.empty_like(s["att_kv"]) if T == 1 else None  # decode writes S' in place
+    prev_att, prev_kv, prev_ffn = (s[n].unbind(0) for n in ("att_x", "att_kv", "ffn_x"))
+    kv_new = torch.empty_like(s["att_kv"]) if T == 1 else None  # decode writes each S' in place
+    kv_out = kv_new.unbind(0) if kv_new is not None else [None] * len(weights.layers)
     att_x, att_kv, ffn_x = [], [], []
     for i, ly in enumerate(weights.layers):
         xx = layer_norm(x, ly.ln1_w, ly.ln1_b)
-        sx = s["att_x"][i] if T == 1 else token_shift(xx, s["att_x"][i])
-        out, S = time_mix(xx, sx, s["att_kv"][i], kv_new[i] if kv_new is not None else None, ly, config.n_head)
+        sx = prev_att[i] if T == 1 else token_shift(xx, prev_att[i])
+        out, S = time_mix(xx, sx, prev_kv[i], kv_out[i], ly, config.n_head)
         x = x + out
         att_x.append(xx if T == 1 else xx[:, -1])
         att_kv.append(S)
         xx = layer_norm(x, ly.ln2_w, ly.ln2_b)
-        sx = s["ffn_x"][i] if T == 1 else token_shift(xx, s["ffn_x"][i])
+        sx = prev_ffn[i] if T == 1 else token_shift(xx, prev_ffn[i])
         x = x + channel_mix(xx, sx, ly.ffn)
         ffn_x.append(xx if T == 1 else xx[:, -1])
     if T > 1 and not all_logits:

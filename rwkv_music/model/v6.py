@@ -46,7 +46,7 @@ _MIX = ("r", "k", "v", "g", "w")  # our order: [:4] feed the [4, C, A] matmul, [
 
 @dataclass
 class V6Layer:
-    """One block's weights, rewritten for row-vector math (``x @ W`` with W as [in, out])."""
+    """One block's weights, rewritten for row-vector math (``x @ W`` with W as [in, out], except ffn_value)."""
 
     ln1: tuple[torch.Tensor, torch.Tensor]
     ln2: tuple[torch.Tensor, torch.Tensor]
@@ -64,7 +64,7 @@ class V6Layer:
     ffn_maa: torch.Tensor  # [2, 1, C] time_maa_k, time_maa_r
     ffn_key: torch.Tensor  # [C, F]
     ffn_receptance: torch.Tensor  # [C, C]
-    ffn_value: torch.Tensor  # [F, C]
+    ffn_value: torch.Tensor  # [C, F] as stored: F.linear streams this long-K matrix faster at batch 1
 
 
 @dataclass
@@ -126,7 +126,7 @@ def prepare(sd: dict[str, torch.Tensor], config: RWKVConfig, dtype: torch.dtype,
             ffn_maa=cast(torch.stack([vec(ffn + "time_maa_k"), vec(ffn + "time_maa_r")]).view(2, 1, C)),
             ffn_key=cast(g(ffn + "key.weight").t()),
             ffn_receptance=cast(g(ffn + "receptance.weight").t()),
-            ffn_value=cast(g(ffn + "value.weight").t()),
+            ffn_value=cast(g(ffn + "value.weight")),
         ))
         if att + "time_state" in sd:
             states.append(g(att + "time_state").reshape(H, N, N).transpose(1, 2))
@@ -142,7 +142,9 @@ def prepare(sd: dict[str, torch.Tensor], config: RWKVConfig, dtype: torch.dtype,
     )
 
 
-def initial_state(weights: V6Weights, config: RWKVConfig, batch_size: int, device: Any, dtype: torch.dtype) -> State | None:
+def initial_state(
+    weights: V6Weights, config: RWKVConfig, batch_size: int, device: Any, dtype: torch.dtype
+) -> State | None:
     """The state a state-tuned checkpoint starts from (its ``time_state`` in every row), or None.
 
     ``att_x``/``ffn_x`` are zero in ``dtype``; ``att_kv`` is fp32 ``S[key, value]`` (A8).
@@ -219,14 +221,16 @@ def _time_mix(
     else:
         y = _wkv_chunked(S, S_out, lw.u, *(t.view(B, T, H, N) for t in (log_w, r, k, v))).reshape(BT, -1)
     y = F.group_norm(y, H, lw.ln_x[0], lw.ln_x[1], GN_EPS)  # step 5, fp32
-    return (y.to(xx.dtype) * F.silu(g)) @ lw.output
+    if y.dtype != xx.dtype:  # (a no-op .to() still costs microseconds per layer)
+        y = y.to(xx.dtype)
+    return (y * F.silu(g)) @ lw.output
 
 
 def _channel_mix(lw: V6Layer, B: int, T: int, xx: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     """A7 v6 channel mix of LN2 outputs ``xx`` [B·T, C]."""
     kx, rx = torch.addcmul(xx, _shifted(xx, prev, B, T) - xx, lw.ffn_maa)
     k = torch.relu_(kx @ lw.ffn_key).square_()
-    return torch.sigmoid(rx @ lw.ffn_receptance) * (k @ lw.ffn_value)
+    return torch.sigmoid(rx @ lw.ffn_receptance) * F.linear(k, lw.ffn_value)
 
 
 def _wkv_step(

@@ -53,7 +53,7 @@ _LORA = ("v", "a", "w", "g")  # LoRA stack order; w and g (the two with tanh) la
 
 @dataclass
 class V7Layer:
-    """One block's weights, rewritten for row-vector math (``x @ W`` with W as [in, out])."""
+    """One block's weights, rewritten for row-vector math (``x @ W`` with W as [in, out], except ffn_value)."""
 
     ln1: tuple[torch.Tensor, torch.Tensor]
     ln2: tuple[torch.Tensor, torch.Tensor]
@@ -70,7 +70,7 @@ class V7Layer:
     ln_x: tuple[torch.Tensor, torch.Tensor]  # fp32 [C]
     ffn_mix: torch.Tensor  # [C]
     ffn_key: torch.Tensor  # [C, F]
-    ffn_value: torch.Tensor  # [F, C]
+    ffn_value: torch.Tensor  # [C, F] as stored: F.linear streams this long-K matrix faster at batch 1
     s_emb: torch.Tensor | None = None  # v7a: [V, 32, 32], embedding residual merged in (A6)
     s1: torch.Tensor | None = None  # v7a: [C, 32]
     s2: torch.Tensor | None = None  # v7a: [32, F]
@@ -108,7 +108,8 @@ def prepare(sd: dict[str, torch.Tensor], config: RWKVConfig, dtype: torch.dtype,
     deep = version == "7a"
     g = lambda name: _key(sd, name, version)  # noqa: E731
     C = config.n_embd
-    emb = F.layer_norm(g("emb.weight"), (C,), g("blocks.0.ln0.weight").flatten(), g("blocks.0.ln0.bias").flatten(), LN_EPS)
+    ln0 = (g("blocks.0.ln0.weight").flatten(), g("blocks.0.ln0.bias").flatten())
+    emb = F.layer_norm(g("emb.weight"), (C,), ln0[0], ln0[1], LN_EPS)
 
     def cast(t: torch.Tensor) -> torch.Tensor:
         return t.to(device=device, dtype=dtype).contiguous()
@@ -148,7 +149,7 @@ def prepare(sd: dict[str, torch.Tensor], config: RWKVConfig, dtype: torch.dtype,
             ln_x=(vec(att + "ln_x.weight").to(device), vec(att + "ln_x.bias").to(device)),
             ffn_mix=cast(vec(ffn + "x_k")),
             ffn_key=cast(g(ffn + "key.weight").t()),
-            ffn_value=cast(g(ffn + "value.weight").t()),
+            ffn_value=cast(g(ffn + "value.weight")),
         )
         if deep:
             s_emb = g(ffn + "s_emb.weight") + emb @ g(ffn + "s_emb_x.weight").t()
@@ -244,17 +245,21 @@ def _time_mix(
     y = F.group_norm(y, H, lw.ln_x[0], lw.ln_x[1], GN_EPS).view(BT, H, N)  # step 9, fp32
     rk = (vecs[0] * vecs[1]).mul_(lw.r_k).view(BT, H, N).sum(-1, keepdim=True)
     y = torch.addcmul(y, rk, vecs[2].view(BT, H, N)).view(BT, C)  # the r·k bonus
-    return (y.to(xx.dtype) * g) @ lw.output, v_first  # step 10
+    if y.dtype != xx.dtype:  # (a no-op .to() still costs microseconds per layer)
+        y = y.to(xx.dtype)
+    return (y * g) @ lw.output, v_first  # step 10
 
 
-def _channel_mix(lw: V7Layer, B: int, T: int, xx: torch.Tensor, prev: torch.Tensor, flat_tokens: torch.Tensor) -> torch.Tensor:
+def _channel_mix(
+    lw: V7Layer, B: int, T: int, xx: torch.Tensor, prev: torch.Tensor, flat_tokens: torch.Tensor
+) -> torch.Tensor:
     """A7 v7 channel mix (and the v7a DeepEmbed gate) of LN2 outputs ``xx`` [B·T, C]."""
     kx = torch.lerp(xx, _shifted(xx, prev, B, T), lw.ffn_mix)
     k = torch.relu_(kx @ lw.ffn_key).square_()
     if lw.s_emb is not None:  # v7a: the gate reads xx (the LN2 output), not kx
         s = torch.bmm((xx @ lw.s1).unsqueeze(1), lw.s_emb[flat_tokens]).squeeze(1)  # [B·T, 32]
         k = k * torch.addmm(lw.s0, s, lw.s2)
-    return k @ lw.ffn_value
+    return F.linear(k, lw.ffn_value)
 
 
 def _wkv_step(

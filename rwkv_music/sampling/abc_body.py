@@ -36,6 +36,7 @@ class BodyRules(TimingRules):
 
     _bars: ValueSet
     _tuplets: ValueSet
+    _tuplet_ext: dict[str, list[str]]  # tuplet-opener prefix -> its completions, shortest first
     _decorations: ValueSet | None
     _chord_names: ValueSet | None
     _idle_chars: dict[str, Callable[[AbcState, str], AbcState | None]]
@@ -48,6 +49,11 @@ class BodyRules(TimingRules):
             ")": self._i_close_slur, "-": self._i_tie, ">": self._i_broken, "<": self._i_broken,
             '"': self._i_quote, "!": self._i_bang, "{": self._i_grace,
         }  # fmt: skip
+        self._finish_memo: tuple[AbcState | None, AbcState | None] = (None, None)  # a cache only
+        self._tuplet_ext = {}
+        for text in sorted(self._tuplets.values, key=lambda t: (len(t), t)):
+            for i in range(2, len(text) + 1):
+                self._tuplet_ext.setdefault(text[:i], []).append(text)
         forced = {"M": self.config.meter, "L": self.config.unit, "K": self.config.key}
         self._body_fields = "".join(f for f in self.config.body_fields if forced.get(f) is None)
         strict_pitch_low = 60 - 12 * self.config.max_octave_marks
@@ -61,12 +67,15 @@ class BodyRules(TimingRules):
             return self._note_start(s, c) if (c in PITCHES or c in ACCIDENTALS or c in "z[") else None
         if c in PITCHES or c in ACCIDENTALS or c == "z" or (self._lenient and c in "xZ"):
             return self._note_start(s, c)
-        if s.line_start and c in self._body_fields:
+        if s.line_start and c in self._body_fields and (c not in "ML" or self._lenient or self._bar_start(s)):
             return s.replace(mode="fletter", buf=c, line_start=False)
         if c in self.config.decorations:
             return self._prefix(s)
         handler = self._idle_chars.get(c)
         return handler(s, c) if handler is not None else None
+
+    def _bar_start(self, s: AbcState) -> bool:
+        return not (s.bar_notes or s.tuplet is not None or s.need_note)
 
     def _prefix(self, s: AbcState) -> AbcState | None:
         """A decoration (or chord symbol, grace group, slur) that belongs to the next note."""
@@ -85,8 +94,6 @@ class BodyRules(TimingRules):
             return None
         if s.tuplet is not None and not self._lenient:
             return None
-        if self._lenient and s.bar_len is not None and s.bar_notes and s.pos >= s.bar_len:
-            s = self._close_bar(s, "|", implicit=True) or s  # a line end as the bar line (Essen)
         return self._body_line(s)
 
     def _body_line(self, s: AbcState) -> AbcState:
@@ -223,7 +230,7 @@ class BodyRules(TimingRules):
                 return None
             t = s.replace(buf=text)
             return t if self._length_ok(t, text) else None
-        done = self._end_note(s, pitched)
+        done = self._finished(s)
         return self._b_idle(done, c) if done is not None else None
 
     def _b_multirest(self, s: AbcState, c: str) -> AbcState | None:
@@ -252,7 +259,9 @@ class BodyRules(TimingRules):
     def _b_group(self, s: AbcState, c: str) -> AbcState | None:
         """Inside ``[...]`` (field ``c``) or ``{...}`` (field ``g``), between notes."""
         if c in ACCIDENTALS:
-            return None if self.config.key_scale_only else s.replace(mode="gacc", buf=c)
+            if self.config.key_scale_only or s.count >= self._group_limit(s):
+                return None
+            return s.replace(mode="gacc", buf=c)
         if c in PITCHES:
             return self._inner_pitch(s, c)
         if s.field == "c" and c == "]" and s.count:
@@ -265,9 +274,11 @@ class BodyRules(TimingRules):
             return s
         return None
 
+    def _group_limit(self, s: AbcState) -> int:
+        return self.config.max_chord_notes if s.field == "c" else self.config.max_grace_notes
+
     def _inner_pitch(self, s: AbcState, c: str) -> AbcState | None:
-        limit = self.config.max_chord_notes if s.field == "c" else self.config.max_grace_notes
-        if s.count >= limit:
+        if s.count >= self._group_limit(s):
             return None
         return self._pitch(s.replace(count=s.count + 1), c, "gnote")
 
@@ -316,22 +327,30 @@ class BodyRules(TimingRules):
         if c.isdigit():
             if not self.config.tuplets or (s.tuplet is not None and not self._lenient):
                 return None
-            return s.replace(mode="tup", buf="(" + c) if self._tuplets.is_prefix("(" + c) else None
+            return self._tuplet_text(s, "(" + c)
         if not self._lenient and s.slur >= self.config.max_slur_depth:
             return None
         return self._b_idle(s.replace(mode="idle", slur=s.slur + 1, need_note=not self._lenient), c)
 
     def _b_tuplet(self, s: AbcState, c: str) -> AbcState | None:
-        text = s.buf + c
-        if self._tuplets.is_prefix(text):
-            return s.replace(buf=text)
-        if not self._tuplets.is_complete(s.buf):
+        t = self._tuplet_text(s, s.buf + c)
+        if t is not None:
+            return t
+        done = self._finished(s)  # None if r notes in the time of q cannot end on the grid in this bar
+        return self._b_idle(done, c) if done is not None else None
+
+    def _tuplet_text(self, s: AbcState, text: str) -> AbcState | None:
+        """A longer tuplet opener, if some completion of it can still fit the bar."""
+        if not self._tuplets.is_prefix(text):
             return None
-        p, q, r = tuplet_ratio(s.buf, s.compound)
-        t = s.replace(mode="idle", buf="", tuplet=(p, q, r), need_note=not self._lenient)
-        if not self._lenient and self._begin_timing(t) is None:
-            return None  # r notes in the time of q cannot end on the grid within this bar
-        return self._b_idle(t, c)
+        t = s.replace(mode="tup", buf=text, after_note=False, line_start=False)
+        return t if any(self._tuplet_viable(t, full) for full in self._tuplet_ext[text]) else None
+
+    def _tuplet_viable(self, s: AbcState, text: str) -> bool:
+        if self._lenient:
+            return True
+        p, q, r = tuplet_ratio(text, s.compound)
+        return self._begin_timing(s.replace(mode="idle", buf="", tuplet=(p, q, r))) is not None
 
     def _b_broken(self, s: AbcState, c: str) -> AbcState | None:
         """``>``, ``>>``, ``>>>`` (or ``<``...): then the right-hand note at once."""
@@ -349,16 +368,14 @@ class BodyRules(TimingRules):
         text = s.buf + c
         if self._bars.is_prefix(text):
             return s.replace(buf=text)
-        if not self._bars.is_complete(s.buf):
-            return None
-        done = self._close_bar(s, s.buf)
+        done = self._finished(s)
         return self._b_idle(done, c) if done is not None else None
 
     def _b_field_letter(self, s: AbcState, c: str) -> AbcState | None:
         """A letter at the start of a body line: ``K:``-style field line, or a decoration."""
         letter = s.buf
         if c == ":":
-            if letter in "ML" and not self._lenient and (s.bar_notes or s.tuplet is not None or s.need_note):
+            if letter in "ML" and not self._lenient and not self._bar_start(s):
                 return None  # meter and unit change only between bars
             mode = "value" if letter in "MLK" else "text"
             return s.replace(mode=mode, buf="", field=letter)
@@ -390,6 +407,16 @@ class BodyRules(TimingRules):
         return t
 
     # -- end of tune ------------------------------------------------------------------------------
+    def _finished(self, s: AbcState) -> AbcState | None:
+        """:meth:`_finish` of the last state asked about, remembered (by identity, no hashing):
+        callers try all 128 bytes on one state, and each byte that does not extend the token
+        finishes it first."""
+        last, done = self._finish_memo
+        if last is not s:
+            done = self._finish(s)
+            self._finish_memo = (s, done)
+        return done
+
     def _finish(self, s: AbcState) -> AbcState | None:
         """``s`` with the token being read finished (as if a space followed); None if incomplete."""
         if s.mode == "idle":
@@ -400,6 +427,14 @@ class BodyRules(TimingRules):
             return self._close_bar(s, s.buf) if self._bars.is_complete(s.buf) else None
         if s.mode == "mrest":
             return self._b_multirest(s, " ")
+        if s.mode == "paren":  # a slur opens; its note follows
+            return s.replace(mode="idle", slur=s.slur + 1, need_note=not self._lenient)
+        if s.mode == "tup" and self._tuplets.is_complete(s.buf) and self._tuplet_viable(s, s.buf):
+            p, q, r = tuplet_ratio(s.buf, s.compound)
+            return s.replace(mode="idle", buf="", tuplet=(p, q, r), need_note=not self._lenient)
+        if s.mode == "brk":
+            left = LEFT_FACTOR[s.buf]
+            return s.replace(mode="idle", buf="", pos=s.pos + s.last * (left - 1), broken=2 - left, after_note=False)
         return None
 
     def _final(self, s: AbcState) -> bool:

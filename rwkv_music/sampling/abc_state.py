@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, NamedTuple
 
 from rwkv_music.errors import ConstraintError
 
@@ -145,12 +145,13 @@ class AbcGrammarConfig:
         return cls(**data)
 
 
-@dataclass(frozen=True, slots=True)
-class AbcState:
+class AbcState(NamedTuple):
     """One state of the ABC machine.  Immutable and hashable; compare with ``==``.
 
     Lexical fields say which token is being read; musical fields carry what bar balance needs.
-    Durations are exact fractions of a whole note.
+    Durations are exact fractions of a whole note.  (A named tuple: hashing, comparing and
+    copying with changes are several times faster than for a dataclass, and the constraint
+    does them for every byte of every state.)
     """
 
     phase: int = CONTROL  # CONTROL, HEADER or BODY
@@ -189,7 +190,8 @@ class AbcState:
     full_bars: int = 0  # complete bars so far (capped at config.min_full_bars)
 
     def replace(self, **changes: Any) -> "AbcState":
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed."""
+        return self._replace(**changes)
 
 
 __all__ = ["AbcGrammarConfig", "AbcState", "BODY", "CONTROL", "HEADER", "ZERO"]

@@ -39,6 +39,7 @@ class TimingRules:
     _pitch_bounds: tuple[int, int]
 
     def _init_timing(self, lengths: dict[str, Fraction]) -> None:
+        self._timing_memo: tuple[AbcState | None, AbcState | None] = (None, None)  # a cache only
         self._lengths = lengths
         self._length_set = ValueSet(lengths)
         ext: dict[str, set[Fraction]] = {}
@@ -59,7 +60,18 @@ class TimingRules:
         return s.bar_len is None or s.pos < s.bar_len
 
     def _begin_timing(self, s: AbcState) -> AbcState | None:
-        """A note, rest or chord starts: its factor (unit, tuplet, broken rhythm), if it can fit."""
+        """A note, rest or chord starts: its factor (unit, tuplet, broken rhythm), if it can fit.
+
+        Remembered for the last state asked about (by identity): callers try every note letter
+        on the same state.
+        """
+        last, begun = self._timing_memo
+        if last is not s:
+            begun = self._start_timing(s)
+            self._timing_memo = (s, begun)
+        return begun
+
+    def _start_timing(self, s: AbcState) -> AbcState | None:
         factor, kind, tup = s.unit, 0, s.tuplet
         if tup is not None:
             p, q, left = tup
@@ -166,7 +178,7 @@ class TimingRules:
                          any_note=s.any_note or pitched)  # fmt: skip
 
     # -- bar lines --------------------------------------------------------------------------
-    def _close_bar(self, s: AbcState, text: str, implicit: bool = False) -> AbcState | None:
+    def _close_bar(self, s: AbcState, text: str) -> AbcState | None:
         """A bar line ``text`` ends the current bar; ``None`` if the bar may not end here.
 
         A bar with no notes ends silently (``|`` then ``|:`` is one boundary).  A full bar may
@@ -174,29 +186,28 @@ class TimingRules:
         bar line (anything but ``|``), or if it follows a section bar line -- with
         ``pair_short_bars``, only when it completes the short bar before that line.
 
-        Lenient only: a bar may hold several bars' worth of notes (bar lines left out; counted as
-        music21 re-bars them, the remainder being a short bar), and ``implicit`` (a line end
-        after a full or longer bar, Essen's phrase ends) ends it, dropping any remainder and
-        letting the next bar be a short phrase pickup.
+        Lenient only: a bar may overflow, as in Essen tunes whose bar lines drift from the meter;
+        like music21's re-barring, whole bars are counted and the rest flows into the next bar.
         """
         section = text != "|"
-        final = text in FINAL_BARS and not implicit
+        final = text in FINAL_BARS
         if not s.bar_notes:
             return s.replace(mode="idle", buf="", after_note=False, line_start=False,
                              after_section=s.after_section or section, closed=final)  # fmt: skip
-        full, carry = 1, None
+        full, carry, rest = 1, None, ZERO
         if s.bar_len is not None:
-            full, rest = divmod(s.pos, s.bar_len)
-            if implicit:
-                rest = ZERO
-            if rest:
-                paired = not self.config.pair_short_bars or (s.carry is not None and s.carry + rest == s.bar_len)
-                if not (section or (not full and (s.first_bar or (s.after_section and paired)))):
+            full, short = divmod(s.pos, s.bar_len)
+            if full and short:  # lenient overflow
+                rest, short = short, ZERO
+            if short:
+                paired = not self.config.pair_short_bars or (s.carry is not None and s.carry + short == s.bar_len)
+                if not (section or s.first_bar or (s.after_section and paired)):
                     return None
-                carry = rest if section else None
-        return s.replace(mode="idle", buf="", after_note=False, line_start=False, pos=ZERO, last=ZERO,
-                         bar_notes=False, first_bar=False, after_section=section or implicit, carry=carry,
-                         closed=final, full_bars=min(s.full_bars + int(full), self.config.min_full_bars))  # fmt: skip
+                carry = short if section else None
+        return s.replace(mode="idle", buf="", after_note=False, line_start=False, pos=rest, last=ZERO,
+                         bar_notes=rest > 0, first_bar=False, after_section=section, carry=carry,
+                         closed=final and not rest,
+                         full_bars=min(s.full_bars + int(full), self.config.min_full_bars))  # fmt: skip
 
 
 __all__ = ["TimingRules"]

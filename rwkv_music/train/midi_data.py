@@ -23,7 +23,7 @@ MIDI_VOCAB = 20096  # FORMATS C1
 MIDI_PAD = 0
 # Non-Essen music21 composers rendered for the MIDI default (bach first: its chorales).
 DEFAULT_COMPOSERS = ("bach", "handel", "haydn", "mozart", "corelli", "monteverdi", "palestrina",
-                     "schubert", "schumann_robert", "joplin", "beethoven")
+                     "schubert", "schumann_robert", "joplin")  # beethoven's quartets: too slow to render
 MAX_SCORE_BYTES = 400_000  # skip huge scores: parse time grows with size and one would dominate
 
 
@@ -56,13 +56,17 @@ def abc_folder_to_midi(src: Path, out_dir: Path, *, max_tunes: int | None = None
     ``every`` keeps one tune in ``every`` (an even sample); unreadable tunes are skipped and
     logged.  Existing outputs are reused unless ``overwrite``.  Returns the written paths.
     """
-    src, out_dir = Path(src), Path(out_dir)
+    src = Path(src)
     if not src.exists():
         raise RwkvMusicError(f"{src}: no such ABC file or folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
     tunes = read_abc_tunes([src])[::max(1, every)]
-    if max_tunes is not None:
-        tunes = tunes[:max_tunes]
+    return abc_tunes_to_midi(tunes[:max_tunes] if max_tunes is not None else tunes, out_dir, overwrite=overwrite)
+
+
+def abc_tunes_to_midi(tunes: list[tuple[str, str]], out_dir: Path, *, overwrite: bool = False) -> list[Path]:
+    """Render (``file#n`` label, tune text) pairs to ``out_dir/<file>-<n>.mid``; skip unreadable ones."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for label, text in tunes:
         name, _, num = label.rpartition("#")
@@ -124,8 +128,8 @@ def build_default_midi_corpus(cache: Path | None = None, *, bach_pieces: int = 2
     cache = Path(cache) if cache else default_cache_dir()
     render_music21_scores(cache / "scores", ("bach",), per_composer=bach_pieces)
     render_music21_scores(cache / "scores", DEFAULT_COMPOSERS[1:], per_composer=other_pieces)
-    for f in music21_abc_files():
-        abc_folder_to_midi(f, cache / "abc", every=abc_every)
+    tunes = read_abc_tunes(music21_abc_files())[::max(1, abc_every)]  # an even sample over all collections
+    abc_tunes_to_midi(tunes, cache / "abc")
     return cache
 
 

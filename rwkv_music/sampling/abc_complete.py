@@ -1,0 +1,262 @@
+"""The shortest known way from an ABC state to a legal end of tune.
+
+:func:`completion` builds text that takes a state of :class:`~rwkv_music.sampling.abc_grammar.AbcGrammar`
+to one where eos is legal: finish the header line and the header (``M:`` if needed, ``K:``),
+finish the token being read, give pending decorations / tuplets / broken rhythms their notes,
+close slurs, fill the bar with notes or rests and end it with a bar line.  Every candidate is
+checked by feeding it through the grammar, so a returned text is always legal; its length is
+what the constraint uses to steer toward ``max_new_tokens`` (``len(completion) + 1`` bytes
+including eos).  It is short, not guaranteed minimal.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+from rwkv_music.sampling.abc_state import BODY, AbcState
+
+if TYPE_CHECKING:
+    from rwkv_music.sampling.abc_grammar import AbcGrammar
+
+PITCH_ORDER = "CcDdEeFfGgAaBb"
+_MAX_TOKEN_STEPS = 16
+
+
+def completion(g: AbcGrammar, s: AbcState) -> str | None:
+    """Text after which ``g.is_final`` holds, or ``None`` if none was found."""
+    if g.is_final(s):
+        return ""
+    head = ""
+    if s.phase != BODY:
+        head = _finish_header(g, s)
+        if head is None:
+            return None
+        s = g.feed(s, head)  # type: ignore[assignment]
+        if s is None:
+            return None
+    token = _close_token(g, s)
+    if token is None:
+        return None
+    after = g.feed(s, token)
+    if after is None:
+        return None
+    best: str | None = None
+    for tail in _tails(g, after):
+        for sep in ("", " "):
+            end = g.feed(after, sep + tail)
+            if end is not None and g.is_final(end) and (best is None or len(sep + tail) < len(best)):
+                best = sep + tail
+    return None if best is None else head + token + best
+
+
+# -- header --------------------------------------------------------------------------------------
+def _value_completion(g: AbcGrammar, s: AbcState, letter: str, typed: str) -> str | None:
+    if letter == "X" and s.phase != 0:
+        return "" if typed.strip() else "1"
+    probe = s.replace(mode="value", field=letter, buf=typed)
+    values = g._value_set(probe)
+    if values is None:  # free text
+        return ""
+    return values.completion(typed.lstrip(" "))
+
+
+def _finish_header(g: AbcGrammar, s: AbcState) -> str | None:
+    """End the header line being read, add ``M:`` if neither M nor L was given, then ``K:``."""
+    out = ""
+    if s.mode == "letter":
+        rest = _value_completion(g, s.replace(mode="value"), s.field, "")
+        if rest is None:
+            return None
+        out = ":" + rest + "\n"
+    elif s.mode == "value":
+        rest = _value_completion(g, s, s.field, s.buf)
+        if rest is None:
+            return None
+        out = rest + "\n"
+    elif s.mode in ("text", "comment"):
+        out = "\n"
+    t = g.feed(s, out)
+    if t is None:
+        return None
+    if t.phase == BODY:
+        return out
+    cfg = g.config
+    if cfg.x_field == "required" and "X" not in t.seen:
+        out += "X:1\n"
+    if "M" not in t.seen and (cfg.meter is not None or "L" not in t.seen):
+        out += "M:" + (g._meters.completion("") or "C") + "\n"
+    if cfg.unit is not None and "L" not in t.seen:
+        out += "L:" + cfg.unit + "\n"
+    return out + "K:" + (g._keys.completion("") or "C") + "\n"
+
+
+# -- the token being read ----------------------------------------------------------------------------
+def _close_token(g: AbcGrammar, s: AbcState) -> str | None:
+    """Text that completes the token in progress (``""`` if it is complete already)."""
+    out = ""
+    for _ in range(_MAX_TOKEN_STEPS):
+        if g._finish(s) is not None:
+            return out
+        piece = _token_piece(g, s)
+        if piece is None:
+            return None
+        nxt = g.feed(s, piece)
+        if nxt is None:
+            return None
+        out, s = out + piece, nxt
+    return None
+
+
+def _first_ok(g: AbcGrammar, s: AbcState, candidates: list[str]) -> str | None:
+    """The first candidate that is legal from ``s`` and leaves a finishable or longer-lived state."""
+    for cand in candidates:
+        t = g.feed(s, cand)
+        if t is not None and (g._finish(t) is not None or t.mode != s.mode or t.buf != s.buf):
+            return cand
+    return None
+
+
+def _pitch(g: AbcGrammar, s: AbcState) -> str | None:
+    return _first_ok(g, s, list(PITCH_ORDER))
+
+
+def _token_piece(g: AbcGrammar, s: AbcState) -> str | None:
+    """One step toward finishing the token of ``s``."""
+    mode = s.mode
+    if mode in ("note", "rest", "clen", "gnote"):
+        texts = sorted((t for t in g._lengths if t.startswith(s.buf) and t != s.buf), key=lambda t: (len(t), t))
+        suffixes = [t[len(s.buf):] for t in texts]
+        if mode == "gnote":
+            suffixes = ["]" if s.field == "c" else "}"] + suffixes
+        for suffix in suffixes:
+            t = g.feed(s, suffix)
+            if t is not None and (g._finish(t) is not None or mode == "gnote"):
+                return suffix
+        return None
+    if mode in ("acc", "gacc", "paren"):
+        return _pitch(g, s)
+    if mode == "group":
+        return ("]" if s.field == "c" else "}") if s.count else _pitch(g, s)
+    if mode in ("quote", "bang"):
+        names = g._chord_names if mode == "quote" else g._decorations
+        rest = "" if names is None else names.completion(s.buf)
+        return None if rest is None else rest + ('"' if mode == "quote" else "!")
+    if mode == "bar":
+        texts = sorted((t for t in g._bars.values if t.startswith(s.buf) and t != s.buf), key=len)
+        return _first_ok(g, s, [t[len(s.buf):] for t in texts])
+    if mode == "tup":
+        return _first_ok(g, s, [t[len(s.buf):] for t in g._tuplet_ext.get(s.buf, []) if t != s.buf])
+    if mode == "lbr":
+        return _first_ok(g, s, ["|"] + [p + "]" for p in PITCH_ORDER])
+    if mode == "brk":
+        return _first_ok(g, s, ["z"] + list(PITCH_ORDER))
+    if mode == "fletter":
+        rest = _value_completion(g, s.replace(phase=BODY), s.buf, "")
+        return _first_ok(g, s, ([":" + rest + "\n"] if rest is not None else []) + list(PITCH_ORDER))
+    if mode == "value":
+        rest = _value_completion(g, s, s.field, s.buf)
+        return None if rest is None else rest + "\n"
+    if mode in ("text", "comment", "cont"):
+        return "\n"
+    if mode == "ilet":
+        return ":]"
+    if mode == "ival":
+        return "]"
+    return None
+
+
+# -- from a token boundary to the end ----------------------------------------------------------------
+def _note(g: AbcGrammar, s: AbcState, pitched: bool, fill: Fraction | None) -> str | None:
+    """One note (pitched) or rest, as close to ``fill`` (units of L) as possible and legal."""
+    start = _pitch(g, s) if pitched else "z"
+    if start is None:
+        return None
+    t = g.feed(s, start)
+    if t is None:
+        return None
+    texts = sorted(g._lengths, key=lambda x: (len(x), x))
+    if fill is not None:  # prefer the length that fills the bar
+        texts = [x for x in texts if g._lengths[x] == fill] + [x for x in texts if g._lengths[x] != fill]
+    for text in texts:
+        u = g.feed(t, text)
+        if u is not None and g._finish(u) is not None:
+            return start + text
+    return None
+
+
+def _fill(g: AbcGrammar, s: AbcState, pitched: bool) -> str | None:
+    """Notes that fill the rest of the bar exactly (one note in free meter)."""
+    out = ""
+    for _ in range(32):
+        t = g._finish(s)
+        if t is None:
+            return None
+        if t.bar_len is None:
+            if t.bar_notes and (t.any_note or not pitched):
+                return out
+            note = _note(g, s, pitched and not t.any_note, None)
+        else:
+            room = (t.bar_len - t.pos) / t.unit
+            if room == 0:
+                return out
+            best = max((v for v in g._lengths.values() if v <= room), default=None)
+            if best is None:
+                return None
+            note = _note(g, s, pitched and not t.any_note, best)
+        if note is None:
+            return None
+        nxt = g.feed(s, note)
+        if nxt is None:
+            return None
+        out, s = out + note, nxt
+    return None
+
+
+def _tails(g: AbcGrammar, s: AbcState) -> list[str]:
+    """Candidate endings from a finished-token state (each is verified by the caller)."""
+    t = g._finish(s)
+    if t is None:
+        return []
+    head = ""
+    # notes owed to an open tuplet, a decoration / chord symbol / grace group, or a broken rhythm
+    for _ in range(12):
+        t = g._finish(s)
+        if t is None or not (t.tuplet is not None or t.need_note or t.broken is not None):
+            break
+        note = _note(g, s, not t.any_note, None)
+        if note is None:
+            return []
+        head += note
+        s = g.feed(s, note)  # type: ignore[assignment]
+        if s is None:
+            return []
+    t = g._finish(s)
+    if t is None:
+        return []
+    closers = "" if g._lenient else ")" * t.slur
+    if closers:
+        s = g.feed(s, closers)  # type: ignore[assignment]
+        if s is None:
+            return []
+        head += closers
+    tails = []
+    for bar in ("|", "|]"):
+        tails.append(head + bar)  # a short bar that may end here, or an empty bar
+        filled = _fill(g, s, pitched=True)
+        if filled is not None:
+            tails.append(head + filled + bar)
+            u = g.feed(s, filled + bar)
+            # bars still needed (min_full_bars, a first pitched note)
+            for _ in range(g.config.min_full_bars + 1):
+                if u is None or g.is_final(u):
+                    break
+                more = _fill(g, u, pitched=True)
+                if more is None:
+                    break
+                tails.append(tails[-1] + more + bar)
+                u = g.feed(u, more + bar)
+    return tails
+
+
+__all__ = ["completion"]
