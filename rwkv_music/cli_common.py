@@ -83,7 +83,10 @@ output_options = combine(
 )
 midi_options = combine(
     click.option(
-        "--seconds", type=click.FloatRange(min=0, min_open=True), default=None, help="Target length in seconds."
+        "--seconds",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="Target length in seconds of the new music (after any prompt).",
     ),
     click.option(
         "--instruments", default=None, help="Comma-separated instruments: piano,violin,bass,drum,... (default any)."
@@ -110,20 +113,23 @@ def load(model: str | None, mode: str | None, backend: str, device: str, dtype: 
 
 
 class Progress:
-    """A tqdm bar on stderr for one batch of pieces (steps of the generation loop)."""
+    """A tqdm bar on stderr, created on first use (``--quiet`` runs never import tqdm).
 
-    def __init__(self, quiet: bool, desc: str) -> None:
+    Called as ``progress(done, total)`` with the absolute count done so far.
+    """
+
+    def __init__(self, quiet: bool, desc: str, unit: str = "tok", leave: bool = False) -> None:
         self.bar: Any = None
-        self.quiet, self.desc = quiet, desc
+        self.quiet, self.desc, self.unit, self.leave = quiet, desc, unit, leave
 
-    def __call__(self, step: int, total: int) -> None:
+    def __call__(self, done: int, total: int) -> None:
         if self.quiet:
             return
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=self.desc, unit="tok", file=sys.stderr, leave=False)
-        self.bar.update(step - self.bar.n)
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr, leave=self.leave)
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:

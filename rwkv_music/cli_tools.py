@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from rwkv_music.cli_common import (
     CONTEXT,
     DTYPES,
     PRESETS,
+    Progress,
     boundary,
     instruments_arg,
     load,
@@ -263,9 +263,14 @@ def render(
         if v is not None
     }
     settings = RenderSettings(samples_per_prompt, batch_size, seed, options, sampling, resume, force, max_samples)
-    bar = _bar(quiet, "render", "sample")
+    bar, done = Progress(quiet, "render", "sample", leave=True), [0]
+
+    def progress(n: int, todo: int, _tokens: int) -> None:
+        done[0] += n
+        bar(done[0], todo)
+
     try:
-        report = run(composer, source, out, settings, progress=lambda n, todo, tok: bar(n, todo))
+        report = run(composer, source, out, settings, progress=progress)
     finally:
         bar.close()
     s = report.stats
@@ -288,35 +293,15 @@ def _guess_mode(source: str) -> str:
 def _abc_to_midi(abc_dir: str, out: str, force: bool, quiet: bool) -> None:
     from rwkv_music.export.abc_to_midi import convert_folder
 
-    bar = _bar(quiet, "abc→midi", "file")
+    bar = Progress(quiet, "abc→midi", "file", leave=True)
     try:
-        report = convert_folder(abc_dir, out, force=force, progress=lambda n, total: bar(1, total))
+        report = convert_folder(abc_dir, out, force=force, progress=bar)
     finally:
         bar.close()
     click.echo(
         f"{out}: {report.written} written, {report.skipped} already there, {len(report.failed)} failed"
         + (f" (see {Path(out) / 'failed.txt'})" if report.failed else "")
     )
-
-
-class _bar:  # noqa: N801 - used like a function
-    """tqdm on stderr, created on first use so --quiet runs never import it."""
-
-    def __init__(self, quiet: bool, desc: str, unit: str) -> None:
-        self.quiet, self.desc, self.unit, self.tqdm = quiet, desc, unit, None
-
-    def __call__(self, n: int, total: int) -> None:
-        if self.quiet:
-            return
-        if self.tqdm is None:
-            from tqdm import tqdm
-
-            self.tqdm = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr, dynamic_ncols=True)
-        self.tqdm.update(n)
-
-    def close(self) -> None:
-        if self.tqdm is not None:
-            self.tqdm.close()
 
 
 @click.command(

@@ -208,9 +208,9 @@ def render(
     suffix = ".mid" if composer.mode == "midi" else ".abc"
     samples = plan(jobs, settings, suffix)
     out.mkdir(parents=True, exist_ok=True)
-    done = _prepare_output(
-        out, settings, {"input": str(Path(source).resolve()), "model": composer.model_info(), **settings.identity()}
-    )
+    info = composer.model_info()
+    model = {k: info[k] for k in ("version", "n_layer", "n_embd", "vocab_size")}  # not the path: files move
+    done = _prepare_output(out, settings, {"input": str(Path(source).resolve()), "model": model, **settings.identity()})
     todo = [s for s in samples if s.id not in done]
     if settings.max_samples is not None:
         todo = todo[: settings.max_samples]
@@ -247,7 +247,7 @@ def _prepare_output(out: Path, settings: RenderSettings, identity: dict[str, Any
         before = json.loads(settings_file.read_text(encoding="utf-8"))
         changed = sorted(
             k
-            for k in ("input", "samples_per_prompt", "seed", "options", "sampling")
+            for k in ("input", "model", "samples_per_prompt", "seed", "options", "sampling")
             if before.get(k) != identity.get(k)
         )
         if changed:

@@ -93,7 +93,8 @@ def test_shape_mismatch_names_key_expected_and_got(tmp_path):
     sd = random_checkpoint("5.1")
     sd["blocks.1.att.value.weight"] = torch.zeros(64, 32)
     path = _save(tmp_path / "bent.pth", sd)
-    _raises(CheckpointError, load_model, path, must_name=("bent.pth", "blocks.1.att.value.weight", "[64, 32]", "[64, 64]"))
+    _raises(CheckpointError, load_model, path,
+            must_name=("bent.pth", "blocks.1.att.value.weight", "[64, 32]", "[64, 64]"))
 
 
 def test_v7b_dea_checkpoint_is_unsupported(tmp_path):

@@ -161,6 +161,21 @@ def test_sequence_mode_equals_split_calls(split, models):
         torch.testing.assert_close(s_tail.tensors[key], t, rtol=0, atol=SEQ_RTOL * max(1.0, float(t.abs().max())))
 
 
+def test_long_input_runs_in_segments_with_the_same_result(models, monkeypatch):
+    _, config, weights = models("small")
+    tokens = torch.from_numpy(np.random.default_rng(5).integers(0, config.vocab_size, size=(2, 50)))
+    zero = State.zeros(config, 2, backend="torch")
+    whole, s_whole = v6.forward(weights, config, tokens, zero, True)
+    monkeypatch.setattr(v6, "MAX_POSITIONS", 2 * 16)  # segments of 16 tokens per row
+    parts, s_parts = v6.forward(weights, config, tokens, zero, True)
+    last, _ = v6.forward(weights, config, tokens, zero, False)
+    atol = SEQ_RTOL * float(whole.abs().max())
+    torch.testing.assert_close(parts, whole, rtol=0, atol=atol)
+    torch.testing.assert_close(last, whole[:, -1], rtol=0, atol=atol)
+    for key, t in s_whole.tensors.items():
+        torch.testing.assert_close(s_parts.tensors[key], t, rtol=0, atol=SEQ_RTOL * max(1.0, float(t.abs().max())))
+
+
 def test_forward_leaves_input_state_unchanged(models):
     _, config, weights = models("time_state")
     state = _start(weights, config, 2)

@@ -8,7 +8,10 @@ independent re-implementation of FORMATS.md A7 that the tests check against the 
 
 Graph design: **one token for a batch of B rows** (no loop layer exists in stock ncnn, so the
 runtime feeds a sequence token by token).  Every activation is ``[B, C]``; per-head work is
-``[B, H, N]`` / ``[B, H, N, N]``; B is read from the inputs at run time.  Layers used:
+``[B, H, N]`` / ``[B, H, N, N]``; B is read from the inputs at run time.  The embedding lookup
+is an Embed layer inside the graph (not numpy in the runtime), so the ``.bin`` is the only weight
+file, the table can be stored fp16 or 8-bit like the matrices, and v7a's per-layer DeepEmbed
+tables work the same way.  Layers used:
 Input, Embed (token → row, LN0 folded in; v7a's DeepEmbed table too), LayerNorm (ln1/ln2/ln_out
 and, without affine over each head's N values, the ln_x GroupNorm), InnerProduct (projections,
 head, LoRAs), BinaryOp / UnaryOp / Sigmoid / TanH / ReLU / Swish (elementwise math), MemoryData
@@ -21,9 +24,11 @@ Blobs: ``token`` (int32 ids, [B]); per layer i the state inputs ``in_<name>_<i>`
 S oriented as in state.py; ``logits`` [B, V]; ``out_all`` [B, V + Σ state sizes], the logits and
 every new state flattened per row and concatenated, so the runtime extracts one blob per step.
 
-Storage (``dtype``): "fp32"; "fp16" (the large matrices and embeddings tagged float16, about half
-the file); "int8" (8-bit codebook per large matrix, dequantised at load, see
-:mod:`rwkv_music.backends.ncnn_quant`; LoRAs stay fp32).  Biases, norms and constants are fp32.
+Storage (``dtype``): "fp32"; "fp16" (every matrix and embedding tagged float16, about half the
+file); "int8" (each large matrix divided by its per-row RMS and stored as an 8-bit codebook that
+ncnn expands at load, the row scales applied by a BinaryOp after the InnerProduct; embeddings get
+a codebook too; LoRAs stay fp32; see :mod:`rwkv_music.backends.ncnn_quant`).  Biases, norms and
+constants are always fp32.  Independently, ``load(..., fp16=True)`` runs with ncnn's fp16 storage.
 """
 
 from __future__ import annotations
@@ -201,6 +206,17 @@ def export(checkpoint: Any, out_prefix: str | os.PathLike, dtype: str = "fp32", 
 
     Returns:
         The path of the ``.param`` file (what ``load_model(..., backend="ncnn")`` takes).
+
+    >>> import pathlib, tempfile
+    >>> from rwkv_music.model.factory import save_random_checkpoint
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> param = export(save_random_checkpoint(tmp / "tiny.pth", "7"), tmp / "tiny")
+    >>> param.name, sorted(p.suffix for p in tmp.iterdir())
+    ('tiny.param', ['.bin', '.json', '.param', '.pth'])
+    >>> from rwkv_music.backends.ncnn import load
+    >>> logits, state = load(param, num_threads=1).forward([[2, 83, 58]])
+    >>> logits.shape, state.batch_size
+    ((1, 128), 1)
     """
     if dtype not in STORAGES:
         raise ValueError(f"dtype must be one of {', '.join(STORAGES)}, got {dtype!r}")

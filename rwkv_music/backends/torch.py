@@ -83,24 +83,27 @@ class TorchModel:
     # -- construction ----------------------------------------------------------------------
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Any], device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype = "fp32", source: str = "<state dict>",
-                        config: RWKVConfig | None = None) -> "TorchModel":
+                        dtype: str | torch.dtype = "fp32", source: str = "<state dict>") -> "TorchModel":
         """A model from a raw trainer state dict (name → tensor), checked like a file would be.
 
-        ``sd`` itself is not modified.  ``config`` skips re-inspection when the caller has just
-        checked ``sd`` (as :func:`load` does).
+        ``sd`` itself is not modified; ``source`` names it in error messages.
         """
         dev, dt = parse_device(device), parse_dtype(dtype)
-        sd = check_payload(sd, source)  # a shallow copy: prepare() may pop entries from it
-        if config is None:
-            config = inspect_state_dict(sd, source)
+        sd = check_payload(sd, source)  # a shallow copy, so the caller's dict is left alone
+        return cls._build(sd, inspect_state_dict(sd, source), dev, dt, source)
+
+    @classmethod
+    def _build(cls, sd: dict[str, Any], config: RWKVConfig, device: torch.device, dtype: torch.dtype,
+               source: str) -> "TorchModel":
+        """Prepare a checked state dict that this call owns: entries are popped as they are converted,
+        so peak memory stays near one copy of the model."""
         module = registry.get_module(config.version)
-        initial_kv = _pop_time_state(sd, config, dev)
+        initial_kv = _pop_time_state(sd, config, device)
         with torch.no_grad():
-            weights = module.prepare(sd, config, dt, dev)
+            weights = module.prepare(sd, config, dtype, device)
         log.info("%s: RWKV v%s, %d layers x %d, %s on %s", source, config.version, config.n_layer,
-                 config.n_embd, str(dt).removeprefix("torch."), dev)
-        return cls(config, weights, module, dev, dt, source, initial_kv)
+                 config.n_embd, str(dtype).removeprefix("torch."), device)
+        return cls(config, weights, module, device, dtype, source, initial_kv)
 
     @property
     def info(self) -> RWKVConfig:
@@ -178,6 +181,6 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str
     """
     if kwargs:
         raise TypeError(f"load() got unexpected keyword arguments: {', '.join(sorted(kwargs))}")
-    dev, dt = parse_device(device), parse_dtype(dtype)
+    dev, dt = parse_device(device), parse_dtype(dtype)  # argument errors before the slow read
     sd, config, source = load_state_dict(path)
-    return TorchModel.from_state_dict(sd, dev, dt, source=source, config=config)
+    return TorchModel._build(sd, config, dev, dt, source)

@@ -178,7 +178,8 @@ def _att_shapes(ver: ModelVersion, C: int, A: int, H: int, N: int, lora: Mapping
         mix = {"time_mix_k": (C,), "time_mix_v": (C,), "time_mix_r": (C,)}
         return {**mix, "time_decay": (A,), "time_first": (A,), **mats}, {}
     if ver.family == 5:
-        out = {"time_mix_k": (C,), "time_mix_v": (C,), "time_mix_r": (C,), **mats, "ln_x.weight": (A,), "ln_x.bias": (A,)}
+        out = {"time_mix_k": (C,), "time_mix_v": (C,), "time_mix_r": (C,), **mats,
+               "ln_x.weight": (A,), "ln_x.bias": (A,)}
         if ver == "5.2":
             out.update({"time_decay": (H, N), "time_faaaa": (H, N)})
         else:

@@ -44,6 +44,7 @@ from rwkv_music.model.ops import GN_EPS, LN_EPS, token_shift
 from rwkv_music.model.state import State
 
 VERSIONS: tuple[str, ...] = ("7", "7a")
+MAX_POSITIONS = 4096  # B·T positions per pass (≈ 0.4 GB of fp32 activations at C = 768)
 DECAY_SCALE = math.exp(-0.5)  # A7 step 7: w = exp(-e^{-1/2}·σ(w0 + w_raw)) ∈ (0.545, 1)
 CHUNK_LEN = 32  # sequence-mode WKV chunk; 1/W_L stays ≤ 2.7e8 (module docstring)
 SEMB_SIDE = 32  # DeepEmbed rows are viewed as 32×32 matrices (A3, v7a row)
@@ -172,8 +173,24 @@ def forward(
 ) -> tuple[torch.Tensor, State]:
     """Run ``tokens`` [B, T] from ``state`` (not mutated): float32 logits [B, V] (or [B, T, V]) and a new State.
 
-    Activations are kept as ``[B·T, C]`` (``[B, C]`` when T == 1) so every projection is one matmul.
+    Long inputs run in segments of at most ``MAX_POSITIONS`` positions (B·T) with the state
+    carried between them, which bounds the activation memory and gives the same result (A11).
     """
+    B, T = tokens.shape
+    step = max(1, MAX_POSITIONS // B)
+    if T <= step:
+        return _forward(weights, config, tokens, state, all_logits)
+    parts = []
+    for t0 in range(0, T, step):
+        logits, state = _forward(weights, config, tokens[:, t0 : t0 + step], state, all_logits)
+        parts.append(logits)
+    return (torch.cat(parts, dim=1) if all_logits else logits), state
+
+
+def _forward(
+    weights: V7Weights, config: RWKVConfig, tokens: torch.Tensor, state: State, all_logits: bool
+) -> tuple[torch.Tensor, State]:
+    """One pass over all of ``tokens``; activations are ``[B·T, C]`` (``[B, C]`` when T == 1)."""
     B, T = tokens.shape
     C, dtype = config.n_embd, weights.dtype
     flat_tokens = tokens.reshape(-1)

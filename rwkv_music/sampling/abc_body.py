@@ -114,8 +114,8 @@ class BodyRules(TimingRules):
         return s.replace(mode="lbr", after_note=False, line_start=False)
 
     def _i_paren(self, s: AbcState, c: str) -> AbcState | None:
-        if not self._lenient and not self._music_ok(s):
-            return None
+        if not self._lenient and (not self._music_ok(s) or s.slur >= self.config.max_slur_depth):
+            return None  # strict: "(" must be able to open a slur (a tuplet may not be possible)
         return s.replace(mode="paren", after_note=False, line_start=False)
 
     def _i_close_slur(self, s: AbcState, c: str) -> AbcState | None:

@@ -169,8 +169,9 @@ class TimingRules:
             off_grid = not self._lenient and (pos / self._grid(s)).denominator != 1
             if s.nkind == 2 and off_grid:
                 return None
-            if s.nkind == 1 and tup is not None and tup[2] == 0 and off_grid:
-                return None
+            if s.nkind == 1 and tup is not None and not self._lenient:
+                if (off_grid if tup[2] == 0 else not self._tuplet_ok(s, (self._lengths[text],))):
+                    return None  # the tuplet could no longer end on the grid in this bar
         if s.nkind == 1 and tup is not None and tup[2] == 0:
             tup = None
         return s.replace(mode="idle", buf="", case="", count=0, pitch=0, nfac=ZERO, nkind=0, pos=pos, last=dur,
