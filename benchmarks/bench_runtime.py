@@ -41,6 +41,15 @@ BATCH_TARGET = 10.0  # batch-32 aggregate decode over the package's single strea
 # -- worker (runs in a subprocess) ---------------------------------------------------------
 
 def _peak_rss_mb() -> float:
+    """High-water resident set of this process (VmHWM; ru_maxrss would include the parent's, Linux
+    keeps it across fork/exec)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rwkv_music.errors import AbcFormatError, BackendUnavailable, RwkvMusicError, StateError
+from rwkv_music.errors import AbcFormatError, BackendUnavailable, MidiFormatError, RwkvMusicError, StateError
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,9 @@ def midi_body_ids(tokenizer: Any, text: str) -> list[int]:
 def midi_file_ids(tokenizer: Any, path: str | os.PathLike) -> list[int]:
     """Ids of the notes and waits of a MIDI file (markers dropped); MidiFormatError if unreadable."""
     if not Path(path).is_file():
-        from rwkv_music.errors import MidiFormatError
-
         raise MidiFormatError(f"{path}: no such MIDI file")
     ids = [t for t in tokenizer.midi_to_ids(path) if t not in MIDI_SPECIALS]
     if not ids:
-        from rwkv_music.errors import MidiFormatError
-
         raise MidiFormatError(f"{path}: the MIDI file has no notes to continue")
     return ids
 

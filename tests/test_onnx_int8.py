@@ -11,7 +11,7 @@ import pytest
 from onnx_support import export_cached, tokens
 
 # Random 2-layer models amplify weight noise far more than trained ones; measured max |Δlogit|
-# 0.07–0.30 (logit scale ≈ 7) and ≥ 95 % top-1 agreement over 72 positions.
+# 0.07–0.38 (logit scale ≈ 7) and ≥ 97 % top-1 agreement over 72 positions.
 INT8_TOL = 0.5
 INT8_TOP1 = 0.9
 

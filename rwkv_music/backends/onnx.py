@@ -13,9 +13,14 @@ Graph interface (see :mod:`rwkv_music.backends.onnx_export` for the design):
 * outputs: ``logits`` float32 [batch, V] (last position); ``all_logits`` float32 [batch, time, V]
   (empty unless requested); ``new_state_<name>``.
 
->>> import rwkv_music  # doctest: +SKIP
->>> model = rwkv_music.load_model("abc.onnx", backend="onnx")  # doctest: +SKIP
->>> logits, state = model.forward([[2, 83, 58]])  # doctest: +SKIP
+>>> import pathlib, tempfile
+>>> from rwkv_music.model.factory import save_random_checkpoint
+>>> tmp = pathlib.Path(tempfile.mkdtemp())
+>>> graph = export(save_random_checkpoint(tmp / "tiny.pth", "7"), tmp / "tiny.onnx")
+>>> model = load(graph)  # or rwkv_music.load_model(graph, backend="onnx")
+>>> logits, state = model.forward([[2, 83, 58]])
+>>> logits.shape, state.tensors["att_kv"].shape
+((1, 128), (2, 1, 2, 32, 32))
 """
 
 from __future__ import annotations

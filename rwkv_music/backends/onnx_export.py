@@ -21,7 +21,14 @@ Inputs: ``tokens`` int64 [batch, time]; ``state_<name>`` for each :class:`~rwkv_
 tensor (``att_x``, ``att_kv``, ``ffn_x``; v4: ``att_x``, ``att_a``, ``att_b``, ``att_p``, ``ffn_x``)
 with the same shapes and orientation as state.py ([L,B,...]); ``return_all_logits`` bool [].
 Outputs: ``logits``, ``all_logits``, ``new_state_<name>``.  The shift states use the graph dtype
-(fp16 graphs: float16), the WKV state is always float32.
+(fp16 graphs: float16), the WKV state is always float32.  Files: ``OUT.onnx``, the sidecar
+``OUT.onnx.json`` (format, version, config, vocab size, tokenizer kind, dtype, quantization, and
+every input/output with its dtype and shape), ``OUT.onnx.data`` with external weights, and for
+state-tuned v6 checkpoints ``OUT.onnx.state.npz`` holding the initial state (``time_state``).
+
+Measured (random 2-layer models, every version): fp32 logits within 6e-6 of the rwkv package and
+1e-4 of the torch backend; fp16 graphs within 1.1e-2 of fp32 (onnxruntime CPU; the CUDA EP is
+untested here).
 """
 
 from __future__ import annotations
