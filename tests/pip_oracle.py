@@ -31,7 +31,9 @@ def _family(version: str) -> str:
 def _setup_env(family: str) -> None:
     os.environ["RWKV_JIT_ON"] = "1"
     os.environ["RWKV_CUDA_ON"] = "0"
-    os.environ["RWKV_RESCALE_LAYER"] = "999"  # music models run without the fp16 rescale (A10)
+    # Music models run without the fp16 rescale (A10).  For "cpu fp32" the package's default is
+    # already 0 (off); 999 keeps fp16/bf16 strategies comparable too.
+    os.environ["RWKV_RESCALE_LAYER"] = "999"
     if family in ("7", "7a"):
         os.environ["RWKV_V7_ON"] = "1"
     if family == "7a":

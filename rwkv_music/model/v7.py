@@ -8,10 +8,11 @@ per-head state is ``S[value i, key j]`` (A8) and always fp32, as is the decay (A
 
 Fusions (why: one token step is dozens of tiny ops, so op count is the cost at batch 1):
 
-* the six token-shift mixes are one ``lerp`` against a stacked ``[6, 1, C]`` mix (order r k v w a g);
-* receptance/key/value are one ``bmm`` with ``[3, C, C]``; the four LoRA inputs (v w a g) are one
-  ``bmm`` with zero-padded ``[4, C, D]`` and ``[4, D, C]`` (padding adds exact zeros);
-* the state step is ``S·diag(w)`` plus two rank-1 ``baddbmm`` updates (no N×N×N matmul).
+* the six token-shift mixes are one ``lerp`` against a stacked ``[6, 1, C]`` mix (order r k v a w g);
+* receptance/key/value are one ``bmm`` with ``[3, C, C]``; the four LoRAs (v a w g) are one ``bmm``
+  each way with zero-padded ``[4, C, D]`` / ``[4, D, C]`` (padding adds exact zeros), and one
+  in-place tanh serves w and g because σ(x)·g2 = tanh(x/2)·(g2/2) + Σ(g2)/2 (folded at load);
+* the state step is ``S·diag(w)`` plus two in-place rank-1 updates (no N×N×N matmul).
 
 Chunked WKV (sequence mode).  Per head, with ``z_t = -S_{t-1}·kk_t`` and ``b = kk ⊙ a`` (A7 step 8):
 ``S_t = S_{t-1}·diag(w_t) + z_t b_tᵀ + v_t k_tᵀ``.  Inside a chunk of L tokens with start state S₀
@@ -23,8 +24,8 @@ with ``b̃ = b / W``, ``k̃ = k / W``.  So, with ``q_t = kk_t ⊙ W_{t-1}`` and 
 * ``Y = (P - A_b G) S₀ᵀ + A_b Z_v + A_k V`` with lower-inclusive ``A_b = P b̃ᵀ``, ``A_k = P k̃ᵀ``;
 * ``S_L = S₀ (diag(W_L) - Gᵀ B̂) + Z_vᵀ B̂ + Vᵀ K̂`` with ``B̂ = b ⊙ W_L/W``, ``K̂ = k ⊙ W_L/W``.
 
-Everything except the last line's S₀ products is computed for all chunks at once; only
-``S_{c+1} = S_c T_c + U_c`` (one ``baddbmm``) loops over chunks.  Safety: w ≥ exp(-e^{-1/2}) ≈ 0.545
+Everything without S₀ is computed for all chunks at once; only ``S_{c+1} = S_c T_c + U_c`` (one
+``baddbmm``) loops over chunks, and Y's S₀ term is one batched matmul afterwards.  Safety: w ≥ exp(-e^{-1/2}) ≈ 0.545
 (A7 step 7), so 1/W ≤ e^{0.607·L} ≈ 2.7e8 for L = 32, far inside fp32; the large factors only meet
 small ones (every unmasked product equals a ratio W_t/W_s ≤ 1 of the true recurrence).
 """

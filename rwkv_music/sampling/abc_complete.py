@@ -11,7 +11,6 @@ including eos).  It is short, not guaranteed minimal.
 
 from __future__ import annotations
 
-from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from rwkv_music.sampling.abc_state import BODY, AbcState
@@ -41,13 +40,11 @@ def completion(g: AbcGrammar, s: AbcState) -> str | None:
     after = g.feed(s, token)
     if after is None:
         return None
-    best: str | None = None
     for tail in _tails(g, after):
-        for sep in ("", " "):
-            end = g.feed(after, sep + tail)
-            if end is not None and g.is_final(end) and (best is None or len(sep + tail) < len(best)):
-                best = sep + tail
-    return None if best is None else head + token + best
+        end = g.feed(after, tail)
+        if end is not None and g.is_final(end):
+            return head + token + tail
+    return None
 
 
 # -- header --------------------------------------------------------------------------------------
@@ -167,96 +164,64 @@ def _token_piece(g: AbcGrammar, s: AbcState) -> str | None:
 
 
 # -- from a token boundary to the end ----------------------------------------------------------------
-def _note(g: AbcGrammar, s: AbcState, pitched: bool, fill: Fraction | None) -> str | None:
-    """One note (pitched) or rest, as close to ``fill`` (units of L) as possible and legal."""
+def _note(g: AbcGrammar, s: AbcState, pitched: bool) -> str | None:
+    """One legal note (pitched) or rest from ``s``, with the shortest legal length."""
     start = _pitch(g, s) if pitched else "z"
-    if start is None:
-        return None
-    t = g.feed(s, start)
+    t = g.feed(s, start) if start is not None else None
     if t is None:
         return None
-    texts = sorted(g._lengths, key=lambda x: (len(x), x))
-    if fill is not None:  # prefer the length that fills the bar
-        texts = [x for x in texts if g._lengths[x] == fill] + [x for x in texts if g._lengths[x] != fill]
-    for text in texts:
+    for text, _ in g._length_choices:
         u = g.feed(t, text)
         if u is not None and g._finish(u) is not None:
-            return start + text
+            return start + text  # type: ignore[operator]
     return None
 
 
-def _fill(g: AbcGrammar, s: AbcState, pitched: bool) -> str | None:
-    """Notes that fill the rest of the bar exactly (one note in free meter)."""
-    out = ""
-    for _ in range(32):
-        t = g._finish(s)
-        if t is None:
-            return None
-        if t.bar_len is None:
-            if t.bar_notes and (t.any_note or not pitched):
-                return out
-            note = _note(g, s, pitched and not t.any_note, None)
-        else:
-            room = (t.bar_len - t.pos) / t.unit
-            if room == 0:
-                return out
-            best = max((v for v in g._lengths.values() if v <= room), default=None)
-            if best is None:
-                return None
-            note = _note(g, s, pitched and not t.any_note, best)
-        if note is None:
-            return None
-        nxt = g.feed(s, note)
-        if nxt is None:
-            return None
-        out, s = out + note, nxt
-    return None
+def _fill(g: AbcGrammar, t: AbcState, pitch: str) -> str:
+    """Plain notes filling the rest of the bar of the finished state ``t`` (greedy, longest first)."""
+    first = pitch if not t.any_note else "z"
+    if t.bar_len is None:
+        return "" if t.bar_notes and t.any_note else first
+    room = (t.bar_len - t.pos) / t.unit
+    out = []
+    for text, value in reversed(g._length_choices_by_value):
+        while value <= room:
+            out.append((first if not out else "z") + text)
+            room -= value
+    return "".join(out)
 
 
 def _tails(g: AbcGrammar, s: AbcState) -> list[str]:
-    """Candidate endings from a finished-token state (each is verified by the caller)."""
-    t = g._finish(s)
-    if t is None:
-        return []
-    head = ""
-    # notes owed to an open tuplet, a decoration / chord symbol / grace group, or a broken rhythm
+    """Candidate endings from ``s`` (token complete), shortest first; each is checked by the caller.
+
+    Notes owed to an open tuplet, a decoration / chord symbol / grace group or a broken rhythm
+    come first, then slurs close, then the bar is ended: by a bar line alone (a short bar that
+    may end, an empty bar), by ``|]`` (a section line may end a short bar), or filled; then more
+    full bars while ``min_full_bars`` or a first pitched note is still missing.
+    """
+    head = " " if s.mode == "bar" else ""  # a bar line being read would swallow the next "|"
     for _ in range(12):
         t = g._finish(s)
         if t is None or not (t.tuplet is not None or t.need_note or t.broken is not None):
             break
-        note = _note(g, s, not t.any_note, None)
-        if note is None:
-            return []
-        head += note
-        s = g.feed(s, note)  # type: ignore[assignment]
+        note = _note(g, s, not t.any_note)
+        s = g.feed(s, note) if note is not None else None  # type: ignore[assignment]
         if s is None:
             return []
+        head += note  # type: ignore[operator]
     t = g._finish(s)
     if t is None:
         return []
-    closers = "" if g._lenient else ")" * t.slur
-    if closers:
-        s = g.feed(s, closers)  # type: ignore[assignment]
-        if s is None:
-            return []
-        head += closers
-    tails = []
-    for bar in ("|", "|]"):
-        tails.append(head + bar)  # a short bar that may end here, or an empty bar
-        filled = _fill(g, s, pitched=True)
-        if filled is not None:
-            tails.append(head + filled + bar)
-            u = g.feed(s, filled + bar)
-            # bars still needed (min_full_bars, a first pitched note)
-            for _ in range(g.config.min_full_bars + 1):
-                if u is None or g.is_final(u):
-                    break
-                more = _fill(g, u, pitched=True)
-                if more is None:
-                    break
-                tails.append(tails[-1] + more + bar)
-                u = g.feed(u, more + bar)
-    return tails
+    head += "" if g._lenient else ")" * t.slur
+    pitch = _pitch(g, t) or "z"
+    tails = [head + "|", head + "|]", head + _fill(g, t, pitch) + "|"]
+    after = g.feed(s, tails[-1])
+    start = g._finish(after) if after is not None else None
+    if start is not None and start.phase == BODY:
+        bar = _fill(g, start, pitch) + "|"  # a whole bar: ``start`` is at a bar line
+        for _ in range(g.config.min_full_bars + 1):
+            tails.append(tails[-1] + bar)
+    return sorted(tails, key=len)
 
 
 __all__ = ["completion"]

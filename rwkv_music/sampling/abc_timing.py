@@ -47,6 +47,12 @@ class TimingRules:
             for i in range(len(text) + 1):
                 ext.setdefault(text[:i], set()).add(value)
         self._length_ext = {p: tuple(sorted(v)) for p, v in ext.items()}
+        best: dict[Fraction, str] = {}
+        for text in sorted(lengths, key=lambda x: (len(x), x)):
+            best.setdefault(lengths[text], text)
+        # one suffix per value (the shortest): by text length, and by value
+        self._length_choices = sorted(((t, v) for v, t in best.items()), key=lambda tv: (len(tv[0]), tv[1]))
+        self._length_choices_by_value = sorted(self._length_choices, key=lambda tv: tv[1])
         self._grain = min(lengths.values())
         values = set(lengths.values())
         run = 1
