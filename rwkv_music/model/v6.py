@@ -82,7 +82,7 @@ class V6Weights:
 
 def _key(sd: dict[str, torch.Tensor], name: str) -> torch.Tensor:
     try:
-        return sd[name].detach().float()
+        return sd[name].detach().to(device="cpu", dtype=torch.float32)  # rewrites run on the host in fp32
     except KeyError:
         raise CheckpointError(f"checkpoint: missing key {name!r} needed by RWKV v6") from None
 

@@ -93,7 +93,7 @@ class V7Weights:
 
 def _key(sd: dict[str, torch.Tensor], name: str, version: str) -> torch.Tensor:
     try:
-        return sd[name].detach().float()
+        return sd[name].detach().to(device="cpu", dtype=torch.float32)  # rewrites run on the host in fp32
     except KeyError:
         raise CheckpointError(f"checkpoint: missing key {name!r} needed by RWKV v{version}") from None
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 PITCHES = "CDEFGABcdefgab"
 NATURAL = {"C": 60, "D": 62, "E": 64, "F": 65, "G": 67, "A": 69, "B": 71}
+NATURAL_UPPER = {p: p for p in NATURAL.values()}  # MIDI of an upper-case letter without octave marks
 ACCIDENTALS = "^_="
 LENGTH_CHARS = frozenset("0123456789/")
 LEFT_FACTOR = {">": Fraction(3, 2), ">>": Fraction(7, 4), ">>>": Fraction(15, 8),
@@ -70,7 +71,9 @@ class BodyRules(TimingRules):
         if s.line_start and c in self._body_fields and (c not in "ML" or self._lenient or self._bar_start(s)):
             return s.replace(mode="fletter", buf=c, line_start=False)
         if c in self.config.decorations:
-            return self._prefix(s)
+            t = self._prefix(s)
+            # music21 reads "~" and "T" as the start of a note: in strict mode the note follows at once
+            return t.replace(mode="deco") if t is not None and c in "~T" and not self._lenient else t
         handler = self._idle_chars.get(c)
         return handler(s, c) if handler is not None else None
 
@@ -211,11 +214,20 @@ class BodyRules(TimingRules):
             return self._inner_pitch(s.replace(mode="group"), c)
         return self._pitch(s, c, "note")
 
+    def _b_deco(self, s: AbcState, c: str) -> AbcState | None:
+        """After ``~`` / ``T``: the note itself (music21 would read ``~.`` or ``T!`` as a note)."""
+        if c in PITCHES or c in ACCIDENTALS or c == "z":
+            return self._note_start(s.replace(mode="idle"), c)
+        return None
+
     def _b_note(self, s: AbcState, c: str) -> AbcState | None:
         """A pitched note: octave marks, then its length; anything else ends it."""
         if c in "',":
             return self._octave_mark(s, c)
-        return self._b_length(s, c, pitched=True)
+        t = self._b_length(s, c, pitched=True)
+        if c == ":" and t is not None and s.case == "u" and not s.buf and s.pitch == NATURAL_UPPER.get(s.pitch):
+            return t.replace(field="u")  # "A::" would be a field line "A:" to music21; see _b_bar
+        return t
 
     def _b_rest(self, s: AbcState, c: str) -> AbcState | None:
         return self._b_length(s, c, pitched=False)
@@ -366,6 +378,8 @@ class BodyRules(TimingRules):
     # -- bar lines and field lines --------------------------------------------------------------
     def _b_bar(self, s: AbcState, c: str) -> AbcState | None:
         text = s.buf + c
+        if text == "::" and s.field == "u" and not self._lenient:
+            return None
         if self._bars.is_prefix(text):
             return s.replace(buf=text)
         done = self._finished(s)

@@ -131,7 +131,7 @@ def _token_piece(g: AbcGrammar, s: AbcState) -> str | None:
             if t is not None and (g._finish(t) is not None or mode == "gnote"):
                 return suffix
         return None
-    if mode in ("acc", "gacc", "paren"):
+    if mode in ("acc", "gacc", "paren", "deco"):
         return _pitch(g, s)
     if mode == "group":
         return ("]" if s.field == "c" else "}") if s.count else _pitch(g, s)

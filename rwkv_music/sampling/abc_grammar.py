@@ -15,8 +15,8 @@ control codes               ``S:n`` (1-8, first), ``B:n`` (1-32), ``E:n`` (0-10)
                             before any header field
 ``X:``                      ``X:digits`` first among header fields (optional/required/forbidden)
 header fields               ``T C O A N Z R D H G F S B W`` free text; ``Q:bpm`` / ``Q:1/4=bpm``
-                            (40-240); ``M:`` ``C`` ``C|`` ``n/d`` (n <= 12, d in 1..16) ``none``;
-                            ``L:1/1`` .. ``L:1/64``; ``K:`` tonic ``[A-G][#b]?`` + ``m min maj
+                            (40-240); ``M:`` ``C`` ``C|`` ``n/d`` (n <= 12, d in 2..16) ``none``;
+                            ``L:1/4`` .. ``L:1/32``; ``K:`` tonic ``[A-G][#b]?`` + ``m min maj
                             mix dor phr lyd loc aeo ion`` (<= 7 sharps/flats), ``HP``, ``Hp``,
                             ``none``; one optional space after ``:``; M and L once each; ``K:``
                             last, and only after ``M:`` or ``L:`` (music21 needs one to time notes)
@@ -115,8 +115,9 @@ class AbcGrammar(HeaderRules, BodyRules):
         cfg = config if config is not None else AbcGrammarConfig()
         self.config = cfg
         self._lenient = cfg.lenient
-        self._meters = ValueSet([cfg.meter] if cfg.meter else meter_values(cfg.max_meter_numerator, cfg.free_meter))
-        self._units = ValueSet([cfg.unit] if cfg.unit else unit_values())
+        meters = meter_values(cfg.max_meter_numerator, cfg.free_meter, cfg.meter_denominators)
+        self._meters = ValueSet([cfg.meter] if cfg.meter else meters)
+        self._units = ValueSet([cfg.unit] if cfg.unit else unit_values(cfg.unit_denominators))
         self._keys = ValueSet([cfg.key] if cfg.key else key_values(cfg.lenient))
         self._tempos = ValueSet(tempo_values())
         self._controls = {letter: ValueSet(control_values(letter)) for letter in "SBE"}
@@ -131,7 +132,7 @@ class AbcGrammar(HeaderRules, BodyRules):
             "text": self._h_text, "comment": self._h_comment,
         }  # fmt: skip
         body: dict[str, Handler] = {
-            "idle": self._b_idle, "acc": self._b_acc, "note": self._b_note, "rest": self._b_rest,
+            "idle": self._b_idle, "deco": self._b_deco, "acc": self._b_acc, "note": self._b_note, "rest": self._b_rest,
             "clen": self._b_chord_length, "mrest": self._b_multirest, "lbr": self._b_bracket,
             "group": self._b_group, "gacc": self._b_acc, "gnote": self._b_inner_note,
             "quote": self._b_quote, "bang": self._b_bang, "paren": self._b_paren, "tup": self._b_tuplet,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, NamedTuple
 
-from rwkv_music.errors import ConstraintError
+from rwkv_music.sampling.base import SamplingValueError
 
 CONTROL, HEADER, BODY = 0, 1, 2  # phases: control-code block, header fields, tune body
 
@@ -32,7 +32,8 @@ class AbcGrammarConfig:
         body_fields: letters of field lines allowed inside the body (``K:``, ``M:``, ``L:``).
         comments: allow ``%`` comment lines and trailing comments.
         free_meter: allow ``M:none`` (no bar checks).
-        max_meter_numerator: largest ``n`` of ``M:n/d``.
+        max_meter_numerator, meter_denominators: the ``n/d`` meters allowed (plus ``C``, ``C|``).
+        unit_denominators: the ``L:1/d`` unit lengths allowed.
         max_length_numerator: largest numerator of a note length (``A16``).
         length_denominators: denominators of note lengths (``A3/2``, ``A/4``).
         chord_symbols: ``"chords"`` (quoted chord symbols such as ``"Am7/G"``), ``"any"`` (any
@@ -64,6 +65,8 @@ class AbcGrammarConfig:
     comments: bool = False
     free_meter: bool = True
     max_meter_numerator: int = 12
+    meter_denominators: tuple[int, ...] = (2, 4, 8, 16)
+    unit_denominators: tuple[int, ...] = (4, 8, 16, 32)
     max_length_numerator: int = 16
     length_denominators: tuple[int, ...] = (2, 4, 8, 16)
     chord_symbols: str = "chords"
@@ -87,8 +90,8 @@ class AbcGrammarConfig:
     lenient: bool = False
 
     def __post_init__(self) -> None:
-        def bad(name: str, expected: str) -> ConstraintError:
-            return ConstraintError(f"AbcGrammarConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+        def bad(name: str, expected: str) -> SamplingValueError:
+            return SamplingValueError(f"AbcGrammarConfig.{name} must be {expected}, got {getattr(self, name)!r}")
 
         if self.x_field not in ("optional", "required", "forbidden"):
             raise bad("x_field", "'optional', 'required' or 'forbidden'")
@@ -100,8 +103,12 @@ class AbcGrammarConfig:
         for name in ("max_slur_depth", "max_octave_marks", "min_full_bars"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise bad(name, "an integer >= 0")
-        if any(d not in (2, 4, 8, 16, 32, 64) for d in self.length_denominators):
+        if not self.length_denominators or any(d not in (2, 4, 8, 16, 32, 64) for d in self.length_denominators):
             raise bad("length_denominators", "powers of two between 2 and 64")
+        if not self.meter_denominators or any(d not in (1, 2, 4, 8, 16) for d in self.meter_denominators):
+            raise bad("meter_denominators", "powers of two between 1 and 16")
+        if not self.unit_denominators or any(d not in (1, 2, 4, 8, 16, 32, 64) for d in self.unit_denominators):
+            raise bad("unit_denominators", "powers of two between 1 and 64")
         if set(self.decorations) - set("~.HLMOPSTuvJRk"):
             raise bad("decorations", "characters from '~.HLMOPSTuvJRk'")
         if self.pitch_range is not None:
@@ -125,7 +132,8 @@ class AbcGrammarConfig:
         """
         base: dict[str, Any] = dict(
             text_fields="ABCDFGHINOPRSTUVWZmrsw", body_fields="KMLPTWwNQRVIU", comments=True,
-            max_meter_numerator=16, max_length_numerator=128, length_denominators=(2, 4, 8, 16, 32, 64),
+            max_meter_numerator=16, meter_denominators=(1, 2, 4, 8, 16), unit_denominators=(1, 2, 4, 8, 16, 32, 64),
+            max_length_numerator=128, length_denominators=(2, 4, 8, 16, 32, 64),
             chord_symbols="any", decorations="~.HLMOPSTuvJRk", max_chord_notes=8, max_grace_notes=16,
             max_slur_depth=8, max_octave_marks=4, pair_short_bars=False, min_full_bars=0,
             control_codes=False, lenient=True,
@@ -139,7 +147,7 @@ class AbcGrammarConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AbcGrammarConfig":
         data = dict(data)
-        for name in ("length_denominators", "pitch_range"):
+        for name in ("length_denominators", "meter_denominators", "unit_denominators", "pitch_range"):
             if data.get(name) is not None:
                 data[name] = tuple(data[name])
         return cls(**data)

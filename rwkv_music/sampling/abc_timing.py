@@ -26,6 +26,14 @@ if TYPE_CHECKING:
     from rwkv_music.sampling.abc_state import AbcGrammarConfig
 
 
+def _simple(value: Fraction) -> bool:
+    """A length of one notehead with at most three dots: 2**k * (1, 3, 7 or 15)."""
+    odd = value.numerator
+    while odd % 2 == 0:
+        odd //= 2
+    return odd in (1, 3, 7, 15)
+
+
 class TimingRules:
     """Durations, the grid lookahead and the bar-line rules."""
 
@@ -35,11 +43,12 @@ class TimingRules:
     _length_set: ValueSet
     _length_ext: dict[str, tuple[Fraction, ...]]  # prefix -> sorted values of its completions
     _grain: Fraction  # shortest length, units of L
-    _run: int  # lengths grain, 2*grain, ..., run*grain all exist (tuplet lookahead)
+    _run: int  # tuplet-note lengths grain, 2*grain, ..., run*grain all exist (tuplet lookahead)
     _pitch_bounds: tuple[int, int]
 
     def _init_timing(self, lengths: dict[str, Fraction]) -> None:
         self._timing_memo: tuple[AbcState | None, AbcState | None] = (None, None)  # a cache only
+        self._grain_memo: dict[tuple[Fraction, ...], tuple[int, ...]] = {}  # bounded: one per length prefix
         self._lengths = lengths
         self._length_set = ValueSet(lengths)
         ext: dict[str, set[Fraction]] = {}
@@ -47,6 +56,9 @@ class TimingRules:
             for i in range(len(text) + 1):
                 ext.setdefault(text[:i], set()).add(value)
         self._length_ext = {p: tuple(sorted(v)) for p, v in ext.items()}
+        # music21 cannot put a tuplet on a note of "complex" length (5/8: a tied note), so tuplet
+        # notes take one notehead with up to three dots: 2**k * (1, 3, 7 or 15)
+        self._simple_ext = {p: tuple(v for v in values if _simple(v)) for p, values in self._length_ext.items()}
         best: dict[Fraction, str] = {}
         for text in sorted(lengths, key=lambda x: (len(x), x)):
             best.setdefault(lengths[text], text)
@@ -54,9 +66,9 @@ class TimingRules:
         self._length_choices = sorted(((t, v) for v, t in best.items()), key=lambda tv: (len(tv[0]), tv[1]))
         self._length_choices_by_value = sorted(self._length_choices, key=lambda tv: tv[1])
         self._grain = min(lengths.values())
-        values = set(lengths.values())
+        simple = {v for v in lengths.values() if _simple(v)}
         run = 1
-        while self._grain * (run + 1) in values:
+        while self._grain * (run + 1) in simple:
             run += 1
         self._run = run
 
@@ -102,27 +114,28 @@ class TimingRules:
             return s.pos + ext[0] * s.nfac <= s.bar_len
         if s.nkind == 2:
             return self._broken_right_ok(s, ext)
-        return self._tuplet_ok(s, ext)
+        return self._tuplet_ok(s, self._simple_ext[text])
 
     def _tuplet_ok(self, s: AbcState, ext: tuple[Fraction, ...]) -> bool:
         """A tuplet note of length in ``ext``, then ``left`` more, can end the tuplet on the grid.
 
         In units ``U = G / p`` a note of ``k`` grains lasts ``k * q`` units; the tuplet ends on
         the grid when the position is a multiple of ``p``.  The other notes can take any sum of
-        ``left .. left * run`` grains.
+        ``left .. left * run`` grains.  Integer arithmetic: this runs for every length byte.
         """
         p, q, left = s.tuplet  # type: ignore[misc]
         unit = self._grid(s) / p
-        start, room = s.pos / unit, s.bar_len / unit  # type: ignore[operator]
-        for value in ext:
-            base = start + (value / self._grain) * q
+        start, room = int(s.pos / unit), int(s.bar_len / unit)  # type: ignore[operator]
+        top = left * self._run
+        for k in self._grains_of(ext):
+            base = start + k * q
             if base > room:
                 return False
             if left == 0:
                 if base % p == 0:
                     return True
                 continue
-            for m in range(left, min(left * self._run, left + p - 1) + 1):
+            for m in range(left, min(top, left + p - 1) + 1):
                 end = base + q * m
                 if end > room:
                     break
@@ -130,13 +143,19 @@ class TimingRules:
                     return True
         return False
 
+    def _grains_of(self, ext: tuple[Fraction, ...]) -> tuple[int, ...]:
+        grains = self._grain_memo.get(ext)
+        if grains is None:
+            grains = self._grain_memo[ext] = tuple(int(v / self._grain) for v in ext)
+        return grains
+
     def _broken_right_ok(self, s: AbcState, ext: tuple[Fraction, ...]) -> bool:
         """The right note of a broken pair, of length in ``ext``, ends the pair on the grid in the bar."""
         unit = self._grid(s) / 8  # factors 1/8 .. 15/8
-        start, room = s.pos / unit, s.bar_len / unit  # type: ignore[operator]
-        per_grain = (s.nfac / s.unit) * 8  # type: ignore[operator]
-        for value in ext:
-            end = start + (value / self._grain) * per_grain
+        start, room = int(s.pos / unit), int(s.bar_len / unit)  # type: ignore[operator]
+        per_grain = int((s.nfac / s.unit) * 8)  # type: ignore[operator]
+        for k in self._grains_of(ext):
+            end = start + k * per_grain
             if end > room:
                 return False
             if end % 8 == 0:
@@ -176,7 +195,8 @@ class TimingRules:
             if s.nkind == 2 and off_grid:
                 return None
             if s.nkind == 1 and tup is not None and not self._lenient:
-                if (off_grid if tup[2] == 0 else not self._tuplet_ok(s, (self._lengths[text],))):
+                value = self._lengths[text]
+                if not _simple(value) or (off_grid if tup[2] == 0 else not self._tuplet_ok(s, (value,))):
                     return None  # the tuplet could no longer end on the grid in this bar
         if s.nkind == 1 and tup is not None and tup[2] == 0:
             tup = None
@@ -199,7 +219,7 @@ class TimingRules:
         section = text != "|"
         final = text in FINAL_BARS
         if not s.bar_notes:
-            return s.replace(mode="idle", buf="", after_note=False, line_start=False,
+            return s.replace(mode="idle", buf="", field="", after_note=False, line_start=False,
                              after_section=s.after_section or section, closed=final)  # fmt: skip
         full, carry, rest = 1, None, ZERO
         if s.bar_len is not None:
@@ -211,7 +231,7 @@ class TimingRules:
                 if not (section or s.first_bar or (s.after_section and paired)):
                     return None
                 carry = short if section else None
-        return s.replace(mode="idle", buf="", after_note=False, line_start=False, pos=rest, last=ZERO,
+        return s.replace(mode="idle", buf="", field="", after_note=False, line_start=False, pos=rest, last=ZERO,
                          bar_notes=rest > 0, first_bar=False, after_section=section, carry=carry,
                          closed=final and not rest,
                          full_bars=min(s.full_bars + int(full), self.config.min_full_bars))  # fmt: skip

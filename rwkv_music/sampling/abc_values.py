@@ -60,9 +60,9 @@ class ValueSet:
 METER_DENOMINATORS = (1, 2, 4, 8, 16)
 
 
-def meter_values(max_numerator: int, free_meter: bool) -> list[str]:
-    """``M:`` values: ``C``, ``C|``, ``n/d`` (n <= max_numerator, d in 1..16) and optionally ``none``."""
-    values = ["C", "C|"] + [f"{n}/{d}" for n in range(1, max_numerator + 1) for d in METER_DENOMINATORS]
+def meter_values(max_numerator: int, free_meter: bool, denominators: Iterable[int] = METER_DENOMINATORS) -> list[str]:
+    """``M:`` values: ``C``, ``C|``, ``n/d`` (n <= max_numerator) and optionally ``none``."""
+    values = ["C", "C|"] + [f"{n}/{d}" for n in range(1, max_numerator + 1) for d in denominators]
     return values + (["none"] if free_meter else [])
 
 
@@ -92,9 +92,9 @@ def meter_info(value: str) -> tuple[Fraction | None, bool, Fraction]:
 UNIT_DENOMINATORS = (1, 2, 4, 8, 16, 32, 64)
 
 
-def unit_values() -> list[str]:
-    """``L:`` values ``1/1`` .. ``1/64``."""
-    return [f"1/{d}" for d in UNIT_DENOMINATORS]
+def unit_values(denominators: Iterable[int] = UNIT_DENOMINATORS) -> list[str]:
+    """``L:`` values ``1/d`` (``1/1`` .. ``1/64`` by default)."""
+    return [f"1/{d}" for d in denominators]
 
 
 _MAJOR_SHARPS = {"C": 0, "D": 2, "E": 4, "F": -1, "G": 1, "A": 3, "B": 5}

@@ -1,0 +1,248 @@
+"""``AbcConstraint``: byte-level RWKV ABC models write valid, bar-balanced ABC (issue 4).
+
+Vocabulary of BlinkDL's ABC models (FORMATS B): 128 ids, id = byte value, pad 0, bos 2, eos 3;
+decoding stops at eos and drops ids <= 3 (:func:`decode_abc`).  Each batch row runs its own
+:class:`~rwkv_music.sampling.abc_grammar.AbcGrammar` state (strict subset by default): the
+prompt bytes are fed at :meth:`AbcConstraint.reset`, every step masks the bytes whose step is
+illegal, and eos is legal only where the tune may end.
+
+**Speed.**  A state is a small hashable value; its 128 successors and legal mask are computed
+once (about 0.5 ms) and cached per processor, so a step costs a dict lookup per row when the
+state was seen before.
+
+**Length.**  With ``max_new_tokens`` the row is steered to a legal end in time.  The shortest
+known completion ``c`` of the state (:meth:`AbcGrammar.completion`, checked text) tells how many
+bytes the end needs.  While ``remaining - 2 >= len(c) + SLACK`` any legal byte may follow
+(``SLACK`` bounds how much one byte can lengthen the completion: the largest jump measured is
+33, opening a ``(9`` tuplet); after that the row is forced along ``c`` and then eos, which always
+fits because the same inequality held one step earlier.  :meth:`AbcConstraint.min_bytes_to_end`
+answers "how many more tokens, eos included, does this row need at least".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from rwkv_music.errors import ConstraintError
+from rwkv_music.sampling.abc_grammar import PHASE_NAMES, AbcGrammar
+from rwkv_music.sampling.abc_state import AbcGrammarConfig, AbcState
+from rwkv_music.sampling.abc_values import key_values, meter_values, unit_values
+from rwkv_music.sampling.base import LogitsProcessor, SamplingValueError
+
+log = logging.getLogger(__name__)
+
+PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
+VOCAB = 128
+SLACK = 64  # > the largest one-byte growth of the completion length (33, measured on random walks)
+ZONE = 256  # completion lengths are only computed in the last ZONE tokens of a row
+_CACHE_LIMIT = 200_000  # cached states per processor before the cache is emptied
+
+
+def decode_abc(ids: Sequence[int]) -> str:
+    """Model output to text: stop at eos (3), drop ids <= 3.
+
+    >>> decode_abc([2, 76, 58, 49, 3, 65])
+    'L:1'
+    """
+    out = []
+    for t in ids:
+        t = int(t)
+        if t == EOS_ID:
+            break
+        if t > EOS_ID:
+            out.append(chr(t))
+    return "".join(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    successors: tuple[AbcState | None, ...]  # per byte 0..127 (None: illegal; eos is not a byte)
+    legal: np.ndarray  # bool[128]: legal bytes, eos included when the tune may end here
+
+
+class AbcConstraint(LogitsProcessor):
+    """Only bytes that keep every row valid, bar-balanced ABC (a grammar state per row).
+
+    Args:
+        config: the ABC subset (default: strict :class:`AbcGrammarConfig`).
+        meter, unit, key: the only ``M:`` / ``L:`` / ``K:`` value the header may state
+            (e.g. ``"6/8"``, ``"1/8"``, ``"Dmix"``); ``None`` = any valid value.
+        max_new_tokens: steer each row to a legal end within this many sampled tokens (eos
+            included); ``None`` = no length steering.
+        eos_id: the end-of-tune id (3 for BlinkDL's ABC models).
+
+    Prompts (``reset``) are fed to the grammar after dropping ids <= 3 (bos); a prompt byte the
+    grammar does not allow raises :class:`ConstraintError` naming the row and position.  A
+    sampled token that is not allowed (``update``) raises too.  Rows that finished get the
+    loop's pad id, which is ignored.
+
+    >>> c = AbcConstraint()
+    >>> c.reset([[2] + [ord(ch) for ch in "L:1/8\\nM:2/4\\nK:G\\nG2 A2|B3"]])
+    >>> allowed = np.isfinite(c(0, np.zeros((1, 128), dtype=np.float32)))[0]
+    >>> [chr(i) for i in np.flatnonzero(allowed) if chr(i) in "|c2/"]
+    ['/', 'c']
+    """
+
+    rule = "abc_grammar"
+
+    def __init__(
+        self,
+        config: AbcGrammarConfig | None = None,
+        *,
+        meter: str | None = None,
+        unit: str | None = None,
+        key: str | None = None,
+        max_new_tokens: int | None = None,
+        eos_id: int = EOS_ID,
+    ) -> None:
+        cfg = config if config is not None else AbcGrammarConfig()
+        forced = {}
+        for name, value, valid in (
+            ("meter", meter, meter_values(16, True)),
+            ("unit", unit, unit_values()),
+            ("key", key, key_values(lenient=True)),
+        ):
+            if value is not None:
+                value = str(value).strip()
+                if value not in valid:
+                    raise SamplingValueError(f"{name} must be a valid ABC {name} value, got {value!r}")
+                forced[name] = value
+        if forced:
+            cfg = dataclasses.replace(cfg, **forced)
+        if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1):
+            raise SamplingValueError(f"max_new_tokens must be an integer >= 1 or None, got {max_new_tokens!r}")
+        if not (isinstance(eos_id, int) and 0 <= eos_id <= 3):
+            raise SamplingValueError(f"eos_id must be one of the special ids 0..3, got {eos_id!r}")
+        self.config = cfg
+        self.grammar = AbcGrammar(cfg)
+        self.max_new_tokens = max_new_tokens
+        self.eos_id = eos_id
+        self._entries: dict[AbcState, _Entry] = {}
+        self._completions: dict[AbcState, str | None] = {}
+        self._states: list[AbcState | None] = []  # None: the row has ended
+        self._counts: list[int] = []  # tokens sampled per row
+        self._forced: list[str | None] = []  # the completion a row is being forced along
+
+    # -- per-state tables ---------------------------------------------------------------------
+    def _entry(self, state: AbcState) -> _Entry:
+        entry = self._entries.get(state)
+        if entry is None:
+            if len(self._entries) >= _CACHE_LIMIT:
+                self._entries.clear()
+            step = self.grammar.step
+            successors = tuple(None if b <= EOS_ID else step(state, chr(b)) for b in range(VOCAB))
+            legal = np.array([s is not None for s in successors], dtype=bool)
+            legal[self.eos_id] = self.grammar.is_final(state)
+            entry = self._entries[state] = _Entry(successors, legal)
+        return entry
+
+    def _completion(self, state: AbcState) -> str | None:
+        if state not in self._completions:
+            if len(self._completions) >= _CACHE_LIMIT:
+                self._completions.clear()
+            self._completions[state] = self.grammar.completion(state)
+        return self._completions[state]
+
+    def _plan(self, row: int) -> tuple[np.ndarray, str | None]:
+        """Legal ids of a row, and the completion it is forced along (None while free)."""
+        state = self._states[row]
+        if state is None:  # ended: only eos again
+            only = np.zeros(VOCAB, dtype=bool)
+            only[self.eos_id] = True
+            return only, None
+        entry = self._entry(state)
+        path = self._forced[row]
+        if path is None and self.max_new_tokens is not None:
+            remaining = self.max_new_tokens - self._counts[row]
+            if remaining <= ZONE:
+                path = self._completion(state)
+                if path is not None and remaining - 2 >= len(path) + SLACK:
+                    path = None  # still free
+        if path is None:
+            return entry.legal, None
+        only = np.zeros(VOCAB, dtype=bool)
+        only[ord(path[0]) if path else self.eos_id] = True
+        return only, path
+
+    # -- the protocol -------------------------------------------------------------------------
+    def reset(self, prompts: Sequence[Sequence[int]]) -> None:
+        g = self.grammar
+        self._states, self._counts, self._forced = [], [], []
+        for row, prompt in enumerate(prompts):
+            state = g.initial()
+            for pos, t in enumerate(prompt):
+                t = int(t)
+                if t == self.eos_id:
+                    raise ConstraintError(f"{self.rule}: prompt row {row} has eos at position {pos}")
+                if t <= EOS_ID:
+                    continue
+                nxt = g.step(state, chr(t)) if t < VOCAB else None
+                if nxt is None:
+                    where = f"{PHASE_NAMES[state.phase]}/{state.mode}"
+                    raise ConstraintError(f"{self.rule}: prompt row {row}, position {pos}: byte {chr(t) if t < VOCAB else t!r} is not valid ABC here ({where})")
+                state = nxt
+            if self.max_new_tokens is not None:
+                need = self._completion(state)
+                if need is None or len(need) + 1 > self.max_new_tokens:
+                    raise ConstraintError(
+                        f"{self.rule}: prompt row {row} needs at least {'?' if need is None else len(need) + 1} more tokens to end, max_new_tokens is {self.max_new_tokens}"
+                    )
+            self._states.append(state)
+            self._counts.append(0)
+            self._forced.append(None)
+
+    def process(self, step: int, scores: np.ndarray) -> np.ndarray:
+        if scores.shape[0] != len(self._states):
+            raise SamplingValueError(f"{self.rule}: scores have {scores.shape[0]} rows, reset() had {len(self._states)}")
+        width = min(scores.shape[1], VOCAB)
+        keep = np.zeros(scores.shape, dtype=bool)
+        active = np.isfinite(scores).any(axis=1)
+        for row in np.flatnonzero(active):
+            keep[row, :width] = self._plan(int(row))[0][:width]
+        keep[~active] = True  # inactive rows stay as they are (all -inf)
+        return np.where(keep, scores, np.float32(-np.inf)).astype(scores.dtype, copy=False)
+
+    def update(self, tokens: Sequence[int]) -> None:
+        if len(tokens) != len(self._states):
+            raise SamplingValueError(f"{self.rule}: update got {len(tokens)} tokens for a batch of {len(self._states)}")
+        for row, t in enumerate(tokens):
+            t = int(t)
+            state = self._states[row]
+            if state is None or t == PAD_ID:  # finished rows get the loop's pad id
+                continue
+            legal, path = self._plan(row)
+            step = self._counts[row]
+            if not (0 <= t < VOCAB and legal[t]):
+                where = f"{PHASE_NAMES[state.phase]}/{state.mode}"
+                raise ConstraintError(f"{self.rule}: step {step}, row {row}: token {t} is not allowed here ({where})")
+            self._counts[row] += 1
+            if t == self.eos_id:
+                self._states[row] = None
+                continue
+            self._states[row] = self._entry(state).successors[t]
+            self._forced[row] = path[1:] if path is not None else None
+
+    # -- queries ------------------------------------------------------------------------------
+    def min_bytes_to_end(self, row: int) -> int:
+        """Fewest more tokens (eos included) that row ``row`` needs to reach a legal end (0 if ended).
+
+        Computed from the shortest known completion, so it is an upper bound of the true minimum.
+        """
+        state = self._states[row]
+        if state is None:
+            return 0
+        path = self._forced[row] if self._forced[row] is not None else self._completion(state)
+        if path is None:
+            raise ConstraintError(f"{self.rule}: row {row} has no known way to end")
+        return len(path) + 1
+
+    def state(self, row: int) -> AbcState | None:
+        """The grammar state of a row (``None`` once it has ended)."""
+        return self._states[row]
+
+
+__all__ = ["AbcConstraint", "decode_abc", "EOS_ID", "BOS_ID", "PAD_ID"]
