@@ -286,7 +286,7 @@ def generate_abc(
     """Compose ABC tunes and write them as .abc files into --out (their paths are printed)."""
     from rwkv_music.compose_options import AbcOptions
 
-    AbcOptions(key, meter, unit, tempo, controls)  # bad key/meter/unit: fail before loading the model
+    AbcOptions(key, meter, unit, tempo, controls, not no_constraints, max_tokens)  # bad header: fail before loading
     seed = seed_or_new(seed)
     check_outputs(_abc_paths(out, f"abc-{seed}", n, book, also_midi, musicxml), force)
     composer = load(model, "abc" if model is None else None, backend, device, dtype)

@@ -331,7 +331,7 @@ class Composer:
             )
             stop = [MIDI_SEPARATOR]
         else:
-            constraint = _c.abc_constraint(*header) if options.constrained else None
+            constraint = _c.abc_constraint(*header, options.max_tokens) if options.constrained else None
             stop = [ABC_EOS]
         config, processors = _c.build_processors(preset, sampling, [constraint] if constraint is not None else [])
         stop = sorted(set(stop) | set(config.stop_tokens))

@@ -148,12 +148,12 @@ def check_key(key: str) -> str:
 
 
 def check_tempo(tempo: Any) -> str:
+    """``120`` or ``"1/4=120"`` → ``"1/4=120"``; 40-240 bpm, the range the ABC constraint accepts."""
     text = str(tempo).strip()
-    if re.fullmatch(r"\d+", text) and 0 < int(text) <= 400:
-        return f"1/4={text}"
-    if re.fullmatch(r"\d+/\d+=\d+", text):
-        return text
-    raise AbcFormatError(f"invalid tempo {tempo!r}; expected beats per minute (e.g. 120) or 1/4=120")
+    m = re.fullmatch(r"(?:1/4=)?(\d+)", text)
+    if m and 40 <= int(m.group(1)) <= 240:
+        return f"1/4={int(m.group(1))}"
+    raise AbcFormatError(f"invalid tempo {tempo!r}; expected 40-240 beats per minute (e.g. 120 or 1/4=120)")
 
 
 def read_abc_tune(path_or_text: str | os.PathLike) -> tuple[str, str]:
@@ -199,8 +199,8 @@ def has_control_codes(text: str) -> bool:
     return bool(_CONTROL_CODES.match(first))
 
 
-def abc_constraint(meter: str | None, unit: str | None, key: str | None) -> Any:
-    """The ABC grammar / bar-balance constraint for this header."""
+def abc_constraint(meter: str | None, unit: str | None, key: str | None, max_new_tokens: int | None = None) -> Any:
+    """The ABC grammar / bar-balance constraint for this header, steering rows to end in time."""
     try:
         from rwkv_music.sampling.abc_constraint import AbcConstraint
     except ImportError as exc:
@@ -208,7 +208,7 @@ def abc_constraint(meter: str | None, unit: str | None, key: str | None) -> Any:
             f"the ABC constraint is not available ({exc}); compose with constrained=False (--no-constraints)"
         ) from None
     kwargs = {k: v for k, v in {"meter": meter, "unit": unit, "key": key}.items() if v}
-    return AbcConstraint(**kwargs)
+    return AbcConstraint(max_new_tokens=max_new_tokens, **kwargs)
 
 
 # -- generation --------------------------------------------------------------------------------

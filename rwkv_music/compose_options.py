@@ -133,6 +133,10 @@ class AbcOptions:
             object.__setattr__(self, "tempo", check_tempo(self.tempo))
         check_controls(self.controls)
         _positive_int("max_tokens", self.max_tokens)
+        if self.constrained:  # the constraint's own value checks, before any model is loaded
+            from rwkv_music.compose_helpers import abc_constraint
+
+            abc_constraint(self.meter, self.unit, self.key, self.max_tokens)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

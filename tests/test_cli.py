@@ -142,9 +142,6 @@ def test_generate_midi_entry_point_runs_as_a_subprocess_without_torch(onnx_model
     assert mido.MidiFile(tmp_path / "out" / "midi-1-00.mid").length >= 0
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("rwkv_music.sampling.abc_constraint") is None, reason="ABC constraint not installed yet"
-)
 def test_generate_abc_writes_tunes_that_music21_reads(abc_model: Path, tmp_path: Path) -> None:
     from music21 import converter
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Callable
 
@@ -143,9 +142,6 @@ def test_invalid_abc_header_fails_at_construction() -> None:
         MidiOptions(max_tokens=0)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("rwkv_music.sampling.abc_constraint") is None, reason="ABC constraint not installed yet"
-)
 def test_constrained_abc_tunes_parse_in_music21(abc_composer: Composer) -> None:
     pieces = abc_composer.compose_abc(n=2, key="D", meter="6/8", max_tokens=48, seed=3)
     assert all(p.meta["validity"].get("parse_ok") for p in pieces)

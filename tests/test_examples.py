@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import runpy
 import sys
@@ -13,7 +12,6 @@ import mido
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-HAS_ABC_CONSTRAINT = importlib.util.find_spec("rwkv_music.sampling.abc_constraint") is not None
 
 
 def _run(script: str, args: list, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -28,8 +26,7 @@ def test_compose_jig_writes_a_tune_book(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     model = checkpoint_path("7", vocab_size=128, n_layer=2)
-    extra = [] if HAS_ABC_CONSTRAINT else ["--no-constraints"]
-    _run("compose_jig.py", ["--model", model, "-n", 2, "--max-tokens", 24, "--out", tmp_path] + extra, monkeypatch)
+    _run("compose_jig.py", ["--model", model, "-n", 2, "--max-tokens", 24, "--out", tmp_path], monkeypatch)
     book = (tmp_path / "jigs.abc").read_text()
     assert [line for line in book.splitlines() if line.startswith(("X:", "M:", "K:"))] == [
         "X:1",
@@ -68,7 +65,6 @@ def test_render_folder_renders_and_resumes(
     for key in ("G", "D"):
         (folder / f"{key}.abc").write_text(f"X:1\nT:t\nL:1/8\nM:2/4\nK:{key}\nGABc|d2B2|\n")
     args = [folder, "--model", model, "--samples", 2, "--max-tokens", 6, "--out", tmp_path / "o"]
-    args += [] if HAS_ABC_CONSTRAINT else ["--no-constraints"]
     _run("render_folder.py", args, monkeypatch)
     rows = [json.loads(x) for x in (tmp_path / "o" / "manifest.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and sorted(r["output"] for r in rows) == sorted(

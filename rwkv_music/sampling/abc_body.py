@@ -16,7 +16,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Callable
 
 from rwkv_music.sampling.abc_header import PRINTABLE
-from rwkv_music.sampling.abc_state import AbcState
+from rwkv_music.sampling.abc_state import ZERO, AbcState
 from rwkv_music.sampling.abc_timing import TimingRules
 from rwkv_music.sampling.abc_values import tuplet_ratio
 
@@ -51,6 +51,10 @@ class BodyRules(TimingRules):
             '"': self._i_quote, "!": self._i_bang, "{": self._i_grace,
         }  # fmt: skip
         self._finish_memo: tuple[AbcState | None, AbcState | None] = (None, None)  # a cache only
+        self._bar_ext: dict[str, list[str]] = {}  # bar-line prefix -> its completions
+        for text in sorted(self._bars.values, key=lambda t: (len(t), t)):
+            for i in range(1, len(text) + 1):
+                self._bar_ext.setdefault(text[:i], []).append(text)
         self._tuplet_ext = {}
         for text in sorted(self._tuplets.values, key=lambda t: (len(t), t)):
             for i in range(2, len(text) + 1):
@@ -84,10 +88,10 @@ class BodyRules(TimingRules):
         """A decoration (or chord symbol, grace group, slur) that belongs to the next note."""
         if not self._lenient and not self._music_ok(s):
             return None
-        return s.replace(mode="idle", buf="", need_note=not self._lenient, after_note=False, line_start=False)
+        return s.replace(mode="idle", buf="", need_note=not self._lenient, after_note=False, last=ZERO, no_left=False, line_start=False)
 
     def _i_space(self, s: AbcState, c: str) -> AbcState | None:
-        return s.replace(after_note=False, line_start=False) if (s.after_note or s.line_start) else s
+        return s.replace(after_note=False, last=ZERO, no_left=False, line_start=False) if (s.after_note or s.line_start) else s
 
     def _i_noise(self, s: AbcState, c: str) -> AbcState | None:
         return s if self._lenient else None
@@ -100,38 +104,38 @@ class BodyRules(TimingRules):
         return self._body_line(s)
 
     def _body_line(self, s: AbcState) -> AbcState:
-        return s.replace(mode="idle", buf="", field="", line_start=True, after_note=False)
+        return s.replace(mode="idle", buf="", field="", line_start=True, after_note=False, last=ZERO, no_left=False)
 
     def _i_continue(self, s: AbcState, c: str) -> AbcState | None:
-        return None if s.need_note else s.replace(mode="cont", after_note=False)
+        return None if s.need_note else s.replace(mode="cont", after_note=False, last=ZERO, no_left=False)
 
     def _i_comment(self, s: AbcState, c: str) -> AbcState | None:
-        return s.replace(mode="comment", after_note=False) if self.config.comments and not s.need_note else None
+        return s.replace(mode="comment", after_note=False, last=ZERO, no_left=False) if self.config.comments and not s.need_note else None
 
     def _i_bar(self, s: AbcState, c: str) -> AbcState | None:
         if (s.need_note or s.tuplet is not None) and not self._lenient:
             return None
-        return s.replace(mode="bar", buf=c, after_note=False, line_start=False) if self._bars.is_prefix(c) else None
+        return self._bar_text(s.replace(after_note=False, last=ZERO, no_left=False, line_start=False), c)
 
     def _i_bracket(self, s: AbcState, c: str) -> AbcState | None:
-        return s.replace(mode="lbr", after_note=False, line_start=False)
+        return s.replace(mode="lbr", after_note=False, last=ZERO, no_left=False, line_start=False)
 
     def _i_paren(self, s: AbcState, c: str) -> AbcState | None:
         if not self._lenient and (not self._music_ok(s) or s.slur >= self.config.max_slur_depth):
             return None  # strict: "(" must be able to open a slur (a tuplet may not be possible)
-        return s.replace(mode="paren", after_note=False, line_start=False)
+        return s.replace(mode="paren", after_note=False, last=ZERO, no_left=False, line_start=False)
 
     def _i_close_slur(self, s: AbcState, c: str) -> AbcState | None:
         if self._lenient:
-            return s.replace(after_note=False, line_start=False, slur=max(s.slur - 1, 0))
+            return s.replace(after_note=False, last=ZERO, no_left=False, line_start=False, slur=max(s.slur - 1, 0))
         if s.slur == 0 or s.need_note:
             return None
-        return s.replace(slur=s.slur - 1, after_note=False)
+        return s.replace(slur=s.slur - 1, after_note=False, last=ZERO, no_left=False)
 
     def _i_tie(self, s: AbcState, c: str) -> AbcState | None:
         if not s.after_note and not self._lenient:
             return None
-        return s.replace(after_note=False, line_start=False)
+        return s.replace(after_note=False, last=ZERO, no_left=False, line_start=False)
 
     def _i_broken(self, s: AbcState, c: str) -> AbcState | None:
         cfg = self.config
@@ -145,24 +149,24 @@ class BodyRules(TimingRules):
     def _i_quote(self, s: AbcState, c: str) -> AbcState | None:
         if self.config.chord_symbols == "none" or (not self._lenient and not self._music_ok(s)):
             return None
-        return s.replace(mode="quote", buf="", after_note=False, line_start=False)
+        return s.replace(mode="quote", buf="", after_note=False, last=ZERO, no_left=False, line_start=False)
 
     def _i_bang(self, s: AbcState, c: str) -> AbcState | None:
         if not self.config.named_decorations or (not self._lenient and not self._music_ok(s)):
             return None
-        return s.replace(mode="bang", buf="", after_note=False, line_start=False)
+        return s.replace(mode="bang", buf="", after_note=False, last=ZERO, no_left=False, line_start=False)
 
     def _i_grace(self, s: AbcState, c: str) -> AbcState | None:
         if not self.config.grace_notes:
             return None
         if not self._lenient and (s.tuplet is not None or not self._music_ok(s)):
             return None  # music21 counts grace notes as tuplet notes
-        return s.replace(mode="group", field="g", count=0, buf="", after_note=False, line_start=False)
+        return s.replace(mode="group", field="g", count=0, buf="", after_note=False, last=ZERO, no_left=False, line_start=False)
 
     # -- notes and rests ------------------------------------------------------------------------
     def _note_start(self, s: AbcState, c: str) -> AbcState | None:
         if c == "[":
-            return s.replace(mode="lbr", after_note=False, line_start=False)
+            return s.replace(mode="lbr", after_note=False, last=ZERO, no_left=False, line_start=False)
         if c in ACCIDENTALS and self.config.key_scale_only:
             return None
         t = self._begin_timing(s)
@@ -249,7 +253,7 @@ class BodyRules(TimingRules):
         """Lenient ``Z``/``Z4``: rests filling this bar (and more)."""
         if c.isdigit():
             return s
-        done = s.replace(mode="idle", pos=s.bar_len or s.pos, bar_notes=True, after_note=False, closed=False)
+        done = s.replace(mode="idle", pos=s.bar_len or s.pos, bar_notes=True, after_note=False, last=ZERO, no_left=False, closed=False)
         return self._b_idle(done, c)
 
     # -- chords and grace groups ---------------------------------------------------------------
@@ -263,7 +267,7 @@ class BodyRules(TimingRules):
         if s.broken is not None or s.need_note or (s.tuplet is not None and not self._lenient):
             return None
         if c in "|0123456789":
-            return s.replace(mode="bar", buf="[" + c) if self._bars.is_prefix("[" + c) else None
+            return self._bar_text(s, "[" + c)
         if self._lenient and c in "KMLPVIT":
             return s.replace(mode="ilet", field=c)
         return None
@@ -355,7 +359,7 @@ class BodyRules(TimingRules):
         """A longer tuplet opener, if some completion of it can still fit the bar."""
         if not self._tuplets.is_prefix(text):
             return None
-        t = s.replace(mode="tup", buf=text, after_note=False, line_start=False)
+        t = s.replace(mode="tup", buf=text, after_note=False, last=ZERO, no_left=False, line_start=False)
         return t if any(self._tuplet_viable(t, full) for full in self._tuplet_ext[text]) else None
 
     def _tuplet_viable(self, s: AbcState, text: str) -> bool:
@@ -372,7 +376,7 @@ class BodyRules(TimingRules):
         if not (c in PITCHES or c in ACCIDENTALS or c in "z[" or self._lenient):
             return None
         left = LEFT_FACTOR[s.buf]
-        t = s.replace(mode="idle", buf="", pos=s.pos + s.last * (left - 1), broken=2 - left, after_note=False)
+        t = s.replace(mode="idle", buf="", pos=s.pos + s.last * (left - 1), broken=2 - left, after_note=False, last=ZERO, no_left=False)
         return self._b_idle(t, c)
 
     # -- bar lines and field lines --------------------------------------------------------------
@@ -381,9 +385,14 @@ class BodyRules(TimingRules):
         if text == "::" and s.field == "u" and not self._lenient:
             return None
         if self._bars.is_prefix(text):
-            return s.replace(buf=text)
+            return self._bar_text(s, text)
         done = self._finished(s)
         return self._b_idle(done, c) if done is not None else None
+
+    def _bar_text(self, s: AbcState, text: str) -> AbcState | None:
+        """A (longer) bar-line prefix, if some bar line it can still become may end this bar."""
+        t = s.replace(mode="bar", buf=text)
+        return t if any(self._close_bar(t, full) is not None for full in self._bar_ext.get(text, ())) else None
 
     def _b_field_letter(self, s: AbcState, c: str) -> AbcState | None:
         """A letter at the start of a body line: ``K:``-style field line, or a decoration."""
@@ -448,7 +457,7 @@ class BodyRules(TimingRules):
             return s.replace(mode="idle", buf="", tuplet=(p, q, r), need_note=not self._lenient)
         if s.mode == "brk":
             left = LEFT_FACTOR[s.buf]
-            return s.replace(mode="idle", buf="", pos=s.pos + s.last * (left - 1), broken=2 - left, after_note=False)
+            return s.replace(mode="idle", buf="", pos=s.pos + s.last * (left - 1), broken=2 - left, after_note=False, last=ZERO, no_left=False)
         return None
 
     def _final(self, s: AbcState) -> bool:

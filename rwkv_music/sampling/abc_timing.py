@@ -20,7 +20,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from rwkv_music.sampling.abc_state import ZERO, AbcState
-from rwkv_music.sampling.abc_values import FINAL_BARS, ValueSet
+from rwkv_music.sampling.abc_values import FINAL_BARS, ValueSet, is_section_bar
 
 if TYPE_CHECKING:
     from rwkv_music.sampling.abc_state import AbcGrammarConfig
@@ -96,8 +96,8 @@ class TimingRules:
             factor, kind, tup = factor * Fraction(q, p), 1, (p, q, left - 1)
         if s.broken is not None:
             factor, kind = factor * s.broken, 2
-        t = s.replace(nfac=factor, nkind=kind, tuplet=tup, broken=None, need_note=False, after_note=False,
-                      line_start=False, no_left=False, closed=False)  # fmt: skip
+        t = s.replace(nfac=factor, nkind=kind, tuplet=tup, broken=None, need_note=False, after_note=False, last=ZERO, no_left=False,
+                      line_start=False, closed=False)  # fmt: skip
         return t if self._length_ok(t, "") else None
 
     def _grid(self, s: AbcState) -> Fraction:
@@ -210,16 +210,16 @@ class TimingRules:
 
         A bar with no notes ends silently (``|`` then ``|:`` is one boundary).  A full bar may
         always end.  A short bar only if it is the first bar (pickup), if ``text`` is a section
-        bar line (anything but ``|``), or if it follows a section bar line -- with
+        bar line (double, final or repeat bar line), or if it follows one -- with
         ``pair_short_bars``, only when it completes the short bar before that line.
 
         Lenient only: a bar may overflow, as in Essen tunes whose bar lines drift from the meter;
         like music21's re-barring, whole bars are counted and the rest flows into the next bar.
         """
-        section = text != "|"
+        section = is_section_bar(text)
         final = text in FINAL_BARS
         if not s.bar_notes:
-            return s.replace(mode="idle", buf="", field="", after_note=False, line_start=False,
+            return s.replace(mode="idle", buf="", field="", after_note=False, last=ZERO, no_left=False, line_start=False,
                              after_section=s.after_section or section, closed=final)  # fmt: skip
         full, carry, rest = 1, None, ZERO
         if s.bar_len is not None:
@@ -231,7 +231,7 @@ class TimingRules:
                 if not (section or s.first_bar or (s.after_section and paired)):
                     return None
                 carry = short if section else None
-        return s.replace(mode="idle", buf="", field="", after_note=False, line_start=False, pos=rest, last=ZERO,
+        return s.replace(mode="idle", buf="", field="", after_note=False, no_left=False, line_start=False, pos=rest, last=ZERO,
                          bar_notes=rest > 0, first_bar=False, after_section=section, carry=carry,
                          closed=final and not rest,
                          full_bars=min(s.full_bars + int(full), self.config.min_full_bars))  # fmt: skip

@@ -236,8 +236,12 @@ def bar_texts(lenient: bool) -> list[str]:
 
 
 def is_section_bar(text: str) -> bool:
-    """Every bar line except the plain ``|``: double bars, repeats and endings."""
-    return text != "|"
+    """Double, final and repeat bar lines: those music21 draws as something other than ``|``.
+
+    Endings (``|1``, ``[2``) are plain bar lines to music21 unless it also builds a repeat
+    bracket, so they do not count.
+    """
+    return text not in ("|", "|1", "|2", "|3", "|4", "[1", "[2", "[3", "[4")
 
 
 # -- decorations and chord symbols ----------------------------------------------------------

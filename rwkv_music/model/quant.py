@@ -1,0 +1,253 @@
+"""int8 weight quantization of the big matrices, applied once after a version's ``prepare``.
+
+Each large projection (receptance/key/value/gate/output, the channel-mix matrices, the head) is
+stored as int8 with one symmetric scale per output channel: ``W[o, :] ≈ scale[o] · q[o, :]``,
+``scale[o] = max|W[o, :]| / 127``.  That reads a quarter of the fp32 bytes per token, and
+single-token decode on a CPU is bound by reading weights.  Embeddings (a gather), LayerNorm
+vectors, decays and the small LoRA matrices (not in :data:`MATRIX_FIELDS`) stay float32.
+
+The version modules are not rewritten: an :class:`Int8Matrix` is a *tensor-like* object (torch's
+``__torch_function__`` protocol), so the ``x @ W``, ``F.linear(x, W)`` and ``torch.bmm(x, W)``
+calls in ``rwkv_music/model/v*.py`` reach its int8 kernels unchanged.  Which fields are matrices,
+and in which orientation they are used, is the table :data:`MATRIX_FIELDS`; a test compares the
+int8 logits of every version with fp32, so a wrong entry fails loudly.
+
+Kernels (:data:`KERNELS`), chosen once per model:
+
+* ``"dynamic"``: fbgemm's ``quantized::linear_dynamic`` — activations are quantized per call
+  (one scale per call, so rows of a batch share it), int8 × int8 products; the fastest on x86.
+* ``"weight_only"``: ``torch._weight_int8pack_mm`` — activations stay float (bf16 inside the
+  kernel), only the weights are int8; the most accurate.
+* ``"dequant"``: rebuild the float matrix per call; slow, always available (the reference).
+
+>>> import torch
+>>> w = torch.randn(64, 32)                        # [out, in], as in a checkpoint
+>>> m = Int8Matrix.from_float(w, layout="out_in", kernel="dequant")
+>>> x = torch.randn(2, 32)
+>>> bool((torch.nn.functional.linear(x, m) - x @ w.t()).abs().max() < 0.1)
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+KERNELS = ("dynamic", "weight_only", "dequant")
+QMAX = 127  # symmetric int8: -127..127 (−128 unused so the range is symmetric)
+
+# Field name → how the version modules use it: "in_out" (x @ W, W stored [in, out]), "out_in"
+# (F.linear(x, W), W stored [out, in]), "bmm" (torch.bmm(x, W), W stored [M, in, out]).
+# Fields are looked up on the weights object, its per-layer objects and their ``ffn`` member.
+MATRIX_FIELDS: dict[str, str] = {
+    "head": "in_out",
+    # v4 / v5 time mix and the shared v4/v5 channel mix (rwkv_music/model/v4.py)
+    "att_kvr": "bmm", "att_rkvg": "bmm", "att_out": "in_out",
+    "key": "in_out", "receptance": "in_out", "value": "in_out",
+    # v6 / v7
+    "rkvg": "bmm", "rkv": "bmm", "output": "in_out",
+    "ffn_key": "in_out", "ffn_receptance": "in_out", "ffn_value": "out_in",
+}
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: ``weight`` [out, in] float → (q int8 [out, in], scale f32 [out])."""
+    w = weight.detach().float()
+    amax = w.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))  # an all-zero row keeps q = 0
+    q = torch.round(w / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
+    return q.contiguous(), scale.contiguous()
+
+
+def dynamic_available() -> bool:
+    """Whether fbgemm's dynamic int8 linear is usable here (x86 CPU builds of torch)."""
+    engine = torch.backends.quantized.engine
+    return engine in ("x86", "fbgemm") and hasattr(torch.ops.quantized, "linear_dynamic")
+
+
+def weight_only_available() -> bool:
+    return hasattr(torch, "_weight_int8pack_mm")
+
+
+def default_kernel() -> str:
+    """The fastest kernel this torch build offers on the CPU."""
+    if dynamic_available():
+        return "dynamic"
+    return "weight_only" if weight_only_available() else "dequant"
+
+
+class Int8Matrix:
+    """One int8 matrix (or a stack of them for ``bmm``) that torch ops treat as the float original.
+
+    Stores ``q`` [out, in] int8 and ``scale`` [out] f32 (per-output-channel, symmetric); computes
+    in float32 and returns float32.  ``shape`` is the logical shape of the replaced tensor.
+    """
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, layout: str, kernel: str,
+                 stack: list["Int8Matrix"] | None = None) -> None:
+        if layout not in ("in_out", "out_in", "bmm"):
+            raise ValueError(f"Int8Matrix: layout must be 'in_out', 'out_in' or 'bmm', got {layout!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"Int8Matrix: kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+        self.layout, self.kernel = layout, kernel
+        self.stack = stack  # "bmm": one Int8Matrix per slice
+        self.q, self.scale = q, scale
+        self._packed: Any = None
+        self._scale_bf16: torch.Tensor | None = None
+        if stack is None:
+            out_f, in_f = q.shape
+            self.shape = torch.Size((in_f, out_f) if layout == "in_out" else (out_f, in_f))
+            self._prepare_kernel()
+        else:
+            self.shape = torch.Size((len(stack), *stack[0].shape))
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, layout: str, kernel: str | None = None) -> "Int8Matrix":
+        """Quantize ``weight`` as the version modules store it (``layout`` says its orientation)."""
+        kernel = kernel or default_kernel()
+        if layout == "bmm":
+            parts = [cls.from_float(w, "in_out", kernel) for w in weight.unbind(0)]
+            return cls(parts[0].q[:0], parts[0].scale[:0], "bmm", kernel, stack=parts)
+        rows = weight.t() if layout == "in_out" else weight  # per output channel = per row of [out, in]
+        q, scale = quantize_rows(rows)
+        return cls(q, scale, layout, kernel)
+
+    def _prepare_kernel(self) -> None:
+        if self.kernel == "dynamic":
+            with warnings.catch_warnings():  # quantized tensors are deprecated, the fbgemm op is not
+                warnings.simplefilter("ignore")
+                zeros = torch.zeros(self.q.shape[0], dtype=torch.long)
+                qw = torch._make_per_channel_quantized_tensor(self.q, self.scale.double(), zeros, 0)
+                self._packed = torch.ops.quantized.linear_prepack(qw, None)
+            self.q = self.q[:0]  # the packed copy is the only one kept (see nbytes)
+        elif self.kernel == "weight_only":
+            self._scale_bf16 = self.scale.to(torch.bfloat16)
+
+    # -- maths -----------------------------------------------------------------------------
+    def dequantize(self) -> torch.Tensor:
+        """The float32 matrix this stands for, in its logical layout."""
+        if self.stack is not None:
+            return torch.stack([m.dequantize() for m in self.stack])
+        w = self._int8().float() * self.scale[:, None]  # [out, in]
+        return w.t().contiguous() if self.layout == "in_out" else w
+
+    def _int8(self) -> torch.Tensor:
+        if self._packed is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return torch.ops.quantized.linear_unpack(self._packed)[0].int_repr()
+        return self.q
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [..., in] → float32 [..., out] (x·Wᵀ with W [out, in])."""
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if self.kernel == "dynamic":
+            y = torch.ops.quantized.linear_dynamic(x2.float().contiguous(), self._packed, True)
+        elif self.kernel == "weight_only":
+            y = torch._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.q, self._scale_bf16).float()
+        else:
+            y = (x2.float() @ self.q.t().float()) * self.scale
+        return y.view(*shape[:-1], y.shape[-1])
+
+    def bmm(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [M, N, in] → float32 [M, N, out], slice i through matrix i."""
+        return torch.stack([m.project(xi) for m, xi in zip(self.stack, x.unbind(0))])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (int8 values and scales)."""
+        if self.stack is not None:
+            return sum(m.nbytes for m in self.stack)
+        out_f, in_f = (self.shape[1], self.shape[0]) if self.layout == "in_out" else tuple(self.shape)
+        return out_f * in_f + 4 * out_f
+
+    def __repr__(self) -> str:
+        return f"Int8Matrix(shape={tuple(self.shape)}, layout={self.layout!r}, kernel={self.kernel!r})"
+
+    # -- the tensor-like protocol ------------------------------------------------------------
+    @classmethod
+    def __torch_function__(cls, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        handler = _HANDLERS.get(func)
+        if handler is None:
+            raise TypeError(f"Int8Matrix does not support {getattr(func, '__name__', func)}; "
+                            "add it to rwkv_music.model.quant._HANDLERS")
+        return handler(*args, **kwargs)
+
+
+def _matmul(x: Any, w: Any) -> torch.Tensor:
+    if not isinstance(w, Int8Matrix) or w.layout != "in_out":
+        raise TypeError("Int8Matrix: x @ W needs an [in, out] int8 matrix on the right")
+    return w.project(x)
+
+
+def _linear(x: torch.Tensor, w: Any, bias: torch.Tensor | None = None) -> torch.Tensor:
+    if not isinstance(w, Int8Matrix) or w.layout != "out_in":
+        raise TypeError("Int8Matrix: F.linear needs an [out, in] int8 matrix as weight")
+    y = w.project(x)
+    return y if bias is None else y + bias
+
+
+def _bmm(x: torch.Tensor, w: Any) -> torch.Tensor:
+    if not isinstance(w, Int8Matrix) or w.layout != "bmm":
+        raise TypeError("Int8Matrix: torch.bmm needs a stacked [M, in, out] int8 matrix second")
+    return w.bmm(x)
+
+
+def _addmm(bias: torch.Tensor, x: torch.Tensor, w: Any, *, beta: float = 1, alpha: float = 1) -> torch.Tensor:
+    return beta * bias + alpha * _matmul(x, w)
+
+
+_HANDLERS: dict[Any, Callable] = {
+    torch.matmul: _matmul,
+    torch.Tensor.__matmul__: _matmul,
+    torch.Tensor.matmul: _matmul,
+    F.linear: _linear,
+    torch.bmm: _bmm,
+    torch.addmm: _addmm,
+}
+
+
+# -- whole models ----------------------------------------------------------------------------
+
+def quantize_weights(weights: Any, kernel: str | None = None) -> int:
+    """Replace, in place, every :data:`MATRIX_FIELDS` matrix of a version's prepared weights.
+
+    ``weights`` is what ``rwkv_music.model.v*.prepare`` returned (a dataclass with ``layers``).
+    Returns the number of matrices quantized.  The float originals are dropped as it goes, so
+    peak memory stays near the fp32 model.
+    """
+    kernel = kernel or default_kernel()
+    if kernel not in KERNELS:
+        raise ValueError(f"int8 kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    if kernel == "dynamic" and not dynamic_available():
+        raise ValueError("int8 kernel 'dynamic' needs torch's fbgemm/x86 quantized engine")
+    if kernel == "weight_only" and not weight_only_available():
+        raise ValueError("int8 kernel 'weight_only' needs torch._weight_int8pack_mm (torch >= 2.3)")
+    holders = [weights]
+    for layer in getattr(weights, "layers", ()):
+        holders.append(layer)
+        if dataclasses.is_dataclass(getattr(layer, "ffn", None)):
+            holders.append(layer.ffn)
+    count = 0
+    for obj in holders:
+        for f in dataclasses.fields(obj):
+            layout = MATRIX_FIELDS.get(f.name)
+            value = getattr(obj, f.name)
+            if layout is None or not isinstance(value, torch.Tensor):
+                continue
+            if value.device.type != "cpu":
+                raise ValueError(f"int8 weights run on the CPU only; {f.name} is on {value.device}")
+            setattr(obj, f.name, Int8Matrix.from_float(value, layout, kernel))
+            count += 1
+    log.info("int8: quantized %d matrices with the %r kernel", count, kernel)
+    return count

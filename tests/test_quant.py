@@ -1,0 +1,129 @@
+"""int8 weight quantization (rwkv_music.model.quant): kernels against the float reference, whole models
+against fp32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rwkv_music.backends.torch import TorchModel
+from rwkv_music.model.factory import random_checkpoint
+from rwkv_music.model.quant import (
+    KERNELS,
+    Int8Matrix,
+    dynamic_available,
+    quantize_rows,
+    quantize_weights,
+    weight_only_available,
+)
+
+VERSIONS = ("4", "5.0", "5.1", "5.2", "6", "7", "7a")
+
+
+def _kernels() -> list[str]:
+    out = ["dequant"]
+    if weight_only_available():
+        out.append("weight_only")
+    if dynamic_available():
+        out.append("dynamic")
+    return out
+
+
+# Tolerances relative to the largest |output|: dequant is exact up to fp32 rounding of the int8
+# matrix; weight_only rounds activations to bf16; dynamic also quantizes activations to 7 bits.
+REL_TOL = {"dequant": 1e-5, "weight_only": 2e-2, "dynamic": 6e-2}
+
+
+def test_quantize_rows_error_is_at_most_half_a_step_per_row() -> None:
+    w = torch.randn(48, 40) * torch.logspace(-3, 1, 48)[:, None]  # very different row ranges
+    w[5] = 0.0
+    q, scale = quantize_rows(w)
+    assert q.dtype == torch.int8 and scale.shape == (48,)
+    assert int(q.abs().max()) == 127 and int(q.min()) >= -127
+    err = (q.float() * scale[:, None] - w).abs()
+    assert bool((err <= scale[:, None] / 2 + 1e-7 * w.abs().amax(1, keepdim=True)).all())
+    assert bool((q[5] == 0).all())  # an all-zero row stays exactly zero
+
+
+@pytest.mark.parametrize("kernel", _kernels())
+@pytest.mark.parametrize("batch", [1, 5])
+def test_int8_matrix_ops_match_float_reference(kernel: str, batch: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    w_out_in = torch.randn(96, 64, generator=g)
+    x = torch.randn(batch, 64, generator=g)
+    lin = Int8Matrix.from_float(w_out_in, "out_in", kernel)
+    ref = x @ lin.dequantize().t()
+    scale = float(ref.abs().max())
+    assert float((F.linear(x, lin) - ref).abs().max()) <= REL_TOL[kernel] * scale
+
+    mat = Int8Matrix.from_float(w_out_in.t().contiguous(), "in_out", kernel)  # the same matrix stored [in, out]
+    assert tuple(mat.shape) == (64, 96)
+    assert torch.equal(mat.dequantize(), lin.dequantize().t())
+    assert float((x @ mat - ref).abs().max()) <= REL_TOL[kernel] * scale
+
+    stack = torch.randn(3, 64, 32, generator=g)
+    bm = Int8Matrix.from_float(stack, "bmm", kernel)
+    xs = torch.randn(3, batch, 64, generator=g)
+    ref3 = torch.bmm(xs, bm.dequantize())
+    got = torch.bmm(xs, bm)
+    assert got.shape == (3, batch, 32)
+    assert float((got - ref3).abs().max()) <= REL_TOL[kernel] * float(ref3.abs().max())
+
+
+def test_int8_matrix_dequantize_is_close_to_the_original() -> None:
+    w = torch.randn(32, 16)
+    m = Int8Matrix.from_float(w, "in_out", "dequant")
+    assert float((m.dequantize() - w).abs().max()) <= float(w.abs().max()) / 127
+    assert m.nbytes == 32 * 16 + 4 * 16
+
+
+def test_int8_matrix_refuses_unsupported_ops() -> None:
+    m = Int8Matrix.from_float(torch.randn(8, 8), "in_out", "dequant")
+    with pytest.raises(TypeError, match="does not support"):
+        torch.add(torch.ones(8, 8), m)
+    with pytest.raises(TypeError, match="F.linear"):
+        F.linear(torch.ones(2, 8), m)  # an [in, out] matrix used as an [out, in] one
+
+
+def test_quantize_weights_rejects_an_unknown_kernel() -> None:
+    model = TorchModel.from_state_dict(random_checkpoint("7"))
+    with pytest.raises(ValueError, match="kernel"):
+        quantize_weights(model._weights, "int4")
+    assert set(KERNELS) == {"dynamic", "weight_only", "dequant"}
+
+
+def _peaked_checkpoint(version: str) -> dict[str, torch.Tensor]:
+    """A random model whose logits are spread widely, so the top-1 token is rarely a near tie."""
+    sd = random_checkpoint(version, n_layer=2, n_embd=64, head_size=32, vocab_size=128, seed=3)
+    sd["head.weight"] = sd["head.weight"] * 8.0
+    return sd
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_int8_model_logits_follow_fp32_for_every_version(version: str) -> None:
+    sd = _peaked_checkpoint(version)
+    ref = TorchModel.from_state_dict(sd)
+    tokens = torch.randint(0, 128, (4, 6), generator=torch.Generator().manual_seed(1))
+    want, _ = ref.forward(tokens, all_logits=True)
+    for kernel in _kernels():
+        model = TorchModel.from_state_dict(sd)
+        assert quantize_weights(model._weights, kernel) >= 4 * 2 + 1  # >= 4 matrices a layer, and the head
+        got, state = model.forward(tokens, all_logits=True)
+        err = float((got - want).abs().max()) / float(want.abs().max())
+        assert err < 3 * REL_TOL[kernel] + 0.08, (kernel, err)
+        agree = float((got.argmax(-1) == want.argmax(-1)).float().mean())
+        assert agree >= 0.75, (kernel, agree)
+        assert state.batch_size == 4
+
+
+@pytest.mark.parametrize("version", ["5.2", "7"])
+def test_int8_decode_steps_match_int8_prefill(version: str) -> None:
+    model = TorchModel.from_state_dict(_peaked_checkpoint(version))
+    quantize_weights(model._weights, "weight_only" if weight_only_available() else "dequant")
+    tokens = torch.randint(0, 128, (2, 5), generator=torch.Generator().manual_seed(2))
+    full, _ = model.forward(tokens)
+    state = None
+    for t in range(tokens.shape[1]):
+        step, state = model.forward(tokens[:, t : t + 1], state)
+    assert float((full - step).abs().max()) <= 1e-2 * float(full.abs().max())
