@@ -36,6 +36,10 @@ def __getattr__(name: str) -> Any:  # lazy public names that pull in heavier mod
         from rwkv_music.compose import Composer
 
         return Composer
+    if name == "Piece":
+        from rwkv_music.piece import Piece
+
+        return Piece
     if name == "State":
         from rwkv_music.model.state import State
 
@@ -49,6 +53,7 @@ __all__ = [
     "Composer",
     "ConstraintError",
     "MidiFormatError",
+    "Piece",
     "RwkvMusicError",
     "State",
     "StateError",

@@ -54,7 +54,7 @@ class GraphDecoder:
             raise ValueError(f"GraphDecoder: batch_size must be a positive int, got {batch_size!r}")
         device = torch.device(model.device)
         if use_graph and device.type != "cuda":
-            raise BackendUnavailable(f"GraphDecoder: CUDA graphs need a model on a CUDA device, this one is on {device}")
+            raise BackendUnavailable(f"GraphDecoder: CUDA graphs need a model on a CUDA device, not {device}")
         self.model, self.batch_size, self.device = model, batch_size, device
         self._tokens = torch.zeros((batch_size, 1), dtype=torch.long, device=device)
         self._state = model.new_state(batch_size)

@@ -14,10 +14,11 @@ int8 logits of every version with fp32, so a wrong entry fails loudly.
 
 Kernels (:data:`KERNELS`), chosen once per model:
 
+* ``"weight_only"`` (default): ``torch._weight_int8pack_mm`` — activations stay float (bf16
+  inside the kernel), only the weights are int8; the most accurate.
 * ``"dynamic"``: fbgemm's ``quantized::linear_dynamic`` — activations are quantized per call
-  (one scale per call, so rows of a batch share it), int8 × int8 products; the fastest on x86.
-* ``"weight_only"``: ``torch._weight_int8pack_mm`` — activations stay float (bf16 inside the
-  kernel), only the weights are int8; the most accurate.
+  (one scale per call, so rows of a batch share it and are independent only up to that
+  rounding), int8 × int8 products; the fastest on x86 at batch ≥ 8, less accurate.
 * ``"dequant"``: rebuild the float matrix per call; slow, always available (the reference).
 
 >>> import torch
@@ -77,9 +78,8 @@ def weight_only_available() -> bool:
 
 
 def default_kernel() -> str:
-    """The fastest kernel this torch build offers on the CPU."""
-    if dynamic_available():
-        return "dynamic"
+    """Weight-only int8 where torch has the kernel (accurate); ``"dynamic"`` is opt-in (faster at
+    large batch, but it also rounds activations)."""
     return "weight_only" if weight_only_available() else "dequant"
 
 

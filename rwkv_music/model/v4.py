@@ -176,6 +176,29 @@ def _wkv_step(k: Tensor, v: Tensor, aa: Tensor, bb: Tensor, pp: Tensor, decay: T
     return wkv, e1 * aa + e2 * v, e1 * bb + e2, p
 
 
+def _wkv_scan(k: Tensor, v: Tensor, aa: Tensor, bb: Tensor, pp: Tensor, decay: Tensor,
+              first: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Prefill: the steps of :func:`_wkv_step` over time.  k, v [B, T, A] f32; aa/bb/pp [B, A].
+
+    Numerator and denominator travel stacked (values v and 1) so each step is a few ops on
+    [2, B, A]; the division happens once at the end.  Returns (wkv [B, T, A], aa', bb', pp').
+    """
+    uk = (first + k).unsqueeze(2).unbind(1)  # T × [B, 1, A]: exponent of the current token's bonus term
+    ks = k.unsqueeze(2).unbind(1)  # T × [B, 1, A]
+    vals = torch.stack([v, torch.ones_like(v)], dim=2).unbind(1)  # T × [B, 2, A]: (v, 1)
+    ab = torch.stack([aa, bb], dim=1)  # [B, 2, A]
+    pp = pp.unsqueeze(1)  # [B, 1, A]
+    acc = torch.empty(len(ks), *ab.shape, dtype=k.dtype, device=k.device)  # [T, B, 2, A]
+    for t, (u_k, k_t, v_t) in enumerate(zip(uk, ks, vals)):
+        p = torch.maximum(pp, u_k)
+        torch.addcmul(torch.exp(pp - p) * ab, torch.exp(u_k - p), v_t, out=acc[t])  # e1·(aa, bb) + e2·(v, 1)
+        ww = decay + pp
+        pp = torch.maximum(ww, k_t)
+        ab = torch.addcmul(torch.exp(ww - pp) * ab, torch.exp(k_t - pp), v_t)
+    wkv = (acc[:, :, 0] / acc[:, :, 1]).transpose(0, 1)  # [B, T, A]
+    return wkv, ab[:, 0], ab[:, 1], pp.squeeze(1)
+
+
 def time_mix(xx: Tensor, sx: Tensor, aa: Tensor, bb: Tensor, pp: Tensor,
              ly: V4Layer) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """v4 time mix.  ``xx``/``sx`` [B, C] (decode) or [B, T, C] (prefill); aa/bb/pp [B, A] f32.
@@ -189,13 +212,10 @@ def time_mix(xx: Tensor, sx: Tensor, aa: Tensor, bb: Tensor, pp: Tensor,
     r = torch.sigmoid(r)  # [B(·T), A]
     if xx.dim() == 2:  # decode: one step
         wkv, aa, bb, pp = _wkv_step(k, v, aa, bb, pp, ly.decay, ly.first)
-    else:  # prefill: scan the elementwise recurrence over T
+    else:  # prefill: matmuls above covered all T; only the elementwise recurrence scans time
         B, T, _ = xx.shape
-        k, v = k.view(B, T, -1), v.view(B, T, -1)
-        wkv = torch.empty_like(k)  # [B, T, A]
-        for t in range(T):
-            wkv[:, t], aa, bb, pp = _wkv_step(k[:, t], v[:, t], aa, bb, pp, ly.decay, ly.first)
-        wkv = wkv.view(B * T, -1)
+        wkv, aa, bb, pp = _wkv_scan(k.view(B, T, -1), v.view(B, T, -1), aa, bb, pp, ly.decay, ly.first)
+        wkv = wkv.reshape(B * T, -1)
     out = (r * wkv.to(r.dtype)) @ ly.att_out  # [B(·T), C]
     return out.view(xx.shape), aa, bb, pp
 

@@ -51,6 +51,7 @@ class BodyRules(TimingRules):
             '"': self._i_quote, "!": self._i_bang, "{": self._i_grace,
         }  # fmt: skip
         self._finish_memo: tuple[AbcState | None, AbcState | None] = (None, None)  # a cache only
+        self._pitch_memo: tuple[AbcState | None, dict] = (None, {})  # a cache only: letters of one state
         self._bar_ext: dict[str, list[str]] = {}  # bar-line prefix -> its completions
         for text in sorted(self._bars.values, key=lambda t: (len(t), t)):
             for i in range(1, len(text) + 1):
@@ -183,10 +184,21 @@ class BodyRules(TimingRules):
         return self._pitch(t, c, "note")
 
     def _pitch(self, s: AbcState, c: str, mode: str) -> AbcState | None:
-        """A note letter: remember its natural MIDI pitch and which octave marks may follow."""
-        pitch = NATURAL[c.upper()] + (12 if c.islower() else 0)
-        t = s.replace(mode=mode, buf="", case="l" if c.islower() else "u", pitch=pitch)
-        return t if self._pitch_reachable(t) else None
+        """A note letter: remember its natural MIDI pitch and which octave marks may follow.
+
+        Without a pitch range only the number of octave marks matters, so every letter counts as
+        C (of its octave): the seven letters then share one state.
+        """
+        key = c if self.config.pitch_range is not None else ("c" if c.islower() else "C")
+        last, memo = self._pitch_memo
+        if last is not s or mode != memo.get("mode"):
+            memo = {"mode": mode}
+            self._pitch_memo = (s, memo)
+        if key not in memo:
+            pitch = NATURAL[key.upper()] + (12 if key.islower() else 0)
+            t = s.replace(mode=mode, buf="", case="l" if key.islower() else "u", pitch=pitch)
+            memo[key] = t if self._pitch_reachable(t) else None
+        return memo[key]
 
     def _pitch_reachable(self, s: AbcState) -> bool:
         """Some number of octave marks still brings the note into the pitch bounds."""

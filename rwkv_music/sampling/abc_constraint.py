@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
 VOCAB = 128
 SLACK = 64  # > the largest one-byte growth of the completion length (33, measured on random walks)
-ZONE = 256  # completion lengths are only computed in the last ZONE tokens of a row
+ZONE = 128  # completion lengths are only computed in the last ZONE tokens of a row (> SLACK + 2 + any completion)
 _CACHE_LIMIT = 200_000  # cached states per processor before the cache is emptied
 
 
@@ -124,6 +124,7 @@ class AbcConstraint(LogitsProcessor):
         self._entries: dict[AbcState, _Entry] = {}
         self._completions: dict[AbcState, str | None] = {}
         self._states: list[AbcState | None] = []  # None: the row has ended
+        self._row_entries: list[_Entry | None] = []  # the entry of each row's state (saves hashing)
         self._counts: list[int] = []  # tokens sampled per row
         self._forced: list[str | None] = []  # the completion a row is being forced along
 
@@ -133,8 +134,17 @@ class AbcConstraint(LogitsProcessor):
         if entry is None:
             if len(self._entries) >= _CACHE_LIMIT:
                 self._entries.clear()
-            step = self.grammar.step
-            successors = tuple(None if b <= EOS_ID else step(state, chr(b)) for b in range(VOCAB))
+            g = self.grammar
+            extend = g.extenders(state)
+            if extend is None:
+                successors = tuple(None if b <= EOS_ID else g.step(state, chr(b)) for b in range(VOCAB))
+            else:  # bytes that end the token are read from the state after it (cached, shared)
+                done = g.finish_token(state)
+                after = self._entry(done).successors if done is not None else (None,) * VOCAB
+                successors = tuple(
+                    None if b <= EOS_ID else (g.step(state, chr(b)) if chr(b) in extend else after[b])
+                    for b in range(VOCAB)
+                )
             legal = np.array([s is not None for s in successors], dtype=bool)
             legal[self.eos_id] = self.grammar.is_final(state)
             entry = self._entries[state] = _Entry(successors, legal)
@@ -154,7 +164,7 @@ class AbcConstraint(LogitsProcessor):
             only = np.zeros(VOCAB, dtype=bool)
             only[self.eos_id] = True
             return only, None
-        entry = self._entry(state)
+        entry = self._row_entries[row] or self._entry(state)
         path = self._forced[row]
         if path is None and self.max_new_tokens is not None:
             remaining = self.max_new_tokens - self._counts[row]
@@ -171,7 +181,7 @@ class AbcConstraint(LogitsProcessor):
     # -- the protocol -------------------------------------------------------------------------
     def reset(self, prompts: Sequence[Sequence[int]]) -> None:
         g = self.grammar
-        self._states, self._counts, self._forced = [], [], []
+        self._states, self._counts, self._forced, self._row_entries = [], [], [], []
         for row, prompt in enumerate(prompts):
             state = g.initial()
             for pos, t in enumerate(prompt):
@@ -192,6 +202,7 @@ class AbcConstraint(LogitsProcessor):
                         f"{self.rule}: prompt row {row} needs at least {'?' if need is None else len(need) + 1} more tokens to end, max_new_tokens is {self.max_new_tokens}"
                     )
             self._states.append(state)
+            self._row_entries.append(self._entry(state))
             self._counts.append(0)
             self._forced.append(None)
 
@@ -221,9 +232,11 @@ class AbcConstraint(LogitsProcessor):
                 raise ConstraintError(f"{self.rule}: step {step}, row {row}: token {t} is not allowed here ({where})")
             self._counts[row] += 1
             if t == self.eos_id:
-                self._states[row] = None
+                self._states[row] = self._row_entries[row] = None
                 continue
-            self._states[row] = self._entry(state).successors[t]
+            nxt = self._entry(state).successors[t]
+            self._states[row] = nxt
+            self._row_entries[row] = self._entry(nxt)  # type: ignore[arg-type]
             self._forced[row] = path[1:] if path is not None else None
 
     # -- queries ------------------------------------------------------------------------------

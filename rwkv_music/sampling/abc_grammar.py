@@ -91,6 +91,11 @@ from rwkv_music.sampling.abc_values import (
 
 Handler = Callable[[AbcState, str], "AbcState | None"]
 PHASE_NAMES = {CONTROL: "control", HEADER: "header", BODY: "body"}
+_LENGTH = frozenset("0123456789/")
+_EXTENDERS = {  # characters read by the token's own rule; ':' after a note is special ("A::")
+    "note": _LENGTH | {"'", ",", ":"}, "rest": _LENGTH, "clen": _LENGTH,
+    "bar": frozenset("|]:[0123456789"), "tup": frozenset("0123456789:"),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,19 @@ class AbcGrammar(HeaderRules, BodyRules):
             return Rejection(len(text), "", PHASE_NAMES[state.phase], state.mode,
                              f"text ends in {PHASE_NAMES[state.phase]}/{state.mode}, where the tune may not end")  # fmt: skip
         return None
+
+    def extenders(self, state: AbcState) -> frozenset[str] | None:
+        """Characters that continue the token being read (a note length, a bar line ...).
+
+        Every other character first ends the token, so its successor is the same as from
+        :meth:`finish_token`'s state: callers that cache successors per state use this to share
+        work.  ``None`` for modes without this shortcut.
+        """
+        return _EXTENDERS.get(state.mode) if state.phase == BODY else None
+
+    def finish_token(self, state: AbcState) -> AbcState | None:
+        """The state after the token being read ends (``None`` if it cannot end here)."""
+        return self._finished(state)
 
     def allowed(self, state: AbcState) -> str:
         """The ASCII characters (codes 0..127) legal in ``state``, in code order."""

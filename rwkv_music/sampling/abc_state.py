@@ -177,6 +177,7 @@ class AbcState(NamedTuple):
     pos: Fraction = ZERO  # duration of the current bar before the note being read
     nfac: Fraction = ZERO  # duration of one L-length of the note being read (unit x tuplet x broken)
     nkind: int = 0  # note being read: 0 plain, 1 in a tuplet, 2 right side of a broken rhythm
+    room: Fraction = ZERO  # ... and the room left in the bar, in units of nfac (lengths up to it fit)
     last: Fraction = ZERO  # duration of the last note (left side of a broken rhythm)
     tuplet: tuple[int, int, int] | None = None  # (p, q, notes still to start) of an open tuplet
     broken: Fraction | None = None  # duration factor waiting for the right note of A>B
@@ -191,7 +192,8 @@ class AbcState(NamedTuple):
     # -- body: bars ---------------------------------------------------------------------------
     bar_notes: bool = False  # the current bar has a note or rest
     first_bar: bool = True  # no non-empty bar closed yet (the first may be a pickup)
-    after_section: bool = False  # the current bar follows a section bar line (|: :| || |] [1 ...)
+    after_section: bool = False  # the current bar follows a section bar line (|: :| || |] ...)
+    after_repeat: bool = False  # ... that starts a repeat (|: ::): it must not stay empty
     carry: Fraction | None = None  # length of the short bar the last section bar line closed
     closed: bool = False  # the last bar line may end the tune
     any_note: bool = False  # a pitched note has been written

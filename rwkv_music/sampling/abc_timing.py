@@ -48,7 +48,6 @@ class TimingRules:
 
     def _init_timing(self, lengths: dict[str, Fraction]) -> None:
         self._timing_memo: tuple[AbcState | None, AbcState | None] = (None, None)  # a cache only
-        self._grain_memo: dict[tuple[Fraction, ...], tuple[int, ...]] = {}  # bounded: one per length prefix
         self._lengths = lengths
         self._length_set = ValueSet(lengths)
         ext: dict[str, set[Fraction]] = {}
@@ -58,7 +57,11 @@ class TimingRules:
         self._length_ext = {p: tuple(sorted(v)) for p, v in ext.items()}
         # music21 cannot put a tuplet on a note of "complex" length (5/8: a tied note), so tuplet
         # notes take one notehead with up to three dots: 2**k * (1, 3, 7 or 15)
-        self._simple_ext = {p: tuple(v for v in values if _simple(v)) for p, values in self._length_ext.items()}
+        grain = min(lengths.values())
+        # the same in grains (integers), for the tuplet and broken-rhythm lookahead
+        self._ext_grains = {p: tuple(int(v / grain) for v in values) for p, values in self._length_ext.items()}
+        self._simple_grains = {p: tuple(int(v / grain) for v in values if _simple(v))
+                               for p, values in self._length_ext.items()}  # fmt: skip
         best: dict[Fraction, str] = {}
         for text in sorted(lengths, key=lambda x: (len(x), x)):
             best.setdefault(lengths[text], text)
@@ -96,7 +99,8 @@ class TimingRules:
             factor, kind, tup = factor * Fraction(q, p), 1, (p, q, left - 1)
         if s.broken is not None:
             factor, kind = factor * s.broken, 2
-        t = s.replace(nfac=factor, nkind=kind, tuplet=tup, broken=None, need_note=False, after_note=False, last=ZERO, no_left=False,
+        room = (s.bar_len - s.pos) / factor if s.bar_len is not None else ZERO
+        t = s.replace(nfac=factor, nkind=kind, room=room, tuplet=tup, broken=None, need_note=False, after_note=False, last=ZERO, no_left=False,
                       line_start=False, closed=False)  # fmt: skip
         return t if self._length_ok(t, "") else None
 
@@ -109,15 +113,14 @@ class TimingRules:
             return True
         if self._lenient:
             return True
-        ext = self._length_ext[text]
         if s.nkind == 0:
-            return s.pos + ext[0] * s.nfac <= s.bar_len
+            return self._length_ext[text][0] <= s.room
         if s.nkind == 2:
-            return self._broken_right_ok(s, ext)
-        return self._tuplet_ok(s, self._simple_ext[text])
+            return self._broken_right_ok(s, self._ext_grains[text])
+        return self._tuplet_ok(s, self._simple_grains[text])
 
-    def _tuplet_ok(self, s: AbcState, ext: tuple[Fraction, ...]) -> bool:
-        """A tuplet note of length in ``ext``, then ``left`` more, can end the tuplet on the grid.
+    def _tuplet_ok(self, s: AbcState, grains: tuple[int, ...]) -> bool:
+        """A tuplet note of a length in ``grains``, then ``left`` more, can end the tuplet on the grid.
 
         In units ``U = G / p`` a note of ``k`` grains lasts ``k * q`` units; the tuplet ends on
         the grid when the position is a multiple of ``p``.  The other notes can take any sum of
@@ -127,7 +130,7 @@ class TimingRules:
         unit = self._grid(s) / p
         start, room = int(s.pos / unit), int(s.bar_len / unit)  # type: ignore[operator]
         top = left * self._run
-        for k in self._grains_of(ext):
+        for k in grains:
             base = start + k * q
             if base > room:
                 return False
@@ -143,18 +146,12 @@ class TimingRules:
                     return True
         return False
 
-    def _grains_of(self, ext: tuple[Fraction, ...]) -> tuple[int, ...]:
-        grains = self._grain_memo.get(ext)
-        if grains is None:
-            grains = self._grain_memo[ext] = tuple(int(v / self._grain) for v in ext)
-        return grains
-
-    def _broken_right_ok(self, s: AbcState, ext: tuple[Fraction, ...]) -> bool:
-        """The right note of a broken pair, of length in ``ext``, ends the pair on the grid in the bar."""
+    def _broken_right_ok(self, s: AbcState, grains: tuple[int, ...]) -> bool:
+        """The right note of a broken pair, of a length in ``grains``, ends the pair on the grid in the bar."""
         unit = self._grid(s) / 8  # factors 1/8 .. 15/8
         start, room = int(s.pos / unit), int(s.bar_len / unit)  # type: ignore[operator]
         per_grain = int((s.nfac / s.unit) * 8)  # type: ignore[operator]
-        for k in self._grains_of(ext):
+        for k in grains:
             end = start + k * per_grain
             if end > room:
                 return False
@@ -196,11 +193,11 @@ class TimingRules:
                 return None
             if s.nkind == 1 and tup is not None and not self._lenient:
                 value = self._lengths[text]
-                if not _simple(value) or (off_grid if tup[2] == 0 else not self._tuplet_ok(s, (value,))):
+                if not _simple(value) or (off_grid if tup[2] == 0 else not self._tuplet_ok(s, (int(value / self._grain),))):
                     return None  # the tuplet could no longer end on the grid in this bar
         if s.nkind == 1 and tup is not None and tup[2] == 0:
             tup = None
-        return s.replace(mode="idle", buf="", case="", count=0, pitch=0, nfac=ZERO, nkind=0, pos=pos, last=dur,
+        return s.replace(mode="idle", buf="", case="", count=0, pitch=0, nfac=ZERO, nkind=0, room=ZERO, pos=pos, last=dur,
                          tuplet=tup, after_note=True, no_left=s.nkind != 0, bar_notes=True,
                          any_note=s.any_note or pitched)  # fmt: skip
 
@@ -219,8 +216,11 @@ class TimingRules:
         section = is_section_bar(text)
         final = text in FINAL_BARS
         if not s.bar_notes:
-            return s.replace(mode="idle", buf="", field="", after_note=False, last=ZERO, no_left=False, line_start=False,
-                             after_section=s.after_section or section, closed=final)  # fmt: skip
+            if s.after_repeat and not self._lenient:
+                return None  # music21 would drop the empty bar and the repeat sign with it
+            return s.replace(mode="idle", buf="", field="", after_note=False, last=ZERO, no_left=False,
+                             line_start=False, after_section=s.after_section or section,
+                             after_repeat=text.endswith(":"), closed=final)  # fmt: skip
         full, carry, rest = 1, None, ZERO
         if s.bar_len is not None:
             full, short = divmod(s.pos, s.bar_len)
@@ -231,8 +231,9 @@ class TimingRules:
                 if not (section or s.first_bar or (s.after_section and paired)):
                     return None
                 carry = short if section else None
-        return s.replace(mode="idle", buf="", field="", after_note=False, no_left=False, line_start=False, pos=rest, last=ZERO,
-                         bar_notes=rest > 0, first_bar=False, after_section=section, carry=carry,
+        return s.replace(mode="idle", buf="", field="", after_note=False, no_left=False, line_start=False, pos=rest,
+                         last=ZERO, bar_notes=rest > 0, first_bar=False, after_section=section,
+                         after_repeat=text.endswith(":"), carry=carry,
                          closed=final and not rest,
                          full_bars=min(s.full_bars + int(full), self.config.min_full_bars))  # fmt: skip
 
