@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -94,7 +93,7 @@ def abc_quality(model, n: int, seed: int, max_len: int) -> dict:
         abc_check = None
     parsed = balanced = 0
     for text in texts:
-        body = "\n".join(line for line in text.splitlines() if not line[:2] in ("S:", "B:", "E:"))
+        body = "\n".join(line for line in text.splitlines() if line[:2] not in ("S:", "B:", "E:"))
         abc = "X:1\n" + body
         if abc_check is not None:
             ok = bool(abc_check.parse_ok(abc))
@@ -174,8 +173,8 @@ def main() -> None:
     ap.add_argument("--abc-max-len", type=int, default=1024)
     ap.add_argument("--midi-max-len", type=int, default=1500)
     ap.add_argument("--midi-data", type=Path, default=None, help="Rendered MIDI folder (default: render cache).")
-    ap.add_argument("--abc-model", type=Path, default=None, help="Run folder to test instead of the shipped ABC default.")
-    ap.add_argument("--midi-model", type=Path, default=None, help="Run folder to test instead of the shipped MIDI default.")
+    ap.add_argument("--abc-model", type=Path, default=None, help="Run folder to test instead of the ABC default.")
+    ap.add_argument("--midi-model", type=Path, default=None, help="Run folder to test instead of the MIDI default.")
     ap.add_argument("--skip-abc", action="store_true")
     ap.add_argument("--skip-midi", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
@@ -189,12 +188,12 @@ def main() -> None:
         h = heldout("abc", 5, abc_documents(), args.abc_model)
         model = h.pop("model")
         report["abc_heldout"] = h
-        print(f"ABC  held-out: model {h['model_bits']:.4f} bits/token vs char 5-gram {h['5gram_bits']:.4f}"
+        print(f"ABC  held-out: model {h['model_bits']:.4f} bits/token vs char 5-gram {h['5gram_bits']:.4f}"  # noqa: T201
               f" ({h['val_docs']} tunes, {h['val_tokens']} tokens)")
         if args.abc_tunes:
             q = abc_quality(model, args.abc_tunes, args.seed, args.abc_max_len)
             report["abc_generation"] = q
-            print(f"ABC  {q['tunes']} unconstrained tunes: parse rate {q['parse_rate']:.2%}, "
+            print(f"ABC  {q['tunes']} unconstrained tunes: parse rate {q['parse_rate']:.2%}, "  # noqa: T201
                   f"bar-balance rate {q['bar_balance_rate']:.2%} ({q['checker']})")
     if not args.skip_midi:
         from rwkv_music.train.midi_data import midi_documents
@@ -203,16 +202,16 @@ def main() -> None:
         h = heldout("midi", 3, docs, args.midi_model)
         model = h.pop("model")
         report["midi_heldout"] = h
-        print(f"MIDI held-out: model {h['model_bits']:.4f} bits/token vs token 3-gram {h['3gram_bits']:.4f}"
+        print(f"MIDI held-out: model {h['model_bits']:.4f} bits/token vs token 3-gram {h['3gram_bits']:.4f}"  # noqa: T201
               f" ({h['val_docs']} pieces, {h['val_tokens']} tokens)")
         if args.midi_pieces:
             q = midi_quality(model, docs, args.midi_pieces, args.seed, args.midi_max_len)
             report["midi_generation"] = q
             g, d = q["generated_median"], q["training_median"]
-            print(f"MIDI {q['pieces']} pieces x 20 s (medians)  generated | training data")
+            print(f"MIDI {q['pieces']} pieces x 20 s (medians)  generated | training data")  # noqa: T201
             for k, label in (("density", "notes/s"), ("pc_entropy", "pitch-class entropy"), ("polyphony", "polyphony")):
-                print(f"     {label:<20} {g[k]:8.3f} | {d[k]:8.3f}")
-    print(json.dumps(report, indent=1, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o)))
+                print(f"     {label:<20} {g[k]:8.3f} | {d[k]:8.3f}")  # noqa: T201
+    print(json.dumps(report, indent=1, default=str))  # noqa: T201
 
 
 if __name__ == "__main__":

@@ -9,17 +9,18 @@ tolerates garbage: it returns ``False`` / an unbalanced report and never raises.
 * :func:`bar_balance` -- each checked measure lasts ``TimeSignature.barDuration``.  Skipped, as
   in the corpus baseline of FORMATS E: the first and the last measure with notes (pickup, final
   partial bar), measures next to a repeat, double or final bar line or inside/next to an ending
-  bracket, and tunes without a meter (``M:none`` or no ``M:``).  Because music21 re-bars an
-  overfull measure into a full one plus a short one (which may then be skipped), every ABC bar is
-  also summed from music21's ABC tokens and any bar longer than the meter is reported as
-  ``overfull``, wherever it is.
+  bracket, and tunes without a meter (``M:none`` or no ``M:``); ``all_balanced`` is that
+  tune-level metric.  Because music21 re-bars an overfull measure into a full one plus a short
+  one (which may then be skipped), every ABC bar is also summed from music21's ABC tokens and
+  bars longer than the meter, wherever they are, are counted in ``overfull``;
+  ``strictly_balanced`` asks for both (use it for generated tunes).
 * :func:`corpus_tunes` -- the human tunes of the installed music21 corpus, split at ``X:`` lines.
 
 >>> parse_ok("L:1/8\\nM:2/4\\nK:G\\nG2 A2|B4|]")
 True
 >>> r = bar_balance("X:1\\nL:1/8\\nM:2/4\\nK:G\\nD|G2 A2|B3 c|B4|A4|d3|]")
 >>> (r.checked, r.balanced, r.all_balanced)
-(3, 3, True)
+(4, 4, True)
 """
 
 from __future__ import annotations
@@ -91,12 +92,17 @@ class BarBalanceReport:
     balanced: int  # ... whose duration equals TimeSignature.barDuration
     unbalanced: tuple[int, ...]  # indices (0-based, among measures with notes) of the others
     overfull: int  # ABC bars (from music21's tokens) longer than the meter, anywhere
-    all_balanced: bool  # parsed, no unbalanced measure and no overfull bar
+    all_balanced: bool  # parsed and no unbalanced measure (the tune-level metric of FORMATS E)
 
     @property
     def rate(self) -> float:
         """Balanced / checked (1.0 when nothing was checked)."""
         return self.balanced / self.checked if self.checked else 1.0
+
+    @property
+    def strictly_balanced(self) -> bool:
+        """:attr:`all_balanced` and no overfull bar anywhere (the check for generated tunes)."""
+        return self.all_balanced and self.overfull == 0
 
 
 def bar_balance(abc_text: str) -> BarBalanceReport:
@@ -159,8 +165,7 @@ def _measure_report(score: Any, overfull: int) -> BarBalanceReport:
                 balanced += 1
             else:
                 unbalanced.append(k)
-    return BarBalanceReport(True, metered, len(measures), checked, balanced, tuple(unbalanced), overfull,
-                            not unbalanced and overfull == 0)  # fmt: skip
+    return BarBalanceReport(True, metered, len(measures), checked, balanced, tuple(unbalanced), overfull, not unbalanced)
 
 
 def _overfull_bars(abc_text: str) -> int:

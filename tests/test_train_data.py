@@ -9,8 +9,16 @@ import pytest
 from click.testing import CliRunner
 
 from rwkv_music.errors import RwkvMusicError
-from rwkv_music.train.data import (TokenStream, abc_document, abc_sections, clean_abc_tune, control_codes,
-                                   music21_abc_files, split_abc_tunes, split_documents)
+from rwkv_music.train.data import (
+    TokenStream,
+    abc_document,
+    abc_sections,
+    clean_abc_tune,
+    control_codes,
+    music21_abc_files,
+    split_abc_tunes,
+    split_documents,
+)
 from rwkv_music.train.ngram import WittenBellNGram
 from rwkv_music.train.rewards import abc_bar_balance_reward, bar_length, midi_stuck_notes_reward
 

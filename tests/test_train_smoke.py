@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,7 +67,7 @@ def test_sequence_split_with_state_equals_one_call():
 
 def test_saved_checkpoint_loads_in_rwkv_pip_with_same_logits(tmp_path):
     model = _perturbed_model()
-    path = ckpt.save_model(model, tmp_path / "m.pth")
+    ckpt.save_model(model, tmp_path / "m.pth")
     tokens = [2, 83, 58, 50, 10, 76, 58, 49, 47, 56, 10, 75, 58, 71]
     with torch.no_grad():
         ours = model(torch.tensor([tokens]))[0][0].numpy()

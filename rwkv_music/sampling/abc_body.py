@@ -1,4 +1,4 @@
-"""Body rules of the ABC state machine: notes, chords, tuplets, bar lines (see abc_grammar).
+"""Body rules of the ABC state machine: notes, rests, bar lines, field lines (see abc_grammar).
 
 Mixed into :class:`rwkv_music.sampling.abc_grammar.AbcGrammar`.  Each ``_b_*`` method takes a
 state and one character and returns the next state or ``None``.  A token that cannot grow by
@@ -15,31 +15,22 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import TYPE_CHECKING, Callable
 
+from rwkv_music.sampling.abc_groups import ACCIDENTALS, LEFT_FACTOR, LENGTH_CHARS, PITCHES, GroupRules
 from rwkv_music.sampling.abc_header import PRINTABLE
 from rwkv_music.sampling.abc_state import ZERO, AbcState
-from rwkv_music.sampling.abc_timing import TimingRules
 from rwkv_music.sampling.abc_values import tuplet_ratio
 
 if TYPE_CHECKING:
-    from rwkv_music.sampling.abc_values import ValueSet
+    pass
 
-PITCHES = "CDEFGABcdefgab"
 NATURAL = {"C": 60, "D": 62, "E": 64, "F": 65, "G": 67, "A": 69, "B": 71}
 NATURAL_UPPER = {p: p for p in NATURAL.values()}  # MIDI of an upper-case letter without octave marks
-ACCIDENTALS = "^_="
-LENGTH_CHARS = frozenset("0123456789/")
-LEFT_FACTOR = {">": Fraction(3, 2), ">>": Fraction(7, 4), ">>>": Fraction(15, 8),
-               "<": Fraction(1, 2), "<<": Fraction(1, 4), "<<<": Fraction(1, 8)}  # fmt: skip
 
 
-class BodyRules(TimingRules):
-    """Lexical rules of the tune body; timing and bar checks come from :class:`TimingRules`."""
+class BodyRules(GroupRules):
+    """Lexical rules of the tune body (chords, tuplets ... in :class:`GroupRules`, timing and bar
+    checks in :class:`~rwkv_music.sampling.abc_timing.TimingRules`)."""
 
-    _bars: ValueSet
-    _tuplets: ValueSet
-    _tuplet_ext: dict[str, list[str]]  # tuplet-opener prefix -> its completions, shortest first
-    _decorations: ValueSet | None
-    _chord_names: ValueSet | None
     _idle_chars: dict[str, Callable[[AbcState, str], AbcState | None]]
 
     def _init_body(self) -> None:
@@ -69,11 +60,13 @@ class BodyRules(TimingRules):
 
     # -- idle: between tokens ---------------------------------------------------------------
     def _b_idle(self, s: AbcState, c: str) -> AbcState | None:
-        if s.broken is not None and not self._lenient:  # the right note of A>B must follow at once (music21 pairs neighbours)
+        if (
+            s.broken is not None and not self._lenient
+        ):  # the right note of A>B must follow at once (music21 pairs neighbours)
             return self._note_start(s, c) if (c in PITCHES or c in ACCIDENTALS or c in "z[") else None
         if c in PITCHES or c in ACCIDENTALS or c == "z" or (self._lenient and c in "xZ"):
             return self._note_start(s, c)
-        if s.line_start and c in self._body_fields and (c not in "ML" or self._lenient or self._bar_start(s)):
+        if s.line_start and c in self._body_fields and (self._lenient or self._bar_start(s)):
             return s.replace(mode="fletter", buf=c, line_start=False)
         if c in self.config.decorations:
             t = self._prefix(s)
@@ -89,10 +82,22 @@ class BodyRules(TimingRules):
         """A decoration (or chord symbol, grace group, slur) that belongs to the next note."""
         if not self._lenient and not self._music_ok(s):
             return None
-        return s.replace(mode="idle", buf="", need_note=not self._lenient, after_note=False, last=ZERO, no_left=False, line_start=False)
+        return s.replace(
+            mode="idle",
+            buf="",
+            need_note=not self._lenient,
+            after_note=False,
+            last=ZERO,
+            no_left=False,
+            line_start=False,
+        )
 
     def _i_space(self, s: AbcState, c: str) -> AbcState | None:
-        return s.replace(after_note=False, last=ZERO, no_left=False, line_start=False) if (s.after_note or s.line_start) else s
+        return (
+            s.replace(after_note=False, last=ZERO, no_left=False, line_start=False)
+            if (s.after_note or s.line_start)
+            else s
+        )
 
     def _i_noise(self, s: AbcState, c: str) -> AbcState | None:
         return s if self._lenient else None
@@ -111,7 +116,11 @@ class BodyRules(TimingRules):
         return None if s.need_note else s.replace(mode="cont", after_note=False, last=ZERO, no_left=False)
 
     def _i_comment(self, s: AbcState, c: str) -> AbcState | None:
-        return s.replace(mode="comment", after_note=False, last=ZERO, no_left=False) if self.config.comments and not s.need_note else None
+        return (
+            s.replace(mode="comment", after_note=False, last=ZERO, no_left=False)
+            if self.config.comments and not s.need_note
+            else None
+        )
 
     def _i_bar(self, s: AbcState, c: str) -> AbcState | None:
         if (s.need_note or s.tuplet is not None) and not self._lenient:
@@ -127,14 +136,16 @@ class BodyRules(TimingRules):
         return s.replace(mode="paren", after_note=False, last=ZERO, no_left=False, line_start=False)
 
     def _i_close_slur(self, s: AbcState, c: str) -> AbcState | None:
-        if self._lenient:
-            return s.replace(after_note=False, last=ZERO, no_left=False, line_start=False, slur=max(s.slur - 1, 0))
+        if self._lenient:  # keeps ``last``: humans write (AB)>c
+            return s.replace(after_note=False, no_left=False, line_start=False, slur=max(s.slur - 1, 0))
         if s.slur == 0 or s.need_note:
             return None
         return s.replace(slur=s.slur - 1, after_note=False, last=ZERO, no_left=False)
 
     def _i_tie(self, s: AbcState, c: str) -> AbcState | None:
-        if not s.after_note and not self._lenient:
+        if self._lenient:  # keeps ``last``: humans write G-<E
+            return s.replace(after_note=False, no_left=False, line_start=False)
+        if not s.after_note:
             return None
         return s.replace(after_note=False, last=ZERO, no_left=False, line_start=False)
 
@@ -162,7 +173,9 @@ class BodyRules(TimingRules):
             return None
         if not self._lenient and (s.tuplet is not None or not self._music_ok(s)):
             return None  # music21 counts grace notes as tuplet notes
-        return s.replace(mode="group", field="g", count=0, buf="", after_note=False, last=ZERO, no_left=False, line_start=False)
+        return s.replace(
+            mode="group", field="g", count=0, buf="", after_note=False, last=ZERO, no_left=False, line_start=False
+        )
 
     # -- notes and rests ------------------------------------------------------------------------
     def _note_start(self, s: AbcState, c: str) -> AbcState | None:
@@ -265,131 +278,16 @@ class BodyRules(TimingRules):
         """Lenient ``Z``/``Z4``: rests filling this bar (and more)."""
         if c.isdigit():
             return s
-        done = s.replace(mode="idle", pos=s.bar_len or s.pos, bar_notes=True, after_note=False, last=ZERO, no_left=False, closed=False)
+        done = s.replace(
+            mode="idle",
+            pos=s.bar_len or s.pos,
+            bar_notes=True,
+            after_note=False,
+            last=ZERO,
+            no_left=False,
+            closed=False,
+        )
         return self._b_idle(done, c)
-
-    # -- chords and grace groups ---------------------------------------------------------------
-    def _b_bracket(self, s: AbcState, c: str) -> AbcState | None:
-        """After ``[``: a chord, a bar line ``[|`` / ``[1``, or an inline field ``[K:G]``."""
-        if c in PITCHES or c in ACCIDENTALS:
-            if not self.config.chords:
-                return None
-            t = self._begin_timing(s)
-            return self._b_group(t.replace(mode="group", field="c", count=0, buf=""), c) if t is not None else None
-        if s.broken is not None or s.need_note or (s.tuplet is not None and not self._lenient):
-            return None
-        if c in "|0123456789":
-            return self._bar_text(s, "[" + c)
-        if self._lenient and c in "KMLPVIT":
-            return s.replace(mode="ilet", field=c)
-        return None
-
-    def _b_group(self, s: AbcState, c: str) -> AbcState | None:
-        """Inside ``[...]`` (field ``c``) or ``{...}`` (field ``g``), between notes."""
-        if c in ACCIDENTALS:
-            if self.config.key_scale_only or s.count >= self._group_limit(s):
-                return None
-            return s.replace(mode="gacc", buf=c)
-        if c in PITCHES:
-            return self._inner_pitch(s, c)
-        if s.field == "c" and c == "]" and s.count:
-            return s.replace(mode="clen", buf="", field="", count=0)
-        if s.field == "g" and c == "}" and s.count:
-            return s.replace(mode="idle", buf="", field="", count=0, need_note=not self._lenient)
-        if s.field == "g" and c == "/" and not s.count and not s.buf:
-            return s.replace(buf="/")  # acciaccatura {/g}
-        if self._lenient and c in " -":
-            return s
-        return None
-
-    def _group_limit(self, s: AbcState) -> int:
-        return self.config.max_chord_notes if s.field == "c" else self.config.max_grace_notes
-
-    def _inner_pitch(self, s: AbcState, c: str) -> AbcState | None:
-        if s.count >= self._group_limit(s):
-            return None
-        return self._pitch(s.replace(count=s.count + 1), c, "gnote")
-
-    def _b_inner_note(self, s: AbcState, c: str) -> AbcState | None:
-        """A note inside a chord or grace group: octave marks and (grace, lenient) a length."""
-        if c in "',":
-            return self._octave_mark(s, c)
-        if c in LENGTH_CHARS and (s.field == "g" or self._lenient):
-            text = s.buf + c
-            return s.replace(buf=text) if self._length_set.is_prefix(text) else None
-        if not self._length_set.is_complete(s.buf) or not self._in_range(s):
-            return None
-        t = s.replace(mode="group", buf="", case="")
-        if s.field == "c" and s.count == 1 and s.buf:  # music21: a chord lasts as long as its first note
-            t = t.replace(nfac=s.nfac * self._lengths[s.buf])
-        return self._b_group(t, c)
-
-    # -- quoted chord symbols, !decorations! ------------------------------------------------------
-    def _b_quote(self, s: AbcState, c: str) -> AbcState | None:
-        names = self._chord_names
-        if c == '"':
-            if names is not None and not names.is_complete(s.buf):
-                return None
-            return s.replace(mode="idle", buf="", need_note=not self._lenient)
-        if c not in PRINTABLE:
-            return None
-        if names is None:
-            return s
-        return s.replace(buf=s.buf + c) if names.is_prefix(s.buf + c) else None
-
-    def _b_bang(self, s: AbcState, c: str) -> AbcState | None:
-        names = self._decorations
-        if c == "!":
-            if names is not None and not names.is_complete(s.buf):
-                return None
-            return s.replace(mode="idle", buf="", need_note=not self._lenient)
-        if c not in PRINTABLE:
-            return None
-        if names is None:
-            return s
-        return s.replace(buf=s.buf + c) if names.is_prefix(s.buf + c) else None
-
-    # -- slurs and tuplets ------------------------------------------------------------------------
-    def _b_paren(self, s: AbcState, c: str) -> AbcState | None:
-        """After ``(``: a digit opens a tuplet, anything else makes it a slur."""
-        if c.isdigit():
-            if not self.config.tuplets or (s.tuplet is not None and not self._lenient):
-                return None
-            return self._tuplet_text(s, "(" + c)
-        if not self._lenient and s.slur >= self.config.max_slur_depth:
-            return None
-        return self._b_idle(s.replace(mode="idle", slur=s.slur + 1, need_note=not self._lenient), c)
-
-    def _b_tuplet(self, s: AbcState, c: str) -> AbcState | None:
-        t = self._tuplet_text(s, s.buf + c)
-        if t is not None:
-            return t
-        done = self._finished(s)  # None if r notes in the time of q cannot end on the grid in this bar
-        return self._b_idle(done, c) if done is not None else None
-
-    def _tuplet_text(self, s: AbcState, text: str) -> AbcState | None:
-        """A longer tuplet opener, if some completion of it can still fit the bar."""
-        if not self._tuplets.is_prefix(text):
-            return None
-        t = s.replace(mode="tup", buf=text, after_note=False, last=ZERO, no_left=False, line_start=False)
-        return t if any(self._tuplet_viable(t, full) for full in self._tuplet_ext[text]) else None
-
-    def _tuplet_viable(self, s: AbcState, text: str) -> bool:
-        if self._lenient:
-            return True
-        p, q, r = tuplet_ratio(text, s.compound)
-        return self._begin_timing(s.replace(mode="idle", buf="", tuplet=(p, q, r))) is not None
-
-    def _b_broken(self, s: AbcState, c: str) -> AbcState | None:
-        """``>``, ``>>``, ``>>>`` (or ``<``...): then the right-hand note at once."""
-        if c == s.buf[0] and len(s.buf) < 3:
-            t = s.replace(buf=s.buf + c)
-            return t if self._broken_ok(t, LEFT_FACTOR[t.buf]) else None
-        if not (c in PITCHES or c in ACCIDENTALS or c in "z[" or self._lenient):
-            return None
-        left = LEFT_FACTOR[s.buf]
-        t = s.replace(mode="idle", buf="", pos=s.pos + s.last * (left - 1), broken=2 - left, after_note=False, last=ZERO, no_left=False)
-        return self._b_idle(t, c)
 
     # -- bar lines and field lines --------------------------------------------------------------
     def _b_bar(self, s: AbcState, c: str) -> AbcState | None:
@@ -410,8 +308,8 @@ class BodyRules(TimingRules):
         """A letter at the start of a body line: ``K:``-style field line, or a decoration."""
         letter = s.buf
         if c == ":":
-            if letter in "ML" and not self._lenient and not self._bar_start(s):
-                return None  # meter and unit change only between bars
+            if not self._lenient and not self._bar_start(s):
+                return None  # only between bars: music21 starts a new measure at a field line
             mode = "value" if letter in "MLK" else "text"
             return s.replace(mode=mode, buf="", field=letter)
         if letter in self.config.decorations:
@@ -439,6 +337,8 @@ class BodyRules(TimingRules):
             t = self._apply_value(s.replace(field="M"), core).replace(mode="idle", buf="", field="")
         elif s.field == "L" and self._units.is_complete(core):
             t = self._apply_value(s.replace(field="L"), core).replace(mode="idle", buf="", field="")
+        elif s.field == "V":  # another voice: its bars are counted from the start
+            t = t.replace(pos=ZERO, bar_notes=False, first_bar=True, after_section=True, carry=None)
         return t
 
     # -- end of tune ------------------------------------------------------------------------------
@@ -469,10 +369,22 @@ class BodyRules(TimingRules):
             return s.replace(mode="idle", buf="", tuplet=(p, q, r), need_note=not self._lenient)
         if s.mode == "brk":
             left = LEFT_FACTOR[s.buf]
-            return s.replace(mode="idle", buf="", pos=s.pos + s.last * (left - 1), broken=2 - left, after_note=False, last=ZERO, no_left=False)
+            return s.replace(
+                mode="idle",
+                buf="",
+                pos=s.pos + s.last * (left - 1),
+                broken=2 - left,
+                after_note=False,
+                last=ZERO,
+                no_left=False,
+            )
         return None
 
     def _final(self, s: AbcState) -> bool:
+        if self._lenient and s.mode in ("comment", "text"):  # a last comment or lyrics line
+            s = s.replace(mode="idle", buf="", field="")
+        if self._lenient and s.mode == "bar" and self._bars.is_complete(s.buf):
+            s = s.replace(buf="|]")  # the last bar may be partial, whatever its bar line
         t = self._finish(s)
         if t is None or t.need_note or t.broken is not None or t.tuplet is not None:
             return False

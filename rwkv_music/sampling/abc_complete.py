@@ -123,7 +123,7 @@ def _token_piece(g: AbcGrammar, s: AbcState) -> str | None:
     mode = s.mode
     if mode in ("note", "rest", "clen", "gnote"):
         texts = sorted((t for t in g._lengths if t.startswith(s.buf) and t != s.buf), key=lambda t: (len(t), t))
-        suffixes = [t[len(s.buf):] for t in texts]
+        suffixes = [t[len(s.buf) :] for t in texts]
         if mode == "gnote":
             suffixes = ["]" if s.field == "c" else "}"] + suffixes
         for suffix in suffixes:
@@ -140,10 +140,10 @@ def _token_piece(g: AbcGrammar, s: AbcState) -> str | None:
         rest = "" if names is None else names.completion(s.buf)
         return None if rest is None else rest + ('"' if mode == "quote" else "!")
     if mode == "bar":
-        texts = sorted((t for t in g._bars.values if t.startswith(s.buf) and t != s.buf), key=len)
-        return _first_ok(g, s, [t[len(s.buf):] for t in texts])
+        texts = sorted((t for t in g._bars.values if t.startswith(s.buf) and t != s.buf), key=lambda t: (len(t), t))
+        return _first_ok(g, s, [t[len(s.buf) :] for t in texts])
     if mode == "tup":
-        return _first_ok(g, s, [t[len(s.buf):] for t in g._tuplet_ext.get(s.buf, []) if t != s.buf])
+        return _first_ok(g, s, [t[len(s.buf) :] for t in g._tuplet_ext.get(s.buf, []) if t != s.buf])
     if mode == "lbr":
         return _first_ok(g, s, ["|"] + [p + "]" for p in PITCH_ORDER])
     if mode == "brk":
@@ -221,7 +221,7 @@ def _tails(g: AbcGrammar, s: AbcState) -> list[str]:
         bar = _fill(g, start, pitch) + "|"  # a whole bar: ``start`` is at a bar line
         for _ in range(g.config.min_full_bars + 1):
             tails.append(tails[-1] + bar)
-    return sorted(tails, key=len)
+    return sorted(tails, key=lambda t: (len(t), t))
 
 
 __all__ = ["completion"]

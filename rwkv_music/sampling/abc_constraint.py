@@ -83,8 +83,8 @@ class AbcConstraint(LogitsProcessor):
     >>> c = AbcConstraint()
     >>> c.reset([[2] + [ord(ch) for ch in "L:1/8\\nM:2/4\\nK:G\\nG2 A2|B3"]])
     >>> allowed = np.isfinite(c(0, np.zeros((1, 128), dtype=np.float32)))[0]
-    >>> [chr(i) for i in np.flatnonzero(allowed) if chr(i) in "|c2/"]
-    ['/', 'c']
+    >>> [chr(i) for i in np.flatnonzero(allowed) if chr(i) in "|c2/"]  # "|" only as "||" or "|]" here
+    ['/', 'c', '|']
     """
 
     rule = "abc_grammar"
@@ -113,7 +113,9 @@ class AbcConstraint(LogitsProcessor):
                 forced[name] = value
         if forced:
             cfg = dataclasses.replace(cfg, **forced)
-        if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1):
+        if max_new_tokens is not None and (
+            isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1
+        ):
             raise SamplingValueError(f"max_new_tokens must be an integer >= 1 or None, got {max_new_tokens!r}")
         if not (isinstance(eos_id, int) and 0 <= eos_id <= 3):
             raise SamplingValueError(f"eos_id must be one of the special ids 0..3, got {eos_id!r}")
@@ -137,7 +139,11 @@ class AbcConstraint(LogitsProcessor):
             g = self.grammar
             extend = g.extenders(state)
             if extend is None:
-                successors = tuple(None if b <= EOS_ID else g.step(state, chr(b)) for b in range(VOCAB))
+                out: list[AbcState | None] = [None] * VOCAB
+                for char in g.candidates(state):
+                    if ord(char) > EOS_ID:
+                        out[ord(char)] = g.step(state, char)
+                successors = tuple(out)
             else:  # bytes that end the token are read from the state after it (cached, shared)
                 done = g.finish_token(state)
                 after = self._entry(done).successors if done is not None else (None,) * VOCAB
@@ -193,13 +199,18 @@ class AbcConstraint(LogitsProcessor):
                 nxt = g.step(state, chr(t)) if t < VOCAB else None
                 if nxt is None:
                     where = f"{PHASE_NAMES[state.phase]}/{state.mode}"
-                    raise ConstraintError(f"{self.rule}: prompt row {row}, position {pos}: byte {chr(t) if t < VOCAB else t!r} is not valid ABC here ({where})")
+                    char = chr(t) if t < VOCAB else t
+                    raise ConstraintError(
+                        f"{self.rule}: prompt row {row}, position {pos}: byte {char!r} is not valid ABC here ({where})"
+                    )
                 state = nxt
             if self.max_new_tokens is not None:
                 need = self._completion(state)
                 if need is None or len(need) + 1 > self.max_new_tokens:
+                    least = "?" if need is None else len(need) + 1
                     raise ConstraintError(
-                        f"{self.rule}: prompt row {row} needs at least {'?' if need is None else len(need) + 1} more tokens to end, max_new_tokens is {self.max_new_tokens}"
+                        f"{self.rule}: prompt row {row} needs at least {least} more tokens to end, "
+                        f"max_new_tokens is {self.max_new_tokens}"
                     )
             self._states.append(state)
             self._row_entries.append(self._entry(state))
@@ -208,7 +219,9 @@ class AbcConstraint(LogitsProcessor):
 
     def process(self, step: int, scores: np.ndarray) -> np.ndarray:
         if scores.shape[0] != len(self._states):
-            raise SamplingValueError(f"{self.rule}: scores have {scores.shape[0]} rows, reset() had {len(self._states)}")
+            raise SamplingValueError(
+                f"{self.rule}: scores have {scores.shape[0]} rows, reset() had {len(self._states)}"
+            )
         width = min(scores.shape[1], VOCAB)
         keep = np.zeros(scores.shape, dtype=bool)
         active = np.isfinite(scores).any(axis=1)
@@ -227,6 +240,7 @@ class AbcConstraint(LogitsProcessor):
                 continue
             legal, path = self._plan(row)
             step = self._counts[row]
+            entry = self._row_entries[row]
             if not (0 <= t < VOCAB and legal[t]):
                 where = f"{PHASE_NAMES[state.phase]}/{state.mode}"
                 raise ConstraintError(f"{self.rule}: step {step}, row {row}: token {t} is not allowed here ({where})")
@@ -234,7 +248,7 @@ class AbcConstraint(LogitsProcessor):
             if t == self.eos_id:
                 self._states[row] = self._row_entries[row] = None
                 continue
-            nxt = self._entry(state).successors[t]
+            nxt = (entry or self._entry(state)).successors[t]
             self._states[row] = nxt
             self._row_entries[row] = self._entry(nxt)  # type: ignore[arg-type]
             self._forced[row] = path[1:] if path is not None else None

@@ -6,65 +6,79 @@ ABC constraint (:mod:`rwkv_music.sampling.abc_constraint`) masks every byte whos
 distinct state and cached by the caller.  Text is what BlinkDL's ABC models write (FORMATS B):
 optional control codes, header, body, then eos.
 
-Grammar subset (strict = default :class:`AbcGrammarConfig`; *lenient* = :meth:`AbcGrammarConfig.human`):
+Grammar subset (strict = default :class:`AbcGrammarConfig`; *lenient* = :meth:`AbcGrammarConfig.human`,
+for reading human tunes; each strict limit below is a config field):
 
 ==========================  =================================================================
 construct                   accepted (strict)
 ==========================  =================================================================
 control codes               ``S:n`` (1-8, first), ``B:n`` (1-32), ``E:n`` (0-10), one per line,
-                            before any header field
-``X:``                      ``X:digits`` first among header fields (optional/required/forbidden)
+                            before any header field (TunesFormer, FORMATS B)
+``X:``                      ``X:digits``, first among header fields (optional/required/forbidden)
 header fields               ``T C O A N Z R D H G F S B W`` free text; ``Q:bpm`` / ``Q:1/4=bpm``
-                            (40-240); ``M:`` ``C`` ``C|`` ``n/d`` (n <= 12, d in 2..16) ``none``;
-                            ``L:1/4`` .. ``L:1/32``; ``K:`` tonic ``[A-G][#b]?`` + ``m min maj
-                            mix dor phr lyd loc aeo ion`` (<= 7 sharps/flats), ``HP``, ``Hp``,
-                            ``none``; one optional space after ``:``; M and L once each; ``K:``
-                            last, and only after ``M:`` or ``L:`` (music21 needs one to time notes)
-note                        ``[decorations][^ ^^ _ __ =]pitch[' or ,]*[length]``; pitch
+                            (bpm 40-240); ``M:`` ``C`` ``C|`` ``n/d`` (n <= 12, d 2..16) ``none``;
+                            ``L:1/4`` .. ``L:1/32``; ``K:`` tonic ``[A-G][#b]?`` + mode ``m min
+                            maj mix dor phr lyd loc aeo ion`` (<= 7 sharps/flats), ``HP``,
+                            ``Hp``, ``none``; one optional space after ``:``; M, L at most once;
+                            ``K:`` last, only after ``M:`` or ``L:`` (music21 needs one)
+note                        ``[decorations][^ ^^ _ __ =]pitch[octave marks][length]``: pitch
                             ``A-G a-g``; ``'`` after lower case, ``,`` after upper case (<= 2)
 length                      ``n`` (1-16), ``/``, ``//``, ``///``, ``/d``, ``n/``, ``n/d``
-                            (d in 2, 4, 8, 16); no leading zeros (music21 misreads ``n//``)
-rest                        ``z[length]``  (``x``, ``Z``: lenient only -- music21 drops them)
-chord                       ``[CEG][length]``, 1-4 notes with accidentals and octave marks, no
-                            inner lengths (lenient: inner lengths, the first note's counts)
-tuplet                      ``(p``, ``(p:q``, ``(p:q:r``, ``(p::r`` (single digits, p 2..9,
-                            music21's default q); the next r notes/rests/chords; no bar line,
-                            line break or grace group inside
-broken rhythm               ``>`` ``>>`` ``>>>`` ``<`` ``<<`` ``<<<`` directly between two
-                            notes/rests/chords, not in tuplets, not chained
+                            (d 2, 4, 8, 16), no leading zero (music21 misreads ``n//``)
+rest                        ``z[length]`` (``x``, ``Z``: lenient only; music21 drops them)
+chord                       ``[CEG][length]``: 1-4 notes with accidentals and octave marks; no
+                            inner lengths (lenient: allowed, the first note's counts)
+tuplet                      ``(p`` ``(p:q`` ``(p:q:r`` ``(p::r`` (one digit each, p 2-9,
+                            music21's default q): the next r notes/rests/chords, each one
+                            notehead long (music21 cannot tuple a tied 5/8); no bar line, line
+                            break or grace group inside; the tuplet ends on the grid (below)
+broken rhythm               ``>`` ``>>`` ``>>>`` ``<`` ``<<`` ``<<<`` right between two
+                            notes/rests/chords (music21 pairs neighbours only), not in tuplets,
+                            not chained; the pair ends on the grid
 tie, slur                   ``-`` after a note; ``(`` ... ``)`` up to 2 deep, closed by the end
-grace notes                 ``{ga}``, ``{/g}``, 1-4 notes with lengths, before a note
-decorations                 ``~ . T u v`` and ``!name!`` (trill, fermata, accent, p, mf, ...)
-                            before a note (H drops the note in music21: lenient only)
+grace notes                 ``{ga}``, ``{/g}``: 1-4 notes with lengths, before a note
+decorations                 ``. u v`` and ``!name!`` (trill, fermata, accent, p, mf, ... ) before
+                            a note; ``~ T`` right before it (music21 reads ``~.`` as a note);
+                            ``H`` etc. lenient only (music21 drops a note after ``H``)
 chord symbols               ``"Am7/G"``: root, ``#``/``b``, quality (m 7 m7 maj7 dim dim7 aug +
                             sus2 sus4 6 m6 9 m9 add9 m7b5), ``/bass``; before a note
-bar lines                   ``| || |] [| |: :| :: |1 |2 :|1 :|2 [1 [2`` (music21's tokens)
-body field lines            ``K:`` any time, ``M:`` and ``L:`` between bars, own line
-inline fields, comments     lenient only (music21 ignores ``[M:]``/``[L:]``; ``%`` via config)
-spacing                     spaces between elements, ``\\`` + newline, newlines; no blank line
+bar lines                   ``| || |] [| |: :| :: |1 |2 :|1 :|2 [1 [2`` (music21's bar tokens);
+                            not ``::`` right after a bare upper-case note (``A::`` reads as a
+                            field ``A:``), no empty bar right after ``|:``/``::``
+body field lines            ``K:`` ``M:`` ``L:`` on their own line between bars (music21 starts
+                            a measure at any field line)
+inline fields, comments     lenient only (music21 ignores ``[M:]``/``[L:]``); ``%`` by config
+spacing                     spaces, ``\\`` + newline, newlines; no blank line (ends a tune)
 ==========================  =================================================================
 
-Bar balance (exact fractions; ``M:none`` = no checks):
+Bar balance (exact :class:`~fractions.Fraction` durations in whole notes; ``M:none`` = none):
 
-* a bar never exceeds the meter: a note's length is only allowed while it still fits;
-* a bar line may close a **full** bar; a **short** bar only if it is (a) the first bar of the
-  tune (pickup), (b) closed by a *section* bar line (anything but ``|``: ``|| |] [| |: :| ::``
-  and endings), or (c) the bar right after a section bar line -- with ``pair_short_bars``
-  (strict default) only when it completes the short bar before that line (``A6 :| B2 |`` in
-  4/4); a bar line right after another bar line just merges with it;
-* the tune may end (eos) only at a bar line that can end a tune (``| || |] :|``) with nothing
-  after it but spaces, newlines or field lines, after at least one pitched note,
-  ``min_full_bars`` complete bars, with slurs, tuplets and decorations closed.
+* a bar never exceeds the meter: a length byte is only allowed while the note still fits;
+* a bar line may close a **full** bar.  A **short** bar (``short_bars="sections"``, the
+  default) only if it is (a) the first bar of the tune (pickup), (b) closed by a *section* bar
+  line (``|| |] [| |: :| :: :|1 :|2``; endings ``|1 [2`` are plain bar lines to music21), or
+  (c) the bar right after a section bar line -- with ``pair_short_bars`` (default) only when it
+  completes the short bar before that line (``... A6 :| B2 |`` in 4/4, L:1/8).
+  ``short_bars="pickup"``: only (a); ``"none"``: every bar full.  A bar line right after
+  another one (an empty bar) just merges with it;
+* eos only right after a bar line that may end a tune (``| || |] :|``), possibly followed by
+  spaces, newlines or field lines, once a pitched note and ``min_full_bars`` full bars were
+  written and no slur, tuplet, decoration or chord symbol is open.
 
-Strict mode keeps every reachable state completable (see :mod:`rwkv_music.sampling.abc_timing`
-for the grid argument), so a correct constraint never leaves a row without a legal byte;
-:func:`rwkv_music.sampling.abc_complete.completion` builds the shortest known way to a legal end.
+These are exactly the bars the independent checker (:mod:`rwkv_music.abc_check`, FORMATS E)
+skips: the first and last measure and the measures next to repeat/double/final bar lines.
+
+Strict mode keeps every reachable state completable (the grid argument of
+:mod:`rwkv_music.sampling.abc_timing`): a correct constraint never leaves a row without a legal
+byte; :func:`rwkv_music.sampling.abc_complete.completion` builds a short way to a legal end.
 
 >>> g = AbcGrammar()
 >>> g.accepts("L:1/8\\nM:3/4\\nK:D\\nA2 Bc d2|e6|]")
 True
->>> g.accepts("L:1/8\\nM:3/4\\nK:D\\nA2 Bc d2|e4|]"), g.explain("L:1/8\\nM:3/4\\nK:D\\nA2 Bc d2 e|").reason
-(False, "byte 'e' not allowed in body/idle")
+>>> g.accepts("L:1/8\\nM:3/4\\nK:D\\nA2 Bc d2|e4|")  # a short bar closed by a plain bar line
+False
+>>> g.explain("L:1/8\\nM:3/4\\nK:D\\nA2 Bc d2 e|").reason  # a seventh eighth in 3/4
+"byte 'e' not allowed in body/idle"
 """
 
 from __future__ import annotations
@@ -72,7 +86,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from rwkv_music.sampling.abc_body import BodyRules
+from rwkv_music.sampling.abc_body import ACCIDENTALS, PITCHES, BodyRules
 from rwkv_music.sampling.abc_header import HeaderRules
 from rwkv_music.sampling.abc_state import BODY, CONTROL, HEADER, AbcGrammarConfig, AbcState
 from rwkv_music.sampling.abc_values import (
@@ -91,6 +105,7 @@ from rwkv_music.sampling.abc_values import (
 
 Handler = Callable[[AbcState, str], "AbcState | None"]
 PHASE_NAMES = {CONTROL: "control", HEADER: "header", BODY: "body"}
+_ALL_CHARS = "".join(chr(b) for b in range(128))
 _LENGTH = frozenset("0123456789/")
 _EXTENDERS = {  # characters read by the token's own rule; ':' after a note is special ("A::")
     "note": _LENGTH | {"'", ",", ":"}, "rest": _LENGTH, "clen": _LENGTH,
@@ -146,6 +161,8 @@ class AbcGrammar(HeaderRules, BodyRules):
             "cont": self._b_continue, "ilet": self._b_inline_letter, "ival": self._b_inline_value,
         }  # fmt: skip
         self._handlers = {CONTROL: header, HEADER: header, BODY: body}
+        idle = set(PITCHES + ACCIDENTALS + "zxZ" + cfg.decorations + self._body_fields) | set(self._idle_chars)
+        self._idle_candidates = "".join(sorted(idle))
 
     # -- public API ---------------------------------------------------------------------------
     def initial(self) -> AbcState:
@@ -182,12 +199,22 @@ class AbcGrammar(HeaderRules, BodyRules):
         for i, char in enumerate(text):
             nxt = self.step(state, char)
             if nxt is None:
-                return Rejection(i, char, PHASE_NAMES[state.phase], state.mode,
-                                 f"byte {char!r} not allowed in {PHASE_NAMES[state.phase]}/{state.mode}")  # fmt: skip
+                return Rejection(
+                    i,
+                    char,
+                    PHASE_NAMES[state.phase],
+                    state.mode,
+                    f"byte {char!r} not allowed in {PHASE_NAMES[state.phase]}/{state.mode}",
+                )
             state = nxt
         if complete and not self.is_final(state):
-            return Rejection(len(text), "", PHASE_NAMES[state.phase], state.mode,
-                             f"text ends in {PHASE_NAMES[state.phase]}/{state.mode}, where the tune may not end")  # fmt: skip
+            return Rejection(
+                len(text),
+                "",
+                PHASE_NAMES[state.phase],
+                state.mode,
+                f"text ends in {PHASE_NAMES[state.phase]}/{state.mode}, where the tune may not end",
+            )
         return None
 
     def extenders(self, state: AbcState) -> frozenset[str] | None:
@@ -198,6 +225,10 @@ class AbcGrammar(HeaderRules, BodyRules):
         work.  ``None`` for modes without this shortcut.
         """
         return _EXTENDERS.get(state.mode) if state.phase == BODY else None
+
+    def candidates(self, state: AbcState) -> str:
+        """Characters that may be legal in ``state`` (a superset; all 128 except in a few modes)."""
+        return self._idle_candidates if state.phase == BODY and state.mode == "idle" else _ALL_CHARS
 
     def finish_token(self, state: AbcState) -> AbcState | None:
         """The state after the token being read ends (``None`` if it cannot end here)."""

@@ -38,9 +38,7 @@ class HeaderRules:
     # -- which line may start ---------------------------------------------------------------
     def _is_control(self, s: AbcState, letter: str) -> bool:
         """``S:``/``B:``/``E:`` before any header field is a control code; ``S`` only first."""
-        return (
-            self.config.control_codes and s.phase == CONTROL and letter in "SBE" and (letter != "S" or not s.seen)
-        )
+        return self.config.control_codes and s.phase == CONTROL and letter in "SBE" and (letter != "S" or not s.seen)
 
     def _header_letter_ok(self, s: AbcState, letter: str) -> bool:
         cfg = self.config
@@ -117,13 +115,18 @@ class HeaderRules:
         return None
 
     def _h_text(self, s: AbcState, c: str) -> AbcState | None:
-        """Free text up to the end of the line (the text is not kept: states stay few)."""
+        """Free text up to the end of the line (only "anything typed yet" is kept: states stay few).
+
+        Not ``|`` right after the colon: music21 reads ``T:|`` as a note and a bar line.
+        """
         if c == "\n":
             if s.phase == BODY:
-                return self._body_line(s)
-            return self._start_body(s) if s.field == "K" else s.replace(mode="line", field="")
+                return self._body_line(s.replace(buf=""))
+            return self._start_body(s) if s.field == "K" else s.replace(mode="line", field="", buf="")
         if c in PRINTABLE or (c == "\t" and self._lenient):
-            return s
+            if s.buf:
+                return s
+            return None if c == "|" and not self._lenient else s.replace(buf=".")
         return None
 
     def _h_comment(self, s: AbcState, c: str) -> AbcState | None:

@@ -45,8 +45,11 @@ class AbcGrammarConfig:
         tuplets, broken_rhythm: allow ``(3abc`` / ``(p:q:r`` and ``A>B`` / ``A<B``.
         max_slur_depth: deepest nesting of ``( )`` slurs (strict: all must close before the end).
         max_octave_marks: most ``'`` or ``,`` after one note.
-        pair_short_bars: a short bar right after a section bar line must complete the short bar
-            before it (``|: ... A6 :| B2 | ...`` in 4/4 with L:1/8); see the grammar docstring.
+        short_bars: which bars may be shorter than the meter: ``"sections"`` (the first bar, a
+            bar ended by a double/final/repeat bar line, and the bar after one), ``"pickup"``
+            (only the first bar) or ``"none"``; see the grammar docstring.
+        pair_short_bars: with ``"sections"``, a short bar right after a section bar line must
+            complete the short bar before it (``|: ... A6 :| B2 | ...`` in 4/4 with L:1/8).
         min_full_bars: complete bars needed before the tune may end.
         key_scale_only: no accidentals: every note is in the key signature's scale.
         pitch_range: ``(low, high)`` MIDI numbers for the written natural note (letter and octave
@@ -80,6 +83,7 @@ class AbcGrammarConfig:
     broken_rhythm: bool = True
     max_slur_depth: int = 2
     max_octave_marks: int = 2
+    short_bars: str = "sections"
     pair_short_bars: bool = True
     min_full_bars: int = 1
     key_scale_only: bool = False
@@ -95,6 +99,8 @@ class AbcGrammarConfig:
 
         if self.x_field not in ("optional", "required", "forbidden"):
             raise bad("x_field", "'optional', 'required' or 'forbidden'")
+        if self.short_bars not in ("sections", "pickup", "none") or (self.lenient and self.short_bars != "sections"):
+            raise bad("short_bars", "'sections', 'pickup' or 'none' ('sections' when lenient)")
         if self.chord_symbols not in ("chords", "any", "none"):
             raise bad("chord_symbols", "'chords', 'any' or 'none'")
         for name in ("max_meter_numerator", "max_length_numerator", "max_chord_notes", "max_grace_notes"):

@@ -100,8 +100,19 @@ class TimingRules:
         if s.broken is not None:
             factor, kind = factor * s.broken, 2
         room = (s.bar_len - s.pos) / factor if s.bar_len is not None else ZERO
-        t = s.replace(nfac=factor, nkind=kind, room=room, tuplet=tup, broken=None, need_note=False, after_note=False, last=ZERO, no_left=False,
-                      line_start=False, closed=False)  # fmt: skip
+        t = s.replace(
+            nfac=factor,
+            nkind=kind,
+            room=room,
+            tuplet=tup,
+            broken=None,
+            need_note=False,
+            after_note=False,
+            last=ZERO,
+            no_left=False,
+            line_start=False,
+            closed=False,
+        )
         return t if self._length_ok(t, "") else None
 
     def _grid(self, s: AbcState) -> Fraction:
@@ -193,13 +204,29 @@ class TimingRules:
                 return None
             if s.nkind == 1 and tup is not None and not self._lenient:
                 value = self._lengths[text]
-                if not _simple(value) or (off_grid if tup[2] == 0 else not self._tuplet_ok(s, (int(value / self._grain),))):
+                if not _simple(value) or (
+                    off_grid if tup[2] == 0 else not self._tuplet_ok(s, (int(value / self._grain),))
+                ):
                     return None  # the tuplet could no longer end on the grid in this bar
         if s.nkind == 1 and tup is not None and tup[2] == 0:
             tup = None
-        return s.replace(mode="idle", buf="", case="", count=0, pitch=0, nfac=ZERO, nkind=0, room=ZERO, pos=pos, last=dur,
-                         tuplet=tup, after_note=True, no_left=s.nkind != 0, bar_notes=True,
-                         any_note=s.any_note or pitched)  # fmt: skip
+        return s.replace(
+            mode="idle",
+            buf="",
+            case="",
+            count=0,
+            pitch=0,
+            nfac=ZERO,
+            nkind=0,
+            room=ZERO,
+            pos=pos,
+            last=dur,
+            tuplet=tup,
+            after_note=True,
+            no_left=s.nkind != 0,
+            bar_notes=True,
+            any_note=s.any_note or pitched,
+        )
 
     # -- bar lines --------------------------------------------------------------------------
     def _close_bar(self, s: AbcState, text: str) -> AbcState | None:
@@ -213,29 +240,53 @@ class TimingRules:
         Lenient only: a bar may overflow, as in Essen tunes whose bar lines drift from the meter;
         like music21's re-barring, whole bars are counted and the rest flows into the next bar.
         """
-        section = is_section_bar(text)
+        section = is_section_bar(text) or (self._lenient and text != "|")  # lenient: endings too
         final = text in FINAL_BARS
         if not s.bar_notes:
             if s.after_repeat and not self._lenient:
                 return None  # music21 would drop the empty bar and the repeat sign with it
-            return s.replace(mode="idle", buf="", field="", after_note=False, last=ZERO, no_left=False,
-                             line_start=False, after_section=s.after_section or section,
-                             after_repeat=text.endswith(":"), closed=final)  # fmt: skip
+            return s.replace(
+                mode="idle",
+                buf="",
+                field="",
+                after_note=False,
+                last=ZERO,
+                no_left=False,
+                line_start=False,
+                after_section=s.after_section or section,
+                after_repeat=text.endswith(":"),
+                closed=final,
+            )
         full, carry, rest = 1, None, ZERO
         if s.bar_len is not None:
             full, short = divmod(s.pos, s.bar_len)
             if full and short:  # lenient overflow
                 rest, short = short, ZERO
             if short:
+                policy = self.config.short_bars
                 paired = not self.config.pair_short_bars or (s.carry is not None and s.carry + short == s.bar_len)
-                if not (section or s.first_bar or (s.after_section and paired)):
+                if policy == "none" or (policy == "pickup" and not s.first_bar):
+                    return None
+                if policy == "sections" and not (section or s.first_bar or (s.after_section and paired)):
                     return None
                 carry = short if section else None
-        return s.replace(mode="idle", buf="", field="", after_note=False, no_left=False, line_start=False, pos=rest,
-                         last=ZERO, bar_notes=rest > 0, first_bar=False, after_section=section,
-                         after_repeat=text.endswith(":"), carry=carry,
-                         closed=final and not rest,
-                         full_bars=min(s.full_bars + int(full), self.config.min_full_bars))  # fmt: skip
+        return s.replace(
+            mode="idle",
+            buf="",
+            field="",
+            after_note=False,
+            no_left=False,
+            line_start=False,
+            pos=rest,
+            last=ZERO,
+            bar_notes=rest > 0,
+            first_bar=False,
+            after_section=section,
+            after_repeat=text.endswith(":"),
+            carry=carry,
+            closed=final and not rest,
+            full_bars=min(s.full_bars + int(full), self.config.min_full_bars),
+        )
 
 
 __all__ = ["TimingRules"]

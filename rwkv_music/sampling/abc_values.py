@@ -253,7 +253,25 @@ DECORATION_NAMES = (
     "snap", "0", "1", "2", "3", "4", "5",
 )  # fmt: skip  # ABC 2.1 section 4.14; music21 skips them, so none changes a duration
 
-CHORD_QUALITIES = ("", "m", "7", "m7", "maj7", "dim", "dim7", "aug", "+", "sus2", "sus4", "6", "m6", "9", "m9", "add9", "m7b5")
+CHORD_QUALITIES = (
+    "",
+    "m",
+    "7",
+    "m7",
+    "maj7",
+    "dim",
+    "dim7",
+    "aug",
+    "+",
+    "sus2",
+    "sus4",
+    "6",
+    "m6",
+    "9",
+    "m9",
+    "add9",
+    "m7b5",
+)
 
 
 def chord_symbol_texts() -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from rwkv_music.errors import RwkvMusicError
-from rwkv_music.train.data import Document, read_abc_tunes, FORBIDDEN_COLLECTIONS
+from rwkv_music.train.data import FORBIDDEN_COLLECTIONS, Document, read_abc_tunes
 
 log = logging.getLogger(__name__)
 

@@ -175,7 +175,8 @@ def train(opts: TrainOptions, docs: list[Document], vocab_size: int, *,
         ckpt.save_model(model, out / ckpt.MODEL_FILE, opts.save_dtype)
         meta = {"step": step, "elapsed_s": elapsed(), "tokens_seen": tokens, "train_loss": loss_ema,
                 "val_bits_per_token": val_bits, "options": opts.to_dict(),
-                "config": model.config.to_dict(), "n_train_docs": len(train_docs),
+                "config": dataclasses.replace(model.config, n_params=model.param_count()).to_dict(),
+                "n_train_docs": len(train_docs),
                 "n_val_docs": len(val_docs), "n_train_tokens": len(train_stream),
                 "n_val_tokens": len(val_stream) if val_stream else 0}
         ckpt.save_train_state(out, model, optimizer, meta)

@@ -1,0 +1,241 @@
+"""The ABC state machine: human tunes are legal, the subset's rules hold, no dead ends.
+
+Oracles: the human tunes of the installed music21 corpus, and music21's own ABC reader for
+meters, note lengths, tuplet ratios and chord symbols.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from fractions import Fraction
+
+import pytest
+
+from rwkv_music.abc_check import corpus_tunes
+from rwkv_music.sampling.abc_grammar import AbcGrammar, AbcGrammarConfig, AbcState
+from rwkv_music.sampling.abc_values import (
+    CHORD_QUALITIES,
+    length_texts,
+    meter_info,
+    meter_values,
+    tuplet_ratio,
+    tuplet_texts,
+)
+from rwkv_music.sampling.base import SamplingValueError
+from rwkv_music.tokenizers.abc import AbcTokenizer
+
+HEAD = "L:1/8\nM:4/4\nK:G\n"
+STRICT = AbcGrammar()
+LENIENT = AbcGrammar(AbcGrammarConfig.human())
+
+
+def corpus_sample(n: int) -> list:
+    """A deterministic sample spread over all collections (every k-th tune of each)."""
+    by_collection: dict[str, list] = {}
+    for tune in corpus_tunes():
+        by_collection.setdefault(tune.collection, []).append(tune)
+    total = sum(len(v) for v in by_collection.values())
+    sample = []
+    for tunes in by_collection.values():
+        k = max(1, round(len(tunes) * n / total))
+        step = max(1, len(tunes) // k)
+        sample += tunes[::step][:k]
+    return sample
+
+
+# -- human tunes ---------------------------------------------------------------------------------
+def test_human_corpus_sample_is_accepted_at_least_95_percent():
+    fold = AbcTokenizer(errors="fold").fold
+    sample = corpus_sample(300)
+    assert len(sample) >= 290 and len({t.collection for t in sample}) >= 6
+    rejected = [(t.collection, t.index, LENIENT.explain(fold(t.text))) for t in sample]
+    rejected = [r for r in rejected if r[2] is not None]
+    rate = 1 - len(rejected) / len(sample)
+    assert rate >= 0.95, f"accepted {rate:.1%}; first rejections: {rejected[:5]}"
+
+
+@pytest.mark.parametrize(
+    "tune",
+    [
+        "X:1\nT:Air\nM:6/8\nL:1/8\nK:D\nA|d2A B2c|d3 A3|]",
+        "S:3\nB:9\nE:4\nB:9\nE:4\nE:4\nB:9\nL:1/8\nM:3/4\nK:D\n Bc |\"G\" d2 cB\"A\" A2 |\"Bm\" F2 B4|]",
+        "T:x\nM:C|\nL:1/8\nK:Ador\n|:\"Am\"A2 (3Bcd e2 ~a2|g>f e<d [CEG]4:|\n|1 A8 :|2 A8||",
+        "M:2/4\nL:1/16\nK:Bb\n{g}a2>b2 c'4|(3:2:3A2B2c2 z4|!trill!d8-|d4 z4|]",
+        "M:9/8\nL:1/8\nK:Em\n(5ABcde f2g|a3 b3 c'3|]",  # compound meter: (5 is 5 in the time of 3
+        "M:none\nL:1/4\nK:G\nABc de fg|]",  # free meter: no bar checks
+        "M:4/4\nL:1/8\nK:G\nG8|\nK:D\nM:3/4\nA6|]",  # field lines between bars
+        "M:C\nL:1/8\nK:G\nGABc d2 d2|\\\n  e8|]",  # continuation line
+    ],
+)
+def test_strict_grammar_accepts_well_formed_tunes(tune):
+    assert STRICT.explain(tune) is None
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        (HEAD + "A8 B|", "overfull bar"),
+        (HEAD + "A8|B6|C8|", "short bar closed by a plain bar line"),
+        (HEAD + "A8|B8", "no final bar line"),
+        (HEAD + "A8|B4 ", "ends inside a bar"),
+        ("K:G\nA8|]", "K: before M: or L:"),
+        ("T:a\nX:1\nL:1/8\nK:G\nA8|]", "X: not first"),
+        (HEAD + "A7 (3ABC|]", "tuplet reaching past the bar line"),
+        (HEAD + "(3A>BC D4 z|]", "broken rhythm inside a tuplet"),
+        (HEAD + "A7 A::", "A:: reads as a field line in music21"),
+        (HEAD + "|:|A8|]", "empty bar after a repeat start"),
+        (HEAD + "A4\nK:D\nA4|]", "field line inside a bar"),
+        (HEAD + "~ A8|]", "~ not right before its note"),
+        (HEAD + "A8|\n\nB8|]", "blank line"),
+        (HEAD + "A8|B8|]\u00e9", "non-ASCII byte"),
+        (HEAD + "(3A5B2C2 z2|]", "tuplet of a tied (5/8) note"),
+        (HEAD + "x8|]", "invisible rest (dropped by music21)"),
+        (HEAD + "A0|]", "zero length"),
+        (HEAD + "A//2 z7|]", "n// length that music21 misreads"),
+        ("L:1/8\nM:4/4\nQ:fast\nK:G\nA8|]", "free-text tempo (crashes music21)"),
+        ("L:1/8\nM:2+3/8\nK:G\nA8|]", "additive meter (misread by music21)"),
+        (HEAD + '"Xyz"A8|]', "not a chord symbol"),
+        (HEAD + "A2-|]", "tie with nothing after"),
+    ],
+)
+def test_strict_grammar_rejects(text, why):
+    assert not STRICT.accepts(text), why
+
+
+def test_short_bars_follow_the_configured_policy():
+    pickup_and_sections = HEAD + "D2|G8|A4 :|B4 C4|G8|]"
+    assert STRICT.accepts(pickup_and_sections)  # A4 :| B4 completes the short bar
+    assert not STRICT.accepts(HEAD + "D2|G8|A4 :|B2 C4|G8|]")  # B2 C4 does not complete it
+    assert AbcGrammar(AbcGrammarConfig(pair_short_bars=False)).accepts(HEAD + "D2|G8|A4 :|B2 C4|G8|]")
+    pickup_only = AbcGrammar(AbcGrammarConfig(short_bars="pickup"))
+    assert pickup_only.accepts(HEAD + "D2|G8|A8|]") and not pickup_only.accepts(pickup_and_sections)
+    none = AbcGrammar(AbcGrammarConfig(short_bars="none"))
+    assert none.accepts(HEAD + "G8|A8|]") and not none.accepts(HEAD + "D2|G8|A8|]")
+
+
+def test_eos_is_legal_only_after_a_closing_bar_line():
+    g = STRICT
+    assert not g.is_final(g.feed(g.initial(), HEAD + "A8"))
+    assert g.is_final(g.feed(g.initial(), HEAD + "A8|"))
+    assert g.is_final(g.feed(g.initial(), HEAD + "A8|]\n"))
+    assert not g.is_final(g.feed(g.initial(), HEAD + "A8|:"))
+    assert not g.is_final(g.feed(g.initial(), HEAD + "z8|"))  # no pitched note yet
+
+
+# -- the subset agrees with music21 ------------------------------------------------------------
+def test_meter_compound_flag_and_default_unit_match_music21():
+    from music21 import abcFormat, meter
+
+    for value in meter_values(12, False):
+        bar, compound, unit = meter_info(value)
+        ts = meter.TimeSignature({"C": "4/4", "C|": "2/2"}.get(value, value))
+        assert compound == (ts.beatDivisionCount == 3), value
+        assert bar * 4 == Fraction(ts.barDuration.quarterLength), value
+        token = abcFormat.ABCMetadata(f"M:{value}")
+        token.preParse()
+        assert unit * 4 == Fraction(token.getDefaultQuarterLength()), value
+
+
+def test_note_lengths_match_music21():
+    from music21 import abcFormat
+
+    for text, value in length_texts(16, (2, 4, 8, 16), lenient=False).items():
+        note = abcFormat.ABCNote()
+        note.activeDefaultQuarterLength = 0.5
+        assert Fraction(note.getQuarterLength("A" + text)) == value / 2, text
+
+
+def test_tuplet_ratios_match_music21():
+    from music21 import abcFormat, meter
+
+    for ts in ("6/8", "2/4"):
+        for text in tuplet_texts():
+            token = abcFormat.ABCTuplet(text)
+            token.updateRatio(meter.TimeSignature(ts))
+            token.updateNoteCount()
+            expected = (token.numberNotesActual, token.numberNotesNormal, token.noteCount)
+            assert tuplet_ratio(text, ts == "6/8") == expected, (ts, text)
+
+
+def test_chord_symbols_are_read_by_music21():
+    from music21 import common, harmony
+
+    for root in ("C", "F#", "Bb"):
+        for quality in CHORD_QUALITIES:
+            for bass in ("", "/E", "/Ab"):
+                text = root + quality + bass
+                assert STRICT.accepts(f'{HEAD}"{text}"A8|]'), text
+                # as music21's ABC reader does; ChordSymbol raises on a symbol it cannot read
+                symbol = harmony.ChordSymbol(common.cleanedFlatNotation(text))
+                assert symbol.root().name[0] == root[0], text
+
+
+# -- no dead ends, completions -----------------------------------------------------------------------
+@pytest.mark.parametrize("short_bars", ["sections", "pickup"])
+def test_random_walks_never_reach_a_dead_end_and_always_complete(short_bars):
+    g = AbcGrammar(AbcGrammarConfig(short_bars=short_bars))
+    rng = random.Random(7)
+    prompts = ["", "S:2\n", "L:1/16\nM:9/8\nK:D\n", "L:1/8\nM:C|\nK:Ador\n", "L:1/8\nM:3/4\nK:F\n"]
+    steps = 0
+    for walk in range(25):
+        state = g.feed(g.initial(), prompts[walk % len(prompts)])
+        for i in range(220):
+            legal = [chr(b) for b in range(4, 128) if g.step(state, chr(b)) is not None]
+            assert legal or g.is_final(state), f"dead end in {state}"
+            if not legal:
+                break
+            state = g.step(state, rng.choice(legal))
+            steps += 1
+            if i % 9 == 0:
+                tail = g.completion(state)
+                assert tail is not None and g.is_final(g.feed(state, tail)), state
+    assert steps > 4000
+
+
+def test_completion_is_short_and_legal():
+    g = STRICT
+    assert g.completion(g.feed(g.initial(), "L:1/8\nM:6/8\nK:D\n")) == "C6|"
+    assert g.completion(g.feed(g.initial(), "L:1/8\nM:6/8\nK:D\nA2B ((3a")) == "zz)z|"
+    start = g.completion(g.initial())
+    assert g.is_final(g.feed(g.initial(), start)) and len(start) < 16
+
+
+# -- options -----------------------------------------------------------------------------------------
+def test_key_scale_only_forbids_accidentals_and_pitch_range_bounds_notes():
+    g = AbcGrammar(AbcGrammarConfig(key_scale_only=True, pitch_range=(60, 72)))
+    assert g.accepts(HEAD + "CDEF GABc|]")
+    assert not g.accepts(HEAD + "^CDEF GABc|]")
+    assert not g.accepts(HEAD + "CDEF GABd|]")  # d = 74
+    assert not g.accepts(HEAD + "C,DEF GABc|]")
+
+
+def test_forced_header_values_are_the_only_ones_allowed():
+    g = AbcGrammar(AbcGrammarConfig(meter="6/8", key="Dmix"))
+    assert g.accepts("M:6/8\nL:1/8\nK:Dmix\nA6|]")
+    assert not g.accepts("M:3/4\nL:1/8\nK:Dmix\nA6|]")
+    assert not g.accepts("L:1/8\nK:Dmix\nA8|]")  # the forced meter must be stated
+
+
+def test_config_rejects_bad_values_naming_the_field():
+    with pytest.raises(SamplingValueError, match="short_bars"):
+        AbcGrammarConfig(short_bars="sometimes")
+    with pytest.raises(SamplingValueError, match="pitch_range"):
+        AbcGrammarConfig(pitch_range=(80, 60))
+    assert AbcGrammarConfig.from_dict(AbcGrammarConfig.human().to_dict()) == AbcGrammarConfig.human()
+
+
+def test_states_are_immutable_hashable_values():
+    a = STRICT.feed(STRICT.initial(), HEAD + "A2")
+    b = STRICT.feed(STRICT.initial(), HEAD + "A2")
+    assert isinstance(a, AbcState) and a == b and hash(a) == hash(b) and {a: 1}[b] == 1
+    assert a.pos == Fraction(0) and a.nfac == Fraction(1, 8) and a.buf == "2"
+    with pytest.raises(AttributeError):
+        a.pos = Fraction(1)  # type: ignore[misc]
+
+
+def test_lenient_reads_essen_bars_that_drift_from_the_meter():
+    # Essen bar lines follow phrases: "d4d4z2 / d2 |" holds 12 quarters in 4/2 (music21 re-bars it)
+    tune = "M:4/2\nL:1/4\nK:G\nG2 | G2G2B2G2 | d4d4z2\nd2 | e2d2=f2d2 | e4d4z2\nd2 | B2B2c2e2 |]"
+    with warnings.catch_warnings():
+        assert LENIENT.accepts(tune) and not STRICT.accepts(tune)
