@@ -252,6 +252,12 @@ class AbcConstraint(LogitsProcessor):
             self._states[row] = nxt
             self._row_entries[row] = self._entry(nxt)  # type: ignore[arg-type]
             self._forced[row] = path[1:] if path is not None else None
+            if path is None and self.max_new_tokens is not None:
+                left = self.max_new_tokens - self._counts[row]
+                if left <= ZONE:
+                    need = self._completion(nxt)  # type: ignore[arg-type]
+                    if need is None or len(need) + 1 > left:  # SLACK was too small: cannot happen
+                        log.warning("%s: row %d needs more than the %d tokens left to end", self.rule, row, left)
 
     # -- queries ------------------------------------------------------------------------------
     def min_bytes_to_end(self, row: int) -> int:

@@ -126,15 +126,18 @@ class AbcGrammarConfig:
     def human(cls, **overrides: Any) -> "AbcGrammarConfig":
         """The relaxed subset for reading human tunes (the music21 corpus).
 
-        Relaxes, relative to the strict default: any header field letter, free ``Q:`` text,
-        long/capitalised key modes (``E Minor``) and trailing text after ``K:``/``M:`` values,
-        comments, any quoted text, any ``!...!`` text, more bar-line spellings (``:||``, ``:|]``,
-        ``|:|``, ``[|]``), ``x`` and ``Z`` rests, decorations ``H L M O P S T u v``, chord notes
-        with their own lengths, unbalanced slurs, tabs and backquotes, inline ``[K:]``/``[M:]``/
-        ``[L:]``/``[P:]`` fields, any body field line, lengths up to 128, a newline that ends a
-        full bar without a bar line, a tune that ends without a final bar line, no pairing of
-        short bars, and no lookahead (tuplet and broken-rhythm notes are only checked for
-        overfull bars, not for a reachable end).
+        Relaxes, relative to the strict default: any header field letter, leading zeros in
+        ``X:``, free ``Q:`` text, long/capitalised key modes (``E Minor``), trailing words after
+        ``K:``/``M:`` values, comments, any quoted or ``!...!`` text, more bar-line spellings
+        (``:||``, ``:|]``, ``|:|``, ``[|]``), endings counted as section bar lines, ``x``
+        (taking no time, as in music21) and ``Z`` rests, decorations ``H L M O P S T u v``
+        anywhere, chord notes with their own lengths, broken rhythm across slurs, ties and
+        decorations, unbalanced slurs, tabs and backquotes, inline ``[K:]`` ``[M:]`` ``[L:]``
+        ``[V:]`` fields (a voice restarts the bar count), any body field line anywhere, blank
+        lines, lengths up to 128, bars that overflow the meter (music21 re-bars them: whole
+        bars count and the rest flows on, as in Essen tunes whose bar lines follow phrases), a
+        partial last bar, a tune ending in a comment or without a final bar line, no pairing
+        of short bars, and no lookahead (so lenient states may dead-end).
         """
         base: dict[str, Any] = dict(
             text_fields="ABCDFGHINOPRSTUVWZmrsw", body_fields="KMLPTWwNQRVIU", comments=True,
