@@ -12,7 +12,7 @@ import click
 from rwkv_music.errors import RwkvMusicError
 
 BACKENDS = ("torch", "onnx", "ncnn")
-DTYPES = ("fp32", "fp16", "bf16")
+DTYPES = ("fp32", "fp16", "bf16", "int8")  # int8: torch CPU weight-only quantization
 PRESETS = ("default-midi", "default-abc", "chatrwkv-midi", "chatrwkv-abc")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 

@@ -127,3 +127,19 @@ def test_int8_decode_steps_match_int8_prefill(version: str) -> None:
     for t in range(tokens.shape[1]):
         step, state = model.forward(tokens[:, t : t + 1], state)
     assert float((full - step).abs().max()) <= 1e-2 * float(full.abs().max())
+
+
+def test_load_model_with_int8_dtype_quantizes_and_stays_close(tmp_path) -> None:
+    """`load_model(..., dtype="int8")` is the public switch for the quantized CPU path."""
+    import rwkv_music
+    from rwkv_music.model.factory import save_random_checkpoint
+
+    path = save_random_checkpoint(tmp_path / "m.pth", "5.2", n_embd=64, head_size=32)
+    ref = rwkv_music.load_model(path)
+    q = rwkv_music.load_model(path, dtype="int8")
+    assert q.quantization == "int8" and ref.quantization is None
+    tokens = [[5, 9, 17, 33, 2]]
+    a, _ = ref.forward(tokens)
+    b, _ = q.forward(tokens)
+    diff = float((a - b).abs().max())
+    assert 0 < diff < 0.5  # changed (really quantized) but close

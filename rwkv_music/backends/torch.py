@@ -75,6 +75,7 @@ class TorchModel:
         self.config = config
         self.device = device
         self.dtype = dtype
+        self.quantization: str | None = None
         self.source = source
         self._weights = weights
         self._module = module
@@ -104,6 +105,14 @@ class TorchModel:
         log.info("%s: RWKV v%s, %d layers x %d, %s on %s", source, config.version, config.n_layer,
                  config.n_embd, str(dtype).removeprefix("torch."), device)
         return cls(config, weights, module, device, dtype, source, initial_kv)
+
+    def quantize_int8(self, kernel: str | None = None) -> int:
+        """Store the big matrices as per-channel int8 (CPU); returns how many were quantized."""
+        from rwkv_music.model.quant import quantize_weights
+
+        count = quantize_weights(self._weights, kernel)
+        self.quantization = "int8"
+        return count
 
     @property
     def info(self) -> RWKVConfig:
@@ -177,10 +186,22 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str
     Args:
         path: the checkpoint; ``.pth`` is appended if the name has no such file without it.
         device: "cpu", "cuda", "cuda:1", ...
-        dtype: "fp32", "bf16" or "fp16" (activations and weights; the WKV state stays fp32).
+        dtype: "fp32", "bf16" or "fp16" (activations and weights; the WKV state stays fp32), or
+            "int8": fp32 activations with per-channel int8 weights for the big matrices (CPU only,
+            see :mod:`rwkv_music.model.quant`).
     """
     if kwargs:
         raise TypeError(f"load() got unexpected keyword arguments: {', '.join(sorted(kwargs))}")
-    dev, dt = parse_device(device), parse_dtype(dtype)  # argument errors before the slow read
+    int8 = _is_int8(dtype)
+    dev, dt = parse_device(device), parse_dtype("fp32" if int8 else dtype)  # argument errors before the slow read
+    if int8 and dev.type != "cpu":
+        raise ValueError(f"dtype 'int8' runs on the CPU only, not on {device!r}")
     sd, config, source = load_state_dict(path)
-    return TorchModel._build(sd, config, dev, dt, source)
+    model = TorchModel._build(sd, config, dev, dt, source)
+    if int8:
+        model.quantize_int8()
+    return model
+
+
+def _is_int8(dtype: Any) -> bool:
+    return isinstance(dtype, str) and dtype.lower() == "int8"
