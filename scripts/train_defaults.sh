@@ -41,5 +41,11 @@ if [[ "$WHAT" == midi || "$WHAT" == all ]]; then
     --layers 4 --width 128 --head-size 32 --ctx 256 --batch-size 4 \
     --steps 3000 --lr 2e-3 --lr-final 1e-4 --seed 0 --val-fraction 0.05 \
     --time-budget-min 58 --eval-every 0 --threads 2
+  # The shipped run was then continued for 9 more minutes of budget (the cosine resumes at
+  # progress elapsed/67 min, a gentle re-warm from 1e-4).
+  "${TRAIN[@]}" --mode midi --out "$RUN/midi-default" --resume \
+    --layers 4 --width 128 --head-size 32 --ctx 256 --batch-size 4 \
+    --steps 3000 --lr 2e-3 --lr-final 1e-4 --seed 0 --val-fraction 0.05 \
+    --time-budget-min 67 --eval-every 0 --threads 2
   export_model "$RUN/midi-default" rwkv_music/assets/midi-default
 fi

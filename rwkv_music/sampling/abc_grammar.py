@@ -46,7 +46,7 @@ bar lines                   ``| || |] [| |: :| :: |1 |2 :|1 :|2 [1 [2`` (music21
                             not ``::`` right after a bare upper-case note (``A::`` reads as a
                             field ``A:``), no empty bar right after ``|:``/``::``
 body field lines            ``K:`` ``M:`` ``L:`` on their own line between bars (music21 starts
-                            a measure at any field line)
+                            a measure at any field line); no ``M:none`` in the body
 inline fields, comments     lenient only (music21 ignores ``[M:]``/``[L:]``); ``%`` by config
 spacing                     spaces, ``\\`` + newline, newlines; no blank line (ends a tune)
 ==========================  =================================================================
@@ -137,6 +137,7 @@ class AbcGrammar(HeaderRules, BodyRules):
         self._lenient = cfg.lenient
         meters = meter_values(cfg.max_meter_numerator, cfg.free_meter, cfg.meter_denominators)
         self._meters = ValueSet([cfg.meter] if cfg.meter else meters)
+        self._body_meters = ValueSet(m for m in self._meters.values if m != "none")
         self._units = ValueSet([cfg.unit] if cfg.unit else unit_values(cfg.unit_denominators))
         self._keys = ValueSet([cfg.key] if cfg.key else key_values(cfg.lenient))
         self._tempos = ValueSet(tempo_values())

@@ -29,6 +29,7 @@ class HeaderRules:
     config: AbcGrammarConfig
     _lenient: bool
     _meters: ValueSet
+    _body_meters: ValueSet
     _units: ValueSet
     _keys: ValueSet
     _tempos: ValueSet
@@ -82,6 +83,8 @@ class HeaderRules:
     def _value_set(self, s: AbcState) -> ValueSet | None:
         if s.phase == CONTROL:
             return self._controls[s.field]
+        if s.field == "M" and s.phase == BODY and not self._lenient:
+            return self._body_meters  # no M:none in the body: music21 would keep timing the old meter
         return {"M": self._meters, "L": self._units, "K": self._keys, "Q": self._tempos}.get(s.field)
 
     def _value_complete(self, s: AbcState, core: str) -> bool:
