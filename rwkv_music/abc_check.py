@@ -165,34 +165,41 @@ def _measure_report(score: Any, overfull: int) -> BarBalanceReport:
                 balanced += 1
             else:
                 unbalanced.append(k)
-    return BarBalanceReport(True, metered, len(measures), checked, balanced, tuple(unbalanced), overfull, not unbalanced)
+    return BarBalanceReport(
+        True, metered, len(measures), checked, balanced, tuple(unbalanced), overfull, not unbalanced
+    )
 
 
 def _overfull_bars(abc_text: str) -> int:
-    """ABC bars whose notes (as music21's ABC tokens time them) outlast the meter."""
+    """ABC bars whose notes (as music21's ABC tokens time them) outlast the meter.
+
+    Walks music21's token list itself (not ``splitByMeasure``, which drops a meter change that
+    sits on a bar boundary): a meter field applies to the notes after it, a bar line ends a bar.
+    """
     from music21 import abcFormat
 
     handler = abcFormat.ABCHandler()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         handler.process(prepare_for_music21(abc_text))
-    bar_ql: float | None = None
     count = 0
     for voice in handler.splitByVoice():
-        for bar in voice.splitByMeasure():
-            total = 0.0
-            for token in bar.tokens:
-                if isinstance(token, abcFormat.ABCMetadata) and token.isMeter():
-                    ts = token.getTimeSignatureObject()
-                    bar_ql = float(ts.barDuration.quarterLength) if ts is not None else None
-                elif isinstance(token, abcFormat.ABCNote) and not token.inGrace:
-                    ql = float(token.quarterLength)
-                    tup = token.activeTuplet
-                    if tup is not None:
-                        ql *= tup.numberNotesNormal / tup.numberNotesActual
-                    total += ql
-            if bar_ql is not None and total > bar_ql + _EPS:
-                count += 1
+        bar_ql: float | None = None
+        total = 0.0
+        for token in voice.tokens + [abcFormat.ABCBar("|")]:
+            if isinstance(token, abcFormat.ABCMetadata) and token.isMeter():
+                ts = token.getTimeSignatureObject()
+                bar_ql = float(ts.barDuration.quarterLength) if ts is not None else None
+            elif isinstance(token, abcFormat.ABCBar):
+                if bar_ql is not None and total > bar_ql + _EPS:
+                    count += 1
+                total = 0.0
+            elif isinstance(token, abcFormat.ABCNote) and not token.inGrace:
+                ql = float(token.quarterLength)
+                tup = token.activeTuplet
+                if tup is not None:
+                    ql *= tup.numberNotesNormal / tup.numberNotesActual
+                total += ql
     return count
 
 

@@ -59,8 +59,8 @@ def test_human_corpus_sample_is_accepted_at_least_95_percent():
     "tune",
     [
         "X:1\nT:Air\nM:6/8\nL:1/8\nK:D\nA|d2A B2c|d3 A3|]",
-        "S:3\nB:9\nE:4\nB:9\nE:4\nE:4\nB:9\nL:1/8\nM:3/4\nK:D\n Bc |\"G\" d2 cB\"A\" A2 |\"Bm\" F2 B4|]",
-        "T:x\nM:C|\nL:1/8\nK:Ador\n|:\"Am\"A2 (3Bcd e2 ~a2|g>f e<d [CEG]4:|\n|1 A8 :|2 A8||",
+        'S:3\nB:9\nE:4\nB:9\nE:4\nE:4\nB:9\nL:1/8\nM:3/4\nK:D\n Bc |"G" d2 cB"A" A2 |"Bm" F2 B4|]',
+        'T:x\nM:C|\nL:1/8\nK:Ador\n|:"Am"A2 (3Bcd e2 ~a2|g>f e<d [CEG]4:|\n|1 A8 :|2 A8||',
         "M:2/4\nL:1/16\nK:Bb\n{g}a2>b2 c'4|(3:2:3A2B2c2 z4|!trill!d8-|d4 z4|]",
         "M:9/8\nL:1/8\nK:Em\n(5ABcde f2g|a3 b3 c'3|]",  # compound meter: (5 is 5 in the time of 3
         "M:none\nL:1/4\nK:G\nABc de fg|]",  # free meter: no bar checks

@@ -13,15 +13,12 @@ dead ends in strict mode (see :mod:`rwkv_music.sampling.abc_timing`).
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from rwkv_music.sampling.abc_groups import ACCIDENTALS, LEFT_FACTOR, LENGTH_CHARS, PITCHES, GroupRules
 from rwkv_music.sampling.abc_header import PRINTABLE
 from rwkv_music.sampling.abc_state import ZERO, AbcState
 from rwkv_music.sampling.abc_values import tuplet_ratio
-
-if TYPE_CHECKING:
-    pass
 
 NATURAL = {"C": 60, "D": 62, "E": 64, "F": 65, "G": 67, "A": 69, "B": 71}
 NATURAL_UPPER = {p: p for p in NATURAL.values()}  # MIDI of an upper-case letter without octave marks
@@ -60,9 +57,8 @@ class BodyRules(GroupRules):
 
     # -- idle: between tokens ---------------------------------------------------------------
     def _b_idle(self, s: AbcState, c: str) -> AbcState | None:
-        if (
-            s.broken is not None and not self._lenient
-        ):  # the right note of A>B must follow at once (music21 pairs neighbours)
+        if s.broken is not None and not self._lenient:
+            # the right note of A>B must follow at once: music21 only pairs neighbouring tokens
             return self._note_start(s, c) if (c in PITCHES or c in ACCIDENTALS or c in "z[") else None
         if c in PITCHES or c in ACCIDENTALS or c == "z" or (self._lenient and c in "xZ"):
             return self._note_start(s, c)

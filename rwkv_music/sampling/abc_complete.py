@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rwkv_music.sampling.abc_state import BODY, AbcState
+from rwkv_music.sampling.abc_state import BODY, CONTROL, AbcState
 
 if TYPE_CHECKING:
     from rwkv_music.sampling.abc_grammar import AbcGrammar
@@ -49,7 +49,7 @@ def completion(g: AbcGrammar, s: AbcState) -> str | None:
 
 # -- header --------------------------------------------------------------------------------------
 def _value_completion(g: AbcGrammar, s: AbcState, letter: str, typed: str) -> str | None:
-    if letter == "X" and s.phase != 0:
+    if letter == "X" and s.phase != CONTROL:
         return "" if typed.strip() else "1"
     probe = s.replace(mode="value", field=letter, buf=typed)
     values = g._value_set(probe)

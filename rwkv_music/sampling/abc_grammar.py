@@ -125,7 +125,10 @@ class Rejection:
 
 
 class AbcGrammar(HeaderRules, BodyRules):
-    """The ABC state machine for one configuration.  Immutable after construction.
+    """The ABC state machine for one configuration.
+
+    Its behaviour is fixed at construction (it only keeps small caches of recent answers);
+    states are values, so one grammar can serve any number of rows.
 
     Args:
         config: the ABC subset (:class:`AbcGrammarConfig`; default strict).

@@ -89,7 +89,7 @@ class HeaderRules:
 
     def _value_complete(self, s: AbcState, core: str) -> bool:
         if s.field == "X" and s.phase != CONTROL:
-            return core.isdigit() and len(core) <= 6 and (self._lenient or core[0] != "0")
+            return core.isdigit() and len(core) <= 6
         values = self._value_set(s)
         return values is not None and values.is_complete(core)
 
@@ -105,15 +105,15 @@ class HeaderRules:
             return s.replace(buf=s.buf + c) if (self._lenient or not s.buf) else None
         new = core + c
         if s.field == "X" and s.phase != CONTROL:
-            ok = c.isdigit() and len(new) <= 6 and (self._lenient or new != "0")
+            ok = c.isdigit() and len(new) <= 6
         else:
             values = self._value_set(s)
             ok = values is not None and values.is_prefix(new)
         if ok:
             return s.replace(buf=s.buf + c)
-        if self._lenient and c in " \t%" and self._value_complete(s, core):
+        if self._lenient and c in " \t%" and self._value_complete(s, core.strip()):
             # trailing words after a value ("K:E phr bass", "M:9/8 % comment"): applied now
-            done = self._apply_value(s, core)
+            done = self._apply_value(s, core.strip())
             return done.replace(mode="text", buf="", field="K" if s.field == "K" else "")
         return None
 
