@@ -52,11 +52,19 @@ def atomic_path(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         if not tmp.exists() or tmp.stat().st_size == 0:
             raise OSError(f"{path}: the writer produced no data")
         _fsync_file(tmp)
+        os.chmod(tmp, _default_file_mode())  # mkstemp makes 0600; outputs are ordinary files
         if not force and path.exists():  # appeared while we were writing
             raise OutputExistsError(f"{path}: file exists; pass --force (force=True) to overwrite it")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _default_file_mode() -> int:
+    """0666 minus the process umask, the mode ``open()`` would have given the file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, force: bool = False) -> Path:
