@@ -32,8 +32,14 @@ from rwkv_music.sampling.processors import (
     TopP,
 )
 from rwkv_music.sampling.sampler import make_generators, sample
+from rwkv_music.sampling.abc_constraint import AbcConstraint, decode_abc
+from rwkv_music.sampling.abc_grammar import AbcGrammar, AbcGrammarConfig
 
 __all__ = [
+    "AbcConstraint",
+    "AbcGrammar",
+    "AbcGrammarConfig",
+    "decode_abc",
     "EosBiasSchedule",
     "ForceTokens",
     "GenerationResult",
