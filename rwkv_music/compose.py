@@ -68,7 +68,7 @@ class Composer:
         device: str = "cpu",
         dtype: str = "fp32",
     ) -> "Composer":
-        """Load ``model`` (or, when ``None``, the shipped default model for ``mode``).
+        """Load ``model`` (or, when ``None``, the shipped default model for ``mode``, "midi" if unset).
 
         The mode is inferred from the vocabulary (128 ids → ``"abc"``, 20,096 → ``"midi"``);
         ``mode=`` overrides it and is checked against the vocabulary.
@@ -76,8 +76,7 @@ class Composer:
         from rwkv_music import load_model
 
         if model is None:
-            if mode is None:
-                raise RwkvMusicError("Composer.load: pass a model path, or mode='abc'/'midi' for the shipped model")
+            mode = mode or "midi"  # the toolkit's main job; Composer.load(mode="abc") for tunes
             model = _c.default_model(mode)
         path = Path(model)
         if not path.exists():
