@@ -27,3 +27,21 @@ def token_shift(xx: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     if xx.shape[1] == 1:
         return prev.unsqueeze(1)
     return torch.cat([prev.unsqueeze(1), xx[:, :-1]], dim=1)
+
+
+def forward_in_segments(one_pass, weights, config, tokens: torch.Tensor, state, all_logits: bool,
+                        max_positions: int):
+    """Run ``one_pass`` over ``tokens`` [B, T] in segments of at most ``max_positions`` positions (B·T).
+
+    The state is carried between segments, which bounds activation memory and gives the same
+    result as one call (FORMATS A11).  Returns ``(logits, new_state)`` like ``one_pass``.
+    """
+    B, T = tokens.shape
+    step = max(1, max_positions // B)
+    if T <= step:
+        return one_pass(weights, config, tokens, state, all_logits)
+    parts = []
+    for t0 in range(0, T, step):
+        logits, state = one_pass(weights, config, tokens[:, t0 : t0 + step], state, all_logits)
+        parts.append(logits)
+    return (torch.cat(parts, dim=1) if all_logits else logits), state

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from rwkv_music.errors import CheckpointError
 from rwkv_music.model.config import RWKVConfig
-from rwkv_music.model.ops import GN_EPS, LN_EPS, token_shift
+from rwkv_music.model.ops import GN_EPS, LN_EPS, forward_in_segments, token_shift
 from rwkv_music.model.state import State
 
 VERSIONS: tuple[str, ...] = ("7", "7a")
@@ -177,16 +177,7 @@ def forward(
     Long inputs run in segments of at most ``MAX_POSITIONS`` positions (B·T) with the state
     carried between them, which bounds the activation memory and gives the same result (A11).
     """
-    B, T = tokens.shape
-    step = max(1, MAX_POSITIONS // B)
-    if T <= step:
-        return _forward(weights, config, tokens, state, all_logits)
-    parts = []
-    for t0 in range(0, T, step):
-        logits, state = _forward(weights, config, tokens[:, t0 : t0 + step], state, all_logits)
-        parts.append(logits)
-    return (torch.cat(parts, dim=1) if all_logits else logits), state
-
+    return forward_in_segments(_forward, weights, config, tokens, state, all_logits, MAX_POSITIONS)
 
 def _forward(
     weights: V7Weights, config: RWKVConfig, tokens: torch.Tensor, state: State, all_logits: bool
