@@ -45,3 +45,27 @@ def forward_in_segments(one_pass, weights, config, tokens: torch.Tensor, state, 
         logits, state = one_pass(weights, config, tokens[:, t0 : t0 + step], state, all_logits)
         parts.append(logits)
     return (torch.cat(parts, dim=1) if all_logits else logits), state
+
+
+def last_rows(xx: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """The last position's row per batch row of ``xx`` [B·T, C] (the next call's token shift)."""
+    return xx if T == 1 else xx.view(B, T, -1)[:, -1]
+
+
+def shifted_rows(xx: torch.Tensor, prev: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """The previous position's LN output for every row of ``xx`` [B·T, C] (``prev`` [B, C] before the first)."""
+    if T == 1:
+        return prev
+    return token_shift(xx.view(B, T, -1), prev).view(B * T, -1)
+
+
+def head_logits_rows(x: torch.Tensor, ln_out: tuple, head: torch.Tensor, B: int, T: int,
+                     all_logits: bool) -> torch.Tensor:
+    """float32 logits from the residual ``x`` [B·T, C]: [B, V] for the last position, or [B, T, V]."""
+    C = x.shape[-1]
+    if all_logits:
+        x = x.view(B, T, C)
+    elif T > 1:
+        x = x.view(B, T, C)[:, -1]
+    x = F.layer_norm(x, (C,), ln_out[0], ln_out[1], LN_EPS)
+    return (x @ head).float()

@@ -34,7 +34,14 @@ import torch.nn.functional as F
 
 from rwkv_music.errors import CheckpointError
 from rwkv_music.model.config import RWKVConfig
-from rwkv_music.model.ops import GN_EPS, LN_EPS, forward_in_segments, token_shift
+from rwkv_music.model.ops import (
+    GN_EPS,
+    LN_EPS,
+    forward_in_segments,
+    head_logits_rows,
+    last_rows,
+    shifted_rows,
+)
 from rwkv_music.model.state import State
 
 VERSIONS: tuple[str, ...] = ("6",)
@@ -184,30 +191,14 @@ def _forward(
     for i, lw in enumerate(weights.layers):
         xx = F.layer_norm(x, (C,), lw.ln1[0], lw.ln1[1], LN_EPS)
         x = x + _time_mix(lw, config, B, T, xx, att_prev[i], kv_in[i], kv_out[i])
-        att_last.append(_last(xx, B, T))
+        att_last.append(last_rows(xx, B, T))
         xx = F.layer_norm(x, (C,), lw.ln2[0], lw.ln2[1], LN_EPS)
         x = x + _channel_mix(lw, B, T, xx, ffn_prev[i])
-        ffn_last.append(_last(xx, B, T))
-    if all_logits:
-        x = x.view(B, T, C)
-    elif T > 1:
-        x = x.view(B, T, C)[:, -1]
-    x = F.layer_norm(x, (C,), weights.ln_out[0], weights.ln_out[1], LN_EPS)
-    logits = (x @ weights.head).float()
+        ffn_last.append(last_rows(xx, B, T))
+    logits = head_logits_rows(x, weights.ln_out, weights.head, B, T, all_logits)
     tensors = {"att_x": torch.stack(att_last), "att_kv": new_kv, "ffn_x": torch.stack(ffn_last)}
     return logits, State(config.version, tensors)
 
-
-def _last(xx: torch.Tensor, B: int, T: int) -> torch.Tensor:
-    """The last position's row per batch row of ``xx`` [B·T, C] (the next call's token shift)."""
-    return xx if T == 1 else xx.view(B, T, -1)[:, -1]
-
-
-def _shifted(xx: torch.Tensor, prev: torch.Tensor, B: int, T: int) -> torch.Tensor:
-    """The previous position's LN output for every row of ``xx`` [B·T, C] (``prev`` [B, C] before the first)."""
-    if T == 1:
-        return prev
-    return token_shift(xx.view(B, T, -1), prev).view(B * T, -1)
 
 
 def _time_mix(
@@ -217,7 +208,7 @@ def _time_mix(
     """A7 v6 time mix of LN1 outputs ``xx`` [B·T, C]; writes the new S into ``S_out``."""
     H, N = config.n_head, config.head_size
     BT, C = xx.shape
-    d = _shifted(xx, prev, B, T) - xx  # step 1
+    d = shifted_rows(xx, prev, B, T) - xx  # step 1
     m = torch.tanh(torch.addcmul(xx, d, lw.maa_x) @ lw.maa_w1).view(BT, 5, -1).transpose(0, 1)
     mixed = torch.addcmul(xx, d, torch.baddbmm(lw.maa, m, lw.maa_w2))  # step 2: [5, B·T, C]
     r, k, v, g = torch.bmm(mixed[:4], lw.rkvg)  # step 3
@@ -236,7 +227,7 @@ def _time_mix(
 
 def _channel_mix(lw: V6Layer, B: int, T: int, xx: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     """A7 v6 channel mix of LN2 outputs ``xx`` [B·T, C]."""
-    kx, rx = torch.addcmul(xx, _shifted(xx, prev, B, T) - xx, lw.ffn_maa)
+    kx, rx = torch.addcmul(xx, shifted_rows(xx, prev, B, T) - xx, lw.ffn_maa)
     k = torch.relu_(kx @ lw.ffn_key).square_()
     return torch.sigmoid(rx @ lw.ffn_receptance) * F.linear(k, lw.ffn_value)
 

@@ -41,7 +41,14 @@ import torch.nn.functional as F
 
 from rwkv_music.errors import CheckpointError
 from rwkv_music.model.config import RWKVConfig
-from rwkv_music.model.ops import GN_EPS, LN_EPS, forward_in_segments, token_shift
+from rwkv_music.model.ops import (
+    GN_EPS,
+    LN_EPS,
+    forward_in_segments,
+    head_logits_rows,
+    last_rows,
+    shifted_rows,
+)
 from rwkv_music.model.state import State
 
 VERSIONS: tuple[str, ...] = ("7", "7a")
@@ -198,30 +205,14 @@ def _forward(
         xx = F.layer_norm(x, (C,), lw.ln1[0], lw.ln1[1], LN_EPS)
         dx, v_first = _time_mix(lw, config, B, T, xx, att_prev[i], kv_in[i], kv_out[i], v_first)
         x = x + dx
-        att_last.append(_last(xx, B, T))
+        att_last.append(last_rows(xx, B, T))
         xx = F.layer_norm(x, (C,), lw.ln2[0], lw.ln2[1], LN_EPS)
         x = x + _channel_mix(lw, B, T, xx, ffn_prev[i], flat_tokens)
-        ffn_last.append(_last(xx, B, T))
-    if all_logits:
-        x = x.view(B, T, C)
-    elif T > 1:
-        x = x.view(B, T, C)[:, -1]
-    x = F.layer_norm(x, (C,), weights.ln_out[0], weights.ln_out[1], LN_EPS)
-    logits = (x @ weights.head).float()
+        ffn_last.append(last_rows(xx, B, T))
+    logits = head_logits_rows(x, weights.ln_out, weights.head, B, T, all_logits)
     tensors = {"att_x": torch.stack(att_last), "att_kv": new_kv, "ffn_x": torch.stack(ffn_last)}
     return logits, State(config.version, tensors)
 
-
-def _last(xx: torch.Tensor, B: int, T: int) -> torch.Tensor:
-    """The last position's row per batch row of ``xx`` [B·T, C] (the next call's token shift)."""
-    return xx if T == 1 else xx.view(B, T, -1)[:, -1]
-
-
-def _shifted(xx: torch.Tensor, prev: torch.Tensor, B: int, T: int) -> torch.Tensor:
-    """The previous position's LN output for every row of ``xx`` [B·T, C] (``prev`` [B, C] before the first)."""
-    if T == 1:
-        return prev
-    return token_shift(xx.view(B, T, -1), prev).view(B * T, -1)
 
 
 def _time_mix(
@@ -231,7 +222,7 @@ def _time_mix(
     """A7 v7 time mix of LN1 outputs ``xx`` [B·T, C]; writes the new S into ``S_out``; returns (out, v_first)."""
     H, N = config.n_head, config.head_size
     BT, C = xx.shape
-    mixed = torch.lerp(xx, _shifted(xx, prev, B, T), lw.mix)  # step 1: [6, B·T, C]
+    mixed = torch.lerp(xx, shifted_rows(xx, prev, B, T), lw.mix)  # step 1: [6, B·T, C]
     r, k, v = torch.bmm(mixed[:3], lw.rkv)  # step 2
     h = torch.bmm(mixed[2:], lw.lora_in)  # [4, B·T, D]: v a w g
     h[2:].tanh_()  # w's tanh, and g's sigmoid via σ(x) = (1 + tanh(x/2)) / 2 folded into the weights
@@ -263,7 +254,7 @@ def _channel_mix(
     lw: V7Layer, B: int, T: int, xx: torch.Tensor, prev: torch.Tensor, flat_tokens: torch.Tensor
 ) -> torch.Tensor:
     """A7 v7 channel mix (and the v7a DeepEmbed gate) of LN2 outputs ``xx`` [B·T, C]."""
-    kx = torch.lerp(xx, _shifted(xx, prev, B, T), lw.ffn_mix)
+    kx = torch.lerp(xx, shifted_rows(xx, prev, B, T), lw.ffn_mix)
     k = torch.relu_(kx @ lw.ffn_key).square_()
     if lw.s_emb is not None:  # v7a: the gate reads xx (the LN2 output), not kx
         s = torch.bmm((xx @ lw.s1).unsqueeze(1), lw.s_emb[flat_tokens]).squeeze(1)  # [B·T, 32]
