@@ -26,7 +26,9 @@ def _progress_printer(every: int):
         if info.get("final"):
             click.echo(f"final step {info['step']}: val {info['val_bits']:.4f} bits/token", err=True)
         elif "reward" in info:
-            click.echo(f"step {info['step']}: reward {info['reward']:.4f} loss {info['loss']:.4f}", err=True)
+            click.echo(f"step {info['step']}: reward {info['reward']:.4f} judged positive "
+                       f"{info.get('positive', float('nan')):.3f} loss {info['loss']:.4f} "
+                       f"{info.get('elapsed_s', 0):.0f}s", err=True)
         elif info["step"] % every == 0 or "val_bits" in info:
             extra = f" val {info['val_bits']:.4f} bits/token" if "val_bits" in info else ""
             click.echo(f"step {info['step']}: loss {info['loss']:.4f} (ema {info['loss_ema']:.4f}) "
@@ -64,9 +66,16 @@ def _progress_printer(every: int):
 @click.option("--reward", default="abc-bar-balance", show_default=True,
               help="REINFORCE reward: abc-bar-balance, midi-stuck-notes or token:<id>.")
 @click.option("--gen-len", default=128, show_default=True, help="REINFORCE: sampled tokens per rollout.")
+@click.option("--prompt", "prompt", default=None,
+              help="REINFORCE: rollout prompt; ABC text (after the bos byte) or space-separated MIDI tokens. "
+                   "Default: just bos (ABC) / <pad> (MIDI).")
+@click.option("--credit", type=click.Choice(["returns", "local"]), default="returns", show_default=True,
+              help="REINFORCE: returns-to-go, or each token's own reward (use with abc-bar-balance-local).")
+@click.option("--kl-coef", default=0.0, show_default=True, help="REINFORCE: KL penalty to the --init model.")
+@click.option("--temperature", default=1.0, show_default=True, help="REINFORCE: rollout temperature.")
 def train(data, mode, out, layers, width, head_size, ctx, steps, lr, lr_final, batch_size, seed, val_fraction,
           device, init, resume, time_budget_min, eval_every, save_dtype, threads, no_control_codes,
-          mask_control, max_pieces, objective, reward, gen_len):
+          mask_control, max_pieces, objective, reward, gen_len, prompt, credit, kl_coef, temperature):
     """Train (or fine-tune) an RWKV-7 music model on ABC tunes or MIDI files."""
     from rwkv_music.train.trainer import TrainOptions
 
@@ -77,7 +86,7 @@ def train(data, mode, out, layers, width, head_size, ctx, steps, lr, lr_final, b
                         threads=threads)
     try:
         if objective == "reinforce":
-            _run_reinforce(opts, reward, gen_len)
+            _run_reinforce(opts, reward, gen_len, prompt, credit, kl_coef, temperature)
             return
         docs, vocab = load_documents(mode, list(data), with_control=not no_control_codes,
                                      mask_control=mask_control, max_pieces=max_pieces)
@@ -103,14 +112,33 @@ def load_documents(mode: str, data: list[Path], *, with_control: bool = True, ma
     return midi_documents(data or None, max_pieces=max_pieces), MIDI_VOCAB
 
 
-def _run_reinforce(opts, reward: str, gen_len: int) -> None:
+def reinforce_prompt(mode: str, text: str | None) -> list[int]:
+    """Rollout prompt ids: bos + ABC bytes, or <pad> + MIDI tokens (the tokenizer checks them)."""
+    if mode == "abc":
+        from rwkv_music.tokenizers.abc import AbcTokenizer
+
+        return [2] + (AbcTokenizer().encode(text) if text else [])
+    if not text:
+        return [0]
+    from rwkv_music.tokenizers.midi import MidiTokenizer
+
+    return [0] + MidiTokenizer().encode(text)
+
+
+def _run_reinforce(opts, reward: str, gen_len: int, prompt_text: str | None, credit: str, kl_coef: float,
+                   temperature: float) -> None:
     from rwkv_music.train.reinforce import ReinforceOptions, reinforce_train, reward_by_name
 
     if not opts.init:
         raise RwkvMusicError("--objective reinforce needs --init CKPT (a trained model to improve)")
+    if opts.threads:
+        import torch
+
+        torch.set_num_threads(opts.threads)
     ropts = ReinforceOptions(steps=opts.steps, lr=opts.lr, batch_size=opts.batch_size, gen_len=gen_len,
-                             seed=opts.seed, device=opts.device)
-    prompt = [2] if opts.mode == "abc" else [0]
+                             seed=opts.seed, device=opts.device, temperature=temperature, kl_coef=kl_coef,
+                             credit=credit, time_budget_min=opts.time_budget_min)
+    prompt = reinforce_prompt(opts.mode, prompt_text)
     result = reinforce_train(Path(opts.init), Path(opts.out), reward_by_name(reward), prompt, ropts,
-                             progress=_progress_printer(1), save_dtype=opts.save_dtype)
-    click.echo(f"wrote {result} after {opts.steps} REINFORCE steps")
+                             progress=_progress_printer(1), save_dtype=opts.save_dtype, reward_name=reward)
+    click.echo(f"wrote {result} after REINFORCE (see {Path(opts.out) / 'train_meta.json'})")

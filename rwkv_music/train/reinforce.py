@@ -1,16 +1,29 @@
 """REINFORCE fine-tuning of an RWKV-7 with a token-level reward (see :mod:`rwkv_music.train.rewards`).
 
 One step: sample ``batch_size`` continuations of a prompt from the current model (recurrent mode,
-no gradient), score every generated token with the reward, turn rewards into returns-to-go
-G_t = Σ_{s≥t} r_s, subtract a baseline (the batch mean of G at the same position) and minimise
-−Σ_t (G_t − b_t)·log π(x_t) over generated tokens up to the first stop token.  An optional KL
-penalty to the starting model (``kl_coef``) keeps the policy near the supervised one.
+no gradient), score every generated token with the reward and minimise −Σ_t A_t·log π(x_t) over
+generated tokens up to the first stop token.  Two ways to turn rewards into advantages A_t
+(``credit``):
+
+* ``"returns"`` (default): returns-to-go G_t = Σ_{s≥t} r_s minus a baseline (the batch mean of G
+  at the same position).  Unbiased for any reward, but every later event adds noise to early tokens.
+* ``"local"``: the reward *of the token itself* minus the batch mean over judged tokens; tokens
+  with reward 0 are not pushed at all.  Use it with a reward that marks every token of the event it
+  judges (``abc-bar-balance-local`` gives each token of a judged bar, barline included, that bar's
+  ±1): a bar's length is decided by the notes in it, so this is much lower variance and leaves no
+  gain in avoiding judged bars.
+
+An optional KL penalty to the starting model (``kl_coef``) keeps the policy near the supervised one
+(its loss, its diversity and its parse rate).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from rwkv_music.io_utils import atomic_write_text
 from rwkv_music.train import checkpoint as ckpt
 from rwkv_music.train.model_v7 import RWKV7
 from rwkv_music.train.rewards import RewardFn, reward_by_name  # noqa: F401  (re-exported for the CLI)
@@ -37,21 +51,40 @@ class ReinforceOptions:
     grad_clip: float = 1.0
     kl_coef: float = 0.0
     stop_tokens: tuple[int, ...] = (0, 3)  # MIDI <pad> separator, ABC eos
+    credit: str = "returns"  # "returns" or "local" (see the module docstring)
+    time_budget_min: float | None = None  # stop cleanly after this many minutes
+
+    def __post_init__(self) -> None:
+        if self.credit not in CREDITS:
+            raise ValueError(f"credit must be one of {CREDITS}, not {self.credit!r}")
+
+
+CREDITS = ("returns", "local")
 
 
 @torch.no_grad()
 def sample_rollouts(model: RWKV7, prompt: list[int], batch_size: int, gen_len: int,
-                    temperature: float, generator: torch.Generator) -> torch.Tensor:
-    """[B, gen_len] sampled ids, one token at a time through the recurrent state."""
+                    temperature: float, generator: torch.Generator,
+                    stop_tokens: tuple[int, ...] = ()) -> torch.Tensor:
+    """[B, ≤gen_len] sampled ids, one token at a time through the recurrent state.
+
+    Stops early once every row has produced one of ``stop_tokens`` (what follows a stop token is
+    masked out of the loss anyway), so the result may be shorter than ``gen_len``.
+    """
     device = model.emb.weight.device
     x = torch.tensor([prompt] * batch_size, device=device)
     logits, state = model(x)
     out = []
+    stopped = torch.zeros(batch_size, dtype=torch.bool)
     for _ in range(gen_len):
         probs = torch.softmax(logits[:, -1].float() / temperature, dim=-1)
-        tok = torch.multinomial(probs.cpu(), 1, generator=generator).to(device)
-        out.append(tok)
-        logits, state = model(tok, state)
+        tok = torch.multinomial(probs.cpu(), 1, generator=generator)
+        out.append(tok.to(device))
+        for s in stop_tokens:
+            stopped |= tok[:, 0] == s
+        if stop_tokens and bool(stopped.all()):
+            break
+        logits, state = model(tok.to(device), state)
     return torch.cat(out, dim=1)
 
 
@@ -64,19 +97,29 @@ def _valid_mask(samples: torch.Tensor, stop_tokens: tuple[int, ...]) -> torch.Te
     return (after == 0).float()
 
 
+def advantages(rewards: torch.Tensor, valid: torch.Tensor, credit: str = "returns") -> torch.Tensor:
+    """[B, T] advantages from per-token rewards (``credit`` as in the module docstring)."""
+    rewards = rewards * valid
+    if credit == "local":
+        judged = (rewards != 0).float()
+        baseline = rewards.sum() / judged.sum().clamp_min(1.0)
+        return (rewards - baseline) * judged
+    returns = torch.flip(torch.cumsum(torch.flip(rewards, [1]), dim=1), [1])
+    baseline = (returns * valid).sum(0, keepdim=True) / valid.sum(0, keepdim=True).clamp_min(1.0)
+    return (returns - baseline) * valid
+
+
 def reinforce_loss(model: RWKV7, prompt: list[int], samples: torch.Tensor, rewards: torch.Tensor,
-                   valid: torch.Tensor, ref_model: RWKV7 | None = None, kl_coef: float = 0.0) -> torch.Tensor:
-    """Policy-gradient loss with returns-to-go and a per-position batch-mean baseline."""
+                   valid: torch.Tensor, ref_model: RWKV7 | None = None, kl_coef: float = 0.0,
+                   credit: str = "returns") -> torch.Tensor:
+    """Policy-gradient loss −mean(A_t · log π(x_t)) (+ ``kl_coef`` · KL to ``ref_model``)."""
     B, T = samples.shape
     P = len(prompt)
     full = torch.cat([torch.tensor([prompt] * B, device=samples.device), samples], dim=1)
     logits, _ = model(full[:, :-1])
     logp_all = F.log_softmax(logits[:, P - 1:].float(), dim=-1)
     logp = logp_all.gather(-1, samples[..., None])[..., 0]
-    rewards = rewards * valid
-    returns = torch.flip(torch.cumsum(torch.flip(rewards, [1]), dim=1), [1])
-    baseline = (returns * valid).sum(0, keepdim=True) / valid.sum(0, keepdim=True).clamp_min(1.0)
-    adv = (returns - baseline) * valid
+    adv = advantages(rewards, valid, credit)
     loss = -(adv.detach() * logp).sum() / valid.sum().clamp_min(1.0)
     if ref_model is not None and kl_coef > 0:
         with torch.no_grad():
@@ -91,32 +134,67 @@ def reinforce_step(model: RWKV7, optimizer: torch.optim.Optimizer, prompt: list[
                    opts: ReinforceOptions, generator: torch.Generator, ref_model: RWKV7 | None = None) -> dict:
     """Sample, score and take one optimizer step; returns mean reward per rollout and the loss."""
     model.eval()  # no dropout anyway; keeps sampling and scoring identical
-    samples = sample_rollouts(model, prompt, opts.batch_size, opts.gen_len, opts.temperature, generator)
+    samples = sample_rollouts(model, prompt, opts.batch_size, opts.gen_len, opts.temperature, generator,
+                              opts.stop_tokens)
     valid = _valid_mask(samples, opts.stop_tokens)
     rows = []
     for row in samples.tolist():
         r = reward_fn(list(prompt) + row)[len(prompt):]
         rows.append(r)
     rewards = torch.tensor(rows, dtype=torch.float32, device=samples.device)
-    loss = reinforce_loss(model, prompt, samples, rewards, valid, ref_model, opts.kl_coef)
+    loss = reinforce_loss(model, prompt, samples, rewards, valid, ref_model, opts.kl_coef, opts.credit)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
     optimizer.step()
-    return {"reward": float((rewards * valid).sum(1).mean()), "loss": float(loss.detach())}
+    judged = (rewards * valid) != 0
+    return {"reward": float((rewards * valid).sum(1).mean()), "loss": float(loss.detach()),
+            "positive": float((rewards[judged] > 0).float().mean()) if bool(judged.any()) else float("nan"),
+            "tokens": int(valid.sum())}
 
 
 def reinforce_train(init: Path, out_dir: Path, reward_fn: RewardFn, prompt: list[int], opts: ReinforceOptions,
-                    progress: Callable[[dict], None] | None = None, save_dtype: str = "fp32") -> Path:
-    """Load ``init``, run ``opts.steps`` REINFORCE steps, write ``out_dir/model.pth``."""
+                    progress: Callable[[dict], None] | None = None, save_dtype: str = "fp32",
+                    reward_name: str = "", save_every: int = 50) -> Path:
+    """Load ``init``, run ``opts.steps`` REINFORCE steps, write ``out_dir/model.pth``.
+
+    The model is also written every ``save_every`` steps (atomically), so an interrupted run keeps
+    its progress.  ``out_dir/train_meta.json`` is the initial model's (when it sits beside
+    ``init``: its data split and supervised options still describe the model) with a
+    ``reinforce`` section added: the options, reward, steps done, mean reward of each step.
+    """
     torch.manual_seed(opts.seed)
+    out_dir = Path(out_dir)
     model = ckpt.model_from_checkpoint(init).to(opts.device)
     ref = copy.deepcopy(model).eval() if opts.kl_coef > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(opts.seed)
+    init_meta = Path(init).parent / ckpt.META_FILE
+    meta = json.loads(init_meta.read_text()) if init_meta.is_file() else {}
+    history: list[dict] = []
+    t0 = time.monotonic()
+    path = out_dir / ckpt.MODEL_FILE
+
+    def save(step: int) -> None:
+        ckpt.save_model(model, path, save_dtype)
+        meta["reinforce"] = {"init": str(init), "reward": reward_name, "prompt": list(prompt),
+                             "options": dataclasses.asdict(opts), "steps_done": step,
+                             "elapsed_s": round(time.monotonic() - t0, 1), "history": history}
+        atomic_write_text(out_dir / ckpt.META_FILE, json.dumps(meta, indent=2) + "\n", force=True)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    step = 0
     for step in range(1, opts.steps + 1):
         info = reinforce_step(model, optimizer, prompt, reward_fn, opts, gen, ref)
         info["step"] = step
+        info["elapsed_s"] = time.monotonic() - t0
+        history.append({k: round(info[k], 4) for k in ("reward", "positive") if info[k] == info[k]})
         if progress:
             progress(info)
-    return ckpt.save_model(model, Path(out_dir) / ckpt.MODEL_FILE, save_dtype)
+        if save_every and step % save_every == 0:
+            save(step)
+        if opts.time_budget_min is not None and info["elapsed_s"] > 60 * opts.time_budget_min:
+            log.info("time budget reached after %d steps", step)
+            break
+    save(step)
+    return path

@@ -8,6 +8,8 @@ returns-to-go pushes on the decisions that led there.
 * :func:`abc_bar_balance_reward` — +1 at a barline whose bar has the metre's length, −1 if it
   has not (in units of the tune's ``L:``; the first bar may be a pickup and bars touching a
   repeat/ending sign are not judged, as in FORMATS E's bar-balance rule).
+* :func:`abc_bar_balance_local_reward` — the same judgement given to *every* token of the judged
+  bar, its closing barline included (for ``credit="local"`` in :mod:`rwkv_music.train.reinforce`).
 * :func:`midi_stuck_notes_reward` — −1 at the wait token where a note has been held longer than
   ``max_hold_ms``, −1 at the end for every note still held, −0.5 for a note-off of a note that
   is not sounding.
@@ -108,6 +110,15 @@ def bar_length(bar: str) -> Fraction:
 
 def abc_bar_balance_reward(ids: list[int], prefix: str = "") -> list[float]:
     """+1/−1 at each judged barline (see module doc); ``prefix`` is prompt text for M:/L:."""
+    return _bar_rewards(ids, prefix, spread=False)
+
+
+def abc_bar_balance_local_reward(ids: list[int], prefix: str = "") -> list[float]:
+    """Each token of a judged bar (from just after the previous barline to its own) gets ±1."""
+    return _bar_rewards(ids, prefix, spread=True)
+
+
+def _bar_rewards(ids: list[int], prefix: str, spread: bool) -> list[float]:
     text = "".join(chr(t) if t > 3 else "\0" for t in ids)
     rewards = [0.0] * len(ids)
     units = None
@@ -131,7 +142,9 @@ def abc_bar_balance_reward(ids: list[int], prefix: str = "") -> list[float]:
         if re.search(r"[A-Ga-gz]", bar):
             n_bars += 1
         if judged:
-            rewards[pos] = 1.0 if bar_length(bar) == units else -1.0
+            value = 1.0 if bar_length(bar) == units else -1.0
+            for i in range(bar_start if spread else pos, pos + len(m.group(0))):
+                rewards[i] = value
         bar_start = pos + len(m.group(0))
     return rewards
 
@@ -169,9 +182,11 @@ def midi_stuck_notes_reward(ids: list[int], max_hold_ms: int = 5000) -> list[flo
 
 
 def reward_by_name(name: str) -> RewardFn:
-    """``abc-bar-balance``, ``midi-stuck-notes`` or ``token:<id>[:<value>]``."""
+    """``abc-bar-balance``, ``abc-bar-balance-local``, ``midi-stuck-notes`` or ``token:<id>[:<value>]``."""
     if name == "abc-bar-balance":
         return abc_bar_balance_reward
+    if name == "abc-bar-balance-local":
+        return abc_bar_balance_local_reward
     if name == "midi-stuck-notes":
         return midi_stuck_notes_reward
     if name.startswith("token:"):
@@ -180,4 +195,4 @@ def reward_by_name(name: str) -> RewardFn:
             return token_reward(int(parts[1]), float(parts[2]) if len(parts) > 2 else 1.0)
         except (ValueError, IndexError) as exc:
             raise RwkvMusicError(f"bad reward {name!r}; expected token:<id>[:<value>]") from exc
-    raise RwkvMusicError(f"unknown reward {name!r}; expected abc-bar-balance, midi-stuck-notes or token:<id>")
+    raise RwkvMusicError(f"unknown reward {name!r}; expected abc-bar-balance, abc-bar-balance-local, midi-stuck-notes or token:<id>")

@@ -1,0 +1,120 @@
+"""REINFORCE details: per-bar ("local") credit, the bar-balance rewards and the CLI run folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rwkv_music.train import checkpoint as ckpt
+from rwkv_music.train.command import train as train_command
+from rwkv_music.train.init_v7 import init_rwkv7
+from rwkv_music.train.model_v7 import RWKV7, make_config
+from rwkv_music.train.reinforce import ReinforceOptions, advantages, reinforce_step, sample_rollouts
+from rwkv_music.train.rewards import abc_bar_balance_local_reward, abc_bar_balance_reward, reward_by_name
+
+# 2/4 in eighths: a bar is 4 units.  Bar 1 is a pickup (never judged), bar 3 is one unit short.
+TUNE = "L:1/8\nM:2/4\nK:G\nA|Bcde|fga|Bcde|\n"
+
+
+def _ids(text: str) -> list[int]:
+    return [2] + [ord(c) for c in text]
+
+
+def test_local_bar_reward_marks_every_token_of_each_judged_bar():
+    ids = _ids(TUNE)
+    local = abc_bar_balance_local_reward(ids)
+    text = "\0" + TUNE
+    by_bar = {}
+    for ch, r in zip(text, local):
+        by_bar.setdefault(r, []).append(ch)
+    assert "".join(by_bar[1.0]) == "Bcde|Bcde|"  # two balanced bars, barlines included
+    assert "".join(by_bar[-1.0]) == "fga|"  # the short bar
+    assert "A" in by_bar[0.0]  # the pickup is not judged
+    # The barline-only reward judges the same bars, at their barlines.
+    point = abc_bar_balance_reward(ids)
+    assert [r for r in point if r] == [1.0, -1.0, 1.0]
+    assert reward_by_name("abc-bar-balance-local") is abc_bar_balance_local_reward
+
+
+def test_local_advantages_push_only_judged_tokens_around_their_mean():
+    rewards = torch.tensor([[0.0, 1.0, 1.0, -1.0], [1.0, 0.0, 0.0, 0.0]])
+    valid = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
+    adv = advantages(rewards, valid, "local")
+    judged = rewards != 0
+    assert torch.all(adv[~judged] == 0)
+    assert adv[judged].sum().abs() < 1e-6  # baseline = mean reward of judged tokens
+    assert adv[0, 1] > 0 > adv[0, 3]
+    with pytest.raises(ValueError):
+        ReinforceOptions(credit="nonsense")
+
+
+def test_local_credit_moves_probability_towards_rewarded_tokens():
+    model = init_rwkv7(RWKV7(make_config(2, 64, 128, head_size=32)), seed=5)
+    prompt = [2]
+
+    def reward(ids: list[int]) -> list[float]:  # +1 for ids below 64, -1 above
+        return [1.0 if t < 64 else -1.0 for t in ids]
+
+    def p_low() -> float:
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([prompt]))
+        return float(torch.softmax(logits[0, -1], -1)[:64].sum())
+
+    before = p_low()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    # Rollouts of one token, so the only decision is the one after the prompt.
+    ropts = ReinforceOptions(batch_size=32, gen_len=1, stop_tokens=(), credit="local")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        reinforce_step(model, opt, prompt, reward, ropts, gen)
+    assert p_low() > before + 0.2
+
+
+class _EosAfterThree(torch.nn.Module):
+    """Row b emits token 3 (stop) from its (b+1)-th step on; token 70 before."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(4, 1)
+
+    def forward(self, x, state=None):
+        steps = 0 if state is None else state + 1
+        logits = torch.full((x.shape[0], x.shape[1], 128), -30.0)
+        for b in range(x.shape[0]):
+            logits[b, :, 3 if steps >= b else 70] = 30.0
+        return logits, steps
+
+
+def test_rollouts_stop_once_every_row_has_stopped():
+    gen = torch.Generator().manual_seed(0)
+    out = sample_rollouts(_EosAfterThree(), [2], 3, 50, 1.0, gen, stop_tokens=(3,))
+    assert out.shape == (3, 3)  # the last row stops at its third token
+    assert out.tolist() == [[3, 3, 3], [70, 3, 3], [70, 70, 3]]
+    full = sample_rollouts(_EosAfterThree(), [2], 3, 5, 1.0, gen)  # no stop tokens: full length
+    assert full.shape == (3, 5)
+
+
+def test_cli_reinforce_run_folder_records_options_and_loads(tmp_path):
+    import rwkv_music
+
+    init = init_rwkv7(RWKV7(make_config(2, 64, 128, head_size=32)), seed=2)
+    init_dir = tmp_path / "sft"
+    ckpt.save_model(init, init_dir / ckpt.MODEL_FILE)
+    (init_dir / ckpt.META_FILE).write_text(json.dumps({"options": {"seed": 7, "val_fraction": 0.05}}))
+    out = tmp_path / "rl"
+    result = CliRunner().invoke(train_command, [
+        "--objective", "reinforce", "--mode", "abc", "--init", str(init_dir / ckpt.MODEL_FILE),
+        "--out", str(out), "--reward", "abc-bar-balance-local", "--credit", "local", "--kl-coef", "0.1",
+        "--prompt", "L:1/8\nM:2/4\nK:G\n", "--steps", "2", "--batch-size", "2", "--gen-len", "8"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / ckpt.META_FILE).read_text())
+    assert meta["options"]["seed"] == 7  # the supervised run's split is kept
+    rl = meta["reinforce"]
+    assert rl["steps_done"] == 2 and rl["reward"] == "abc-bar-balance-local"
+    assert rl["prompt"] == [2] + [ord(c) for c in "L:1/8\nM:2/4\nK:G\n"]
+    assert rl["options"]["credit"] == "local" and rl["options"]["kl_coef"] == 0.1
+    backend = rwkv_music.load_model(out / ckpt.MODEL_FILE)
+    assert backend.info.vocab_size == 128
