@@ -260,7 +260,7 @@ class Composer:
             seeds = [piece_seed(base_seed, i) for i in range(n)]
         elif len(seeds) != n:
             raise RwkvMusicError(f"{len(seeds)} seeds for {n} rows")
-        rows = [self._prompt(x, options) for x in inputs]  # (ids, header) per row
+        rows = [self.row_prompt(x, options) for x in inputs]  # (ids, header) per row
         pieces: list[Piece | None] = [None] * n
         groups: dict[Any, list[int]] = {}
         for i, (_ids, header) in enumerate(rows):
@@ -284,7 +284,7 @@ class Composer:
                 pieces[i] = Piece(piece.mode, piece.tokens, piece.text, piece.meta, i, piece.tokenizer)
         return [p for p in pieces if p is not None]
 
-    def _prompt(self, item: RowInput, options: MidiOptions | AbcOptions) -> tuple[list[int], Any]:
+    def row_prompt(self, item: RowInput, options: MidiOptions | AbcOptions) -> tuple[list[int], Any]:
         """Prompt ids of one row and the key that groups rows sharing a constraint.
 
         The key is the ABC header (meter, unit, key), or for MIDI with ``seconds`` the prompt's
@@ -354,10 +354,11 @@ class Composer:
                 "timing": {"batch_seconds": round(elapsed, 4), "batch_size": len(prompts), **_c.timing_of(result)},
                 "custom_state": state is not None,
             }
-            pieces.append(self._piece(prompt, new, meta, i))
+            pieces.append(self.make_piece(prompt, new, meta, i))
         return pieces
 
-    def _piece(self, prompt: list[int], new: list[int], meta: dict[str, Any], index: int) -> Piece:
+    def make_piece(self, prompt: list[int], new: list[int], meta: dict[str, Any], index: int) -> Piece:
+        """The :class:`Piece` for prompt ids + generated ids (``index`` numbers ABC tunes, X:)."""
         if self.mode == "midi":
             ids = [t for t in prompt[1:] + new if t not in _c.MIDI_SPECIALS]
             text = _c.midi_text(self.tokenizer, ids)

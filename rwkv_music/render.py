@@ -4,6 +4,12 @@ Input is a prompts file (one prompt per line, or JSON lines with per-row paramet
 of .abc/.mid files to continue.  Sample ``j`` (= row × K + k) always gets the seed
 ``piece_seed(base_seed, j)``, so a rerun reproduces it whatever the batching.
 
+Batching is continuous by default (:mod:`rwkv_music.sampling.continuous`): ``batch_size`` rows
+stay in flight, a finished piece is written at once and its row takes the next sample, and
+samples with different row parameters share the batch.  Files and manifest rows therefore appear
+in completion order; the manifest is keyed by sample id, so resuming does not care.
+``RenderSettings(continuous=False)`` keeps the older fixed batches of consecutive samples.
+
 Crash safety (``resume=True``): each sample file is written atomically (temporary file, then
 rename) and its manifest row is appended, in one ``write`` and fsynced, only after the file is
 in place.  A killed run therefore leaves, at worst, a sample file without a row (regenerated,
@@ -13,6 +19,7 @@ temporary file (deleted on resume); never a row pointing at a half-written file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +28,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from rwkv_music.compose_options import AbcOptions, MidiOptions, piece_seed
 from rwkv_music.errors import OutputExistsError, RwkvMusicError
@@ -46,6 +53,7 @@ SAMPLING_KEYS = (
     "penalty_decay",
 )
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+ProgressFn = Callable[[int, int, int], None] | None  # progress(done_now, todo, tokens)
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,7 @@ class RenderSettings:
     resume: bool = False
     force: bool = False
     max_samples: int | None = None  # stop after this many new samples (chunked runs)
+    continuous: bool = True  # refill a row as soon as its piece ends (False: fixed batches)
 
     def __post_init__(self) -> None:
         for name in ("samples_per_prompt", "batch_size"):
@@ -196,12 +205,12 @@ def render(
     source: str | os.PathLike,
     out: str | os.PathLike,
     settings: RenderSettings,
-    progress: Callable[[int, int, int], None] | None = None,
+    progress: ProgressFn = None,
 ) -> RenderReport:
     """Render ``source`` with ``composer`` into ``out`` (see the module docstring).
 
     ``progress(done_now, todo, tokens)`` is called once with ``done_now=0`` before the first
-    batch, then after each batch.
+    batch, then after each written sample (continuous batching) or each batch (fixed batches).
     """
     out = Path(out)
     jobs = read_jobs(source, composer.mode)
@@ -214,18 +223,10 @@ def render(
     todo = [s for s in samples if s.id not in done]
     if settings.max_samples is not None:
         todo = todo[: settings.max_samples]
-    written = 0
     if progress is not None:
         progress(0, len(todo), 0)
-    for batch in _batches(todo, settings):
-        pieces = _generate(composer, batch, settings)
-        tokens = 0
-        for sample, piece in zip(batch, pieces):
-            _write_sample(out, sample, piece)
-            tokens += int(piece.meta.get("new_tokens", 0))
-            written += 1
-        if progress is not None:
-            progress(len(batch), len(todo), tokens)
+    run = _render_continuous if settings.continuous else _render_batches
+    written = run(composer, todo, out, settings, progress)
     rows, _ = read_jsonl(out / MANIFEST)
     stats = compute_stats(rows, total=len(samples))
     atomic_write_json(out / STATS, stats, force=True)
@@ -269,6 +270,50 @@ def _prepare_output(out: Path, settings: RenderSettings, identity: dict[str, Any
     return seen
 
 
+def _render_continuous(
+    composer: Any, todo: list[Sample], out: Path, settings: RenderSettings, progress: ProgressFn
+) -> int:
+    """Generate with ``batch_size`` rows in flight; write each sample as soon as it is finished."""
+    from rwkv_music.render_work import piece_from_result, row_recipe, work_item
+    from rwkv_music.sampling.continuous import generate_continuous
+
+    def items() -> Iterator[Any]:  # lazy: a row's prompt is read when its first sample starts
+        job, recipe = None, None
+        for s in todo:
+            if s.job is not job:
+                job = s.job
+                recipe = row_recipe(composer, _input(s), *_row_settings(composer, s.job, settings))
+            yield work_item(recipe, s.seed, tag=(s, recipe))
+
+    written = 0
+    results = generate_continuous(composer.backend, items(), batch_size=settings.batch_size, on_constraint="finish")
+    for result in results:
+        sample, recipe = result.item.tag
+        piece = piece_from_result(composer, recipe, result, settings.batch_size)
+        _write_sample(out, sample, piece)
+        written += 1
+        if progress is not None:
+            progress(1, len(todo), int(piece.meta.get("new_tokens", 0)))
+    return written
+
+
+def _render_batches(
+    composer: Any, todo: list[Sample], out: Path, settings: RenderSettings, progress: ProgressFn
+) -> int:
+    """Fixed batches of consecutive samples (each batch waits for its slowest piece)."""
+    written = 0
+    for batch in _batches(todo, settings):
+        pieces = _generate(composer, batch, settings)
+        tokens = 0
+        for sample, piece in zip(batch, pieces):
+            _write_sample(out, sample, piece)
+            tokens += int(piece.meta.get("new_tokens", 0))
+            written += 1
+        if progress is not None:
+            progress(len(batch), len(todo), tokens)
+    return written
+
+
 def _batches(todo: list[Sample], settings: RenderSettings) -> Iterable[list[Sample]]:
     """Consecutive samples sharing their row parameters, at most ``batch_size`` at a time."""
     batch: list[Sample] = []
@@ -281,16 +326,30 @@ def _batches(todo: list[Sample], settings: RenderSettings) -> Iterable[list[Samp
         yield batch
 
 
-def _generate(composer: Any, batch: list[Sample], settings: RenderSettings) -> list[Any]:
-    params = {**dict(settings.options), **dict(settings.sampling), **dict(batch[0].job.params)}
+def _row_settings(
+    composer: Any, job: RenderJob, settings: RenderSettings
+) -> tuple[MidiOptions | AbcOptions, str | None, dict[str, Any]]:
+    """(compose options, preset, sampling overrides) of a row: settings defaults, then row params."""
+    params = {**dict(settings.options), **dict(settings.sampling), **dict(job.params)}
     sampling = {k: params.pop(k) for k in list(params) if k in SAMPLING_KEYS}
     preset = sampling.pop("preset", None)
     options = MidiOptions(**params) if composer.mode == "midi" else AbcOptions(**params)
-    inputs = [Path(s.job.file) if s.job.file else s.job.prompt for s in batch]
+    return options, preset, sampling
+
+
+def _input(sample: Sample) -> Any:
+    return Path(sample.job.file) if sample.job.file else sample.job.prompt
+
+
+def _generate(composer: Any, batch: list[Sample], settings: RenderSettings) -> list[Any]:
+    options, preset, sampling = _row_settings(composer, batch[0].job, settings)
+    inputs = [_input(s) for s in batch]
     return composer.compose_rows(inputs, options, seeds=[s.seed for s in batch], preset=preset, **sampling)
 
 
 def _write_sample(out: Path, sample: Sample, piece: Any) -> None:
+    if piece.index != 0:  # one piece per file: X:1, whatever its place in a batch
+        piece = dataclasses.replace(piece, index=0)
     # force=True: a file without a manifest row is a leftover of a killed run (same seed, same piece)
     piece.save(out / sample.output, force=True)
     meta = piece.meta

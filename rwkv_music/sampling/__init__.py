@@ -16,6 +16,7 @@ from rwkv_music.sampling.base import (
     SamplingValueError,
 )
 from rwkv_music.sampling.config import SamplingConfig
+from rwkv_music.sampling.continuous import PieceResult, WorkItem, generate_continuous
 from rwkv_music.sampling.generate import GenerationResult, generate
 from rwkv_music.sampling.midi_constraint import MidiConstraint
 from rwkv_music.sampling.penalties import OccurrencePenalty, pip_text_weights, weights_from_ranges
@@ -36,6 +37,9 @@ from rwkv_music.sampling.abc_constraint import AbcConstraint, decode_abc
 from rwkv_music.sampling.abc_grammar import AbcGrammar, AbcGrammarConfig
 
 __all__ = [
+    "PieceResult",
+    "WorkItem",
+    "generate_continuous",
     "AbcConstraint",
     "AbcGrammar",
     "AbcGrammarConfig",

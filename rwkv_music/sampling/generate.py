@@ -64,7 +64,7 @@ class GenerationResult:
         return self.n_sampled_tokens / self.decode_seconds if self.decode_seconds > 0 else float("inf")
 
 
-def _logits_numpy(logits: Any) -> np.ndarray:
+def logits_to_numpy(logits: Any) -> np.ndarray:
     if is_torch_tensor(logits):
         return logits.detach().float().cpu().numpy()
     return np.asarray(logits, dtype=np.float32)
@@ -88,7 +88,7 @@ def _check_args(
         raise SamplingValueError(f"on_constraint must be 'raise' or 'finish', got {on_constraint!r}")
 
 
-def _prefill(backend: Any, prompts: list[list[int]], state: Any, chunk: int) -> tuple[np.ndarray, Any]:
+def prefill_prompts(backend: Any, prompts: list[list[int]], state: Any, chunk: int) -> tuple[np.ndarray, Any]:
     """Logits ``[B, V]`` after each prompt and the batch state, rows in prompt order."""
     n = len(prompts)
     groups: dict[int, list[int]] = {}
@@ -105,7 +105,7 @@ def _prefill(backend: Any, prompts: list[list[int]], state: Any, chunk: int) -> 
         toks = np.array([prompts[r] for r in rows], dtype=np.int64)
         for start in range(0, length, chunk):
             out, st = backend.forward(toks[:, start : start + chunk], st)
-        logits_parts.append(_logits_numpy(out))
+        logits_parts.append(logits_to_numpy(out))
         states.append(st)
         order.extend(rows)
     logits = np.concatenate(logits_parts, axis=0)
@@ -173,7 +173,7 @@ def generate(
     procs.reset(prompts)
 
     t0 = time.perf_counter()
-    logits, model_state = _prefill(backend, prompts, state, prefill_chunk)
+    logits, model_state = prefill_prompts(backend, prompts, state, prefill_chunk)
     prefill_seconds = time.perf_counter() - t0
 
     tokens: list[list[int]] = [[] for _ in range(n_rows)]
@@ -230,7 +230,7 @@ def generate(
         if len(cont) != len(live) and model_state is not None:
             sub = model_state.select([live.index(r) for r in cont])
         out, model_state = backend.forward(np.array([[tokens[r][-1]] for r in cont], dtype=np.int64), sub)
-        logits, live = _logits_numpy(out), cont
+        logits, live = logits_to_numpy(out), cont
         if last_step:
             for r in cont:
                 finish(r, "max_tokens")
