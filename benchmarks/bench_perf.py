@@ -1,38 +1,73 @@
-"""Decode speed against the memory-bandwidth roofline: ours fp32 and int8 next to the `rwkv` package.
+"""Measurement workers of ``benchmarks/bench_runtime.py`` (run that; this file as a script is an alias).
 
-Usage::
+Each worker runs in its own subprocess, started by bench_runtime's driver, and prints one JSON line:
 
-    python benchmarks/bench_perf.py                      # L12 D768 shapes, 1 and 2 threads
-    python benchmarks/bench_perf.py --quick              # 2-layer D256, short (smoke run)
-    python benchmarks/bench_perf.py --versions 7 --threads 1 --batches 1,32
-
-One subprocess per (version, threads) loads the package's model and ours in fp32 and int8, then
-measures them *interleaved* (step of each in turn, medians), so the load of a shared machine hits
-all of them alike; ratios are only meaningful within one run.  The same process measures the
-machine's read bandwidth (sum over a buffer far larger than the caches) and turns single-stream
-decode into a fraction of the roofline ``bandwidth / bytes of weights read per token``.  Peak RSS
-comes from separate short processes (one model each).  Prints Markdown tables; asserts nothing.
+* ``speed``: one process loads the `rwkv` package's model and ours (fp32, int8 with each kernel,
+  bf16 where the CPU runs it fast) and measures them *interleaved* — one step of each in turn,
+  medians — so the load of a shared machine hits all of them alike.  The same process measures the
+  read bandwidth (sum over a buffer far larger than the caches), which turns single-stream decode
+  into a fraction of the roofline ``bandwidth / bytes of weights read per token``, and the fp32
+  GFLOP/s of a batch-sized matrix product, the compute ceiling of batched decode.
+* ``rss``: peak resident memory of one implementation (load, prefill, a few decode steps).
+* ``agree``: int8 top-1 agreement with fp32 on the shipped trained models (random prompts).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import os
+import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-from bench_runtime import SHAPES, _peak_rss_mb, make_checkpoint  # noqa: E402
+SHAPES = {  # version: (vocab, n_layer, n_embd, dim_ffn factor) of the released music models
+    "4": (20096, 12, 768, 4.0),
+    "5.2": (128, 12, 768, 3.5),
+    "7": (128, 12, 768, 4.0),
+}
+QUICK_SHAPE = (2, 256)  # n_layer, n_embd of --quick
+BANDWIDTH_MB = 512  # read-bandwidth probe buffer: far beyond any L3
+DOC_START = {"abc": 2, "midi": 0}  # first token of a document (model cards: abc bos 2; midi "<pad>" 0)
+LABELS = {"pip": "rwkv pip fp32", "fp32": "ours fp32", "fp32-inplace": "ours fp32, `inplace=True`",
+          "bf16": "ours bf16", "int8": "ours int8 (weight_only)", "int8-dyn": "ours int8 (dynamic)"}
+LOADABLE = ("pip", "fp32", "int8", "int8-dyn", "bf16")  # fp32-inplace is fp32's model, decoded differently
 
-TARGETS = {"4": 1.3, "5.2": 4.0, "7": 4.0}  # fp32 single stream over the package (issue 9)
-BANDWIDTH_MB = 512  # buffer for the read-bandwidth probe
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def make_checkpoint(version: str, workdir: Path, quick: bool) -> Path:
+    """A random checkpoint with the music models' shape of ``version`` (QUICK_SHAPE with ``quick``)."""
+    sys.path.insert(0, str(REPO))
+    from rwkv_music.model.factory import save_random_checkpoint
+
+    V, L, C, f = SHAPES[version]
+    if quick:
+        L, C = QUICK_SHAPE
+    F = int(f * C) // 32 * 32
+    path = workdir / f"bench-v{version}-L{L}-D{C}-V{V}.pth"
+    if not path.exists():
+        head = 64 if C % 64 == 0 else 32
+        save_random_checkpoint(path, version, n_layer=L, n_embd=C, head_size=head, vocab_size=V, dim_ffn=F)
+    return path
+
+
+def peak_rss_mb() -> float:
+    """High-water resident set of this process (VmHWM; ru_maxrss can carry the parent's over exec)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def read_bandwidth(torch, repeats: int = 7) -> float:
@@ -47,22 +82,44 @@ def read_bandwidth(torch, repeats: int = 7) -> float:
     return buf.numel() * 4 / statistics.median(times) / 1e9
 
 
-def weight_bytes(weights) -> tuple[int, int]:
-    """(bytes read per decode step, embedding bytes): every tensor except the gathered rows."""
-    import dataclasses
+def gemm_gflops(torch, repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of a [128, 768] x [768, 3072] product: the compute ceiling of batched decode."""
+    x, w = torch.randn(128, 768), torch.randn(768, 3072)
+    x @ w
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x @ w
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 128 * 768 * 3072 / best / 1e9
 
+
+def bf16_slowdown(torch) -> float:
+    """bf16 time / fp32 time of a decode-sized matrix-vector product (> 1: no fast bf16 on this CPU)."""
+    out = {}
+    for dt in (torch.float32, torch.bfloat16):
+        ws = [torch.randn(768, 3072).to(dt) for _ in range(8)]
+        x = torch.randn(1, 768).to(dt)
+        [x @ w for w in ws]
+        t0 = time.perf_counter()
+        for _ in range(3):
+            [x @ w for w in ws]
+        out[dt] = time.perf_counter() - t0
+    return out[torch.bfloat16] / out[torch.float32]
+
+
+def weight_bytes(weights) -> int:
+    """Bytes a decode step reads: every weight tensor except the gathered embedding rows."""
     import torch
 
     from rwkv_music.model.quant import Int8Matrix
 
-    total, emb = 0, 0
+    total = 0
 
     def visit(obj, name: str = "") -> None:
-        nonlocal total, emb
+        nonlocal total
         if isinstance(obj, torch.Tensor):
-            if name in ("emb", "s_emb"):  # one row gathered per token
-                emb += obj.numel() * obj.element_size()
-            else:
+            if name not in ("emb", "s_emb"):  # one row gathered per token
                 total += obj.numel() * obj.element_size()
         elif isinstance(obj, Int8Matrix):
             total += obj.nbytes
@@ -74,226 +131,187 @@ def weight_bytes(weights) -> tuple[int, int]:
                 visit(x, name)
 
     visit(weights)
-    return total, emb
+    return total
+
+
+def pip_model(version: str, model: str):
+    """The `rwkv` package's model in fp32 on the CPU, configured as for the music models."""
+    os.environ.update(RWKV_JIT_ON="1", RWKV_CUDA_ON="0", RWKV_RESCALE_LAYER="999")  # no fp16 rescale (A10)
+    if version.startswith("7"):
+        os.environ["RWKV_V7_ON"] = "1"
+    from rwkv.model import RWKV
+
+    kw = {} if version.startswith("7") else {"verbose": False}
+    return RWKV(model=model[: -len(".pth")], strategy="cpu fp32", **kw)
+
+
+def load_ours(impl: str, model: str):
+    sys.path.insert(0, str(REPO))
+    from rwkv_music.backends.torch import load
+
+    if impl in ("fp32", "bf16"):
+        return load(model, dtype=impl)
+    m = load(model)
+    m.quantize_int8("dynamic" if impl == "int8-dyn" else "weight_only")
+    return m
+
+
+def top1_agreement(ref, other, prompts) -> float:
+    """Fraction of positions (every position of every prompt) where the argmax logits agree."""
+    a = ref.forward(prompts, all_logits=True)[0]
+    b = other.forward(prompts, all_logits=True)[0]
+    return float((a.argmax(-1) == b.argmax(-1)).float().mean())
 
 
 # -- workers ---------------------------------------------------------------------------------
 
-def _pip_model(args):
-    os.environ.update(RWKV_JIT_ON="1", RWKV_CUDA_ON="0", RWKV_RESCALE_LAYER="999")
-    if args.version.startswith("7"):
-        os.environ["RWKV_V7_ON"] = "1"
-    from rwkv.model import RWKV
+def _interleaved(steps: dict, n: int, warmup: int = 1) -> dict:
+    """Median seconds per call of each function, calling them in turn ``n`` (+ warmup) times."""
+    times: dict = {k: [] for k in steps}
+    for i in range(n + warmup):
+        for k, fn in steps.items():
+            t0 = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(ts) for k, ts in times.items()}
 
-    kw = {} if args.version.startswith("7") else {"verbose": False}
-    return RWKV(model=args.model[: -len(".pth")], strategy="cpu fp32", **kw)
+
+def _decoder(m, B: int, V: int, gen, inplace: bool = False):
+    """A zero-argument decode step of model ``m`` at batch ``B`` (random tokens, carried state)."""
+    import torch
+
+    box = [m.new_state(B)]
+    tok = torch.randint(0, V, (B, 1), generator=gen)
+    if inplace:
+        return lambda: m.forward(tok, box[0], inplace=True)
+    return lambda: box.__setitem__(0, m.forward(tok, box[0])[1])
 
 
 def worker_speed(args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(REPO))
-    from rwkv_music.backends.torch import load
-    from rwkv_music.model.quant import quantize_weights
-
-    pip = None if args.skip_pip else _pip_model(args)
-    ours = {"fp32": load(args.model)}
-    ours["int8"] = load(args.model)
-    quantize_weights(ours["int8"]._weights, args.int8_kernel)
+    out: dict = {"bandwidth_gbs": read_bandwidth(torch), "gemm_gflops": gemm_gflops(torch),
+                 "bf16_slowdown": bf16_slowdown(torch)}
+    impls = ["fp32", "int8", "int8-dyn"] + (["bf16"] if out["bf16_slowdown"] < 1.0 else [])
+    ours = {k: load_ours(k, args.model) for k in impls}
+    pip = None if args.skip_pip else pip_model(args.version, args.model)
     V = ours["fp32"].config.vocab_size
-    out: dict = {"bandwidth_gbs": read_bandwidth(torch)}
-    out["bytes_fp32"], out["emb_bytes"] = weight_bytes(ours["fp32"]._weights)
-    out["bytes_int8"], _ = weight_bytes(ours["int8"]._weights)
+    for k, m in ours.items():
+        out[f"{k}_bytes"] = weight_bytes(m._weights)
+    out["pip_bytes"] = out["fp32-inplace_bytes"] = out["fp32_bytes"]  # the same matrices in fp32
+    inplace = "inplace" in inspect.signature(ours["fp32"].forward).parameters
     gen = torch.Generator().manual_seed(0)
 
-    # single stream, interleaved: pip, ours fp32, ours int8
-    steps: dict = {}
+    def decoders(B: int) -> dict:
+        steps = {k: _decoder(m, B, V, gen) for k, m in ours.items()}
+        if inplace:
+            steps["fp32-inplace"] = _decoder(ours["fp32"], B, V, gen, inplace=True)
+        return steps
+
+    steps = decoders(1)  # single stream, all interleaved
     if pip is not None:
         pstate = [pip.forward([1, 2, 3], None)[1]]
-        steps["pip"] = lambda: pstate.__setitem__(0, pip.forward([int(torch.randint(0, V, ()))], pstate[0])[1])
-    for name, m in ours.items():
-        box = [m.new_state(1)]
-        steps[name] = (lambda m=m, box=box: box.__setitem__(0, m.forward(torch.randint(0, V, (1, 1)), box[0])[1]))
-    times = {k: [] for k in steps}
-    for i in range(args.decode_steps + 2):
-        for k, fn in steps.items():
-            t0 = time.perf_counter()
-            fn()
-            if i >= 2:
-                times[k].append(time.perf_counter() - t0)
-    for k, ts in times.items():
-        out[f"{k}_b1"] = 1 / statistics.median(ts)
-
-    # batched decode, fp32 and int8 interleaved
-    for B in args.batches:
+        ptoks = iter(torch.randint(0, V, (args.decode_steps + 2,), generator=gen).tolist())
+        steps["pip"] = lambda: pstate.__setitem__(0, pip.forward([next(ptoks)], pstate[0])[1])
+    for k, t in _interleaved(steps, args.decode_steps, warmup=2).items():
+        out[f"{k}_b1"] = 1 / t
+    for B in args.batches:  # batched decode: ours only (the package decodes one stream)
         if B == 1:
             continue
-        boxes = {k: [m.new_state(B)] for k, m in ours.items()}
-        tok = torch.randint(0, V, (B, 1), generator=gen)
-        times = {k: [] for k in ours}
-        for i in range(max(4, args.decode_steps // 2) + 1):
-            for k, m in ours.items():
-                t0 = time.perf_counter()
-                boxes[k][0] = m.forward(tok, boxes[k][0])[1]
-                if i:
-                    times[k].append(time.perf_counter() - t0)
-        for k in ours:
-            out[f"{k}_b{B}"] = B / statistics.median(times[k])
-
-    # prefill (best of repeats)
+        n = max(3, args.decode_steps // (4 if B >= 64 else 2))
+        steps = decoders(B)
+        for k, t in _interleaved(steps, n).items():
+            out[f"{k}_b{B}"] = B / t
+        del steps
     prompt = torch.randint(0, V, (1, args.prompt), generator=gen)
     runs = {k: (lambda m=m: m.forward(prompt)) for k, m in ours.items()}
     if pip is not None:
         runs["pip"] = lambda: pip.forward(prompt[0].tolist(), None)
-    best = {k: float("inf") for k in runs}
-    for _ in range(args.repeats):
-        for k, fn in runs.items():
-            t0 = time.perf_counter()
-            fn()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    for k, t in best.items():
+    for k, t in _interleaved(runs, args.repeats).items():
         out[f"{k}_prefill"] = args.prompt / t
-
-    # int8 agreement with fp32 on random prompts (every position's top-1)
-    prompts = torch.randint(0, V, (args.agree_rows, 16), generator=gen)
-    ref = ours["fp32"].forward(prompts, all_logits=True)[0]
-    q = ours["int8"].forward(prompts, all_logits=True)[0]
-    out["int8_top1_agree"] = float((ref.argmax(-1) == q.argmax(-1)).float().mean())
-    out["fp32_top1_prob"] = float(ref.softmax(-1).amax(-1).mean())
+    prompts = torch.randint(0, V, (args.agree_rows, 16), generator=gen)  # uniform random ids
+    for k in ("int8", "int8-dyn"):
+        out[f"{k}_agree"] = top1_agreement(ours["fp32"], ours[k], prompts)
+    out["fp32_top1_prob"] = float(ours["fp32"].forward(prompts)[0].softmax(-1).amax(-1).mean())
     return out
 
 
 def worker_rss(args) -> dict:
+    """Peak RSS of one implementation: load, prefill ``args.prompt`` tokens, 8 decode steps."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.impl == "pip":
+        m = pip_model(args.version, args.model)
+        _, state = m.forward(list(range(args.prompt)), None)
+        for t in range(8):
+            _, state = m.forward([t], state)
+    else:
+        m = load_ours(args.impl, args.model)
+        _, state = m.forward(torch.zeros((1, args.prompt), dtype=torch.long))
+        for t in range(8):
+            _, state = m.forward([[t]], state)
+    return {"rss_mb": peak_rss_mb()}
+
+
+def _sampled_prompts(model, start: int, rows: int, length: int, seed: int):
+    """``rows`` prompts of ``length`` tokens drawn from ``model`` itself (temperature 1) after ``start``."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    toks = torch.full((rows, 1), start, dtype=torch.long)
+    logits, state = model.forward(toks)
+    out = [toks]
+    for _ in range(length - 1):
+        nxt = torch.multinomial(logits.softmax(-1), 1, generator=gen)
+        out.append(nxt)
+        logits, state = model.forward(nxt, state)
+    return torch.cat(out, 1)
+
+
+def worker_agree(args) -> dict:
+    """int8 top-1 agreement with fp32 on the shipped models: model-sampled and uniform random prompts."""
     import torch
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(REPO))
-    if args.impl == "pip":
-        m = _pip_model(args)
-        m.forward(list(range(args.prompt)), None)
-    else:
-        from rwkv_music.backends.torch import load
-        from rwkv_music.model.quant import quantize_weights
+    from rwkv_music.assets import default_model_path
 
-        m = load(args.model)
-        if args.impl == "int8":
-            quantize_weights(m._weights, args.int8_kernel)
-        m.forward(torch.zeros((1, args.prompt), dtype=torch.long))
-    return {"rss_mb": _peak_rss_mb()}
-
-
-# -- driver ----------------------------------------------------------------------------------
-
-def _run(args, *extra: str) -> dict | None:
-    cmd = [sys.executable, __file__, *extra, "--model", args.model, "--version", args.version,
-           "--threads", str(args.threads), "--prompt", str(args.prompt), "--decode-steps", str(args.decode_steps),
-           "--repeats", str(args.repeats), "--batches", ",".join(map(str, args.batches)),
-           "--int8-kernel", args.int8_kernel, "--agree-rows", str(args.agree_rows)]
-    cmd += ["--skip-pip"] if args.skip_pip else []
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RWKV_")}
-    env["OMP_NUM_THREADS"] = str(args.threads)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        sys.stderr.write(f"[{' '.join(extra)} v{args.version}] failed:\n{proc.stderr[-2000:]}\n")
-        return None
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out: dict = {}
+    for mode, start in DOC_START.items():
+        try:
+            path = str(default_model_path(mode))
+        except Exception as exc:  # noqa: BLE001 - a missing asset is reported, not fatal
+            out[mode] = {"error": str(exc)}
+            continue
+        ref = load_ours("fp32", path)
+        V = ref.config.vocab_size
+        sets = {"sampled": _sampled_prompts(ref, start, args.agree_rows, args.agree_len, seed=1),
+                "uniform": torch.randint(0, V, (args.agree_rows, args.agree_len),
+                                         generator=torch.Generator().manual_seed(2))}
+        res: dict = {"shape": f"L{ref.config.n_layer} D{ref.config.n_embd} V{V}"}
+        quantized = {k: load_ours(k, path) for k in ("int8", "int8-dyn")}
+        for name, prompts in sets.items():
+            res[f"{name}_top1_prob"] = float(ref.forward(prompts, all_logits=True)[0].softmax(-1).amax(-1).mean())
+            for k, m in quantized.items():
+                res[f"{k}_{name}"] = top1_agreement(ref, m, prompts)
+        out[mode] = res
+    return out
 
 
-def _f(x, d: int = 1) -> str:
-    return "—" if x is None else f"{x:,.{d}f}"
+WORKERS = {"speed": worker_speed, "rss": worker_rss, "agree": worker_agree}
 
 
-def report(rows: list[tuple[str, int, dict]], args) -> str:
-    import platform
-
-    lines = [f"device: cpu ({platform.machine()}), {os.cpu_count()} cores, int8 kernel {args.int8_kernel}, "
-             f"prompt {args.prompt}, decode medians of {args.decode_steps} interleaved steps", ""]
-    cols = ["version", "threads", "impl", "prefill tok/s"] + [f"B={b} tok/s" for b in args.batches]
-    cols += ["weights MB read/token", "peak RSS MB", "roofline B=1"]
-    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    summary = []
-    for version, threads, r in rows:
-        bw = r["bandwidth_gbs"]
-        for impl in ("pip", "fp32", "int8"):
-            if f"{impl}_b1" not in r:
-                continue
-            nbytes = r.get(f"bytes_{impl}", r["bytes_fp32"])
-            roof = r[f"{impl}_b1"] * nbytes / (bw * 1e9)
-            cells = [version, str(threads), {"pip": "rwkv pip", "fp32": "ours fp32", "int8": "ours int8"}[impl],
-                     _f(r.get(f"{impl}_prefill"))] + [_f(r.get(f"{impl}_b{b}")) for b in args.batches]
-            cells += [_f(nbytes / 2**20, 0), _f(r.get(f"rss_{impl}"), 0), f"{roof:.0%}"]
-            lines.append("| " + " | ".join(cells) + " |")
-        pip1 = r.get("pip_b1")
-        big = 32 if 32 in args.batches else max(args.batches)
-        summary.append("| " + " | ".join([
-            version, str(threads), f"{bw:.1f}",
-            f"{r['fp32_b1'] / pip1:.2f}x (≥{TARGETS[version]:g}x)" if pip1 else "—",
-            f"{r['int8_b1'] / r['fp32_b1']:.2f}x (≥1.7x)",
-            f"{r['int8_top1_agree']:.1%} (≥99%; mean top-1 p {r['fp32_top1_prob']:.2f})",
-            (f"{r.get(f'fp32_b{big}', 0) / pip1:.1f}x / {r.get(f'int8_b{big}', 0) / pip1:.1f}x (≥20x)"
-             if pip1 else "—"),
-        ]) + " |")
-    lines += ["", f"| version | threads | read GB/s | fp32 B=1 ours/pip | int8/fp32 B=1 | int8 top-1 agreement "
-              f"| B={32 if 32 in args.batches else max(args.batches)} aggregate fp32 / int8 over pip B=1 |",
-              "|---|---|---|---|---|---|---|"] + summary
-    return "\n".join(lines)
-
-
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--versions", default="5.2,7,4")
-    ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--batches", default="1,8,32,128")
-    ap.add_argument("--prompt", type=int, default=None)
-    ap.add_argument("--decode-steps", type=int, default=None)
-    ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--int8-kernel", default="weight_only", choices=["weight_only", "dynamic", "dequant"])
-    ap.add_argument("--agree-rows", type=int, default=16)
-    ap.add_argument("--skip-pip", action="store_true")
-    ap.add_argument("--skip-rss", action="store_true")
-    ap.add_argument("--workdir", default=None)
-    ap.add_argument("--worker", choices=["speed", "rss"], help=argparse.SUPPRESS)
-    ap.add_argument("--impl", help=argparse.SUPPRESS)
-    ap.add_argument("--version", help=argparse.SUPPRESS)
-    ap.add_argument("--model", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    args.prompt = args.prompt or (32 if args.quick else 128)
-    args.decode_steps = args.decode_steps or (6 if args.quick else 24)
-    args.repeats = args.repeats or (1 if args.quick else 2)
-    args.batches = [int(b) for b in str(args.batches).split(",")]
-    return args
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.worker:
-        args.threads = int(args.threads)
-        print(json.dumps(worker_speed(args) if args.worker == "speed" else worker_rss(args)))  # noqa: T201
-        return 0
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp:
-        workdir = Path(args.workdir or tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
-        for version in args.versions.split(","):
-            if version not in SHAPES:
-                raise SystemExit(f"unknown version {version}; choose from {', '.join(SHAPES)}")
-            sub = argparse.Namespace(**vars(args))
-            sub.version, sub.model = version, str(make_checkpoint(version, workdir, args.quick))
-            for threads in str(args.threads).split(","):
-                sub.threads = int(threads)
-                res = _run(sub, "--worker", "speed")
-                if res is None:
-                    continue
-                if not args.skip_rss and threads == str(args.threads).split(",")[0]:  # RSS: once per version
-                    for impl in ("fp32", "int8") + (() if args.skip_pip else ("pip",)):
-                        rss = _run(sub, "--worker", "rss", "--impl", impl)
-                        res[f"rss_{impl}"] = rss and rss["rss_mb"]
-                rows.append((version, sub.threads, res))
-    print(report(rows, args))  # noqa: T201 - a benchmark prints its table
+def worker_main(args: argparse.Namespace) -> int:
+    """Run ``args.worker`` and print its one JSON line (what the driver reads)."""
+    print(json.dumps(WORKERS[args.worker](args)))  # noqa: T201 - the driver reads this line
     return 0
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    from bench_runtime import main
+
     sys.exit(main())

@@ -82,3 +82,84 @@ def test_cuda_graph_replay_matches_eager_forward(version: str) -> None:
         want, state = model.forward(toks[:, t : t + 1], state)
         got = dec.step(toks[:, t])
         assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+# -- forward(..., inplace=True): the state is updated in its own memory --------------------------
+
+@pytest.mark.parametrize("version", ["4", "5.2", "6", "7", "7a"])
+def test_inplace_forward_equals_default_forward(version: str) -> None:
+    model = _model(version)
+    toks = _tokens(3, 12)
+    want, want_state = model.forward(toks[:, :8])  # prefill, then single-token decode steps
+    state = model.new_state(3)
+    tensors = dict(state.tensors)
+    got, same = model.forward(toks[:, :8], state, inplace=True)
+    assert same is state and torch.equal(got, want)
+    for t in range(8, 12):
+        want, want_state = model.forward(toks[:, t : t + 1], want_state)
+        got, _ = model.forward(toks[:, t : t + 1], state, inplace=True)
+        assert torch.equal(got, want)
+    for name, t in state.tensors.items():
+        assert t is tensors[name], name  # the very same tensors, overwritten
+        assert torch.equal(t, want_state.tensors[name]), name
+
+
+def test_inplace_forward_across_segments_equals_default(monkeypatch) -> None:
+    import rwkv_music.model.v7 as v7
+
+    monkeypatch.setattr(v7, "MAX_POSITIONS", 16)  # 2 rows x 20 tokens: three segments
+    model = _model("7")
+    toks = _tokens(2, 20)
+    want, want_state = model.forward(toks, all_logits=True)
+    state = model.new_state(2)
+    got, _ = model.forward(toks, state, all_logits=True, inplace=True)
+    assert torch.equal(got, want)
+    assert all(torch.equal(state.tensors[k], v) for k, v in want_state.tensors.items())
+
+
+def test_inplace_forward_refuses_a_state_it_would_have_to_convert() -> None:
+    model = _model("5.2")
+    on_host = model.new_state(2).numpy()  # numpy arrays: forward would convert, so nothing to update in place
+    with pytest.raises(StateError, match="inplace"):
+        model.forward([[1], [2]], on_host, inplace=True)
+    assert all(not a.any() for a in on_host.tensors.values())
+
+
+class _NoInplace:
+    """The same model seen through the plain backend protocol (no ``inplace`` keyword)."""
+
+    def __init__(self, model: TorchModel) -> None:
+        self.model = model
+
+    def new_state(self, batch_size: int = 1):
+        return self.model.new_state(batch_size)
+
+    def forward(self, tokens, state=None):
+        return self.model.forward(tokens, state)
+
+
+@pytest.mark.parametrize("version", ["5.2", "7"])
+def test_generate_decodes_in_place_without_touching_callers_state(version: str) -> None:
+    from rwkv_music.sampling import SamplingConfig, generate
+    from rwkv_music.sampling.continuous import WorkItem, generate_continuous
+    from rwkv_music.sampling.generate import decode_kwargs
+
+    model = _model(version)
+    assert decode_kwargs(model) == {"inplace": True} and decode_kwargs(_NoInplace(model)) == {}
+    start = model.forward([[5, 6, 7]])[1]
+    before = {k: t.clone() for k, t in start.tensors.items()}
+    prompts = [[1, 2], [3], [4, 5, 6]]
+    kw = dict(max_new_tokens=12, seeds=[1, 2, 3], stop_tokens=[0], state=start)
+    fast = generate(model, prompts, processors=SamplingConfig(top_k=5).build_processors(), **kw)
+    plain = generate(_NoInplace(model), prompts, processors=SamplingConfig(top_k=5).build_processors(), **kw)
+    assert fast.tokens == plain.tokens
+    for name, t in fast.state.tensors.items():
+        assert torch.equal(t, plain.state.tensors[name]), name
+    items = [WorkItem(prompt=p, seed=s, max_new_tokens=12, processors=SamplingConfig(top_k=5).build_processors(),
+                      stop_tokens=(0,), state=start) for p, s in zip(prompts, [1, 2, 3])]
+    cont = sorted(generate_continuous(model, items, batch_size=2), key=lambda r: r.index)
+    assert [r.tokens for r in cont] == fast.tokens
+    alone = list(generate_continuous(model, items[1:2], batch_size=1))  # a one-token prompt joins as is
+    assert alone[0].tokens == fast.tokens[1]
+    for name, t in start.tensors.items():  # the caller's state was never written
+        assert torch.equal(t, before[name]), name

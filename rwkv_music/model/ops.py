@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rwkv_music.model.state import State
+
 LN_EPS = 1e-5  # LayerNorm eps of ln0/ln1/ln2/ln_out in every version (FORMATS A9)
 GN_EPS = 64e-5  # GroupNorm ln_x eps for v5, v6, v7 (FORMATS A9: 1e-5 * head_size_divisor**2)
 
@@ -30,21 +32,38 @@ def token_shift(xx: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
 
 
 def forward_in_segments(one_pass, weights, config, tokens: torch.Tensor, state, all_logits: bool,
-                        max_positions: int):
+                        max_positions: int, out_state=None):
     """Run ``one_pass`` over ``tokens`` [B, T] in segments of at most ``max_positions`` positions (B·T).
 
     The state is carried between segments, which bounds activation memory and gives the same
-    result as one call (FORMATS A11).  Returns ``(logits, new_state)`` like ``one_pass``.
+    result as one call (FORMATS A11).  Returns ``(logits, new_state)`` like ``one_pass``; with
+    ``out_state`` every segment writes its state into it (see :func:`write_state`).
     """
     B, T = tokens.shape
     step = max(1, max_positions // B)
     if T <= step:
-        return one_pass(weights, config, tokens, state, all_logits)
+        return one_pass(weights, config, tokens, state, all_logits, out_state)
     parts = []
     for t0 in range(0, T, step):
-        logits, state = one_pass(weights, config, tokens[:, t0 : t0 + step], state, all_logits)
+        logits, state = one_pass(weights, config, tokens[:, t0 : t0 + step], state, all_logits, out_state)
         parts.append(logits)
     return (torch.cat(parts, dim=1) if all_logits else logits), state
+
+
+def write_state(out_state: State | None, version: object, tensors: dict[str, torch.Tensor]) -> State:
+    """The new state: ``tensors`` as a new State, or, with ``out_state`` (a State), copied into its tensors.
+
+    ``out_state`` may be the input state itself (in-place decode): a version module then reads each
+    input tensor before it writes the matching output, and tensors it already wrote into ``out_state``
+    (the same storage) are not copied again.
+    """
+    if out_state is None:
+        return State(version, tensors)
+    for name, t in tensors.items():
+        dst = out_state.tensors[name]
+        if t.data_ptr() != dst.data_ptr():
+            dst.copy_(t)
+    return out_state
 
 
 def last_rows(xx: torch.Tensor, B: int, T: int) -> torch.Tensor:

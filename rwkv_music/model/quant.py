@@ -148,19 +148,24 @@ class Int8Matrix:
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` [..., in] → float32 [..., out] (x·Wᵀ with W [out, in])."""
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
+        if x.dim() == 2:  # the decode shape: no reshapes (each costs microseconds, 70+ calls a token)
+            return self._kernel(x).float()
+        y = self._kernel(x.reshape(-1, x.shape[-1])).float()
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    def _kernel(self, x2: torch.Tensor) -> torch.Tensor:
+        """[rows, in] → [rows, out] in the kernel's output dtype (bf16 for weight_only)."""
+        if self.kernel == "weight_only":
+            return torch._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.q, self._scale_bf16)
         if self.kernel == "dynamic":
-            y = torch.ops.quantized.linear_dynamic(x2.float().contiguous(), self._packed, True)
-        elif self.kernel == "weight_only":
-            y = torch._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.q, self._scale_bf16).float()
-        else:
-            y = (x2.float() @ self.q.t().float()) * self.scale
-        return y.view(*shape[:-1], y.shape[-1])
+            return torch.ops.quantized.linear_dynamic(x2.float().contiguous(), self._packed, True)
+        return (x2.float() @ self.q.t().float()) * self.scale
 
     def bmm(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` [M, N, in] → float32 [M, N, out], slice i through matrix i."""
-        return torch.stack([m.project(xi) for m, xi in zip(self.stack, x.unbind(0))])
+        if self.kernel == "weight_only":  # one bf16 cast in and one fp32 cast out for the whole stack
+            x = x.to(torch.bfloat16)
+        return torch.stack([m._kernel(xi) for m, xi in zip(self.stack, x.unbind(0))]).float()
 
     @property
     def nbytes(self) -> int:

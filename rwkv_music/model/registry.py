@@ -14,12 +14,14 @@ Every RWKV generation lives in one module implementing this protocol::
         # `dtype` except where the rwkv package keeps fp32 (A10); tensors end up on `device`.
         # Returns any object (typically a dataclass with per-layer lists).
 
-    def forward(weights, config, tokens, state, all_logits) -> (logits, new_state)
+    def forward(weights, config, tokens, state, all_logits, out_state=None) -> (logits, new_state)
         # tokens: LongTensor [B, T] on the device, already validated (0 <= id < V).
         # state:  torch State on the device in the layout of rwkv_music.model.state, already
-        #         checked against config and B; it must NOT be mutated.
+        #         checked against config and B; it must NOT be mutated (unless it is `out_state`).
         # Returns float32 logits [B, V] for the last position ([B, T, V] if all_logits) and a
-        # NEW State.  T == 1 is the decode path, T > 1 prefill (parallel/chunked in time).
+        # NEW State, or with `out_state` (a State of the same shapes, possibly `state` itself) writes
+        # the new state into its tensors and returns it (ops.write_state).
+        # T == 1 is the decode path, T > 1 prefill (parallel/chunked in time).
 
 The torch backend (:mod:`rwkv_music.backends.torch`) does all input checking and conversion;
 the v6 ``time_state`` tensors are removed from ``sd`` before ``prepare`` and become the

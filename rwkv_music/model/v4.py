@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rwkv_music.model.config import RWKVConfig
-from rwkv_music.model.ops import layer_norm, token_shift
+from rwkv_music.model.ops import layer_norm, token_shift, write_state
 from rwkv_music.model.state import State
 
 VERSIONS = ("4",)
@@ -223,8 +223,12 @@ def time_mix(xx: Tensor, sx: Tensor, aa: Tensor, bb: Tensor, pp: Tensor,
 # -- forward -------------------------------------------------------------------------------
 
 def forward(weights: V4Weights, config: RWKVConfig, tokens: Tensor, state: State,
-            all_logits: bool) -> tuple[Tensor, State]:
-    """Logits float32 [B, V] (or [B, T, V]) and the new state, for tokens [B, T]."""
+            all_logits: bool, out_state: State | None = None) -> tuple[Tensor, State]:
+    """Logits float32 [B, V] (or [B, T, V]) and the new state, for tokens [B, T].
+
+    With ``out_state`` the new state is copied into its tensors (they may be ``state``'s own)
+    and ``out_state`` is returned; else ``state`` is left alone and a new State returned.
+    """
     B, T = tokens.shape
     s = state.tensors
     x = F.embedding(tokens, weights.emb)  # [B, T, C]
@@ -254,4 +258,4 @@ def forward(weights: V4Weights, config: RWKVConfig, tokens: Tensor, state: State
         "att_x": torch.stack(att_x), "att_a": torch.stack(att_a), "att_b": torch.stack(att_b),
         "att_p": torch.stack(att_p), "ffn_x": torch.stack(ffn_x),
     }
-    return logits, State(config.version, new)
+    return logits, write_state(out_state, config.version, new)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rwkv_music.model.config import RWKVConfig
-from rwkv_music.model.ops import GN_EPS, layer_norm, token_shift
+from rwkv_music.model.ops import GN_EPS, layer_norm, token_shift, write_state
 from rwkv_music.model.state import State
 from rwkv_music.model.v4 import (
     ChannelMixWeights,
@@ -214,15 +214,21 @@ def time_mix(xx: Tensor, sx: Tensor, S: Tensor, S_out: Tensor | None, ly: V5Laye
 # -- forward -------------------------------------------------------------------------------
 
 def forward(weights: V5Weights, config: RWKVConfig, tokens: Tensor, state: State,
-            all_logits: bool) -> tuple[Tensor, State]:
-    """Logits float32 [B, V] (or [B, T, V]) and the new state, for tokens [B, T]."""
+            all_logits: bool, out_state: State | None = None) -> tuple[Tensor, State]:
+    """Logits float32 [B, V] (or [B, T, V]) and the new state, for tokens [B, T].
+
+    With ``out_state`` the new state is written into its tensors (they may be ``state``'s own)
+    and ``out_state`` is returned; else ``state`` is left alone and a new State returned.
+    """
     B, T = tokens.shape
     s = state.tensors
     x = F.embedding(tokens, weights.emb)  # [B, T, C]
     if T == 1:
         x = x[:, 0]  # [B, C]: the lean decode path works on 2-D tensors
     prev_att, prev_kv, prev_ffn = (s[n].unbind(0) for n in ("att_x", "att_kv", "ffn_x"))
-    kv_new = torch.empty_like(s["att_kv"]) if T == 1 else None  # decode writes each S' in place
+    kv_new = None
+    if T == 1:  # decode writes each S' in place (wkv_one reads S before writing S_out)
+        kv_new = torch.empty_like(s["att_kv"]) if out_state is None else out_state.tensors["att_kv"]
     kv_out = kv_new.unbind(0) if kv_new is not None else [None] * len(weights.layers)
     att_x, att_kv, ffn_x = [], [], []
     for i, ly in enumerate(weights.layers):
@@ -246,4 +252,4 @@ def forward(weights: V5Weights, config: RWKVConfig, tokens: Tensor, state: State
         "att_kv": kv_new if kv_new is not None else torch.stack(att_kv),
         "ffn_x": torch.stack(ffn_x),
     }
-    return logits, State(config.version, new)
+    return logits, write_state(out_state, config.version, new)

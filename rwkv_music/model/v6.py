@@ -41,6 +41,7 @@ from rwkv_music.model.ops import (
     head_logits_rows,
     last_rows,
     shifted_rows,
+    write_state,
 )
 from rwkv_music.model.state import State
 
@@ -166,17 +167,21 @@ def initial_state(
 
 @torch.no_grad()
 def forward(
-    weights: V6Weights, config: RWKVConfig, tokens: torch.Tensor, state: State, all_logits: bool
+    weights: V6Weights, config: RWKVConfig, tokens: torch.Tensor, state: State, all_logits: bool,
+    out_state: State | None = None,
 ) -> tuple[torch.Tensor, State]:
-    """Run ``tokens`` [B, T] from ``state`` (not mutated): float32 logits [B, V] (or [B, T, V]) and a new State.
+    """Run ``tokens`` [B, T] from ``state``: float32 logits [B, V] (or [B, T, V]) and a new State.
 
+    ``state`` is not mutated unless it is ``out_state``: with ``out_state`` the new state is written
+    into its tensors (which may be ``state``'s own: in-place decode) and ``out_state`` is returned.
     Long inputs run in segments of at most ``MAX_POSITIONS`` positions (B·T) with the state
     carried between them, which bounds the activation memory and gives the same result (A11).
     """
-    return forward_in_segments(_forward, weights, config, tokens, state, all_logits, MAX_POSITIONS)
+    return forward_in_segments(_forward, weights, config, tokens, state, all_logits, MAX_POSITIONS, out_state)
 
 def _forward(
-    weights: V6Weights, config: RWKVConfig, tokens: torch.Tensor, state: State, all_logits: bool
+    weights: V6Weights, config: RWKVConfig, tokens: torch.Tensor, state: State, all_logits: bool,
+    out_state: State | None = None,
 ) -> tuple[torch.Tensor, State]:
     """One pass over all of ``tokens``; activations are ``[B·T, C]`` (``[B, C]`` when T == 1)."""
     B, T = tokens.shape
@@ -184,7 +189,10 @@ def _forward(
     att_prev = state.tensors["att_x"].to(dtype).unbind(0)
     ffn_prev = state.tensors["ffn_x"].to(dtype).unbind(0)
     kv = state.tensors["att_kv"]
-    new_kv = torch.empty(kv.shape, dtype=torch.float32, device=kv.device)
+    if out_state is None:
+        new_kv = torch.empty(kv.shape, dtype=torch.float32, device=kv.device)
+    else:  # may be kv itself: each layer's WKV reads its S before it writes S' (_wkv_step, _wkv_chunked)
+        new_kv = out_state.tensors["att_kv"]
     kv_in, kv_out = kv.unbind(0), new_kv.unbind(0)
     att_last, ffn_last = [], []
     x = weights.emb[tokens.reshape(-1)]  # [B·T, C]
@@ -197,7 +205,7 @@ def _forward(
         ffn_last.append(last_rows(xx, B, T))
     logits = head_logits_rows(x, weights.ln_out, weights.head, B, T, all_logits)
     tensors = {"att_x": torch.stack(att_last), "att_kv": new_kv, "ffn_x": torch.stack(ffn_last)}
-    return logits, State(config.version, tensors)
+    return logits, write_state(out_state, config.version, tensors)
 
 
 

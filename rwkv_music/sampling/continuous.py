@@ -32,7 +32,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from rwkv_music.sampling.base import LogitsProcessorList, RowConstraintError, SamplingValueError
-from rwkv_music.sampling.generate import logits_to_numpy, prefill_prompts
+from rwkv_music.sampling.generate import decode_kwargs, logits_to_numpy, prefill_prompts
 from rwkv_music.sampling.sampler import make_generators, sample_row
 
 log = logging.getLogger(__name__)
@@ -210,6 +210,7 @@ class _Loop:
 
     def __init__(self, backend: Any, chunk: int, on_constraint: str, return_state: bool) -> None:
         self.backend, self.chunk = backend, chunk
+        self.fwd = decode_kwargs(backend)  # inplace=True on torch: self.state is always ours
         self.on_constraint, self.return_state = on_constraint, return_state
         self.rows: list[_Row] = []  # batch order: row i is row i of self.state
         self.state: Any = None
@@ -267,7 +268,8 @@ class _Loop:
         fresh = getattr(self.backend, "new_state", None)
         if all(r.item.state is None for r in rows) and (not always or fresh is None):
             return None  # (a backend without new_state keeps no state: nothing to join)
-        parts = [r.item.state if r.item.state is not None else self.backend.new_state(1) for r in rows]
+        # Copies: decode steps may update the batch state in place, never a caller's state.
+        parts = [r.item.state.copy() if r.item.state is not None else self.backend.new_state(1) for r in rows]
         return parts[0] if len(parts) == 1 else type(parts[0]).concat(parts)
 
     # -- one step --------------------------------------------------------------------------
@@ -318,7 +320,7 @@ class _Loop:
         """Read every row's pending token in one ``[B, 1]`` call."""
         tokens = np.array([[row.feed] for row in self.rows], dtype=np.int64)
         t0 = time.perf_counter()
-        out, self.state = self.backend.forward(tokens, self.state)
+        out, self.state = self.backend.forward(tokens, self.state, **self.fwd)
         logits = logits_to_numpy(out)
         share = (time.perf_counter() - t0) / len(self.rows)
         for i, row in enumerate(self.rows):

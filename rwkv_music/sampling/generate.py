@@ -22,6 +22,7 @@ tokens, or ``"constraint"`` when a processor left it no legal token and
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -86,6 +87,20 @@ def _check_args(
         raise SamplingValueError(f"prefill_chunk must be an integer >= 1, got {prefill_chunk!r}")
     if on_constraint not in ("raise", "finish"):
         raise SamplingValueError(f"on_constraint must be 'raise' or 'finish', got {on_constraint!r}")
+
+
+def decode_kwargs(backend: Any) -> dict[str, Any]:
+    """Extra ``forward`` keywords for decode steps: ``inplace=True`` where the backend offers it.
+
+    The torch backend can write the next state into the state it was given instead of allocating
+    a new one per token (much of a step's cost at large batch on a CPU).  The decode loops only
+    pass it states they made themselves (prefill results, row selections), never a caller's.
+    """
+    try:
+        params = inspect.signature(backend.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"inplace": True} if "inplace" in params else {}
 
 
 def prefill_prompts(backend: Any, prompts: list[list[int]], state: Any, chunk: int) -> tuple[np.ndarray, Any]:
@@ -174,6 +189,7 @@ def generate(
 
     t0 = time.perf_counter()
     logits, model_state = prefill_prompts(backend, prompts, state, prefill_chunk)
+    fwd = decode_kwargs(backend)  # model_state is ours from here on (prefill made it)
     prefill_seconds = time.perf_counter() - t0
 
     tokens: list[list[int]] = [[] for _ in range(n_rows)]
@@ -229,7 +245,7 @@ def generate(
         sub = model_state
         if len(cont) != len(live) and model_state is not None:
             sub = model_state.select([live.index(r) for r in cont])
-        out, model_state = backend.forward(np.array([[tokens[r][-1]] for r in cont], dtype=np.int64), sub)
+        out, model_state = backend.forward(np.array([[tokens[r][-1]] for r in cont], dtype=np.int64), sub, **fwd)
         logits, live = logits_to_numpy(out), cont
         if last_step:
             for r in cont:
