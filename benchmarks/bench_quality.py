@@ -91,7 +91,7 @@ def abc_quality(model, n: int, seed: int, max_len: int) -> dict:
         from rwkv_music import abc_check
     except ImportError:
         abc_check = None
-    parsed = balanced = 0
+    parsed = balanced = strict = 0
     for text in texts:
         body = "\n".join(line for line in text.splitlines() if line[:2] not in ("S:", "B:", "E:"))
         abc = "X:1\n" + body
@@ -99,17 +99,39 @@ def abc_quality(model, n: int, seed: int, max_len: int) -> dict:
             ok = bool(abc_check.parse_ok(abc))
             bal = abc_check.bar_balance(abc)
             bal_ok = bool(getattr(bal, "all_balanced", bal if isinstance(bal, bool) else False))
+            strict_ok = bool(getattr(bal, "strictly_balanced", bal_ok))
         else:
             ok = _music21_parses(abc)
             from rwkv_music.train.rewards import abc_bar_balance_reward
 
             r = abc_bar_balance_reward([ord(c) for c in abc if ord(c) < 128])
-            bal_ok = ok and not any(x < 0 for x in r)
+            bal_ok = strict_ok = ok and not any(x < 0 for x in r)
         parsed += ok
         balanced += bool(ok and bal_ok)
+        strict += bool(ok and strict_ok)
     return {"tunes": n, "parse_rate": parsed / n, "bar_balance_rate": balanced / n,
+            "strict_bar_balance_rate": strict / n,
             "mean_chars": float(np.mean([len(t) for t in texts])), "example": texts[0][:300],
             "checker": "rwkv_music.abc_check" if abc_check else "music21 + rewards.bar_length"}
+
+
+HEADERS = [("G", "6/8", "1/8"), ("D", "4/4", "1/8"), ("A", "3/4", "1/8"), ("Em", "2/4", "1/16"), ("D", "C|", "1/8")]
+
+
+def composer_quality(n: int, seed: int, constrained: bool) -> dict:
+    """What users get: ``Composer.load(mode="abc").compose_abc`` with its default preset, headers cycled."""
+    from rwkv_music import Composer, abc_check
+
+    composer = Composer.load(mode="abc")
+    parsed = balanced = 0
+    for i in range(n):
+        key, meter, unit = HEADERS[i % len(HEADERS)]
+        piece = composer.compose_abc(n=1, key=key, meter=meter, unit=unit, constrained=constrained,
+                                     seed=seed + i)[0]
+        ok = abc_check.parse_ok(piece.text)
+        parsed += ok
+        balanced += bool(ok and abc_check.bar_balance(piece.text).all_balanced)
+    return {"tunes": n, "constrained": constrained, "parse_rate": parsed / n, "bar_balance_rate": balanced / n}
 
 
 def _music21_parses(abc: str) -> bool:
@@ -175,6 +197,8 @@ def main() -> None:
     ap.add_argument("--midi-data", type=Path, default=None, help="Rendered MIDI folder (default: render cache).")
     ap.add_argument("--abc-model", type=Path, default=None, help="Run folder to test instead of the ABC default.")
     ap.add_argument("--midi-model", type=Path, default=None, help="Run folder to test instead of the MIDI default.")
+    ap.add_argument("--composer-tunes", type=int, default=0,
+                    help="Also compose this many tunes through Composer (5 headers), unconstrained and constrained.")
     ap.add_argument("--skip-abc", action="store_true")
     ap.add_argument("--skip-midi", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
@@ -194,7 +218,14 @@ def main() -> None:
             q = abc_quality(model, args.abc_tunes, args.seed, args.abc_max_len)
             report["abc_generation"] = q
             print(f"ABC  {q['tunes']} unconstrained tunes: parse rate {q['parse_rate']:.2%}, "  # noqa: T201
-                  f"bar-balance rate {q['bar_balance_rate']:.2%} ({q['checker']})")
+                  f"bar-balance rate {q['bar_balance_rate']:.2%}, with no overfull bar either "
+                  f"{q['strict_bar_balance_rate']:.2%} ({q['checker']}), mean {q['mean_chars']:.0f} characters")
+        for constrained in (False, True) if args.composer_tunes else ():
+            c = composer_quality(args.composer_tunes, args.seed, constrained)
+            report[f"abc_composer_{'constrained' if constrained else 'unconstrained'}"] = c
+            print(f"ABC  {c['tunes']} tunes via Composer.compose_abc (headers {', '.join(m for _, m, _ in HEADERS)}), "  # noqa: T201
+                  f"{'constrained' if constrained else 'unconstrained'}: parse rate {c['parse_rate']:.2%}, "
+                  f"bar-balance rate {c['bar_balance_rate']:.2%}")
     if not args.skip_midi:
         from rwkv_music.train.midi_data import midi_documents
 

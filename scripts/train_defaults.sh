@@ -31,7 +31,12 @@ if [[ "$WHAT" == abc || "$WHAT" == all ]]; then
     --layers 4 --width 128 --head-size 32 --ctx 256 --batch-size 8 \
     --steps 6000 --lr 2e-3 --lr-final 1e-4 --seed 0 --val-fraction 0.05 \
     --time-budget-min 65 --eval-every 500 --threads 1
-  export_model "$RUN/abc-default" rwkv_music/assets/abc-default
+  export_model "$RUN/abc-default" "$RUN/abc-sft-fp16"
+  # Stage 2: REINFORCE with the per-bar balance reward (issue 8), from the fp16 supervised model.
+  "${TRAIN[@]}" --objective reinforce --mode abc --init "$RUN/abc-sft-fp16/model.pth" --out "$RUN/abc-rl" \
+    --reward abc-bar-balance-local --credit local --steps 100 --batch-size 16 --gen-len 600 \
+    --lr 1e-4 --kl-coef 0.02 --threads 1 --seed 0
+  export_model "$RUN/abc-rl" rwkv_music/assets/abc-default
 fi
 
 if [[ "$WHAT" == midi || "$WHAT" == all ]]; then

@@ -103,18 +103,22 @@ def test_cli_reinforce_run_folder_records_options_and_loads(tmp_path):
     init = init_rwkv7(RWKV7(make_config(2, 64, 128, head_size=32)), seed=2)
     init_dir = tmp_path / "sft"
     ckpt.save_model(init, init_dir / ckpt.MODEL_FILE)
-    (init_dir / ckpt.META_FILE).write_text(json.dumps({"options": {"seed": 7, "val_fraction": 0.05}}))
+    earlier = {"reward": "token:65", "steps_done": 3}  # the init was itself a REINFORCE run
+    (init_dir / ckpt.META_FILE).write_text(json.dumps({"options": {"seed": 7, "val_fraction": 0.05},
+                                                       "reinforce": earlier}))
     out = tmp_path / "rl"
     result = CliRunner().invoke(train_command, [
         "--objective", "reinforce", "--mode", "abc", "--init", str(init_dir / ckpt.MODEL_FILE),
         "--out", str(out), "--reward", "abc-bar-balance-local", "--credit", "local", "--kl-coef", "0.1",
-        "--prompt", "L:1/8\nM:2/4\nK:G\n", "--steps", "2", "--batch-size", "2", "--gen-len", "8"])
+        "--prompt", "L:1/8\nM:2/4\nK:G\n", "--prompt", r"L:1/8\nM:6/8\nK:D\n",  # real and escaped newlines
+        "--steps", "2", "--batch-size", "2", "--gen-len", "8"])
     assert result.exit_code == 0, result.output
     meta = json.loads((out / ckpt.META_FILE).read_text())
     assert meta["options"]["seed"] == 7  # the supervised run's split is kept
     rl = meta["reinforce"]
     assert rl["steps_done"] == 2 and rl["reward"] == "abc-bar-balance-local"
-    assert rl["prompt"] == [2] + [ord(c) for c in "L:1/8\nM:2/4\nK:G\n"]
+    assert rl["prompt"] == [[2] + [ord(c) for c in f"L:1/8\nM:{m}\nK:{k}\n"] for m, k in (("2/4", "G"), ("6/8", "D"))]
+    assert meta["reinforce_previous"] == [earlier]
     assert rl["options"]["credit"] == "local" and rl["options"]["kl_coef"] == 0.1
     backend = rwkv_music.load_model(out / ckpt.MODEL_FILE)
     assert backend.info.vocab_size == 128

@@ -40,3 +40,20 @@ def test_generate_midi_with_no_model_writes_a_midi_from_the_shipped_model(tmp_pa
     assert len(written) == 1 and str(written[0]) in result.output
     notes = [m for m in mido.MidiFile(written[0]) if m.type == "note_on" and m.velocity > 0]
     assert notes, "the shipped model wrote a MIDI file without notes"
+
+
+def test_shipped_abc_model_writes_bar_balanced_tunes_without_constraints():
+    """Issue 8's quality bar, small: unconstrained tunes from bos alone, music21's measure check."""
+    import rwkv_music
+    from rwkv_music import abc_check
+    from rwkv_music.sampling import SamplingConfig, generate
+
+    backend = rwkv_music.load_model(default_model_path("abc"))
+    cfg = SamplingConfig(top_k=8, top_p=0.8)  # FORMATS D4's ABC sampler
+    result = generate(backend, [[2]] * 12, processors=cfg.build_processors(), max_new_tokens=1024,
+                      seeds=range(100, 112), stop_tokens=[3], return_state=False)
+    texts = ["".join(chr(t) for t in row if t > 3) for row in result.tokens]
+    tunes = ["X:1\n" + "\n".join(ln for ln in t.splitlines() if ln[:2] not in ("S:", "B:", "E:")) for t in texts]
+    balanced = sum(bool(abc_check.bar_balance(t).all_balanced) for t in tunes)
+    assert all(abc_check.parse_ok(t) for t in tunes)
+    assert balanced >= 9, f"only {balanced}/12 tunes bar-balanced"

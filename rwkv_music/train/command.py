@@ -66,8 +66,9 @@ def _progress_printer(every: int):
 @click.option("--reward", default="abc-bar-balance", show_default=True,
               help="REINFORCE reward: abc-bar-balance, midi-stuck-notes or token:<id>.")
 @click.option("--gen-len", default=128, show_default=True, help="REINFORCE: sampled tokens per rollout.")
-@click.option("--prompt", "prompt", default=None,
-              help="REINFORCE: rollout prompt; ABC text (after the bos byte) or space-separated MIDI tokens. "
+@click.option("--prompt", "prompt", multiple=True,
+              help="REINFORCE: rollout prompt; ABC text (after the bos byte, backslash escapes such as \\n "
+                   "understood) or space-separated MIDI tokens. Repeat it to draw one per step. "
                    "Default: just bos (ABC) / <pad> (MIDI).")
 @click.option("--credit", type=click.Choice(["returns", "local"]), default="returns", show_default=True,
               help="REINFORCE: returns-to-go, or each token's own reward (use with abc-bar-balance-local).")
@@ -117,6 +118,8 @@ def reinforce_prompt(mode: str, text: str | None) -> list[int]:
     if mode == "abc":
         from rwkv_music.tokenizers.abc import AbcTokenizer
 
+        if text and "\n" not in text and "\\n" in text:  # one shell-friendly line: "L:1/8\\nM:6/8\\n"
+            text = text.encode("ascii", "backslashreplace").decode("unicode_escape")
         return [2] + (AbcTokenizer().encode(text) if text else [])
     if not text:
         return [0]
@@ -125,7 +128,7 @@ def reinforce_prompt(mode: str, text: str | None) -> list[int]:
     return [0] + MidiTokenizer().encode(text)
 
 
-def _run_reinforce(opts, reward: str, gen_len: int, prompt_text: str | None, credit: str, kl_coef: float,
+def _run_reinforce(opts, reward: str, gen_len: int, prompt_text: tuple[str, ...], credit: str, kl_coef: float,
                    temperature: float) -> None:
     from rwkv_music.train.reinforce import ReinforceOptions, reinforce_train, reward_by_name
 
@@ -138,7 +141,7 @@ def _run_reinforce(opts, reward: str, gen_len: int, prompt_text: str | None, cre
     ropts = ReinforceOptions(steps=opts.steps, lr=opts.lr, batch_size=opts.batch_size, gen_len=gen_len,
                              seed=opts.seed, device=opts.device, temperature=temperature, kl_coef=kl_coef,
                              credit=credit, time_budget_min=opts.time_budget_min)
-    prompt = reinforce_prompt(opts.mode, prompt_text)
-    result = reinforce_train(Path(opts.init), Path(opts.out), reward_by_name(reward), prompt, ropts,
+    prompts = [reinforce_prompt(opts.mode, t) for t in prompt_text] or [reinforce_prompt(opts.mode, None)]
+    result = reinforce_train(Path(opts.init), Path(opts.out), reward_by_name(reward), prompts, ropts,
                              progress=_progress_printer(1), save_dtype=opts.save_dtype, reward_name=reward)
     click.echo(f"wrote {result} after REINFORCE (see {Path(opts.out) / 'train_meta.json'})")

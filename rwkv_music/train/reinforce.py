@@ -153,10 +153,14 @@ def reinforce_step(model: RWKV7, optimizer: torch.optim.Optimizer, prompt: list[
             "tokens": int(valid.sum())}
 
 
-def reinforce_train(init: Path, out_dir: Path, reward_fn: RewardFn, prompt: list[int], opts: ReinforceOptions,
-                    progress: Callable[[dict], None] | None = None, save_dtype: str = "fp32",
+def reinforce_train(init: Path, out_dir: Path, reward_fn: RewardFn, prompt: list[int] | list[list[int]],
+                    opts: ReinforceOptions, progress: Callable[[dict], None] | None = None, save_dtype: str = "fp32",
                     reward_name: str = "", save_every: int = 50) -> Path:
     """Load ``init``, run ``opts.steps`` REINFORCE steps, write ``out_dir/model.pth``.
+
+    ``prompt`` is one prompt (a list of ids) or several (a list of lists): each step then draws
+    one of them (seeded), and all rollouts of that step continue it — e.g. a set of ABC headers,
+    so the policy learns balanced bars under the metres users ask for, not only its own choice.
 
     The model is also written every ``save_every`` steps (atomically), so an interrupted run keeps
     its progress.  ``out_dir/train_meta.json`` is the initial model's (when it sits beside
@@ -165,19 +169,25 @@ def reinforce_train(init: Path, out_dir: Path, reward_fn: RewardFn, prompt: list
     """
     torch.manual_seed(opts.seed)
     out_dir = Path(out_dir)
+    prompts = [list(prompt)] if prompt and isinstance(prompt[0], int) else [list(p) for p in prompt]
+    if not prompts or not all(prompts):
+        raise ValueError("REINFORCE needs at least one non-empty prompt")
     model = ckpt.model_from_checkpoint(init).to(opts.device)
     ref = copy.deepcopy(model).eval() if opts.kl_coef > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(opts.seed)
     init_meta = Path(init).parent / ckpt.META_FILE
     meta = json.loads(init_meta.read_text()) if init_meta.is_file() else {}
+    if "reinforce" in meta:  # the init was itself a REINFORCE run: keep its record
+        meta["reinforce_previous"] = meta.get("reinforce_previous", []) + [meta.pop("reinforce")]
     history: list[dict] = []
     t0 = time.monotonic()
     path = out_dir / ckpt.MODEL_FILE
 
     def save(step: int) -> None:
         ckpt.save_model(model, path, save_dtype)
-        meta["reinforce"] = {"init": str(init), "reward": reward_name, "prompt": list(prompt),
+        meta["reinforce"] = {"init": str(init), "reward": reward_name,
+                             "prompt": prompts[0] if len(prompts) == 1 else prompts,
                              "options": dataclasses.asdict(opts), "steps_done": step,
                              "elapsed_s": round(time.monotonic() - t0, 1), "history": history}
         atomic_write_text(out_dir / ckpt.META_FILE, json.dumps(meta, indent=2) + "\n", force=True)
@@ -185,7 +195,8 @@ def reinforce_train(init: Path, out_dir: Path, reward_fn: RewardFn, prompt: list
     out_dir.mkdir(parents=True, exist_ok=True)
     step = 0
     for step in range(1, opts.steps + 1):
-        info = reinforce_step(model, optimizer, prompt, reward_fn, opts, gen, ref)
+        pick = int(torch.randint(len(prompts), (1,), generator=gen)) if len(prompts) > 1 else 0
+        info = reinforce_step(model, optimizer, prompts[pick], reward_fn, opts, gen, ref)
         info["step"] = step
         info["elapsed_s"] = time.monotonic() - t0
         history.append({k: round(info[k], 4) for k in ("reward", "positive") if info[k] == info[k]})
