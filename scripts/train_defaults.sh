@@ -52,5 +52,11 @@ if [[ "$WHAT" == midi || "$WHAT" == all ]]; then
     --layers 4 --width 128 --head-size 32 --ctx 256 --batch-size 4 \
     --steps 3000 --lr 2e-3 --lr-final 1e-4 --seed 0 --val-fraction 0.05 \
     --time-budget-min 67 --eval-every 0 --threads 2
-  export_model "$RUN/midi-default" rwkv_music/assets/midi-default
+  export_model "$RUN/midi-default" "$RUN/midi-stage1-fp16"   # (shipped from its step-400 checkpoint)
+  # Stage 2: fine-tune the fp16 stage-1 model on the same split for 35 more minutes.
+  "${TRAIN[@]}" --mode midi --init "$RUN/midi-stage1-fp16/model.pth" --out "$RUN/midi-ft" \
+    --layers 4 --width 128 --head-size 32 --ctx 256 --batch-size 4 \
+    --steps 3000 --lr 1e-3 --lr-final 1e-4 --seed 0 --val-fraction 0.05 \
+    --time-budget-min 35 --eval-every 0 --threads 1
+  export_model "$RUN/midi-ft" rwkv_music/assets/midi-default
 fi
