@@ -69,9 +69,9 @@ class GraphDecoder:
     def _eager_step(self) -> torch.Tensor:
         """One decode step on the static buffers; the new state overwrites the old one in place."""
         m = self.model
-        logits, new = m._module.forward(m._weights, m.config, self._tokens, self._state, False)
-        for name, t in self._state.tensors.items():
-            t.copy_(new.tensors[name])
+        # out_state=self._state: the version module writes the new state into the static buffers
+        # (each layer reads its old state before writing it), so no copies follow.
+        logits, _ = m._module.forward(m._weights, m.config, self._tokens, self._state, False, self._state)
         return logits
 
     def _capture(self) -> None:

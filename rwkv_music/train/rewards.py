@@ -195,4 +195,5 @@ def reward_by_name(name: str) -> RewardFn:
             return token_reward(int(parts[1]), float(parts[2]) if len(parts) > 2 else 1.0)
         except (ValueError, IndexError) as exc:
             raise RwkvMusicError(f"bad reward {name!r}; expected token:<id>[:<value>]") from exc
-    raise RwkvMusicError(f"unknown reward {name!r}; expected abc-bar-balance, abc-bar-balance-local, midi-stuck-notes or token:<id>")
+    raise RwkvMusicError(f"unknown reward {name!r}; expected abc-bar-balance, abc-bar-balance-local, "
+                         "midi-stuck-notes or token:<id>")
