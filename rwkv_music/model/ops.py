@@ -66,6 +66,22 @@ def write_state(out_state: State | None, version: object, tensors: dict[str, tor
     return out_state
 
 
+def matrix_state_io(state: State, out_state: State | None, dtype: torch.dtype):
+    """Per-layer views for a v6/v7 pass: (att_prev, ffn_prev, kv_in, kv_out, new_kv).
+
+    ``new_kv`` [L, B, H, N, N] receives the new WKV states: a fresh buffer, or ``out_state``'s own
+    tensor (which may be ``state``'s: in-place decode; each layer's WKV reads its S before writing S').
+    """
+    att_prev = state.tensors["att_x"].to(dtype).unbind(0)
+    ffn_prev = state.tensors["ffn_x"].to(dtype).unbind(0)
+    kv = state.tensors["att_kv"]
+    if out_state is None:
+        new_kv = torch.empty(kv.shape, dtype=torch.float32, device=kv.device)
+    else:
+        new_kv = out_state.tensors["att_kv"]
+    return att_prev, ffn_prev, kv.unbind(0), new_kv.unbind(0), new_kv
+
+
 def last_rows(xx: torch.Tensor, B: int, T: int) -> torch.Tensor:
     """The last position's row per batch row of ``xx`` [B·T, C] (the next call's token shift)."""
     return xx if T == 1 else xx.view(B, T, -1)[:, -1]

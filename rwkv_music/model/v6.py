@@ -40,6 +40,7 @@ from rwkv_music.model.ops import (
     forward_in_segments,
     head_logits_rows,
     last_rows,
+    matrix_state_io,
     shifted_rows,
     write_state,
 )
@@ -186,14 +187,7 @@ def _forward(
     """One pass over all of ``tokens``; activations are ``[B·T, C]`` (``[B, C]`` when T == 1)."""
     B, T = tokens.shape
     C, dtype = config.n_embd, weights.dtype
-    att_prev = state.tensors["att_x"].to(dtype).unbind(0)
-    ffn_prev = state.tensors["ffn_x"].to(dtype).unbind(0)
-    kv = state.tensors["att_kv"]
-    if out_state is None:
-        new_kv = torch.empty(kv.shape, dtype=torch.float32, device=kv.device)
-    else:  # may be kv itself: each layer's WKV reads its S before it writes S' (_wkv_step, _wkv_chunked)
-        new_kv = out_state.tensors["att_kv"]
-    kv_in, kv_out = kv.unbind(0), new_kv.unbind(0)
+    att_prev, ffn_prev, kv_in, kv_out, new_kv = matrix_state_io(state, out_state, dtype)
     att_last, ffn_last = [], []
     x = weights.emb[tokens.reshape(-1)]  # [B·T, C]
     for i, lw in enumerate(weights.layers):

@@ -39,6 +39,9 @@ from rwkv_music.train.rewards import RewardFn, reward_by_name  # noqa: F401  (re
 log = logging.getLogger(__name__)
 
 
+CREDITS = ("returns", "local")  # how rewards become advantages (module docstring)
+
+
 @dataclass(frozen=True)
 class ReinforceOptions:
     steps: int = 50
@@ -58,8 +61,6 @@ class ReinforceOptions:
         if self.credit not in CREDITS:
             raise ValueError(f"credit must be one of {CREDITS}, not {self.credit!r}")
 
-
-CREDITS = ("returns", "local")
 
 
 @torch.no_grad()
