@@ -35,9 +35,11 @@ SHAPES = {  # version: (vocab, n_layer, n_embd, dim_ffn factor) of the released 
 QUICK_SHAPE = (2, 256)  # n_layer, n_embd of --quick
 BANDWIDTH_MB = 512  # read-bandwidth probe buffer: far beyond any L3
 DOC_START = {"abc": 2, "midi": 0}  # first token of a document (model cards: abc bos 2; midi "<pad>" 0)
+INT8_KERNELS = {"int8": None, "int8-wo": "weight_only", "int8-dyn": "dynamic"}  # None: the default (native)
 LABELS = {"pip": "rwkv pip fp32", "fp32": "ours fp32", "fp32-inplace": "ours fp32, `inplace=True`",
-          "bf16": "ours bf16", "int8": "ours int8 (weight_only)", "int8-dyn": "ours int8 (dynamic)"}
-LOADABLE = ("pip", "fp32", "int8", "int8-dyn", "bf16")  # fp32-inplace is fp32's model, decoded differently
+          "bf16": "ours bf16", "int8": "ours int8 (default kernel)", "int8-wo": "ours int8 (weight_only)",
+          "int8-dyn": "ours int8 (dynamic)"}
+LOADABLE = ("pip", "fp32", "int8", "int8-wo", "int8-dyn", "bf16")  # fp32-inplace: fp32's model, decoded in place
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -152,8 +154,15 @@ def load_ours(impl: str, model: str):
     if impl in ("fp32", "bf16"):
         return load(model, dtype=impl)
     m = load(model)
-    m.quantize_int8("dynamic" if impl == "int8-dyn" else "weight_only")
+    m.quantize_int8(INT8_KERNELS[impl])
     return m
+
+
+def default_int8_kernel() -> str:
+    sys.path.insert(0, str(REPO))
+    from rwkv_music.model.quant import default_kernel
+
+    return default_kernel()
 
 
 def top1_agreement(ref, other, prompts) -> float:
@@ -194,7 +203,8 @@ def worker_speed(args) -> dict:
     torch.set_num_threads(args.threads)
     out: dict = {"bandwidth_gbs": read_bandwidth(torch), "gemm_gflops": gemm_gflops(torch),
                  "bf16_slowdown": bf16_slowdown(torch)}
-    impls = ["fp32", "int8", "int8-dyn"] + (["bf16"] if out["bf16_slowdown"] < 1.0 else [])
+    out["int8_kernel"] = default_int8_kernel()
+    impls = ["fp32", *INT8_KERNELS] + (["bf16"] if out["bf16_slowdown"] < 1.0 else [])
     ours = {k: load_ours(k, args.model) for k in impls}
     pip = None if args.skip_pip else pip_model(args.version, args.model)
     V = ours["fp32"].config.vocab_size
@@ -232,7 +242,7 @@ def worker_speed(args) -> dict:
     for k, t in _interleaved(runs, args.repeats).items():
         out[f"{k}_prefill"] = args.prompt / t
     prompts = torch.randint(0, V, (args.agree_rows, 16), generator=gen)  # uniform random ids
-    for k in ("int8", "int8-dyn"):
+    for k in INT8_KERNELS:
         out[f"{k}_agree"] = top1_agreement(ours["fp32"], ours[k], prompts)
     out["fp32_top1_prob"] = float(ours["fp32"].forward(prompts)[0].softmax(-1).amax(-1).mean())
     return out
@@ -292,7 +302,7 @@ def worker_agree(args) -> dict:
                 "uniform": torch.randint(0, V, (args.agree_rows, args.agree_len),
                                          generator=torch.Generator().manual_seed(2))}
         res: dict = {"shape": f"L{ref.config.n_layer} D{ref.config.n_embd} V{V}"}
-        quantized = {k: load_ours(k, path) for k in ("int8", "int8-dyn")}
+        quantized = {k: load_ours(k, path) for k in INT8_KERNELS}
         for name, prompts in sets.items():
             res[f"{name}_top1_prob"] = float(ref.forward(prompts, all_logits=True)[0].softmax(-1).amax(-1).mean())
             for k, m in quantized.items():

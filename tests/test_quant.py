@@ -13,6 +13,7 @@ from rwkv_music.model.quant import (
     KERNELS,
     Int8Matrix,
     dynamic_available,
+    native_available,
     quantize_rows,
     quantize_weights,
     weight_only_available,
@@ -23,6 +24,8 @@ VERSIONS = ("4", "5.0", "5.1", "5.2", "6", "7", "7a")
 
 def _kernels() -> list[str]:
     out = ["dequant"]
+    if native_available():
+        out.append("native")
     if weight_only_available():
         out.append("weight_only")
     if dynamic_available():
@@ -31,8 +34,9 @@ def _kernels() -> list[str]:
 
 
 # Tolerances relative to the largest |output|: dequant is exact up to fp32 rounding of the int8
-# matrix; weight_only rounds activations to bf16; dynamic also quantizes activations to 7 bits.
-REL_TOL = {"dequant": 1e-5, "weight_only": 2e-2, "dynamic": 6e-2}
+# matrix; native rounds each activation row to int16; weight_only rounds activations to bf16;
+# dynamic also quantizes activations to 7 bits.
+REL_TOL = {"dequant": 1e-5, "native": 2e-4, "weight_only": 2e-2, "dynamic": 6e-2}
 
 
 def test_quantize_rows_error_is_at_most_half_a_step_per_row() -> None:
@@ -90,7 +94,7 @@ def test_quantize_weights_rejects_an_unknown_kernel() -> None:
     model = TorchModel.from_state_dict(random_checkpoint("7"))
     with pytest.raises(ValueError, match="kernel"):
         quantize_weights(model._weights, "int4")
-    assert set(KERNELS) == {"dynamic", "weight_only", "dequant"}
+    assert set(KERNELS) == {"native", "dynamic", "weight_only", "dequant"}
 
 
 def _peaked_checkpoint(version: str) -> dict[str, torch.Tensor]:

@@ -1,0 +1,145 @@
+"""C kernels built on first use with the system compiler, loaded through ctypes.
+
+The only kernel so far is ``rwkv_int8_gemm`` (``int8_gemm.c``), the int8 weight-only product
+behind :mod:`rwkv_music.model.quant`'s ``"native"`` kernel.  The shared library is compiled once
+per machine (``-O3 -march=native -fopenmp``, about a second) into a cache folder and reused;
+the name of the file carries a hash of the source, the flags and this CPU, so a changed source or
+a different machine builds a fresh copy.  Several processes may build at once: each writes a
+temporary file and renames it into place.
+
+Where no C compiler is found, or the build fails, :func:`int8_gemm` returns ``None`` and the
+callers fall back to torch's kernels; :func:`status` says why.  ``RWKV_MUSIC_NATIVE=0`` turns the
+native kernels off; ``RWKV_MUSIC_CACHE_DIR`` moves the cache (default ``~/.cache/rwkv_music``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("int8_gemm.c")
+BUILD_TIMEOUT_S = 180
+# Tried in order: the first that compiles wins (no -march=native on compilers without it, no
+# OpenMP where the compiler lacks it: the kernel then runs on one thread).
+FLAG_SETS = (
+    ["-O3", "-march=native", "-fopenmp"],
+    ["-O3", "-march=native"],
+    ["-O3"],
+)
+
+_lock = threading.Lock()
+_loaded: dict[str, object] = {}  # "lib" → ctypes.CDLL, or "error" → str
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("RWKV_MUSIC_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rwkv_music"
+
+
+def _cpu_identity() -> str:
+    """What -march=native depends on: the machine and, on Linux, the CPU model and flags."""
+    ident = platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith(("model name", "flags", "Features")):
+                    ident += line
+                if line.strip() == "":
+                    break  # the first processor is enough
+    except OSError:
+        pass
+    return ident
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _build(compiler: str, source: bytes, flag_sets: tuple = FLAG_SETS, folder: Path | None = None) -> Path:
+    """Compile ``SOURCE`` with the first flag set that works; returns the cached library's path."""
+    folder = folder or cache_dir() / "kernels"
+    folder.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for flags in flag_sets:
+        key = hashlib.sha256(source + " ".join([compiler, *flags]).encode() + _cpu_identity().encode())
+        target = folder / f"int8_gemm-{key.hexdigest()[:16]}.so"
+        if target.exists():
+            return target
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+        os.close(fd)
+        cmd = [compiler, *flags, "-shared", "-fPIC", "-o", tmp, str(SOURCE), "-lm"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+            if proc.returncode == 0:
+                os.replace(tmp, target)
+                return target
+            errors.append(f"{' '.join(flags)}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            errors.append(f"{' '.join(flags)}: {exc}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError("; ".join(errors))
+
+
+def _open(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    fn = lib.rwkv_int8_gemm
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    lib.rwkv_int8_gemm_simd.restype = ctypes.c_int
+    return lib
+
+
+def _load() -> ctypes.CDLL | None:
+    with _lock:
+        if "lib" in _loaded or "error" in _loaded:
+            return _loaded.get("lib")  # type: ignore[return-value]
+        if os.environ.get("RWKV_MUSIC_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+            _loaded["error"] = "turned off by RWKV_MUSIC_NATIVE=0"
+            return None
+        compiler = _compiler()
+        if compiler is None:
+            _loaded["error"] = "no C compiler found (set CC, or install gcc)"
+            return None
+        try:
+            path = _build(compiler, SOURCE.read_bytes())
+            lib = _open(path)
+        except (OSError, RuntimeError, AttributeError) as exc:
+            _loaded["error"] = f"building {SOURCE.name} failed: {exc}"
+            log.warning("native int8 kernel unavailable (%s); using torch's kernels", _loaded["error"])
+            return None
+        _loaded["lib"] = lib
+        log.info("native int8 kernel: %s (AVX2 %s)", path, "yes" if lib.rwkv_int8_gemm_simd() else "no")
+        return lib
+
+
+def int8_gemm() -> Callable[..., int] | None:
+    """``rwkv_int8_gemm(x, q, scale, y, nb, n_in, n_out, nthreads)`` on raw pointers, or ``None``."""
+    lib = _load()
+    return None if lib is None else lib.rwkv_int8_gemm
+
+
+def status() -> str:
+    """One line: where the native kernel was loaded from and whether it uses AVX2, or why not."""
+    lib = _load()
+    if lib is None:
+        return f"unavailable: {_loaded.get('error')}"
+    return f"{'AVX2' if lib.rwkv_int8_gemm_simd() else 'portable C'} ({lib._name})"

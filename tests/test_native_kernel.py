@@ -1,0 +1,136 @@
+"""The C int8 kernel (rwkv_music/model/native/int8_gemm.c): exact integer semantics, independent batch
+rows, threads, the portable (non-AVX2) build, and the fallback when it cannot be built."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from rwkv_music.model import native
+from rwkv_music.model.quant import Int8Matrix, quantize_rows
+
+needs_native = pytest.mark.skipif(native.int8_gemm() is None, reason=f"native kernel: {native.status()}")
+
+
+def _call(fn, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, threads: int = 1) -> torch.Tensor:
+    x = x.float().contiguous()
+    y = torch.full((x.shape[0], q.shape[0]), float("nan"))
+    assert fn(x.data_ptr(), q.data_ptr(), scale.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], q.shape[0],
+              threads) == 0
+    return y
+
+
+def _reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The kernel's definition: each row of x rounded to int16 with scale max|x| / 32767 (float32
+    arithmetic, as in the C code), then exact integer sums (float64 holds them exactly here)."""
+    amax = x.abs().amax(dim=1, keepdim=True)
+    xs = torch.where(amax > 0, amax / 32767, torch.ones_like(amax))
+    x16 = torch.round(x * (1 / xs))  # ties to even, like the kernel's rounding mode
+    return (x16.double() @ q.double().t()) * xs.double() * scale.double()
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 9])
+def test_kernel_matches_its_integer_definition(rows: int) -> None:
+    # n_in = 4100: two int32 flushes (CHUNK 2048) and a tail that is not a multiple of 32;
+    # n_out = 7 is odd; rows cover the 4-row tiles and their remainders.
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(7, 4100, generator=g) * torch.logspace(-2, 1, 7)[:, None]
+    q, scale = quantize_rows(w)
+    x = torch.randn(rows, 4100, generator=g) * torch.logspace(-3, 2, rows)[:, None]
+    got = _call(native.int8_gemm(), x, q, scale).double()
+    want = _reference(x, q, scale)
+    assert float(((got - want).abs() / want.abs().amax(dim=1, keepdim=True)).max()) < 1e-6
+
+
+@needs_native
+def test_kernel_sums_do_not_overflow_at_full_scale() -> None:
+    # every product is 32767 * 127: 4100 of them need 35 bits, beyond an int32 lane
+    q = torch.full((5, 4100), 127, dtype=torch.int8)
+    q[1] = -127
+    scale = torch.ones(5)
+    x = torch.full((2, 4100), 3.0)
+    got = _call(native.int8_gemm(), x, q, scale)
+    exact = 4100 * 127 * 3.0
+    assert torch.allclose(got[:, 0], torch.full((2,), exact), rtol=1e-6)
+    assert torch.allclose(got[:, 1], torch.full((2,), -exact), rtol=1e-6)
+
+
+@needs_native
+def test_batch_rows_are_independent_and_threads_do_not_change_results() -> None:
+    g = torch.Generator().manual_seed(1)
+    q, scale = quantize_rows(torch.randn(96, 768, generator=g))
+    x = torch.randn(11, 768, generator=g)
+    x[3] *= 1000.0  # a row with a far larger range must not change the others' rounding
+    fn = native.int8_gemm()
+    batch = _call(fn, x, q, scale)
+    alone = torch.cat([_call(fn, x[i : i + 1], q, scale) for i in range(x.shape[0])])
+    assert torch.equal(batch, alone)
+    assert torch.equal(_call(fn, x, q, scale, threads=2), batch)
+
+
+@needs_native
+def test_a_zero_row_of_activations_gives_zeros() -> None:
+    q, scale = quantize_rows(torch.randn(8, 64))
+    x = torch.zeros(2, 64)
+    x[1, 5] = 1.0
+    y = _call(native.int8_gemm(), x, q, scale)
+    assert torch.equal(y[0], torch.zeros(8))
+    assert torch.allclose(y[1], q[:, 5].float() * scale, rtol=1e-4)
+
+
+@needs_native
+def test_portable_build_gives_the_same_numbers(tmp_path) -> None:
+    """Compiled without -march=native (no AVX2 on baseline x86-64): the plain C loops."""
+    path = native._build(native._compiler(), native.SOURCE.read_bytes(), flag_sets=(["-O2"],), folder=tmp_path)
+    portable = native._open(path)
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert portable.rwkv_int8_gemm_simd() == 0
+    g = torch.Generator().manual_seed(2)
+    q, scale = quantize_rows(torch.randn(13, 2100, generator=g))
+    x = torch.randn(6, 2100, generator=g)
+    assert torch.equal(_call(portable.rwkv_int8_gemm, x, q, scale), _call(native.int8_gemm(), x, q, scale))
+
+
+@needs_native
+def test_int8_matrix_native_stack_writes_each_slice() -> None:
+    stack = torch.randn(3, 64, 40)
+    m = Int8Matrix.from_float(stack, "bmm", "native")
+    xs = torch.randn(3, 5, 64)
+    got = torch.bmm(xs, m)
+    want = torch.bmm(xs, m.dequantize())
+    assert got.shape == (3, 5, 40)
+    assert float((got - want).abs().max()) < 1e-4 * float(want.abs().max())
+
+
+SCRIPT = textwrap.dedent("""
+    import torch
+    from rwkv_music.model import native
+    from rwkv_music.model.quant import default_kernel
+    from rwkv_music.backends.torch import TorchModel
+    from rwkv_music.model.factory import random_checkpoint
+    print(native.status())
+    print(default_kernel())
+    m = TorchModel.from_state_dict(random_checkpoint("7"))
+    m.quantize_int8()
+    logits, _ = m.forward([[1, 2, 3]])
+    print(bool(torch.isfinite(logits).all()))
+""")
+
+
+@pytest.mark.parametrize("env, reason", [({"CC": "/bin/false"}, "failed"),
+                                         ({"RWKV_MUSIC_NATIVE": "0"}, "turned off")])
+def test_without_the_native_kernel_int8_falls_back_to_torch(tmp_path, env: dict, reason: str) -> None:
+    full = {**os.environ, "RWKV_MUSIC_CACHE_DIR": str(tmp_path), **env}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=full, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    status, kernel, finite = proc.stdout.strip().splitlines()[-3:]
+    assert status.startswith("unavailable") and reason in status
+    assert kernel in ("weight_only", "dequant")
+    assert finite == "True"
