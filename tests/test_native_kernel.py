@@ -8,6 +8,8 @@ import platform
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -18,7 +20,7 @@ from rwkv_music.model.quant import Int8Matrix, quantize_rows
 needs_native = pytest.mark.skipif(native.int8_gemm() is None, reason=f"native kernel: {native.status()}")
 
 
-def _call(fn, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, threads: int = 1) -> torch.Tensor:
+def _call(fn: Callable[..., int], x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, threads: int = 1) -> torch.Tensor:
     x = x.float().contiguous()
     y = torch.full((x.shape[0], q.shape[0]), float("nan"))
     assert fn(x.data_ptr(), q.data_ptr(), scale.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], q.shape[0],
@@ -86,7 +88,7 @@ def test_a_zero_row_of_activations_gives_zeros() -> None:
 
 
 @needs_native
-def test_portable_build_gives_the_same_numbers(tmp_path) -> None:
+def test_portable_build_gives_the_same_numbers(tmp_path: Path) -> None:
     """Compiled without -march=native (no AVX2 on baseline x86-64): the plain C loops."""
     path = native._build(native._compiler(), native.SOURCE.read_bytes(), flag_sets=(["-O2"],), folder=tmp_path)
     portable = native._open(path)
@@ -126,7 +128,7 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("env, reason", [({"CC": "/bin/false"}, "failed"),
                                          ({"RWKV_MUSIC_NATIVE": "0"}, "turned off")])
-def test_without_the_native_kernel_int8_falls_back_to_torch(tmp_path, env: dict, reason: str) -> None:
+def test_without_the_native_kernel_int8_falls_back_to_torch(tmp_path: Path, env: dict, reason: str) -> None:
     full = {**os.environ, "RWKV_MUSIC_CACHE_DIR": str(tmp_path), **env}
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=full, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
