@@ -20,7 +20,8 @@ from rwkv_music.model.quant import Int8Matrix, quantize_rows
 needs_native = pytest.mark.skipif(native.int8_gemm() is None, reason=f"native kernel: {native.status()}")
 
 
-def _call(fn: Callable[..., int], x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, threads: int = 1) -> torch.Tensor:
+def _call(fn: Callable[..., int], x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
+          threads: int = 1) -> torch.Tensor:
     x = x.float().contiguous()
     y = torch.full((x.shape[0], q.shape[0]), float("nan"))
     assert fn(x.data_ptr(), q.data_ptr(), scale.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], q.shape[0],
