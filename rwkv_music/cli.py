@@ -156,6 +156,7 @@ def generate_midi(
     backend: str,
     device: str,
     dtype: str,
+    threads: int | None,
     n: int,
     seconds: float | None,
     instruments: str | None,
@@ -193,7 +194,7 @@ def generate_midi(
     check_outputs(output_paths(out, stem, n, extras), force)
     if wav:
         check_audio(soundfont)
-    composer = load(model, "midi" if model is None else None, backend, device, dtype)
+    composer = load(model, "midi" if model is None else None, backend, device, dtype, threads)
     common = dict(
         n=n,
         seconds=seconds,
@@ -261,6 +262,7 @@ def generate_abc(
     backend: str,
     device: str,
     dtype: str,
+    threads: int | None,
     n: int,
     key: str | None,
     meter: str | None,
@@ -289,7 +291,7 @@ def generate_abc(
     AbcOptions(key, meter, unit, tempo, controls, not no_constraints, max_tokens)  # bad header: fail before loading
     seed = seed_or_new(seed)
     check_outputs(_abc_paths(out, f"abc-{seed}", n, book, also_midi, musicxml), force)
-    composer = load(model, "abc" if model is None else None, backend, device, dtype)
+    composer = load(model, "abc" if model is None else None, backend, device, dtype, threads)
     pieces = compose(
         composer,
         "compose_abc",
@@ -359,6 +361,7 @@ def continue_(
     backend: str,
     device: str,
     dtype: str,
+    threads: int | None,
     n: int,
     seconds: float | None,
     instruments: str | None,
@@ -394,7 +397,7 @@ def continue_(
         check_outputs(
             _abc_paths(out, stem, n, False, also_midi, False) + output_paths(out, stem, n, ("png",) * png), force
         )
-    composer = load(model, mode, backend, device, dtype)
+    composer = load(model, mode, backend, device, dtype, threads)
     if mode == "midi":
         pieces = compose(
             composer,

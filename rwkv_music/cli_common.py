@@ -55,6 +55,12 @@ model_options = combine(
     ),
     click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."),
     click.option("--dtype", type=click.Choice(DTYPES), default="fp32", show_default=True, help="Run dtype."),
+    click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        help="CPU threads of the runtime (default: its own choice, one per core for torch).",
+    ),
 )
 sampling_options = combine(
     click.option(
@@ -106,10 +112,11 @@ def instruments_arg(instruments: str | None, piano_only: bool) -> str | None:
     return "piano" if piano_only else instruments
 
 
-def load(model: str | None, mode: str | None, backend: str, device: str, dtype: str) -> Any:
+def load(model: str | None, mode: str | None, backend: str, device: str, dtype: str,
+         threads: int | None = None) -> Any:
     from rwkv_music.compose import Composer
 
-    return Composer.load(model, mode=mode, backend=backend, device=device, dtype=dtype)
+    return Composer.load(model, mode=mode, backend=backend, device=device, dtype=dtype, threads=threads)
 
 
 class Progress:

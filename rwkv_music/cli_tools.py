@@ -96,6 +96,7 @@ def state_make(
     backend: str,
     device: str,
     dtype: str,
+    threads: int | None,
     prompt: str | None,
     from_file: str | None,
     out: str,
@@ -107,7 +108,7 @@ def state_make(
     if (prompt is None) == (from_file is None):
         raise click.UsageError("give exactly one of --prompt and --from-file")
     check_writable(out, force)
-    composer = load(model, None if model else "midi", backend, device, dtype)
+    composer = load(model, None if model else "midi", backend, device, dtype, threads)
     if from_file is not None:
         prompt = _file_prompt(composer, Path(from_file))
     st = composer.make_state(prompt)
@@ -212,6 +213,7 @@ def render(
     backend: str,
     device: str,
     dtype: str,
+    threads: int | None,
     samples_per_prompt: int,
     batch_size: int,
     seconds: float | None,
@@ -245,7 +247,7 @@ def render(
     instruments = instruments_arg(instruments, piano_only)
     if not Path(source).exists():
         raise RwkvMusicError(f"{source}: no such prompts file or folder")
-    composer = load(model, None if model else _guess_mode(source), backend, device, dtype)
+    composer = load(model, None if model else _guess_mode(source), backend, device, dtype, threads)
     if composer.mode == "midi":
         options = {"seconds": seconds, "max_tokens": max_tokens, "instruments": instruments}
         if key or meter or unit:

@@ -67,11 +67,13 @@ class Composer:
         backend: str = "torch",
         device: str = "cpu",
         dtype: str = "fp32",
+        threads: int | None = None,
     ) -> "Composer":
         """Load ``model`` (or, when ``None``, the shipped default model for ``mode``, "midi" if unset).
 
         The mode is inferred from the vocabulary (128 ids → ``"abc"``, 20,096 → ``"midi"``);
-        ``mode=`` overrides it and is checked against the vocabulary.
+        ``mode=`` overrides it and is checked against the vocabulary.  ``threads`` sets the CPU
+        threads of the backend (``None``: the runtime's default).
         """
         from rwkv_music import load_model
 
@@ -81,7 +83,9 @@ class Composer:
         path = Path(model)
         if not path.exists():
             raise RwkvMusicError(f"{path}: no such model file")
-        return cls(load_model(path, backend=backend, device=device, dtype=dtype), mode, model_name=str(path))
+        extra = {} if threads is None else {"threads": threads}
+        backend_model = load_model(path, backend=backend, device=device, dtype=dtype, **extra)
+        return cls(backend_model, mode, model_name=str(path))
 
     def __repr__(self) -> str:
         c = self.config

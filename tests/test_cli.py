@@ -324,3 +324,21 @@ def test_wav_without_fluidsynth_fails_before_loading_the_model(tmp_path: Path) -
     result = _run(["generate-midi", "--model", tmp_path / "never-read.pth", "--wav", "--out", tmp_path, "-q"])
     assert result.exit_code == 1 and "FluidSynth" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_threads_and_int8_reach_the_runtime(abc_model: Path, tmp_path: Path) -> None:
+    """`--threads` sets the torch runtime's threads; `--dtype int8` composes with the int8 kernels."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that 1 afterwards is the option's doing
+    try:
+        result = _run(["generate-abc", "--model", abc_model, "--dtype", "int8", "--threads", 1, "-n", 1,
+                       "--max-tokens", 30, "--seed", 4, "--out", tmp_path, "-q"])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+        assert len(list(tmp_path.glob("*.abc"))) == 1
+    finally:
+        torch.set_num_threads(before)
+    bad = CliRunner().invoke(main, ["generate-abc", "--model", str(abc_model), "--threads", "0"])
+    assert bad.exit_code == 2 and "--threads" in bad.output

@@ -196,7 +196,7 @@ def _pop_time_state(sd: dict[str, Any], config: RWKVConfig, device: torch.device
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32",
-         **kwargs: Any) -> TorchModel:
+         threads: int | None = None, **kwargs: Any) -> TorchModel:
     """Load a raw BlinkDL checkpoint (.pth, or .safetensors) for inference with torch.
 
     Args:
@@ -205,9 +205,15 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str
         dtype: "fp32", "bf16" or "fp16" (activations and weights; the WKV state stays fp32), or
             "int8": fp32 activations with per-channel int8 weights for the big matrices (CPU only,
             see :mod:`rwkv_music.model.quant`).
+        threads: CPU threads for torch's kernels and the int8 kernel (``torch.set_num_threads``,
+            which is process-wide); ``None`` leaves torch's default (one per physical core).
     """
     if kwargs:
         raise TypeError(f"load() got unexpected keyword arguments: {', '.join(sorted(kwargs))}")
+    if threads is not None:
+        if int(threads) < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        torch.set_num_threads(int(threads))
     int8 = _is_int8(dtype)
     dev, dt = parse_device(device), parse_dtype("fp32" if int8 else dtype)  # argument errors before the slow read
     if int8 and dev.type != "cpu":
