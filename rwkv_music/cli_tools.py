@@ -171,7 +171,12 @@ file (objects with "prompt" or "file" plus per-row options such as "seconds", "k
 @model_options
 @click.option("--samples-per-prompt", "-k", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option(
-    "--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True, help="Samples in flight (a finished sample's row takes the next one)."
+    "--batch-size",
+    "-b",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Samples in flight (a finished sample's row takes the next one).",
 )
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None, help="MIDI target length.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Most new tokens per sample.")
