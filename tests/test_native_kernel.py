@@ -91,7 +91,7 @@ def test_a_zero_row_of_activations_gives_zeros() -> None:
 @needs_native
 def test_portable_build_gives_the_same_numbers(tmp_path: Path) -> None:
     """Compiled without -march=native (no AVX2 on baseline x86-64): the plain C loops."""
-    path = native._build(native._compiler(), native.SOURCE.read_bytes(), flag_sets=(["-O2"],), folder=tmp_path)
+    path = native._build(native._compiler(), native._sources_bytes(), flag_sets=(["-O2"],), folder=tmp_path)
     portable = native._open(path)
     if platform.machine() in ("x86_64", "AMD64"):
         assert portable.rwkv_int8_gemm_simd() == 0
@@ -137,3 +137,39 @@ def test_without_the_native_kernel_int8_falls_back_to_torch(tmp_path: Path, env:
     assert status.startswith("unavailable") and reason in status
     assert kernel in ("weight_only", "dequant")
     assert finite == "True"
+
+
+@needs_native
+@pytest.mark.parametrize("version", ["7", "7a"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_fused_v7_decode_matches_the_torch_ops(version: str, inplace: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rwkv_music.backends.torch import TorchModel
+    from rwkv_music.model import v7
+    from rwkv_music.model.factory import random_checkpoint
+
+    calls = []
+    real = native.wkv7_decode()
+
+    def counting(*args: object) -> int:
+        calls.append(args[0])
+        return real(*args)
+
+    monkeypatch.setattr(v7.native, "wkv7_decode", lambda: counting)
+    model = TorchModel.from_state_dict(random_checkpoint(version, n_layer=3, n_embd=128, head_size=32,
+                                                         vocab_size=100, seed=1))
+    tokens = torch.randint(0, 100, (3, 5), generator=torch.Generator().manual_seed(4))
+    runs = {}
+    for fused in (False, True):
+        monkeypatch.setattr(v7, "FUSED_DECODE", fused)
+        state, logits = model.new_state(3), []
+        for t in range(tokens.shape[1]):
+            step, new = model.forward(tokens[:, t : t + 1], state, inplace=inplace)
+            logits.append(step)
+            state = new
+        runs[fused] = (torch.stack(logits), state.tensors["att_kv"].clone())
+    assert len(calls) == 3 * tokens.shape[1] and set(calls) == {3}  # every layer of every fused step
+    scale = float(runs[False][0].abs().max())
+    assert float((runs[True][0] - runs[False][0]).abs().max()) < 1e-5 * scale
+    assert float((runs[True][1] - runs[False][1]).abs().max()) < 1e-5 * float(runs[False][1].abs().max())
+    full, _ = model.forward(tokens)  # prefill (the chunked torch form) agrees with the fused steps
+    assert float((full - runs[True][0][-1]).abs().max()) < 1e-4 * scale

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from rwkv_music.errors import CheckpointError
+from rwkv_music.model import native
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.ops import (
     GN_EPS,
@@ -55,6 +56,9 @@ from rwkv_music.model.state import State
 
 VERSIONS: tuple[str, ...] = ("7", "7a")
 MAX_POSITIONS = 4096  # B·T positions per pass (≈ 0.4 GB of fp32 activations at C = 768)
+# fp32 CPU decode runs steps 4-9 as one C call (native/wkv7.c) where the kernels build; False
+# keeps the torch ops (tests compare the two).
+FUSED_DECODE = True
 DECAY_SCALE = math.exp(-0.5)  # A7 step 7: w = exp(-e^{-1/2}·σ(w0 + w_raw)) ∈ (0.545, 1)
 CHUNK_LEN = 32  # sequence-mode WKV chunk; 1/W_L stays ≤ 2.7e8 (module docstring)
 SEMB_SIDE = 32  # DeepEmbed rows are viewed as 32×32 matrices (A3, v7a row)
@@ -229,6 +233,9 @@ def _time_mix(
     h = torch.bmm(mixed[2:], lw.lora_in)  # [4, B·T, D]: v a w g
     h[2:].tanh_()  # w's tanh, and g's sigmoid via σ(x) = (1 + tanh(x/2)) / 2 folded into the weights
     lv, la, lw_raw, g = torch.baddbmm(lw.lora_bias, h, lw.lora_out)  # step 3
+    if T == 1 and _fused_ok(r, S, S_out):  # steps 4-9 in one C call
+        y, v_first = _fused_steps(lw, config, S, S_out, r, k, v, lv, la, lw_raw, v_first)
+        return (y * g) @ lw.output, v_first
     a = torch.sigmoid(la)
     kk = (k * lw.k_k).view(BT, H, N)
     kk = (kk / kk.norm(dim=-1, keepdim=True).clamp_min(1e-12)).view(BT, C)  # step 4 (F.normalize)
@@ -250,6 +257,31 @@ def _time_mix(
     if y.dtype != xx.dtype:  # (a no-op .to() still costs microseconds per layer)
         y = y.to(xx.dtype)
     return (y * g) @ lw.output, v_first  # step 10
+
+
+def _fused_ok(r: torch.Tensor, S: torch.Tensor, S_out: torch.Tensor) -> bool:
+    return (FUSED_DECODE and r.device.type == "cpu" and r.dtype == torch.float32 and S.shape[-1] <= 256
+            and S.is_contiguous() and S_out.is_contiguous() and native.wkv7_decode() is not None)
+
+
+def _fused_steps(
+    lw: V7Layer, config: RWKVConfig, S: torch.Tensor, S_out: torch.Tensor, r: torch.Tensor, k: torch.Tensor,
+    v: torch.Tensor, lv: torch.Tensor, la: torch.Tensor, lw_raw: torch.Tensor, v_first: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 4-9 for one token by ``native/wkv7.c``: (y [B, C] before the gate, v_first)."""
+    B, C = r.shape
+    y, v_out = torch.empty(B, C), torch.empty(B, C)
+    # every tensor whose address is passed is held by a name until the call returns
+    vecs = [t.contiguous() for t in (r, k, v, lv, la, lw_raw)]
+    first = None if v_first is None else v_first.contiguous()
+    params = [t.contiguous() for t in (lw.k_k, lw.k_a, lw.one_minus_k_a, lw.r_k, lw.ln_x[0], lw.ln_x[1])]
+    rc = native.wkv7_decode()(
+        B, config.n_head, config.head_size, S.data_ptr(), S_out.data_ptr(), *(t.data_ptr() for t in vecs),
+        None if first is None else first.data_ptr(), *(t.data_ptr() for t in params),
+        GN_EPS, DECAY_SCALE, y.data_ptr(), v_out.data_ptr(), torch.get_num_threads())
+    if rc != 0:
+        raise RuntimeError(f"fused RWKV-7 decode failed (head size {config.head_size})")
+    return y, (v_out if v_first is None else v_first)
 
 
 def _channel_mix(

@@ -1,14 +1,17 @@
 """C kernels built on first use with the system compiler, loaded through ctypes.
 
-The only kernel so far is ``rwkv_int8_gemm`` (``int8_gemm.c``), the int8 weight-only product
-behind :mod:`rwkv_music.model.quant`'s ``"native"`` kernel.  The shared library is compiled once
-per machine (``-O3 -march=native -fopenmp``, about a second) into a cache folder and reused;
+* ``rwkv_int8_gemm`` (``int8_gemm.c``): the int8 weight-only product behind
+  :mod:`rwkv_music.model.quant`'s ``"native"`` kernel;
+* ``rwkv7_time_mix_decode`` (``wkv7.c``): RWKV-7's time mix for one token, from the projections
+  to the GroupNorm'd output, fused (used by :mod:`rwkv_music.model.v7` on fp32 CPU decode).
+
+The shared library (both files) is compiled once per machine (``-O3 -march=native -fopenmp``, about a second) into a cache folder and reused;
 the name of the file carries a hash of the source, the flags and this CPU, so a changed source or
 a different machine builds a fresh copy.  Several processes may build at once: each writes a
 temporary file and renames it into place.
 
-Where no C compiler is found, or the build fails, :func:`int8_gemm` returns ``None`` and the
-callers fall back to torch's kernels; :func:`status` says why.  ``RWKV_MUSIC_NATIVE=0`` turns the
+Where no C compiler is found, or the build fails, :func:`int8_gemm` and :func:`wkv7_decode`
+return ``None`` and the callers fall back to torch's kernels; :func:`status` says why.  ``RWKV_MUSIC_NATIVE=0`` turns the
 native kernels off; ``RWKV_MUSIC_CACHE_DIR`` moves the cache (default ``~/.cache/rwkv_music``).
 """
 
@@ -28,7 +31,7 @@ from typing import Callable
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("int8_gemm.c")
+SOURCES = (Path(__file__).with_name("int8_gemm.c"), Path(__file__).with_name("wkv7.c"))
 BUILD_TIMEOUT_S = 180
 # Tried in order: the first that compiles wins (no -march=native on compilers without it, no
 # OpenMP where the compiler lacks it: the kernel then runs on one thread).
@@ -72,19 +75,24 @@ def _compiler() -> str | None:
     return None
 
 
+def _sources_bytes() -> bytes:
+    return b"\0".join(p.read_bytes() for p in SOURCES)
+
+
 def _build(compiler: str, source: bytes, flag_sets: tuple = FLAG_SETS, folder: Path | None = None) -> Path:
-    """Compile ``SOURCE`` with the first flag set that works; returns the cached library's path."""
+    """Compile ``SOURCES`` (``source``: their bytes, for the cache key) with the first flag set that
+    works; returns the cached library's path."""
     folder = folder or cache_dir() / "kernels"
     folder.mkdir(parents=True, exist_ok=True)
     errors = []
     for flags in flag_sets:
         key = hashlib.sha256(source + " ".join([compiler, *flags]).encode() + _cpu_identity().encode())
-        target = folder / f"int8_gemm-{key.hexdigest()[:16]}.so"
+        target = folder / f"rwkv_music_kernels-{key.hexdigest()[:16]}.so"
         if target.exists():
             return target
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
         os.close(fd)
-        cmd = [compiler, *flags, "-shared", "-fPIC", "-o", tmp, str(SOURCE), "-lm"]
+        cmd = [compiler, *flags, "-shared", "-fPIC", "-o", tmp, *map(str, SOURCES), "-lm"]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
             if proc.returncode == 0:
@@ -105,6 +113,10 @@ def _open(path: Path) -> ctypes.CDLL:
     fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     fn.restype = ctypes.c_int
     lib.rwkv_int8_gemm_simd.restype = ctypes.c_int
+    wkv = lib.rwkv7_time_mix_decode
+    wkv.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 15 + [ctypes.c_float] * 2 + [ctypes.c_void_p] * 2 + [
+        ctypes.c_int]
+    wkv.restype = ctypes.c_int
     return lib
 
 
@@ -120,14 +132,14 @@ def _load() -> ctypes.CDLL | None:
             _loaded["error"] = "no C compiler found (set CC, or install gcc)"
             return None
         try:
-            path = _build(compiler, SOURCE.read_bytes())
+            path = _build(compiler, _sources_bytes())
             lib = _open(path)
         except (OSError, RuntimeError, AttributeError) as exc:
-            _loaded["error"] = f"building {SOURCE.name} failed: {exc}"
-            log.warning("native int8 kernel unavailable (%s); using torch's kernels", _loaded["error"])
+            _loaded["error"] = f"building {', '.join(p.name for p in SOURCES)} failed: {exc}"
+            log.warning("native kernels unavailable (%s); using torch's kernels", _loaded["error"])
             return None
         _loaded["lib"] = lib
-        log.info("native int8 kernel: %s (AVX2 %s)", path, "yes" if lib.rwkv_int8_gemm_simd() else "no")
+        log.info("native kernels: %s (AVX2 %s)", path, "yes" if lib.rwkv_int8_gemm_simd() else "no")
         return lib
 
 
@@ -135,6 +147,12 @@ def int8_gemm() -> Callable[..., int] | None:
     """``rwkv_int8_gemm(x, q, scale, y, nb, n_in, n_out, nthreads)`` on raw pointers, or ``None``."""
     lib = _load()
     return None if lib is None else lib.rwkv_int8_gemm
+
+
+def wkv7_decode() -> Callable[..., int] | None:
+    """``rwkv7_time_mix_decode(...)`` (see ``wkv7.c`` for the arguments), or ``None``."""
+    lib = _load()
+    return None if lib is None else lib.rwkv7_time_mix_decode
 
 
 def status() -> str:
