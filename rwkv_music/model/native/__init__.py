@@ -5,14 +5,16 @@
 * ``rwkv7_time_mix_decode`` (``wkv7.c``): RWKV-7's time mix for one token, from the projections
   to the GroupNorm'd output, fused (used by :mod:`rwkv_music.model.v7` on fp32 CPU decode).
 
-The shared library (both files) is compiled once per machine (``-O3 -march=native -fopenmp``, about a second) into a cache folder and reused;
-the name of the file carries a hash of the source, the flags and this CPU, so a changed source or
-a different machine builds a fresh copy.  Several processes may build at once: each writes a
-temporary file and renames it into place.
+The shared library (both files) is compiled once per machine (``-O3 -march=native -fopenmp``,
+about a second) into a cache folder and reused; the name of the file carries a hash of the
+sources, the flags and this CPU, so a changed source or a different machine builds a fresh
+copy.  Several processes may build at once: each writes a temporary file and renames it into
+place.
 
 Where no C compiler is found, or the build fails, :func:`int8_gemm` and :func:`wkv7_decode`
-return ``None`` and the callers fall back to torch's kernels; :func:`status` says why.  ``RWKV_MUSIC_NATIVE=0`` turns the
-native kernels off; ``RWKV_MUSIC_CACHE_DIR`` moves the cache (default ``~/.cache/rwkv_music``).
+return ``None`` and the callers fall back to torch's kernels; :func:`status` says why.
+``RWKV_MUSIC_NATIVE=0`` turns the native kernels off; ``RWKV_MUSIC_CACHE_DIR`` moves the cache
+(default ``~/.cache/rwkv_music``).
 """
 
 from __future__ import annotations
