@@ -139,37 +139,51 @@ def test_without_the_native_kernel_int8_falls_back_to_torch(tmp_path: Path, env:
     assert finite == "True"
 
 
+FUSED = {"4": ("v4", "rwkv4_wkv_decode"), "5.0": ("v5", "rwkv5_wkv_decode"), "5.2": ("v5", "rwkv5_wkv_decode"),
+         "7": ("v7", "rwkv7_time_mix_decode"), "7a": ("v7", "rwkv7_time_mix_decode")}
+
+
 @needs_native
-@pytest.mark.parametrize("version", ["7", "7a"])
+@pytest.mark.parametrize("version", list(FUSED))
 @pytest.mark.parametrize("inplace", [False, True])
-def test_fused_v7_decode_matches_the_torch_ops(version: str, inplace: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fused_decode_matches_the_torch_ops(version: str, inplace: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each version's one-token C kernel against the same step in torch ops (and against prefill)."""
+    import importlib
+
     from rwkv_music.backends.torch import TorchModel
-    from rwkv_music.model import v7
     from rwkv_music.model.factory import random_checkpoint
 
+    module_name, kernel_name = FUSED[version]
+    module = importlib.import_module(f"rwkv_music.model.{module_name}")
     calls = []
-    real = native.wkv7_decode()
+    real = native.kernel
 
-    def counting(*args: object) -> int:
-        calls.append(args[0])
-        return real(*args)
+    def counting(name: str) -> Callable[..., int]:
+        fn = real(name)
 
-    monkeypatch.setattr(v7.native, "wkv7_decode", lambda: counting)
+        def wrapper(*args: object) -> int:
+            calls.append(name)
+            return fn(*args)
+
+        return wrapper
+
+    monkeypatch.setattr(native, "kernel", counting)
     model = TorchModel.from_state_dict(random_checkpoint(version, n_layer=3, n_embd=128, head_size=32,
                                                          vocab_size=100, seed=1))
     tokens = torch.randint(0, 100, (3, 5), generator=torch.Generator().manual_seed(4))
     runs = {}
     for fused in (False, True):
-        monkeypatch.setattr(v7, "FUSED_DECODE", fused)
+        monkeypatch.setattr(module, "FUSED_DECODE", fused)
         state, logits = model.new_state(3), []
         for t in range(tokens.shape[1]):
-            step, new = model.forward(tokens[:, t : t + 1], state, inplace=inplace)
+            step, state = model.forward(tokens[:, t : t + 1], state, inplace=inplace)
             logits.append(step)
-            state = new
-        runs[fused] = (torch.stack(logits), state.tensors["att_kv"].clone())
-    assert len(calls) == 3 * tokens.shape[1] and set(calls) == {3}  # every layer of every fused step
-    scale = float(runs[False][0].abs().max())
-    assert float((runs[True][0] - runs[False][0]).abs().max()) < 1e-5 * scale
-    assert float((runs[True][1] - runs[False][1]).abs().max()) < 1e-5 * float(runs[False][1].abs().max())
-    full, _ = model.forward(tokens)  # prefill (the chunked torch form) agrees with the fused steps
-    assert float((full - runs[True][0][-1]).abs().max()) < 1e-4 * scale
+        runs[fused] = (torch.stack(logits), {k: v.clone() for k, v in state.tensors.items()})
+    assert calls == [kernel_name] * (3 * tokens.shape[1])  # every layer of every fused step, none unfused
+    want, got = runs[False], runs[True]
+    scale = float(want[0].abs().max())
+    assert float((got[0] - want[0]).abs().max()) < 1e-5 * scale
+    for name, tensor in want[1].items():
+        assert float((got[1][name] - tensor).abs().max()) < 1e-5 * max(float(tensor.abs().max()), 1.0), name
+    full, _ = model.forward(tokens)  # prefill (the chunked / scanned torch form) agrees with the fused steps
+    assert float((full - got[0][-1]).abs().max()) < 1e-4 * scale

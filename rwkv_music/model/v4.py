@@ -21,11 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rwkv_music.model import native
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.ops import layer_norm, token_shift, write_state
 from rwkv_music.model.state import State
 
 VERSIONS = ("4",)
+# fp32 CPU decode runs the one-token WKV (and the steps next to it) as one C call
+# (rwkv_music/model/native/) where the kernels build; False keeps the torch ops (tests compare).
+FUSED_DECODE = True
 
 
 @dataclass
@@ -176,6 +180,17 @@ def _wkv_step(k: Tensor, v: Tensor, aa: Tensor, bb: Tensor, pp: Tensor, decay: T
     return wkv, e1 * aa + e2 * v, e1 * bb + e2, p
 
 
+def _fused_decode(r: Tensor, k: Tensor, v: Tensor, aa: Tensor, bb: Tensor, pp: Tensor,
+                  ly: V4Layer) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One token by ``native/wkv4.c``: (σ(r)·wkv, aa', bb', pp'), all [B, A] f32."""
+    out, aa2, bb2, pp2 = torch.empty((4, *r.shape)).unbind(0)
+    decay, first = ly.decay.contiguous(), ly.first.contiguous()  # alive during the call
+    native.kernel("rwkv4_wkv_decode")(r.shape[0], r.shape[1], r.data_ptr(), k.data_ptr(), v.data_ptr(), aa.data_ptr(),
+                                      bb.data_ptr(), pp.data_ptr(), decay.data_ptr(), first.data_ptr(),
+                                      out.data_ptr(), aa2.data_ptr(), bb2.data_ptr(), pp2.data_ptr())
+    return out, aa2, bb2, pp2
+
+
 def _wkv_scan(k: Tensor, v: Tensor, aa: Tensor, bb: Tensor, pp: Tensor, decay: Tensor,
               first: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Prefill: the steps of :func:`_wkv_step` over time.  k, v [B, T, A] f32; aa/bb/pp [B, A].
@@ -209,6 +224,9 @@ def time_mix(xx: Tensor, sx: Tensor, aa: Tensor, bb: Tensor, pp: Tensor,
     k, v, r = mixed_projections(xx.reshape(-1, C), sx.reshape(-1, C), ly.att_mix, ly.att_mix_c, ly.att_kvr)
     if k.dtype != torch.float32:  # WKV inputs in fp32 (A10)
         k, v = k.float(), v.float()
+    if xx.dim() == 2 and FUSED_DECODE and native.usable(r, k, v, aa, bb, pp):  # WKV and the gate in one C call
+        out, aa, bb, pp = _fused_decode(r, k, v, aa, bb, pp, ly)
+        return (out @ ly.att_out).view(xx.shape), aa, bb, pp
     r = torch.sigmoid(r)  # [B(·T), A]
     if xx.dim() == 2:  # decode: one step
         wkv, aa, bb, pp = _wkv_step(k, v, aa, bb, pp, ly.decay, ly.first)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rwkv_music.model import native
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.ops import GN_EPS, layer_norm, token_shift, write_state
 from rwkv_music.model.state import State
@@ -47,6 +48,9 @@ VERSIONS = ("5.0", "5.1", "5.2")
 
 MAX_CHUNK = 64  # longest prefill chunk; longer chunks mean bigger matmuls and fewer Python steps
 MAX_CHUNK_EXPONENT = 60.0  # |exponent| bound of the factored decays: e^60 ≈ 1e26, fp32 max ≈ 3e38
+# fp32 CPU decode runs the one-token WKV (and the steps next to it) as one C call
+# (rwkv_music/model/native/) where the kernels build; False keeps the torch ops (tests compare).
+FUSED_DECODE = True
 MIN_LOG_DECAY = -MAX_CHUNK_EXPONENT  # w below e^-60 contributes nothing visible in fp32 past one step
 
 
@@ -183,6 +187,17 @@ def wkv_chunked(r: Tensor, k: Tensor, v: Tensor, S: Tensor, ly: V5Layer) -> tupl
     return y, S
 
 
+def _fused_decode(r: Tensor, k: Tensor, v: Tensor, S: Tensor, S_out: Tensor, ly: V5Layer, H: int) -> Tensor:
+    """One token by ``native/wkv5.c``: :func:`wkv_one` then the ln_x GroupNorm → y [B, A] f32."""
+    B, A = r.shape
+    y = torch.empty(B, A)
+    held = [t.contiguous() for t in (ly.decay, ly.bonus, ly.ln_x_w, ly.ln_x_b)]  # alive during the call
+    native.kernel("rwkv5_wkv_decode")(B, H, A // H, S.data_ptr(), S_out.data_ptr(), r.data_ptr(), k.data_ptr(),
+                                      v.data_ptr(), *(t.data_ptr() for t in held), GN_EPS, y.data_ptr(),
+                                      torch.get_num_threads())
+    return y
+
+
 # -- time mix ------------------------------------------------------------------------------
 
 def time_mix(xx: Tensor, sx: Tensor, S: Tensor, S_out: Tensor | None, ly: V5Layer,
@@ -195,6 +210,12 @@ def time_mix(xx: Tensor, sx: Tensor, S: Tensor, S_out: Tensor | None, ly: V5Laye
     r, k, v, *g = mixed_projections(xx.reshape(-1, C), sx.reshape(-1, C), ly.att_mix, ly.att_mix_c, ly.att_rkvg)
     if r.dtype != torch.float32:  # r, k, v in fp32 (A10)
         r, k, v = r.float(), k.float(), v.float()
+    if xx.dim() == 2 and FUSED_DECODE and S.shape[-1] <= 256 and native.usable(r, k, v, S, S_out):
+        y, S_new = _fused_decode(r, k, v, S, S_out, ly, H), S_out  # WKV and GroupNorm in one C call
+        y = y.to(xx.dtype)
+        if g:
+            y = y * F.silu(g[0])
+        return (y @ ly.att_out).view(xx.shape), S_new
     if xx.dim() == 2:
         B = xx.shape[0]
         y = wkv_one(r.view(B, H, -1), k.view(B, H, -1), v.view(B, H, -1), S, S_out, ly)  # [B, H, N]

@@ -260,8 +260,7 @@ def _time_mix(
 
 
 def _fused_ok(r: torch.Tensor, S: torch.Tensor, S_out: torch.Tensor) -> bool:
-    return (FUSED_DECODE and r.device.type == "cpu" and r.dtype == torch.float32 and S.shape[-1] <= 256
-            and S.is_contiguous() and S_out.is_contiguous() and native.wkv7_decode() is not None)
+    return FUSED_DECODE and S.shape[-1] <= 256 and native.usable(r, S, S_out)
 
 
 def _fused_steps(
@@ -275,7 +274,7 @@ def _fused_steps(
     vecs = [t.contiguous() for t in (r, k, v, lv, la, lw_raw)]
     first = None if v_first is None else v_first.contiguous()
     params = [t.contiguous() for t in (lw.k_k, lw.k_a, lw.one_minus_k_a, lw.r_k, lw.ln_x[0], lw.ln_x[1])]
-    rc = native.wkv7_decode()(
+    rc = native.kernel("rwkv7_time_mix_decode")(
         B, config.n_head, config.head_size, S.data_ptr(), S_out.data_ptr(), *(t.data_ptr() for t in vecs),
         None if first is None else first.data_ptr(), *(t.data_ptr() for t in params),
         GN_EPS, DECAY_SCALE, y.data_ptr(), v_out.data_ptr(), torch.get_num_threads())

@@ -2,16 +2,17 @@
 
 * ``rwkv_int8_gemm`` (``int8_gemm.c``): the int8 weight-only product behind
   :mod:`rwkv_music.model.quant`'s ``"native"`` kernel;
-* ``rwkv7_time_mix_decode`` (``wkv7.c``): RWKV-7's time mix for one token, from the projections
-  to the GroupNorm'd output, fused (used by :mod:`rwkv_music.model.v7` on fp32 CPU decode).
+* ``rwkv4_wkv_decode``, ``rwkv5_wkv_decode``, ``rwkv7_time_mix_decode`` (``wkv4.c``, ``wkv5.c``,
+  ``wkv7.c``): the one-token recurrence of each version, with the elementwise steps around it,
+  fused into one call (used by the version modules on fp32 CPU decode).
 
-The shared library (both files) is compiled once per machine (``-O3 -march=native -fopenmp``,
+The shared library (all the files) is compiled once per machine (``-O3 -march=native -fopenmp``,
 about a second) into a cache folder and reused; the name of the file carries a hash of the
 sources, the flags and this CPU, so a changed source or a different machine builds a fresh
 copy.  Several processes may build at once: each writes a temporary file and renames it into
 place.
 
-Where no C compiler is found, or the build fails, :func:`int8_gemm` and :func:`wkv7_decode`
+Where no C compiler is found, or the build fails, :func:`int8_gemm` and :func:`kernel`
 return ``None`` and the callers fall back to torch's kernels; :func:`status` says why.
 ``RWKV_MUSIC_NATIVE=0`` turns the native kernels off; ``RWKV_MUSIC_CACHE_DIR`` moves the cache
 (default ``~/.cache/rwkv_music``).
@@ -29,11 +30,22 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = (Path(__file__).with_name("int8_gemm.c"), Path(__file__).with_name("wkv7.c"))
+SOURCES = tuple(Path(__file__).with_name(n) for n in ("int8_gemm.c", "wkv4.c", "wkv5.c", "wkv7.c"))
+_P, _I64, _F32, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+# name → (argument types, result type) of every exported kernel
+SIGNATURES = {
+    "rwkv_int8_gemm": ([_P] * 4 + [_I64] * 3 + [_INT], _INT),
+    "rwkv_int8_gemm_simd": ([], _INT),
+    "rwkv4_wkv_decode": ([_I64] * 2 + [_P] * 12, None),
+    "rwkv5_wkv_decode": ([_I64] * 3 + [_P] * 9 + [_F32, _P, _INT], _INT),
+    "rwkv7_time_mix_decode": ([_I64] * 3 + [_P] * 15 + [_F32] * 2 + [_P] * 2 + [_INT], _INT),
+}
 BUILD_TIMEOUT_S = 180
 # Tried in order: the first that compiles wins (no -march=native on compilers without it, no
 # OpenMP where the compiler lacks it: the kernel then runs on one thread).
@@ -111,14 +123,9 @@ def _build(compiler: str, source: bytes, flag_sets: tuple = FLAG_SETS, folder: P
 
 def _open(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
-    fn = lib.rwkv_int8_gemm
-    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    lib.rwkv_int8_gemm_simd.restype = ctypes.c_int
-    wkv = lib.rwkv7_time_mix_decode
-    wkv.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 15 + [ctypes.c_float] * 2 + [ctypes.c_void_p] * 2 + [
-        ctypes.c_int]
-    wkv.restype = ctypes.c_int
+    for name, (args, result) in SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, result
     return lib
 
 
@@ -151,10 +158,19 @@ def int8_gemm() -> Callable[..., int] | None:
     return None if lib is None else lib.rwkv_int8_gemm
 
 
-def wkv7_decode() -> Callable[..., int] | None:
-    """``rwkv7_time_mix_decode(...)`` (see ``wkv7.c`` for the arguments), or ``None``."""
+def kernel(name: str) -> Callable[..., Any] | None:
+    """The exported C function ``name`` (a key of :data:`SIGNATURES`; its arguments are in its
+    source file), or ``None`` where the kernels are unavailable."""
     lib = _load()
-    return None if lib is None else lib.rwkv7_time_mix_decode
+    return None if lib is None else getattr(lib, name)
+
+
+def usable(*tensors: Any) -> bool:
+    """Whether the C kernels are built and can take these tensors as raw float32 CPU memory."""
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
+        return False
+    return _load() is not None
+
 
 
 def status() -> str:
