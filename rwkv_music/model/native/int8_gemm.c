@@ -78,7 +78,8 @@ static int64_t dot_chunk(const int16_t* xb, const int8_t* qr, int64_t c0, int64_
     return total;
 }
 
-#define BTILE 4 /* rows of x per pass over a weight row: each widened weight vector is used 4 times */
+#define BTILE 4   /* rows of x per pass over a weight row: each widened weight vector is used 4 times */
+#define RBLOCK 16 /* output rows per block (16 x 3072 int8 = 48 KB, within L2) */
 
 /* y[b, o] for b in [b0, b0 + BTILE): sums[t] = dot(x16[b0 + t], qr) exactly, n_in <= CHUNK */
 static void dot_chunk_tile(const int16_t* x16, int64_t n_in, const int8_t* qr, int64_t c0, int64_t c1, int64_t* sums) {
@@ -117,21 +118,29 @@ int rwkv_int8_gemm(const float* x, const int8_t* q, const float* scale, float* y
         return -1;
     }
     quantize_rows16(x, x16, xs, nb, n_in);
+    /* Blocks of RBLOCK output rows: each block's weights come from memory once and stay in cache
+     * while every tile of x passes over them, and a tile of x stays in L1 across the block. */
+    const int64_t nblocks = (n_out + RBLOCK - 1) / RBLOCK;
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
-    for (int64_t o = 0; o < n_out; o++) {
-        const int8_t* qr = q + o * n_in;
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+        const int64_t o0 = blk * RBLOCK, o1 = o0 + RBLOCK < n_out ? o0 + RBLOCK : n_out;
         int64_t b = 0;
-        for (; b + BTILE <= nb; b += BTILE) { /* the weight row stays in L1 across the tiles */
-            int64_t sums[BTILE] = {0};
-            for (int64_t c0 = 0; c0 < n_in; c0 += CHUNK)
-                dot_chunk_tile(x16 + b * n_in, n_in, qr, c0, c0 + CHUNK < n_in ? c0 + CHUNK : n_in, sums);
-            for (int t = 0; t < BTILE; t++) y[(b + t) * n_out + o] = (float)sums[t] * xs[b + t] * scale[o];
+        for (; b + BTILE <= nb; b += BTILE) {
+            for (int64_t o = o0; o < o1; o++) {
+                int64_t sums[BTILE] = {0};
+                for (int64_t c0 = 0; c0 < n_in; c0 += CHUNK)
+                    dot_chunk_tile(x16 + b * n_in, n_in, q + o * n_in, c0, c0 + CHUNK < n_in ? c0 + CHUNK : n_in,
+                                   sums);
+                for (int t = 0; t < BTILE; t++) y[(b + t) * n_out + o] = (float)sums[t] * xs[b + t] * scale[o];
+            }
         }
         for (; b < nb; b++) {
-            int64_t total = 0;
-            for (int64_t c0 = 0; c0 < n_in; c0 += CHUNK)
-                total += dot_chunk(x16 + b * n_in, qr, c0, c0 + CHUNK < n_in ? c0 + CHUNK : n_in);
-            y[b * n_out + o] = (float)total * xs[b] * scale[o];
+            for (int64_t o = o0; o < o1; o++) {
+                int64_t total = 0;
+                for (int64_t c0 = 0; c0 < n_in; c0 += CHUNK)
+                    total += dot_chunk(x16 + b * n_in, q + o * n_in, c0, c0 + CHUNK < n_in ? c0 + CHUNK : n_in);
+                y[b * n_out + o] = (float)total * xs[b] * scale[o];
+            }
         }
     }
     free(x16);
