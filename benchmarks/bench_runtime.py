@@ -169,7 +169,7 @@ def target_table(results: dict, trained: dict | None, args: argparse.Namespace) 
         add(f"v{v} fp32 B=1 ≥ {SPEEDUP_TARGETS[v]:g}x the package", pip1 and r["fp32_b1"] / pip1,
             SPEEDUP_TARGETS[v], "{:.2f}x", ceil)
         add(f"v{v} fp32 B=1 ≥ {ROOFLINE_TARGET:.0%} of the read roofline", _roofline(r, "fp32"), ROOFLINE_TARGET,
-            "{:.0%}", "100%")
+            "{:.1%}", "100%")
         ceil8 = f"{bw / r['int8_bytes'] / r['fp32_b1']:.2f}x"
         add(f"v{v} int8 B=1 ≥ {INT8_SPEEDUP_TARGET:g}x our fp32 B=1", r["int8_b1"] / r["fp32_b1"],
             INT8_SPEEDUP_TARGET, "{:.2f}x", ceil8, f" (weight_only {r['int8-wo_b1'] / r['fp32_b1']:.2f}x, "
