@@ -229,3 +229,38 @@ def test_sampler_draw_uses_float64_inverse_cdf():
     scores = np.array([[0.0, math.log(3.0)]], np.float32)  # p = [0.25, 0.75]
     u = np.random.Generator(np.random.PCG64(9)).random()
     assert sample(scores, make_generators([9]))[0] == (0 if u < 0.25 else 1)
+
+
+def _reference_top_k(k: int, scores: np.ndarray) -> np.ndarray:
+    """Top-k by a full partition of every row (the plain algorithm, for comparison)."""
+    vocab = scores.shape[1]
+    clean = np.where(np.isfinite(scores), scores, -np.inf)
+    kth = np.partition(clean, vocab - k, axis=1)[:, vocab - k : vocab - k + 1]
+    return np.where(clean >= kth, scores, -np.inf).astype(scores.dtype)
+
+
+def _reference_top_p_cutoff(top_p: float, p: np.ndarray) -> float:
+    ordered = np.sort(p)[::-1]
+    hit = np.cumsum(ordered) >= top_p
+    return float(ordered[int(np.argmax(hit))]) if hit.any() else 0.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pruned_top_k_and_top_p_equal_the_full_sort(seed: int) -> None:
+    """TopK / TopP select among candidates above a cheap bound; the result must be the full sort's."""
+    rng = np.random.default_rng(seed)
+    vocab = int(rng.choice([300, 2000, 20096]))
+    spread = float(rng.choice([0.3, 3.0, 12.0]))  # flat to peaked rows
+    scores = (rng.standard_normal((5, vocab)) * spread).astype(np.float32)
+    scores[0, rng.integers(0, vocab, vocab // 3)] = -np.inf  # masked by a constraint
+    scores[1, :] = np.round(scores[1, :])  # many ties, also at the k-th value
+    scores[2, :40] = np.nan
+    for k in (1, 8, 16, 64):
+        np.testing.assert_array_equal(TopK(k).process(0, scores), _reference_top_k(k, scores))
+    for top_p in (0.3, 0.8, 0.9, 0.999):
+        proc = TopP(top_p)
+        for row in scores:
+            finite = row[np.isfinite(row)].astype(np.float64)
+            p = np.exp(finite - finite.max())
+            p /= p.sum()
+            assert proc._cutoff(p) == _reference_top_p_cutoff(top_p, p)
