@@ -7,7 +7,7 @@
   fused into one call (used by the version modules on fp32 CPU decode).
 
 The shared library (all the files) is compiled once per machine (``-O3 -march=native -fopenmp``,
-about a second) into a cache folder and reused; the name of the file carries a hash of the
+a few seconds) into a cache folder and reused; the name of the file carries a hash of the
 sources, the flags and this CPU, so a changed source or a different machine builds a fresh
 copy.  Several processes may build at once: each writes a temporary file and renames it into
 place.
