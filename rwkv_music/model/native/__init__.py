@@ -166,8 +166,11 @@ def kernel(name: str) -> Callable[..., Any] | None:
 
 
 def usable(*tensors: Any) -> bool:
-    """Whether the C kernels are built and can take these tensors as raw float32 CPU memory."""
+    """Whether the C kernels are built and can take these tensors as raw float32 CPU memory (and no
+    gradient is wanted through them: the kernels are invisible to autograd)."""
     if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     return _load() is not None
 
