@@ -27,9 +27,6 @@ from rwkv_music.model.ops import layer_norm, token_shift, write_state
 from rwkv_music.model.state import State
 
 VERSIONS = ("4",)
-# fp32 CPU decode runs the one-token WKV (and the steps next to it) as one C call
-# (rwkv_music/model/native/) where the kernels build; False keeps the torch ops (tests compare).
-FUSED_DECODE = True
 
 
 @dataclass
@@ -224,7 +221,7 @@ def time_mix(xx: Tensor, sx: Tensor, aa: Tensor, bb: Tensor, pp: Tensor,
     k, v, r = mixed_projections(xx.reshape(-1, C), sx.reshape(-1, C), ly.att_mix, ly.att_mix_c, ly.att_kvr)
     if k.dtype != torch.float32:  # WKV inputs in fp32 (A10)
         k, v = k.float(), v.float()
-    if xx.dim() == 2 and FUSED_DECODE and native.usable(r, k, v, aa, bb, pp):  # WKV and the gate in one C call
+    if xx.dim() == 2 and native.fused_decode_ok(r, k, v, aa, bb, pp):  # WKV and the gate in one C call
         out, aa, bb, pp = _fused_decode(r, k, v, aa, bb, pp, ly)
         return (out @ ly.att_out).view(xx.shape), aa, bb, pp
     r = torch.sigmoid(r)  # [B(·T), A]

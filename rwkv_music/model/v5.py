@@ -48,9 +48,6 @@ VERSIONS = ("5.0", "5.1", "5.2")
 
 MAX_CHUNK = 64  # longest prefill chunk; longer chunks mean bigger matmuls and fewer Python steps
 MAX_CHUNK_EXPONENT = 60.0  # |exponent| bound of the factored decays: e^60 ≈ 1e26, fp32 max ≈ 3e38
-# fp32 CPU decode runs the one-token WKV (and the steps next to it) as one C call
-# (rwkv_music/model/native/) where the kernels build; False keeps the torch ops (tests compare).
-FUSED_DECODE = True
 MIN_LOG_DECAY = -MAX_CHUNK_EXPONENT  # w below e^-60 contributes nothing visible in fp32 past one step
 
 
@@ -210,7 +207,7 @@ def time_mix(xx: Tensor, sx: Tensor, S: Tensor, S_out: Tensor | None, ly: V5Laye
     r, k, v, *g = mixed_projections(xx.reshape(-1, C), sx.reshape(-1, C), ly.att_mix, ly.att_mix_c, ly.att_rkvg)
     if r.dtype != torch.float32:  # r, k, v in fp32 (A10)
         r, k, v = r.float(), k.float(), v.float()
-    if xx.dim() == 2 and FUSED_DECODE and S.shape[-1] <= 256 and native.usable(r, k, v, S, S_out):
+    if xx.dim() == 2 and native.fused_decode_ok(r, k, v, S, S_out, head_size=S.shape[-1]):
         y, S_new = _fused_decode(r, k, v, S, S_out, ly, H), S_out  # WKV and GroupNorm in one C call
         y = y.to(xx.dtype)
         if g:

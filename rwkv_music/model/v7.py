@@ -56,9 +56,6 @@ from rwkv_music.model.state import State
 
 VERSIONS: tuple[str, ...] = ("7", "7a")
 MAX_POSITIONS = 4096  # B·T positions per pass (≈ 0.4 GB of fp32 activations at C = 768)
-# fp32 CPU decode runs steps 4-9 as one C call (native/wkv7.c) where the kernels build; False
-# keeps the torch ops (tests compare the two).
-FUSED_DECODE = True
 DECAY_SCALE = math.exp(-0.5)  # A7 step 7: w = exp(-e^{-1/2}·σ(w0 + w_raw)) ∈ (0.545, 1)
 CHUNK_LEN = 32  # sequence-mode WKV chunk; 1/W_L stays ≤ 2.7e8 (module docstring)
 SEMB_SIDE = 32  # DeepEmbed rows are viewed as 32×32 matrices (A3, v7a row)
@@ -233,7 +230,7 @@ def _time_mix(
     h = torch.bmm(mixed[2:], lw.lora_in)  # [4, B·T, D]: v a w g
     h[2:].tanh_()  # w's tanh, and g's sigmoid via σ(x) = (1 + tanh(x/2)) / 2 folded into the weights
     lv, la, lw_raw, g = torch.baddbmm(lw.lora_bias, h, lw.lora_out)  # step 3
-    if T == 1 and _fused_ok(r, S, S_out):  # steps 4-9 in one C call
+    if T == 1 and native.fused_decode_ok(r, S, S_out, head_size=S.shape[-1]):  # steps 4-9 in one C call
         y, v_first = _fused_steps(lw, config, S, S_out, r, k, v, lv, la, lw_raw, v_first)
         return (y * g) @ lw.output, v_first
     a = torch.sigmoid(la)
@@ -257,10 +254,6 @@ def _time_mix(
     if y.dtype != xx.dtype:  # (a no-op .to() still costs microseconds per layer)
         y = y.to(xx.dtype)
     return (y * g) @ lw.output, v_first  # step 10
-
-
-def _fused_ok(r: torch.Tensor, S: torch.Tensor, S_out: torch.Tensor) -> bool:
-    return FUSED_DECODE and S.shape[-1] <= 256 and native.usable(r, S, S_out)
 
 
 def _fused_steps(

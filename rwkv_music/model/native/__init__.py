@@ -55,6 +55,11 @@ FLAG_SETS = (
     ["-O3"],
 )
 
+MAX_HEAD_SIZE = 256  # the stack buffers of wkv5.c / wkv7.c
+# fp32 CPU decode runs each version's one-token WKV (and the steps next to it) as one C call
+# where the kernels build; False keeps the torch ops (tests compare the two).
+FUSED_DECODE = True
+
 _lock = threading.Lock()
 _loaded: dict[str, object] = {}  # "lib" → ctypes.CDLL, or "error" → str
 
@@ -130,6 +135,9 @@ def _open(path: Path) -> ctypes.CDLL:
 
 
 def _load() -> ctypes.CDLL | None:
+    lib = _loaded.get("lib")  # the hot path (several calls a layer): no lock once loaded
+    if lib is not None:
+        return lib  # type: ignore[return-value]
     with _lock:
         if "lib" in _loaded or "error" in _loaded:
             return _loaded.get("lib")  # type: ignore[return-value]
@@ -174,6 +182,11 @@ def usable(*tensors: Any) -> bool:
         return False
     return _load() is not None
 
+
+
+def fused_decode_ok(*tensors: Any, head_size: int | None = None) -> bool:
+    """Whether a version's decode step may take its fused C kernel for these tensors."""
+    return FUSED_DECODE and (head_size is None or head_size <= MAX_HEAD_SIZE) and usable(*tensors)
 
 
 def status() -> str:
