@@ -5,7 +5,7 @@ shipped default ABC model -- N tunes are sampled after the prompts
 ``bos + "S:2\\nL:<1/8|1/16>\\nM:<meter>\\nK:D\\n"`` (meters 2/4 3/4 4/4 6/8 9/8 C|, L 1/8
 and 1/16 in turn): without processors (plain sampling, T 1), with :class:`AbcConstraint`
 (``max_new_tokens`` = the length limit), and with the constraint allowing a short bar only as
-a pickup.  Every tune is judged by the independent music21 checker (:mod:`rwkv_music.abc_check`):
+a pickup.  Every tune is judged by the independent music21 checker (:mod:`rwkv_music.formats.abc.check`):
 ``parse`` = music21 reads notes, ``balanced`` = no unbalanced measure (FORMATS E metric),
 ``strict`` = balanced and no overfull bar anywhere; ``bars checked`` = measures the checker
 compares with the meter (it skips pickup, last bar and bars next to repeat/double bars).
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from rwkv_music import load_model
-from rwkv_music.abc_check import bar_balance, parse_ok
+from rwkv_music.formats.abc.check import bar_balance, parse_ok
+from rwkv_music.formats.abc.constraint import AbcConstraint, decode_abc
+from rwkv_music.formats.abc.grammar.machine import AbcGrammarConfig
 from rwkv_music.model.factory import save_random_checkpoint
-from rwkv_music.sampling.abc_constraint import AbcConstraint, decode_abc
-from rwkv_music.sampling.abc_grammar import AbcGrammarConfig
 from rwkv_music.sampling.generate import generate
 
 METERS = ("2/4", "3/4", "4/4", "6/8", "9/8", "C|")

@@ -17,9 +17,9 @@ import argparse
 import time
 from collections import Counter, defaultdict
 
-from rwkv_music.abc_check import corpus_tunes
-from rwkv_music.sampling.abc_grammar import AbcGrammar, AbcGrammarConfig
-from rwkv_music.tokenizers.abc import AbcTokenizer
+from rwkv_music.formats.abc.check import corpus_tunes
+from rwkv_music.formats.abc.grammar.machine import AbcGrammar, AbcGrammarConfig
+from rwkv_music.formats.abc.tokenizer import AbcTokenizer
 
 
 def emit(line: str = "") -> None:

@@ -4,7 +4,7 @@
   asset's ``train_meta.json``) next to an interpolated Witten–Bell n-gram fitted on the same
   training split: character 5-gram for ABC, token 3-gram for MIDI.
 * ABC: N unconstrained tunes (prompt ``[2]``, T 1.0, top-k 8, top-p 0.8 as in FORMATS D4):
-  music21 parse rate and bar-balance rate (``rwkv_music.abc_check`` when present).
+  music21 parse rate and bar-balance rate (``rwkv_music.formats.abc.check`` when present).
 * MIDI: N pieces of ~20 s (prompt ``[0]``, FORMATS D3 sampler without penalties): note density,
   pitch-class entropy and polyphony, beside the same statistics of 20-s openings of training pieces.
 
@@ -88,7 +88,7 @@ def abc_quality(model, n: int, seed: int, max_len: int) -> dict:
     tunes = sample_batch(model, [2], n, max_len, {3}, seed)
     texts = ["".join(chr(t) for t in ids if t > 3) for ids in tunes]
     try:
-        from rwkv_music import abc_check
+        from rwkv_music.formats.abc import check as abc_check
     except ImportError:
         abc_check = None
     parsed = balanced = strict = 0
@@ -112,7 +112,7 @@ def abc_quality(model, n: int, seed: int, max_len: int) -> dict:
     return {"tunes": n, "parse_rate": parsed / n, "bar_balance_rate": balanced / n,
             "strict_bar_balance_rate": strict / n,
             "mean_chars": float(np.mean([len(t) for t in texts])), "example": texts[0][:300],
-            "checker": "rwkv_music.abc_check" if abc_check else "music21 + rewards.bar_length"}
+            "checker": "rwkv_music.formats.abc.check" if abc_check else "music21 + rewards.bar_length"}
 
 
 HEADERS = [("G", "6/8", "1/8"), ("D", "4/4", "1/8"), ("A", "3/4", "1/8"), ("Em", "2/4", "1/16"), ("D", "C|", "1/8")]

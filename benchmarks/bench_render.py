@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rwkv_music import load_model  # noqa: E402
-from rwkv_music.compose import Composer  # noqa: E402
+from rwkv_music.compose.composer import Composer  # noqa: E402
+from rwkv_music.compose.render import RenderSettings, render  # noqa: E402
 from rwkv_music.model.factory import save_random_checkpoint  # noqa: E402
-from rwkv_music.render import RenderSettings, render  # noqa: E402
 
 
 class StopBias:

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from rwkv_music import Composer
-from rwkv_music.render import RenderSettings, render
+from rwkv_music.compose.render import RenderSettings, render
 
 
 def main(argv: list[str] | None = None) -> None:

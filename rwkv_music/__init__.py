@@ -33,11 +33,11 @@ def load_model(path: Any, backend: str = "torch", device: str = "cpu", dtype: st
 
 def __getattr__(name: str) -> Any:  # lazy public names that pull in heavier modules
     if name == "Composer":
-        from rwkv_music.compose import Composer
+        from rwkv_music.compose.composer import Composer
 
         return Composer
     if name == "Piece":
-        from rwkv_music.piece import Piece
+        from rwkv_music.compose.piece import Piece
 
         return Piece
     if name == "State":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rwkv_music.abc_check import bar_balance, corpus_tunes, parse_ok, prepare_for_music21
+from rwkv_music.formats.abc.check import bar_balance, corpus_tunes, parse_ok, prepare_for_music21
 
 TUNE = "L:1/8\nM:2/4\nK:G\nD|G2 A2|B3 c|B4|A4|d3|]"
 

@@ -1,6 +1,6 @@
 """The ABC logits processor: every sampled tune parses in music21 and is bar-balanced.
 
-The oracle is :mod:`rwkv_music.abc_check` (music21 only, independent of the state machine).
+The oracle is :mod:`rwkv_music.formats.abc.check` (music21 only, independent of the state machine).
 Random logits first, then a random-weights v7 model (vocab 128) through the generation loop.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rwkv_music.abc_check import bar_balance, parse_ok
 from rwkv_music.errors import ConstraintError
-from rwkv_music.sampling.abc_constraint import AbcConstraint, decode_abc
-from rwkv_music.sampling.abc_grammar import AbcGrammar, AbcGrammarConfig
+from rwkv_music.formats.abc.check import bar_balance, parse_ok
+from rwkv_music.formats.abc.constraint import AbcConstraint, decode_abc
+from rwkv_music.formats.abc.grammar.machine import AbcGrammar, AbcGrammarConfig
 
 METERS = ("2/4", "3/4", "4/4", "6/8", "9/8", "C|")
 UNITS = ("1/8", "1/16")

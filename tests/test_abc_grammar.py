@@ -12,9 +12,9 @@ from fractions import Fraction
 
 import pytest
 
-from rwkv_music.abc_check import corpus_tunes
-from rwkv_music.sampling.abc_grammar import AbcGrammar, AbcGrammarConfig, AbcState
-from rwkv_music.sampling.abc_values import (
+from rwkv_music.formats.abc.check import corpus_tunes
+from rwkv_music.formats.abc.grammar.machine import AbcGrammar, AbcGrammarConfig, AbcState
+from rwkv_music.formats.abc.grammar.values import (
     CHORD_QUALITIES,
     length_texts,
     meter_info,
@@ -22,8 +22,8 @@ from rwkv_music.sampling.abc_values import (
     tuplet_ratio,
     tuplet_texts,
 )
+from rwkv_music.formats.abc.tokenizer import AbcTokenizer
 from rwkv_music.sampling.base import SamplingValueError
-from rwkv_music.tokenizers.abc import AbcTokenizer
 
 HEAD = "L:1/8\nM:4/4\nK:G\n"
 STRICT = AbcGrammar()

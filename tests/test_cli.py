@@ -13,7 +13,7 @@ import mido
 import pytest
 from click.testing import CliRunner
 
-from rwkv_music.cli import generate_midi, main
+from rwkv_music.cli.main import generate_midi, main
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "onnxruntime", "ncnn", "music21", "matplotlib")
@@ -43,7 +43,7 @@ def _python(code: str, *args: str, cwd: Path | None = None) -> subprocess.Comple
 
 def test_help_of_every_command_imports_no_runtime() -> None:
     code = (
-        "import sys\nfrom rwkv_music.cli import main\n"
+        "import sys\nfrom rwkv_music.cli.main import main\n"
         f"for cmd in [[]] + [c.split() for c in {COMMANDS!r}]:\n"
         "    try:\n        main(cmd + ['--help'], prog_name='rwkv-music')\n    except SystemExit as e:\n"
         "        assert e.code == 0, (cmd, e.code)\n"
@@ -130,7 +130,7 @@ def onnx_model(midi_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def test_generate_midi_entry_point_runs_as_a_subprocess_without_torch(onnx_model: Path, tmp_path: Path) -> None:
     # the onnx backend keeps the subprocess light; `python -m rwkv_music render` with torch runs in test_render
     code = (
-        "import sys\nfrom rwkv_music.cli import generate_midi_main\nsys.argv[0] = 'generate-midi'\n"
+        "import sys\nfrom rwkv_music.cli.main import generate_midi_main\nsys.argv[0] = 'generate-midi'\n"
         "try:\n    generate_midi_main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
         "print('TORCH', 'torch' in sys.modules)\n"
     )
@@ -202,7 +202,7 @@ def test_generate_abc_book_numbers_tunes_and_drops_control_codes(abc_model: Path
 
 
 def test_continue_a_midi_file(midi_model: Path, tmp_path: Path) -> None:
-    from rwkv_music.tokenizers.midi import MidiTokenizer
+    from rwkv_music.formats.midi.tokenizer import MidiTokenizer
 
     src = tmp_path / "melody.mid"
     MidiTokenizer().text_to_midi("pi:3c:a t40 pi:3c:0 pi:40:9 t40 pi:40:0").save(src)
@@ -306,7 +306,7 @@ def test_python_m_rwkv_music_runs_the_cli(tmp_path: Path) -> None:
 
 
 def test_a_missing_lazy_command_fails_with_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    import rwkv_music.cli as cli
+    import rwkv_music.cli.main as cli
 
     monkeypatch.setitem(cli.LAZY_COMMANDS, "export-ncnn", ("rwkv_music.no_such_module", "x", "Export to ncnn."))
     result = _run(["export-ncnn", "model.pth", "out", "--dtype", "fp16"])

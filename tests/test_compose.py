@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from fake_backend import FakeBackend
 
-from rwkv_music.compose import AbcOptions, Composer, MidiOptions, piece_seed
-from rwkv_music.compose_options import MAX_MIDI_PROMPT
+from rwkv_music.compose.composer import AbcOptions, Composer, MidiOptions, piece_seed
+from rwkv_music.compose.options import MAX_MIDI_PROMPT
 from rwkv_music.errors import AbcFormatError, RwkvMusicError
+from rwkv_music.formats.midi.constraint import N_PITCH, N_VEL, NOTE_BASE
 from rwkv_music.model.state import State
-from rwkv_music.sampling.midi_constraint import N_PITCH, N_VEL, NOTE_BASE
 
 DATA = Path(__file__).parent / "data"
 PIANO_BIN = 8  # FORMATS C1 bin order
@@ -114,7 +114,7 @@ def test_prompt_text_is_the_start_of_the_piece(midi_composer: Composer) -> None:
 
 def test_abc_prompt_is_bos_controls_and_header(abc_composer: Composer, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = {}
-    import rwkv_music.compose_helpers as ch
+    import rwkv_music.compose.helpers as ch
 
     real = ch.run_generate
 
@@ -184,7 +184,7 @@ def test_meta_records_seed_params_model_timing_and_validity(midi_composer: Compo
 
 
 def test_seconds_counts_new_music_after_the_prompt(monkeypatch: pytest.MonkeyPatch) -> None:
-    import rwkv_music.compose_helpers as ch
+    import rwkv_music.compose.helpers as ch
 
     targets = []
     real = ch.midi_constraint

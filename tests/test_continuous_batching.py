@@ -11,8 +11,8 @@ import pytest
 from fake_backend import FakeBackend as MidiFakeBackend
 from test_sampling_fakes import FakeBackend, history_hash
 
-from rwkv_music.compose import Composer
-from rwkv_music.render import RenderSettings, plan, read_jobs, render
+from rwkv_music.compose.composer import Composer
+from rwkv_music.compose.render import RenderSettings, plan, read_jobs, render
 from rwkv_music.sampling import LogitsProcessor, RowConstraintError, SamplingConfig, SamplingValueError, generate
 from rwkv_music.sampling.continuous import WorkItem, generate_continuous
 

@@ -42,7 +42,7 @@ def test_compose_jig_writes_a_tune_book(
 def test_continue_midi_writes_midi_and_piano_rolls(
     checkpoint_path: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rwkv_music.tokenizers.midi import MidiTokenizer
+    from rwkv_music.formats.midi.tokenizer import MidiTokenizer
 
     model = checkpoint_path("7", vocab_size=20096, n_layer=2)
     src = tmp_path / "tune.mid"

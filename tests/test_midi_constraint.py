@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from rwkv_music.sampling import LogitsProcessorList, MidiConstraint, SamplingValueError, generate, get_preset
-from rwkv_music.sampling.midi_constraint import BIN_NAMES, VOCAB_SIZE, note_token, wait_token
 from test_sampling_fakes import DATA, PREFIX_TO_BIN, FakeBackend, check_stream, id_to_word
+
+from rwkv_music.formats.midi.constraint import BIN_NAMES, VOCAB_SIZE, note_token, wait_token
+from rwkv_music.sampling import LogitsProcessorList, MidiConstraint, SamplingValueError, generate, get_preset
 
 WORDS = id_to_word()
 BIN_PREFIX = {name: prefix for prefix, name in PREFIX_TO_BIN.items()}

@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from ncnn_support import export_cached
+
 from rwkv_music.errors import BackendUnavailable, CheckpointError, OutputExistsError, StateError
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from ncnn_support import (
     ALL_VERSIONS,
     DECODE_STEPS,

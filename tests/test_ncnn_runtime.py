@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ncnn_support import FP32_TOL, export_cached, max_state_diff, tokens
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +135,7 @@ def test_cli_commands_run_on_ncnn_without_torch(checkpoint_path, tmp_path_factor
     code = f"""
 import sys
 from click.testing import CliRunner
-from rwkv_music.cli import main
+from rwkv_music.cli.main import main
 runner = CliRunner()
 r = runner.invoke(main, ["info", {str(param)!r}, "--backend", "ncnn"])
 assert r.exit_code == 0, r.output
@@ -148,7 +147,7 @@ assert "torch" not in sys.modules, "torch was imported"
 print("ok")
 """
     proc = _run_python(code, timeout=300)
-    if "No module named 'rwkv_music.cli'" in proc.stderr:
+    if "No module named 'rwkv_music.cli.main'" in proc.stderr:
         pytest.skip("the CLI is not in this tree yet")
     assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-2000:]
     assert list(out.glob("*.mid"))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from onnx_support import export_cached, tokens
 
 # Random 2-layer models amplify weight noise far more than trained ones; measured max |Δlogit|

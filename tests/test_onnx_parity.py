@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from onnx_support import ALL_VERSIONS, FP16_TOL, FP32_TOL, as_numpy, export_cached, max_state_diff, tokens
 
 PROMPT_LEN, DECODE_STEPS = 8, 16

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from onnx_support import ALL_VERSIONS, FP32_TOL, export_cached, tokens
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from rwkv_music.cli.train import train as train_command
 from rwkv_music.train import checkpoint as ckpt
-from rwkv_music.train.command import train as train_command
 from rwkv_music.train.init_v7 import init_rwkv7
 from rwkv_music.train.model_v7 import RWKV7, make_config
 from rwkv_music.train.reinforce import ReinforceOptions, advantages, reinforce_step, sample_rollouts

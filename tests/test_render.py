@@ -15,9 +15,9 @@ import mido
 import pytest
 from fake_backend import FakeBackend
 
-from rwkv_music.compose import Composer, piece_seed
+from rwkv_music.compose.composer import Composer, piece_seed
+from rwkv_music.compose.render import RenderSettings, read_jobs, render
 from rwkv_music.errors import OutputExistsError, RwkvMusicError
-from rwkv_music.render import RenderSettings, read_jobs, render
 
 ROOT = Path(__file__).resolve().parents[1]
 N_PROMPTS, K = 30, 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_sampling_fakes import FakeBackend, history_hash
 
 from rwkv_music.sampling import (
     LogitsProcessor,
@@ -13,7 +14,6 @@ from rwkv_music.sampling import (
     Temperature,
     generate,
 )
-from test_sampling_fakes import FakeBackend, history_hash
 
 CFG = SamplingConfig(top_k=12, top_p=0.9, temperature=0.9, presence_penalty=0.3, frequency_penalty=0.2,
                      penalty_decay=0.99)

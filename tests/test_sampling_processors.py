@@ -148,7 +148,7 @@ def test_torch_scores_come_back_as_torch_with_same_values():
 
 
 def test_importing_sampling_does_not_import_torch():
-    code = "import sys, rwkv_music.sampling, rwkv_music.sampling.midi_constraint; print('torch' in sys.modules)"
+    code = "import sys, rwkv_music.sampling, rwkv_music.formats.midi.constraint; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -30,7 +30,7 @@ def test_generate_midi_with_no_model_writes_a_midi_from_the_shipped_model(tmp_pa
     import mido
     from click.testing import CliRunner
 
-    from rwkv_music.cli import generate_midi
+    from rwkv_music.cli.main import generate_midi
 
     result = CliRunner().invoke(
         generate_midi, ["--out", str(tmp_path), "--max-tokens", "160", "--seed", "7", "-q"]
@@ -45,7 +45,7 @@ def test_generate_midi_with_no_model_writes_a_midi_from_the_shipped_model(tmp_pa
 def test_shipped_abc_model_writes_bar_balanced_tunes_without_constraints():
     """Issue 8's quality bar, small: unconstrained tunes from bos alone, music21's measure check."""
     import rwkv_music
-    from rwkv_music import abc_check
+    from rwkv_music.formats.abc import check as abc_check
     from rwkv_music.sampling import SamplingConfig, generate
 
     backend = rwkv_music.load_model(default_model_path("abc"))

@@ -79,7 +79,7 @@ def test_music21_collections_exclude_essen():
 
 
 def test_midi_documents_are_pad_separated_pieces():
-    tok_mod = pytest.importorskip("rwkv_music.tokenizers.midi")
+    tok_mod = pytest.importorskip("rwkv_music.formats.midi.tokenizer")
     from rwkv_music.train.midi_data import midi_documents
 
     docs = midi_documents([DATA / "sample2-RWKV-4-MIDI-120M.mid"], tokenizer=tok_mod.MidiTokenizer())
@@ -131,7 +131,7 @@ def test_stuck_note_reward_penalises_long_holds_and_orphan_offs():
 
 
 def test_train_command_runs_and_writes_checkpoint(tmp_path):
-    from rwkv_music.train.command import train
+    from rwkv_music.cli.train import train
 
     data = tmp_path / "tunes.abc"
     data.write_text("\n\n".join(TUNE.replace("X:7", f"X:{i}") for i in range(6)))

@@ -44,7 +44,7 @@ import numpy as np
 
 from rwkv_music.backends import onnx as rt
 from rwkv_music.backends.onnx_graph_common import LN_EPS, GraphBuilder, Weights, layer_norm_np, onnx_modules
-from rwkv_music.cli_common import CONTEXT, boundary
+from rwkv_music.cli.common import CONTEXT, boundary
 from rwkv_music.errors import CheckpointError, OutputExistsError
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.state import State, state_shapes

@@ -4,7 +4,9 @@
 >>> [p.rule for p in get_preset("chatrwkv-midi").build_processors()]
 ['occurrence_penalty', 'eos_bias', 'logit_bias', 'top_p', 'top_k']
 
-The ABC grammar constraint lives in ``rwkv_music.sampling.abc_*`` (import it from there).
+The music constraints live with their formats (:mod:`rwkv_music.formats.abc.constraint`,
+:mod:`rwkv_music.formats.midi.constraint`); their names stay importable from here (loaded on first
+use, because the formats build on this package's processor protocol).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from rwkv_music.sampling.base import (
 from rwkv_music.sampling.config import SamplingConfig
 from rwkv_music.sampling.continuous import PieceResult, WorkItem, generate_continuous
 from rwkv_music.sampling.generate import GenerationResult, generate
-from rwkv_music.sampling.midi_constraint import MidiConstraint
 from rwkv_music.sampling.penalties import OccurrencePenalty, pip_text_weights, weights_from_ranges
 from rwkv_music.sampling.presets import get_preset, preset_names
 from rwkv_music.sampling.processors import (
@@ -33,8 +34,23 @@ from rwkv_music.sampling.processors import (
     TopP,
 )
 from rwkv_music.sampling.sampler import make_generators, sample
-from rwkv_music.sampling.abc_constraint import AbcConstraint, decode_abc
-from rwkv_music.sampling.abc_grammar import AbcGrammar, AbcGrammarConfig
+
+_FORMAT_NAMES = {
+    "AbcConstraint": "rwkv_music.formats.abc.constraint",
+    "decode_abc": "rwkv_music.formats.abc.constraint",
+    "AbcGrammar": "rwkv_music.formats.abc.grammar.machine",
+    "AbcGrammarConfig": "rwkv_music.formats.abc.grammar.machine",
+    "MidiConstraint": "rwkv_music.formats.midi.constraint",
+}
+
+
+def __getattr__(name: str) -> object:  # the constraints, re-exported lazily (no import cycle)
+    if name in _FORMAT_NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(_FORMAT_NAMES[name]), name)
+    raise AttributeError(f"module 'rwkv_music.sampling' has no attribute {name!r}")
+
 
 __all__ = [
     "PieceResult",

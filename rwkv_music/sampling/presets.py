@@ -45,7 +45,7 @@ def _chatrwkv_abc() -> SamplingConfig:
 def _default_midi() -> SamplingConfig:
     """Ours for MIDI: the ChatRWKV recipe with a slightly wider nucleus and both end markers.
 
-    Meant to run with a :class:`~rwkv_music.sampling.midi_constraint.MidiConstraint`, which
+    Meant to run with a :class:`~rwkv_music.formats.midi.constraint.MidiConstraint`, which
     handles length and note hygiene; the step-based EOS bias stays as the model's own ending cue.
     """
     return _chatrwkv_midi().replace(top_k=16, top_p=0.9, stop_tokens=(0, 2))

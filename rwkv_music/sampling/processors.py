@@ -8,7 +8,7 @@ fixed order (additive terms first, then masks, then the filters, temperature las
 3. :class:`LogitBias` -- fixed per-token bias (ChatRWKV ``t125`` -1)
 4. :class:`TokenBan`
 5. :class:`MinNewTokens` -- bans the stop tokens before ``min_new_tokens``
-6. music constraints (ABC grammar, :class:`~rwkv_music.sampling.midi_constraint.MidiConstraint`)
+6. music constraints (ABC grammar, :class:`~rwkv_music.formats.midi.constraint.MidiConstraint`)
 7. :class:`ForceTokens`
 8. :class:`TopP` -- on the temperature-1 distribution of what is left
 9. :class:`TopK`

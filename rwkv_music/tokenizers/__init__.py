@@ -14,13 +14,13 @@ Public names:
 
 from __future__ import annotations
 
-from rwkv_music.tokenizers.abc import AbcTokenizer
-from rwkv_music.tokenizers.base import Tokenizer, tokenizer_from_dict
-from rwkv_music.tokenizers.midi import MidiTokenizer, midi_to_text, text_to_midi
-from rwkv_music.tokenizers.midi_config import MidiVocabConfig
-from rwkv_music.tokenizers.midi_read import load_midi
-from rwkv_music.tokenizers.midi_timing import Timing
-from rwkv_music.tokenizers.midi_vocab import InstrumentBin, MidiVocab, NoteToken, SpecialToken, WaitToken
+from rwkv_music.formats.abc.tokenizer import AbcTokenizer
+from rwkv_music.formats.midi.config import MidiVocabConfig
+from rwkv_music.formats.midi.read import load_midi
+from rwkv_music.formats.midi.timing import Timing
+from rwkv_music.formats.midi.tokenizer import MidiTokenizer, midi_to_text, text_to_midi
+from rwkv_music.formats.midi.vocab import InstrumentBin, MidiVocab, NoteToken, SpecialToken, WaitToken
+from rwkv_music.formats.tokenizer import Tokenizer, tokenizer_from_dict
 
 __all__ = [
     "AbcTokenizer",

@@ -2,7 +2,7 @@
 
 import logging
 
-from rwkv_music.train.command import train
+from rwkv_music.cli.train import train
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

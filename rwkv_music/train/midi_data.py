@@ -143,7 +143,7 @@ def midi_documents(paths: list[Path] | None = None, *, max_pieces: int | None = 
                    tokenizer=None) -> list[Document]:
     """MIDI training documents ``[0] + ids`` from .mid files/folders (default: the render cache)."""
     if tokenizer is None:
-        from rwkv_music.tokenizers.midi import MidiTokenizer
+        from rwkv_music.formats.midi.tokenizer import MidiTokenizer
 
         tokenizer = MidiTokenizer()
     if not paths:

@@ -4,7 +4,7 @@ Every token of the ABC subset that is not free text is one string of a finite se
 :class:`ValueSet`): meters, unit lengths, keys, tempos, control codes, note-length suffixes,
 tuplet openers, bar lines, ``!decoration!`` names and chord symbols.  A set answers in O(1)
 "is this a prefix?", "is this complete?" and "what is the shortest way to complete it?", so the
-state machine (:mod:`rwkv_music.sampling.abc_grammar`) never needs a regular expression in the
+state machine (:mod:`rwkv_music.formats.abc.grammar.machine`) never needs a regular expression in the
 per-byte loop, and the tables double as documentation of what is accepted.
 
 Musical meaning (exact :class:`~fractions.Fraction` durations in whole notes):

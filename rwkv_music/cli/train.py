@@ -116,14 +116,14 @@ def load_documents(mode: str, data: list[Path], *, with_control: bool = True, ma
 def reinforce_prompt(mode: str, text: str | None) -> list[int]:
     """Rollout prompt ids: bos + ABC bytes, or <pad> + MIDI tokens (the tokenizer checks them)."""
     if mode == "abc":
-        from rwkv_music.tokenizers.abc import AbcTokenizer
+        from rwkv_music.formats.abc.tokenizer import AbcTokenizer
 
         if text and "\n" not in text and "\\n" in text:  # one shell-friendly line: "L:1/8\\nM:6/8\\n"
             text = text.encode("ascii", "backslashreplace").decode("unicode_escape")
         return [2] + (AbcTokenizer().encode(text) if text else [])
     if not text:
         return [0]
-    from rwkv_music.tokenizers.midi import MidiTokenizer
+    from rwkv_music.formats.midi.tokenizer import MidiTokenizer
 
     return [0] + MidiTokenizer().encode(text)
 

@@ -100,7 +100,7 @@ class MidiOptions:
         if not self.constrained and (inst or self.seconds or limits):
             raise RwkvMusicError("instruments, seconds and limits need the MIDI constraint (drop --no-constraints)")
         if self.constrained:  # validate instrument names and limits now, not mid-generation
-            from rwkv_music.compose_helpers import midi_constraint
+            from rwkv_music.compose.helpers import midi_constraint
 
             midi_constraint(inst, self.seconds, **dict(limits))
 
@@ -124,7 +124,7 @@ class AbcOptions:
     max_tokens: int = 1024
 
     def __post_init__(self) -> None:
-        from rwkv_music.compose_helpers import check_controls, check_key, check_meter, check_tempo, check_unit
+        from rwkv_music.compose.helpers import check_controls, check_key, check_meter, check_tempo, check_unit
 
         object.__setattr__(self, "key", check_key(self.key))
         object.__setattr__(self, "meter", check_meter(self.meter))
@@ -134,7 +134,7 @@ class AbcOptions:
         check_controls(self.controls)
         _positive_int("max_tokens", self.max_tokens)
         if self.constrained:  # the constraint's own value checks, before any model is loaded
-            from rwkv_music.compose_helpers import abc_constraint
+            from rwkv_music.compose.helpers import abc_constraint
 
             abc_constraint(self.meter, self.unit, self.key, self.max_tokens)
 

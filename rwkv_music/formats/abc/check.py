@@ -1,6 +1,6 @@
 """An independent, music21-only oracle for ABC validity and bar balance.
 
-This module does **not** use the ABC state machine (:mod:`rwkv_music.sampling.abc_grammar`);
+This module does **not** use the ABC state machine (:mod:`rwkv_music.formats.abc.grammar.machine`);
 tests, benchmarks and the renderer's manifest use it to judge generated tunes.  Every function
 tolerates garbage: it returns ``False`` / an unbalanced report and never raises.
 

@@ -2,7 +2,7 @@
 
 Chords ``[CEG]``, grace groups ``{ga}``, quoted chord symbols ``"Am"``, ``!decorations!``, slurs
 and tuplets ``(3``, and broken rhythm ``A>B``.  Mixed into
-:class:`rwkv_music.sampling.abc_grammar.AbcGrammar` (through :class:`~rwkv_music.sampling.abc_body.BodyRules`);
+:class:`rwkv_music.formats.abc.grammar.machine.AbcGrammar` (through :class:`~rwkv_music.formats.abc.grammar.body.BodyRules`);
 each ``_b_*`` method takes a state and one character and returns the next state or ``None``.
 """
 
@@ -11,13 +11,13 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import TYPE_CHECKING, Callable
 
-from rwkv_music.sampling.abc_header import PRINTABLE
-from rwkv_music.sampling.abc_state import ZERO, AbcState
-from rwkv_music.sampling.abc_timing import TimingRules
-from rwkv_music.sampling.abc_values import tuplet_ratio
+from rwkv_music.formats.abc.grammar.header import PRINTABLE
+from rwkv_music.formats.abc.grammar.state import ZERO, AbcState
+from rwkv_music.formats.abc.grammar.timing import TimingRules
+from rwkv_music.formats.abc.grammar.values import tuplet_ratio
 
 if TYPE_CHECKING:
-    from rwkv_music.sampling.abc_values import ValueSet
+    from rwkv_music.formats.abc.grammar.values import ValueSet
 
 PITCHES = "CDEFGABcdefgab"
 ACCIDENTALS = "^_="

@@ -114,7 +114,7 @@ def instruments_arg(instruments: str | None, piano_only: bool) -> str | None:
 
 def load(model: str | None, mode: str | None, backend: str, device: str, dtype: str,
          threads: int | None = None) -> Any:
-    from rwkv_music.compose import Composer
+    from rwkv_music.compose.composer import Composer
 
     return Composer.load(model, mode=mode, backend=backend, device=device, dtype=dtype, threads=threads)
 
@@ -206,7 +206,7 @@ def echo_paths(paths: list[Path]) -> None:
 
 
 def seed_or_new(seed: int | None) -> int:
-    from rwkv_music.compose_options import new_base_seed
+    from rwkv_music.compose.options import new_base_seed
 
     return new_base_seed() if seed is None else seed
 

@@ -1,13 +1,13 @@
 """Body rules of the ABC state machine: notes, rests, bar lines, field lines (see abc_grammar).
 
-Mixed into :class:`rwkv_music.sampling.abc_grammar.AbcGrammar`.  Each ``_b_*`` method takes a
+Mixed into :class:`rwkv_music.formats.abc.grammar.machine.AbcGrammar`.  Each ``_b_*`` method takes a
 state and one character and returns the next state or ``None``.  A token that cannot grow by
 the character is finished (its duration committed, its bar line checked) and the character is
 read again from ``idle`` -- longest match, as music21's tokenizer does.
 
 Timing: ``pos`` is the committed duration of the current bar; the note being read adds
 ``length(buf) * nfac``.  :meth:`_length_ok` is the lookahead that keeps the machine free of
-dead ends in strict mode (see :mod:`rwkv_music.sampling.abc_timing`).
+dead ends in strict mode (see :mod:`rwkv_music.formats.abc.grammar.timing`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Callable
 
-from rwkv_music.sampling.abc_groups import ACCIDENTALS, LEFT_FACTOR, LENGTH_CHARS, PITCHES, GroupRules
-from rwkv_music.sampling.abc_header import PRINTABLE
-from rwkv_music.sampling.abc_state import ZERO, AbcState
-from rwkv_music.sampling.abc_values import tuplet_ratio
+from rwkv_music.formats.abc.grammar.groups import ACCIDENTALS, LEFT_FACTOR, LENGTH_CHARS, PITCHES, GroupRules
+from rwkv_music.formats.abc.grammar.header import PRINTABLE
+from rwkv_music.formats.abc.grammar.state import ZERO, AbcState
+from rwkv_music.formats.abc.grammar.values import tuplet_ratio
 
 NATURAL = {"C": 60, "D": 62, "E": 64, "F": 65, "G": 67, "A": 69, "B": 71}
 NATURAL_UPPER = {p: p for p in NATURAL.values()}  # MIDI of an upper-case letter without octave marks
@@ -26,7 +26,7 @@ NATURAL_UPPER = {p: p for p in NATURAL.values()}  # MIDI of an upper-case letter
 
 class BodyRules(GroupRules):
     """Lexical rules of the tune body (chords, tuplets ... in :class:`GroupRules`, timing and bar
-    checks in :class:`~rwkv_music.sampling.abc_timing.TimingRules`)."""
+    checks in :class:`~rwkv_music.formats.abc.grammar.timing.TimingRules`)."""
 
     _idle_chars: dict[str, Callable[[AbcState, str], AbcState | None]]
 

@@ -1,6 +1,6 @@
 """The Composer's recipe cut into one work item per piece, for continuous batching in render.
 
-:meth:`rwkv_music.compose.Composer.compose_rows` builds the prompt, the constraint and the
+:meth:`rwkv_music.compose.composer.Composer.compose_rows` builds the prompt, the constraint and the
 processors of a whole batch and runs :func:`~rwkv_music.sampling.generate.generate`.  The
 renderer instead feeds :func:`~rwkv_music.sampling.continuous.generate_continuous` one
 :class:`~rwkv_music.sampling.continuous.WorkItem` per sample, so this module repeats that
@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from rwkv_music import compose_helpers as _c
-from rwkv_music.compose_options import ABC_EOS, DEFAULT_PRESETS, MIDI_SEPARATOR, AbcOptions, MidiOptions
-from rwkv_music.piece import Piece
+from rwkv_music.compose import helpers as _c
+from rwkv_music.compose.options import ABC_EOS, DEFAULT_PRESETS, MIDI_SEPARATOR, AbcOptions, MidiOptions
+from rwkv_music.compose.piece import Piece
 from rwkv_music.sampling.continuous import PieceResult, WorkItem
 
 RowInput = str | os.PathLike | None  # as in compose: None, prompt text, or a file to continue

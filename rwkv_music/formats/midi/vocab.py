@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from rwkv_music.errors import TokenizerError
-from rwkv_music.tokenizers.midi_config import MidiVocabConfig
+from rwkv_music.formats.midi.config import MidiVocabConfig
 
 PAD_TOKEN, START_TOKEN, END_TOKEN = "<pad>", "<start>", "<end>"
 SPECIAL_TOKENS = (PAD_TOKEN, START_TOKEN, END_TOKEN)

@@ -19,11 +19,11 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
-from rwkv_music.sampling.abc_state import ZERO, AbcState
-from rwkv_music.sampling.abc_values import FINAL_BARS, ValueSet, is_section_bar
+from rwkv_music.formats.abc.grammar.state import ZERO, AbcState
+from rwkv_music.formats.abc.grammar.values import FINAL_BARS, ValueSet, is_section_bar
 
 if TYPE_CHECKING:
-    from rwkv_music.sampling.abc_state import AbcGrammarConfig
+    from rwkv_music.formats.abc.grammar.state import AbcGrammarConfig
 
 
 def _simple(value: Fraction) -> bool:

@@ -1,9 +1,9 @@
 """Header rules of the ABC state machine: control codes, ``X:``, fields, ``K:`` (see abc_grammar).
 
-Mixed into :class:`rwkv_music.sampling.abc_grammar.AbcGrammar`; each ``_h_*`` method takes a
+Mixed into :class:`rwkv_music.formats.abc.grammar.machine.AbcGrammar`; each ``_h_*`` method takes a
 state and one character and returns the next state or ``None`` (illegal).  Field values that
 matter (``M:``, ``L:``, ``K:``, ``Q:``, control codes) are read against the finite value sets of
-:mod:`rwkv_music.sampling.abc_values`; other fields are free text.  ``value``/``text``/``comment``
+:mod:`rwkv_music.formats.abc.grammar.values`; other fields are free text.  ``value``/``text``/``comment``
 lines are shared with body field lines (``K:G`` on its own line in the tune).
 """
 
@@ -12,11 +12,11 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import TYPE_CHECKING, Callable
 
-from rwkv_music.sampling.abc_state import BODY, CONTROL, HEADER, AbcState
-from rwkv_music.sampling.abc_values import ValueSet, meter_info
+from rwkv_music.formats.abc.grammar.state import BODY, CONTROL, HEADER, AbcState
+from rwkv_music.formats.abc.grammar.values import ValueSet, meter_info
 
 if TYPE_CHECKING:
-    from rwkv_music.sampling.abc_state import AbcGrammarConfig
+    from rwkv_music.formats.abc.grammar.state import AbcGrammarConfig
 
 PRINTABLE = frozenset(chr(i) for i in range(32, 127))
 LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")

@@ -10,7 +10,7 @@ pauses 3 s and releases notes); ``skip_special=True`` drops them as HF does.
 MIDI conversion: :meth:`MidiTokenizer.midi_to_text` (FORMATS.md C3) and
 :meth:`MidiTokenizer.text_to_midi` (FORMATS.md C4), in the tokenizer's timing mode
 (``"exact"`` by default, ``"reference"`` for MLT's token-for-token form; see
-:mod:`rwkv_music.tokenizers.midi_timing`).  ``text_to_midi`` is strict by default (an unknown
+:mod:`rwkv_music.formats.midi.timing`).  ``text_to_midi`` is strict by default (an unknown
 word raises with its position); ``strict=False`` skips unknown words, logging how many.
 """
 
@@ -23,12 +23,12 @@ from typing import Any
 import mido
 
 from rwkv_music.errors import TokenizerError
-from rwkv_music.tokenizers.midi_config import MidiVocabConfig
-from rwkv_music.tokenizers.midi_decode import ids_to_midi
-from rwkv_music.tokenizers.midi_encode import events_to_ids
-from rwkv_music.tokenizers.midi_read import MidiSource, load_midi, read_note_events
-from rwkv_music.tokenizers.midi_timing import Timing, check_timing
-from rwkv_music.tokenizers.midi_vocab import SPECIAL_TOKENS, MidiVocab
+from rwkv_music.formats.midi.config import MidiVocabConfig
+from rwkv_music.formats.midi.decode import ids_to_midi
+from rwkv_music.formats.midi.encode import events_to_ids
+from rwkv_music.formats.midi.read import MidiSource, load_midi, read_note_events
+from rwkv_music.formats.midi.timing import Timing, check_timing
+from rwkv_music.formats.midi.vocab import SPECIAL_TOKENS, MidiVocab
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The shortest known way from an ABC state to a legal end of tune.
 
-:func:`completion` builds text that takes a state of :class:`~rwkv_music.sampling.abc_grammar.AbcGrammar`
+:func:`completion` builds text that takes a state of :class:`~rwkv_music.formats.abc.grammar.machine.AbcGrammar`
 to one where eos is legal: finish the header line and the header (``M:`` if needed, ``K:``),
 finish the token being read, give pending decorations / tuplets / broken rhythms their notes,
 close slurs, fill the bar with notes or rests and end it with a bar line.  Every candidate is
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rwkv_music.sampling.abc_state import BODY, CONTROL, AbcState
+from rwkv_music.formats.abc.grammar.state import BODY, CONTROL, AbcState
 
 if TYPE_CHECKING:
-    from rwkv_music.sampling.abc_grammar import AbcGrammar
+    from rwkv_music.formats.abc.grammar.machine import AbcGrammar
 
 PITCH_ORDER = "CcDdEeFfGgAaBb"
 _MAX_TOKEN_STEPS = 16

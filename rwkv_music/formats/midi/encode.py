@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rwkv_music.tokenizers.midi_read import NoteEvent
-from rwkv_music.tokenizers.midi_timing import Timing, check_timing, grid_position, reference_wait_steps, split_wait
-from rwkv_music.tokenizers.midi_vocab import MidiVocab
+from rwkv_music.formats.midi.read import NoteEvent
+from rwkv_music.formats.midi.timing import Timing, check_timing, grid_position, reference_wait_steps, split_wait
+from rwkv_music.formats.midi.vocab import MidiVocab
 
 
 def events_to_ids(events: Sequence[NoteEvent], vocab: MidiVocab, timing: Timing = "exact") -> list[int]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from rwkv_music.cli_common import (
+from rwkv_music.cli.common import (
     BACKENDS,
     CONTEXT,
     DTYPES,
@@ -38,7 +38,7 @@ Examples:
 def info(model: str, backend: str) -> None:
     """Show a model's version, sizes, vocabulary, mode and dtype."""
     from rwkv_music import load_model
-    from rwkv_music.compose_options import VOCAB_MODES
+    from rwkv_music.compose.options import VOCAB_MODES
 
     path = Path(model)
     if not path.is_file():
@@ -119,7 +119,7 @@ def state_make(
 
 
 def _file_prompt(composer: Any, path: Path) -> Any:
-    from rwkv_music import compose_helpers as ch
+    from rwkv_music.compose import helpers as ch
 
     if composer.mode == "midi":
         return ch.midi_file_ids(composer.tokenizer, path)
@@ -246,8 +246,8 @@ def render(
         raise click.UsageError("give PROMPTS_OR_DIR or --abc-to-midi DIR (one of them)")
     if abc_dir is not None:
         return _abc_to_midi(abc_dir, out, force, quiet)
-    from rwkv_music.render import RenderSettings
-    from rwkv_music.render import render as run
+    from rwkv_music.compose.render import RenderSettings
+    from rwkv_music.compose.render import render as run
 
     instruments = instruments_arg(instruments, piano_only)
     if not Path(source).exists():

@@ -1,7 +1,7 @@
 """The ``rwkv-music`` command line (and ``generate-midi``, its most used command on its own).
 
-Thin by design: parse, build options, call :class:`~rwkv_music.compose.Composer` or
-:mod:`rwkv_music.render`, echo paths.  ``--help`` imports no torch, onnxruntime or ncnn: every
+Thin by design: parse, build options, call :class:`~rwkv_music.compose.composer.Composer` or
+:mod:`rwkv_music.compose.render`, echo paths.  ``--help`` imports no torch, onnxruntime or ncnn: every
 heavy import happens inside a command.  Project errors (:class:`RwkvMusicError`) are caught once,
 in :func:`boundary`, and shown as one line with exit status 1; usage mistakes exit with 2.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from rwkv_music import __version__
-from rwkv_music.cli_common import (
+from rwkv_music.cli.common import (
     CONTEXT,
     boundary,
     check_audio,
@@ -39,7 +39,7 @@ from rwkv_music.errors import RwkvMusicError
 
 # Commands that live in other modules, imported only when run: name → (module, attribute, help).
 LAZY_COMMANDS = {
-    "train": ("rwkv_music.train.command", "train", "Train or fine-tune an RWKV-7 music model."),
+    "train": ("rwkv_music.cli.train", "train", "Train or fine-tune an RWKV-7 music model."),
     "export-onnx": ("rwkv_music.backends.onnx_export", "export_onnx", "Export a checkpoint to ONNX (--backend onnx)."),
     "export-ncnn": ("rwkv_music.backends.ncnn_export", "export_ncnn", "Export a checkpoint to ncnn (--backend ncnn)."),
 }
@@ -286,7 +286,7 @@ def generate_abc(
     musicxml: bool,
 ) -> None:
     """Compose ABC tunes and write them as .abc files into --out (their paths are printed)."""
-    from rwkv_music.compose_options import AbcOptions
+    from rwkv_music.compose.options import AbcOptions
 
     AbcOptions(key, meter, unit, tempo, controls, not no_constraints, max_tokens)  # bad header: fail before loading
     seed = seed_or_new(seed)
@@ -435,7 +435,7 @@ def continue_(
 
 
 def _register_tools() -> None:
-    from rwkv_music.cli_tools import info, render, state
+    from rwkv_music.cli.tools import info, render, state
 
     for command in (info, state, render):
         main.add_command(command)

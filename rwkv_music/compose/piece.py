@@ -62,7 +62,7 @@ class Piece:
         if self.mode == "midi":
             tokenizer = self.tokenizer
             if tokenizer is None:
-                from rwkv_music.tokenizers.midi import MidiTokenizer
+                from rwkv_music.formats.midi.tokenizer import MidiTokenizer
 
                 tokenizer = MidiTokenizer()
             return tokenizer.text_to_midi(self.text)

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from rwkv_music import compose_helpers as _c
-from rwkv_music.compose_options import (
+from rwkv_music.compose import helpers as _c
+from rwkv_music.compose.options import (
     ABC_BOS,
     ABC_EOS,
     DEFAULT_PRESETS,
@@ -32,8 +32,8 @@ from rwkv_music.compose_options import (
     new_base_seed,
     piece_seed,
 )
+from rwkv_music.compose.piece import Piece
 from rwkv_music.errors import AbcFormatError, RwkvMusicError
-from rwkv_music.piece import Piece
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +134,14 @@ class Composer:
             preset: sampling preset (default ``"default-midi"``; ``"chatrwkv-midi"`` is FORMATS D3).
             state: initial :class:`~rwkv_music.model.state.State` (see :meth:`make_state`).
             callback: ``callback(step, max_tokens)`` after every generated token.
-            constrained: use :class:`~rwkv_music.sampling.midi_constraint.MidiConstraint`
+            constrained: use :class:`~rwkv_music.formats.midi.constraint.MidiConstraint`
                 (well-formed notes, instruments, length); ``instruments``/``seconds`` need it.
             limits: more ``MidiConstraint`` arguments (``pitch_range``, ``max_polyphony``,
                 ``max_note_seconds``, ``drums``).
             **sampling: preset overrides (``temperature``, ``top_p``, ``top_k``, ...).
 
         Returns:
-            ``n`` :class:`~rwkv_music.piece.Piece` objects (``.text``, ``.to_midi()``, ``.save()``).
+            ``n`` :class:`~rwkv_music.compose.piece.Piece` objects (``.text``, ``.to_midi()``, ``.save()``).
         """
         options = MidiOptions(seconds, max_tokens, instruments, constrained, limits or {})
         return self.compose_rows(

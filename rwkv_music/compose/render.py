@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from rwkv_music.compose_options import AbcOptions, MidiOptions, piece_seed
+from rwkv_music.compose.options import AbcOptions, MidiOptions, piece_seed
 from rwkv_music.errors import OutputExistsError, RwkvMusicError
 from rwkv_music.io_utils import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
@@ -274,7 +274,7 @@ def _render_continuous(
     composer: Any, todo: list[Sample], out: Path, settings: RenderSettings, progress: ProgressFn
 ) -> int:
     """Generate with ``batch_size`` rows in flight; write each sample as soon as it is finished."""
-    from rwkv_music.render_work import piece_from_result, row_recipe, work_item
+    from rwkv_music.compose.recipe import piece_from_result, row_recipe, work_item
     from rwkv_music.sampling.continuous import generate_continuous
 
     def items() -> Iterator[Any]:  # lazy: a row's prompt is read when its first sample starts

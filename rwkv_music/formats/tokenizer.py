@@ -1,8 +1,8 @@
 """The protocol both tokenizers implement, and rebuilding one from its saved settings.
 
 STYLE.md section 5: one small interface (``encode``, ``decode``, ``vocab_size``, special ids),
-implemented by :class:`~rwkv_music.tokenizers.abc.AbcTokenizer` and
-:class:`~rwkv_music.tokenizers.midi.MidiTokenizer`; each one's settings round-trip through
+implemented by :class:`~rwkv_music.formats.abc.tokenizer.AbcTokenizer` and
+:class:`~rwkv_music.formats.midi.tokenizer.MidiTokenizer`; each one's settings round-trip through
 ``to_dict`` / :func:`tokenizer_from_dict` so they can be stored beside a model or an output.
 """
 
@@ -35,11 +35,11 @@ def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
     """Rebuild a tokenizer from ``to_dict()`` output (``{"kind": "abc" | "midi", ...}``)."""
     kind = data.get("kind")
     if kind == "abc":
-        from rwkv_music.tokenizers.abc import AbcTokenizer
+        from rwkv_music.formats.abc.tokenizer import AbcTokenizer
 
         return AbcTokenizer.from_dict(data)
     if kind == "midi":
-        from rwkv_music.tokenizers.midi import MidiTokenizer
+        from rwkv_music.formats.midi.tokenizer import MidiTokenizer
 
         return MidiTokenizer.from_dict(data)
     raise TokenizerError(f"tokenizer settings: unknown kind {kind!r} (expected 'abc' or 'midi')")

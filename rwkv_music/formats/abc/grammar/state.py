@@ -1,4 +1,4 @@
-"""Configuration and state value of the ABC state machine (see :mod:`rwkv_music.sampling.abc_grammar`).
+"""Configuration and state value of the ABC state machine (see :mod:`rwkv_music.formats.abc.grammar.machine`).
 
 :class:`AbcGrammarConfig` is the frozen set of switches (defaults = the strict subset used to
 constrain generation; :meth:`AbcGrammarConfig.human` = the relaxed subset used to read human

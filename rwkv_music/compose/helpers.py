@@ -1,6 +1,6 @@
-"""Building blocks of :mod:`rwkv_music.compose`: prompts, constraints, the generate call, validity.
+"""Building blocks of :mod:`rwkv_music.compose.composer`: prompts, constraints, the generate call, validity.
 
-Kept apart so the :class:`~rwkv_music.compose.Composer` reads as the recipe and this module
+Kept apart so the :class:`~rwkv_music.compose.composer.Composer` reads as the recipe and this module
 holds the details (FORMATS B, C4, D3, D4).  Nothing here imports torch.
 """
 
@@ -26,10 +26,10 @@ ABC_TEXT_SOURCE = "ABC text"  # the source name of a tune given as text rather t
 def default_tokenizer(mode: str) -> Any:
     """The tokenizer of ``mode`` with its reference settings."""
     if mode == "abc":
-        from rwkv_music.tokenizers.abc import AbcTokenizer
+        from rwkv_music.formats.abc.tokenizer import AbcTokenizer
 
         return AbcTokenizer()
-    from rwkv_music.tokenizers.midi import MidiTokenizer
+    from rwkv_music.formats.midi.tokenizer import MidiTokenizer
 
     return MidiTokenizer()
 
@@ -73,8 +73,8 @@ def midi_text(tokenizer: Any, ids: Sequence[int]) -> str:
 
 
 def midi_constraint(instruments: list[str] | None, seconds: float | None, **limits: Any) -> Any:
-    """A :class:`~rwkv_music.sampling.midi_constraint.MidiConstraint` (validates names and limits)."""
-    from rwkv_music.sampling.midi_constraint import MidiConstraint
+    """A :class:`~rwkv_music.formats.midi.constraint.MidiConstraint` (validates names and limits)."""
+    from rwkv_music.formats.midi.constraint import MidiConstraint
 
     limits = {k: v for k, v in limits.items() if v is not None}
     if seconds is not None and seconds <= 0:
@@ -202,7 +202,7 @@ def has_control_codes(text: str) -> bool:
 def abc_constraint(meter: str | None, unit: str | None, key: str | None, max_new_tokens: int | None = None) -> Any:
     """The ABC grammar / bar-balance constraint for this header, steering rows to end in time."""
     try:
-        from rwkv_music.sampling.abc_constraint import AbcConstraint
+        from rwkv_music.formats.abc.constraint import AbcConstraint
     except ImportError as exc:
         raise BackendUnavailable(
             f"the ABC constraint is not available ({exc}); compose with constrained=False (--no-constraints)"
@@ -308,9 +308,9 @@ def validity(piece: Any) -> dict[str, Any]:
 
 
 def abc_validity(text: str) -> dict[str, Any]:
-    """music21 validity and bar balance of a tune (:mod:`rwkv_music.abc_check`)."""
-    from rwkv_music.abc_check import bar_balance, parse_ok
+    """music21 validity and bar balance of a tune (:mod:`rwkv_music.formats.abc.check`)."""
     from rwkv_music.export.music21_io import quiet_music21
+    from rwkv_music.formats.abc.check import bar_balance, parse_ok
 
     with quiet_music21():
         report = bar_balance(text)

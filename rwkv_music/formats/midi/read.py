@@ -24,7 +24,7 @@ from typing import Callable, Union
 import mido
 
 from rwkv_music.errors import MidiFormatError
-from rwkv_music.tokenizers.midi_vocab import MidiVocab
+from rwkv_music.formats.midi.vocab import MidiVocab
 
 MidiSource = Union[str, Path, bytes, mido.MidiFile]
 

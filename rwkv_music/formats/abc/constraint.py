@@ -2,7 +2,7 @@
 
 Vocabulary of BlinkDL's ABC models (FORMATS B): 128 ids, id = byte value, pad 0, bos 2, eos 3;
 decoding stops at eos and drops ids <= 3 (:func:`decode_abc`).  Each batch row runs its own
-:class:`~rwkv_music.sampling.abc_grammar.AbcGrammar` state (strict subset by default): the
+:class:`~rwkv_music.formats.abc.grammar.machine.AbcGrammar` state (strict subset by default): the
 prompt bytes are fed at :meth:`AbcConstraint.reset`, every step masks the bytes whose step is
 illegal, and eos is legal only where the tune may end.
 
@@ -28,9 +28,9 @@ from typing import Sequence
 import numpy as np
 
 from rwkv_music.errors import ConstraintError
-from rwkv_music.sampling.abc_grammar import PHASE_NAMES, AbcGrammar
-from rwkv_music.sampling.abc_state import AbcGrammarConfig, AbcState
-from rwkv_music.sampling.abc_values import key_values, meter_values, unit_values
+from rwkv_music.formats.abc.grammar.machine import PHASE_NAMES, AbcGrammar
+from rwkv_music.formats.abc.grammar.state import AbcGrammarConfig, AbcState
+from rwkv_music.formats.abc.grammar.values import key_values, meter_values, unit_values
 from rwkv_music.sampling.base import LogitsProcessor, SamplingValueError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """An incremental, byte-level state machine for valid, bar-balanced ABC (issue 4).
 
 ``AbcGrammar.step(state, char)`` returns the next immutable :class:`AbcState` or ``None``; the
-ABC constraint (:mod:`rwkv_music.sampling.abc_constraint`) masks every byte whose step is
+ABC constraint (:mod:`rwkv_music.formats.abc.constraint`) masks every byte whose step is
 ``None``.  States are small and hashable, so the set of legal next bytes is computed once per
 distinct state and cached by the caller.  Text is what BlinkDL's ABC models write (FORMATS B):
 optional control codes, header, body, then eos.
@@ -65,12 +65,12 @@ Bar balance (exact :class:`~fractions.Fraction` durations in whole notes; ``M:no
   spaces, newlines or field lines, once a pitched note and ``min_full_bars`` full bars were
   written and no slur, tuplet, decoration or chord symbol is open.
 
-These are exactly the bars the independent checker (:mod:`rwkv_music.abc_check`, FORMATS E)
+These are exactly the bars the independent checker (:mod:`rwkv_music.formats.abc.check`, FORMATS E)
 skips: the first and last measure and the measures next to repeat/double/final bar lines.
 
 Strict mode keeps every reachable state completable (the grid argument of
-:mod:`rwkv_music.sampling.abc_timing`): a correct constraint never leaves a row without a legal
-byte; :func:`rwkv_music.sampling.abc_complete.completion` builds a short way to a legal end.
+:mod:`rwkv_music.formats.abc.grammar.timing`): a correct constraint never leaves a row without a legal
+byte; :func:`rwkv_music.formats.abc.grammar.complete.completion` builds a short way to a legal end.
 
 >>> g = AbcGrammar()
 >>> g.accepts("L:1/8\\nM:3/4\\nK:D\\nA2 Bc d2|e6|]")
@@ -86,10 +86,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from rwkv_music.sampling.abc_body import ACCIDENTALS, PITCHES, BodyRules
-from rwkv_music.sampling.abc_header import HeaderRules
-from rwkv_music.sampling.abc_state import BODY, CONTROL, HEADER, AbcGrammarConfig, AbcState
-from rwkv_music.sampling.abc_values import (
+from rwkv_music.formats.abc.grammar.body import ACCIDENTALS, PITCHES, BodyRules
+from rwkv_music.formats.abc.grammar.header import HeaderRules
+from rwkv_music.formats.abc.grammar.state import BODY, CONTROL, HEADER, AbcGrammarConfig, AbcState
+from rwkv_music.formats.abc.grammar.values import (
     DECORATION_NAMES,
     ValueSet,
     bar_texts,
@@ -244,7 +244,7 @@ class AbcGrammar(HeaderRules, BodyRules):
 
     def completion(self, state: AbcState) -> str | None:
         """The shortest known text that takes ``state`` to a legal end (``None``: none found)."""
-        from rwkv_music.sampling.abc_complete import completion
+        from rwkv_music.formats.abc.grammar.complete import completion
 
         return completion(self, state)
 

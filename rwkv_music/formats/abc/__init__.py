@@ -1,0 +1,1 @@
+"""ABC: the byte-level tokenizer, header checks, the grammar constraint and the validity check."""
