@@ -12,7 +12,8 @@ in pairs that add up to one bar: the pickup with its own section's last bar (the
 strain), a section's last bar with the next section's pickup (the usual "short bar before
 ``||``, pickup after it"), or the tune's pickup with the tune's final bar; and both sections
 involved must hold at least two full bars, so ``d2d2||fefe||`` is two wrong bars, not a pair.
-Overfull bars are never allowed.  A multi-bar rest ``Zn`` is n full bars.  Sections end at ``||``, ``|]``, ``[|``, repeat signs and the end of the tune;
+Overfull bars are never allowed.  A multi-bar rest ``Zn`` is n full bars.  Sections end at
+``||``, ``|]``, ``[|``, repeat signs and the end of the tune;
 ``[1``/``[2`` (or ``|1``/``:|2``) start endings, whose last bars may each complete the pickup.
 
 Durations follow the ABC 2.1 standard (abcnotation.com/wiki/abc:standard:v2.1, section 4):
