@@ -17,6 +17,7 @@ from rwkv_music.model.state import State
 class FakeBackend:
     name = "fake"
     device = "cpu"
+    supports_inplace = True  # decode steps may hand it their own state to overwrite (as the torch backend)
 
     def __init__(self, vocab_size: int = 128, seed: int = 0) -> None:
         self.config = RWKVConfig(
@@ -34,7 +35,9 @@ class FakeBackend:
     def new_state(self, batch_size: int = 1) -> State:
         return State.zeros(self.config, batch_size)
 
-    def forward(self, tokens: Any, state: State | None = None, *, all_logits: bool = False) -> tuple[np.ndarray, State]:
+    def forward(
+        self, tokens: Any, state: State | None = None, *, all_logits: bool = False, inplace: bool = False
+    ) -> tuple[np.ndarray, State]:
         self.calls += 1
         toks = np.asarray(tokens, dtype=np.int64)
         state = state if state is not None else self.new_state(toks.shape[0])
@@ -42,6 +45,6 @@ class FakeBackend:
         for t in range(toks.shape[1]):
             x = 0.9 * x + 0.3 * self.emb[toks[:, t]]  # slow decay: old context still matters
         logits = (self.emb[toks[:, -1]] + 3.0 * x) @ self.mix
-        new = state.copy()
+        new = state if inplace else state.copy()  # inplace: the caller's state object is the result
         new.tensors["att_x"][0] = x
         return logits.astype(np.float32), new

@@ -72,7 +72,7 @@ def test_numpy_state_backends_give_the_pieces_of_generate_alone(backend, checkpo
 
     pytest.importorskip("onnxruntime" if backend == "onnx" else "ncnn")
     ckpt = checkpoint_path("7", vocab_size=128, n_layer=2, seed=3)
-    module = __import__(f"rwkv_music.backends.{backend}", fromlist=["export"])
+    module = __import__(f"rwkv_music.backends.{backend}_export", fromlist=["export"])
     target = tmp_path / ("m.onnx" if backend == "onnx" else "m")
     module.export(ckpt, target, "fp32")
     model = rwkv_music.load_model(target if backend == "onnx" else target.with_suffix(".param"), backend=backend)

@@ -101,3 +101,27 @@ def test_config_is_frozen_and_round_trips_through_json():
     assert cfg.generate_kwargs() == {"max_new_tokens": 4096, "stop_tokens": (0,)}
     with pytest.raises(SamplingValueError, match="unknown field"):
         SamplingConfig.from_dict({"topk": 3})
+
+
+def test_options_become_a_config_in_one_place_with_one_line_errors() -> None:
+    cfg = SamplingConfig.from_options("chatrwkv-midi", {"temperature": 0.7, "top_p": None})
+    assert cfg == get_preset("chatrwkv-midi").replace(temperature=0.7)  # None: the preset's value stays
+    assert SamplingConfig.from_options(None, {}) == SamplingConfig()
+    assert SamplingConfig.from_options(None, {"top_k": 3}).top_k == 3
+    for call in (
+        lambda: SamplingConfig.from_options("default-abc", {"topk": 3}),
+        lambda: get_preset("default-abc", topk=3),  # a keyword, not a TypeError
+        lambda: SamplingConfig().replace(topk=3),
+    ):
+        hint = r"unknown sampling option 'topk' \(did you mean 'top_k'\?\)"
+        with pytest.raises(SamplingValueError, match=hint) as info:
+            call()
+        message = str(info.value)
+        assert isinstance(info.value, RwkvMusicError) and "\n" not in message
+        assert "valid: temperature, top_k," in message and "max_new_tokens" in message
+    with pytest.raises(SamplingValueError, match="unknown sampling options 'a', 'b'; valid"):
+        SamplingConfig.from_options(None, {"a": 1, "b": 2})
+    with pytest.raises(SamplingValueError, match="unknown sampling preset 'jazz'"):
+        SamplingConfig.from_options("jazz", {"temperature": 1.0})
+    with pytest.raises(SamplingValueError, match="top_k must be an integer >= 0"):
+        SamplingConfig.from_options("default-midi", {"top_k": "many"})

@@ -1,4 +1,4 @@
-"""Sampling: logits processors, presets, music constraints and the generation loop.
+"""Sampling: logits processors, presets, music constraints and the one decode loop.
 
 >>> from rwkv_music.sampling import get_preset
 >>> [p.rule for p in get_preset("chatrwkv-midi").build_processors()]
@@ -18,7 +18,8 @@ from rwkv_music.sampling.base import (
     SamplingValueError,
 )
 from rwkv_music.sampling.config import SamplingConfig
-from rwkv_music.sampling.continuous import PieceResult, WorkItem, generate_continuous
+from rwkv_music.sampling.continuous import generate_continuous
+from rwkv_music.sampling.decode import PieceResult, WorkItem, decode
 from rwkv_music.sampling.generate import GenerationResult, generate
 from rwkv_music.sampling.penalties import OccurrencePenalty, pip_text_weights, weights_from_ranges
 from rwkv_music.sampling.presets import get_preset, preset_names
@@ -56,6 +57,7 @@ __all__ = [
     "PieceResult",
     "WorkItem",
     "generate_continuous",
+    "decode",
     "AbcConstraint",
     "AbcGrammar",
     "AbcGrammarConfig",

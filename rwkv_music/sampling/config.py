@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -129,8 +130,31 @@ class SamplingConfig:
         return {"max_new_tokens": self.max_new_tokens, "stop_tokens": self.stop_tokens}
 
     def replace(self, **changes: Any) -> "SamplingConfig":
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again); an unknown name is a :class:`SamplingValueError`."""
+        _check_names(changes, "sampling option")
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_options(cls, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> "SamplingConfig":
+        """The named preset (the plain defaults for ``None``) with ``overrides``, checked once.
+
+        This is the one place user-given sampling options become a config: an unknown preset or
+        option name, or a bad value, is a :class:`SamplingValueError` with a one-line message (the
+        valid names included).  An override of ``None`` means "not given": the preset's value stays.
+
+        >>> SamplingConfig.from_options("chatrwkv-abc", {"temperature": 0.7, "top_p": None}).top_p
+        0.8
+        >>> SamplingConfig.from_options(None, {"topk": 3})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        rwkv_music.sampling.base.SamplingValueError: unknown sampling option 'topk' (did you mean 'top_k'?); valid: ...
+        """
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if preset is None:
+            return cls().replace(**given)
+        from rwkv_music.sampling.presets import get_preset  # (presets build on this module)
+
+        return get_preset(preset, **given)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (tuples become lists)."""
@@ -142,11 +166,21 @@ class SamplingConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SamplingConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise SamplingValueError(f"SamplingConfig: unknown field(s) {', '.join(unknown)}")
+        _check_names(data, "field")
         return cls(**dict(data))
+
+
+def _check_names(names: Mapping[str, Any], what: str) -> None:
+    """One-line :class:`SamplingValueError` for names that are not ``SamplingConfig`` fields."""
+    valid = [f.name for f in dataclasses.fields(SamplingConfig)]
+    unknown = [str(n) for n in names if n not in valid]
+    if not unknown:
+        return
+    hint = difflib.get_close_matches(unknown[0], valid, n=1)
+    listed = ", ".join(repr(n) for n in unknown)
+    plural = "s" if len(unknown) > 1 else ""
+    guess = f" (did you mean {hint[0]!r}?)" if hint and len(unknown) == 1 else ""
+    raise SamplingValueError(f"unknown {what}{plural} {listed}{guess}; valid: {', '.join(valid)}")
 
 
 __all__ = ["SamplingConfig"]

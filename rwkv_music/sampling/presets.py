@@ -70,7 +70,12 @@ def preset_names() -> list[str]:
 
 
 def get_preset(name: str, **overrides: Any) -> SamplingConfig:
-    """The named :class:`SamplingConfig`, with any fields in ``overrides`` replaced."""
+    """The named :class:`SamplingConfig`, with any fields in ``overrides`` replaced.
+
+    An unknown preset, an unknown field name or a bad value is a :class:`SamplingValueError`
+    (a :class:`~rwkv_music.errors.RwkvMusicError`) naming the valid choices; for options that may
+    be ``None`` ("not given") use :meth:`SamplingConfig.from_options`.
+    """
     if name not in PRESETS:
         raise SamplingValueError(f"unknown sampling preset {name!r}; choose one of {', '.join(PRESETS)}")
     config = PRESETS[name]()

@@ -1,0 +1,506 @@
+"""The one decode loop: ``batch_size`` rows in flight, a finished row refilled with the next piece.
+
+:func:`decode` takes :class:`WorkItem` objects (one piece each), prefills them, draws one token per
+row per step and yields a :class:`PieceResult` the moment a piece ends.  A fixed batch is the same
+loop with no refills: :func:`~rwkv_music.sampling.generate.generate` hands it all its rows at once
+with one processor list for the whole batch, :func:`~rwkv_music.sampling.continuous.generate_continuous`
+hands it an endless queue of items with a list each.
+
+**Rules, written once.**  A piece ends with reason ``"stop"`` when it draws one of its stop tokens
+(not part of its output, as in pip and ChatRWKV), ``"max_tokens"`` after ``max_new_tokens`` tokens,
+or ``"constraint"`` when a processor left it no legal token (or the model no finite logit) and
+``on_constraint="finish"``; with ``"raise"`` the
+:class:`~rwkv_music.sampling.base.RowConstraintError` propagates.
+
+**Processor groups.**  Rows that share one processor list form a group; the list sees the group as
+one ``[B, V]`` batch (row ``slot`` of the group), rows that are not drawing are inactive (all
+``-inf``, see :mod:`rwkv_music.sampling.base`) and ``update`` gets ``pad_token`` for them.  An item
+with its own list is a group of one, so its step counter is its own token count; a batch list
+(``processors=``) keeps its rows in lockstep, as the protocol's single ``step`` needs.
+
+**Same piece, however batched.**  Each row owns ``numpy.random.Generator(PCG64(seed))``
+(:mod:`rwkv_music.sampling.sampler`), its processors see only its own scores, and rows of a backend
+batch are independent (:mod:`rwkv_music.backends.base`), so a piece depends on its prompt, seed and
+processors only.  Prompts are prefilled in ``prefill_chunk`` pieces, equal lengths together; an
+item whose last chunk is a single token (the one-token ``<pad>`` prompt of a fresh MIDI piece, say)
+reads that token with the next decode step of the whole batch instead: the same forward calls per
+row, one call fewer per admission.
+
+**State.**  The batch state is compacted with ``State.select`` whenever rows finish (finished rows
+cost no model time) and joined with ``State.concat`` on admission.  Decode steps pass
+``inplace=True`` to backends that declare ``supports_inplace``: the loop only gives them states it
+made itself (prefill results, selections, copies of a caller's state), never a caller's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from rwkv_music.sampling.base import LogitsProcessorList, RowConstraintError, SamplingValueError, is_torch_tensor
+from rwkv_music.sampling.sampler import make_generators, sample_row
+
+log = logging.getLogger(__name__)
+
+FINISH_REASONS = ("stop", "max_tokens", "constraint")
+
+
+@dataclass
+class WorkItem:
+    """One piece to generate: a prompt, a seed, a length cap, processors and stop tokens.
+
+    ``processors`` must be this item's own objects (stateful processors keep per-row state);
+    build a fresh list per item, e.g. with ``SamplingConfig.build_processors()``.  ``state`` is an
+    optional one-row initial :class:`~rwkv_music.model.state.State` (never written: the loop copies
+    it).  ``tag`` is the caller's, handed back untouched in the result.
+    """
+
+    prompt: Sequence[int]
+    seed: int
+    max_new_tokens: int
+    processors: LogitsProcessorList | Sequence[Any] | None = None
+    stop_tokens: Sequence[int] = ()
+    state: Any = None
+    tag: Any = None
+
+
+@dataclass
+class PieceResult:
+    """One finished piece.
+
+    ``seconds`` is the piece's share of the run time: each forward call's time split evenly over
+    the rows in it, plus the piece's own sampling time, so the shares of all pieces add up to
+    the wall time of the run.
+    """
+
+    item: WorkItem
+    index: int  # position of the item in the input
+    tokens: list[int]  # generated ids, stop token excluded
+    finish_reason: str  # "stop" | "max_tokens" | "constraint"
+    stop_token: int | None
+    state: Any  # one-row State after the prompt and every token (return_state=True), else None
+    n_prompt_tokens: int
+    n_sampled_tokens: int  # every sampled id, stop token included
+    steps: int  # sampling steps the piece took part in
+    prefill_seconds: float
+    decode_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return self.prefill_seconds + self.decode_seconds
+
+
+# -- backend helpers ---------------------------------------------------------------------------
+def logits_to_numpy(logits: Any) -> np.ndarray:
+    """Backend logits (numpy or torch, any dtype) as float32 numpy."""
+    if is_torch_tensor(logits):
+        return logits.detach().float().cpu().numpy()
+    return np.asarray(logits, dtype=np.float32)
+
+
+def decode_kwargs(backend: Any) -> dict[str, Any]:
+    """Extra ``forward`` keywords for decode steps: ``inplace=True`` where the backend declares it.
+
+    A backend with ``supports_inplace = True`` can write the next state into the state it was
+    given instead of allocating a new one per token (much of a step's cost at large batch on a
+    CPU).  The loop only passes it states it made itself, never a caller's.
+    """
+    return {"inplace": True} if bool(getattr(backend, "supports_inplace", False)) else {}
+
+
+def prefill_prompts(backend: Any, prompts: list[list[int]], state: Any, chunk: int) -> tuple[np.ndarray, Any]:
+    """Logits ``[B, V]`` after each prompt and the batch state, rows in prompt order.
+
+    Prompts of equal length run together (a ``[g, T]`` batch in chunks of ``chunk`` tokens); the
+    group states are joined with ``State.concat`` and put back in prompt order.
+    """
+    n = len(prompts)
+    groups: dict[int, list[int]] = {}
+    for row, p in enumerate(prompts):
+        groups.setdefault(len(p), []).append(row)
+    order: list[int] = []
+    logits_parts, states = [], []
+    for length, rows in groups.items():
+        st = None
+        if state is not None:
+            if state.batch_size not in (1, n):
+                raise SamplingValueError(f"state has {state.batch_size} rows; expected 1 or {n} (one per prompt)")
+            st = state.select([0] * len(rows) if state.batch_size == 1 else rows)
+        toks = np.array([prompts[r] for r in rows], dtype=np.int64)
+        for start in range(0, length, chunk):
+            out, st = backend.forward(toks[:, start : start + chunk], st)
+        logits_parts.append(logits_to_numpy(out))
+        states.append(st)
+        order.extend(rows)
+    logits = np.concatenate(logits_parts, axis=0)
+    joined = states[0] if len(states) == 1 else type(states[0]).concat(states)
+    if order != list(range(n)):
+        back = np.argsort(order)
+        logits = logits[back]
+        joined = joined.select([int(i) for i in back])
+    return logits, joined
+
+
+def check_int(name: str, value: Any, low: int) -> None:
+    """One-line :class:`SamplingValueError` unless ``value`` is an int (not a bool) >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise SamplingValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def check_on_constraint(value: Any) -> None:
+    if value not in ("raise", "finish"):
+        raise SamplingValueError(f"on_constraint must be 'raise' or 'finish', got {value!r}")
+
+
+# -- the loop ----------------------------------------------------------------------------------
+def decode(
+    backend: Any,
+    items: Iterable[WorkItem],
+    batch_size: int,
+    *,
+    processors: LogitsProcessorList | Sequence[Any] | None = None,
+    pad_token: int = 0,
+    prefill_chunk: int = 256,
+    on_constraint: str = "raise",
+    return_state: bool = False,
+    callback: Callable[[int, int], None] | None = None,
+) -> Iterator[PieceResult]:
+    """Generate every item with up to ``batch_size`` rows in flight; yield results as pieces end.
+
+    Args:
+        backend: an object with the backend protocol (``forward``; ``new_state`` for states).
+        items: :class:`WorkItem` objects, read lazily: an item is taken only when a row is free.
+        batch_size: rows in flight.
+        processors: one list for all items as one batch (the fixed-batch form): ``reset`` gets every
+            prompt, the rows draw in lockstep, no row is refilled.  Then ``items`` must fit in
+            ``batch_size`` and carry no processors of their own.  ``None``: each item's own list.
+        pad_token: the id a batch list's ``update`` gets for rows that are not drawing.
+        prefill_chunk: prompt tokens per forward call during prefill.
+        on_constraint: ``"raise"`` or ``"finish"`` (the piece ends with reason ``"constraint"``).
+        return_state: give each result its final one-row state (a piece that ends at
+            ``max_new_tokens`` stays one more step in the batch to read its last token).
+        callback: ``callback(step, n_finished)`` after every step that drew tokens; ``n_finished``
+            counts pieces that ended, including those only waiting to read their last token.
+
+    Yields:
+        :class:`PieceResult` in completion order (pieces ending at the same step: in batch order).
+        Argument errors are raised at the call, item errors when the item is taken.
+
+    >>> class Echo:                     # a stateless toy model: always predicts id (last + 1) % 4
+    ...     def forward(self, tokens, state=None):
+    ...         last = np.asarray(tokens)[:, -1]
+    ...         return np.where(np.arange(4) == (last[:, None] + 1) % 4, 0.0, -9.0), None
+    >>> from rwkv_music.sampling.processors import Temperature
+    >>> work = [WorkItem([p], seed=1, max_new_tokens=5, processors=[Temperature(0)], stop_tokens=[3]) for p in (0, 2)]
+    >>> [(r.index, r.tokens, r.finish_reason) for r in decode(Echo(), work, batch_size=2)]
+    [(1, [], 'stop'), (0, [1, 2], 'stop')]
+    """
+    check_int("batch_size", batch_size, 1)
+    check_int("prefill_chunk", prefill_chunk, 1)
+    check_on_constraint(on_constraint)
+    shared = None
+    if processors is not None:
+        shared = processors if isinstance(processors, LogitsProcessorList) else LogitsProcessorList(processors)
+        items = list(items)
+        if len(items) > batch_size:
+            raise SamplingValueError(f"{len(items)} items for one batch list of processors; batch_size is {batch_size}")
+    loop = _Loop(backend, prefill_chunk, on_constraint, return_state, shared, int(pad_token))
+    return _drive(loop, iter(items), batch_size, callback)
+
+
+_END = object()
+
+
+def _drive(
+    loop: "_Loop", source: Iterator[WorkItem], batch_size: int, callback: Callable[[int, int], None] | None
+) -> Iterator[PieceResult]:
+    """Fill free rows, draw, forward, repeat (a generator, so argument errors come at the call)."""
+    taken = step = 0
+    exhausted = False
+    while True:
+        # Free rows are filled *before* the next forward: new pieces are prefilled and draw their
+        # first token now, so the step's forward runs on a full batch.
+        drew = False
+        while True:
+            new: list[_Row] = []
+            while not exhausted and len(loop.rows) + len(new) < batch_size:
+                item = next(source, _END)
+                if item is _END:
+                    exhausted = True
+                else:
+                    new.append(loop.make_row(item, taken))
+                    taken += 1
+            if new:
+                loop.admit(new)
+            drew = loop.sample() or drew
+            yield from loop.take_finished()
+            if exhausted or len(loop.rows) >= batch_size:
+                break
+        if drew and callback is not None:
+            callback(step, loop.n_finished + sum(r.feed_then_finish for r in loop.rows))
+        step += drew
+        if not loop.rows:
+            return
+        loop.forward()
+        yield from loop.take_finished()  # max_tokens rows that read their last token (return_state)
+
+
+class _Group:
+    """Rows sharing one processor list; row ``slot`` of the list's batch is ``rows[slot]``."""
+
+    def __init__(self, procs: LogitsProcessorList, shared: bool) -> None:
+        self.procs, self.shared = procs, shared
+        self.rows: list[_Row] = []
+
+
+class _Row:
+    """A piece in flight: its item, random generator, processor group and progress."""
+
+    def __init__(self, item: WorkItem, index: int, prompt: list[int], group: _Group) -> None:
+        self.item, self.index, self.prompt, self.group = item, index, prompt, group
+        self.slot = len(group.rows)
+        group.rows.append(self)
+        self.rng = make_generators([item.seed])[0]
+        self.stops = {int(t) for t in item.stop_tokens}
+        self.tokens: list[int] = []
+        self.reason: str | None = None
+        self.hit: int | None = None
+        self.final_state: Any = None
+        self.logits: np.ndarray | None = None  # [V] for the next draw; None while a token waits
+        self.feed: int | None = None  # the token the next forward reads for this row
+        self.feed_then_finish = False  # max_tokens with return_state: read the last token, then end
+        self.n_sampled = self.steps = 0
+        self.prefill_s = self.decode_s = 0.0
+
+    def result(self) -> PieceResult:
+        return PieceResult(
+            item=self.item,
+            index=self.index,
+            tokens=self.tokens,
+            finish_reason=str(self.reason),
+            stop_token=self.hit,
+            state=self.final_state,
+            n_prompt_tokens=len(self.prompt),
+            n_sampled_tokens=self.n_sampled,
+            steps=self.steps,
+            prefill_seconds=self.prefill_s,
+            decode_seconds=self.decode_s,
+        )
+
+
+def _check_item(item: Any, index: int) -> list[int]:
+    """The item's prompt as ints; one-line errors naming the item."""
+    if not isinstance(item, WorkItem):
+        raise SamplingValueError(f"work item {index}: expected a WorkItem, got {type(item).__name__}")
+    prompt = [int(t) for t in item.prompt]
+    if not prompt:
+        raise SamplingValueError(f"work item {index}: the prompt is empty; it needs at least one token")
+    n = item.max_new_tokens
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise SamplingValueError(f"work item {index}: max_new_tokens must be an integer >= 0, got {n!r}")
+    if item.state is not None and getattr(item.state, "batch_size", None) != 1:
+        raise SamplingValueError(f"work item {index}: state must have exactly one row")
+    return prompt
+
+
+class _Loop:
+    """The rows in flight, their joint model state, and the three moves: admit, sample, forward."""
+
+    def __init__(
+        self,
+        backend: Any,
+        chunk: int,
+        on_constraint: str,
+        return_state: bool,
+        shared: LogitsProcessorList | None,
+        pad_token: int,
+    ) -> None:
+        self.backend, self.chunk = backend, chunk
+        self.fwd = decode_kwargs(backend)  # inplace=True where declared: self.state is always ours
+        self.on_constraint, self.return_state, self.pad_token = on_constraint, return_state, pad_token
+        self.shared = None if shared is None else _Group(shared, shared=True)
+        self.rows: list[_Row] = []  # batch order: row i is row i of self.state
+        self.state: Any = None
+        self.n_finished = 0  # pieces already handed out
+        self._owned: set[int] = set()  # ids of the processor objects in flight
+
+    # -- admission -------------------------------------------------------------------------
+    def make_row(self, item: Any, index: int) -> _Row:
+        prompt = _check_item(item, index)
+        if self.shared is not None:
+            if item.processors:
+                raise SamplingValueError(f"work item {index}: has its own processors and a batch list was given")
+            return _Row(item, index, prompt, self.shared)
+        raw = item.processors
+        procs = raw if isinstance(raw, LogitsProcessorList) else LogitsProcessorList(raw or [])
+        ids = {id(p) for p in procs}
+        if ids & self._owned:  # a shared stateful processor would mix two pieces' histories
+            raise SamplingValueError(
+                f"work item {index}: its processors are also used by a piece in flight; build one list per item"
+            )
+        self._owned |= ids
+        procs.reset([prompt])
+        return _Row(item, index, prompt, _Group(procs, shared=False))
+
+    def admit(self, new: list[_Row]) -> None:
+        """Prefill ``new`` rows and join them to the batch."""
+        if self.shared is not None:
+            self.shared.procs.reset([r.prompt for r in self.shared.rows])
+        heads: list[_Row] = []  # rows with prompt tokens to prefill now
+        bare: list[_Row] = []  # one-token prompts: that token goes with the next decode step
+        for row in new:
+            p = row.prompt
+            # a batch list keeps its rows in lockstep, so they all draw their first token together
+            if not row.group.shared and row.item.max_new_tokens > 0 and len(p) % self.chunk == 1:
+                row.feed = p[-1]  # a prefill's last chunk would be this token alone: same call sequence
+            (bare if len(p) == 1 and row.feed is not None else heads).append(row)
+        parts = [self.state] if self.rows else []
+        if heads:
+            prompts = [r.prompt[:-1] if r.feed is not None else r.prompt for r in heads]
+            init = self._initial_state(heads)
+            t0 = time.perf_counter()
+            logits, state = prefill_prompts(self.backend, prompts, init, self.chunk)
+            spent = time.perf_counter() - t0
+            total = sum(len(p) for p in prompts)
+            for i, (row, p) in enumerate(zip(heads, prompts)):
+                row.prefill_s += spent * len(p) / total
+                if row.feed is None:
+                    row.logits = logits[i]
+            parts.append(state)
+        if bare:
+            parts.append(self._initial_state(bare, always=True))
+        self.rows = self.rows + heads + bare
+        parts = [p for p in parts if p is not None]
+        if parts:
+            self.state = parts[0] if len(parts) == 1 else type(parts[0]).concat(parts)
+        for row in heads:
+            if row.item.max_new_tokens == 0:
+                self._finish(row, "max_tokens")
+
+    def _initial_state(self, rows: list[_Row], always: bool = False) -> Any:
+        """The rows' starting states (item state or a fresh one); None lets the backend start fresh."""
+        fresh = getattr(self.backend, "new_state", None)
+        if all(r.item.state is None for r in rows) and (not always or fresh is None):
+            return None  # (a backend without new_state keeps no state: nothing to join)
+        # Copies: decode steps may update the batch state in place, never a caller's state.
+        parts = [r.item.state.copy() if r.item.state is not None else self.backend.new_state(1) for r in rows]
+        return parts[0] if len(parts) == 1 else type(parts[0]).concat(parts)
+
+    # -- one step --------------------------------------------------------------------------
+    def sample(self) -> bool:
+        """Draw the next token of every row that has logits; True if any row took part."""
+        groups: dict[int, tuple[_Group, list[tuple[int, _Row]]]] = {}
+        for i, row in enumerate(self.rows):
+            if row.reason is None and row.logits is not None:
+                groups.setdefault(id(row.group), (row.group, []))[1].append((i, row))
+        for group, members in groups.values():
+            t0 = time.perf_counter()
+            self._sample_group(group, members)
+            share = (time.perf_counter() - t0) / len(members)
+            for _, row in members:
+                row.decode_s += share
+        return bool(groups)
+
+    def _sample_group(self, group: _Group, members: list[tuple[int, _Row]]) -> None:
+        step = members[0][1].steps  # a group's drawing rows are in lockstep
+        if len(group.rows) == 1:
+            scores = np.array(members[0][1].logits, dtype=np.float32, copy=True)[None, :]
+        else:
+            scores = np.full((len(group.rows), members[0][1].logits.shape[-1]), -np.inf, dtype=np.float32)
+            for _, row in members:
+                scores[row.slot] = row.logits
+        for _, row in members:
+            row.steps += 1
+            row.logits = None
+        processed = self._process(group, step, scores, members)
+        chosen = [self.pad_token] * len(group.rows)
+        drawing = []
+        for i, row in members:
+            if row.reason is not None:  # a constraint dead end, just now
+                continue
+            t = sample_row(processed[row.slot], row.rng)
+            if t < 0:  # the model gave no finite logit
+                err = RowConstraintError(row.slot, step, "model logits", "no finite logit")
+                if self.on_constraint == "raise":
+                    raise err
+                log.warning("%s; piece %d ends with reason 'constraint'", err, row.index)
+                self._finish(row, "constraint", batch_row=i)
+                continue
+            chosen[row.slot] = t
+            drawing.append((i, row))
+        # A batch list is updated every step (the pad id for rows not drawing); an item's own list
+        # only when its piece drew, so a list that hit a dead end is handed back as it was.
+        if drawing or group.shared:
+            group.procs.update(chosen)
+        for i, row in drawing:
+            t = chosen[row.slot]
+            row.n_sampled += 1
+            if t in row.stops:
+                self._finish(row, "stop", t, batch_row=i)
+                continue
+            row.tokens.append(t)
+            row.feed = t
+            if len(row.tokens) >= row.item.max_new_tokens:
+                if self.return_state:
+                    row.feed_then_finish = True
+                else:
+                    self._finish(row, "max_tokens")
+
+    def _process(self, group: _Group, step: int, scores: np.ndarray, members: list[tuple[int, _Row]]) -> np.ndarray:
+        """Apply the group's processors; with ``on_constraint="finish"`` end an emptied row and retry."""
+        batch_row = {row.slot: i for i, row in members}
+        while True:
+            try:
+                return np.asarray(group.procs(step, scores))
+            except RowConstraintError as err:
+                row = group.rows[err.row] if 0 <= err.row < len(group.rows) else None
+                if self.on_constraint == "raise" or row is None or row.reason is not None:
+                    raise
+                log.warning("%s; piece %d ends with reason 'constraint'", err, row.index)
+                self._finish(row, "constraint", batch_row=batch_row.get(err.row))
+                if not group.shared and all(r.reason is not None for _, r in members):
+                    return scores  # an item's own list: nobody left to draw (a batch list sees the step out)
+                scores = scores.copy()
+                scores[err.row] = -np.inf
+
+    def forward(self) -> None:
+        """Read every row's pending token in one ``[B, 1]`` call."""
+        tokens = np.array([[row.feed] for row in self.rows], dtype=np.int64)
+        t0 = time.perf_counter()
+        out, self.state = self.backend.forward(tokens, self.state, **self.fwd)
+        logits = logits_to_numpy(out)
+        share = (time.perf_counter() - t0) / len(self.rows)
+        for i, row in enumerate(self.rows):
+            row.logits, row.feed = logits[i], None
+            row.decode_s += share
+            if row.feed_then_finish:
+                self._finish(row, "max_tokens", batch_row=i)
+
+    # -- leaving the batch -----------------------------------------------------------------
+    def _finish(self, row: _Row, reason: str, stop: int | None = None, batch_row: int | None = None) -> None:
+        row.reason, row.hit = reason, stop
+        if self.return_state and self.state is not None:
+            i = self.rows.index(row) if batch_row is None else batch_row
+            row.final_state = self.state.select([i])
+
+    def take_finished(self) -> Iterator[PieceResult]:
+        """Remove finished rows from the batch (compacting the state) and yield their results."""
+        done = [r for r in self.rows if r.reason is not None]
+        if not done:
+            return
+        keep = [i for i, r in enumerate(self.rows) if r.reason is None]
+        if self.state is not None:
+            self.state = self.state.select(keep) if keep else None
+        self.rows = [self.rows[i] for i in keep]
+        self.n_finished += len(done)
+        for row in done:
+            if not row.group.shared:
+                self._owned -= {id(p) for p in row.group.procs}
+            yield row.result()
+
+
+__all__ = ["FINISH_REASONS", "PieceResult", "WorkItem", "decode", "decode_kwargs", "prefill_prompts"]
