@@ -79,3 +79,38 @@ def test_estimated_key_agrees_with_music21_on_chorales() -> None:
         theirs = score.analyze("key.krumhanslkessler")
         tonic, mode = estimate_key([p for p, _ in notes], [w for _, w in notes])
         assert (tonic, mode) == (theirs.tonic.pitchClass, theirs.mode), name
+
+
+def test_note_events_follow_the_tokens() -> None:
+    from rwkv_music.formats.midi.musicality import max_polyphony, note_events
+
+    v = MidiVocab()
+    on = lambda name, p: v.note_id(name, p, 9)  # noqa: E731
+    off = lambda name, p: v.note_id(name, p, 0)  # noqa: E731
+    ids = [0, on("piano", 60), on("violin", 67), v.wait_id(125), off("piano", 60), v.wait_id(125)]
+    ids += [v.wait_id(125)] * 4 + [on("piano", 62), v.wait_id(25), on("piano", 62), v.wait_id(25)]
+    events = note_events(ids)
+    by_pitch = {(e.instrument, e.pitch, round(e.start, 3)): e for e in events}
+    assert by_pitch[("piano", 60, 0.0)].end == 1.0 and not by_pitch[("piano", 60, 0.0)].forced
+    violin = by_pitch[("violin", 67, 0.0)]
+    assert violin.forced and violin.end == 5.0  # never released: the 5-s limit ends it
+    first, second = by_pitch[("piano", 62, 6.0)], by_pitch[("piano", 62, 6.2)]
+    assert first.end == 6.2 and not first.forced  # a repeated note-on restarts the key
+    assert second.forced and second.end == 6.4  # still sounding when the stream ends
+    assert max_polyphony(events) == 2
+
+
+def test_note_events_of_a_real_rwkv_midi_sample() -> None:
+    from pathlib import Path
+
+    from rwkv_music.formats.midi.musicality import note_events
+    from rwkv_music.formats.midi.tokenizer import MidiTokenizer
+
+    path = Path(__file__).parent / "data" / "sample3-RWKV-4-MIDI-120M.mid"
+    events = note_events(MidiTokenizer().midi_to_ids(path))
+    import mido
+
+    ons = sum(1 for msg in mido.MidiFile(path) if msg.type == "note_on" and msg.velocity > 0)
+    assert len(events) == ons
+    share, _ = best_diatonic_scale([e.pitch for e in events if e.instrument not in UNPITCHED_BINS])
+    assert share > 0.9

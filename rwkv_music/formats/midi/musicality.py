@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from rwkv_music.errors import RwkvMusicError
+
+if TYPE_CHECKING:
+    from rwkv_music.formats.midi.vocab import MidiVocab
 
 # Bin name -> (lowest, highest) MIDI pitch.  Violin G3..E7, flute C4..C7, trumpet F#3..D6,
 # tuba D1..F4, alto+tenor sax Ab2..F5 (sounding), guitar E2..E6 (sounding an octave below the
@@ -181,7 +185,75 @@ def out_of_range(notes: Sequence[tuple[str, int]]) -> dict[str, int]:
     return counts
 
 
+@dataclass(frozen=True)
+class NoteEvent:
+    """One note of a token stream, as the reference decoder would play it."""
+
+    instrument: str  # bin name
+    pitch: int
+    start: float  # seconds
+    end: float  # seconds
+    forced: bool  # never released by a note-off: the decoder's held-note limit ended it
+
+
+def note_events(ids: Sequence[int], vocab: MidiVocab | None = None, held_limit: float = 5.0) -> list[NoteEvent]:
+    """The notes of MIDI token ids (docs/formats.md C1, C4), with how each one ended.
+
+    Time is the sum of wait tokens; a note-on starts (instrument, pitch), its note-off ends it, a
+    repeated note-on of a sounding key restarts it, and a note still sounding ``held_limit``
+    seconds after its start, or at the end of the stream, is ended by force there (the reference
+    decoder's ``decode_end_held_note_delay``).  ``<pad>``/``<start>``/``<end>`` reset the clock.
+    """
+    from rwkv_music.formats.midi.vocab import MidiVocab, NoteToken, WaitToken
+
+    vocab = vocab or MidiVocab()
+    names = [b.name for b in vocab.instrument_bins]
+    step = vocab.step_ms / 1000.0
+    out: list[NoteEvent] = []
+    sounding: dict[tuple[int, int], float] = {}
+    now = 0.0
+
+    def expire(until: float) -> None:
+        for key, start in sorted(sounding.items(), key=lambda kv: kv[1]):
+            if until - start >= held_limit:
+                out.append(NoteEvent(names[key[0]], key[1], start, start + held_limit, True))
+                del sounding[key]
+
+    for token_id in ids:
+        token = vocab.parse(int(token_id))
+        if isinstance(token, WaitToken):
+            now += token.steps * step
+            expire(now)
+        elif isinstance(token, NoteToken):
+            key = (token.bin, token.pitch)
+            if key in sounding:
+                out.append(NoteEvent(names[key[0]], key[1], sounding.pop(key), now, False))
+            if not token.is_off:
+                sounding[key] = now
+        else:
+            for key, start in sounding.items():
+                out.append(NoteEvent(names[key[0]], key[1], start, min(now, start + held_limit), True))
+            sounding.clear()
+            now = 0.0
+    for key, start in sounding.items():
+        out.append(NoteEvent(names[key[0]], key[1], start, min(now, start + held_limit), True))
+    return sorted(out, key=lambda e: (e.start, e.instrument, e.pitch))
+
+
+def max_polyphony(events: Sequence[NoteEvent]) -> int:
+    """Most notes sounding at one time."""
+    edges = sorted([(e.start, 1) for e in events] + [(e.end, -1) for e in events], key=lambda x: (x[0], x[1]))
+    best = cur = 0
+    for _, delta in edges:
+        cur += delta
+        best = max(best, cur)
+    return best
+
+
 __all__ = [
+    "NoteEvent",
+    "max_polyphony",
+    "note_events",
     "INSTRUMENT_RANGES",
     "MODES",
     "PITCH_CLASS_NAMES",
