@@ -8,8 +8,20 @@
 * MIDI: N pieces of ~20 s (prompt ``[0]``, FORMATS D3 sampler without penalties): note density,
   pitch-class entropy and polyphony, beside the same statistics of 20-s openings of training pieces.
 
+* ``--music`` (issue 15): the musicianship tables instead, side by side with human music.
+  ABC, per caller metre (4/4, 3/4, 2/4, 6/8, 9/8, C, C|): the share of tunes the strict judge
+  (:mod:`rwkv_music.formats.abc.judge`) finds balanced, section barlines per 8 bars, the longest
+  space run, bars per line, tunes whose parts are 4/8/16 bars, tunes ending on the tonic and
+  tunes cut at the length cap -- for the shipped model constrained and not, a random-weights
+  RWKV-7 under the constraint, and music21's non-Essen tunes in that metre.  MIDI: the share of
+  notes in the best-fitting diatonic scale, pitch-class entropy, notes ended by the decoder's
+  5-s forced release, peak polyphony and notes outside their instrument's range, for the
+  shipped model (default preset, with and without ``--instruments``) beside music21 scores
+  rendered to MIDI.
+
 Run: ``python benchmarks/bench_quality.py [--abc-tunes 100] [--midi-pieces 50] [--skip-midi]``
-(a few minutes on one CPU core with the defaults; shrink the counts for a quick look).
+(a few minutes on one CPU core with the defaults; shrink the counts for a quick look), or
+``python benchmarks/bench_quality.py --music [--tunes 30] [--pieces 16] [--seconds 30]``.
 """
 
 from __future__ import annotations
@@ -188,8 +200,188 @@ def midi_quality(model, docs, n: int, seed: int, max_len: int) -> dict:
             "mean_tokens": float(np.mean([len(p) for p in pieces]))}
 
 
+# ----------------------------------------------------------------------------- musicianship (issue 15)
+
+MUSIC_METRES = ("4/4", "3/4", "2/4", "6/8", "9/8", "C", "C|")
+HUMAN_COLLECTIONS = ("oneills1850", "airdsAirs", "ryansMammoth", "miscFolk")  # never essenFolksong
+
+
+def judge_row(reports: list, capped: int | None = None) -> dict:
+    """Musicianship measures over :class:`~rwkv_music.formats.abc.judge.TuneReport` s."""
+    n = len(reports)
+    bars = sum(r.bars for r in reports)
+    return {
+        "tunes": n,
+        "strict": sum(r.strictly_balanced for r in reports) / n if n else float("nan"),
+        "section_bars_per_8": 8 * sum(r.section_barlines for r in reports) / bars if bars else float("nan"),
+        "max_space_run": max((r.max_space_run for r in reports), default=0),
+        "bars_per_line": float(np.mean([r.bars_per_line for r in reports])) if n else float("nan"),
+        "regular_parts": sum(r.regular_parts for r in reports) / n if n else float("nan"),
+        "ends_on_tonic": sum(r.ends_on_tonic for r in reports) / n if n else float("nan"),
+        "length_cap": (capped / n) if (capped is not None and n) else None,
+        "mean_bars": bars / n if n else float("nan"),
+    }
+
+
+def human_abc_rows() -> dict[str, dict]:
+    """The judge's measures on music21's non-Essen ABC tunes, grouped by their written metre."""
+    from rwkv_music.formats.abc.check import corpus_tunes
+    from rwkv_music.formats.abc.judge import judge_tune
+
+    groups: dict[str, list] = {m: [] for m in MUSIC_METRES}
+    for tune in corpus_tunes(HUMAN_COLLECTIONS):
+        meter = next((line[2:].strip() for line in tune.text.split("\n") if line.startswith("M:")), None)
+        if meter in groups:
+            groups[meter].append(judge_tune(tune.text))
+    return {m: judge_row(rs) for m, rs in groups.items() if rs}
+
+
+def composed_abc_rows(composer, n: int, seed: int, constrained: bool) -> dict[str, dict]:
+    from rwkv_music.formats.abc.judge import judge_tune
+
+    rows = {}
+    for meter in MUSIC_METRES:
+        key = "D" if meter != "9/8" else "G"
+        pieces = composer.compose_abc(n=n, key=key, meter=meter, unit="1/8", seed=seed, constrained=constrained)
+        capped = sum(p.meta.get("finish_reason") not in ("stop", "eos", "end") for p in pieces)
+        rows[meter] = judge_row([judge_tune(p.text) for p in pieces], capped)
+    return rows
+
+
+def random_abc_composer(folder: Path):
+    from rwkv_music import Composer
+    from rwkv_music.model.factory import save_random_checkpoint
+
+    path = save_random_checkpoint(folder / "random-v7-abc.pth", "7", n_layer=2, n_embd=64, vocab_size=128, seed=1)
+    return Composer.load(path, mode="abc")
+
+
+def print_judge_table(title: str, rows: dict[str, dict]) -> None:
+    print(f"\n{title}")  # noqa: T201
+    print(f"{'metre':<6} {'tunes':>5} {'strict':>7} {'sect/8bars':>10} {'max sp':>6} {'bars/line':>9} "  # noqa: T201
+          f"{'4/8/16':>7} {'tonic':>6} {'cap':>6} {'bars':>6}")
+    for meter, r in rows.items():
+        cap = "-" if r["length_cap"] is None else f"{r['length_cap']:.0%}"
+        print(f"{meter:<6} {r['tunes']:>5} {r['strict']:>7.0%} {r['section_bars_per_8']:>10.2f} "  # noqa: T201
+              f"{r['max_space_run']:>6} {r['bars_per_line']:>9.1f} {r['regular_parts']:>7.0%} "
+              f"{r['ends_on_tonic']:>6.0%} {cap:>6} {r['mean_bars']:>6.1f}")
+
+
+def midi_measures(token_lists: list[list[int]], instruments: list[str] | None = None) -> dict:
+    """Pooled MIDI measures (percussion bins excluded from the pitch measures)."""
+    from rwkv_music.formats.midi.musicality import (
+        UNPITCHED_BINS,
+        best_diatonic_scale,
+        max_polyphony,
+        note_events,
+        out_of_range,
+        pitch_class_entropy,
+    )
+
+    shares, entropies, polys, notes, forced, outside = [], [], [], 0, 0, 0
+    for ids in token_lists:
+        events = note_events(ids)
+        pitched = [e.pitch for e in events if e.instrument not in UNPITCHED_BINS]
+        if pitched:
+            shares.append(best_diatonic_scale(pitched)[0])
+            entropies.append(pitch_class_entropy(pitched))
+        polys.append(max_polyphony(events))
+        notes += len(events)
+        forced += sum(e.forced for e in events)
+        outside += sum(out_of_range([(e.instrument, e.pitch) for e in events]).values())
+    return {
+        "pieces": len(token_lists),
+        "notes": notes,
+        "diatonic_share": float(np.mean(shares)) if shares else float("nan"),
+        "pc_entropy": float(np.mean(entropies)) if entropies else float("nan"),
+        "forced_release": forced / notes if notes else 0.0,
+        "peak_polyphony": float(np.median(polys)) if polys else 0.0,
+        "out_of_range": outside / notes if notes else 0.0,
+        "instruments": ",".join(instruments) if instruments else "any",
+    }
+
+
+def human_midi_token_lists(n: int, seconds: float) -> list[list[int]]:
+    """music21 scores (Bach chorales and other composers) rendered to MIDI and tokenized."""
+    import tempfile
+
+    from music21 import corpus
+
+    from rwkv_music.formats.midi.tokenizer import MidiTokenizer
+
+    tok = MidiTokenizer()
+    paths = sorted(corpus.getComposer("bach"))[: n]
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, path in enumerate(paths):
+            try:
+                score = corpus.parse(path)
+                target = Path(tmp) / f"{i}.mid"
+                score.write("midi", fp=str(target))
+                ids = tok.midi_to_ids(target)
+            except Exception:  # a score music21 cannot render: skip it
+                continue
+            out.append(_first_seconds(ids, seconds))
+    return out
+
+
+def _first_seconds(ids: list[int], seconds: float) -> list[int]:
+    now, out = 0, []
+    for t in ids:
+        if 3 <= t <= 127:
+            now += (t - 2) * STEP_MS
+            if now > seconds * 1000:
+                break
+        out.append(t)
+    return out
+
+
+def print_midi_table(rows: list[tuple[str, dict]]) -> None:
+    print(f"\n{'MIDI source':<44} {'pieces':>6} {'notes':>6} {'diatonic':>8} {'pc H':>5} "  # noqa: T201
+          f"{'forced':>7} {'poly':>5} {'out of range':>12}")
+    for name, r in rows:
+        print(f"{name:<44} {r['pieces']:>6} {r['notes']:>6} {r['diatonic_share']:>8.1%} {r['pc_entropy']:>5.2f} "  # noqa: T201
+              f"{r['forced_release']:>7.2%} {r['peak_polyphony']:>5.0f} {r['out_of_range']:>12.2%}")
+
+
+def music_report(tunes: int, pieces: int, seconds: float, seed: int) -> dict:
+    """All the issue-15 tables in one run."""
+    import tempfile
+
+    from rwkv_music import Composer
+
+    report: dict = {}
+    if tunes:
+        report["human_abc"] = human_abc_rows()
+        print_judge_table("ABC, music21 non-Essen tunes (human), by written metre", report["human_abc"])
+        abc = Composer.load(mode="abc")
+        for constrained in (True, False):
+            name = f"shipped_abc_{'constrained' if constrained else 'unconstrained'}"
+            report[name] = composed_abc_rows(abc, tunes, seed, constrained)
+            print_judge_table(f"ABC, shipped model, {'constrained' if constrained else 'unconstrained'}, "
+                              f"{tunes} tunes per metre (L:1/8)", report[name])
+        with tempfile.TemporaryDirectory() as tmp:
+            report["random_abc_constrained"] = composed_abc_rows(random_abc_composer(Path(tmp)), tunes, seed, True)
+        print_judge_table(f"ABC, random-weights RWKV-7, constrained, {tunes} tunes per metre",
+                          report["random_abc_constrained"])
+    if pieces:
+        midi = Composer.load(mode="midi")
+        rows = [("music21 Bach, rendered (human)", midi_measures(human_midi_token_lists(pieces, seconds)))]
+        for instruments in (None, ["piano", "violin"]):
+            made = midi.compose_midi(n=pieces, seconds=seconds, instruments=instruments, seed=seed)
+            label = f"shipped model, default preset, {instruments and ','.join(instruments) or 'any instrument'}"
+            rows.append((label, midi_measures([p.tokens for p in made], instruments)))
+        report["midi"] = dict(rows)
+        print_midi_table(rows)
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--music", action="store_true", help="Print the issue-15 musicianship tables and exit.")
+    ap.add_argument("--tunes", type=int, default=30, help="--music: ABC tunes per metre and source.")
+    ap.add_argument("--pieces", type=int, default=16, help="--music: MIDI pieces per source.")
+    ap.add_argument("--seconds", type=float, default=30.0, help="--music: seconds per MIDI piece.")
     ap.add_argument("--abc-tunes", type=int, default=100)
     ap.add_argument("--midi-pieces", type=int, default=50)
     ap.add_argument("--abc-max-len", type=int, default=1024)
@@ -205,6 +397,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.music:
+        report = music_report(args.tunes, args.pieces, args.seconds, args.seed)
+        print(json.dumps(report, indent=1, default=str))  # noqa: T201
+        return
     report = {}
     if not args.skip_abc:
         from rwkv_music.train.data import abc_documents
