@@ -192,3 +192,27 @@ def test_random_v7_model_tunes_all_parse_and_balance(checkpoint_path, n):
     assert set(reasons) == {"stop"}  # every row ended with eos, at a legal point
     assert sum(map(parse_ok, texts)) == n
     assert sum(bar_balance(t).strictly_balanced for t in texts) == n
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("meter", "6/8"), ("meter", "5/3"), ("meter", "17/8"), ("meter", "none"), ("unit", "1/8"), ("unit", "4/64"),
+     ("unit", "1/128"), ("key", "Dmix"), ("key", "E Minor"), ("key", "H"), ("key", "Gxyz")],
+)  # fmt: skip
+def test_forced_values_are_checked_by_the_one_header_validator(name: str, value: str) -> None:
+    from rwkv_music.errors import AbcFormatError
+    from rwkv_music.formats.abc import header
+
+    check = {"meter": header.check_meter, "unit": header.check_unit, "key": header.check_key}[name]
+    try:
+        check(value)
+        valid = True
+    except AbcFormatError:
+        valid = False
+    if valid:
+        c = AbcConstraint(**{name: value})
+        assert getattr(c.config, name) == value
+    else:
+        with pytest.raises(AbcFormatError, match=name if name != "unit" else "unit note length"):
+            AbcConstraint(**{name: value})
+    assert valid == (value in ("6/8", "none", "1/8", "Dmix", "E Minor"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import warnings
 from fractions import Fraction
+from typing import Callable
 
 import pytest
 
@@ -239,3 +240,96 @@ def test_lenient_reads_essen_bars_that_drift_from_the_meter():
     tune = "M:4/2\nL:1/4\nK:G\nG2 | G2G2B2G2 | d4d4z2\nd2 | e2d2=f2d2 | e4d4z2\nd2 | B2B2c2e2 |]"
     with warnings.catch_warnings():
         assert LENIENT.accepts(tune) and not STRICT.accepts(tune)
+
+
+# -- fixed masks from simple rules ---------------------------------------------------------------------
+PITCH_LETTERS = "CDEFGABcdefgab"
+ACCIDENTAL_SIGNS = "^_="
+STRICT_DECORATIONS = AbcGrammarConfig().decorations
+
+
+def _initial_mask() -> set[str]:
+    cfg = AbcGrammarConfig()
+    # control codes S/B/E, then X first, free-text fields, M/L/Q; K only after M or L
+    return set("SBE" + "X" + cfg.text_fields + "MLQ")
+
+
+def _bar_start_mask() -> set[str]:
+    # a note, rest or chord; a decoration, symbol, grace group or slur before one; a body field
+    # line (line start); a bar line; a space or continuation.  Not: a newline (blank line), ")"
+    # (no slur open), "-" "<" ">" (no note before), eos (no note yet)
+    return set(PITCH_LETTERS + ACCIDENTAL_SIGNS + "z" + STRICT_DECORATIONS + "KML" + '[("!{' + "|:" + " \\")
+
+
+def _full_bar_mask() -> set[str]:
+    # "A8" fills the 4/4 bar: its length may still be respelt ("8/" is shorter), the bar may end
+    # ("|", ":|", "[|"), the note may be tied or shortened ("<"), spacing; no new note and no
+    # prefix of one fits, ">" would overfill the bar
+    return set("/" + "|:[" + "-<" + " \n\\")
+
+
+def _tuplet_opener_mask() -> set[str]:
+    # "(3" in the last quarter of the bar: it may grow ("(3:"), or its three notes follow at once,
+    # possibly with a decoration, symbol or slur; no grace group, bar line, newline or tie inside
+    return set(PITCH_LETTERS + ACCIDENTAL_SIGNS + "z" + STRICT_DECORATIONS + '[("!' + ": ")
+
+
+@pytest.mark.parametrize(
+    "prefix, expected",
+    [
+        ("", _initial_mask),
+        (HEAD, _bar_start_mask),
+        (HEAD + "A8", _full_bar_mask),
+        (HEAD + "A6 (3", _tuplet_opener_mask),
+    ],
+    ids=["bos", "bar-start", "full-bar", "tuplet-opener"],
+)
+def test_masks_at_fixed_points_follow_simple_rules(prefix: str, expected: Callable[[], set[str]]) -> None:
+    state = STRICT.feed(STRICT.initial(), prefix)
+    assert state is not None
+    assert set(STRICT.allowed(state)) == expected()
+    assert not STRICT.is_final(state)
+
+
+def test_note_length_bytes_are_allowed_exactly_when_some_length_still_fits() -> None:
+    """In a plain note or rest, a length byte is legal iff some length it begins fits the room left."""
+    lengths = length_texts(16, (2, 4, 8, 16), lenient=False)
+    rng = random.Random(3)
+    checked = 0
+    for prompt in ("L:1/8\nM:4/4\nK:G\n", "L:1/16\nM:3/4\nK:D\n", "L:1/8\nM:6/8\nK:Em\n"):
+        state = STRICT.feed(STRICT.initial(), prompt)
+        for _ in range(400):
+            if state.mode in ("note", "rest") and state.nkind == 0 and state.bar_len is not None:
+                room = (state.bar_len - state.pos) / state.nfac
+                for c in "0123456789/":
+                    text = state.buf + c
+                    fits = any(t.startswith(text) and v <= room for t, v in lengths.items())
+                    assert (STRICT.step(state, c) is not None) == fits, (state, c)
+                checked += 1
+            legal = [chr(b) for b in range(4, 128) if STRICT.step(state, chr(b)) is not None]
+            if not legal:
+                break
+            notes = [c for c in legal if c in PITCH_LETTERS + "z0123456789/|"]
+            state = STRICT.step(state, rng.choice(notes or legal))
+    assert checked > 200
+
+
+def test_grammar_is_small_rule_objects_without_an_import_cycle() -> None:
+    import ast
+    from pathlib import Path
+
+    import rwkv_music.formats.abc.grammar as package
+
+    assert AbcGrammar.__mro__ == (AbcGrammar, object)  # composition, not mixins
+    folder = Path(package.__file__).parent
+    for path in folder.glob("*.py"):
+        imported = {
+            node.module
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module
+        }
+        if path.name != "__init__.py":
+            assert "rwkv_music.formats.abc.grammar.machine" not in imported, path.name
+    assert {"HeaderRules", "BodyRules", "NoteGroupRules", "BarTiming", "PitchRules"} <= {
+        type(part).__name__ for part in vars(STRICT).values()
+    } | {type(STRICT.body.groups).__name__}

@@ -30,7 +30,7 @@ import numpy as np
 from rwkv_music.errors import ConstraintError
 from rwkv_music.formats.abc.grammar.machine import PHASE_NAMES, AbcGrammar
 from rwkv_music.formats.abc.grammar.state import AbcGrammarConfig, AbcState
-from rwkv_music.formats.abc.grammar.values import key_values, meter_values, unit_values
+from rwkv_music.formats.abc.header import check_key, check_meter, check_unit
 from rwkv_music.sampling.base import LogitsProcessor, SamplingValueError
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,10 @@ class AbcConstraint(LogitsProcessor):
     Args:
         config: the ABC subset (default: strict :class:`AbcGrammarConfig`).
         meter, unit, key: the only ``M:`` / ``L:`` / ``K:`` value the header may state
-            (e.g. ``"6/8"``, ``"1/8"``, ``"Dmix"``); ``None`` = any valid value.
+            (e.g. ``"6/8"``, ``"1/8"``, ``"Dmix"``); ``None`` = any valid value.  Checked by the
+            one header validator (:mod:`rwkv_music.formats.abc.header`, raising
+            :class:`~rwkv_music.errors.AbcFormatError`); the header must then state the value as
+            given (stripped), so a prompt's own spelling can be forced.
         max_new_tokens: steer each row to a legal end within this many sampled tokens (eos
             included); ``None`` = no length steering.
         eos_id: the end-of-tune id (3 for BlinkDL's ABC models).
@@ -101,16 +104,10 @@ class AbcConstraint(LogitsProcessor):
     ) -> None:
         cfg = config if config is not None else AbcGrammarConfig()
         forced = {}
-        for name, value, valid in (
-            ("meter", meter, meter_values(16, True)),
-            ("unit", unit, unit_values()),
-            ("key", key, key_values(lenient=True)),
-        ):
+        for name, value, check in (("meter", meter, check_meter), ("unit", unit, check_unit), ("key", key, check_key)):
             if value is not None:
-                value = str(value).strip()
-                if value not in valid:
-                    raise SamplingValueError(f"{name} must be a valid ABC {name} value, got {value!r}")
-                forced[name] = value
+                check(value)
+                forced[name] = str(value).strip()
         if forced:
             cfg = dataclasses.replace(cfg, **forced)
         if max_new_tokens is not None and (

@@ -1,64 +1,95 @@
 """The shortest known way from an ABC state to a legal end of tune.
 
-:func:`completion` builds text that takes a state of :class:`~rwkv_music.formats.abc.grammar.machine.AbcGrammar`
-to one where eos is legal: finish the header line and the header (``M:`` if needed, ``K:``),
-finish the token being read, give pending decorations / tuplets / broken rhythms their notes,
-close slurs, fill the bar with notes or rests and end it with a bar line.  Every candidate is
-checked by feeding it through the grammar, so a returned text is always legal; its length is
-what the constraint uses to steer toward ``max_new_tokens`` (``len(completion) + 1`` bytes
-including eos).  It is short, not guaranteed minimal.
+:meth:`Completer.completion` builds text that takes a state of the ABC machine to one where eos
+is legal: finish the header line and the header (``M:`` if needed, ``K:``), finish the token
+being read, give pending decorations / tuplets / broken rhythms their notes, close slurs, fill
+the bar with notes or rests and end it with a bar line.  Every candidate is checked by feeding
+it through the machine, so a returned text is always legal; its length is what the constraint
+uses to steer toward ``max_new_tokens`` (``len(completion) + 1`` bytes including eos).  It is
+short, not guaranteed minimal.
+
+A :class:`Completer` gets what it needs as arguments (the machine's ``feed``/``is_final``/
+``finish_token`` and the rule objects whose tables it reads), so this module does not import
+the machine.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Callable
 
-from rwkv_music.formats.abc.grammar.state import BODY, CONTROL, AbcState
-
-if TYPE_CHECKING:
-    from rwkv_music.formats.abc.grammar.machine import AbcGrammar
+from rwkv_music.formats.abc.grammar.groups import NoteGroupRules
+from rwkv_music.formats.abc.grammar.header import HeaderRules
+from rwkv_music.formats.abc.grammar.state import BODY, CONTROL, AbcGrammarConfig, AbcState
+from rwkv_music.formats.abc.grammar.timing import BarTiming
 
 PITCH_ORDER = "CcDdEeFfGgAaBb"
 _MAX_TOKEN_STEPS = 16
 
 
-def completion(g: AbcGrammar, s: AbcState) -> str | None:
-    """Text after which ``g.is_final`` holds, or ``None`` if none was found."""
-    if g.is_final(s):
-        return ""
-    head = ""
-    if s.phase != BODY:
-        head = _finish_header(g, s)
-        if head is None:
+@dataclass(frozen=True)
+class Completer:
+    """Finds short legal endings; see the module docstring.
+
+    Args:
+        config: the grammar configuration.
+        header, timing, groups: the machine's rule objects (value sets, length, bar-line and
+            tuplet tables, symbol names).
+        feed: the machine's ``feed(state, text)`` (``None`` if the text is not allowed).
+        is_final: the machine's ``is_final(state)``.
+        finish: the machine's ``finish_token(state)``.
+    """
+
+    config: AbcGrammarConfig
+    header: HeaderRules
+    timing: BarTiming
+    groups: NoteGroupRules
+    feed: Callable[[AbcState, str], "AbcState | None"]
+    is_final: Callable[[AbcState], bool]
+    finish: Callable[[AbcState], "AbcState | None"]
+
+    @property
+    def lenient(self) -> bool:
+        return self.config.lenient
+
+    def completion(self, s: AbcState) -> str | None:
+        """Text after which ``is_final`` holds, or ``None`` if none was found."""
+        g = self
+        if g.is_final(s):
+            return ""
+        head = ""
+        if s.phase != BODY:
+            head = _finish_header(g, s)
+            if head is None:
+                return None
+            s = g.feed(s, head)  # type: ignore[assignment]
+            if s is None:
+                return None
+        token = _close_token(g, s)
+        if token is None:
             return None
-        s = g.feed(s, head)  # type: ignore[assignment]
-        if s is None:
+        after = g.feed(s, token)
+        if after is None:
             return None
-    token = _close_token(g, s)
-    if token is None:
+        for tail in _tails(g, after):
+            end = g.feed(after, tail)
+            if end is not None and g.is_final(end):
+                return head + token + tail
         return None
-    after = g.feed(s, token)
-    if after is None:
-        return None
-    for tail in _tails(g, after):
-        end = g.feed(after, tail)
-        if end is not None and g.is_final(end):
-            return head + token + tail
-    return None
 
 
 # -- header --------------------------------------------------------------------------------------
-def _value_completion(g: AbcGrammar, s: AbcState, letter: str, typed: str) -> str | None:
+def _value_completion(g: Completer, s: AbcState, letter: str, typed: str) -> str | None:
     if letter == "X" and s.phase != CONTROL:
         return "" if typed.strip() else "1"
     probe = s.replace(mode="value", field=letter, buf=typed)
-    values = g._value_set(probe)
+    values = g.header.value_set(probe)
     if values is None:  # free text
         return ""
     return values.completion(typed.lstrip(" "))
 
 
-def _finish_header(g: AbcGrammar, s: AbcState) -> str | None:
+def _finish_header(g: Completer, s: AbcState) -> str | None:
     """End the header line being read, add ``M:`` if neither M nor L was given, then ``K:``."""
     out = ""
     if s.mode == "letter":
@@ -82,18 +113,18 @@ def _finish_header(g: AbcGrammar, s: AbcState) -> str | None:
     if cfg.x_field == "required" and "X" not in t.seen:
         out += "X:1\n"
     if "M" not in t.seen and (cfg.meter is not None or "L" not in t.seen):
-        out += "M:" + (g._meters.completion("") or "C") + "\n"
+        out += "M:" + (g.header.meters.completion("") or "C") + "\n"
     if cfg.unit is not None and "L" not in t.seen:
         out += "L:" + cfg.unit + "\n"
-    return out + "K:" + (g._keys.completion("") or "C") + "\n"
+    return out + "K:" + (g.header.keys.completion("") or "C") + "\n"
 
 
 # -- the token being read ----------------------------------------------------------------------------
-def _close_token(g: AbcGrammar, s: AbcState) -> str | None:
+def _close_token(g: Completer, s: AbcState) -> str | None:
     """Text that completes the token in progress (``""`` if it is complete already)."""
     out = ""
     for _ in range(_MAX_TOKEN_STEPS):
-        if g._finish(s) is not None:
+        if g.finish(s) is not None:
             return out
         piece = _token_piece(g, s)
         if piece is None:
@@ -105,30 +136,30 @@ def _close_token(g: AbcGrammar, s: AbcState) -> str | None:
     return None
 
 
-def _first_ok(g: AbcGrammar, s: AbcState, candidates: list[str]) -> str | None:
+def _first_ok(g: Completer, s: AbcState, candidates: list[str]) -> str | None:
     """The first candidate that is legal from ``s`` and leaves a finishable or longer-lived state."""
     for cand in candidates:
         t = g.feed(s, cand)
-        if t is not None and (g._finish(t) is not None or t.mode != s.mode or t.buf != s.buf):
+        if t is not None and (g.finish(t) is not None or t.mode != s.mode or t.buf != s.buf):
             return cand
     return None
 
 
-def _pitch(g: AbcGrammar, s: AbcState) -> str | None:
+def _pitch(g: Completer, s: AbcState) -> str | None:
     return _first_ok(g, s, list(PITCH_ORDER))
 
 
-def _token_piece(g: AbcGrammar, s: AbcState) -> str | None:
+def _token_piece(g: Completer, s: AbcState) -> str | None:
     """One step toward finishing the token of ``s``."""
     mode = s.mode
     if mode in ("note", "rest", "clen", "gnote"):
-        texts = sorted((t for t in g._lengths if t.startswith(s.buf) and t != s.buf), key=lambda t: (len(t), t))
+        texts = sorted((t for t in g.timing.lengths if t.startswith(s.buf) and t != s.buf), key=lambda t: (len(t), t))
         suffixes = [t[len(s.buf) :] for t in texts]
         if mode == "gnote":
             suffixes = ["]" if s.field == "c" else "}"] + suffixes
         for suffix in suffixes:
             t = g.feed(s, suffix)
-            if t is not None and (g._finish(t) is not None or mode == "gnote"):
+            if t is not None and (g.finish(t) is not None or mode == "gnote"):
                 return suffix
         return None
     if mode in ("acc", "gacc", "paren", "deco"):
@@ -136,14 +167,15 @@ def _token_piece(g: AbcGrammar, s: AbcState) -> str | None:
     if mode == "group":
         return ("]" if s.field == "c" else "}") if s.count else _pitch(g, s)
     if mode in ("quote", "bang"):
-        names = g._chord_names if mode == "quote" else g._decorations
+        names = g.groups.chord_names if mode == "quote" else g.groups.decorations
         rest = "" if names is None else names.completion(s.buf)
         return None if rest is None else rest + ('"' if mode == "quote" else "!")
     if mode == "bar":
-        texts = sorted((t for t in g._bars.values if t.startswith(s.buf) and t != s.buf), key=lambda t: (len(t), t))
+        bars = g.timing.bars.values
+        texts = sorted((t for t in bars if t.startswith(s.buf) and t != s.buf), key=lambda t: (len(t), t))
         return _first_ok(g, s, [t[len(s.buf) :] for t in texts])
     if mode == "tup":
-        return _first_ok(g, s, [t[len(s.buf) :] for t in g._tuplet_ext.get(s.buf, []) if t != s.buf])
+        return _first_ok(g, s, [t[len(s.buf) :] for t in g.timing.tuplet_ext.get(s.buf, []) if t != s.buf])
     if mode == "lbr":
         return _first_ok(g, s, ["|"] + [p + "]" for p in PITCH_ORDER])
     if mode == "brk":
@@ -164,34 +196,34 @@ def _token_piece(g: AbcGrammar, s: AbcState) -> str | None:
 
 
 # -- from a token boundary to the end ----------------------------------------------------------------
-def _note(g: AbcGrammar, s: AbcState, pitched: bool) -> str | None:
+def _note(g: Completer, s: AbcState, pitched: bool) -> str | None:
     """One legal note (pitched) or rest from ``s``, with the shortest legal length."""
     start = _pitch(g, s) if pitched else "z"
     t = g.feed(s, start) if start is not None else None
     if t is None:
         return None
-    for text, _ in g._length_choices:
+    for text, _ in g.timing.length_choices:
         u = g.feed(t, text)
-        if u is not None and g._finish(u) is not None:
+        if u is not None and g.finish(u) is not None:
             return start + text  # type: ignore[operator]
     return None
 
 
-def _fill(g: AbcGrammar, t: AbcState, pitch: str) -> str:
+def _fill(g: Completer, t: AbcState, pitch: str) -> str:
     """Plain notes filling the rest of the bar of the finished state ``t`` (greedy, longest first)."""
     first = pitch if not t.any_note else "z"
     if t.bar_len is None:
         return "" if t.bar_notes and t.any_note else first
     room = (t.bar_len - t.pos) / t.unit
     out = []
-    for text, value in reversed(g._length_choices_by_value):
+    for text, value in reversed(g.timing.length_choices_by_value):
         while value <= room:
             out.append((first if not out else "z") + text)
             room -= value
     return "".join(out)
 
 
-def _tails(g: AbcGrammar, s: AbcState) -> list[str]:
+def _tails(g: Completer, s: AbcState) -> list[str]:
     """Candidate endings from ``s`` (token complete), shortest first; each is checked by the caller.
 
     Notes owed to an open tuplet, a decoration / chord symbol / grace group or a broken rhythm
@@ -201,7 +233,7 @@ def _tails(g: AbcGrammar, s: AbcState) -> list[str]:
     """
     head = " " if s.mode == "bar" else ""  # a bar line being read would swallow the next "|"
     for _ in range(12):
-        t = g._finish(s)
+        t = g.finish(s)
         if t is None or not (t.tuplet is not None or t.need_note or t.broken is not None):
             break
         note = _note(g, s, not t.any_note)
@@ -209,14 +241,14 @@ def _tails(g: AbcGrammar, s: AbcState) -> list[str]:
         if s is None:
             return []
         head += note  # type: ignore[operator]
-    t = g._finish(s)
+    t = g.finish(s)
     if t is None:
         return []
-    head += "" if g._lenient else ")" * t.slur
+    head += "" if g.lenient else ")" * t.slur
     pitch = _pitch(g, t) or "z"
     tails = [head + "|", head + "|]", head + _fill(g, t, pitch) + "|"]
     after = g.feed(s, tails[-1])
-    start = g._finish(after) if after is not None else None
+    start = g.finish(after) if after is not None else None
     if start is not None and start.phase == BODY:
         bar = _fill(g, start, pitch) + "|"  # a whole bar: ``start`` is at a bar line
         for _ in range(g.config.min_full_bars + 1):
@@ -224,4 +256,4 @@ def _tails(g: AbcGrammar, s: AbcState) -> list[str]:
     return sorted(tails, key=lambda t: (len(t), t))
 
 
-__all__ = ["completion"]
+__all__ = ["Completer"]

@@ -1,22 +1,30 @@
-"""Header rules of the ABC state machine: control codes, ``X:``, fields, ``K:`` (see abc_grammar).
+"""Header rules of the ABC state machine: control codes, ``X:``, fields, ``K:`` (see the machine).
 
-Mixed into :class:`rwkv_music.formats.abc.grammar.machine.AbcGrammar`; each ``_h_*`` method takes a
-state and one character and returns the next state or ``None`` (illegal).  Field values that
-matter (``M:``, ``L:``, ``K:``, ``Q:``, control codes) are read against the finite value sets of
-:mod:`rwkv_music.formats.abc.grammar.values`; other fields are free text.  ``value``/``text``/``comment``
-lines are shared with body field lines (``K:G`` on its own line in the tune).
+:class:`HeaderRules` is used by :class:`rwkv_music.formats.abc.grammar.machine.AbcGrammar`; each
+mode method (``line``, ``letter``, ``value``, ``text``, ``comment``) takes a state and one
+character and returns the next state or ``None`` (illegal).  Field values that matter (``M:``,
+``L:``, ``K:``, ``Q:``, control codes) are read against the finite value sets of
+:mod:`rwkv_music.formats.abc.grammar.values`; other fields are free text.  ``value``/``text``/
+``comment`` lines are shared with body field lines (``K:G`` on its own line in the tune).
+
+State fields it owns: ``phase``, ``seen``, ``field`` and ``buf`` of a field line, and the musical
+context a field sets (``bar_len``, ``compound``, ``unit``).
 """
 
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import TYPE_CHECKING, Callable
 
-from rwkv_music.formats.abc.grammar.state import BODY, CONTROL, HEADER, AbcState
-from rwkv_music.formats.abc.grammar.values import ValueSet, meter_info
-
-if TYPE_CHECKING:
-    from rwkv_music.formats.abc.grammar.state import AbcGrammarConfig
+from rwkv_music.formats.abc.grammar.state import BODY, CONTROL, HEADER, AbcGrammarConfig, AbcState, body_line
+from rwkv_music.formats.abc.grammar.values import (
+    ValueSet,
+    control_values,
+    key_values,
+    meter_info,
+    meter_values,
+    tempo_values,
+    unit_values,
+)
 
 PRINTABLE = frozenset(chr(i) for i in range(32, 127))
 LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
@@ -24,17 +32,26 @@ VALUE_FIELDS = frozenset("MLKQ")  # fields read against a value set (X: is digit
 
 
 class HeaderRules:
-    """Control-code block and header fields; also the field-value lines of the body."""
+    """Control-code block and header fields; also the field-value lines of the body.
 
-    config: AbcGrammarConfig
-    _lenient: bool
-    _meters: ValueSet
-    _body_meters: ValueSet
-    _units: ValueSet
-    _keys: ValueSet
-    _tempos: ValueSet
-    _controls: dict[str, ValueSet]
-    _body_line: Callable[[AbcState], AbcState]  # from the body rules
+    Its own data are the value sets of one configuration (forced ``M:``/``L:``/``K:`` values
+    narrow them to one).
+
+    Args:
+        config: the grammar configuration.
+    """
+
+    def __init__(self, config: AbcGrammarConfig) -> None:
+        cfg = config
+        self.config = cfg
+        self.lenient = cfg.lenient
+        meters = meter_values(cfg.max_meter_numerator, cfg.free_meter, cfg.meter_denominators)
+        self.meters = ValueSet([cfg.meter] if cfg.meter else meters)
+        self.body_meters = ValueSet(m for m in self.meters.values if m != "none")
+        self.units = ValueSet([cfg.unit] if cfg.unit else unit_values(cfg.unit_denominators))
+        self.keys = ValueSet([cfg.key] if cfg.key else key_values(cfg.lenient))
+        self.tempos = ValueSet(tempo_values())
+        self.controls = {letter: ValueSet(control_values(letter)) for letter in "SBE"}
 
     # -- which line may start ---------------------------------------------------------------
     def _is_control(self, s: AbcState, letter: str) -> bool:
@@ -54,12 +71,12 @@ class HeaderRules:
                 and (cfg.unit is None or "L" in s.seen)
             )
         if letter in "ML":
-            return self._lenient or letter not in s.seen
+            return self.lenient or letter not in s.seen
         if letter == "Q":
-            return cfg.tempo_field or self._lenient
+            return cfg.tempo_field or self.lenient
         return letter in cfg.text_fields
 
-    def _h_line(self, s: AbcState, c: str) -> AbcState | None:
+    def line(self, s: AbcState, c: str) -> AbcState | None:
         """Start of a header line: a field letter, or ``%`` for a comment line."""
         if c == "%" and self.config.comments:
             return s.replace(mode="comment")
@@ -71,29 +88,29 @@ class HeaderRules:
             return s.replace(phase=HEADER, mode="letter", field=c)
         return None
 
-    def _h_letter(self, s: AbcState, c: str) -> AbcState | None:
+    def letter(self, s: AbcState, c: str) -> AbcState | None:
         """After the field letter only ``:`` may follow."""
         if c != ":":
             return None
-        if s.phase == CONTROL or s.field == "X" or (s.field in VALUE_FIELDS and not (s.field == "Q" and self._lenient)):
+        if s.phase == CONTROL or s.field == "X" or (s.field in VALUE_FIELDS and not (s.field == "Q" and self.lenient)):
             return s.replace(mode="value", buf="")
         return s.replace(mode="text", buf="")
 
     # -- values ---------------------------------------------------------------------------------
-    def _value_set(self, s: AbcState) -> ValueSet | None:
+    def value_set(self, s: AbcState) -> ValueSet | None:
         if s.phase == CONTROL:
-            return self._controls[s.field]
-        if s.field == "M" and s.phase == BODY and not self._lenient:
-            return self._body_meters  # no M:none in the body: music21 would keep timing the old meter
-        return {"M": self._meters, "L": self._units, "K": self._keys, "Q": self._tempos}.get(s.field)
+            return self.controls[s.field]
+        if s.field == "M" and s.phase == BODY and not self.lenient:
+            return self.body_meters  # no M:none in the body: music21 would keep timing the old meter
+        return {"M": self.meters, "L": self.units, "K": self.keys, "Q": self.tempos}.get(s.field)
 
     def _value_complete(self, s: AbcState, core: str) -> bool:
         if s.field == "X" and s.phase != CONTROL:
             return core.isdigit() and len(core) <= 6
-        values = self._value_set(s)
+        values = self.value_set(s)
         return values is not None and values.is_complete(core)
 
-    def _h_value(self, s: AbcState, c: str) -> AbcState | None:
+    def value(self, s: AbcState, c: str) -> AbcState | None:
         """A field value read against its value set; one leading space allowed (more if lenient)."""
         if c == "\n":
             core = s.buf.strip(" ")
@@ -102,53 +119,53 @@ class HeaderRules:
             return None
         core = s.buf.lstrip(" ")
         if c == " " and not core:
-            return s.replace(buf=s.buf + c) if (self._lenient or not s.buf) else None
+            return s.replace(buf=s.buf + c) if (self.lenient or not s.buf) else None
         new = core + c
         if s.field == "X" and s.phase != CONTROL:
             ok = c.isdigit() and len(new) <= 6
         else:
-            values = self._value_set(s)
+            values = self.value_set(s)
             ok = values is not None and values.is_prefix(new)
         if ok:
             return s.replace(buf=s.buf + c)
-        if self._lenient and c in " \t%" and self._value_complete(s, core.strip()):
+        if self.lenient and c in " \t%" and self._value_complete(s, core.strip()):
             # trailing words after a value ("K:E phr bass", "M:9/8 % comment"): applied now
-            done = self._apply_value(s, core.strip())
+            done = self.apply_value(s, core.strip())
             return done.replace(mode="text", buf="", field="K" if s.field == "K" else "")
         return None
 
-    def _h_text(self, s: AbcState, c: str) -> AbcState | None:
+    def text(self, s: AbcState, c: str) -> AbcState | None:
         """Free text up to the end of the line (only "anything typed yet" is kept: states stay few).
 
         Not ``|`` right after the colon: music21 reads ``T:|`` as a note and a bar line.
         """
         if c == "\n":
             if s.phase == BODY:
-                return self._body_line(s.replace(buf=""))
-            return self._start_body(s) if s.field == "K" else s.replace(mode="line", field="", buf="")
-        if c in PRINTABLE or (c == "\t" and self._lenient):
+                return body_line(s.replace(buf=""))
+            return self.start_body(s) if s.field == "K" else s.replace(mode="line", field="", buf="")
+        if c in PRINTABLE or (c == "\t" and self.lenient):
             if s.buf:
                 return s
-            return None if c == "|" and not self._lenient else s.replace(buf=".")
+            return None if c == "|" and not self.lenient else s.replace(buf=".")
         return None
 
-    def _h_comment(self, s: AbcState, c: str) -> AbcState | None:
+    def comment(self, s: AbcState, c: str) -> AbcState | None:
         if c == "\n":
-            return self._body_line(s) if s.phase == BODY else s.replace(mode="line")
-        if c in PRINTABLE or (c == "\t" and self._lenient):
+            return body_line(s) if s.phase == BODY else s.replace(mode="line")
+        if c in PRINTABLE or (c == "\t" and self.lenient):
             return s
         return None
 
     # -- meaning of a complete value --------------------------------------------------------------
     def _end_value(self, s: AbcState, core: str) -> AbcState | None:
-        done = self._apply_value(s, core)
+        done = self.apply_value(s, core)
         if done is None:
             return None
         if s.phase == BODY:
-            return self._body_line(done)
-        return self._start_body(done) if s.field == "K" else done.replace(mode="line", buf="", field="")
+            return body_line(done)
+        return self.start_body(done) if s.field == "K" else done.replace(mode="line", buf="", field="")
 
-    def _apply_value(self, s: AbcState, core: str) -> AbcState | None:
+    def apply_value(self, s: AbcState, core: str) -> AbcState | None:
         """The state with the field's value applied (meter, unit length, seen letters)."""
         if s.phase == CONTROL:
             return s.replace(seen=s.seen + "s")
@@ -162,7 +179,7 @@ class HeaderRules:
             return s.replace(seen=seen, unit=Fraction(1, int(core.split("/")[1])))
         return s.replace(seen=seen)
 
-    def _start_body(self, s: AbcState) -> AbcState:
+    def start_body(self, s: AbcState) -> AbcState:
         """After the ``K:`` line: the tune body begins."""
         return s.replace(
             phase=BODY, mode="idle", buf="", field="", line_start=True, unit=s.unit or Fraction(1, 8), pos=Fraction(0)

@@ -70,7 +70,17 @@ skips: the first and last measure and the measures next to repeat/double/final b
 
 Strict mode keeps every reachable state completable (the grid argument of
 :mod:`rwkv_music.formats.abc.grammar.timing`): a correct constraint never leaves a row without a legal
-byte; :func:`rwkv_music.formats.abc.grammar.complete.completion` builds a short way to a legal end.
+byte; :class:`rwkv_music.formats.abc.grammar.complete.Completer` builds a short way to a legal end.
+
+Structure: :class:`AbcGrammar` is thin.  It holds the state value's dispatch table (phase and
+mode -> rule) and delegates to small rule objects, each with its own tables and no shared
+``self``: :class:`~rwkv_music.formats.abc.grammar.header.HeaderRules` (control codes, header
+and field lines), :class:`~rwkv_music.formats.abc.grammar.body.BodyRules` (notes, rests, bar
+lines between tokens), :class:`~rwkv_music.formats.abc.grammar.groups.NoteGroupRules` (chords,
+grace groups, symbols, slurs, tuplets, broken rhythm),
+:class:`~rwkv_music.formats.abc.grammar.pitch.PitchRules` (letters, octave marks, range) and
+:class:`~rwkv_music.formats.abc.grammar.timing.BarTiming` (durations, grid lookahead, tuplet
+openers, bar lines).  Every rule is a function ``(AbcState, char) -> AbcState | None``.
 
 >>> g = AbcGrammar()
 >>> g.accepts("L:1/8\\nM:3/4\\nK:D\\nA2 Bc d2|e6|]")
@@ -86,24 +96,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from rwkv_music.formats.abc.grammar.body import ACCIDENTALS, PITCHES, BodyRules
+from rwkv_music.formats.abc.grammar.body import BodyRules
+from rwkv_music.formats.abc.grammar.complete import Completer
 from rwkv_music.formats.abc.grammar.header import HeaderRules
+from rwkv_music.formats.abc.grammar.pitch import PitchRules
 from rwkv_music.formats.abc.grammar.state import BODY, CONTROL, HEADER, AbcGrammarConfig, AbcState
-from rwkv_music.formats.abc.grammar.values import (
-    DECORATION_NAMES,
-    ValueSet,
-    bar_texts,
-    chord_symbol_texts,
-    control_values,
-    key_values,
-    length_texts,
-    meter_values,
-    tempo_values,
-    tuplet_texts,
-    unit_values,
-)
+from rwkv_music.formats.abc.grammar.timing import BarTiming
 
-Handler = Callable[[AbcState, str], "AbcState | None"]
+Rule = Callable[[AbcState, str], "AbcState | None"]
 PHASE_NAMES = {CONTROL: "control", HEADER: "header", BODY: "body"}
 _ALL_CHARS = "".join(chr(b) for b in range(128))
 _LENGTH = frozenset("0123456789/")
@@ -124,11 +124,11 @@ class Rejection:
     reason: str
 
 
-class AbcGrammar(HeaderRules, BodyRules):
+class AbcGrammar:
     """The ABC state machine for one configuration.
 
-    Its behaviour is fixed at construction (it only keeps small caches of recent answers);
-    states are values, so one grammar can serve any number of rows.
+    Its behaviour is fixed at construction (its rule objects only keep small caches of recent
+    answers); states are values, so one grammar can serve any number of rows.
 
     Args:
         config: the ABC subset (:class:`AbcGrammarConfig`; default strict).
@@ -137,36 +137,27 @@ class AbcGrammar(HeaderRules, BodyRules):
     def __init__(self, config: AbcGrammarConfig | None = None) -> None:
         cfg = config if config is not None else AbcGrammarConfig()
         self.config = cfg
-        self._lenient = cfg.lenient
-        meters = meter_values(cfg.max_meter_numerator, cfg.free_meter, cfg.meter_denominators)
-        self._meters = ValueSet([cfg.meter] if cfg.meter else meters)
-        self._body_meters = ValueSet(m for m in self._meters.values if m != "none")
-        self._units = ValueSet([cfg.unit] if cfg.unit else unit_values(cfg.unit_denominators))
-        self._keys = ValueSet([cfg.key] if cfg.key else key_values(cfg.lenient))
-        self._tempos = ValueSet(tempo_values())
-        self._controls = {letter: ValueSet(control_values(letter)) for letter in "SBE"}
-        self._bars = ValueSet(bar_texts(cfg.lenient))
-        self._tuplets = ValueSet(tuplet_texts())
-        self._decorations = None if cfg.lenient else ValueSet(DECORATION_NAMES)
-        self._chord_names = ValueSet(chord_symbol_texts()) if cfg.chord_symbols == "chords" else None
-        self._init_timing(length_texts(cfg.max_length_numerator, cfg.length_denominators, cfg.lenient))
-        self._init_body()
-        header: dict[str, Handler] = {
-            "line": self._h_line, "letter": self._h_letter, "value": self._h_value,
-            "text": self._h_text, "comment": self._h_comment,
+        self.header = header = HeaderRules(cfg)
+        self.timing = timing = BarTiming(cfg)
+        self.pitches = pitches = PitchRules(cfg)
+        self.body = body = BodyRules(cfg, header, timing, pitches)
+        groups = body.groups
+        head: dict[str, Rule] = {
+            "line": header.line, "letter": header.letter, "value": header.value,
+            "text": header.text, "comment": header.comment,
         }  # fmt: skip
-        body: dict[str, Handler] = {
-            "idle": self._b_idle, "deco": self._b_deco, "acc": self._b_acc, "note": self._b_note, "rest": self._b_rest,
-            "clen": self._b_chord_length, "mrest": self._b_multirest, "lbr": self._b_bracket,
-            "group": self._b_group, "gacc": self._b_acc, "gnote": self._b_inner_note,
-            "quote": self._b_quote, "bang": self._b_bang, "paren": self._b_paren, "tup": self._b_tuplet,
-            "brk": self._b_broken, "bar": self._b_bar, "fletter": self._b_field_letter,
-            "value": self._h_value, "text": self._h_text, "comment": self._h_comment,
-            "cont": self._b_continue, "ilet": self._b_inline_letter, "ival": self._b_inline_value,
+        tune: dict[str, Rule] = {
+            "idle": body.idle, "deco": body.decoration, "acc": body.accidental, "note": body.note,
+            "rest": body.rest, "clen": body.chord_length, "mrest": body.multirest, "bar": body.bar,
+            "fletter": body.field_letter, "cont": body.continuation, "ilet": body.inline_letter,
+            "ival": body.inline_value,
+            "lbr": groups.bracket, "group": groups.group, "gacc": groups.group_accidental,
+            "gnote": groups.inner_note, "quote": groups.quote, "bang": groups.bang, "paren": groups.paren,
+            "tup": groups.tuplet, "brk": groups.broken,
+            "value": header.value, "text": header.text, "comment": header.comment,
         }  # fmt: skip
-        self._handlers = {CONTROL: header, HEADER: header, BODY: body}
-        idle = set(PITCHES + ACCIDENTALS + "zxZ" + cfg.decorations + self._body_fields) | set(self._idle_chars)
-        self._idle_candidates = "".join(sorted(idle))
+        self._rules = {CONTROL: head, HEADER: head, BODY: tune}
+        self._completer = Completer(cfg, header, timing, groups, self.feed, self.is_final, body.finish_token)
 
     # -- public API ---------------------------------------------------------------------------
     def initial(self) -> AbcState:
@@ -175,7 +166,7 @@ class AbcGrammar(HeaderRules, BodyRules):
 
     def step(self, state: AbcState, char: str) -> AbcState | None:
         """The state after one character, or ``None`` if the character is not allowed here."""
-        return self._handlers[state.phase][state.mode](state, char)
+        return self._rules[state.phase][state.mode](state, char)
 
     def feed(self, state: AbcState, text: str) -> AbcState | None:
         """The state after ``text`` (``None`` as soon as a character is not allowed)."""
@@ -187,7 +178,7 @@ class AbcGrammar(HeaderRules, BodyRules):
 
     def is_final(self, state: AbcState) -> bool:
         """Whether the tune may end here (eos is legal)."""
-        return state.phase == BODY and self._final(state)
+        return state.phase == BODY and self.body.final(state)
 
     def accepts(self, text: str, *, complete: bool = True) -> bool:
         """Whether ``text`` (model text: control codes and header, no bos/eos) is legal.
@@ -232,11 +223,11 @@ class AbcGrammar(HeaderRules, BodyRules):
 
     def candidates(self, state: AbcState) -> str:
         """Characters that may be legal in ``state`` (a superset; all 128 except in a few modes)."""
-        return self._idle_candidates if state.phase == BODY and state.mode == "idle" else _ALL_CHARS
+        return self.body.idle_candidates if state.phase == BODY and state.mode == "idle" else _ALL_CHARS
 
     def finish_token(self, state: AbcState) -> AbcState | None:
         """The state after the token being read ends (``None`` if it cannot end here)."""
-        return self._finished(state)
+        return self.body.finish(state)
 
     def allowed(self, state: AbcState) -> str:
         """The ASCII characters (codes 0..127) legal in ``state``, in code order."""
@@ -244,9 +235,7 @@ class AbcGrammar(HeaderRules, BodyRules):
 
     def completion(self, state: AbcState) -> str | None:
         """The shortest known text that takes ``state`` to a legal end (``None``: none found)."""
-        from rwkv_music.formats.abc.grammar.complete import completion
-
-        return completion(self, state)
+        return self._completer.completion(state)
 
 
-__all__ = ["AbcGrammar", "AbcGrammarConfig", "AbcState", "Rejection"]
+__all__ = ["AbcGrammar", "AbcGrammarConfig", "AbcState", "PHASE_NAMES", "Rejection"]

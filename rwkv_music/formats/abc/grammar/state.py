@@ -169,6 +169,20 @@ class AbcState(NamedTuple):
     Durations are exact fractions of a whole note.  (A named tuple: hashing, comparing and
     copying with changes are several times faster than for a dataclass, and the constraint
     does them for every byte of every state.)
+
+    Which rule object writes which fields (each reads what it needs):
+
+    * ``HeaderRules``: ``phase``, ``seen``, ``field``/``buf`` of field lines, ``bar_len``,
+      ``compound``, ``unit``;
+    * ``BarTiming``: ``pos``, ``nfac``, ``nkind``, ``room``, ``last``, ``tuplet``, ``broken`` and
+      the bar fields (``bar_notes`` ... ``full_bars``);
+    * ``PitchRules``: ``pitch``, ``case``;
+    * ``NoteGroupRules``: ``count``, ``slur``, ``need_note``, ``field`` ``c``/``g``;
+    * ``BodyRules``: ``mode``/``buf`` of plain tokens, ``line_start``, ``after_note``,
+      ``no_left``, ``any_note``.
+
+    Every field is a small number, flag or short string, so the state can be packed into
+    arrays (a compiled table plus per-row counters) without changing its meaning.
     """
 
     phase: int = CONTROL  # CONTROL, HEADER or BODY
@@ -213,4 +227,9 @@ class AbcState(NamedTuple):
         return self._replace(**changes)
 
 
-__all__ = ["AbcGrammarConfig", "AbcState", "BODY", "CONTROL", "HEADER", "ZERO"]
+def body_line(s: AbcState) -> AbcState:
+    """A new body line starts (after a newline, a field line or a continuation)."""
+    return s.replace(mode="idle", buf="", field="", line_start=True, after_note=False, last=ZERO, no_left=False)
+
+
+__all__ = ["AbcGrammarConfig", "AbcState", "BODY", "CONTROL", "HEADER", "ZERO", "body_line"]

@@ -14,12 +14,27 @@ Musical meaning (exact :class:`~fractions.Fraction` durations in whole notes):
   1/16 below 3/4, else 1/8; the same rule as music21's ``getDefaultQuarterLength``).
 * :func:`length_value` -- the multiplier of ``L`` written after a note (``3/2``, ``/``, ``//``).
 * :func:`tuplet_ratio` -- ``(p:q:r`` with music21's defaults for ``q``.
+
+The header value rules (meter and unit denominators, modes, tempo range, control codes) are the
+ones of :mod:`rwkv_music.formats.abc.header`, the one ABC header validator: the sets here are
+those rules spelled out as strings, narrowed by the grammar configuration.
 """
 
 from __future__ import annotations
 
 from fractions import Fraction
 from typing import Iterable
+
+from rwkv_music.formats.abc.header import (
+    BPM_RANGE,
+    CONTROL_RANGES,
+    METER_DENOMINATORS,
+    MODE_SHARPS,
+    SHORT_MODES,
+    SPECIAL_KEYS,
+    TEMPO_BEATS,
+    UNIT_DENOMINATORS,
+)
 
 # -- generic finite sets --------------------------------------------------------------------
 
@@ -57,8 +72,6 @@ class ValueSet:
 
 # -- meters, unit lengths, keys, tempo --------------------------------------------------------
 
-METER_DENOMINATORS = (1, 2, 4, 8, 16)
-
 
 def meter_values(max_numerator: int, free_meter: bool, denominators: Iterable[int] = METER_DENOMINATORS) -> list[str]:
     """``M:`` values: ``C``, ``C|``, ``n/d`` (n <= max_numerator) and optionally ``none``."""
@@ -89,27 +102,18 @@ def meter_info(value: str) -> tuple[Fraction | None, bool, Fraction]:
     return bar, compound, Fraction(1, 16) if bar < Fraction(3, 4) else Fraction(1, 8)
 
 
-UNIT_DENOMINATORS = (1, 2, 4, 8, 16, 32, 64)
-
-
 def unit_values(denominators: Iterable[int] = UNIT_DENOMINATORS) -> list[str]:
     """``L:`` values ``1/d`` (``1/1`` .. ``1/64`` by default)."""
     return [f"1/{d}" for d in denominators]
 
 
 _MAJOR_SHARPS = {"C": 0, "D": 2, "E": 4, "F": -1, "G": 1, "A": 3, "B": 5}
-_MODE_SHIFT = {  # sharps relative to the major key on the same tonic
-    "": 0, "maj": 0, "major": 0, "ion": 0, "ionian": 0, "mix": -1, "mixolydian": -1,
-    "dor": -2, "dorian": -2, "m": -3, "min": -3, "minor": -3, "aeo": -3, "aeolian": -3,
-    "phr": -4, "phrygian": -4, "loc": -5, "locrian": -5, "lyd": 1, "lydian": 1,
-}  # fmt: skip
-SHORT_MODES = ("", "m", "min", "maj", "mix", "dor", "phr", "lyd", "loc", "aeo", "ion")
 
 
 def key_sharps(tonic: str, mode: str) -> int:
     """Sharps (negative: flats) of a key such as ``("F#", "m")`` -> 3."""
     shift = {"#": 7, "b": -7, "": 0}[tonic[1:]]
-    return _MAJOR_SHARPS[tonic[0]] + shift + _MODE_SHIFT[mode.lower()]
+    return _MAJOR_SHARPS[tonic[0]] + shift + MODE_SHARPS[mode.lower()]
 
 
 def key_values(lenient: bool) -> list[str]:
@@ -118,10 +122,10 @@ def key_values(lenient: bool) -> list[str]:
     Strict: the short lowercase modes, no space, at most 7 sharps or flats.  Lenient adds
     long and capitalised mode names with an optional space (``E Minor``, ``A Mixolydian``).
     """
-    out = ["HP", "Hp", "none"]
+    out = list(SPECIAL_KEYS)
     modes = [(m, m) for m in SHORT_MODES]
     if lenient:
-        modes = [(form, m) for m in _MODE_SHIFT for form in {m, m.capitalize(), m.upper()}]
+        modes = [(form, m) for m in MODE_SHARPS for form in {m, m.capitalize(), m.upper()}]
     for letter in _MAJOR_SHARPS:
         for acc in ("", "#", "b"):
             for written, mode in modes:
@@ -133,16 +137,10 @@ def key_values(lenient: bool) -> list[str]:
     return out
 
 
-TEMPO_BEATS = ("1/4", "1/8", "3/8", "1/2", "3/4", "1/16", "3/16")
-
-
 def tempo_values() -> list[str]:
     """``Q:`` values: ``bpm`` or ``beat=bpm`` with bpm 40..240 (free text crashes music21)."""
-    bpms = [str(b) for b in range(40, 241)]
+    bpms = [str(b) for b in range(BPM_RANGE[0], BPM_RANGE[1] + 1)]
     return bpms + [f"{beat}={b}" for beat in TEMPO_BEATS for b in bpms]
-
-
-CONTROL_RANGES = {"S": (1, 8), "B": (1, 32), "E": (0, 10)}  # TunesFormer control codes (FORMATS B)
 
 
 def control_values(letter: str) -> list[str]:
