@@ -111,6 +111,7 @@ def run_version(version: str, work: Path, args: argparse.Namespace) -> list[dict
 
     import rwkv_music
     from rwkv_music.backends import ncnn as ncnn_backend
+    from rwkv_music.backends import ncnn_export
     from rwkv_music.model.factory import save_random_checkpoint
 
     torch.set_num_threads(args.threads)
@@ -133,7 +134,7 @@ def run_version(version: str, work: Path, args: argparse.Namespace) -> list[dict
             continue
         param = work / f"v{version}-{dtype}.param"
         if not param.exists():
-            _timed(f"ncnn export v{version} {dtype}", lambda: ncnn_backend.export(ckpt, param, dtype))
+            _timed(f"ncnn export v{version} {dtype}", lambda: ncnn_export.export(ckpt, param, dtype))
         model = ncnn_backend.load(param, num_threads=args.threads, fp16=fp16)
         label = f"{dtype} weights" + (", fp16 storage" if fp16 else "")
         for b in args.batches:
@@ -141,10 +142,11 @@ def run_version(version: str, work: Path, args: argparse.Namespace) -> list[dict
     if not args.skip_onnx:
         try:
             from rwkv_music.backends import onnx as onnx_backend
+            from rwkv_music.backends import onnx_export
 
             path = work / f"v{version}.onnx"
             if not path.exists():
-                _timed(f"onnx export v{version}", lambda: onnx_backend.export(ckpt, path))
+                _timed(f"onnx export v{version}", lambda: onnx_export.export(ckpt, path))
             model = onnx_backend.load(path, threads=args.threads)
             add("onnx", "fp32", 1, model, refs[1])
         except Exception as exc:  # the onnx backend is optional here

@@ -106,7 +106,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     import rwkv_music
-    from rwkv_music.backends.onnx import export
+    from rwkv_music.backends.onnx_export import export
     from rwkv_music.model.factory import random_checkpoint
 
     device = f"CPU {platform.machine()}, {args.threads} thread(s)"

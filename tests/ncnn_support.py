@@ -23,7 +23,7 @@ PROMPT_LEN, DECODE_STEPS = 8, 16
 
 def export_cached(tmp_path_factory: pytest.TempPathFactory, ckpt: Path, dtype: str = "fp32") -> Path:
     """``ckpt`` exported to ncnn once per session; returns the ``.param`` path."""
-    from rwkv_music.backends.ncnn import export
+    from rwkv_music.backends.ncnn_export import export
 
     root = tmp_path_factory.getbasetemp() / "ncnn-exports"
     root.mkdir(exist_ok=True)

@@ -21,7 +21,7 @@ FP16_TOL = 5e-2  # fp16 graph vs fp32 (random 2-layer models, logits of magnitud
 
 def export_cached(tmp_path_factory: pytest.TempPathFactory, ckpt: Path, dtype: str = "fp32", **kw: Any) -> Path:
     """``ckpt`` exported to ONNX once per session (same arguments → same file)."""
-    from rwkv_music.backends.onnx import export
+    from rwkv_music.backends.onnx_export import export
 
     root = tmp_path_factory.getbasetemp() / "onnx-graphs"
     root.mkdir(exist_ok=True)

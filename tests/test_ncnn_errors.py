@@ -142,7 +142,7 @@ def test_vulkan_without_a_gpu_falls_back_to_the_cpu(export_copy, monkeypatch):
 
 
 def test_export_refuses_to_overwrite_without_force(export_copy, checkpoint_path):
-    from rwkv_music.backends.ncnn import export
+    from rwkv_music.backends.ncnn_export import export
 
     with pytest.raises(OutputExistsError):
         export(checkpoint_path("5.2"), export_copy)
@@ -156,7 +156,7 @@ def test_export_refuses_to_overwrite_without_force(export_copy, checkpoint_path)
 def test_export_rejects_unknown_keys_and_dtypes(checkpoint_path, tmp_path):
     import torch
 
-    from rwkv_music.backends.ncnn import export
+    from rwkv_music.backends.ncnn_export import export
 
     with pytest.raises(ValueError):
         export(checkpoint_path("7"), tmp_path / "x", dtype="int4")

@@ -64,7 +64,7 @@ def test_ncnn_fp16_stays_within_tolerance(version, export_dtype, fp16, checkpoin
     logits, _ = prompt_then_decode(model, toks)
     diff = np.abs(logits - ref_logits).max()
     assert diff <= FP16_TOL
-    assert model.fp16 == fp16 and model.dtype == export_dtype
+    assert model.fp16 == fp16 and model.storage == export_dtype and model.dtype == ("fp16" if fp16 else "fp32")
 
 
 @pytest.mark.parametrize("version", ["4", "5.1", "6", "7a"])

@@ -121,7 +121,8 @@ def test_v6_time_state_becomes_the_onnx_initial_state(tmp_path, require_version)
     import torch
 
     import rwkv_music
-    from rwkv_music.backends.onnx import export, load
+    from rwkv_music.backends.onnx import load
+    from rwkv_music.backends.onnx_export import export
     from rwkv_music.model.factory import random_checkpoint
 
     sd = random_checkpoint("6", seed=3)

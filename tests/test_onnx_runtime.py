@@ -94,7 +94,8 @@ def test_onnx_rows_of_a_batch_are_independent(graph_52):
 
 
 def test_external_data_export_gives_the_same_logits(checkpoint_path, tmp_path, tmp_path_factory):
-    from rwkv_music.backends.onnx import export, load
+    from rwkv_music.backends.onnx import load
+    from rwkv_music.backends.onnx_export import export
 
     ckpt = checkpoint_path("7")
     out = export(ckpt, tmp_path / "ext.onnx", external_data=True)
@@ -108,7 +109,7 @@ def test_external_data_export_gives_the_same_logits(checkpoint_path, tmp_path, t
 def test_cli_export_onnx_writes_graph_and_sidecar_and_refuses_overwrite(checkpoint_path, tmp_path):
     from click.testing import CliRunner
 
-    from rwkv_music.backends.onnx_export import export_onnx
+    from rwkv_music.cli.export import export_onnx
 
     out = tmp_path / "m.onnx"
     runner = CliRunner()
@@ -124,7 +125,8 @@ def test_cli_export_onnx_writes_graph_and_sidecar_and_refuses_overwrite(checkpoi
 def test_export_accepts_a_state_dict(tmp_path, checkpoint_path, tmp_path_factory):
     import torch
 
-    from rwkv_music.backends.onnx import export, load
+    from rwkv_music.backends.onnx import load
+    from rwkv_music.backends.onnx_export import export
 
     ckpt = checkpoint_path("6")
     out = export(torch.load(ckpt, weights_only=True), tmp_path / "sd.onnx")

@@ -6,9 +6,12 @@ Each backend is one module imported only when chosen, so ``--backend onnx`` neve
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rwkv_music.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from rwkv_music.backends.base import Backend
 
 BACKENDS = {
     "torch": "rwkv_music.backends.torch",
@@ -17,8 +20,10 @@ BACKENDS = {
 }
 
 
-def load_backend(path: Any, backend: str = "torch", **kwargs: Any) -> Any:
-    """Import the backend module named ``backend`` and call its ``load(path, **kwargs)``."""
+def load_backend(path: Any, backend: str = "torch", **kwargs: Any) -> "Backend":
+    """Import the backend module named ``backend`` and call its ``load(path, **kwargs)``.
+
+    Every ``load`` takes ``device``, ``dtype``, ``threads`` and ``native`` (see each module)."""
     if backend not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     try:

@@ -1,7 +1,8 @@
-"""The ncnn backend: runs graphs written by :func:`export` on the stock ``ncnn`` wheel.
+"""The ncnn backend: runs graphs written by :mod:`rwkv_music.backends.ncnn_export` on the stock ``ncnn`` wheel.
 
-This module never imports torch: the ``.param`` / ``.bin`` pair and the JSON sidecar
-(``PREFIX.json``) carry everything, so ``--backend ncnn`` works on machines without torch.
+This module never imports torch (nor the exporter): the ``.param`` / ``.bin`` pair and the JSON
+sidecar (``PREFIX.json``, see :mod:`rwkv_music.backends.sidecar`) carry everything, so
+``--backend ncnn`` works on machines without torch.
 Inputs and outputs are numpy arrays; states are :class:`~rwkv_music.model.state.State` values
 with the same names, shapes and S orientation as the torch backend, so states move freely
 between backends.
@@ -24,7 +25,6 @@ and one extract per extractor keep it that way.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -32,71 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from rwkv_music.backends.base import tokens_to_numpy
+from rwkv_music.backends.base import NumpyRuntime, as_numpy, refuse_native, tokens_to_numpy
+from rwkv_music.backends.sidecar import NCNN_STORAGES, PACKED, TOKEN, ncnn_paths, read_ncnn_sidecar
 from rwkv_music.errors import BackendUnavailable, CheckpointError, StateError
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.state import State, state_shapes
 
 log = logging.getLogger(__name__)
 
-SIDECAR_FORMAT = "rwkv_music.ncnn/1"
-TOKEN = "token"  # int32 ids [B]
-LOGITS = "logits"  # [B, V]
-PACKED = "out_all"  # [B, V + Σ state sizes]: logits, then every out_<name>_<i>
-STORAGES = ("fp32", "fp16", "int8")
-TOKENIZER_BY_VOCAB = {128: "abc", 20096: "midi"}  # vocab sizes of the BlinkDL music models
-_SUFFIXES = (".param", ".bin", ".json")
 Layers = dict[str, list[np.ndarray]]  # state name → one [B, ...] float32 array per layer
-
-
-def prefix_paths(path: str | os.PathLike) -> dict[str, Path]:
-    """The files of one export from its prefix or any of its files: param, bin, sidecar, state."""
-    p = Path(path)
-    name = p.name
-    for suffix in _SUFFIXES:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    stem = p.with_name(name)
-    return {"param": Path(f"{stem}.param"), "bin": Path(f"{stem}.bin"), "sidecar": Path(f"{stem}.json"),
-            "state": Path(f"{stem}.state.npz")}
-
-
-def read_sidecar(path: Path) -> tuple[dict[str, Any], RWKVConfig]:
-    """Parse and check a sidecar; returns ``(data, config)``."""
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
-            got = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise CheckpointError(
-                f"{path}: not an rwkv_music ncnn sidecar (format {got!r}, expected {SIDECAR_FORMAT!r})")
-        cfg = RWKVConfig.from_dict(data["config"])
-        if data.get("dtype") not in STORAGES or set(data["state"]) != set(state_shapes(cfg, 1)):
-            raise CheckpointError(f"{path}: sidecar dtype/state entries do not fit an RWKV v{cfg.version} model")
-        _check_segments(path, data, cfg)
-    except CheckpointError:
-        raise
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: unreadable ncnn sidecar ({type(exc).__name__}: {exc})") from None
-    return data, cfg
-
-
-def _check_segments(path: Path, data: dict[str, Any], cfg: RWKVConfig) -> None:
-    """The packed-output layout must cover the logits and every state blob of ``cfg``, in order."""
-    segments = data["outputs"][PACKED]["segments"]
-    expected = [(LOGITS, cfg.vocab_size)]
-    for name, (shape, _) in state_shapes(cfg, 1).items():
-        expected += [(f"out_{name}_{i}", int(np.prod(shape[2:]))) for i in range(cfg.n_layer)]
-    for name, entry in data["state"].items():
-        if entry.get("inputs") != [f"in_{name}_{i}" for i in range(cfg.n_layer)]:
-            raise CheckpointError(f"{path}: state {name!r} does not list one input blob per layer")
-    got = [(s["name"], s["size"]) for s in segments]
-    if any(s.get("state") != s["name"][4:].rsplit("_", 1)[0] for s in segments[1:]):
-        raise CheckpointError(f"{path}: packed output segments name no state tensors")
-    offsets = [s["offset"] for s in segments]
-    if got != expected or offsets != list(np.cumsum([0] + [n for _, n in expected[:-1]])):
-        raise CheckpointError(
-            f"{path}: packed output layout does not match an RWKV v{cfg.version} L{cfg.n_layer} model")
 
 
 def _ncnn() -> Any:
@@ -108,13 +52,7 @@ def _ncnn() -> Any:
     return ncnn
 
 
-def _as_numpy(t: Any) -> np.ndarray:
-    if type(t).__module__.split(".")[0] == "torch":  # a torch backend's state; no torch import needed
-        t = t.detach().float().cpu().numpy()
-    return np.asarray(t, dtype=np.float32)
-
-
-class NcnnModel:
+class NcnnModel(NumpyRuntime):
     """An exported RWKV graph on ncnn (implements :class:`~rwkv_music.backends.base.Backend`)."""
 
     name = "ncnn"
@@ -128,8 +66,10 @@ class NcnnModel:
         self.device = device
         self.fp16 = fp16
         self.num_threads = num_threads
-        self.dtype: str = sidecar["dtype"]  # weight storage chosen at export
+        self.storage: str = sidecar["dtype"]  # weight storage chosen at export: fp32, fp16 or int8
         self.quantization: str | None = sidecar.get("quantization")
+        # the arithmetic: fp16 where asked for, else fp32 (over 8-bit codebook weights for an int8 export)
+        self.dtype: str = "fp16" if fp16 else "int8" if self.storage == "int8" else "fp32"
         self.tokenizer_kind: str | None = sidecar.get("tokenizer")
         self._ncnn = _ncnn()
         self._names = list(state_shapes(config, 1))
@@ -139,14 +79,10 @@ class NcnnModel:
         self._initial = initial  # v6 state tuning (time_state), batch 1
         self._inputs = {n: sidecar["state"][n]["inputs"] for n in self._names}  # in_<name>_<i> per layer
 
-    @property
-    def info(self) -> RWKVConfig:
-        return self.config
-
     def __repr__(self) -> str:
         storage = "fp16 storage" if self.fp16 else "fp32 storage"
         name = self.paths["param"].name
-        return f"NcnnModel({name}, v{self.config.version}, {self.dtype} weights, {storage}, {self.device})"
+        return f"NcnnModel({name}, v{self.config.version}, {self.storage} weights, {storage}, {self.device})"
 
     # -- protocol ----------------------------------------------------------------------------
     def new_state(self, batch_size: int = 1) -> State:
@@ -187,7 +123,7 @@ class NcnnModel:
     def _layers(self, state: State) -> Layers:
         """Per state name, one contiguous float32 [B, ...] array per layer (ncnn gets clones, so the
         caller's state is never written)."""
-        return {n: [np.ascontiguousarray(a) for a in _as_numpy(state.tensors[n])] for n in self._names}
+        return {n: [np.ascontiguousarray(a) for a in as_numpy(state.tensors[n])] for n in self._names}
 
     def _step(self, ids: np.ndarray, cur: Layers, B: int) -> tuple[np.ndarray, Layers]:
         ncnn = self._ncnn
@@ -242,33 +178,43 @@ def _use_vulkan(ncnn: Any, device: str, vulkan: bool) -> tuple[bool, str]:
 
 
 def load(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None, num_threads: int | None = None,
-         fp16: bool = False, vulkan: bool = False, **kw: Any) -> NcnnModel:
+         fp16: bool = False, vulkan: bool = False, *, threads: int | None = None,
+         native: bool | None = None) -> NcnnModel:
     """Open an export (``PREFIX``, ``PREFIX.param`` or ``PREFIX.bin``; the sidecar ``PREFIX.json`` must sit beside it).
 
     Args:
         path: the export's prefix or one of its files.
         device: "cpu", or "vulkan" / "vulkan:N" (falls back to the CPU when no GPU is usable).
-        dtype: "fp16" turns on ncnn's fp16 storage and arithmetic (same as ``fp16=True``); "fp32",
-            "int8", "auto" or None change nothing (weight storage is fixed at export).
-        num_threads: ncnn threads (default: ncnn's choice, all big cores).
-        fp16: fp16 storage/arithmetic where the CPU or GPU supports it (activations and weights).
+        dtype: the arithmetic dtype.  "fp32" (the default, also for ``None`` / "auto") or "fp16"
+            (ncnn's fp16 storage and arithmetic where the CPU or GPU has them, as ``fp16=True``).
+            The weights' storage was fixed at export (fp32, fp16, or 8-bit codebooks) and is
+            expanded at load, so it only rounds the weights; "int8" names an int8 export run in
+            fp32 and is refused for other exports, as is any other value ("bf16"), with
+            :class:`BackendUnavailable`.
+        num_threads: ncnn threads of this net (default: ncnn's choice, all big cores); nothing
+            process-wide is changed.
+        fp16: fp16 storage/arithmetic (the same as ``dtype="fp16"``).
         vulkan: run on the first Vulkan GPU if there is one.
-        threads: accepted as an alias of ``num_threads`` (the onnx backend's name).
+        threads: an alias of ``num_threads`` (the name the other backends use).
+        native: the torch backend's C kernels do not apply here; ``True`` is refused.
     """
-    if "threads" in kw:
-        num_threads = kw.pop("threads") if num_threads is None else num_threads
-    if kw:
-        raise TypeError(f"ncnn backend: unexpected arguments {sorted(kw)}")
-    if dtype not in (None, "auto", *STORAGES):
-        raise BackendUnavailable(
-            f"dtype {dtype!r} is not supported by the ncnn backend (use fp32, or fp16 for fp16 storage)")
+    refuse_native("ncnn", native)
+    num_threads = num_threads if num_threads is not None else threads
+    if dtype not in (None, "auto", *NCNN_STORAGES):
+        raise BackendUnavailable(f"dtype {dtype!r} is not supported by the ncnn backend (use fp32, fp16, "
+                                 "or int8 with an int8 export)")
+    if fp16 and dtype in ("fp32", "int8"):
+        raise BackendUnavailable(f"dtype {dtype!r} and fp16=True contradict each other; pass one of them")
     fp16 = bool(fp16 or dtype == "fp16")
-    paths = prefix_paths(path)
+    paths = ncnn_paths(path)
     for kind in ("param", "bin", "sidecar"):
         if not paths[kind].is_file():
             hint = "; re-export with 'rwkv-music export-ncnn'" if kind == "sidecar" else ""
             raise CheckpointError(f"{paths[kind]}: no such file (ncnn {kind} of {paths['param'].name}){hint}")
-    sidecar, cfg = read_sidecar(paths["sidecar"])
+    sidecar, cfg = read_ncnn_sidecar(paths["sidecar"])
+    if dtype == "int8" and sidecar["dtype"] != "int8":
+        raise BackendUnavailable(f"{paths['param'].name} stores {sidecar['dtype']} weights, not int8; "
+                                 "export it with 'rwkv-music export-ncnn --dtype int8', or leave dtype unset")
     _check_files(paths, sidecar)
     ncnn = _ncnn()
     use_vulkan, label = _use_vulkan(ncnn, str(device), vulkan)
@@ -300,12 +246,3 @@ def load(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None,
              "fp16" if fp16 else "fp32", label)
     return NcnnModel(net, cfg, sidecar, paths, label, fp16, int(net.opt.num_threads), initial)
 
-
-def export(checkpoint: Any, out_prefix: str | os.PathLike, dtype: str = "fp32", **kw: Any) -> Path:
-    """Export a checkpoint to ncnn (see :func:`rwkv_music.backends.ncnn_export.export`).
-
-    Reading a ``.pth`` checkpoint needs torch; running the export does not.
-    """
-    from rwkv_music.backends import ncnn_export
-
-    return ncnn_export.export(checkpoint, out_prefix, dtype, **kw)

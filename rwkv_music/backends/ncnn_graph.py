@@ -34,8 +34,6 @@ TAG_FP32 = 0
 TAG_FP16 = 0x01306B47
 TAG_CODEBOOK = 1  # any tag with a non-zero byte sum that is not fp16/int8/"scaled fp32" (ModelBin)
 STORAGES = ("fp32", "fp16", "int8")
-LN_EPS = 1e-5  # ln0/ln1/ln2/ln_out eps in every version (FORMATS A9)
-GN_EPS = 64e-5  # ln_x GroupNorm eps of v5, v6 and v7 (FORMATS A9)
 
 # BinaryOp op_type / UnaryOp op_type / Reduction operation numbers (operators.md)
 ADD, SUB, MUL, DIV, MAX = 0, 1, 2, 3, 4

@@ -2,7 +2,7 @@
 
 Every function appends layers to an :class:`~rwkv_music.backends.ncnn_graph.NcnnGraph` and returns
 blob names.  Activations are ``[B, C]`` (one token for each of B rows); per-channel constants are
-``[1, C]`` rows.  ``w`` reads the raw checkpoint (``w.get(key)`` → float32 numpy, squeezed).
+``[1, C]`` rows.  ``w`` reads the raw checkpoint (:class:`~rwkv_music.backends.export_weights.Weights`).
 
 State blobs of layer ``i`` are named ``in_<name>_<i>`` / ``out_<name>_<i>`` after the
 :class:`~rwkv_music.model.state.State` tensors, one row of the batch per row of the blob.
@@ -12,21 +12,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from rwkv_music.backends.ncnn_graph import DIV, EXP, LN_EPS, MAX, SQUARE, NcnnGraph
+from rwkv_music.backends.export_weights import Weights
+from rwkv_music.backends.ncnn_graph import DIV, EXP, MAX, SQUARE, NcnnGraph
+from rwkv_music.backends.sidecar import ncnn_state_blob
 from rwkv_music.model.config import RWKVConfig
+from rwkv_music.model.constants import LN_EPS
 
 
 def state_in(g: NcnnGraph, name: str, i: int) -> str:
-    return g.input(f"in_{name}_{i}")
+    return g.input(ncnn_state_blob("in", name, i))
 
 
 def state_out(name: str, i: int) -> str:
-    return f"out_{name}_{i}"
+    return ncnn_state_blob("out", name, i)
 
 
-def pre_norm(g: NcnnGraph, w: Any, i: int, which: str, x: str, state: str) -> tuple[str, str]:
+def pre_norm(g: NcnnGraph, w: Weights, i: int, which: str, x: str, state: str) -> tuple[str, str]:
     """``(xx, sx)``: the LN output (which is also the new shift state ``state``) and the previous one."""
     C = w.get(f"blocks.{i}.{which}.weight").shape[0]
     xx = g.layer_norm(x, w.get(f"blocks.{i}.{which}.weight"), w.get(f"blocks.{i}.{which}.bias"), C, LN_EPS,
@@ -34,7 +35,7 @@ def pre_norm(g: NcnnGraph, w: Any, i: int, which: str, x: str, state: str) -> tu
     return xx, state_in(g, state, i)
 
 
-def channel_mix_v4(g: NcnnGraph, w: Any, i: int, x: str, keys: tuple[str, str] = ("time_mix_k", "time_mix_r"),
+def channel_mix_v4(g: NcnnGraph, w: Weights, i: int, x: str, keys: tuple[str, str] = ("time_mix_k", "time_mix_r"),
                    maa: bool = False) -> str:
     """``x + σ(Wr·rx) ⊙ (Wv·relu²(Wk·kx))`` (v4/v5; v6 with ``maa=True``: mixes are ``1 - time_maa``)."""
     f = f"blocks.{i}.ffn."
@@ -49,7 +50,7 @@ def channel_mix_v4(g: NcnnGraph, w: Any, i: int, x: str, keys: tuple[str, str] =
     return g.add_(x, g.mul(r, g.linear(k, w.get(f + "value.weight"))))
 
 
-def head(g: NcnnGraph, w: Any, x: str, out: str) -> str:
+def head(g: NcnnGraph, w: Weights, x: str, out: str) -> str:
     """``logits = head · LN_out(x)`` → ``[B, V]``."""
     C = w.get("ln_out.weight").shape[0]
     h = g.layer_norm(x, w.get("ln_out.weight"), w.get("ln_out.bias"), C, LN_EPS)
@@ -60,7 +61,7 @@ def _exp(g: NcnnGraph, a: str) -> str:
     return g.unary(EXP, a)
 
 
-def time_mix_v4(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str) -> str:
+def time_mix_v4(g: NcnnGraph, w: Weights, cfg: RWKVConfig, i: int, x: str) -> str:
     """FORMATS A7 "v4 time mix" with the running-maximum WKV; returns ``x + TimeMix(LN1(x))``."""
     a = f"blocks.{i}.att."
     xx, sx = pre_norm(g, w, i, "ln1", x, "att_x")
@@ -70,7 +71,7 @@ def time_mix_v4(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str) -> str:
     v = g.linear(vx, w.get(a + "value.weight"))
     r = g.act("Sigmoid", g.linear(rx, w.get(a + "receptance.weight")))
     aa, bb, pp = (state_in(g, n, i) for n in ("att_a", "att_b", "att_p"))
-    decay = g.row(-np.exp(w.get(a + "time_decay").astype(np.float64)))  # A6: w = -exp(time_decay)
+    decay = g.row(w.v4_decay(a))  # A6: w = -exp(time_decay)
     first = g.row(w.get(a + "time_first"))  # A6: u = time_first (log domain)
     # output: q = max(pp, u + k); wkv = (e^{pp-q} aa + e^{u+k-q} v) / (e^{pp-q} bb + e^{u+k-q})
     ww = g.add_(k, first)
@@ -88,7 +89,7 @@ def time_mix_v4(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str) -> str:
     return g.add_(x, g.linear(g.mul(r, wkv), w.get(a + "output.weight")))
 
 
-def block(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str, ctx: dict[str, Any]) -> str:
+def block(g: NcnnGraph, w: Weights, cfg: RWKVConfig, i: int, x: str, ctx: dict[str, Any]) -> str:
     """One v4 block: ``x`` [B, C] → [B, C]."""
     x = time_mix_v4(g, w, cfg, i, x)
     return channel_mix_v4(g, w, i, x)

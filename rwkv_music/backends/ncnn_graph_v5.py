@@ -18,28 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from rwkv_music.backends.ncnn_graph import EXP, GN_EPS, NEG, R_SUM, NcnnGraph
+from rwkv_music.backends.export_weights import Weights
+from rwkv_music.backends.ncnn_graph import EXP, NEG, R_SUM, NcnnGraph
 from rwkv_music.backends.ncnn_graph_v4 import channel_mix_v4, pre_norm, state_in, state_out
 from rwkv_music.model.config import RWKVConfig
+from rwkv_music.model.constants import GN_EPS
 
 V6_MIX_ORDER = "wkvrg"  # rows of time_maa_w2 (FORMATS A3 notes)
-
-
-def _per_channel(arr: np.ndarray, H: int, N: int) -> np.ndarray:
-    """A per-head ([H] or [H,1]) or per-channel ([H,N]) tensor as [H, N]."""
-    return np.broadcast_to(np.asarray(arr, np.float64).reshape(H, -1), (H, N))
-
-
-def decay_and_bonus(w: Any, cfg: RWKVConfig, a: str) -> tuple[np.ndarray | None, np.ndarray]:
-    """(w = exp(-exp(time_decay)) as [H, N], or None for v6; u as [H, N])  — FORMATS A6."""
-    H, N = cfg.n_head, cfg.head_size
-    if a + "time_first" in w:  # 5.0/5.1 "time_first" is log u
-        u = np.exp(_per_channel(w.get(a + "time_first"), H, N))
-    else:
-        u = _per_channel(w.get(a + "time_faaaa"), H, N)
-    if cfg.version.family == 6:
-        return None, u
-    return np.exp(-np.exp(_per_channel(w.get(a + "time_decay"), H, N))), u
 
 
 def wkv5(g: NcnnGraph, cfg: RWKVConfig, i: int, r: str, k: str, v: str, u: np.ndarray, decay: str) -> str:
@@ -55,7 +40,7 @@ def wkv5(g: NcnnGraph, cfg: RWKVConfig, i: int, r: str, k: str, v: str, u: np.nd
     return g.reshape(y, [-1, A])
 
 
-def group_norm(g: NcnnGraph, w: Any, cfg: RWKVConfig, a: str, y: str) -> str:
+def group_norm(g: NcnnGraph, w: Weights, cfg: RWKVConfig, a: str, y: str) -> str:
     """GroupNorm with one group per head (A9 eps 64e-5) and the ``ln_x`` affine; y [B, A]."""
     H, N, A = cfg.n_head, cfg.head_size, cfg.dim_att
     y = g.layer_norm(g.reshape(y, [-1, H, N]), None, None, N, GN_EPS)
@@ -63,7 +48,7 @@ def group_norm(g: NcnnGraph, w: Any, cfg: RWKVConfig, a: str, y: str) -> str:
     return g.add_(y, g.row(w.get(a + "ln_x.bias")))
 
 
-def time_mix_v5(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str) -> str:
+def time_mix_v5(g: NcnnGraph, w: Weights, cfg: RWKVConfig, i: int, x: str) -> str:
     a = f"blocks.{i}.att."
     gated = cfg.version != "5.0"
     xx, sx = pre_norm(g, w, i, "ln1", x, "att_x")
@@ -72,7 +57,7 @@ def time_mix_v5(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str) -> str:
     mixed = {n: g.lerp(sx, d, g.row(w.get(a + f"time_mix_{n}"))) for n in names}
     proj = {"r": "receptance", "k": "key", "v": "value", "g": "gate"}
     r, k, v = (g.linear(mixed[n], w.get(a + proj[n] + ".weight")) for n in "rkv")
-    decay, u = decay_and_bonus(w, cfg, a)
+    u, decay = w.v5_bonus_decay(cfg, a)
     assert decay is not None
     decay_blob = g.const(decay.reshape(1, cfg.n_head, cfg.head_size, 1))
     y = group_norm(g, w, cfg, a, wkv5(g, cfg, i, r, k, v, u, decay_blob))
@@ -81,7 +66,7 @@ def time_mix_v5(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str) -> str:
     return g.add_(x, g.linear(y, w.get(a + "output.weight")))
 
 
-def time_mix_v6(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str) -> str:
+def time_mix_v6(g: NcnnGraph, w: Weights, cfg: RWKVConfig, i: int, x: str) -> str:
     """FORMATS A7 "v6.0 time mix" (data-dependent shift and decay)."""
     a = f"blocks.{i}.att."
     H, N = cfg.n_head, cfg.head_size
@@ -104,16 +89,16 @@ def time_mix_v6(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str) -> str:
     lora = g.act("TanH", g.linear(mixed["w"], w.get(a + "time_decay_w1").T, small=True))
     td = g.linear(lora, w.get(a + "time_decay_w2").T, bias=w.get(a + "time_decay").reshape(-1), small=True)
     decay = g.unary(EXP, g.unary(NEG, g.unary(EXP, td)))  # w = exp(-exp(td + ...)) per token
-    _, u = decay_and_bonus(w, cfg, a)
+    u, _ = w.v5_bonus_decay(cfg, a)
     y = group_norm(g, w, cfg, a, wkv5(g, cfg, i, r, k, v, u, g.reshape(decay, [-1, H, N, 1])))
     return g.add_(x, g.linear(g.mul(y, gate), w.get(a + "output.weight")))
 
 
-def block_v5(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str, ctx: dict[str, Any]) -> str:
+def block_v5(g: NcnnGraph, w: Weights, cfg: RWKVConfig, i: int, x: str, ctx: dict[str, Any]) -> str:
     x = time_mix_v5(g, w, cfg, i, x)
     return channel_mix_v4(g, w, i, x)
 
 
-def block_v6(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str, ctx: dict[str, Any]) -> str:
+def block_v6(g: NcnnGraph, w: Weights, cfg: RWKVConfig, i: int, x: str, ctx: dict[str, Any]) -> str:
     x = time_mix_v6(g, w, cfg, i, x)
     return channel_mix_v4(g, w, i, x, ("time_maa_k", "time_maa_r"), maa=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from rwkv_music.backends.export_weights import Weights
 from rwkv_music.backends.ncnn_graph import ADD, DIV, EXP, MAX, MUL, R_SUM, R_SUMSQ, SQRT, SQUARE, SUB, NcnnGraph
 from rwkv_music.backends.ncnn_graph_v4 import pre_norm, state_in, state_out
 from rwkv_music.backends.ncnn_graph_v5 import group_norm
@@ -35,7 +36,7 @@ def _lora(g: NcnnGraph, x: str, w1: Any, w2: Any, mid: str | None = None, bias: 
     return g.linear(h, w2.T, bias=bias, small=True)
 
 
-def time_mix(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str, ctx: dict[str, Any]) -> str:
+def time_mix(g: NcnnGraph, w: Weights, cfg: RWKVConfig, i: int, x: str, ctx: dict[str, Any]) -> str:
     a = f"blocks.{i}.att."
     H, N, C = cfg.n_head, cfg.head_size, cfg.n_embd
     xx, sx = pre_norm(g, w, i, "ln1", x, "att_x")
@@ -79,7 +80,7 @@ def time_mix(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str, ctx: dict[st
     return g.add_(x, g.linear(g.mul(y, gate), w.get(a + "output.weight")))
 
 
-def channel_mix(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str, ctx: dict[str, Any]) -> str:
+def channel_mix(g: NcnnGraph, w: Weights, cfg: RWKVConfig, i: int, x: str, ctx: dict[str, Any]) -> str:
     """``x + Wv·relu²(Wk·kx)``; v7a multiplies the hidden vector by the DeepEmbed gate."""
     f = f"blocks.{i}.ffn."
     xx, sx = pre_norm(g, w, i, "ln2", x, "ffn_x")
@@ -87,14 +88,13 @@ def channel_mix(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str, ctx: dict
     k = g.unary(SQUARE, g.act("ReLU", g.linear(kx, w.get(f + "key.weight"))))
     if cfg.version == "7a":  # s = (xx·s1)·s_emb[token] (32×32); k ⊙= s·s2 + s0 — the gate reads xx, not kx
         side = SEMB_SIDE
-        table = w.get(f + "s_emb.weight") + ctx["emb_folded"] @ w.get(f + "s_emb_x.weight").T  # A6 merge
-        emb = g.reshape(g.embed(ctx["token"], table), [-1, side, side])
+        emb = g.reshape(g.embed(ctx["token"], w.deep_embed_table(i)), [-1, side, side])  # merged at export (A6)
         s = g.reshape(g.linear(xx, w.get(f + "s1").T, small=True), [-1, 1, side])
         s = g.reshape(g.matmul(s, emb), [-1, side])
         k = g.mul(k, g.linear(s, w.get(f + "s2").T, bias=w.get(f + "s0").reshape(-1), small=True))
     return g.add_(x, g.linear(k, w.get(f + "value.weight")))
 
 
-def block(g: NcnnGraph, w: Any, cfg: RWKVConfig, i: int, x: str, ctx: dict[str, Any]) -> str:
+def block(g: NcnnGraph, w: Weights, cfg: RWKVConfig, i: int, x: str, ctx: dict[str, Any]) -> str:
     x = time_mix(g, w, cfg, i, x, ctx)
     return channel_mix(g, w, cfg, i, x, ctx)

@@ -1,10 +1,11 @@
-"""The onnxruntime backend: runs graphs written by :func:`export` behind the Backend protocol.
+"""The onnxruntime backend: runs graphs written by :mod:`rwkv_music.backends.onnx_export` behind the Backend protocol.
 
-This module never imports torch (nor onnx): a graph and its JSON sidecar (``OUT.onnx.json``, or
-``OUT.json``) carry everything needed, so ``--backend onnx`` works on machines without torch.
-Inputs and outputs are numpy arrays; states are :class:`~rwkv_music.model.state.State` values
-with the same tensor names, shapes and S orientation as the torch backend, so a state can move
-between backends (``State.numpy()`` / ``State.torch()``).
+This module never imports torch (nor onnx, nor the exporter): a graph and its JSON sidecar
+(``OUT.onnx.json``, or ``OUT.json``; see :mod:`rwkv_music.backends.sidecar`) carry everything
+needed, so ``--backend onnx`` works on machines without torch.  Inputs and outputs are numpy
+arrays; states are :class:`~rwkv_music.model.state.State` values with the same tensor names,
+shapes and S orientation as the torch backend, so a state can move between backends
+(``State.numpy()`` / ``State.torch()``).
 
 Graph interface (see :mod:`rwkv_music.backends.onnx_export` for the design):
 
@@ -14,6 +15,7 @@ Graph interface (see :mod:`rwkv_music.backends.onnx_export` for the design):
   (empty unless requested); ``new_state_<name>``.
 
 >>> import pathlib, tempfile
+>>> from rwkv_music.backends.onnx_export import export
 >>> from rwkv_music.model.factory import save_random_checkpoint
 >>> tmp = pathlib.Path(tempfile.mkdtemp())
 >>> graph = export(save_random_checkpoint(tmp / "tiny.pth", "7"), tmp / "tiny.onnx")
@@ -33,54 +35,25 @@ from typing import Any
 
 import numpy as np
 
-from rwkv_music.backends.base import tokens_to_numpy
+from rwkv_music.backends.base import NumpyRuntime, refuse_native, tokens_to_numpy
+from rwkv_music.backends.sidecar import (
+    ALL_FLAG,
+    ALL_LOGITS,
+    LOGITS,
+    META_KEY,
+    STATE_IN,
+    STATE_OUT,
+    TOKENS,
+    find_onnx_sidecar,
+    read_onnx_sidecar,
+)
 from rwkv_music.errors import BackendUnavailable, CheckpointError, StateError
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.state import State, state_shapes
 
 log = logging.getLogger(__name__)
 
-SIDECAR_FORMAT = "rwkv_music.onnx/1"
-META_KEY = "rwkv_music"  # model metadata entry repeating the sidecar's identity (config, dtype)
-TOKENS = "tokens"
-ALL_FLAG = "return_all_logits"
-LOGITS = "logits"
-ALL_LOGITS = "all_logits"
-STATE_IN = "state_"
-STATE_OUT = "new_state_"
-TOKENIZER_BY_VOCAB = {128: "abc", 20096: "midi"}  # vocab sizes of the BlinkDL music models
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16}
-
-
-def sidecar_path(onnx_path: str | os.PathLike) -> Path:
-    """Where :func:`export` writes the sidecar: ``OUT.onnx`` → ``OUT.onnx.json``."""
-    p = Path(onnx_path)
-    return p.with_name(p.name + ".json")
-
-
-def find_sidecar(onnx_path: str | os.PathLike) -> Path:
-    """``OUT.onnx.json`` or ``OUT.json`` next to the graph; :class:`CheckpointError` if neither."""
-    p = Path(onnx_path)
-    for cand in (sidecar_path(p), p.with_suffix(".json")):
-        if cand.is_file():
-            return cand
-    raise CheckpointError(f"{p}: no sidecar {sidecar_path(p).name} next to it; re-export with 'rwkv-music export-onnx'")
-
-
-def read_sidecar(path: Path) -> tuple[dict[str, Any], RWKVConfig]:
-    """Parse and check a sidecar; returns ``(data, config)``."""
-    try:
-        data = json.loads(path.read_text())
-        if data.get("format") != SIDECAR_FORMAT:
-            raise CheckpointError(f"{path}: not an rwkv_music ONNX sidecar (format {data.get('format')!r}, expected {SIDECAR_FORMAT!r})")
-        cfg = RWKVConfig.from_dict(data["config"])
-        if data.get("dtype") not in ("fp32", "fp16") or set(data.get("state", {})) != set(state_shapes(cfg, 1)):
-            raise CheckpointError(f"{path}: sidecar dtype/state entries do not fit an RWKV v{cfg.version} model")
-    except CheckpointError:
-        raise
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: unreadable ONNX sidecar ({type(exc).__name__}: {exc})") from None
-    return data, cfg
 
 
 def _providers(device: str) -> list[Any]:
@@ -90,47 +63,53 @@ def _providers(device: str) -> list[Any]:
         return ["CPUExecutionProvider"]
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise BackendUnavailable(f"device {device!r}: this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
+            raise BackendUnavailable(
+                f"device {device!r}: this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
+            )
         index = int(device.partition(":")[2] or 0)
         return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
     raise BackendUnavailable(f"device {device!r} is not supported by the onnx backend (use 'cpu' or 'cuda')")
 
 
-class OnnxModel:
+class OnnxModel(NumpyRuntime):
     """An exported RWKV graph on onnxruntime (implements :class:`~rwkv_music.backends.base.Backend`)."""
 
     name = "onnx"
 
     def __init__(
-        self, session: Any, config: RWKVConfig, sidecar: dict[str, Any], device: str, path: Path, initial: State | None = None
+        self,
+        session: Any,
+        config: RWKVConfig,
+        sidecar: dict[str, Any],
+        device: str,
+        path: Path,
+        initial: State | None = None,
     ) -> None:
         self.session = session
         self.config = config
         self.sidecar = sidecar
         self.device = device
         self.path = path
-        self.dtype: str = sidecar["dtype"]
         self.quantization: str | None = sidecar.get("quantization")
+        self.dtype: str = "int8" if self.quantization else sidecar["dtype"]  # the graph's arithmetic, fixed at export
         self.tokenizer_kind: str | None = sidecar.get("tokenizer")
         self._state_dtypes = {n: _NP_DTYPES[s["dtype"]] for n, s in sidecar["state"].items()}
         self._initial = initial  # v6 state tuning (time_state), batch 1
 
-    @property
-    def info(self) -> RWKVConfig:
-        return self.config
-
     def __repr__(self) -> str:
-        return f"OnnxModel({self.path.name}, v{self.config.version}, {self.quantization or self.dtype}, {self.device})"
+        return f"OnnxModel({self.path.name}, v{self.config.version}, {self.dtype}, {self.device})"
 
     def new_state(self, batch_size: int = 1) -> State:
         """A fresh state in the dtypes the graph expects: zeros (v4 ``att_p`` at -1e30), or the
         checkpoint's ``time_state`` for state-tuned v6 models."""
         if self._initial is None:
-            act = np.float16 if self.dtype == "fp16" else None
+            act = np.float16 if self.sidecar["dtype"] == "fp16" else None
             return State.zeros(self.config, batch_size, backend="numpy", dtype=act)
         if batch_size < 1:
             raise StateError(f"new_state: batch_size must be >= 1, got {batch_size}")
-        rows = {n: np.repeat(t, batch_size, axis=1).astype(self._state_dtypes[n]) for n, t in self._initial.tensors.items()}
+        rows = {
+            n: np.repeat(t, batch_size, axis=1).astype(self._state_dtypes[n]) for n, t in self._initial.tensors.items()
+        }
         return State(self.config.version, rows)
 
     def forward(self, tokens: Any, state: State | None = None, *, all_logits: bool = False) -> tuple[np.ndarray, State]:
@@ -168,35 +147,55 @@ def _check_graph(session: Any, path: Path, side: Path, sidecar: dict[str, Any], 
             if isinstance(got, dict) and isinstance(want, dict):
                 diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
                 got, want = {k: got.get(k) for k in diff}, {k: want.get(k) for k in diff}
-            raise CheckpointError(f"{side}: sidecar does not match {path.name}: {key} {want} in the sidecar, {got} in the graph")
+            raise CheckpointError(
+                f"{side}: sidecar does not match {path.name}: {key} {want} in the sidecar, {got} in the graph"
+            )
     inputs = {i.name: i.shape for i in session.get_inputs()}
     for name, (shape, _) in state_shapes(cfg, 1).items():
         dims = inputs.get(STATE_IN + name)
         fixed = [d for k, d in enumerate(dims or []) if k != 1]
         if dims is None or fixed != [d for k, d in enumerate(shape) if k != 1]:
-            raise CheckpointError(f"{path}: graph input {STATE_IN + name!r} is {dims}, the sidecar's model needs {list(shape)}")
+            raise CheckpointError(
+                f"{path}: graph input {STATE_IN + name!r} is {dims}, the sidecar's model needs {list(shape)}"
+            )
     if TOKENS not in inputs:
         raise CheckpointError(f"{path}: graph has no {TOKENS!r} input")
 
 
-def load(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None, *, threads: int | None = None, **kw: Any) -> OnnxModel:
+def load(
+    path: str | os.PathLike,
+    device: str = "cpu",
+    dtype: str | None = None,
+    *,
+    threads: int | None = None,
+    native: bool | None = None,
+) -> OnnxModel:
     """Open an exported graph on onnxruntime.
 
     Args:
         path: the ``.onnx`` file (its sidecar ``.onnx.json`` must sit next to it).
         device: "cpu", or "cuda"/"cuda:N" (needs onnxruntime-gpu).
-        dtype: ignored beyond a log line: the graph's dtype was fixed at export.
-        threads: onnxruntime intra-op threads (default: onnxruntime's choice).
+        dtype: the arithmetic dtype, fixed when the graph was exported: "fp32" (fp32 graphs, also
+            those with int8 weights), "fp16" (fp16 activations and weights, the WKV state in fp32)
+            or "int8" (int8 weights and fp32 activations: ``export-onnx --int8``).  ``None`` or
+            "auto" takes the graph's own; another value (a different dtype, "bf16") is refused with
+            :class:`BackendUnavailable`, since onnxruntime cannot change a graph's dtype.
+        threads: onnxruntime intra-op threads of this session (default: onnxruntime's choice);
+            nothing process-wide is changed.
+        native: the torch backend's C kernels do not apply here; ``True`` is refused.
     """
-    if kw:
-        raise TypeError(f"onnx backend: unexpected arguments {sorted(kw)}")
+    refuse_native("onnx", native)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such ONNX file")
-    side = find_sidecar(path)
-    sidecar, cfg = read_sidecar(side)
-    if dtype not in (None, "auto", sidecar["dtype"]):
-        log.info("%s: graph dtype is %s (fixed at export); requested %s ignored", path.name, sidecar["dtype"], dtype)
+    side = find_onnx_sidecar(path)
+    sidecar, cfg = read_onnx_sidecar(side)
+    accepted = {None, "auto", sidecar["dtype"], *(("int8",) if sidecar.get("quantization") else ())}
+    if dtype not in accepted:
+        raise BackendUnavailable(
+            f"{path.name} computes in {sidecar['dtype']} (fixed at export), not {dtype}; "
+            f"re-export it with 'rwkv-music export-onnx' for {dtype}, or leave dtype unset"
+        )
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -219,10 +218,3 @@ def load(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None,
         initial = State.load(path.with_name(sidecar["initial_state"]))
         initial.check(cfg, batch_size=1)
     return OnnxModel(session, cfg, sidecar, device, path, initial)
-
-
-def export(checkpoint: Any, out_path: str | os.PathLike, dtype: str = "fp32", opset: int | None = None, **kw: Any) -> Path:
-    """Export a checkpoint to ONNX (see :func:`rwkv_music.backends.onnx_export.export`)."""
-    from rwkv_music.backends import onnx_export
-
-    return onnx_export.export(checkpoint, out_path, dtype, opset or onnx_export.DEFAULT_OPSET, **kw)

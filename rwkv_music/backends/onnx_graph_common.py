@@ -15,10 +15,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rwkv_music.errors import CheckpointError
+from rwkv_music.backends.export_weights import Weights
+from rwkv_music.model.constants import GN_EPS, LN_EPS
 
-LN_EPS = 1e-5  # LayerNorm eps of ln0/ln1/ln2/ln_out (FORMATS A9)
-GN_EPS = 64e-5  # GroupNorm ln_x eps for v5, v6, v7 (FORMATS A9)
 MIN_OPSET = 17  # LayerNormalization appeared in opset 17
 
 
@@ -30,55 +29,10 @@ def onnx_modules() -> tuple[Any, Any, Any]:
     except ImportError as exc:  # pragma: no cover - onnx is in the test extras
         from rwkv_music.errors import BackendUnavailable
 
-        raise BackendUnavailable(f"ONNX export needs the 'onnx' package ({exc}); pip install rwkv-music[onnx]") from None
+        raise BackendUnavailable(
+            f"ONNX export needs the 'onnx' package ({exc}); pip install rwkv-music[onnx]"
+        ) from None
     return onnx, helper, numpy_helper
-
-
-class Weights:
-    """Read access to a raw checkpoint as float32 numpy arrays, recording which keys were used.
-
-    ``[1,1,C]`` vectors come back squeezed; missing keys raise :class:`CheckpointError` naming the
-    key.  After the graph is built, :meth:`unused` lists keys no part of the graph read (FORMATS A3:
-    reject unknown keys rather than silently ignore them).
-    """
-
-    def __init__(self, state_dict: dict[str, Any], source: str) -> None:
-        self._sd = state_dict
-        self._used: set[str] = set()
-        self.source = source
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._sd
-
-    def get(self, key: str, squeeze: bool = True) -> np.ndarray:
-        if key not in self._sd:
-            raise CheckpointError(f"{self.source}: missing key {key!r}")
-        self._used.add(key)
-        arr = _to_numpy(self._sd[key])
-        return np.squeeze(arr) if squeeze and arr.ndim > 1 else arr
-
-    def skip(self, key: str) -> None:
-        """Mark ``key`` as known but deliberately not used (e.g. layer 0's ``v0/v1/v2`` in v7)."""
-        if key in self._sd:
-            self._used.add(key)
-
-    def unused(self) -> list[str]:
-        return sorted(k for k in self._sd if k not in self._used)
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    """A float32 numpy copy of a numpy array or a torch tensor (without importing torch)."""
-    if type(value).__module__.split(".")[0] == "torch":
-        return value.detach().float().cpu().numpy()
-    return np.asarray(value, dtype=np.float32)
-
-
-def layer_norm_np(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """LayerNorm over the last axis in float64 (used to fold ``ln0`` into the embedding, A6)."""
-    x = x.astype(np.float64)
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + LN_EPS) * weight + bias
 
 
 class GraphBuilder:

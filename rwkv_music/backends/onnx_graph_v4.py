@@ -10,13 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from rwkv_music.backends.onnx_graph_common import GraphBuilder, Weights, channel_mix_v4
+from rwkv_music.backends.export_weights import Weights
+from rwkv_music.backends.onnx_graph_common import GraphBuilder, channel_mix_v4
 from rwkv_music.model.config import RWKVConfig
 
 STATE_NAMES = ("att_x", "att_a", "att_b", "att_p", "ffn_x")
 
 
-def block(b: GraphBuilder, w: Weights, cfg: RWKVConfig, i: int, x: str, st: dict[str, str], ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
+def block(
+    b: GraphBuilder, w: Weights, cfg: RWKVConfig, i: int, x: str, st: dict[str, str], ctx: dict[str, Any]
+) -> tuple[str, dict[str, str]]:
     """One layer: ``x`` [B,T,C] → ``x`` [B,T,C]; ``st`` holds this layer's state slices."""
     p = f"blocks.{i}."
     a = p + "att."
@@ -29,7 +32,7 @@ def block(b: GraphBuilder, w: Weights, cfg: RWKVConfig, i: int, x: str, st: dict
     k = b.to_f32(b.matmul(kx, b.init(w.get(a + "key.weight").T, "Wk")))  # [B,T,A] f32
     v = b.to_f32(b.matmul(vx, b.init(w.get(a + "value.weight").T, "Wv")))
     u = b.f32(w.get(a + "time_first"), "u")  # log-domain bonus (A6)
-    decay = b.f32(-np.exp(w.get(a + "time_decay").astype(np.float64)), "w")  # w = -exp(td)
+    decay = b.f32(w.v4_decay(a), "w")  # w = -exp(td)
 
     def wkv_step(s: GraphBuilder, state: list[str], xs: list[str]) -> tuple[list[str], list[str]]:
         aa, bb, pp = state

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from rwkv_music.backends.onnx_graph_common import GraphBuilder, Weights, channel_mix_v4, channel_mix_v6
-from rwkv_music.errors import CheckpointError
+from rwkv_music.backends.export_weights import Weights
+from rwkv_music.backends.onnx_graph_common import GraphBuilder, channel_mix_v4, channel_mix_v6
 from rwkv_music.model.config import RWKVConfig
 
 STATE_NAMES = ("att_x", "att_kv", "ffn_x")
@@ -26,7 +26,9 @@ def _heads_rows_cols(b: GraphBuilder, cfg: RWKVConfig, r: str, k: str, v: str) -
     return b.reshape(r, row), b.reshape(k, col), b.reshape(v, row)
 
 
-def _wkv(b: GraphBuilder, cfg: RWKVConfig, i: int, S0: str, r: str, k: str, v: str, u: str, w: str, w_per_token: bool) -> tuple[str, str]:
+def _wkv(
+    b: GraphBuilder, cfg: RWKVConfig, i: int, S0: str, r: str, k: str, v: str, u: str, w: str, w_per_token: bool
+) -> tuple[str, str]:
     """Scan the v5/v6 recurrence; returns (final S [B,H,N,N], y [B,T,A] fp32)."""
     r_row, k_col, v_row = _heads_rows_cols(b, cfg, r, k, v)
     f32 = np.float32
@@ -46,23 +48,9 @@ def _wkv(b: GraphBuilder, cfg: RWKVConfig, i: int, S0: str, r: str, k: str, v: s
     return S, b.reshape(y, [0, 0, cfg.dim_att])
 
 
-def _bonus_and_decay_v5(w: Weights, cfg: RWKVConfig, a: str) -> tuple[np.ndarray, np.ndarray]:
-    """(u, w) as fp32 arrays broadcastable to [H,N(key),N(value)] (A6)."""
-    H, N = cfg.n_head, cfg.head_size
-    td = w.get(a + "time_decay").astype(np.float64)
-    decay = np.exp(-np.exp(td))
-    if cfg.version == "5.2":
-        return w.get(a + "time_faaaa").reshape(H, N, 1), decay.reshape(H, N, 1)
-    if a + "time_faaaa" in w:
-        u = w.get(a + "time_faaaa")
-    elif a + "time_first" in w:
-        u = np.exp(w.get(a + "time_first").astype(np.float64))  # stored in log form (A6)
-    else:
-        raise CheckpointError(f"{w.source}: missing key {a + 'time_faaaa'!r} (or {a + 'time_first'!r})")
-    return u.reshape(H, 1, 1), decay.reshape(H, 1, 1)
-
-
-def block_v5(b: GraphBuilder, w: Weights, cfg: RWKVConfig, i: int, x: str, st: dict[str, str], ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
+def block_v5(
+    b: GraphBuilder, w: Weights, cfg: RWKVConfig, i: int, x: str, st: dict[str, str], ctx: dict[str, Any]
+) -> tuple[str, dict[str, str]]:
     """One v5.x layer: ``x`` [B,T,C] → ``x``; ``st`` holds this layer's state slices."""
     p = f"blocks.{i}."
     a = p + "att."
@@ -75,8 +63,8 @@ def block_v5(b: GraphBuilder, w: Weights, cfg: RWKVConfig, i: int, x: str, st: d
     r = b.to_f32(b.matmul(rx, b.init(w.get(a + "receptance.weight").T, "Wr")))
     k = b.to_f32(b.matmul(kx, b.init(w.get(a + "key.weight").T, "Wk")))
     v = b.to_f32(b.matmul(vx, b.init(w.get(a + "value.weight").T, "Wv")))
-    u, decay = _bonus_and_decay_v5(w, cfg, a)
-    S, y = _wkv(b, cfg, i, st["att_kv"], r, k, v, b.f32(u, "u"), b.f32(decay, "w"), False)
+    u, decay = w.v5_bonus_decay(cfg, a)  # [H, N] over key channels, broadcast over values
+    S, y = _wkv(b, cfg, i, st["att_kv"], r, k, v, b.f32(u[..., None], "u"), b.f32(decay[..., None], "w"), False)
     out = b.to_act(b.group_norm_heads(y, cfg.n_head, cfg.head_size, w.get(a + "ln_x.weight"), w.get(a + "ln_x.bias")))
     if gated:
         gx = b.lerp_mix(xx, sx, w.get(a + "time_mix_g"), "mg")
@@ -88,7 +76,9 @@ def block_v5(b: GraphBuilder, w: Weights, cfg: RWKVConfig, i: int, x: str, st: d
     return x, {"att_x": b.last(xx), "att_kv": S, "ffn_x": b.last(xx2)}
 
 
-def block_v6(b: GraphBuilder, w: Weights, cfg: RWKVConfig, i: int, x: str, st: dict[str, str], ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
+def block_v6(
+    b: GraphBuilder, w: Weights, cfg: RWKVConfig, i: int, x: str, st: dict[str, str], ctx: dict[str, Any]
+) -> tuple[str, dict[str, str]]:
     """One v6.0 layer (data-dependent token shift and decay, A7)."""
     p = f"blocks.{i}."
     a = p + "att."
@@ -115,7 +105,7 @@ def block_v6(b: GraphBuilder, w: Weights, cfg: RWKVConfig, i: int, x: str, st: d
     ww = b.to_f32(b.matmul(ww, b.init(w.get(a + "time_decay_w2"), "td_w2")))
     ww = b.add(b.f32(w.get(a + "time_decay").reshape(-1), "td"), ww)
     decay = b.op("Exp", [b.op("Neg", [b.op("Exp", [ww])])])  # w = exp(-exp(.)) [B,T,A] f32
-    u = b.f32(w.get(a + "time_faaaa").reshape(H, N, 1), "u")
+    u = b.f32(w.v5_bonus_decay(cfg, a)[0][..., None], "u")
     S, y = _wkv(b, cfg, i, st["att_kv"], r, k, v, u, decay, True)
     out = b.to_act(b.group_norm_heads(y, H, N, w.get(a + "ln_x.weight"), w.get(a + "ln_x.bias")))
     x = b.add(x, b.matmul(b.mul(out, g), b.init(w.get(a + "output.weight").T, "Wo")))

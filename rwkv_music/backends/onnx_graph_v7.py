@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from rwkv_music.backends.onnx_graph_common import GraphBuilder, Weights
+from rwkv_music.backends.export_weights import Weights
+from rwkv_music.backends.onnx_graph_common import GraphBuilder
 from rwkv_music.model.config import RWKVConfig
 
 STATE_NAMES = ("att_x", "att_kv", "ffn_x")
@@ -30,7 +31,9 @@ def _lora(b: GraphBuilder, w: Weights, x: str, first: str, second: str, inner: s
     return b.matmul(h, b.init(w.get(second), hint + "2"))
 
 
-def _time_mix(b: GraphBuilder, w: Weights, cfg: RWKVConfig, i: int, xx: str, sx: str, S0: str, ctx: dict[str, Any]) -> tuple[str, str]:
+def _time_mix(
+    b: GraphBuilder, w: Weights, cfg: RWKVConfig, i: int, xx: str, sx: str, S0: str, ctx: dict[str, Any]
+) -> tuple[str, str]:
     a = f"blocks.{i}.att."
     H, N, C = cfg.n_head, cfg.head_size, cfg.n_embd
     d = b.sub(sx, xx)
@@ -98,8 +101,7 @@ def _channel_mix(b: GraphBuilder, w: Weights, cfg: RWKVConfig, i: int, xx: str, 
 def _deep_embed(b: GraphBuilder, w: Weights, i: int, xx: str, ctx: dict[str, Any]) -> str:
     """``(xx·s1)·reshape(s_emb[token], 32×32)·s2 + s0`` [B,T,F] (A7, v7a channel mix)."""
     f = f"blocks.{i}.ffn."
-    # A6: s_emb ← s_emb + emb_folded·s_emb_xᵀ, once at export time.
-    table = w.get(f + "s_emb.weight") + ctx["emb_folded"] @ w.get(f + "s_emb_x.weight").T
+    table = w.deep_embed_table(i)  # s_emb merged with the folded embedding at export (A6)
     semb = b.gather(b.init(table, "s_emb"), ctx["tokens"], axis=0)  # [B,T,1024]
     semb = b.reshape(semb, [0, 0, SEMB_SIDE, SEMB_SIDE])
     s = b.unsqueeze(b.matmul(xx, b.init(w.get(f + "s1"), "s1")), [2])  # [B,T,1,32]
@@ -107,7 +109,9 @@ def _deep_embed(b: GraphBuilder, w: Weights, i: int, xx: str, ctx: dict[str, Any
     return b.add(b.matmul(s, b.init(w.get(f + "s2"), "s2")), b.init(w.get(f + "s0").reshape(-1), "s0"))
 
 
-def block(b: GraphBuilder, w: Weights, cfg: RWKVConfig, i: int, x: str, st: dict[str, str], ctx: dict[str, Any]) -> tuple[str, dict[str, str]]:
+def block(
+    b: GraphBuilder, w: Weights, cfg: RWKVConfig, i: int, x: str, st: dict[str, str], ctx: dict[str, Any]
+) -> tuple[str, dict[str, str]]:
     """One v7/v7a layer: ``x`` [B,T,C] → ``x``; ``ctx`` carries ``v_first`` between layers."""
     p = f"blocks.{i}."
     xx = b.layer_norm(x, w.get(p + "ln1.weight"), w.get(p + "ln1.bias"), f"l{i}_ln1")

@@ -73,13 +73,25 @@ def quantize_weights(model: Any, block_size: int = BLOCK_SIZE, accuracy_level: i
                 raise ValueError(f"int8 quantization needs an fp32 graph; {wname} is {weight.dtype}")
             packed, scales = quantize_block_int8(weight, block_size)
             graph.initializer.remove(tensor)
-            graph.initializer.extend([numpy_helper.from_array(packed, wname + "_q8"), numpy_helper.from_array(scales.reshape(-1), wname + "_scale")])
+            graph.initializer.extend(
+                [
+                    numpy_helper.from_array(packed, wname + "_q8"),
+                    numpy_helper.from_array(scales.reshape(-1), wname + "_scale"),
+                ]
+            )
             done[wname] = weight.shape
         k, n = done[wname]
         new_nodes.append(
             helper.make_node(
-                "MatMulNBits", [node.input[0], wname + "_q8", wname + "_scale"], list(node.output),
-                domain=MS_DOMAIN, K=k, N=n, bits=BITS, block_size=block_size, accuracy_level=accuracy_level,
+                "MatMulNBits",
+                [node.input[0], wname + "_q8", wname + "_scale"],
+                list(node.output),
+                domain=MS_DOMAIN,
+                K=k,
+                N=n,
+                bits=BITS,
+                block_size=block_size,
+                accuracy_level=accuracy_level,
             )
         )
     del graph.node[:]

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 
 from rwkv_music.backends.base import tokens_to_numpy
+from rwkv_music.backends.export_weights import Weights
 from rwkv_music.errors import BackendUnavailable, StateError
+from rwkv_music.model import native as native_kernels
 from rwkv_music.model import registry
 from rwkv_music.model.checkpoint import check_payload, inspect_state_dict, load_state_dict
 from rwkv_music.model.config import RWKVConfig
@@ -69,12 +71,15 @@ class TorchModel:
     """
 
     name = "torch"
+    supports_inplace = True  # forward(..., inplace=True)
+    array_kind = "torch"
 
     def __init__(self, config: RWKVConfig, weights: Any, module: Any, device: torch.device, dtype: torch.dtype,
-                 source: str, initial_kv: torch.Tensor | None = None) -> None:
+                 source: str, initial_kv: torch.Tensor | None = None, native: bool | None = None) -> None:
         self.config = config
         self.device = device
         self.dtype = dtype
+        self.native = native  # the C kernels of rwkv_music.model.native: True, False, or None (the process default)
         self.quantization: str | None = None
         self.source = source
         self._weights = weights
@@ -84,18 +89,19 @@ class TorchModel:
     # -- construction ----------------------------------------------------------------------
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Any], device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype = "fp32", source: str = "<state dict>") -> "TorchModel":
+                        dtype: str | torch.dtype = "fp32", source: str = "<state dict>",
+                        native: bool | None = None) -> "TorchModel":
         """A model from a raw trainer state dict (name → tensor), checked like a file would be.
 
-        ``sd`` itself is not modified; ``source`` names it in error messages.
+        ``sd`` itself is not modified; ``source`` names it in error messages; ``native`` as in :func:`load`.
         """
         dev, dt = parse_device(device), parse_dtype(dtype)
         sd = check_payload(sd, source)  # a shallow copy, so the caller's dict is left alone
-        return cls._build(sd, inspect_state_dict(sd, source), dev, dt, source)
+        return cls._build(sd, inspect_state_dict(sd, source), dev, dt, source, native)
 
     @classmethod
     def _build(cls, sd: dict[str, Any], config: RWKVConfig, device: torch.device, dtype: torch.dtype,
-               source: str) -> "TorchModel":
+               source: str, native: bool | None = None) -> "TorchModel":
         """Prepare a checked state dict that this call owns: entries are popped as they are converted,
         so peak memory stays near one copy of the model."""
         module = registry.get_module(config.version)
@@ -104,13 +110,16 @@ class TorchModel:
             weights = module.prepare(sd, config, dtype, device)
         log.info("%s: RWKV v%s, %d layers x %d, %s on %s", source, config.version, config.n_layer,
                  config.n_embd, str(dtype).removeprefix("torch."), device)
-        return cls(config, weights, module, device, dtype, source, initial_kv)
+        return cls(config, weights, module, device, dtype, source, initial_kv, native)
 
     def quantize_int8(self, kernel: str | None = None) -> int:
-        """Store the big matrices as per-channel int8 (CPU); returns how many were quantized."""
+        """Store the big matrices as per-channel int8 (CPU); returns how many were quantized.
+
+        ``kernel``: one of :data:`rwkv_music.model.quant.KERNELS`; by default the C kernel where
+        this model's ``native`` choice allows it and it builds."""
         from rwkv_music.model.quant import quantize_weights
 
-        count = quantize_weights(self._weights, kernel)
+        count = quantize_weights(self._weights, kernel, self.native)
         self.quantization = "int8"
         return count
 
@@ -118,6 +127,17 @@ class TorchModel:
     def info(self) -> RWKVConfig:
         """The model's sizes and version (same object as :attr:`config`)."""
         return self.config
+
+    @property
+    def compute_dtype(self) -> str:
+        """The arithmetic dtype by name, as every backend reports it: "fp32", "bf16", "fp16" or "int8"."""
+        if self.quantization == "int8":
+            return "int8"
+        return next(name for name, dt in DTYPES.items() if dt == self.dtype)
+
+    def as_numpy(self, logits: Any) -> np.ndarray:
+        """Logits (or any tensor this model returned) as a float32 numpy array on the host."""
+        return logits.detach().float().cpu().numpy()
 
     def __repr__(self) -> str:
         c = self.config
@@ -156,11 +176,11 @@ class TorchModel:
             if any(checked.tensors[k] is not t for k, t in state.tensors.items()):
                 raise StateError(f"{self.source}: inplace=True needs a torch state on {self.device} in this "
                                  f"model's dtypes (as new_state() makes); convert it first with state.torch()")
-            with torch.no_grad():
+            with torch.no_grad(), native_kernels.choose(self.native):
                 logits, _ = self._module.forward(self._weights, self.config, ids, checked, bool(all_logits), checked)
             return logits, state
         state = self.new_state(B) if state is None else self._state(state, B)
-        with torch.no_grad():
+        with torch.no_grad(), native_kernels.choose(self.native):
             return self._module.forward(self._weights, self.config, ids, state, bool(all_logits))
 
     # -- input checks ----------------------------------------------------------------------
@@ -187,39 +207,44 @@ class TorchModel:
 
 
 def _pop_time_state(sd: dict[str, Any], config: RWKVConfig, device: torch.device) -> torch.Tensor | None:
-    """Remove v6 ``time_state`` tensors ([H, N, N] as S[value, key]) → [L, H, key, value] f32."""
-    keys = [f"blocks.{i}.att.time_state" for i in range(config.n_layer)]
-    if keys[0] not in sd:
+    """Remove v6 ``time_state`` tensors from ``sd`` → the initial ``att_kv`` [L, H, key, value] f32, or None."""
+    kv = Weights(sd, "").initial_kv(config)  # the exporters' reader: one place transposes S (A8)
+    if kv is None:
         return None
-    stacked = torch.stack([sd.pop(k).float().reshape(config.n_head, config.head_size, config.head_size) for k in keys])
-    return stacked.transpose(-1, -2).contiguous().to(device)  # to the S[key, value] layout of v5/v6 states (A8)
+    for i in range(config.n_layer):
+        del sd[f"blocks.{i}.att.time_state"]
+    return torch.from_numpy(kv[:, 0]).to(device)
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32",
-         threads: int | None = None, **kwargs: Any) -> TorchModel:
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = "fp32",
+         threads: int | None = None, native: bool | None = None) -> TorchModel:
     """Load a raw BlinkDL checkpoint (.pth, or .safetensors) for inference with torch.
 
     Args:
         path: the checkpoint; ``.pth`` is appended if the name has no such file without it.
         device: "cpu", "cuda", "cuda:1", ...
-        dtype: "fp32", "bf16" or "fp16" (activations and weights; the WKV state stays fp32), or
-            "int8": fp32 activations with per-channel int8 weights for the big matrices (CPU only,
-            see :mod:`rwkv_music.model.quant`).
-        threads: CPU threads for torch's kernels and the int8 kernel (``torch.set_num_threads``,
-            which is process-wide); ``None`` leaves torch's default (one per physical core).
+        dtype: the arithmetic dtype of the weights and activations (the WKV state stays fp32):
+            "fp32" (also for ``None`` / "auto"), "bf16" or "fp16"; or "int8": per-channel int8
+            weights for the big matrices with fp32 activations (CPU only, see
+            :mod:`rwkv_music.model.quant`).
+        threads: CPU threads for torch's kernels and the int8 kernel.  ``torch.set_num_threads``
+            is process-wide, so it is called only when ``threads`` is given; ``None`` leaves
+            torch's setting alone (by default one thread per physical core).
+        native: use the C kernels of :mod:`rwkv_music.model.native` (fused fp32 CPU decode, the
+            int8 kernel) where they build: ``True``/``False``, or ``None`` for the process
+            default (on, unless ``RWKV_MUSIC_NATIVE=0``).
     """
-    if kwargs:
-        raise TypeError(f"load() got unexpected keyword arguments: {', '.join(sorted(kwargs))}")
     if threads is not None:
         if int(threads) < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         torch.set_num_threads(int(threads))
+    dtype = "fp32" if dtype in (None, "auto") else dtype
     int8 = _is_int8(dtype)
     dev, dt = parse_device(device), parse_dtype("fp32" if int8 else dtype)  # argument errors before the slow read
     if int8 and dev.type != "cpu":
         raise ValueError(f"dtype 'int8' runs on the CPU only, not on {device!r}")
     sd, config, source = load_state_dict(path)
-    model = TorchModel._build(sd, config, dev, dt, source)
+    model = TorchModel._build(sd, config, dev, dt, source, native)
     if int8:
         model.quantize_int8()
     return model

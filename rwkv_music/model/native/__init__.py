@@ -14,7 +14,12 @@ place.
 
 Where no C compiler is found, or the build fails, :func:`int8_gemm` and :func:`kernel`
 return ``None`` and the callers fall back to torch's kernels; :func:`status` says why.
-``RWKV_MUSIC_NATIVE=0`` turns the native kernels off; ``RWKV_MUSIC_CACHE_DIR`` moves the cache
+
+Whether the kernels are used is the caller's choice: ``load_model(..., native=False)`` (the torch
+backend's ``native`` argument) runs that model on torch's kernels.  Every function here takes
+the same ``native`` argument; ``None`` means the choice the current model made (:class:`choose`,
+set by the torch backend around each forward), else the process default, ``RWKV_MUSIC_NATIVE``
+("0" turns the kernels off; unset means on).  ``RWKV_MUSIC_CACHE_DIR`` moves the build cache
 (default ``~/.cache/rwkv_music``).
 """
 
@@ -29,6 +34,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,8 +66,42 @@ MAX_HEAD_SIZE = 256  # the stack buffers of wkv5.c / wkv7.c
 # where the kernels build; False keeps the torch ops (tests compare the two).
 FUSED_DECODE = True
 
+ENV_VAR = "RWKV_MUSIC_NATIVE"
+
 _lock = threading.Lock()
 _loaded: dict[str, object] = {}  # "lib" → ctypes.CDLL, or "error" → str
+_env_default: list[bool] = []  # RWKV_MUSIC_NATIVE, read once (the hot path asks several times a layer)
+_choice: ContextVar[bool | None] = ContextVar("rwkv_music_native", default=None)
+
+
+def env_default() -> bool:
+    """The process default: on unless ``RWKV_MUSIC_NATIVE`` is 0/false/no/off (read once)."""
+    if not _env_default:
+        _env_default.append(os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off"))
+    return _env_default[0]
+
+
+def enabled(native: bool | None = None) -> bool:
+    """The choice in effect: ``native`` when given, else the innermost :class:`choose`, else :func:`env_default`."""
+    if native is None:
+        native = _choice.get()
+    return env_default() if native is None else bool(native)
+
+
+class choose:
+    """``with choose(native): ...`` makes ``native`` (``None``: no choice) the default of this thread
+    or task for the calls inside; the torch backend wraps each forward in its model's choice."""
+
+    __slots__ = ("native", "_token")
+
+    def __init__(self, native: bool | None) -> None:
+        self.native = native
+
+    def __enter__(self) -> None:
+        self._token = _choice.set(self.native)
+
+    def __exit__(self, *exc: object) -> None:
+        _choice.reset(self._token)
 
 
 def cache_dir() -> Path:
@@ -141,9 +181,6 @@ def _load() -> ctypes.CDLL | None:
     with _lock:
         if "lib" in _loaded or "error" in _loaded:
             return _loaded.get("lib")  # type: ignore[return-value]
-        if os.environ.get("RWKV_MUSIC_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
-            _loaded["error"] = "turned off by RWKV_MUSIC_NATIVE=0"
-            return None
         compiler = _compiler()
         if compiler is None:
             _loaded["error"] = "no C compiler found (set CC, or install gcc)"
@@ -160,22 +197,25 @@ def _load() -> ctypes.CDLL | None:
         return lib
 
 
-def int8_gemm() -> Callable[..., int] | None:
-    """``rwkv_int8_gemm(x, q, scale, y, nb, n_in, n_out, nthreads)`` on raw pointers, or ``None``."""
-    lib = _load()
+def int8_gemm(native: bool | None = None) -> Callable[..., int] | None:
+    """``rwkv_int8_gemm(x, q, scale, y, nb, n_in, n_out, nthreads)`` on raw pointers, or ``None``
+    (turned off, or unavailable here)."""
+    lib = _load() if enabled(native) else None
     return None if lib is None else lib.rwkv_int8_gemm
 
 
-def kernel(name: str) -> Callable[..., Any] | None:
+def kernel(name: str, native: bool | None = None) -> Callable[..., Any] | None:
     """The exported C function ``name`` (a key of :data:`SIGNATURES`; its arguments are in its
-    source file), or ``None`` where the kernels are unavailable."""
-    lib = _load()
+    source file), or ``None`` where the kernels are turned off or unavailable."""
+    lib = _load() if enabled(native) else None
     return None if lib is None else getattr(lib, name)
 
 
-def usable(*tensors: Any) -> bool:
-    """Whether the C kernels are built and can take these tensors as raw float32 CPU memory (and no
-    gradient is wanted through them: the kernels are invisible to autograd)."""
+def usable(*tensors: Any, native: bool | None = None) -> bool:
+    """Whether the C kernels are chosen, built, and can take these tensors as raw float32 CPU memory
+    (and no gradient is wanted through them: the kernels are invisible to autograd)."""
+    if not enabled(native):
+        return False
     if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
@@ -183,14 +223,17 @@ def usable(*tensors: Any) -> bool:
     return _load() is not None
 
 
-
-def fused_decode_ok(*tensors: Any, head_size: int | None = None) -> bool:
+def fused_decode_ok(*tensors: Any, head_size: int | None = None, native: bool | None = None) -> bool:
     """Whether a version's decode step may take its fused C kernel for these tensors."""
-    return FUSED_DECODE and (head_size is None or head_size <= MAX_HEAD_SIZE) and usable(*tensors)
+    return FUSED_DECODE and (head_size is None or head_size <= MAX_HEAD_SIZE) and usable(*tensors, native=native)
 
 
-def status() -> str:
+def status(native: bool | None = None) -> str:
     """One line: where the native kernel was loaded from and whether it uses AVX2, or why not."""
+    if not enabled(native):
+        chosen = native if native is not None else _choice.get()
+        why = f"native={chosen}" if chosen is not None else f"{ENV_VAR}=0"
+        return f"unavailable: turned off by {why}"
     lib = _load()
     if lib is None:
         return f"unavailable: {_loaded.get('error')}"
