@@ -39,20 +39,8 @@ def _compare_state(ours, theirs: dict, prefix: str, tol: float) -> None:
         assert np.abs(a - b).max() <= tol * scale, f"{name}: max diff {np.abs(a - b).max()}"
 
 
-def _time_tuned_v6(path):
-    """A v6 checkpoint with state-tuning tensors (``time_state`` [H, N, N] in every block)."""
-    from rwkv_music.model.factory import random_checkpoint
-
-    sd = random_checkpoint("6", n_embd=64, head_size=32)
-    gen = torch.Generator().manual_seed(5)
-    for i in range(2):
-        sd[f"blocks.{i}.att.time_state"] = torch.randn(2, 32, 32, generator=gen) * 0.3
-    torch.save(sd, path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def oracle_results(checkpoint_path, pip_oracle, tmp_path_factory):
+def oracle_results(checkpoint_path, pip_oracle):
     """Run the pip package once for every available version and shape (3 parallel subprocesses)."""
     from rwkv_music.model.registry import available_versions
 
@@ -66,7 +54,7 @@ def oracle_results(checkpoint_path, pip_oracle, tmp_path_factory):
             prompt = tuple(t % V for t in PROMPT)
             cases[(version, shape)] = pip_oracle.Case(path, version, prompt, STEPS)
     if "6" in present:
-        path = _time_tuned_v6(tmp_path_factory.mktemp("v6-tuned") / "v6-time-state.pth")
+        path = checkpoint_path("6", time_state_std=0.3)  # state-tuning tensors in every block
         cases[("6", "time_state")] = pip_oracle.Case(path, "6", PROMPT[:20], STEPS[:4])
     results = pip_oracle.run(list(cases.values()))
     return {key: (case, res) for (key, case), res in zip(cases.items(), results)}

@@ -20,6 +20,7 @@ import torch
 from rwkv_music.model import v6
 from rwkv_music.model.detect import config_from_state_dict
 from rwkv_music.model.factory import random_checkpoint
+from rwkv_music.model.reference import v5 as reference_v5
 from rwkv_music.model.state import State
 
 FP32_TOL = 1e-4
@@ -200,14 +201,13 @@ def test_low_precision_stays_close_to_pip_fp32(dtype, models, oracle):
 
 
 def _reference_wkv(S, u, log_w, r, k, v):
-    """Float64 per-token loop of A7 v6: y = rᵀ(u⊙k vᵀ + S); S[key, value] ← diag(w)·S + k vᵀ."""
-    S = S.double().clone()
+    """The reference model's v5.2/v6 per-token step in float64, looped over time (S[key, value])."""
+    S = S.double()
     ys = []
     for t in range(r.shape[1]):
         w, rt, kt, vt = (x[:, t].double() for x in (log_w.exp(), r, k, v))
-        a = kt.unsqueeze(-1) @ vt.unsqueeze(-2)
-        ys.append((rt.unsqueeze(-2) @ (u.double().unsqueeze(-1) * a + S)).squeeze(-2))
-        S = a + w.unsqueeze(-1) * S
+        y, S = reference_v5.wkv(S, w, u.double(), rt, kt, vt)
+        ys.append(y)
     return torch.stack(ys, 1), S
 
 

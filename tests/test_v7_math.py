@@ -2,7 +2,7 @@
 
 Random 2-layer checkpoints in the BlinkDL layout.  The pip package is the oracle for fp32
 logits and states; batching and sequence/step equivalence are checked against our own runs;
-the chunked WKV is checked against a float64 per-token loop of FORMATS A7 step 8.
+the chunked WKV is checked against the reference model's float64 per-token step (A7 step 8).
 
 Low-precision tolerance: max |logit difference| to the pip fp32 logits over a 40–64-token
 prompt and 16 steps, logit scale 5–9.  Measured (v7, v7a; width 64, and width 128 / vocab
@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from rwkv_music.model import v7
+from rwkv_music.model import v7, wkv7
 from rwkv_music.model.detect import config_from_state_dict
+from rwkv_music.model.reference import v7 as reference_v7
 from rwkv_music.model.state import State
 
 FP32_TOL = 1e-4
@@ -180,15 +181,13 @@ def test_low_precision_stays_close_to_pip_fp32(name, dtype, models, oracle):
         assert np.abs(step_logits[row].numpy() - ref["step_logits"]).max() <= LOW_PRECISION_TOL[dtype]
 
 
-def _reference_wkv(S, log_w, r, k, v, kk, b):
-    """Float64 per-token loop of A7 step 8: S[value, key] ← S·diag(w) − (S·kk)bᵀ + v kᵀ; y = S·r."""
-    S = S.double().clone()
+def _reference_wkv(S, log_w, r, k, v, kk, a):
+    """The reference model's per-token step (A7 step 8) in float64, looped over time."""
+    S = S.double()
     ys = []
     for t in range(r.shape[1]):
-        w, rt, kt, vt, kkt, bt = (x[:, t].double() for x in (log_w.exp(), r, k, v, kk, b))
-        sk = S @ kkt.unsqueeze(-1)
-        S = S * w.unsqueeze(-2) - sk @ bt.unsqueeze(-2) + vt.unsqueeze(-1) @ kt.unsqueeze(-2)
-        ys.append((S @ rt.unsqueeze(-1)).squeeze(-1))
+        y, S = reference_v7.wkv_step(S, *(x[:, t].double() for x in (log_w.exp(), k, v, kk, a, r)))
+        ys.append(y)
     return torch.stack(ys, 1), S
 
 
@@ -196,17 +195,16 @@ def _reference_wkv(S, log_w, r, k, v, kk, b):
 def test_chunked_wkv_matches_token_loop(decay):
     """The chunked solve equals the recurrence at the decay bounds, over several chunks with padding."""
     g = torch.Generator().manual_seed(0)
-    B, T, H, N = 2, 2 * v7.CHUNK_LEN + 9, 2, 16
+    B, T, H, N = 2, 2 * wkv7.CHUNK_LEN + 9, 2, 16
     gate = {"strongest": torch.ones(B, T, H, N), "weakest": torch.zeros(B, T, H, N),
             "mixed": torch.rand(B, T, H, N, generator=g)}[decay]
     log_w = -v7.DECAY_SCALE * gate
     r, k, v = (torch.randn(B, T, H, N, generator=g) for _ in range(3))
     kk = torch.nn.functional.normalize(torch.randn(B, T, H, N, generator=g), dim=-1)
-    b = kk * torch.rand(B, T, H, N, generator=g)
+    a = torch.rand(B, T, H, N, generator=g)
     S0 = torch.randn(B, H, N, N, generator=g)
-    S_out = torch.empty_like(S0)
-    y = v7._wkv_chunked(S0, S_out, log_w, r, k, v, kk, b)
-    y_ref, S_ref = _reference_wkv(S0, log_w, r, k, v, kk, b)
+    y, S_out = wkv7.wkv7_chunked(S0, log_w, r, k, v, kk, kk * a)
+    y_ref, S_ref = _reference_wkv(S0, log_w, r, k, v, kk, a)
     scale = float(y_ref.abs().max())
     torch.testing.assert_close(y.double(), y_ref, rtol=0, atol=2e-5 * scale)
     torch.testing.assert_close(S_out.double(), S_ref, rtol=0, atol=2e-5 * float(S_ref.abs().max()))

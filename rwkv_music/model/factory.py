@@ -63,11 +63,14 @@ def random_checkpoint(
     dim_ffn: int | None = None,
     seed: int = 0,
     time_first_key: str | None = None,
+    time_state_std: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """A random state dict in the raw trainer layout of ``version`` (fp32 tensors).
 
     ``time_first_key`` picks ``"time_first"`` or ``"time_faaaa"`` for v5.0/v5.1 (both occur in
     the wild, FORMATS A3); by default 5.0 uses ``time_first`` and 5.1 ``time_faaaa``.
+    ``time_state_std`` > 0 (v6 only) adds state-tuning tensors ``att.time_state`` [H, N, N] to every
+    block, drawn after everything else so the other tensors stay those of the same seed.
     """
     version = ModelVersion(version)
     if n_embd % 32 or (version.family >= 5 and n_embd % head_size):
@@ -88,6 +91,11 @@ def random_checkpoint(
     sd["ln_out.weight"] = r.normal(C, std=0.1, mean=1.0)
     sd["ln_out.bias"] = r.normal(C, std=0.1)
     sd["head.weight"] = r.linear(V, C, gain=2.0)
+    if time_state_std:
+        if version != "6":
+            raise ValueError(f"time_state_std: only v6 checkpoints carry att.time_state, not v{version}")
+        for i in range(n_layer):
+            sd[f"blocks.{i}.att.time_state"] = r.normal(H, N, N, std=time_state_std)
     return sd
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 import torch.nn.functional as F
 
+from rwkv_music.model.constants import LN_EPS
 from rwkv_music.model.state import State
-
-LN_EPS = 1e-5  # LayerNorm eps of ln0/ln1/ln2/ln_out in every version (FORMATS A9)
-GN_EPS = 64e-5  # GroupNorm ln_x eps for v5, v6, v7 (FORMATS A9: 1e-5 * head_size_divisor**2)
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -16,12 +16,13 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tor
     return F.layer_norm(x, (x.shape[-1],), weight=weight, bias=bias, eps=LN_EPS)
 
 
-def group_norm_heads(y: torch.Tensor, n_head: int, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """GroupNorm with one group per head over the last axis of ``y`` ([..., A]), computed in fp32."""
-    shape = y.shape
-    flat = y.reshape(-1, shape[-1]).float()
-    out = F.group_norm(flat, n_head, weight=weight.float(), bias=bias.float(), eps=GN_EPS)
-    return out.reshape(shape)
+def fold_ln0(emb: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The embedding table with ``blocks.0.ln0`` applied to every row, in fp32 (docs/formats.md A6).
+
+    ln0 only ever sees an embedding row, so applying it once at load time gives the same numbers
+    as applying it per token; ``weight``/``bias`` may be stored ``[C]`` or ``[1, 1, C]``.
+    """
+    return layer_norm(emb.float(), weight.flatten().float(), bias.flatten().float())
 
 
 def token_shift(xx: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
@@ -31,12 +32,31 @@ def token_shift(xx: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     return torch.cat([prev.unsqueeze(1), xx[:, :-1]], dim=1)
 
 
-def forward_in_segments(one_pass, weights, config, tokens: torch.Tensor, state, all_logits: bool,
-                        max_positions: int, out_state=None):
+def to_chunks(t: torch.Tensor, length: int) -> torch.Tensor:
+    """``[B,T,H,N]`` → ``[B,H,n_chunks,length,N]`` for the chunked WKVs, the tail zero-padded.
+
+    A zero step is an identity for them: log w = 0 keeps the state, zero r/k/v add nothing.
+    """
+    B, T, H, N = t.shape
+    n_chunks = -(-T // length)
+    if n_chunks * length != T:
+        t = F.pad(t, (0, 0, 0, 0, 0, n_chunks * length - T))
+    return t.view(B, n_chunks, length, H, N).permute(0, 3, 1, 2, 4)
+
+
+def from_chunks(y: torch.Tensor, T: int) -> torch.Tensor:
+    """The inverse of :func:`to_chunks`: ``[B,H,n_chunks,L,N]`` → ``[B,T,H,N]``, padding dropped."""
+    B, H, n_chunks, L, N = y.shape
+    return y.permute(0, 2, 3, 1, 4).reshape(B, n_chunks * L, H, N)[:, :T]
+
+
+def forward_in_segments(one_pass: Callable[..., tuple[torch.Tensor, State]], weights: Any, config: Any,
+                        tokens: torch.Tensor, state: State, all_logits: bool, max_positions: int,
+                        out_state: State | None = None) -> tuple[torch.Tensor, State]:
     """Run ``one_pass`` over ``tokens`` [B, T] in segments of at most ``max_positions`` positions (B·T).
 
     The state is carried between segments, which bounds activation memory and gives the same
-    result as one call (FORMATS A11).  Returns ``(logits, new_state)`` like ``one_pass``; with
+    result as one call (docs/formats.md A11).  Returns ``(logits, new_state)`` like ``one_pass``; with
     ``out_state`` every segment writes its state into it (see :func:`write_state`).
     """
     B, T = tokens.shape
@@ -66,7 +86,7 @@ def write_state(out_state: State | None, version: object, tensors: dict[str, tor
     return out_state
 
 
-def matrix_state_io(state: State, out_state: State | None, dtype: torch.dtype):
+def matrix_state_io(state: State, out_state: State | None, dtype: torch.dtype) -> tuple:
     """Per-layer views for a v6/v7 pass: (att_prev, ffn_prev, kv_in, kv_out, new_kv).
 
     ``new_kv`` [L, B, H, N, N] receives the new WKV states: a fresh buffer, or ``out_state``'s own

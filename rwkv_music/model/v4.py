@@ -1,4 +1,4 @@
-"""RWKV-4 in torch: load-time rewrites and the forward pass (FORMATS.md A6, A7, A10).
+"""RWKV-4 in torch: load-time rewrites and the forward pass (docs/formats.md A6, A7, A10).
 
 Shapes: B batch, T time, C n_embd, A dim_att, F dim_ffn, V vocab.  Weights are stored for
 row-vector products ``x @ W`` (``[in, out]``, contiguous); the three time-mix projections are
@@ -9,7 +9,7 @@ The WKV recurrence keeps a running maximum ``pp`` so its exponentials never over
 whatever the run dtype, as the rwkv package does.  Prefill does every matmul for all T tokens
 at once and scans only this cheap elementwise recurrence over time.
 
-The channel mix here (:func:`channel_mix`) is shared with v5 (FORMATS A7: "v4/v5 channel mix").
+The channel mix here (:func:`channel_mix`) is shared with v5 (docs/formats.md A7: "v4/v5 channel mix").
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import Tensor
 
 from rwkv_music.model import native
 from rwkv_music.model.config import RWKVConfig
-from rwkv_music.model.ops import layer_norm, token_shift, write_state
+from rwkv_music.model.ops import fold_ln0, layer_norm, token_shift, write_state
 from rwkv_music.model.state import State
 
 VERSIONS = ("4",)
@@ -68,8 +68,7 @@ class V4Weights:
 
 def folded_embedding(sd: dict[str, torch.Tensor], dtype: torch.dtype, device: Any) -> torch.Tensor:
     """``emb.weight`` with ``blocks.0.ln0`` applied to every row, computed in fp32 (A6 LN0 fold)."""
-    emb = sd.pop("emb.weight").float()
-    emb = layer_norm(emb, sd.pop("blocks.0.ln0.weight").float(), sd.pop("blocks.0.ln0.bias").float())
+    emb = fold_ln0(sd.pop("emb.weight"), sd.pop("blocks.0.ln0.weight"), sd.pop("blocks.0.ln0.bias"))
     return emb.to(device=device, dtype=dtype).contiguous()
 
 
@@ -110,7 +109,7 @@ def prepare_head(sd: dict[str, torch.Tensor], dtype: torch.dtype, device: Any) -
 
 
 def prepare(sd: dict[str, torch.Tensor], config: RWKVConfig, dtype: torch.dtype, device: Any) -> V4Weights:
-    """Load-time rewrites of a raw v4 checkpoint (FORMATS A6); pops what it uses from ``sd``."""
+    """Load-time rewrites of a raw v4 checkpoint (docs/formats.md A6); pops what it uses from ``sd``."""
     emb = folded_embedding(sd, dtype, device)
     layers = []
     for i in range(config.n_layer):
@@ -164,7 +163,7 @@ def head_logits(x: torch.Tensor, weights: Any) -> torch.Tensor:
 
 def _wkv_step(k: Tensor, v: Tensor, aa: Tensor, bb: Tensor, pp: Tensor, decay: Tensor,
               first: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One WKV step on [B, A] fp32 tensors → (wkv, aa', bb', pp')  (FORMATS A7 v4 steps 3–4)."""
+    """One WKV step on [B, A] fp32 tensors → (wkv, aa', bb', pp')  (docs/formats.md A7 v4 steps 3–4)."""
     ww = first + k
     p = torch.maximum(pp, ww)
     e1 = torch.exp(pp - p)

@@ -1,11 +1,11 @@
-"""RWKV-5.0 / 5.1 / 5.2 in torch: load-time rewrites and the forward pass (FORMATS A6, A7, A10).
+"""RWKV-5.0 / 5.1 / 5.2 in torch: load-time rewrites and the forward pass (docs/formats.md A6, A7, A10).
 
 Shapes: B batch, T time, C n_embd, A dim_att = H·N, H heads of size N, F dim_ffn, V vocab.
 
 The three sub-versions share one code path.  At load time the per-head decay and bonus of
 5.0/5.1 are broadcast to per-channel ``[H, N]`` tensors (5.2 already has that shape), and 5.0
 simply has no gate.  Per head, with S[j, i] indexed by key j and value i (the rwkv package's
-layout, FORMATS A8):
+layout, docs/formats.md A8):
 
     y_i   = Σ_j r_j (u_j k_j v_i + S[j, i])
     S'    = w_j S[j, i] + k_j v_i
@@ -29,7 +29,8 @@ from torch import Tensor
 
 from rwkv_music.model import native
 from rwkv_music.model.config import RWKVConfig
-from rwkv_music.model.ops import GN_EPS, layer_norm, token_shift, write_state
+from rwkv_music.model.constants import GN_EPS
+from rwkv_music.model.ops import layer_norm, token_shift, write_state
 from rwkv_music.model.state import State
 from rwkv_music.model.v4 import (
     ChannelMixWeights,
@@ -107,7 +108,7 @@ def _decay_and_bonus(sd: dict[str, torch.Tensor], a: str, config: RWKVConfig, de
 
 
 def prepare(sd: dict[str, torch.Tensor], config: RWKVConfig, dtype: torch.dtype, device: Any) -> V5Weights:
-    """Load-time rewrites of a raw v5.x checkpoint (FORMATS A6); pops what it uses from ``sd``."""
+    """Load-time rewrites of a raw v5.x checkpoint (docs/formats.md A6); pops what it uses from ``sd``."""
     gated = config.version != "5.0"
     names = ("receptance", "key", "value") + (("gate",) if gated else ())
     emb = folded_embedding(sd, dtype, device)

@@ -1,4 +1,4 @@
-"""RWKV-6.0 ("x060") inference math in torch (FORMATS.md A3, A6–A8, A10, A11).
+"""RWKV-6.0 ("x060") inference math in torch (docs/formats.md A3, A6–A8, A10, A11).
 
 :func:`prepare` does every load-time rewrite once (A6); :func:`forward` runs ``[B, T]`` token rows
 from a :class:`~rwkv_music.model.state.State` and returns a new one.  ``T == 1`` is the lean decode
@@ -34,14 +34,16 @@ import torch.nn.functional as F
 
 from rwkv_music.errors import CheckpointError
 from rwkv_music.model.config import RWKVConfig
+from rwkv_music.model.constants import GN_EPS, LN_EPS
 from rwkv_music.model.ops import (
-    GN_EPS,
-    LN_EPS,
+    fold_ln0,
     forward_in_segments,
+    from_chunks,
     head_logits_rows,
     last_rows,
     matrix_state_io,
     shifted_rows,
+    to_chunks,
     write_state,
 )
 from rwkv_music.model.state import State
@@ -107,7 +109,7 @@ def prepare(sd: dict[str, torch.Tensor], config: RWKVConfig, dtype: torch.dtype,
     g = lambda name: _key(sd, name)  # noqa: E731
     vec = lambda name: g(name).flatten()  # noqa: E731
     C, H, N = config.n_embd, config.n_head, config.head_size
-    emb = F.layer_norm(g("emb.weight"), (C,), vec("blocks.0.ln0.weight"), vec("blocks.0.ln0.bias"), LN_EPS)
+    emb = fold_ln0(g("emb.weight"), g("blocks.0.ln0.weight"), g("blocks.0.ln0.bias"))
     order = [_STORED_MIX.index(n) for n in _MIX]
 
     def cast(t: torch.Tensor) -> torch.Tensor:
@@ -259,15 +261,8 @@ def _wkv_chunked(
     """Many tokens at once (module docstring): inputs [B,T,H,N] fp32; returns y [B,T,H,N]."""
     B, T, H, N = r.shape
     L = min(chunk, T)
-    n_chunks = -(-T // L)
-    pad = n_chunks * L - T
-
-    def chunks(t: torch.Tensor) -> torch.Tensor:  # [B,T,H,N] -> [B,H,n_chunks,L,N]
-        if pad:  # padded steps are identities: w = 1, every vector 0
-            t = F.pad(t, (0, 0, 0, 0, 0, pad))
-        return t.view(B, n_chunks, L, H, N).permute(0, 3, 1, 2, 4)
-
-    log_w, r, k, v = (chunks(t) for t in (log_w, r, k, v))
+    log_w, r, k, v = (to_chunks(t, L) for t in (log_w, r, k, v))  # [B,H,n_chunks,L,N]
+    n_chunks = r.shape[2]
     cum = log_w.cumsum(-2)  # c_t
     excl = cum - log_w  # c_{t-1}
     last = cum[..., -1:, :]
@@ -282,7 +277,7 @@ def _wkv_chunked(
         cur = torch.addcmul(upd[:, :, c], cur, decay[:, :, c])
     S_out.copy_(cur)
     y = scores @ v + (r * excl.exp()) @ starts
-    return y.permute(0, 2, 3, 1, 4).reshape(B, n_chunks * L, H, N)[:, :T]
+    return from_chunks(y, T)
 
 
 def _intra_scores(r: torch.Tensor, k: torch.Tensor, excl: torch.Tensor, cum: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,9 @@
-"""RWKV-7 ("x070") and RWKV-7a (DeepEmbed) inference math in torch (FORMATS.md A3, A6–A8, A10, A11).
+"""RWKV-7 ("x070") and RWKV-7a (DeepEmbed) inference math in torch (docs/formats.md A3, A6–A8, A10, A11).
 
 :func:`prepare` does every load-time rewrite once (A6); :func:`forward` runs ``[B, T]`` token rows
 from a :class:`~rwkv_music.model.state.State` and returns a new one.  ``T == 1`` is the lean decode
 step; ``T > 1`` runs all projections for all ``B·T`` positions at once and the WKV recurrence in
-chunks (below).  Shapes: B rows, T tokens, C = n_embd, H heads of N channels, F = dim_ffn; the
+chunks (see the end of this docstring).  Shapes: B rows, T tokens, C = n_embd, H heads of N channels, F = dim_ffn; the
 per-head state is ``S[value i, key j]`` (A8) and always fp32, as is the decay (A10).
 
 Fusions (why: one token step is dozens of tiny ops, so op count is the cost at batch 1):
@@ -14,25 +14,11 @@ Fusions (why: one token step is dozens of tiny ops, so op count is the cost at b
   in-place tanh serves w and g because σ(x)·g2 = tanh(x/2)·(g2/2) + Σ(g2)/2 (folded at load);
 * the state step is ``S·diag(w)`` plus two in-place rank-1 updates (no N×N×N matmul).
 
-Chunked WKV (sequence mode).  Per head, with ``z_t = -S_{t-1}·kk_t`` and ``b = kk ⊙ a`` (A7 step 8):
-``S_t = S_{t-1}·diag(w_t) + z_t b_tᵀ + v_t k_tᵀ``.  Inside a chunk of L tokens with start state S₀
-and cumulative decay ``W_t = Π_{s≤t} w_s``, ``S_t = (S₀ + Σ_{s≤t} z_s b̃_sᵀ + v_s k̃_sᵀ)·diag(W_t)``
-with ``b̃ = b / W``, ``k̃ = k / W``.  So, with ``q_t = kk_t ⊙ W_{t-1}`` and ``p_t = r_t ⊙ W_t``:
-
-* ``(I + M_b) Z = -Q S₀ᵀ - M_k V`` with strictly lower ``M_b = Q b̃ᵀ``, ``M_k = Q k̃ᵀ``, hence
-  ``Z = Z_v - G S₀ᵀ`` where ``[G | -Z_v] = (I + M_b)⁻¹ [Q | M_k V]`` (one unit-triangular solve);
-* ``Y = (P - A_b G) S₀ᵀ + A_b Z_v + A_k V`` with lower-inclusive ``A_b = P b̃ᵀ``, ``A_k = P k̃ᵀ``;
-* ``S_L = S₀ (diag(W_L) - Gᵀ B̂) + Z_vᵀ B̂ + Vᵀ K̂`` with ``B̂ = b ⊙ W_L/W``, ``K̂ = k ⊙ W_L/W``.
-
-Everything without S₀ is computed for all chunks at once; only ``S_{c+1} = S_c T_c + U_c`` (one
-``baddbmm``) loops over chunks, and Y's S₀ term is one batched matmul afterwards.  Safety: w ≥ exp(-e^{-1/2}) ≈ 0.545
-(A7 step 7), so 1/W ≤ e^{0.607·L} ≈ 2.7e8 for L = 32, far inside fp32; the large factors only meet
-small ones (every unmasked product equals a ratio W_t/W_s ≤ 1 of the true recurrence).
+The sequence-mode WKV runs in chunks (:mod:`rwkv_music.model.wkv7`, shared with training).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,9 +28,10 @@ import torch.nn.functional as F
 from rwkv_music.errors import CheckpointError
 from rwkv_music.model import native
 from rwkv_music.model.config import RWKVConfig
+from rwkv_music.model.constants import GN_EPS, LN_EPS
+from rwkv_music.model.constants import V7_DECAY_SCALE as DECAY_SCALE
 from rwkv_music.model.ops import (
-    GN_EPS,
-    LN_EPS,
+    fold_ln0,
     forward_in_segments,
     head_logits_rows,
     last_rows,
@@ -53,11 +40,10 @@ from rwkv_music.model.ops import (
     write_state,
 )
 from rwkv_music.model.state import State
+from rwkv_music.model.wkv7 import wkv7_chunked
 
 VERSIONS: tuple[str, ...] = ("7", "7a")
 MAX_POSITIONS = 4096  # B·T positions per pass (≈ 0.4 GB of fp32 activations at C = 768)
-DECAY_SCALE = math.exp(-0.5)  # A7 step 7: w = exp(-e^{-1/2}·σ(w0 + w_raw)) ∈ (0.545, 1)
-CHUNK_LEN = 32  # sequence-mode WKV chunk; 1/W_L stays ≤ 2.7e8 (module docstring)
 SEMB_SIDE = 32  # DeepEmbed rows are viewed as 32×32 matrices (A3, v7a row)
 _ATT_MIX = ("x_r", "x_k", "x_v", "x_a", "x_w", "x_g")  # [:3] feed r,k,v; [2:] feed the LoRAs
 _LORA = ("v", "a", "w", "g")  # LoRA stack order; w and g (the two with tanh) last
@@ -120,8 +106,7 @@ def prepare(sd: dict[str, torch.Tensor], config: RWKVConfig, dtype: torch.dtype,
     deep = version == "7a"
     g = lambda name: _key(sd, name, version)  # noqa: E731
     C = config.n_embd
-    ln0 = (g("blocks.0.ln0.weight").flatten(), g("blocks.0.ln0.bias").flatten())
-    emb = F.layer_norm(g("emb.weight"), (C,), ln0[0], ln0[1], LN_EPS)
+    emb = fold_ln0(g("emb.weight"), g("blocks.0.ln0.weight"), g("blocks.0.ln0.bias"))
 
     def cast(t: torch.Tensor) -> torch.Tensor:
         return t.to(device=device, dtype=dtype).contiguous()
@@ -246,7 +231,8 @@ def _time_mix(
     if T == 1:
         y = _wkv_step(S, S_out, H, neg_decay.exp_(), *vecs)
     else:
-        y = _wkv_chunked(S, S_out, neg_decay.view(B, T, H, N), *(t.view(B, T, H, N) for t in vecs))
+        y, S_new = wkv7_chunked(S, neg_decay.view(B, T, H, N), *(t.view(B, T, H, N) for t in vecs))
+        S_out.copy_(S_new)  # S_out may be S itself (in-place decode): S was fully read above
         y = y.reshape(BT, C)
     y = F.group_norm(y, H, lw.ln_x[0], lw.ln_x[1], GN_EPS).view(BT, H, N)  # step 9, fp32
     rk = (vecs[0] * vecs[1]).mul_(lw.r_k).view(BT, H, N).sum(-1, keepdim=True)
@@ -304,43 +290,3 @@ def _wkv_step(
     out.addcmul_(v.view(BH, N, 1), k.view(BH, 1, N))
     return torch.bmm(r.view(BH, 1, N), out.transpose(1, 2)).view(B, C)
 
-
-def _wkv_chunked(
-    S: torch.Tensor, S_out: torch.Tensor, log_w: torch.Tensor, r: torch.Tensor,
-    k: torch.Tensor, v: torch.Tensor, kk: torch.Tensor, b: torch.Tensor, chunk: int = CHUNK_LEN,
-) -> torch.Tensor:
-    """Many tokens at once (module docstring): inputs [B,T,H,N] fp32; returns y [B,T,H,N]."""
-    B, T, H, N = r.shape
-    L = min(chunk, T)
-    n_chunks = -(-T // L)
-    pad = n_chunks * L - T
-
-    def chunks(t: torch.Tensor) -> torch.Tensor:  # [B,T,H,N] -> [B,H,n_chunks,L,N]
-        if pad:  # padded steps are identities: w = 1, every vector 0
-            t = F.pad(t, (0, 0, 0, 0, 0, pad))
-        return t.view(B, n_chunks, L, H, N).permute(0, 3, 1, 2, 4)
-
-    r, log_w, k, v, kk, b = (chunks(t) for t in (r, log_w, k, v, kk, b))
-    cum = log_w.cumsum(-2)  # log W_t (inclusive)
-    q = kk * (cum - log_w).exp()  # kk_t ⊙ W_{t-1}
-    p = r * cum.exp()  # r_t ⊙ W_t
-    inv = (-cum).exp()
-    b_t, k_t = (b * inv).transpose(-1, -2), (k * inv).transpose(-1, -2)
-    last = cum[..., -1:, :]
-    tail = (last - cum).exp()  # W_L / W_s ≤ 1
-    b_hat, k_hat = b * tail, k * tail
-    m_b, m_k = (q @ b_t).tril_(-1), (q @ k_t).tril_(-1)
-    a_b, a_k = (p @ b_t).tril_(), (p @ k_t).tril_()
-    x = torch.linalg.solve_triangular(m_b, torch.cat([q, m_k @ v], -1), upper=False, unitriangular=True)
-    G, z_v = x[..., :N], x[..., N:].neg_()
-    trans = G.transpose(-1, -2) @ b_hat
-    trans.neg_().diagonal(dim1=-2, dim2=-1).add_(last.squeeze(-2).exp())  # diag(W_L) - Gᵀ B̂
-    upd = z_v.transpose(-1, -2) @ b_hat + v.transpose(-1, -2) @ k_hat
-    starts = torch.empty((B, H, n_chunks, N, N), dtype=S.dtype, device=S.device)
-    cur = S.reshape(B * H, N, N)
-    for c in range(n_chunks):  # the only sequential part: one baddbmm per chunk
-        starts[:, :, c] = cur.view(B, H, N, N)
-        cur = torch.baddbmm(upd[:, :, c].reshape(B * H, N, N), cur, trans[:, :, c].reshape(B * H, N, N))
-    S_out.copy_(cur.view(B, H, N, N))
-    y = (p - a_b @ G) @ starts.transpose(-1, -2) + a_b @ z_v + a_k @ v  # [B,H,n_chunks,L,N]
-    return y.permute(0, 2, 3, 1, 4).reshape(B, n_chunks * L, H, N)[:, :T]

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from rwkv_music.errors import CheckpointError
-from rwkv_music.train.model_v7 import RWKV7, config_from_state_dict
+from rwkv_music.model.detect import config_from_state_dict
+from rwkv_music.train.model_v7 import RWKV7
 
 MODEL_FILE = "model.pth"
 STATE_FILE = "train_state.pt"

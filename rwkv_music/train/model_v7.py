@@ -1,43 +1,32 @@
 """RWKV-7 ("x070") training model in pure torch, with a chunked WKV that autograd can run.
 
-The recurrence is exactly FORMATS A7 (v7 time mix, v7 channel mix); parameter names and shapes
-are the BlinkDL trainer's (FORMATS A3 v7 row), so ``state_dict()`` *is* a BlinkDL checkpoint:
-``[1,1,C]`` vectors, ``[out,in]`` matrices, ``blocks.0.ln0.*`` kept unfolded.
+The recurrence is exactly docs/formats.md A7 (v7 time mix, v7 channel mix), the one
+:mod:`rwkv_music.model.reference.v7` spells out per token; parameter names and shapes are the
+BlinkDL trainer's (A3 v7 row), so ``state_dict()`` *is* a BlinkDL checkpoint: ``[1,1,C]`` vectors,
+``[out,in]`` matrices, ``blocks.0.ln0.*`` kept unfolded (ln0 is trained, so it cannot be folded).
 
-Chunked WKV (why: a per-token Python loop is too slow to train on CPU).  Per head, with
-S[value i, key j], the step is ``S_t = S_{t-1} diag(w_t) + z_t b_tᵀ + v_t k_tᵀ`` where
-``b = kk ⊙ a`` and ``z_t = -S_{t-1} kk_t``.  Inside a chunk of L tokens, with cumulative decay
-``W_t = Π_{s≤t} w_s`` (elementwise), every term becomes a product of "decayed" vectors, and the
-unknown z's solve one unit lower-triangular L×L system.  With w ≥ e^{-e^{-1/2}} ≈ 0.545
-(A7 step 7) the largest factor 1/W_t over a 16-token chunk is ≈ 1.6e4, well inside fp32.
-:func:`wkv7_sequential` is the obvious per-token loop; tests check the two agree.
+The WKV over a sequence is :func:`rwkv_music.model.wkv7.wkv7_chunked`, the same code inference
+runs (why chunked: a per-token Python loop is too slow to train on CPU).  Training uses shorter
+chunks than inference: with w ≥ e^{-e^{-1/2}} ≈ 0.545 (A7 step 7) the largest factor 1/W_t over a
+16-token chunk is ≈ 1.6e4, which keeps the gradients well inside fp32 too.  ``chunked=False``
+runs the reference's per-token step instead (slow; for checking).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rwkv_music.model.config import RWKVConfig
+from rwkv_music.model.constants import GN_EPS, LN_EPS, V7_DECAY_SCALE
+from rwkv_music.model.factory import v7_lora_dims
+from rwkv_music.model.reference.v7 import wkv_step
+from rwkv_music.model.wkv7 import wkv7_chunked
 
-GROUP_NORM_EPS = 64e-5  # FORMATS A9: v7 ln_x uses 64e-5
-LN_EPS = 1e-5
-DECAY_SCALE = math.exp(-0.5)  # A7 step 7: w = exp(-e^{-1/2} σ(w0 + w_raw))
-CHUNK_LEN = 16
+TRAIN_CHUNK_LEN = 16
 
 LayerState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # att_sx [B,C], S [B,H,N,N], ffn_sx [B,C]
-
-
-def lora_dims(n_embd: int) -> dict[str, int]:
-    """The v7 trainer's LoRA widths for width C (FORMATS A3 notes)."""
-
-    def rnd(factor: float) -> int:
-        return max(32, int(round(factor * math.sqrt(n_embd) / 32)) * 32)
-
-    return {"w": rnd(2.5), "a": rnd(2.5), "v": rnd(1.7), "g": rnd(5.0)}
 
 
 def make_config(n_layer: int, n_embd: int, vocab_size: int, head_size: int = 64,
@@ -47,70 +36,24 @@ def make_config(n_layer: int, n_embd: int, vocab_size: int, head_size: int = 64,
         raise ValueError(f"n_embd {n_embd} is not a multiple of head_size {head_size}")
     return RWKVConfig(version="7", n_layer=n_layer, n_embd=n_embd, dim_att=n_embd,
                       dim_ffn=dim_ffn or 4 * n_embd, n_head=n_embd // head_size,
-                      head_size=head_size, vocab_size=vocab_size, lora=lora_dims(n_embd))
+                      head_size=head_size, vocab_size=vocab_size, lora=v7_lora_dims(n_embd))
 
 
-def config_from_state_dict(sd: dict[str, torch.Tensor]) -> RWKVConfig:
-    """Read every v7 size from tensor shapes (FORMATS A5)."""
-    vocab, n_embd = sd["emb.weight"].shape
-    n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    n_head, head_size = sd["blocks.0.att.r_k"].shape
-    lora = {n: int(sd[f"blocks.0.att.{n}1"].shape[1]) for n in ("w", "a", "v", "g")}
-    return RWKVConfig(version="7", n_layer=n_layer, n_embd=n_embd, dim_att=n_embd,
-                      dim_ffn=int(sd["blocks.0.ffn.key.weight"].shape[0]), n_head=int(n_head),
-                      head_size=int(head_size), vocab_size=int(vocab), lora=lora)
-
-
-# ----------------------------------------------------------------------------- WKV kernels
-
-
-def wkv7_sequential(r, w, k, v, kk, a, state):
-    """Reference per-token loop of A7 step 8. Inputs [B,T,H,N] fp32, state [B,H,N,N]."""
-    b = kk * a
+def wkv7_token_loop(S: torch.Tensor, log_w: torch.Tensor, r: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    kk: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's per-token WKV step over ``[B,T,H,N]`` inputs: (y [B,T,H,N], final S)."""
     ys = []
-    S = state
     for t in range(r.shape[1]):
-        sa = S @ kk[:, t, :, :, None]  # [B,H,N,1] = S·kk (old S)
-        S = S * w[:, t, :, None, :] - sa @ b[:, t, :, None, :] + v[:, t, :, :, None] @ k[:, t, :, None, :]
-        ys.append((S @ r[:, t, :, :, None])[..., 0])
+        y, S = wkv_step(S, log_w[:, t].exp(), k[:, t], v[:, t], kk[:, t], a[:, t], r[:, t])
+        ys.append(y)
     return torch.stack(ys, dim=1), S
-
-
-def wkv7_chunked(r, w, k, v, kk, a, state, chunk: int = CHUNK_LEN):
-    """Same result as :func:`wkv7_sequential`, one triangular solve per chunk (see module doc)."""
-    B, T, H, N = r.shape
-    b = kk * a
-    S = state
-    ys = []
-    for c0 in range(0, T, chunk):
-        rc, wc, kc, vc, kkc, bc = (x[:, c0:c0 + chunk].transpose(1, 2) for x in (r, w, k, v, kk, b))
-        L = rc.shape[2]  # [B,H,L,N] each
-        logw = torch.log(wc)
-        cum = torch.cumsum(logw, dim=2)  # log W_t, inclusive
-        kk_q = kkc * torch.exp(cum - logw)  # kk_t ⊙ W_{t-1}: z_t reads S_{t-1}
-        r_q = rc * torch.exp(cum)  # r_t ⊙ W_t: y_t reads S_t
-        inv = torch.exp(-cum)
-        b_s, k_s = bc * inv, kc * inv
-        ones = torch.ones(L, L, dtype=r.dtype, device=r.device)
-        strict, incl = torch.tril(ones, -1), torch.tril(ones)
-        m_b = (kk_q @ b_s.transpose(-1, -2)) * strict  # [B,H,t,s]
-        m_k = (kk_q @ k_s.transpose(-1, -2)) * strict
-        rhs = -(kk_q @ S.transpose(-1, -2)) - m_k @ vc  # [B,H,L,N_v]
-        eye = torch.eye(L, dtype=r.dtype, device=r.device)
-        z = torch.linalg.solve_triangular(eye + m_b, rhs, upper=False, unitriangular=True)
-        a_b = (r_q @ b_s.transpose(-1, -2)) * incl
-        a_k = (r_q @ k_s.transpose(-1, -2)) * incl
-        ys.append((r_q @ S.transpose(-1, -2) + a_b @ z + a_k @ vc).transpose(1, 2))
-        w_end = torch.exp(cum[:, :, -1:, :])  # [B,H,1,N] decay over the whole chunk
-        S = S * w_end + z.transpose(-1, -2) @ (b_s * w_end) + vc.transpose(-1, -2) @ (k_s * w_end)
-    return torch.cat(ys, dim=1), S
 
 
 # ----------------------------------------------------------------------------- modules
 
 
 class TimeMix(nn.Module):
-    """RWKV-7 time mix (FORMATS A7 v7 steps 1–10) with the trainer's parameter names."""
+    """RWKV-7 time mix (docs/formats.md A7 v7 steps 1–10) with the trainer's parameter names."""
 
     def __init__(self, cfg: RWKVConfig, layer_id: int):
         super().__init__()
@@ -127,9 +70,10 @@ class TimeMix(nn.Module):
         self.key = nn.Linear(C, C, bias=False)
         self.value = nn.Linear(C, C, bias=False)
         self.output = nn.Linear(C, C, bias=False)
-        self.ln_x = nn.GroupNorm(H, C, eps=GROUP_NORM_EPS)
+        self.ln_x = nn.GroupNorm(H, C, eps=GN_EPS)
 
-    def forward(self, xx, sx, S, v_first, chunked: bool = True):
+    def forward(self, xx: torch.Tensor, sx: torch.Tensor, S: torch.Tensor, v_first: torch.Tensor | None,
+                chunked: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """xx: LN1 output [B,T,C]; sx: previous LN1 output [B,C]; S: [B,H,N,N] fp32."""
         B, T, C = xx.shape
         H, N = self.n_head, self.head_size
@@ -145,10 +89,13 @@ class TimeMix(nn.Module):
             v_first = v
         else:
             v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
-        w = torch.exp(-DECAY_SCALE * torch.sigmoid((self.w0 + w_raw).float()))
-        heads = [t.float().view(B, T, H, N) for t in (r, k, v, kk, a)]
-        kernel = wkv7_chunked if chunked else wkv7_sequential
-        y, S = kernel(heads[0], w.view(B, T, H, N), heads[1], heads[2], heads[3], heads[4], S)
+        log_w = (-V7_DECAY_SCALE * torch.sigmoid((self.w0 + w_raw).float())).view(B, T, H, N)
+        hr, hk, hv, hkk, ha = (t.float().view(B, T, H, N) for t in (r, k, v, kk, a))
+        with torch.autocast(hr.device.type, enabled=False):  # the WKV state and its solve stay fp32 under bf16
+            if chunked:
+                y, S = wkv7_chunked(S, log_w, hr, hk, hv, hkk, hkk * ha, chunk=TRAIN_CHUNK_LEN)
+            else:
+                y, S = wkv7_token_loop(S, log_w, hr, hk, hv, hkk, ha)
         y = self.ln_x(y.reshape(B * T, C).to(xx.dtype)).view(B, T, C)
         bonus = ((r * k * self.r_k.view(1, 1, C)).view(B, T, H, N).sum(-1, keepdim=True) * v.view(B, T, H, N))
         y = y + bonus.view(B, T, C)
@@ -156,7 +103,7 @@ class TimeMix(nn.Module):
 
 
 class ChannelMix(nn.Module):
-    """RWKV-7 channel mix: out = Wv·relu²(Wk·kx), no receptance (FORMATS A7)."""
+    """RWKV-7 channel mix: out = Wv·relu²(Wk·kx), no receptance (docs/formats.md A7)."""
 
     def __init__(self, cfg: RWKVConfig):
         super().__init__()
@@ -164,7 +111,7 @@ class ChannelMix(nn.Module):
         self.key = nn.Linear(cfg.n_embd, cfg.dim_ffn, bias=False)
         self.value = nn.Linear(cfg.dim_ffn, cfg.n_embd, bias=False)
 
-    def forward(self, xx, sx):
+    def forward(self, xx: torch.Tensor, sx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = torch.cat([sx[:, None, :], xx[:, :-1]], dim=1) - xx
         k = torch.relu(self.key(xx + d * self.x_k)) ** 2
         return self.value(k), xx[:, -1]
@@ -182,7 +129,7 @@ class Block(nn.Module):
 
 
 class RWKV7(nn.Module):
-    """Trainable RWKV-7; ``state_dict()`` is in the BlinkDL layout (FORMATS A3)."""
+    """Trainable RWKV-7; ``state_dict()`` is in the BlinkDL layout (docs/formats.md A3)."""
 
     def __init__(self, cfg: RWKVConfig):
         super().__init__()
@@ -194,7 +141,7 @@ class RWKV7(nn.Module):
         self.ln_out = nn.LayerNorm(cfg.n_embd, eps=LN_EPS)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
 
-    def zero_state(self, batch_size: int, device=None) -> list[LayerState]:
+    def zero_state(self, batch_size: int, device: torch.device | str | None = None) -> list[LayerState]:
         cfg = self.config
         dev = device or self.emb.weight.device
         dt = self.emb.weight.dtype
