@@ -13,7 +13,6 @@ to block through ``ctx``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from rwkv_music.backends.export_weights import Weights
@@ -21,8 +20,8 @@ from rwkv_music.backends.ncnn_graph import ADD, DIV, EXP, MAX, MUL, R_SUM, R_SUM
 from rwkv_music.backends.ncnn_graph_v4 import pre_norm, state_in, state_out
 from rwkv_music.backends.ncnn_graph_v5 import group_norm
 from rwkv_music.model.config import RWKVConfig
+from rwkv_music.model.constants import V7_DECAY_SCALE
 
-DECAY_SCALE = math.exp(-0.5)  # A7 step 7: w = exp(-e^{-1/2}·σ(w0 + w_raw)) ∈ (0.545, 1)
 L2_EPS = 1e-12  # A7 step 4: kk / max(‖kk‖₂, 1e-12)
 SEMB_SIDE = 32  # v7a: s_emb rows are 32×32 matrices (A3)
 _MIXES = ("r", "w", "k", "v", "a", "g")
@@ -63,7 +62,7 @@ def time_mix(g: NcnnGraph, w: Weights, cfg: RWKVConfig, i: int, x: str, ctx: dic
         mix = g.act("Sigmoid", _lora(g, m["v"], w.get(a + "v1"), w.get(a + "v2"), None, w.get(a + "v0")))
         v = g.lerp(v, g.sub(ctx["v_first"], v), mix)
     # step 7: decay in fp32
-    decay = g.unary(EXP, g.scalar(MUL, g.act("Sigmoid", wz), -DECAY_SCALE))
+    decay = g.unary(EXP, g.scalar(MUL, g.act("Sigmoid", wz), -V7_DECAY_SCALE))
     # step 8: state update and read-out
     S = state_in(g, "att_kv", i)
     sk = g.matmul(S, g.reshape(kk, [-1, H, N, 1]))  # S·kk  [B,H,N,1]

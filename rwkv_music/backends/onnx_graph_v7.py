@@ -8,7 +8,6 @@ MatMuls and a few broadcasts.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -16,9 +15,9 @@ import numpy as np
 from rwkv_music.backends.export_weights import Weights
 from rwkv_music.backends.onnx_graph_common import GraphBuilder
 from rwkv_music.model.config import RWKVConfig
+from rwkv_music.model.constants import V7_DECAY_SCALE
 
 STATE_NAMES = ("att_x", "att_kv", "ffn_x")
-DECAY_SCALE = math.exp(-0.5)  # w = exp(-e^{-1/2}·σ(w0 + w_raw)), so w ∈ (0.545, 1) (A7 step 7)
 L2_EPS = 1e-12  # kk is divided by max(‖kk‖₂, 1e-12), as torch.nn.functional.normalize does
 SEMB_SIDE = 32  # DeepEmbed rows are viewed as 32×32 matrices (A3, v7a row)
 
@@ -59,7 +58,7 @@ def _time_mix(
         gate = b.sigmoid(b.add(b.init(w.get(a + "v0"), "v0"), _lora(b, w, m["v"], a + "v1", a + "v2", None, "v")))
         v = b.add(v, b.mul(b.sub(ctx["v_first"], v), gate))
     decay = b.to_f32(b.add(b.init(w.get(a + "w0"), "w0"), w_raw))
-    decay = b.op("Exp", [b.mul(b.sigmoid(decay), b.f32(np.array(-DECAY_SCALE), "wscale"))])  # [B,T,C] f32
+    decay = b.op("Exp", [b.mul(b.sigmoid(decay), b.f32(np.array(-V7_DECAY_SCALE), "wscale"))])  # [B,T,C] f32
 
     row, col = [0, 0, H, 1, N], [0, 0, H, N, 1]
     r32, k32, v32 = b.to_f32(r), b.to_f32(k), b.to_f32(v)
