@@ -123,8 +123,8 @@ def test_generate_midi_writes_n_files_that_mido_opens(midi_model: Path, tmp_path
 @pytest.fixture(scope="module")
 def onnx_model(midi_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("onnxruntime")
-    onnx_mod = pytest.importorskip("rwkv_music.backends.onnx")
-    return onnx_mod.export(midi_model, tmp_path_factory.mktemp("onnx") / "m.onnx")
+    onnx_export = pytest.importorskip("rwkv_music.backends.onnx_export")
+    return onnx_export.export(midi_model, tmp_path_factory.mktemp("onnx") / "m.onnx")
 
 
 def test_generate_midi_entry_point_runs_as_a_subprocess_without_torch(onnx_model: Path, tmp_path: Path) -> None:
@@ -342,3 +342,60 @@ def test_threads_and_int8_reach_the_runtime(abc_model: Path, tmp_path: Path) -> 
         torch.set_num_threads(before)
     bad = CliRunner().invoke(main, ["generate-abc", "--model", str(abc_model), "--threads", "0"])
     assert bad.exit_code == 2 and "--threads" in bad.output
+
+
+@pytest.mark.parametrize("device", ["tpu", "", "meta", "vulkan", "bogus", "cuda:x", "cpu:0"])
+@pytest.mark.parametrize("command", ["generate-midi", "generate-abc", "render"])
+def test_a_bad_device_is_a_one_line_usage_error(command: str, device: str, tmp_path: Path) -> None:
+    result = _run([command, "--device", device, "--out", tmp_path, *(["p.txt"] if command == "render" else [])])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "--device" in errors[0], result.stderr
+    assert not (tmp_path / "manifest.jsonl").exists()
+
+
+def test_the_device_kind_must_suit_the_backend(tmp_path: Path) -> None:
+    vulkan = _run(["generate-midi", "--backend", "ncnn", "--device", "vulkan:1", "--model", "missing.param"])
+    assert vulkan.exit_code == 1 and "no such model file" in vulkan.stderr  # vulkan passed for ncnn
+    cuda = _run(["generate-midi", "--backend", "ncnn", "--device", "cuda"])
+    assert cuda.exit_code == 2 and "the ncnn backend runs on cpu or vulkan" in cuda.stderr
+
+
+def test_train_refuses_a_bad_device(tmp_path: Path) -> None:
+    from rwkv_music.cli.train import train
+
+    result = CliRunner().invoke(train, ["--out", str(tmp_path / "run"), "--device", "vulkan"])
+    assert result.exit_code == 2 and "'vulkan' is not a device" in result.output
+
+
+def test_options_are_parsed_once_into_the_api_objects(
+    midi_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rwkv_music.compose.composer import Composer
+    from rwkv_music.compose.options import MidiOptions, SamplingOptions
+
+    seen = {}
+    real = Composer.compose_rows
+
+    def spy(self: Composer, inputs: list, options: object, **kwargs: object) -> list:
+        seen.update(inputs=inputs, options=options, **kwargs)
+        return real(self, inputs, options, **kwargs)
+
+    monkeypatch.setattr(Composer, "compose_rows", spy)
+    args = ["generate-midi", "--model", midi_model, "-n", 2, "--piano-only", "--max-tokens", 3, "--seed", 4]
+    result = _run([*args, "--temperature", 0.5, "--top-k", 7, "--out", tmp_path, "-q"])
+    assert result.exit_code == 0, result.output
+    assert seen["options"] == MidiOptions(max_tokens=3, instruments=("piano",))
+    assert seen["sampling"] == SamplingOptions(None, {"temperature": 0.5, "top_k": 7})
+    assert seen["inputs"] == [None, None] and seen["seed"] == 4
+
+
+def test_continue_an_abc_tune_and_midi_only_flags(abc_model: Path, tmp_path: Path) -> None:
+    src = tmp_path / "tune.abc"
+    src.write_text("X:1\nT:t\nL:1/8\nM:2/4\nK:G\nGABc|d4|\n")
+    result = _run(["continue", src, "--model", abc_model, "--max-tokens", 4, "--seed", 3, "--out", tmp_path / "o"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["tune-cont-3-00.abc"]
+    assert (tmp_path / "o" / "tune-cont-3-00.abc").read_text().startswith("X:1\nL:1/8\nM:2/4\nK:G\nGABc|d4|")
+    stray = _run(["continue", src, "--model", abc_model, "--seconds", 3, "--out", tmp_path / "p"])
+    assert stray.exit_code == 2 and "--seconds: not an option of ABC models" in stray.stderr

@@ -184,20 +184,54 @@ def test_meta_records_seed_params_model_timing_and_validity(midi_composer: Compo
 
 
 def test_seconds_counts_new_music_after_the_prompt(monkeypatch: pytest.MonkeyPatch) -> None:
-    import rwkv_music.compose.helpers as ch
+    from rwkv_music.formats.midi.options import MidiOptions as Options
+    from rwkv_music.formats.midi.vocab import LAYOUT
 
     targets = []
-    real = ch.midi_constraint
+    real = Options.constraint
 
-    def spy(instruments: object, seconds: float, **limits: object) -> object:
+    def spy(self: Options, seconds: float | None) -> object:
         targets.append(seconds)
-        return real(instruments, seconds, **limits)
+        return real(self, seconds)
 
-    monkeypatch.setattr(ch, "midi_constraint", spy)
+    monkeypatch.setattr(Options, "constraint", spy)
     composer = Composer(FakeBackend(20096), model_name="fake")
     prompt = "pi:3c:a t125 t125 pi:3c:0"  # 2 s of music already
     pieces = composer.compose_midi(n=2, seconds=0.5, max_tokens=60, prompt=prompt, seed=3)
     assert targets[-1] == pytest.approx(2.5)
     for p in pieces:
         new = p.tokens[p.meta["prompt_tokens"] - 1 :]
-        assert ch.prompt_seconds(new) <= 0.5 + 2.5 * 0.05 + 1e-9  # the tolerance is 5 % of the whole piece
+        assert LAYOUT.seconds(new) <= 0.5 + 2.5 * 0.05 + 1e-9  # the tolerance is 5 % of the whole piece
+
+
+def test_sampling_options_and_keyword_overrides_make_the_same_pieces() -> None:
+    from rwkv_music.compose.options import SamplingOptions
+
+    composer = Composer(FakeBackend(20096), model_name="fake")
+    options = MidiOptions(max_tokens=12)
+    by_keywords = composer.compose_rows([None] * 2, options, seed=5, preset="chatrwkv-midi", temperature=0.7)
+    sampling = SamplingOptions("chatrwkv-midi", {"temperature": 0.7})
+    by_object = composer.compose_rows([None] * 2, options, seed=5, sampling=sampling)
+    assert [p.tokens for p in by_keywords] == [p.tokens for p in by_object]
+    assert by_object[0].meta["preset"] == "chatrwkv-midi" and by_object[0].meta["sampling"]["temperature"] == 0.7
+
+
+def test_an_unknown_sampling_option_is_one_line_before_any_work() -> None:
+    from rwkv_music.compose.options import SamplingOptions
+
+    with pytest.raises(RwkvMusicError, match="temperatur") as info:
+        SamplingOptions(None, {"temperatur": 0.5})
+    assert "\n" not in str(info.value)
+    composer = Composer(FakeBackend(128), model_name="fake")
+    with pytest.raises(RwkvMusicError, match="top_pp"):
+        composer.compose_abc(max_tokens=2, top_pp=0.5)
+
+
+def test_row_recipes_give_fresh_constraints_and_the_format_stop_ids() -> None:
+    from rwkv_music.compose.options import SamplingOptions
+
+    composer = Composer(FakeBackend(128), model_name="fake")
+    recipe = composer.recipe("|:DFA|", AbcOptions(meter="6/8"), SamplingOptions())
+    first, second = recipe.processors(), recipe.processors()
+    assert first is not second and recipe.stop_ids == [composer.tokenizer.eos_id]
+    assert recipe.prompt[0] == composer.tokenizer.bos_id and recipe.preset == "default-abc"

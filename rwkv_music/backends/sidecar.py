@@ -21,10 +21,11 @@ from typing import Any, Callable
 import numpy as np
 
 from rwkv_music.errors import CheckpointError
+from rwkv_music.formats.base import VOCAB_MODES
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.state import state_shapes
 
-TOKENIZER_BY_VOCAB = {128: "abc", 20096: "midi"}  # vocab sizes of the BlinkDL music models
+TOKENIZER_BY_VOCAB = VOCAB_MODES  # vocab size -> format of the BlinkDL music models (formats.base)
 LOGITS = "logits"  # [B, V] float32, the last position (both formats)
 
 # -- ONNX ------------------------------------------------------------------------------------------

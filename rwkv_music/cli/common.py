@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,7 +34,32 @@ def boundary(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-# -- shared options (defined once, STYLE 6) -----------------------------------------------------
+# -- option types ----------------------------------------------------------------------------------
+DEVICE_KINDS = {"torch": ("cpu", "cuda"), "onnx": ("cpu", "cuda"), "ncnn": ("cpu", "vulkan")}
+
+
+class DeviceType(click.ParamType):
+    """``cpu``, ``cuda``, ``cuda:N``, ``vulkan`` or ``vulkan:N``; anything else is a usage error (exit 2)
+    with a one-line message, before any model is loaded.
+
+    Which kinds a backend runs on is checked when the model options are read (:class:`LoadSpec`).
+    """
+
+    name = "device"
+
+    def __init__(self, kinds: tuple[str, ...] = ("cpu", "cuda", "vulkan")) -> None:
+        self.kinds = kinds
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip().lower()
+        kind, colon, index = text.partition(":")
+        if kind not in self.kinds or (colon and (kind == "cpu" or not index.isdigit())):
+            examples = ", ".join(k if k == "cpu" else f"{k}, {k}:1" for k in self.kinds)
+            self.fail(f"{value!r} is not a device; use one of {examples}", param, ctx)
+        return text
+
+
+# -- collecting parsed options into objects ----------------------------------------------------------
 def combine(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def apply(func: Any) -> Any:
         for deco in reversed(decorators):
@@ -42,6 +69,121 @@ def combine(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return apply
 
 
+def collect(target: str, build: Callable[..., Any], names: tuple[str, ...]) -> Callable[[Any], Any]:
+    """Decorator: the command gets ``target=build(**those params)`` instead of the params ``names``.
+
+    Options are parsed once into the objects the API takes (a :class:`LoadSpec`, the
+    :class:`~rwkv_music.compose.options.SamplingOptions`, ...), so commands stay short.
+    """
+
+    def decorate(func: Any) -> Any:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs[target] = build(**{name: kwargs.pop(name) for name in names})
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """Which model to load, and how (``--model``, ``--backend``, ``--device``, ``--dtype``, ``--threads``)."""
+
+    model: str | None = None
+    backend: str = "torch"
+    device: str = "cpu"
+    dtype: str | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        kinds = DEVICE_KINDS.get(self.backend, ())
+        if self.device.partition(":")[0] not in kinds:
+            raise click.BadParameter(
+                f"the {self.backend} backend runs on {' or '.join(kinds)}, not {self.device!r}", param_hint="--device"
+            )
+
+    def composer(self, mode: str | None = None, default_mode: str | None = None) -> Any:
+        """The loaded :class:`~rwkv_music.compose.composer.Composer`.
+
+        ``mode`` is checked against the model's vocabulary; ``default_mode`` picks the shipped
+        model when ``--model`` is not given.
+        """
+        from rwkv_music.compose.composer import Composer
+
+        if mode is None and self.model is None:
+            mode = default_mode
+        return Composer.load(
+            self.model, mode=mode, backend=self.backend, device=self.device, dtype=self.dtype, threads=self.threads
+        )
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Where pieces go (``--out``, ``--force``, ``--quiet``)."""
+
+    out: str = "out"
+    force: bool = False
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class MidiFlags:
+    """The MIDI flags commands share: ``--seconds``, ``--instruments``/``--piano-only``, ``--no-constraints``."""
+
+    seconds: float | None = None
+    instruments: str | None = None
+    constrained: bool = True
+
+    @classmethod
+    def parse(
+        cls, seconds: float | None, instruments: str | None, piano_only: bool, no_constraints: bool
+    ) -> "MidiFlags":
+        if piano_only and instruments:
+            raise click.BadParameter("use either --instruments or --piano-only", param_hint="--piano-only")
+        instruments = "piano" if piano_only else instruments
+        if no_constraints and (instruments or seconds):
+            raise click.BadParameter(
+                "--instruments/--piano-only/--seconds need the constraint", param_hint="--no-constraints"
+            )
+        return cls(seconds, instruments, not no_constraints)
+
+    @property
+    def given(self) -> bool:
+        """Whether a MIDI-only flag was given (an error for ABC)."""
+        return bool(self.seconds or self.instruments)
+
+    def options(self, max_tokens: int) -> Any:
+        """The :class:`~rwkv_music.compose.options.MidiOptions` (instrument names checked now)."""
+        from rwkv_music.compose.options import MidiOptions
+
+        return MidiOptions(self.seconds, max_tokens, self.instruments, self.constrained)
+
+
+def format_options(fmt: Any, values: dict[str, Any], ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Option values given on the command line (``None``: not given) as keywords of ``fmt.options_class``.
+
+    A flag the format has no option for is a usage error naming it, unless listed in ``ignore``
+    (flags with a default that only one format reads, such as ``--controls``).
+    """
+    fields = {f.name for f in dataclasses.fields(fmt.options_class)}
+    given = {k: v for k, v in values.items() if v is not None and (k in fields or k not in ignore)}
+    stray = [k for k in given if k not in fields]
+    if stray:
+        flags = "/".join(f"--{k.replace('_', '-')}" for k in stray)
+        raise click.BadParameter(f"not an option of {fmt.name.upper()} models", param_hint=flags)
+    return given
+
+
+def sampling_from(preset: str | None, temperature: float | None, top_p: float | None, top_k: int | None) -> Any:
+    """The :class:`~rwkv_music.compose.options.SamplingOptions` of ``--preset`` and the overrides."""
+    from rwkv_music.compose.options import SamplingOptions
+
+    return SamplingOptions(preset, {"temperature": temperature, "top_p": top_p, "top_k": top_k})
+
+
+# -- shared options (defined once, STYLE 6) -----------------------------------------------------
 model_options = combine(
     click.option(
         "--model",
@@ -53,22 +195,30 @@ model_options = combine(
     click.option(
         "--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="Inference runtime."
     ),
-    click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."),
-    click.option("--dtype", type=click.Choice(DTYPES), default="fp32", show_default=True, help="Run dtype."),
+    click.option(
+        "--device", type=DeviceType(), default="cpu", show_default=True, help="cpu, cuda, cuda:1, ... (ncnn: vulkan)."
+    ),
+    click.option(
+        "--dtype",
+        type=click.Choice(DTYPES),
+        default=None,
+        help="Arithmetic dtype (default: the model's own: fp32 for checkpoints, the export's for onnx/ncnn).",
+    ),
     click.option(
         "--threads",
         type=click.IntRange(min=1),
         default=None,
         help="CPU threads of the runtime (default: its own choice, one per core for torch).",
     ),
+    collect("load", LoadSpec, ("model", "backend", "device", "dtype", "threads")),
+)
+seed_option = click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Base seed (random if omitted; it is part of the file names).",
 )
 sampling_options = combine(
-    click.option(
-        "--seed",
-        type=click.IntRange(min=0),
-        default=None,
-        help="Base seed (random if omitted; it is part of the file names).",
-    ),
     click.option(
         "--preset", type=click.Choice(PRESETS), default=None, help="Sampling preset (default: default-<mode>)."
     ),
@@ -79,6 +229,7 @@ sampling_options = combine(
         "--top-p", type=click.FloatRange(min=0), default=None, help="Override the preset's top-p (>= 1 = off)."
     ),
     click.option("--top-k", type=click.IntRange(min=0), default=None, help="Override the preset's top-k (0 = off)."),
+    collect("sampling", sampling_from, ("preset", "temperature", "top_p", "top_k")),
 )
 output_options = combine(
     click.option(
@@ -86,6 +237,7 @@ output_options = combine(
     ),
     click.option("--force", is_flag=True, help="Overwrite existing output files."),
     click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+    collect("output", OutputSpec, ("out", "force", "quiet")),
 )
 midi_options = combine(
     click.option(
@@ -99,24 +251,8 @@ midi_options = combine(
     ),
     click.option("--piano-only", is_flag=True, help="Only piano notes (the ChatRWKV piano-only mode)."),
     click.option("--no-constraints", is_flag=True, help="Plain sampling: no MIDI well-formedness constraint."),
+    collect("midi", MidiFlags.parse, ("seconds", "instruments", "piano_only", "no_constraints")),
 )
-
-
-def sampling_args(temperature: float | None, top_p: float | None, top_k: int | None) -> dict[str, Any]:
-    return {k: v for k, v in {"temperature": temperature, "top_p": top_p, "top_k": top_k}.items() if v is not None}
-
-
-def instruments_arg(instruments: str | None, piano_only: bool) -> str | None:
-    if piano_only and instruments:
-        raise click.BadParameter("use either --instruments or --piano-only", param_hint="--piano-only")
-    return "piano" if piano_only else instruments
-
-
-def load(model: str | None, mode: str | None, backend: str, device: str, dtype: str,
-         threads: int | None = None) -> Any:
-    from rwkv_music.compose.composer import Composer
-
-    return Composer.load(model, mode=mode, backend=backend, device=device, dtype=dtype, threads=threads)
 
 
 class Progress:
@@ -143,10 +279,20 @@ class Progress:
             self.bar.close()
 
 
-def compose(composer: Any, method: str, quiet: bool, **kwargs: Any) -> list[Any]:
-    progress = Progress(quiet, f"{method.replace('_', ' ')} ×{kwargs.get('n', 1)}")
+def compose(
+    composer: Any,
+    inputs: list[Any],
+    options: Any,
+    seed: int,
+    sampling: Any,
+    quiet: bool,
+    state: Any = None,
+) -> list[Any]:
+    """``composer.compose_rows`` with a progress bar (one row per piece)."""
+    verb = "continue" if any(isinstance(x, Path) for x in inputs) else "compose"
+    progress = Progress(quiet, f"{verb} {composer.mode} ×{len(inputs)}")
     try:
-        return getattr(composer, method)(callback=progress, **kwargs)
+        return composer.compose_rows(inputs, options, seed=seed, sampling=sampling, state=state, callback=progress)
     finally:
         progress.close()
 

@@ -18,30 +18,35 @@ import click
 from rwkv_music import __version__
 from rwkv_music.cli.common import (
     CONTEXT,
+    LoadSpec,
+    MidiFlags,
+    OutputSpec,
     boundary,
     check_audio,
     check_outputs,
+    collect,
     compose,
     echo_paths,
-    instruments_arg,
-    load,
+    format_options,
     midi_options,
     model_options,
     output_options,
     output_paths,
-    sampling_args,
     sampling_options,
     save_all,
+    seed_option,
     seed_or_new,
     state_or_none,
 )
+from rwkv_music.compose.options import AbcOptions, SamplingOptions
 from rwkv_music.errors import RwkvMusicError
+from rwkv_music.formats.base import format_for_suffix
 
 # Commands that live in other modules, imported only when run: name → (module, attribute, help).
 LAZY_COMMANDS = {
     "train": ("rwkv_music.cli.train", "train", "Train or fine-tune an RWKV-7 music model."),
-    "export-onnx": ("rwkv_music.backends.onnx_export", "export_onnx", "Export a checkpoint to ONNX (--backend onnx)."),
-    "export-ncnn": ("rwkv_music.backends.ncnn_export", "export_ncnn", "Export a checkpoint to ncnn (--backend ncnn)."),
+    "export-onnx": ("rwkv_music.cli.export", "export_onnx", "Export a checkpoint to ONNX (--backend onnx)."),
+    "export-ncnn": ("rwkv_music.cli.export", "export_ncnn", "Export a checkpoint to ncnn (--backend ncnn)."),
 }
 
 
@@ -124,6 +129,7 @@ Examples:
 
 
 @click.command("generate-midi", context_settings=CONTEXT, epilog=GENERATE_MIDI_EPILOG)
+@boundary  # outermost: options parsed into objects fail as one line too
 @model_options
 @click.option("-n", "--num", "n", type=click.IntRange(min=1), default=1, show_default=True, help="Pieces (one batch).")
 @midi_options
@@ -139,6 +145,7 @@ Examples:
     default=None,
     help="Initial state (.npz, see `state make`).",
 )
+@seed_option
 @sampling_options
 @output_options
 @click.option("--png", is_flag=True, help="Also write a piano-roll .png per piece.")
@@ -150,30 +157,17 @@ Examples:
     envvar="RWKV_MUSIC_SOUNDFONT",
     help="SoundFont for --wav (default: pretty_midi's TimGM6mb.sf2).",
 )
-@boundary
 def generate_midi(
-    model: str | None,
-    backend: str,
-    device: str,
-    dtype: str,
-    threads: int | None,
+    load: LoadSpec,
     n: int,
-    seconds: float | None,
-    instruments: str | None,
-    piano_only: bool,
-    no_constraints: bool,
-    max_tokens: int | None,
+    midi: MidiFlags,
+    max_tokens: int,
     prompt: str | None,
     continue_from: str | None,
     state_file: str | None,
     seed: int | None,
-    preset: str | None,
-    temperature: float | None,
-    top_p: float | None,
-    top_k: int | None,
-    out: str,
-    force: bool,
-    quiet: bool,
+    sampling: SamplingOptions,
+    output: OutputSpec,
     png: bool,
     wav: bool,
     soundfont: str | None,
@@ -181,36 +175,19 @@ def generate_midi(
     """Compose MIDI pieces and write them as .mid files into --out (their paths are printed)."""
     if prompt and continue_from:
         raise click.BadParameter("use either --prompt or --continue-from", param_hint="--prompt")
-    if no_constraints and (instruments or piano_only or seconds):
-        raise click.BadParameter(
-            "--instruments/--piano-only/--seconds need the constraint", param_hint="--no-constraints"
-        )
-    instruments = instruments_arg(instruments, piano_only)
+    options = midi.options(max_tokens)  # bad instruments or limits: fail before loading
     if continue_from and not Path(continue_from).is_file():
         raise RwkvMusicError(f"{continue_from}: no such MIDI file")
     seed = seed_or_new(seed)
     stem = f"{Path(continue_from).stem}-cont-{seed}" if continue_from else f"midi-{seed}"
     extras = ("mid",) + ("png",) * png + ("wav",) * wav
-    check_outputs(output_paths(out, stem, n, extras), force)
+    check_outputs(output_paths(output.out, stem, n, extras), output.force)
     if wav:
         check_audio(soundfont)
-    composer = load(model, "midi" if model is None else None, backend, device, dtype, threads)
-    common = dict(
-        n=n,
-        seconds=seconds,
-        max_tokens=max_tokens,
-        instruments=instruments,
-        seed=seed,
-        preset=preset,
-        state=state_or_none(state_file),
-        constrained=not no_constraints,
-        **sampling_args(temperature, top_p, top_k),
-    )
-    if continue_from:
-        pieces = compose(composer, "continue_midi", quiet, path=continue_from, **common)
-    else:
-        pieces = compose(composer, "compose_midi", quiet, prompt=prompt, **common)
-    echo_paths(save_all(pieces, out, stem, force, extras, soundfont))
+    composer = load.composer(default_mode="midi")
+    row = Path(continue_from) if continue_from else prompt
+    pieces = compose(composer, [row] * n, options, seed, sampling, output.quiet, state_or_none(state_file))
+    echo_paths(save_all(pieces, output.out, stem, output.force, extras, soundfont))
 
 
 def generate_midi_main() -> None:
@@ -231,6 +208,7 @@ Examples:
   rwkv-music generate-abc --model abc.pth --prompt '|:DFA dAF|' --book
 """,
 )
+@boundary
 @model_options
 @click.option("-n", "--num", "n", type=click.IntRange(min=1), default=1, show_default=True, help="Tunes (one batch).")
 @click.option("--key", "-k", default="D", show_default=True, help="K: key, e.g. D, Gm, Ador.")
@@ -248,7 +226,10 @@ Examples:
 @click.option(
     "--max-tokens", type=click.IntRange(min=1), default=1024, show_default=True, help="Most new characters per tune."
 )
+@collect("constrained", lambda no_constraints: not no_constraints, ("no_constraints",))  # runs first
+@collect("options", AbcOptions, ("key", "meter", "unit", "tempo", "controls", "constrained", "max_tokens"))
 @click.option("--state", "state_file", type=click.Path(dir_okay=False), default=None, help="Initial state (.npz).")
+@seed_option
 @sampling_options
 @output_options
 @click.option(
@@ -256,61 +237,26 @@ Examples:
 )
 @click.option("--midi", "also_midi", is_flag=True, help="Also write a .mid per tune (through music21).")
 @click.option("--musicxml", is_flag=True, help="Also write a .musicxml per tune.")
-@boundary
 def generate_abc(
-    model: str | None,
-    backend: str,
-    device: str,
-    dtype: str,
-    threads: int | None,
+    load: LoadSpec,
     n: int,
-    key: str | None,
-    meter: str | None,
-    unit: str | None,
-    tempo: str | None,
-    controls: str,
+    options: AbcOptions,
     prompt: str | None,
-    no_constraints: bool,
-    max_tokens: int | None,
     state_file: str | None,
     seed: int | None,
-    preset: str | None,
-    temperature: float | None,
-    top_p: float | None,
-    top_k: int | None,
-    out: str,
-    force: bool,
-    quiet: bool,
+    sampling: SamplingOptions,
+    output: OutputSpec,
     book: bool,
     also_midi: bool,
     musicxml: bool,
 ) -> None:
     """Compose ABC tunes and write them as .abc files into --out (their paths are printed)."""
-    from rwkv_music.compose.options import AbcOptions
-
-    AbcOptions(key, meter, unit, tempo, controls, not no_constraints, max_tokens)  # bad header: fail before loading
-    seed = seed_or_new(seed)
-    check_outputs(_abc_paths(out, f"abc-{seed}", n, book, also_midi, musicxml), force)
-    composer = load(model, "abc" if model is None else None, backend, device, dtype, threads)
-    pieces = compose(
-        composer,
-        "compose_abc",
-        quiet,
-        n=n,
-        key=key,
-        meter=meter,
-        unit=unit,
-        tempo=tempo,
-        controls=controls,
-        prompt=prompt,
-        constrained=not no_constraints,
-        max_tokens=max_tokens,
-        seed=seed,
-        preset=preset,
-        state=state_or_none(state_file),
-        **sampling_args(temperature, top_p, top_k),
-    )
-    echo_paths(_save_abc(pieces, out, f"abc-{seed}", force, book, also_midi, musicxml))
+    seed = seed_or_new(seed)  # (a bad header already failed, in AbcOptions, before any loading)
+    stem = f"abc-{seed}"
+    check_outputs(_abc_paths(output.out, stem, n, book, also_midi, musicxml), output.force)
+    composer = load.composer(default_mode="abc")
+    pieces = compose(composer, [prompt] * n, options, seed, sampling, output.quiet, state_or_none(state_file))
+    echo_paths(_save_abc(pieces, output.out, stem, output.force, book, also_midi, musicxml))
 
 
 def _abc_paths(out: str, stem: str, n: int, book: bool, also_midi: bool, musicxml: bool) -> list[Path]:
@@ -342,6 +288,7 @@ Examples:
   rwkv-music continue tune.abc --model abc.pth --midi   # ABC: first tune of the file
 """,
 )
+@boundary
 @click.argument("file", type=click.Path(dir_okay=False))
 @model_options
 @click.option("-n", "--num", "n", type=click.IntRange(min=1), default=1, show_default=True, help="Continuations.")
@@ -350,88 +297,41 @@ Examples:
 @click.option(
     "--max-tokens", type=click.IntRange(min=1), default=None, help="Most new tokens (default 2048 MIDI, 1024 ABC)."
 )
+@seed_option
 @sampling_options
 @output_options
 @click.option("--png", is_flag=True, help="Also write a piano-roll .png per piece.")
 @click.option("--midi", "also_midi", is_flag=True, help="ABC: also write a .mid per tune.")
-@boundary
 def continue_(
     file: str,
-    model: str | None,
-    backend: str,
-    device: str,
-    dtype: str,
-    threads: int | None,
+    load: LoadSpec,
     n: int,
-    seconds: float | None,
-    instruments: str | None,
-    piano_only: bool,
-    no_constraints: bool,
+    midi: MidiFlags,
     controls: str,
     max_tokens: int | None,
     seed: int | None,
-    preset: str | None,
-    temperature: float | None,
-    top_p: float | None,
-    top_k: int | None,
-    out: str,
-    force: bool,
-    quiet: bool,
+    sampling: SamplingOptions,
+    output: OutputSpec,
     png: bool,
     also_midi: bool,
 ) -> None:
     """Continue FILE (.mid or .abc) and write the continuations into --out."""
-    suffix = Path(file).suffix.lower()
-    if suffix not in (".mid", ".midi", ".abc"):
+    fmt = format_for_suffix(Path(file).suffix)
+    if fmt is None:
         raise click.BadParameter(f"{file}: expected a .mid, .midi or .abc file", param_hint="FILE")
     if not Path(file).is_file():
         raise RwkvMusicError(f"{file}: no such file")
-    mode = "abc" if suffix == ".abc" else "midi"
-    if mode == "abc" and (seconds or instruments or piano_only):
-        raise click.BadParameter("--seconds/--instruments/--piano-only are for MIDI files", param_hint="--instruments")
-    seed, sampling = seed_or_new(seed), sampling_args(temperature, top_p, top_k)
+    values = {"seconds": midi.seconds, "instruments": midi.instruments, "constrained": midi.constrained}
+    values |= {"max_tokens": max_tokens, "controls": controls}
+    options = fmt.options_class(**format_options(fmt, values, ignore=("controls",)))
+    seed = seed_or_new(seed)
     stem = f"{Path(file).stem}-cont-{seed}"
-    if mode == "midi":
-        check_outputs(output_paths(out, stem, n, ("mid",) + ("png",) * png), force)
-    else:
-        check_outputs(
-            _abc_paths(out, stem, n, False, also_midi, False) + output_paths(out, stem, n, ("png",) * png), force
-        )
-    composer = load(model, mode, backend, device, dtype, threads)
-    if mode == "midi":
-        pieces = compose(
-            composer,
-            "continue_midi",
-            quiet,
-            path=file,
-            n=n,
-            seconds=seconds,
-            max_tokens=max_tokens or 2048,
-            instruments=instruments_arg(instruments, piano_only),
-            constrained=not no_constraints,
-            seed=seed,
-            preset=preset,
-            **sampling,
-        )
-        echo_paths(save_all(pieces, out, stem, force, ("mid",) + ("png",) * png))
-    else:
-        pieces = compose(
-            composer,
-            "continue_abc",
-            quiet,
-            path_or_text=Path(file),
-            n=n,
-            controls=controls,
-            constrained=not no_constraints,
-            max_tokens=max_tokens or 1024,
-            seed=seed,
-            preset=preset,
-            **sampling,
-        )
-        echo_paths(
-            _save_abc(pieces, out, stem, force, False, also_midi, False)
-            + (save_all(pieces, out, stem, force, ("png",), required=0) if png else [])
-        )
+    own = fmt.suffix.lstrip(".")  # the piece's own file, then conversions (music21 may fail on some tunes)
+    extras = (own,) + ("mid",) * (also_midi and own != "mid") + ("png",) * png
+    check_outputs(output_paths(output.out, stem, n, extras), output.force)
+    composer = load.composer(mode=fmt.name)
+    pieces = compose(composer, [Path(file)] * n, options, seed, sampling, output.quiet)
+    echo_paths(save_all(pieces, output.out, stem, output.force, extras))
 
 
 def _register_tools() -> None:

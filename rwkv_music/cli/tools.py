@@ -1,7 +1,8 @@
-"""CLI commands around the composer: ``info``, ``state make|show``, ``render``, ``export-ncnn``."""
+"""CLI commands around the composer: ``info``, ``state make|show``, ``render``."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,14 +11,16 @@ import click
 from rwkv_music.cli.common import (
     BACKENDS,
     CONTEXT,
-    DTYPES,
-    PRESETS,
+    LoadSpec,
+    MidiFlags,
     Progress,
     boundary,
-    instruments_arg,
-    load,
+    collect,
+    format_options,
     model_options,
+    sampling_options,
 )
+from rwkv_music.compose.options import SamplingOptions
 from rwkv_music.errors import RwkvMusicError
 
 
@@ -38,7 +41,7 @@ Examples:
 def info(model: str, backend: str) -> None:
     """Show a model's version, sizes, vocabulary, mode and dtype."""
     from rwkv_music import load_model
-    from rwkv_music.compose.options import VOCAB_MODES
+    from rwkv_music.formats.base import VOCAB_MODES
 
     path = Path(model)
     if not path.is_file():
@@ -91,39 +94,21 @@ Examples:
 @click.option("--out", "-o", type=click.Path(dir_okay=False), required=True, help="Where to write the state (.npz).")
 @click.option("--force", is_flag=True, help="Overwrite --out.")
 @boundary
-def state_make(
-    model: str | None,
-    backend: str,
-    device: str,
-    dtype: str,
-    threads: int | None,
-    prompt: str | None,
-    from_file: str | None,
-    out: str,
-    force: bool,
-) -> None:
+def state_make(load: LoadSpec, prompt: str | None, from_file: str | None, out: str, force: bool) -> None:
     """Read a prompt with a model and save the resulting state (.npz) for `--state`."""
     from rwkv_music.io_utils import check_writable
 
     if (prompt is None) == (from_file is None):
         raise click.UsageError("give exactly one of --prompt and --from-file")
     check_writable(out, force)
-    composer = load(model, None if model else "midi", backend, device, dtype, threads)
-    if from_file is not None:
-        prompt = _file_prompt(composer, Path(from_file))
+    composer = load.composer(default_mode="midi")
+    if from_file is not None:  # ABC: the first tune's prompt text; MIDI: the file's note ids
+        prompt = composer.format.read_file(Path(from_file))
     st = composer.make_state(prompt)
     if force:
         Path(out).unlink(missing_ok=True)
     st.save(out, composer.config)
     click.echo(str(out))
-
-
-def _file_prompt(composer: Any, path: Path) -> Any:
-    from rwkv_music.compose import helpers as ch
-
-    if composer.mode == "midi":
-        return ch.midi_file_ids(composer.tokenizer, path)
-    return ch.read_abc_tune(path)[0]
 
 
 @state.command(
@@ -151,6 +136,34 @@ def state_show(file: str) -> None:
         click.echo(f"{name:<9} {tuple(arr.shape)}  rms {float(np.sqrt(np.mean(arr.astype(np.float64) ** 2))):.4g}")
 
 
+@dataclass(frozen=True)
+class RowFlags:
+    """The per-row options ``render`` takes on its command line (rows of a .jsonl file may override them)."""
+
+    given: tuple[tuple[str, Any], ...]  # (option field, value) of the flags given, in option-class names
+
+    @classmethod
+    def parse(
+        cls,
+        seconds: float | None,
+        max_tokens: int | None,
+        instruments: str | None,
+        piano_only: bool,
+        key: str | None,
+        meter: str | None,
+        unit: str | None,
+        no_constraints: bool,
+    ) -> "RowFlags":
+        midi = MidiFlags.parse(seconds, instruments, piano_only, False)
+        values = {"seconds": midi.seconds, "instruments": midi.instruments, "key": key, "meter": meter, "unit": unit}
+        values |= {"max_tokens": max_tokens, "constrained": False if no_constraints else None}
+        return cls(tuple((k, v) for k, v in values.items() if v is not None))
+
+    def options_for(self, fmt: Any) -> dict[str, Any]:
+        """The given flags as options of ``fmt``; a flag the format has no option for is a usage error."""
+        return format_options(fmt, dict(self.given))
+
+
 @click.command(
     "render",
     context_settings=CONTEXT,
@@ -167,6 +180,7 @@ file (objects with "prompt" or "file" plus per-row options such as "seconds", "k
 "temperature"), or a folder of .abc/.mid files to continue.
 """,
 )
+@boundary
 @click.argument("source", metavar="PROMPTS_OR_DIR", required=False, type=click.Path())
 @model_options
 @click.option("--samples-per-prompt", "-k", type=click.IntRange(min=1), default=1, show_default=True)
@@ -186,6 +200,8 @@ file (objects with "prompt" or "file" plus per-row options such as "seconds", "k
 @click.option("--meter", default=None, help="ABC: M: for prompts without a header.")
 @click.option("--unit", default=None, help="ABC: L: for prompts without a header.")
 @click.option("--no-constraints", is_flag=True, help="Plain sampling, no music constraint.")
+@collect("row", RowFlags.parse, ("seconds", "max_tokens", "instruments", "piano_only", "key", "meter", "unit",
+                                 "no_constraints"))
 @click.option(
     "--seed",
     type=click.IntRange(min=0),
@@ -193,10 +209,7 @@ file (objects with "prompt" or "file" plus per-row options such as "seconds", "k
     show_default=True,
     help="Base seed (sample j: derived from seed, j).",
 )
-@click.option("--preset", type=click.Choice(PRESETS), default=None, help="Sampling preset.")
-@click.option("--temperature", type=click.FloatRange(min=0), default=None)
-@click.option("--top-p", type=click.FloatRange(min=0), default=None)
-@click.option("--top-k", type=click.IntRange(min=0), default=None)
+@sampling_options
 @click.option(
     "--out", "-o", type=click.Path(file_okay=False), required=True, help="Output folder (manifest.jsonl, stats.json)."
 )
@@ -211,29 +224,14 @@ file (objects with "prompt" or "file" plus per-row options such as "seconds", "k
     help="Instead: convert every tune of the .abc files under DIR (or music21:COLLECTION) to .mid.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@boundary
 def render(
     source: str | None,
-    model: str | None,
-    backend: str,
-    device: str,
-    dtype: str,
-    threads: int | None,
+    load: LoadSpec,
     samples_per_prompt: int,
     batch_size: int,
-    seconds: float | None,
-    max_tokens: int | None,
-    instruments: str | None,
-    piano_only: bool,
-    key: str | None,
-    meter: str | None,
-    unit: str | None,
-    no_constraints: bool,
-    seed: int | None,
-    preset: str | None,
-    temperature: float | None,
-    top_p: float | None,
-    top_k: int | None,
+    row: RowFlags,
+    seed: int,
+    sampling: SamplingOptions,
     out: str,
     resume: bool,
     force: bool,
@@ -249,27 +247,13 @@ def render(
     from rwkv_music.compose.render import RenderSettings
     from rwkv_music.compose.render import render as run
 
-    instruments = instruments_arg(instruments, piano_only)
     if not Path(source).exists():
         raise RwkvMusicError(f"{source}: no such prompts file or folder")
-    composer = load(model, None if model else _guess_mode(source), backend, device, dtype, threads)
-    if composer.mode == "midi":
-        options = {"seconds": seconds, "max_tokens": max_tokens, "instruments": instruments}
-        if key or meter or unit:
-            raise click.BadParameter("--key/--meter/--unit are for ABC models", param_hint="--key")
-    else:
-        options = {"key": key, "meter": meter, "unit": unit, "max_tokens": max_tokens}
-        if seconds or instruments:
-            raise click.BadParameter("--seconds/--instruments are for MIDI models", param_hint="--seconds")
-    options = {k: v for k, v in options.items() if v is not None}
-    if no_constraints:
-        options["constrained"] = False
-    sampling = {
-        k: v
-        for k, v in {"preset": preset, "temperature": temperature, "top_p": top_p, "top_k": top_k}.items()
-        if v is not None
-    }
-    settings = RenderSettings(samples_per_prompt, batch_size, seed, options, sampling, resume, force, max_samples)
+    composer = load.composer(default_mode=_guess_mode(source))
+    options = row.options_for(composer.format)
+    settings = RenderSettings(
+        samples_per_prompt, batch_size, seed, options, sampling.to_dict(), resume, force, max_samples
+    )
     bar, done = Progress(quiet, "render", "sample", leave=True), [0]
 
     def progress(n: int, todo: int, _tokens: int) -> None:
@@ -290,10 +274,14 @@ def render(
 
 
 def _guess_mode(source: str) -> str:
-    """Which shipped model fits a source without --model: MIDI for .mid folders, else ABC."""
+    """Which shipped model fits a source without --model: the format of a folder's first music file
+    (MIDI before ABC), else ABC (prompt files are ABC unless a model says otherwise)."""
+    from rwkv_music.formats.base import format_for_suffix
+
     path = Path(source)
     if path.is_dir():
-        return "midi" if any(path.rglob("*.mid")) or any(path.rglob("*.midi")) else "abc"
+        kinds = {fmt.name for p in path.rglob("*") if (fmt := format_for_suffix(p.suffix)) is not None}
+        return "midi" if "midi" in kinds else "abc"
     return "abc"
 
 
@@ -309,29 +297,3 @@ def _abc_to_midi(abc_dir: str, out: str, force: bool, quiet: bool) -> None:
         f"{out}: {report.written} written, {report.skipped} already there, {len(report.failed)} failed"
         + (f" (see {Path(out) / 'failed.txt'})" if report.failed else "")
     )
-
-
-@click.command(
-    "export-ncnn",
-    context_settings=CONTEXT,
-    epilog="""\b
-Examples:
-  rwkv-music export-ncnn model.pth model.param
-""",
-)
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--dtype", type=click.Choice(DTYPES), default="fp32", show_default=True)
-@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-@boundary
-def export_ncnn(checkpoint: str, out: str, dtype: str, force: bool) -> None:
-    """Export CHECKPOINT to ncnn files at OUT (for --backend ncnn)."""
-    import importlib
-
-    if not Path(checkpoint).is_file():
-        raise RwkvMusicError(f"{checkpoint}: no such checkpoint")
-    try:
-        exporter = importlib.import_module("rwkv_music.backends.ncnn").export
-    except (ImportError, AttributeError) as exc:
-        raise RwkvMusicError(f"the ncnn exporter is not available in this installation ({exc})") from None
-    click.echo(str(exporter(checkpoint, out, dtype=dtype, force=force)))

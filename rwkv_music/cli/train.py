@@ -12,16 +12,19 @@ Examples::
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import click
 
+from rwkv_music.cli.common import DeviceType, collect
 from rwkv_music.errors import RwkvMusicError
 
 log = logging.getLogger(__name__)
 
 
-def _progress_printer(every: int):
+def _progress_printer(every: int) -> Callable[[dict], None]:
     def show(info: dict) -> None:
         if info.get("final"):
             click.echo(f"final step {info['step']}: val {info['val_bits']:.4f} bits/token", err=True)
@@ -34,6 +37,41 @@ def _progress_printer(every: int):
             click.echo(f"step {info['step']}: loss {info['loss']:.4f} (ema {info['loss_ema']:.4f}) "
                        f"lr {info['lr']:.2e} {info['elapsed_s']:.0f}s{extra}", err=True)
     return show
+
+
+TRAIN_OPTION_NAMES = ("out", "mode", "layers", "width", "head_size", "ctx", "steps", "lr", "lr_final", "batch_size",
+                      "seed", "val_fraction", "device", "init", "time_budget_min", "eval_every", "save_dtype",
+                      "threads")
+
+
+def _train_options(**values: Any) -> Any:
+    """The :class:`~rwkv_music.train.trainer.TrainOptions` of the command line (paths as strings)."""
+    from rwkv_music.train.trainer import TrainOptions
+
+    values["out"] = str(values["out"])
+    values["init"] = str(values["init"]) if values["init"] else None
+    return TrainOptions(**values)
+
+
+@dataclass(frozen=True)
+class ReinforceFlags:
+    """The REINFORCE options of ``train --objective reinforce``."""
+
+    reward: str
+    gen_len: int
+    prompt: tuple[str, ...]
+    credit: str
+    kl_coef: float
+    temperature: float
+    caller_prompts: bool
+
+    def prompt_texts(self) -> tuple[str, ...]:
+        """The ``--prompt`` texts, plus every caller header with ``--caller-prompts``."""
+        if not self.caller_prompts:
+            return tuple(self.prompt)
+        from rwkv_music.train.reinforce import caller_prompt_texts
+
+        return tuple(self.prompt) + tuple(caller_prompt_texts())
 
 
 @click.command("train")
@@ -51,7 +89,8 @@ def _progress_printer(every: int):
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--seed", default=0, show_default=True, help="Seeds init, data split and batches.")
 @click.option("--val-fraction", default=0.05, show_default=True, help="Held-out fraction of documents.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ... (bf16 autocast on CUDA).")
+@click.option("--device", type=DeviceType(("cpu", "cuda")), default="cpu", show_default=True,
+              help="cpu, cuda, cuda:1 ... (bf16 autocast on CUDA).")
 @click.option("--init", "init", type=click.Path(exists=True, path_type=Path), default=None,
               help="Fine-tune this RWKV-7 checkpoint instead of starting from scratch.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its train_state.pt.")
@@ -63,8 +102,14 @@ def _progress_printer(every: int):
 @click.option("--mask-control", is_flag=True, help="ABC: do not train on the control-code bytes.")
 @click.option("--max-pieces", type=int, default=None, help="MIDI: use at most this many music21 pieces when rendering.")
 @click.option("--objective", type=click.Choice(["sft", "reinforce"]), default="sft", show_default=True)
+@click.option("--augment", default=0, show_default=True,
+              help="Rewritten copies per training document: ABC keeps strictly balanced tunes only and adds "
+                   "caller-style headers, L:1/16 and re-keyed copies; MIDI adds pitch shifts within ±5 semitones.")
 @click.option("--reward", default="abc-bar-balance", show_default=True,
-              help="REINFORCE reward: abc-bar-balance, midi-stuck-notes or token:<id>.")
+              help="REINFORCE reward: abc-strict, abc-bar-balance(-local), midi-stuck-notes or token:<id>.")
+@click.option("--caller-prompts", is_flag=True,
+              help="REINFORCE (ABC): draw each step's prompt from every caller header "
+                   "(S:2, L:1/8|1/16, common M: and K:).")
 @click.option("--gen-len", default=128, show_default=True, help="REINFORCE: sampled tokens per rollout.")
 @click.option("--prompt", "prompt", multiple=True,
               help="REINFORCE: rollout prompt; ABC text (after the bos byte, backslash escapes such as \\n "
@@ -74,26 +119,31 @@ def _progress_printer(every: int):
               help="REINFORCE: returns-to-go, or each token's own reward (use with abc-bar-balance-local).")
 @click.option("--kl-coef", default=0.0, show_default=True, help="REINFORCE: KL penalty to the --init model.")
 @click.option("--temperature", default=1.0, show_default=True, help="REINFORCE: rollout temperature.")
-def train(data, mode, out, layers, width, head_size, ctx, steps, lr, lr_final, batch_size, seed, val_fraction,
-          device, init, resume, time_budget_min, eval_every, save_dtype, threads, no_control_codes,
-          mask_control, max_pieces, objective, reward, gen_len, prompt, credit, kl_coef, temperature):
+@collect("opts", _train_options, TRAIN_OPTION_NAMES)
+@collect("rl", ReinforceFlags, ("reward", "gen_len", "prompt", "credit", "kl_coef", "temperature", "caller_prompts"))
+def train(data: tuple[Path, ...], opts: Any, rl: ReinforceFlags, resume: bool, no_control_codes: bool,
+          mask_control: bool, max_pieces: int | None, objective: str, augment: int = 0) -> None:
     """Train (or fine-tune) an RWKV-7 music model on ABC tunes or MIDI files."""
-    from rwkv_music.train.trainer import TrainOptions
-
-    opts = TrainOptions(out=str(out), mode=mode, layers=layers, width=width, head_size=head_size, ctx=ctx,
-                        steps=steps, lr=lr, lr_final=lr_final, batch_size=batch_size, seed=seed,
-                        val_fraction=val_fraction, device=device, init=str(init) if init else None,
-                        time_budget_min=time_budget_min, eval_every=eval_every, save_dtype=save_dtype,
-                        threads=threads)
+    mode, seed, steps = opts.mode, opts.seed, opts.steps
     try:
         if objective == "reinforce":
-            _run_reinforce(opts, reward, gen_len, prompt, credit, kl_coef, temperature)
+            _run_reinforce(opts, rl)
             return
-        docs, vocab = load_documents(mode, list(data), with_control=not no_control_codes,
-                                     mask_control=mask_control, max_pieces=max_pieces)
         from rwkv_music.train.trainer import train as run
 
-        result = run(opts, docs, vocab, resume=resume, progress=_progress_printer(max(1, min(50, steps // 20))))
+        val_docs, recipe = None, {}
+        if data and all(Path(p).suffix == ".npz" for p in data):  # prepared train/val documents
+            docs, val_docs, vocab = _prepared_documents(list(data))
+            recipe = {"prepared_data": [Path(p).name for p in data]}
+        else:
+            docs, vocab = load_documents(mode, list(data), with_control=not no_control_codes,
+                                         mask_control=mask_control, max_pieces=max_pieces)
+        augment_fn = None
+        if augment:
+            augment_fn, how = _augmenter(mode, augment, seed, prepared=val_docs is not None)
+            recipe.update(how)
+        result = run(opts, docs, vocab, resume=resume, progress=_progress_printer(max(1, min(50, steps // 20))),
+                     val_docs=val_docs, augment=augment_fn, extra_meta={"augment": recipe} if recipe else None)
     except RwkvMusicError as exc:
         raise click.ClickException(str(exc)) from exc
     val = f"{result.val_bits_per_token:.4f}" if result.val_bits_per_token is not None else "n/a"
@@ -102,7 +152,7 @@ def train(data, mode, out, layers, width, head_size, ctx, steps, lr, lr_final, b
 
 
 def load_documents(mode: str, data: list[Path], *, with_control: bool = True, mask_control: bool = False,
-                   max_pieces: int | None = None):
+                   max_pieces: int | None = None) -> tuple[list[Any], int]:
     """(documents, vocab size) for a mode; music21's corpus when ``data`` is empty."""
     if mode == "abc":
         from rwkv_music.train.data import ABC_VOCAB, abc_documents
@@ -113,23 +163,52 @@ def load_documents(mode: str, data: list[Path], *, with_control: bool = True, ma
     return midi_documents(data or None, max_pieces=max_pieces), MIDI_VOCAB
 
 
+def _prepared_documents(paths: list[Path]) -> tuple[list[Any], list[Any], int]:
+    """Train and held-out documents of prepared ``.npz`` files (rwkv_music.train.data.save_documents)."""
+    from rwkv_music.train.data import load_documents as load_npz
+
+    train_docs, val_docs, vocab = [], [], 0
+    for path in paths:
+        t, v, n = load_npz(path)
+        train_docs += t
+        val_docs += v
+        vocab = max(vocab, n)
+    return train_docs, val_docs, vocab
+
+
+def _augmenter(mode: str, copies: int, seed: int, prepared: bool) -> tuple[Callable[[list], list], dict]:
+    """(train-split rewrite, its description for train_meta.json) for ``--augment``."""
+    import random
+
+    from rwkv_music.train import augment as aug
+
+    rng = random.Random(seed)
+    if mode == "midi":
+        return (lambda docs: aug.midi_augmented_documents(docs, rng, copies=copies),
+                {"midi_pitch_shift_copies": copies, "max_shift": 5})
+    if prepared:
+        raise RwkvMusicError("--augment with prepared .npz ABC data: the file is augmented already")
+    recipe = aug.AbcAugment(copies=copies)
+
+    def rewrite(docs: list) -> list:
+        texts = aug.document_texts(docs)
+        return aug.abc_augmented_documents([(d.source, t) for d, t in zip(docs, texts)], rng, recipe)
+
+    return rewrite, {"abc": dict(vars(recipe))}
+
+
 def reinforce_prompt(mode: str, text: str | None) -> list[int]:
-    """Rollout prompt ids: bos + ABC bytes, or <pad> + MIDI tokens (the tokenizer checks them)."""
-    if mode == "abc":
-        from rwkv_music.formats.abc.tokenizer import AbcTokenizer
+    """Rollout prompt ids: the format's prompt start (ABC bos, MIDI <pad>) + the text's ids (the tokenizer
+    checks them)."""
+    from rwkv_music.formats.base import format_for
 
-        if text and "\n" not in text and "\\n" in text:  # one shell-friendly line: "L:1/8\\nM:6/8\\n"
-            text = text.encode("ascii", "backslashreplace").decode("unicode_escape")
-        return [2] + (AbcTokenizer().encode(text) if text else [])
-    if not text:
-        return [0]
-    from rwkv_music.formats.midi.tokenizer import MidiTokenizer
-
-    return [0] + MidiTokenizer().encode(text)
+    fmt = format_for(mode)
+    if text and mode == "abc" and "\n" not in text and "\\n" in text:  # one shell line: "L:1/8\\nM:6/8\\n"
+        text = text.encode("ascii", "backslashreplace").decode("unicode_escape")
+    return [fmt.prompt_start] + ([int(t) for t in fmt.tokenizer.encode(text)] if text else [])
 
 
-def _run_reinforce(opts, reward: str, gen_len: int, prompt_text: tuple[str, ...], credit: str, kl_coef: float,
-                   temperature: float) -> None:
+def _run_reinforce(opts: Any, rl: ReinforceFlags) -> None:
     from rwkv_music.train.reinforce import ReinforceOptions, reinforce_train, reward_by_name
 
     if not opts.init:
@@ -138,10 +217,11 @@ def _run_reinforce(opts, reward: str, gen_len: int, prompt_text: tuple[str, ...]
         import torch
 
         torch.set_num_threads(opts.threads)
-    ropts = ReinforceOptions(steps=opts.steps, lr=opts.lr, batch_size=opts.batch_size, gen_len=gen_len,
-                             seed=opts.seed, device=opts.device, temperature=temperature, kl_coef=kl_coef,
-                             credit=credit, time_budget_min=opts.time_budget_min)
-    prompts = [reinforce_prompt(opts.mode, t) for t in prompt_text] or [reinforce_prompt(opts.mode, None)]
-    result = reinforce_train(Path(opts.init), Path(opts.out), reward_by_name(reward), prompts, ropts,
-                             progress=_progress_printer(1), save_dtype=opts.save_dtype, reward_name=reward)
+    ropts = ReinforceOptions(steps=opts.steps, lr=opts.lr, batch_size=opts.batch_size, gen_len=rl.gen_len,
+                             seed=opts.seed, device=opts.device, temperature=rl.temperature, kl_coef=rl.kl_coef,
+                             credit=rl.credit, time_budget_min=opts.time_budget_min)
+    texts = rl.prompt_texts()
+    prompts = [reinforce_prompt(opts.mode, t) for t in texts] or [reinforce_prompt(opts.mode, None)]
+    result = reinforce_train(Path(opts.init), Path(opts.out), reward_by_name(rl.reward), prompts, ropts,
+                             progress=_progress_printer(1), save_dtype=opts.save_dtype, reward_name=rl.reward)
     click.echo(f"wrote {result} after REINFORCE (see {Path(opts.out) / 'train_meta.json'})")

@@ -21,25 +21,22 @@ from typing import Any, Sequence
 
 from rwkv_music.compose import helpers as _c
 from rwkv_music.compose.options import (
-    ABC_BOS,
-    ABC_EOS,
-    DEFAULT_PRESETS,
-    MIDI_SEPARATOR,
     AbcOptions,
     MidiOptions,
     ProgressCallback,
+    SamplingOptions,
     mode_for_vocab,
     new_base_seed,
     piece_seed,
 )
 from rwkv_music.compose.piece import Piece
-from rwkv_music.errors import AbcFormatError, RwkvMusicError
+from rwkv_music.compose.recipe import RowRecipe, make_piece, row_recipe
+from rwkv_music.errors import RwkvMusicError
+from rwkv_music.formats.base import Format, RowInput, format_for_vocab
 
 log = logging.getLogger(__name__)
 
-RowInput = str | os.PathLike | None  # None: a fresh piece; str: prompt text; a path: a file to continue
-
-__all__ = ["AbcOptions", "Composer", "MidiOptions", "Piece", "mode_for_vocab", "piece_seed"]
+__all__ = ["AbcOptions", "Composer", "MidiOptions", "Piece", "SamplingOptions", "mode_for_vocab", "piece_seed"]
 
 
 class Composer:
@@ -55,8 +52,9 @@ class Composer:
     def __init__(self, backend: Any, mode: str | None = None, tokenizer: Any = None, model_name: str = "") -> None:
         self.backend = backend
         self.config = backend.config
-        self.mode = mode_for_vocab(self.config.vocab_size, mode, model_name or "model")
-        self.tokenizer = tokenizer if tokenizer is not None else _c.default_tokenizer(self.mode)
+        self.format: Format = format_for_vocab(self.config.vocab_size, mode, model_name or "model", tokenizer)
+        self.mode = self.format.name
+        self.tokenizer = self.format.tokenizer
         self.model_name = model_name
 
     @classmethod
@@ -66,7 +64,7 @@ class Composer:
         mode: str | None = None,
         backend: str = "torch",
         device: str = "cpu",
-        dtype: str = "fp32",
+        dtype: str | None = None,
         threads: int | None = None,
     ) -> "Composer":
         """Load ``model`` (or, when ``None``, the shipped default model for ``mode``, "midi" if unset).
@@ -222,9 +220,11 @@ class Composer:
         **sampling: Any,
     ) -> list[Piece]:
         """Continue an ABC tune: a file path (its first tune) or the tune's text."""
-        tune, source = _c.read_abc_tune(path_or_text)  # fails early on a missing file or a tune without K:
+        from rwkv_music.formats.abc.tune import TEXT_SOURCE, read_tune
+
+        tune, source = read_tune(path_or_text)  # fails early on a missing file or a tune without K:
         options = AbcOptions(controls=controls, constrained=constrained, max_tokens=max_tokens)
-        row: RowInput = tune if source == _c.ABC_TEXT_SOURCE else Path(source)
+        row: RowInput = tune if source == TEXT_SOURCE else Path(source)
         return self.compose_rows(
             [row] * n, options, seed=seed, preset=preset, state=state, callback=callback, **sampling
         )
@@ -238,23 +238,20 @@ class Composer:
         seed: int | None = None,
         seeds: Sequence[int] | None = None,
         preset: str | None = None,
+        sampling: SamplingOptions | None = None,
         state: Any = None,
         callback: ProgressCallback | None = None,
-        **sampling: Any,
+        **overrides: Any,
     ) -> list[Piece]:
         """One piece per input row, generated as one batch per group of rows sharing a constraint.
 
         ``inputs``: ``None`` (a fresh piece), prompt text, or a :class:`~pathlib.Path` of a
         .mid/.abc file to continue.  ``seeds`` gives each row's seed; otherwise row ``i`` gets
-        :func:`piece_seed` ``(seed, i)``.
+        :func:`piece_seed` ``(seed, i)``.  Sampling: ``sampling`` (a :class:`SamplingOptions`),
+        with ``preset`` and keyword ``overrides`` (``temperature=0.8``, ...) on top.
         """
-        expected = MidiOptions if self.mode == "midi" else AbcOptions
-        if not isinstance(options, expected):
-            article = "an" if self.mode == "abc" else "a"
-            raise RwkvMusicError(
-                f"{self.model_name or 'model'} is {article} {self.mode.upper()} model; "
-                f"it cannot compose {'ABC' if self.mode == 'midi' else 'MIDI'} (vocab/model mismatch)"
-            )
+        self.check_options(options)
+        sampling = (sampling or SamplingOptions()).merged(preset, overrides)
         n = len(inputs)
         if n < 1:
             raise RwkvMusicError(f"n must be at least 1, got {n}")
@@ -264,114 +261,68 @@ class Composer:
             seeds = [piece_seed(base_seed, i) for i in range(n)]
         elif len(seeds) != n:
             raise RwkvMusicError(f"{len(seeds)} seeds for {n} rows")
-        rows = [self.row_prompt(x, options) for x in inputs]  # (ids, header) per row
+        recipes = [self.recipe(x, options, sampling) for x in inputs]
         pieces: list[Piece | None] = [None] * n
         groups: dict[Any, list[int]] = {}
-        for i, (_ids, header) in enumerate(rows):
-            groups.setdefault(header, []).append(i)
-        for header, idx in groups.items():
+        for i, recipe in enumerate(recipes):
+            groups.setdefault(recipe.group, []).append(i)
+        for idx in groups.values():
             sub_state = state
             if state is not None and getattr(state, "batch_size", 1) > 1 and len(groups) > 1:
                 sub_state = state.select(idx)
-            made = self._run(
-                [rows[i][0] for i in idx],
-                options,
-                header,
-                [int(seeds[i]) for i in idx],
-                preset,
-                sub_state,
-                callback,
-                sampling,
-            )
+            made = self._run([recipes[i] for i in idx], [int(seeds[i]) for i in idx], idx, sub_state, callback)
             for i, piece in zip(idx, made):
-                piece.meta.update(base_seed=base_seed, input=_describe(inputs[i]))
-                pieces[i] = Piece(piece.mode, piece.tokens, piece.text, piece.meta, i, piece.tokenizer)
+                piece.meta["base_seed"] = base_seed
+                pieces[i] = piece
         return [p for p in pieces if p is not None]
 
-    def row_prompt(self, item: RowInput, options: MidiOptions | AbcOptions) -> tuple[list[int], Any]:
-        """Prompt ids of one row and the key that groups rows sharing a constraint.
+    def check_options(self, options: Any) -> None:
+        """Refuse options of the other format (an ABC call on a MIDI model, say)."""
+        if not isinstance(options, self.format.options_class):
+            other = type(options).__name__.removesuffix("Options").upper()  # AbcOptions -> ABC
+            raise RwkvMusicError(
+                f"{self.model_name or 'model'} is {getattr(self.format, 'article', 'a')} {self.mode.upper()} model; "
+                f"it cannot compose {other} (vocab/model mismatch)"
+            )
 
-        The key is the ABC header (meter, unit, key), or for MIDI with ``seconds`` the prompt's
-        own length (the target is that plus ``seconds``).
-        """
-        if isinstance(options, MidiOptions):
-            if item is None:
-                body: list[int] = []
-            elif isinstance(item, os.PathLike):
-                body = _c.midi_file_ids(self.tokenizer, item)[-options.max_prompt_tokens :]
-            else:
-                body = _c.midi_body_ids(self.tokenizer, item)
-            # `seconds` is new music after the prompt; MidiConstraint counts the prompt's time too
-            return [MIDI_SEPARATOR] + body, (round(_c.prompt_seconds(body), 3) if options.seconds else None)
-        if isinstance(item, os.PathLike):
-            item = _c.read_abc_tune(item)[0]
-        fields = _c.abc_header_fields(item) if item is not None else {}
-        if fields.get("K"):  # a whole tune start: its own header decides the constraint
-            controls = [] if _c.has_control_codes(item) else _c.check_controls(options.controls)
-            text = "\n".join(controls + [item.strip("\n")]) + "\n"
-            header = (fields.get("M"), fields.get("L"), fields.get("K"))
-        else:
-            text = _c.abc_prompt_text(options.controls, options.key, options.meter, options.unit, options.tempo, item)
-            header = (options.meter, options.unit, options.key)
-        return [ABC_BOS] + self._encode(text), header
+    def recipe(self, item: RowInput, options: MidiOptions | AbcOptions, sampling: SamplingOptions) -> RowRecipe:
+        """The :class:`~rwkv_music.compose.recipe.RowRecipe` of one input row."""
+        return row_recipe(self.format, item, options, sampling, self.config.vocab_size)
+
+    def row_prompt(self, item: RowInput, options: MidiOptions | AbcOptions) -> tuple[list[int], Any]:
+        """Prompt ids of one row and the key that groups rows sharing a constraint."""
+        row = self.format.row_prompt(item, options, self.config.vocab_size)
+        return row.ids, row.group
 
     def _run(
         self,
-        prompts: list[list[int]],
-        options: MidiOptions | AbcOptions,
-        header: Any,
+        recipes: list[RowRecipe],
         seeds: list[int],
-        preset: str | None,
+        indices: list[int],
         state: Any,
         callback: ProgressCallback | None,
-        sampling: dict[str, Any],
     ) -> list[Piece]:
-        preset = preset or DEFAULT_PRESETS[self.mode]
-        if isinstance(options, MidiOptions):
-            target = options.seconds + header if options.seconds else None  # header: the prompt's seconds
-            constraint = (
-                _c.midi_constraint(options.instruments, target, **dict(options.limits)) if options.constrained else None
-            )
-            stop = [MIDI_SEPARATOR]
-        else:
-            constraint = _c.abc_constraint(*header, options.max_tokens) if options.constrained else None
-            stop = [ABC_EOS]
-        config, processors = _c.build_processors(preset, sampling, [constraint] if constraint is not None else [])
-        stop = sorted(set(stop) | set(config.stop_tokens))
+        """One fixed batch of rows sharing a group: one processor list, one generate call."""
+        first = recipes[0]
+        prompts = [r.prompt for r in recipes]
         init = _c.fit_state(self.backend, state, len(prompts)) if state is not None else None
         started = time.perf_counter()
-        result = _c.run_generate(self.backend, prompts, processors, options.max_tokens, seeds, stop, init, callback)
+        result = _c.run_generate(
+            self.backend, prompts, first.processors(), first.options.max_tokens, seeds, first.stop_ids, init, callback
+        )
         elapsed = time.perf_counter() - started
+        timing = {"batch_seconds": round(elapsed, 4), "batch_size": len(prompts), **_c.timing_of(result)}
+        model = self.model_info()
         pieces = []
-        for i, prompt in enumerate(prompts):
-            new = [int(t) for t in result.tokens[i]]
-            meta = {
-                "mode": self.mode,
-                "seed": seeds[i],
-                "preset": preset,
-                "sampling": config.to_dict(),
-                "params": options.to_dict(),
-                "model": self.model_info(),
-                "prompt_tokens": len(prompt),
-                "new_tokens": len(new),
-                "finish_reason": _c.finish_reason(result, i),
-                "timing": {"batch_seconds": round(elapsed, 4), "batch_size": len(prompts), **_c.timing_of(result)},
-                "custom_state": state is not None,
-            }
-            pieces.append(self.make_piece(prompt, new, meta, i))
+        for row, (recipe, index) in enumerate(zip(recipes, indices)):
+            new = [int(t) for t in result.tokens[row]]
+            meta = recipe.meta(seeds[row], new, result.finish_reasons[row], model, dict(timing), state is not None)
+            pieces.append(recipe.piece(new, meta, index))
         return pieces
 
     def make_piece(self, prompt: list[int], new: list[int], meta: dict[str, Any], index: int) -> Piece:
         """The :class:`Piece` for prompt ids + generated ids (``index`` numbers ABC tunes, X:)."""
-        if self.mode == "midi":
-            ids = [t for t in prompt[1:] + new if t not in _c.MIDI_SPECIALS]
-            text = _c.midi_text(self.tokenizer, ids)
-        else:
-            ids = [t for t in prompt[1:] + new if t > ABC_EOS]
-            text = self.tokenizer.decode(ids)
-        piece = Piece(self.mode, ids, text, meta, index, self.tokenizer)
-        meta["validity"] = _c.validity(piece)
-        return piece
+        return make_piece(self.format, prompt, new, meta, index)
 
     def model_info(self) -> dict[str, Any]:
         """Model facts recorded in ``Piece.meta["model"]``."""
@@ -386,16 +337,4 @@ class Composer:
         }
 
     def _encode(self, text: str) -> list[int]:
-        if self.mode == "midi":
-            return _c.midi_body_ids(self.tokenizer, text)
-        ids = [int(t) for t in self.tokenizer.encode(text)]
-        bad = next((i for i, t in enumerate(ids) if t >= self.config.vocab_size), None)
-        if bad is not None:
-            raise AbcFormatError(
-                f"ABC prompt: character {text[bad]!r} at position {bad} is outside the model's vocabulary"
-            )
-        return ids
-
-
-def _describe(item: RowInput) -> str | None:
-    return None if item is None else str(item)
+        return self.format.encode(text, self.config.vocab_size)

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from rwkv_music.errors import RwkvMusicError
-from rwkv_music.export import format_for
+from rwkv_music.export import format_for as output_format
+from rwkv_music.formats.base import FORMAT_NAMES, Format, format_for
 
-MODES = ("abc", "midi")
+MODES = FORMAT_NAMES
 
 
 @dataclass(frozen=True)
@@ -46,37 +47,28 @@ class Piece:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"Piece.mode must be one of {MODES}, got {self.mode!r}")
+            raise RwkvMusicError(f"Piece.mode must be one of {MODES}, got {self.mode!r}")
+
+    @property
+    def format(self) -> Format:
+        """The piece's :class:`~rwkv_music.formats.base.Format` (with its tokenizer)."""
+        return format_for(self.mode, self.tokenizer)
 
     # -- conversions --------------------------------------------------------------------
     def to_abc(self, number: int | None = None) -> str:
         """Standard ABC text: control codes dropped, ``X:number`` first (default ``index + 1``)."""
         from rwkv_music.export.abc import with_reference
 
-        if self.mode != "abc":
-            raise RwkvMusicError("to_abc: this is a MIDI piece; ABC output needs an ABC model")
+        self._require_abc("to_abc", "ABC output needs an ABC model")
         return with_reference(self.text, self.index + 1 if number is None else number)
 
     def to_midi(self) -> Any:
         """The piece as a :class:`mido.MidiFile` (MIDI: through the tokenizer; ABC: through music21)."""
-        if self.mode == "midi":
-            tokenizer = self.tokenizer
-            if tokenizer is None:
-                from rwkv_music.formats.midi.tokenizer import MidiTokenizer
-
-                tokenizer = MidiTokenizer()
-            return tokenizer.text_to_midi(self.text)
-        from rwkv_music.export.music21_io import abc_to_midi
-
-        return abc_to_midi(self.text, source=self._name())
+        return self.format.to_midi(self.text, source=self._name())
 
     def to_score(self) -> Any:
         """The piece as a music21 score."""
-        from rwkv_music.export import music21_io
-
-        if self.mode == "abc":
-            return music21_io.abc_to_score(self.text, source=self._name())
-        return music21_io.midi_to_score(self.to_midi(), source=self._name())
+        return self.format.to_score(self.text, source=self._name())
 
     # -- files --------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, force: bool = False, soundfont: str | os.PathLike | None = None) -> Path:
@@ -89,13 +81,12 @@ class Piece:
         """
         from rwkv_music.io_utils import check_writable
 
-        fmt = format_for(path)
+        fmt = output_format(path)
         path = check_writable(path, force)  # fail before any expensive conversion
         if fmt == "abc":
             from rwkv_music.export.abc import write_abc
 
-            if self.mode != "abc":
-                raise RwkvMusicError(f"{path}: a MIDI piece cannot be saved as ABC; use .mid, .png or .wav")
+            self._require_abc(str(path), "it cannot be saved as ABC; use .mid, .png or .wav")
             return write_abc(self.text, path, force, first=self.index + 1)
         if fmt == "musicxml":
             from rwkv_music.export.music21_io import write_musicxml
@@ -113,6 +104,10 @@ class Piece:
         from rwkv_music.export.audio import write_wav
 
         return write_wav(midi, path, force, soundfont=soundfont)
+
+    def _require_abc(self, where: str, why: str) -> None:
+        if self.mode != "abc":  # ABC text only exists for pieces of an ABC model
+            raise RwkvMusicError(f"{where}: this is a {self.mode.upper()} piece; {why}")
 
     def _name(self) -> str:
         return f"piece {self.index} (seed {self.meta.get('seed')})"

@@ -1,108 +1,140 @@
-"""The Composer's recipe cut into one work item per piece, for continuous batching in render.
+"""The compose recipe of one input row, written once for every way pieces are generated.
 
-:meth:`rwkv_music.compose.composer.Composer.compose_rows` builds the prompt, the constraint and the
-processors of a whole batch and runs :func:`~rwkv_music.sampling.generate.generate`.  The
-renderer instead feeds :func:`~rwkv_music.sampling.continuous.generate_continuous` one
-:class:`~rwkv_music.sampling.continuous.WorkItem` per sample, so this module repeats that
-recipe per piece with the Composer's own helpers: the same prompt ids (``Composer.row_prompt``),
-constraint, preset processors and stop tokens, and the same ``Piece`` and ``meta`` at the end
-(``Composer.make_piece``), so a sample's file does not depend on how it was batched.
+A :class:`RowRecipe` holds what the pieces of one row share: the prompt ids and grouping key
+(from the row's :class:`~rwkv_music.formats.base.Format`), the options, the sampling config,
+and the stop ids.  :meth:`RowRecipe.processors` builds fresh processors (a new constraint each
+time: constraints keep per-row state), :meth:`RowRecipe.meta` the piece's ``meta`` and
+:meth:`RowRecipe.piece` the :class:`~rwkv_music.compose.piece.Piece`.
+
+:meth:`rwkv_music.compose.composer.Composer.compose_rows` runs rows sharing a group as one fixed
+batch with one processor list (:func:`~rwkv_music.sampling.generate.generate`); the renderer
+feeds one :class:`~rwkv_music.sampling.continuous.WorkItem` per sample (:meth:`RowRecipe.work_item`)
+to :func:`~rwkv_music.sampling.continuous.generate_continuous`.  Both end in
+:meth:`RowRecipe.piece`, so a sample's file does not depend on how it was batched.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rwkv_music.compose import helpers as _c
-from rwkv_music.compose.options import ABC_EOS, DEFAULT_PRESETS, MIDI_SEPARATOR, AbcOptions, MidiOptions
+from rwkv_music.compose.options import AbcOptions, MidiOptions, SamplingOptions
 from rwkv_music.compose.piece import Piece
-from rwkv_music.sampling.continuous import PieceResult, WorkItem
-
-RowInput = str | os.PathLike | None  # as in compose: None, prompt text, or a file to continue
+from rwkv_music.formats.base import Format, RowInput
 
 
 @dataclass(frozen=True)
 class RowRecipe:
-    """Everything the pieces of one input row share: prompt ids, options, preset and sampling."""
+    """Everything the pieces of one input row share: prompt ids, options, sampling, stop ids."""
 
     input: RowInput
     options: MidiOptions | AbcOptions
-    preset: str
-    sampling: dict[str, Any]
+    sampling: SamplingOptions
     prompt: list[int]
-    header: Any  # Composer.row_prompt's grouping key: ABC (meter, unit, key) or the MIDI prompt's seconds
-    config: Any = field(compare=False)  # the SamplingConfig (recorded in each piece's meta)
+    group: Hashable  # rows with equal groups share a constraint: AbcHeader or PromptTime
+    format: Format = field(compare=False, repr=False)
+    config: Any = field(compare=False, repr=False)  # the SamplingConfig (recorded in each piece's meta)
+
+    @property
+    def preset(self) -> str:
+        return self.sampling.preset or self.format.default_preset
+
+    @property
+    def header(self) -> Hashable:
+        """The grouping key (the name of the earlier API)."""
+        return self.group
+
+    @property
+    def stop_ids(self) -> list[int]:
+        return sorted(set(self.format.stop_ids(self.options)) | set(self.config.stop_tokens))
+
+    def processors(self) -> Any:
+        """A fresh processor list: the preset's processors and this row's constraint (if any)."""
+        constraint = self.format.constraint(self.options, self.group)
+        return self.config.build_processors([] if constraint is None else [constraint])
+
+    def work_item(self, seed: int, tag: Any = None) -> Any:
+        """One piece of this row for the continuous loop, with its own processors."""
+        from rwkv_music.sampling.continuous import WorkItem
+
+        return WorkItem(
+            prompt=self.prompt,
+            seed=int(seed),
+            max_new_tokens=self.options.max_tokens,
+            processors=self.processors(),
+            stop_tokens=self.stop_ids,
+            tag=tag,
+        )
+
+    def meta(
+        self,
+        seed: int,
+        new: Sequence[int],
+        finish_reason: str,
+        model: dict[str, Any],
+        timing: dict[str, Any],
+        custom_state: bool,
+    ) -> dict[str, Any]:
+        """The piece's meta before validity, base seed and input are added."""
+        return {
+            "mode": self.format.name,
+            "seed": int(seed),
+            "preset": self.preset,
+            "sampling": self.config.to_dict(),
+            "params": self.options.to_dict(),
+            "model": model,
+            "prompt_tokens": len(self.prompt),
+            "new_tokens": len(new),
+            "finish_reason": str(finish_reason),
+            "timing": timing,
+            "custom_state": custom_state,
+        }
+
+    def piece(self, new: Sequence[int], meta: dict[str, Any], index: int, base_seed: int | None = None) -> Piece:
+        """The finished piece (``meta`` gains validity, base seed and input)."""
+        piece = make_piece(self.format, self.prompt, new, meta, index)
+        piece.meta.update(base_seed=base_seed, input=None if self.input is None else str(self.input))
+        return piece
 
 
 def row_recipe(
-    composer: Any, item: RowInput, options: MidiOptions | AbcOptions, preset: str | None, sampling: dict[str, Any]
+    fmt: Format, item: RowInput, options: MidiOptions | AbcOptions, sampling: SamplingOptions, vocab_size: int
 ) -> RowRecipe:
-    """Prompt and settings of one input row (reads and checks the prompt or file once)."""
-    preset = preset or DEFAULT_PRESETS[composer.mode]
-    prompt, header = composer.row_prompt(item, options)
-    config, _ = _c.build_processors(preset, sampling, [])  # checks the sampling options up front
-    return RowRecipe(item, options, preset, dict(sampling), prompt, header, config)
+    """The recipe of one input row (reads and checks the prompt or file once)."""
+    row = fmt.row_prompt(item, options, vocab_size)
+    config = sampling.config(fmt.default_preset)
+    return RowRecipe(item, options, sampling, row.ids, row.group, fmt, config)
 
 
-def _constraint(recipe: RowRecipe) -> Any:
-    """A fresh music constraint for one piece (None when unconstrained), as ``Composer._run``."""
-    options = recipe.options
-    if not options.constrained:
-        return None
-    if isinstance(options, MidiOptions):
-        target = options.seconds + recipe.header if options.seconds else None  # header: the prompt's seconds
-        return _c.midi_constraint(options.instruments, target, **dict(options.limits))
-    return _c.abc_constraint(*recipe.header, options.max_tokens)
-
-
-def work_item(recipe: RowRecipe, seed: int, tag: Any = None) -> WorkItem:
-    """One piece of ``recipe`` with its own processors (new objects: they keep per-piece state)."""
-    constraint = _constraint(recipe)
-    config, processors = _c.build_processors(recipe.preset, recipe.sampling, [] if constraint is None else [constraint])
-    stop = {MIDI_SEPARATOR} if isinstance(recipe.options, MidiOptions) else {ABC_EOS}
-    return WorkItem(
-        prompt=recipe.prompt,
-        seed=int(seed),
-        max_new_tokens=recipe.options.max_tokens,
-        processors=processors,
-        stop_tokens=sorted(stop | set(config.stop_tokens)),
-        tag=tag,
-    )
-
-
-def piece_from_result(composer: Any, recipe: RowRecipe, result: PieceResult, rows_in_flight: int) -> Piece:
-    """The finished piece with the meta ``Composer.compose_rows`` would give it (index 0).
-
-    ``timing.batch_seconds`` is the piece's own share of the run (``batch_size`` 1), so the
-    manifest's ``seconds`` column keeps adding up to the generation time.
-    """
-    new = [int(t) for t in result.tokens]
-    meta: dict[str, Any] = {
-        "mode": composer.mode,
-        "seed": int(result.item.seed),
-        "preset": recipe.preset,
-        "sampling": recipe.config.to_dict(),
-        "params": recipe.options.to_dict(),
-        "model": composer.model_info(),
-        "prompt_tokens": len(recipe.prompt),
-        "new_tokens": len(new),
-        "finish_reason": result.finish_reason,
-        "timing": {
-            "batch_seconds": round(result.seconds, 4),
-            "batch_size": 1,
-            "rows_in_flight": rows_in_flight,
-            "prefill_seconds": round(result.prefill_seconds, 4),
-            "decode_seconds": round(result.decode_seconds, 4),
-            "prompt_tokens_total": result.n_prompt_tokens,
-            "sampled_tokens_total": result.n_sampled_tokens,
-        },
-        "custom_state": False,
-    }
-    piece = composer.make_piece(recipe.prompt, new, meta, 0)
-    piece.meta.update(base_seed=None, input=None if recipe.input is None else str(recipe.input))
+def make_piece(fmt: Format, prompt: Sequence[int], new: Sequence[int], meta: dict[str, Any], index: int) -> Piece:
+    """The :class:`Piece` of prompt ids + generated ids (``index`` numbers ABC tunes, X:)."""
+    ids = fmt.piece_ids(prompt, new)
+    piece = Piece(fmt.name, ids, fmt.piece_text(ids), meta, index, fmt.tokenizer)
+    meta["validity"] = fmt.validity(piece.text)
     return piece
 
 
-__all__ = ["RowRecipe", "piece_from_result", "row_recipe", "work_item"]
+def continuous_meta_timing(result: Any, rows_in_flight: int) -> dict[str, Any]:
+    """``timing`` of a piece from the continuous loop: its own share of the run (``batch_size`` 1),
+    so the manifest's ``seconds`` column keeps adding up to the generation time."""
+    return {
+        "batch_seconds": round(result.seconds, 4),
+        "batch_size": 1,
+        "rows_in_flight": rows_in_flight,
+        "prefill_seconds": round(result.prefill_seconds, 4),
+        "decode_seconds": round(result.decode_seconds, 4),
+        "prompt_tokens_total": result.n_prompt_tokens,
+        "sampled_tokens_total": result.n_sampled_tokens,
+    }
+
+
+def piece_from_result(model: dict[str, Any], recipe: RowRecipe, result: Any, rows_in_flight: int) -> Piece:
+    """The finished piece of a continuous-loop result, with the meta ``compose_rows`` would give it."""
+    new = [int(t) for t in result.tokens]
+    timing = continuous_meta_timing(result, rows_in_flight)
+    meta = recipe.meta(result.item.seed, new, result.finish_reason, model, timing, custom_state=False)
+    return recipe.piece(new, meta, 0)
+
+
+__all__ = ["RowRecipe", "continuous_meta_timing", "make_piece", "piece_from_result", "row_recipe"]

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from rwkv_music.compose.options import AbcOptions, MidiOptions, piece_seed
+from rwkv_music.compose.options import AbcOptions, MidiOptions, SamplingOptions, piece_seed
 from rwkv_music.errors import OutputExistsError, RwkvMusicError
+from rwkv_music.formats.base import Format, format_for
 from rwkv_music.io_utils import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,9 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.jsonl"
 STATS = "stats.json"
 SETTINGS = "render.json"
-INPUT_SUFFIXES = {".abc": "abc", ".mid": "midi", ".midi": "midi"}
-MIDI_OPTION_KEYS = ("seconds", "max_tokens", "instruments", "constrained")
+MIDI_OPTION_KEYS = ("seconds", "max_tokens", "instruments", "constrained")  # per-row keys of a .jsonl file
 ABC_OPTION_KEYS = ("key", "meter", "unit", "tempo", "controls", "constrained", "max_tokens")
+ROW_OPTION_KEYS = {"midi": MIDI_OPTION_KEYS, "abc": ABC_OPTION_KEYS}
 SAMPLING_KEYS = (
     "preset",
     "temperature",
@@ -122,21 +123,22 @@ class RenderReport:
 
 
 # -- input ---------------------------------------------------------------------------------------
-def read_jobs(source: str | os.PathLike, mode: str) -> list[RenderJob]:
-    """Rows of a prompts file (text or .jsonl) or a folder of .abc/.mid files."""
+def read_jobs(source: str | os.PathLike, mode: str | Format) -> list[RenderJob]:
+    """Rows of a prompts file (text or .jsonl) or a folder of files of ``mode`` (a format or its name)."""
+    fmt = format_for(mode) if isinstance(mode, str) else mode
     source = Path(source)
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.is_file() and INPUT_SUFFIXES.get(p.suffix.lower()) == mode)
+        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in fmt.input_suffixes)
         if not files:
             raise RwkvMusicError(
-                f"{source}: no .{'abc' if mode == 'abc' else 'mid'} files to continue with a {mode.upper()} model"
+                f"{source}: no {fmt.input_suffixes[0]} files to continue with a {fmt.name.upper()} model"
             )
         return [RenderJob(i, file=str(p), name=_SAFE.sub("-", p.stem)[:40]) for i, p in enumerate(files)]
     if not source.is_file():
         raise RwkvMusicError(f"{source}: no such prompts file or folder")
     text = source.read_text(encoding="utf-8")
     if source.suffix.lower() == ".jsonl":
-        return _jsonl_jobs(source, text, mode)
+        return _jsonl_jobs(source, text, fmt.name)
     lines = [line.rstrip("\r") for line in text.split("\n")]
     prompts = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
@@ -145,7 +147,7 @@ def read_jobs(source: str | os.PathLike, mode: str) -> list[RenderJob]:
 
 
 def _jsonl_jobs(source: Path, text: str, mode: str) -> list[RenderJob]:
-    allowed = set(MIDI_OPTION_KEYS if mode == "midi" else ABC_OPTION_KEYS) | set(SAMPLING_KEYS)
+    allowed = set(ROW_OPTION_KEYS[mode]) | set(SAMPLING_KEYS)
     jobs = []
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
@@ -213,9 +215,8 @@ def render(
     batch, then after each written sample (continuous batching) or each batch (fixed batches).
     """
     out = Path(out)
-    jobs = read_jobs(source, composer.mode)
-    suffix = ".mid" if composer.mode == "midi" else ".abc"
-    samples = plan(jobs, settings, suffix)
+    jobs = read_jobs(source, composer.format)
+    samples = plan(jobs, settings, composer.format.suffix)
     out.mkdir(parents=True, exist_ok=True)
     info = composer.model_info()
     model = {k: info[k] for k in ("version", "n_layer", "n_embd", "vocab_size")}  # not the path: files move
@@ -274,7 +275,7 @@ def _render_continuous(
     composer: Any, todo: list[Sample], out: Path, settings: RenderSettings, progress: ProgressFn
 ) -> int:
     """Generate with ``batch_size`` rows in flight; write each sample as soon as it is finished."""
-    from rwkv_music.compose.recipe import piece_from_result, row_recipe, work_item
+    from rwkv_music.compose.recipe import piece_from_result
     from rwkv_music.sampling.continuous import generate_continuous
 
     def items() -> Iterator[Any]:  # lazy: a row's prompt is read when its first sample starts
@@ -282,14 +283,15 @@ def _render_continuous(
         for s in todo:
             if s.job is not job:
                 job = s.job
-                recipe = row_recipe(composer, _input(s), *_row_settings(composer, s.job, settings))
-            yield work_item(recipe, s.seed, tag=(s, recipe))
+                recipe = composer.recipe(_input(s), *_row_settings(composer, s.job, settings))
+            yield recipe.work_item(s.seed, tag=(s, recipe))
 
     written = 0
+    model = composer.model_info()
     results = generate_continuous(composer.backend, items(), batch_size=settings.batch_size, on_constraint="finish")
     for result in results:
         sample, recipe = result.item.tag
-        piece = piece_from_result(composer, recipe, result, settings.batch_size)
+        piece = piece_from_result(model, recipe, result, settings.batch_size)
         _write_sample(out, sample, piece)
         written += 1
         if progress is not None:
@@ -328,13 +330,12 @@ def _batches(todo: list[Sample], settings: RenderSettings) -> Iterable[list[Samp
 
 def _row_settings(
     composer: Any, job: RenderJob, settings: RenderSettings
-) -> tuple[MidiOptions | AbcOptions, str | None, dict[str, Any]]:
-    """(compose options, preset, sampling overrides) of a row: settings defaults, then row params."""
+) -> tuple[MidiOptions | AbcOptions, SamplingOptions]:
+    """(compose options, sampling options) of a row: settings defaults, then row params."""
     params = {**dict(settings.options), **dict(settings.sampling), **dict(job.params)}
     sampling = {k: params.pop(k) for k in list(params) if k in SAMPLING_KEYS}
     preset = sampling.pop("preset", None)
-    options = MidiOptions(**params) if composer.mode == "midi" else AbcOptions(**params)
-    return options, preset, sampling
+    return composer.format.options_class(**params), SamplingOptions(preset, sampling)
 
 
 def _input(sample: Sample) -> Any:
@@ -342,9 +343,9 @@ def _input(sample: Sample) -> Any:
 
 
 def _generate(composer: Any, batch: list[Sample], settings: RenderSettings) -> list[Any]:
-    options, preset, sampling = _row_settings(composer, batch[0].job, settings)
+    options, sampling = _row_settings(composer, batch[0].job, settings)
     inputs = [_input(s) for s in batch]
-    return composer.compose_rows(inputs, options, seeds=[s.seed for s in batch], preset=preset, **sampling)
+    return composer.compose_rows(inputs, options, seeds=[s.seed for s in batch], sampling=sampling)
 
 
 def _write_sample(out: Path, sample: Sample, piece: Any) -> None:

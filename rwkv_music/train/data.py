@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from rwkv_music.errors import RwkvMusicError
+from rwkv_music.formats.abc.tokenizer import AbcTokenizer
 
-ABC_BOS, ABC_EOS = 2, 3  # FORMATS B
-ABC_VOCAB = 128
+ABC_BOS, ABC_EOS = AbcTokenizer.bos_id, AbcTokenizer.eos_id  # FORMATS B: 2, 3
+ABC_VOCAB = AbcTokenizer.vocab_size  # 128
 # music21 corpus collections used for shipped models; never essenFolksong (FORMATS E licence).
 DEFAULT_ABC_COLLECTIONS = ("oneills1850", "airdsAirs", "ryansMammoth", "miscFolk")
 FORBIDDEN_COLLECTIONS = ("essenFolksong",)
@@ -195,6 +196,41 @@ def abc_documents(paths: list[Path] | None = None, *, with_control: bool = True,
     if not docs:
         raise RwkvMusicError(f"no usable ABC tunes in {paths}")
     return docs
+
+
+# ----------------------------------------------------------------------------- prepared data files
+
+
+def save_documents(path: Path, train: list[Document], val: list[Document], vocab_size: int) -> Path:
+    """Write a train/val document set to one ``.npz`` (prepared once, e.g. augmented or rendered
+    on a CPU machine, then carried to the training machine)."""
+    docs = list(train) + list(val)
+    dtype = np.uint8 if vocab_size <= 256 else np.uint16
+    np.savez_compressed(
+        path, ids=np.concatenate([d.ids for d in docs]).astype(dtype),
+        mask=np.concatenate([d.mask for d in docs]).astype(np.uint8),
+        lengths=np.array([len(d.ids) for d in docs], dtype=np.int64),
+        split=np.array([0] * len(train) + [1] * len(val), dtype=np.uint8),
+        sources=np.array([d.source for d in docs]), vocab_size=np.array(vocab_size))
+    return Path(path)
+
+
+def load_documents(path: Path) -> tuple[list[Document], list[Document], int]:
+    """(train documents, held-out documents, vocab size) from a :func:`save_documents` file."""
+    try:
+        blob = np.load(path, allow_pickle=False)
+        ids, mask, lengths, split = blob["ids"], blob["mask"], blob["lengths"], blob["split"]
+        sources, vocab = blob["sources"], int(blob["vocab_size"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise RwkvMusicError(f"{path}: not a prepared document file ({type(exc).__name__})") from exc
+    train: list[Document] = []
+    val: list[Document] = []
+    pos = 0
+    for n, part, src in zip(lengths.tolist(), split.tolist(), sources.tolist()):
+        doc = Document(ids[pos:pos + n].astype(np.int64), mask[pos:pos + n].astype(np.float32), str(src))
+        (val if part else train).append(doc)
+        pos += n
+    return train, val, vocab
 
 
 # ----------------------------------------------------------------------------- splits and batches

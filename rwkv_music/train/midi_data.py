@@ -11,16 +11,18 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from rwkv_music.errors import RwkvMusicError
+from rwkv_music.formats.midi.vocab import LAYOUT
 from rwkv_music.train.data import FORBIDDEN_COLLECTIONS, Document, read_abc_tunes
 
 log = logging.getLogger(__name__)
 
-MIDI_VOCAB = 20096  # FORMATS C1
-MIDI_PAD = 0
+MIDI_VOCAB = LAYOUT.size  # FORMATS C1: 20,096
+MIDI_PAD = LAYOUT.pad_id  # the piece separator (FORMATS D3)
 # Non-Essen music21 composers rendered for the MIDI default (bach first: its chorales).
 DEFAULT_COMPOSERS = ("bach", "handel", "haydn", "mozart", "corelli", "monteverdi", "palestrina",
                      "schubert", "schumann_robert", "joplin")  # beethoven's quartets: too slow to render
@@ -32,7 +34,7 @@ def default_cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / "rwkv-music-midi-cache"
 
 
-def _write_midi(stream_obj, dest: Path) -> None:
+def _write_midi(stream_obj: Any, dest: Path) -> None:
     tmp = dest.with_suffix(".part")
     stream_obj.write("midi", fp=str(tmp))
     tmp.replace(dest)
@@ -133,14 +135,14 @@ def build_default_midi_corpus(cache: Path | None = None, *, bach_pieces: int = 2
     return cache
 
 
-def midi_file_ids(path: Path, tokenizer) -> list[list[int]]:
+def midi_file_ids(path: Path, tokenizer: Any) -> list[list[int]]:
     """Token ids of one MIDI file as pieces (``<start> … <end>``); no minimum-length filter
     (music21 renders of chorales and tunes are often shorter than MLT's 30 s)."""
     return [list(tokenizer.midi_to_ids(path))]
 
 
 def midi_documents(paths: list[Path] | None = None, *, max_pieces: int | None = None,
-                   tokenizer=None) -> list[Document]:
+                   tokenizer: Any = None) -> list[Document]:
     """MIDI training documents ``[0] + ids`` from .mid files/folders (default: the render cache)."""
     if tokenizer is None:
         from rwkv_music.formats.midi.tokenizer import MidiTokenizer

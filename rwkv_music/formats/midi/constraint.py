@@ -1,7 +1,7 @@
 """Well-formed MIDI token streams: instruments, pitch range, polyphony, note lengths, piece length.
 
-Vocabulary layout (FORMATS C1, 20 096 ids; computed here from the rules so this module does not
-depend on the tokenizer): id 0 ``<pad>``, 1 ``<start>``, 2 ``<end>``; ids 3..127 are the wait
+Vocabulary layout (FORMATS C1, 20 096 ids; read from :data:`rwkv_music.formats.midi.vocab.LAYOUT`,
+the one description of it): id 0 ``<pad>``, 1 ``<start>``, 2 ``<end>``; ids 3..127 are the wait
 tokens ``t1``..``t125`` (id = n + 2, each step 8 ms); a note token is
 ``128 + bin * 1536 + pitch * 12 + velbin`` with 13 instrument bins (0 percussion, 1 drum,
 2 tuba, 3 marimba, 4 bass, 5 guitar, 6 violin, 7 trumpet, 8 piano, 9 sax, 10 flute, 11 lead,
@@ -21,30 +21,28 @@ from typing import Sequence
 
 import numpy as np
 
+from rwkv_music.formats.midi.vocab import LAYOUT
 from rwkv_music.sampling.base import LogitsProcessor, SamplingValueError
 
-PAD_ID, START_ID, END_ID = 0, 1, 2
-WAIT_FIRST, MAX_WAIT = 3, 125  # t1 = id 3 ... t125 = id 127
-MS_PER_WAIT = 8  # max_wait_time 1000 ms / wait_events 125 (C3)
-NOTE_BASE, N_PITCH, N_VEL = 128, 128, 12
-BIN_NAMES = (
-    "percussion", "drum", "tuba", "marimba", "bass", "guitar", "violin",
-    "trumpet", "piano", "sax", "flute", "lead", "pad",
-)  # fmt: skip
+PAD_ID, START_ID, END_ID = LAYOUT.specials
+WAIT_FIRST, MAX_WAIT = LAYOUT.first_wait_id, LAYOUT.n_waits  # t1 = id 3 ... t125 = id 127
+MS_PER_WAIT = LAYOUT.step_ms  # max_wait_time 1000 ms / wait_events 125 (C3)
+NOTE_BASE, N_PITCH, N_VEL = LAYOUT.first_note_id, LAYOUT.n_pitches, LAYOUT.n_velocity_bins
+BIN_NAMES = LAYOUT.bin_names
 N_BINS = len(BIN_NAMES)
 N_KEYS = N_BINS * N_PITCH  # (bin, pitch) pairs
-VOCAB_SIZE = NOTE_BASE + N_KEYS * N_VEL  # 20096
-DRUM_BINS = (0, 1)  # "percussion" (GM kit, channel 10) and "drum" (timpani, synth drums)
+VOCAB_SIZE = LAYOUT.size  # 20096
+DRUM_BINS = (BIN_NAMES.index("percussion"), BIN_NAMES.index("drum"))  # GM kit (channel 10); timpani, synth drums
 
 
 def note_token(bin_index: int, pitch: int, velbin: int) -> int:
     """Id of a note token (FORMATS C1): ``note_token(8, 0x4A, 7) == 13311`` (``pi:4a:7``)."""
-    return NOTE_BASE + bin_index * N_PITCH * N_VEL + pitch * N_VEL + velbin
+    return LAYOUT.note_id(bin_index, pitch, velbin)
 
 
 def wait_token(ticks: int) -> int:
     """Id of the wait token ``t<ticks>`` (1..125): ``wait_token(125) == 127``."""
-    return ticks + WAIT_FIRST - 1
+    return LAYOUT.wait_id(ticks)
 
 
 def _bin_index(item: str | int) -> int:

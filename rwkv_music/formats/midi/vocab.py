@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Union
+from typing import Iterable, Union
 
 from rwkv_music.errors import TokenizerError
 from rwkv_music.formats.midi.config import MidiVocabConfig
@@ -71,6 +71,91 @@ class SpecialToken:
 Token = Union[NoteToken, WaitToken, SpecialToken]
 
 
+@dataclass(frozen=True)
+class MidiLayout:
+    """Where each kind of token sits in a MIDI vocabulary: the one place the id arithmetic lives.
+
+    Computed from a :class:`MidiVocabConfig` by the rules of the module docstring, without
+    building the token strings, so constraints, composers, runtimes and training can share it.
+    :data:`LAYOUT` is the layout of the reference vocabulary (20,096 ids).
+
+    >>> LAYOUT.size, LAYOUT.wait_ids, LAYOUT.note_id(8, 0x4A, 7)
+    (20096, range(3, 128), 13311)
+    """
+
+    n_waits: int  # wait tokens t1 .. tN
+    step_ms: int  # music time of one wait step
+    n_pitches: int
+    n_velocity_bins: int
+    bin_names: tuple[str, ...]
+    pad_id: int = 0
+    start_id: int = 1
+    end_id: int = 2
+
+    @classmethod
+    def from_config(cls, config: MidiVocabConfig) -> "MidiLayout":
+        return cls(
+            config.wait_events,
+            config.step_ms,
+            config.note_events,
+            config.velocity_bins,
+            tuple(config.bin_instrument_names),
+        )
+
+    @property
+    def specials(self) -> tuple[int, int, int]:
+        """``<pad>``, ``<start>``, ``<end>`` ids."""
+        return (self.pad_id, self.start_id, self.end_id)
+
+    @property
+    def first_wait_id(self) -> int:
+        return len(SPECIAL_TOKENS)
+
+    @property
+    def wait_ids(self) -> range:
+        """Ids of ``t1`` .. ``tN`` in order."""
+        return range(self.first_wait_id, self.first_note_id)
+
+    @property
+    def first_note_id(self) -> int:
+        return len(SPECIAL_TOKENS) + self.n_waits
+
+    @property
+    def bin_size(self) -> int:
+        """Note ids per instrument bin (pitches x velocity bins)."""
+        return self.n_pitches * self.n_velocity_bins
+
+    @property
+    def n_note_ids(self) -> int:
+        return len(self.bin_names) * self.bin_size
+
+    @property
+    def size(self) -> int:
+        """Vocabulary size: specials, waits and notes, padded to a multiple of 128 (as MIDI-LLM-tokenizer)."""
+        used = self.first_note_id + self.n_note_ids
+        return used + (-used % 128)
+
+    def note_id(self, bin: int, pitch: int, velocity_bin: int) -> int:
+        """Id of a note token (no range checks: callers on hot paths check once)."""
+        return self.first_note_id + bin * self.bin_size + pitch * self.n_velocity_bins + velocity_bin
+
+    def wait_id(self, steps: int) -> int:
+        """Id of ``t{steps}`` (no range check)."""
+        return self.first_wait_id + steps - 1
+
+    def wait_steps(self, ids: Iterable[int]) -> int:
+        """Total wait steps among ``ids`` (the music time of a token run, in steps)."""
+        first, end = self.first_wait_id, self.first_note_id
+        return sum(t - first + 1 for t in ids if first <= t < end)
+
+    def seconds(self, ids: Iterable[int]) -> float:
+        """Music time of ``ids`` in seconds: their wait steps times ``step_ms``."""
+        return self.wait_steps(ids) * self.step_ms / 1000
+
+
+LAYOUT = MidiLayout.from_config(MidiVocabConfig())
+
+
 def _short_prefixes(names: tuple[str, ...]) -> tuple[str, ...]:
     """Shortest prefix of each bin name not taken by an earlier bin (FORMATS C1)."""
     prefixes: list[str] = []
@@ -108,8 +193,9 @@ class MidiVocab:
         self.n_pitches = config.note_events
         self.max_wait_steps = config.wait_events
         self.step_ms = config.step_ms
-        self.first_note_id = len(SPECIAL_TOKENS) + config.wait_events
-        self._bin_size = config.note_events * config.velocity_bins
+        self.layout = MidiLayout.from_config(config)
+        self.first_note_id = self.layout.first_note_id
+        self._bin_size = self.layout.bin_size
 
         prefixes = _short_prefixes(config.bin_instrument_names)
         channels = _decode_channels(config)
@@ -154,7 +240,7 @@ class MidiVocab:
     @property
     def wait_ids(self) -> range:
         """Ids of ``t1`` .. ``t125`` in order (``wait_ids[n - 1]`` is ``tn``)."""
-        return range(len(SPECIAL_TOKENS), self.first_note_id)
+        return self.layout.wait_ids
 
     @property
     def note_ids(self) -> range:
@@ -191,13 +277,13 @@ class MidiVocab:
             raise TokenizerError(f"MIDI note pitch {pitch} outside 0..{self.n_pitches - 1}")
         if not 0 <= velocity_bin < self.n_velocity_bins:
             raise TokenizerError(f"velocity bin {velocity_bin} outside 0..{self.n_velocity_bins - 1}")
-        return self.first_note_id + b * self._bin_size + pitch * self.n_velocity_bins + velocity_bin
+        return self.layout.note_id(b, pitch, velocity_bin)
 
     def wait_id(self, steps: int) -> int:
         """Id of ``t{steps}`` (1 <= steps <= 125)."""
         if not 1 <= steps <= self.max_wait_steps:
             raise TokenizerError(f"wait of {steps} steps outside 1..{self.max_wait_steps}")
-        return len(SPECIAL_TOKENS) + steps - 1
+        return self.layout.wait_id(steps)
 
     def parse(self, token_id: int) -> Token:
         """Structured view of an id: :class:`NoteToken`, :class:`WaitToken` or :class:`SpecialToken`."""
@@ -289,6 +375,8 @@ class MidiVocab:
 __all__ = [
     "END_TOKEN",
     "InstrumentBin",
+    "LAYOUT",
+    "MidiLayout",
     "MidiVocab",
     "NoteToken",
     "PAD_TOKEN",

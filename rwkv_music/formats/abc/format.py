@@ -1,0 +1,139 @@
+"""The ABC format (FORMATS B, D4) as composing code sees it: :class:`AbcFormat`.
+
+A prompt is ``[bos]`` + control codes + header lines (+ first bars); a piece ends on ``eos``.
+Rows sharing a header (:class:`~rwkv_music.formats.abc.header.AbcHeader`) share a constraint.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+from rwkv_music.errors import AbcFormatError, BackendUnavailable, RwkvMusicError
+from rwkv_music.formats.abc.header import AbcHeader, check_controls, has_control_codes, header_fields, prompt_text
+from rwkv_music.formats.abc.options import AbcOptions
+from rwkv_music.formats.abc.tokenizer import AbcTokenizer
+from rwkv_music.formats.abc.tune import read_tune
+from rwkv_music.formats.base import RowInput, RowPrompt
+
+
+class AbcFormat:
+    """ABC tunes, one character per token (see :class:`~rwkv_music.formats.base.Format`)."""
+
+    name = "abc"
+    article = "an"  # "an ABC model"
+    suffix = ".abc"
+    input_suffixes = (".abc",)
+    default_preset = "default-abc"
+    options_class = AbcOptions
+
+    def __init__(self, tokenizer: Any = None) -> None:
+        self.tokenizer = tokenizer if tokenizer is not None else AbcTokenizer()
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_id)
+
+    @property
+    def bos_id(self) -> int:
+        return int(self.tokenizer.bos_id)
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.tokenizer.eos_id)
+
+    @property
+    def prompt_start(self) -> int:
+        return self.bos_id
+
+    def check_vocab(self, vocab_size: int, source: str = "model") -> None:
+        need = int(self.tokenizer.vocab_size)
+        if vocab_size < need:
+            raise RwkvMusicError(
+                f"{source}: vocabulary has {vocab_size} ids, an ABC model needs at least {need} (vocab/model mismatch)"
+            )
+
+    def encode(self, text: str, vocab_size: int | None = None) -> list[int]:
+        ids = [int(t) for t in self.tokenizer.encode(text)]
+        if vocab_size is not None:
+            bad = next((i for i, t in enumerate(ids) if t >= vocab_size), None)
+            if bad is not None:
+                raise AbcFormatError(
+                    f"ABC prompt: character {text[bad]!r} at position {bad} is outside the model's vocabulary"
+                )
+        return ids
+
+    def read_file(self, path: str | os.PathLike) -> str:
+        """The continuation prompt of the first tune of an .abc file."""
+        return read_tune(path)[0]
+
+    def row_prompt(self, item: RowInput, options: AbcOptions, vocab_size: int | None = None) -> RowPrompt:
+        """A tune start with its own ``K:`` keeps its header; anything else gets the options' header."""
+        if isinstance(item, os.PathLike):
+            item = self.read_file(item)
+        fields = header_fields(item) if item is not None else {}
+        if item is not None and fields.get("K"):
+            controls = [] if has_control_codes(item) else check_controls(options.controls)
+            text = "\n".join(controls + [item.strip("\n")]) + "\n"
+            header = AbcHeader(fields.get("M"), fields.get("L"), fields.get("K"))
+        else:
+            text = prompt_text(options.controls, options.key, options.meter, options.unit, options.tempo, item)
+            header = AbcHeader(options.meter, options.unit, options.key)
+        return RowPrompt([self.prompt_start] + self.encode(text, vocab_size), header)
+
+    def stop_ids(self, options: AbcOptions) -> list[int]:
+        return [self.eos_id]
+
+    def constraint(self, options: AbcOptions, group: Hashable) -> Any:
+        """The grammar / bar-balance constraint for the header ``group``, steering rows to end in time."""
+        if not options.constrained:
+            return None
+        try:
+            from rwkv_music.formats.abc.constraint import AbcConstraint
+        except ImportError as exc:
+            raise BackendUnavailable(
+                f"the ABC constraint is not available ({exc}); compose with constrained=False (--no-constraints)"
+            ) from None
+        header = group if isinstance(group, AbcHeader) else AbcHeader(*group)
+        forced = {"meter": header.meter, "unit": header.unit, "key": header.key}
+        return AbcConstraint(max_new_tokens=options.max_tokens, **{k: v for k, v in forced.items() if v})
+
+    def piece_ids(self, prompt: Sequence[int], new: Sequence[int]) -> list[int]:
+        specials = max(self.pad_id, self.bos_id, self.eos_id)
+        return [int(t) for t in list(prompt[1:]) + list(new) if t > specials]
+
+    def piece_text(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def validity(self, text: str) -> dict[str, Any]:
+        """music21 validity and bar balance of a tune (:mod:`rwkv_music.formats.abc.check`)."""
+        from rwkv_music.export.music21_io import quiet_music21
+        from rwkv_music.formats.abc.check import bar_balance, parse_ok
+
+        with quiet_music21():
+            report = bar_balance(text)
+            ok = bool(report.parsed and parse_ok(text))
+        return {
+            "parse_ok": ok,
+            "bars_checked": report.checked,
+            "bar_balance": round(report.rate, 4),
+            "overfull_bars": report.overfull,
+            "all_balanced": report.all_balanced,
+        }
+
+    def to_midi(self, text: str, source: str = "ABC text") -> Any:
+        from rwkv_music.export.music21_io import abc_to_midi
+
+        return abc_to_midi(text, source=source)
+
+    def to_score(self, text: str, source: str = "ABC text") -> Any:
+        from rwkv_music.export.music21_io import abc_to_score
+
+        return abc_to_score(text, source=source)
+
+    def __repr__(self) -> str:
+        return f"AbcFormat({self.tokenizer!r})"
+
+
+__all__ = ["AbcFormat"]

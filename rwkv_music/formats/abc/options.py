@@ -1,0 +1,42 @@
+"""What an ABC compose call asks for: :class:`AbcOptions` (frozen, checked on construction)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from rwkv_music.formats.abc.header import check_controls, check_key, check_meter, check_tempo, check_unit
+from rwkv_music.formats.base import positive_int
+
+
+@dataclass(frozen=True)
+class AbcOptions:
+    """What an ABC compose call asks for (everything but the prompt, seed and sampling).
+
+    The header values are checked by :mod:`rwkv_music.formats.abc.header`, the rules the ABC
+    constraint honours, so a bad value fails here, before any model is loaded.
+    """
+
+    key: str = "D"
+    meter: str = "4/4"
+    unit: str = "1/8"
+    tempo: str | int | None = None  # Q: (beats per minute or "1/4=120"); None = no Q: line
+    controls: str = "S:2"  # TunesFormer control codes (FORMATS B)
+    constrained: bool = True  # ABC grammar / bar-balance constraint
+    max_tokens: int = 1024
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", check_key(self.key))
+        object.__setattr__(self, "meter", check_meter(self.meter))
+        object.__setattr__(self, "unit", check_unit(self.unit))
+        if self.tempo is not None:
+            object.__setattr__(self, "tempo", check_tempo(self.tempo))
+        check_controls(self.controls)
+        positive_int("max_tokens", self.max_tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+__all__ = ["AbcOptions"]
