@@ -40,13 +40,13 @@ Examples:
 @boundary
 def info(model: str, backend: str) -> None:
     """Show a model's version, sizes, vocabulary, mode and dtype."""
-    from rwkv_music import load_model
+    from rwkv_music.backends import load_backend
     from rwkv_music.formats.base import VOCAB_MODES
 
     path = Path(model)
     if not path.is_file():
         raise RwkvMusicError(f"{path}: no such model file")
-    m = load_model(path, backend=backend)
+    m = load_backend(path, backend=backend)
     c = m.config
     rows = [
         ("file", f"{path} ({path.stat().st_size / 2**20:.1f} MiB)"),

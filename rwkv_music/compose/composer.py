@@ -73,7 +73,7 @@ class Composer:
         ``mode=`` overrides it and is checked against the vocabulary.  ``threads`` sets the CPU
         threads of the backend (``None``: the runtime's default).
         """
-        from rwkv_music import load_model
+        from rwkv_music.backends import load_backend
 
         if model is None:
             mode = mode or "midi"  # the toolkit's main job; Composer.load(mode="abc") for tunes
@@ -82,7 +82,7 @@ class Composer:
         if not path.exists():
             raise RwkvMusicError(f"{path}: no such model file")
         extra = {} if threads is None else {"threads": threads}
-        backend_model = load_model(path, backend=backend, device=device, dtype=dtype, **extra)
+        backend_model = load_backend(path, backend=backend, device=device, dtype=dtype, **extra)
         return cls(backend_model, mode, model_name=str(path))
 
     def __repr__(self) -> str:

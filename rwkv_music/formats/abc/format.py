@@ -108,8 +108,8 @@ class AbcFormat:
 
     def validity(self, text: str) -> dict[str, Any]:
         """music21 validity and bar balance of a tune (:mod:`rwkv_music.formats.abc.check`)."""
-        from rwkv_music.export.music21_io import quiet_music21
         from rwkv_music.formats.abc.check import bar_balance, parse_ok
+        from rwkv_music.formats.score import quiet_music21
 
         with quiet_music21():
             report = bar_balance(text)
@@ -123,12 +123,12 @@ class AbcFormat:
         }
 
     def to_midi(self, text: str, source: str = "ABC text") -> Any:
-        from rwkv_music.export.music21_io import abc_to_midi
+        from rwkv_music.formats.score import abc_to_midi
 
         return abc_to_midi(text, source=source)
 
     def to_score(self, text: str, source: str = "ABC text") -> Any:
-        from rwkv_music.export.music21_io import abc_to_score
+        from rwkv_music.formats.score import abc_to_score
 
         return abc_to_score(text, source=source)
 

@@ -118,7 +118,7 @@ class MidiFormat:
 
     def validity(self, text: str) -> dict[str, Any]:
         """Whether the text decodes, and note metrics of the decoded file."""
-        from rwkv_music.export.midi import midi_metrics
+        from rwkv_music.formats.midi.files import midi_metrics
 
         try:
             return {"decodes": True, **midi_metrics(self.to_midi(text))}
@@ -129,7 +129,7 @@ class MidiFormat:
         return self.tokenizer.text_to_midi(text)
 
     def to_score(self, text: str, source: str = "MIDI data") -> Any:
-        from rwkv_music.export.music21_io import midi_to_score
+        from rwkv_music.formats.score import midi_to_score
 
         return midi_to_score(self.to_midi(text), source=source)
 
