@@ -47,7 +47,8 @@ def imports_of(path: Path) -> list[tuple[int, str]]:
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module == "rwkv_music":
-                found += [(node.lineno, "rwkv_music" if a.name in ("__version__",) else "rwkv_music.") for a in node.names]
+                version_only = all(a.name == "__version__" for a in node.names)
+                found.append((node.lineno, "rwkv_music" if version_only else "rwkv_music."))
             elif node.module.startswith("rwkv_music."):
                 found.append((node.lineno, node.module))
         elif isinstance(node, ast.Import):
