@@ -193,11 +193,12 @@ INTERESTING += [note_token(b, p, v) for b in (0, 1, 8, 12) for p in (0, 60, 127)
     target=st.sampled_from([None, 0.05, 0.5, 2.0]),
     tol=st.sampled_from([0.0, 0.05, 0.2]),
     prompts=st.lists(st.lists(st.sampled_from(INTERESTING), max_size=12), min_size=1, max_size=6),
+    musical=st.sampled_from([{}, {"ranges": True}, {"key": "auto", "key_notes": 2}, {"key": "Bb", "ranges": True}]),
 )
-def test_every_state_has_a_legal_token(seed, instruments, drums, poly, max_note, target, tol, prompts):
+def test_every_state_has_a_legal_token(seed, instruments, drums, poly, max_note, target, tol, prompts, musical):
     try:
         c = MidiConstraint(instruments, drums=drums, max_polyphony=poly, max_note_seconds=max_note,
-                           target_seconds=target, length_tolerance=tol)
+                           target_seconds=target, length_tolerance=tol, **musical)
     except SamplingValueError:
         return  # e.g. a target too short for the tolerance: rejected up front
     c.reset(prompts)
@@ -209,3 +210,76 @@ def test_every_state_has_a_legal_token(seed, instruments, drums, poly, max_note,
         tokens = [int(rng.choice(np.flatnonzero(m))) if rng.random() < 0.85 else int(rng.integers(VOCAB_SIZE))
                   for m in mask]
         c.update(tokens)
+
+
+# -- musicality: instrument ranges and keys (issue 15) ---------------------------------------------
+def note_ons(c: MidiConstraint, name: str, row: int = 0) -> set[int]:
+    """Pitches whose note-on (velocity bin 9) of instrument ``name`` is legal now."""
+    allowed = c.allowed()[row]
+    b = BIN_NAMES.index(name)
+    return {p for p in range(128) if allowed[note_token(b, p, 9)]}
+
+
+def test_instrument_ranges_from_the_table():
+    from rwkv_music.formats.midi.musicality import INSTRUMENT_RANGES
+
+    c = constraint_for([], ranges=True)
+    for name in ("violin", "flute", "tuba", "bass"):
+        lo, hi = INSTRUMENT_RANGES[name]
+        assert note_ons(c, name) == set(range(lo, hi + 1)), name
+    assert note_ons(c, "percussion") == set(range(128))  # drum-kit keys are not pitches
+    assert note_ons(constraint_for([]), "violin") == set(range(128))  # off unless asked
+    narrow = constraint_for([], ranges=True, pitch_range=(60, 70))
+    assert note_ons(narrow, "violin") == set(range(60, 71))
+    with pytest.raises(SamplingValueError):
+        MidiConstraint(["flute"], ranges=True, pitch_range=(20, 40))  # nothing left to play
+
+
+def test_a_fixed_key_masks_out_of_scale_note_ons_but_not_their_release():
+    d_major = {2, 4, 6, 7, 9, 11, 1}
+    c = constraint_for(["pi:41:8"], key="D")  # a sounding F natural (out of D major) from the prompt
+    assert {p % 12 for p in note_ons(c, "piano")} == d_major
+    assert "pi:41:0" in legal(c)  # it can still be released
+    assert note_ons(c, "percussion") == set(range(128))
+    with pytest.raises(SamplingValueError):
+        MidiConstraint(key="H")
+
+
+def test_auto_key_settles_on_the_scale_of_the_first_notes():
+    c_major = [f"pi:{p:x}:8" for p in (60, 62, 64, 65, 67, 69, 71, 72)]
+    c = constraint_for(c_major[:7], key="auto")  # seven notes: not settled yet
+    assert len({p % 12 for p in note_ons(c, "violin")}) == 12
+    c.update([ID[c_major[7]]])
+    assert {p % 12 for p in note_ons(c, "violin")} == {0, 2, 4, 5, 7, 9, 11}
+    rows = MidiConstraint(key="auto", key_notes=3)
+    rows.reset([[0, ID["pi:3e:8"], ID["pi:42:8"], ID["pi:45:8"]], [0]])  # row 0: D, F#, A (D or G or A major)
+    assert 5 not in {p % 12 for p in note_ons(rows, "piano", 0)}  # F natural is out for row 0
+    assert len({p % 12 for p in note_ons(rows, "piano", 1)}) == 12  # row 1 has heard nothing yet
+
+
+def test_a_finite_scale_penalty_lowers_out_of_key_note_ons():
+    c = constraint_for([], key="C", scale_penalty=3.0)
+    out = c(0, np.zeros((1, VOCAB_SIZE), dtype=np.float32))
+    assert out[0, ID["pi:3c:8"]] == 0.0 and out[0, ID["pi:3d:8"]] == -3.0
+    assert out[0, ID["pi:3d:0"]] == -np.inf  # not sounding: its note-off stays illegal
+
+
+def test_composed_pieces_keep_key_range_polyphony_and_release_notes_themselves(checkpoint_path):
+    """The compose defaults (MidiOptions) on a random-weights model: the musicality rules hold."""
+    from rwkv_music import Composer
+    from rwkv_music.formats.midi.musicality import INSTRUMENT_RANGES, best_diatonic_scale, note_events
+
+    path = checkpoint_path("4", vocab_size=VOCAB_SIZE, n_embd=64, n_layer=2, seed=4)
+    composer = Composer.load(path, mode="midi")
+    pieces = composer.compose_midi(n=6, seconds=6, instruments=["violin", "flute", "bass"], seed=1)
+    for piece in pieces:
+        events = note_events(piece.tokens)
+        assert events, "a piece with no notes"
+        pitched = [e for e in events if e.instrument not in ("percussion", "drum")]
+        later = [e.pitch for e in pitched[8:]]  # after the key settled (auto, 8 notes)
+        assert best_diatonic_scale(later)[0] == 1.0
+        for e in events:
+            lo, hi = INSTRUMENT_RANGES[e.instrument]
+            assert lo <= e.pitch <= hi
+            assert not e.forced  # the constraint released every note before the decoder's 5 s
+            assert e.end - e.start <= 4.0 + 1e-9

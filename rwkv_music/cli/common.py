@@ -135,10 +135,16 @@ class MidiFlags:
     seconds: float | None = None
     instruments: str | None = None
     constrained: bool = True
+    key: str | None = None  # None: the options' default ("auto")
 
     @classmethod
     def parse(
-        cls, seconds: float | None, instruments: str | None, piano_only: bool, no_constraints: bool
+        cls,
+        seconds: float | None,
+        instruments: str | None,
+        piano_only: bool,
+        no_constraints: bool,
+        midi_key: str | None = None,
     ) -> "MidiFlags":
         if piano_only and instruments:
             raise click.BadParameter("use either --instruments or --piano-only", param_hint="--piano-only")
@@ -147,18 +153,27 @@ class MidiFlags:
             raise click.BadParameter(
                 "--instruments/--piano-only/--seconds need the constraint", param_hint="--no-constraints"
             )
-        return cls(seconds, instruments, not no_constraints)
+        if no_constraints and midi_key is not None:
+            raise click.BadParameter("--key needs the constraint", param_hint="--no-constraints")
+        return cls(seconds, instruments, not no_constraints, midi_key)
 
     @property
     def given(self) -> bool:
         """Whether a MIDI-only flag was given (an error for ABC)."""
         return bool(self.seconds or self.instruments)
 
+    @property
+    def midi_key(self) -> str | None:
+        """The key for :class:`MidiOptions`: ``"auto"`` unless given; ``"none"`` turns the rule off."""
+        if self.key is None:
+            return "auto"
+        return None if self.key.strip().lower() == "none" else self.key
+
     def options(self, max_tokens: int) -> Any:
         """The :class:`~rwkv_music.compose.options.MidiOptions` (instrument names checked now)."""
         from rwkv_music.compose.options import MidiOptions
 
-        return MidiOptions(self.seconds, max_tokens, self.instruments, self.constrained)
+        return MidiOptions(self.seconds, max_tokens, self.instruments, self.constrained, key=self.midi_key)
 
 
 def format_options(fmt: Any, values: dict[str, Any], ignore: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -251,7 +266,15 @@ midi_options = combine(
     ),
     click.option("--piano-only", is_flag=True, help="Only piano notes (the ChatRWKV piano-only mode)."),
     click.option("--no-constraints", is_flag=True, help="Plain sampling: no MIDI well-formedness constraint."),
-    collect("midi", MidiFlags.parse, ("seconds", "instruments", "piano_only", "no_constraints")),
+    click.option(
+        "--key",
+        "midi_key",
+        default=None,
+        metavar="KEY",
+        help="MIDI: keep pitched notes in this key's scale (D, Am, F#dor); 'auto' (default) keeps the key the "
+        "piece settles in over its first notes, 'none' allows every pitch.",
+    ),
+    collect("midi", MidiFlags.parse, ("seconds", "instruments", "piano_only", "no_constraints", "midi_key")),
 )
 
 

@@ -323,6 +323,8 @@ def continue_(
         raise RwkvMusicError(f"{file}: no such file")
     values = {"seconds": midi.seconds, "instruments": midi.instruments, "constrained": midi.constrained}
     values |= {"max_tokens": max_tokens, "controls": controls}
+    if midi.key is not None:  # MIDI: the scale rule; an ABC tune keeps its own K: (a bad key fails here)
+        values["key"] = midi.midi_key
     options = fmt.options_class(**format_options(fmt, values, ignore=("controls",)))
     seed = seed_or_new(seed)
     stem = f"{Path(file).stem}-cont-{seed}"

@@ -21,6 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
+from rwkv_music.errors import RwkvMusicError
+from rwkv_music.formats.midi.musicality import INSTRUMENT_RANGES, best_diatonic_scale, parse_key, scale_pitch_classes
 from rwkv_music.formats.midi.vocab import LAYOUT
 from rwkv_music.sampling.base import LogitsProcessor, SamplingValueError
 
@@ -54,6 +56,12 @@ def _bin_index(item: str | int) -> int:
     raise SamplingValueError(f"instruments: unknown instrument {item!r}; use a bin index 0-12 or one of {names}")
 
 
+def _scale_row(pitch_classes: frozenset[int]) -> np.ndarray:
+    row = np.zeros(12, dtype=bool)
+    row[list(pitch_classes)] = True
+    return row
+
+
 class MidiConstraint(LogitsProcessor):
     """Only tokens that keep a MIDI piece well formed and within the requested limits.
 
@@ -72,6 +80,13 @@ class MidiConstraint(LogitsProcessor):
         length_tolerance: relative tolerance of the piece length.
         end_bias: logit bias on the end tokens at ``target * (1 + tolerance)``.
         end_tokens: ids that end a piece (default ``<pad>`` and ``<end>``).
+        ranges: also keep each instrument inside its playable range
+            (:data:`~rwkv_music.formats.midi.musicality.INSTRUMENT_RANGES`: a violin never below G3).
+        key: keep pitched note-ons in a diatonic scale: a key (``"D"``, ``"Am"``, ``"F# dorian"``),
+            ``"auto"`` (the scale that fits the first ``key_notes`` notes of the row, prompt
+            included, is kept from then on) or ``None`` (any pitch).  Drums are exempt.
+        key_notes: notes heard before ``"auto"`` settles on a scale.
+        scale_penalty: ``inf`` masks out-of-key note-ons; a finite value subtracts it from their logits.
 
     Rules for a row, each step (time = sum of wait tokens since the piece began, in 8 ms ticks;
     the prompt counts, from its last ``<pad>``/``<start>``/``<end>``):
@@ -113,6 +128,10 @@ class MidiConstraint(LogitsProcessor):
         length_tolerance: float = 0.05,
         end_bias: float = 4.0,
         end_tokens: Sequence[int] = (PAD_ID, END_ID),
+        ranges: bool = False,
+        key: str | None = None,
+        key_notes: int = 8,
+        scale_penalty: float = math.inf,
     ) -> None:
         bins = set(range(N_BINS)) if instruments is None else {_bin_index(i) for i in instruments}
         if drums is True:
@@ -160,6 +179,21 @@ class MidiConstraint(LogitsProcessor):
                 raise SamplingValueError(f"end_tokens may only hold 0 (<pad>) and 2 (<end>), got {t!r}")
         if not end_tokens:
             raise SamplingValueError("end_tokens must not be empty")
+        if not (isinstance(key_notes, int) and not isinstance(key_notes, bool) and key_notes >= 1):
+            raise SamplingValueError(f"key_notes must be an integer >= 1, got {key_notes!r}")
+        if not (isinstance(scale_penalty, (int, float)) and scale_penalty > 0):
+            raise SamplingValueError(f"scale_penalty must be > 0 (inf masks), got {scale_penalty!r}")
+        self.key = None if key in (None, "none", "") else str(key).strip()
+        self._fixed_scale: np.ndarray | None = None
+        if self.key is not None and self.key.lower() != "auto":
+            try:
+                tonic, mode = parse_key(self.key)
+            except RwkvMusicError as exc:
+                raise SamplingValueError(f"key: {exc}") from None
+            self._fixed_scale = _scale_row(scale_pitch_classes(tonic, mode))
+        self.key_notes = int(key_notes)
+        self.scale_penalty = float(scale_penalty)
+        self.ranges = bool(ranges)
         self.instruments = tuple(BIN_NAMES[b] for b in sorted(bins))
         self.pitch_range = (int(low), int(high))
         self.max_polyphony = max_polyphony
@@ -167,8 +201,23 @@ class MidiConstraint(LogitsProcessor):
         self.end_bias = float(end_bias)
         self.end_tokens = tuple(int(t) for t in end_tokens)
         pitch = np.arange(N_PITCH)
-        per_bin = [np.full(N_PITCH, b in bins) & ((b == 0) | ((pitch >= low) & (pitch <= high))) for b in range(N_BINS)]
+        per_bin = []
+        for b in range(N_BINS):
+            lo, hi = low, high
+            if self.ranges and BIN_NAMES[b] in INSTRUMENT_RANGES:  # the instrument's playable range too
+                lo, hi = max(lo, INSTRUMENT_RANGES[BIN_NAMES[b]][0]), min(hi, INSTRUMENT_RANGES[BIN_NAMES[b]][1])
+            unpitched = BIN_NAMES[b] == "percussion"  # drum-kit keys: the pitch picks a drum, no range
+            per_bin.append(np.full(N_PITCH, b in bins) & (unpitched | ((pitch >= lo) & (pitch <= hi))))
         self._can_start = np.concatenate(per_bin)  # [N_KEYS] static note-on permission
+        if not self._can_start.any():
+            raise SamplingValueError(
+                f"instruments {', '.join(BIN_NAMES[b] for b in sorted(bins))}: no pitch left in pitch_range "
+                f"{self.pitch_range} and their ranges"
+            )
+        self._pitched = np.concatenate([np.full(N_PITCH, b not in DRUM_BINS) for b in range(N_BINS)])  # [N_KEYS]
+        self._key_pc = np.tile(np.arange(N_PITCH) % 12, N_BINS)  # [N_KEYS] pitch class of each key
+        self._scale = np.ones((0, 12), dtype=bool)  # per row: pitch classes a pitched note may start on
+        self._pc_counts = np.zeros((0, 12), dtype=np.int64)  # per row: pitched note-ons so far (key "auto")
         self._start = np.zeros((0, N_KEYS), dtype=np.int64)  # tick a sounding note began, -1 = silent
         self._time = np.zeros(0, dtype=np.int64)  # ticks since the piece began
 
@@ -181,6 +230,10 @@ class MidiConstraint(LogitsProcessor):
     def reset(self, prompts: Sequence[Sequence[int]]) -> None:
         self._start = np.full((len(prompts), N_KEYS), -1, dtype=np.int64)
         self._time = np.zeros(len(prompts), dtype=np.int64)
+        self._scale = np.ones((len(prompts), 12), dtype=bool)
+        if self._fixed_scale is not None:
+            self._scale[:] = self._fixed_scale
+        self._pc_counts = np.zeros((len(prompts), 12), dtype=np.int64)
         for row, prompt in enumerate(prompts):
             for t in prompt:
                 self._advance(row, int(t), where="prompt")
@@ -205,6 +258,12 @@ class MidiConstraint(LogitsProcessor):
             key, vel = divmod(t - NOTE_BASE, N_VEL)
             # note-on of a sounding note restarts it (the decoder re-triggers, C4); orphan offs in a prompt are ignored
             self._start[row, key] = self._time[row] if vel else -1
+            if vel and self._pitched[key] and self.key is not None and self.key.lower() == "auto":
+                counts = self._pc_counts[row]
+                counts[self._key_pc[key]] += 1
+                if counts.sum() == self.key_notes:  # enough notes heard: keep the piece in their key
+                    _, tonic = best_diatonic_scale(np.repeat(np.arange(12), counts))
+                    self._scale[row] = _scale_row(scale_pitch_classes(tonic))
 
     # -- masking -------------------------------------------------------------------------
     def allowed(self) -> np.ndarray:
@@ -235,9 +294,16 @@ class MidiConstraint(LogitsProcessor):
         mask[:, WAIT_FIRST:NOTE_BASE] = np.arange(1, MAX_WAIT + 1)[None, :] <= wait_limit[:, None]
         notes = mask[:, NOTE_BASE:].reshape(n_rows, N_KEYS, N_VEL)  # a view into mask
         notes[:, :, 0] = np.where(forced[:, None], overdue, sounding)
-        notes[:, :, 1:] = (self._can_start[None, :] & ~sounding & can_on[:, None])[:, :, None]
+        start_ok = self._can_start[None, :] & ~sounding & can_on[:, None]
+        if self.key is not None and math.isinf(self.scale_penalty):
+            start_ok &= self._in_scale()
+        notes[:, :, 1:] = start_ok[:, :, None]
         mask[:, list(self.end_tokens)] = end_ok[:, None]
         return mask
+
+    def _in_scale(self) -> np.ndarray:
+        """``[B, N_KEYS]``: the key's pitch class is in the row's scale, or the key is a drum."""
+        return self._scale[:, self._key_pc] | ~self._pitched[None, :]
 
     def end_bias_now(self) -> np.ndarray:
         """Bias ``[B]`` added to the end tokens: 0 at the minimum length, ``end_bias`` at the maximum."""
@@ -253,6 +319,10 @@ class MidiConstraint(LogitsProcessor):
                 "(batch from reset(), MIDI vocabulary)"
             )
         out = np.where(self.allowed(), scores, np.array(-np.inf, dtype=scores.dtype))
+        if self.key is not None and not math.isinf(self.scale_penalty):  # out-of-key note-ons: penalised
+            off_key = ~self._in_scale()  # [B, N_KEYS]
+            notes = out[:, NOTE_BASE:].reshape(len(self._time), N_KEYS, N_VEL)
+            notes[:, :, 1:] -= (off_key * self.scale_penalty).astype(scores.dtype)[:, :, None]
         bias = self.end_bias_now().astype(scores.dtype)
         for t in self.end_tokens:
             out[:, t] += bias

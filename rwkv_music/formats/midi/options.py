@@ -10,7 +10,13 @@ from rwkv_music.errors import RwkvMusicError
 from rwkv_music.formats.base import positive_int
 
 MAX_MIDI_PROMPT = 2048  # continuation reads the last tokens of long files (the MIDI model saw ctx 4096)
-LIMIT_NAMES = ("pitch_range", "max_polyphony", "max_note_seconds", "drums", "length_tolerance", "end_bias")
+LIMIT_NAMES = (
+    "pitch_range", "max_polyphony", "max_note_seconds", "drums", "length_tolerance", "end_bias",
+    "ranges", "key_notes", "scale_penalty",
+)  # fmt: skip
+# On unless a call says otherwise (issue 15): instruments stay in their ranges, at most 8 notes sound
+# at once, and the constraint releases a note after 4 s instead of leaving it to the decoder's 5-s cut.
+MUSICAL_DEFAULTS: dict[str, Any] = {"ranges": True, "max_polyphony": 8, "max_note_seconds": 4.0}
 
 
 @dataclass(frozen=True)
@@ -20,9 +26,10 @@ class MidiOptions:
     seconds: float | None = None  # target length of the new music; None = the model decides
     max_tokens: int = 2048  # hard cap on new tokens per piece
     instruments: tuple[str, ...] | None = None  # FORMATS C1 bin names; None = any
-    constrained: bool = True  # MidiConstraint on (needed for instruments/seconds/limits)
-    limits: tuple[tuple[str, Any], ...] = ()  # more MidiConstraint arguments (LIMIT_NAMES)
+    constrained: bool = True  # MidiConstraint on (needed for instruments/seconds/limits/key)
+    limits: tuple[tuple[str, Any], ...] = ()  # more MidiConstraint arguments (LIMIT_NAMES), over MUSICAL_DEFAULTS
     max_prompt_tokens: int = MAX_MIDI_PROMPT
+    key: str | None = "auto"  # diatonic key for pitched notes: "D", "Am", "auto" (the piece's own) or None
 
     def __post_init__(self) -> None:
         inst = self.instruments
@@ -43,6 +50,8 @@ class MidiOptions:
             raise RwkvMusicError(f"seconds must be a positive number, got {self.seconds!r}")
         if not self.constrained and (inst or self.seconds or limits):
             raise RwkvMusicError("instruments, seconds and limits need the MIDI constraint (drop --no-constraints)")
+        if self.key is not None and not isinstance(self.key, str):
+            raise RwkvMusicError(f"key must be a key name, 'auto' or None, got {self.key!r}")
         if self.constrained:  # instrument names and limits are checked by the constraint itself: now, not mid-run
             self.constraint(self.seconds)
 
@@ -50,7 +59,8 @@ class MidiOptions:
         """A fresh :class:`~rwkv_music.formats.midi.constraint.MidiConstraint` for these options."""
         from rwkv_music.formats.midi.constraint import MidiConstraint
 
-        return MidiConstraint(self.instruments, target_seconds=target_seconds, **dict(self.limits))
+        limits = {**MUSICAL_DEFAULTS, **dict(self.limits)}
+        return MidiConstraint(self.instruments, target_seconds=target_seconds, key=self.key, **limits)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -59,4 +69,4 @@ class MidiOptions:
         return d
 
 
-__all__ = ["LIMIT_NAMES", "MAX_MIDI_PROMPT", "MidiOptions"]
+__all__ = ["LIMIT_NAMES", "MAX_MIDI_PROMPT", "MUSICAL_DEFAULTS", "MidiOptions"]
