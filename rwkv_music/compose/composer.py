@@ -117,6 +117,7 @@ class Composer:
         callback: ProgressCallback | None = None,
         constrained: bool = True,
         limits: dict[str, Any] | None = None,
+        key: str | None = "auto",
         **sampling: Any,
     ) -> list[Piece]:
         """Compose ``n`` MIDI pieces.
@@ -135,13 +136,16 @@ class Composer:
             constrained: use :class:`~rwkv_music.formats.midi.constraint.MidiConstraint`
                 (well-formed notes, instruments, length); ``instruments``/``seconds`` need it.
             limits: more ``MidiConstraint`` arguments (``pitch_range``, ``max_polyphony``,
-                ``max_note_seconds``, ``drums``).
+                ``max_note_seconds``, ``drums``, ``ranges``, ...) over the musical defaults
+                (:data:`~rwkv_music.formats.midi.options.MUSICAL_DEFAULTS`).
+            key: keep pitched notes in a diatonic scale: a key (``"D"``, ``"Am"``), ``"auto"``
+                (the scale the piece settles in over its first notes) or ``None`` (any pitch).
             **sampling: preset overrides (``temperature``, ``top_p``, ``top_k``, ...).
 
         Returns:
             ``n`` :class:`~rwkv_music.compose.piece.Piece` objects (``.text``, ``.to_midi()``, ``.save()``).
         """
-        options = MidiOptions(seconds, max_tokens, instruments, constrained, limits or {})
+        options = MidiOptions(seconds, max_tokens, instruments, constrained, limits or {}, key=key)
         return self.compose_rows(
             [prompt] * n, options, seed=seed, preset=preset, state=state, callback=callback, **sampling
         )
@@ -159,6 +163,7 @@ class Composer:
         callback: ProgressCallback | None = None,
         constrained: bool = True,
         limits: dict[str, Any] | None = None,
+        key: str | None = "auto",
         **sampling: Any,
     ) -> list[Piece]:
         """Continue the MIDI file at ``path`` ``n`` times; each piece holds the file's notes too.
@@ -166,7 +171,7 @@ class Composer:
         Arguments as in :meth:`compose_midi`; long files are cut to their last
         ``MidiOptions.max_prompt_tokens`` tokens.
         """
-        options = MidiOptions(seconds, max_tokens, instruments, constrained, limits or {})
+        options = MidiOptions(seconds, max_tokens, instruments, constrained, limits or {}, key=key)
         return self.compose_rows(
             [Path(path)] * n, options, seed=seed, preset=preset, state=state, callback=callback, **sampling
         )
