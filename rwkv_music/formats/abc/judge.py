@@ -155,7 +155,10 @@ def key_signature(value: str) -> tuple[int | None, dict[str, int]]:
 
 
 def _length(num: str, slashes: str, den: str) -> Fraction:
-    value = Fraction(int(num)) if num else Fraction(1)
+    """A note-length suffix in units of L; a zero length or divisor (``A/0``, ``A0``) counts as 1."""
+    value = Fraction(int(num)) if num and int(num) else Fraction(1)
+    if den and int(den) == 0:
+        den = ""
     if slashes:
         value /= int(den) if den else 2 ** len(slashes)
         if den and len(slashes) > 1:
