@@ -157,7 +157,11 @@ def test_generate_abc_writes_tunes_that_music21_reads(abc_model: Path, tmp_path:
             "--meter",
             "6/8",
             "--max-tokens",
-            40,
+            60,
+            "--parts",
+            1,
+            "--bars-per-part",
+            4,
             "--seed",
             2,
             "--midi",
@@ -334,7 +338,7 @@ def test_threads_and_int8_reach_the_runtime(abc_model: Path, tmp_path: Path) -> 
     torch.set_num_threads(2)  # so that 1 afterwards is the option's doing
     try:
         result = _run(["generate-abc", "--model", abc_model, "--dtype", "int8", "--threads", 1, "-n", 1,
-                       "--max-tokens", 30, "--seed", 4, "--out", tmp_path, "-q"])
+                       "--max-tokens", 60, "--bars-per-part", 4, "--parts", 1, "--seed", 4, "--out", tmp_path, "-q"])
         assert result.exit_code == 0, result.output
         assert torch.get_num_threads() == 1
         assert len(list(tmp_path.glob("*.abc"))) == 1
@@ -399,3 +403,20 @@ def test_continue_an_abc_tune_and_midi_only_flags(abc_model: Path, tmp_path: Pat
     assert (tmp_path / "o" / "tune-cont-3-00.abc").read_text().startswith("X:1\nL:1/8\nM:2/4\nK:G\nGABc|d4|")
     stray = _run(["continue", src, "--model", abc_model, "--seconds", 3, "--out", tmp_path / "p"])
     assert stray.exit_code == 2 and "--seconds: not an option of ABC models" in stray.stderr
+
+
+def test_generate_abc_form_options_and_a_budget_too_small(abc_model: Path, tmp_path: Path) -> None:
+    """The tune form from the CLI: parts x bars, a clear error when --max-tokens cannot hold it."""
+    from rwkv_music.formats.abc.judge import judge_tune
+
+    result = _run(["generate-abc", "--model", abc_model, "-n", 2, "--meter", "3/4", "--parts", 2, "--bars-per-part", 4,
+                   "--seed", 5, "--out", tmp_path, "-q"])
+    assert result.exit_code == 0, result.output
+    for path in sorted(tmp_path.glob("*.abc")):
+        report = judge_tune(path.read_text())
+        assert report.strictly_balanced and report.part_bars == (4, 4) and report.ends_on_tonic, path.read_text()
+    small = _run(["generate-abc", "--model", abc_model, "--max-tokens", 20, "--out", tmp_path / "s", "-q"])
+    assert small.exit_code != 0 and "too small for the form" in small.stderr
+    assert len(small.stderr.strip().splitlines()) == 1
+    free = _run(["generate-abc", "--model", abc_model, "--free-form", "--parts", 2, "--out", tmp_path / "f", "-q"])
+    assert free.exit_code != 0 and "form" in free.stderr

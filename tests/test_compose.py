@@ -143,7 +143,7 @@ def test_invalid_abc_header_fails_at_construction() -> None:
 
 
 def test_constrained_abc_tunes_parse_in_music21(abc_composer: Composer) -> None:
-    pieces = abc_composer.compose_abc(n=2, key="D", meter="6/8", max_tokens=48, seed=3)
+    pieces = abc_composer.compose_abc(n=2, key="D", meter="6/8", max_tokens=64, parts=1, bars_per_part=4, seed=3)
     assert all(p.meta["validity"].get("parse_ok") for p in pieces)
 
 

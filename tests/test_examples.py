@@ -26,7 +26,7 @@ def test_compose_jig_writes_a_tune_book(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     model = checkpoint_path("7", vocab_size=128, n_layer=2)
-    _run("compose_jig.py", ["--model", model, "-n", 2, "--max-tokens", 24, "--out", tmp_path], monkeypatch)
+    _run("compose_jig.py", ["--model", model, "-n", 2, "--max-tokens", 160, "--out", tmp_path], monkeypatch)
     book = (tmp_path / "jigs.abc").read_text()
     assert [line for line in book.splitlines() if line.startswith(("X:", "M:", "K:"))] == [
         "X:1",

@@ -57,7 +57,8 @@ def test_special_ids_come_from_the_tokenizer() -> None:
 def test_rows_group_by_a_typed_key() -> None:
     abc = format_for("abc")
     tune = "L:1/16\nM:3/4\nK:Em\nEFG|"
-    assert abc.row_prompt(tune, AbcOptions()).group == AbcHeader("3/4", "1/16", "Em")
+    assert abc.row_prompt(tune, AbcOptions()).group == AbcHeader("3/4", "1/16", "Em", free=True)  # it has music
+    assert abc.row_prompt("L:1/16\nM:3/4\nK:Em\n", AbcOptions()).group == AbcHeader("3/4", "1/16", "Em")
     assert abc.row_prompt(None, AbcOptions(meter="6/8")).group == AbcHeader("6/8", "1/8", "D")
     midi = format_for("midi")
     assert midi.row_prompt("pi:3c:a t125 t125 pi:3c:0", MidiOptions(seconds=1)).group == PromptTime(2.0)

@@ -226,8 +226,25 @@ Examples:
 @click.option(
     "--max-tokens", type=click.IntRange(min=1), default=1024, show_default=True, help="Most new characters per tune."
 )
+@click.option(
+    "--parts", type=click.IntRange(min=1), default=None, help="Parts per tune (default: the S: control code, else 2)."
+)
+@click.option(
+    "--bars-per-part", type=click.IntRange(min=1), default=None, help="Bars per part (default: the B: code, else 8)."
+)
+@click.option("--no-cadence", is_flag=True, help="Do not require the tune to end on the tonic of K:.")
+@click.option(
+    "--free-form", is_flag=True, help="Only keep bars balanced: no parts, line layout or cadence imposed."
+)
 @collect("constrained", lambda no_constraints: not no_constraints, ("no_constraints",))  # runs first
-@collect("options", AbcOptions, ("key", "meter", "unit", "tempo", "controls", "constrained", "max_tokens"))
+@collect("cadence", lambda no_cadence: not no_cadence, ("no_cadence",))
+@collect("form", lambda free_form: not free_form, ("free_form",))
+@collect(
+    "options",
+    AbcOptions,
+    ("key", "meter", "unit", "tempo", "controls", "constrained", "max_tokens", "form", "parts", "bars_per_part",
+     "cadence"),
+)
 @click.option("--state", "state_file", type=click.Path(dir_okay=False), default=None, help="Initial state (.npz).")
 @seed_option
 @sampling_options

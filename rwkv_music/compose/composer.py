@@ -192,6 +192,10 @@ class Composer:
         preset: str | None = None,
         state: Any = None,
         callback: ProgressCallback | None = None,
+        form: bool = True,
+        parts: int | None = None,
+        bars_per_part: int | None = None,
+        cadence: bool = True,
         **sampling: Any,
     ) -> list[Piece]:
         """Compose ``n`` ABC tunes.
@@ -203,10 +207,16 @@ class Composer:
             prompt: first bars of music after the header, or a whole tune start with its own
                 ``L:``/``M:``/``K:`` lines (then ``key``/``meter``/``unit`` are read from it).
             constrained: add the ABC grammar / bar-balance constraint.
+            form: under the constraint, a fresh tune has ``parts`` parts (default: the ``S:`` code,
+                else 2) of ``bars_per_part`` bars (the ``B:`` code, else 8), section barlines only at
+                part ends, four bars a line and, with ``cadence``, its last note on the tonic of ``K:``;
+                ``form=False`` keeps only the bar rules.
             max_tokens, seed, preset, state, callback, **sampling: as in :meth:`compose_midi`
                 (default preset ``"default-abc"``; ``"chatrwkv-abc"`` is FORMATS D4).
         """
-        options = AbcOptions(key, meter, unit, tempo, controls, constrained, max_tokens)
+        options = AbcOptions(
+            key, meter, unit, tempo, controls, constrained, max_tokens, form, parts, bars_per_part, cadence
+        )
         return self.compose_rows(
             [prompt] * n, options, seed=seed, preset=preset, state=state, callback=callback, **sampling
         )

@@ -17,6 +17,16 @@ bytes the end needs.  While ``remaining - 2 >= len(c) + SLACK`` any legal byte m
 33, opening a ``(9`` tuplet); after that the row is forced along ``c`` and then eos, which always
 fits because the same inequality held one step earlier.  :meth:`AbcConstraint.min_bytes_to_end`
 answers "how many more tokens, eos included, does this row need at least".
+
+**Form** (issue 15, on by default): the rows write ``parts`` parts of ``bars_per_part`` bars
+with strict bars, section bar lines only at part ends, a line break every ``bars_per_line``
+bars, at most ``max_spaces`` spaces in a row, and end on the tonic (``cadence``) right after
+the last part (:class:`~rwkv_music.formats.abc.grammar.state.AbcGrammarConfig`).  The ending
+then needs the remaining bars, so a row's completion is long: completions are computed from
+``len(first body completion) + SLACK + 16`` tokens before the cap (at least ``ZONE``), and in
+the header every byte of an ``S:``/``B:``/``M:``/``L:`` value is only allowed when the form it
+implies still fits what is left (one such byte can lengthen the ending by far more than
+``SLACK``).  A ``max_new_tokens`` that cannot hold the form is refused at construction.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ import numpy as np
 
 from rwkv_music.errors import ConstraintError
 from rwkv_music.formats.abc.grammar.machine import PHASE_NAMES, AbcGrammar
-from rwkv_music.formats.abc.grammar.state import AbcGrammarConfig, AbcState
+from rwkv_music.formats.abc.grammar.state import BODY, AbcGrammarConfig, AbcState
 from rwkv_music.formats.abc.header import check_key, check_meter, check_unit
 from rwkv_music.sampling.base import LogitsProcessor, SamplingValueError
 
@@ -77,6 +87,14 @@ class AbcConstraint(LogitsProcessor):
         max_new_tokens: steer each row to a legal end within this many sampled tokens (eos
             included); ``None`` = no length steering.
         eos_id: the end-of-tune id (3 for BlinkDL's ABC models).
+        form: impose the tune form (default ``True`` without ``config``; with a ``config``,
+            ``None`` keeps ``config.form``).  The form keywords below override the config's
+            fields when not ``None``:
+        parts: parts of the tune (default: the prompt's ``S:n``, else 2).
+        bars_per_part: bars per part (default: the prompt's ``B:m``, else 8).
+        cadence: end on the tonic of ``K:`` (default ``True``).
+        max_spaces: most spaces in a row (default 1).
+        bars_per_line: bars per line of music (default 4).
 
     Prompts (``reset``) are fed to the grammar after dropping ids <= 3 (bos); a prompt byte the
     grammar does not allow raises :class:`ConstraintError` naming the row and position.  A
@@ -86,8 +104,8 @@ class AbcConstraint(LogitsProcessor):
     >>> c = AbcConstraint()
     >>> c.reset([[2] + [ord(ch) for ch in "L:1/8\\nM:2/4\\nK:G\\nG2 A2|B3"]])
     >>> allowed = np.isfinite(c(0, np.zeros((1, 128), dtype=np.float32)))[0]
-    >>> [chr(i) for i in np.flatnonzero(allowed) if chr(i) in "|c2/"]  # "|" only as "||" or "|]" here
-    ['/', 'c', '|']
+    >>> [chr(i) for i in np.flatnonzero(allowed) if chr(i) in "|c2/"]  # a short bar: no bar line of any kind
+    ['/', 'c']
     """
 
     rule = "abc_grammar"
@@ -101,8 +119,19 @@ class AbcConstraint(LogitsProcessor):
         key: str | None = None,
         max_new_tokens: int | None = None,
         eos_id: int = EOS_ID,
+        form: bool | None = None,
+        parts: int | None = None,
+        bars_per_part: int | None = None,
+        cadence: bool | None = None,
+        max_spaces: int | None = None,
+        bars_per_line: int | None = None,
     ) -> None:
-        cfg = config if config is not None else AbcGrammarConfig()
+        cfg = config if config is not None else AbcGrammarConfig(form=True)
+        shape = {"form": form, "parts": parts, "bars_per_part": bars_per_part, "cadence": cadence,
+                 "max_spaces": max_spaces, "bars_per_line": bars_per_line}  # fmt: skip
+        shape = {k: v for k, v in shape.items() if v is not None}
+        if shape:
+            cfg = dataclasses.replace(cfg, **shape)
         forced = {}
         for name, value, check in (("meter", meter, check_meter), ("unit", unit, check_unit), ("key", key, check_key)):
             if value is not None:
@@ -110,6 +139,8 @@ class AbcConstraint(LogitsProcessor):
                 forced[name] = str(value).strip()
         if forced:
             cfg = dataclasses.replace(cfg, **forced)
+        if cfg.form and cfg.meter is not None and cfg.meter.strip().lower() == "none":
+            cfg = dataclasses.replace(cfg, form=False)  # a free metre has no bars to shape
         if max_new_tokens is not None and (
             isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1
         ):
@@ -126,6 +157,26 @@ class AbcConstraint(LogitsProcessor):
         self._row_entries: list[_Entry | None] = []  # the entry of each row's state (saves hashing)
         self._counts: list[int] = []  # tokens sampled per row
         self._forced: list[str | None] = []  # the completion a row is being forced along
+        self._zones: list[int] = []  # per row: completions are computed this many tokens before the cap
+        if max_new_tokens is not None and cfg.form:
+            least = self._least_for_form()
+            if max_new_tokens < least:
+                raise SamplingValueError(
+                    f"max_new_tokens {max_new_tokens} is too small for the form: it needs at least {least} "
+                    f"(ask for fewer parts or bars, --parts/--bars-per-part, or drop the form, --free-form)"
+                )
+
+    def _least_for_form(self) -> int:
+        """Fewest tokens a tune body of the configured form takes (exact when meter and unit are forced)."""
+        cfg = self.config
+        parts, bars = cfg.parts or 2, cfg.bars_per_part or 8
+        if cfg.meter is not None and cfg.unit is not None:
+            head = f"M:{cfg.meter}\nL:{cfg.unit}\nK:{cfg.key or 'C'}\n"
+            state = self.grammar.feed(self.grammar.initial(), head)
+            need = self.grammar.completion(state) if state is not None else None
+            if need is not None:
+                return len(need) + 1
+        return parts * bars * 2 + parts * bars // cfg.bars_per_line + 1  # at least "z|" a bar and the breaks
 
     # -- per-state tables ---------------------------------------------------------------------
     def _entry(self, state: AbcState) -> _Entry:
@@ -169,22 +220,45 @@ class AbcConstraint(LogitsProcessor):
             return only, None
         entry = self._row_entries[row] or self._entry(state)
         path = self._forced[row]
+        legal = entry.legal
         if path is None and self.max_new_tokens is not None:
             remaining = self.max_new_tokens - self._counts[row]
-            if remaining <= ZONE:
+            if remaining <= self._zone(row, state):
                 path = self._completion(state)
                 if path is not None and remaining - 2 >= len(path) + SLACK:
                     path = None  # still free
+                    if self.config.form and state.phase != BODY and state.mode == "value":
+                        legal = self._fitting(entry, remaining)
         if path is None:
-            return entry.legal, None
+            return legal, None
         only = np.zeros(VOCAB, dtype=bool)
         only[ord(path[0]) if path else self.eos_id] = True
         return only, path
 
+    def _zone(self, row: int, state: AbcState) -> int:
+        """How many tokens before the cap this row's completions are watched (always, in the header)."""
+        if state.phase != BODY:
+            return self.max_new_tokens or 0
+        zone = self._zones[row]
+        if zone < 0:
+            need = self._completion(state)
+            zone = self._zones[row] = max(ZONE, (len(need) if need is not None else 0) + SLACK + 16)
+        return zone
+
+    def _fitting(self, entry: _Entry, remaining: int) -> np.ndarray:
+        """The legal bytes after which the (form's) shortest ending still fits ``remaining - 1`` tokens."""
+        legal = entry.legal.copy()
+        for b in np.flatnonzero(legal):
+            nxt = entry.successors[b] if b != self.eos_id else None
+            if nxt is not None:
+                need = self._completion(nxt)
+                legal[b] = need is not None and len(need) + 1 <= remaining - 1
+        return legal
+
     # -- the protocol -------------------------------------------------------------------------
     def reset(self, prompts: Sequence[Sequence[int]]) -> None:
         g = self.grammar
-        self._states, self._counts, self._forced, self._row_entries = [], [], [], []
+        self._states, self._counts, self._forced, self._row_entries, self._zones = [], [], [], [], []
         for row, prompt in enumerate(prompts):
             state = g.initial()
             for pos, t in enumerate(prompt):
@@ -213,6 +287,7 @@ class AbcConstraint(LogitsProcessor):
             self._row_entries.append(self._entry(state))
             self._counts.append(0)
             self._forced.append(None)
+            self._zones.append(-1)
 
     def process(self, step: int, scores: np.ndarray) -> np.ndarray:
         if scores.shape[0] != len(self._states):
@@ -251,7 +326,7 @@ class AbcConstraint(LogitsProcessor):
             self._forced[row] = path[1:] if path is not None else None
             if path is None and self.max_new_tokens is not None:
                 left = self.max_new_tokens - self._counts[row]
-                if left <= ZONE:
+                if left <= self._zone(row, nxt):  # type: ignore[arg-type]
                     need = self._completion(nxt)  # type: ignore[arg-type]
                     if need is None or len(need) + 1 > left:  # SLACK was too small: cannot happen
                         log.warning("%s: row %d needs more than the %d tokens left to end", self.rule, row, left)

@@ -11,7 +11,14 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 from rwkv_music.errors import AbcFormatError, BackendUnavailable, RwkvMusicError
-from rwkv_music.formats.abc.header import AbcHeader, check_controls, has_control_codes, header_fields, prompt_text
+from rwkv_music.formats.abc.header import (
+    AbcHeader,
+    check_controls,
+    has_control_codes,
+    header_fields,
+    music_after_header,
+    prompt_text,
+)
 from rwkv_music.formats.abc.options import AbcOptions
 from rwkv_music.formats.abc.tokenizer import AbcTokenizer
 from rwkv_music.formats.abc.tune import read_tune
@@ -76,10 +83,11 @@ class AbcFormat:
         if item is not None and fields.get("K"):
             controls = [] if has_control_codes(item) else check_controls(options.controls)
             text = "\n".join(controls + [item.strip("\n")]) + "\n"
-            header = AbcHeader(fields.get("M"), fields.get("L"), fields.get("K"))
+            free = bool(music_after_header(item).strip())
+            header = AbcHeader(fields.get("M"), fields.get("L"), fields.get("K"), free=free)
         else:
             text = prompt_text(options.controls, options.key, options.meter, options.unit, options.tempo, item)
-            header = AbcHeader(options.meter, options.unit, options.key)
+            header = AbcHeader(options.meter, options.unit, options.key, free=bool(item and item.strip()))
         return RowPrompt([self.prompt_start] + self.encode(text, vocab_size), header)
 
     def stop_ids(self, options: AbcOptions) -> list[int]:
@@ -97,7 +105,14 @@ class AbcFormat:
             ) from None
         header = group if isinstance(group, AbcHeader) else AbcHeader(*group)
         forced = {"meter": header.meter, "unit": header.unit, "key": header.key}
-        return AbcConstraint(max_new_tokens=options.max_tokens, **{k: v for k, v in forced.items() if v})
+        form = options.form and not header.free  # a continuation keeps the layout its prompt began
+        shape = {"parts": options.parts, "bars_per_part": options.bars_per_part} if form else {}
+        return AbcConstraint(
+            max_new_tokens=options.max_tokens,
+            form=form,
+            cadence=options.cadence and form,
+            **{k: v for k, v in {**forced, **shape}.items() if v},
+        )
 
     def piece_ids(self, prompt: Sequence[int], new: Sequence[int]) -> list[int]:
         specials = max(self.pad_id, self.bos_id, self.eos_id)

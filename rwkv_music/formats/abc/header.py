@@ -52,6 +52,7 @@ class AbcHeader:
     meter: str | None = None
     unit: str | None = None
     key: str | None = None
+    free: bool = False  # the prompt already holds music: its layout is the writer's, no form is imposed
 
 
 def check_meter(meter: Any) -> str:
@@ -129,6 +130,15 @@ def header_fields(tune: str) -> dict[str, str]:
     return fields
 
 
+def music_after_header(tune: str) -> str:
+    """The text after the header's field lines (empty for a bare header)."""
+    lines = tune.strip("\n").split("\n")
+    i = 0
+    while i < len(lines) and _FIELD_LINE.match(lines[i].strip()):
+        i += 1
+    return "\n".join(lines[i:])
+
+
 def has_control_codes(text: str) -> bool:
     """Whether ``text`` starts with a TunesFormer control-code line."""
     first = text.strip().split("\n", 1)[0].strip()
@@ -164,6 +174,7 @@ def prompt_text(
 
 __all__ = [
     "AbcHeader",
+    "music_after_header",
     "BPM_RANGE",
     "CONTROL_RANGES",
     "METER_DENOMINATORS",

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from rwkv_music.errors import RwkvMusicError
 from rwkv_music.formats.abc.header import check_controls, check_key, check_meter, check_tempo, check_unit
 from rwkv_music.formats.base import positive_int
 
@@ -25,6 +26,13 @@ class AbcOptions:
     controls: str = "S:2"  # TunesFormer control codes (FORMATS B)
     constrained: bool = True  # ABC grammar / bar-balance constraint
     max_tokens: int = 1024
+    # Tune form (issue 15), used by the constraint for fresh tunes: ``parts`` parts of
+    # ``bars_per_part`` bars (None: the prompt's S:/B: control codes, else 2 and 8), section
+    # barlines only at part ends, a line per 4 bars, and the last note on the tonic (``cadence``).
+    form: bool = True
+    parts: int | None = None
+    bars_per_part: int | None = None
+    cadence: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", check_key(self.key))
@@ -34,6 +42,11 @@ class AbcOptions:
             object.__setattr__(self, "tempo", check_tempo(self.tempo))
         check_controls(self.controls)
         positive_int("max_tokens", self.max_tokens)
+        for name in ("parts", "bars_per_part"):
+            if getattr(self, name) is not None:
+                positive_int(name, getattr(self, name))
+        if (self.parts is not None or self.bars_per_part is not None) and not self.form:
+            raise RwkvMusicError("parts and bars_per_part shape the tune form: drop form=False (--free-form)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -47,7 +47,9 @@ class BodyRules:
         self.pitches = pitches
         self.groups = groups = NoteGroupRules(config, timing, pitches, reread=self.idle)
         forced = {"M": config.meter, "L": config.unit, "K": config.key}
-        self.body_fields = "".join(f for f in config.body_fields if forced.get(f) is None)
+        # a form keeps one metre, unit and key, and its own line breaks: no body field lines
+        self.body_fields = "" if config.form else "".join(f for f in config.body_fields if forced.get(f) is None)
+        self.form = config.form
         self._idle_chars: dict[str, Rule] = {
             " ": self._space, "\t": self._noise, "`": self._noise, "y": self._noise,
             "\n": self._newline, "\\": self._open_continue, "%": self._open_comment,
@@ -61,6 +63,8 @@ class BodyRules:
 
     # -- idle: between tokens ---------------------------------------------------------------
     def idle(self, s: AbcState, c: str) -> AbcState | None:
+        if self.form and (s.need_nl or s.part >= s.parts):  # a due line break, or the tune is complete
+            return self._newline(s, c) if c == "\n" and s.need_nl else None
         if s.broken is not None and not self.lenient:
             # the right note of A>B must follow at once: music21 only pairs neighbouring tokens
             return self._note_start(s, c) if (c in PITCHES or c in ACCIDENTALS or c in "z[") else None
@@ -93,6 +97,10 @@ class BodyRules:
         )
 
     def _space(self, s: AbcState, c: str) -> AbcState | None:
+        if self.form:  # (the machine resets the count at any other byte)
+            if s.line_start or s.spaces >= self.config.max_spaces:
+                return None
+            s = s.replace(spaces=s.spaces + 1)
         return (
             s.replace(after_note=False, last=ZERO, no_left=False, line_start=False)
             if (s.after_note or s.line_start)
@@ -107,10 +115,12 @@ class BodyRules:
             return None
         if s.tuplet is not None and not self.lenient:
             return None
+        if self.form:
+            return body_line(s.replace(need_nl=False)) if s.need_nl else None
         return body_line(s)
 
     def _open_continue(self, s: AbcState, c: str) -> AbcState | None:
-        return None if s.need_note else s.replace(mode="cont", after_note=False, last=ZERO, no_left=False)
+        return None if s.need_note or self.form else s.replace(mode="cont", after_note=False, last=ZERO, no_left=False)
 
     def _open_comment(self, s: AbcState, c: str) -> AbcState | None:
         return (
@@ -134,9 +144,9 @@ class BodyRules:
     # -- notes and rests ------------------------------------------------------------------------
     def _note_start(self, s: AbcState, c: str) -> AbcState | None:
         if c == "[":
-            return s.replace(mode="lbr", after_note=False, last=ZERO, no_left=False, line_start=False)
-        if c in ACCIDENTALS and self.config.key_scale_only:
-            return None
+            return self.groups.open_bracket(s, c)
+        if c in ACCIDENTALS and (self.config.key_scale_only or self.timing.cadence_bar(s)):
+            return None  # (the last bar has no accidentals: the key signature makes its tonic)
         t = self.timing.begin(s)
         if t is None:
             return None
@@ -147,8 +157,12 @@ class BodyRules:
         if c == "x":  # lenient: music21 drops invisible rests, so they take no time
             return t.replace(mode="rest", buf="", nfac=Fraction(0))
         if c == "z":
-            return t.replace(mode="rest", buf="")
-        return self.pitches.pitch(t, c, "note")
+            t = t.replace(mode="rest", buf="")
+            return t if not self.timing.cadence or self.timing.length_ok(t, "") else None
+        t = self.pitches.pitch(t, c, "note")
+        if t is not None and self.timing.cadence and not self.timing.length_ok(t, ""):
+            return None  # not the tonic, and no room left for it after this note
+        return t
 
     def accidental(self, s: AbcState, c: str) -> AbcState | None:
         """After ``^``/``_``/``=`` before a note: a second ``^``/``_``, then the letter."""
@@ -156,7 +170,10 @@ class BodyRules:
             return s.replace(buf=c + c)
         if c not in PITCHES:
             return None
-        return self.pitches.pitch(s, c, "note")
+        t = self.pitches.pitch(s, c, "note")
+        if t is not None and self.timing.cadence and not self.timing.length_ok(t, ""):
+            return None
+        return t
 
     def decoration(self, s: AbcState, c: str) -> AbcState | None:
         """After ``~`` / ``T``: the note itself (music21 would read ``~.`` or ``T!`` as a note)."""
@@ -285,6 +302,10 @@ class BodyRules:
             s = s.replace(buf="|]")  # the last bar may be partial, whatever its bar line
         t = self.finish_token(s)
         if t is None or t.need_note or t.broken is not None or t.tuplet is not None:
+            return False
+        if self.form:  # the tune ends right after its last part's bar line
+            return t.part >= t.parts and t.slur == 0
+        if t.sect_pick:  # the pickup's closing bar is still owed
             return False
         if not t.any_note or t.full_bars < self.config.min_full_bars:
             return False

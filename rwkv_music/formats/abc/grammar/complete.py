@@ -71,6 +71,9 @@ class Completer:
         after = g.feed(s, token)
         if after is None:
             return None
+        if self.config.form or (self.config.short_bars == "paired" and not self.lenient):
+            tail = _greedy(g, after)
+            return None if tail is None else head + token + tail
         for tail in _tails(g, after):
             end = g.feed(after, tail)
             if end is not None and g.is_final(end):
@@ -112,7 +115,7 @@ def _finish_header(g: Completer, s: AbcState) -> str | None:
     cfg = g.config
     if cfg.x_field == "required" and "X" not in t.seen:
         out += "X:1\n"
-    if "M" not in t.seen and (cfg.meter is not None or "L" not in t.seen):
+    if "M" not in t.seen and (cfg.meter is not None or "L" not in t.seen or cfg.form):  # the form needs a metre
         out += "M:" + (g.header.meters.completion("") or "C") + "\n"
     if cfg.unit is not None and "L" not in t.seen:
         out += "L:" + cfg.unit + "\n"
@@ -198,15 +201,81 @@ def _token_piece(g: Completer, s: AbcState) -> str | None:
 # -- from a token boundary to the end ----------------------------------------------------------------
 def _note(g: Completer, s: AbcState, pitched: bool) -> str | None:
     """One legal note (pitched) or rest from ``s``, with the shortest legal length."""
-    start = _pitch(g, s) if pitched else "z"
-    t = g.feed(s, start) if start is not None else None
-    if t is None:
-        return None
-    for text, _ in g.timing.length_choices:
-        u = g.feed(t, text)
-        if u is not None and g.finish(u) is not None:
-            return start + text  # type: ignore[operator]
+    for start in ([] if pitched else ["z"]) + [_pitch(g, s)]:
+        t = g.feed(s, start) if start is not None else None
+        if t is None:
+            continue
+        for text, _ in g.timing.length_choices:
+            u = g.feed(t, text)
+            if u is not None and g.finish(u) is not None:
+                return start + text  # type: ignore[operator]
     return None
+
+
+_MAX_PIECES = 6000  # pieces of a greedy ending (the longest form: 8 parts of 32 bars)
+
+
+def _fill_note(g: Completer, s: AbcState, t: AbcState) -> str | None:
+    """One note of the greedy fill from ``s`` (finished state ``t``): the longest that fits the bar.
+
+    A rest, but a pitched note when none was written yet, and the tonic in a cadence bar.
+    """
+    timing = g.timing
+    if timing.cadence_bar(t):
+        letter = t.tonic
+        starts = [letter, letter.lower(), letter + ",", letter.lower() + "'"]
+    elif not t.any_note:
+        starts = [_pitch(g, s) or "C"]
+    else:
+        starts = ["z"]
+    room = (timing.target(t) - t.pos) / t.unit
+    for start in starts:
+        u = g.feed(s, start)
+        if u is None:
+            continue
+        for text, value in reversed(timing.length_choices_by_value):
+            if value <= room:
+                v = g.feed(u, text)
+                if v is not None and g.finish(v) is not None:
+                    return start + text
+    return None
+
+
+def _greedy(g: Completer, s: AbcState) -> str | None:
+    """An ending built piece by piece (strict metre and form): owed notes, slurs, then bars.
+
+    Each bar is filled toward :meth:`BarTiming.target` and closed by the first bar line the
+    machine takes (``|``, ``|]``, ``||``, ``:|``); line breaks come where the form asks.
+    """
+    out = ""
+    for _ in range(_MAX_PIECES):
+        if g.is_final(s):
+            return out
+        t = g.finish(s)
+        if t is None:
+            return None
+        if t.need_nl:
+            piece = "\n"
+        elif t.tuplet is not None or t.need_note or t.broken is not None:
+            piece = _note(g, s, not t.any_note)  # type: ignore[assignment]
+        elif t.slur and g.feed(s, ")") is not None:
+            piece = ")"
+        elif t.bar_len is None:
+            piece = (_note(g, s, True) or "") if not t.any_note else ("" if t.bar_notes else "C") + "|"
+        elif t.bar_notes and t.pos >= g.timing.target(t):
+            piece = next((b for b in ("|", "|]", "||", ":|") if _closes(g, s, b)), None)  # type: ignore[assignment]
+        else:
+            piece = _fill_note(g, s, t)  # type: ignore[assignment]
+        nxt = g.feed(s, piece) if piece else None
+        if nxt is None:
+            return None
+        out, s = out + piece, nxt
+    return None
+
+
+def _closes(g: Completer, s: AbcState, bar: str) -> bool:
+    t = g.feed(s, bar)
+    return t is not None and g.finish(t) is not None
 
 
 def _fill(g: Completer, t: AbcState, pitch: str) -> str:

@@ -48,6 +48,12 @@ class NoteGroupRules:
 
     # -- openers (from idle) -------------------------------------------------------------------
     def open_bracket(self, s: AbcState, c: str) -> AbcState | None:
+        if not self.lenient:  # "[" must start a chord that fits or a bar line that may end the bar
+            timing = self.timing
+            chord = self.config.chords and timing.music_ok(s) and not timing.cadence_bar(s)
+            bar = s.broken is None and not s.need_note and s.tuplet is None and timing.bar_text(s, "[") is not None
+            if not (chord or bar):
+                return None
         return s.replace(mode="lbr", after_note=False, last=ZERO, no_left=False, line_start=False)
 
     def open_paren(self, s: AbcState, c: str) -> AbcState | None:
@@ -66,6 +72,8 @@ class NoteGroupRules:
         if self.lenient:
             return s.replace(mode="brk", buf=c) if s.last > 0 else None
         if not (self.config.broken_rhythm and s.after_note and not s.no_left and s.tuplet is None):
+            return None
+        if self.timing.cadence_bar(s):
             return None
         t = s.replace(mode="brk", buf=c)
         return t if self.timing.broken_ok(t, LEFT_FACTOR[c]) else None
@@ -93,8 +101,8 @@ class NoteGroupRules:
     def bracket(self, s: AbcState, c: str) -> AbcState | None:
         """After ``[``: a chord, a bar line ``[|`` / ``[1``, or an inline field ``[K:G]``."""
         if c in PITCHES or c in ACCIDENTALS:
-            if not self.config.chords:
-                return None
+            if not self.config.chords or self.timing.cadence_bar(s):
+                return None  # (no chord in the last bar: its last note must be the tonic)
             t = self.timing.begin(s)
             return self.group(t.replace(mode="group", field="c", count=0, buf=""), c) if t is not None else None
         if s.broken is not None or s.need_note or (s.tuplet is not None and not self.lenient):
@@ -108,7 +116,7 @@ class NoteGroupRules:
     def group(self, s: AbcState, c: str) -> AbcState | None:
         """Inside ``[...]`` (field ``c``) or ``{...}`` (field ``g``), between notes."""
         if c in ACCIDENTALS:
-            if self.config.key_scale_only or s.count >= self._limit(s):
+            if self.config.key_scale_only or s.count >= self._limit(s) or self.timing.cadence_bar(s):
                 return None
             return s.replace(mode="gacc", buf=c)
         if c in PITCHES:
@@ -177,7 +185,7 @@ class NoteGroupRules:
     def paren(self, s: AbcState, c: str) -> AbcState | None:
         """After ``(``: a digit opens a tuplet, anything else makes it a slur."""
         if c.isdigit():
-            if not self.config.tuplets or (s.tuplet is not None and not self.lenient):
+            if not self.config.tuplets or (s.tuplet is not None and not self.lenient) or self.timing.cadence_bar(s):
                 return None
             return self.timing.tuplet_text(s, "(" + c)
         if not self.lenient and s.slur >= self.config.max_slur_depth:

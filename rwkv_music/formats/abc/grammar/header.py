@@ -45,7 +45,8 @@ class HeaderRules:
         cfg = config
         self.config = cfg
         self.lenient = cfg.lenient
-        meters = meter_values(cfg.max_meter_numerator, cfg.free_meter, cfg.meter_denominators)
+        # a form needs bars: no M:none
+        meters = meter_values(cfg.max_meter_numerator, cfg.free_meter and not cfg.form, cfg.meter_denominators)
         self.meters = ValueSet([cfg.meter] if cfg.meter else meters)
         self.body_meters = ValueSet(m for m in self.meters.values if m != "none")
         self.units = ValueSet([cfg.unit] if cfg.unit else unit_values(cfg.unit_denominators))
@@ -167,8 +168,9 @@ class HeaderRules:
 
     def apply_value(self, s: AbcState, core: str) -> AbcState | None:
         """The state with the field's value applied (meter, unit length, seen letters)."""
-        if s.phase == CONTROL:
-            return s.replace(seen=s.seen + "s")
+        if s.phase == CONTROL:  # S:n and B:m shape the form
+            number = {"S": "parts", "B": "bars"}.get(s.field)
+            return s.replace(seen=s.seen + "s", **({number: int(core)} if number else {}))
         seen = s.seen if s.phase == BODY or s.field in s.seen else s.seen + s.field
         if s.field == "M":
             bar, compound, default_unit = meter_info(core)
@@ -177,13 +179,19 @@ class HeaderRules:
             return s.replace(seen=seen, bar_len=bar, compound=compound, unit=unit)
         if s.field == "L":
             return s.replace(seen=seen, unit=Fraction(1, int(core.split("/")[1])))
+        if s.field == "K" and self.config.form and self.config.cadence:
+            return s.replace(seen=seen, tonic=core[0] if core[:1] in "ABCDEFG" and core[:1] else "")
         return s.replace(seen=seen)
 
     def start_body(self, s: AbcState) -> AbcState:
-        """After the ``K:`` line: the tune body begins."""
-        return s.replace(
+        """After the ``K:`` line: the tune body begins (the form's sizes are settled here)."""
+        t = s.replace(
             phase=BODY, mode="idle", buf="", field="", line_start=True, unit=s.unit or Fraction(1, 8), pos=Fraction(0)
         )
+        cfg = self.config
+        if not cfg.form:
+            return t.replace(parts=0, bars=0)
+        return t.replace(parts=cfg.parts or s.parts or 2, bars=cfg.bars_per_part or s.bars or 8)
 
 
 __all__ = ["HeaderRules", "LETTERS", "PRINTABLE"]

@@ -54,19 +54,32 @@ spacing                     spaces, ``\\`` + newline, newlines; no blank line (e
 Bar balance (exact :class:`~fractions.Fraction` durations in whole notes; ``M:none`` = none):
 
 * a bar never exceeds the meter: a length byte is only allowed while the note still fits;
-* a bar line may close a **full** bar.  A **short** bar (``short_bars="sections"``, the
-  default) only if it is (a) the first bar of the tune (pickup), (b) closed by a *section* bar
-  line (``|| |] [| |: :| :: :|1 :|2``; endings ``|1 [2`` are plain bar lines to music21), or
-  (c) the bar right after a section bar line -- with ``pair_short_bars`` (default) only when it
-  completes the short bar before that line (``... A6 :| B2 |`` in 4/4, L:1/8).
-  ``short_bars="pickup"``: only (a); ``"none"``: every bar full.  A bar line right after
-  another one (an empty bar) just merges with it;
+* a bar line closes a **full** bar, whatever its kind (``||`` and ``|]`` exempt nothing).  The
+  only short bars (``short_bars="paired"``, the default; issue 15) come in pairs inside one
+  section: the tune's first bar may be a pickup of length ``p``; a later section may open with
+  a pickup of the same ``p`` right after ``|| |] [| |: :| ::``; a section that opened with a
+  pickup must close -- after at least two full bars, with one of those bar lines -- with a bar
+  of exactly ``bar - p`` (the pickup and that bar make one bar), and no ending may come inside
+  it.  These are the pairs the strict judge (:mod:`rwkv_music.formats.abc.judge`) accepts.
+  The older, looser policies stay for reading human tunes: ``"sections"`` (a short bar at any
+  section bar line, and after one -- with ``pair_short_bars`` only when it completes the one
+  before), ``"pickup"`` (only the first bar) and ``"none"``.  Outside a form, a bar line right
+  after another one (an empty bar) just merges with it;
 * eos only right after a bar line that may end a tune (``| || |] :|``), possibly followed by
   spaces, newlines or field lines, once a pitched note and ``min_full_bars`` full bars were
-  written and no slur, tuplet, decoration or chord symbol is open.
+  written, no pickup pair is owed and no slur, tuplet, decoration or chord symbol is open.
 
-These are exactly the bars the independent checker (:mod:`rwkv_music.formats.abc.check`, FORMATS E)
-skips: the first and last measure and the measures next to repeat/double/final bar lines.
+**Form** (``AbcGrammarConfig(form=True)``, the constraint's default): ``parts`` parts (``S:n``
+or 2) of ``bars_per_part`` bars (``B:m`` or 8).  If the tune's first bar is a pickup of ``p``,
+every part opens with a pickup of ``p`` and closes with a bar of ``bar - p``; otherwise every
+bar is full.  Bars inside a part end with ``|``; a part ends with ``||`` or ``:|``, the last
+with ``|]`` or ``:|``, and then only eos may follow.  A line break comes right after every
+``bars_per_line``-th bar of a part and after each part end, and nowhere else; at most
+``max_spaces`` spaces in a row, none at a line start; no empty bars, endings, body field lines
+or continuations.  With ``cadence`` the tune's last pitched note is the tonic letter of ``K:``
+(no accidental, chord, tuplet or broken rhythm in the last bar, and a note that is not the
+tonic may not fill it).  The form's state is a few small integers (part, bar in part, pickup
+in grid units, spaces in a row) and flags.
 
 Strict mode keeps every reachable state completable (the grid argument of
 :mod:`rwkv_music.formats.abc.grammar.timing`): a correct constraint never leaves a row without a legal
@@ -85,7 +98,7 @@ openers, bar lines).  Every rule is a function ``(AbcState, char) -> AbcState | 
 >>> g = AbcGrammar()
 >>> g.accepts("L:1/8\\nM:3/4\\nK:D\\nA2 Bc d2|e6|]")
 True
->>> g.accepts("L:1/8\\nM:3/4\\nK:D\\nA2 Bc d2|e4|")  # a short bar closed by a plain bar line
+>>> g.accepts("L:1/8\\nM:3/4\\nK:D\\nA2 Bc d2|e4|]")  # a short bar, whatever closes it
 False
 >>> g.explain("L:1/8\\nM:3/4\\nK:D\\nA2 Bc d2 e|").reason  # a seventh eighth in 3/4
 "byte 'e' not allowed in body/idle"
@@ -166,7 +179,10 @@ class AbcGrammar:
 
     def step(self, state: AbcState, char: str) -> AbcState | None:
         """The state after one character, or ``None`` if the character is not allowed here."""
-        return self._rules[state.phase][state.mode](state, char)
+        t = self._rules[state.phase][state.mode](state, char)
+        if t is not None and t.spaces and char != " ":
+            return t._replace(spaces=0)  # (form) the run of spaces ended
+        return t
 
     def feed(self, state: AbcState, text: str) -> AbcState | None:
         """The state after ``text`` (``None`` as soon as a character is not allowed)."""

@@ -25,6 +25,7 @@ class PitchRules:
 
     def __init__(self, config: AbcGrammarConfig) -> None:
         self.lenient = config.lenient
+        self.cadence = config.form and config.cadence  # notes remember whether they are the tonic
         self.by_letter = config.pitch_range is not None  # else every letter counts as C of its octave
         strict_low = 60 - 12 * config.max_octave_marks
         strict_high = 83 + 12 * config.max_octave_marks
@@ -40,13 +41,16 @@ class PitchRules:
         state asked about (by identity): callers try every letter on the same state.
         """
         key = c if self.by_letter else ("c" if c.islower() else "C")
+        ton = self.cadence and c.upper() == s.tonic
+        if ton:
+            key += "t"
         last, memo = self._memo
         if last is not s or mode != memo.get("mode"):
             memo = {"mode": mode}
             self._memo = (s, memo)
         if key not in memo:
-            pitch = NATURAL[key.upper()] + (12 if key.islower() else 0)
-            t = s.replace(mode=mode, buf="", case="l" if key.islower() else "u", pitch=pitch)
+            pitch = NATURAL[key[0].upper()] + (12 if key[0].islower() else 0)
+            t = s.replace(mode=mode, buf="", case="l" if key[0].islower() else "u", pitch=pitch, ton=ton)
             memo[key] = t if self.reachable(t) else None
         return memo[key]
 

@@ -45,11 +45,34 @@ class AbcGrammarConfig:
         tuplets, broken_rhythm: allow ``(3abc`` / ``(p:q:r`` and ``A>B`` / ``A<B``.
         max_slur_depth: deepest nesting of ``( )`` slurs (strict: all must close before the end).
         max_octave_marks: most ``'`` or ``,`` after one note.
-        short_bars: which bars may be shorter than the meter: ``"sections"`` (the first bar, a
-            bar ended by a double/final/repeat bar line, and the bar after one), ``"pickup"``
-            (only the first bar) or ``"none"``; see the grammar docstring.
+        short_bars: which bars may be shorter than the meter: ``"paired"`` (default, the strict
+            metre rule of issue 15: a section's opening pickup, and its closing bar completing
+            that pickup; see the grammar docstring), ``"sections"`` (the old loose rule, kept for
+            reading human tunes: the first bar, a bar ended by a double/final/repeat bar line,
+            and the bar after one), ``"pickup"`` (only the first bar) or ``"none"``.
         pair_short_bars: with ``"sections"``, a short bar right after a section bar line must
             complete the short bar before it (``|: ... A6 :| B2 | ...`` in 4/4 with L:1/8).
+        form: impose a tune form (the constraint's default; off for the bare grammar): ``parts``
+            parts of ``bars_per_part`` bars, section bar lines exactly at part ends, line breaks
+            every ``bars_per_line`` bars, at most ``max_spaces`` spaces in a row, the tune ends
+            right after its last part, on the tonic with ``cadence``.  Implies strict bars (one
+            pickup length for the whole tune, decided by the first bar), no body field lines,
+            no ``\\`` continuations and no endings (``|1``, ``[2``).
+        parts: parts of the tune; ``None``: the prompt's ``S:n`` control code, else 2.
+        bars_per_part: bars of each part (a pickup and the closing bar it completes count as
+            one); ``None``: the prompt's ``B:m`` control code, else 8.
+        cadence: the last note of the tune is the tonic of ``K:`` (its letter, no accidental in
+            the last bar, so the key signature makes it the tonic; no chord, tuplet or broken
+            rhythm in the last bar).
+        max_spaces: most spaces in a row (and none at the start of a line).
+        bars_per_line: a line break follows every this many bars of a part and each part end,
+            and comes nowhere else.
+        pickup: let the first bar be a pickup (parts of at least 3 bars only).
+        note_lengths: the note-length suffixes a note may take (``None``: every spelling
+            ``max_length_numerator``/``length_denominators`` allow, or, under ``form``,
+            :data:`~rwkv_music.formats.abc.grammar.values.MUSICAL_LENGTHS`: one spelling per value
+            and nothing shorter than a quarter of ``L``, so a cadence cannot be squeezed in with
+            ``A2/8G2/16 z/16``).
         min_full_bars: complete bars needed before the tune may end.
         key_scale_only: no accidentals: every note is in the key signature's scale.
         pitch_range: ``(low, high)`` MIDI numbers for the written natural note (letter and octave
@@ -83,8 +106,16 @@ class AbcGrammarConfig:
     broken_rhythm: bool = True
     max_slur_depth: int = 2
     max_octave_marks: int = 2
-    short_bars: str = "sections"
+    short_bars: str = "paired"
     pair_short_bars: bool = True
+    form: bool = False
+    parts: int | None = None
+    bars_per_part: int | None = None
+    cadence: bool = True
+    max_spaces: int = 1
+    bars_per_line: int = 4
+    pickup: bool = True
+    note_lengths: tuple[str, ...] | None = None
     min_full_bars: int = 1
     key_scale_only: bool = False
     pitch_range: tuple[int, int] | None = None
@@ -99,8 +130,22 @@ class AbcGrammarConfig:
 
         if self.x_field not in ("optional", "required", "forbidden"):
             raise bad("x_field", "'optional', 'required' or 'forbidden'")
-        if self.short_bars not in ("sections", "pickup", "none") or (self.lenient and self.short_bars != "sections"):
-            raise bad("short_bars", "'sections', 'pickup' or 'none' ('sections' when lenient)")
+        if self.short_bars not in ("paired", "sections", "pickup", "none") or (
+            self.lenient and self.short_bars != "sections"
+        ):
+            raise bad("short_bars", "'paired', 'sections', 'pickup' or 'none' ('sections' when lenient)")
+        if self.form and self.lenient:
+            raise bad("form", "False when lenient")
+        for name, low, high in (("parts", 1, 8), ("bars_per_part", 1, 32)):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
+            ):
+                raise bad(name, f"None or an integer from {low} to {high}")
+        for name in ("max_spaces", "bars_per_line"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "bars_per_line" else 0):
+                raise bad(name, "an integer >= 1" if name == "bars_per_line" else "an integer >= 0")
         if self.chord_symbols not in ("chords", "any", "none"):
             raise bad("chord_symbols", "'chords', 'any' or 'none'")
         for name in ("max_meter_numerator", "max_length_numerator", "max_chord_notes", "max_grace_notes"):
@@ -144,7 +189,7 @@ class AbcGrammarConfig:
             max_meter_numerator=16, meter_denominators=(1, 2, 4, 8, 16), unit_denominators=(1, 2, 4, 8, 16, 32, 64),
             max_length_numerator=128, length_denominators=(2, 4, 8, 16, 32, 64),
             chord_symbols="any", decorations="~.HLMOPSTuvJRk", max_chord_notes=8, max_grace_notes=16,
-            max_slur_depth=8, max_octave_marks=4, pair_short_bars=False, min_full_bars=0,
+            max_slur_depth=8, max_octave_marks=4, short_bars="sections", pair_short_bars=False, min_full_bars=0,
             control_codes=False, lenient=True,
         )  # fmt: skip
         base.update(overrides)
@@ -174,8 +219,11 @@ class AbcState(NamedTuple):
 
     * ``HeaderRules``: ``phase``, ``seen``, ``field``/``buf`` of field lines, ``bar_len``,
       ``compound``, ``unit``;
-    * ``BarTiming``: ``pos``, ``nfac``, ``nkind``, ``room``, ``last``, ``tuplet``, ``broken`` and
-      the bar fields (``bar_notes`` ... ``full_bars``);
+    * ``BarTiming``: ``pos``, ``nfac``, ``nkind``, ``room``, ``last``, ``tuplet``, ``broken``,
+      the bar fields (``bar_notes`` ... ``full_bars``), the strict-metre fields (``pickup``,
+      ``sect_pick``, ``sect_full``), the form's ``part``/``bar_no``/``need_nl`` and ``on_tonic``;
+    * ``HeaderRules`` also: ``parts``/``bars`` (from ``S:``/``B:``, settled at the body) and ``tonic``;
+    * ``PitchRules`` also: ``ton``; ``BodyRules`` also: ``spaces`` (reset by the machine);
     * ``PitchRules``: ``pitch``, ``case``;
     * ``NoteGroupRules``: ``count``, ``slur``, ``need_note``, ``field`` ``c``/``g``;
     * ``BodyRules``: ``mode``/``buf`` of plain tokens, ``line_start``, ``after_note``,
@@ -221,6 +269,19 @@ class AbcState(NamedTuple):
     closed: bool = False  # the last bar line may end the tune
     any_note: bool = False  # a pitched note has been written
     full_bars: int = 0  # complete bars so far (capped at config.min_full_bars)
+    # -- strict metre ("paired") and form: small integers and flags ------------------------------
+    pickup: int = -1  # the tune's pickup length in grid units (0: none; -1: first bar not closed yet)
+    sect_pick: bool = False  # "paired": this section opened with a pickup, its closing bar must complete it
+    sect_full: int = 0  # "paired": full bars in this section (capped at 2)
+    parts: int = 0  # form: parts of the tune (control phase: the S: code, 0 = none given)
+    bars: int = 0  # form: bars per part (control phase: the B: code, 0 = none given)
+    part: int = 0  # form: index of the current part (== parts once the tune is complete)
+    bar_no: int = 0  # form: bars closed in this part, the pickup not counted (-1: in the pickup)
+    need_nl: bool = False  # form: a line break must come next
+    spaces: int = 0  # form: spaces in a row just read
+    tonic: str = ""  # form + cadence: the letter of K:'s tonic ('' if none)
+    ton: bool = False  # form + cadence: the note being read is the tonic
+    on_tonic: bool = False  # form + cadence: the last note written was the tonic
 
     def replace(self, **changes: Any) -> "AbcState":
         """A copy with some fields changed."""

@@ -16,8 +16,16 @@ inside the bar (integer arithmetic over the few possible lengths).
 :class:`BarTiming` owns the timing fields of :class:`~rwkv_music.formats.abc.grammar.state.AbcState`:
 ``bar_len``/``compound``/``unit`` (read), ``pos``, ``nfac``, ``nkind``, ``room``, ``last``,
 ``tuplet``, ``broken`` and the bar flags (``bar_notes``, ``first_bar``, ``after_section``,
-``after_repeat``, ``carry``, ``closed``, ``full_bars``).  Every quantity is a small number (a
+``after_repeat``, ``carry``, ``closed``, ``full_bars``), the strict metre's pickup pairs
+(``pickup`` in grid units, ``sect_pick``, ``sect_full``) and the form's bar counting (``part``,
+``bar_no``, ``need_nl``, ``on_tonic``).  Every quantity is a small number (a
 :class:`~fractions.Fraction` of a whole note or an int), so it can become an array later.
+
+**The bar's cap.**  Under a form a bar may hold less than the metre: a part's pickup holds
+exactly the tune's pickup ``p`` and a part's closing bar ``bar - p`` (:meth:`BarTiming.cap`).
+Both are multiples of the grid, so the grid argument holds for them too.  In the tune's last
+bar (with a cadence) a note that is not the tonic must leave at least one grain, so the tonic
+can always still follow.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from fractions import Fraction
 from rwkv_music.formats.abc.grammar.state import ZERO, AbcGrammarConfig, AbcState
 from rwkv_music.formats.abc.grammar.values import (
     FINAL_BARS,
+    MUSICAL_LENGTHS,
     ValueSet,
     bar_texts,
     is_section_bar,
@@ -36,6 +45,10 @@ from rwkv_music.formats.abc.grammar.values import (
 )
 
 LENGTH_CHARS = frozenset("0123456789/")
+PAIR_BARS = frozenset({"||", "|]", "[|", "|:", ":|", "::"})  # section lines a pickup pair may span
+FORM_BARS = ("|", "||", "|]", ":|")
+PART_ENDS = frozenset({"||", ":|"})  # form: the end of a part that is not the last
+TUNE_ENDS = frozenset({"|]", ":|"})  # form: the end of the tune
 LEFT_FACTOR = {">": Fraction(3, 2), ">>": Fraction(7, 4), ">>>": Fraction(15, 8),
                "<": Fraction(1, 2), "<<": Fraction(1, 4), "<<<": Fraction(1, 8)}  # fmt: skip
 
@@ -64,7 +77,14 @@ class BarTiming:
         self.short_bars = config.short_bars
         self.pair_short_bars = config.pair_short_bars
         self.min_full_bars = config.min_full_bars
+        self.form = config.form
+        self.cadence = config.form and config.cadence
+        self.bars_per_line = config.bars_per_line
+        self.allow_pickup = config.pickup
         lengths = length_texts(config.max_length_numerator, config.length_denominators, config.lenient)
+        chosen = config.note_lengths if config.note_lengths is not None else (MUSICAL_LENGTHS if config.form else None)
+        if chosen is not None:
+            lengths = {text: value for text, value in lengths.items() if text in chosen}
         self.lengths = lengths  # length suffix -> value in units of L
         self.length_set = ValueSet(lengths)
         ext: dict[str, set[Fraction]] = {}
@@ -91,7 +111,10 @@ class BarTiming:
         while grain * (run + 1) in simple:
             run += 1
         self.run = run  # tuplet-note lengths grain, 2*grain, ..., run*grain all exist (tuplet lookahead)
-        self.bars = ValueSet(bar_texts(config.lenient))
+        texts = bar_texts(config.lenient)
+        if config.form:  # section bar lines only where a part ends; no endings
+            texts = [t for t in texts if t in FORM_BARS]
+        self.bars = ValueSet(texts)
         self.bar_ext: dict[str, list[str]] = {}  # bar-line prefix -> its completions
         for text in sorted(self.bars.values, key=lambda t: (len(t), t)):
             for i in range(1, len(text) + 1):
@@ -106,7 +129,41 @@ class BarTiming:
     # -- note timing -----------------------------------------------------------------------
     def music_ok(self, s: AbcState) -> bool:
         """Room for one more note in this bar."""
-        return s.bar_len is None or s.pos < s.bar_len
+        return s.bar_len is None or s.pos < self.cap(s)
+
+    def cap(self, s: AbcState) -> Fraction:
+        """The most the current bar may hold: the bar, or (form) the pickup or the closing bar.
+
+        ``bar_len`` must be known.
+        """
+        bar = s.bar_len
+        if not self.form or s.pickup <= 0:  # no form, no pickup, or the first bar (undecided)
+            return bar  # type: ignore[return-value]
+        p = s.pickup * self._grid(s)
+        if s.bar_no < 0:
+            return p
+        return bar - p if s.bar_no + 1 == s.bars else bar  # type: ignore[operator]
+
+    def target(self, s: AbcState) -> Fraction:
+        """The length the current bar is to reach (the completer's aim); ``bar_len`` must be known."""
+        if self.form:
+            return self.cap(s)
+        bar = s.bar_len
+        if self.short_bars == "paired" and s.sect_pick and s.sect_full >= 2:
+            short = bar - s.pickup * self._grid(s)  # type: ignore[operator]
+            if s.pos <= short:
+                return short
+        return bar  # type: ignore[return-value]
+
+    def cadence_bar(self, s: AbcState) -> bool:
+        """(form + cadence) The current bar is the tune's last: its last note must be the tonic."""
+        return self.cadence and bool(s.tonic) and s.part == s.parts - 1 and s.bar_no >= 0 and s.bar_no + 1 == s.bars
+
+    def _reserve(self, s: AbcState) -> bool:
+        """The note or rest being read may not fill the last bar: the tonic must still follow."""
+        if not self.cadence or s.nkind != 0 or s.mode not in ("note", "rest") or not self.cadence_bar(s):
+            return False  # (a note that has not got its letter yet is checked again when it has)
+        return not (s.ton if s.mode == "note" else (s.mode == "rest" and s.on_tonic))
 
     def begin(self, s: AbcState) -> AbcState | None:
         """A note, rest or chord starts: its factor (unit, tuplet, broken rhythm), if it can fit.
@@ -127,7 +184,7 @@ class BarTiming:
             factor, kind, tup = factor * Fraction(q, p), 1, (p, q, left - 1)
         if s.broken is not None:
             factor, kind = factor * s.broken, 2
-        room = (s.bar_len - s.pos) / factor if s.bar_len is not None else ZERO
+        room = (self.cap(s) - s.pos) / factor if s.bar_len is not None else ZERO
         t = s.replace(
             nfac=factor,
             nkind=kind,
@@ -161,6 +218,8 @@ class BarTiming:
         if self.lenient:
             return True
         if s.nkind == 0:
+            if self._reserve(s):
+                return self._length_ext[text][0] + self.grain <= s.room
             return self._length_ext[text][0] <= s.room
         if s.nkind == 2:
             return self._broken_right_ok(s, self._ext_grains[text])
@@ -175,7 +234,7 @@ class BarTiming:
         """
         p, q, left = s.tuplet  # type: ignore[misc]
         unit = self._grid(s) / p
-        start, room = int(s.pos / unit), int(s.bar_len / unit)  # type: ignore[operator]
+        start, room = int(s.pos / unit), int(self.cap(s) / unit)
         top = left * self.run
         for k in grains:
             base = start + k * q
@@ -196,7 +255,7 @@ class BarTiming:
     def _broken_right_ok(self, s: AbcState, grains: tuple[int, ...]) -> bool:
         """The right note of a broken pair, of a length in ``grains``, ends the pair on the grid in the bar."""
         unit = self._grid(s) / 8  # factors 1/8 .. 15/8
-        start, room = int(s.pos / unit), int(s.bar_len / unit)  # type: ignore[operator]
+        start, room = int(s.pos / unit), int(self.cap(s) / unit)
         per_grain = int((s.nfac / s.unit) * 8)  # type: ignore[operator]
         for k in grains:
             end = start + k * per_grain
@@ -220,8 +279,8 @@ class BarTiming:
             pos = ZERO
         else:
             pos = s.pos + dur
-            if pos > s.bar_len and not self.lenient:  # lenient bars may overflow: see close_bar
-                return None
+            if not self.lenient and (pos > self.cap(s) or (pos == self.cap(s) and self._reserve(s))):
+                return None  # (lenient bars may overflow: see close_bar)
             off_grid = not self.lenient and (pos / self._grid(s)).denominator != 1
             if s.nkind == 2 and off_grid:
                 return None
@@ -249,6 +308,8 @@ class BarTiming:
             no_left=s.nkind != 0,
             bar_notes=True,
             any_note=s.any_note or pitched,
+            ton=False,
+            on_tonic=(s.ton if s.mode == "note" else s.on_tonic and s.mode == "rest") if self.cadence else False,
         )
 
     # -- tuplets and broken rhythm -------------------------------------------------------------
@@ -277,7 +338,7 @@ class BarTiming:
         if s.bar_len is None:
             return True
         pos = s.pos + s.last * (left - 1)
-        if pos > s.bar_len:
+        if pos > (s.bar_len if self.lenient else self.cap(s)):
             return False
         if self.lenient:
             return pos < s.bar_len
@@ -318,11 +379,17 @@ class BarTiming:
         Lenient only: a bar may overflow, as in Essen tunes whose bar lines drift from the meter;
         like music21's re-barring, whole bars are counted and the rest flows into the next bar.
         """
+        if self.form:
+            return self._close_form(s, text)
+        if self.short_bars == "paired" and s.bar_len is not None and s.bar_notes:
+            return self._close_paired(s, text)
         section = is_section_bar(text) or (self.lenient and text != "|")  # lenient: endings too
         final = text in FINAL_BARS
         if not s.bar_notes:
             if s.after_repeat and not self.lenient:
                 return None  # music21 would drop the empty bar and the repeat sign with it
+            if self.short_bars == "paired" and not self.lenient and s.pickup != 0 and not self._paired_empty(s, text):
+                return None
             return s.replace(
                 mode="idle",
                 buf="",
@@ -366,5 +433,114 @@ class BarTiming:
             full_bars=min(s.full_bars + int(full), self.min_full_bars),
         )
 
+    def _closed(self, s: AbcState, text: str, **changes: object) -> AbcState:
+        """The state after bar line ``text`` closed the (non-empty) current bar."""
+        return s.replace(
+            mode="idle",
+            buf="",
+            field="",
+            after_note=False,
+            no_left=False,
+            line_start=False,
+            pos=ZERO,
+            last=ZERO,
+            bar_notes=False,
+            first_bar=False,
+            after_repeat=text.endswith(":"),
+            carry=None,
+            **changes,
+        )
 
-__all__ = ["BarTiming", "LEFT_FACTOR", "LENGTH_CHARS"]
+    def _close_paired(self, s: AbcState, text: str) -> AbcState | None:
+        """The strict metre rule (``short_bars="paired"``), without a form.
+
+        Every bar is full except pairs inside one section: the section opens with a pickup of
+        the tune's pickup length ``p`` (the tune's first bar sets ``p``; later sections may open
+        with it right after a section bar line of :data:`PAIR_BARS`), and then its closing bar
+        -- ended by a :data:`PAIR_BARS` line, after at least two full bars -- lasts ``bar - p``.
+        A section that opened with a pickup may only be closed that way (and no ending may
+        come inside it), so no short bar is left without its partner.
+        """
+        bar, pos = s.bar_len, s.pos
+        grid = self._grid(s)
+        pair = text in PAIR_BARS
+        section = is_section_bar(text)
+        ending = text[-1:].isdigit()
+        changes: dict[str, object] = {}
+        if ending and not (s.pickup == 0 or s.first_bar):
+            return None  # a tune with a pickup has no endings (a reader regroups sections at [2)
+        if pos == bar:
+            if s.sect_pick and (section or ending):
+                return None  # the section's pickup would stay unpaired
+            full_bars = min(s.full_bars + 1, self.min_full_bars)
+            if section:
+                changes = dict(sect_pick=False, sect_full=0)
+            else:
+                changes = dict(sect_full=min(s.sect_full + 1, 2))
+            pickup = 0 if s.first_bar else s.pickup
+            return self._closed(s, text, after_section=pair, closed=text in FINAL_BARS, full_bars=full_bars,
+                                pickup=pickup, **changes)  # fmt: skip
+        if s.first_bar:  # the tune's pickup
+            if text != "|" or not self.allow_pickup:
+                return None
+            return self._closed(s, text, after_section=False, closed=False, pickup=int(pos / grid), sect_pick=True,
+                                sect_full=0)  # fmt: skip
+        p = max(s.pickup, 0) * grid
+        if s.sect_pick and pair and p and pos == bar - p and s.sect_full >= 2:  # the closing bar completes it
+            return self._closed(s, text, after_section=True, closed=text in FINAL_BARS, sect_pick=False, sect_full=0)
+        if s.after_section and not s.sect_pick and p and pos == p and text == "|":  # a new section's pickup
+            return self._closed(s, text, after_section=False, closed=False, sect_pick=True, sect_full=0)
+        return None
+
+    @staticmethod
+    def _paired_empty(s: AbcState, text: str) -> bool:
+        """("paired", a tune that has or may have a pickup) Whether ``text`` may close an empty bar.
+
+        A reader starts a new section at a section bar line unless one just did; so a section
+        line on an empty bar must follow a :data:`PAIR_BARS` line (``:| |:``) or open the tune,
+        and endings do not come at all.
+        """
+        if text[-1:].isdigit():
+            return False
+        return not is_section_bar(text) or s.after_section or s.first_bar
+
+    def _close_form(self, s: AbcState, text: str) -> AbcState | None:
+        """A bar line under the form (see :class:`~rwkv_music.formats.abc.grammar.state.AbcGrammarConfig`).
+
+        Bar ``k`` of a part (``bar_no + 1``) ends with ``|`` when full, except the part's last
+        (``bars``), which lasts the bar minus the pickup and ends with a section line
+        (:data:`PART_ENDS`, or :data:`TUNE_ENDS` for the last part).  The tune's first bar
+        may be a pickup; then every part opens with one of that length.  A line break follows
+        every ``bars_per_line`` bars and each part end; the tune ends after the last part.
+        """
+        if not s.bar_notes or s.bar_len is None:
+            return None  # no empty bars: a second bar line would count as one more to a reader
+        bar, pos = s.bar_len, s.pos
+        if s.pickup < 0:  # the tune's first bar
+            if pos != bar:
+                if not (self.allow_pickup and s.bars >= 3 and text == "|"):
+                    return None  # (a part needs two full bars for its pickup pair to count)
+                return self._closed(s, text, pickup=int(pos / self._grid(s)), bar_no=0)
+            s = s.replace(pickup=0)
+        if s.bar_no < 0:  # a later part's pickup: cap() made it exactly the tune's pickup
+            return self._closed(s, text, bar_no=0) if text == "|" and pos == self.cap(s) else None
+        k = s.bar_no + 1
+        if k < s.bars:
+            if text != "|" or pos != bar:
+                return None
+            return self._closed(s, text, bar_no=k, need_nl=k % self.bars_per_line == 0)
+        last = s.part == s.parts - 1
+        if pos != self.cap(s) or text not in (TUNE_ENDS if last else PART_ENDS) or (last and s.slur):
+            return None
+        return self._closed(
+            s,
+            text,
+            part=s.part + 1,
+            bar_no=-1 if s.pickup > 0 else 0,
+            need_nl=not last,
+            closed=last,
+            after_section=True,
+        )
+
+
+__all__ = ["BarTiming", "FORM_BARS", "LEFT_FACTOR", "LENGTH_CHARS", "PAIR_BARS", "PART_ENDS", "TUNE_ENDS"]

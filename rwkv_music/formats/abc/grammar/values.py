@@ -171,6 +171,11 @@ def length_texts(max_numerator: int, denominators: Iterable[int], lenient: bool)
     return texts
 
 
+# The note lengths a musician writes, one spelling each, in units of L: 1/4 (a 32nd note at
+# L:1/8), 1/2, dotted 1/2, 1, dotted 1, 2, 3, 4, 6, 8, 12, 16.
+MUSICAL_LENGTHS = ("/4", "/", "3/4", "", "3/2", "2", "3", "4", "6", "8", "12", "16")
+
+
 def length_value(text: str) -> Fraction:
     """Value of a note-length suffix (units of ``L``); ``text`` must be well formed.
 
@@ -292,6 +297,7 @@ __all__ = [
     "is_section_bar",
     "key_sharps",
     "key_values",
+    "MUSICAL_LENGTHS",
     "length_texts",
     "length_value",
     "meter_info",
