@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +13,20 @@ from rwkv_music.cli.train import train as train_command
 from rwkv_music.train import checkpoint as ckpt
 from rwkv_music.train.init_v7 import init_rwkv7
 from rwkv_music.train.model_v7 import RWKV7, make_config
-from rwkv_music.train.reinforce import ReinforceOptions, advantages, reinforce_step, sample_rollouts
-from rwkv_music.train.rewards import abc_bar_balance_local_reward, abc_bar_balance_reward, reward_by_name
+from rwkv_music.train.reinforce import (
+    CALLER_KEYS,
+    ReinforceOptions,
+    advantages,
+    caller_prompt_texts,
+    reinforce_step,
+    sample_rollouts,
+)
+from rwkv_music.train.rewards import (
+    abc_bar_balance_local_reward,
+    abc_bar_balance_reward,
+    abc_strict_reward,
+    reward_by_name,
+)
 
 # 2/4 in eighths: a bar is 4 units.  Bar 1 is a pickup (never judged), bar 3 is one unit short.
 TUNE = "L:1/8\nM:2/4\nK:G\nA|Bcde|fga|Bcde|\n"
@@ -23,7 +36,7 @@ def _ids(text: str) -> list[int]:
     return [2] + [ord(c) for c in text]
 
 
-def test_local_bar_reward_marks_every_token_of_each_judged_bar():
+def test_local_bar_reward_marks_every_token_of_each_judged_bar() -> None:
     ids = _ids(TUNE)
     local = abc_bar_balance_local_reward(ids)
     text = "\0" + TUNE
@@ -39,7 +52,7 @@ def test_local_bar_reward_marks_every_token_of_each_judged_bar():
     assert reward_by_name("abc-bar-balance-local") is abc_bar_balance_local_reward
 
 
-def test_local_advantages_push_only_judged_tokens_around_their_mean():
+def test_local_advantages_push_only_judged_tokens_around_their_mean() -> None:
     rewards = torch.tensor([[0.0, 1.0, 1.0, -1.0], [1.0, 0.0, 0.0, 0.0]])
     valid = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
     adv = advantages(rewards, valid, "local")
@@ -51,7 +64,7 @@ def test_local_advantages_push_only_judged_tokens_around_their_mean():
         ReinforceOptions(credit="nonsense")
 
 
-def test_local_credit_moves_probability_towards_rewarded_tokens():
+def test_local_credit_moves_probability_towards_rewarded_tokens() -> None:
     model = init_rwkv7(RWKV7(make_config(2, 64, 128, head_size=32)), seed=5)
     prompt = [2]
 
@@ -76,11 +89,11 @@ def test_local_credit_moves_probability_towards_rewarded_tokens():
 class _EosAfterThree(torch.nn.Module):
     """Row b emits token 3 (stop) from its (b+1)-th step on; token 70 before."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.emb = torch.nn.Embedding(4, 1)
 
-    def forward(self, x, state=None):
+    def forward(self, x: torch.Tensor, state: int | None = None, chunked: bool = True) -> tuple[torch.Tensor, int]:
         steps = 0 if state is None else state + 1
         logits = torch.full((x.shape[0], x.shape[1], 128), -30.0)
         for b in range(x.shape[0]):
@@ -88,7 +101,7 @@ class _EosAfterThree(torch.nn.Module):
         return logits, steps
 
 
-def test_rollouts_stop_once_every_row_has_stopped():
+def test_rollouts_stop_once_every_row_has_stopped() -> None:
     gen = torch.Generator().manual_seed(0)
     out = sample_rollouts(_EosAfterThree(), [2], 3, 50, 1.0, gen, stop_tokens=(3,))
     assert out.shape == (3, 3)  # the last row stops at its third token
@@ -97,7 +110,7 @@ def test_rollouts_stop_once_every_row_has_stopped():
     assert full.shape == (3, 5)
 
 
-def test_cli_reinforce_run_folder_records_options_and_loads(tmp_path):
+def test_cli_reinforce_run_folder_records_options_and_loads(tmp_path: Path) -> None:
     import rwkv_music
 
     init = init_rwkv7(RWKV7(make_config(2, 64, 128, head_size=32)), seed=2)
@@ -122,3 +135,92 @@ def test_cli_reinforce_run_folder_records_options_and_loads(tmp_path):
     assert rl["options"]["credit"] == "local" and rl["options"]["kl_coef"] == 0.1
     backend = rwkv_music.load_model(out / ckpt.MODEL_FILE)
     assert backend.info.vocab_size == 128
+
+
+HEADER = "S:2\nL:1/8\nM:2/4\nK:G\n"
+
+
+def _strict(music: str, end: bool = True) -> list[tuple[str, float]]:
+    ids = _ids(HEADER) + [ord(c) for c in music] + ([3] if end else [])
+    rewards = abc_strict_reward(ids)[len(_ids(HEADER)):]
+    return list(zip(music + ("$" if end else ""), rewards))
+
+
+def test_strict_reward_judges_bars_like_the_judge_and_scores_the_ending() -> None:
+    # pickup A + last bar dBG make one bar; fga is short wherever it stands
+    marks = _strict("A|Bcde|fga|Bcde|dBG:|\n")
+    by_char = "".join("+" if r > 0 else "-" if r < 0 else "0" for _, r in marks)
+    assert by_char[:16] == "+" * 7 + "-" * 4 + "+" * 5
+    # final repeat, one 4-bar part, last note G = tonic; but one section where S:2 asks for two
+    assert marks[-1] == ("$", pytest.approx(1 / 3))
+    assert all(r == 1.5 for c, r in marks[16:21])  # final bar: +1 balanced, +0.5 on the tonic
+    # || exempts nothing (the constraint's old loophole): a 2-unit bar before it is wrong
+    marks = dict(enumerate(r for _, r in _strict("GABc|dB||GABc|dBGB|cAFA|G4|]\n")))
+    assert marks[5] == marks[6] == -1.0
+    # a tune cut by the length cap: complete bars judged, the unfinished one penalised, no end score
+    cut = _strict("GABc|dBGB|cA", end=False)
+    assert [r for _, r in cut] == [1.0] * 10 + [-1.0, -1.0]
+    # a run of spaces beyond two
+    spaced = _strict("GABc|d    BGB|cAFA|G4|]\n")
+    assert [r for c, r in spaced[5:10]] == [1.0, 1.0, 1.0, -1.0, -1.0]
+    # S:2 asks for two sections: music after the second one closes is wrong, and so is stopping after one
+    two = "GABc|dBGB|cAFA|G4:|\nBcde|dBGB|cAFA|G4|]\n"
+    over = _strict(two + "GABc|dBGB|", end=False)
+    assert [r for _, r in over[len(two):]] == [-1.0] * 10
+    assert _strict(two)[-1] == ("$", 1.0)
+    assert _strict("GABc|dBGB|cAFA|G4|]\n")[-1][1] == pytest.approx(1 / 3)  # one section of two
+    # bars past 16 per requested section are penalised even when balanced (no endless tunes)
+    endless = [r for _, r in _strict("GABc|" * 40, end=False)]
+    assert endless[: 32 * 5] == [1.0] * (32 * 5) and set(endless[32 * 5:]) == {-1.0}
+    assert reward_by_name("abc-strict") is abc_strict_reward
+
+
+def test_strict_reward_agrees_with_the_judge_on_human_tunes() -> None:
+    from rwkv_music.formats.abc.judge import judge_tune
+    from rwkv_music.train.data import abc_documents, music21_abc_files
+
+    docs = abc_documents(music21_abc_files(("miscFolk",)))[:40]
+    for doc in docs:
+        ids = [int(t) for t in doc.ids]
+        text = bytes(t for t in ids if t > 3).decode("ascii")
+        rewards = abc_strict_reward(ids)
+        bars = [r for r, t in zip(rewards, ids) if t == ord("|") and r]  # barlines closing bars with music
+        if judge_tune(text).strictly_balanced:
+            assert min(bars) > 0, text
+        else:
+            assert min(bars) < 0, text
+
+
+def test_caller_prompts_cover_every_common_header() -> None:
+    texts = caller_prompt_texts()
+    assert len(texts) == len(set(texts)) == 7 * 2 * len(CALLER_KEYS)
+    assert "S:2\nL:1/16\nM:C|\nK:D\n" in texts and "S:2\nL:1/8\nM:9/8\nK:Em\n" in texts
+
+
+def test_cli_strict_reinforce_over_caller_prompts(tmp_path: Path) -> None:
+    init = init_rwkv7(RWKV7(make_config(1, 64, 128, head_size=32)), seed=3)
+    ckpt.save_model(init, tmp_path / "sft" / ckpt.MODEL_FILE)
+    out = tmp_path / "rl"
+    result = CliRunner().invoke(train_command, [
+        "--objective", "reinforce", "--mode", "abc", "--init", str(tmp_path / "sft" / ckpt.MODEL_FILE),
+        "--out", str(out), "--reward", "abc-strict", "--credit", "local", "--caller-prompts",
+        "--steps", "2", "--batch-size", "2", "--gen-len", "8"])
+    assert result.exit_code == 0, result.output
+    rl = json.loads((out / ckpt.META_FILE).read_text())["reinforce"]
+    assert rl["reward"] == "abc-strict" and rl["prompt"]["texts"] == caller_prompt_texts()
+
+
+def test_training_model_runs_under_bf16_autocast_with_an_fp32_state() -> None:
+    # CUDA training and rollouts run under bf16 autocast; CPU autocast applies the same casting
+    # rules, so this catches a WKV solve or state that autocast would turn into bf16.
+    model = init_rwkv7(RWKV7(make_config(2, 128, 128, head_size=64)), seed=0)
+    x = torch.randint(4, 128, (2, 40), generator=torch.Generator().manual_seed(1))
+    ref, _ = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, state = model(x)
+        out.float().sum().backward()
+        _, stepped = model(x[:, :1], state, chunked=False)
+    assert all(s[1].dtype == torch.float32 for s in state + stepped)
+    assert torch.allclose(out.float(), ref, atol=0.05 * float(ref.abs().max()))
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(grads) > 20 and all(torch.isfinite(g).all() for g in grads)  # (layer 0 has no v0/v1/v2 use)

@@ -35,11 +35,23 @@ from rwkv_music.io_utils import atomic_write_text
 from rwkv_music.train import checkpoint as ckpt
 from rwkv_music.train.model_v7 import RWKV7
 from rwkv_music.train.rewards import RewardFn, reward_by_name  # noqa: F401  (re-exported for the CLI)
+from rwkv_music.train.trainer import _autocast
 
 log = logging.getLogger(__name__)
 
 
 CREDITS = ("returns", "local")  # how rewards become advantages (module docstring)
+# What callers send (Composer / rwkv-music generate-abc): S:2 then L:, M:, K: (formats.abc.header).
+CALLER_METRES = ("4/4", "3/4", "2/4", "6/8", "9/8", "C", "C|")
+CALLER_UNITS = ("1/8", "1/16")
+CALLER_KEYS = ("D", "G", "A", "C", "F", "Bb", "Em", "Am", "Bm", "Dm", "Gm", "Ador", "Edor", "Dmix", "Amix")
+
+
+def caller_prompt_texts(metres: tuple[str, ...] = CALLER_METRES, units: tuple[str, ...] = CALLER_UNITS,
+                        keys: tuple[str, ...] = CALLER_KEYS, controls: str = "S:2") -> list[str]:
+    """Every ``controls``/``L:``/``M:``/``K:`` header a caller may send, as prompt text after bos
+    (one line each, newline-terminated, the order :func:`rwkv_music.formats.abc.header.prompt_text` uses)."""
+    return [f"{controls}\nL:{u}\nM:{m}\nK:{k}\n" for m in metres for u in units for k in keys]
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,8 @@ def sample_rollouts(model: RWKV7, prompt: list[int], batch_size: int, gen_len: i
     """
     device = model.emb.weight.device
     x = torch.tensor([prompt] * batch_size, device=device)
-    logits, state = model(x)
+    with _autocast(str(device)):
+        logits, state = model(x)
     out = []
     stopped = torch.zeros(batch_size, dtype=torch.bool)
     for _ in range(gen_len):
@@ -85,7 +98,8 @@ def sample_rollouts(model: RWKV7, prompt: list[int], batch_size: int, gen_len: i
             stopped |= tok[:, 0] == s
         if stop_tokens and bool(stopped.all()):
             break
-        logits, state = model(tok.to(device), state)
+        with _autocast(str(device)):  # one token: the plain recurrence is fewer kernels than a chunk
+            logits, state = model(tok.to(device), state, chunked=False)
     return torch.cat(out, dim=1)
 
 
@@ -117,14 +131,16 @@ def reinforce_loss(model: RWKV7, prompt: list[int], samples: torch.Tensor, rewar
     B, T = samples.shape
     P = len(prompt)
     full = torch.cat([torch.tensor([prompt] * B, device=samples.device), samples], dim=1)
-    logits, _ = model(full[:, :-1])
+    with _autocast(str(samples.device)):
+        logits, _ = model(full[:, :-1])
     logp_all = F.log_softmax(logits[:, P - 1:].float(), dim=-1)
     logp = logp_all.gather(-1, samples[..., None])[..., 0]
     adv = advantages(rewards, valid, credit)
     loss = -(adv.detach() * logp).sum() / valid.sum().clamp_min(1.0)
     if ref_model is not None and kl_coef > 0:
         with torch.no_grad():
-            ref_logits, _ = ref_model(full[:, :-1])
+            with _autocast(str(samples.device)):
+                ref_logits, _ = ref_model(full[:, :-1])
             ref_logp = F.log_softmax(ref_logits[:, P - 1:].float(), dim=-1)
         kl = (logp_all.exp() * (logp_all - ref_logp)).sum(-1)
         loss = loss + kl_coef * (kl * valid).sum() / valid.sum().clamp_min(1.0)
@@ -187,8 +203,10 @@ def reinforce_train(init: Path, out_dir: Path, reward_fn: RewardFn, prompt: list
 
     def save(step: int) -> None:
         ckpt.save_model(model, path, save_dtype)
-        meta["reinforce"] = {"init": str(init), "reward": reward_name,
-                             "prompt": prompts[0] if len(prompts) == 1 else prompts,
+        shown: object = prompts[0] if len(prompts) == 1 else prompts
+        if len(prompts) > 16 and all(0 < t < 128 for p in prompts for t in p[1:]):  # many ABC headers: as text
+            shown = {"count": len(prompts), "texts": ["".join(map(chr, p[1:])) for p in prompts]}
+        meta["reinforce"] = {"init": str(init), "reward": reward_name, "prompt": shown,
                              "options": dataclasses.asdict(opts), "steps_done": step,
                              "elapsed_s": round(time.monotonic() - t0, 1), "history": history}
         atomic_write_text(out_dir / ckpt.META_FILE, json.dumps(meta, indent=2) + "\n", force=True)

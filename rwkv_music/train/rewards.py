@@ -10,6 +10,14 @@ returns-to-go pushes on the decisions that led there.
   repeat/ending sign are not judged, as in FORMATS E's bar-balance rule).
 * :func:`abc_bar_balance_local_reward` — the same judgement given to *every* token of the judged
   bar, its closing barline included (for ``credit="local"`` in :mod:`rwkv_music.train.reinforce`).
+* :func:`abc_strict_reward` (``abc-strict``) — the strict judge's verdict
+  (:func:`rwkv_music.formats.abc.judge.judge_tune`: every bar a full bar, pickup pairs only, no
+  exemption by barline kind, overfull bars count) given to every token of each bar, ±1; −1 on
+  spaces beyond a run of two; at the end-of-tune token a cadence score (final barline, parts of
+  4/8/16 bars, last note on the tonic, as many sections as the ``S:n`` control code asks) and half
+  the tonic term on the final bar's tokens; −1 on every token written after the ``S:n``-th section
+  has closed (the tune should have ended there) and on bars past 16 per section; a rollout that
+  never ends gets −1 on its unfinished bar.  For ``credit="local"``.
 * :func:`midi_stuck_notes_reward` — −1 at the wait token where a note has been held longer than
   ``max_hold_ms``, −1 at the end for every note still held, −0.5 for a note-off of a note that
   is not sounding.
@@ -149,6 +157,121 @@ def _bar_rewards(ids: list[int], prefix: str, spread: bool) -> list[float]:
     return rewards
 
 
+# ----------------------------------------------------------------------------- strict ABC
+
+_STRICT_BARLINE = re.compile(r"\.?(?:\[\||:*\|+\]?:*|::+)(?:\s*\[?\d+(?:[,-]\d+)*)?|\[\d+(?:[,-]\d+)*")
+_FINAL_BARLINES = ("|]", ":|", "||", "::")
+# A section of a common tune has 8 (at most 16) bars: bars beyond 16 per S:n section are penalised,
+# or a policy learns to dodge the end-of-tune checks by never closing a section.
+BARS_PER_SECTION_LIMIT = 16
+
+
+def _bar_spans(text: str, start: int, end: int) -> list[tuple[int, int, bool]]:
+    """(first char, one past its barline, has music) of each stretch between barlines in text[start:end].
+
+    Its own small scanner (quoted text, decorations, grace notes and inline fields hold no bar
+    content); bars with music must line up one-to-one with the judge's ``bar_list``.
+    """
+    spans: list[tuple[int, int, bool]] = []
+    bar_start, music, i = start, False, start
+    line_start = True
+    while i < end:
+        ch = text[i]
+        if line_start and re.match(r"[A-Za-z]:", text[i:i + 2]) and text[i:i + 2] != "|:":
+            j = text.find("\n", i, end)
+            i = end if j < 0 else j + 1
+            continue
+        line_start = ch == "\n"
+        if ch == "%":
+            j = text.find("\n", i, end)
+            i = end if j < 0 else j
+        elif ch in '"!{':
+            j = text.find({"{": "}"}.get(ch, ch), i + 1, end)
+            i = end if j < 0 else j + 1
+        elif ch == "[" and re.match(r"\[[A-Za-z]:", text[i:i + 3]):
+            j = text.find("]", i, end)
+            i = end if j < 0 else j + 1
+        elif ch in "|:[" and (ch != "[" or (i + 1 < end and (text[i + 1] == "|" or text[i + 1].isdigit()))):
+            m = _STRICT_BARLINE.match(text, i, end)
+            if m is None or m.end() == i:
+                i += 1
+                continue
+            spans.append((bar_start, m.end(), music))
+            bar_start, music, i = m.end(), False, m.end()
+        else:
+            music = music or ch in "ABCDEFGabcdefgzxZX"
+            i += 1
+    if bar_start < end:
+        spans.append((bar_start, end, music))
+    return spans
+
+
+def _sections_end(text: str, body: int, end: int, wanted: int) -> int | None:
+    """Position just after the barline that closes section number ``wanted`` (counted as the
+    training data's ``S:`` control code counts them, :func:`rwkv_music.train.data.abc_sections`)."""
+    from rwkv_music.train.data import abc_sections
+
+    music = text[body:end]
+    for m in re.finditer(r":\|:|\|\]|\[\||\|\||::|\|:|:\|", music):
+        if len(abc_sections(music[: m.end()])) >= wanted:
+            return body + m.end()
+    return None
+
+
+def abc_strict_reward(ids: list[int], prefix: str = "") -> list[float]:
+    """Per-token strict reward (module docstring); ``prefix`` is header text not in ``ids``."""
+    from rwkv_music.formats.abc.judge import judge_tune
+
+    text = "".join(chr(t) if t > 3 else "\0" for t in ids)
+    rewards = [0.0] * len(ids)
+    full = prefix + text
+    head = re.search(r"^K:[^\n\0]*(\n|$)", full, re.M)
+    if head is None:
+        return rewards
+    body = max(head.end() - len(prefix), 0)
+    stop = text.find("\0", body)
+    ended = stop >= 0
+    end = stop if ended else len(text)
+    spans = _bar_spans(text, body, end)
+    if not ended:  # cut by the length cap: judge complete bars only, the unfinished one is wrong
+        if spans and not re.search(r"[|\]]\s*$", text[spans[-1][0]:spans[-1][1]]):
+            first, last, _ = spans.pop()
+            for i in range(first, last):
+                rewards[i] = -1.0
+        end = spans[-1][1] if spans else body
+    report = judge_tune(full[: len(prefix) + end].replace("\0", ""))
+    music = [s for s in spans if s[2]]
+    bad = set(report.unbalanced)
+    wanted = re.search(r"^\0?S:(\d+)$", full, re.M)  # (the bos byte reads as \0)
+    max_bars = BARS_PER_SECTION_LIMIT * max(int(wanted.group(1)) if wanted else 2, 1)
+    if len(music) == len(report.bar_list):
+        for k, (first, last, _) in enumerate(music):
+            for i in range(first, last):  # bars past the length limit are wrong however long they are
+                rewards[i] = -1.0 if k in bad or k >= max_bars else 1.0
+    elif music:  # the scanners disagree (a rare construct): judge the tune as a whole
+        value = 1.0 if report.strictly_balanced else -1.0
+        for i in range(music[0][0], music[-1][1]):
+            rewards[i] = value
+    for m in re.finditer(r" {3,}", text[body:end]):
+        for i in range(body + m.start() + 2, body + m.end()):
+            rewards[i] = -1.0
+    done_at = _sections_end(text, body, stop if ended else len(text), int(wanted.group(1))) if wanted else None
+    if done_at is not None:  # music after the S:n-th section: the tune should have ended there
+        for i in range(done_at, stop if ended else len(text)):
+            if text[i] not in " \n":
+                rewards[i] = -1.0
+    if ended:
+        tail = text[body:end].rstrip()
+        checks = (tail.endswith(_FINAL_BARLINES) and (wanted is None or done_at is not None),
+                  report.regular_parts, report.ends_on_tonic)
+        rewards[stop] = sum(1.0 if ok else -1.0 for ok in checks) / len(checks)
+        if music:
+            first, last, _ = music[-1]
+            for i in range(first, last):
+                rewards[i] += 0.5 if report.ends_on_tonic else -0.5
+    return rewards
+
+
 # ----------------------------------------------------------------------------- MIDI notes
 
 
@@ -182,11 +305,14 @@ def midi_stuck_notes_reward(ids: list[int], max_hold_ms: int = 5000) -> list[flo
 
 
 def reward_by_name(name: str) -> RewardFn:
-    """``abc-bar-balance``, ``abc-bar-balance-local``, ``midi-stuck-notes`` or ``token:<id>[:<value>]``."""
+    """``abc-strict``, ``abc-bar-balance``, ``abc-bar-balance-local``, ``midi-stuck-notes`` or
+    ``token:<id>[:<value>]``."""
     if name == "abc-bar-balance":
         return abc_bar_balance_reward
     if name == "abc-bar-balance-local":
         return abc_bar_balance_local_reward
+    if name == "abc-strict":
+        return abc_strict_reward
     if name == "midi-stuck-notes":
         return midi_stuck_notes_reward
     if name.startswith("token:"):
@@ -195,5 +321,5 @@ def reward_by_name(name: str) -> RewardFn:
             return token_reward(int(parts[1]), float(parts[2]) if len(parts) > 2 else 1.0)
         except (ValueError, IndexError) as exc:
             raise RwkvMusicError(f"bad reward {name!r}; expected token:<id>[:<value>]") from exc
-    raise RwkvMusicError(f"unknown reward {name!r}; expected abc-bar-balance, abc-bar-balance-local, "
-                         "midi-stuck-notes or token:<id>")
+    raise RwkvMusicError(f"unknown reward {name!r}; expected abc-strict, abc-bar-balance, "
+                         "abc-bar-balance-local, midi-stuck-notes or token:<id>")

@@ -132,13 +132,27 @@ def lr_at(opts: TrainOptions, step: int, progress: float) -> float:
 
 
 def train(opts: TrainOptions, docs: list[Document], vocab_size: int, *,
-          resume: bool = False, progress: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train on ``docs`` and write ``model.pth`` + ``train_state.pt`` under ``opts.out``."""
+          resume: bool = False, progress: Callable[[dict], None] | None = None,
+          val_docs: list[Document] | None = None,
+          augment: Callable[[list[Document]], list[Document]] | None = None,
+          extra_meta: dict | None = None) -> TrainResult:
+    """Train on ``docs`` and write ``model.pth`` + ``train_state.pt`` under ``opts.out``.
+
+    ``val_docs`` given: ``docs`` are all training documents and these the held-out set (a
+    prepared split); otherwise ``docs`` is split by ``opts.val_fraction``.  ``augment`` rewrites
+    the training split only (held-out documents stay as written); ``extra_meta`` is recorded
+    in ``train_meta.json`` (e.g. the augmentation recipe).
+    """
     if opts.threads:
         torch.set_num_threads(opts.threads)
     out = Path(opts.out)
     device = opts.device
-    train_docs, val_docs = split_documents(docs, opts.val_fraction, opts.seed)
+    if val_docs is None:
+        train_docs, val_docs = split_documents(docs, opts.val_fraction, opts.seed)
+    else:
+        train_docs = list(docs)
+    if augment is not None:
+        train_docs = augment(train_docs)
     train_stream = TokenStream(train_docs)
     val_stream = TokenStream(val_docs) if val_docs else None
     max_id = int(train_stream.ids.max())
@@ -178,7 +192,7 @@ def train(opts: TrainOptions, docs: list[Document], vocab_size: int, *,
                 "config": dataclasses.replace(model.config, n_params=model.param_count()).to_dict(),
                 "n_train_docs": len(train_docs),
                 "n_val_docs": len(val_docs), "n_train_tokens": len(train_stream),
-                "n_val_tokens": len(val_stream) if val_stream else 0}
+                "n_val_tokens": len(val_stream) if val_stream else 0, **(extra_meta or {})}
         ckpt.save_train_state(out, model, optimizer, meta)
 
     while step < opts.steps:

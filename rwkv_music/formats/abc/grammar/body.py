@@ -139,6 +139,8 @@ class BodyRules:
             return s.replace(after_note=False, no_left=False, line_start=False)
         if not s.after_note:
             return None
+        if self.timing.cadence_bar(s) and s.bar_len is not None and s.pos == self.timing.cap(s):
+            return None  # the tune's last note ties into nothing
         return s.replace(after_note=False, last=ZERO, no_left=False, line_start=False)
 
     # -- notes and rests ------------------------------------------------------------------------

@@ -24,8 +24,9 @@ inside the bar (integer arithmetic over the few possible lengths).
 **The bar's cap.**  Under a form a bar may hold less than the metre: a part's pickup holds
 exactly the tune's pickup ``p`` and a part's closing bar ``bar - p`` (:meth:`BarTiming.cap`).
 Both are multiples of the grid, so the grid argument holds for them too.  In the tune's last
-bar (with a cadence) a note that is not the tonic must leave at least one grain, so the tonic
-can always still follow.
+bar (with a cadence) every plain note must leave room for a final tonic of at least an eighth
+note (:meth:`BarTiming.cadence_length`), unless it is that tonic, so the tonic can always still
+follow and the tune never ends on a flick.
 """
 
 from __future__ import annotations
@@ -160,10 +161,26 @@ class BarTiming:
         return self.cadence and bool(s.tonic) and s.part == s.parts - 1 and s.bar_no >= 0 and s.bar_no + 1 == s.bars
 
     def _reserve(self, s: AbcState) -> bool:
-        """The note or rest being read may not fill the last bar: the tonic must still follow."""
+        """The note or rest being read is a plain one in the tune's last bar (it must leave room for the tonic)."""
         if not self.cadence or s.nkind != 0 or s.mode not in ("note", "rest") or not self.cadence_bar(s):
             return False  # (a note that has not got its letter yet is checked again when it has)
-        return not (s.ton if s.mode == "note" else (s.mode == "rest" and s.on_tonic))
+        return True
+
+    def _may_end(self, s: AbcState) -> bool:
+        """The note or rest being read may be the tune's last: the tonic, or a rest after it."""
+        return s.ton if s.mode == "note" else (s.mode == "rest" and s.on_tonic)
+
+    def cadence_length(self, s: AbcState) -> Fraction:
+        """Shortest final tonic, in units of ``L``: an eighth note (a cadence is no 32nd-note flick),
+        or the whole last bar when a pickup leaves it shorter than that."""
+        if not s.unit:
+            return self.grain
+        return min(max(self.grain, Fraction(1, 8) / s.unit), self.cap(s) / s.unit)
+
+    def _cadence_fits(self, s: AbcState, value: Fraction, left: Fraction) -> bool:
+        """In the last bar, a plain note of ``value`` leaving ``left`` (units of ``L``) keeps a cadence possible."""
+        cad = self.cadence_length(s)
+        return left >= cad or (left == 0 and value >= cad and self._may_end(s))
 
     def begin(self, s: AbcState) -> AbcState | None:
         """A note, rest or chord starts: its factor (unit, tuplet, broken rhythm), if it can fit.
@@ -218,8 +235,8 @@ class BarTiming:
         if self.lenient:
             return True
         if s.nkind == 0:
-            if self._reserve(s):
-                return self._length_ext[text][0] + self.grain <= s.room
+            if self._reserve(s):  # the tune's last bar: the tonic must still be able to close it
+                return any(v <= s.room and self._cadence_fits(s, v, s.room - v) for v in self._length_ext[text])
             return self._length_ext[text][0] <= s.room
         if s.nkind == 2:
             return self._broken_right_ok(s, self._ext_grains[text])
@@ -279,8 +296,12 @@ class BarTiming:
             pos = ZERO
         else:
             pos = s.pos + dur
-            if not self.lenient and (pos > self.cap(s) or (pos == self.cap(s) and self._reserve(s))):
+            if not self.lenient and pos > self.cap(s):
                 return None  # (lenient bars may overflow: see close_bar)
+            if not self.lenient and self._reserve(s):
+                value = self.lengths[text]
+                if not self._cadence_fits(s, value, (self.cap(s) - pos) / s.unit):
+                    return None
             off_grid = not self.lenient and (pos / self._grid(s)).denominator != 1
             if s.nkind == 2 and off_grid:
                 return None

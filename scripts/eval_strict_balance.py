@@ -1,0 +1,55 @@
+"""Strict bar balance of an ABC model, unconstrained, under every common caller header (issue 15).
+
+Usage (from the repository root)::
+
+    python scripts/eval_strict_balance.py [MODEL.pth] [--n 12] [--seed 11] [--device cpu] [--constrained]
+
+Prints, per header (M: x L:), the share of tunes that :func:`rwkv_music.formats.abc.judge.judge_tune`
+finds strictly balanced, the share ending on the tonic and the mean length, then the overall rate.
+Default model: the shipped ``abc-default``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+METRES = ("4/4", "3/4", "2/4", "6/8", "9/8", "C", "C|")
+UNITS = ("1/8", "1/16")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", nargs="?", default=None)
+    parser.add_argument("--n", type=int, default=12, help="tunes per header")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--key", default="D")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-tokens", type=int, default=1024)
+    parser.add_argument("--constrained", action="store_true")
+    args = parser.parse_args()
+
+    from rwkv_music import Composer
+    from rwkv_music.formats.abc.judge import judge_tune
+
+    composer = Composer.load(args.model, mode="abc", device=args.device)
+    print(f"{composer!r}  n={args.n} seed={args.seed} key={args.key} constrained={args.constrained}")  # noqa: T201 - a report
+    total = ok_total = 0
+    t0 = time.monotonic()
+    for unit in UNITS:
+        for meter in METRES:
+            pieces = composer.compose_abc(n=args.n, key=args.key, meter=meter, unit=unit, seed=args.seed,
+                                          constrained=args.constrained, max_tokens=args.max_tokens)
+            reports = [judge_tune(p.text) for p in pieces]
+            ok = sum(r.strictly_balanced for r in reports)
+            tonic = sum(r.ends_on_tonic for r in reports)
+            chars = sum(len(p.text) for p in pieces) / len(pieces)
+            line = f"M:{meter:<4} L:{unit:<5} strict {ok / len(pieces):.2f}  tonic {tonic / len(pieces):.2f}"
+            print(f"{line}  chars {chars:.0f}", flush=True)  # noqa: T201 - a report
+            total += len(pieces)
+            ok_total += ok
+    print(f"overall strict {ok_total / total:.3f} ({ok_total}/{total}) in {time.monotonic() - t0:.0f}s")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
