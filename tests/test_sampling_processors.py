@@ -263,4 +263,4 @@ def test_pruned_top_k_and_top_p_equal_the_full_sort(seed: int) -> None:
             finite = row[np.isfinite(row)].astype(np.float64)
             p = np.exp(finite - finite.max())
             p /= p.sum()
-            assert proc._cutoff(p) == _reference_top_p_cutoff(top_p, p)
+            assert proc.cutoff(p[None, :])[0, 0] == _reference_top_p_cutoff(top_p, p)

@@ -75,7 +75,8 @@ class TorchModel:
     array_kind = "torch"
 
     def __init__(self, config: RWKVConfig, weights: Any, module: Any, device: torch.device, dtype: torch.dtype,
-                 source: str, initial_kv: torch.Tensor | None = None, native: bool | None = None) -> None:
+                 source: str, initial_kv: torch.Tensor | None = None, native: bool | None = None,
+                 cuda_graph: bool = True) -> None:
         self.config = config
         self.device = device
         self.dtype = dtype
@@ -85,19 +86,27 @@ class TorchModel:
         self._weights = weights
         self._module = module
         self._initial_kv = initial_kv  # [L, H, N, N] f32 from a state-tuned v6 file, else None
+        # Decode steps (forward of one token with inplace=True) through captured CUDA graphs, one per
+        # batch-size bucket (rwkv_music.backends.torch_cuda_graph); on CUDA only.
+        self.cuda_graph = bool(cuda_graph)
+        self._graph_steps: Any = None
+        self._graph_eager = False  # tests: run the same static-buffer path eagerly (on a CPU)
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Any], device: str | torch.device = "cpu",
                         dtype: str | torch.dtype = "fp32", source: str = "<state dict>",
-                        native: bool | None = None) -> "TorchModel":
+                        native: bool | None = None, cuda_graph: bool = True) -> "TorchModel":
         """A model from a raw trainer state dict (name → tensor), checked like a file would be.
 
-        ``sd`` itself is not modified; ``source`` names it in error messages; ``native`` as in :func:`load`.
+        ``sd`` itself is not modified; ``source`` names it in error messages; ``native`` and
+        ``cuda_graph`` as in :func:`load`.
         """
         dev, dt = parse_device(device), parse_dtype(dtype)
         sd = check_payload(sd, source)  # a shallow copy, so the caller's dict is left alone
-        return cls._build(sd, inspect_state_dict(sd, source), dev, dt, source, native)
+        model = cls._build(sd, inspect_state_dict(sd, source), dev, dt, source, native)
+        model.cuda_graph = bool(cuda_graph)
+        return model
 
     @classmethod
     def _build(cls, sd: dict[str, Any], config: RWKVConfig, device: torch.device, dtype: torch.dtype,
@@ -168,9 +177,17 @@ class TorchModel:
         step's cost at batch 32 and above on a CPU.  ``state`` must then be a torch State on
         this model's device with its dtypes (as :meth:`new_state` and ``forward`` return); with
         ``state`` None a fresh one is made and returned, as by default.
+
+        On CUDA (with ``cuda_graph``) a one-token ``inplace=True`` step replays a captured graph
+        (:mod:`rwkv_music.backends.torch_cuda_graph`): ``state``'s tensors then become views of the
+        graph's buffers, and the logits are a view that the next such step overwrites.
         """
         ids = self._tokens(tokens)
         B = ids.shape[0]
+        if inplace and state is not None and ids.shape[1] == 1 and not all_logits and self._graphs() is not None:
+            logits = self._graph_steps.step(ids, state)
+            if logits is not None:  # (None: a batch above the largest bucket runs eagerly below)
+                return logits, state
         if inplace and state is not None:
             checked = self._state(state, B)
             if any(checked.tensors[k] is not t for k, t in state.tensors.items()):
@@ -182,6 +199,17 @@ class TorchModel:
         state = self.new_state(B) if state is None else self._state(state, B)
         with torch.no_grad(), native_kernels.choose(self.native):
             return self._module.forward(self._weights, self.config, ids, state, bool(all_logits))
+
+    def _graphs(self) -> Any:
+        """The per-bucket graph decoders when decode steps go through them (CUDA, ``cuda_graph``), else None."""
+        graphs = self.cuda_graph and self.device.type == "cuda" and self.quantization is None
+        if not (graphs or self._graph_eager):
+            return None  # (checked every call: ``cuda_graph`` may be switched off at any time)
+        if self._graph_steps is None:
+            from rwkv_music.backends.torch_cuda_graph import GraphSteps
+
+            self._graph_steps = GraphSteps(self, use_graph=not self._graph_eager)
+        return self._graph_steps
 
     # -- input checks ----------------------------------------------------------------------
     def _tokens(self, tokens: Any) -> torch.Tensor:
@@ -217,7 +245,7 @@ def _pop_time_state(sd: dict[str, Any], config: RWKVConfig, device: torch.device
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = "fp32",
-         threads: int | None = None, native: bool | None = None) -> TorchModel:
+         threads: int | None = None, native: bool | None = None, cuda_graph: bool = True) -> TorchModel:
     """Load a raw BlinkDL checkpoint (.pth, or .safetensors) for inference with torch.
 
     Args:
@@ -233,6 +261,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str
         native: use the C kernels of :mod:`rwkv_music.model.native` (fused fp32 CPU decode, the
             int8 kernel) where they build: ``True``/``False``, or ``None`` for the process
             default (on, unless ``RWKV_MUSIC_NATIVE=0``).
+        cuda_graph: on CUDA, run decode steps (one token per row, ``inplace=True``, as the decode
+            loop calls them) through captured CUDA graphs, one per batch-size bucket; ``False``
+            runs them eagerly.  Ignored on a CPU.
     """
     if threads is not None:
         if int(threads) < 1:
@@ -245,6 +276,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str
         raise ValueError(f"dtype 'int8' runs on the CPU only, not on {device!r}")
     sd, config, source = load_state_dict(path)
     model = TorchModel._build(sd, config, dev, dt, source, native)
+    model.cuda_graph = bool(cuda_graph)
     if int8:
         model.quantize_int8()
     return model

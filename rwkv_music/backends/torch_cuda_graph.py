@@ -21,12 +21,20 @@ buffer logic testable on a CPU and gives a reference for the graph.
 >>> tuple(dec.step([[1], [2]]).shape)
 (2, 128)
 
-Status: the CUDA path (capture and replay) has not been run on a GPU yet.
+**In the product path** (:class:`GraphSteps`): a CUDA :class:`~rwkv_music.backends.torch.TorchModel`
+with ``cuda_graph=True`` (the default) runs every single-token ``forward(..., inplace=True)`` -- the
+decode loop's steps -- through one :class:`GraphDecoder` per batch-size bucket (powers of two up
+to :data:`MAX_GRAPH_BATCH`).  A batch of ``B`` rows uses the first ``B`` rows of the bucket's
+buffers; the caller's :class:`~rwkv_music.model.state.State` is then rebound to views of those
+rows, so while the batch does not change (no row finished or admitted) a step copies nothing but
+the ``B`` token ids.  When the loop compacts or joins its state (new tensors), the next step copies
+them in once.  Sampling runs on the device right after the replay (the logits never leave it).
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any, Sequence
 
 import torch
@@ -37,6 +45,18 @@ from rwkv_music.model.state import State
 log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (lets lazy inits and allocator settle)
+MAX_GRAPH_BATCH = 1024  # larger batches run eagerly (one graph per power of two up to here)
+
+
+def bucket_for(batch_size: int) -> int | None:
+    """The graph bucket (a power of two >= ``batch_size``) or None when the batch is too large.
+
+    >>> bucket_for(1), bucket_for(3), bucket_for(32), bucket_for(5000)
+    (1, 4, 32, None)
+    """
+    if batch_size > MAX_GRAPH_BATCH:
+        return None
+    return 1 << max(0, int(batch_size - 1).bit_length())
 
 
 class GraphDecoder:
@@ -62,6 +82,7 @@ class GraphDecoder:
             self.set_state(state)
         self._logits: torch.Tensor | None = None
         self._graph: Any = None
+        self._owner: Any = None  # weakref to the caller's State whose tensors are views of the buffers
         if use_graph:
             self._capture()
 
@@ -131,3 +152,72 @@ class GraphDecoder:
         index = torch.tensor(rows, dtype=torch.long, device=self.device)
         for name, t in self._state.tensors.items():
             t.index_copy_(1, index, src.tensors[name])
+
+    # -- partial batches (the product path) ---------------------------------------------------
+    def holds(self, state: State, rows: int) -> bool:
+        """True if ``state`` is the view of this decoder's first ``rows`` rows (nothing to copy in)."""
+        return all(
+            t.shape[1] == rows and t.data_ptr() == self._state.tensors[name].data_ptr()
+            and t.stride() == self._state.tensors[name].stride()
+            for name, t in state.tensors.items()
+        )
+
+    def adopt(self, state: State) -> None:
+        """Copy ``state``'s rows into the first rows of the buffers and make ``state`` a view of them.
+
+        The caller's state object keeps working as a state (same keys, shapes, dtypes); its tensors
+        now live in this decoder, and the next :meth:`step_rows` on it copies nothing.
+        """
+        rows = state.batch_size
+        previous = self._owner() if self._owner is not None else None
+        if previous is not None and previous is not state and self.holds(previous, previous.batch_size):
+            # another state still lives in these rows: give it its own memory before overwriting
+            previous.tensors = {k: v.clone() for k, v in previous.tensors.items()}
+        checked = self.model._state(state, rows)
+        for name, t in self._state.tensors.items():
+            t[:, :rows].copy_(checked.tensors[name])
+        state.tensors = {name: t[:, :rows] for name, t in self._state.tensors.items()}
+        self._owner = weakref.ref(state)
+
+    def step_rows(self, ids: torch.Tensor, state: State) -> torch.Tensor:
+        """One step for the first ``ids.shape[0]`` rows, ``state`` adopted first if needed.
+
+        Returns a view of the logits buffer (valid until the next step).
+        """
+        rows = ids.shape[0]
+        if not self.holds(state, rows):
+            self.adopt(state)
+        self._tokens[:rows].copy_(ids.reshape(-1, 1), non_blocking=True)
+        if self._graph is None:
+            with torch.no_grad():
+                self._logits = self._eager_step()
+        else:
+            self._graph.replay()
+        assert self._logits is not None
+        return self._logits[:rows]
+
+
+class GraphSteps:
+    """The decoders of one model, one per batch-size bucket, made on first use."""
+
+    def __init__(self, model: Any, use_graph: bool = True) -> None:
+        self.model, self.use_graph = model, use_graph
+        self.decoders: dict[int, GraphDecoder] = {}
+        self.failed: str | None = None  # why capture failed (then every step runs eagerly)
+
+    def step(self, ids: torch.Tensor, state: State) -> torch.Tensor | None:
+        """Logits of one decode step through a bucket's decoder; None: run it eagerly instead
+        (a batch above the largest bucket, or a capture that failed once)."""
+        bucket = bucket_for(int(ids.shape[0]))
+        if bucket is None or self.failed is not None:
+            return None
+        dec = self.decoders.get(bucket)
+        if dec is None:
+            try:
+                dec = GraphDecoder(self.model, bucket, use_graph=self.use_graph)
+            except RuntimeError as exc:  # an op that cannot be captured: decoding still works, eagerly
+                self.failed = f"{type(exc).__name__}: {exc}"
+                log.warning("CUDA graph capture failed (%s); decoding eagerly", self.failed.splitlines()[0])
+                return None
+            self.decoders[bucket] = dec
+        return dec.step_rows(ids, state)

@@ -34,7 +34,7 @@ from rwkv_music.sampling.processors import (
     TopK,
     TopP,
 )
-from rwkv_music.sampling.sampler import make_generators, sample
+from rwkv_music.sampling.sampler import counter_uniforms, make_generators, row_uniforms, sample, sample_batch
 
 _FORMAT_NAMES = {
     "AbcConstraint": "rwkv_music.formats.abc.constraint",
@@ -85,5 +85,8 @@ __all__ = [
     "pip_text_weights",
     "preset_names",
     "sample",
+    "sample_batch",
+    "counter_uniforms",
+    "row_uniforms",
     "weights_from_ranges",
 ]

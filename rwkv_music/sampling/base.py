@@ -32,11 +32,21 @@ row, the step and the rule; :func:`check_rows` does this.  :class:`LogitsProcess
 again after every processor, so a processor that forgets still cannot hand the sampler an
 empty row.
 
-**numpy and torch.**  Subclasses of :class:`LogitsProcessor` implement :meth:`~LogitsProcessor.process`
-on numpy arrays; the inherited ``__call__`` converts a torch tensor to numpy and back (torch is
-imported only when a tensor is given, so the onnx/ncnn backends never import it), finds the
-active rows and checks the result.  A processor may instead override ``__call__`` itself as
-long as it keeps the contract above.
+**numpy and torch; host and device.**  A processor declares where it runs with ``runs_on``:
+
+* ``"host"`` (the default): it implements :meth:`~LogitsProcessor.process` on numpy arrays; the
+  inherited ``__call__`` converts a torch tensor to numpy and back (torch is imported only when a
+  tensor is given, so the onnx/ncnn backends never import it), finds the active rows and checks
+  the result.  The music constraints are host processors.  A host processor that sets
+  ``mask_only = True`` (its result depends only on which scores are finite, and it only bans)
+  gets a 0/-inf probe instead, so only masks cross between a GPU and the host.
+* ``"device"``: it implements ``apply(step, scores)`` on numpy arrays *and* torch tensors (the
+  generic knobs of :mod:`rwkv_music.sampling.processors`, written against
+  :mod:`rwkv_music.sampling.arrays`), so torch logits stay on their device.
+
+A processor may instead override ``__call__`` itself as long as it keeps the contract above.
+:meth:`LogitsProcessorList.run` is the decode loop's fast path: no per-processor row checks (the
+sampler's -1 for an empty row triggers :meth:`LogitsProcessorList.diagnose`, which names the rule).
 
 >>> import numpy as np
 >>> class BanOdd(LogitsProcessor):
@@ -140,6 +150,7 @@ class LogitsProcessor:
     """
 
     rule: str = "processor"
+    runs_on: str = "host"  # "host": process() on numpy; "device": apply() on numpy or torch
 
     def reset(self, prompts: Sequence[Sequence[int]]) -> None:
         """Start of a generation: one prompt (token ids) per batch row.  No-op by default."""
@@ -152,6 +163,13 @@ class LogitsProcessor:
         raise NotImplementedError(f"{type(self).__name__} must implement process() or __call__()")
 
     def __call__(self, step: int, scores: Any) -> Any:
+        if self.runs_on == "device" and is_torch_tensor(scores):
+            if scores.ndim != 2:
+                raise ValueError(f"{type(self).__name__}: scores must be [batch, vocab], not {tuple(scores.shape)}")
+            out = self.apply(step, scores)  # type: ignore[attr-defined]
+            out = out.clone() if out is scores else out
+            _check_any(scores, out, step, self.rule)
+            return out
         arr, back = to_numpy(scores)
         if arr.ndim != 2:
             raise ValueError(f"{type(self).__name__}: scores must be [batch, vocab], got shape {arr.shape}")
@@ -165,12 +183,29 @@ class LogitsProcessor:
         return f"{type(self).__name__}({fields})"
 
 
+def _check_any(before: Any, after: Any, step: int, rule: str) -> None:
+    """:func:`check_rows` for numpy or torch (one host sync for a tensor)."""
+    if not is_torch_tensor(before):
+        check_rows(np.asarray(after), active_rows(np.asarray(before)), step, rule)
+        return
+    import torch
+
+    empty = torch.isfinite(before).any(dim=1) & ~torch.isfinite(after).any(dim=1)
+    if bool(empty.any()):
+        raise RowConstraintError(int(torch.nonzero(empty)[0, 0]), step, rule)
+
+
+def _on_device(proc: Any) -> bool:
+    return getattr(proc, "runs_on", "host") == "device" and hasattr(proc, "apply")
+
+
 class LogitsProcessorList(list):
     """Processors applied in list order; ``reset``/``update`` go to each in the same order.
 
-    A torch input is converted to numpy once, run through every processor and converted back,
-    so a long list costs one host round trip.  After each processor the list checks that no
-    active row was emptied (naming that processor's ``rule``).
+    Device processors (``runs_on = "device"``) take the scores as they come -- a torch tensor
+    stays on its device; host processors get numpy (a tensor crosses to the host only around
+    them, once per run of consecutive host processors).  ``__call__`` checks after each
+    processor that no active row was emptied (naming that processor's ``rule``).
     """
 
     def reset(self, prompts: Sequence[Sequence[int]]) -> None:
@@ -178,18 +213,94 @@ class LogitsProcessorList(list):
         for proc in self:
             proc.reset(prompts)
 
-    def update(self, tokens: Sequence[int]) -> None:
-        tokens = as_token_list(tokens)
+    def update(self, tokens: Any, host: Sequence[int] | None = None) -> None:
+        """The chosen ids (list, numpy or torch): device processors get them as given, host ones as ints
+        (``host``: the same ids already on the host, which saves a copy)."""
+        host = None if host is None else [int(t) for t in host]
         for proc in self:
-            proc.update(tokens)
+            if _on_device(proc):
+                proc.update(tokens)
+            else:
+                host = as_token_list(tokens) if host is None else host
+                proc.update(host)
+
+    def run(self, step: int, scores: Any) -> Any:
+        """Every processor in order, no row checks (the loop's fast path); the result may be ``scores`` itself."""
+        torch_in = is_torch_tensor(scores)
+        back = None
+        cur = scores
+        for proc in self:
+            if _on_device(proc):
+                if back is not None:  # return from the host
+                    cur, back = back(cur), None
+                cur = proc.apply(step, cur)
+            elif getattr(proc, "mask_only", False) and back is None and is_torch_tensor(cur):
+                cur = _via_mask(proc, step, cur)
+            else:
+                if torch_in and back is None:
+                    cur, back = to_numpy(cur)
+                cur = _host_apply(proc, step, cur)
+        return back(cur) if back is not None else cur
+
+    def diagnose(self, step: int, scores: Any) -> dict[int, str]:
+        """Which rows each processor emptied: ``{row: rule}`` (rows already empty in ``scores``: "model logits").
+
+        Processors do not change state when called, so re-running them here is allowed.
+        """
+        arr, _ = to_numpy(scores)
+        active = active_rows(arr)
+        found: dict[int, str] = {int(r): "model logits" for r in np.flatnonzero(~active)}
+        cur = arr
+        for proc in self:
+            try:
+                out = _host_apply(proc, step, cur)
+            except RowConstraintError as err:  # a processor with its own checks
+                found.setdefault(err.row, err.rule)
+                return found
+            cur = np.asarray(to_numpy(out)[0])
+            empty = active & ~np.isfinite(cur).any(axis=1)
+            for r in np.flatnonzero(empty):
+                found.setdefault(int(r), getattr(proc, "rule", type(proc).__name__))
+            active = active & ~empty
+        return found
 
     def __call__(self, step: int, scores: Any) -> Any:
-        arr, back = to_numpy(scores)
-        active = active_rows(arr)
+        cur = scores
         for proc in self:
-            arr = proc(step, arr)
-            check_rows(arr, active, step, getattr(proc, "rule", type(proc).__name__))
-        return back(arr)
+            nxt = proc(step, cur) if _on_device(proc) or not is_torch_tensor(cur) else _via_host(proc, step, cur)
+            _check_any(cur, nxt, step, getattr(proc, "rule", type(proc).__name__))
+            cur = nxt
+        return cur.clone() if cur is scores and is_torch_tensor(cur) else (
+            cur.copy() if cur is scores else cur)
+
+
+def _host_apply(proc: Any, step: int, scores: Any) -> Any:
+    """One processor without its row checks where it has them separately (``process``)."""
+    if _on_device(proc):
+        return proc.apply(step, scores)
+    if isinstance(proc, LogitsProcessor) and type(proc).__call__ is LogitsProcessor.__call__:
+        return proc.process(step, scores)
+    return proc(step, scores)
+
+
+def _via_mask(proc: Any, step: int, scores: Any) -> Any:
+    """A ``mask_only`` host processor on a tensor: only which entries are finite crosses, both ways.
+
+    ``mask_only = True`` declares that the processor's result depends only on which scores are
+    finite and that it only turns scores into ``-inf``; it then runs on a 0 / -inf probe.
+    """
+    import torch
+
+    finite = torch.isfinite(scores).cpu().numpy()
+    probe = np.where(finite, np.float32(0.0), np.float32(-np.inf))
+    keep = np.isfinite(np.asarray(_host_apply(proc, step, probe)))
+    keep_t = torch.from_numpy(keep).to(scores.device, non_blocking=True)
+    return torch.where(keep_t, scores, float("-inf"))
+
+
+def _via_host(proc: Any, step: int, scores: Any) -> Any:
+    arr, back = to_numpy(scores)
+    return back(np.asarray(proc(step, arr)))
 
 
 __all__ = [

@@ -115,9 +115,10 @@ class SamplingConfig:
         out.extend(constraints)
         if self.forced_tokens:
             out.append(ForceTokens(dict(self.forced_tokens)))
+        top_k = TopK(self.top_k)  # (validated first: its message names top_k)
         for proc, neutral in (
-            (TopP(self.top_p), self.top_p >= 1.0),
-            (TopK(self.top_k), self.top_k == 0),
+            (TopP(self.top_p, top_k_after=self.top_k), self.top_p >= 1.0),  # TopK follows it directly
+            (top_k, self.top_k == 0),
             (MinP(self.min_p), self.min_p == 0.0),
             (Temperature(self.temperature), self.temperature == 1.0),
         ):

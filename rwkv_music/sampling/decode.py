@@ -18,13 +18,25 @@ one ``[B, V]`` batch (row ``slot`` of the group), rows that are not drawing are 
 with its own list is a group of one, so its step counter is its own token count; a batch list
 (``processors=``) keeps its rows in lockstep, as the protocol's single ``step`` needs.
 
-**Same piece, however batched.**  Each row owns ``numpy.random.Generator(PCG64(seed))``
-(:mod:`rwkv_music.sampling.sampler`), its processors see only its own scores, and rows of a backend
-batch are independent (:mod:`rwkv_music.backends.base`), so a piece depends on its prompt, seed and
-processors only.  Prompts are prefilled in ``prefill_chunk`` pieces, equal lengths together; an
-item whose last chunk is a single token (the one-token ``<pad>`` prompt of a fresh MIDI piece, say)
-reads that token with the next decode step of the whole batch instead: the same forward calls per
-row, one call fewer per admission.
+**On the logits' device.**  The batch logits stay where the backend put them (torch tensors on
+their GPU; on a CPU a zero-copy numpy view, numpy for the onnx/ncnn backends): device processors and the draw
+(:func:`~rwkv_music.sampling.sampler.sample_batch`) run there, and only the ``B`` chosen ids come to
+the host each step for the end checks.  Host processors (the music constraints) get numpy.
+
+**Pools.**  Items with their own lists of equal settings (continuous batching: one list per
+piece, built from one config) are drawn as one batch: generic processors once over the pool, the
+per-piece state of the penalties stacked, host processors row by row on each piece's own instance,
+every row seeing exactly what its own list would do alone (:meth:`_Loop._sample_pool`).
+
+**Same piece, however batched.**  A row's ``n``-th draw uses the counter-based uniform of
+``(seed, n)`` (:func:`~rwkv_music.sampling.sampler.counter_uniforms`), its processors see only its
+own scores, and rows of a backend batch are independent (:mod:`rwkv_music.backends.base`), so a
+piece depends on its prompt, seed and processors only.
+
+Prompts are prefilled in ``prefill_chunk`` pieces, equal lengths together; an item whose last
+chunk is a single token (the one-token ``<pad>`` prompt of a fresh MIDI piece, say) reads that
+token with the next decode step of the whole batch instead: the same forward calls per row, one
+call fewer per admission.
 
 **State.**  The batch state is compacted with ``State.select`` whenever rows finish (finished rows
 cost no model time) and joined with ``State.concat`` on admission.  Decode steps pass
@@ -41,8 +53,17 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from rwkv_music.sampling.base import LogitsProcessorList, RowConstraintError, SamplingValueError, is_torch_tensor
-from rwkv_music.sampling.sampler import make_generators, sample_row
+from rwkv_music.sampling.arrays import NEG_INF, on_accelerator, ops
+from rwkv_music.sampling.base import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    RowConstraintError,
+    SamplingValueError,
+    _host_apply,
+    is_torch_tensor,
+    to_numpy,
+)
+from rwkv_music.sampling.sampler import make_generators, row_uniforms, sample_batch, seed_words
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +123,36 @@ def logits_to_numpy(logits: Any) -> np.ndarray:
     return np.asarray(logits, dtype=np.float32)
 
 
+def batch_logits(logits: Any) -> Any:
+    """Backend logits as float32 where they are: a GPU tensor stays a tensor on its device.
+
+    A CPU tensor becomes a numpy view of the same memory (no copy): on the host numpy's per-call
+    cost is a fraction of torch's, which matters at small batches where the processors are many
+    small operations.
+    """
+    if is_torch_tensor(logits):
+        logits = logits if str(logits.dtype) == "torch.float32" else logits.float()
+        return logits if on_accelerator(logits) else logits.detach().numpy()
+    return np.asarray(logits, dtype=np.float32)
+
+
+def _join(parts: list[Any]) -> Any:
+    """Concatenate row blocks; an int part is that many filler rows (-inf).  None if no array is given."""
+    like = next((p for p in parts if not isinstance(p, int)), None)
+    if like is None:
+        return None
+    xp = ops(like)
+    blocks = [xp.full((p, like.shape[1]), NEG_INF, "float32") if isinstance(p, int) else p for p in parts]
+    blocks = [b for b in blocks if b.shape[0]]
+    if len(blocks) == 1:
+        return blocks[0]
+    return xp.torch.cat(blocks, dim=0) if xp.name == "torch" else np.concatenate(blocks, axis=0)
+
+
+def _rows(xp: Any, array: Any, index: list[int]) -> Any:
+    return array[xp.asarray(np.asarray(index, dtype=np.int64))] if xp.name == "torch" else array[index]
+
+
 def decode_kwargs(backend: Any) -> dict[str, Any]:
     """Extra ``forward`` keywords for decode steps: ``inplace=True`` where the backend declares it.
 
@@ -112,8 +163,8 @@ def decode_kwargs(backend: Any) -> dict[str, Any]:
     return {"inplace": True} if bool(getattr(backend, "supports_inplace", False)) else {}
 
 
-def prefill_prompts(backend: Any, prompts: list[list[int]], state: Any, chunk: int) -> tuple[np.ndarray, Any]:
-    """Logits ``[B, V]`` after each prompt and the batch state, rows in prompt order.
+def prefill_prompts(backend: Any, prompts: list[list[int]], state: Any, chunk: int) -> tuple[Any, Any]:
+    """Logits ``[B, V]`` (float32, backend's kind) after each prompt and the batch state, rows in prompt order.
 
     Prompts of equal length run together (a ``[g, T]`` batch in chunks of ``chunk`` tokens); the
     group states are joined with ``State.concat`` and put back in prompt order.
@@ -133,15 +184,15 @@ def prefill_prompts(backend: Any, prompts: list[list[int]], state: Any, chunk: i
         toks = np.array([prompts[r] for r in rows], dtype=np.int64)
         for start in range(0, length, chunk):
             out, st = backend.forward(toks[:, start : start + chunk], st)
-        logits_parts.append(logits_to_numpy(out))
+        logits_parts.append(batch_logits(out))
         states.append(st)
         order.extend(rows)
-    logits = np.concatenate(logits_parts, axis=0)
+    logits = _join(logits_parts)
     joined = states[0] if len(states) == 1 else type(states[0]).concat(states)
     if order != list(range(n)):
-        back = np.argsort(order)
-        logits = logits[back]
-        joined = joined.select([int(i) for i in back])
+        back = [int(i) for i in np.argsort(order)]
+        logits = _rows(ops(logits), logits, back)
+        joined = joined.select(back)
     return logits, joined
 
 
@@ -213,6 +264,33 @@ def decode(
 
 
 _END = object()
+POOLING = True  # run equal-setting per-piece lists as one batch (tests turn it off to compare)
+
+
+def _pool_signature(procs: LogitsProcessorList) -> tuple | None:
+    """A hashable description of a list's settings: lists with equal signatures can be pooled.
+
+    Device processors give their ``pool_key`` (None, or no ``pool_mode``: the list is not pooled);
+    host processors pool by type (each piece's own instance runs on its row).
+    """
+    parts: list[Any] = []
+    for proc in procs:
+        if getattr(proc, "runs_on", "host") == "device":
+            if getattr(proc, "pool_mode", None) is None:
+                return None
+            try:
+                key = proc.pool_key()
+                hash(key)
+            except TypeError:
+                return None
+            parts.append(key)
+        else:
+            parts.append(("host", type(proc).__module__, type(proc).__qualname__))
+    return tuple(parts)
+
+
+def _index(xp: Any, index: list[int]) -> Any:
+    return xp.asarray(np.asarray(index, dtype=np.int64)) if xp.name == "torch" else index
 
 
 def _drive(
@@ -264,13 +342,15 @@ class _Row:
         self.item, self.index, self.prompt, self.group = item, index, prompt, group
         self.slot = len(group.rows)
         group.rows.append(self)
-        self.rng = make_generators([item.seed])[0]
+        make_generators([item.seed])  # names a bad seed
+        self.seed = int(item.seed)
+        self.seed_words = seed_words(item.seed)
         self.stops = {int(t) for t in item.stop_tokens}
         self.tokens: list[int] = []
         self.reason: str | None = None
         self.hit: int | None = None
         self.final_state: Any = None
-        self.logits: np.ndarray | None = None  # [V] for the next draw; None while a token waits
+        self.has_logits = False  # its row of the loop's batch logits holds the next draw's scores
         self.feed: int | None = None  # the token the next forward reads for this row
         self.feed_then_finish = False  # max_tokens with return_state: read the last token, then end
         self.n_sampled = self.steps = 0
@@ -325,6 +405,7 @@ class _Loop:
         self.shared = None if shared is None else _Group(shared, shared=True)
         self.rows: list[_Row] = []  # batch order: row i is row i of self.state
         self.state: Any = None
+        self.logits: Any = None  # float32 [len(rows), V] of the backend's kind, rows as self.rows (or None)
         self.n_finished = 0  # pieces already handed out
         self._owned: set[int] = set()  # ids of the processor objects in flight
 
@@ -359,6 +440,7 @@ class _Loop:
                 row.feed = p[-1]  # a prefill's last chunk would be this token alone: same call sequence
             (bare if len(p) == 1 and row.feed is not None else heads).append(row)
         parts = [self.state] if self.rows else []
+        blocks: list[Any] = [len(self.rows) if self.logits is None else self.logits] if self.rows else []
         if heads:
             prompts = [r.prompt[:-1] if r.feed is not None else r.prompt for r in heads]
             init = self._initial_state(heads)
@@ -366,13 +448,15 @@ class _Loop:
             logits, state = prefill_prompts(self.backend, prompts, init, self.chunk)
             spent = time.perf_counter() - t0
             total = sum(len(p) for p in prompts)
-            for i, (row, p) in enumerate(zip(heads, prompts)):
+            for row, p in zip(heads, prompts):
                 row.prefill_s += spent * len(p) / total
-                if row.feed is None:
-                    row.logits = logits[i]
+                row.has_logits = row.feed is None
             parts.append(state)
+            blocks.append(logits)
         if bare:
             parts.append(self._initial_state(bare, always=True))
+            blocks.append(len(bare))
+        self.logits = _join(blocks)
         self.rows = self.rows + heads + bare
         parts = [p for p in parts if p is not None]
         if parts:
@@ -395,67 +479,176 @@ class _Loop:
         """Draw the next token of every row that has logits; True if any row took part."""
         groups: dict[int, tuple[_Group, list[tuple[int, _Row]]]] = {}
         for i, row in enumerate(self.rows):
-            if row.reason is None and row.logits is not None:
+            if row.reason is None and row.has_logits:
                 groups.setdefault(id(row.group), (row.group, []))[1].append((i, row))
+        pools: dict[Any, list[tuple[_Group, list[tuple[int, _Row]]]]] = {}
         for group, members in groups.values():
+            key = None if group.shared or not POOLING else _pool_signature(group.procs)
+            pools.setdefault(key if key is not None else id(group), []).append((group, members))
+        for entries in pools.values():
             t0 = time.perf_counter()
-            self._sample_group(group, members)
-            share = (time.perf_counter() - t0) / len(members)
-            for _, row in members:
+            if len(entries) > 1:
+                self._sample_pool(entries)
+            else:
+                self._sample_group(*entries[0])
+            rows = [row for _, members in entries for _, row in members]
+            share = (time.perf_counter() - t0) / len(rows)
+            for row in rows:
                 row.decode_s += share
         return bool(groups)
 
+    def _sample_pool(self, entries: list[tuple[_Group, list[tuple[int, _Row]]]]) -> None:
+        """Pieces with their own, equal-setting lists, drawn as one batch (see :func:`_pool_signature`).
+
+        Row ``r`` sees exactly what its own list would do alone: shared processors run once on the
+        batch, step-dependent ones with one step per row, penalties over the stacked per-piece
+        state, host processors (the music constraints) row by row on numpy.
+        """
+        members = [(i, row, group) for group, ms in entries for i, row in ms]
+        xp = ops(self.logits)
+        n = len(members)
+        original = _rows(xp, self.logits, [i for i, _, _ in members])
+        steps = np.array([row.steps for _, row, _ in members], dtype=np.int64)
+        for _, row, _ in members:
+            row.steps += 1
+            row.has_logits = False
+        alive = np.ones(n, dtype=bool)
+        scores = original
+        columns = list(zip(*[group.procs for _, _, group in members]))
+        for procs in columns:
+            p0 = procs[0]
+            mode = getattr(p0, "pool_mode", None) if getattr(p0, "runs_on", "host") == "device" else None
+            if mode == "shared":
+                scores = p0.apply(int(steps[0]), scores)
+            elif mode == "steps":
+                scores = p0.apply_steps(steps, scores)
+            elif mode == "state":
+                scores = type(p0).apply_pool(procs, scores)
+            else:
+                scores = self._host_rows(procs, steps, scores, members, alive)
+        seeds = [row.seed for _, row, _ in members]
+        counts = [row.n_sampled for _, row, _ in members]
+        picked = xp.to_host(sample_batch(scores, row_uniforms(seeds, counts, like=scores)))
+        drawing: list[int] = []
+        for r, (i, row, group) in enumerate(members):
+            if not alive[r]:
+                continue
+            if int(picked[r]) < 0:
+                self._dead_ends(group, int(steps[r]), original[r : r + 1], [(i, row)])
+                continue
+            drawing.append(r)
+        tokens = {r: int(picked[r]) for r in drawing}
+        for j, procs in enumerate(columns):
+            p0 = procs[0]
+            mode = getattr(p0, "pool_mode", None) if getattr(p0, "runs_on", "host") == "device" else None
+            if mode == "state":
+                type(p0).update_pool([procs[r] for r in drawing], [tokens[r] for r in drawing],
+                                     scores.shape[1], scores)
+            elif mode is None or type(p0).update is not LogitsProcessor.update:
+                for r in drawing:
+                    procs[r].update([tokens[r]])
+        for r in drawing:
+            i, row, _ = members[r]
+            self._advance(row, tokens[r], i)
+
+    def _host_rows(self, procs: tuple, steps: np.ndarray, scores: Any, members: list, alive: np.ndarray) -> Any:
+        """One host processor per row (each piece's own), on numpy; a raised dead end ends that piece."""
+        arr, back = to_numpy(scores)
+        arr = np.array(arr, dtype=np.float32)  # ours to write
+        for r, proc in enumerate(procs):
+            if not alive[r]:
+                continue
+            try:
+                arr[r : r + 1] = np.asarray(_host_apply(proc, int(steps[r]), arr[r : r + 1]))
+            except RowConstraintError:
+                i, row, _ = members[r]
+                if self.on_constraint == "raise":
+                    raise
+                log.warning("piece %d ends with reason 'constraint' (rule %r)", row.index, getattr(proc, "rule", "?"))
+                self._finish(row, "constraint", batch_row=i)
+                alive[r] = False
+                arr[r] = NEG_INF
+        return back(arr)
+
+    def _advance(self, row: _Row, t: int, i: int) -> None:
+        """Book a drawn token: stop, max tokens, or the next token to read."""
+        row.n_sampled += 1
+        if t in row.stops:
+            self._finish(row, "stop", t, batch_row=i)
+            return
+        row.tokens.append(t)
+        row.feed = t
+        if len(row.tokens) >= row.item.max_new_tokens:
+            if self.return_state:
+                row.feed_then_finish = True
+            else:
+                self._finish(row, "max_tokens")
+
     def _sample_group(self, group: _Group, members: list[tuple[int, _Row]]) -> None:
         step = members[0][1].steps  # a group's drawing rows are in lockstep
-        if len(group.rows) == 1:
-            scores = np.array(members[0][1].logits, dtype=np.float32, copy=True)[None, :]
+        xp = ops(self.logits)
+        n_slots = len(group.rows)
+        batch_idx = [i for i, _ in members]
+        slots = [row.slot for _, row in members]
+        if n_slots == len(self.rows) and slots == batch_idx == list(range(n_slots)):
+            scores = self.logits  # the whole batch, in slot order (processors never write their input)
+        elif n_slots == 1:
+            scores = self.logits[batch_idx[0] : batch_idx[0] + 1]
         else:
-            scores = np.full((len(group.rows), members[0][1].logits.shape[-1]), -np.inf, dtype=np.float32)
-            for _, row in members:
-                scores[row.slot] = row.logits
+            scores = xp.full((n_slots, self.logits.shape[1]), NEG_INF, "float32")
+            scores[_index(xp, slots)] = _rows(xp, self.logits, batch_idx)
         for _, row in members:
             row.steps += 1
-            row.logits = None
+            row.has_logits = False
         processed = self._process(group, step, scores, members)
-        chosen = [self.pad_token] * len(group.rows)
+        seeds, counts = [0] * n_slots, [0] * n_slots
+        for _, row in members:
+            seeds[row.slot], counts[row.slot] = row.seed, row.n_sampled
+        drawn = sample_batch(processed, row_uniforms(seeds, counts, like=processed))
+        picked = xp.to_host(drawn)  # the one host sync of the step
+        chosen = [self.pad_token] * n_slots
         drawing = []
+        dead: list[tuple[int, _Row]] = []
         for i, row in members:
-            if row.reason is not None:  # a constraint dead end, just now
+            if row.reason is not None:  # a constraint dead end raised by a host processor, just now
                 continue
-            t = sample_row(processed[row.slot], row.rng)
-            if t < 0:  # the model gave no finite logit
-                err = RowConstraintError(row.slot, step, "model logits", "no finite logit")
-                if self.on_constraint == "raise":
-                    raise err
-                log.warning("%s; piece %d ends with reason 'constraint'", err, row.index)
-                self._finish(row, "constraint", batch_row=i)
+            t = int(picked[row.slot])
+            if t < 0:
+                dead.append((i, row))
                 continue
             chosen[row.slot] = t
             drawing.append((i, row))
+        if dead:
+            self._dead_ends(group, step, scores, dead)
         # A batch list is updated every step (the pad id for rows not drawing); an item's own list
         # only when its piece drew, so a list that hit a dead end is handed back as it was.
         if drawing or group.shared:
-            group.procs.update(chosen)
+            on_device = xp.where(drawn < 0, self.pad_token, drawn) if not dead else xp.asarray(chosen, "int64")
+            group.procs.update(on_device, host=chosen)
         for i, row in drawing:
-            t = chosen[row.slot]
-            row.n_sampled += 1
-            if t in row.stops:
-                self._finish(row, "stop", t, batch_row=i)
-                continue
-            row.tokens.append(t)
-            row.feed = t
-            if len(row.tokens) >= row.item.max_new_tokens:
-                if self.return_state:
-                    row.feed_then_finish = True
-                else:
-                    self._finish(row, "max_tokens")
+            self._advance(row, chosen[row.slot], i)
 
-    def _process(self, group: _Group, step: int, scores: np.ndarray, members: list[tuple[int, _Row]]) -> np.ndarray:
-        """Apply the group's processors; with ``on_constraint="finish"`` end an emptied row and retry."""
+    def _dead_ends(self, group: _Group, step: int, scores: Any, dead: list[tuple[int, _Row]]) -> None:
+        """Rows left with no legal token: name the rule that emptied each, then raise or finish them."""
+        rules = group.procs.diagnose(step, scores)
+        for i, row in dead:
+            rule = rules.get(row.slot, "model logits")
+            detail = "no finite logit" if rule == "model logits" else ""
+            err = RowConstraintError(row.slot, step, rule, detail)
+            if self.on_constraint == "raise":
+                raise err
+            log.warning("%s; piece %d ends with reason 'constraint'", err, row.index)
+            self._finish(row, "constraint", batch_row=i)
+
+    def _process(self, group: _Group, step: int, scores: Any, members: list[tuple[int, _Row]]) -> Any:
+        """Apply the group's processors (no row checks: an emptied row draws -1, see :meth:`_dead_ends`).
+
+        A processor that raises :class:`RowConstraintError` itself ends that row with
+        ``on_constraint="finish"``, and the step is retried without it."""
         batch_row = {row.slot: i for i, row in members}
         while True:
             try:
-                return np.asarray(group.procs(step, scores))
+                return group.procs.run(step, scores)
             except RowConstraintError as err:
                 row = group.rows[err.row] if 0 <= err.row < len(group.rows) else None
                 if self.on_constraint == "raise" or row is None or row.reason is not None:
@@ -464,18 +657,18 @@ class _Loop:
                 self._finish(row, "constraint", batch_row=batch_row.get(err.row))
                 if not group.shared and all(r.reason is not None for _, r in members):
                     return scores  # an item's own list: nobody left to draw (a batch list sees the step out)
-                scores = scores.copy()
-                scores[err.row] = -np.inf
+                scores = ops(scores).copy(scores)
+                scores[err.row] = NEG_INF
 
     def forward(self) -> None:
         """Read every row's pending token in one ``[B, 1]`` call."""
         tokens = np.array([[row.feed] for row in self.rows], dtype=np.int64)
         t0 = time.perf_counter()
         out, self.state = self.backend.forward(tokens, self.state, **self.fwd)
-        logits = logits_to_numpy(out)
+        self.logits = batch_logits(out)
         share = (time.perf_counter() - t0) / len(self.rows)
         for i, row in enumerate(self.rows):
-            row.logits, row.feed = logits[i], None
+            row.has_logits, row.feed = True, None
             row.decode_s += share
             if row.feed_then_finish:
                 self._finish(row, "max_tokens", batch_row=i)
@@ -495,6 +688,8 @@ class _Loop:
         keep = [i for i, r in enumerate(self.rows) if r.reason is None]
         if self.state is not None:
             self.state = self.state.select(keep) if keep else None
+        if self.logits is not None:
+            self.logits = _rows(ops(self.logits), self.logits, keep) if keep else None
         self.rows = [self.rows[i] for i in keep]
         self.n_finished += len(done)
         for row in done:
@@ -503,4 +698,4 @@ class _Loop:
             yield row.result()
 
 
-__all__ = ["FINISH_REASONS", "PieceResult", "WorkItem", "decode", "decode_kwargs", "prefill_prompts"]
+__all__ = ["FINISH_REASONS", "PieceResult", "WorkItem", "batch_logits", "decode", "decode_kwargs", "prefill_prompts"]

@@ -3,7 +3,7 @@
 :func:`generate` is :func:`~rwkv_music.sampling.decode.decode` with all rows admitted at once and
 no refills, one processor list for the whole batch (``reset`` with every prompt, called on the
 ``[B, V]`` scores of the batch, finished rows inactive).  The stop, max-token and constraint rules,
-prefill grouping, state compaction and per-row random generators are the loop's (see
+prefill grouping, state compaction and per-row counter-based random draws are the loop's (see
 :mod:`rwkv_music.sampling.decode`); this module only shapes the arguments and the batch result.
 """
 
@@ -104,7 +104,8 @@ def generate(
         processors: applied to the logits each step (see :mod:`rwkv_music.sampling.processors`
             for the usual order); ``reset`` gets the prompts, ``update`` the chosen ids.
         max_new_tokens: most tokens sampled per row (stop token included).
-        seeds: one seed per row (``PCG64``).
+        seeds: one seed per row (integers >= 0; the row's n-th draw uses the counter-based uniform of
+            ``(seed, n)``, see :func:`~rwkv_music.sampling.sampler.counter_uniforms`).
         stop_tokens: ids that end a row; not included in its output.
         state: initial model state with ``len(prompts)`` rows, or 1 row shared by all.
         callback: ``callback(step, n_finished)`` after every step.

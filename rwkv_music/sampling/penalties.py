@@ -16,11 +16,12 @@ the rest with presence 0, frequency 0.5, decay 0.997 (:func:`weights_from_ranges
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from rwkv_music.sampling.base import LogitsProcessor, SamplingValueError
+from rwkv_music.sampling.arrays import on_accelerator, ops
+from rwkv_music.sampling.base import LogitsProcessor, SamplingValueError, is_torch_tensor
 
 
 def weights_from_ranges(ranges: Sequence[tuple[int, int, float]]) -> dict[int, float]:
@@ -89,8 +90,16 @@ class OccurrencePenalty(LogitsProcessor):
         self.presence, self.frequency, self.decay = float(presence), float(frequency), float(decay)
         self.weights = {int(t): float(w) for t, w in weights.items()}
         self.default_weight = float(default_weight)
-        self._occ = np.zeros((0, 0))  # [B, cap] decayed weighted counts
-        self._seen = np.zeros((0, 0), dtype=bool)  # [B, cap] ids that entered the map
+        self._occ: Any = np.zeros((0, 0))  # [B, cap] decayed weighted counts (numpy, or torch on the logits' device)
+        self._seen: Any = np.zeros((0, 0), dtype=bool)  # [B, cap] ids that entered the map
+        self._wvec: Any = None  # dense weights [cap], same kind as _occ
+
+    runs_on = "device"
+    pool_mode = "state"  # continuous batching: the pieces' instances run as one batch (apply_pool)
+
+    def pool_key(self) -> tuple:
+        return ("OccurrencePenalty", self.presence, self.frequency, self.decay,
+                tuple(sorted(self.weights.items())), self.default_weight)
 
     @property
     def enabled(self) -> bool:
@@ -98,39 +107,133 @@ class OccurrencePenalty(LogitsProcessor):
 
     def occurrences(self, row: int) -> dict[int, float]:
         """The occurrence map of one row, as pip's ``occurrence`` dict."""
-        ids = np.flatnonzero(self._seen[row])
-        return {int(t): float(self._occ[row, t]) for t in ids}
+        occ, seen = ops(self._occ).to_host(self._occ), ops(self._seen).to_host(self._seen)
+        ids = np.flatnonzero(seen[row])
+        return {int(t): float(occ[row, t]) for t in ids}
 
     def reset(self, prompts: Sequence[Sequence[int]]) -> None:
         self._occ = np.zeros((len(prompts), 0))
         self._seen = np.zeros((len(prompts), 0), dtype=bool)
+        self._wvec = None
 
-    def update(self, tokens: Sequence[int]) -> None:
-        tokens = [int(t) for t in tokens]
-        if len(tokens) != self._occ.shape[0]:
-            n_rows = self._occ.shape[0]
-            raise SamplingValueError(f"{self.rule}: update got {len(tokens)} tokens for a batch of {n_rows}")
-        need = max(tokens) + 1 if tokens else 0
-        if need > self._occ.shape[1]:  # grow to cover the largest id seen (the vocab size is not known here)
-            grow = ((0, 0), (0, need - self._occ.shape[1]))
-            self._occ = np.pad(self._occ, grow)
-            self._seen = np.pad(self._seen, grow)
+    def _dense_weights(self, cap: int) -> np.ndarray:
+        w = np.full(cap, self.default_weight)
+        for t, v in self.weights.items():
+            if t < cap:
+                w[t] = v
+        return w
+
+    def _grow(self, cap: int, like: Any = None) -> None:
+        """Cover ids below ``cap``; with a torch ``like``, move the state to its device for good."""
+        if cap > self._occ.shape[1]:
+            if is_torch_tensor(self._occ):
+                torch = ops(self._occ).torch
+                pad = (0, cap - self._occ.shape[1])
+                self._occ = torch.nn.functional.pad(self._occ, pad)
+                self._seen = torch.nn.functional.pad(self._seen, pad)
+            else:
+                grow = ((0, 0), (0, cap - self._occ.shape[1]))
+                self._occ = np.pad(self._occ, grow)
+                self._seen = np.pad(self._seen, grow)
+            self._wvec = None
+        if is_torch_tensor(like) and not is_torch_tensor(self._occ):
+            xp = ops(like)
+            self._occ = xp.asarray(self._occ, "float64")
+            self._seen = xp.asarray(self._seen, "bool")
+            self._wvec = None
+        if self._wvec is None or self._wvec.shape[0] != self._occ.shape[1]:
+            w = self._dense_weights(self._occ.shape[1])
+            self._wvec = ops(self._occ).asarray(w, "float64") if is_torch_tensor(self._occ) else w
+
+    def update(self, tokens: Any) -> None:
+        n_rows = self._occ.shape[0]
+        if is_torch_tensor(self._occ):
+            xp = ops(self._occ)
+            toks = xp.asarray(tokens, "int64").reshape(-1)
+        else:
+            toks = np.asarray(ops(tokens).to_host(tokens) if is_torch_tensor(tokens) else tokens,
+                              dtype=np.int64).reshape(-1)
+        if toks.shape[0] != n_rows:
+            raise SamplingValueError(f"{self.rule}: update got {toks.shape[0]} tokens for a batch of {n_rows}")
+        if n_rows == 0:
+            return
+        if not is_torch_tensor(self._occ):
+            self._grow(int(toks.max()) + 1)  # the vocab size is not known before the first call
+        elif self._wvec is None:
+            self._grow(self._occ.shape[1])
+        rows = ops(self._occ).arange(n_rows)
         self._occ *= self.decay
-        for row, t in enumerate(tokens):
-            self._occ[row, t] += self.weights.get(t, self.default_weight)
-            self._seen[row, t] = True
+        self._occ[rows, toks] += self._wvec[toks]
+        self._seen[rows, toks] = True
 
-    def process(self, step: int, scores: np.ndarray) -> np.ndarray:
-        out = scores.copy()
-        cap = min(self._occ.shape[1], scores.shape[1])
-        if cap == 0 or not self.enabled:
-            return out
+    def apply(self, step: int, scores: Any) -> Any:
+        if not self.enabled:
+            return scores
         if self._occ.shape[0] != scores.shape[0]:
             n_rows = self._occ.shape[0]
             raise SamplingValueError(f"{self.rule}: scores have {scores.shape[0]} rows but reset() was given {n_rows}")
-        penalty = self.presence * self._seen[:, :cap] + self.frequency * self._occ[:, :cap]
-        out[:, :cap] = (scores[:, :cap] - penalty).astype(scores.dtype)
+        if is_torch_tensor(scores):
+            self._grow(scores.shape[1], like=scores)
+        return self._penalize(scores, self._occ, self._seen)
+
+    def _penalize(self, scores: Any, occ: Any, seen: Any) -> Any:
+        cap = min(occ.shape[1], scores.shape[1])
+        if cap == 0:
+            return scores
+        xp = ops(scores)
+        # On a CPU only the columns some row has seen change (few of a 20,096-id vocabulary); on a
+        # GPU the whole block is cheaper than finding them (a host sync).
+        cols: Any = slice(0, cap)
+        if not on_accelerator(scores):
+            seen_any = xp.any(seen[:, :cap], axis=0)
+            cols = np.flatnonzero(seen_any) if xp.name == "numpy" else xp.torch.nonzero(seen_any).reshape(-1)
+            if cols.shape[0] == 0:
+                return scores
+        penalty = self.frequency * occ[:, cols]
+        if self.presence:
+            penalty = penalty + self.presence * xp.cast(seen[:, cols], "float64")
+        out = xp.copy(scores)
+        out[:, cols] = xp.cast(xp.cast(scores[:, cols], "float64") - penalty, "float32") \
+            if xp.name == "torch" else (scores[:, cols] - penalty).astype(scores.dtype)
         return out
+
+    def process(self, step: int, scores: np.ndarray) -> np.ndarray:
+        out = self.apply(step, scores)
+        return out.copy() if out is scores else out
+
+    # -- pools (continuous batching): the instances of several pieces as one batch ---------------
+    @staticmethod
+    def _stack(procs: Sequence["OccurrencePenalty"], vocab: int, like: Any) -> tuple[Any, Any, Any]:
+        for p in procs:
+            p._grow(vocab, like=like if is_torch_tensor(like) else None)
+        first = procs[0]
+        if is_torch_tensor(first._occ):
+            torch = ops(first._occ).torch
+            return torch.cat([p._occ for p in procs]), torch.cat([p._seen for p in procs]), first._wvec
+        return np.concatenate([p._occ for p in procs]), np.concatenate([p._seen for p in procs]), first._wvec
+
+    @classmethod
+    def apply_pool(cls, procs: Sequence["OccurrencePenalty"], scores: Any) -> Any:
+        """Row ``r`` of ``scores`` penalised by ``procs[r]`` (equal settings, one row each)."""
+        if not procs[0].enabled:
+            return scores
+        occ, seen, _ = cls._stack(procs, scores.shape[1], scores)
+        return procs[0]._penalize(scores, occ, seen)
+
+    @classmethod
+    def update_pool(cls, procs: Sequence["OccurrencePenalty"], tokens: Sequence[int], vocab: int, like: Any) -> None:
+        """``procs[r].update([tokens[r]])`` for every row, as one batched update."""
+        if not procs:
+            return
+        occ, seen, w = cls._stack(procs, vocab, like)
+        xp = ops(occ)
+        toks = xp.asarray(np.asarray(tokens, dtype=np.int64))
+        rows = xp.arange(len(procs))
+        occ *= procs[0].decay
+        occ[rows, toks] += w[toks]
+        seen[rows, toks] = True
+        for i, p in enumerate(procs):
+            p._occ, p._seen = occ[i : i + 1], seen[i : i + 1]
 
 
 __all__ = ["OccurrencePenalty", "pip_text_weights", "weights_from_ranges"]

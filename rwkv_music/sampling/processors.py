@@ -26,6 +26,10 @@ every ``T``.  (Hugging Face divides by ``T`` before top-p, which keeps a differe
 distribution, so the result is the shorter prefix.  Min-p compares ``p / p_max``, which does not
 depend on renormalisation, so its place among the filters does not matter.
 
+Every processor here declares ``runs_on = "device"``: its :meth:`apply` is written once against
+the array shim of :mod:`rwkv_music.sampling.arrays`, so it runs as tensor ops on the device that
+holds torch logits and vectorised on numpy logits, with no per-row Python and no host copy.
+
 Differences from pip, on purpose: ``top_p >= 1`` is "off" (pip collapses to greedy with large
 vocabularies, FORMATS D1 quirk); top-k keeps every token tied with the k-th score (pip keeps
 exactly k, broken by sort order).
@@ -34,18 +38,17 @@ exactly k, broken by sort order).
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from rwkv_music.sampling.arrays import NEG_INF, on_accelerator, ops
 from rwkv_music.sampling.base import LogitsProcessor, SamplingValueError
 
-NEG_INF = -np.inf
 
-
-def _finite_max(scores: np.ndarray) -> np.ndarray:
+def _finite_max(xp: Any, scores: Any) -> Any:
     """Row maxima over finite entries (``-inf`` for a row without one), shape ``[B, 1]``."""
-    return np.where(np.isfinite(scores), scores, NEG_INF).max(axis=1, keepdims=True)
+    return xp.amax(xp.where(xp.isfinite(scores), scores, NEG_INF), keepdims=True)
 
 
 def _check_ids(name: str, ids: Sequence[int]) -> tuple[int, ...]:
@@ -62,7 +65,48 @@ def _check_vocab(rule: str, ids: Sequence[int], vocab_size: int) -> None:
         raise SamplingValueError(f"{rule}: token id {max(ids)} is outside the vocabulary of {vocab_size}")
 
 
-class Temperature(LogitsProcessor):
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+class DeviceProcessor(LogitsProcessor):
+    """A processor whose :meth:`apply` works on numpy arrays and torch tensors alike (on their device).
+
+    ``apply`` may return its input unchanged when it has nothing to do; ``__call__`` (the protocol)
+    always hands back a new array.
+
+    **Pools.**  In continuous batching every piece brings its own list; the decode loop runs the
+    lists of pieces with equal settings as one batch (a pool) when each processor says how:
+    ``pool_mode = "shared"`` (no state, no step: one instance serves every row), ``"steps"``
+    (:meth:`apply_steps` takes one step per row) or ``"state"`` (class methods ``apply_pool`` and
+    ``update_pool`` over the pieces' instances).  ``None`` (the default): not pooled.
+    """
+
+    runs_on = "device"
+    pool_mode: str | None = None
+
+    def pool_key(self) -> tuple:
+        """Equal keys: interchangeable settings (the public attributes)."""
+        return (type(self).__name__,) + tuple(
+            (k, _freeze(v)) for k, v in sorted(vars(self).items()) if not k.startswith("_"))
+
+    def apply_steps(self, steps: np.ndarray, scores: Any) -> Any:
+        """``apply`` with one step per row (host ints ``[B]``)."""
+        raise NotImplementedError
+
+    def apply(self, step: int, scores: Any) -> Any:
+        raise NotImplementedError
+
+    def process(self, step: int, scores: np.ndarray) -> np.ndarray:
+        out = self.apply(step, scores)
+        return out.copy() if out is scores else out
+
+
+class Temperature(DeviceProcessor):
     """Divide finite scores by ``temperature``; 0 keeps only the maximum (ties survive, as pip).
 
     >>> Temperature(0.5).process(0, np.array([[1.0, 2.0, -np.inf]]))
@@ -70,50 +114,33 @@ class Temperature(LogitsProcessor):
     """
 
     rule = "temperature"
+    pool_mode = "shared"
 
     def __init__(self, temperature: float) -> None:
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
             raise SamplingValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
         self.temperature = float(temperature)
 
-    def process(self, step: int, scores: np.ndarray) -> np.ndarray:
+    def apply(self, step: int, scores: Any) -> Any:
         if self.temperature == 1.0:
-            return scores.copy()
+            return scores
+        xp = ops(scores)
         if self.temperature == 0.0:
-            top = _finite_max(scores)
-            return np.where(scores == top, scores, NEG_INF).astype(scores.dtype)
-        return (scores / self.temperature).astype(scores.dtype)
+            return xp.where(scores == _finite_max(xp, scores), scores, NEG_INF)
+        return scores / self.temperature
 
 
-def kth_largest_bound(values: np.ndarray, k: int) -> np.ndarray:
-    """A lower bound of the ``k``-th largest value of each row of ``values`` [B, V] (k <= V), cheap.
+def kth_largest(values: Any, k: int) -> Any:
+    """The ``k``-th largest value of each row of ``values`` [B, V] (no NaN; k <= V), as [B, 1].
 
-    Split a row into ``k`` chunks: their maxima are ``k`` different entries, so the smallest of
-    them is at most the ``k``-th largest.  Every entry at or above this bound is a candidate; the
-    row's top ``k`` are among them, and for peaked rows there are few, so selecting among the
-    candidates costs far less than a partition of the whole row (20,096 MIDI ids).
+    >>> kth_largest(np.array([[0.0, 3.0, 1.0, 2.0]]), 2)
+    array([[2.]])
     """
-    B, V = values.shape
-    width = -(-V // k)  # every chunk holds at least one real entry: (k - 1) * width < V
-    padded = np.full((B, k * width), -np.inf, dtype=values.dtype)
-    padded[:, :V] = values
-    return padded.reshape(B, k, width).max(axis=2).min(axis=1)
+    xp = ops(values)
+    return xp.top_values(values, k)[:, k - 1 : k]
 
 
-def kth_largest(values: np.ndarray, k: int) -> np.ndarray:
-    """The ``k``-th largest value of each row of ``values`` [B, V] (no NaN; k <= V), as [B, 1]."""
-    B, V = values.shape
-    if 8 * k > V:  # the bound would not prune much
-        return np.partition(values, V - k, axis=1)[:, V - k : V - k + 1]
-    bound = kth_largest_bound(values, k)
-    out = np.empty((B, 1), dtype=values.dtype)
-    for r in range(B):
-        cand = values[r][values[r] >= bound[r]]  # at least k entries
-        out[r, 0] = np.partition(cand, cand.size - k)[cand.size - k]
-    return out
-
-
-class TopK(LogitsProcessor):
+class TopK(DeviceProcessor):
     """Keep the ``top_k`` highest scores per row (plus ties with the k-th); 0 = off.
 
     >>> TopK(2).process(0, np.array([[0.0, 3.0, 1.0, 2.0]]))
@@ -121,22 +148,27 @@ class TopK(LogitsProcessor):
     """
 
     rule = "top_k"
+    pool_mode = "shared"
 
     def __init__(self, top_k: int) -> None:
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
             raise SamplingValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
         self.top_k = int(top_k)
 
-    def process(self, step: int, scores: np.ndarray) -> np.ndarray:
+    def apply(self, step: int, scores: Any) -> Any:
         vocab = scores.shape[1]
         if self.top_k == 0 or self.top_k >= vocab:
-            return scores.copy()
-        clean = np.where(np.isfinite(scores), scores, NEG_INF)
-        kth = kth_largest(clean, self.top_k)
-        return np.where(clean >= kth, scores, NEG_INF).astype(scores.dtype)
+            return scores
+        xp = ops(scores)
+        if not on_accelerator(scores):
+            fin = xp.isfinite(scores)
+            if int(xp.amax(xp.sum(xp.cast(fin, "int64")), axis=0)) <= self.top_k:
+                return scores  # no row has more than k legal ids (after TopP(top_k_after=k), say): nothing to cut
+        clean = xp.clean(scores)
+        return xp.where(clean >= kth_largest(clean, self.top_k), scores, NEG_INF)
 
 
-class TopP(LogitsProcessor):
+class TopP(DeviceProcessor):
     """Nucleus filter with pip's rule (FORMATS D1 step 3); ``top_p >= 1`` = off, 0 = greedy.
 
     Sort the probabilities (softmax of the finite scores, float64) in descending order, find the
@@ -148,46 +180,88 @@ class TopP(LogitsProcessor):
     """
 
     rule = "top_p"
-    _FAST = 64  # sort only the top candidates first; most real distributions are peaked
+    pool_mode = "shared"
+    _FAST = 64  # look at the top candidates first; most real distributions are peaked
 
-    def __init__(self, top_p: float) -> None:
+    def __init__(self, top_p: float, top_k_after: int = 0) -> None:
         if not (isinstance(top_p, (int, float)) and math.isfinite(top_p) and top_p >= 0):
             raise SamplingValueError(f"top_p must be a number >= 0 (>= 1 = off), got {top_p!r}")
+        if isinstance(top_k_after, bool) or not isinstance(top_k_after, (int, np.integer)) or top_k_after < 0:
+            raise SamplingValueError(f"top_k_after must be an integer >= 0, got {top_k_after!r}")
         self.top_p = float(top_p)
+        # A TopK(k) right after this filter: both keep a prefix of the sorted distribution and the
+        # shorter one wins, so only the top k need sorting (a flat row would otherwise need the
+        # full sort) and this filter applies the pair's result at once (TopK then finds nothing
+        # to cut).  Same survivors as the two in turn.
+        self.top_k_after = int(top_k_after)
 
-    def _cutoff(self, p: np.ndarray) -> float:
-        n = p.size
-        if n > 8 * self._FAST:
-            # Every entry at or above the bound, sorted: a prefix of the whole sorted row (all the
-            # others are smaller), so a hit inside it is the hit of the full sort below.
-            bound = kth_largest_bound(p[None, :], self._FAST)[0]
-            cand = np.sort(p[p >= bound])[::-1]
-            hit = np.cumsum(cand) >= self.top_p
-            if hit.any():
-                return float(cand[int(np.argmax(hit))])
-        ordered = np.sort(p)[::-1]
-        hit = np.cumsum(ordered) >= self.top_p
+    def cutoff(self, p: Any) -> Any:
+        """Per row of probabilities ``p`` [B, V] (float64): the smallest probability kept, as [B, 1].
+
+        The sorted prefix of the top ``_FAST`` candidates decides most rows; rows whose prefix does
+        not reach ``top_p`` are decided by the full sort (on a GPU the full sort always runs, since
+        asking which rows need it would cost a host sync).
+        """
+        xp = ops(p)
+        V = p.shape[1]
+        k = self.top_k_after
+        if 0 < k < V:
+            return self.cutoff_sorted(xp, xp.top_values(p, k))  # no hit in the top k: TopK decides
+        m = V if on_accelerator(p) or V <= 8 * self._FAST else self._FAST
+        ordered = xp.top_values(p, m)
+        cut = self.cutoff_sorted(xp, ordered)
+        if m < V:
+            hit = xp.cumsum(ordered) >= self.top_p
+            missed = ~xp.any(hit)
+            if bool(missed.any()):
+                full = self.cutoff_sorted(xp, xp.sort_desc(p[missed]))
+                cut[missed] = full
+        return cut
+
+    def cutoff_sorted(self, xp: Any, ordered: Any) -> Any:
+        hit = xp.cumsum(ordered) >= self.top_p
+        first = xp.argmax(xp.cast(hit, "int64")).reshape(-1, 1)
         # float64 sums of a softmax reach any top_p < 1; if not, keep everything (faster-rwkv)
-        return float(ordered[int(np.argmax(hit))]) if hit.any() else 0.0
+        return xp.where(xp.any(hit).reshape(-1, 1), xp.take(ordered, first), 0.0)
 
-    def process(self, step: int, scores: np.ndarray) -> np.ndarray:
-        out = scores.copy()
+    def _apply_with_top_k(self, scores: Any, k: int) -> Any:
+        """TopP then TopK(k) in one pass over the row: the top k scores, the softmax total, a score threshold.
+
+        Probabilities are monotonic in the scores, so the kept set ``p >= cutoff`` is ``s >= s_cut``;
+        the total uses a float32 exp summed in float64 (the reference sums float64 exps: equal cutoffs
+        except where a cumulative sum lands within rounding of ``top_p``).
+        """
+        xp = ops(scores)
+        clean = xp.clean(scores)
+        top = xp.top_values(clean, k)  # [B, k] descending
+        smax = top[:, :1]
+        smax = xp.where(xp.isfinite(smax), smax, 0.0)
+        e = xp.exp(clean - smax)
+        total = e.sum(axis=1, keepdims=True, dtype=np.float64) if xp.name == "numpy" else \
+            e.sum(dim=1, keepdim=True, dtype=xp.dtype("float64"))
+        p = xp.exp(xp.cast(top, "float64") - xp.cast(smax, "float64")) / xp.where(total > 0, total, 1.0)
+        hit = xp.cumsum(p) >= self.top_p
+        first = xp.argmax(xp.cast(hit, "int64")).reshape(-1, 1)
+        s_cut = xp.where(xp.any(hit).reshape(-1, 1), xp.take(top, first), top[:, k - 1 : k])
+        return xp.where(clean >= s_cut, scores, NEG_INF)
+
+    def apply(self, step: int, scores: Any) -> Any:
         if self.top_p >= 1.0:
-            return out
-        for r in range(scores.shape[0]):
-            finite = np.isfinite(scores[r])
-            if not finite.any():
-                continue
-            s = scores[r, finite].astype(np.float64)
-            p = np.exp(s - s.max())
-            p /= p.sum()
-            drop = np.flatnonzero(finite)[p < self._cutoff(p)]
-            out[r, drop] = NEG_INF
-            out[r, ~finite] = NEG_INF
-        return out
+            return scores
+        if 0 < self.top_k_after < scores.shape[1]:
+            return self._apply_with_top_k(scores, self.top_k_after)
+        xp = ops(scores)
+        fin = xp.isfinite(scores)
+        s = xp.where(fin, xp.cast(scores, "float64"), NEG_INF)
+        top = xp.amax(s, keepdims=True)
+        e = xp.where(fin, xp.exp(s - xp.where(xp.isfinite(top), top, 0.0)), 0.0)
+        total = xp.sum(e, keepdims=True)
+        p = e / xp.where(total > 0, total, 1.0)
+        keep = fin & (p >= self.cutoff(p))
+        return xp.where(keep, scores, NEG_INF)
 
 
-class MinP(LogitsProcessor):
+class MinP(DeviceProcessor):
     """Keep tokens whose probability is at least ``min_p`` times the row's largest; 0 = off.
 
     >>> MinP(0.5).process(0, np.log(np.array([[0.5, 0.3, 0.2]])))[0].round(3)
@@ -195,22 +269,24 @@ class MinP(LogitsProcessor):
     """
 
     rule = "min_p"
+    pool_mode = "shared"
 
     def __init__(self, min_p: float) -> None:
         if not (isinstance(min_p, (int, float)) and 0.0 <= min_p <= 1.0):
             raise SamplingValueError(f"min_p must be in [0, 1] (0 = off), got {min_p!r}")
         self.min_p = float(min_p)
 
-    def process(self, step: int, scores: np.ndarray) -> np.ndarray:
+    def apply(self, step: int, scores: Any) -> Any:
         if self.min_p == 0.0:
-            return scores.copy()
+            return scores
+        xp = ops(scores)
         # p_i >= min_p * p_max  <=>  s_i >= s_max + log(min_p)
-        threshold = _finite_max(scores).astype(np.float64) + math.log(self.min_p)
-        keep = np.isfinite(scores) & (scores.astype(np.float64) >= threshold)
-        return np.where(keep, scores, NEG_INF).astype(scores.dtype)
+        threshold = xp.cast(_finite_max(xp, scores), "float64") + math.log(self.min_p)
+        keep = xp.isfinite(scores) & (xp.cast(scores, "float64") >= threshold)
+        return xp.where(keep, scores, NEG_INF)
 
 
-class TokenBan(LogitsProcessor):
+class TokenBan(DeviceProcessor):
     """Make the listed ids illegal at every step (pip ``token_ban``).
 
     >>> TokenBan([0]).process(0, np.zeros((1, 3)))
@@ -218,18 +294,21 @@ class TokenBan(LogitsProcessor):
     """
 
     rule = "token_ban"
+    pool_mode = "shared"
 
     def __init__(self, token_ids: Sequence[int]) -> None:
         self.token_ids = _check_ids("token_ban", token_ids)
 
-    def process(self, step: int, scores: np.ndarray) -> np.ndarray:
-        out = scores.copy()
+    def apply(self, step: int, scores: Any) -> Any:
+        if not self.token_ids:
+            return scores
         _check_vocab(self.rule, self.token_ids, scores.shape[1])
+        out = ops(scores).copy(scores)
         out[:, list(self.token_ids)] = NEG_INF
         return out
 
 
-class LogitBias(LogitsProcessor):
+class LogitBias(DeviceProcessor):
     """Add a fixed bias to chosen ids at every step (ChatRWKV MIDI: ``{127: -1.0}``).
 
     >>> LogitBias({2: -1.0}).process(0, np.zeros((1, 3)))
@@ -237,6 +316,7 @@ class LogitBias(LogitsProcessor):
     """
 
     rule = "logit_bias"
+    pool_mode = "shared"
 
     def __init__(self, bias: Mapping[int, float]) -> None:
         ids = _check_ids("logit_bias", list(bias))
@@ -245,15 +325,20 @@ class LogitBias(LogitsProcessor):
                 raise SamplingValueError(f"logit_bias[{t}] must be a finite number, got {b!r}")
         self.bias = {t: float(bias[t]) for t in ids}
 
-    def process(self, step: int, scores: np.ndarray) -> np.ndarray:
-        out = scores.copy()
+    def apply(self, step: int, scores: Any) -> Any:
+        if not self.bias:
+            return scores
         _check_vocab(self.rule, list(self.bias), scores.shape[1])
-        for t, b in self.bias.items():
-            out[:, t] += b
+        xp = ops(scores)
+        ids = list(self.bias)
+        values = list(self.bias.values())
+        values = xp.asarray(np.asarray(values, dtype=np.float32), scores.dtype)
+        out = xp.copy(scores)
+        out[:, ids] = out[:, ids] + values
         return out
 
 
-class EosBiasSchedule(LogitsProcessor):
+class EosBiasSchedule(DeviceProcessor):
     """``logit[t] += (step - start) / scale`` for each end token ``t``, optionally clamped.
 
     ChatRWKV's MIDI recipe (FORMATS D3) is ``EosBiasSchedule([0], start=2000, scale=500)``:
@@ -264,6 +349,7 @@ class EosBiasSchedule(LogitsProcessor):
     """
 
     rule = "eos_bias"
+    pool_mode = "steps"
 
     def __init__(
         self,
@@ -292,14 +378,29 @@ class EosBiasSchedule(LogitsProcessor):
             b = min(b, self.max_bias)
         return b
 
-    def process(self, step: int, scores: np.ndarray) -> np.ndarray:
-        out = scores.copy()
+    def apply(self, step: int, scores: Any) -> Any:
+        if not self.token_ids:
+            return scores
         _check_vocab(self.rule, self.token_ids, scores.shape[1])
-        out[:, list(self.token_ids)] += self.bias_at(step)
+        out = ops(scores).copy(scores)
+        ids = list(self.token_ids)
+        out[:, ids] = out[:, ids] + self.bias_at(step)
+        return out
+
+    def apply_steps(self, steps: np.ndarray, scores: Any) -> Any:
+        if not self.token_ids:
+            return scores
+        _check_vocab(self.rule, self.token_ids, scores.shape[1])
+        xp = ops(scores)
+        bias = np.array([self.bias_at(int(t)) for t in np.unique(steps)], dtype=np.float64)
+        bias = bias[np.searchsorted(np.unique(steps), steps)].astype(np.float32).reshape(-1, 1)
+        out = xp.copy(scores)
+        ids = list(self.token_ids)
+        out[:, ids] = out[:, ids] + xp.asarray(bias, "float32")
         return out
 
 
-class MinNewTokens(LogitsProcessor):
+class MinNewTokens(DeviceProcessor):
     """Ban the stop tokens while fewer than ``min_new_tokens`` tokens were generated.
 
     >>> MinNewTokens(1, [0]).process(0, np.zeros((1, 2)))
@@ -307,6 +408,7 @@ class MinNewTokens(LogitsProcessor):
     """
 
     rule = "min_new_tokens"
+    pool_mode = "steps"
 
     def __init__(self, min_new_tokens: int, stop_tokens: Sequence[int]) -> None:
         if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, (int, np.integer)) or min_new_tokens < 0:
@@ -314,15 +416,26 @@ class MinNewTokens(LogitsProcessor):
         self.min_new_tokens = int(min_new_tokens)
         self.stop_tokens = _check_ids("stop_tokens", stop_tokens)
 
-    def process(self, step: int, scores: np.ndarray) -> np.ndarray:
-        out = scores.copy()
-        if step < self.min_new_tokens and self.stop_tokens:
-            _check_vocab(self.rule, self.stop_tokens, scores.shape[1])
-            out[:, list(self.stop_tokens)] = NEG_INF
+    def apply(self, step: int, scores: Any) -> Any:
+        if step >= self.min_new_tokens or not self.stop_tokens:
+            return scores
+        _check_vocab(self.rule, self.stop_tokens, scores.shape[1])
+        out = ops(scores).copy(scores)
+        out[:, list(self.stop_tokens)] = NEG_INF
+        return out
+
+    def apply_steps(self, steps: np.ndarray, scores: Any) -> Any:
+        rows = np.flatnonzero(np.asarray(steps) < self.min_new_tokens)
+        if rows.size == 0 or not self.stop_tokens:
+            return scores
+        _check_vocab(self.rule, self.stop_tokens, scores.shape[1])
+        xp = ops(scores)
+        out = xp.copy(scores)
+        out[xp.asarray(rows[:, None]), xp.asarray(np.array(self.stop_tokens)[None, :])] = NEG_INF
         return out
 
 
-class ForceTokens(LogitsProcessor):
+class ForceTokens(DeviceProcessor):
     """At the given steps only the given id is legal (``{step: token_id}``, all rows).
 
     The forced id keeps its own score; if an earlier processor banned it the row is empty and
@@ -333,6 +446,7 @@ class ForceTokens(LogitsProcessor):
     """
 
     rule = "force_tokens"
+    pool_mode = "steps"
 
     def __init__(self, schedule: Mapping[int, int]) -> None:
         for step in schedule:
@@ -341,17 +455,32 @@ class ForceTokens(LogitsProcessor):
         _check_ids("force_tokens", list(schedule.values()))
         self.schedule = {int(s): int(t) for s, t in schedule.items()}
 
-    def process(self, step: int, scores: np.ndarray) -> np.ndarray:
+    def apply(self, step: int, scores: Any) -> Any:
         token = self.schedule.get(step)
         if token is None:
-            return scores.copy()
+            return scores
         _check_vocab(self.rule, [token], scores.shape[1])
-        out = np.full_like(scores, NEG_INF)
+        out = ops(scores).full(scores.shape, NEG_INF, scores.dtype)
         out[:, token] = scores[:, token]
+        return out
+
+    def apply_steps(self, steps: np.ndarray, scores: Any) -> Any:
+        forced = np.array([self.schedule.get(int(t), -1) for t in steps], dtype=np.int64)
+        rows = np.flatnonzero(forced >= 0)
+        if rows.size == 0:
+            return scores
+        _check_vocab(self.rule, forced[rows].tolist(), scores.shape[1])
+        xp = ops(scores)
+        r, t = xp.asarray(rows), xp.asarray(forced[rows])
+        keep = scores[r, t]
+        out = xp.copy(scores)
+        out[r] = NEG_INF
+        out[r, t] = keep
         return out
 
 
 __all__ = [
+    "DeviceProcessor",
     "EosBiasSchedule",
     "ForceTokens",
     "LogitBias",
@@ -361,4 +490,5 @@ __all__ = [
     "TokenBan",
     "TopK",
     "TopP",
+    "kth_largest",
 ]

@@ -1,4 +1,14 @@
-"""Draw one token per row from processed scores, with one random generator per row.
+"""Draw one token per row from processed scores: per-row counter-based uniforms, on the scores' device.
+
+**The product path** (:func:`sample_batch` with :func:`counter_uniforms`): the uniform a row
+uses at its ``n``-th draw is a hash of ``(seed, n)`` computed with 32-bit integer arithmetic that
+numpy and torch evaluate identically, so a piece depends on its seed, prompt and options only --
+not on the batch size, its batch position, or which backend (numpy or torch, CPU or GPU) ran it.
+The draw is the same inverse-CDF lookup as :func:`sample_row`, vectorised over the batch and done
+where the scores live (only the ``B`` chosen ids go to the host).
+
+**The legacy path** (:func:`sample`, :func:`sample_row`), kept for callers of the public API and
+as the slow reference of the tests:
 
 Each row owns ``numpy.random.Generator(PCG64(seed))`` and consumes exactly one uniform double
 per step in which it is active, so a seed gives the same piece whatever else is in the batch and
@@ -14,7 +24,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rwkv_music.sampling.base import SamplingValueError, to_numpy
+from rwkv_music.sampling.arrays import on_accelerator, ops
+from rwkv_music.sampling.base import SamplingValueError, is_torch_tensor, to_numpy
+
+_M32 = 0xFFFFFFFF
 
 
 def make_generators(seeds: Sequence[int]) -> list[np.random.Generator]:
@@ -59,4 +72,134 @@ def sample(scores: Any, generators: Sequence[np.random.Generator]) -> np.ndarray
     return np.array([sample_row(arr[r], generators[r]) for r in range(arr.shape[0])], dtype=np.int64)
 
 
-__all__ = ["make_generators", "sample", "sample_row"]
+# -- counter-based uniforms ----------------------------------------------------------------------
+def _mul32(x: Any, c: int) -> Any:
+    """``(x * c) mod 2**32`` for int64 ``x`` in [0, 2**32) without overflowing int64 (16-bit halves)."""
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _M32
+
+
+def _mix32(x: Any) -> Any:
+    """A 32-bit integer finaliser (xor-shift-multiply, constants of the "lowbias32" hash)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def seed_words(seed: int) -> tuple[int, int]:
+    """A seed (any int >= 0) folded into two 32-bit words."""
+    seed = int(seed)
+    lo = hi = 0
+    shift = 0
+    while True:
+        lo ^= (seed >> shift) & _M32
+        hi ^= (seed >> (shift + 32)) & _M32
+        shift += 64
+        if seed >> shift == 0:
+            return lo, hi
+
+
+def counter_uniforms(seed_lo: Any, seed_hi: Any, counters: Any) -> Any:
+    """Float64 uniforms in [0, 1), one per row, from int64 arrays (numpy or torch) of seed words and counters.
+
+    Pure integer arithmetic on values below 2**48, so numpy and torch (CPU or GPU) give the same bits.
+
+    >>> import numpy as np
+    >>> u = counter_uniforms(np.array([1, 1]), np.array([0, 0]), np.array([0, 1]))
+    >>> bool(0 <= u.min() and u.max() < 1 and u[0] != u[1])
+    True
+    """
+    key = _mix32(seed_lo ^ _mix32(seed_hi ^ 0x9E3779B9))
+    h1 = _mix32(key ^ _mix32((counters & _M32) ^ _mix32((counters >> 32) ^ 0x85EBCA6B)))
+    h2 = _mix32(h1 ^ 0x27D4EB2F)
+    bits = (h1 >> 5) * 67108864 + (h2 >> 6)  # 27 + 26 bits
+    if isinstance(bits, int):
+        return bits / 9007199254740992.0
+    xp = ops(bits)
+    return xp.cast(bits, "float64") / 9007199254740992.0
+
+
+def row_uniforms(seeds: Sequence[int], counters: Sequence[int], like: Any = None) -> Any:
+    """The uniforms of rows with these seeds at these draw counts, on ``like``'s device (numpy if None)."""
+    seeds, counters = list(seeds), [int(c) for c in counters]
+    if len(seeds) <= 16:  # Python ints: the same arithmetic (values stay below 2**48), far less overhead
+        u = np.array([counter_uniforms(*seed_words(s), c) for s, c in zip(seeds, counters)], dtype=np.float64)
+    else:
+        words = np.array([seed_words(s) for s in seeds], dtype=np.int64).reshape(-1, 2)
+        u = counter_uniforms(words[:, 0], words[:, 1], np.asarray(counters, dtype=np.int64))
+    return ops(like).asarray(u, "float64") if is_torch_tensor(like) else u
+
+
+# -- the batched draw ---------------------------------------------------------------------------
+def _finite_columns(xp: Any, fin: Any) -> tuple[Any, Any] | None:
+    """Column ids of each row's finite entries in ascending order, padded, and their validity mask.
+
+    None when compaction would not pay (a dense row, or a GPU where the full pass is cheap and a
+    data-dependent width would cost a host sync)."""
+    B, V = fin.shape
+    if V <= 1024 or on_accelerator(fin):  # (a short row: one pass is cheaper)
+        return None
+    counts = xp.to_host(xp.sum(xp.cast(fin, "int64"))) if xp.name == "torch" else fin.sum(axis=1)
+    width = int(counts.max()) if counts.size else 0
+    if width == 0 or width * 4 > V:
+        return None
+    if xp.name == "numpy":
+        rows, cols = xp.finite_flat(fin)
+        start = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        idx = np.zeros((B, width), dtype=np.int64)
+        idx[rows, np.arange(rows.size) - start[rows]] = cols
+        return idx, np.arange(width)[None, :] < counts[:, None]
+    torch = xp.torch
+    picked = torch.topk(fin.to(torch.float32), width, dim=1).indices  # every finite id (ties: any order)
+    idx = torch.sort(picked, dim=1).values
+    return idx, torch.gather(fin, 1, idx)
+
+
+def sample_batch(scores: Any, uniforms: Any) -> Any:
+    """One id per row of ``[B, V]`` scores with the given uniforms ``[B]``, as int64 ``[B]`` of the scores' kind.
+
+    Row by row this is :func:`sample_row` with ``rng.random()`` replaced by the row's uniform
+    (float64 inverse CDF over ``exp(score - max)`` of the finite scores); -1 for a row with no
+    finite score.
+
+    >>> import numpy as np
+    >>> sample_batch(np.array([[0.0, -np.inf], [-np.inf, 5.0], [-np.inf, -np.inf]]), np.array([0.5, 0.5, 0.5]))
+    array([ 0,  1, -1])
+    """
+    xp = ops(scores)
+    B, V = scores.shape
+    fin = xp.isfinite(scores)
+    cols = _finite_columns(xp, fin)
+    if cols is not None:
+        idx, valid = cols
+        vals = xp.cast(xp.take(scores, idx), "float64")
+    else:
+        idx, valid, vals = None, fin, xp.cast(scores, "float64")
+    vals = xp.where(valid, vals, float("-inf"))
+    top = xp.amax(vals, keepdims=True)
+    top = xp.where(xp.isfinite(top), top, 0.0)
+    p = xp.where(valid, xp.exp(vals - top), 0.0)
+    cdf = xp.cumsum(p)
+    x = xp.asarray(uniforms, "float64").reshape(-1, 1) * cdf[:, -1:]
+    # the first position whose cumulative sum exceeds x has p > 0 (equal sums mean p = 0)
+    j = xp.sum(xp.cast(cdf <= x, "int64"))
+    width = p.shape[1]
+    last = xp.amax(xp.where(p > 0, xp.arange(width)[None, :], -1))  # x rounded up to the total
+    j = xp.where(j >= width, last, j)
+    j = xp.where(j < 0, 0, j)
+    if idx is not None:
+        j = xp.take(idx, j.reshape(-1, 1)).reshape(-1)
+    return xp.where(xp.any(valid), j, -1)
+
+
+__all__ = [
+    "counter_uniforms",
+    "make_generators",
+    "row_uniforms",
+    "sample",
+    "sample_batch",
+    "sample_row",
+    "seed_words",
+]
