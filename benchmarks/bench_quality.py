@@ -3,9 +3,9 @@
 * Held-out loss (bits/token) of each default on its own validation split (recorded in the
   asset's ``train_meta.json``) next to an interpolated Witten–Bell n-gram fitted on the same
   training split: character 5-gram for ABC, token 3-gram for MIDI.
-* ABC: N unconstrained tunes (prompt ``[2]``, T 1.0, top-k 8, top-p 0.8 as in FORMATS D4):
+* ABC: N unconstrained tunes (prompt ``[2]``, T 1.0, top-k 8, top-p 0.8 as in docs/formats.md D4):
   music21 parse rate and bar-balance rate (``rwkv_music.formats.abc.check`` when present).
-* MIDI: N pieces of ~20 s (prompt ``[0]``, FORMATS D3 sampler without penalties): note density,
+* MIDI: N pieces of ~20 s (prompt ``[0]``, docs/formats.md D3 sampler without penalties): note density,
   pitch-class entropy and polyphony, beside the same statistics of 20-s openings of training pieces.
 
 * ``--music`` (issue 15): the musicianship tables instead, side by side with human music.
@@ -40,7 +40,7 @@ from rwkv_music.train.data import TokenStream, split_documents
 from rwkv_music.train.ngram import WittenBellNGram
 from rwkv_music.train.trainer import evaluate_bits
 
-STEP_MS = 8  # FORMATS C1 wait step
+STEP_MS = 8  # docs/formats.md C1 wait step
 
 
 def sample_batch(model, prompt: list[int], n: int, max_len: int, stop: set[int], seed: int,

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     composer = Composer.load(args.model, mode="abc")
-    # Two sections of 8 bars, the second unlike the first (TunesFormer control codes, FORMATS B).
+    # Two sections of 8 bars, the second unlike the first (TunesFormer control codes, docs/formats.md B).
     jigs = composer.compose_abc(
         n=args.n,
         key="D",

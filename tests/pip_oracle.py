@@ -6,7 +6,7 @@ Usage: ``python tests/pip_oracle.py JOBS.json``.  JOBS.json is a list of jobs::
      "prompt": [1, 2, 3], "steps": [4, 5], "out": "/tmp/x/out.npz"}
 
 All jobs of one file must belong to one environment family (v4–v6, v7, or v7a), because the
-package picks its model class from environment variables at import time (FORMATS A4):
+package picks its model class from environment variables at import time (docs/formats.md A4):
 this script sets them itself before importing ``rwkv.model``.
 
 Each .npz holds ``prompt_logits`` [T, V] (full output of one sequence-mode call),

@@ -70,4 +70,4 @@ def test_human_tunes_are_mostly_balanced_as_in_formats_e():
     assert all(r.parsed for r in reports)
     tune_rate = sum(r.all_balanced for r in reports) / len(reports)
     bar_rate = sum(r.balanced for r in reports) / sum(r.checked for r in reports)
-    assert tune_rate > 0.8 and bar_rate > 0.97  # FORMATS E: O'Neill's 90.5 % of tunes, 99.2 % of bars overall
+    assert tune_rate > 0.8 and bar_rate > 0.97  # docs/formats.md E: O'Neill's 90.5 % of tunes, 99.2 % of bars overall

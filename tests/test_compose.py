@@ -17,7 +17,7 @@ from rwkv_music.formats.midi.constraint import N_PITCH, N_VEL, NOTE_BASE
 from rwkv_music.model.state import State
 
 DATA = Path(__file__).parent / "data"
-PIANO_BIN = 8  # FORMATS C1 bin order
+PIANO_BIN = 8  # docs/formats.md C1 bin order
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""MIDI <-> text conversion: FORMATS.md C5 worked examples and the C3/C4 rules one by one."""
+"""MIDI <-> text conversion: docs/formats.md C5 worked examples and the C3/C4 rules one by one."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def one_track(*messages: mido.Message, tpb: int = 480) -> mido.MidiFile:
 
 
 def example_1() -> mido.MidiFile:
-    """FORMATS.md C5 example 1: two tempos, three tracks, percussion, a dropped program."""
+    """docs/formats.md C5 example 1: two tempos, three tracks, percussion, a dropped program."""
     mid = mido.MidiFile(type=1, ticks_per_beat=480)
     conductor = [
         mido.MetaMessage("set_tempo", tempo=500000, time=0),
@@ -64,7 +64,7 @@ def note_events(mid: mido.MidiFile) -> list[tuple[str, int, int, int]]:
     return [(t, c, n, d) for t, c, n, _, d in notes(mid)]
 
 
-# -- FORMATS.md C5 worked examples ---------------------------------------------------------------
+# -- docs/formats.md C5 worked examples ---------------------------------------------------------------
 
 
 def test_reference_timing_reproduces_example_1_text_and_ids() -> None:
@@ -131,7 +131,7 @@ def test_exact_decoding_drops_duplicate_note_off() -> None:
 
 
 def test_exact_decoding_does_not_drift_over_many_short_waits() -> None:
-    # FORMATS.md C4: 125 successive t1 + note pairs decode to 1041.7 ms with per-message rounding.
+    # docs/formats.md C4: 125 successive t1 + note pairs decode to 1041.7 ms with per-message rounding.
     text = " ".join(["pi:3c:a t1 pi:3c:0"] * 125) + " pi:40:a"
     ticks = {}
     for name, tok in (("exact", EXACT), ("reference", REF)):
@@ -144,7 +144,7 @@ def test_exact_decoding_does_not_drift_over_many_short_waits() -> None:
     assert ticks == {"exact": 960, "reference": 1000}  # 960 ticks = 1000 ms at 120 bpm
 
 
-# -- MIDI -> text rules (FORMATS.md C3) ------------------------------------------------------------
+# -- MIDI -> text rules (docs/formats.md C3) ------------------------------------------------------------
 
 
 def test_short_file_gives_its_text_without_length_filter() -> None:
@@ -240,7 +240,7 @@ def test_long_gaps_are_clipped_only_by_reference_timing() -> None:
 
 
 def test_reference_wait_rounding_matches_formats_examples() -> None:
-    # gap in ms -> waits, FORMATS.md C3 "Consequences" (120 bpm, tpb 1000: 1 tick = 0.5 ms)
+    # gap in ms -> waits, docs/formats.md C3 "Consequences" (120 bpm, tpb 1000: 1 tick = 0.5 ms)
     cases = {4: "", 5: "t1", 12: "t1", 100: "t12", 996: "t124", 999: "t125", 1500: "t125 t62",
              2500: "t125 t125 t62", 9996: "t125 " * 9 + "t124", 30000: ("t125 " * 10).strip()}  # fmt: skip
     for gap_ms, waits in cases.items():
@@ -256,7 +256,7 @@ def test_type_2_file_is_merged() -> None:
     assert EXACT.midi_to_text(mid) == "<start> pi:3c:a t31 pi:40:a t31 pi:3c:0 t32 pi:40:0 <end>"
 
 
-# -- text -> MIDI (FORMATS.md C4) ------------------------------------------------------------------
+# -- text -> MIDI (docs/formats.md C4) ------------------------------------------------------------------
 
 
 def test_strict_decoding_names_unknown_word_and_lenient_skips_it(caplog: pytest.LogCaptureFixture) -> None:

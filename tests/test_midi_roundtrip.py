@@ -31,7 +31,7 @@ EPS_MS = 1e-6  # float noise of mido's second arithmetic
 HELD_LIMIT_MS = 5000.0
 _CONFIG = json.loads((DATA / "vocab_config.json").read_text())
 PROGRAM_BIN = [_CONFIG["program_name_to_bin_name"][_CONFIG["instrument_names"][str(p)]] for p in range(128)]
-VELOCITY_BIN_FLOORS = [1, 9, 18, 28, 38, 48, 59, 71, 84, 98, 112]  # FORMATS.md C1 table, bins 1..11
+VELOCITY_BIN_FLOORS = [1, 9, 18, 28, 38, 48, 59, 71, 84, 98, 112]  # docs/formats.md C1 table, bins 1..11
 N_CHORALES = 22
 
 

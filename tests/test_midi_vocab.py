@@ -1,4 +1,4 @@
-"""The MIDI vocabulary built from settings equals the reference tokenizer-midi.json (FORMATS.md C1, C2)."""
+"""The MIDI vocabulary built from settings equals the reference tokenizer-midi.json (docs/formats.md C1, C2)."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_parse_inverts_note_id_for_every_note(vocab: MidiVocab) -> None:
 
 
 def test_instrument_bins_match_formats_table(vocab: MidiVocab) -> None:
-    # FORMATS.md C1 table: name, prefix, first id, decode channel, decode program.
+    # docs/formats.md C1 table: name, prefix, first id, decode channel, decode program.
     expected = [
         ("percussion", "p", 128, 9, 0), ("drum", "d", 1664, 0, 118), ("tuba", "t", 3200, 1, 58),
         ("marimba", "m", 4736, 2, 12), ("bass", "b", 6272, 3, 32), ("guitar", "g", 7808, 4, 25),
@@ -100,7 +100,7 @@ def test_instrument_bins_match_formats_table(vocab: MidiVocab) -> None:
 
 
 def test_program_to_bin_matches_formats_table(vocab: MidiVocab) -> None:
-    # FORMATS.md C3 "GM programs" table, transcribed independently of vocab_config.json.
+    # docs/formats.md C3 "GM programs" table, transcribed independently of vocab_config.json.
     table = {
         "piano": [*range(0, 8), *range(17, 24)], "marimba": [*range(8, 17), *range(112, 116)],
         "guitar": [*range(24, 32), *range(104, 109)], "bass": [*range(32, 40), 42, 43],
@@ -118,7 +118,7 @@ def test_program_to_bin_matches_formats_table(vocab: MidiVocab) -> None:
 
 
 def test_velocity_bins_match_formats_table(vocab: MidiVocab) -> None:
-    # FORMATS.md C1: integer velocities per bin and decoded velocity per bin.
+    # docs/formats.md C1: integer velocities per bin and decoded velocity per bin.
     lows = [0, 1, 9, 18, 28, 38, 48, 59, 71, 84, 98, 112, 128]
     for b in range(12):
         for v in range(lows[b], lows[b + 1]):

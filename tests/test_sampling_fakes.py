@@ -5,7 +5,7 @@ The fake backend keeps a running hash of every token a row has seen in a real
 so it is deterministic, batch independent and exactly "sequence mode == token mode".
 
 The checker reads token *strings* from the reference vocabulary (tests/data/tokenizer-midi.json)
-and the prefix table of FORMATS C1, not the layout arithmetic of ``midi_constraint``.
+and the prefix table of docs/formats.md C1, not the layout arithmetic of ``midi_constraint``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def history_hash(tokens) -> int:
 
 
 # -- independent MIDI stream checker -----------------------------------------------------
-PREFIX_TO_BIN = {  # FORMATS C1 table
+PREFIX_TO_BIN = {  # docs/formats.md C1 table
     "p": "percussion", "d": "drum", "t": "tuba", "m": "marimba", "b": "bass", "g": "guitar", "v": "violin",
     "tr": "trumpet", "pi": "piano", "s": "sax", "f": "flute", "l": "lead", "pa": "pad",
 }  # fmt: skip

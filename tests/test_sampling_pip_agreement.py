@@ -1,4 +1,4 @@
-"""Our processors against the reference ``rwkv`` pip package (FORMATS D1, D2) and ChatRWKV (D3).
+"""Our processors against the reference ``rwkv`` pip package (docs/formats.md D1, D2) and ChatRWKV (D3).
 
 * ``PIPELINE.sample_logits``: we capture the probability vector it hands to
   ``np.random.choice`` and compare the set of tokens with nonzero probability and the
@@ -73,7 +73,7 @@ def test_top_p_top_k_temperature_match_pip_sample_logits(monkeypatch, vocab, sca
 
 
 def test_pip_top_p_one_is_not_off_but_ours_is(monkeypatch):
-    # FORMATS D1 quirk: pip's float32 cumulative sum often stays below 1.0, so top_p = 1 keeps
+    # docs/formats.md D1 quirk: pip's float32 cumulative sum often stays below 1.0, so top_p = 1 keeps
     # only the argmax; when it does reach 1.0 the tail is cut.  Either way it is not "off".
     logits = (np.random.default_rng(0).standard_normal(20096) * 3).astype(np.float32)
     ref = pip_probs(monkeypatch, logits, temperature=1.0, top_p=1.0, top_k=0)
@@ -140,7 +140,7 @@ def test_penalties_match_pip_generate_on_scripted_sequence():
 
 
 def chatrwkv_reference_logits(raw_rows, script):
-    """FORMATS D3 steps 1-3 written out directly (dict occurrence map, float64)."""
+    """docs/formats.md D3 steps 1-3 written out directly (dict occurrence map, float64)."""
     occ, out = {}, []
     for i, (raw, tok) in enumerate(zip(raw_rows, script)):
         logit = raw.astype(np.float64).copy()

@@ -1,4 +1,4 @@
-"""SamplingConfig validation, serialisation and the named presets (FORMATS D3, D4)."""
+"""SamplingConfig validation, serialisation and the named presets (docs/formats.md D3, D4)."""
 
 from __future__ import annotations
 

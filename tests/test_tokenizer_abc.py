@@ -1,4 +1,4 @@
-"""AbcTokenizer: id = character code, pad 0 / bos 2 / eos 3, decode drops ids <= 3 (FORMATS.md B)."""
+"""AbcTokenizer: id = character code, pad 0 / bos 2 / eos 3, decode drops ids <= 3 (docs/formats.md B)."""
 
 from __future__ import annotations
 

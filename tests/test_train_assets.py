@@ -49,7 +49,7 @@ def test_shipped_abc_model_writes_bar_balanced_tunes_without_constraints():
     from rwkv_music.sampling import SamplingConfig, generate
 
     backend = rwkv_music.load_model(default_model_path("abc"))
-    cfg = SamplingConfig(top_k=8, top_p=0.8)  # FORMATS D4's ABC sampler
+    cfg = SamplingConfig(top_k=8, top_p=0.8)  # docs/formats.md D4's ABC sampler
     result = generate(backend, [[2]] * 12, processors=cfg.build_processors(), max_new_tokens=1024,
                       seeds=range(100, 112), stop_tokens=[3], return_state=False)
     texts = ["".join(chr(t) for t in row if t > 3) for row in result.tokens]

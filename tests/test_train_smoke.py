@@ -73,7 +73,7 @@ def test_saved_checkpoint_loads_in_rwkv_pip_with_same_logits(tmp_path):
     with torch.no_grad():
         ours = model(torch.tensor([tokens]))[0][0].numpy()
     np.save(tmp_path / "ours.npy", ours)
-    # pip picks its v7 class at import time from RWKV_V7_ON (FORMATS A4): run it in a fresh process.
+    # pip picks its v7 class at import time from RWKV_V7_ON (docs/formats.md A4): run it in a fresh process.
     script = textwrap.dedent(f"""
         import os, json, numpy as np, torch
         os.environ["RWKV_V7_ON"] = "1"

@@ -3,7 +3,7 @@
 Random 2-layer checkpoints in the BlinkDL layout.  The pip package is the oracle for fp32
 logits and states (including a state-tuned checkpoint with ``time_state``); batching and
 sequence/step equivalence are checked against our own runs; the chunked WKV is checked against
-a float64 per-token loop of FORMATS A7 (v6) at decays down to 1e-9.
+a float64 per-token loop of docs/formats.md A7 (v6) at decays down to 1e-9.
 
 Low-precision tolerance: max |logit difference| to the pip fp32 logits over a 40–64-token
 prompt and 16 steps, logit scale 5–8.  Measured (width 64, and width 128 / vocab 20096):

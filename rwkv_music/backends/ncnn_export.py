@@ -4,7 +4,7 @@ Why the ``.param`` is written directly (not through pnnx): the text format is a 
 layers with numbered parameters, and the ``.bin`` is their weights in order (see
 :mod:`rwkv_music.backends.ncnn_graph`), so writing them from numpy is short, needs neither torch
 tracing nor another package, keeps stable blob names for the states, and makes the graph an
-independent re-implementation of FORMATS.md A7 that the tests check against the torch backend.
+independent re-implementation of docs/formats.md A7 that the tests check against the torch backend.
 
 Graph design: **one token for a batch of B rows** (no loop layer exists in stock ncnn, so the
 runtime feeds a sequence token by token).  Every activation is ``[B, C]``; per-head work is

@@ -1,4 +1,4 @@
-"""ncnn layers for one RWKV-4 block, and the pieces v5/v6/v7 share (FORMATS.md A7).
+"""ncnn layers for one RWKV-4 block, and the pieces v5/v6/v7 share (docs/formats.md A7).
 
 Every function appends layers to an :class:`~rwkv_music.backends.ncnn_graph.NcnnGraph` and returns
 blob names.  Activations are ``[B, C]`` (one token for each of B rows); per-channel constants are
@@ -62,7 +62,7 @@ def _exp(g: NcnnGraph, a: str) -> str:
 
 
 def time_mix_v4(g: NcnnGraph, w: Weights, cfg: RWKVConfig, i: int, x: str) -> str:
-    """FORMATS A7 "v4 time mix" with the running-maximum WKV; returns ``x + TimeMix(LN1(x))``."""
+    """docs/formats.md A7 "v4 time mix" with the running-maximum WKV; returns ``x + TimeMix(LN1(x))``."""
     a = f"blocks.{i}.att."
     xx, sx = pre_norm(g, w, i, "ln1", x, "att_x")
     d = g.sub(xx, sx)

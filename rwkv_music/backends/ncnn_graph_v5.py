@@ -1,4 +1,4 @@
-"""ncnn layers for one RWKV-5.0/5.1/5.2 or RWKV-6 block (FORMATS.md A6, A7).
+"""ncnn layers for one RWKV-5.0/5.1/5.2 or RWKV-6 block (docs/formats.md A6, A7).
 
 Per head the state is ``S[key j, value i]`` (the rwkv package's layout, A8), one ``[B, H, N, N]``
 blob per layer.  One token:
@@ -24,7 +24,7 @@ from rwkv_music.backends.ncnn_graph_v4 import channel_mix_v4, pre_norm, state_in
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.constants import GN_EPS
 
-V6_MIX_ORDER = "wkvrg"  # rows of time_maa_w2 (FORMATS A3 notes)
+V6_MIX_ORDER = "wkvrg"  # rows of time_maa_w2 (docs/formats.md A3 notes)
 
 
 def wkv5(g: NcnnGraph, cfg: RWKVConfig, i: int, r: str, k: str, v: str, u: np.ndarray, decay: str) -> str:
@@ -67,7 +67,7 @@ def time_mix_v5(g: NcnnGraph, w: Weights, cfg: RWKVConfig, i: int, x: str) -> st
 
 
 def time_mix_v6(g: NcnnGraph, w: Weights, cfg: RWKVConfig, i: int, x: str) -> str:
-    """FORMATS A7 "v6.0 time mix" (data-dependent shift and decay)."""
+    """docs/formats.md A7 "v6.0 time mix" (data-dependent shift and decay)."""
     a = f"blocks.{i}.att."
     H, N = cfg.n_head, cfg.head_size
     xx, sx = pre_norm(g, w, i, "ln1", x, "att_x")

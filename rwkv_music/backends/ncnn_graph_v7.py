@@ -1,4 +1,4 @@
-"""ncnn layers for one RWKV-7 block, with the v7a DeepEmbed gate (FORMATS.md A6, A7 "v7 time mix").
+"""ncnn layers for one RWKV-7 block, with the v7a DeepEmbed gate (docs/formats.md A6, A7 "v7 time mix").
 
 The state is ``S[value i, key j]`` per head (A8), one ``[B, H, N, N]`` blob per layer.  One token
 (A7 step 8, every term uses the old S):

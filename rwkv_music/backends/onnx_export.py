@@ -4,7 +4,7 @@ Why the graph is written node by node with ``onnx.helper`` instead of ``torch.on
 torch 2.13's default exporter (dynamo) needs ``onnxscript`` and traces Python loops over time
 into fixed-length graphs, while the recurrence needs a real ONNX ``Scan`` to serve any T; building
 the graph from numpy weights also keeps the export independent of the torch model code, gives
-stable value names, and makes the graph an independent re-implementation of FORMATS.md A7 that
+stable value names, and makes the graph an independent re-implementation of docs/formats.md A7 that
 the tests compare against the torch backend.
 
 Graph design (one graph serves prefill and decode, dynamic ``batch`` and ``time``):

@@ -2,7 +2,7 @@
 
 :class:`GraphBuilder` appends ONNX nodes and initializers and hands back value names, so the
 per-version files (``onnx_graph_v4.py``, ``onnx_graph_v5.py``, ``onnx_graph_v7.py``) read like the
-recurrences in FORMATS.md A7.  Activations run in the graph's dtype (fp32 or fp16); everything the
+recurrences in docs/formats.md A7.  Activations run in the graph's dtype (fp32 or fp16); everything the
 rwkv package keeps in fp32 (A10: the WKV state, decays, v4's k/v, v5/v6's r/k/v and GroupNorm) is
 cast to fp32 here as well.  Shapes in comments: B batch, T time, C n_embd, A dim_att, H heads,
 N head size.

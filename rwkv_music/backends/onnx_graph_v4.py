@@ -1,4 +1,4 @@
-"""RWKV-4 block as ONNX nodes (FORMATS.md A7, v4 time mix and channel mix).
+"""RWKV-4 block as ONNX nodes (docs/formats.md A7, v4 time mix and channel mix).
 
 The projections run for all T positions at once; only the per-channel WKV recurrence
 (``aa``, ``bb``, ``pp``, all fp32) runs inside a ``Scan`` over time.

@@ -1,4 +1,4 @@
-"""RWKV-5.0/5.1/5.2 and RWKV-6 blocks as ONNX nodes (FORMATS.md A6, A7).
+"""RWKV-5.0/5.1/5.2 and RWKV-6 blocks as ONNX nodes (docs/formats.md A6, A7).
 
 Both families share the per-head WKV recurrence with S[h, key j, value i] (the rwkv package's
 layout, A8):  ``y = r·(u⊙(kᵀv) + S)``, ``S ← kᵀv + w⊙S``, the decay acting along the key index.

@@ -1,4 +1,4 @@
-"""RWKV-7 (x070) and RWKV-7a (DeepEmbed) blocks as ONNX nodes (FORMATS.md A6, A7).
+"""RWKV-7 (x070) and RWKV-7a (DeepEmbed) blocks as ONNX nodes (docs/formats.md A6, A7).
 
 Everything but the state update runs for all T positions at once; the ``Scan`` body holds only
 ``S ← S·diag(w) − (S·kk)(kk⊙a)ᵀ + v·kᵀ; y = S·r`` with S[h, value i, key j] in fp32 (A8).

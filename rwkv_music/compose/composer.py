@@ -5,8 +5,8 @@
 >>> pieces = composer.compose_abc(n=4, key="D", meter="6/8", seed=1)    # doctest: +SKIP
 >>> pieces[0].save("jig.abc")                                           # doctest: +SKIP
 
-Prompting follows the reference recipes: MIDI (FORMATS D3) prompts start with ``<pad>`` (id 0)
-and a piece ends when id 0 is sampled; ABC (FORMATS B, D4) prompts are ``[2]`` + control codes +
+Prompting follows the reference recipes: MIDI (docs/formats.md D3) prompts start with ``<pad>`` (id 0)
+and a piece ends when id 0 is sampled; ABC (docs/formats.md B, D4) prompts are ``[2]`` + control codes +
 header lines and end on id 3.  All pieces of one call run as one batch, each row with its own
 seed, so a piece depends only on its seed and parameters, never on its batch neighbours.
 """
@@ -130,7 +130,7 @@ class Composer:
             instruments: allowed instruments (``"piano,violin"`` or a list); ``None`` = any.
             prompt: MIDI-token text the pieces start with (e.g. ``"pi:4a:7 t20"``).
             seed: base seed; piece ``i`` uses :func:`piece_seed` ``(seed, i)``; random if ``None``.
-            preset: sampling preset (default ``"default-midi"``; ``"chatrwkv-midi"`` is FORMATS D3).
+            preset: sampling preset (default ``"default-midi"``; ``"chatrwkv-midi"`` is docs/formats.md D3).
             state: initial :class:`~rwkv_music.model.state.State` (see :meth:`make_state`).
             callback: ``callback(step, max_tokens)`` after every generated token.
             constrained: use :class:`~rwkv_music.formats.midi.constraint.MidiConstraint`
@@ -212,7 +212,7 @@ class Composer:
                 part ends, four bars a line and, with ``cadence``, its last note on the tonic of ``K:``;
                 ``form=False`` keeps only the bar rules.
             max_tokens, seed, preset, state, callback, **sampling: as in :meth:`compose_midi`
-                (default preset ``"default-abc"``; ``"chatrwkv-abc"`` is FORMATS D4).
+                (default preset ``"default-abc"``; ``"chatrwkv-abc"`` is docs/formats.md D4).
         """
         options = AbcOptions(
             key, meter, unit, tempo, controls, constrained, max_tokens, form, parts, bars_per_part, cadence

@@ -21,8 +21,8 @@ class Piece:
     Attributes:
         mode: ``"abc"`` or ``"midi"``.
         tokens: every token id of the piece, prompt included (without the leading separator).
-        text: model text: for MIDI ``"<start> … <end>"`` (FORMATS C/D3); for ABC the control codes
-            and the tune as the model wrote it, without ``X:`` (FORMATS B).
+        text: model text: for MIDI ``"<start> … <end>"`` (docs/formats.md C/D3); for ABC the control codes
+            and the tune as the model wrote it, without ``X:`` (docs/formats.md B).
         meta: seed, params, model, timing, validity, finish reason (JSON-serialisable).
         index: position of the piece in its batch (ABC files get ``X:index+1``).
         tokenizer: the tokenizer that wrote ``text`` (needed by :meth:`to_midi` for MIDI pieces).

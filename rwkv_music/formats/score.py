@@ -31,7 +31,7 @@ def quiet_music21() -> Iterator[None]:
 def abc_to_score(text: str, source: str = "ABC text") -> Any:
     """Parse one tune (model text or standard ABC) into a music21 score.
 
-    Control codes are dropped and ``X:1`` added first (FORMATS B).  music21 failures become
+    Control codes are dropped and ``X:1`` added first (docs/formats.md B).  music21 failures become
     :class:`AbcFormatError` naming ``source``.
     """
     from music21 import converter

@@ -1,4 +1,4 @@
-"""Reading checkpoint files and checking their key layout (FORMATS.md A1–A3).
+"""Reading checkpoint files and checking their key layout (docs/formats.md A1–A3).
 
 A ladder of small steps, each failing with a one-line :class:`CheckpointError` that names the
 file and the problem:

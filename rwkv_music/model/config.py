@@ -1,6 +1,6 @@
 """Model sizes and version, read once from a checkpoint and shared by every backend.
 
-Version names follow FORMATS.md A4: "4", "5.0", "5.1", "5.2", "6", "7" and "7a" (RWKV-7 with
+Version names follow docs/formats.md A4: "4", "5.0", "5.1", "5.2", "6", "7" and "7a" (RWKV-7 with
 DeepEmbed).  :class:`ModelVersion` is a ``str`` that also compares equal to the numbers people
 write for them (``ModelVersion("5.2") == 5.2``, ``ModelVersion("4") == 4``).
 """
@@ -60,7 +60,7 @@ def _canonical_version(value: Any) -> str:
 
 @dataclass(frozen=True)
 class RWKVConfig:
-    """Every size of one RWKV model, derived from its checkpoint's tensor shapes (FORMATS A5).
+    """Every size of one RWKV model, derived from its checkpoint's tensor shapes (docs/formats.md A5).
 
     ``dim_att`` (A) equals ``n_embd`` (C) in every released model but is kept apart because the
     v4–v6 key/value/receptance matrices are stored as ``[A, C]``.  v4 has no heads: ``n_head`` is

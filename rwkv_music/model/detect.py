@@ -3,10 +3,10 @@
 Everything here is a pure function of the checkpoint's key names and tensor shapes (no file
 access, no environment variables), so it serves every backend and exporter alike:
 
-* :func:`detect_version` — the two-pass rule of FORMATS.md A4.
-* :func:`config_from_state_dict` — sizes per FORMATS.md A5 as an :class:`RWKVConfig`.
+* :func:`detect_version` — the two-pass rule of docs/formats.md A4.
+* :func:`config_from_state_dict` — sizes per docs/formats.md A5 as an :class:`RWKVConfig`.
 * :func:`expected_shapes` — every key a checkpoint of that config must (or may) hold, with its
-  shape as stored (FORMATS.md A2/A3); :mod:`rwkv_music.model.checkpoint` compares against it.
+  shape as stored (docs/formats.md A2/A3); :mod:`rwkv_music.model.checkpoint` compares against it.
 
 Decisions where the sources leave room (documented here once):
 
@@ -14,7 +14,7 @@ Decisions where the sources leave room (documented here once):
   the same name.  v5.2/v6 accept only ``time_faaaa``.
 * v6 ``time_state`` (state tuning, ``[H, N, N]`` in ``S[value, key]`` order) is optional; when
   present in every block it becomes the model's initial state (as the rwkv package does).
-* v7 ``v0``/``v1``/``v2`` of block 0 are unused by the math (FORMATS A3/A6); they are accepted
+* v7 ``v0``/``v1``/``v2`` of block 0 are unused by the math (docs/formats.md A3/A6); they are accepted
   when present and not required, since the trainer writes them but converters may drop them.
 """
 
@@ -39,7 +39,7 @@ def shapes_of(sd: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 
 
 def detect_version(shapes: Shapes, source: str = "checkpoint") -> ModelVersion:
-    """The RWKV version of a checkpoint from its key names and shapes alone (FORMATS A4).
+    """The RWKV version of a checkpoint from its key names and shapes alone (docs/formats.md A4).
 
     The full key set is collected first and then tested in a fixed order, so (unlike the rwkv
     package's single in-order scan) the answer does not depend on key order or layer count.
@@ -99,7 +99,7 @@ def first_time_key(shapes: Shapes) -> str:
 
 
 def config_from_state_dict(sd: Mapping[str, Any], version: Any = None, source: str = "checkpoint") -> RWKVConfig:
-    """Sizes of the model in ``sd`` (FORMATS A5); ``sd`` maps names to tensors or shape tuples.
+    """Sizes of the model in ``sd`` (docs/formats.md A5); ``sd`` maps names to tensors or shape tuples.
 
     ``n_params`` is the number of elements over all tensors of the checkpoint as stored.
     """

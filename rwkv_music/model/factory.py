@@ -1,4 +1,4 @@
-"""Random-weight checkpoints in the exact BlinkDL key layout of every version (FORMATS.md A3).
+"""Random-weight checkpoints in the exact BlinkDL key layout of every version (docs/formats.md A3).
 
 Used by the tests (as stand-ins for the real checkpoints, which cannot be downloaded here), by
 examples, and as the starting point of training from scratch.  Keys come in the trainer's
@@ -18,16 +18,16 @@ import torch
 
 from rwkv_music.model.config import ModelVersion
 
-# RWKV-6 trainer defaults (FORMATS A3 notes): D_MIX_LORA and D_DECAY_LORA.
+# RWKV-6 trainer defaults (docs/formats.md A3 notes): D_MIX_LORA and D_DECAY_LORA.
 V6_MIX_LORA = 32
 V6_DECAY_LORA = 64
-# RWKV-7 DeepEmbed: s_emb rows are viewed as a 32x32 matrix (FORMATS A3, v7a row).
+# RWKV-7 DeepEmbed: s_emb rows are viewed as a 32x32 matrix (docs/formats.md A3, v7a row).
 V7A_SEMB_DIM = 1024
 V7A_SEMB_SIDE = 32
 
 
 def v7_lora_dims(n_embd: int) -> dict[str, int]:
-    """The RWKV-7 trainer's LoRA widths for width ``n_embd`` (FORMATS A3 notes)."""
+    """The RWKV-7 trainer's LoRA widths for width ``n_embd`` (docs/formats.md A3 notes)."""
 
     def rounded(factor: float) -> int:
         return max(32, int(round(factor * math.sqrt(n_embd) / 32)) * 32)
@@ -68,7 +68,7 @@ def random_checkpoint(
     """A random state dict in the raw trainer layout of ``version`` (fp32 tensors).
 
     ``time_first_key`` picks ``"time_first"`` or ``"time_faaaa"`` for v5.0/v5.1 (both occur in
-    the wild, FORMATS A3); by default 5.0 uses ``time_first`` and 5.1 ``time_faaaa``.
+    the wild, docs/formats.md A3); by default 5.0 uses ``time_first`` and 5.1 ``time_faaaa``.
     ``time_state_std`` > 0 (v6 only) adds state-tuning tensors ``att.time_state`` [H, N, N] to every
     block, drawn after everything else so the other tensors stay those of the same seed.
     """

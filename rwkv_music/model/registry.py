@@ -9,7 +9,7 @@ Every RWKV generation lives in one module implementing this protocol::
         # sd: dict name -> torch.Tensor, a raw trainer checkpoint already checked by
         #     rwkv_music.model.checkpoint.inspect_state_dict (keys and shapes are right).
         #     It is a private shallow copy: prepare may pop entries to keep peak memory low.
-        # Does every load-time rewrite ONCE (FORMATS A6): LN0 fold into emb, squeeze,
+        # Does every load-time rewrite ONCE (docs/formats.md A6): LN0 fold into emb, squeeze,
         # transpose to [in, out] for x @ W, decay/bonus transforms, DeepEmbed merge, casts to
         # `dtype` except where the rwkv package keeps fp32 (A10); tensors end up on `device`.
         # Returns any object (typically a dataclass with per-layer lists).

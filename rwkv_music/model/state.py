@@ -1,7 +1,7 @@
 """The recurrent state of an RWKV model: one value type for every version and backend.
 
 A :class:`State` is a small dict of named arrays, each shaped ``[n_layer, batch, ...]`` (batch is
-axis 1), holding numpy arrays or torch tensors.  Per version (FORMATS.md A8):
+axis 1), holding numpy arrays or torch tensors.  Per version (docs/formats.md A8):
 
 =========  ==========================================================================
 version    tensors

@@ -49,7 +49,7 @@ class SamplingConfig:
 
     temperature: float = 1.0  # 0 = greedy; applied after the filters (pip order, see processors.py)
     top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # >= 1 = off (pip's 1.0 collapses to greedy, FORMATS D1 quirk)
+    top_p: float = 1.0  # >= 1 = off (pip's 1.0 collapses to greedy, docs/formats.md D1 quirk)
     min_p: float = 0.0  # 0 = off
     presence_penalty: float = 0.0  # pip alpha_presence
     frequency_penalty: float = 0.0  # pip alpha_frequency

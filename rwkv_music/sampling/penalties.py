@@ -1,4 +1,4 @@
-"""Presence / frequency penalties with decay, the ``rwkv`` pip package's semantics (FORMATS D2).
+"""Presence / frequency penalties with decay, the ``rwkv`` pip package's semantics (docs/formats.md D2).
 
 Per row the processor keeps an occurrence map ``occ`` over the *generated* tokens (the prompt
 is not counted, as in pip and ChatRWKV).  Each step:

@@ -1,4 +1,4 @@
-"""Named sampling recipes: the ChatRWKV ones (FORMATS D3, D4) and the toolkit's defaults.
+"""Named sampling recipes: the ChatRWKV ones (docs/formats.md D3, D4) and the toolkit's defaults.
 
 >>> get_preset("chatrwkv-abc").top_k
 8

@@ -3,8 +3,8 @@
 :meth:`rwkv_music.sampling.config.SamplingConfig.build_processors` composes them in this
 fixed order (additive terms first, then masks, then the filters, temperature last):
 
-1. :class:`~rwkv_music.sampling.penalties.OccurrencePenalty` -- presence/frequency with decay (FORMATS D2)
-2. :class:`EosBiasSchedule` -- ``logit[eos] += (step - start) / scale`` (FORMATS D3)
+1. :class:`~rwkv_music.sampling.penalties.OccurrencePenalty` -- presence/frequency with decay (docs/formats.md D2)
+2. :class:`EosBiasSchedule` -- ``logit[eos] += (step - start) / scale`` (docs/formats.md D3)
 3. :class:`LogitBias` -- fixed per-token bias (ChatRWKV ``t125`` -1)
 4. :class:`TokenBan`
 5. :class:`MinNewTokens` -- bans the stop tokens before ``min_new_tokens``
@@ -18,7 +18,7 @@ fixed order (additive terms first, then masks, then the filters, temperature las
 Then :func:`rwkv_music.sampling.sampler.sample` draws one token per row.
 
 Why temperature comes last: the reference sampler (pip ``rwkv`` ``PIPELINE.sample_logits``,
-FORMATS D1) applies top-p and top-k to the softmax of the raw logits and only then raises the
+docs/formats.md D1) applies top-p and top-k to the softmax of the raw logits and only then raises the
 survivors to ``1/T``.  Since ``p**(1/T)`` renormalised equals ``softmax(logit / T)`` on the same
 survivors, filtering first and dividing by ``T`` afterwards gives exactly pip's distribution for
 every ``T``.  (Hugging Face divides by ``T`` before top-p, which keeps a different set when
@@ -31,7 +31,7 @@ the array shim of :mod:`rwkv_music.sampling.arrays`, so it runs as tensor ops on
 holds torch logits and vectorised on numpy logits, with no per-row Python and no host copy.
 
 Differences from pip, on purpose: ``top_p >= 1`` is "off" (pip collapses to greedy with large
-vocabularies, FORMATS D1 quirk); top-k keeps every token tied with the k-th score (pip keeps
+vocabularies, docs/formats.md D1 quirk); top-k keeps every token tied with the k-th score (pip keeps
 exactly k, broken by sort order).
 """
 
@@ -169,7 +169,7 @@ class TopK(DeviceProcessor):
 
 
 class TopP(DeviceProcessor):
-    """Nucleus filter with pip's rule (FORMATS D1 step 3); ``top_p >= 1`` = off, 0 = greedy.
+    """Nucleus filter with pip's rule (docs/formats.md D1 step 3); ``top_p >= 1`` = off, 0 = greedy.
 
     Sort the probabilities (softmax of the finite scores, float64) in descending order, find the
     first position whose cumulative sum reaches ``top_p`` and keep every token whose probability
@@ -341,7 +341,7 @@ class LogitBias(DeviceProcessor):
 class EosBiasSchedule(DeviceProcessor):
     """``logit[t] += (step - start) / scale`` for each end token ``t``, optionally clamped.
 
-    ChatRWKV's MIDI recipe (FORMATS D3) is ``EosBiasSchedule([0], start=2000, scale=500)``:
+    ChatRWKV's MIDI recipe (docs/formats.md D3) is ``EosBiasSchedule([0], start=2000, scale=500)``:
     -4 at the first token, 0 at token 2000, +4.19 at token 4095.
 
     >>> EosBiasSchedule([0], start=2000, scale=500).process(0, np.zeros((1, 2)))

@@ -1,4 +1,4 @@
-"""Music tokenizers: ABC characters (FORMATS.md B) and MIDI-LLM-tokenizer words (FORMATS.md C).
+"""Music tokenizers: ABC characters (docs/formats.md B) and MIDI-LLM-tokenizer words (docs/formats.md C).
 
 Public names:
 

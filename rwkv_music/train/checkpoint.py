@@ -1,8 +1,8 @@
 """Reading and writing training checkpoints.
 
-* ``model.pth`` — the weights alone, BlinkDL v7 layout (FORMATS A3), loadable by the ``rwkv``
+* ``model.pth`` — the weights alone, BlinkDL v7 layout (docs/formats.md A3), loadable by the ``rwkv``
   pip package (``RWKV_V7_ON=1``) and by :func:`rwkv_music.load_model`.  Stored in fp32, fp16 or
-  bf16 (loaders cast, FORMATS A1).
+  bf16 (loaders cast, docs/formats.md A1).
 * ``train_state.pt`` — everything needed to resume: optimizer state, step, elapsed time, data
   RNG, the fp32 weights (the model file may be fp16) and the run's options.
 """

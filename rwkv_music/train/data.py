@@ -1,6 +1,6 @@
 """Training data: ABC tunes → byte ids with TunesFormer control codes, documents → batches.
 
-ABC (FORMATS B): a training document is ``[2] + bytes(control codes + tune without X:) + [3]``.
+ABC (docs/formats.md B): a training document is ``[2] + bytes(control codes + tune without X:) + [3]``.
 Tunes are cleaned to the shape the BlinkDL ABC prompts use: control lines, then ``L:``, ``M:``,
 ``K:`` and the music (titles, sources, notes, lyrics and comments dropped — standard ``B:``/``S:``
 header fields would otherwise collide with the control codes ``B:``/``S:``).
@@ -21,15 +21,15 @@ import numpy as np
 from rwkv_music.errors import RwkvMusicError
 from rwkv_music.formats.abc.tokenizer import AbcTokenizer
 
-ABC_BOS, ABC_EOS = AbcTokenizer.bos_id, AbcTokenizer.eos_id  # FORMATS B: 2, 3
+ABC_BOS, ABC_EOS = AbcTokenizer.bos_id, AbcTokenizer.eos_id  # docs/formats.md B: 2, 3
 ABC_VOCAB = AbcTokenizer.vocab_size  # 128
-# music21 corpus collections used for shipped models; never essenFolksong (FORMATS E licence).
+# music21 corpus collections used for shipped models; never essenFolksong (docs/formats.md E licence).
 DEFAULT_ABC_COLLECTIONS = ("oneills1850", "airdsAirs", "ryansMammoth", "miscFolk")
 FORBIDDEN_COLLECTIONS = ("essenFolksong",)
 _KEEP_HEADERS = ("L", "M", "K")
 _DROP_BODY_FIELDS = re.compile(r"^(?:[A-Za-z]:|%)")
 _INLINE_KEEP = re.compile(r"^[KLMP]:")
-# Section delimiters of the TunesFormer control codes (FORMATS B), longest first.
+# Section delimiters of the TunesFormer control codes (docs/formats.md B), longest first.
 _BAR_RE = re.compile(r":\|:|\|\]|\[\||\|\||::|\|:|:\||\|")
 _SECTION_BARS = {":|:", "|]", "[|", "||", "::", "|:", ":|"}
 
@@ -98,7 +98,7 @@ def _levenshtein(a: str, b: str) -> int:
 
 
 def abc_sections(music: str) -> list[tuple[str, int]]:
-    """(text, bar count) of each section; sections end at ``[| || |] |: :: :|`` (FORMATS B).
+    """(text, bar count) of each section; sections end at ``[| || |] |: :: :|`` (docs/formats.md B).
 
     Every stretch holding a note or rest counts as a bar, a pickup included.
     """
@@ -124,7 +124,7 @@ def abc_sections(music: str) -> list[tuple[str, int]]:
 
 
 def control_codes(clean_tune: str, compare_chars: int = 64) -> str:
-    """TunesFormer-style ``S:``/``B:``/``E:`` lines for a cleaned tune (FORMATS B order).
+    """TunesFormer-style ``S:``/``B:``/``E:`` lines for a cleaned tune (docs/formats.md B order).
 
     E is 0–10: round(10·(1 − edit distance / longer length)) between the first
     ``compare_chars`` characters of two sections (the cap keeps corpus building fast; an
@@ -144,7 +144,7 @@ def control_codes(clean_tune: str, compare_chars: int = 64) -> str:
 
 def abc_document(tune: str, *, with_control: bool = True, mask_control: bool = False,
                  source: str = "") -> Document | None:
-    """Turn one raw tune (with or without X:) into ``[2] + bytes + [3]`` ids (FORMATS B)."""
+    """Turn one raw tune (with or without X:) into ``[2] + bytes + [3]`` ids (docs/formats.md B)."""
     clean = clean_abc_tune(tune)
     if clean is None or not clean.isascii():
         return None
@@ -162,7 +162,7 @@ def music21_abc_files(collections: tuple[str, ...] = DEFAULT_ABC_COLLECTIONS) ->
     """Paths of the installed music21 corpus ABC files of the named collections (sorted)."""
     bad = set(collections) & set(FORBIDDEN_COLLECTIONS)
     if bad:
-        raise RwkvMusicError(f"collection {sorted(bad)[0]} may not be used for training (licence, FORMATS E)")
+        raise RwkvMusicError(f"collection {sorted(bad)[0]} may not be used for training (licence, docs/formats.md E)")
     import music21
 
     root = Path(music21.__file__).parent / "corpus"

@@ -1,7 +1,7 @@
-"""MIDI training data: render music21 scores and ABC tunes to .mid, then tokenize (FORMATS C).
+"""MIDI training data: render music21 scores and ABC tunes to .mid, then tokenize (docs/formats.md C).
 
 A MIDI training document is ``[0] + ids(piece)``: ``<pad>`` (id 0) separates pieces, exactly
-what the RWKV-4-MIDI recipe prompts with and stops on (FORMATS D3); ``ids(piece)`` is the
+what the RWKV-4-MIDI recipe prompts with and stops on (docs/formats.md D3); ``ids(piece)`` is the
 tokenizer's ``<start> … <end>`` text.  Rendering with music21 is slow (≈1 s a score), so
 rendered files are cached in a folder outside the repository and reused.
 """
@@ -21,8 +21,8 @@ from rwkv_music.train.data import FORBIDDEN_COLLECTIONS, Document, read_abc_tune
 
 log = logging.getLogger(__name__)
 
-MIDI_VOCAB = LAYOUT.size  # FORMATS C1: 20,096
-MIDI_PAD = LAYOUT.pad_id  # the piece separator (FORMATS D3)
+MIDI_VOCAB = LAYOUT.size  # docs/formats.md C1: 20,096
+MIDI_PAD = LAYOUT.pad_id  # the piece separator (docs/formats.md D3)
 # Non-Essen music21 composers rendered for the MIDI default (bach first: its chorales).
 DEFAULT_COMPOSERS = ("bach", "handel", "haydn", "mozart", "corelli", "monteverdi", "palestrina",
                      "schubert", "schumann_robert", "joplin")  # beethoven's quartets: too slow to render
@@ -90,7 +90,7 @@ def music21_score_paths(composers: tuple[str, ...] = DEFAULT_COMPOSERS, per_comp
     paths: list[Path] = []
     for name in composers:
         if name in FORBIDDEN_COLLECTIONS:
-            raise RwkvMusicError(f"collection {name} may not be used for training (licence, FORMATS E)")
+            raise RwkvMusicError(f"collection {name} may not be used for training (licence, docs/formats.md E)")
         found = [Path(p) for p in corpus.getComposer(name)]
         found = sorted(p for p in found if p.suffix.lower() != ".abc" and "essenFolksong" not in p.parts
                        and p.stat().st_size <= MAX_SCORE_BYTES)
@@ -171,7 +171,7 @@ def midi_documents(paths: list[Path] | None = None, *, max_pieces: int | None = 
                 arr = np.array([MIDI_PAD, *ids], dtype=np.int64)
                 mask = np.ones(len(arr), dtype=np.float32)
                 # mask stays 1 on the separator: in the concatenated stream it is the target
-                # after the previous piece's <end>, and sampling stops on it (FORMATS D3).
+                # after the previous piece's <end>, and sampling stops on it (docs/formats.md D3).
                 docs.append(Document(arr, mask, f.name))
     if not docs:
         raise RwkvMusicError(f"no usable MIDI pieces in {[str(p) for p in paths]}")

@@ -7,7 +7,7 @@ returns-to-go pushes on the decisions that led there.
 * :func:`token_reward` — +value each time a given id appears (a test / toy reward).
 * :func:`abc_bar_balance_reward` — +1 at a barline whose bar has the metre's length, −1 if it
   has not (in units of the tune's ``L:``; the first bar may be a pickup and bars touching a
-  repeat/ending sign are not judged, as in FORMATS E's bar-balance rule).
+  repeat/ending sign are not judged, as in docs/formats.md E's bar-balance rule).
 * :func:`abc_bar_balance_local_reward` — the same judgement given to *every* token of the judged
   bar, its closing barline included (for ``credit="local"`` in :mod:`rwkv_music.train.reinforce`).
 * :func:`abc_strict_reward` (``abc-strict``) — the strict judge's verdict
@@ -33,7 +33,7 @@ from rwkv_music.errors import RwkvMusicError
 
 RewardFn = Callable[[list[int]], list[float]]
 
-# FORMATS C1 id arithmetic (kept local: rewards must run without the tokenizer module).
+# docs/formats.md C1 id arithmetic (kept local: rewards must run without the tokenizer module).
 _N_WAIT_FIRST, _N_WAIT_LAST, _NOTE_FIRST, _BIN_SIZE, _STEP_MS = 3, 127, 128, 1536, 8
 
 
@@ -276,7 +276,7 @@ def abc_strict_reward(ids: list[int], prefix: str = "") -> list[float]:
 
 
 def midi_stuck_notes_reward(ids: list[int], max_hold_ms: int = 5000) -> list[float]:
-    """Penalise stuck notes and orphan note-offs in MIDI-tokenizer ids (FORMATS C1 layout)."""
+    """Penalise stuck notes and orphan note-offs in MIDI-tokenizer ids (docs/formats.md C1 layout)."""
     rewards = [0.0] * len(ids)
     held: dict[tuple[int, int], int] = {}  # (bin, pitch) -> onset time in ms
     now = 0

@@ -4,10 +4,10 @@ This module does **not** use the ABC state machine (:mod:`rwkv_music.formats.abc
 tests, benchmarks and the renderer's manifest use it to judge generated tunes.  Every function
 tolerates garbage: it returns ``False`` / an unbalanced report and never raises.
 
-* :func:`prepare_for_music21` -- model text (FORMATS B: control codes, no ``X:``) to standard ABC.
+* :func:`prepare_for_music21` -- model text (docs/formats.md B: control codes, no ``X:``) to standard ABC.
 * :func:`parse_ok` -- music21 parses the tune and it has at least one note or chord.
 * :func:`bar_balance` -- each checked measure lasts ``TimeSignature.barDuration``.  Skipped, as
-  in the corpus baseline of FORMATS E: the first and the last measure with notes (pickup, final
+  in the corpus baseline of docs/formats.md E: the first and the last measure with notes (pickup, final
   partial bar), measures next to a repeat, double or final bar line or inside/next to an ending
   bracket, and tunes without a meter (``M:none`` or no ``M:``); ``all_balanced`` is that
   tune-level metric.  Because music21 re-bars an overfull measure into a full one plus a short
@@ -92,7 +92,7 @@ class BarBalanceReport:
     balanced: int  # ... whose duration equals TimeSignature.barDuration
     unbalanced: tuple[int, ...]  # indices (0-based, among measures with notes) of the others
     overfull: int  # ABC bars (from music21's tokens) longer than the meter, anywhere
-    all_balanced: bool  # parsed and no unbalanced measure (the tune-level metric of FORMATS E)
+    all_balanced: bool  # parsed and no unbalanced measure (the tune-level metric of docs/formats.md E)
 
     @property
     def rate(self) -> float:

@@ -1,6 +1,6 @@
 """``AbcConstraint``: byte-level RWKV ABC models write valid, bar-balanced ABC (issue 4).
 
-Vocabulary of BlinkDL's ABC models (FORMATS B): 128 ids, id = byte value, pad 0, bos 2, eos 3;
+Vocabulary of BlinkDL's ABC models (docs/formats.md B): 128 ids, id = byte value, pad 0, bos 2, eos 3;
 decoding stops at eos and drops ids <= 3 (:func:`decode_abc`).  Each batch row runs its own
 :class:`~rwkv_music.formats.abc.grammar.machine.AbcGrammar` state (strict subset by default): the
 prompt bytes are fed at :meth:`AbcConstraint.reset`, every step masks the bytes whose step is

@@ -1,4 +1,4 @@
-"""The ABC format (FORMATS B, D4) as composing code sees it: :class:`AbcFormat`.
+"""The ABC format (docs/formats.md B, D4) as composing code sees it: :class:`AbcFormat`.
 
 A prompt is ``[bos]`` + control codes + header lines (+ first bars); a piece ends on ``eos``.
 Rows sharing a header (:class:`~rwkv_music.formats.abc.header.AbcHeader`) share a constraint.

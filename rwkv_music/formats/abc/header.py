@@ -9,7 +9,7 @@ ABC grammar reads the same tables, so a value accepted here is one the constrain
 * key: tonic ``A``-``G`` with ``#``/``b``, an optional mode (``m``, ``dor``, ``mixolydian``, ...;
   any case, optionally after one space), or ``HP``, ``Hp``, ``none``;
 * tempo: 40-240 beats per minute, alone (a quarter-note beat) or as ``beat=bpm``;
-* control codes (FORMATS B): ``S:1``-``S:8``, ``B:1``-``B:32``, ``E:0``-``E:10``.
+* control codes (docs/formats.md B): ``S:1``-``S:8``, ``B:1``-``B:32``, ``E:0``-``E:10``.
 
 Also here: the header of a tune start (:func:`header_fields`), the grouping key of ABC rows
 (:class:`AbcHeader`) and the prompt text of a fresh tune (:func:`prompt_text`).
@@ -111,7 +111,7 @@ def check_controls(controls: str | None) -> list[str]:
     for line in lines:
         m = _CONTROL_LINE.match(line)
         if not m:
-            raise AbcFormatError(f"control code {line!r} is not S:n, B:n or E:n (FORMATS B)")
+            raise AbcFormatError(f"control code {line!r} is not S:n, B:n or E:n (docs/formats.md B)")
         low, high = CONTROL_RANGES[m.group(1)]
         if not low <= int(m.group(2)) <= high:
             raise AbcFormatError(f"control code {line!r}: {m.group(1)} takes {low}-{high}")

@@ -23,7 +23,7 @@ class AbcOptions:
     meter: str = "4/4"
     unit: str = "1/8"
     tempo: str | int | None = None  # Q: (beats per minute or "1/4=120"); None = no Q: line
-    controls: str = "S:2"  # TunesFormer control codes (FORMATS B)
+    controls: str = "S:2"  # TunesFormer control codes (docs/formats.md B)
     constrained: bool = True  # ABC grammar / bar-balance constraint
     max_tokens: int = 1024
     # Tune form (issue 15), used by the constraint for fresh tunes: ``parts`` parts of

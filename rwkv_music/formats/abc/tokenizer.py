@@ -1,4 +1,4 @@
-"""``AbcTokenizer``: the character tokenizer of BlinkDL's ABC models (FORMATS.md B).
+"""``AbcTokenizer``: the character tokenizer of BlinkDL's ABC models (docs/formats.md B).
 
 One character is one token and its id is the character code, so ASCII text maps byte for byte
 (ChatRWKV ``music/run.py``: id = ord(c); faster-rwkv: id = byte value).  Ids 0, 2 and 3 are

@@ -1,6 +1,6 @@
 """ABC tune text: control codes, ``X:`` numbers, splitting tune books and continuation prompts.
 
-Model text (FORMATS B) starts with TunesFormer control codes (``S:``, ``B:``, ``E:`` lines) and has
+Model text (docs/formats.md B) starts with TunesFormer control codes (``S:``, ``B:``, ``E:`` lines) and has
 no ``X:`` line.  In standard ABC ``S:`` and ``B:`` mean "source" and "book", so before a tune is
 saved or handed to music21 the control lines are dropped and ``X:n`` is put first.
 """
@@ -16,7 +16,7 @@ from rwkv_music.errors import AbcFormatError
 
 TEXT_SOURCE = "ABC text"  # the source name of a tune given as text rather than a file
 
-_CONTROL_LINE = re.compile(r"^[SBE]:\s*\d+\s*$")  # TunesFormer control codes (FORMATS B)
+_CONTROL_LINE = re.compile(r"^[SBE]:\s*\d+\s*$")  # TunesFormer control codes (docs/formats.md B)
 _REFERENCE_LINE = re.compile(r"^X:\s*(\d*)")
 
 

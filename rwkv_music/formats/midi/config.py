@@ -1,7 +1,7 @@
 """Settings that generate the MIDI vocabulary and steer MIDI <-> text conversion.
 
 The RWKV-4-MIDI vocabulary (``tokenizer-midi.json``, 20,096 words) is not a hand-made list: it
-follows from MIDI-LLM-tokenizer's ``vocab_config.json`` by fixed rules (FORMATS.md C1).  This
+follows from MIDI-LLM-tokenizer's ``vocab_config.json`` by fixed rules (docs/formats.md C1).  This
 module holds those settings as a frozen dataclass whose defaults *are* that file, so the package
 needs no data file at run time; :meth:`MidiVocabConfig.from_json` reads any file of the same
 shape and :meth:`MidiVocabConfig.to_dict` writes it back (the tests compare both ways with the
@@ -18,7 +18,7 @@ from typing import Any
 from rwkv_music.errors import TokenizerError
 
 # General MIDI programs 0-127 (0-based) with the instrument bin each one falls into;
-# "" = dropped (FORMATS.md C3, table "GM programs").  Names exactly as in vocab_config.json.
+# "" = dropped (docs/formats.md C3, table "GM programs").  Names exactly as in vocab_config.json.
 GM_PROGRAMS: tuple[tuple[str, str], ...] = (
     ('Acoustic Grand Piano', 'piano'),  # 0
     ('Bright Acoustic Piano', 'piano'),  # 1
@@ -156,7 +156,7 @@ _DEFAULT_BINS = (
     "percussion", "drum", "tuba", "marimba", "bass", "guitar", "violin",
     "trumpet", "piano", "sax", "flute", "lead", "pad",
 )  # fmt: skip
-# GM program written for each bin when decoding (FORMATS.md C1 table); "" = percussion kit.
+# GM program written for each bin when decoding (docs/formats.md C1 table); "" = percussion kit.
 _DEFAULT_BIN_PROGRAMS = (
     "", "Synth Drum", "Tuba", "Marimba", "Acoustic Bass", "Acoustic Guitar (steel)", "Violin",
     "Trumpet", "Acoustic Grand Piano", "Tenor Sax", "Flute", "Lead 1 (square wave)",
@@ -168,7 +168,7 @@ MAX_BINS = 16  # one MIDI channel per bin when decoding
 
 @dataclass(frozen=True)
 class MidiVocabConfig:
-    """The ``vocab_config.json`` settings of MIDI-LLM-tokenizer (FORMATS.md C1, C3, C4).
+    """The ``vocab_config.json`` settings of MIDI-LLM-tokenizer (docs/formats.md C1, C3, C4).
 
     Field names follow the JSON keys, except the three mappings, which are stored as tuples:
     ``program_bins[p]`` is the bin name of GM program ``p`` ("" = dropped),

@@ -1,6 +1,6 @@
 """Well-formed MIDI token streams: instruments, pitch range, polyphony, note lengths, piece length.
 
-Vocabulary layout (FORMATS C1, 20 096 ids; read from :data:`rwkv_music.formats.midi.vocab.LAYOUT`,
+Vocabulary layout (docs/formats.md C1, 20 096 ids; read from :data:`rwkv_music.formats.midi.vocab.LAYOUT`,
 the one description of it): id 0 ``<pad>``, 1 ``<start>``, 2 ``<end>``; ids 3..127 are the wait
 tokens ``t1``..``t125`` (id = n + 2, each step 8 ms); a note token is
 ``128 + bin * 1536 + pitch * 12 + velbin`` with 13 instrument bins (0 percussion, 1 drum,
@@ -38,7 +38,7 @@ DRUM_BINS = (BIN_NAMES.index("percussion"), BIN_NAMES.index("drum"))  # GM kit (
 
 
 def note_token(bin_index: int, pitch: int, velbin: int) -> int:
-    """Id of a note token (FORMATS C1): ``note_token(8, 0x4A, 7) == 13311`` (``pi:4a:7``)."""
+    """Id of a note token (docs/formats.md C1): ``note_token(8, 0x4A, 7) == 13311`` (``pi:4a:7``)."""
     return LAYOUT.note_id(bin_index, pitch, velbin)
 
 
@@ -66,7 +66,7 @@ class MidiConstraint(LogitsProcessor):
     """Only tokens that keep a MIDI piece well formed and within the requested limits.
 
     Args:
-        instruments: bins (names or indices, FORMATS C1) whose notes may start; ``None`` = all.
+        instruments: bins (names or indices, docs/formats.md C1) whose notes may start; ``None`` = all.
         drums: ``True`` adds the "percussion" and "drum" bins, ``False`` removes them, ``None``
             leaves ``instruments`` as given.
         pitch_range: lowest and highest MIDI pitch a note may start on; percussion is exempt

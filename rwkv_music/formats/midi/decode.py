@@ -1,9 +1,9 @@
-"""Token ids -> ``mido.MidiFile`` (FORMATS.md C4, MLT ``convert_str_to_midi``).
+"""Token ids -> ``mido.MidiFile`` (docs/formats.md C4, MLT ``convert_str_to_midi``).
 
 Output: a type-1 file with one track at 480 ticks per beat and 120 bpm: a text meta event,
 ``set_tempo``, one ``program_change`` per bin channel, the notes, ``end_of_track``.
 
-Per token (FORMATS.md C4):
+Per token (docs/formats.md C4):
 
 * ``<end>`` adds 3 s and releases every sounding note;
 * ``<start>``, ``<pad>`` and fillers are ignored;
@@ -101,7 +101,7 @@ class _Decoder:
 
 
 def header_messages(vocab: MidiVocab) -> list[mido.MetaMessage | mido.Message]:
-    """Text, tempo and one program change per bin channel, in MLT's order (FORMATS.md C4)."""
+    """Text, tempo and one program change per bin channel, in MLT's order (docs/formats.md C4)."""
     out: list[mido.MetaMessage | mido.Message] = [
         mido.MetaMessage("text", text=HEADER_TEXT, time=0),
         mido.MetaMessage("set_tempo", tempo=DECODE_TEMPO, time=0),

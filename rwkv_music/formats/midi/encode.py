@@ -1,10 +1,10 @@
-"""MIDI file -> token ids (FORMATS.md C3 "Timing and grouping" and "Flush").
+"""MIDI file -> token ids (docs/formats.md C3 "Timing and grouping" and "Flush").
 
 Events between two groups of wait tokens form one time step; each step is sorted (percussion
 first, then by bin index and pitch, stable) and written as ``prefix:pitch:velocity`` tokens.
 The whole file becomes one ``<start> ... <end>`` sequence: unlike MLT's ``midi_to_str.py`` we
 never split a file into pieces at long silences and never drop short files (the piece split and
-30 s filter postdate the RWKV-4-MIDI training data, FORMATS.md C3).  Silence before the first
+30 s filter postdate the RWKV-4-MIDI training data, docs/formats.md C3).  Silence before the first
 event is not written, as in MLT (a piece starts without a wait token).
 """
 

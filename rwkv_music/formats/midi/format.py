@@ -1,4 +1,4 @@
-"""The MIDI format (FORMATS C, D3) as composing code sees it: :class:`MidiFormat`.
+"""The MIDI format (docs/formats.md C, D3) as composing code sees it: :class:`MidiFormat`.
 
 A prompt is ``<pad>`` + the notes and waits of the prompt (markers dropped); a piece ends when
 ``<pad>`` is sampled and its text is ``<start> … <end>``.  With a target length the constraint
@@ -58,7 +58,7 @@ class MidiFormat:
 
     @property
     def prompt_start(self) -> int:
-        return self.pad_id  # the piece separator (FORMATS D3)
+        return self.pad_id  # the piece separator (docs/formats.md D3)
 
     def check_vocab(self, vocab_size: int, source: str = "model") -> None:
         need = int(self.tokenizer.vocab_size)

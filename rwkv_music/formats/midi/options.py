@@ -25,7 +25,7 @@ class MidiOptions:
 
     seconds: float | None = None  # target length of the new music; None = the model decides
     max_tokens: int = 2048  # hard cap on new tokens per piece
-    instruments: tuple[str, ...] | None = None  # FORMATS C1 bin names; None = any
+    instruments: tuple[str, ...] | None = None  # docs/formats.md C1 bin names; None = any
     constrained: bool = True  # MidiConstraint on (needed for instruments/seconds/limits/key)
     limits: tuple[tuple[str, Any], ...] = ()  # more MidiConstraint arguments (LIMIT_NAMES), over MUSICAL_DEFAULTS
     max_prompt_tokens: int = MAX_MIDI_PROMPT

@@ -1,4 +1,4 @@
-"""Reading MIDI files safely and turning them into timed note events (FORMATS.md C3).
+"""Reading MIDI files safely and turning them into timed note events (docs/formats.md C3).
 
 Two layers:
 
@@ -156,7 +156,7 @@ def _parse_track(chunk: bytes, division: int, name: str, index: int) -> mido.Mid
 
 
 class _ChannelState:
-    """MLT's per-channel bookkeeping (FORMATS.md C3 "Input handling" 3)."""
+    """MLT's per-channel bookkeeping (docs/formats.md C3 "Input handling" 3)."""
 
     def __init__(self) -> None:
         self.program = 0
@@ -168,7 +168,7 @@ class _ChannelState:
 
 
 def _merged_messages(mid: mido.MidiFile) -> list[mido.Message]:
-    """Messages of all tracks in time order (FORMATS.md C3 step 1); unknown metas dropped."""
+    """Messages of all tracks in time order (docs/formats.md C3 step 1); unknown metas dropped."""
     tracks = [[m for m in track if m.type != "unknown_meta"] for track in mid.tracks]
     if len(tracks) > 1:
         return list(mido.merge_tracks(tracks))  # stable: equal times keep track order
@@ -176,7 +176,7 @@ def _merged_messages(mid: mido.MidiFile) -> list[mido.Message]:
 
 
 def read_note_events(mid: mido.MidiFile, vocab: MidiVocab) -> list[NoteEvent]:
-    """Token-producing note events of a loaded MIDI file, in stream order (FORMATS.md C3)."""
+    """Token-producing note events of a loaded MIDI file, in stream order (docs/formats.md C3)."""
     tpb = mid.ticks_per_beat
     channels = [_ChannelState() for _ in range(16)]
     events: list[NoteEvent] = []
@@ -231,7 +231,7 @@ def read_note_events(mid: mido.MidiFile, vocab: MidiVocab) -> list[NoteEvent]:
 def _control_change(
     msg: mido.Message, channels: list[_ChannelState], note_off: Callable[[int, int, int], None]
 ) -> None:
-    """CC7/CC39 volume, CC11 expression, CC64 sustain, CC123 all notes off (FORMATS.md C3)."""
+    """CC7/CC39 volume, CC11 expression, CC64 sustain, CC123 all notes off (docs/formats.md C3)."""
     state = channels[msg.channel]
     if msg.control in (7, 39):
         state.volume = msg.value

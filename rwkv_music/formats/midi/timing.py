@@ -2,8 +2,8 @@
 
 ``"reference"`` reproduces MIDI-LLM-tokenizer (MLT) exactly: the encoder turns the time since
 the previous event into wait tokens and throws the rounding residue away at every event
-(FORMATS.md C3 "Timing and grouping"), and the decoder rounds each message's delta to ticks on
-its own (FORMATS.md C4 "Ticks").  Both errors accumulate, so onsets drift over a long piece.
+(docs/formats.md C3 "Timing and grouping"), and the decoder rounds each message's delta to ticks on
+its own (docs/formats.md C4 "Ticks").  Both errors accumulate, so onsets drift over a long piece.
 
 ``"exact"`` (the default) quantizes *absolute* times: the encoder puts every event on the
 8 ms grid counted from the first event and emits the difference of grid positions; the decoder
@@ -25,11 +25,11 @@ from rwkv_music.errors import TokenizerError
 Timing = Literal["exact", "reference"]
 TIMINGS: tuple[str, ...] = ("exact", "reference")
 
-# Decoded files: 480 ticks per beat at 120 bpm (FORMATS.md C4), so 1 tick = 25/24 ms.
+# Decoded files: 480 ticks per beat at 120 bpm (docs/formats.md C4), so 1 tick = 25/24 ms.
 DECODE_TICKS_PER_BEAT = 480
 DECODE_TEMPO = 500_000  # microseconds per beat
-END_PAUSE_MS = 3000  # time added by <end> when decoding (FORMATS.md C4)
-MAX_REFERENCE_GAP_SECONDS = 10  # the reference clips any gap to 10 x t125 (FORMATS.md C3)
+END_PAUSE_MS = 3000  # time added by <end> when decoding (docs/formats.md C4)
+MAX_REFERENCE_GAP_SECONDS = 10  # the reference clips any gap to 10 x t125 (docs/formats.md C3)
 
 
 def check_timing(timing: str) -> Timing:
@@ -51,7 +51,7 @@ def split_wait(steps: int, max_steps: int) -> list[int]:
 
 
 def reference_wait_steps(delta_ms: float, max_wait_ms: int, max_steps: int) -> list[int]:
-    """Wait tokens (as step counts) MLT emits for a gap of ``delta_ms`` (FORMATS.md C3).
+    """Wait tokens (as step counts) MLT emits for a gap of ``delta_ms`` (docs/formats.md C3).
 
     0 ms -> none; the gap is clipped to 10 s; one ``t125`` per whole second, then the rest
     rounded half down to steps (so 996.1 ms -> ``t125`` and 4 ms -> nothing).

@@ -1,14 +1,14 @@
 """``MidiTokenizer``: the RWKV-4-MIDI vocabulary, text <-> ids, and MIDI files <-> text.
 
-Text <-> ids follows the reference ``tokenizer-midi.json`` (FORMATS.md C2): the text is
+Text <-> ids follows the reference ``tokenizer-midi.json`` (docs/formats.md C2): the text is
 lowercased and split on whitespace runs, each word is one token.  Unlike the HF tokenizer,
 which maps an unknown word to ``<pad>`` silently, :meth:`MidiTokenizer.encode` raises
 :class:`TokenizerError` naming the word and its position.  :meth:`MidiTokenizer.decode` keeps
 ``<start>``/``<end>`` by default because they mean something to the MIDI decoder (``<end>``
 pauses 3 s and releases notes); ``skip_special=True`` drops them as HF does.
 
-MIDI conversion: :meth:`MidiTokenizer.midi_to_text` (FORMATS.md C3) and
-:meth:`MidiTokenizer.text_to_midi` (FORMATS.md C4), in the tokenizer's timing mode
+MIDI conversion: :meth:`MidiTokenizer.midi_to_text` (docs/formats.md C3) and
+:meth:`MidiTokenizer.text_to_midi` (docs/formats.md C4), in the tokenizer's timing mode
 (``"exact"`` by default, ``"reference"`` for MLT's token-for-token form; see
 :mod:`rwkv_music.formats.midi.timing`).  ``text_to_midi`` is strict by default (an unknown
 word raises with its position); ``strict=False`` skips unknown words, logging how many.
@@ -52,7 +52,7 @@ class MidiTokenizer:
         self.vocab = MidiVocab(config)
         self.config = self.vocab.config
 
-    # -- text <-> ids (FORMATS.md C2) ----------------------------------------------------------
+    # -- text <-> ids (docs/formats.md C2) ----------------------------------------------------------
 
     @property
     def vocab_size(self) -> int:
@@ -91,7 +91,7 @@ class MidiTokenizer:
             logger.warning("skipped %d word(s) not in the MIDI vocabulary", unknown)
         return ids
 
-    # -- MIDI files <-> text (FORMATS.md C3, C4) ------------------------------------------------
+    # -- MIDI files <-> text (docs/formats.md C3, C4) ------------------------------------------------
 
     def midi_to_ids(self, source: MidiSource) -> list[int]:
         """Ids ``<start> ... <end>`` of a MIDI file (path, bytes or ``mido.MidiFile``)."""

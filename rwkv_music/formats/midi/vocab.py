@@ -1,6 +1,6 @@
 """The MIDI vocabulary: ids, token strings and the note/wait structure behind them.
 
-Layout (FORMATS.md C1), generated from a :class:`MidiVocabConfig` by rule:
+Layout (docs/formats.md C1), generated from a :class:`MidiVocabConfig` by rule:
 
 * ids 0, 1, 2: ``<pad>``, ``<start>``, ``<end>``;
 * ids 3 .. 3+W-1: wait tokens ``t1`` .. ``tW`` (W = ``wait_events`` = 125; ``tN`` = N steps of
@@ -31,7 +31,7 @@ PERCUSSION_CHANNEL = 9  # 0-based MIDI channel 10
 
 @dataclass(frozen=True)
 class InstrumentBin:
-    """One instrument bin: its token prefix and the channel/program it decodes to (FORMATS C1)."""
+    """One instrument bin: its token prefix and the channel/program it decodes to (docs/formats.md C1)."""
 
     index: int
     name: str
@@ -157,7 +157,7 @@ LAYOUT = MidiLayout.from_config(MidiVocabConfig())
 
 
 def _short_prefixes(names: tuple[str, ...]) -> tuple[str, ...]:
-    """Shortest prefix of each bin name not taken by an earlier bin (FORMATS C1)."""
+    """Shortest prefix of each bin name not taken by an earlier bin (docs/formats.md C1)."""
     prefixes: list[str] = []
     for name in names:
         size = 1
@@ -168,7 +168,7 @@ def _short_prefixes(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _decode_channels(config: MidiVocabConfig) -> tuple[int, ...]:
-    """Channels in bin order, skipping channel 9 which only the percussion bin gets (FORMATS C1)."""
+    """Channels in bin order, skipping channel 9 which only the percussion bin gets (docs/formats.md C1)."""
     free = iter(c for c in range(16) if c != PERCUSSION_CHANNEL)
     return tuple(
         PERCUSSION_CHANNEL if name == config.ch10_instrument_bin_name else next(free)
@@ -320,12 +320,12 @@ class MidiVocab:
         return self._check_bin(bin)
 
     def bin_for_program(self, program: int, channel: int = 0) -> int | None:
-        """Bin of a GM ``program`` played on 0-based ``channel``; None if dropped (FORMATS C3)."""
+        """Bin of a GM ``program`` played on 0-based ``channel``; None if dropped (docs/formats.md C3)."""
         if channel == PERCUSSION_CHANNEL:
             return self.percussion_bin
         return self._program_bin[program]
 
-    # -- velocity bins (FORMATS C1) ---------------------------------------------------------
+    # -- velocity bins (docs/formats.md C1) ---------------------------------------------------------
 
     def velocity_to_bin(self, velocity: float) -> int:
         """Velocity bin of a (possibly fractional) velocity; only 0 maps to bin 0."""

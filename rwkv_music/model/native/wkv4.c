@@ -1,5 +1,5 @@
 /* RWKV-4 WKV for one token, fused (rwkv_music/model/v4.py, _wkv_step and the receptance gate;
- * FORMATS A7 v4 steps 3-4).  Everything float32, [B, A] vectors, one pass:
+ * docs/formats.md A7 v4 steps 3-4).  Everything float32, [B, A] vectors, one pass:
  *
  *   ww = first + k;  p = max(pp, ww);  e1 = exp(pp - p);  e2 = exp(ww - p)
  *   out = σ(r) · (e1 aa + e2 v) / (e1 bb + e2)

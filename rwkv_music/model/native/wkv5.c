@@ -1,5 +1,5 @@
 /* RWKV-5.x WKV for one token and the per-head GroupNorm, fused (rwkv_music/model/v5.py,
- * wkv_one and the ln_x GroupNorm of time_mix; FORMATS A7 v5).  Everything float32.
+ * wkv_one and the ln_x GroupNorm of time_mix; docs/formats.md A7 v5).  Everything float32.
  *
  * Per head (N channels; S is [N(key j), N(value i)]):
  *   y[i] = Σ_j r[j] S[j, i] + (Σ_j r[j] u[j] k[j]) v[i]

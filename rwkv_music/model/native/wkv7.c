@@ -1,5 +1,5 @@
 /* RWKV-7 time mix for one token, from the projections to the GroupNorm'd output, fused
- * (rwkv_music/model/v7.py, _time_mix with T == 1; the recurrence is FORMATS A7 steps 4-9).
+ * (rwkv_music/model/v7.py, _time_mix with T == 1; the recurrence is docs/formats.md A7 steps 4-9).
  *
  * In torch this stretch is ~25 small ops per layer, each a few microseconds of dispatch on
  * [B, C] vectors; here it is one pass per (batch row, head) that reads the state S once and

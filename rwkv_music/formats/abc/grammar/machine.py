@@ -3,7 +3,7 @@
 ``AbcGrammar.step(state, char)`` returns the next immutable :class:`AbcState` or ``None``; the
 ABC constraint (:mod:`rwkv_music.formats.abc.constraint`) masks every byte whose step is
 ``None``.  States are small and hashable, so the set of legal next bytes is computed once per
-distinct state and cached by the caller.  Text is what BlinkDL's ABC models write (FORMATS B):
+distinct state and cached by the caller.  Text is what BlinkDL's ABC models write (docs/formats.md B):
 optional control codes, header, body, then eos.
 
 Grammar subset (strict = default :class:`AbcGrammarConfig`; *lenient* = :meth:`AbcGrammarConfig.human`,
@@ -13,7 +13,7 @@ for reading human tunes; each strict limit below is a config field):
 construct                   accepted (strict)
 ==========================  =================================================================
 control codes               ``S:n`` (1-8, first), ``B:n`` (1-32), ``E:n`` (0-10), one per line,
-                            before any header field (TunesFormer, FORMATS B)
+                            before any header field (TunesFormer, docs/formats.md B)
 ``X:``                      ``X:digits``, first among header fields (optional/required/forbidden)
 header fields               ``T C O A N Z R D H G F S B W`` free text; ``Q:bpm`` / ``Q:1/4=bpm``
                             (bpm 40-240); ``M:`` ``C`` ``C|`` ``n/d`` (n <= 12, d 2..16) ``none``;

@@ -26,7 +26,7 @@ class AbcGrammarConfig:
 
     Args:
         x_field: ``"optional"`` (an ``X:`` line may open the header), ``"required"`` or ``"forbidden"``.
-        control_codes: allow TunesFormer ``S:``/``B:``/``E:`` lines before the header (FORMATS B).
+        control_codes: allow TunesFormer ``S:``/``B:``/``E:`` lines before the header (docs/formats.md B).
         text_fields: header letters whose value is free text.
         tempo_field: allow ``Q:`` (strict value ``bpm`` or ``beat=bpm``).
         body_fields: letters of field lines allowed inside the body (``K:``, ``M:``, ``L:``).
