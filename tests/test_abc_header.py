@@ -54,7 +54,7 @@ def test_every_accepted_header_is_one_the_constraint_takes(meter: str, unit: str
     from rwkv_music.formats.abc.constraint import AbcConstraint
 
     options = AbcOptions(key=key, meter=meter, unit=unit)
-    AbcConstraint(meter=options.meter, unit=options.unit, key=options.key, max_new_tokens=8)
+    AbcConstraint(meter=options.meter, unit=options.unit, key=options.key, max_new_tokens=1024)  # room for the form
 
 
 def test_options_are_checked_without_building_a_constraint(monkeypatch: pytest.MonkeyPatch) -> None:
