@@ -1,6 +1,6 @@
 """Test helper for the ncnn tests: export each random checkpoint once per session (on disk).
 
-Not a test module (no ``test_`` prefix); ``tests/test_ncnn_*.py`` import it.
+Not a test module (no ``test_`` prefix); ``tests/backends/test_ncnn_*.py`` import it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Test helper for the ONNX tests: export each random checkpoint once per session (on disk).
 
-Not a test module (no ``test_`` prefix); ``tests/test_onnx_*.py`` import it.
+Not a test module (no ``test_`` prefix); ``tests/backends/test_onnx_*.py`` import it.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from onnx_support import ALL_VERSIONS, FP32_TOL, export_cached, tokens
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()

@@ -1,5 +1,5 @@
 """MidiConstraint: layout against the reference vocabulary, each rule, and 200 constrained pieces
-checked by an independent stream walker (tests/test_sampling_fakes.py)."""
+checked by an independent stream walker (tests/sampling/test_sampling_fakes.py)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import pytest
 
 import rwkv_music.backends
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODULES = sorted(f"rwkv_music.backends.{m.name}" for m in pkgutil.iter_modules(rwkv_music.backends.__path__))
 UPWARD = ("click", "rwkv_music.cli", "rwkv_music.compose")
 # runtime → its exporter: neither may pull in the other

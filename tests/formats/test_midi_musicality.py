@@ -106,7 +106,7 @@ def test_note_events_of_a_real_rwkv_midi_sample() -> None:
     from rwkv_music.formats.midi.musicality import note_events
     from rwkv_music.formats.midi.tokenizer import MidiTokenizer
 
-    path = Path(__file__).parent / "data" / "sample3-RWKV-4-MIDI-120M.mid"
+    path = Path(__file__).resolve().parents[1] / "data" / "sample3-RWKV-4-MIDI-120M.mid"
     events = note_events(MidiTokenizer().midi_to_ids(path))
     import mido
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from rwkv_music.cli.main import generate_midi, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "onnxruntime", "ncnn", "music21", "matplotlib")
 COMMANDS = ["generate-midi", "generate-abc", "continue", "info", "render", "state", "state make", "state show"]
 

@@ -22,7 +22,7 @@ from rwkv_music.train.data import (
 from rwkv_music.train.ngram import WittenBellNGram
 from rwkv_music.train.rewards import abc_bar_balance_reward, bar_length, midi_stuck_notes_reward
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 TUNE = ("X:7\nT:The Test Reel\nC:trad\nB:Some Book\nM:2/4\nL:1/8\nK:D\n"
         "|:A|dA FA|dA FA|Bc dB|AF ED:|\n|:f|af df|af df|ge ce|d2 d:|\n")
 

@@ -11,7 +11,7 @@ import pytest
 from rwkv_music.errors import TokenizerError
 from rwkv_music.tokenizers import MidiTokenizer, midi_to_text, text_to_midi, tokenizer_from_dict
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 SAMPLES = sorted(DATA.glob("sample*.mid"))
 REF, EXACT = MidiTokenizer(timing="reference"), MidiTokenizer()
 

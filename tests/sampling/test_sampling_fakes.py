@@ -18,7 +18,7 @@ import numpy as np
 
 from rwkv_music.model.state import State
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 MOD = 2**31 - 1
 
 

@@ -11,7 +11,7 @@ import pytest
 from rwkv_music.errors import MidiFormatError, RwkvMusicError, TokenizerError
 from rwkv_music.tokenizers import MidiTokenizer, load_midi, midi_to_text
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 SAMPLE = DATA / "sample3-RWKV-4-MIDI-120M.mid"
 
 

@@ -10,7 +10,7 @@ import pytest
 from rwkv_music.errors import TokenizerError
 from rwkv_music.tokenizers import MidiTokenizer, MidiVocab, MidiVocabConfig, NoteToken, SpecialToken, WaitToken
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @pytest.fixture(scope="module")

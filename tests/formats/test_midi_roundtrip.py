@@ -25,7 +25,7 @@ from music21 import corpus, instrument, tempo
 
 from rwkv_music.tokenizers import MidiTokenizer
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 STEP_MS = 8.0
 EPS_MS = 1e-6  # float noise of mido's second arithmetic
 HELD_LIMIT_MS = 5000.0

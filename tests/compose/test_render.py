@@ -19,7 +19,7 @@ from rwkv_music.compose.composer import Composer, piece_seed
 from rwkv_music.compose.render import RenderSettings, read_jobs, render
 from rwkv_music.errors import OutputExistsError, RwkvMusicError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_PROMPTS, K = 30, 2
 
 

@@ -16,7 +16,7 @@ from rwkv_music.export.midi import notes_of, read_midi
 from rwkv_music.export.music21_io import abc_to_midi, abc_to_score, write_musicxml
 from rwkv_music.io_utils import append_jsonl, atomic_path, atomic_write_text, read_jsonl
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 JIG = "S:2\nB:4\nE:0\nB:4\nL:1/8\nM:6/8\nK:D\n|:DFA dAF|GBd gdB|AFD DFA|G3 E3:|\n"
 
 

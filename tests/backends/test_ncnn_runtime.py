@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from ncnn_support import FP32_TOL, export_cached, max_state_diff, tokens
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run_python(code: str, timeout: int = 120) -> subprocess.CompletedProcess:

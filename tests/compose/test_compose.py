@@ -16,7 +16,7 @@ from rwkv_music.errors import AbcFormatError, RwkvMusicError
 from rwkv_music.formats.midi.constraint import N_PITCH, N_VEL, NOTE_BASE
 from rwkv_music.model.state import State
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 PIANO_BIN = 8  # docs/formats.md C1 bin order
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from rwkv_music.errors import MidiFormatError, TokenizerError
 from rwkv_music.tokenizers import MidiTokenizer, MidiVocab, NoteToken
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 SAMPLE_BYTES = (DATA / "sample3-RWKV-4-MIDI-120M.mid").read_bytes()
 VOCAB = MidiVocab()
 TOKENIZERS = {"exact": MidiTokenizer(), "reference": MidiTokenizer(timing="reference")}
