@@ -31,24 +31,27 @@ from typing import Callable
 
 import numpy as np
 
-from rwkv_music.formats.abc.judge import judge_tune, key_signature, parse_meter
+from rwkv_music.formats.abc.judge import (  # the same ABC scanning tables the judge reads with
+    _BARLINE,
+    _FIELD_LINE,
+    _INLINE_FIELD,
+    _LETTER_PC,
+    _MAJOR_FIFTHS,
+    _MODE_SHIFT,
+    _NOTE,
+    _REST,
+    judge_tune,
+    key_signature,
+    parse_meter,
+)
 
 # ----------------------------------------------------------------------------- ABC scanning
 
 _LETTERS = "CDEFGAB"
-_LETTER_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 _ACC_TEXT = {-2: "__", -1: "_", 0: "=", 1: "^", 2: "^^"}
 _ACC_VALUE = {"__": -2, "_": -1, "=": 0, "^": 1, "^^": 2}
-_NOTE = re.compile(r"(\^\^|\^|__|_|=)?([A-Ga-g])([',]*)(\d*)(/*)(\d*)")
-_REST = re.compile(r"([zx])(\d*)(/*)(\d*)")
 _LEN = re.compile(r"(\d*)(/*)(\d*)")
-_INLINE_FIELD = re.compile(r"\[([A-Za-z]):([^\]]*)\]")
-_BARLINE = re.compile(r"\.?(?:\[\||:*\|+\]?:*|::+)(?:\s*\[?\d+(?:[,-]\d+)*)?|\[\d+(?:[,-]\d+)*")
-_FIELD_LINE = re.compile(r"^([A-Za-z]):(.*)$")
 _KEY = re.compile(r"^\s*([A-G])([#b]?)\s*([A-Za-z]*)\s*$")
-_MODE_SHIFT = {"": 0, "maj": 0, "ion": 0, "m": -3, "min": -3, "aeo": -3, "dor": -2, "phr": -4, "lyd": 1,
-               "mix": -1, "loc": -5}
-_MAJOR_FIFTHS = {"C": 0, "G": 1, "D": 2, "A": 3, "E": 4, "B": 5, "F": -1}
 LOWEST_PITCH, HIGHEST_PITCH = 43, 93  # G, .. a'' : where fiddle/flute/whistle tunes live
 CALLER_METRES = ("4/4", "3/4", "2/4", "6/8", "9/8", "C", "C|")
 CALLER_UNITS = ("1/8", "1/16")
