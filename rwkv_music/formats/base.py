@@ -103,6 +103,24 @@ class Format(Protocol):
         """The piece text as a music21 score."""
 
 
+class SpecialIds:
+    """The special ids a format reads from its tokenizer (which declares them), shared by both formats."""
+
+    tokenizer: Any
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_id)
+
+    @property
+    def bos_id(self) -> int:
+        return int(self.tokenizer.bos_id)
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.tokenizer.eos_id)
+
+
 def positive_int(name: str, value: Any) -> int:
     """``value`` as an int >= 1, or a one-line :class:`RwkvMusicError` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

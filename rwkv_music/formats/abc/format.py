@@ -22,10 +22,10 @@ from rwkv_music.formats.abc.header import (
 from rwkv_music.formats.abc.options import AbcOptions
 from rwkv_music.formats.abc.tokenizer import AbcTokenizer
 from rwkv_music.formats.abc.tune import read_tune
-from rwkv_music.formats.base import RowInput, RowPrompt
+from rwkv_music.formats.base import RowInput, RowPrompt, SpecialIds
 
 
-class AbcFormat:
+class AbcFormat(SpecialIds):
     """ABC tunes, one character per token (see :class:`~rwkv_music.formats.base.Format`)."""
 
     name = "abc"
@@ -37,18 +37,6 @@ class AbcFormat:
 
     def __init__(self, tokenizer: Any = None) -> None:
         self.tokenizer = tokenizer if tokenizer is not None else AbcTokenizer()
-
-    @property
-    def pad_id(self) -> int:
-        return int(self.tokenizer.pad_id)
-
-    @property
-    def bos_id(self) -> int:
-        return int(self.tokenizer.bos_id)
-
-    @property
-    def eos_id(self) -> int:
-        return int(self.tokenizer.eos_id)
 
     @property
     def prompt_start(self) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rwkv_music.errors import MidiFormatError, RwkvMusicError
-from rwkv_music.formats.base import RowInput, RowPrompt
+from rwkv_music.formats.base import RowInput, RowPrompt, SpecialIds
 from rwkv_music.formats.midi.options import MidiOptions
 
 
@@ -25,7 +25,7 @@ class PromptTime:
     seconds: float | None = None
 
 
-class MidiFormat:
+class MidiFormat(SpecialIds):
     """RWKV-4-MIDI token text (see :class:`~rwkv_music.formats.base.Format`)."""
 
     name = "midi"
@@ -43,18 +43,6 @@ class MidiFormat:
         self.tokenizer = tokenizer
         self.layout = tokenizer.vocab.layout
         self.specials = frozenset(int(t) for t in (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id))
-
-    @property
-    def pad_id(self) -> int:
-        return int(self.tokenizer.pad_id)
-
-    @property
-    def bos_id(self) -> int:
-        return int(self.tokenizer.bos_id)
-
-    @property
-    def eos_id(self) -> int:
-        return int(self.tokenizer.eos_id)
 
     @property
     def prompt_start(self) -> int:
