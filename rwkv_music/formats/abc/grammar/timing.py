@@ -54,6 +54,12 @@ LEFT_FACTOR = {">": Fraction(3, 2), ">>": Fraction(7, 4), ">>>": Fraction(15, 8)
                "<": Fraction(1, 2), "<<": Fraction(1, 4), "<<<": Fraction(1, 8)}  # fmt: skip
 
 
+# What every bar line resets: no token is being read and no note is pending.
+_AFTER_BARLINE: dict[str, object] = dict(
+    mode="idle", buf="", field="", after_note=False, no_left=False, line_start=False, last=ZERO
+)
+
+
 def _simple(value: Fraction) -> bool:
     """A length of one notehead with at most three dots: 2**k * (1, 3, 7 or 15)."""
     odd = value.numerator
@@ -412,13 +418,7 @@ class BarTiming:
             if self.short_bars == "paired" and not self.lenient and s.pickup != 0 and not self._paired_empty(s, text):
                 return None
             return s.replace(
-                mode="idle",
-                buf="",
-                field="",
-                after_note=False,
-                last=ZERO,
-                no_left=False,
-                line_start=False,
+                **_AFTER_BARLINE,
                 after_section=s.after_section or section,
                 after_repeat=text.endswith(":"),
                 closed=final,
@@ -437,14 +437,8 @@ class BarTiming:
                     return None
                 carry = short if section else None
         return s.replace(
-            mode="idle",
-            buf="",
-            field="",
-            after_note=False,
-            no_left=False,
-            line_start=False,
+            **_AFTER_BARLINE,
             pos=rest,
-            last=ZERO,
             bar_notes=rest > 0,
             first_bar=False,
             after_section=section,
@@ -457,14 +451,8 @@ class BarTiming:
     def _closed(self, s: AbcState, text: str, **changes: object) -> AbcState:
         """The state after bar line ``text`` closed the (non-empty) current bar."""
         return s.replace(
-            mode="idle",
-            buf="",
-            field="",
-            after_note=False,
-            no_left=False,
-            line_start=False,
+            **_AFTER_BARLINE,
             pos=ZERO,
-            last=ZERO,
             bar_notes=False,
             first_bar=False,
             after_repeat=text.endswith(":"),
