@@ -166,7 +166,7 @@ def _length(num: str, slashes: str, den: str) -> Fraction:
     return value
 
 
-def _default_tuplet_q(p: int, bar: Fraction | None, meter_text: str) -> int:
+def _default_tuplet_q(p: int, meter_text: str) -> int:
     if p in (2, 4, 8):
         return 3
     if p in (3, 6):
@@ -189,7 +189,6 @@ class _Scanner:
         self.section = 0
         self.ending = 0
         self.section_barlines = 0
-        self.last_barline_special = False
         self.tuplet_left = 0
         self.tuplet_ratio = Fraction(1)
         self.broken_next = Fraction(1)
@@ -284,7 +283,7 @@ class _Scanner:
                 m = _TUPLET.match(line, i)
                 assert m is not None
                 p = int(m.group(1))
-                q = int(m.group(2)) if m.group(2) else _default_tuplet_q(p, self.bar, self.meter_text)
+                q = int(m.group(2)) if m.group(2) else _default_tuplet_q(p, self.meter_text)
                 r = int(m.group(3)) if m.group(3) else p
                 if p > 0:
                     self.tuplet_ratio, self.tuplet_left = Fraction(q, p), r
@@ -312,7 +311,7 @@ class _Scanner:
                 m = _NOTE.match(line, i) or _REST.match(line, i)
                 if m is not None and m.end() > i:
                     if m.re is _NOTE:
-                        self.note_pitch(m.group(1), m.group(2))
+                        self.final_pc = self.pitch_class(m.group(1), m.group(2))
                         self.event(self.unit * _length(m.group(4), m.group(5), m.group(6)))
                     else:
                         self.event(self.unit * _length(m.group(2), m.group(3), m.group(4)))
@@ -352,9 +351,6 @@ class _Scanner:
         if shift is None:
             shift = self.signature.get(letter.upper(), 0)
         return (_LETTER_PC[letter.upper()] + shift) % 12
-
-    def note_pitch(self, accidental: str | None, letter: str) -> None:
-        self.final_pc = self.pitch_class(accidental, letter)
 
     def field(self, name: str, value: str) -> None:
         if name == "M":
