@@ -111,6 +111,16 @@ class GraphDecoder:
             self._state.tensors[k].copy_(v)
         log.info("captured a CUDA graph for decode at batch %d", self.batch_size)
 
+    def _run(self) -> torch.Tensor:
+        """One decode step on the static buffers: the captured graph, or eager where none was captured."""
+        if self._graph is None:
+            with torch.no_grad():
+                self._logits = self._eager_step()
+        else:
+            self._graph.replay()
+        assert self._logits is not None
+        return self._logits
+
     def step(self, tokens: Any) -> torch.Tensor:
         """Feed one token per row (``[B]`` or ``[B, 1]`` ints); returns float32 logits ``[B, V]``.
 
@@ -120,13 +130,7 @@ class GraphDecoder:
         if ids.shape[0] != self.batch_size:
             raise ValueError(f"GraphDecoder.step: expected {self.batch_size} tokens, got {ids.shape[0]}")
         self._tokens.copy_(ids, non_blocking=True)
-        if self._graph is None:
-            with torch.no_grad():
-                self._logits = self._eager_step()
-        else:
-            self._graph.replay()
-        assert self._logits is not None
-        return self._logits
+        return self._run()
 
     # -- state access ---------------------------------------------------------------------
     @property
@@ -188,13 +192,7 @@ class GraphDecoder:
         if not self.holds(state, rows):
             self.adopt(state)
         self._tokens[:rows].copy_(ids.reshape(-1, 1), non_blocking=True)
-        if self._graph is None:
-            with torch.no_grad():
-                self._logits = self._eager_step()
-        else:
-            self._graph.replay()
-        assert self._logits is not None
-        return self._logits[:rows]
+        return self._run()[:rows]
 
 
 class GraphSteps:
