@@ -74,13 +74,16 @@ class Timer:
         return self.toks.shape[1] / float(np.median(self.prefill)), 1.0 / float(np.median(self.decode))
 
 
-def measure_pip(ckpt: Path, version: str, threads: int, prefill: int, steps: int, rounds: int) -> tuple[float, float] | None:
+def measure_pip(
+    ckpt: Path, version: str, threads: int, prefill: int, steps: int, rounds: int
+) -> tuple[float, float] | None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RWKV_")}
     env.update({"RWKV_JIT_ON": "1", "RWKV_CUDA_ON": "0", "OMP_NUM_THREADS": str(threads)})
     if version.startswith("7"):
         env["RWKV_V7_ON"] = "1"
     args = [str(ckpt), str(threads), str(prefill), str(steps), version, str(rounds)]
-    proc = subprocess.run([sys.executable, "-c", PIP_SCRIPT, *args], capture_output=True, text=True, env=env, timeout=1800)
+    proc = subprocess.run([sys.executable, "-c", PIP_SCRIPT, *args], capture_output=True, text=True, env=env,
+                          timeout=1800)
     if proc.returncode != 0:
         print(f"<!-- rwkv package failed on v{version}: {proc.stderr.strip().splitlines()[-1:]} -->")  # noqa: T201
         return None
@@ -120,7 +123,9 @@ def main() -> None:
             if args.int8:
                 graphs["int8"] = export(ckpt, Path(tmp) / f"v{version}-int8.onnx", int8=True)
             for dtype, path in graphs.items():
-                timers[("onnx", dtype)] = Timer(rwkv_music.load_model(path, backend="onnx", threads=args.threads), args.prefill)
+                timers[("onnx", dtype)] = Timer(
+                    rwkv_music.load_model(path, backend="onnx", threads=args.threads), args.prefill
+                )
             for _ in range(args.rounds):
                 for timer in timers.values():
                     timer.round(args.decode)
@@ -135,7 +140,10 @@ def main() -> None:
                 if res is not None:
                     rows.append(("rwkv package", version, "fp32", res[0], res[1], res[1] / base.result()[1], "-"))
 
-    print("| device | backend | version | dtype | batch | prefill tok/s | decode tok/s | decode vs torch | max abs Δlogits vs torch |")  # noqa: T201
+    print(  # noqa: T201
+        "| device | backend | version | dtype | batch | prefill tok/s | decode tok/s | decode vs torch "
+        "| max abs Δlogits vs torch |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")  # noqa: T201
     for backend, version, dtype, pre, dec, rel, diff in rows:
         print(f"| {device} | {backend} | {version} | {dtype} | 1 | {pre:.1f} | {dec:.1f} | {rel:.2f}x | {diff} |")  # noqa: T201

@@ -24,6 +24,14 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import rwkv.model
+    import torch
+
+    from rwkv_music.backends.torch import TorchModel
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -72,7 +80,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def read_bandwidth(torch, repeats: int = 7) -> float:
+def read_bandwidth(torch: ModuleType, repeats: int = 7) -> float:
     """Median GB/s of summing a BANDWIDTH_MB fp32 buffer (the read roofline of this process)."""
     buf = torch.ones(BANDWIDTH_MB * 2**20 // 4)
     buf.sum()
@@ -84,7 +92,7 @@ def read_bandwidth(torch, repeats: int = 7) -> float:
     return buf.numel() * 4 / statistics.median(times) / 1e9
 
 
-def gemm_gflops(torch, repeats: int = 5) -> float:
+def gemm_gflops(torch: ModuleType, repeats: int = 5) -> float:
     """Best fp32 GFLOP/s of a [128, 768] x [768, 3072] product: the compute ceiling of batched decode."""
     x, w = torch.randn(128, 768), torch.randn(768, 3072)
     x @ w
@@ -96,7 +104,7 @@ def gemm_gflops(torch, repeats: int = 5) -> float:
     return 2 * 128 * 768 * 3072 / best / 1e9
 
 
-def bf16_slowdown(torch) -> float:
+def bf16_slowdown(torch: ModuleType) -> float:
     """bf16 time / fp32 time of a decode-sized matrix-vector product (> 1: no fast bf16 on this CPU)."""
     out = {}
     for dt in (torch.float32, torch.bfloat16):
@@ -110,7 +118,7 @@ def bf16_slowdown(torch) -> float:
     return out[torch.bfloat16] / out[torch.float32]
 
 
-def weight_bytes(weights) -> int:
+def weight_bytes(weights: object) -> int:
     """Bytes a decode step reads: every weight tensor except the gathered embedding rows."""
     import torch
 
@@ -118,7 +126,7 @@ def weight_bytes(weights) -> int:
 
     total = 0
 
-    def visit(obj, name: str = "") -> None:
+    def visit(obj: object, name: str = "") -> None:
         nonlocal total
         if isinstance(obj, torch.Tensor):
             if name not in ("emb", "s_emb"):  # one row gathered per token
@@ -136,7 +144,7 @@ def weight_bytes(weights) -> int:
     return total
 
 
-def pip_model(version: str, model: str):
+def pip_model(version: str, model: str) -> rwkv.model.RWKV:
     """The `rwkv` package's model in fp32 on the CPU, configured as for the music models."""
     os.environ.update(RWKV_JIT_ON="1", RWKV_CUDA_ON="0", RWKV_RESCALE_LAYER="999")  # no fp16 rescale (A10)
     if version.startswith("7"):
@@ -147,7 +155,7 @@ def pip_model(version: str, model: str):
     return RWKV(model=model[: -len(".pth")], strategy="cpu fp32", **kw)
 
 
-def load_ours(impl: str, model: str):
+def load_ours(impl: str, model: str) -> TorchModel:
     sys.path.insert(0, str(REPO))
     from rwkv_music.backends.torch import load
 
@@ -165,7 +173,7 @@ def default_int8_kernel() -> str:
     return default_kernel()
 
 
-def top1_agreement(ref, other, prompts) -> float:
+def top1_agreement(ref: TorchModel, other: TorchModel, prompts: torch.Tensor) -> float:
     """Fraction of positions (every position of every prompt) where the argmax logits agree."""
     a = ref.forward(prompts, all_logits=True)[0]
     b = other.forward(prompts, all_logits=True)[0]
@@ -186,7 +194,7 @@ def _interleaved(steps: dict, n: int, warmup: int = 1) -> dict:
     return {k: statistics.median(ts) for k, ts in times.items()}
 
 
-def _decoder(m, B: int, V: int, gen, inplace: bool = False):
+def _decoder(m: TorchModel, B: int, V: int, gen: torch.Generator, inplace: bool = False):
     """A zero-argument decode step of model ``m`` at batch ``B`` (random tokens, carried state)."""
     import torch
 
@@ -197,7 +205,7 @@ def _decoder(m, B: int, V: int, gen, inplace: bool = False):
     return lambda: box.__setitem__(0, m.forward(tok, box[0])[1])
 
 
-def worker_speed(args) -> dict:
+def worker_speed(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
@@ -248,7 +256,7 @@ def worker_speed(args) -> dict:
     return out
 
 
-def worker_rss(args) -> dict:
+def worker_rss(args: argparse.Namespace) -> dict:
     """Peak RSS of one implementation: load, prefill ``args.prompt`` tokens, 8 decode steps."""
     import torch
 
@@ -266,7 +274,7 @@ def worker_rss(args) -> dict:
     return {"rss_mb": peak_rss_mb()}
 
 
-def _sampled_prompts(model, start: int, rows: int, length: int, seed: int):
+def _sampled_prompts(model: TorchModel, start: int, rows: int, length: int, seed: int):
     """``rows`` prompts of ``length`` tokens drawn from ``model`` itself (temperature 1) after ``start``."""
     import torch
 
@@ -281,7 +289,7 @@ def _sampled_prompts(model, start: int, rows: int, length: int, seed: int):
     return torch.cat(out, 1)
 
 
-def worker_agree(args) -> dict:
+def worker_agree(args: argparse.Namespace) -> dict:
     """int8 top-1 agreement with fp32 on the shipped models: model-sampled and uniform random prompts."""
     import torch
 

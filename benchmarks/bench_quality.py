@@ -30,6 +30,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -40,11 +41,25 @@ from rwkv_music.train.data import TokenStream, split_documents
 from rwkv_music.train.ngram import WittenBellNGram
 from rwkv_music.train.trainer import evaluate_bits
 
+if TYPE_CHECKING:
+    from rwkv_music.compose.composer import Composer
+    from rwkv_music.train.data import Document
+    from rwkv_music.train.model_v7 import RWKV7
+
 STEP_MS = 8  # docs/formats.md C1 wait step
 
 
-def sample_batch(model, prompt: list[int], n: int, max_len: int, stop: set[int], seed: int,
-                 top_k: int = 8, top_p: float = 0.8, budget_fn=None) -> list[list[int]]:
+def sample_batch(
+    model: RWKV7,
+    prompt: list[int],
+    n: int,
+    max_len: int,
+    stop: set[int],
+    seed: int,
+    top_k: int = 8,
+    top_p: float = 0.8,
+    budget_fn: Callable[[list[int]], bool] | None = None,
+) -> list[list[int]]:
     """Sample ``n`` continuations in one batch (top-k then top-p, T = 1)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -78,7 +93,7 @@ def sample_batch(model, prompt: list[int], n: int, max_len: int, stop: set[int],
 # ----------------------------------------------------------------------------- held-out loss
 
 
-def heldout(mode: str, order: int, docs, folder: Path | None = None) -> dict:
+def heldout(mode: str, order: int, docs: list[Document], folder: Path | None = None) -> dict:
     folder = Path(folder) if folder else default_model_dir(mode)
     meta = json.loads((folder / ckpt.META_FILE).read_text())
     opts = meta["options"]
@@ -96,7 +111,7 @@ def heldout(mode: str, order: int, docs, folder: Path | None = None) -> dict:
 # ----------------------------------------------------------------------------- ABC generation
 
 
-def abc_quality(model, n: int, seed: int, max_len: int) -> dict:
+def abc_quality(model: RWKV7, n: int, seed: int, max_len: int) -> dict:
     tunes = sample_batch(model, [2], n, max_len, {3}, seed)
     texts = ["".join(chr(t) for t in ids if t > 3) for ids in tunes]
     try:
@@ -187,7 +202,7 @@ def _summ(rows: list[dict]) -> dict:
     return {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
 
 
-def midi_quality(model, docs, n: int, seed: int, max_len: int) -> dict:
+def midi_quality(model: RWKV7, docs: list[Document], n: int, seed: int, max_len: int) -> dict:
     def over_20s(ids: list[int]) -> bool:
         return sum((t - 2) * STEP_MS for t in ids if 3 <= t <= 127) >= 20000
 
@@ -236,7 +251,7 @@ def human_abc_rows() -> dict[str, dict]:
     return {m: judge_row(rs) for m, rs in groups.items() if rs}
 
 
-def composed_abc_rows(composer, n: int, seed: int, constrained: bool) -> dict[str, dict]:
+def composed_abc_rows(composer: Composer, n: int, seed: int, constrained: bool) -> dict[str, dict]:
     from rwkv_music.formats.abc.judge import judge_tune
 
     rows = {}
@@ -248,7 +263,7 @@ def composed_abc_rows(composer, n: int, seed: int, constrained: bool) -> dict[st
     return rows
 
 
-def random_abc_composer(folder: Path):
+def random_abc_composer(folder: Path) -> Composer:
     from rwkv_music import Composer
     from rwkv_music.model.factory import save_random_checkpoint
 

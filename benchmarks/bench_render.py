@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,24 +34,31 @@ from rwkv_music.compose.composer import Composer  # noqa: E402
 from rwkv_music.compose.render import RenderSettings, render  # noqa: E402
 from rwkv_music.model.factory import save_random_checkpoint  # noqa: E402
 
+if TYPE_CHECKING:
+    from rwkv_music.backends.base import Backend
+    from rwkv_music.model.config import RWKVConfig
+    from rwkv_music.model.state import State
+
 
 class StopBias:
     """Backend wrapper: gives the stop id probability ``p`` and counts forward calls and rows."""
 
-    def __init__(self, inner, p: float) -> None:
+    def __init__(self, inner: Backend, p: float) -> None:
         # + 4: the preset's EOS bias, (step - 2000) / 500, takes about 4 off early in a piece
         self.inner, self.odds = inner, float(np.log(p / (1 - p))) + 4.0
         self.config, self.name, self.device = inner.config, inner.name, inner.device
         self.calls, self.rows, self.decode_calls, self.decode_rows = 0, 0, 0, 0
 
     @property
-    def info(self):
+    def info(self) -> RWKVConfig:
         return self.inner.config
 
-    def new_state(self, batch_size: int = 1):
+    def new_state(self, batch_size: int = 1) -> State:
         return self.inner.new_state(batch_size)
 
-    def forward(self, tokens, state=None, *, all_logits=False):
+    def forward(
+        self, tokens: Any, state: State | None = None, *, all_logits: bool = False
+    ) -> tuple[torch.Tensor, State]:
         shape = np.asarray(tokens).shape
         self.calls += 1
         self.rows += shape[0]

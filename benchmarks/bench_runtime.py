@@ -155,7 +155,7 @@ def _batch_extras(r: dict, big: int, pip1: float | None) -> str:
 
 
 def target_table(results: dict, trained: dict | None, args: argparse.Namespace) -> list[str]:
-    """Issue 9's targets; int8 targets count the default kernel (native where it builds); the others are shown beside."""
+    """Issue 9's targets; int8 ones count the default kernel (native where it builds); the others are shown beside."""
     rows: list[tuple[str, str, str, bool | None]] = []  # target, measured, ceiling, met
 
     def add(target: str, value: float | None, goal: float, fmt: str, ceiling: str = "—", extra: str = "") -> None:

@@ -28,8 +28,9 @@ fi
 CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 
 echo -e "\n## CUDA tests (pytest -k 'cuda or static or graph')" | tee -a "$LOG"
-timeout 80 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_perf_paths.py tests/test_sampling_device.py \
-    -k "cuda or static or graph" 2>&1 | tail -25 | tee -a "$LOG"
+timeout 120 "$PY" -m pytest -q -p no:cacheprovider -rs tests/model/test_perf_paths.py \
+    tests/sampling/test_sampling_device.py tests/sampling/test_cuda_graph_path.py tests/sampling/test_determinism.py \
+    tests/model/test_prefill_chunked.py -k "cuda or static or graph" 2>&1 | tail -25 | tee -a "$LOG"
 
 echo -e "\n## bench_e2e" | tee -a "$LOG"
 KERNEL=()
@@ -42,3 +43,9 @@ else
 fi
 echo "(bench exit ${PIPESTATUS[0]}; 124 = cut at its time limit; progress and notes in bench_e2e.err)" | tee -a "$LOG"
 tail -8 "$OUT/bench_e2e.err" >> "$LOG"
+
+if [ "$CUDA" = 1 ]; then
+    echo -e "\n## bench_prefill (CUDA, v4/v5.2/v6/v7 beside the rwkv package)" | tee -a "$LOG"
+    timeout 120 "$PY" benchmarks/bench_prefill.py --device cuda --versions 4 5.2 6 7 --length 512 \
+        2>"$OUT/bench_prefill.err" | tee -a "$LOG"
+fi

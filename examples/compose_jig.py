@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from rwkv_music import Composer
-from rwkv_music.errors import AbcFormatError
+from rwkv_music.errors import TokenizerError
 from rwkv_music.export.abc import write_abc
 
 
@@ -37,14 +37,14 @@ def main(argv: list[str] | None = None) -> None:
         constrained=not args.no_constraints,
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    book = write_abc([jig.text for jig in jigs], args.out / "jigs.abc", force=True)
+    book = write_abc([jig.text for jig in jigs], args.out / "jigs.abc", force=True, titles=[j.title for j in jigs])
     print(f"{book}: {len(jigs)} tunes")  # noqa: T201 - a script reports to its user
     for jig in jigs:
         ok = jig.meta["validity"]["parse_ok"]
         try:
             path = jig.save(args.out / f"jig-{jig.index + 1}.mid", force=True)
             print(f"{path}  (music21 parse ok: {ok}, bar balance {jig.meta['validity']['bar_balance']})")  # noqa: T201 - a script reports to its user
-        except AbcFormatError as exc:  # a tune music21 cannot read has no MIDI
+        except TokenizerError as exc:  # a tune music21 cannot read has no MIDI (one line, never a traceback)
             print(f"jig {jig.index + 1}: no MIDI ({exc})")  # noqa: T201 - a script reports to its user
 
 

@@ -4,7 +4,7 @@
     python examples/render_folder.py tunes/ --model abc.pth --samples 4 --out rendered/   # resumes
 
 Each sample is written atomically and logged in rendered/manifest.jsonl; stats.json sums it up.
-The same thing from the shell: ``rwkv-music render tunes/ --model abc.pth -k 4 --out rendered/ --resume``.
+The same thing from the shell: ``rwkv-music render tunes/ --model abc.pth -n 4 --out rendered/ --resume``.
 """
 
 from __future__ import annotations

@@ -40,6 +40,18 @@ class BackendUnavailable(RwkvMusicError):
     """The requested backend (onnxruntime, ncnn, CUDA, ...) is not installed or usable."""
 
 
+class OptionError(RwkvMusicError, ValueError):
+    """A value given to the library (device, thread count, a count of pieces or tokens) is invalid or out of range."""
+
+
+class ExportError(RwkvMusicError):
+    """An exported graph does not load or run in its runtime (it is removed, not left half-valid)."""
+
+
+class OutputLockedError(RwkvMusicError):
+    """Another process is writing into the same output folder."""
+
+
 class OutputExistsError(RwkvMusicError):
     """Refusing to overwrite an existing output file without ``force``."""
 
@@ -53,5 +65,8 @@ __all__ = [
     "AbcFormatError",
     "ConstraintError",
     "BackendUnavailable",
+    "ExportError",
+    "OptionError",
     "OutputExistsError",
+    "OutputLockedError",
 ]

@@ -22,6 +22,11 @@ import copy
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import rwkv.model
+    import torch
 
 
 def _family(version: str) -> str:
@@ -40,7 +45,7 @@ def _setup_env(family: str) -> None:
         os.environ["RWKV_DE_VERSION"] = "1"
 
 
-def _named(state, version: str):
+def _named(state: list[torch.Tensor], version: str):
     import numpy as np
 
     names = ["att_x", "att_a", "att_b", "att_p", "ffn_x"] if version == "4" else ["att_x", "att_kv", "ffn_x"]
@@ -49,7 +54,7 @@ def _named(state, version: str):
     return {name: np.stack([state[i * n + j].float().cpu().numpy() for i in range(L)]) for j, name in enumerate(names)}
 
 
-def run_job(RWKV, job: dict) -> None:
+def run_job(RWKV: type[rwkv.model.RWKV], job: dict) -> None:
     import numpy as np
     import torch
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from rwkv_music.backends.base import NumpyRuntime, as_numpy, refuse_native, tokens_to_numpy
+from rwkv_music.backends.limits import check_threads, device_index
 from rwkv_music.backends.sidecar import NCNN_STORAGES, PACKED, TOKEN, ncnn_paths, read_ncnn_sidecar
 from rwkv_music.errors import BackendUnavailable, CheckpointError, StateError
 from rwkv_music.model.config import RWKVConfig
@@ -166,7 +167,7 @@ def _use_vulkan(ncnn: Any, device: str, vulkan: bool) -> tuple[bool, str]:
         if device != "cpu":
             raise BackendUnavailable(f"device {device!r} is not supported by the ncnn backend (use 'cpu' or 'vulkan')")
         return False, "cpu"
-    index = int(device.partition(":")[2] or 0) if ":" in device else 0
+    index = device_index(device, "ncnn")
     try:
         count = int(ncnn.get_gpu_count())
     except Exception:  # a wheel built without Vulkan
@@ -199,7 +200,7 @@ def load(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None,
         native: the torch backend's C kernels do not apply here; ``True`` is refused.
     """
     refuse_native("ncnn", native)
-    num_threads = num_threads if num_threads is not None else threads
+    num_threads = check_threads(num_threads if num_threads is not None else threads, "ncnn")
     if dtype not in (None, "auto", *NCNN_STORAGES):
         raise BackendUnavailable(f"dtype {dtype!r} is not supported by the ncnn backend (use fp32, fp16, "
                                  "or int8 with an int8 export)")
@@ -226,8 +227,8 @@ def load(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None,
     net.opt.use_fp16_packed = fp16
     net.opt.use_fp16_arithmetic = fp16
     net.opt.use_bf16_storage = False
-    if num_threads:
-        net.opt.num_threads = int(num_threads)
+    if num_threads is not None:
+        net.opt.num_threads = num_threads
     if net.load_param(str(paths["param"])) != 0:
         raise CheckpointError(f"{paths['param']}: ncnn cannot parse this param file")
     if net.load_model(str(paths["bin"])) != 0:

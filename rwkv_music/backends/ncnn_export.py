@@ -44,8 +44,17 @@ import numpy as np
 
 from rwkv_music.backends.export_weights import Weights, read_checkpoint
 from rwkv_music.backends.ncnn_graph import NcnnGraph
-from rwkv_music.backends.sidecar import LOGITS, NCNN_STORAGES, PACKED, TOKEN, ncnn_paths, ncnn_segments, ncnn_sidecar
-from rwkv_music.errors import CheckpointError, OutputExistsError
+from rwkv_music.backends.sidecar import (
+    LOGITS,
+    NCNN_STORAGES,
+    PACKED,
+    TOKEN,
+    ncnn_paths,
+    ncnn_segments,
+    ncnn_sidecar,
+    verify_export,
+)
+from rwkv_music.errors import CheckpointError, OptionError, OutputExistsError
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.state import State, state_shapes
 
@@ -71,7 +80,7 @@ def build_graph(state_dict: dict[str, Any], cfg: RWKVConfig, dtype: str = "fp32"
     from rwkv_music.backends.ncnn_graph_v4 import head
 
     if dtype not in STORAGES:
-        raise ValueError(f"dtype must be one of {', '.join(STORAGES)}, got {dtype!r}")
+        raise OptionError(f"dtype must be one of {', '.join(STORAGES)}, got {dtype!r}")
     w = Weights(state_dict, source)
     g = NcnnGraph(dtype)
     token = g.input(TOKEN)
@@ -131,7 +140,7 @@ def export(checkpoint: Any, out_prefix: str | os.PathLike, dtype: str = "fp32", 
     ((1, 128), 1)
     """
     if dtype not in STORAGES:
-        raise ValueError(f"dtype must be one of {', '.join(STORAGES)}, got {dtype!r}")
+        raise OptionError(f"dtype must be one of {', '.join(STORAGES)}, got {dtype!r}")
     paths = ncnn_paths(out_prefix)
     if not force:
         for p in paths.values():
@@ -157,6 +166,7 @@ def export(checkpoint: Any, out_prefix: str | os.PathLike, dtype: str = "fp32", 
         init.save(paths["state"], cfg)
         meta["initial_state"] = paths["state"].name
     paths["sidecar"].write_text(json.dumps(meta, indent=2) + "\n")
+    verify_export(paths["param"], list(paths.values()), "ncnn")
     log.info("exported %s (v%s, %s, %d layers, %.1f MB of weights)", paths["param"], cfg.version, dtype,
              sum(meta["layers"].values()), size / 2**20)
     return paths["param"]

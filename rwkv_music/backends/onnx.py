@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from rwkv_music.backends.base import NumpyRuntime, refuse_native, tokens_to_numpy
+from rwkv_music.backends.limits import check_threads, device_index
 from rwkv_music.backends.sidecar import (
     ALL_FLAG,
     ALL_LOGITS,
@@ -66,7 +67,7 @@ def _providers(device: str) -> list[Any]:
             raise BackendUnavailable(
                 f"device {device!r}: this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
             )
-        index = int(device.partition(":")[2] or 0)
+        index = device_index(device, "onnx")
         return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
     raise BackendUnavailable(f"device {device!r} is not supported by the onnx backend (use 'cpu' or 'cuda')")
 
@@ -160,6 +161,17 @@ def _check_graph(session: Any, path: Path, side: Path, sidecar: dict[str, Any], 
             )
     if TOKENS not in inputs:
         raise CheckpointError(f"{path}: graph has no {TOKENS!r} input")
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    logits = outputs.get(LOGITS)
+    if not logits or logits[-1] != cfg.vocab_size:  # a graph of another model with this sidecar copied beside it
+        raise CheckpointError(f"{path}: graph output {LOGITS!r} is {logits}, the sidecar's model has a vocabulary "
+                              f"of {cfg.vocab_size}")
+    for name, (shape, _) in state_shapes(cfg, 1).items():
+        dims = outputs.get(STATE_OUT + name)
+        if dims is None or [d for k, d in enumerate(dims) if k != 1] != [d for k, d in enumerate(shape) if k != 1]:
+            raise CheckpointError(
+                f"{path}: graph output {STATE_OUT + name!r} is {dims}, the sidecar's model needs {list(shape)}"
+            )
 
 
 def load(
@@ -185,6 +197,9 @@ def load(
         native: the torch backend's C kernels do not apply here; ``True`` is refused.
     """
     refuse_native("onnx", native)
+    threads = check_threads(threads, "onnx")
+    if not isinstance(device, str):
+        raise BackendUnavailable(f"device {device!r} is not supported by the onnx backend (use 'cpu' or 'cuda')")
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such ONNX file")
@@ -202,7 +217,7 @@ def load(
         raise BackendUnavailable(f"backend 'onnx' needs onnxruntime ({exc}); pip install rwkv-music[onnx]") from None
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if threads:
+    if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     try:

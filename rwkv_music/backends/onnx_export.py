@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from rwkv_music.backends.export_weights import Weights, read_checkpoint
-from rwkv_music.backends.onnx_graph_common import GraphBuilder, onnx_modules
+from rwkv_music.backends.onnx_graph_common import MIN_OPSET, GraphBuilder, onnx_modules
 from rwkv_music.backends.sidecar import (
     ALL_FLAG,
     ALL_LOGITS,
@@ -54,8 +54,9 @@ from rwkv_music.backends.sidecar import (
     onnx_identity,
     onnx_sidecar,
     onnx_sidecar_path,
+    verify_export,
 )
-from rwkv_music.errors import CheckpointError, OutputExistsError
+from rwkv_music.errors import CheckpointError, OptionError, OutputExistsError
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.constants import LN_EPS
 from rwkv_music.model.state import State, state_shapes
@@ -89,7 +90,7 @@ def build_model(
 ) -> tuple[Any, dict[str, np.ndarray] | None]:
     """The ONNX ``ModelProto`` of a checked raw checkpoint, and its initial state (v6 ``time_state``) if any."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise OptionError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     onnx, helper, _ = onnx_modules()
     act = np.dtype(DTYPES[dtype])
     b = GraphBuilder(opset, act)
@@ -187,7 +188,10 @@ def export(
             if p.exists():
                 raise OutputExistsError(f"{p}: exists; pass force=True (--force) to overwrite")
     if int8 and dtype != "fp32":
-        raise ValueError(f"int8 quantization needs dtype 'fp32', got {dtype!r}")
+        raise OptionError(f"int8 quantization needs dtype 'fp32', got {dtype!r}")
+    newest = int(onnx.defs.onnx_opset_version())
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise OptionError(f"opset must be {MIN_OPSET}-{newest} (the onnx package's newest), got {opset!r}")
     sd, cfg, source = read_checkpoint(checkpoint)
     model, init_state = build_model(sd, cfg, dtype, opset, source)
     quant = None
@@ -222,5 +226,7 @@ def export(
         State(cfg.version, full).save(state_file, cfg)
         meta["initial_state"] = state_file.name
     side.write_text(json.dumps(meta, indent=2) + "\n")
+    verify_export(out, [out, side, out.parent / data_name, state_file], "onnx")
     log.info("exported %s (v%s, %s, %.1f MB of weights)", out, cfg.version, quant or dtype, weight_bytes / 2**20)
     return out
+

@@ -14,17 +14,19 @@ metadata under :data:`META_KEY`; an ncnn sidecar records the hash and size of it
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from rwkv_music.errors import CheckpointError
+from rwkv_music.errors import CheckpointError, ExportError
 from rwkv_music.formats.base import VOCAB_MODES
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.state import state_shapes
 
+log = logging.getLogger(__name__)
 TOKENIZER_BY_VOCAB = VOCAB_MODES  # vocab size -> format of the BlinkDL music models (formats.base)
 LOGITS = "logits"  # [B, V] float32, the last position (both formats)
 
@@ -64,12 +66,37 @@ def _read(
             got = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise CheckpointError(f"{path}: not an rwkv_music {kind} sidecar (format {got!r}, expected {fmt!r})")
         cfg = RWKVConfig.from_dict(data["config"])
+        _check_sizes(path, cfg)
+        _check_initial_state(path, data.get("initial_state"))
         check(data, cfg)
     except CheckpointError:
         raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: unreadable {kind} sidecar ({type(exc).__name__}: {exc})") from None
     return data, cfg
+
+
+def _check_sizes(path: Path, cfg: RWKVConfig) -> None:
+    """The sizes a sidecar declares are held to the checkpoint loader's limits (states are built from them)."""
+    from rwkv_music.model.detect import LIMITS
+
+    sizes = {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "dim_att": cfg.dim_att, "dim_ffn": cfg.dim_ffn,
+             "vocab_size": cfg.vocab_size, "head_size": cfg.head_size}
+    for name, value in sizes.items():
+        if not isinstance(value, int) or value > LIMITS[name]:
+            raise CheckpointError(f"{path}: sidecar config {name} {value!r} is above the limit of {LIMITS[name]}")
+
+
+def _check_initial_state(path: Path, name: Any) -> None:
+    """``initial_state`` names a file in the sidecar's own folder: no path, no ``..``, nothing outside."""
+    if name is None:
+        return
+    if (not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..")
+            or Path(name).is_absolute()):
+        raise CheckpointError(f"{path}: sidecar initial_state {name!r} must be a file name in the sidecar's folder")
+    target = path.parent / name
+    if target.is_symlink() and path.parent.resolve() not in target.resolve().parents:
+        raise CheckpointError(f"{path}: sidecar initial_state {name!r} is a link out of the sidecar's folder")
 
 
 # -- ONNX files ------------------------------------------------------------------------------------
@@ -250,3 +277,29 @@ def ncnn_sidecar(
         "state": state,
         "layers": layers,
     }
+
+
+def verify_export(path: Path, written: list[Path], backend: str) -> None:
+    """Load the written files in their runtime and run one token; on failure remove them and raise
+    :class:`ExportError` (an export that exits 0 must load: an opset or a layer the runtime lacks,
+    or weights that give non-finite logits, are found here and not by the user)."""
+    import importlib
+
+    import numpy as np
+
+    module = importlib.import_module(f"rwkv_music.backends.{backend}")
+    try:
+        importlib.import_module({"onnx": "onnxruntime", "ncnn": "ncnn"}[backend])
+    except ImportError:
+        log.warning("%s: not checked (the %s runtime is not installed)", path, backend)
+        return
+    try:
+        model = module.load(path, threads=1)
+        logits, _ = model.forward([[0]])
+        if not np.isfinite(model.as_numpy(logits)).all():
+            raise ExportError("its logits for one token are not finite")
+    except Exception as exc:  # whatever the runtime raises: the export is not usable
+        for p in written:
+            p.unlink(missing_ok=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{path}: the exported graph does not run in {backend} ({first}); nothing was kept") from None

@@ -25,7 +25,8 @@ import torch
 
 from rwkv_music.backends.base import tokens_to_numpy
 from rwkv_music.backends.export_weights import Weights
-from rwkv_music.errors import BackendUnavailable, StateError
+from rwkv_music.backends.limits import check_threads
+from rwkv_music.errors import BackendUnavailable, OptionError, StateError
 from rwkv_music.model import native as native_kernels
 from rwkv_music.model import registry
 from rwkv_music.model.checkpoint import check_payload, inspect_state_dict, load_state_dict
@@ -48,19 +49,42 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
         name = _DTYPE_ALIASES.get(name, name)
         if name in DTYPES:
             return DTYPES[name]
-    raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    raise OptionError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
 
 
 def parse_device(device: str | torch.device) -> torch.device:
-    """A torch device, refusing CUDA when it is not usable here."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be like 'cpu' or 'cuda:0', got {device!r} ({exc})") from None
+    """A torch device this backend can run on: "cpu", "cuda", "cuda:N" (or "mps" where torch has it).
+
+    Anything else (``""``, "tpu", "meta", "vulkan", an int) is refused with one line: an
+    :class:`~rwkv_music.errors.OptionError` for a name torch does not know, a
+    :class:`~rwkv_music.errors.BackendUnavailable` for one this backend cannot run on.
+    """
+    if isinstance(device, str):
+        text = device.strip()
+        if not text:
+            raise OptionError(f"device {device!r} is empty; use 'cpu', 'cuda' or 'cuda:N'")
+        try:
+            dev = torch.device(text)
+        except (RuntimeError, TypeError, ValueError):
+            raise OptionError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+    elif isinstance(device, torch.device):
+        dev = device
+    else:
+        raise OptionError(f"device must be a name like 'cpu' or 'cuda:0', got {device!r}")
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return dev
+    if dev.type not in ("cpu", "cuda"):
+        hint = " (Vulkan runs on the ncnn backend: --backend ncnn)" if dev.type == "vulkan" else ""
+        raise BackendUnavailable(f"device {device!r} is not supported by the torch backend; use 'cpu', 'cuda' "
+                                 f"or 'cuda:N'{hint}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BackendUnavailable(f"device {device!r}: CUDA is not available in this torch installation")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
+    if dev.type == "cuda" and dev.index >= torch.cuda.device_count():
+        raise BackendUnavailable(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        raise OptionError(f"device {device!r}: the CPU has no index; use 'cpu'")
     return dev
 
 
@@ -257,7 +281,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str
             :mod:`rwkv_music.model.quant`).
         threads: CPU threads for torch's kernels and the int8 kernel.  ``torch.set_num_threads``
             is process-wide, so it is called only when ``threads`` is given; ``None`` leaves
-            torch's setting alone (by default one thread per physical core).
+            torch's setting alone (by default one thread per physical core).  At most
+            :data:`~rwkv_music.backends.limits.MAX_THREADS` (four per CPU): far more crashes torch.
         native: use the C kernels of :mod:`rwkv_music.model.native` (fused fp32 CPU decode, the
             int8 kernel) where they build: ``True``/``False``, or ``None`` for the process
             default (on, unless ``RWKV_MUSIC_NATIVE=0``).
@@ -265,15 +290,14 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str
             loop calls them) through captured CUDA graphs, one per batch-size bucket; ``False``
             runs them eagerly.  Ignored on a CPU.
     """
+    threads = check_threads(threads, "torch")
     if threads is not None:
-        if int(threads) < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}")
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)
     dtype = "fp32" if dtype in (None, "auto") else dtype
     int8 = _is_int8(dtype)
     dev, dt = parse_device(device), parse_dtype("fp32" if int8 else dtype)  # argument errors before the slow read
     if int8 and dev.type != "cpu":
-        raise ValueError(f"dtype 'int8' runs on the CPU only, not on {device!r}")
+        raise OptionError(f"dtype 'int8' runs on the CPU only, not on {device!r}")
     sd, config, source = load_state_dict(path)
     model = TorchModel._build(sd, config, dev, dt, source, native)
     model.cuda_graph = bool(cuda_graph)

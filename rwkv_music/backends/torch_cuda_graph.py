@@ -115,7 +115,11 @@ class GraphDecoder:
         """One decode step on the static buffers: the captured graph, or eager where none was captured."""
         if self._graph is None:
             with torch.no_grad():
-                self._logits = self._eager_step()
+                logits = self._eager_step()
+            if self._logits is None:
+                self._logits = logits
+            else:  # one logits buffer, overwritten by every step, as the graph's is (so CPU tests see the aliasing)
+                self._logits.copy_(logits)
         else:
             self._graph.replay()
         assert self._logits is not None

@@ -19,17 +19,62 @@ PRESETS = ("default-midi", "default-abc", "chatrwkv-midi", "chatrwkv-abc")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+class UserError(click.ClickException):
+    """A mistake in the user's input or files, shown as one line: exit status 2, like a usage error."""
+
+    exit_code = 2
+
+
+DEBUG_KEY = "rwkv_music.debug"  # ctx.meta flag set by --debug (meta is shared by every sub-context)
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.meta[DEBUG_KEY] = True
+
+
+debug_option = click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_set_debug,
+    help="Show the full traceback of an unexpected error (a bug) instead of one line.",
+)
+
+
+def _command_name(ctx: click.Context | None, func: Callable[..., Any]) -> str:
+    if ctx is None:
+        return func.__name__
+    sub = ctx.invoked_subcommand if isinstance(ctx.command, click.Group) else None
+    return f"{ctx.command_path} {sub}" if sub else ctx.command_path
+
+
 def boundary(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn project errors (and unreadable files) into one-line click errors (exit status 1)."""
+    """Turn project errors (and unreadable files) into one line and exit status 2; any other
+    exception (a bug) into one line naming the command (exit status 1), its traceback only with ``--debug``.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own: usage errors (exit 2), --help, Ctrl-C
         except RwkvMusicError as exc:
-            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+            raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
         except OSError as exc:  # permissions, full disk, ...: still one line, no traceback
-            raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")) from None
+            raise UserError(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")) from None
+        except Exception as exc:
+            ctx = click.get_current_context(silent=True)
+            if ctx is not None and ctx.meta.get(DEBUG_KEY):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise click.ClickException(
+                f"{_command_name(ctx, func)} failed unexpectedly: {type(exc).__name__}"
+                + (f": {first}" if first else "")
+                + " (a bug; rerun with --debug for the traceback)"
+            ) from None
 
     return wrapper
 
@@ -89,13 +134,15 @@ def collect(target: str, build: Callable[..., Any], names: tuple[str, ...]) -> C
 
 @dataclass(frozen=True)
 class LoadSpec:
-    """Which model to load, and how (``--model``, ``--backend``, ``--device``, ``--dtype``, ``--threads``)."""
+    """Which model to load, and how (``--model``, ``--backend``, ``--device``, ``--dtype``, ``--threads``,
+    ``--no-cuda-graph``)."""
 
     model: str | None = None
     backend: str = "torch"
     device: str = "cpu"
     dtype: str | None = None
     threads: int | None = None
+    cuda_graph: bool = True  # torch on CUDA: decode steps through captured CUDA graphs
 
     def __post_init__(self) -> None:
         kinds = DEVICE_KINDS.get(self.backend, ())
@@ -115,7 +162,8 @@ class LoadSpec:
         if mode is None and self.model is None:
             mode = default_mode
         return Composer.load(
-            self.model, mode=mode, backend=self.backend, device=self.device, dtype=self.dtype, threads=self.threads
+            self.model, mode=mode, backend=self.backend, device=self.device, dtype=self.dtype, threads=self.threads,
+            cuda_graph=self.cuda_graph,
         )
 
 
@@ -191,11 +239,15 @@ def format_options(fmt: Any, values: dict[str, Any], ignore: tuple[str, ...] = (
     return given
 
 
-def sampling_from(preset: str | None, temperature: float | None, top_p: float | None, top_k: int | None) -> Any:
-    """The :class:`~rwkv_music.compose.options.SamplingOptions` of ``--preset`` and the overrides."""
+SAMPLING_FLAGS = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty")
+
+
+def sampling_from(preset: str | None, **overrides: float | int | None) -> Any:
+    """The :class:`~rwkv_music.compose.options.SamplingOptions` of ``--preset`` and the overrides
+    (``--temperature``, ``--top-p``, ``--top-k``, ``--min-p``, ``--presence-penalty``, ``--frequency-penalty``)."""
     from rwkv_music.compose.options import SamplingOptions
 
-    return SamplingOptions(preset, {"temperature": temperature, "top_p": top_p, "top_k": top_k})
+    return SamplingOptions(preset, overrides)
 
 
 # -- shared options (defined once, STYLE 6) -----------------------------------------------------
@@ -205,7 +257,9 @@ model_options = combine(
         "-m",
         type=click.Path(dir_okay=False),
         default=None,
-        help="Model file (.pth for torch, .onnx, .param for ncnn); default: the shipped model.",
+        help="Model file (.pth; .onnx or ncnn .param for those backends) or a shipped model's name (abc-default, "
+        "midi-default: see `rwkv-music models`); default: the shipped model. A .pth on --backend onnx/ncnn is "
+        "exported once into the cache ($RWKV_MUSIC_CACHE, else ~/.cache/rwkv-music).",
     ),
     click.option(
         "--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="Inference runtime."
@@ -217,7 +271,8 @@ model_options = combine(
         "--dtype",
         type=click.Choice(DTYPES),
         default=None,
-        help="Arithmetic dtype (default: the model's own: fp32 for checkpoints, the export's for onnx/ncnn).",
+        help="Arithmetic dtype (default: the model's own: fp32 for checkpoints, the export's for onnx/ncnn; "
+        "a dtype the backend or export cannot run is refused).",
     ),
     click.option(
         "--threads",
@@ -225,7 +280,12 @@ model_options = combine(
         default=None,
         help="CPU threads of the runtime (default: its own choice, one per core for torch).",
     ),
-    collect("load", LoadSpec, ("model", "backend", "device", "dtype", "threads")),
+    click.option(
+        "--cuda-graph/--no-cuda-graph",
+        default=True,
+        help="torch on CUDA: decode through captured CUDA graphs (default on; no effect on a CPU).",
+    ),
+    collect("load", LoadSpec, ("model", "backend", "device", "dtype", "threads", "cuda_graph")),
 )
 seed_option = click.option(
     "--seed",
@@ -235,16 +295,40 @@ seed_option = click.option(
 )
 sampling_options = combine(
     click.option(
-        "--preset", type=click.Choice(PRESETS), default=None, help="Sampling preset (default: default-<mode>)."
+        "--preset",
+        type=click.Choice(PRESETS),
+        default=None,
+        help="Sampling preset (default: default-<mode>); a preset of the other mode is refused.",
     ),
     click.option(
-        "--temperature", type=click.FloatRange(min=0), default=None, help="Override the preset's temperature."
+        "--temperature",
+        type=click.FloatRange(min=0),
+        default=None,
+        help="Override the preset's temperature (0 = greedy).",
     ),
     click.option(
         "--top-p", type=click.FloatRange(min=0), default=None, help="Override the preset's top-p (>= 1 = off)."
     ),
     click.option("--top-k", type=click.IntRange(min=0), default=None, help="Override the preset's top-k (0 = off)."),
-    collect("sampling", sampling_from, ("preset", "temperature", "top_p", "top_k")),
+    click.option(
+        "--min-p",
+        type=click.FloatRange(min=0, max=1),
+        default=None,
+        help="Drop tokens below this fraction of the top token's probability (0 = off).",
+    ),
+    click.option(
+        "--presence-penalty",
+        type=float,
+        default=None,
+        help="Subtract this from the logit of every token already generated (0 = off).",
+    ),
+    click.option(
+        "--frequency-penalty",
+        type=float,
+        default=None,
+        help="Subtract this times a token's count so far from its logit (0 = off).",
+    ),
+    collect("sampling", sampling_from, ("preset",) + SAMPLING_FLAGS),
 )
 output_options = combine(
     click.option(
@@ -262,7 +346,10 @@ midi_options = combine(
         help="Target length in seconds of the new music (after any prompt).",
     ),
     click.option(
-        "--instruments", default=None, help="Comma-separated instruments: piano,violin,bass,drum,... (default any)."
+        "--instruments",
+        default=None,
+        help="Comma-separated instruments (default any): the model's bins (piano, violin, bass, drum, ...) or "
+        "General MIDI program names or numbers 0-127 ('acoustic grand piano', cello, 40), each played by its bin.",
     ),
     click.option("--piano-only", is_flag=True, help="Only piano notes (the ChatRWKV piano-only mode)."),
     click.option("--no-constraints", is_flag=True, help="Plain sampling: no MIDI well-formedness constraint."),
@@ -278,15 +365,29 @@ midi_options = combine(
 )
 
 
+def stderr_is_terminal() -> bool:
+    """Whether stderr is a terminal: progress bars are drawn only there (a log gets no ``\\r`` frames)."""
+    stream = sys.stderr
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or replaced stream
+        return False
+
+
 class Progress:
     """A tqdm bar on stderr, created on first use (``--quiet`` runs never import tqdm).
 
-    Called as ``progress(done, total)`` with the absolute count done so far.
+    Called as ``progress(done, total)`` with the absolute count done so far.  Drawn only when stderr
+    is a terminal; ``open_ended=True`` draws a count without a total or ETA, for runs whose stop rule
+    is not this count (``--seconds``: a piece ends near a length of music, not at a token count).
     """
 
-    def __init__(self, quiet: bool, desc: str, unit: str = "tok", leave: bool = False) -> None:
+    def __init__(
+        self, quiet: bool, desc: str, unit: str = "tok", leave: bool = False, open_ended: bool = False
+    ) -> None:
         self.bar: Any = None
-        self.quiet, self.desc, self.unit, self.leave = quiet, desc, unit, leave
+        self.quiet = quiet or not stderr_is_terminal()
+        self.desc, self.unit, self.leave, self.open_ended = desc, unit, leave, open_ended
 
     def __call__(self, done: int, total: int) -> None:
         if self.quiet:
@@ -294,7 +395,13 @@ class Progress:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr, leave=self.leave)
+            self.bar = tqdm(
+                total=None if self.open_ended else total,
+                desc=self.desc,
+                unit=self.unit,
+                file=sys.stderr,
+                leave=self.leave,
+            )
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
@@ -311,9 +418,15 @@ def compose(
     quiet: bool,
     state: Any = None,
 ) -> list[Any]:
-    """``composer.compose_rows`` with a progress bar (one row per piece)."""
+    """``composer.compose_rows`` with a progress bar (one row per piece).
+
+    With a target length (``--seconds``) pieces end near that much music, so the bar counts tokens
+    without a total; otherwise its total is the token cap (``--max-tokens``).
+    """
     verb = "continue" if any(isinstance(x, Path) for x in inputs) else "compose"
-    progress = Progress(quiet, f"{verb} {composer.mode} ×{len(inputs)}")
+    seconds = getattr(options, "seconds", None)
+    desc = f"{verb} {composer.mode} ×{len(inputs)}" + (f" (~{seconds:g} s of music)" if seconds else "")
+    progress = Progress(quiet, desc, open_ended=bool(seconds))
     try:
         return composer.compose_rows(inputs, options, seed=seed, sampling=sampling, state=state, callback=progress)
     finally:

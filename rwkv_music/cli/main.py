@@ -3,7 +3,8 @@
 Thin by design: parse, build options, call :class:`~rwkv_music.compose.composer.Composer` or
 :mod:`rwkv_music.compose.render`, echo paths.  ``--help`` imports no torch, onnxruntime or ncnn: every
 heavy import happens inside a command.  Project errors (:class:`RwkvMusicError`) are caught once,
-in :func:`boundary`, and shown as one line with exit status 1; usage mistakes exit with 2.
+in :func:`boundary`, and shown as one line with exit status 2, like usage mistakes; an unexpected
+exception (a bug) is one line naming the command with exit status 1, its traceback only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from rwkv_music.cli.common import (
     check_outputs,
     collect,
     compose,
+    debug_option,
     echo_paths,
     format_options,
     midi_options,
@@ -110,6 +112,7 @@ Examples:
 )
 @click.version_option(__version__, message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@debug_option
 def main(verbose: int) -> None:
     """Compose music with RWKV language models (ABC tunes and MIDI)."""
     import logging
@@ -129,12 +132,17 @@ Examples:
 
 
 @click.command("generate-midi", context_settings=CONTEXT, epilog=GENERATE_MIDI_EPILOG)
+@debug_option  # also here: generate-midi is its own entry point
 @boundary  # outermost: options parsed into objects fail as one line too
 @model_options
-@click.option("-n", "--num", "n", type=click.IntRange(min=1), default=1, show_default=True, help="Pieces (one batch).")
+@click.option(
+    "-n", "--num", "--num-return-sequences", "n", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Pieces (one batch).",
+)
 @midi_options
 @click.option(
-    "--max-tokens", type=click.IntRange(min=1), default=2048, show_default=True, help="Most new tokens per piece."
+    "--max-tokens", "--max-new-tokens", "max_tokens", type=click.IntRange(min=1), default=2048, show_default=True,
+    help="Most new tokens per piece (the hard cap, also with --seconds).",
 )
 @click.option("--prompt", default=None, help="MIDI-token text to start from, e.g. 'pi:4a:7 t30 pi:4a:0'.")
 @click.option("--continue-from", type=click.Path(dir_okay=False), default=None, help="A .mid file to continue.")
@@ -149,13 +157,13 @@ Examples:
 @sampling_options
 @output_options
 @click.option("--png", is_flag=True, help="Also write a piano-roll .png per piece.")
-@click.option("--wav", is_flag=True, help="Also write a .wav per piece (needs FluidSynth and a SoundFont).")
+@click.option("--wav", is_flag=True, help="Also write a .wav per piece (needs rwkv-music[audio] and a SoundFont).")
 @click.option(
     "--soundfont",
     type=click.Path(dir_okay=False),
     default=None,
     envvar="RWKV_MUSIC_SOUNDFONT",
-    help="SoundFont for --wav (default: pretty_midi's TimGM6mb.sf2).",
+    help="SoundFont for --wav (default: the system's General MIDI one, e.g. Debian's fluid-soundfont-gm).",
 )
 def generate_midi(
     load: LoadSpec,
@@ -210,7 +218,10 @@ Examples:
 )
 @boundary
 @model_options
-@click.option("-n", "--num", "n", type=click.IntRange(min=1), default=1, show_default=True, help="Tunes (one batch).")
+@click.option(
+    "-n", "--num", "--num-return-sequences", "n", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Tunes (one batch).",
+)
 @click.option("--key", "-k", default="D", show_default=True, help="K: key, e.g. D, Gm, Ador.")
 @click.option("--meter", default="4/4", show_default=True, help="M: meter, e.g. 6/8, 3/4, C|.")
 @click.option("--unit", default="1/8", show_default=True, help="L: unit note length.")
@@ -224,7 +235,8 @@ Examples:
 @click.option("--prompt", default=None, help="First bars of music after the header.")
 @click.option("--no-constraints", is_flag=True, help="Plain sampling: no ABC grammar / bar-balance constraint.")
 @click.option(
-    "--max-tokens", type=click.IntRange(min=1), default=1024, show_default=True, help="Most new characters per tune."
+    "--max-tokens", "--max-new-tokens", "max_tokens", type=click.IntRange(min=1), default=1024, show_default=True,
+    help="Most new characters per tune.",
 )
 @click.option(
     "--parts", type=click.IntRange(min=1), default=None, help="Parts per tune (default: the S: control code, else 2)."
@@ -292,7 +304,7 @@ def _save_abc(
     from rwkv_music.export.abc import write_abc
 
     Path(out).mkdir(parents=True, exist_ok=True)
-    paths = [write_abc([p.text for p in pieces], Path(out) / f"{stem}.abc", force)]
+    paths = [write_abc([p.text for p in pieces], Path(out) / f"{stem}.abc", force, titles=[p.title for p in pieces])]
     return paths + (save_all(pieces, out, stem, force, extras, required=0) if extras else [])
 
 
@@ -308,11 +320,15 @@ Examples:
 @boundary
 @click.argument("file", type=click.Path(dir_okay=False))
 @model_options
-@click.option("-n", "--num", "n", type=click.IntRange(min=1), default=1, show_default=True, help="Continuations.")
+@click.option(
+    "-n", "--num", "--num-return-sequences", "n", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Continuations (one batch).",
+)
 @midi_options
 @click.option("--controls", default="S:2", show_default=True, help="ABC control codes for the continuation.")
 @click.option(
-    "--max-tokens", type=click.IntRange(min=1), default=None, help="Most new tokens (default 2048 MIDI, 1024 ABC)."
+    "--max-tokens", "--max-new-tokens", "max_tokens", type=click.IntRange(min=1), default=None,
+    help="Most new tokens (default 2048 MIDI, 1024 ABC).",
 )
 @seed_option
 @sampling_options
@@ -354,9 +370,9 @@ def continue_(
 
 
 def _register_tools() -> None:
-    from rwkv_music.cli.tools import info, render, state
+    from rwkv_music.cli.tools import info, models, render, state
 
-    for command in (info, state, render):
+    for command in (info, models, state, render):
         main.add_command(command)
 
 

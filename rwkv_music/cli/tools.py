@@ -29,27 +29,47 @@ from rwkv_music.errors import RwkvMusicError
     context_settings=CONTEXT,
     epilog="""\b
 Examples:
+  rwkv-music info midi-default                # a shipped model, by name (see `rwkv-music models`)
   rwkv-music info model.pth
-  rwkv-music info model.onnx --backend onnx
+  rwkv-music info model.onnx                  # the backend follows the suffix (.onnx, .param)
+  rwkv-music info abc-default --backend ncnn  # the export it runs on (made once, into the cache)
 """,
 )
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model")
 @click.option(
-    "--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="Runtime to load it with."
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default=None,
+    help="Runtime to load it with (default: by suffix: .onnx onnx, .param/.bin ncnn, else torch).",
 )
 @boundary
-def info(model: str, backend: str) -> None:
-    """Show a model's version, sizes, vocabulary, mode and dtype."""
+def info(model: str, backend: str | None) -> None:
+    """Show a model's files, version, sizes, vocabulary, mode, and stored and compute dtypes.
+
+    MODEL is a file or a shipped model's name (abc-default, midi-default).
+    """
+    from rwkv_music.assets import is_model_name, missing_model_message, resolve_model
     from rwkv_music.backends import load_backend
+    from rwkv_music.backends.sidecar import ncnn_paths
     from rwkv_music.formats.base import VOCAB_MODES
 
-    path = Path(model)
-    if not path.is_file():
-        raise RwkvMusicError(f"{path}: no such model file")
+    path = resolve_model(model)
+    backend = backend or _backend_for(path)
+    exists = ncnn_paths(path)["param"].is_file() if backend == "ncnn" else path.is_file()
+    if not exists and not path.is_file():
+        raise RwkvMusicError(missing_model_message(model))
     m = load_backend(path, backend=backend)
     c = m.config
-    rows = [
-        ("file", f"{path} ({path.stat().st_size / 2**20:.1f} MiB)"),
+    rows: list[tuple[str, Any]] = []
+    if is_model_name(model):
+        rows.append(("model", f"{model} (shipped; card: {resolve_model(model).parent / 'MODEL_CARD.md'})"))
+    files = _model_files(m, path)
+    if files[0] != path:
+        rows.append(("exported from", f"{path} ({_size(path.stat().st_size)}; export cached)"))
+    total = sum(f.stat().st_size for f in files)
+    listed = " + ".join(f"{f if i == 0 else f.name} ({_size(f.stat().st_size)})" for i, f in enumerate(files))
+    rows.append(("file", listed + (f" = {_size(total)}" if len(files) > 1 else "")))
+    rows += [
         ("version", f"RWKV-{c.version}"),
         ("layers", c.n_layer),
         ("width (n_embd)", c.n_embd),
@@ -58,11 +78,94 @@ def info(model: str, backend: str) -> None:
         ("vocabulary", f"{c.vocab_size} ids ({VOCAB_MODES.get(c.vocab_size, 'unknown')} mode)"),
         ("parameters", f"{c.n_params:,}" if c.n_params else "?"),
         ("lora", ", ".join(f"{k}={v}" for k, v in c.lora.items()) or "-"),
-        ("dtype", str(getattr(m, "dtype", "?")).replace("torch.", "")),
+        ("stored dtype", _stored_dtype(m, files[0])),
+        ("compute dtype", getattr(m, "compute_dtype", None) or str(getattr(m, "dtype", "?")).replace("torch.", "")),
         ("backend", f"{m.name} on {m.device}"),
     ]
     for name, value in rows:
         click.echo(f"{name:<18} {value}")
+
+
+def _backend_for(path: Path) -> str:
+    """The runtime a model file is for, by its suffix."""
+    from rwkv_music.backends.sidecar import ncnn_paths
+
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in (".param", ".bin") or (not path.exists() and ncnn_paths(path)["param"].is_file()):
+        return "ncnn"  # (an ncnn export may be named by its prefix)
+    return "torch"
+
+
+def _model_files(m: Any, path: Path) -> list[Path]:
+    """The files a loaded model was read from, main file first (ncnn: .param and .bin; onnx: + .data)."""
+    if getattr(m, "name", "") == "ncnn":
+        return [m.paths["param"], m.paths["bin"]]
+    if getattr(m, "name", "") == "onnx":
+        data = m.path.with_name(m.path.name + ".data")
+        return [m.path] + ([data] if data.is_file() else [])
+    return [path]
+
+
+def _size(n: int) -> str:
+    if n < 2**20:
+        return f"{n / 2**10:.1f} KiB"
+    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+
+
+def _stored_dtype(m: Any, path: Path) -> str:
+    """The dtype the weights are stored in: a checkpoint's tensors (by count of values), an export's sidecar."""
+    sidecar = getattr(m, "sidecar", None)
+    if isinstance(sidecar, dict):
+        quant = sidecar.get("quantization")
+        return f"{sidecar.get('dtype')}" + (f" ({quant} weights)" if quant else "")
+    from collections import Counter
+
+    from rwkv_music.model.checkpoint import read_state_dict
+
+    counts: Counter[str] = Counter()
+    for t in read_state_dict(path).values():
+        if getattr(t, "is_floating_point", lambda: False)():
+            counts[str(t.dtype).removeprefix("torch.")] += int(t.numel())
+    if not counts:
+        return "?"
+    (main, n), *rest = counts.most_common()
+    total = sum(counts.values())
+    return main if not rest else f"{main} ({n / total:.0%} of the values; also {', '.join(k for k, _ in rest)})"
+
+
+@click.command(
+    "models",
+    context_settings=CONTEXT,
+    epilog="""\b
+Examples:
+  rwkv-music models                  # names, modes, files and sizes
+  rwkv-music models abc-default      # its model card (data, licences, training, limits)
+  rwkv-music generate-abc --model abc-default
+""",
+)
+@click.argument("name", required=False)
+@boundary
+def models(name: str | None) -> None:
+    """List the shipped models, or show NAME's model card.
+
+    A shipped model's name works wherever a model is taken: --model, info, export-onnx, ...
+    """
+    from rwkv_music.assets import shipped_model, shipped_models
+
+    if name is not None:
+        card = shipped_model(name).card
+        if not card.is_file():
+            raise RwkvMusicError(f"{card}: {name} has no model card in this installation")
+        click.echo(card.read_text(encoding="utf-8").rstrip("\n"))
+        return
+    for m in shipped_models():
+        size = _size(m.path.stat().st_size) if m.installed else "missing: reinstall rwkv-music"
+        click.echo(f"{m.name:<14} {m.mode.upper():<5} {m.summary()}")
+        click.echo(f"{'':<14} file  {m.path} ({size})")
+        click.echo(f"{'':<14} card  {m.card}")
+    click.echo("A name works wherever a model is taken (--model abc-default); `rwkv-music models NAME` shows its card.")
 
 
 @click.group(
@@ -70,7 +173,7 @@ def info(model: str, backend: str) -> None:
     context_settings=CONTEXT,
     epilog="""\b
 Examples:
-  rwkv-music state make --model abc.pth --prompt 'S:3' --out jig.npz
+  rwkv-music state make --mode abc --prompt 'S:3' --out jig.npz
   rwkv-music state show jig.npz
 """,
 )
@@ -83,28 +186,59 @@ def state() -> None:
     context_settings=CONTEXT,
     epilog="""\b
 Examples:
+  rwkv-music state make --mode abc --prompt 'S:3' --out jig.npz     # the shipped ABC model
   rwkv-music state make --model abc.pth --prompt 'S:3' --out jig.npz
-  rwkv-music state make --model midi.pth --from-file style.mid --out style.npz
-  rwkv-music generate-abc --model abc.pth --state jig.npz
+  rwkv-music state make --from-file style.mid --out style.npz       # the mode follows the file
+  rwkv-music generate-abc --state jig.npz
 """,
 )
 @model_options
+@click.option(
+    "--mode",
+    type=click.Choice(("abc", "midi")),
+    default=None,
+    help="abc or midi: picks the shipped model when --model is not given (default: the --from-file's "
+    "format, else midi), and is checked against --model's vocabulary.",
+)
 @click.option("--prompt", default=None, help="Text in the model's format to read.")
 @click.option("--from-file", type=click.Path(dir_okay=False), default=None, help="A .mid or .abc file to read instead.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), required=True, help="Where to write the state (.npz).")
 @click.option("--force", is_flag=True, help="Overwrite --out.")
 @boundary
-def state_make(load: LoadSpec, prompt: str | None, from_file: str | None, out: str, force: bool) -> None:
+def state_make(
+    load: LoadSpec, mode: str | None, prompt: str | None, from_file: str | None, out: str, force: bool
+) -> None:
     """Read a prompt with a model and save the resulting state (.npz) for `--state`."""
+    from rwkv_music.errors import TokenizerError
+    from rwkv_music.formats.base import format_for_suffix
     from rwkv_music.io_utils import check_writable
 
     if (prompt is None) == (from_file is None):
         raise click.UsageError("give exactly one of --prompt and --from-file")
     check_writable(out, force)
-    composer = load.composer(default_mode="midi")
+    file_format = format_for_suffix(Path(from_file).suffix) if from_file is not None else None
+    if from_file is not None and file_format is None:
+        raise click.BadParameter(f"{from_file}: expected a .mid, .midi or .abc file", param_hint="--from-file")
+    default_mode = mode or (file_format.name if file_format is not None else "midi")
+    composer = load.composer(mode=mode, default_mode=default_mode)
     if from_file is not None:  # ABC: the first tune's prompt text; MIDI: the file's note ids
+        if file_format is not None and file_format.name != composer.mode:
+            name, a = file_format.name, getattr(file_format, "article", "a")
+            raise RwkvMusicError(
+                f"{from_file} is {a} {name.upper()} file, but the model is "
+                f"{getattr(composer.format, 'article', 'a')} {composer.mode.upper()} model; "
+                f"pass --mode {name} or {a} {name.upper()} --model"
+            )
         prompt = composer.format.read_file(Path(from_file))
-    st = composer.make_state(prompt)
+    try:
+        st = composer.make_state(prompt)
+    except TokenizerError as exc:
+        if load.model is not None or mode is not None:
+            raise
+        other = "abc" if composer.mode == "midi" else "midi"
+        raise TokenizerError(
+            f"{exc} (read by the shipped {composer.mode.upper()} model; pass --mode {other} for {other.upper()} text)"
+        ) from None
     if force:
         Path(out).unlink(missing_ok=True)
     st.save(out, composer.config)
@@ -183,7 +317,16 @@ file (objects with "prompt" or "file" plus per-row options such as "seconds", "k
 @boundary
 @click.argument("source", metavar="PROMPTS_OR_DIR", required=False, type=click.Path())
 @model_options
-@click.option("--samples-per-prompt", "-k", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "-n",
+    "--samples-per-prompt",
+    "--num-return-sequences",
+    "samples_per_prompt",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Samples of every prompt or file (-k was this flag's short form before; -k now only means --key).",
+)
 @click.option(
     "--batch-size",
     "-b",
@@ -192,9 +335,22 @@ file (objects with "prompt" or "file" plus per-row options such as "seconds", "k
     show_default=True,
     help="Samples in flight (a finished sample's row takes the next one).",
 )
-@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None, help="MIDI target length.")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Most new tokens per sample.")
-@click.option("--instruments", default=None, help="MIDI: comma-separated instruments.")
+@click.option(
+    "--seconds", type=click.FloatRange(min=0, min_open=True), default=None, help="MIDI: target length in seconds."
+)
+@click.option(
+    "--max-tokens",
+    "--max-new-tokens",
+    "max_tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Most new tokens per sample (default 2048 MIDI, 1024 ABC).",
+)
+@click.option(
+    "--instruments",
+    default=None,
+    help="MIDI: comma-separated instruments: bins (piano, violin, ...) or General MIDI names or numbers 0-127.",
+)
 @click.option("--piano-only", is_flag=True, help="MIDI: piano only.")
 @click.option("--key", default=None, help="ABC: K: for prompts without a header.")
 @click.option("--meter", default=None, help="ABC: M: for prompts without a header.")
@@ -205,9 +361,9 @@ file (objects with "prompt" or "file" plus per-row options such as "seconds", "k
 @click.option(
     "--seed",
     type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Base seed (sample j: derived from seed, j).",
+    default=None,
+    help="Base seed, sample j's seed derived from (seed, j) (random if omitted, printed; --resume reuses the "
+    "first run's).",
 )
 @sampling_options
 @click.option(
@@ -230,7 +386,7 @@ def render(
     samples_per_prompt: int,
     batch_size: int,
     row: RowFlags,
-    seed: int,
+    seed: int | None,
     sampling: SamplingOptions,
     out: str,
     resume: bool,
@@ -251,6 +407,7 @@ def render(
         raise RwkvMusicError(f"{source}: no such prompts file or folder")
     composer = load.composer(default_mode=_guess_mode(source))
     options = row.options_for(composer.format)
+    seed = _render_seed(seed, out, resume)
     settings = RenderSettings(
         samples_per_prompt, batch_size, seed, options, sampling.to_dict(), resume, force, max_samples
     )
@@ -271,6 +428,28 @@ def render(
     )
     if not report.complete:
         click.echo("not finished: rerun with --resume to render the rest", err=True)
+
+
+def _render_seed(seed: int | None, out: str, resume: bool) -> int:
+    """The base seed: given, else (``--resume``) the first run's from its render.json, else a new one (printed)."""
+    import json
+
+    from rwkv_music.compose.options import new_base_seed
+    from rwkv_music.compose.render import SETTINGS
+
+    if seed is not None:
+        return seed
+    settings = Path(out) / SETTINGS
+    if resume and settings.is_file():
+        try:
+            before = json.loads(settings.read_text(encoding="utf-8"))["seed"]
+        except (ValueError, KeyError, TypeError):
+            raise RwkvMusicError(f"{settings}: unreadable render settings; pass --seed or --force") from None
+        if isinstance(before, int):
+            return before
+    seed = new_base_seed()
+    click.echo(f"seed {seed}", err=True)
+    return seed
 
 
 def _guess_mode(source: str) -> str:

@@ -11,17 +11,24 @@ Examples::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from rwkv_music.cli.common import DeviceType, collect
+from rwkv_music.cli.common import CONTEXT, DeviceType, boundary, collect
 from rwkv_music.errors import RwkvMusicError
 
 log = logging.getLogger(__name__)
+
+
+def _bits(nats: float) -> float:
+    """Cross-entropy in bits per token (the trainer's loss is in nats; validation is reported in bits)."""
+    return nats / math.log(2)
 
 
 def _progress_printer(every: int) -> Callable[[dict], None]:
@@ -34,14 +41,37 @@ def _progress_printer(every: int) -> Callable[[dict], None]:
                        f"{info.get('elapsed_s', 0):.0f}s", err=True)
         elif info["step"] % every == 0 or "val_bits" in info:
             extra = f" val {info['val_bits']:.4f} bits/token" if "val_bits" in info else ""
-            click.echo(f"step {info['step']}: loss {info['loss']:.4f} (ema {info['loss_ema']:.4f}) "
-                       f"lr {info['lr']:.2e} {info['elapsed_s']:.0f}s{extra}", err=True)
+            click.echo(f"step {info['step']}: loss {_bits(info['loss']):.4f} bits/token "
+                       f"(ema {_bits(info['loss_ema']):.4f}) lr {info['lr']:.2e} {info['elapsed_s']:.0f}s{extra}",
+                       err=True)
     return show
 
 
 TRAIN_OPTION_NAMES = ("out", "mode", "layers", "width", "head_size", "ctx", "steps", "lr", "lr_final", "batch_size",
                       "seed", "val_fraction", "device", "init", "time_budget_min", "eval_every", "save_dtype",
                       "threads")
+
+
+def _run_seed(seed: int | None, out: str, resume: bool) -> int:
+    """``--seed``; when omitted, the run's own seed for ``--resume`` (it fixes the data split), else a new one
+    (printed, and recorded in train_meta.json)."""
+    import json
+
+    from rwkv_music.compose.options import new_base_seed
+    from rwkv_music.train.checkpoint import META_FILE
+
+    if seed is not None:
+        return seed
+    if resume:
+        try:
+            recorded = json.loads((Path(out) / META_FILE).read_text(encoding="utf-8"))["options"]["seed"]
+        except (OSError, ValueError, KeyError, TypeError):
+            recorded = None
+        if isinstance(recorded, int):
+            return recorded
+    seed = new_base_seed()
+    click.echo(f"seed {seed}", err=True)
+    return seed
 
 
 def _train_options(**values: Any) -> Any:
@@ -74,10 +104,24 @@ class ReinforceFlags:
         return tuple(self.prompt) + tuple(caller_prompt_texts())
 
 
-@click.command("train")
+def _init_checkpoint(_ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
+    """``--init``: a checkpoint file, or a shipped model's name (rwkv_music.assets.resolve_model)."""
+    from rwkv_music.assets import resolve_model
+
+    if value is None:
+        return None
+    path = resolve_model(value)
+    if not path.is_file():
+        raise click.BadParameter(f"{value}: no such checkpoint (shipped models: abc-default, midi-default)")
+    return path
+
+
+@click.command("train", context_settings=CONTEXT)
+@boundary
 @click.option("--data", "data", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="ABC files/folders (abc) or .mid files/folders (midi); default: music21's non-Essen corpus.")
-@click.option("--mode", type=click.Choice(["abc", "midi"]), default="abc", show_default=True)
+@click.option("--mode", type=click.Choice(["abc", "midi"]), default="abc", show_default=True,
+              help="What the model reads and writes: ABC tunes (128 byte ids) or MIDI (20,096 ids).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder (model.pth, train_state.pt).")
 @click.option("--layers", default=4, show_default=True, help="Number of layers (fresh models).")
 @click.option("--width", default=128, show_default=True, help="Embedding width C (fresh models).")
@@ -86,27 +130,33 @@ class ReinforceFlags:
 @click.option("--steps", default=1000, show_default=True, help="Optimizer steps (total, counting resumed ones).")
 @click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate.")
 @click.option("--lr-final", default=1e-4, show_default=True, help="Learning rate at the end of the cosine.")
-@click.option("--batch-size", default=8, show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Seeds init, data split and batches.")
+@click.option("--batch-size", default=8, show_default=True,
+              help="Sequences per optimizer step (REINFORCE: rollouts per step).")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Seeds init, data split and batches (random if omitted, printed; --resume reuses the run's).")
 @click.option("--val-fraction", default=0.05, show_default=True, help="Held-out fraction of documents.")
 @click.option("--device", type=DeviceType(("cpu", "cuda")), default="cpu", show_default=True,
               help="cpu, cuda, cuda:1 ... (bf16 autocast on CUDA).")
-@click.option("--init", "init", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Fine-tune this RWKV-7 checkpoint instead of starting from scratch.")
+@click.option("--init", "init", type=click.Path(path_type=Path), default=None, callback=_init_checkpoint,
+              help="Fine-tune this RWKV-7 checkpoint (a file, or abc-default / midi-default) instead of starting "
+                   "from scratch.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its train_state.pt.")
 @click.option("--time-budget-min", type=float, default=None, help="Stop cleanly after this many minutes.")
 @click.option("--eval-every", default=200, show_default=True, help="Validation every N steps (0: only at the end).")
-@click.option("--save-dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
-@click.option("--threads", type=int, default=None, help="torch CPU threads.")
+@click.option("--save-dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Weight dtype of the written model.pth (training itself runs in fp32).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
 @click.option("--no-control-codes", is_flag=True, help="ABC: do not prepend S:/B:/E: control codes.")
 @click.option("--mask-control", is_flag=True, help="ABC: do not train on the control-code bytes.")
 @click.option("--max-pieces", type=int, default=None, help="MIDI: use at most this many music21 pieces when rendering.")
-@click.option("--objective", type=click.Choice(["sft", "reinforce"]), default="sft", show_default=True)
+@click.option("--objective", type=click.Choice(["sft", "reinforce"]), default="sft", show_default=True,
+              help="sft: next-token training on --data; reinforce: improve --init with a --reward.")
 @click.option("--augment", default=0, show_default=True,
               help="Rewritten copies per training document: ABC keeps strictly balanced tunes only and adds "
                    "caller-style headers, L:1/16 and re-keyed copies; MIDI adds pitch shifts within ±5 semitones.")
 @click.option("--reward", default="abc-bar-balance", show_default=True,
-              help="REINFORCE reward: abc-strict, abc-bar-balance(-local), midi-stuck-notes or token:<id>.")
+              help="REINFORCE reward: abc-strict, abc-bar-balance, abc-bar-balance-local (use with --credit local), "
+                   "midi-stuck-notes or token:<id>[:<value>].")
 @click.option("--caller-prompts", is_flag=True,
               help="REINFORCE (ABC): draw each step's prompt from every caller header "
                    "(S:2, L:1/8|1/16, common M: and K:).")
@@ -123,29 +173,32 @@ class ReinforceFlags:
 @collect("rl", ReinforceFlags, ("reward", "gen_len", "prompt", "credit", "kl_coef", "temperature", "caller_prompts"))
 def train(data: tuple[Path, ...], opts: Any, rl: ReinforceFlags, resume: bool, no_control_codes: bool,
           mask_control: bool, max_pieces: int | None, objective: str, augment: int = 0) -> None:
-    """Train (or fine-tune) an RWKV-7 music model on ABC tunes or MIDI files."""
-    mode, seed, steps = opts.mode, opts.seed, opts.steps
-    try:
-        if objective == "reinforce":
-            _run_reinforce(opts, rl)
-            return
-        from rwkv_music.train.trainer import train as run
+    """Train (or fine-tune) an RWKV-7 music model on ABC tunes or MIDI files.
 
-        val_docs, recipe = None, {}
-        if data and all(Path(p).suffix == ".npz" for p in data):  # prepared train/val documents
-            docs, val_docs, vocab = _prepared_documents(list(data))
-            recipe = {"prepared_data": [Path(p).name for p in data]}
-        else:
-            docs, vocab = load_documents(mode, list(data), with_control=not no_control_codes,
-                                         mask_control=mask_control, max_pieces=max_pieces)
-        augment_fn = None
-        if augment:
-            augment_fn, how = _augmenter(mode, augment, seed, prepared=val_docs is not None)
-            recipe.update(how)
-        result = run(opts, docs, vocab, resume=resume, progress=_progress_printer(max(1, min(50, steps // 20))),
-                     val_docs=val_docs, augment=augment_fn, extra_meta={"augment": recipe} if recipe else None)
-    except RwkvMusicError as exc:
-        raise click.ClickException(str(exc)) from exc
+    Losses are printed in bits per token, training and validation alike.
+    """
+    if objective == "reinforce" and not opts.init:  # (before a seed is drawn and printed)
+        raise RwkvMusicError("--objective reinforce needs --init CKPT (a trained model to improve)")
+    opts = dataclasses.replace(opts, seed=_run_seed(opts.seed, opts.out, resume))
+    mode, seed, steps = opts.mode, opts.seed, opts.steps
+    if objective == "reinforce":
+        _run_reinforce(opts, rl)
+        return
+    from rwkv_music.train.trainer import train as run
+
+    val_docs, recipe = None, {}
+    if data and all(Path(p).suffix == ".npz" for p in data):  # prepared train/val documents
+        docs, val_docs, vocab = _prepared_documents(list(data))
+        recipe = {"prepared_data": [Path(p).name for p in data]}
+    else:
+        docs, vocab = load_documents(mode, list(data), with_control=not no_control_codes,
+                                     mask_control=mask_control, max_pieces=max_pieces)
+    augment_fn = None
+    if augment:
+        augment_fn, how = _augmenter(mode, augment, seed, prepared=val_docs is not None)
+        recipe.update(how)
+    result = run(opts, docs, vocab, resume=resume, progress=_progress_printer(max(1, min(50, steps // 20))),
+                 val_docs=val_docs, augment=augment_fn, extra_meta={"augment": recipe} if recipe else None)
     val = f"{result.val_bits_per_token:.4f}" if result.val_bits_per_token is not None else "n/a"
     click.echo(f"wrote {result.model_path} after {result.step} steps ({result.tokens_seen} tokens, "
                f"{result.elapsed_s:.0f}s); val {val} bits/token")

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from rwkv_music.backends.limits import check_rows
 from rwkv_music.compose import helpers as _c
 from rwkv_music.compose.options import (
     AbcOptions,
@@ -37,6 +38,39 @@ from rwkv_music.formats.base import Format, RowInput, format_for_vocab
 log = logging.getLogger(__name__)
 
 __all__ = ["AbcOptions", "Composer", "MidiOptions", "Piece", "SamplingOptions", "mode_for_vocab", "piece_seed"]
+
+
+def _sampling_kwargs(call: Any, max_tokens: int, default_max: int, kwargs: dict[str, Any]) -> tuple[int, dict]:
+    """(max_tokens, sampling overrides) of a ``compose_*``/``continue_*`` call's extra keywords.
+
+    ``max_new_tokens`` (the Hugging Face name) is an alias of ``max_tokens``; every other keyword must
+    be a sampling option.  An unknown one is a one-line :class:`RwkvMusicError` listing the valid
+    names, instead of a ``TypeError`` from deep inside.
+    """
+    import dataclasses
+    import difflib
+    import inspect
+
+    from rwkv_music.sampling.config import SamplingConfig
+
+    extra = dict(kwargs)
+    alias = extra.pop("max_new_tokens", None)
+    if alias is not None:
+        if max_tokens not in (default_max, alias):
+            raise RwkvMusicError(f"{call.__name__}(): give max_tokens or its alias max_new_tokens, not both")
+        max_tokens = alias
+    sampling_names = [f.name for f in dataclasses.fields(SamplingConfig) if f.name != "max_new_tokens"]
+    unknown = [k for k in extra if k not in sampling_names]
+    if unknown:
+        own = [n for n, p in inspect.signature(call).parameters.items() if p.kind is not p.VAR_KEYWORD]
+        valid = own + ["max_new_tokens"] + sampling_names
+        hint = difflib.get_close_matches(unknown[0], valid, n=1)
+        guess = f" (did you mean {hint[0]!r}?)" if hint and len(unknown) == 1 else ""
+        raise RwkvMusicError(
+            f"{call.__name__}() got unknown keyword argument{'s' * (len(unknown) > 1)} "
+            f"{', '.join(map(repr, unknown))}{guess}; valid: {', '.join(valid)}"
+        )
+    return max_tokens, extra
 
 
 class Composer:
@@ -66,22 +100,30 @@ class Composer:
         device: str = "cpu",
         dtype: str | None = None,
         threads: int | None = None,
+        cuda_graph: bool = True,
     ) -> "Composer":
         """Load ``model`` (or, when ``None``, the shipped default model for ``mode``, "midi" if unset).
 
-        The mode is inferred from the vocabulary (128 ids → ``"abc"``, 20,096 → ``"midi"``);
-        ``mode=`` overrides it and is checked against the vocabulary.  ``threads`` sets the CPU
-        threads of the backend (``None``: the runtime's default).
+        ``model`` is a file, or a shipped model's name (``"abc-default"``, ``"midi-default"``;
+        see ``rwkv-music models``).  A checkpoint with ``backend="onnx"``/``"ncnn"`` is exported
+        once into the cache (:mod:`rwkv_music.backends.export_cache`).  The mode is inferred from
+        the vocabulary (128 ids → ``"abc"``, 20,096 → ``"midi"``); ``mode=`` overrides it and is
+        checked against the vocabulary.  ``threads`` sets the CPU threads of the backend
+        (``None``: the runtime's default).  ``cuda_graph=False``: the torch backend on CUDA decodes
+        eagerly instead of through captured CUDA graphs.
         """
+        from rwkv_music.assets import missing_model_message, resolve_model
         from rwkv_music.backends import load_backend
 
         if model is None:
             mode = mode or "midi"  # the toolkit's main job; Composer.load(mode="abc") for tunes
             model = _c.default_model(mode)
-        path = Path(model)
+        path = resolve_model(model)
         if not path.exists():
-            raise RwkvMusicError(f"{path}: no such model file")
-        extra = {} if threads is None else {"threads": threads}
+            raise RwkvMusicError(missing_model_message(model))
+        extra: dict[str, Any] = {} if threads is None else {"threads": threads}
+        if backend == "torch" and not cuda_graph:  # (only torch has the option)
+            extra["cuda_graph"] = False
         backend_model = load_backend(path, backend=backend, device=device, dtype=dtype, **extra)
         return cls(backend_model, mode, model_name=str(path))
 
@@ -140,14 +182,17 @@ class Composer:
                 (:data:`~rwkv_music.formats.midi.options.MUSICAL_DEFAULTS`).
             key: keep pitched notes in a diatonic scale: a key (``"D"``, ``"Am"``), ``"auto"``
                 (the scale the piece settles in over its first notes) or ``None`` (any pitch).
-            **sampling: preset overrides (``temperature``, ``top_p``, ``top_k``, ...).
+            **sampling: preset overrides (``temperature``, ``top_p``, ``top_k``, ``min_p``,
+                ``presence_penalty``, ``frequency_penalty``, ...), and ``max_new_tokens`` as an alias of
+                ``max_tokens``; any other name is a :class:`~rwkv_music.errors.RwkvMusicError` listing the valid ones.
 
         Returns:
             ``n`` :class:`~rwkv_music.compose.piece.Piece` objects (``.text``, ``.to_midi()``, ``.save()``).
         """
+        max_tokens, sampling = _sampling_kwargs(self.compose_midi, max_tokens, 2048, sampling)
         options = MidiOptions(seconds, max_tokens, instruments, constrained, limits or {}, key=key)
         return self.compose_rows(
-            [prompt] * n, options, seed=seed, preset=preset, state=state, callback=callback, **sampling
+            [prompt] * check_rows(n), options, seed=seed, preset=preset, state=state, callback=callback, **sampling
         )
 
     def continue_midi(
@@ -171,9 +216,10 @@ class Composer:
         Arguments as in :meth:`compose_midi`; long files are cut to their last
         ``MidiOptions.max_prompt_tokens`` tokens.
         """
+        max_tokens, sampling = _sampling_kwargs(self.continue_midi, max_tokens, 2048, sampling)
         options = MidiOptions(seconds, max_tokens, instruments, constrained, limits or {}, key=key)
         return self.compose_rows(
-            [Path(path)] * n, options, seed=seed, preset=preset, state=state, callback=callback, **sampling
+            [Path(path)] * check_rows(n), options, seed=seed, preset=preset, state=state, callback=callback, **sampling
         )
 
     # -- ABC ------------------------------------------------------------------------------
@@ -214,11 +260,12 @@ class Composer:
             max_tokens, seed, preset, state, callback, **sampling: as in :meth:`compose_midi`
                 (default preset ``"default-abc"``; ``"chatrwkv-abc"`` is docs/formats.md D4).
         """
+        max_tokens, sampling = _sampling_kwargs(self.compose_abc, max_tokens, 1024, sampling)
         options = AbcOptions(
             key, meter, unit, tempo, controls, constrained, max_tokens, form, parts, bars_per_part, cadence
         )
         return self.compose_rows(
-            [prompt] * n, options, seed=seed, preset=preset, state=state, callback=callback, **sampling
+            [prompt] * check_rows(n), options, seed=seed, preset=preset, state=state, callback=callback, **sampling
         )
 
     def continue_abc(
@@ -234,14 +281,23 @@ class Composer:
         callback: ProgressCallback | None = None,
         **sampling: Any,
     ) -> list[Piece]:
-        """Continue an ABC tune: a file path (its first tune) or the tune's text."""
-        from rwkv_music.formats.abc.tune import TEXT_SOURCE, read_tune
+        """Continue an ABC tune: a file path (its first tune) or the tune's text.
+
+        A tune that already ended gets a new part (its final ``|]`` is read as ``||``, and the end
+        token is banned before the first new token); its ``T:`` lines are kept in the pieces.
+        """
+        from rwkv_music.formats.abc.continuation import TuneText, title_lines
+        from rwkv_music.formats.abc.tune import TEXT_SOURCE, read_tune, split_tunes
 
         tune, source = read_tune(path_or_text)  # fails early on a missing file or a tune without K:
+        max_tokens, sampling = _sampling_kwargs(self.continue_abc, max_tokens, 1024, sampling)
         options = AbcOptions(controls=controls, constrained=constrained, max_tokens=max_tokens)
-        row: RowInput = tune if source == TEXT_SOURCE else Path(source)
+        if source == TEXT_SOURCE:  # the prompt, marked as a continuation, with the titles it drops
+            row: RowInput = TuneText(tune, title_lines(split_tunes(str(path_or_text))[0][1]))
+        else:
+            row = Path(source)
         return self.compose_rows(
-            [row] * n, options, seed=seed, preset=preset, state=state, callback=callback, **sampling
+            [row] * check_rows(n), options, seed=seed, preset=preset, state=state, callback=callback, **sampling
         )
 
     # -- rows: the batched core used by every compose call and by the batch renderer ---------
@@ -289,7 +345,7 @@ class Composer:
             for i, piece in zip(idx, made):
                 piece.meta["base_seed"] = base_seed
                 pieces[i] = piece
-        return [p for p in pieces if p is not None]
+        return _c.check_continued(inputs, [p for p in pieces if p is not None])
 
     def check_options(self, options: Any) -> None:
         """Refuse options of the other format (an ABC call on a MIDI model, say)."""
@@ -301,8 +357,9 @@ class Composer:
             )
 
     def recipe(self, item: RowInput, options: MidiOptions | AbcOptions, sampling: SamplingOptions) -> RowRecipe:
-        """The :class:`~rwkv_music.compose.recipe.RowRecipe` of one input row."""
-        return row_recipe(self.format, item, options, sampling, self.config.vocab_size)
+        """The :class:`~rwkv_music.compose.recipe.RowRecipe` of one input row (a continued piece
+        always gains at least one token: :func:`~rwkv_music.compose.helpers.continuation_recipe`)."""
+        return _c.continuation_recipe(row_recipe(self.format, item, options, sampling, self.config.vocab_size))
 
     def row_prompt(self, item: RowInput, options: MidiOptions | AbcOptions) -> tuple[list[int], Any]:
         """Prompt ids of one row and the key that groups rows sharing a constraint."""

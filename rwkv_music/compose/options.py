@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from rwkv_music.errors import RwkvMusicError
 from rwkv_music.formats.abc.options import AbcOptions
 from rwkv_music.formats.base import VOCAB_MODES, mode_for_vocab
 from rwkv_music.formats.midi.options import LIMIT_NAMES, MAX_MIDI_PROMPT, MidiOptions
@@ -41,6 +42,9 @@ class SamplingOptions:
     Overrides of ``None`` mean "not given" and are dropped; names and values are checked when
     the options are made, so a typo fails before any model is loaded.
 
+    A piece's length is the compose options' ``max_tokens``, so ``max_new_tokens`` is refused here
+    rather than ignored (the ``compose_*`` calls take it as an alias of ``max_tokens``).
+
     >>> SamplingOptions("chatrwkv-abc", {"temperature": 0.7, "top_p": None}).overrides
     (('temperature', 0.7),)
     """
@@ -49,9 +53,16 @@ class SamplingOptions:
     overrides: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
+        from rwkv_music.sampling.config import SamplingConfig
+
         items = self.overrides.items() if isinstance(self.overrides, Mapping) else self.overrides
         object.__setattr__(self, "overrides", tuple(sorted((str(k), v) for k, v in items if v is not None)))
-        self.config("default-midi" if self.preset is None else self.preset)  # names and values
+        if any(k == "max_new_tokens" for k, _ in self.overrides):
+            raise RwkvMusicError(
+                "max_new_tokens is not a sampling option here: a piece's length is the compose option max_tokens"
+            )
+        # names and values (the mode check waits for config(), which knows the model)
+        SamplingConfig.from_options(self.preset or "default-midi", dict(self.overrides))
 
     def merged(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> "SamplingOptions":
         """These options with ``preset`` (when given) and ``overrides`` on top."""
@@ -62,9 +73,16 @@ class SamplingOptions:
         return ({"preset": self.preset} if self.preset else {}) | dict(self.overrides)
 
     def config(self, default_preset: str) -> Any:
-        """The :class:`~rwkv_music.sampling.config.SamplingConfig` (``default_preset`` when none is named)."""
-        from rwkv_music.sampling.config import SamplingConfig
+        """The :class:`~rwkv_music.sampling.config.SamplingConfig` (``default_preset`` when none is named).
 
+        A named preset written for another mode than ``default_preset``'s (``chatrwkv-abc`` for a MIDI
+        model) is a one-line :class:`~rwkv_music.sampling.base.SamplingValueError`.
+        """
+        from rwkv_music.sampling.config import SamplingConfig
+        from rwkv_music.sampling.presets import PRESET_MODES, check_preset_mode
+
+        if self.preset is not None and default_preset in PRESET_MODES:
+            check_preset_mode(self.preset, PRESET_MODES[default_preset])
         return SamplingConfig.from_options(self.preset or default_preset, dict(self.overrides))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from rwkv_music.export import format_for as output_format
 from rwkv_music.formats.base import FORMAT_NAMES, Format, format_for
 
 MODES = FORMAT_NAMES
+COMPOSER = "rwkv-music"  # credited in MusicXML (music21 would write "Music21")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Piece:
         >>> p = Piece("abc", [76, 58], "S:1\\nL:1/8\\nM:2/4\\nK:C\\nCDEF|GABc|]", {})
         >>> print(p.to_abc())
         X:1
+        T:Tune 1 in C
         L:1/8
         M:2/4
         K:C
@@ -49,6 +52,36 @@ class Piece:
         if self.mode not in MODES:
             raise RwkvMusicError(f"Piece.mode must be one of {MODES}, got {self.mode!r}")
 
+    def __repr__(self) -> str:  # the token list and text can be thousands of entries long
+        seed = self.meta.get("seed")
+        return (
+            f"Piece(mode={self.mode!r}, index={self.index}, seed={seed}, tokens={len(self.tokens)}, "
+            f"finish={self.meta.get('finish_reason')!r}, title={self.title!r})"
+        )
+
+    @property
+    def title(self) -> str:
+        """``meta["title"]`` if set, else "melody, continuation 3" for a continuation of melody.mid, else
+        "Tune 3 in D" (ABC, from ``K:``) or "Piece 3" (MIDI)."""
+        given = self.meta.get("title")
+        if given:
+            return str(given)
+        if self.meta.get("input"):  # a continuation of a file
+            return f"{Path(str(self.meta['input'])).stem}, continuation {self.index + 1}"
+        if self.mode == "abc":
+            key = re.search(r"^K:\s*([^%\s]+)", self.text, re.MULTILINE)
+            return f"Tune {self.index + 1}" + (f" in {key.group(1)}" if key else "")
+        return f"Piece {self.index + 1}"
+
+    @property
+    def prompt_seconds(self) -> float | None:
+        """Where a MIDI continuation's prompt ends, in seconds of its MIDI file (``None``: no prompt)."""
+        n = int(self.meta.get("prompt_tokens") or 0) - 1  # the prompt's first id is the separator
+        if self.mode != "midi" or n <= 0 or self.tokenizer is None:
+            return None
+        seconds = getattr(self.format, "prompt_seconds", None)
+        return float(seconds(self.tokens[:n])) if seconds is not None else None
+
     @property
     def format(self) -> Format:
         """The piece's :class:`~rwkv_music.formats.base.Format` (with its tokenizer)."""
@@ -56,19 +89,31 @@ class Piece:
 
     # -- conversions --------------------------------------------------------------------
     def to_abc(self, number: int | None = None) -> str:
-        """Standard ABC text: control codes dropped, ``X:number`` first (default ``index + 1``)."""
-        from rwkv_music.export.abc import with_reference
+        """Standard ABC text: control codes dropped, ``X:number`` first (default ``index + 1``), a ``T:`` title."""
+        from rwkv_music.export.abc import with_reference, with_title
 
         self._require_abc("to_abc", "ABC output needs an ABC model")
-        return with_reference(self.text, self.index + 1 if number is None else number)
+        return with_reference(with_title(self.text, self.title), self.index + 1 if number is None else number)
 
     def to_midi(self) -> Any:
         """The piece as a :class:`mido.MidiFile` (MIDI: through the tokenizer; ABC: through music21)."""
         return self.format.to_midi(self.text, source=self._name())
 
     def to_score(self) -> Any:
-        """The piece as a music21 score."""
-        return self.format.to_score(self.text, source=self._name())
+        """The piece as a music21 score, titled (:attr:`title`) and credited to rwkv-music."""
+        from rwkv_music.export.abc import with_title
+
+        text = with_title(self.text, self.title) if self.mode == "abc" else self.text
+        score = self.format.to_score(text, source=self._name())
+        from music21 import metadata
+
+        if score.metadata is None:
+            score.metadata = metadata.Metadata()
+        if self.mode == "midi" or not score.metadata.title:
+            score.metadata.title = self.title
+        if not score.metadata.composer:
+            score.metadata.composer = COMPOSER
+        return score
 
     # -- files --------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, force: bool = False, soundfont: str | os.PathLike | None = None) -> Path:
@@ -87,7 +132,7 @@ class Piece:
             from rwkv_music.export.abc import write_abc
 
             self._require_abc(str(path), "it cannot be saved as ABC; use .mid, .png or .wav")
-            return write_abc(self.text, path, force, first=self.index + 1)
+            return write_abc(self.text, path, force, first=self.index + 1, titles=[self.title])
         if fmt == "musicxml":
             from rwkv_music.export.music21_io import write_musicxml
 
@@ -100,7 +145,7 @@ class Piece:
         if fmt == "png":
             from rwkv_music.export.pianoroll import write_piano_roll
 
-            return write_piano_roll(midi, path, force, title=path.stem)
+            return write_piano_roll(midi, path, force, title=self.title, prompt_seconds=self.prompt_seconds)
         from rwkv_music.export.audio import write_wav
 
         return write_wav(midi, path, force, soundfont=soundfont)

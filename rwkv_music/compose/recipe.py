@@ -15,6 +15,7 @@ to :func:`~rwkv_music.sampling.continuous.generate_continuous`.  Both end in
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,6 +96,9 @@ class RowRecipe:
         """The finished piece (``meta`` gains validity, base seed and input)."""
         piece = make_piece(self.format, self.prompt, new, meta, index)
         piece.meta.update(base_seed=base_seed, input=None if self.input is None else str(self.input))
+        keep_titles = getattr(self.format, "keep_titles", None)  # ABC: a continued tune keeps its T: lines
+        if keep_titles is not None and self.input is not None:
+            piece = dataclasses.replace(piece, text=keep_titles(self.input, piece.text))
         return piece
 
 

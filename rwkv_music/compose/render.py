@@ -15,11 +15,23 @@ rename) and its manifest row is appended, in one ``write`` and fsynced, only aft
 in place.  A killed run therefore leaves, at worst, a sample file without a row (regenerated,
 identically, on resume), a truncated last manifest line (dropped on resume) and a stray
 temporary file (deleted on resume); never a row pointing at a half-written file.
+
+One writer per output folder: a render holds an exclusive ``flock`` on the output folder itself
+(not on a lock file, which would be left behind and could be unlinked under a waiting writer), so a
+second render into the same ``out`` fails at once with :class:`~rwkv_music.errors.OutputLockedError`;
+the kernel drops the lock when the process ends, however it ends.  The render never writes through
+a symbolic link (``manifest.jsonl``, ``render.json``, ``stats.json``, ``failed.txt``), never reads its
+own output folder as input, writes ``render.json`` only when its first sample is about to be
+written (a run that fails earlier leaves nothing, and removes an ``out`` it created), and lists
+inputs it cannot read (a damaged file, a link out of the prompts folder) in ``failed.txt`` with
+the reason, rendering the others.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -31,7 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from rwkv_music.compose.options import AbcOptions, MidiOptions, SamplingOptions, piece_seed
-from rwkv_music.errors import OutputExistsError, RwkvMusicError
+from rwkv_music.errors import OptionError, OutputExistsError, OutputLockedError, RwkvMusicError
 from rwkv_music.formats.base import Format, format_for
 from rwkv_music.io_utils import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
@@ -40,6 +52,9 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.jsonl"
 STATS = "stats.json"
 SETTINGS = "render.json"
+FAILED = "failed.txt"
+MAX_SAMPLES = 10_000_000  # inputs x samples_per_prompt: a plan is a list of that many small records
+MAX_BATCH = 4096  # rows in flight: each holds a recurrent state and a logits row
 MIDI_OPTION_KEYS = ("seconds", "max_tokens", "instruments", "constrained")  # per-row keys of a .jsonl file
 ABC_OPTION_KEYS = ("key", "meter", "unit", "tempo", "controls", "constrained", "max_tokens")
 ROW_OPTION_KEYS = {"midi": MIDI_OPTION_KEYS, "abc": ABC_OPTION_KEYS}
@@ -66,6 +81,7 @@ class RenderJob:
     file: str | None = None
     params: tuple[tuple[str, Any], ...] = ()
     name: str = ""
+    error: str = ""  # why this input cannot be read (listed in failed.txt, not rendered), or ""
 
     def input_label(self) -> str | None:
         return self.file if self.file is not None else self.prompt
@@ -86,12 +102,15 @@ class RenderSettings:
     continuous: bool = True  # refill a row as soon as its piece ends (False: fixed batches)
 
     def __post_init__(self) -> None:
-        for name in ("samples_per_prompt", "batch_size"):
+        limits = {"samples_per_prompt": MAX_SAMPLES, "batch_size": MAX_BATCH}
+        for name, limit in limits.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise RwkvMusicError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.max_samples is not None and self.max_samples < 0:
-            raise RwkvMusicError(f"max_samples must be >= 0, got {self.max_samples}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                raise OptionError(f"{name} must be an integer 1-{limit}, got {value!r}")
+        if self.max_samples is not None and (
+            isinstance(self.max_samples, bool) or not isinstance(self.max_samples, int) or self.max_samples < 0
+        ):
+            raise OptionError(f"max_samples must be an integer >= 0, got {self.max_samples!r}")
         for name in ("options", "sampling"):
             value = getattr(self, name)
             if isinstance(value, dict):
@@ -116,6 +135,7 @@ class RenderReport:
     done_before: int  # already in the manifest when the run started
     written: int  # new samples this run
     stats: dict[str, Any] = field(default_factory=dict)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (input, why) of inputs that could not be read
 
     @property
     def complete(self) -> bool:
@@ -123,20 +143,32 @@ class RenderReport:
 
 
 # -- input ---------------------------------------------------------------------------------------
-def read_jobs(source: str | os.PathLike, mode: str | Format) -> list[RenderJob]:
-    """Rows of a prompts file (text or .jsonl) or a folder of files of ``mode`` (a format or its name)."""
+MAX_PROMPTS_BYTES = 64 << 20  # a prompts file is read whole
+
+
+def read_jobs(
+    source: str | os.PathLike, mode: str | Format, exclude: str | os.PathLike | None = None
+) -> list[RenderJob]:
+    """Rows of a prompts file (text or .jsonl) or a folder of files of ``mode`` (a format or its name).
+
+    ``exclude``: a folder whose files are never inputs (the render's own output folder, when it
+    sits inside the input folder).  A file that cannot be an input (a link out of the folder, a
+    missing file named by a .jsonl row) becomes a job with ``error`` set, listed and skipped.
+    """
     fmt = format_for(mode) if isinstance(mode, str) else mode
     source = Path(source)
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in fmt.input_suffixes)
-        if not files:
-            raise RwkvMusicError(
-                f"{source}: no {fmt.input_suffixes[0]} files to continue with a {fmt.name.upper()} model"
-            )
-        return [RenderJob(i, file=str(p), name=_SAFE.sub("-", p.stem)[:40]) for i, p in enumerate(files)]
+        return _folder_jobs(source, fmt, Path(exclude) if exclude is not None else None)
     if not source.is_file():
         raise RwkvMusicError(f"{source}: no such prompts file or folder")
-    text = source.read_text(encoding="utf-8")
+    size = source.stat().st_size
+    if size > MAX_PROMPTS_BYTES:
+        raise RwkvMusicError(f"{source}: {size} bytes, more than the {MAX_PROMPTS_BYTES} a prompts file may hold")
+    try:
+        text = source.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RwkvMusicError(f"{source}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})"
+                             ) from None
     if source.suffix.lower() == ".jsonl":
         return _jsonl_jobs(source, text, fmt.name)
     lines = [line.rstrip("\r") for line in text.split("\n")]
@@ -144,6 +176,31 @@ def read_jobs(source: str | os.PathLike, mode: str | Format) -> list[RenderJob]:
     if not prompts:
         raise RwkvMusicError(f"{source}: no prompts (one per line; '#' starts a comment)")
     return [RenderJob(i, prompt=p.replace("\\n", "\n")) for i, p in enumerate(prompts)]
+
+
+def _folder_jobs(source: Path, fmt: Format, exclude: Path | None) -> list[RenderJob]:
+    root = source.resolve()
+    skip = exclude.resolve() if exclude is not None else None
+    files = []
+    for p in sorted(source.rglob("*")):
+        if p.suffix.lower() not in fmt.input_suffixes:
+            continue
+        if skip is not None and (skip == p.parent.resolve() or skip in p.parent.resolve().parents):
+            continue  # the render's own outputs
+        if p.is_symlink() or p.is_file() or not p.exists():
+            files.append(p)
+    if not files:
+        raise RwkvMusicError(f"{source}: no {fmt.input_suffixes[0]} files to continue with a {fmt.name.upper()} model")
+    jobs = []
+    for i, p in enumerate(files):
+        error = ""
+        target = p.resolve()
+        if root != target.parent and root not in target.parents:
+            error = f"a link out of the input folder (to {target})"
+        elif not target.is_file():
+            error = "a link to nothing" if p.is_symlink() else "not a regular file"
+        jobs.append(RenderJob(i, file=str(p), name=_SAFE.sub("-", p.stem)[:40], error=error))
+    return jobs
 
 
 def _jsonl_jobs(source: Path, text: str, mode: str) -> list[RenderJob]:
@@ -159,17 +216,23 @@ def _jsonl_jobs(source: Path, text: str, mode: str) -> list[RenderJob]:
         if not isinstance(row, dict):
             raise RwkvMusicError(f"{source}:{lineno}: expected a JSON object, got {type(row).__name__}")
         prompt, file = row.pop("prompt", None), row.pop("file", None)
-        name = _SAFE.sub("-", str(row.pop("name", "")))[:40]
+        for key, value in (("prompt", prompt), ("file", file), ("name", row.get("name"))):
+            if value is not None and not isinstance(value, str):
+                raise RwkvMusicError(f"{source}:{lineno}: {key!r} must be a string, got {type(value).__name__} "
+                                     f"{json.dumps(value)[:40]}")
+        name = _SAFE.sub("-", str(row.pop("name", "") or ""))[:40]
         unknown = sorted(set(row) - allowed)
         if unknown:
             known = ", ".join(["prompt", "file", "name", *sorted(allowed)])
             raise RwkvMusicError(f"{source}:{lineno}: unknown key(s) {', '.join(unknown)}; allowed: {known}")
+        error = ""
         if file is not None:
             path = Path(file) if Path(file).is_absolute() else source.parent / file
             if not path.is_file():
-                raise RwkvMusicError(f"{source}:{lineno}: no such file {file}")
+                error = f"no such file (line {lineno})"
             file = str(path)
-        jobs.append(RenderJob(len(jobs), prompt=prompt, file=file, params=tuple(sorted(row.items())), name=name))
+        jobs.append(RenderJob(len(jobs), prompt=prompt, file=file, params=tuple(sorted(row.items())), name=name,
+                              error=error))
     if not jobs:
         raise RwkvMusicError(f"{source}: no rows")
     return jobs
@@ -215,28 +278,102 @@ def render(
     batch, then after each written sample (continuous batching) or each batch (fixed batches).
     """
     out = Path(out)
-    jobs = read_jobs(source, composer.format)
+    jobs = read_jobs(source, composer.format, exclude=out)
+    total = len(jobs) * settings.samples_per_prompt
+    if total > MAX_SAMPLES:
+        raise OptionError(f"{len(jobs)} inputs x {settings.samples_per_prompt} samples is {total} samples, more "
+                          f"than the {MAX_SAMPLES} one render may plan; split the input or lower samples_per_prompt")
     samples = plan(jobs, settings, composer.format.suffix)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    info = composer.model_info()
-    model = {k: info[k] for k in ("version", "n_layer", "n_embd", "vocab_size")}  # not the path: files move
-    done = _prepare_output(out, settings, {"input": str(Path(source).resolve()), "model": model, **settings.identity()})
-    todo = [s for s in samples if s.id not in done]
-    if settings.max_samples is not None:
-        todo = todo[: settings.max_samples]
-    if progress is not None:
-        progress(0, len(todo), 0)
-    run = _render_continuous if settings.continuous else _render_batches
-    written = run(composer, todo, out, settings, progress)
-    rows, _ = read_jsonl(out / MANIFEST)
-    stats = compute_stats(rows, total=len(samples))
-    atomic_write_json(out / STATS, stats, force=True)
-    return RenderReport(out, len(samples), len(done), written, stats)
+    output = _Output(out, settings)
+    try:
+        with _locked(out):
+            info = composer.model_info()
+            model = {k: info[k] for k in ("version", "n_layer", "n_embd", "vocab_size")}  # not the path: files move
+            identity = {"input": str(Path(source).resolve()), "model": model, **settings.identity()}
+            done = _prepare_output(out, settings, identity, output)
+            failed = {j.index: (str(j.input_label()), j.error) for j in jobs if j.error}
+            todo = [s for s in samples if s.id not in done and not s.job.error]
+            if settings.max_samples is not None:
+                todo = todo[: settings.max_samples]
+            if progress is not None:
+                progress(0, len(todo), 0)
+            run = _render_continuous if settings.continuous else _render_batches
+            written = run(composer, todo, output, settings, progress, failed)
+            _write_failed(out, list(failed.values()))
+            rows, _ = read_jsonl(out / MANIFEST)
+            expected = len([s for s in samples if s.job.index not in failed])
+            stats = compute_stats(rows, total=expected)
+            stats["failed_inputs"] = len(failed)
+            output.check(out / STATS)
+            atomic_write_json(out / STATS, stats, force=True)
+    except BaseException:
+        if created and not output.started:  # nothing was written: leave nothing behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    return RenderReport(out, expected, len(done), written, stats, list(failed.values()))
 
 
-def _prepare_output(out: Path, settings: RenderSettings, identity: dict[str, Any]) -> set[str]:
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """An exclusive, non-blocking ``flock`` on the output folder for the duration of the render."""
+    fd = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputLockedError(f"{out}: another render is writing into this folder; wait for it to finish "
+                                    "or use another --out") from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+class _Output:
+    """The output folder's writers: no write through a symbolic link, ``render.json`` before the first sample."""
+
+    def __init__(self, out: Path, settings: RenderSettings) -> None:
+        self.out = out
+        self.settings = settings
+        self.identity: dict[str, Any] | None = None  # render.json to write before the first sample, if any
+        self.started = False
+
+    def check(self, path: Path) -> Path:
+        if path.is_symlink():
+            raise RwkvMusicError(f"{path}: is a symbolic link; a render writes only plain files inside its folder")
+        return path
+
+    def sample(self, sample: "Sample", piece: Any) -> None:
+        if not self.started:
+            self.started = True
+            if self.identity is not None:
+                atomic_write_json(self.check(self.out / SETTINGS), self.identity, force=True)
+        _write_sample(self, sample, piece)
+
+
+def _write_failed(out: Path, failed: list[tuple[str, str]]) -> None:
+    path = out / FAILED
+    if path.is_symlink():
+        raise RwkvMusicError(f"{path}: is a symbolic link; a render writes only plain files inside its folder")
+    if failed:
+        text = "".join(f"{_one_line(label)}\t{_one_line(why)}\n" for label, why in failed)
+        atomic_write_text(path, text, force=True)
+        log.warning("%d input(s) could not be read; listed in %s", len(failed), path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+
+
+def _prepare_output(out: Path, settings: RenderSettings, identity: dict[str, Any], output: _Output) -> set[str]:
     """Check or reset the output folder; return the ids already done (resume)."""
     manifest, settings_file = out / MANIFEST, out / SETTINGS
+    for path in (manifest, settings_file, out / STATS, out / FAILED):
+        output.check(path)
     identity = json.loads(json.dumps(identity, default=str))
     if manifest.exists() and not settings.resume:
         if not settings.force:
@@ -246,7 +383,12 @@ def _prepare_output(out: Path, settings: RenderSettings, identity: dict[str, Any
     for stray in out.glob(".*.tmp*"):  # temporaries of a killed atomic write
         stray.unlink(missing_ok=True)
     if settings.resume and settings_file.exists():
-        before = json.loads(settings_file.read_text(encoding="utf-8"))
+        try:
+            before = json.loads(settings_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RwkvMusicError(f"{settings_file}: unreadable render settings ({exc}); use --force") from None
+        if not isinstance(before, dict):
+            raise RwkvMusicError(f"{settings_file}: unreadable render settings (not an object); use --force")
         changed = sorted(
             k
             for k in ("input", "model", "samples_per_prompt", "seed", "options", "sampling")
@@ -257,12 +399,14 @@ def _prepare_output(out: Path, settings: RenderSettings, identity: dict[str, Any
                 f"{out}: cannot resume, the render settings differ from the first run ({', '.join(changed)})"
             )
     if not settings.resume or not settings_file.exists():
-        atomic_write_json(settings_file, identity, force=True)
+        output.identity = identity  # written when the first sample is
     rows, bad = read_jsonl(manifest)
     good, seen = [], set()
-    for row in rows:  # keep rows whose file is really there, once each
+    root = out.resolve()
+    for row in rows:  # keep rows whose file is really there (inside out), once each
         rid = row.get("id")
-        if rid and rid not in seen and (out / str(row.get("output", ""))).is_file():
+        target = (out / str(row.get("output", ""))).resolve()
+        if rid and rid not in seen and root in target.parents and target.is_file():
             good.append(row)
             seen.add(rid)
     if bad or len(good) != len(rows):
@@ -271,8 +415,13 @@ def _prepare_output(out: Path, settings: RenderSettings, identity: dict[str, Any
     return seen
 
 
+Failed = dict[int, tuple[str, str]]  # job index -> (input, why it could not be read)
+_INPUT_ERRORS = (RwkvMusicError, OSError, UnicodeDecodeError)  # what reading one input may raise
+
+
 def _render_continuous(
-    composer: Any, todo: list[Sample], out: Path, settings: RenderSettings, progress: ProgressFn
+    composer: Any, todo: list[Sample], output: _Output, settings: RenderSettings, progress: ProgressFn,
+    failed: Failed,
 ) -> int:
     """Generate with ``batch_size`` rows in flight; write each sample as soon as it is finished."""
     from rwkv_music.compose.recipe import piece_from_result
@@ -283,8 +432,9 @@ def _render_continuous(
         for s in todo:
             if s.job is not job:
                 job = s.job
-                recipe = composer.recipe(_input(s), *_row_settings(composer, s.job, settings))
-            yield recipe.work_item(s.seed, tag=(s, recipe))
+                recipe = _recipe(composer, s, settings, failed)
+            if recipe is not None:
+                yield recipe.work_item(s.seed, tag=(s, recipe))
 
     written = 0
     model = composer.model_info()
@@ -292,23 +442,42 @@ def _render_continuous(
     for result in results:
         sample, recipe = result.item.tag
         piece = piece_from_result(model, recipe, result, settings.batch_size)
-        _write_sample(out, sample, piece)
+        output.sample(sample, piece)
         written += 1
         if progress is not None:
             progress(1, len(todo), int(piece.meta.get("new_tokens", 0)))
     return written
 
 
+def _recipe(composer: Any, sample: Sample, settings: RenderSettings, failed: Failed) -> Any:
+    """The row recipe of ``sample``'s input, or None (recorded in ``failed``) when the input cannot be read."""
+    try:
+        return composer.recipe(_input(sample), *_row_settings(composer, sample.job, settings))
+    except _INPUT_ERRORS as exc:
+        if not sample.job.file:  # a prompt or option error is the user's command, not one bad file
+            raise
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        failed[sample.job.index] = (str(sample.job.input_label()), why)
+        log.warning("%s: skipped (%s)", sample.job.input_label(), why)
+        return None
+
+
 def _render_batches(
-    composer: Any, todo: list[Sample], out: Path, settings: RenderSettings, progress: ProgressFn
+    composer: Any, todo: list[Sample], output: _Output, settings: RenderSettings, progress: ProgressFn,
+    failed: Failed,
 ) -> int:
     """Fixed batches of consecutive samples (each batch waits for its slowest piece)."""
     written = 0
     for batch in _batches(todo, settings):
+        for first in {s.job.index: s for s in batch}.values():  # unreadable files leave the batch first
+            _recipe(composer, first, settings, failed)
+        batch = [s for s in batch if s.job.index not in failed]
+        if not batch:
+            continue
         pieces = _generate(composer, batch, settings)
         tokens = 0
         for sample, piece in zip(batch, pieces):
-            _write_sample(out, sample, piece)
+            output.sample(sample, piece)
             tokens += int(piece.meta.get("new_tokens", 0))
             written += 1
         if progress is not None:
@@ -348,10 +517,12 @@ def _generate(composer: Any, batch: list[Sample], settings: RenderSettings) -> l
     return composer.compose_rows(inputs, options, seeds=[s.seed for s in batch], sampling=sampling)
 
 
-def _write_sample(out: Path, sample: Sample, piece: Any) -> None:
+def _write_sample(output: _Output, sample: Sample, piece: Any) -> None:
+    out = output.out
     if piece.index != 0:  # one piece per file: X:1, whatever its place in a batch
         piece = dataclasses.replace(piece, index=0)
-    # force=True: a file without a manifest row is a leftover of a killed run (same seed, same piece)
+    # force=True: a file without a manifest row is a leftover of a killed run (same seed, same piece);
+    # the atomic write replaces a link of that name instead of writing through it
     piece.save(out / sample.output, force=True)
     meta = piece.meta
     timing = meta.get("timing", {})
@@ -369,7 +540,7 @@ def _write_sample(out: Path, sample: Sample, piece: Any) -> None:
         "finish_reason": meta.get("finish_reason"),
         "validity": meta.get("validity", {}),
     }
-    append_jsonl(out / MANIFEST, row)
+    append_jsonl(output.check(out / MANIFEST), row)
 
 
 def compute_stats(rows: list[dict[str, Any]], total: int) -> dict[str, Any]:
@@ -387,7 +558,7 @@ def compute_stats(rows: list[dict[str, Any]], total: int) -> dict[str, Any]:
         "tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
         "finish_reasons": dict(Counter(str(r.get("finish_reason")) for r in rows)),
     }
-    for key in ("decodes", "parse_ok", "all_balanced"):  # validity flags → rates
+    for key in ("decodes", "parse_ok", "all_balanced", "strictly_balanced"):  # validity flags → rates
         flags = [v[key] for v in validity if key in v]
         if flags:
             stats[f"{key}_rate"] = round(sum(bool(f) for f in flags) / len(flags), 4)

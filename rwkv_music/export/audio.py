@@ -1,8 +1,11 @@
-"""Audio (.wav) through FluidSynth, when pyfluidsynth, libfluidsynth and a SoundFont are present.
+"""Audio (.wav) through FluidSynth and a General MIDI SoundFont.
 
-Neither is a dependency of rwkv_music.  The SoundFont is the ``soundfont`` argument, else the
-General MIDI font that pretty_midi ships (``TimGM6mb.sf2``).  When something is missing,
-:class:`AudioUnavailable` says what to install.
+Install with ``pip install 'rwkv-music[audio]'`` (pyfluidsynth) plus the FluidSynth library and a
+SoundFont from the system, e.g. ``apt install libfluidsynth3 fluid-soundfont-gm`` on Debian/Ubuntu.
+The SoundFont is the ``soundfont`` argument, else the first of :data:`SYSTEM_SOUNDFONTS` that
+exists (where Debian, Ubuntu, Fedora, Arch and Homebrew put theirs), else the font that
+pretty_midi ships (``TimGM6mb.sf2``).  When something is missing, :class:`AudioUnavailable` says
+what to install.
 """
 
 from __future__ import annotations
@@ -26,19 +29,40 @@ class AudioUnavailable(BackendUnavailable):
     """FluidSynth or a SoundFont is missing, so .wav files cannot be rendered."""
 
 
-def find_soundfont(soundfont: str | os.PathLike | None = None) -> Path:
-    """The SoundFont to use: ``soundfont`` if given, else pretty_midi's bundled TimGM6mb.sf2."""
+# General MIDI SoundFonts that system packages install, best first.
+SYSTEM_SOUNDFONTS: tuple[str, ...] = (
+    "/usr/share/sounds/sf2/default-GM.sf2",  # Debian/Ubuntu: the alternative fluid-soundfont-gm sets
+    "/usr/share/sounds/sf2/FluidR3_GM.sf2",  # Debian/Ubuntu fluid-soundfont-gm
+    "/usr/share/sounds/sf2/TimGM6mb.sf2",  # Debian/Ubuntu timgm6mb-soundfont
+    "/usr/share/soundfonts/default.sf2",  # Fedora, Arch
+    "/usr/share/soundfonts/FluidR3_GM.sf2",  # Fedora fluid-soundfont-gm
+    "/usr/share/soundfonts/FluidR3_GM2-2.sf2",  # Arch soundfont-fluid
+    "/usr/local/share/soundfonts/default.sf2",
+    "/opt/homebrew/share/soundfonts/default.sf2",  # Homebrew (Apple silicon)
+    "/usr/local/share/fluidsynth/default.sf2",
+)
+INSTALL_HINT = (
+    "install a General MIDI SoundFont (e.g. `apt install fluid-soundfont-gm`) or pass --soundfont FILE.sf2"
+)
+
+
+def find_soundfont(soundfont: str | os.PathLike | None = None, search: tuple[str, ...] = SYSTEM_SOUNDFONTS) -> Path:
+    """The SoundFont to use: ``soundfont`` if given, else the first system font of ``search``,
+    else pretty_midi's bundled TimGM6mb.sf2."""
     if soundfont is not None:
         path = Path(soundfont)
         if not path.is_file():
             raise AudioUnavailable(f"{path}: no such SoundFont file")
         return path
+    for candidate in search:
+        if Path(candidate).is_file():
+            return Path(candidate)
     spec = importlib.util.find_spec("pretty_midi")
     if spec is not None and spec.origin:
         path = Path(spec.origin).parent / "TimGM6mb.sf2"
         if path.is_file():
             return path
-    raise AudioUnavailable("no SoundFont for .wav output: pass --soundfont FILE.sf2 or `pip install pretty_midi`")
+    raise AudioUnavailable(f"no SoundFont for .wav output: {INSTALL_HINT}")
 
 
 def _load_fluidsynth() -> Any:
@@ -46,7 +70,8 @@ def _load_fluidsynth() -> Any:
         import fluidsynth  # pyfluidsynth; loads libfluidsynth on import
     except ImportError as exc:
         raise AudioUnavailable(
-            f".wav output needs FluidSynth: install libfluidsynth and `pip install pyfluidsynth` ({exc})"
+            ".wav output needs FluidSynth: `pip install 'rwkv-music[audio]'` and the FluidSynth library "
+            f"(e.g. `apt install libfluidsynth3`) ({exc})"
         ) from None
     if not hasattr(fluidsynth, "Synth"):
         raise AudioUnavailable("the installed `fluidsynth` module is not pyfluidsynth (no Synth class)")

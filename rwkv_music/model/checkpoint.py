@@ -11,7 +11,10 @@ file and the problem:
    against :func:`~rwkv_music.model.detect.expected_shapes`: missing and unexpected keys are
    listed by name, the first shape mismatch names key, expected and got.
 
-Loading uses only safe deserialisation, so a hostile pickle cannot run code.
+Loading uses only safe deserialisation, so a hostile pickle cannot run code.  Before any tensor
+data is read, :mod:`rwkv_music.model.checkpoint_scan` reads the sizes the file declares and they
+are checked (geometry, sanity limits, the full key/shape table), so a file cannot make the loader
+allocate more than it holds; after loading, every float tensor is checked for NaN/Inf in one pass.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rwkv_music.errors import CheckpointError
+from rwkv_music.model.checkpoint_scan import ScannedTensor, check_geometry, scan_file
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.detect import (
     config_from_state_dict,
@@ -53,13 +57,56 @@ def resolve_path(path: str | os.PathLike) -> Path:
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """Load ``path`` into a ``name → torch.Tensor`` dict (on the CPU, dtypes as stored)."""
+    """Load ``path`` into a ``name → torch.Tensor`` dict (on the CPU, dtypes as stored).
+
+    The declared sizes are checked before loading (see :func:`scan_state_dict`); the full key
+    layout is not (that is :func:`inspect_state_dict`, or :func:`load_state_dict` for both).
+    """
     p = resolve_path(path)
-    if p.suffix == ".safetensors":
-        payload = _read_safetensors(p)
-    else:
-        payload = _read_torch(p)
-    return check_payload(payload, p.name)
+    declared = scan_state_dict(p)
+    return _load_scanned(p, declared)
+
+
+def scan_state_dict(path: Path) -> dict[str, tuple[int, ...]] | None:
+    """Key → declared shape of the file, after checking that its sizes fit the file; reads no tensor data.
+
+    None for a file the scanner does not know (then torch's own checks decide).
+    """
+    scan = scan_file(path)
+    if scan is None:
+        return None
+    payload = check_payload(scan.payload, path.name, tensor_type=ScannedTensor)
+    check_geometry(scan, path.name)
+    return {k: t.shape for k, t in payload.items()}
+
+
+def _load_scanned(p: Path, declared: Mapping[str, tuple[int, ...]] | None) -> dict[str, Any]:
+    payload = _read_safetensors(p) if p.suffix == ".safetensors" else _read_torch(p)
+    sd = check_payload(payload, p.name)
+    if declared is not None:
+        for key, t in sd.items():
+            if tuple(t.shape) != declared.get(key):
+                raise CheckpointError(f"{p.name}: tensor {key!r} loaded with shape {list(t.shape)}, the file "
+                                      f"declares {list(declared.get(key, ()))}")
+    return sd
+
+
+def check_finite(sd: Mapping[str, Any], source: str) -> None:
+    """One pass over the float tensors: a NaN or Inf weight makes every output garbage, so refuse it.
+
+    Sparse, quantized and meta-device tensors (no data to check or run) are refused here too."""
+    import numpy as np
+    import torch
+
+    for key, t in sd.items():
+        if isinstance(t, np.ndarray) and np.issubdtype(t.dtype, np.floating) and not np.isfinite(t).all():
+            raise CheckpointError(f"{source}: tensor {key!r} holds {'NaN' if np.isnan(t).any() else 'Inf'} values")
+        if isinstance(t, torch.Tensor) and (t.layout != torch.strided or t.is_meta or t.is_quantized):
+            kind = "a meta-device tensor (it holds no data)" if t.is_meta else f"a {t.layout} tensor"
+            raise CheckpointError(f"{source}: tensor {key!r} is {kind}; expected a dense tensor")
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            what = "NaN" if bool(torch.isnan(t).any()) else "Inf"
+            raise CheckpointError(f"{source}: tensor {key!r} holds {what} values")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -107,10 +154,15 @@ def _read_safetensors(p: Path) -> Any:
         raise CheckpointError(f"{p.name}: not a safetensors checkpoint ({_one_line(exc)})") from None
 
 
-def check_payload(payload: Any, source: str) -> dict[str, Any]:
-    """The loaded object must be a flat dict of tensors in the raw trainer layout."""
-    import torch
+def check_payload(payload: Any, source: str, tensor_type: Any = None) -> dict[str, Any]:
+    """The loaded object must be a flat dict of tensors in the raw trainer layout.
 
+    ``tensor_type``: what counts as a tensor (``torch.Tensor``, or the scanner's declared tensors).
+    """
+    if tensor_type is None:
+        import torch
+
+        tensor_type = torch.Tensor
     if not isinstance(payload, Mapping):
         kind = type(payload).__name__
         raise CheckpointError(f"{source}: not a checkpoint (holds a {kind}, expected a dict of tensors)")
@@ -124,10 +176,9 @@ def check_payload(payload: Any, source: str) -> dict[str, Any]:
     for key, value in payload.items():
         if not isinstance(key, str):
             raise CheckpointError(f"{source}: not a checkpoint (key {key!r} is not a string)")
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(
-                f"{source}: not a checkpoint (value of {key!r} is a {type(value).__name__}, expected a tensor)"
-            )
+        if not isinstance(value, tensor_type):
+            kind = getattr(value, "name", None) or type(value).__name__  # the scanner's stand-ins name their global
+            raise CheckpointError(f"{source}: not a checkpoint (value of {key!r} is a {kind}, expected a tensor)")
     return dict(payload)
 
 
@@ -146,9 +197,16 @@ def inspect_state_dict(sd: Mapping[str, Any], source: str = "checkpoint") -> RWK
     """Version, sizes and a full key/shape check of a raw state dict; returns its config.
 
     Raises :class:`CheckpointError` naming the missing and unexpected keys (an unknown key
-    layout) or the first tensor whose shape disagrees with the sizes read from the others.
+    layout), the first tensor whose shape disagrees with the sizes read from the others, or the
+    first tensor holding NaN or Inf.
     """
-    shapes = shapes_of(sd)
+    config = inspect_shapes(shapes_of(sd), source)
+    check_finite(sd, source)
+    return config
+
+
+def inspect_shapes(shapes: Mapping[str, tuple[int, ...]], source: str = "checkpoint") -> RWKVConfig:
+    """:func:`inspect_state_dict` on key → shape alone (so it runs before the data are loaded)."""
     version = detect_version(shapes, source)
     core_keys = ("emb.weight", "head.weight", "blocks.0.att.key.weight", "blocks.0.ffn.key.weight")
     core = [k for k in core_keys if k not in shapes]
@@ -188,6 +246,9 @@ def _check_time_state(shapes: Mapping[str, tuple[int, ...]], config: RWKVConfig,
 def load_state_dict(path: str | os.PathLike) -> tuple[dict[str, Any], RWKVConfig, str]:
     """Read and check ``path``: ``(state_dict, config, source_name)``."""
     p = resolve_path(path)
-    sd = read_state_dict(p)
+    declared = scan_state_dict(p)
+    if declared is not None:
+        inspect_shapes(declared, p.name)  # the key layout and sizes, before a byte of tensor data is read
+    sd = _load_scanned(p, declared)
     config = inspect_state_dict(sd, p.name)
     return sd, config, p.name

@@ -30,6 +30,11 @@ from rwkv_music.model.config import ModelVersion, RWKVConfig
 Shapes = Mapping[str, tuple[int, ...]]
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
+
+# Sanity limits on sizes read from a file, checked before anything of that size is built (the
+# largest released RWKV models have 61 layers, width 7168, vocabulary 65536; room is left above).
+LIMITS = {"n_layer": 512, "n_embd": 32768, "dim_att": 32768, "dim_ffn": 4 * 32768, "vocab_size": 1 << 20,
+          "head_size": 4096, "lora": 32768}
 _V7_MARKERS = ("att.r_k", "att.x_r", "att.w0", "att.k_k", "ffn.x_k")
 
 
@@ -83,8 +88,10 @@ def _need(shapes: Shapes, key: str, source: str, ndim: int | None = None) -> tup
     if key not in shapes:
         raise CheckpointError(f"{source}: missing key {key!r} (needed to size the model)")
     shape = shapes[key]
-    if ndim is not None and len(_squeeze(shape)) != ndim:
-        raise CheckpointError(f"{source}: tensor {key!r} has shape {shape}, expected a {ndim}-D tensor")
+    if ndim is not None and len(shape) != ndim:  # [1, 1, C] stores a vector; [1, N] is one head, kept 2-D
+        shape = _squeeze(shape)
+        if len(shape) != ndim:
+            raise CheckpointError(f"{source}: tensor {key!r} has shape {list(shapes[key])}, expected a {ndim}-D tensor")
     return shape
 
 
@@ -109,6 +116,10 @@ def config_from_state_dict(sd: Mapping[str, Any], version: Any = None, source: s
     if max(blocks, default=-1) < 0:
         raise CheckpointError(f"{source}: not an RWKV checkpoint (no 'blocks.N.*' keys)")
     n_layer = max(blocks) + 1
+    if n_layer > LIMITS["n_layer"]:  # before anything loops over the layers
+        last = max(blocks)
+        raise CheckpointError(f"{source}: key 'blocks.{last}.*' means {n_layer} layers, more than the "
+                              f"{LIMITS['n_layer']} this loader accepts")
     V, C = _need(shapes, "emb.weight", source, 2)
     A = _need(shapes, "blocks.0.att.key.weight", source, 2)[0]
     F = _need(shapes, "blocks.0.ffn.key.weight", source, 2)[0]
@@ -126,7 +137,7 @@ def config_from_state_dict(sd: Mapping[str, Any], version: Any = None, source: s
         lora["maa"] = _need(shapes, a + "time_maa_w1", source, 2)[1] // 5
         lora["decay"] = _need(shapes, a + "time_decay_w1", source, 2)[1]
     else:  # 7, 7a
-        H, N = _need(shapes, a + "r_k", source, 2)
+        H, N = _need(shapes, a + "r_k", source, 2)  # [1, N] for a single head
         for name in ("w", "a", "g"):
             lora[name] = _need(shapes, f"{a}{name}1", source, 2)[1]
         v1 = [k for k in ("blocks.1.att.v1", "blocks.0.att.v1") if k in shapes]
@@ -137,6 +148,12 @@ def config_from_state_dict(sd: Mapping[str, Any], version: Any = None, source: s
     if ver.family >= 5 and (H <= 0 or H * N != A):
         raise CheckpointError(f"{source}: {H} heads of size {N} do not make the attention width {A}")
     n_params = sum(math.prod(s) for s in shapes.values())
+    sizes = {"n_embd": C, "dim_att": A, "dim_ffn": F, "vocab_size": V, "head_size": N,
+             **{f"lora {k}": d for k, d in lora.items()}}
+    for name, value in sizes.items():
+        limit = LIMITS["lora" if name.startswith("lora") else name]
+        if value > limit:
+            raise CheckpointError(f"{source}: {name} {value} is above the limit of {limit} this loader accepts")
     try:
         return RWKVConfig(
             version=ver, n_layer=n_layer, n_embd=C, dim_att=A, dim_ffn=F, n_head=H, head_size=N,

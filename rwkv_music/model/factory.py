@@ -99,7 +99,9 @@ def random_checkpoint(
     return sd
 
 
-def _att_v4(version, r: _Rand, C, H, N, V, i, tf_key) -> dict[str, torch.Tensor]:
+def _att_v4(
+    version: ModelVersion, r: _Rand, C: int, H: int, N: int, V: int, i: int, tf_key: str | None
+) -> dict[str, torch.Tensor]:
     return {
         "time_decay": r.uniform(C, low=-1.5, high=1.0),
         "time_first": r.normal(C, std=0.5),
@@ -113,7 +115,9 @@ def _att_v4(version, r: _Rand, C, H, N, V, i, tf_key) -> dict[str, torch.Tensor]
     }
 
 
-def _att_v5(version, r: _Rand, C, H, N, V, i, tf_key) -> dict[str, torch.Tensor]:
+def _att_v5(
+    version: ModelVersion, r: _Rand, C: int, H: int, N: int, V: int, i: int, tf_key: str | None
+) -> dict[str, torch.Tensor]:
     out = {"time_mix_k": r.mix(C), "time_mix_v": r.mix(C), "time_mix_r": r.mix(C)}
     if version in ("5.1", "5.2"):
         out["time_mix_g"] = r.mix(C)
@@ -135,7 +139,9 @@ def _att_v5(version, r: _Rand, C, H, N, V, i, tf_key) -> dict[str, torch.Tensor]
     return out
 
 
-def _att_v6(version, r: _Rand, C, H, N, V, i, tf_key) -> dict[str, torch.Tensor]:
+def _att_v6(
+    version: ModelVersion, r: _Rand, C: int, H: int, N: int, V: int, i: int, tf_key: str | None
+) -> dict[str, torch.Tensor]:
     Dm, Dd = V6_MIX_LORA, V6_DECAY_LORA
     out = {f"time_maa_{n}": r.mix(C) for n in ("x", "w", "k", "v", "r", "g")}
     out["time_maa_w1"] = r.normal(C, 5 * Dm, std=0.1)
@@ -154,7 +160,9 @@ def _att_v6(version, r: _Rand, C, H, N, V, i, tf_key) -> dict[str, torch.Tensor]
     return out
 
 
-def _att_v7(version, r: _Rand, C, H, N, V, i, tf_key) -> dict[str, torch.Tensor]:
+def _att_v7(
+    version: ModelVersion, r: _Rand, C: int, H: int, N: int, V: int, i: int, tf_key: str | None
+) -> dict[str, torch.Tensor]:
     d = v7_lora_dims(C)
     out = {f"x_{n}": r.mix(C) for n in ("r", "w", "k", "v", "a", "g")}
     out["w0"] = r.uniform(1, 1, C, low=-2.0, high=1.0)
@@ -204,7 +212,9 @@ def _ffn(version: ModelVersion, r: _Rand, C: int, F: int, V: int) -> dict[str, t
 _ATT_BUILDERS = {4: _att_v4, 5: _att_v5, 6: _att_v6, 7: _att_v7}
 
 
-def save_random_checkpoint(path: str | os.PathLike, version: Any, dtype: torch.dtype = torch.float32, **kw: Any) -> Path:
+def save_random_checkpoint(
+    path: str | os.PathLike, version: Any, dtype: torch.dtype = torch.float32, **kw: Any
+) -> Path:
     """Write :func:`random_checkpoint` to ``path`` with ``torch.save`` (as the trainers do)."""
     path = Path(path)
     sd = {k: v.to(dtype) for k, v in random_checkpoint(version, **kw).items()}

@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 from rwkv_music.errors import StateError
+from rwkv_music.io_utils import atomic_write_bytes
 from rwkv_music.model.config import ModelVersion, RWKVConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,8 +71,12 @@ class State:
     def __init__(self, version: Any, tensors: dict[str, Any]) -> None:
         self.version = ModelVersion(version)
         self.tensors = dict(tensors)
+        self.origin: dict[str, Any] | None = None  # the saving model's config and file, for State.load'ed states
         if not self.tensors:
             raise StateError("State: no tensors given")
+        flat = [name for name, t in self.tensors.items() if len(getattr(t, "shape", ())) < 2]
+        if flat:
+            raise StateError(f"State: tensor {flat[0]!r} is not shaped [n_layer, batch, ...]")
         sizes = {name: t.shape[1] for name, t in self.tensors.items()}
         if len(set(sizes.values())) != 1:
             raise StateError(f"State: tensors disagree on the batch size: {sizes}")
@@ -183,7 +188,10 @@ class State:
         """All tensors as float32 numpy arrays (on the host)."""
         return State(
             self.version,
-            {k: (v.detach().float().cpu().numpy() if _is_torch(v) else np.asarray(v, dtype=np.float32)) for k, v in self.tensors.items()},
+            {
+                k: (v.detach().float().cpu().numpy() if _is_torch(v) else np.asarray(v, dtype=np.float32))
+                for k, v in self.tensors.items()
+            },
         )
 
     def torch(self, device: Any = "cpu", dtype: Any = None) -> "State":
@@ -220,6 +228,10 @@ class State:
                 raise StateError(f"state tensor {name!r} has shape {got}, this model needs {shape}")
         if batch_size is not None and self.batch_size != batch_size:
             raise StateError(f"state has batch size {self.batch_size}, the tokens have {batch_size} rows")
+        made = (self.origin or {}).get("config") or {}
+        if isinstance(made.get("vocab_size"), int) and made["vocab_size"] != config.vocab_size:
+            raise StateError(f"{self.origin.get('file', 'state')}: made with a model of vocabulary "
+                             f"{made['vocab_size']}, this model has {config.vocab_size}")
 
     # -- files ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, config: RWKVConfig | None = None) -> None:
@@ -229,32 +241,83 @@ class State:
         header = {"format": _FORMAT, "version": str(self.version), "config": config.to_dict() if config else None}
         buf = io.BytesIO()
         np.savez(buf, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **host.tensors)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(buf.getvalue())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, buf.getvalue(), force=True)  # an ordinary file mode, not mkstemp's 0600
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "State":
-        """Read a state written by :meth:`save` (numpy arrays; backends convert as needed)."""
+        """Read a state written by :meth:`save` (numpy arrays; backends convert as needed).
+
+        Member sizes are checked from the zip and npy headers before any array is read, then every
+        value is checked to be finite; any problem is one :class:`StateError` naming the file.
+        """
         path = Path(path)
         if not path.is_file():
             raise StateError(f"{path}: no such state file")
         try:
+            _check_npz_sizes(path)
             with np.load(path, allow_pickle=False) as data:
+                if "__header__" not in data.files:
+                    raise StateError(f"{path}: not a saved rwkv_music state (no header)")
                 header = json.loads(bytes(data["__header__"]).decode())
                 tensors = {k: np.array(data[k]) for k in data.files if k != "__header__"}
         except StateError:
             raise
         except Exception as exc:  # zip/npz/json damage: one line, no traceback
             raise StateError(f"{path}: not a saved rwkv_music state ({type(exc).__name__}: {exc})") from None
-        if header.get("format") != _FORMAT:
-            raise StateError(f"{path}: not a saved rwkv_music state (format {header.get('format')!r})")
+        if not isinstance(header, dict) or header.get("format") != _FORMAT:
+            got = header.get("format") if isinstance(header, dict) else type(header).__name__
+            raise StateError(f"{path}: not a saved rwkv_music state (format {got!r})")
+        for name, t in tensors.items():
+            if not np.issubdtype(t.dtype, np.floating):
+                raise StateError(f"{path}: state tensor {name!r} has dtype {t.dtype}, expected float32")
+            if not np.isfinite(t).all():
+                raise StateError(f"{path}: state tensor {name!r} holds NaN or Inf values")
         try:
-            return cls(header["version"], tensors)
-        except (ValueError, KeyError) as exc:
+            state = cls(header["version"], tensors)
+        except (ValueError, KeyError, TypeError) as exc:
             raise StateError(f"{path}: damaged state header ({exc})") from None
+        except StateError as exc:
+            raise StateError(f"{path}: {exc}") from None
+        config = header.get("config")
+        state.origin = {"file": path.name, "config": config if isinstance(config, dict) else None}
+        return state
+
+
+MAX_STATE_BYTES = 4 << 30  # a 61-layer, width-7168 model has 112 MB of state per row
+MAX_COMPRESSED_STATE_BYTES = 64 << 20  # save() never compresses; a deflated member may inflate this far
+
+
+def _check_npz_sizes(path: Path) -> None:
+    """Every member's declared size fits the file (or a small cap when compressed), and each npy
+    header's shape and dtype make exactly the member's size: checked before an array is read."""
+    import zipfile
+
+    size = path.stat().st_size
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise StateError(f"{path}: not a saved rwkv_music state (not an .npz zip archive)") from None
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > 64:
+            raise StateError(f"{path}: not a saved rwkv_music state ({len(infos)} members)")
+        total = 0
+        for info in infos:
+            total += info.file_size
+            stored = info.compress_type == zipfile.ZIP_STORED
+            if (stored and info.file_size > size) or (not stored and total > MAX_COMPRESSED_STATE_BYTES) \
+                    or total > MAX_STATE_BYTES:
+                raise StateError(f"{path}: member {info.filename!r} declares {info.file_size} bytes, more than "
+                                 f"a state file of {size} bytes may hold")
+            with zf.open(info) as fh:
+                try:
+                    fmt = np.lib.format
+                    version = fmt.read_magic(fh)
+                    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                    shape, _, dtype = read(fh)
+                except ValueError as exc:
+                    raise StateError(f"{path}: member {info.filename!r} is not an npy array ({exc})") from None
+                header_len = fh.tell()
+            if dtype.hasobject or math.prod(shape) * dtype.itemsize != info.file_size - header_len:
+                raise StateError(f"{path}: member {info.filename!r} declares shape {list(shape)} of {dtype}, "
+                                 f"which its {info.file_size} bytes do not hold")

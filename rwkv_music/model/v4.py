@@ -7,7 +7,10 @@ stacked as one ``[3, C, A]`` tensor so one ``bmm`` computes k, v and r for the w
 The WKV recurrence keeps a running maximum ``pp`` so its exponentials never overflow
 (``aa·e^pp`` and ``bb·e^pp`` are the numerator and denominator sums).  It is evaluated in fp32
 whatever the run dtype, as the rwkv package does.  Prefill does every matmul for all T tokens
-at once and scans only this cheap elementwise recurrence over time.
+at once, then the WKV: chunk-parallel (:mod:`rwkv_music.model.wkv_chunked_v4`) on CUDA, one C loop
+over time (``native/wkv4.c``) on a CPU, or the torch scan :func:`_wkv_scan` on a CPU without the C
+kernels (see ``CHUNKED_ON_CPU``); ``PREFILL_CHUNK = 0`` selects that scan everywhere (the benchmark's
+"before").
 
 The channel mix here (:func:`channel_mix`) is shared with v5 (docs/formats.md A7: "v4/v5 channel mix").
 """
@@ -25,8 +28,15 @@ from rwkv_music.model import native
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.ops import fold_ln0, layer_norm, token_shift, write_state
 from rwkv_music.model.state import State
+from rwkv_music.model.wkv_chunked_v4 import CHUNK_LEN, wkv4_chunked
 
 VERSIONS = ("4",)
+PREFILL_CHUNK = CHUNK_LEN  # prefill WKV chunk length; 0: the sequential torch scan everywhere
+# On a CPU the chunked form's [L, L] grid costs more arithmetic than the scan's per-step op overhead
+# (measured on 2 busy cores, B=1, A=768, T=512: 40 vs 15 ms a layer), so a CPU takes the C loop, or the scan
+# without the C kernels; True runs the chunked form on a CPU too (tests).
+CHUNKED_ON_CPU = False
+NATIVE_PARALLEL_MIN = 1 << 19  # B·T·A below which the C prefill loop runs on one thread (≈ 5 ms of work)
 
 
 @dataclass
@@ -187,6 +197,24 @@ def _fused_decode(r: Tensor, k: Tensor, v: Tensor, aa: Tensor, bb: Tensor, pp: T
     return out, aa2, bb2, pp2
 
 
+def _native_prefill(k: Tensor, v: Tensor, aa: Tensor, bb: Tensor, pp: Tensor,
+                    ly: V4Layer) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Prefill WKV by ``native/wkv4.c``: k, v [B, T, A] f32 → (wkv [B, T, A], aa', bb', pp' [B, A]).
+
+    On a CPU the chunked form's [L, L] grid costs more arithmetic than the scan saves in op
+    overhead; a C loop over time has neither cost.
+    """
+    B, T, A = k.shape
+    out = torch.empty_like(k)
+    aa2, bb2, pp2 = torch.empty((3, B, A)).unbind(0)
+    held = [t.contiguous() for t in (aa, bb, pp, ly.decay, ly.first)]  # alive during the call
+    # threads only for work worth waking them (on a busy machine a wake-up costs milliseconds)
+    threads = torch.get_num_threads() if B * T * A >= NATIVE_PARALLEL_MIN else 1
+    native.kernel("rwkv4_wkv_prefill")(B, T, A, k.data_ptr(), v.data_ptr(), *(t.data_ptr() for t in held),
+                                       out.data_ptr(), aa2.data_ptr(), bb2.data_ptr(), pp2.data_ptr(), threads)
+    return out, aa2, bb2, pp2
+
+
 def _wkv_scan(k: Tensor, v: Tensor, aa: Tensor, bb: Tensor, pp: Tensor, decay: Tensor,
               first: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Prefill: the steps of :func:`_wkv_step` over time.  k, v [B, T, A] f32; aa/bb/pp [B, A].
@@ -228,7 +256,13 @@ def time_mix(xx: Tensor, sx: Tensor, aa: Tensor, bb: Tensor, pp: Tensor,
         wkv, aa, bb, pp = _wkv_step(k, v, aa, bb, pp, ly.decay, ly.first)
     else:  # prefill: matmuls above covered all T; only the elementwise recurrence scans time
         B, T, _ = xx.shape
-        wkv, aa, bb, pp = _wkv_scan(k.view(B, T, -1), v.view(B, T, -1), aa, bb, pp, ly.decay, ly.first)
+        k, v = k.view(B, T, -1), v.view(B, T, -1)
+        if PREFILL_CHUNK > 0 and native.fused_decode_ok(k, v, aa, bb, pp):  # fp32 CPU: one C scan
+            wkv, aa, bb, pp = _native_prefill(k, v, aa, bb, pp, ly)
+        elif PREFILL_CHUNK > 0 and (CHUNKED_ON_CPU or k.device.type != "cpu"):
+            wkv, aa, bb, pp = wkv4_chunked(k, v, aa, bb, pp, ly.decay, ly.first, PREFILL_CHUNK)
+        else:
+            wkv, aa, bb, pp = _wkv_scan(k, v, aa, bb, pp, ly.decay, ly.first)
         wkv = wkv.reshape(B * T, -1)
     out = (r * wkv.to(r.dtype)) @ ly.att_out  # [B(·T), C]
     return out.view(xx.shape), aa, bb, pp

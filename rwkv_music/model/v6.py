@@ -51,6 +51,7 @@ from rwkv_music.model.state import State
 VERSIONS: tuple[str, ...] = ("6",)
 MAX_POSITIONS = 4096  # B·T positions per pass (≈ 0.4 GB of fp32 activations at C = 768)
 CHUNK_LEN = 16  # sequence-mode WKV chunk (the [L, L, N] grid grows with L²)
+MIN_LOG_DECAY = -60.0  # chunked WKV: per-token log w clamp (e^-60 ≈ 1e-26; see _wkv_chunked)
 GRID_ELEMENTS = 1 << 22  # cap on one intra-chunk grid batch (16 MiB of fp32)
 _STORED_MIX = ("w", "k", "v", "r", "g")  # row order of time_maa_w2 / column blocks of time_maa_w1 (A3)
 _MIX = ("r", "k", "v", "g", "w")  # our order: [:4] feed the [4, C, A] matmul, [4] the decay LoRA
@@ -261,10 +262,13 @@ def _wkv_chunked(
     """Many tokens at once (module docstring): inputs [B,T,H,N] fp32; returns y [B,T,H,N]."""
     B, T, H, N = r.shape
     L = min(chunk, T)
+    # log w below -60 is w = 0 in every visible digit; the clamp keeps the chunk's cumulative sums
+    # small, so their differences (the exponents used) keep fp32 precision (|c| <= 60·L).
+    log_w = log_w.clamp(min=MIN_LOG_DECAY)
     log_w, r, k, v = (to_chunks(t, L) for t in (log_w, r, k, v))  # [B,H,n_chunks,L,N]
     n_chunks = r.shape[2]
     cum = log_w.cumsum(-2)  # c_t
-    excl = cum - log_w  # c_{t-1}
+    excl = F.pad(cum[..., :-1, :], (0, 0, 1, 0))  # c_{t-1}: the same fp32 numbers as cum, so c_{t-1} - c_{t-1} = 0
     last = cum[..., -1:, :]
     upd = (k * (last - cum).exp()).transpose(-1, -2) @ v  # [B,H,n_chunks,N(key),N(value)]
     decay = last.transpose(-1, -2).exp()  # [B,H,n_chunks,N,1]

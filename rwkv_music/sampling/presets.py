@@ -64,6 +64,32 @@ PRESETS: Mapping[str, Callable[[], SamplingConfig]] = MappingProxyType({
 })
 
 
+# The model vocabulary each preset is written for: its stop ids, penalty ranges and biases are ids of
+# that vocabulary (id 3 ends an ABC tune but is the wait t1 in MIDI), so it is wrong for the other.
+PRESET_MODES: Mapping[str, str] = MappingProxyType({
+    "chatrwkv-midi": "midi",
+    "chatrwkv-abc": "abc",
+    "default-midi": "midi",
+    "default-abc": "abc",
+})
+
+
+def check_preset_mode(name: str, mode: str) -> None:
+    """A one-line :class:`SamplingValueError` when preset ``name`` is written for another mode than ``mode``.
+
+    >>> check_preset_mode("chatrwkv-abc", "midi")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rwkv_music.sampling.base.SamplingValueError: preset 'chatrwkv-abc' is for ABC models, not MIDI; use default-midi ...
+    """
+    own = PRESET_MODES.get(name)
+    if own is not None and own != mode:
+        fits = sorted((n for n, m in PRESET_MODES.items() if m == mode), key=lambda n: not n.startswith("default"))
+        raise SamplingValueError(
+            f"preset {name!r} is for {own.upper()} models, not {mode.upper()}; use {' or '.join(fits)}"
+        )
+
+
 def preset_names() -> list[str]:
     """Names accepted by :func:`get_preset`."""
     return list(PRESETS)
@@ -82,4 +108,4 @@ def get_preset(name: str, **overrides: Any) -> SamplingConfig:
     return config.replace(**overrides) if overrides else config
 
 
-__all__ = ["PRESETS", "SamplingConfig", "get_preset", "preset_names"]
+__all__ = ["PRESETS", "PRESET_MODES", "SamplingConfig", "check_preset_mode", "get_preset", "preset_names"]

@@ -15,6 +15,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -262,13 +263,17 @@ class TokenStream:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def random_batch(self, rng: np.random.Generator, batch_size: int, ctx: int):
+    def random_batch(
+        self, rng: np.random.Generator, batch_size: int, ctx: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Random windows: (inputs [B,ctx], targets [B,ctx], target mask [B,ctx]) numpy arrays."""
         ctx = min(ctx, len(self.ids) - 1)
         starts = rng.integers(0, len(self.ids) - ctx, size=batch_size)
         return self._gather(starts, ctx)
 
-    def eval_batches(self, batch_size: int, ctx: int, max_tokens: int | None = None):
+    def eval_batches(
+        self, batch_size: int, ctx: int, max_tokens: int | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Contiguous windows covering the stream once (each target scored once)."""
         ctx = min(ctx, len(self.ids) - 1)
         limit = len(self.ids) - 1 if max_tokens is None else min(len(self.ids) - 1, max_tokens)

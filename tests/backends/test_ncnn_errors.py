@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from rwkv_music.errors import BackendUnavailable, CheckpointError, OutputExistsE
 
 
 @pytest.fixture()
-def export_copy(checkpoint_path, tmp_path_factory, tmp_path):
+def export_copy(checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
     """A private copy of a v5.2 fp32 export (prefix path) that a test may damage."""
     param = export_cached(tmp_path_factory, checkpoint_path("5.2"))
     for suffix in (".param", ".bin", ".json"):
@@ -29,7 +31,7 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
 
 
 @pytest.mark.parametrize("suffix", [".param", ".bin", ".json"])
-def test_missing_file_raises_checkpoint_error_naming_it(export_copy, suffix):
+def test_missing_file_raises_checkpoint_error_naming_it(export_copy: Path, suffix: str) -> None:
     from rwkv_music.backends.ncnn import load
 
     export_copy.with_suffix(suffix).unlink()
@@ -38,7 +40,9 @@ def test_missing_file_raises_checkpoint_error_naming_it(export_copy, suffix):
     assert f"m{suffix}" in _one_line(exc)
 
 
-def test_sidecar_of_another_export_is_rejected(export_copy, checkpoint_path, tmp_path_factory):
+def test_sidecar_of_another_export_is_rejected(
+    export_copy: Path, checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     from rwkv_music.backends.ncnn import load
 
     other = export_cached(tmp_path_factory, checkpoint_path("7"))
@@ -48,7 +52,7 @@ def test_sidecar_of_another_export_is_rejected(export_copy, checkpoint_path, tmp
     assert "sidecar does not match" in _one_line(exc)
 
 
-def test_truncated_bin_is_rejected(export_copy):
+def test_truncated_bin_is_rejected(export_copy: Path) -> None:
     from rwkv_music.backends.ncnn import load
 
     data = export_copy.with_suffix(".bin").read_bytes()
@@ -59,7 +63,7 @@ def test_truncated_bin_is_rejected(export_copy):
 
 
 @pytest.mark.parametrize("damage", ["not json", "format", "config"])
-def test_damaged_sidecar_is_rejected(export_copy, damage):
+def test_damaged_sidecar_is_rejected(export_copy: Path, damage: str) -> None:
     from rwkv_music.backends.ncnn import load
 
     side = export_copy.with_suffix(".json")
@@ -77,7 +81,9 @@ def test_damaged_sidecar_is_rejected(export_copy, damage):
     assert "m.json" in _one_line(exc)
 
 
-def test_state_of_the_wrong_shape_raises_state_error(checkpoint_path, tmp_path_factory):
+def test_state_of_the_wrong_shape_raises_state_error(
+    checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     from rwkv_music.backends.ncnn import load
     from rwkv_music.model.state import State
 
@@ -94,7 +100,9 @@ def test_state_of_the_wrong_shape_raises_state_error(checkpoint_path, tmp_path_f
         model.forward([[1]], {"att_x": 0})
 
 
-def test_v7_state_is_refused_by_a_v5_model(checkpoint_path, tmp_path_factory):
+def test_v7_state_is_refused_by_a_v5_model(
+    checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     from rwkv_music.backends.ncnn import load
 
     v5 = load(export_cached(tmp_path_factory, checkpoint_path("5.2")))
@@ -103,7 +111,9 @@ def test_v7_state_is_refused_by_a_v5_model(checkpoint_path, tmp_path_factory):
         v5.forward([[1]], v7.new_state(1))
 
 
-def test_out_of_vocabulary_token_is_rejected(checkpoint_path, tmp_path_factory):
+def test_out_of_vocabulary_token_is_rejected(
+    checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     from rwkv_music.backends.ncnn import load
 
     model = load(export_cached(tmp_path_factory, checkpoint_path("4")))
@@ -112,7 +122,7 @@ def test_out_of_vocabulary_token_is_rejected(checkpoint_path, tmp_path_factory):
     assert "128" in _one_line(exc)
 
 
-def test_missing_ncnn_package_raises_backend_unavailable(export_copy, monkeypatch):
+def test_missing_ncnn_package_raises_backend_unavailable(export_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import rwkv_music
 
     monkeypatch.setitem(sys.modules, "ncnn", None)  # makes `import ncnn` fail
@@ -121,7 +131,7 @@ def test_missing_ncnn_package_raises_backend_unavailable(export_copy, monkeypatc
     assert "ncnn" in _one_line(exc)
 
 
-def test_unknown_device_and_dtype_raise_backend_unavailable(export_copy):
+def test_unknown_device_and_dtype_raise_backend_unavailable(export_copy: Path) -> None:
     from rwkv_music.backends.ncnn import load
 
     with pytest.raises(BackendUnavailable):
@@ -130,7 +140,7 @@ def test_unknown_device_and_dtype_raise_backend_unavailable(export_copy):
         load(export_copy, dtype="bf16")
 
 
-def test_vulkan_without_a_gpu_falls_back_to_the_cpu(export_copy, monkeypatch):
+def test_vulkan_without_a_gpu_falls_back_to_the_cpu(export_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ncnn
 
     from rwkv_music.backends.ncnn import load
@@ -141,7 +151,7 @@ def test_vulkan_without_a_gpu_falls_back_to_the_cpu(export_copy, monkeypatch):
     assert model.forward([[1, 2]])[0].shape == (1, 128)
 
 
-def test_export_refuses_to_overwrite_without_force(export_copy, checkpoint_path):
+def test_export_refuses_to_overwrite_without_force(export_copy: Path, checkpoint_path: Callable[..., Path]) -> None:
     from rwkv_music.backends.ncnn_export import export
 
     with pytest.raises(OutputExistsError):
@@ -153,7 +163,7 @@ def test_export_refuses_to_overwrite_without_force(export_copy, checkpoint_path)
     assert export_copy.with_suffix(".json").is_file()
 
 
-def test_export_rejects_unknown_keys_and_dtypes(checkpoint_path, tmp_path):
+def test_export_rejects_unknown_keys_and_dtypes(checkpoint_path: Callable[..., Path], tmp_path: Path) -> None:
     import torch
 
     from rwkv_music.backends.ncnn_export import export

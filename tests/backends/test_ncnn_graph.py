@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from rwkv_music.backends import ncnn_quant  # noqa: E402
 from rwkv_music.backends.ncnn_graph import ADD, EXP, MUL, R_SUM, NcnnGraph  # noqa: E402
 
 
-def _run(g: NcnnGraph, tmp_path, feeds: dict[str, np.ndarray], out: str) -> np.ndarray:
+def _run(g: NcnnGraph, tmp_path: Path, feeds: dict[str, np.ndarray], out: str) -> np.ndarray:
     (tmp_path / "g.param").write_text(g.param_text())
     (tmp_path / "g.bin").write_bytes(b"".join(g.weight_chunks()))
     net = ncnn.Net()
@@ -27,7 +29,7 @@ def _run(g: NcnnGraph, tmp_path, feeds: dict[str, np.ndarray], out: str) -> np.n
     return np.array(mat)
 
 
-def test_shared_blobs_get_a_split_and_the_graph_computes_what_numpy_does(tmp_path):
+def test_shared_blobs_get_a_split_and_the_graph_computes_what_numpy_does(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     W, b = rng.standard_normal((5, 8)).astype(np.float32), rng.standard_normal(5).astype(np.float32)
     scale = rng.standard_normal((1, 5)).astype(np.float32)
@@ -49,7 +51,7 @@ def test_shared_blobs_get_a_split_and_the_graph_computes_what_numpy_does(tmp_pat
 
 
 @pytest.mark.parametrize("storage,tol", [("fp16", 2e-3), ("int8", 6e-2)])
-def test_weight_storage_tags_load_as_the_stored_values(storage, tol, tmp_path):
+def test_weight_storage_tags_load_as_the_stored_values(storage: str, tol: float, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     W = rng.standard_normal((64, 32)).astype(np.float32)
     g = NcnnGraph(storage)
@@ -59,7 +61,7 @@ def test_weight_storage_tags_load_as_the_stored_values(storage, tol, tmp_path):
     assert np.abs(got - xs @ W.T).max() <= tol * np.abs(xs @ W.T).max()
 
 
-def test_codebook_assignment_is_the_nearest_level():
+def test_codebook_assignment_is_the_nearest_level() -> None:
     rng = np.random.default_rng(2)
     for values in (rng.standard_normal(20000), rng.standard_t(2, 20000), rng.uniform(-1, 3, 5000)):
         values = values.astype(np.float32)
@@ -68,7 +70,7 @@ def test_codebook_assignment_is_the_nearest_level():
         assert np.allclose(np.abs(values - table[index]), brute, atol=1e-7)
 
 
-def test_row_scaled_codebook_is_as_accurate_as_per_row_int8():
+def test_row_scaled_codebook_is_as_accurate_as_per_row_int8() -> None:
     rng = np.random.default_rng(3)
     w = (rng.standard_normal((256, 512)) * np.exp(rng.standard_normal((256, 1)))).astype(np.float32)
     scale = ncnn_quant.row_scales(w)

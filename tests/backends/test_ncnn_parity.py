@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
 import numpy as np
 import pytest
 from ncnn_support import (
@@ -18,9 +21,14 @@ from ncnn_support import (
     tokens,
 )
 
+if TYPE_CHECKING:
+    from rwkv_music.model.state import State
+
 
 @pytest.fixture(scope="module")
-def torch_reference(checkpoint_path, require_version):
+def torch_reference(
+    checkpoint_path: Callable[..., Path], require_version: Callable[[str], None]
+) -> Callable[[str, int], tuple[np.ndarray, np.ndarray, State]]:
     """Torch-backend logits and final states per (version, batch), computed once."""
     import rwkv_music
 
@@ -39,8 +47,13 @@ def torch_reference(checkpoint_path, require_version):
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("version", ALL_VERSIONS)
-def test_ncnn_fp32_matches_torch_backend_prompt_then_decode(version, batch, checkpoint_path, torch_reference,
-                                                            tmp_path_factory):
+def test_ncnn_fp32_matches_torch_backend_prompt_then_decode(
+    version: str,
+    batch: int,
+    checkpoint_path: Callable[..., Path],
+    torch_reference: Callable[[str, int], tuple[np.ndarray, np.ndarray, State]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     import rwkv_music
 
     toks, ref_logits, ref_state = torch_reference(version, batch)
@@ -55,8 +68,14 @@ def test_ncnn_fp32_matches_torch_backend_prompt_then_decode(version, batch, chec
 
 @pytest.mark.parametrize("version", ["4", "5.2", "6", "7"])
 @pytest.mark.parametrize("export_dtype,fp16", [("fp32", True), ("fp16", False), ("fp16", True)])
-def test_ncnn_fp16_stays_within_tolerance(version, export_dtype, fp16, checkpoint_path, torch_reference,
-                                          tmp_path_factory):
+def test_ncnn_fp16_stays_within_tolerance(
+    version: str,
+    export_dtype: str,
+    fp16: bool,
+    checkpoint_path: Callable[..., Path],
+    torch_reference: Callable[[str, int], tuple[np.ndarray, np.ndarray, State]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     from rwkv_music.backends.ncnn import load
 
     toks, ref_logits, _ = torch_reference(version, 3)
@@ -68,7 +87,12 @@ def test_ncnn_fp16_stays_within_tolerance(version, export_dtype, fp16, checkpoin
 
 
 @pytest.mark.parametrize("version", ["4", "5.1", "6", "7a"])
-def test_ncnn_int8_codebook_stays_near_fp32(version, checkpoint_path, torch_reference, tmp_path_factory):
+def test_ncnn_int8_codebook_stays_near_fp32(
+    version: str,
+    checkpoint_path: Callable[..., Path],
+    torch_reference: Callable[[str, int], tuple[np.ndarray, np.ndarray, State]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     from rwkv_music.backends.ncnn import load
 
     toks, ref_logits, _ = torch_reference(version, 3)
@@ -79,7 +103,9 @@ def test_ncnn_int8_codebook_stays_near_fp32(version, checkpoint_path, torch_refe
     assert model.quantization and "codebook" in model.quantization
 
 
-def test_ncnn_int8_and_fp16_files_are_smaller(checkpoint_path, tmp_path_factory):
+def test_ncnn_int8_and_fp16_files_are_smaller(
+    checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     ckpt = checkpoint_path("5.2", n_embd=256, head_size=64, seed=3)
     sizes = {dt: export_cached(tmp_path_factory, ckpt, dt).with_suffix(".bin").stat().st_size
              for dt in ("fp32", "fp16", "int8")}
@@ -87,7 +113,9 @@ def test_ncnn_int8_and_fp16_files_are_smaller(checkpoint_path, tmp_path_factory)
     assert sizes["int8"] < 0.32 * sizes["fp32"]
 
 
-def test_ncnn_rows_of_a_batch_are_independent(checkpoint_path, tmp_path_factory):
+def test_ncnn_rows_of_a_batch_are_independent(
+    checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     from rwkv_music.backends.ncnn import load
 
     model = load(export_cached(tmp_path_factory, checkpoint_path("7")), threads=1)  # the onnx backend's name
@@ -100,7 +128,9 @@ def test_ncnn_rows_of_a_batch_are_independent(checkpoint_path, tmp_path_factory)
         assert max_state_diff(state, batch_state[row]) <= 1e-5
 
 
-def test_ncnn_forward_leaves_the_input_state_unchanged(checkpoint_path, tmp_path_factory):
+def test_ncnn_forward_leaves_the_input_state_unchanged(
+    checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     from rwkv_music.backends.ncnn import load
 
     model = load(export_cached(tmp_path_factory, checkpoint_path("4")), num_threads=1)
@@ -113,7 +143,12 @@ def test_ncnn_forward_leaves_the_input_state_unchanged(checkpoint_path, tmp_path
 
 
 @pytest.mark.parametrize("version", ["5.2", "7"])
-def test_ncnn_continues_a_torch_state_like_torch(version, checkpoint_path, require_version, tmp_path_factory):
+def test_ncnn_continues_a_torch_state_like_torch(
+    version: str,
+    checkpoint_path: Callable[..., Path],
+    require_version: Callable[[str], None],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     require_version(version)
     import rwkv_music
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -22,7 +23,9 @@ def _run_python(code: str, timeout: int = 120) -> subprocess.CompletedProcess:
                           cwd=ROOT)
 
 
-def test_packed_output_equals_every_named_blob(checkpoint_path, tmp_path_factory):
+def test_packed_output_equals_every_named_blob(
+    checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """``out_all`` holds the logits and each ``out_<name>_<i>``; named blobs can also be read one by one
     (several extracts from one extractor need light mode off)."""
     import ncnn
@@ -48,7 +51,9 @@ def test_packed_output_equals_every_named_blob(checkpoint_path, tmp_path_factory
             assert ret == 0 and np.abs(np.array(mat) - new.tensors[name][i]).max() == 0.0, (name, i)
 
 
-def test_sidecar_describes_blobs_tokenizer_and_layers(checkpoint_path, tmp_path_factory):
+def test_sidecar_describes_blobs_tokenizer_and_layers(
+    checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     param = export_cached(tmp_path_factory, checkpoint_path("7"))
     side = json.loads(param.with_suffix(".json").read_text())
     assert side["version"] == "7" and side["tokenizer"] == "abc" and side["config"]["n_layer"] == 2
@@ -60,7 +65,9 @@ def test_sidecar_describes_blobs_tokenizer_and_layers(checkpoint_path, tmp_path_
     assert {"Embed", "InnerProduct", "LayerNorm", "MatMul", "Split"} <= set(side["layers"])
 
 
-def test_ncnn_backend_runs_without_importing_torch(checkpoint_path, tmp_path_factory):
+def test_ncnn_backend_runs_without_importing_torch(
+    checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     param = export_cached(tmp_path_factory, checkpoint_path("6"))
     code = f"""
 import sys, numpy as np, rwkv_music
@@ -77,7 +84,11 @@ print("ok")
     assert proc.stdout.strip() == "ok"
 
 
-def test_generate_gives_the_same_tokens_as_torch(checkpoint_path, require_version, tmp_path_factory):
+def test_generate_gives_the_same_tokens_as_torch(
+    checkpoint_path: Callable[..., Path],
+    require_version: Callable[[str], None],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     require_version("7")
     import rwkv_music
     from rwkv_music.sampling import SamplingConfig, generate
@@ -94,7 +105,7 @@ def test_generate_gives_the_same_tokens_as_torch(checkpoint_path, require_versio
     assert max_state_diff(results[0].state, results[1].state) <= FP32_TOL
 
 
-def test_state_tuned_v6_export_starts_from_time_state(checkpoint_path, tmp_path):
+def test_state_tuned_v6_export_starts_from_time_state(checkpoint_path: Callable[..., Path], tmp_path: Path) -> None:
     import torch
 
     import rwkv_music
@@ -115,7 +126,7 @@ def test_state_tuned_v6_export_starts_from_time_state(checkpoint_path, tmp_path)
     assert np.abs(got - want.numpy()).max() <= FP32_TOL
 
 
-def test_cli_export_ncnn_writes_the_three_files(checkpoint_path, tmp_path):
+def test_cli_export_ncnn_writes_the_three_files(checkpoint_path: Callable[..., Path], tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from rwkv_music.cli.export import export_ncnn
@@ -125,10 +136,12 @@ def test_cli_export_ncnn_writes_the_three_files(checkpoint_path, tmp_path):
     assert result.exit_code == 0, result.output
     assert all((tmp_path / f"m{s}").is_file() for s in (".param", ".bin", ".json"))
     again = runner.invoke(export_ncnn, [str(checkpoint_path("5.1")), str(tmp_path / "m")])
-    assert again.exit_code == 1 and "exists" in again.output
+    assert again.exit_code == 2 and "exists" in again.output
 
 
-def test_cli_commands_run_on_ncnn_without_torch(checkpoint_path, tmp_path_factory, tmp_path):
+def test_cli_commands_run_on_ncnn_without_torch(
+    checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
     """``info`` and ``generate-midi --backend ncnn`` in a fresh interpreter; torch never imported."""
     ckpt = checkpoint_path("7", vocab_size=20096, n_embd=64)
     param = export_cached(tmp_path_factory, ckpt)

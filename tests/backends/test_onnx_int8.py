@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ INT8_TOL = 0.5
 INT8_TOP1 = 0.9
 
 
-def test_block_int8_round_trip_error_is_at_most_half_a_step():
+def test_block_int8_round_trip_error_is_at_most_half_a_step() -> None:
     from rwkv_music.backends.onnx_int8 import dequantize_block_int8, quantize_block_int8
 
     w = np.random.default_rng(0).normal(size=(100, 48)).astype(np.float32)  # K not a multiple of 32
@@ -27,7 +28,9 @@ def test_block_int8_round_trip_error_is_at_most_half_a_step():
 
 
 @pytest.mark.parametrize("version", ["4", "5.2", "6", "7"])
-def test_int8_graph_logits_stay_near_fp32(version, checkpoint_path, tmp_path_factory):
+def test_int8_graph_logits_stay_near_fp32(
+    version: str, checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     import onnx
 
     from rwkv_music.backends.onnx import load
@@ -36,7 +39,9 @@ def test_int8_graph_logits_stay_near_fp32(version, checkpoint_path, tmp_path_fac
     f32_path = export_cached(tmp_path_factory, ckpt)
     q_path = export_cached(tmp_path_factory, ckpt, int8=True)
     graph = onnx.load(str(q_path)).graph
-    assert sum(n.op_type == "MatMulNBits" for n in graph.node) == 1 + 2 * (8 if version in ("5.2", "6") else 7 if version == "4" else 6) + 1
+    assert sum(n.op_type == "MatMulNBits" for n in graph.node) == (
+        1 + 2 * (8 if version in ("5.2", "6") else 7 if version == "4" else 6) + 1
+    )
     assert q_path.stat().st_size < 0.6 * f32_path.stat().st_size
     side = json.loads(Path(str(q_path) + ".json").read_text())
     assert side["quantization"].startswith("int8")

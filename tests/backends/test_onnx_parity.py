@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
 import numpy as np
 import pytest
 from onnx_support import ALL_VERSIONS, FP16_TOL, FP32_TOL, as_numpy, export_cached, max_state_diff, tokens
 
+if TYPE_CHECKING:
+    from conftest import PipOracle
+
+    from rwkv_music.backends.base import Backend
+    from rwkv_music.model.state import State
+
 PROMPT_LEN, DECODE_STEPS = 8, 16
 
 
-def _prompt_then_decode(model, toks: np.ndarray, state=None):
+def _prompt_then_decode(model: Backend, toks: np.ndarray, state: State | None = None):
     """Any backend: prompt toks[:, :PROMPT_LEN] in one call, then one token per call; logits per call."""
     logits, state = model.forward(toks[:, :PROMPT_LEN], state)
     out = [as_numpy(logits)]
@@ -20,7 +29,9 @@ def _prompt_then_decode(model, toks: np.ndarray, state=None):
 
 
 @pytest.fixture(scope="module")
-def pip_reference(checkpoint_path, pip_oracle):
+def pip_reference(
+    checkpoint_path: Callable[..., Path], pip_oracle: PipOracle
+) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
     """The rwkv package's logits and states for every version (one subprocess per family)."""
     toks = tokens(1, PROMPT_LEN + DECODE_STEPS, seed=1)
     prompt, steps = tuple(toks[0, :PROMPT_LEN].tolist()), tuple(toks[0, PROMPT_LEN:].tolist())
@@ -29,7 +40,12 @@ def pip_reference(checkpoint_path, pip_oracle):
 
 
 @pytest.mark.parametrize("version", ALL_VERSIONS)
-def test_onnx_fp32_matches_rwkv_package(version, checkpoint_path, pip_reference, tmp_path_factory):
+def test_onnx_fp32_matches_rwkv_package(
+    version: str,
+    checkpoint_path: Callable[..., Path],
+    pip_reference: tuple[np.ndarray, dict[str, dict[str, np.ndarray]]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     from rwkv_music.backends.onnx import load
 
     toks, refs = pip_reference
@@ -43,12 +59,19 @@ def test_onnx_fp32_matches_rwkv_package(version, checkpoint_path, pip_reference,
         step_logits.append(logits[0])
     assert np.abs(np.stack(step_logits) - ref["step_logits"]).max() <= FP32_TOL
     for name, arr in state.tensors.items():
-        assert np.abs(arr[:, 0] - ref["state_" + name]).max() <= FP32_TOL * max(1.0, np.abs(ref["state_" + name]).max()), name
+        scale = max(1.0, np.abs(ref["state_" + name]).max())
+        assert np.abs(arr[:, 0] - ref["state_" + name]).max() <= FP32_TOL * scale, name
 
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("version", ALL_VERSIONS)
-def test_onnx_fp32_matches_torch_backend_prompt_then_decode(version, batch, checkpoint_path, require_version, tmp_path_factory):
+def test_onnx_fp32_matches_torch_backend_prompt_then_decode(
+    version: str,
+    batch: int,
+    checkpoint_path: Callable[..., Path],
+    require_version: Callable[[str], None],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     require_version(version)
     import rwkv_music
 
@@ -64,7 +87,9 @@ def test_onnx_fp32_matches_torch_backend_prompt_then_decode(version, batch, chec
 
 
 @pytest.mark.parametrize("version", ["4", "5.2", "6", "7"])
-def test_onnx_fp16_graph_stays_close_to_fp32(version, checkpoint_path, tmp_path_factory):
+def test_onnx_fp16_graph_stays_close_to_fp32(
+    version: str, checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     from rwkv_music.backends.onnx import load
 
     ckpt = checkpoint_path(version)
@@ -81,7 +106,9 @@ def test_onnx_fp16_graph_stays_close_to_fp32(version, checkpoint_path, tmp_path_
 
 
 @pytest.mark.parametrize("version", ["4", "5.0", "6", "7a"])
-def test_onnx_sequence_mode_equals_one_token_at_a_time(version, checkpoint_path, tmp_path_factory):
+def test_onnx_sequence_mode_equals_one_token_at_a_time(
+    version: str, checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     from rwkv_music.backends.onnx import load
 
     model = load(export_cached(tmp_path_factory, checkpoint_path(version)), threads=1)
@@ -99,7 +126,12 @@ def test_onnx_sequence_mode_equals_one_token_at_a_time(version, checkpoint_path,
 
 
 @pytest.mark.parametrize("version", ["4", "5.2", "7"])
-def test_states_move_between_torch_and_onnx_backends(version, checkpoint_path, require_version, tmp_path_factory):
+def test_states_move_between_torch_and_onnx_backends(
+    version: str,
+    checkpoint_path: Callable[..., Path],
+    require_version: Callable[[str], None],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     require_version(version)
     import rwkv_music
 
@@ -116,7 +148,7 @@ def test_states_move_between_torch_and_onnx_backends(version, checkpoint_path, r
     assert np.abs(as_numpy(from_onnx) - as_numpy(want)).max() <= FP32_TOL
 
 
-def test_v6_time_state_becomes_the_onnx_initial_state(tmp_path, require_version):
+def test_v6_time_state_becomes_the_onnx_initial_state(tmp_path: Path, require_version: Callable[[str], None]) -> None:
     require_version("6")
     import torch
 
@@ -133,7 +165,8 @@ def test_v6_time_state_becomes_the_onnx_initial_state(tmp_path, require_version)
     torch.save(sd, ckpt)
     model = load(export(ckpt, tmp_path / "tuned.onnx"), threads=1)
     start = model.new_state(2)
-    assert np.allclose(start.tensors["att_kv"][1, 1], sd["blocks.1.att.time_state"].numpy().transpose(0, 2, 1))  # S[key, value]
+    # S[key, value]
+    assert np.allclose(start.tensors["att_kv"][1, 1], sd["blocks.1.att.time_state"].numpy().transpose(0, 2, 1))
     toks = tokens(2, 5, seed=12)
     got, _ = model.forward(toks)
     want, _ = rwkv_music.load_model(ckpt).forward(toks)

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -16,12 +17,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
-def graph_52(checkpoint_path, tmp_path_factory) -> Path:
+def graph_52(checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_cached(tmp_path_factory, checkpoint_path("5.2"))
 
 
 @pytest.mark.parametrize("version", ALL_VERSIONS)
-def test_exported_graph_passes_checker_and_names_state_io(version, checkpoint_path, tmp_path_factory):
+def test_exported_graph_passes_checker_and_names_state_io(
+    version: str, checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     import onnx
 
     from rwkv_music.model.state import state_shapes
@@ -46,7 +49,7 @@ def _config(path: Path):
     return RWKVConfig.from_dict(json.loads(Path(str(path) + ".json").read_text())["config"])
 
 
-def test_load_model_onnx_runs_in_a_fresh_process_without_torch(graph_52):
+def test_load_model_onnx_runs_in_a_fresh_process_without_torch(graph_52: Path) -> None:
     from rwkv_music.backends.onnx import load
 
     code = (
@@ -66,7 +69,7 @@ def test_load_model_onnx_runs_in_a_fresh_process_without_torch(graph_52):
     assert np.abs(np.array(json.loads(proc.stdout)) - want).max() <= FP32_TOL
 
 
-def test_onnx_model_implements_backend_protocol(graph_52):
+def test_onnx_model_implements_backend_protocol(graph_52: Path) -> None:
     from rwkv_music.backends.base import Backend
     from rwkv_music.backends.onnx import load
     from rwkv_music.model.state import State
@@ -83,7 +86,7 @@ def test_onnx_model_implements_backend_protocol(graph_52):
     assert new.tensors["att_kv"].shape == (2, 3, 2, 32, 32)
 
 
-def test_onnx_rows_of_a_batch_are_independent(graph_52):
+def test_onnx_rows_of_a_batch_are_independent(graph_52: Path) -> None:
     from rwkv_music.backends.onnx import load
 
     model = load(graph_52, threads=1)
@@ -93,7 +96,9 @@ def test_onnx_rows_of_a_batch_are_independent(graph_52):
     assert np.abs(batch[1] - single[0]).max() <= FP32_TOL
 
 
-def test_external_data_export_gives_the_same_logits(checkpoint_path, tmp_path, tmp_path_factory):
+def test_external_data_export_gives_the_same_logits(
+    checkpoint_path: Callable[..., Path], tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     from rwkv_music.backends.onnx import load
     from rwkv_music.backends.onnx_export import export
 
@@ -106,7 +111,9 @@ def test_external_data_export_gives_the_same_logits(checkpoint_path, tmp_path, t
     assert np.array_equal(got, want)
 
 
-def test_cli_export_onnx_writes_graph_and_sidecar_and_refuses_overwrite(checkpoint_path, tmp_path):
+def test_cli_export_onnx_writes_graph_and_sidecar_and_refuses_overwrite(
+    checkpoint_path: Callable[..., Path], tmp_path: Path
+) -> None:
     from click.testing import CliRunner
 
     from rwkv_music.cli.export import export_onnx
@@ -122,7 +129,9 @@ def test_cli_export_onnx_writes_graph_and_sidecar_and_refuses_overwrite(checkpoi
     assert bad.exit_code == 2 and "--int8" in bad.output
 
 
-def test_export_accepts_a_state_dict(tmp_path, checkpoint_path, tmp_path_factory):
+def test_export_accepts_a_state_dict(
+    tmp_path: Path, checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     import torch
 
     from rwkv_music.backends.onnx import load
@@ -139,7 +148,7 @@ def test_export_accepts_a_state_dict(tmp_path, checkpoint_path, tmp_path_factory
 # -- errors -------------------------------------------------------------------------------
 
 
-def test_missing_sidecar_is_a_checkpoint_error(graph_52, tmp_path):
+def test_missing_sidecar_is_a_checkpoint_error(graph_52: Path, tmp_path: Path) -> None:
     from rwkv_music.backends.onnx import load
     from rwkv_music.errors import CheckpointError
 
@@ -149,7 +158,7 @@ def test_missing_sidecar_is_a_checkpoint_error(graph_52, tmp_path):
         load(lone)
 
 
-def test_sidecar_that_disagrees_with_the_graph_is_a_checkpoint_error(graph_52, tmp_path):
+def test_sidecar_that_disagrees_with_the_graph_is_a_checkpoint_error(graph_52: Path, tmp_path: Path) -> None:
     from rwkv_music.backends.onnx import load
     from rwkv_music.errors import CheckpointError
 
@@ -162,7 +171,7 @@ def test_sidecar_that_disagrees_with_the_graph_is_a_checkpoint_error(graph_52, t
         load(copy)
 
 
-def test_non_rwkv_onnx_file_is_a_checkpoint_error(graph_52, tmp_path):
+def test_non_rwkv_onnx_file_is_a_checkpoint_error(graph_52: Path, tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
 
@@ -184,7 +193,9 @@ def test_non_rwkv_onnx_file_is_a_checkpoint_error(graph_52, tmp_path):
         load(tmp_path / "junk.onnx")
 
 
-def test_state_of_the_wrong_shape_is_a_state_error(graph_52, checkpoint_path, tmp_path_factory):
+def test_state_of_the_wrong_shape_is_a_state_error(
+    graph_52: Path, checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     from rwkv_music.backends.onnx import load
     from rwkv_music.errors import StateError
 
@@ -199,7 +210,7 @@ def test_state_of_the_wrong_shape_is_a_state_error(graph_52, checkpoint_path, tm
         wide.forward([[1]], model.new_state(1))
 
 
-def test_missing_onnxruntime_is_backend_unavailable(graph_52, monkeypatch):
+def test_missing_onnxruntime_is_backend_unavailable(graph_52: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from rwkv_music.backends.onnx import load
     from rwkv_music.errors import BackendUnavailable
 
@@ -208,7 +219,7 @@ def test_missing_onnxruntime_is_backend_unavailable(graph_52, monkeypatch):
         load(graph_52)
 
 
-def test_cuda_device_without_cuda_provider_is_backend_unavailable(graph_52):
+def test_cuda_device_without_cuda_provider_is_backend_unavailable(graph_52: Path) -> None:
     import onnxruntime
 
     from rwkv_music.backends.onnx import load

@@ -99,7 +99,7 @@ def test_generate_midi_writes_n_files_that_mido_opens(midi_model: Path, tmp_path
     for p in paths[::2]:
         assert len(mido.MidiFile(p).tracks) == 1
     again = _run(["generate-midi", "--model", midi_model, "-n", 2, "--seed", 4, "--out", tmp_path, "-q"])
-    assert again.exit_code == 1 and "exists" in again.stderr and "--force" in again.stderr
+    assert again.exit_code == 2 and "exists" in again.stderr and "--force" in again.stderr
     forced = _run(
         [
             "generate-midi",
@@ -220,16 +220,16 @@ def test_continue_a_midi_file(midi_model: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args, code, message",
     [
-        (["generate-midi", "--model", "missing.pth"], 1, "no such model file"),
-        (["generate-midi", "--model", "{midi}", "--instruments", "piano,kazoo"], 1, "kazoo"),
-        (["generate-abc", "--model", "{midi}"], 1, "mismatch"),
-        (["generate-midi", "--model", "{abc}"], 1, "mismatch"),
-        (["generate-abc", "--model", "{abc}", "--key", "H"], 1, "invalid key"),
-        (["generate-abc", "--model", "{abc}", "--meter", "5/3"], 1, "invalid meter"),
-        (["continue", "{bad_mid}", "--model", "{midi}"], 1, "bad.mid"),
-        (["continue", "nowhere.mid", "--model", "{midi}"], 1, "no such file"),
-        (["render", "nowhere.txt", "--model", "{midi}", "--out", "o"], 1, "no such prompts file"),
-        (["state", "show", "{bad_mid}"], 1, "bad.mid"),
+        (["generate-midi", "--model", "missing.pth"], 2, "no such model file"),
+        (["generate-midi", "--model", "{midi}", "--instruments", "piano,kazoo"], 2, "kazoo"),
+        (["generate-abc", "--model", "{midi}"], 2, "mismatch"),
+        (["generate-midi", "--model", "{abc}"], 2, "mismatch"),
+        (["generate-abc", "--model", "{abc}", "--key", "H"], 2, "invalid key"),
+        (["generate-abc", "--model", "{abc}", "--meter", "5/3"], 2, "invalid meter"),
+        (["continue", "{bad_mid}", "--model", "{midi}"], 2, "bad.mid"),
+        (["continue", "nowhere.mid", "--model", "{midi}"], 2, "no such file"),
+        (["render", "nowhere.txt", "--model", "{midi}", "--out", "o"], 2, "no such prompts file"),
+        (["state", "show", "{bad_mid}"], 2, "bad.mid"),
         (["generate-midi", "--seconds", "-3"], 2, "--seconds"),
         (["generate-midi", "--prompt", "pi:3c:a", "--continue-from", "x.mid"], 2, "--prompt"),
         (["generate-midi", "--piano-only", "--instruments", "violin"], 2, "--piano-only"),
@@ -252,7 +252,8 @@ def test_bad_input_gives_one_line_and_nonzero_exit(
     result = _run(args)
     assert result.exit_code == code, result.output
     assert message in result.stderr
-    if code == 1:
+    usage_error = message.startswith("--") or message == "PROMPTS_OR_DIR"  # click prints the usage first
+    if not usage_error:  # a project error: exit 2 like usage errors, but one line and no usage text
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
 
@@ -326,7 +327,7 @@ def test_generate_midi_is_its_own_click_command() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("fluidsynth") is not None, reason="FluidSynth is installed")
 def test_wav_without_fluidsynth_fails_before_loading_the_model(tmp_path: Path) -> None:
     result = _run(["generate-midi", "--model", tmp_path / "never-read.pth", "--wav", "--out", tmp_path, "-q"])
-    assert result.exit_code == 1 and "FluidSynth" in result.stderr
+    assert result.exit_code == 2 and "FluidSynth" in result.stderr
     assert list(tmp_path.iterdir()) == []
 
 
@@ -360,7 +361,7 @@ def test_a_bad_device_is_a_one_line_usage_error(command: str, device: str, tmp_p
 
 def test_the_device_kind_must_suit_the_backend(tmp_path: Path) -> None:
     vulkan = _run(["generate-midi", "--backend", "ncnn", "--device", "vulkan:1", "--model", "missing.param"])
-    assert vulkan.exit_code == 1 and "no such model file" in vulkan.stderr  # vulkan passed for ncnn
+    assert vulkan.exit_code == 2 and "no such model file" in vulkan.stderr  # vulkan passed for ncnn
     cuda = _run(["generate-midi", "--backend", "ncnn", "--device", "cuda"])
     assert cuda.exit_code == 2 and "the ncnn backend runs on cpu or vulkan" in cuda.stderr
 
@@ -397,10 +398,14 @@ def test_options_are_parsed_once_into_the_api_objects(
 def test_continue_an_abc_tune_and_midi_only_flags(abc_model: Path, tmp_path: Path) -> None:
     src = tmp_path / "tune.abc"
     src.write_text("X:1\nT:t\nL:1/8\nM:2/4\nK:G\nGABc|d4|\n")
-    result = _run(["continue", src, "--model", abc_model, "--max-tokens", 4, "--seed", 3, "--out", tmp_path / "o"])
+    result = _run(["continue", src, "--model", abc_model, "--max-tokens", 100, "--seed", 3, "--out", tmp_path / "o"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["tune-cont-3-00.abc"]
-    assert (tmp_path / "o" / "tune-cont-3-00.abc").read_text().startswith("X:1\nL:1/8\nM:2/4\nK:G\nGABc|d4|")
+    text = (tmp_path / "o" / "tune-cont-3-00.abc").read_text()
+    assert text.startswith("X:1\nT:t\nL:1/8\nM:2/4\nK:G\nGABc|d4|")  # the title is kept (issue 18)
+    assert len(text) > len("X:1\nT:t\nL:1/8\nM:2/4\nK:G\nGABc|d4|\n")  # and music was added
+    tight = _run(["continue", src, "--model", abc_model, "--max-tokens", 4, "--seed", 3, "--out", tmp_path / "t"])
+    assert tight.exit_code != 0 and "raise --max-tokens" in tight.output  # no room for a bar: said, not silent
     stray = _run(["continue", src, "--model", abc_model, "--seconds", 3, "--out", tmp_path / "p"])
     assert stray.exit_code == 2 and "--seconds: not an option of ABC models" in stray.stderr
 

@@ -129,7 +129,7 @@ def test_abc_prompt_is_bos_controls_and_header(abc_composer: Composer, monkeypat
     expected = [2] + [ord(c) for c in "S:3\nB:8\nL:1/8\nM:6/8\nQ:1/4=100\nK:G\n"]
     assert seen["prompts"] == [expected, expected]
     saved = pieces[1].to_abc()
-    assert saved.startswith("X:2\nL:1/8\nM:6/8\nQ:1/4=100\nK:G\n")
+    assert saved.startswith("X:2\nT:Tune 2 in G\nL:1/8\nM:6/8\nQ:1/4=100\nK:G\n")  # T: from Piece.title
     assert "S:3" not in saved and "B:8" not in saved
 
 
@@ -151,7 +151,7 @@ def test_continue_abc_reads_the_first_tune_of_a_file(abc_composer: Composer, tmp
     src = tmp_path / "t.abc"
     src.write_text("X:1\nT:Title\nL:1/8\nM:3/4\nK:A\n|:ABc d2|\n\nX:2\nT:other\nL:1/8\nM:2/4\nK:C\nCD|\n")
     piece = abc_composer.continue_abc(src, max_tokens=5, constrained=False, seed=0)[0]
-    assert piece.text.startswith("S:2\nL:1/8\nM:3/4\nK:A\n|:ABc d2|")
+    assert piece.text.startswith("S:2\nT:Title\nL:1/8\nM:3/4\nK:A\n|:ABc d2|")  # its title kept (issue 18)
     assert piece.meta["params"]["controls"] == "S:2" and piece.meta["input"] == str(src)
 
 

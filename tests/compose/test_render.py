@@ -103,7 +103,7 @@ def test_a_render_killed_mid_run_resumes_to_the_uninterrupted_samples(midi_model
     the kill came mid-run, and the resumed folder must equal an uninterrupted render byte for byte.
     """
     prompts = _prompts(tmp_path / "p.txt")
-    settings = ["-k", str(K), "-b", "1", "--max-tokens", "64", "--seed", "5", "--threads", "1", "-q"]
+    settings = ["-n", str(K), "-b", "1", "--max-tokens", "64", "--seed", "5", "--threads", "1", "-q"]
     cmd = [sys.executable, "-m", "rwkv_music", "render", str(prompts), "--model", str(midi_model), *settings]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     full, out = tmp_path / "full", tmp_path / "out"

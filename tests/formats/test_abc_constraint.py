@@ -8,6 +8,7 @@ first, then a random-weights v7 model (vocab 128) through the generation loop.
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 from typing import Callable
 
 import numpy as np
@@ -123,12 +124,29 @@ def test_without_the_form_tunes_are_still_strictly_balanced() -> None:
     ]
 
 
-def test_every_bar_is_checked_when_only_a_pickup_may_be_short() -> None:
+def test_with_no_short_bars_every_bar_is_a_full_bar() -> None:
+    heads = [header(i) for i in range(24)]
+    constraint = AbcConstraint(AbcGrammarConfig(short_bars="none"), max_new_tokens=300)
+    texts = check_tunes(heads, sample(constraint, [ids(h) for h in heads], 300, seed=2, prior=prior_logits()), None)
+    for text in texts:
+        report = judge_tune(text)
+        assert all(b.duration == b.metre for b in report.bar_list), text  # no pickup, no closing short bar
+
+
+def test_a_lone_pickup_is_what_the_strict_checkers_reject() -> None:
+    """``short_bars="pickup"`` (a first bar that no last bar completes) is kept for reading, not writing:
+    both independent checkers call such a tune unbalanced."""
     heads = [header(i) for i in range(24)]
     constraint = AbcConstraint(AbcGrammarConfig(short_bars="pickup"), max_new_tokens=300)
-    texts = check_tunes(heads, sample(constraint, [ids(h) for h in heads], 300, seed=2, prior=prior_logits()), None)
-    reports = [bar_balance(t) for t in texts]
-    assert sum(r.checked for r in reports) >= 0.3 * sum(r.measures for r in reports)
+    outs = sample(constraint, [ids(h) for h in heads], 300, seed=2, prior=prior_logits())
+    texts = [h + decode_abc(o) for h, o in zip(heads, outs)]
+    bars = {t: judge_tune(t).bar_list for t in texts}
+    unpaired = [
+        t for t, b in bars.items() if b[0].duration < b[0].metre and b[0].duration + b[-1].duration != b[-1].metre
+    ]
+    assert unpaired, "some tunes open with a pickup that the last bar does not complete"
+    for text in unpaired:
+        assert not judge_tune(text).strictly_balanced and not bar_balance(text).strictly_balanced, text
 
 
 def test_uniform_logits_exercise_every_construct_and_stay_valid() -> None:
@@ -303,3 +321,48 @@ def test_forced_values_are_checked_by_the_one_header_validator(name: str, value:
         with pytest.raises(AbcFormatError, match=name if name != "unit" else "unit note length"):
             AbcConstraint(**{name: value})
     assert valid == (value in ("6/8", "none", "1/8", "Dmix", "E Minor"))
+
+
+# -- what a musician writes: note values and upbeats (issue 15) ------------------------------------
+_NOTE_OR_REST = re.compile(r"([_^=]*[A-Ga-gz][,']*)(\d*)(/*)(\d*)(<+|>+)?")
+
+
+def _written_lengths(body: str, unit: Fraction) -> list[Fraction]:
+    """Each note's written length in whole notes (suffix times L; broken rhythm applied, tuplets not)."""
+    body = re.sub(r'"[^"]*"|![^!]*!|\{[^}]*\}', "", body)  # chord symbols, decorations, grace notes
+    out: list[Fraction] = []
+    carry = None
+    for m in _NOTE_OR_REST.finditer(body):
+        num = int(m.group(2) or 1)
+        den = int(m.group(4)) if m.group(4) else 2 ** len(m.group(3))
+        value = Fraction(num, den) * unit
+        if carry is not None:
+            value, carry = value * carry, None
+        if m.group(5):  # A>B: A dotted, B halved (ABC 2.1 section 4.4)
+            k = len(m.group(5))
+            short = Fraction(1, 2**k)
+            first, carry = (2 - short, short) if m.group(5)[0] == ">" else (short, 2 - short)
+            value *= first
+        out.append(value)
+    return out
+
+
+@pytest.mark.parametrize("unit", ["1/8", "1/16"])
+def test_form_writes_no_32nd_notes_and_upbeats_of_at_most_half_a_bar(unit: str) -> None:
+    heads = [f"S:2\nL:{unit}\nM:{m}\nK:D\n" for m in METERS for _ in range(3)]
+    prompts, texts = [ids(h) for h in heads], []
+    for meter in METERS:
+        rows = [p for p, h in zip(prompts, heads) if f"M:{meter}\n" in h]
+        c = AbcConstraint(max_new_tokens=400, meter=meter, unit=unit, key="D")
+        outs = sample(c, rows, 400, seed=5, prior=prior_logits())
+        texts += [f"S:2\nL:{unit}\nM:{meter}\nK:D\n" + decode_abc(o) for o in outs]
+    for text in texts:
+        body = text.split("K:D\n", 1)[1]
+        lengths = _written_lengths(body, Fraction(1, int(unit.split("/")[1])))
+        assert min(lengths) >= Fraction(1, 16), (text, min(lengths))
+        dotted = [v for v in lengths if v.numerator % 3 == 0]
+        assert not dotted or min(dotted) >= Fraction(3, 16), (text, min(dotted))
+        report = judge_tune(text)
+        assert report.strictly_balanced, (text, report.problems)
+        first = report.bar_list[0].duration
+        assert first == report.bar_length or first * 2 <= report.bar_length, text  # an upbeat, not a short bar

@@ -33,6 +33,10 @@ def test_the_format_is_found_from_the_vocabulary_size() -> None:
         format_for_vocab(300)
     with pytest.raises(RwkvMusicError, match="vocab/model mismatch"):
         format_for_vocab(128, mode="midi")
+    with pytest.raises(RwkvMusicError, match="MIDI model's vocabulary"):
+        format_for_vocab(20096, mode="abc")  # continue tune.abc --model midi.pth
+    with pytest.raises(RwkvMusicError, match="vocab/model mismatch"):
+        format_for_vocab(257, mode="abc")  # not byte-level
     with pytest.raises(RwkvMusicError, match="unknown mode"):
         mode_for_vocab(128, "wav")
 

@@ -4,6 +4,8 @@ checked by an independent stream walker (tests/sampling/test_sampling_fakes.py).
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pytest
@@ -14,6 +16,11 @@ from test_sampling_fakes import DATA, PREFIX_TO_BIN, FakeBackend, check_stream, 
 from rwkv_music.formats.midi.constraint import BIN_NAMES, VOCAB_SIZE, note_token, wait_token
 from rwkv_music.sampling import LogitsProcessorList, MidiConstraint, SamplingValueError, generate, get_preset
 
+if TYPE_CHECKING:
+    from test_sampling_fakes import StreamReport
+
+    from rwkv_music.sampling.generate import GenerationResult
+
 WORDS = id_to_word()
 BIN_PREFIX = {name: prefix for prefix, name in PREFIX_TO_BIN.items()}
 ID = {w: i for i, w in enumerate(WORDS)}
@@ -23,13 +30,13 @@ def legal(c: MidiConstraint, row: int = 0) -> set[str]:
     return {WORDS[i] for i in np.flatnonzero(c.allowed()[row])}
 
 
-def constraint_for(prompt_words, **kw) -> MidiConstraint:
+def constraint_for(prompt_words: list[str], **kw) -> MidiConstraint:
     c = MidiConstraint(**kw)
     c.reset([[0] + [ID[w] for w in prompt_words]])
     return c
 
 
-def test_layout_matches_reference_vocabulary_for_every_id():
+def test_layout_matches_reference_vocabulary_for_every_id() -> None:
     assert VOCAB_SIZE == len(WORDS) == 20096
     bins = json.loads((DATA / "vocab_config.json").read_text())["bin_instrument_names"]
     assert list(BIN_NAMES) == bins
@@ -40,7 +47,7 @@ def test_layout_matches_reference_vocabulary_for_every_id():
                 assert WORDS[note_token(b, pitch, vel)] == f"{BIN_PREFIX[name]}:{pitch:x}:{vel:x}"
 
 
-def test_note_off_only_for_sounding_notes_and_no_retrigger():
+def test_note_off_only_for_sounding_notes_and_no_retrigger() -> None:
     c = constraint_for(["pi:3c:a", "t10"], instruments=["piano"])
     words = legal(c)
     assert "pi:3c:0" in words and "pi:3e:0" not in words  # no orphan note-off
@@ -48,14 +55,14 @@ def test_note_off_only_for_sounding_notes_and_no_retrigger():
     assert "<start>" not in words and "<pad>" not in words and "<end>" not in words  # a note still sounds
 
 
-def test_polyphony_limit_blocks_note_ons():
+def test_polyphony_limit_blocks_note_ons() -> None:
     c = constraint_for(["pi:3c:a", "pi:40:a"], max_polyphony=2)
     words = legal(c)
     assert not any(w.endswith(("a", "1")) and ":" in w for w in words)
     assert {"pi:3c:0", "pi:40:0", "t1", "t125"} <= words
 
 
-def test_max_note_length_caps_waits_and_forces_release():
+def test_max_note_length_caps_waits_and_forces_release() -> None:
     c = constraint_for(["pi:3c:a", "t100"], max_note_seconds=1.0)  # 125 ticks; 100 used
     words = legal(c)
     assert "t25" in words and "t26" not in words
@@ -65,7 +72,7 @@ def test_max_note_length_caps_waits_and_forces_release():
     assert {"t100", "pi:40:0"} <= legal(c) and "t101" not in legal(c)
 
 
-def test_instruments_drums_and_pitch_range():
+def test_instruments_drums_and_pitch_range() -> None:
     c = constraint_for([], instruments=["violin", "flute"], drums=True, pitch_range=(60, 72))
     ons = {w.split(":")[0] for w in legal(c) if ":" in w}
     assert ons == {"v", "f", "p", "d"}
@@ -78,9 +85,14 @@ def test_instruments_drums_and_pitch_range():
         MidiConstraint(["percussion"], drums=False)
     with pytest.raises(SamplingValueError, match="unknown instrument 'kazoo'"):
         MidiConstraint(["kazoo"])
+    with pytest.raises(SamplingValueError, match="bin index 40 is not one of 0-12"):
+        MidiConstraint([40])  # an int is this constraint's bin index, not a GM program
+    cello = MidiConstraint(["Cello"])  # General MIDI names reach their bin (cello: bass)
+    cello.reset([[0]])
+    assert {w.split(":")[0] for w in legal(cello) if ":" in w} == {"b"}
 
 
-def test_target_length_gates_end_waits_and_note_ons():
+def test_target_length_gates_end_waits_and_note_ons() -> None:
     kw = dict(target_seconds=2.0, length_tolerance=0.05)  # ticks: min 238, target 250, max 262
     early = constraint_for(["t125", "t100"], **kw)  # 225 ticks
     assert "<pad>" not in legal(early) and "pi:3c:5" in legal(early)
@@ -96,7 +108,7 @@ def test_target_length_gates_end_waits_and_note_ons():
     assert 0 < bias_early < bias_max == 4.0
 
 
-def test_end_token_starts_a_fresh_piece_and_prompt_resets_at_separator():
+def test_end_token_starts_a_fresh_piece_and_prompt_resets_at_separator() -> None:
     c = constraint_for(["pi:3c:a", "t10", "pi:3c:0", "<end>", "pi:40:a"], max_polyphony=1)
     assert "pi:40:0" in legal(c) and "pi:3c:0" not in legal(c)
     c.update([ID["pi:40:0"]])
@@ -104,7 +116,7 @@ def test_end_token_starts_a_fresh_piece_and_prompt_resets_at_separator():
     assert "pi:40:0" not in legal(c) and "pi:40:5" in legal(c)
 
 
-def test_wrong_vocabulary_size_is_an_error():
+def test_wrong_vocabulary_size_is_an_error() -> None:
     c = MidiConstraint()
     c.reset([[0]])
     with pytest.raises(SamplingValueError, match="20096"):
@@ -121,7 +133,7 @@ CONFIGS = [
 ]
 
 
-def allowed_names(kw):
+def allowed_names(kw: dict[str, Any]) -> set[str]:
     names = set(BIN_NAMES) if kw.get("instruments") is None else set(kw["instruments"])
     if kw.get("drums") is True:
         names |= {"percussion", "drum"}
@@ -130,7 +142,7 @@ def allowed_names(kw):
     return names
 
 
-def check_generation(res, prompts, kw):
+def check_generation(res: GenerationResult, prompts: list[list[int]], kw: dict[str, Any]) -> list[StreamReport]:
     reports = []
     for toks, reason, hit, prompt in zip(res.tokens, res.finish_reasons, res.stop_tokens, prompts):
         assert reason == "stop" and hit in (0, 2)
@@ -147,7 +159,7 @@ def check_generation(res, prompts, kw):
 
 
 @pytest.mark.parametrize("kw", CONFIGS, ids=["piano", "trio+drums", "all-no-drums", "guitar-mono"])
-def test_fifty_random_logit_pieces_per_config_are_well_formed(kw):
+def test_fifty_random_logit_pieces_per_config_are_well_formed(kw: dict[str, Any]) -> None:
     backend = FakeBackend(vocab_size=VOCAB_SIZE, table_rows=61, scale=2.0, seed=7)
     prompts = [[0] for _ in range(50)]
     procs = LogitsProcessorList([MidiConstraint(**kw)])
@@ -157,7 +169,7 @@ def test_fifty_random_logit_pieces_per_config_are_well_formed(kw):
     assert sum(len(r.instruments) > 0 for r in reports) == 50  # every piece plays something
 
 
-def test_constraint_composes_with_chatrwkv_recipe_and_a_prompt():
+def test_constraint_composes_with_chatrwkv_recipe_and_a_prompt() -> None:
     backend = FakeBackend(vocab_size=VOCAB_SIZE, table_rows=61, seed=3)
     kw = dict(instruments=["piano"], max_polyphony=4, max_note_seconds=2.0, target_seconds=5.0)
     prompts = [[0, ID["pi:3c:a"], ID["pi:40:8"], ID["t60"]]] * 8
@@ -167,7 +179,7 @@ def test_constraint_composes_with_chatrwkv_recipe_and_a_prompt():
     check_generation(res, prompts, kw)
 
 
-def test_random_weights_midi_model_respects_the_constraint(checkpoint_path):
+def test_random_weights_midi_model_respects_the_constraint(checkpoint_path: Callable[..., Path]) -> None:
     import rwkv_music
 
     model = rwkv_music.load_model(checkpoint_path("4", vocab_size=VOCAB_SIZE, n_embd=64, n_layer=2, seed=2))
@@ -195,7 +207,17 @@ INTERESTING += [note_token(b, p, v) for b in (0, 1, 8, 12) for p in (0, 60, 127)
     prompts=st.lists(st.lists(st.sampled_from(INTERESTING), max_size=12), min_size=1, max_size=6),
     musical=st.sampled_from([{}, {"ranges": True}, {"key": "auto", "key_notes": 2}, {"key": "Bb", "ranges": True}]),
 )
-def test_every_state_has_a_legal_token(seed, instruments, drums, poly, max_note, target, tol, prompts, musical):
+def test_every_state_has_a_legal_token(
+    seed: int,
+    instruments: list[str | int] | None,
+    drums: bool | None,
+    poly: int | None,
+    max_note: float | None,
+    target: float | None,
+    tol: float,
+    prompts: list[list[int]],
+    musical: dict[str, Any],
+) -> None:
     try:
         c = MidiConstraint(instruments, drums=drums, max_polyphony=poly, max_note_seconds=max_note,
                            target_seconds=target, length_tolerance=tol, **musical)
@@ -220,7 +242,7 @@ def note_ons(c: MidiConstraint, name: str, row: int = 0) -> set[int]:
     return {p for p in range(128) if allowed[note_token(b, p, 9)]}
 
 
-def test_instrument_ranges_from_the_table():
+def test_instrument_ranges_from_the_table() -> None:
     from rwkv_music.formats.midi.musicality import INSTRUMENT_RANGES
 
     c = constraint_for([], ranges=True)
@@ -235,7 +257,7 @@ def test_instrument_ranges_from_the_table():
         MidiConstraint(["flute"], ranges=True, pitch_range=(20, 40))  # nothing left to play
 
 
-def test_a_fixed_key_masks_out_of_scale_note_ons_but_not_their_release():
+def test_a_fixed_key_masks_out_of_scale_note_ons_but_not_their_release() -> None:
     d_major = {2, 4, 6, 7, 9, 11, 1}
     c = constraint_for(["pi:41:8"], key="D")  # a sounding F natural (out of D major) from the prompt
     assert {p % 12 for p in note_ons(c, "piano")} == d_major
@@ -245,7 +267,7 @@ def test_a_fixed_key_masks_out_of_scale_note_ons_but_not_their_release():
         MidiConstraint(key="H")
 
 
-def test_auto_key_settles_on_the_scale_of_the_first_notes():
+def test_auto_key_settles_on_the_scale_of_the_first_notes() -> None:
     c_major = [f"pi:{p:x}:8" for p in (60, 62, 64, 65, 67, 69, 71, 72)]
     c = constraint_for(c_major[:7], key="auto")  # seven notes: not settled yet
     assert len({p % 12 for p in note_ons(c, "violin")}) == 12
@@ -257,14 +279,16 @@ def test_auto_key_settles_on_the_scale_of_the_first_notes():
     assert len({p % 12 for p in note_ons(rows, "piano", 1)}) == 12  # row 1 has heard nothing yet
 
 
-def test_a_finite_scale_penalty_lowers_out_of_key_note_ons():
+def test_a_finite_scale_penalty_lowers_out_of_key_note_ons() -> None:
     c = constraint_for([], key="C", scale_penalty=3.0)
     out = c(0, np.zeros((1, VOCAB_SIZE), dtype=np.float32))
     assert out[0, ID["pi:3c:8"]] == 0.0 and out[0, ID["pi:3d:8"]] == -3.0
     assert out[0, ID["pi:3d:0"]] == -np.inf  # not sounding: its note-off stays illegal
 
 
-def test_composed_pieces_keep_key_range_polyphony_and_release_notes_themselves(checkpoint_path):
+def test_composed_pieces_keep_key_range_polyphony_and_release_notes_themselves(
+    checkpoint_path: Callable[..., Path]
+) -> None:
     """The compose defaults (MidiOptions) on a random-weights model: the musicality rules hold."""
     from rwkv_music import Composer
     from rwkv_music.formats.midi.musicality import INSTRUMENT_RANGES, best_diatonic_scale, note_events

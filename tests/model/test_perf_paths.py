@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import pytest
 import torch
 
@@ -9,6 +11,9 @@ from rwkv_music.backends.torch import TorchModel
 from rwkv_music.backends.torch_cuda_graph import GraphDecoder
 from rwkv_music.errors import BackendUnavailable, StateError
 from rwkv_music.model.factory import random_checkpoint
+
+if TYPE_CHECKING:
+    from rwkv_music.model.state import State
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -104,7 +109,7 @@ def test_inplace_forward_equals_default_forward(version: str) -> None:
         assert torch.equal(t, want_state.tensors[name]), name
 
 
-def test_inplace_forward_across_segments_equals_default(monkeypatch) -> None:
+def test_inplace_forward_across_segments_equals_default(monkeypatch: pytest.MonkeyPatch) -> None:
     import rwkv_music.model.v7 as v7
 
     monkeypatch.setattr(v7, "MAX_POSITIONS", 16)  # 2 rows x 20 tokens: three segments
@@ -134,7 +139,7 @@ class _NoInplace:
     def new_state(self, batch_size: int = 1):
         return self.model.new_state(batch_size)
 
-    def forward(self, tokens, state=None):
+    def forward(self, tokens: Any, state: State | None = None):
         return self.model.forward(tokens, state)
 
 

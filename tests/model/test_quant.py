@@ -3,6 +3,8 @@ against fp32."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -133,7 +135,7 @@ def test_int8_decode_steps_match_int8_prefill(version: str) -> None:
     assert float((full - step).abs().max()) <= 1e-2 * float(full.abs().max())
 
 
-def test_load_model_with_int8_dtype_quantizes_and_stays_close(tmp_path) -> None:
+def test_load_model_with_int8_dtype_quantizes_and_stays_close(tmp_path: Path) -> None:
     """`load_model(..., dtype="int8")` is the public switch for the quantized CPU path."""
     import rwkv_music
     from rwkv_music.model.factory import save_random_checkpoint

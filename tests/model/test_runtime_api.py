@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -23,13 +25,13 @@ ALL_VERSIONS = ("4", "5.0", "5.1", "5.2", "6", "7", "7a")
 
 @pytest.mark.parametrize("n_layer", [1, 3])
 @pytest.mark.parametrize("version", ALL_VERSIONS)
-def test_version_is_detected_from_keys_alone_in_any_order(version, n_layer):
+def test_version_is_detected_from_keys_alone_in_any_order(version: str, n_layer: int) -> None:
     shapes = list(shapes_of(random_checkpoint(version, n_layer=n_layer)).items())
     random.Random(0).shuffle(shapes)
     assert detect_version(dict(shapes)) == version
 
 
-def test_v5_0_with_one_scalar_decay_per_head_stored_as_column():
+def test_v5_0_with_one_scalar_decay_per_head_stored_as_column() -> None:
     sd = random_checkpoint("5.0")
     for i in range(2):
         sd[f"blocks.{i}.att.time_decay"] = sd[f"blocks.{i}.att.time_decay"].reshape(-1, 1)  # [H, 1]
@@ -39,7 +41,9 @@ def test_v5_0_with_one_scalar_decay_per_head_stored_as_column():
 
 
 @pytest.mark.parametrize("version", ALL_VERSIONS)
-def test_info_reports_sizes_and_parameter_count(version, checkpoint_path, require_version):
+def test_info_reports_sizes_and_parameter_count(
+    version: str, checkpoint_path: Callable[..., Path], require_version: Callable[[str], None]
+) -> None:
     require_version(version)
     path = checkpoint_path(version, vocab_size=128, n_embd=64, head_size=32)
     model = rwkv_music.load_model(path)
@@ -59,13 +63,13 @@ def test_info_reports_sizes_and_parameter_count(version, checkpoint_path, requir
         assert info.lora["semb"] == 1024
 
 
-def test_loaded_model_implements_the_backend_protocol(checkpoint_path):
+def test_loaded_model_implements_the_backend_protocol(checkpoint_path: Callable[..., Path]) -> None:
     model = rwkv_music.load_model(checkpoint_path("5.2"), backend="torch", device="cpu", dtype="fp32")
     assert isinstance(model, Backend)
     assert model.name == "torch" and model.device == torch.device("cpu") and model.dtype == torch.float32
 
 
-def test_forward_shapes_and_input_state_is_not_mutated(checkpoint_path):
+def test_forward_shapes_and_input_state_is_not_mutated(checkpoint_path: Callable[..., Path]) -> None:
     model = load(checkpoint_path("5.1"))
     _, state = model.forward([[1, 2, 3], [4, 5, 6]])
     before = state.copy()
@@ -82,7 +86,7 @@ def test_forward_shapes_and_input_state_is_not_mutated(checkpoint_path):
     assert not torch.equal(new.tensors["att_kv"], state.tensors["att_kv"])
 
 
-def test_token_input_forms_agree(checkpoint_path):
+def test_token_input_forms_agree(checkpoint_path: Callable[..., Path]) -> None:
     model = load(checkpoint_path("4"))
     ref, _ = model.forward([[3, 1, 4]])
     for tokens in ([3, 1, 4], np.array([[3, 1, 4]], dtype=np.int32), torch.tensor([[3, 1, 4]]), (3, 1, 4)):
@@ -91,7 +95,9 @@ def test_token_input_forms_agree(checkpoint_path):
 
 
 @pytest.mark.parametrize("version", ["4", "5.2", "7"])
-def test_state_values_round_trip_and_continue_identically(version, checkpoint_path, tmp_path, require_version):
+def test_state_values_round_trip_and_continue_identically(
+    version: str, checkpoint_path: Callable[..., Path], tmp_path: Path, require_version: Callable[[str], None]
+) -> None:
     require_version(version)
     model = load(checkpoint_path(version))
     prompts, nxt = [[1, 2, 3, 4], [5, 6, 7, 8]], [[9], [10]]
@@ -120,14 +126,14 @@ def test_state_values_round_trip_and_continue_identically(version, checkpoint_pa
     torch.testing.assert_close(again, ref)
 
 
-def test_pth_suffix_is_optional(checkpoint_path):
+def test_pth_suffix_is_optional(checkpoint_path: Callable[..., Path]) -> None:
     path = checkpoint_path("5.0")
     a, _ = load(path).forward([[1, 2]])
     b, _ = load(str(path)[: -len(".pth")]).forward([[1, 2]])
     torch.testing.assert_close(a, b)
 
 
-def test_from_state_dict_matches_file_and_leaves_dict_alone(checkpoint_path):
+def test_from_state_dict_matches_file_and_leaves_dict_alone(checkpoint_path: Callable[..., Path]) -> None:
     path = checkpoint_path("5.2")
     sd = torch.load(path, map_location="cpu", weights_only=True)
     keys = list(sd)
@@ -138,7 +144,7 @@ def test_from_state_dict_matches_file_and_leaves_dict_alone(checkpoint_path):
     torch.testing.assert_close(a, b)
 
 
-def test_safetensors_checkpoint_loads_like_pth(checkpoint_path, tmp_path):
+def test_safetensors_checkpoint_loads_like_pth(checkpoint_path: Callable[..., Path], tmp_path: Path) -> None:
     safetensors = pytest.importorskip("safetensors.torch")
     path = checkpoint_path("4")
     sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -148,13 +154,13 @@ def test_safetensors_checkpoint_loads_like_pth(checkpoint_path, tmp_path):
     torch.testing.assert_close(a, b)
 
 
-def test_half_precision_checkpoint_file_loads(checkpoint_path):
+def test_half_precision_checkpoint_file_loads(checkpoint_path: Callable[..., Path]) -> None:
     model = load(checkpoint_path("5.2", dtype=torch.bfloat16))
     logits, state = model.forward([[1, 2, 3]])
     assert torch.isfinite(logits).all() and state.tensors["att_kv"].dtype == torch.float32
 
 
-def test_v5_time_first_and_time_faaaa_spellings_agree():
+def test_v5_time_first_and_time_faaaa_spellings_agree() -> None:
     sd = random_checkpoint("5.1", time_first_key="time_faaaa")
     for i in range(2):
         sd[f"blocks.{i}.att.time_faaaa"] = sd[f"blocks.{i}.att.time_faaaa"].abs() + 0.1
@@ -166,7 +172,7 @@ def test_v5_time_first_and_time_faaaa_spellings_agree():
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_v7_block0_value_residual_weights_are_optional(require_version):
+def test_v7_block0_value_residual_weights_are_optional(require_version: Callable[[str], None]) -> None:
     require_version("7")
     sd = random_checkpoint("7")
     a, _ = TorchModel.from_state_dict(sd).forward([[1, 2, 3]])
@@ -176,7 +182,7 @@ def test_v7_block0_value_residual_weights_are_optional(require_version):
     torch.testing.assert_close(a, b)
 
 
-def test_config_is_derived_from_shapes_per_version():
+def test_config_is_derived_from_shapes_per_version() -> None:
     cfg = config_from_state_dict(random_checkpoint("6", n_embd=128, head_size=64, dim_ffn=448))
     assert (cfg.n_head, cfg.head_size, cfg.dim_ffn, cfg.lora) == (2, 64, 448, {"maa": 32, "decay": 64})
     cfg = config_from_state_dict(random_checkpoint("5.0", n_embd=128, head_size=32))
@@ -185,7 +191,7 @@ def test_config_is_derived_from_shapes_per_version():
     assert config_from_state_dict(sd).n_params == sum(math.prod(t.shape) for t in sd.values())
 
 
-def test_registry_maps_every_version_to_a_module():
+def test_registry_maps_every_version_to_a_module() -> None:
     for version in ALL_VERSIONS:
         assert registry.module_name(version).startswith("rwkv_music.model.v")
     for version in registry.available_versions():

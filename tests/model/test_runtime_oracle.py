@@ -12,11 +12,19 @@ about 2x headroom over the width-64 values: bf16 0.25, fp16 0.05.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
 import numpy as np
 import pytest
 import torch
 
 from rwkv_music.backends.torch import load
+
+if TYPE_CHECKING:
+    from conftest import OracleCase, PipOracle
+
+    from rwkv_music.model.state import State
 
 ALL_VERSIONS = ("4", "5.0", "5.1", "5.2", "6", "7", "7a")
 # (vocab, width, head size): the small ABC-like shape and the MIDI vocabulary with head size 64
@@ -27,7 +35,7 @@ FP32_TOL = 1e-4  # max abs logit / state difference to the pip package (fp32)
 LOW_PRECISION_TOL = {"bf16": 0.25, "fp16": 0.05}
 
 
-def _compare_state(ours, theirs: dict, prefix: str, tol: float) -> None:
+def _compare_state(ours: State, theirs: dict, prefix: str, tol: float) -> None:
     for name, t in ours.tensors.items():
         a = t[:, 0].float().numpy()
         b = theirs[prefix + name]
@@ -40,7 +48,9 @@ def _compare_state(ours, theirs: dict, prefix: str, tol: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def oracle_results(checkpoint_path, pip_oracle):
+def oracle_results(
+    checkpoint_path: Callable[..., Path], pip_oracle: PipOracle
+) -> dict[tuple[str, str], tuple[OracleCase, dict[str, np.ndarray]]]:
     """Run the pip package once for every available version and shape (3 parallel subprocesses)."""
     from rwkv_music.model.registry import available_versions
 
@@ -62,7 +72,12 @@ def oracle_results(checkpoint_path, pip_oracle):
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("version", ALL_VERSIONS)
-def test_logits_and_state_match_pip_package(version, shape, oracle_results, require_version):
+def test_logits_and_state_match_pip_package(
+    version: str,
+    shape: str,
+    oracle_results: dict[tuple[str, str], tuple[OracleCase, dict[str, np.ndarray]]],
+    require_version: Callable[[str], None],
+) -> None:
     require_version(version)
     case, ref = oracle_results[(version, shape)]
     model = load(case.path)
@@ -79,7 +94,9 @@ def test_logits_and_state_match_pip_package(version, shape, oracle_results, requ
 
 
 @pytest.mark.parametrize("version", ALL_VERSIONS)
-def test_batched_rows_equal_separate_runs(version, checkpoint_path, require_version):
+def test_batched_rows_equal_separate_runs(
+    version: str, checkpoint_path: Callable[..., Path], require_version: Callable[[str], None]
+) -> None:
     require_version(version)
     model = load(checkpoint_path(version))
     rng = np.random.default_rng(1)
@@ -97,7 +114,9 @@ def test_batched_rows_equal_separate_runs(version, checkpoint_path, require_vers
 
 
 @pytest.mark.parametrize("version", ALL_VERSIONS)
-def test_sequence_equals_split_calls_and_single_steps(version, checkpoint_path, require_version):
+def test_sequence_equals_split_calls_and_single_steps(
+    version: str, checkpoint_path: Callable[..., Path], require_version: Callable[[str], None]
+) -> None:
     require_version(version)
     model = load(checkpoint_path(version))
     tokens = [int(t) for t in np.random.default_rng(2).integers(0, 128, size=70)]
@@ -119,7 +138,9 @@ def test_sequence_equals_split_calls_and_single_steps(version, checkpoint_path, 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("version", ALL_VERSIONS)
-def test_low_precision_logits_close_to_fp32(version, dtype, checkpoint_path, require_version):
+def test_low_precision_logits_close_to_fp32(
+    version: str, dtype: str, checkpoint_path: Callable[..., Path], require_version: Callable[[str], None]
+) -> None:
     require_version(version)
     path = checkpoint_path(version)
     ref, low = load(path), load(path, dtype=dtype)
@@ -135,7 +156,7 @@ def test_low_precision_logits_close_to_fp32(version, dtype, checkpoint_path, req
     assert worst <= LOW_PRECISION_TOL[dtype]
 
 
-def test_v5_strong_decay_chunks_match_single_steps(checkpoint_path):
+def test_v5_strong_decay_chunks_match_single_steps(checkpoint_path: Callable[..., Path]) -> None:
     """Strong decays force short prefill chunks (and clamped factors); results must not change."""
     from rwkv_music.backends.torch import TorchModel
     from rwkv_music.model.factory import random_checkpoint
@@ -154,7 +175,10 @@ def test_v5_strong_decay_chunks_match_single_steps(checkpoint_path):
     torch.testing.assert_close(s.tensors["att_kv"], s_whole.tensors["att_kv"], rtol=1e-5, atol=2e-5)
 
 
-def test_v6_time_state_is_the_initial_state_like_pip(oracle_results, require_version):
+def test_v6_time_state_is_the_initial_state_like_pip(
+    oracle_results: dict[tuple[str, str], tuple[OracleCase, dict[str, np.ndarray]]],
+    require_version: Callable[[str], None],
+) -> None:
     require_version("6")
     case, ref = oracle_results[("6", "time_state")]
     sd = torch.load(case.path, map_location="cpu", weights_only=True)

@@ -13,6 +13,9 @@ The tests assert 0.2 and 0.04 on the width-64 model.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +25,11 @@ from rwkv_music.model.detect import config_from_state_dict
 from rwkv_music.model.factory import random_checkpoint
 from rwkv_music.model.reference import v5 as reference_v5
 from rwkv_music.model.state import State
+
+if TYPE_CHECKING:
+    from conftest import OracleCase, PipOracle
+
+    from rwkv_music.model.config import RWKVConfig
 
 FP32_TOL = 1e-4
 LOW_PRECISION_TOL = {torch.bfloat16: 0.2, torch.float16: 0.04}
@@ -46,7 +54,9 @@ def _tokens(V: int, seed: int) -> tuple[list[list[int]], list[list[int]]]:
 
 
 @pytest.fixture(scope="module")
-def models(checkpoint_path, tmp_path_factory):
+def models(
+    checkpoint_path: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., tuple[Path, RWKVConfig, v6.V6Weights]]:
     """Case name → (path, config, weights) per dtype, built lazily."""
     cache: dict[str, tuple] = {}
 
@@ -73,7 +83,9 @@ def models(checkpoint_path, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def oracle(models, pip_oracle):
+def oracle(
+    models: Callable[..., tuple[Path, RWKVConfig, v6.V6Weights]], pip_oracle: PipOracle
+) -> dict[str, tuple[list[OracleCase], list[dict[str, np.ndarray]]]]:
     """Case name → (oracle cases, pip results), one per prompt row, all in one pip run."""
     cases = {}
     for n, (name, (V, _, _)) in enumerate(CASES.items()):
@@ -89,12 +101,18 @@ def oracle(models, pip_oracle):
     return out
 
 
-def _start(weights, config, rows: int, dtype=torch.float32) -> State:
+def _start(weights: v6.V6Weights, config: RWKVConfig, rows: int, dtype: torch.dtype = torch.float32) -> State:
     state = v6.initial_state(weights, config, rows, "cpu", dtype)
     return state if state is not None else State.zeros(config, rows, backend="torch", dtype=dtype)
 
 
-def _run(weights, config, prompts, steps, dtype=torch.float32):
+def _run(
+    weights: v6.V6Weights,
+    config: RWKVConfig,
+    prompts: list[list[int]],
+    steps: list[list[int]],
+    dtype: torch.dtype = torch.float32,
+):
     """Batched prompt (all logits) then single steps: (prompt logits [B,T,V], step logits [B,S,V], states)."""
     start = _start(weights, config, len(prompts), dtype)
     prompt_logits, state = v6.forward(weights, config, torch.tensor(prompts), start, True)
@@ -111,7 +129,11 @@ def _max_state_diff(state: State, ref: dict, prefix: str, row: int) -> float:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_batched_logits_and_states_match_pip_package(name, models, oracle):
+def test_batched_logits_and_states_match_pip_package(
+    name: str,
+    models: Callable[..., tuple[Path, RWKVConfig, v6.V6Weights]],
+    oracle: dict[str, tuple[list[OracleCase], list[dict[str, np.ndarray]]]],
+) -> None:
     _, config, weights = models(name)
     group, refs = oracle[name]
     prompt_logits, step_logits, after_prompt, final = _run(
@@ -125,7 +147,7 @@ def test_batched_logits_and_states_match_pip_package(name, models, oracle):
         assert _max_state_diff(final, ref, "state_", row) <= FP32_TOL
 
 
-def test_initial_state_is_transposed_time_state(models):
+def test_initial_state_is_transposed_time_state(models: Callable[..., tuple[Path, RWKVConfig, v6.V6Weights]]) -> None:
     _, config, weights = models("time_state")
     state = v6.initial_state(weights, config, 3, "cpu", torch.float32)
     sd_state = torch.load(models("time_state")[0], weights_only=True)["blocks.1.att.time_state"]
@@ -135,7 +157,7 @@ def test_initial_state_is_transposed_time_state(models):
     assert v6.initial_state(models("small")[2], config, 1, "cpu", torch.float32) is None
 
 
-def test_batch_rows_equal_single_runs(models):
+def test_batch_rows_equal_single_runs(models: Callable[..., tuple[Path, RWKVConfig, v6.V6Weights]]) -> None:
     _, config, weights = models("small")
     prompts, steps = _tokens(config.vocab_size, seed=11)
     batch = _run(weights, config, prompts, steps)
@@ -148,7 +170,9 @@ def test_batch_rows_equal_single_runs(models):
 
 
 @pytest.mark.parametrize("split", [1, 7, 20])
-def test_sequence_mode_equals_split_calls(split, models):
+def test_sequence_mode_equals_split_calls(
+    split: int, models: Callable[..., tuple[Path, RWKVConfig, v6.V6Weights]]
+) -> None:
     """forward(all) == forward(head) then forward(tail); 45 tokens span three chunks plus padding."""
     _, config, weights = models("small")
     tokens = torch.from_numpy(np.random.default_rng(3).integers(0, config.vocab_size, size=(2, 45)))
@@ -162,7 +186,9 @@ def test_sequence_mode_equals_split_calls(split, models):
         torch.testing.assert_close(s_tail.tensors[key], t, rtol=0, atol=SEQ_RTOL * max(1.0, float(t.abs().max())))
 
 
-def test_long_input_runs_in_segments_with_the_same_result(models, monkeypatch):
+def test_long_input_runs_in_segments_with_the_same_result(
+    models: Callable[..., tuple[Path, RWKVConfig, v6.V6Weights]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, config, weights = models("small")
     tokens = torch.from_numpy(np.random.default_rng(5).integers(0, config.vocab_size, size=(2, 50)))
     zero = State.zeros(config, 2, backend="torch")
@@ -177,7 +203,7 @@ def test_long_input_runs_in_segments_with_the_same_result(models, monkeypatch):
         torch.testing.assert_close(s_parts.tensors[key], t, rtol=0, atol=SEQ_RTOL * max(1.0, float(t.abs().max())))
 
 
-def test_forward_leaves_input_state_unchanged(models):
+def test_forward_leaves_input_state_unchanged(models: Callable[..., tuple[Path, RWKVConfig, v6.V6Weights]]) -> None:
     _, config, weights = models("time_state")
     state = _start(weights, config, 2)
     before = state.copy()
@@ -188,7 +214,11 @@ def test_forward_leaves_input_state_unchanged(models):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_low_precision_stays_close_to_pip_fp32(dtype, models, oracle):
+def test_low_precision_stays_close_to_pip_fp32(
+    dtype: torch.dtype,
+    models: Callable[..., tuple[Path, RWKVConfig, v6.V6Weights]],
+    oracle: dict[str, tuple[list[OracleCase], list[dict[str, np.ndarray]]]],
+) -> None:
     _, config, weights = models("small", dtype)
     group, refs = oracle["small"]
     prompt_logits, step_logits, _, final = _run(
@@ -200,7 +230,9 @@ def test_low_precision_stays_close_to_pip_fp32(dtype, models, oracle):
         assert np.abs(step_logits[row].numpy() - ref["step_logits"]).max() <= LOW_PRECISION_TOL[dtype]
 
 
-def _reference_wkv(S, u, log_w, r, k, v):
+def _reference_wkv(
+    S: torch.Tensor, u: torch.Tensor, log_w: torch.Tensor, r: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+):
     """The reference model's v5.2/v6 per-token step in float64, looped over time (S[key, value])."""
     S = S.double()
     ys = []
@@ -211,7 +243,7 @@ def _reference_wkv(S, u, log_w, r, k, v):
     return torch.stack(ys, 1), S
 
 
-def test_chunked_wkv_matches_token_loop_with_tiny_decays():
+def test_chunked_wkv_matches_token_loop_with_tiny_decays() -> None:
     """Decays from 1e-9 to 0.9999 (exp(-exp(x)), x in [-9, 3]) over several chunks with padding."""
     g = torch.Generator().manual_seed(0)
     B, T, H, N = 2, 2 * v6.CHUNK_LEN + 5, 2, 16

@@ -12,6 +12,9 @@ prompt and 16 steps, logit scale 5–9.  Measured (v7, v7a; width 64, and width 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +23,11 @@ from rwkv_music.model import v7, wkv7
 from rwkv_music.model.detect import config_from_state_dict
 from rwkv_music.model.reference import v7 as reference_v7
 from rwkv_music.model.state import State
+
+if TYPE_CHECKING:
+    from conftest import OracleCase, PipOracle
+
+    from rwkv_music.model.config import RWKVConfig
 
 FP32_TOL = 1e-4
 LOW_PRECISION_TOL = {torch.bfloat16: 0.2, torch.float16: 0.04}
@@ -46,7 +54,7 @@ def _tokens(V: int, seed: int) -> tuple[list[list[int]], list[list[int]]]:
 
 
 @pytest.fixture(scope="module")
-def models(checkpoint_path):
+def models(checkpoint_path: Callable[..., Path]) -> Callable[..., tuple[Path, RWKVConfig, v7.V7Weights]]:
     """Case name → (path, config, state dict, {dtype: weights}) built lazily."""
     cache: dict[str, tuple] = {}
 
@@ -65,7 +73,9 @@ def models(checkpoint_path):
 
 
 @pytest.fixture(scope="module")
-def oracle(models, pip_oracle):
+def oracle(
+    models: Callable[..., tuple[Path, RWKVConfig, v7.V7Weights]], pip_oracle: PipOracle
+) -> dict[str, tuple[list[OracleCase], list[dict[str, np.ndarray]]]]:
     """Case name → list of pip results, one per prompt row (all cases in one pip run per family)."""
     cases = {}
     for name, (version, V, _, _) in CASES.items():
@@ -81,7 +91,13 @@ def oracle(models, pip_oracle):
     return out
 
 
-def _run(weights, config, prompts, steps, dtype=torch.float32):
+def _run(
+    weights: v7.V7Weights,
+    config: RWKVConfig,
+    prompts: list[list[int]],
+    steps: list[list[int]],
+    dtype: torch.dtype = torch.float32,
+):
     """Batched prompt (all logits) then single steps: (prompt logits [B,T,V], step logits [B,S,V], states)."""
     state = State.zeros(config, len(prompts), backend="torch", dtype=dtype)
     prompt_logits, state = v7.forward(weights, config, torch.tensor(prompts), state, True)
@@ -98,7 +114,11 @@ def _max_state_diff(state: State, ref: dict, prefix: str, row: int) -> float:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_batched_logits_and_states_match_pip_package(name, models, oracle):
+def test_batched_logits_and_states_match_pip_package(
+    name: str,
+    models: Callable[..., tuple[Path, RWKVConfig, v7.V7Weights]],
+    oracle: dict[str, tuple[list[OracleCase], list[dict[str, np.ndarray]]]],
+) -> None:
     _, config, weights = models(name)
     group, refs = oracle[name]
     prompts = [list(c.prompt) for c in group]
@@ -113,7 +133,7 @@ def test_batched_logits_and_states_match_pip_package(name, models, oracle):
 
 
 @pytest.mark.parametrize("name", ["7-small", "7a-small"])
-def test_batch_rows_equal_single_runs(name, models):
+def test_batch_rows_equal_single_runs(name: str, models: Callable[..., tuple[Path, RWKVConfig, v7.V7Weights]]) -> None:
     _, config, weights = models(name)
     prompts, steps = _tokens(config.vocab_size, seed=11)
     batch = _run(weights, config, prompts, steps)
@@ -127,7 +147,9 @@ def test_batch_rows_equal_single_runs(name, models):
 
 @pytest.mark.parametrize("name", ["7-small", "7a-small"])
 @pytest.mark.parametrize("split", [1, 7, 33])
-def test_sequence_mode_equals_split_calls(name, split, models):
+def test_sequence_mode_equals_split_calls(
+    name: str, split: int, models: Callable[..., tuple[Path, RWKVConfig, v7.V7Weights]]
+) -> None:
     """forward(all) == forward(head) then forward(tail); 75 tokens span three chunks plus padding."""
     _, config, weights = models(name)
     tokens = torch.from_numpy(np.random.default_rng(3).integers(0, config.vocab_size, size=(2, 75)))
@@ -141,7 +163,9 @@ def test_sequence_mode_equals_split_calls(name, split, models):
         torch.testing.assert_close(s_tail.tensors[key], t, rtol=0, atol=SEQ_RTOL * max(1.0, float(t.abs().max())))
 
 
-def test_long_input_runs_in_segments_with_the_same_result(models, monkeypatch):
+def test_long_input_runs_in_segments_with_the_same_result(
+    models: Callable[..., tuple[Path, RWKVConfig, v7.V7Weights]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, config, weights = models("7a-small")
     tokens = torch.from_numpy(np.random.default_rng(5).integers(0, config.vocab_size, size=(2, 50)))
     zero = State.zeros(config, 2, backend="torch")
@@ -156,7 +180,7 @@ def test_long_input_runs_in_segments_with_the_same_result(models, monkeypatch):
         torch.testing.assert_close(s_parts.tensors[key], t, rtol=0, atol=SEQ_RTOL * max(1.0, float(t.abs().max())))
 
 
-def test_forward_leaves_input_state_unchanged(models):
+def test_forward_leaves_input_state_unchanged(models: Callable[..., tuple[Path, RWKVConfig, v7.V7Weights]]) -> None:
     _, config, weights = models("7-small")
     state = State.zeros(config, 2, backend="torch")
     _, state = v7.forward(weights, config, torch.tensor([[1, 2, 3], [4, 5, 6]]), state, False)
@@ -169,7 +193,12 @@ def test_forward_leaves_input_state_unchanged(models):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("name", ["7-small", "7a-small"])
-def test_low_precision_stays_close_to_pip_fp32(name, dtype, models, oracle):
+def test_low_precision_stays_close_to_pip_fp32(
+    name: str,
+    dtype: torch.dtype,
+    models: Callable[..., tuple[Path, RWKVConfig, v7.V7Weights]],
+    oracle: dict[str, tuple[list[OracleCase], list[dict[str, np.ndarray]]]],
+) -> None:
     _, config, weights = models(name, dtype)
     group, refs = oracle[name]
     prompt_logits, step_logits, _, final = _run(
@@ -181,7 +210,15 @@ def test_low_precision_stays_close_to_pip_fp32(name, dtype, models, oracle):
         assert np.abs(step_logits[row].numpy() - ref["step_logits"]).max() <= LOW_PRECISION_TOL[dtype]
 
 
-def _reference_wkv(S, log_w, r, k, v, kk, a):
+def _reference_wkv(
+    S: torch.Tensor,
+    log_w: torch.Tensor,
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kk: torch.Tensor,
+    a: torch.Tensor,
+):
     """The reference model's per-token step (A7 step 8) in float64, looped over time."""
     S = S.double()
     ys = []
@@ -192,7 +229,7 @@ def _reference_wkv(S, log_w, r, k, v, kk, a):
 
 
 @pytest.mark.parametrize("decay", ["strongest", "mixed", "weakest"])
-def test_chunked_wkv_matches_token_loop(decay):
+def test_chunked_wkv_matches_token_loop(decay: str) -> None:
     """The chunked solve equals the recurrence at the decay bounds, over several chunks with padding."""
     g = torch.Generator().manual_seed(0)
     B, T, H, N = 2, 2 * wkv7.CHUNK_LEN + 9, 2, 16

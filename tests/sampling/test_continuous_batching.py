@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pytest
@@ -16,21 +16,32 @@ from rwkv_music.compose.render import RenderSettings, plan, read_jobs, render
 from rwkv_music.sampling import LogitsProcessor, RowConstraintError, SamplingConfig, SamplingValueError, generate
 from rwkv_music.sampling.continuous import WorkItem, generate_continuous
 
+if TYPE_CHECKING:
+    from rwkv_music.backends.base import Backend
+    from rwkv_music.model.state import State
+
 CFG = SamplingConfig(top_k=12, top_p=0.9, temperature=0.9, presence_penalty=0.3, frequency_penalty=0.2,
                      penalty_decay=0.99)  # stateful penalties: reset/update must follow each piece
 
 
-def _item(prompt, seed, max_new, stop=(), config=CFG, tag=None) -> WorkItem:
+def _item(
+    prompt: list[int],
+    seed: int,
+    max_new: int,
+    stop: tuple[int, ...] = (),
+    config: SamplingConfig = CFG,
+    tag: Any = None,
+) -> WorkItem:
     return WorkItem(prompt, seed, max_new, config.build_processors(), stop, tag=tag)
 
 
-def _alone(backend, item: WorkItem, config=CFG, **kw):
+def _alone(backend: FakeBackend | Backend, item: WorkItem, config: SamplingConfig = CFG, **kw):
     return generate(backend, [list(item.prompt)], processors=config.build_processors(), seeds=[item.seed],
                     max_new_tokens=item.max_new_tokens, stop_tokens=list(item.stop_tokens), **kw)
 
 
 # -- the loop ----------------------------------------------------------------------------------
-def test_every_piece_equals_generate_alone_with_stops_chunks_and_states():
+def test_every_piece_equals_generate_alone_with_stops_chunks_and_states() -> None:
     prompts = [[3], [1, 2, 3, 4, 5], [5, 6], [1] * 9, [7], [0] * 13, [8, 8, 8], [2], [4] * 6, [9, 1]]
     max_new = [40, 3, 25, 0, 60, 12, 1, 33, 18, 50]
     items = [_item(p, 100 + i, m, stop=(0, 1), tag=i) for i, (p, m) in enumerate(zip(prompts, max_new))]
@@ -49,7 +60,9 @@ def test_every_piece_equals_generate_alone_with_stops_chunks_and_states():
 
 
 @pytest.mark.parametrize("version", ["4", "5.2", "6", "7", "7a"])
-def test_random_model_pieces_equal_generate_alone(version, checkpoint_path, require_version):
+def test_random_model_pieces_equal_generate_alone(
+    version: str, checkpoint_path: Callable[..., Path], require_version: Callable[[str], None]
+) -> None:
     import rwkv_music
 
     require_version(version)
@@ -67,7 +80,9 @@ def test_random_model_pieces_equal_generate_alone(version, checkpoint_path, requ
 
 
 @pytest.mark.parametrize("backend", ["onnx", "ncnn"])
-def test_numpy_state_backends_give_the_pieces_of_generate_alone(backend, checkpoint_path, tmp_path):
+def test_numpy_state_backends_give_the_pieces_of_generate_alone(
+    backend: str, checkpoint_path: Callable[..., Path], tmp_path: Path
+) -> None:
     import rwkv_music
 
     pytest.importorskip("onnxruntime" if backend == "onnx" else "ncnn")
@@ -87,19 +102,19 @@ def test_numpy_state_backends_give_the_pieces_of_generate_alone(backend, checkpo
 class _Recorder:
     """Wraps a backend and records (batch, time, pieces not yet returned) of every forward call."""
 
-    def __init__(self, inner, pending: Callable[[], int]) -> None:
+    def __init__(self, inner: FakeBackend, pending: Callable[[], int]) -> None:
         self.inner, self.pending, self.calls = inner, pending, []
 
     def new_state(self, batch_size: int = 1):
         return self.inner.new_state(batch_size)
 
-    def forward(self, tokens, state=None, *, all_logits=False):
+    def forward(self, tokens: Any, state: State | None = None, *, all_logits: bool = False):
         arr = np.asarray(tokens)
         self.calls.append((arr.shape[0], arr.shape[1], self.pending()))
         return self.inner.forward(tokens, state)
 
 
-def test_finished_rows_are_refilled_so_the_batch_stays_full():
+def test_finished_rows_are_refilled_so_the_batch_stays_full() -> None:
     lengths = [60, 2, 5, 40, 1, 3, 25, 8, 50, 4]  # very different pieces, no stop tokens
     prompts = [[1], [2, 3], [4, 5, 6], [7], [8, 9], [10], [11, 12, 13], [14], [15, 16], [17]]
     items = [_item(p, i, n, config=SamplingConfig()) for i, (p, n) in enumerate(zip(prompts, lengths))]
@@ -123,14 +138,14 @@ def test_finished_rows_are_refilled_so_the_batch_stays_full():
 class BanAllAt(LogitsProcessor):
     rule = "ban_all_at"
 
-    def __init__(self, at):
+    def __init__(self, at: int):
         self.at = at
 
-    def process(self, step, scores):
+    def process(self, step: int, scores: np.ndarray) -> np.ndarray:
         return np.full_like(scores, -np.inf) if step >= self.at else scores.copy()
 
 
-def test_a_constraint_dead_end_finishes_or_raises_for_that_piece_only():
+def test_a_constraint_dead_end_finishes_or_raises_for_that_piece_only() -> None:
     items = [WorkItem([1], 1, 8, []), WorkItem([2], 2, 8, [BanAllAt(3)]), WorkItem([3], 3, 8, [])]
     res = {r.index: r for r in generate_continuous(FakeBackend(), items, batch_size=2, on_constraint="finish")}
     assert [res[i].finish_reason for i in range(3)] == ["max_tokens", "constraint", "max_tokens"]
@@ -142,7 +157,7 @@ def test_a_constraint_dead_end_finishes_or_raises_for_that_piece_only():
         list(generate_continuous(FakeBackend(), items, batch_size=2))
 
 
-def test_bad_items_and_shared_processors_are_refused_with_the_item_number():
+def test_bad_items_and_shared_processors_are_refused_with_the_item_number() -> None:
     shared = CFG.build_processors()
     with pytest.raises(SamplingValueError, match="work item 1: its processors are also used"):
         pair = [WorkItem([1], 1, 5, shared), WorkItem([2], 2, 5, shared)]
@@ -181,7 +196,7 @@ def _midi_rows(path: Path) -> Path:
     return path
 
 
-def test_midi_render_with_continuous_batching_writes_the_files_of_a_one_by_one_render(tmp_path):
+def test_midi_render_with_continuous_batching_writes_the_files_of_a_one_by_one_render(tmp_path: Path) -> None:
     composer = Composer(MidiFakeBackend(20096), model_name="fake")
     rows = _midi_rows(tmp_path / "rows.jsonl")
     cont, single = tmp_path / "cont", tmp_path / "single"
@@ -197,7 +212,9 @@ def test_midi_render_with_continuous_batching_writes_the_files_of_a_one_by_one_r
     assert stats["samples"] == 14 and stats["complete"] and stats["tokens"] == sum(r["tokens"] for r in manifest)
 
 
-def test_abc_render_continuous_equals_fixed_batches_and_one_by_one(checkpoint_path, tmp_path):
+def test_abc_render_continuous_equals_fixed_batches_and_one_by_one(
+    checkpoint_path: Callable[..., Path], tmp_path: Path
+) -> None:
     composer = Composer.load(checkpoint_path("7", vocab_size=128, n_layer=2, seed=5))
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(["ABc", "X:1\\nL:1/8\\nM:3/4\\nK:G\\nGAB", "", "d2"]) + "\n")
@@ -211,7 +228,7 @@ def test_abc_render_continuous_equals_fixed_batches_and_one_by_one(checkpoint_pa
     assert len(rows) == 6 and all((outs["cont"] / r["output"]).read_text().startswith("X:1\n") for r in rows)
 
 
-def test_continuous_render_stopped_by_max_samples_resumes_to_the_same_files(tmp_path):
+def test_continuous_render_stopped_by_max_samples_resumes_to_the_same_files(tmp_path: Path) -> None:
     composer = Composer(MidiFakeBackend(20096), model_name="fake")
     rows = _midi_rows(tmp_path / "rows.jsonl")
     full, part = tmp_path / "full", tmp_path / "part"

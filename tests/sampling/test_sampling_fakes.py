@@ -13,10 +13,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
 from rwkv_music.model.state import State
+
+if TYPE_CHECKING:
+    import torch
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 MOD = 2**31 - 1
@@ -38,7 +42,9 @@ class FakeBackend:
     def new_state(self, batch_size: int = 1) -> State:
         return State("7", {"att_x": np.zeros((1, batch_size, 1), dtype=np.float64)})
 
-    def forward(self, tokens, state=None, *, all_logits=False):
+    def forward(
+        self, tokens: Any, state: State | None = None, *, all_logits: bool = False
+    ) -> tuple[np.ndarray | torch.Tensor, State]:
         toks = np.asarray(tokens, dtype=np.int64)
         assert toks.ndim == 2 and toks.min() >= 0 and toks.max() < self.vocab_size
         self.calls.append(toks.shape)
@@ -57,7 +63,7 @@ class FakeBackend:
         return logits, new
 
 
-def history_hash(tokens) -> int:
+def history_hash(tokens: Iterable[int]) -> int:
     h = 0
     for t in tokens:
         h = (h * 1000003 + int(t) + 1) % MOD
@@ -137,7 +143,7 @@ def check_stream(words: list[str], *, max_note_ms: float | None = None, allowed:
     return rep
 
 
-def test_fake_backend_sequence_mode_equals_token_mode():
+def test_fake_backend_sequence_mode_equals_token_mode() -> None:
     be = FakeBackend(vocab_size=16)
     seq_logits, seq_state = be.forward([[1, 2, 3], [4, 5, 6]])
     st = None
@@ -148,7 +154,7 @@ def test_fake_backend_sequence_mode_equals_token_mode():
     assert int(st.tensors["att_x"][0, 1, 0]) == history_hash([4, 5, 6])
 
 
-def test_stream_checker_flags_orphans_overlong_and_polyphony():
+def test_stream_checker_flags_orphans_overlong_and_polyphony() -> None:
     words = ["pi:3c:a", "pi:40:a", "t100", "pi:3c:0", "pi:3c:0", "t125", "t125", "d:24:5", "<pad>"]
     rep = check_stream(words, max_note_ms=1000, allowed={"piano"})
     assert rep.orphan_offs == 1 and rep.max_polyphony == 2 and rep.bad_instruments == 1

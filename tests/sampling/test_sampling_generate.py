@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
 import numpy as np
 import pytest
 from test_sampling_fakes import FakeBackend, history_hash
@@ -15,23 +18,35 @@ from rwkv_music.sampling import (
     generate,
 )
 
+if TYPE_CHECKING:
+    from rwkv_music.backends.base import Backend
+    from rwkv_music.sampling.generate import GenerationResult
+
 CFG = SamplingConfig(top_k=12, top_p=0.9, temperature=0.9, presence_penalty=0.3, frequency_penalty=0.2,
                      penalty_decay=0.99)
 
 
-def run(backend, prompts, seeds, max_new=30, stop=(), config=CFG, **kw):
+def run(
+    backend: FakeBackend | Backend,
+    prompts: list[list[int]],
+    seeds: list[int],
+    max_new: int = 30,
+    stop: tuple[int, ...] = (),
+    config: SamplingConfig = CFG,
+    **kw,
+) -> GenerationResult:
     return generate(backend, prompts, processors=config.build_processors(), max_new_tokens=max_new, seeds=seeds,
                     stop_tokens=stop, **kw)
 
 
-def test_same_seed_gives_same_tokens_whatever_the_batch():
+def test_same_seed_gives_same_tokens_whatever_the_batch() -> None:
     alone = run(FakeBackend(), [[1, 2, 3]], [42])
     batch = run(FakeBackend(), [[5], [1, 2, 3], [7, 7, 7, 7, 7], [9, 8]], [1, 42, 3, 4])
     assert alone.tokens[0] == batch.tokens[1] and len(alone.tokens[0]) == 30
     assert batch.tokens[0] != batch.tokens[1]
 
 
-def test_mixed_prompt_lengths_equal_running_each_row_alone_with_stops():
+def test_mixed_prompt_lengths_equal_running_each_row_alone_with_stops() -> None:
     prompts, seeds = [[3], [1, 2, 3, 4], [5, 6], [1, 2, 3, 4], [0] * 7], [10, 11, 12, 13, 14]
     batch = run(FakeBackend(), prompts, seeds, max_new=40, stop=(0, 1))
     for i in range(len(prompts)):
@@ -44,7 +59,7 @@ def test_mixed_prompt_lengths_equal_running_each_row_alone_with_stops():
         assert (reason == "stop") == (hit in (0, 1)) and (reason == "max_tokens") == (len(toks) == 40)
 
 
-def test_prefill_groups_equal_lengths_and_chunks_long_prompts():
+def test_prefill_groups_equal_lengths_and_chunks_long_prompts() -> None:
     be = FakeBackend()
     prompts = [[1] * 600, [2] * 5, [3] * 600]
     res = run(be, prompts, [1, 2, 3], max_new=3, prefill_chunk=256)
@@ -53,7 +68,7 @@ def test_prefill_groups_equal_lengths_and_chunks_long_prompts():
     assert res.tokens == ref.tokens
 
 
-def test_finished_rows_leave_the_model_batch_and_final_state_covers_every_token():
+def test_finished_rows_leave_the_model_batch_and_final_state_covers_every_token() -> None:
     be = FakeBackend()
     prompts = [[1, 2], [3], [4, 5, 6]]
     res = run(be, prompts, [7, 8, 9], max_new=25, stop=tuple(range(8)), config=SamplingConfig())
@@ -66,14 +81,14 @@ def test_finished_rows_leave_the_model_batch_and_final_state_covers_every_token(
     assert res.decode_tokens_per_second > 0 and res.prefill_tokens_per_second > 0
 
 
-def test_max_tokens_and_callback_progress():
+def test_max_tokens_and_callback_progress() -> None:
     seen = []
     res = run(FakeBackend(), [[1], [2]], [1, 2], max_new=5, callback=lambda step, done: seen.append((step, done)))
     assert res.finish_reasons == ["max_tokens", "max_tokens"] and [len(t) for t in res.tokens] == [5, 5]
     assert seen == [(0, 0), (1, 0), (2, 0), (3, 0), (4, 2)]
 
 
-def test_greedy_picks_the_argmax_each_step():
+def test_greedy_picks_the_argmax_each_step() -> None:
     be = FakeBackend()
     res = generate(be, [[4, 2]], processors=[Temperature(0)], max_new_tokens=6, seeds=[0])
     history = [4, 2]
@@ -82,14 +97,14 @@ def test_greedy_picks_the_argmax_each_step():
         history.append(tok)
 
 
-def test_torch_logits_backend_gives_the_same_tokens():
+def test_torch_logits_backend_gives_the_same_tokens() -> None:
     pytest.importorskip("torch")
     a = run(FakeBackend(), [[1, 2], [3]], [5, 6])
     b = run(FakeBackend(torch_logits=True), [[1, 2], [3]], [5, 6])
     assert a.tokens == b.tokens
 
 
-def test_initial_state_with_one_row_is_shared_by_all_prompts():
+def test_initial_state_with_one_row_is_shared_by_all_prompts() -> None:
     be = FakeBackend()
     _, st = be.forward([[9, 9, 9]])
     res = run(be, [[1], [2]], [1, 2], max_new=4, state=st)
@@ -104,17 +119,17 @@ class BanAllForRow(LogitsProcessor):
 
     rule = "ban_all_for_row"
 
-    def __init__(self, row, at):
+    def __init__(self, row: int, at: int):
         self.row, self.at = row, at
 
-    def process(self, step, scores):
+    def process(self, step: int, scores: np.ndarray) -> np.ndarray:
         out = scores.copy()
         if step >= self.at:
             out[self.row] = -np.inf
         return out
 
 
-def test_constraint_dead_end_raises_or_finishes_the_row():
+def test_constraint_dead_end_raises_or_finishes_the_row() -> None:
     be = FakeBackend()
     with pytest.raises(RowConstraintError, match=r"step 3, row 1: rule 'ban_all_for_row'"):
         generate(be, [[1], [2], [3]], processors=[BanAllForRow(1, 3)], max_new_tokens=8, seeds=[1, 2, 3])
@@ -137,13 +152,13 @@ def test_constraint_dead_end_raises_or_finishes_the_row():
         (dict(prompts=[[1]], seeds=[-3]), "seeds\\[0\\]"),
     ],
 )
-def test_bad_generate_arguments_name_the_argument(kw, match):
+def test_bad_generate_arguments_name_the_argument(kw: dict[str, Any], match: str) -> None:
     args = dict(max_new_tokens=3) | kw
     with pytest.raises(SamplingValueError, match=match):
         generate(FakeBackend(), args.pop("prompts"), **args)
 
 
-def test_generation_with_random_weights_model_is_batch_independent(checkpoint_path):
+def test_generation_with_random_weights_model_is_batch_independent(checkpoint_path: Callable[..., Path]) -> None:
     import rwkv_music
 
     model = rwkv_music.load_model(checkpoint_path("7", vocab_size=128, n_embd=64, head_size=32, n_layer=2, seed=1))

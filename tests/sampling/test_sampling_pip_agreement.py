@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 import pytest
 
@@ -27,11 +29,11 @@ from rwkv_music.sampling import (  # noqa: E402
 )
 
 
-def pip_probs(monkeypatch, logits: np.ndarray, **kw) -> np.ndarray:
+def pip_probs(monkeypatch: pytest.MonkeyPatch, logits: np.ndarray, **kw) -> np.ndarray:
     """The normalised probabilities pip's CPU sampler draws from."""
     seen = {}
 
-    def fake_choice(a, p):
+    def fake_choice(a: int, p: np.ndarray):
         seen["p"] = np.array(p, dtype=np.float64)
         return 0
 
@@ -64,7 +66,9 @@ CASES = [
 
 @pytest.mark.parametrize("vocab, scale", [(256, 1.0), (256, 4.0), (20096, 3.0)])
 @pytest.mark.parametrize("kw", CASES, ids=lambda kw: "T{temperature}-p{top_p}-k{top_k}".format(**kw))
-def test_top_p_top_k_temperature_match_pip_sample_logits(monkeypatch, vocab, scale, kw):
+def test_top_p_top_k_temperature_match_pip_sample_logits(
+    monkeypatch: pytest.MonkeyPatch, vocab: int, scale: float, kw: dict[str, float]
+) -> None:
     logits = (np.random.default_rng(vocab + int(scale)).standard_normal(vocab) * scale).astype(np.float32)
     ref = pip_probs(monkeypatch, logits, **kw)
     ours = our_probs(logits, **kw)
@@ -72,7 +76,7 @@ def test_top_p_top_k_temperature_match_pip_sample_logits(monkeypatch, vocab, sca
     np.testing.assert_allclose(ours, ref, rtol=2e-4, atol=1e-7)
 
 
-def test_pip_top_p_one_is_not_off_but_ours_is(monkeypatch):
+def test_pip_top_p_one_is_not_off_but_ours_is(monkeypatch: pytest.MonkeyPatch) -> None:
     # docs/formats.md D1 quirk: pip's float32 cumulative sum often stays below 1.0, so top_p = 1 keeps
     # only the argmax; when it does reach 1.0 the tail is cut.  Either way it is not "off".
     logits = (np.random.default_rng(0).standard_normal(20096) * 3).astype(np.float32)
@@ -90,10 +94,10 @@ TEXT = {0: "", 1: " ", 2: "1", 3: "23", 4: "a", 5: "b", 6: "\t", 7: "c", 8: "4"}
 
 
 class FakeTok:
-    def encode(self, text):
+    def encode(self, text: str) -> list[int]:
         return [4, 7]
 
-    def decode(self, ids):
+    def decode(self, ids: Iterable[int]) -> str:
         return "".join(TEXT.get(i, f"w{i}") for i in ids)
 
 
@@ -101,14 +105,14 @@ class FakeModel:
     def __init__(self):
         self.table = np.random.default_rng(11).standard_normal((97, VOCAB)).astype(np.float32)
 
-    def forward(self, tokens, state):
+    def forward(self, tokens: list[int], state: int | None) -> tuple[torch.Tensor, int]:
         h = 0 if state is None else state
         for t in tokens:
             h = (h * 31 + t + 1) % 97
         return torch.from_numpy(self.table[h].copy()), h
 
 
-def test_penalties_match_pip_generate_on_scripted_sequence():
+def test_penalties_match_pip_generate_on_scripted_sequence() -> None:
     script = [4, 1, 4, 2, 3, 4, 9, 9, 1, 0, 6, 4, 12, 9, 3, 3, 4]
     args = rwkv_utils.PIPELINE_ARGS(temperature=1.0, top_p=0.85, alpha_frequency=0.3, alpha_presence=0.25,
                                     alpha_decay=0.99, token_ban=[5, 8], token_stop=[])
@@ -116,7 +120,7 @@ def test_penalties_match_pip_generate_on_scripted_sequence():
     pipe.model, pipe.tokenizer = FakeModel(), FakeTok()
     seen = []
 
-    def scripted(logits, **kw):
+    def scripted(logits: torch.Tensor, **kw):
         seen.append(logits.clone().numpy())
         return script[len(seen) - 1]
 
@@ -139,7 +143,7 @@ def test_penalties_match_pip_generate_on_scripted_sequence():
         raw, state = model.forward([tok], state)
 
 
-def chatrwkv_reference_logits(raw_rows, script):
+def chatrwkv_reference_logits(raw_rows: Iterable[np.ndarray], script: Iterable[int]) -> list[np.ndarray]:
     """docs/formats.md D3 steps 1-3 written out directly (dict occurrence map, float64)."""
     occ, out = {}, []
     for i, (raw, tok) in enumerate(zip(raw_rows, script)):
@@ -155,7 +159,7 @@ def chatrwkv_reference_logits(raw_rows, script):
     return out
 
 
-def test_chatrwkv_midi_preset_matches_recipe_distribution(monkeypatch):
+def test_chatrwkv_midi_preset_matches_recipe_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(5)
     script = [int(x) for x in rng.choice([3, 10, 127, 13146, 13136, 571, 560, 1], size=40)]
     raw_rows = [(rng.standard_normal(20096) * 2).astype(np.float32) for _ in script]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,11 +14,11 @@ from rwkv_music.sampling import SamplingConfig, SamplingValueError, get_preset, 
 from rwkv_music.sampling.penalties import OccurrencePenalty
 
 
-def test_preset_names():
+def test_preset_names() -> None:
     assert preset_names() == ["chatrwkv-midi", "chatrwkv-abc", "default-midi", "default-abc"]
 
 
-def test_chatrwkv_midi_preset_is_the_d3_recipe():
+def test_chatrwkv_midi_preset_is_the_d3_recipe() -> None:
     cfg = get_preset("chatrwkv-midi")
     assert (cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p) == (1.0, 8, 0.8, 0.0)
     assert (cfg.presence_penalty, cfg.frequency_penalty, cfg.penalty_decay) == (0.0, 0.5, 0.997)
@@ -34,7 +35,7 @@ def test_chatrwkv_midi_preset_is_the_d3_recipe():
     assert occ[5] == pytest.approx(0.3 * 0.997**2) and occ[127] == pytest.approx(0.997) and occ[13146] == 1.0
 
 
-def test_chatrwkv_abc_preset_is_the_d4_recipe():
+def test_chatrwkv_abc_preset_is_the_d4_recipe() -> None:
     cfg = get_preset("chatrwkv-abc")
     assert (cfg.temperature, cfg.top_k, cfg.top_p) == (1.0, 8, 0.8)
     assert cfg.stop_tokens == (3,) and not cfg.eos_bias_tokens
@@ -42,7 +43,7 @@ def test_chatrwkv_abc_preset_is_the_d4_recipe():
     assert [p.rule for p in cfg.build_processors()] == ["top_p", "top_k"]
 
 
-def test_default_presets_are_valid_and_stop_on_their_end_tokens():
+def test_default_presets_are_valid_and_stop_on_their_end_tokens() -> None:
     assert set(get_preset("default-midi").stop_tokens) == {0, 2}
     assert get_preset("default-abc").stop_tokens == (3,)
     for name in preset_names():
@@ -53,7 +54,7 @@ def test_default_presets_are_valid_and_stop_on_their_end_tokens():
         assert np.isfinite(out).any(axis=1).all()
 
 
-def test_build_processors_inserts_constraints_in_the_fixed_order():
+def test_build_processors_inserts_constraints_in_the_fixed_order() -> None:
     cfg = SamplingConfig(temperature=0.8, top_k=5, top_p=0.9, min_p=0.05, presence_penalty=0.1, banned_tokens=[4],
                          logit_bias={7: -1.0}, eos_bias_tokens=[0], eos_bias_scale=10, stop_tokens=[0],
                          min_new_tokens=2, forced_tokens={0: 1})
@@ -64,7 +65,7 @@ def test_build_processors_inserts_constraints_in_the_fixed_order():
                      "force_tokens", "top_p", "top_k", "min_p", "temperature"]
 
 
-def test_get_preset_overrides_and_unknown_name():
+def test_get_preset_overrides_and_unknown_name() -> None:
     assert get_preset("chatrwkv-midi", top_p=0.5).top_p == 0.5
     with pytest.raises(SamplingValueError, match="unknown sampling preset 'jazz'"):
         get_preset("jazz")
@@ -86,13 +87,13 @@ def test_get_preset_overrides_and_unknown_name():
         (dict(eos_bias_tokens=[0], eos_bias_scale=0), "scale"),
     ],
 )
-def test_config_constructor_rejects_bad_values_naming_them(kw, match):
+def test_config_constructor_rejects_bad_values_naming_them(kw: dict[str, Any], match: str) -> None:
     with pytest.raises(SamplingValueError, match=match) as info:
         SamplingConfig(**kw)
     assert isinstance(info.value, ValueError) and isinstance(info.value, RwkvMusicError)
 
 
-def test_config_is_frozen_and_round_trips_through_json():
+def test_config_is_frozen_and_round_trips_through_json() -> None:
     cfg = get_preset("chatrwkv-midi").replace(banned_tokens=[1], forced_tokens={0: 5})
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.top_k = 3  # type: ignore[misc]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pytest
@@ -29,38 +30,41 @@ from rwkv_music.sampling import (
     sample,
 )
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
 INF = np.inf
 
 
-def probs(scores):
+def probs(scores: npt.ArrayLike) -> np.ndarray:
     s = np.asarray(scores, dtype=np.float64)
     e = np.where(np.isfinite(s), np.exp(s - np.max(s[np.isfinite(s)])), 0.0)
     return e / e.sum()
 
 
-def logp(*p):
+def logp(*p) -> np.ndarray:
     return np.log(np.array([p], dtype=np.float32))
 
 
-def test_temperature_divides_scores_and_zero_keeps_only_maximum_ties():
+def test_temperature_divides_scores_and_zero_keeps_only_maximum_ties() -> None:
     np.testing.assert_allclose(Temperature(2.0)(0, np.array([[1.0, 2.0, 3.0]], np.float32)), [[0.5, 1.0, 1.5]])
     greedy = Temperature(0)(0, np.array([[3.0, 1.0, 3.0, -INF]], np.float32))
     np.testing.assert_array_equal(greedy, [[3.0, -INF, 3.0, -INF]])
 
 
-def test_temperature_half_squares_probabilities():
+def test_temperature_half_squares_probabilities() -> None:
     out = Temperature(0.5)(0, logp(0.4, 0.3, 0.2, 0.1))
     expected = np.array([0.16, 0.09, 0.04, 0.01]) / 0.30
     np.testing.assert_allclose(probs(out[0]), expected, rtol=1e-6)
 
 
-def test_top_k_keeps_k_best_and_ties_with_the_kth():
+def test_top_k_keeps_k_best_and_ties_with_the_kth() -> None:
     np.testing.assert_array_equal(TopK(2)(0, np.array([[0.0, 3.0, 1.0, 2.0]])), [[-INF, 3.0, -INF, 2.0]])
     np.testing.assert_array_equal(TopK(1)(0, np.array([[1.0, 2.0, 2.0, 0.0]])), [[-INF, 2.0, 2.0, -INF]])
     np.testing.assert_array_equal(TopK(0)(0, np.array([[1.0, 2.0]])), [[1.0, 2.0]])
 
 
-def test_top_p_uses_pip_cutoff_rule_with_ties_surviving():
+def test_top_p_uses_pip_cutoff_rule_with_ties_surviving() -> None:
     scores = logp(0.1, 0.5, 0.3, 0.1)
     keep = lambda p: np.isfinite(TopP(p)(0, scores)[0]).tolist()  # noqa: E731
     assert keep(0.45) == [False, True, False, False]  # 0.5 >= 0.45 at the first position
@@ -71,7 +75,7 @@ def test_top_p_uses_pip_cutoff_rule_with_ties_surviving():
     np.testing.assert_allclose(probs(TopP(0.6)(0, scores)[0]), [0, 0.625, 0.375, 0], atol=1e-7)
 
 
-def test_top_p_fast_path_matches_full_sort_on_peaked_and_flat_rows():
+def test_top_p_fast_path_matches_full_sort_on_peaked_and_flat_rows() -> None:
     rng = np.random.default_rng(3)
     flat = rng.standard_normal((2, 500)).astype(np.float32)
     peaked = flat * 8
@@ -84,12 +88,12 @@ def test_top_p_fast_path_matches_full_sort_on_peaked_and_flat_rows():
             np.testing.assert_array_equal(np.isfinite(out[r]), p >= cutoff)
 
 
-def test_min_p_keeps_tokens_above_fraction_of_max():
+def test_min_p_keeps_tokens_above_fraction_of_max() -> None:
     out = MinP(0.5)(0, logp(0.5, 0.3, 0.2))
     np.testing.assert_allclose(probs(out[0]), [0.625, 0.375, 0.0], atol=1e-7)
 
 
-def test_ban_bias_min_new_tokens_and_force_tokens():
+def test_ban_bias_min_new_tokens_and_force_tokens() -> None:
     z = np.zeros((2, 4), np.float32)
     np.testing.assert_array_equal(TokenBan([1, 3])(0, z)[0], [0, -INF, 0, -INF])
     np.testing.assert_array_equal(LogitBias({2: -1.0, 0: 0.5})(0, z)[1], [0.5, 0, -1, 0])
@@ -100,7 +104,7 @@ def test_ban_bias_min_new_tokens_and_force_tokens():
     np.testing.assert_array_equal(forced(3, z)[1], [-INF, -INF, 0, -INF])
 
 
-def test_eos_bias_schedule_follows_chatrwkv_formula():
+def test_eos_bias_schedule_follows_chatrwkv_formula() -> None:
     eos = EosBiasSchedule([0], start=2000, scale=500)
     for step, bias in ((0, -4.0), (2000, 0.0), (4095, 4.19)):
         assert eos(step, np.zeros((1, 3), np.float32))[0, 0] == pytest.approx(bias)
@@ -108,7 +112,7 @@ def test_eos_bias_schedule_follows_chatrwkv_formula():
     assert clamped(10, np.zeros((1, 3), np.float32))[0, 1] == 2.5
 
 
-def test_occurrence_penalty_hand_computed_presence_frequency_decay():
+def test_occurrence_penalty_hand_computed_presence_frequency_decay() -> None:
     pen = OccurrencePenalty(presence=0.2, frequency=0.5, decay=0.9, weights={3: 0.0})
     pen.reset([[0]])
     for t in (1, 1, 3, 2):
@@ -119,14 +123,14 @@ def test_occurrence_penalty_hand_computed_presence_frequency_decay():
     assert pen.occurrences(0) == pytest.approx({1: 1.539, 2: 1.0, 3: 0.0})
 
 
-def test_chained_processors_give_exact_distribution():
+def test_chained_processors_give_exact_distribution() -> None:
     procs = LogitsProcessorList([TopP(0.95), TopK(2), Temperature(0.5)])
     procs.reset([[0]])
     out = procs(0, logp(0.4, 0.3, 0.2, 0.1))
     np.testing.assert_allclose(probs(out[0]), [0.64, 0.36, 0.0, 0.0], rtol=1e-6)
 
 
-def test_processors_return_new_array_and_leave_input_untouched():
+def test_processors_return_new_array_and_leave_input_untouched() -> None:
     scores = np.array([[0.5, 1.0, 2.0, -1.0]], np.float32)
     before = scores.copy()
     procs = (Temperature(0.7), TopK(2), TopP(0.5), MinP(0.2), TokenBan([0]), LogitBias({1: 1.0}), ForceTokens({0: 2}))
@@ -136,7 +140,7 @@ def test_processors_return_new_array_and_leave_input_untouched():
         np.testing.assert_array_equal(scores, before)
 
 
-def test_torch_scores_come_back_as_torch_with_same_values():
+def test_torch_scores_come_back_as_torch_with_same_values() -> None:
     torch = pytest.importorskip("torch")
     scores = np.random.default_rng(0).standard_normal((3, 50)).astype(np.float32)
     procs = LogitsProcessorList([TokenBan([4]), TopP(0.8), TopK(10), Temperature(0.8)])
@@ -147,13 +151,13 @@ def test_torch_scores_come_back_as_torch_with_same_values():
     np.testing.assert_array_equal(out_t.numpy(), out_np)
 
 
-def test_importing_sampling_does_not_import_torch():
+def test_importing_sampling_does_not_import_torch() -> None:
     code = "import sys, rwkv_music.sampling, rwkv_music.formats.midi.constraint; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
-def test_inactive_rows_pass_through_without_error():
+def test_inactive_rows_pass_through_without_error() -> None:
     scores = np.array([[-INF, -INF, -INF], [0.0, 1.0, 2.0]], np.float32)
     procs = LogitsProcessorList([TokenBan([0, 1]), TopP(0.5), TopK(1), MinP(0.5), Temperature(0), ForceTokens({0: 2})])
     procs.reset([[0], [0]])
@@ -162,7 +166,7 @@ def test_inactive_rows_pass_through_without_error():
     np.testing.assert_array_equal(np.isfinite(out[1]), [False, False, True])
 
 
-def test_emptying_a_row_raises_constraint_error_naming_row_step_rule():
+def test_emptying_a_row_raises_constraint_error_naming_row_step_rule() -> None:
     scores = np.zeros((2, 3), np.float32)
     scores[1, 2] = -INF
     procs = LogitsProcessorList([TokenBan([0, 1])])
@@ -171,11 +175,11 @@ def test_emptying_a_row_raises_constraint_error_naming_row_step_rule():
     assert isinstance(info.value, ConstraintError) and (info.value.row, info.value.step) == (1, 7)
 
 
-def test_list_catches_a_processor_that_empties_a_row_without_raising():
+def test_list_catches_a_processor_that_empties_a_row_without_raising() -> None:
     class Sloppy(LogitsProcessor):
         rule = "sloppy"
 
-        def __call__(self, step, scores):
+        def __call__(self, step: int, scores: np.ndarray):
             return np.full_like(scores, -INF)
 
     with pytest.raises(RowConstraintError, match="sloppy"):
@@ -199,13 +203,13 @@ def test_list_catches_a_processor_that_empties_a_row_without_raising():
         (lambda: MinNewTokens(-1, [0]), "min_new_tokens"),
     ],
 )
-def test_bad_arguments_raise_value_error_naming_argument(make, name):
+def test_bad_arguments_raise_value_error_naming_argument(make: Callable[[], object], name: str) -> None:
     with pytest.raises(SamplingValueError, match=name) as info:
         make()
     assert isinstance(info.value, ValueError) and isinstance(info.value, RwkvMusicError)
 
 
-def test_sampler_follows_distribution_and_never_picks_illegal_tokens():
+def test_sampler_follows_distribution_and_never_picks_illegal_tokens() -> None:
     scores = np.log(np.array([[0.64, 0.36, 1e-9, 1e-9]], np.float32))
     scores[0, 2:] = -INF
     rngs = make_generators([123])
@@ -214,7 +218,7 @@ def test_sampler_follows_distribution_and_never_picks_illegal_tokens():
     assert abs(np.mean(draws == 0) - 0.64) < 0.03
 
 
-def test_sampler_is_reproducible_per_seed_and_handles_empty_rows():
+def test_sampler_is_reproducible_per_seed_and_handles_empty_rows() -> None:
     scores = np.random.default_rng(1).standard_normal((3, 100)).astype(np.float32)
     scores[1] = -INF
     a = [sample(scores, g) for g in [make_generators([5, 6, 7])] for _ in range(20)]
@@ -225,7 +229,7 @@ def test_sampler_is_reproducible_per_seed_and_handles_empty_rows():
         make_generators([-1])
 
 
-def test_sampler_draw_uses_float64_inverse_cdf():
+def test_sampler_draw_uses_float64_inverse_cdf() -> None:
     scores = np.array([[0.0, math.log(3.0)]], np.float32)  # p = [0.25, 0.75]
     u = np.random.Generator(np.random.PCG64(9)).random()
     assert sample(scores, make_generators([9]))[0] == (0 if u < 0.25 else 1)

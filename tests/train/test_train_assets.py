@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rwkv_music.assets import default_model_path
@@ -12,7 +14,7 @@ MAX_BYTES = 16 * 1024 * 1024
 
 
 @pytest.mark.parametrize("mode, vocab", [("abc", 128), ("midi", 20096)])
-def test_default_model_is_small_v7_with_mode_vocabulary(mode, vocab):
+def test_default_model_is_small_v7_with_mode_vocabulary(mode: str, vocab: int) -> None:
     path = default_model_path(mode)  # shipped in the package: missing is a failure, not a skip
     assert path.stat().st_size <= MAX_BYTES
     assert (path.parent / "MODEL_CARD.md").is_file()
@@ -20,12 +22,12 @@ def test_default_model_is_small_v7_with_mode_vocabulary(mode, vocab):
     assert model.config.vocab_size == vocab
 
 
-def test_unknown_mode_raises_project_error():
+def test_unknown_mode_raises_project_error() -> None:
     with pytest.raises(RwkvMusicError, match="no default model for mode 'xyz'"):
         default_model_path("xyz")
 
 
-def test_generate_midi_with_no_model_writes_a_midi_from_the_shipped_model(tmp_path):
+def test_generate_midi_with_no_model_writes_a_midi_from_the_shipped_model(tmp_path: Path) -> None:
     """The README's main job: `generate-midi` with the shipped default model."""
     import mido
     from click.testing import CliRunner
@@ -42,7 +44,7 @@ def test_generate_midi_with_no_model_writes_a_midi_from_the_shipped_model(tmp_pa
     assert notes, "the shipped model wrote a MIDI file without notes"
 
 
-def test_shipped_abc_model_writes_bar_balanced_tunes_without_constraints():
+def test_shipped_abc_model_writes_bar_balanced_tunes_without_constraints() -> None:
     """Issue 8's quality bar, small: unconstrained tunes from bos alone, music21's measure check."""
     import rwkv_music
     from rwkv_music.formats.abc import check as abc_check

@@ -27,7 +27,7 @@ TUNE = ("X:7\nT:The Test Reel\nC:trad\nB:Some Book\nM:2/4\nL:1/8\nK:D\n"
         "|:A|dA FA|dA FA|Bc dB|AF ED:|\n|:f|af df|af df|ge ce|d2 d:|\n")
 
 
-def test_abc_document_is_bos_control_codes_tune_without_x_eos():
+def test_abc_document_is_bos_control_codes_tune_without_x_eos() -> None:
     doc = abc_document(TUNE)
     assert doc.ids[0] == 2 and doc.ids[-1] == 3
     text = bytes(doc.ids[1:-1].tolist()).decode("ascii")
@@ -37,19 +37,19 @@ def test_abc_document_is_bos_control_codes_tune_without_x_eos():
     assert doc.mask[0] == 0 and doc.mask[1:].all()
 
 
-def test_mask_control_excludes_control_code_bytes_from_loss():
+def test_mask_control_excludes_control_code_bytes_from_loss() -> None:
     doc = abc_document(TUNE, mask_control=True)
     prefix = control_codes(clean_abc_tune(TUNE))
     assert doc.mask[1:1 + len(prefix)].sum() == 0
     assert doc.mask[1 + len(prefix):].all()
 
 
-def test_sections_and_bars_follow_section_barlines():
+def test_sections_and_bars_follow_section_barlines() -> None:
     secs = abc_sections("|:A|dA FA|dA FA|Bc dB|AF ED:|\n|:f|af df|ge ce|d2 d:|")
     assert [b for _, b in secs] == [5, 4]
 
 
-def test_split_is_seeded_disjoint_and_reproducible():
+def test_split_is_seeded_disjoint_and_reproducible() -> None:
     docs = [abc_document(f"X:{i}\nM:2/4\nL:1/8\nK:C\n{'CDEF|' * (i + 1)}\n") for i in range(40)]
     tr1, va1 = split_documents(docs, 0.25, seed=3)
     tr2, va2 = split_documents(docs, 0.25, seed=3)
@@ -60,7 +60,7 @@ def test_split_is_seeded_disjoint_and_reproducible():
     assert [id(d) for d in va1] != [id(d) for d in va3]
 
 
-def test_token_stream_windows_are_shifted_by_one():
+def test_token_stream_windows_are_shifted_by_one() -> None:
     docs = [abc_document(TUNE)] * 3
     stream = TokenStream(docs)
     x, y, m = stream.random_batch(np.random.default_rng(0), 4, 32)
@@ -70,7 +70,7 @@ def test_token_stream_windows_are_shifted_by_one():
     assert len(stream) - 1 - 32 < covered <= len(stream) - 1
 
 
-def test_music21_collections_exclude_essen():
+def test_music21_collections_exclude_essen() -> None:
     files = music21_abc_files()
     assert files and not any("essenFolksong" in p.parts for p in files)
     with pytest.raises(RwkvMusicError, match="essenFolksong"):
@@ -78,7 +78,7 @@ def test_music21_collections_exclude_essen():
     assert len(split_abc_tunes(files[0].read_text(encoding="latin-1"))) > 1
 
 
-def test_midi_documents_are_pad_separated_pieces():
+def test_midi_documents_are_pad_separated_pieces() -> None:
     tok_mod = pytest.importorskip("rwkv_music.formats.midi.tokenizer")
     from rwkv_music.train.midi_data import midi_documents
 
@@ -89,7 +89,7 @@ def test_midi_documents_are_pad_separated_pieces():
     assert (ids[2:-1] >= 3).all() and ids.max() < 20096
 
 
-def test_abc_tune_renders_to_midi_file(tmp_path):
+def test_abc_tune_renders_to_midi_file(tmp_path: Path) -> None:
     from rwkv_music.train.midi_data import abc_folder_to_midi
 
     src = tmp_path / "t.abc"
@@ -99,7 +99,7 @@ def test_abc_tune_renders_to_midi_file(tmp_path):
     assert out[0].read_bytes()[:4] == b"MThd"
 
 
-def test_witten_bell_ngram_beats_uniform_and_normalises():
+def test_witten_bell_ngram_beats_uniform_and_normalises() -> None:
     rng = np.random.default_rng(0)
     ids = np.tile(np.array([5, 6, 7, 8, 9]), 200)
     model = WittenBellNGram(3, 16).fit(ids)
@@ -112,7 +112,7 @@ def test_witten_bell_ngram_beats_uniform_and_normalises():
     assert WittenBellNGram(3, 16).fit(noise).bits(noise) <= 4.0 + 1e-9
 
 
-def test_bar_balance_reward_marks_short_bar_negative():
+def test_bar_balance_reward_marks_short_bar_negative() -> None:
     text = "L:1/8\nM:2/4\nK:D\nA|dA FA|dA F|Bc dB|AF ED|\n"
     ids = [2] + [ord(c) for c in text] + [3]
     r = abc_bar_balance_reward(ids)
@@ -121,7 +121,7 @@ def test_bar_balance_reward_marks_short_bar_negative():
     assert bar_length("(3ABc d2 [CEG]2 A>B") == 8
 
 
-def test_stuck_note_reward_penalises_long_holds_and_orphan_offs():
+def test_stuck_note_reward_penalises_long_holds_and_orphan_offs() -> None:
     on, off = 128 + 8 * 1536 + 60 * 12 + 9, 128 + 8 * 1536 + 60 * 12
     other_off = 128 + 8 * 1536 + 62 * 12
     fine = midi_stuck_notes_reward([1, on, 127, off, 2])
@@ -130,7 +130,7 @@ def test_stuck_note_reward_penalises_long_holds_and_orphan_offs():
     assert stuck[2 + 5] == -1.0 and stuck[8] == -0.5
 
 
-def test_train_command_runs_and_writes_checkpoint(tmp_path):
+def test_train_command_runs_and_writes_checkpoint(tmp_path: Path) -> None:
     from rwkv_music.cli.train import train
 
     data = tmp_path / "tunes.abc"

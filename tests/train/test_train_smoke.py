@@ -6,9 +6,9 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from rwkv_music.model.wkv7 import wkv7_chunked
@@ -42,7 +42,7 @@ def _perturbed_model(seed: int = 0) -> RWKV7:
     return model
 
 
-def test_chunked_wkv_matches_sequential_recurrence():
+def test_chunked_wkv_matches_sequential_recurrence() -> None:
     g = torch.Generator().manual_seed(1)
     B, T, H, N = 2, 37, 2, 8
     r, k, v = (torch.randn(B, T, H, N, generator=g) for _ in range(3))
@@ -56,7 +56,7 @@ def test_chunked_wkv_matches_sequential_recurrence():
     assert torch.allclose(s1, s2, atol=1e-4, rtol=1e-4)
 
 
-def test_sequence_split_with_state_equals_one_call():
+def test_sequence_split_with_state_equals_one_call() -> None:
     model = _perturbed_model()
     idx = torch.randint(0, 128, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -66,7 +66,7 @@ def test_sequence_split_with_state_equals_one_call():
     assert torch.allclose(torch.cat([a, b], 1), full, atol=1e-4)
 
 
-def test_saved_checkpoint_loads_in_rwkv_pip_with_same_logits(tmp_path):
+def test_saved_checkpoint_loads_in_rwkv_pip_with_same_logits(tmp_path: Path) -> None:
     model = _perturbed_model()
     ckpt.save_model(model, tmp_path / "m.pth")
     tokens = [2, 83, 58, 50, 10, 76, 58, 49, 47, 56, 10, 75, 58, 71]
@@ -89,7 +89,7 @@ def test_saved_checkpoint_loads_in_rwkv_pip_with_same_logits(tmp_path):
     assert diff <= 1e-4
 
 
-def test_saved_checkpoint_has_blinkdl_v7_layout(tmp_path):
+def test_saved_checkpoint_has_blinkdl_v7_layout(tmp_path: Path) -> None:
     model = _perturbed_model()
     sd = torch.load(ckpt.save_model(model, tmp_path / "m.pth", "fp16"), map_location="cpu", weights_only=True)
     assert sd["blocks.0.ln0.weight"].shape == (64,)
@@ -101,7 +101,7 @@ def test_saved_checkpoint_has_blinkdl_v7_layout(tmp_path):
     assert not any("receptance" in k for k in sd if ".ffn." in k)
 
 
-def test_training_loss_decreases_and_resume_continues(tmp_path):
+def test_training_loss_decreases_and_resume_continues(tmp_path: Path) -> None:
     opts = TrainOptions(out=str(tmp_path / "run"), layers=2, width=64, head_size=32, ctx=64, steps=40,
                         lr=3e-3, warmup=5, batch_size=4, val_fraction=0.2, eval_every=0, save_every=0)
     losses = []
@@ -115,7 +115,7 @@ def test_training_loss_decreases_and_resume_continues(tmp_path):
     assert meta["step"] == 43 and meta["n_val_docs"] >= 1
 
 
-def test_fine_tune_from_checkpoint_keeps_its_shape(tmp_path):
+def test_fine_tune_from_checkpoint_keeps_its_shape(tmp_path: Path) -> None:
     base = _perturbed_model()
     src = ckpt.save_model(base, tmp_path / "base.pth")
     opts = TrainOptions(out=str(tmp_path / "ft"), init=str(src), layers=6, width=256, ctx=32, steps=2,
@@ -125,7 +125,7 @@ def test_fine_tune_from_checkpoint_keeps_its_shape(tmp_path):
     assert tuned.config.n_layer == 2 and tuned.config.n_embd == 64
 
 
-def test_reinforce_raises_probability_of_rewarded_token():
+def test_reinforce_raises_probability_of_rewarded_token() -> None:
     torch.manual_seed(0)
     model = init_rwkv7(RWKV7(make_config(2, 64, 128, head_size=32)), seed=3)
     target, prompt = 65, [2]
@@ -145,7 +145,7 @@ def test_reinforce_raises_probability_of_rewarded_token():
 
 
 
-def test_saved_checkpoint_loads_in_project_loader_with_same_logits(tmp_path):
+def test_saved_checkpoint_loads_in_project_loader_with_same_logits(tmp_path: Path) -> None:
     import rwkv_music
 
     model = _perturbed_model(seed=1)

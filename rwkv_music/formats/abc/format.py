@@ -11,6 +11,7 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 from rwkv_music.errors import AbcFormatError, BackendUnavailable, RwkvMusicError
+from rwkv_music.formats.abc.continuation import insert_titles, reopen_end, source_titles
 from rwkv_music.formats.abc.header import (
     AbcHeader,
     check_controls,
@@ -23,6 +24,8 @@ from rwkv_music.formats.abc.options import AbcOptions
 from rwkv_music.formats.abc.tokenizer import AbcTokenizer
 from rwkv_music.formats.abc.tune import read_tune
 from rwkv_music.formats.base import RowInput, RowPrompt, SpecialIds
+
+VOCAB_SIZES_OF_OTHER_FORMATS = (20096,)  # the reference MIDI vocabulary (docs/formats.md C1)
 
 
 class AbcFormat(SpecialIds):
@@ -44,9 +47,11 @@ class AbcFormat(SpecialIds):
 
     def check_vocab(self, vocab_size: int, source: str = "model") -> None:
         need = int(self.tokenizer.vocab_size)
-        if vocab_size < need:
+        if not need <= vocab_size <= 256:  # byte-level: one id per byte at most (the ABC models have 128)
+            kind = " (a MIDI model's vocabulary)" if vocab_size in VOCAB_SIZES_OF_OTHER_FORMATS else ""
             raise RwkvMusicError(
-                f"{source}: vocabulary has {vocab_size} ids, an ABC model needs at least {need} (vocab/model mismatch)"
+                f"{source}: vocabulary has {vocab_size} ids{kind}, an ABC model has {need} to 256 "
+                "(vocab/model mismatch)"
             )
 
     def encode(self, text: str, vocab_size: int | None = None) -> list[int]:
@@ -69,6 +74,7 @@ class AbcFormat(SpecialIds):
             item = self.read_file(item)
         fields = header_fields(item) if item is not None else {}
         if item is not None and fields.get("K"):
+            item = reopen_end(item)  # a whole tune gets a new part, not "the end" (formats/abc/continuation.py)
             controls = [] if has_control_codes(item) else check_controls(options.controls)
             text = "\n".join(controls + [item.strip("\n")]) + "\n"
             free = bool(music_after_header(item).strip())
@@ -77,6 +83,10 @@ class AbcFormat(SpecialIds):
             text = prompt_text(options.controls, options.key, options.meter, options.unit, options.tempo, item)
             header = AbcHeader(options.meter, options.unit, options.key, free=bool(item and item.strip()))
         return RowPrompt([self.prompt_start] + self.encode(text, vocab_size), header)
+
+    def keep_titles(self, item: RowInput, text: str) -> str:
+        """A continued tune's text with the ``T:`` lines of its source (kept out of the prompt)."""
+        return insert_titles(text, source_titles(item))
 
     def stop_ids(self, options: AbcOptions) -> list[int]:
         return [self.eos_id]
@@ -110,7 +120,11 @@ class AbcFormat(SpecialIds):
         return self.tokenizer.decode(list(ids))
 
     def validity(self, text: str) -> dict[str, Any]:
-        """music21 validity and bar balance of a tune (:mod:`rwkv_music.formats.abc.check`)."""
+        """music21 validity and the strict bar balance of a tune (:mod:`rwkv_music.formats.abc.check`).
+
+        ``bar_balance`` is the share of judged bars keeping the strict metre rule (pickup pairs and
+        endings only); ``strictly_balanced`` says the whole tune keeps it (metered, every bar).
+        """
         from rwkv_music.formats.abc.check import bar_balance, parse_ok
         from rwkv_music.formats.score import quiet_music21
 
@@ -123,6 +137,7 @@ class AbcFormat(SpecialIds):
             "bar_balance": round(report.rate, 4),
             "overfull_bars": report.overfull,
             "all_balanced": report.all_balanced,
+            "strictly_balanced": report.strictly_balanced,
         }
 
     def to_midi(self, text: str, source: str = "ABC text") -> Any:

@@ -119,8 +119,28 @@ def check_controls(controls: str | None) -> list[str]:
     return out
 
 
+# A prompt is fed through the model token by token (one token per character): the models were trained on
+# tunes of a few KB, and a 5 MB line would prefill for minutes.  Real ABC lines hold a few bars.
+MAX_PROMPT_CHARS = 32 * 1024
+MAX_LINE_CHARS = 4 * 1024
+
+
+def check_prompt_size(text: str, source: str = "ABC prompt") -> str:
+    """``text`` unchanged, or :class:`AbcFormatError` when it is longer than a tune prompt can be."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise AbcFormatError(f"{source}: {len(text)} characters, more than the {MAX_PROMPT_CHARS} a prompt may hold")
+    for number, line in enumerate(text.split("\n"), 1):
+        if len(line) > MAX_LINE_CHARS:
+            raise AbcFormatError(f"{source}: line {number} has {len(line)} characters, more than the "
+                                 f"{MAX_LINE_CHARS} an ABC line may hold")
+    return text
+
+
 def header_fields(tune: str) -> dict[str, str]:
-    """The last value of each header field before the music starts (``L``, ``M``, ``K``, ...)."""
+    """The last value of each header field before the music starts (``L``, ``M``, ``K``, ...).
+
+    Refuses a prompt longer than :data:`MAX_PROMPT_CHARS` (or a line above :data:`MAX_LINE_CHARS`)."""
+    check_prompt_size(tune)
     fields: dict[str, str] = {}
     for line in tune.split("\n"):
         m = _FIELD_LINE.match(line.strip())
@@ -168,7 +188,7 @@ def prompt_text(
     lines.append(f"K:{check_key(key)}")
     text = "\n".join(lines) + "\n"
     if body:
-        text += body.strip("\n")
+        text += check_prompt_size(body).strip("\n")
     return text
 
 
@@ -177,6 +197,8 @@ __all__ = [
     "music_after_header",
     "BPM_RANGE",
     "CONTROL_RANGES",
+    "MAX_LINE_CHARS",
+    "MAX_PROMPT_CHARS",
     "METER_DENOMINATORS",
     "MAX_METER_NUMERATOR",
     "MODE_SHARPS",
@@ -187,6 +209,7 @@ __all__ = [
     "check_controls",
     "check_key",
     "check_meter",
+    "check_prompt_size",
     "check_tempo",
     "check_unit",
     "has_control_codes",

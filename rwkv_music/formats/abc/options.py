@@ -8,7 +8,7 @@ from typing import Any
 
 from rwkv_music.errors import RwkvMusicError
 from rwkv_music.formats.abc.header import check_controls, check_key, check_meter, check_tempo, check_unit
-from rwkv_music.formats.base import positive_int
+from rwkv_music.formats.midi.options import MAX_NEW_TOKENS, bounded_int
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,10 @@ class AbcOptions:
         if self.tempo is not None:
             object.__setattr__(self, "tempo", check_tempo(self.tempo))
         check_controls(self.controls)
-        positive_int("max_tokens", self.max_tokens)
+        bounded_int("max_tokens", self.max_tokens, MAX_NEW_TOKENS)
         for name in ("parts", "bars_per_part"):
             if getattr(self, name) is not None:
-                positive_int(name, getattr(self, name))
+                bounded_int(name, getattr(self, name), 1024)
         if (self.parts is not None or self.bars_per_part is not None) and not self.form:
             raise RwkvMusicError("parts and bars_per_part shape the tune form: drop form=False (--free-form)")
 

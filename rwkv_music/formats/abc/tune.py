@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Iterable
 
 from rwkv_music.errors import AbcFormatError
+from rwkv_music.formats.abc.header import check_key, check_meter, check_prompt_size, check_unit
 
+MAX_FILE_BYTES = 16 << 20  # a tune book; only its first tune is read, and that within MAX_PROMPT_CHARS
 TEXT_SOURCE = "ABC text"  # the source name of a tune given as text rather than a file
 
 _CONTROL_LINE = re.compile(r"^[SBE]:\s*\d+\s*$")  # TunesFormer control codes (docs/formats.md B)
@@ -95,7 +97,69 @@ def prompt_from_tune(tune: str) -> str:
         out.append(line.rstrip())
     if not any(line.startswith("K:") for line in out):
         raise AbcFormatError("ABC prompt has no K: (key) line; a tune header needs L:, M: and K:")
-    return "\n".join(out)
+    return _from_last_change(out)
+
+
+_INLINE_FIELD = re.compile(r"\[([A-Za-z]):([^\]\n]*)\]")
+_BODY_FIELD_LINE = re.compile(r"^([A-Za-z]):(.*)$")
+_CHANGING = {"K": check_key, "M": check_meter, "L": check_unit}
+
+
+def _from_last_change(lines: list[str]) -> str:
+    """The prompt from the tune's last change of key, metre or unit on, under a header with the values
+    then in force.
+
+    The constrained decoder keeps one key, metre and unit per tune, so a tune that changes them in its
+    body (``[K:Gm]``, ``[M:3/4]``, a ``K:`` line after the music started) is continued from its last
+    change: the music before it is left out of the prompt, and thus of the piece.  Other inline fields
+    (``[P:A]``, ``[Q:...]``) carry no notes and are dropped.
+    """
+    k = next(i for i, line in enumerate(lines) if line.startswith("K:"))
+    header, body = lines[: k + 1], lines[k + 1 :]
+    values: dict[str, str] = {}
+    start = (0, 0)  # (body line, column) where the kept music starts
+    kept_body: list[str] = []
+    for i, line in enumerate(body):
+        m = _BODY_FIELD_LINE.match(line.strip())
+        if m:
+            if m.group(1) in _CHANGING:
+                values[m.group(1)] = _field_value(m.group(1), m.group(2))
+                start = (i + 1, 0)
+            kept_body.append("")
+            continue
+        out, pos = [], 0
+        for f in _INLINE_FIELD.finditer(line):
+            out.append(line[pos : f.start()])
+            pos = f.end()
+            if f.group(1) in _CHANGING:
+                values[f.group(1)] = _field_value(f.group(1), f.group(2))
+                start = (i, len("".join(out)))
+        out.append(line[pos:])
+        kept_body.append("".join(out))
+    if not values:
+        return "\n".join(header + [line for line in kept_body if line])
+    line, column = start
+    rest = ([kept_body[line][column:]] if line < len(kept_body) else []) + kept_body[line + 1 :]
+    new_header = []
+    for text in header:
+        letter = text[:1]
+        if letter in values and text[1:2] == ":" and letter != "K":
+            text = f"{letter}:{values.pop(letter)}"
+        new_header.append(text)
+    key = values.pop("K", None)
+    if key is not None:
+        new_header[-1] = f"K:{key}"
+    for letter, value in values.items():  # a change of a field the header did not have
+        new_header.insert(len(new_header) - 1, f"{letter}:{value}")
+    music = [r for r in rest if r.strip()]
+    return "\n".join(new_header + music)
+
+
+def _field_value(letter: str, value: str) -> str:
+    try:
+        return _CHANGING[letter](value)
+    except AbcFormatError as exc:
+        raise AbcFormatError(f"ABC prompt: body field {letter}:{value.strip()}: {exc}") from None
 
 
 
@@ -113,6 +177,9 @@ def read_tune(path_or_text: str | os.PathLike) -> tuple[str, str]:
         path = Path(path_or_text)
         if not path.is_file():
             raise AbcFormatError(f"{path}: no such ABC file")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise AbcFormatError(f"{path}: {path.stat().st_size} bytes, more than the {MAX_FILE_BYTES} an ABC file "
+                                 "(a tune book) may hold")
         text, source = path.read_text(encoding="utf-8", errors="replace"), str(path)
     else:
         text, source = str(path_or_text), TEXT_SOURCE
@@ -120,7 +187,7 @@ def read_tune(path_or_text: str | os.PathLike) -> tuple[str, str]:
     if not tunes:
         raise AbcFormatError(f"{source}: contains no ABC tune")
     try:
-        return prompt_from_tune(tunes[0][1]), source
+        return prompt_from_tune(check_prompt_size(tunes[0][1], "first tune")), source
     except AbcFormatError as exc:
         raise AbcFormatError(f"{source}: {exc}") from None
 

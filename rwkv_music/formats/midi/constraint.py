@@ -48,12 +48,24 @@ def wait_token(ticks: int) -> int:
 
 
 def _bin_index(item: str | int) -> int:
+    """An instrument bin from its index (0-12, this constraint's own numbering) or from any name
+    :func:`~rwkv_music.formats.midi.options.instrument_bins` takes (bins, General MIDI names)."""
+    if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+        if 0 <= item < N_BINS:
+            return int(item)
+        names = ", ".join(BIN_NAMES)
+        raise SamplingValueError(f"instruments: bin index {item!r} is not one of 0-{N_BINS - 1} ({names})")
     if isinstance(item, str) and item.lower() in BIN_NAMES:
         return BIN_NAMES.index(item.lower())
-    if isinstance(item, (int, np.integer)) and not isinstance(item, bool) and 0 <= item < N_BINS:
-        return int(item)
-    names = ", ".join(BIN_NAMES)
-    raise SamplingValueError(f"instruments: unknown instrument {item!r}; use a bin index 0-12 or one of {names}")
+    from rwkv_music.formats.midi.options import instrument_bins  # (options imports nothing from here)
+
+    try:
+        found = instrument_bins([str(item)])
+    except RwkvMusicError as exc:
+        raise SamplingValueError(str(exc)) from None
+    if not found:
+        raise SamplingValueError(f"instruments: {item!r} is not an instrument")
+    return BIN_NAMES.index(found[0])
 
 
 def _scale_row(pitch_classes: frozenset[int]) -> np.ndarray:

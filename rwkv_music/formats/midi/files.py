@@ -27,11 +27,37 @@ class Note:
     program: int
 
 
+MAX_DELTA = 0x0FFFFFFF  # the largest delta time a 4-byte variable-length quantity holds (SMF 1.0)
+
+
 def midi_bytes(midi: Any) -> bytes:
-    """Serialise a :class:`mido.MidiFile` to bytes."""
+    """Serialise a :class:`mido.MidiFile` to standard MIDI bytes.
+
+    A wait longer than :data:`MAX_DELTA` ticks is split across empty text events, since mido
+    would write a longer, non-standard variable-length number; ``midi`` itself is not changed.
+    """
+    import mido
+
+    if any(msg.time > MAX_DELTA for track in midi.tracks for msg in track):
+        out = mido.MidiFile(type=midi.type, ticks_per_beat=midi.ticks_per_beat, charset=midi.charset)
+        out.tracks = [_split_long_waits(track) for track in midi.tracks]
+        midi = out
     buf = io.BytesIO()
     midi.save(file=buf)
     return buf.getvalue()
+
+
+def _split_long_waits(track: Any) -> Any:
+    import mido
+
+    out = mido.MidiTrack()
+    for msg in track:
+        wait = msg.time
+        while wait > MAX_DELTA:
+            out.append(mido.MetaMessage("text", text="", time=MAX_DELTA))
+            wait -= MAX_DELTA
+        out.append(msg.copy(time=wait))
+    return out
 
 
 def read_midi(path_or_bytes: str | os.PathLike | bytes) -> Any:
@@ -88,4 +114,4 @@ def midi_metrics(midi: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["PERCUSSION_CHANNEL", "Note", "midi_bytes", "midi_metrics", "notes_of", "read_midi"]
+__all__ = ["MAX_DELTA", "PERCUSSION_CHANNEL", "Note", "midi_bytes", "midi_metrics", "notes_of", "read_midi"]

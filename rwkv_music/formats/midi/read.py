@@ -28,7 +28,13 @@ from rwkv_music.formats.midi.vocab import MidiVocab
 
 MidiSource = Union[str, Path, bytes, mido.MidiFile]
 
-MAX_FILE_BYTES = 64 * 1024 * 1024  # far above any real MIDI file; guards against reading junk
+MAX_FILE_BYTES = 16 * 1024 * 1024  # far above any real MIDI file (a few hundred KB); guards against junk
+# mido builds a Python object (~200 bytes) per message, so events are counted from the bytes before
+# mido sees a track: 7.8 M notes would otherwise take gigabytes.  The music time is bounded while
+# the events are read, since every second becomes wait tokens (docs/formats.md C3).
+MAX_EVENTS = 2_000_000
+MAX_NOTES = 500_000
+MAX_DURATION_S = 4 * 3600
 DEFAULT_TEMPO = 500_000  # microseconds per beat until the first set_tempo
 CHUNK_HEADER = struct.Struct(">4sL")
 FILE_HEADER = struct.Struct(">HHH")  # format, number of tracks, division
@@ -95,7 +101,15 @@ def _parse(data: bytes, name: str) -> mido.MidiFile:
         raise MidiFormatError(f"{name}: empty file, not a MIDI file")
     midi_format, division, tracks = _split_chunks(data, name)
     mid = mido.MidiFile(type=midi_format, ticks_per_beat=division)
+    events = notes = 0
     for index, chunk in enumerate(tracks):
+        n_events, n_notes = count_events(chunk, MAX_EVENTS - events)
+        events, notes = events + n_events, notes + n_notes
+        if events > MAX_EVENTS or notes > MAX_NOTES:
+            what = f"{notes} notes" if notes > MAX_NOTES else f"{events} events"
+            limit = MAX_NOTES if notes > MAX_NOTES else MAX_EVENTS
+            raise MidiFormatError(f"{name}: more than {limit} {what.split()[1]} (at least {what} by track {index}); "
+                                  "too large to read")
         mid.tracks.append(_parse_track(chunk, division, name, index))
     mid.filename = name
     return mid
@@ -139,6 +153,55 @@ def _check_division(division: int, name: str) -> None:
         raise MidiFormatError(f"{name}: SMPTE time division is not supported")
     if division <= 0:
         raise MidiFormatError(f"{name}: ticks per beat is {division}, must be positive")
+
+
+def count_events(chunk: bytes, limit: int = MAX_EVENTS) -> tuple[int, int]:
+    """``(events, note-ons)`` of one MTrk chunk (with its 8-byte header), read from the bytes alone.
+
+    Walks the event grammar as mido's ``read_track`` does (delta times, running status that meta
+    events keep and sysex sets, meta and sysex lengths), so the count is what mido would build.
+    Stops once ``events`` passes ``limit``.
+    """
+    data, pos, end = chunk, CHUNK_HEADER.size, len(chunk)
+    events = notes = 0
+    last = 0
+
+    def varlen() -> int:
+        nonlocal pos
+        value = 0
+        while pos < end:
+            byte = data[pos]
+            pos += 1
+            value = (value << 7) | (byte & 0x7F)
+            if not byte & 0x80:
+                break
+        return value
+
+    while pos < end and events <= limit:
+        varlen()  # delta time
+        if pos >= end:
+            break
+        status = data[pos]
+        if status >= 0x80:
+            pos += 1
+            if status != 0xFF:
+                last = status
+        elif last:
+            status = last
+        else:
+            break  # running status without a status: mido reports the damage
+        events += 1
+        if status in (0xFF, 0xF0, 0xF7):
+            pos += status == 0xFF  # the meta type byte
+            length = varlen()  # (moves pos past the length itself)
+            pos += length
+        else:
+            kind = status & 0xF0
+            size = 1 if kind in (0xC0, 0xD0) else 2 if kind != 0xF0 else {0xF2: 2, 0xF1: 1, 0xF3: 1}.get(status, 0)
+            if kind == 0x90 and pos + 1 < end and data[pos + 1]:
+                notes += 1
+            pos += size
+    return events, notes
 
 
 def _parse_track(chunk: bytes, division: int, name: str, index: int) -> mido.MidiTrack:
@@ -202,9 +265,13 @@ def read_note_events(mid: mido.MidiFile, vocab: MidiVocab) -> list[NoteEvent]:
         emit(program, channel, note, 0)
         state.held.pop(note, None)
 
+    max_clock = MAX_DURATION_S * 1_000_000 * tpb
     for msg in _merged_messages(mid):
         reference_delta += mido.tick2second(msg.time, tpb, tempo) * 1000.0
         clock += msg.time * tempo
+        if clock > max_clock:  # every second of music becomes wait tokens
+            raise MidiFormatError(f"{_name(mid)}: lasts more than {MAX_DURATION_S // 3600} hours "
+                                  f"(event at {float(Fraction(clock, tpb * 1_000_000)):.0f} s); too long to encode")
         if msg.is_meta:
             if msg.type == "set_tempo":
                 tempo = msg.tempo  # applies from the next message on
@@ -249,4 +316,7 @@ def _control_change(
                 note_off(channel, other.program, note)
 
 
-__all__ = ["MAX_FILE_BYTES", "MidiSource", "NoteEvent", "load_midi", "read_note_events"]
+__all__ = [
+    "MAX_DURATION_S", "MAX_EVENTS", "MAX_FILE_BYTES", "MAX_NOTES", "MidiSource", "NoteEvent", "count_events",
+    "load_midi", "read_note_events",
+]

@@ -4,7 +4,8 @@
   :mod:`rwkv_music.model.quant`'s ``"native"`` kernel;
 * ``rwkv4_wkv_decode``, ``rwkv5_wkv_decode``, ``rwkv7_time_mix_decode`` (``wkv4.c``, ``wkv5.c``,
   ``wkv7.c``): the one-token recurrence of each version, with the elementwise steps around it,
-  fused into one call (used by the version modules on fp32 CPU decode).
+  fused into one call (used by the version modules on fp32 CPU decode); ``rwkv4_wkv_prefill``:
+  v4's recurrence over all tokens of a prefill (fp32 CPU).
 
 The shared library (all the files) is compiled once per machine (``-O3 -march=native -fopenmp``,
 a few seconds) into a cache folder and reused; the name of the file carries a hash of the
@@ -49,6 +50,7 @@ SIGNATURES = {
     "rwkv_int8_gemm": ([_P] * 4 + [_I64] * 3 + [_INT], _INT),
     "rwkv_int8_gemm_simd": ([], _INT),
     "rwkv4_wkv_decode": ([_I64] * 2 + [_P] * 12, None),
+    "rwkv4_wkv_prefill": ([_I64] * 3 + [_P] * 11 + [_INT], None),
     "rwkv5_wkv_decode": ([_I64] * 3 + [_P] * 9 + [_F32, _P, _INT], _INT),
     "rwkv7_time_mix_decode": ([_I64] * 3 + [_P] * 15 + [_F32] * 2 + [_P] * 2 + [_INT], _INT),
 }

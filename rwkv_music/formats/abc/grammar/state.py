@@ -67,12 +67,13 @@ class AbcGrammarConfig:
         max_spaces: most spaces in a row (and none at the start of a line).
         bars_per_line: a line break follows every this many bars of a part and each part end,
             and comes nowhere else.
-        pickup: let the first bar be a pickup (parts of at least 3 bars only).
+        pickup: let the first bar be a pickup (parts of at least 3 bars only; under ``form`` at most
+            half a bar: an upbeat).
         note_lengths: the note-length suffixes a note may take (``None``: every spelling
             ``max_length_numerator``/``length_denominators`` allow, or, under ``form``,
-            :data:`~rwkv_music.formats.abc.grammar.values.MUSICAL_LENGTHS`: one spelling per value
-            and nothing shorter than a quarter of ``L``, so a cadence cannot be squeezed in with
-            ``A2/8G2/16 z/16``).
+            :func:`~rwkv_music.formats.abc.grammar.values.musical_lengths`: one spelling per value,
+            and with a known ``unit`` nothing shorter than a sixteenth note and no dotted note
+            shorter than a dotted eighth, so a bar cannot be squeezed shut with ``A3/4c/4``).
         min_full_bars: complete bars needed before the tune may end.
         key_scale_only: no accidentals: every note is in the key signature's scale.
         pitch_range: ``(low, high)`` MIDI numbers for the written natural note (letter and octave

@@ -36,11 +36,13 @@ from fractions import Fraction
 from rwkv_music.formats.abc.grammar.state import ZERO, AbcGrammarConfig, AbcState
 from rwkv_music.formats.abc.grammar.values import (
     FINAL_BARS,
-    MUSICAL_LENGTHS,
+    SHORTEST_DOTTED,
+    SHORTEST_NOTE,
     ValueSet,
     bar_texts,
     is_section_bar,
     length_texts,
+    musical_lengths,
     tuplet_ratio,
     tuplet_texts,
 )
@@ -89,7 +91,11 @@ class BarTiming:
         self.bars_per_line = config.bars_per_line
         self.allow_pickup = config.pickup
         lengths = length_texts(config.max_length_numerator, config.length_denominators, config.lenient)
-        chosen = config.note_lengths if config.note_lengths is not None else (MUSICAL_LENGTHS if config.form else None)
+        chosen = config.note_lengths
+        if chosen is None and config.form:
+            chosen = musical_lengths(config.unit)
+        # the same floor for both sides of a broken rhythm (A>B at L:1/16 would make a 32nd)
+        self.min_note = SHORTEST_NOTE if config.form and config.note_lengths is None and config.unit else ZERO
         if chosen is not None:
             lengths = {text: value for text, value in lengths.items() if text in chosen}
         self.lengths = lengths  # length suffix -> value in units of L
@@ -281,12 +287,18 @@ class BarTiming:
         start, room = int(s.pos / unit), int(self.cap(s) / unit)
         per_grain = int((s.nfac / s.unit) * 8)  # type: ignore[operator]
         for k in grains:
+            if self._too_short(k * self.grain * s.nfac):  # type: ignore[operator]
+                continue
             end = start + k * per_grain
             if end > room:
                 return False
             if end % 8 == 0:
                 return True
         return False
+
+    def _too_short(self, dur: Fraction) -> bool:
+        """(form, known unit) Shorter than a sixteenth, or a dotted note shorter than a dotted eighth."""
+        return bool(self.min_note) and (dur < self.min_note or (dur.numerator % 3 == 0 and dur < SHORTEST_DOTTED))
 
     def end_note(self, s: AbcState, pitched: bool) -> AbcState | None:
         """Commit the note being read: its duration joins the bar; a tuplet may end.
@@ -309,7 +321,7 @@ class BarTiming:
                 if not self._cadence_fits(s, value, (self.cap(s) - pos) / s.unit):
                     return None
             off_grid = not self.lenient and (pos / self._grid(s)).denominator != 1
-            if s.nkind == 2 and off_grid:
+            if s.nkind == 2 and (off_grid or self._too_short(dur)):
                 return None
             if s.nkind == 1 and tup is not None and not self.lenient:
                 value = self.lengths[text]
@@ -369,6 +381,8 @@ class BarTiming:
             return False
         if self.lenient:
             return pos < s.bar_len
+        if s.last * min(left, 2 - left) < self.min_note:  # both notes of a pair of equals stay >= the floor
+            return False
         right = s.replace(pos=pos, nfac=s.unit * (2 - left), nkind=2)
         return self.length_ok(right, "")
 
@@ -529,6 +543,8 @@ class BarTiming:
             if pos != bar:
                 if not (self.allow_pickup and s.bars >= 3 and text == "|"):
                     return None  # (a part needs two full bars for its pickup pair to count)
+                if pos * 2 > bar:
+                    return None  # a pickup is an upbeat: at most half a bar, as in the tunes we learn from
                 return self._closed(s, text, pickup=int(pos / self._grid(s)), bar_no=0)
             s = s.replace(pickup=0)
         if s.bar_no < 0:  # a later part's pickup: cap() made it exactly the tune's pickup

@@ -175,6 +175,36 @@ def length_texts(max_numerator: int, denominators: Iterable[int], lenient: bool)
 # L:1/8), 1/2, dotted 1/2, 1, dotted 1, 2, 3, 4, 6, 8, 12, 16.
 MUSICAL_LENGTHS = ("/4", "/", "3/4", "", "3/2", "2", "3", "4", "6", "8", "12", "16")
 
+# Shortest written note and shortest dotted note of a folk tune, in whole notes: a sixteenth and a
+# dotted eighth.  Shorter values (a 32nd, a dotted sixteenth) are what a model reaches for to
+# squeeze a bar shut (``A3/4c/4`` at L:1/8), not what the tunes it learned from write.
+SHORTEST_NOTE = Fraction(1, 16)
+SHORTEST_DOTTED = Fraction(3, 16)
+
+
+def musical_lengths(unit: str | None) -> tuple[str, ...]:
+    """:data:`MUSICAL_LENGTHS` that make a musical note under ``L:unit`` (all of them if ``unit`` is unknown).
+
+    >>> musical_lengths("1/8")
+    ('/', '', '3/2', '2', '3', '4', '6', '8', '12', '16')
+    >>> musical_lengths("1/16")[:3], musical_lengths("1/4")[:3]
+    (('', '2', '3'), ('/4', '/', '3/4'))
+    """
+    if not unit or "/" not in unit:
+        return MUSICAL_LENGTHS
+    num, den = unit.split("/", 1)
+    try:
+        base = Fraction(int(num), int(den))
+    except (ValueError, ZeroDivisionError):
+        return MUSICAL_LENGTHS
+    keep = []
+    for text in MUSICAL_LENGTHS:
+        whole = length_value(text) * base
+        dotted = whole.numerator % 3 == 0
+        if whole >= SHORTEST_NOTE and (not dotted or whole >= SHORTEST_DOTTED):
+            keep.append(text)
+    return tuple(keep)
+
 
 def length_value(text: str) -> Fraction:
     """Value of a note-length suffix (units of ``L``); ``text`` must be well formed.
@@ -298,6 +328,9 @@ __all__ = [
     "key_sharps",
     "key_values",
     "MUSICAL_LENGTHS",
+    "SHORTEST_DOTTED",
+    "SHORTEST_NOTE",
+    "musical_lengths",
     "length_texts",
     "length_value",
     "meter_info",
