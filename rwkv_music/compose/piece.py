@@ -75,10 +75,21 @@ class Piece:
 
     @property
     def prompt_seconds(self) -> float | None:
-        """Where a MIDI continuation's prompt ends, in seconds of its MIDI file (``None``: no prompt)."""
+        """Where a continuation's prompt ends, in seconds of its MIDI file (``None``: no prompt, or unknown).
+
+        MIDI: the prompt's waits.  ABC: the length of the prompt's own music as music21 plays it (with
+        its repeats), which is where the new music starts when the prompt closes its repeats."""
         n = int(self.meta.get("prompt_tokens") or 0) - 1  # the prompt's first id is the separator
-        if self.mode != "midi" or n <= 0 or self.tokenizer is None:
+        if n <= 0 or self.tokenizer is None:
             return None
+        if self.mode == "abc":
+            head = self.format.piece_text(self.tokens[:n])
+            if not any(line and not re.match(r"^[A-Za-z]:", line) for line in head.splitlines()):
+                return None  # a header alone: no music before the new notes
+            try:
+                return float(self.format.to_midi(head, source=self._name()).length)
+            except Exception:  # an unreadable prompt only costs the marker
+                return None
         seconds = getattr(self.format, "prompt_seconds", None)
         return float(seconds(self.tokens[:n])) if seconds is not None else None
 

@@ -145,3 +145,15 @@ def test_cli_continue_keeps_the_title_and_adds_a_part(checkpoint_path: Callable[
     body = text.split("K:D\n", 1)[1]
     assert body.startswith("DEFG ABcd|efga bagf|edcB AGFE|D4 D4||")
     assert len(body.strip()) > len("DEFG ABcd|efga bagf|edcB AGFE|D4 D4||")
+
+
+def test_an_abc_continuation_marks_where_its_prompt_ends() -> None:
+    composer = Composer(EagerToEnd(128), model_name="fake")
+    piece = composer.continue_abc(FINISHED, n=1, seed=2, constrained=False, max_tokens=16)[0]
+    end = piece.prompt_seconds
+    assert end is not None
+    whole = float(piece.to_midi().length)
+    assert 0 < end <= whole  # the marker sits inside the piece ...
+    assert end == pytest.approx(float(piece.format.to_midi(FINISHED).length), abs=1e-6)  # ... after the prompt
+    fresh = composer.compose_abc(n=1, seed=2, constrained=False, max_tokens=16)[0]
+    assert fresh.prompt_seconds is None  # a header is no music: no marker on a fresh tune

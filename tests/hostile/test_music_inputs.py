@@ -146,3 +146,19 @@ def test_continue_prompt_with_inline_fields_passes_the_grammar(tune: str) -> Non
     prompt, source = read_tune(tune)
     reset(prompt)
     assert "[" not in prompt and source == "ABC text"
+
+
+def test_midi_text_prompts_are_bounded() -> None:
+    from rwkv_music.errors import MidiFormatError
+    from rwkv_music.formats.midi.format import MAX_PROMPT_CHARS as MIDI_PROMPT_CHARS
+    from rwkv_music.formats.midi.format import MidiFormat
+    from rwkv_music.formats.midi.options import MidiOptions
+
+    fmt, options = MidiFormat(), MidiOptions(max_prompt_tokens=64)
+    long_text = " ".join(["pi:3c:a", "t10", "pi:40:a", "t10"] * 200)  # 800 words: only the last 64 are kept
+    prompt = fmt.row_prompt(long_text, options)
+    assert len(prompt.ids) == 1 + 64 and prompt.ids[1:] == fmt.encode(long_text)[-64:]
+    start = time.perf_counter()
+    with pytest.raises(MidiFormatError, match="more than the") as exc:
+        fmt.row_prompt("t10 " * (MIDI_PROMPT_CHARS // 4 + 1), options)
+    assert "\n" not in str(exc.value) and time.perf_counter() - start < 1.0  # refused before encoding

@@ -17,6 +17,8 @@ from rwkv_music.errors import MidiFormatError, RwkvMusicError
 from rwkv_music.formats.base import RowInput, RowPrompt, SpecialIds
 from rwkv_music.formats.midi.options import MidiOptions
 
+MAX_PROMPT_CHARS = 1024 * 1024  # a MIDI text prompt longer than this is refused before encoding
+
 
 @dataclass(frozen=True)
 class PromptTime:
@@ -76,13 +78,17 @@ class MidiFormat(SpecialIds):
         return self.layout.seconds(ids)
 
     def row_prompt(self, item: RowInput, options: MidiOptions, vocab_size: int | None = None) -> RowPrompt:
-        """``<pad>`` + body; a long file keeps its last ``options.max_prompt_tokens`` tokens."""
+        """``<pad>`` + body; a long file or text keeps its last ``options.max_prompt_tokens`` tokens."""
         if item is None:
             body: list[int] = []
         elif isinstance(item, os.PathLike):
             body = self.read_file(item)[-options.max_prompt_tokens :]
         else:
-            body = self.encode(item)
+            if len(item) > MAX_PROMPT_CHARS:  # (about 100k words: far past any model's context)
+                raise MidiFormatError(
+                    f"MIDI text prompt: {len(item)} characters, more than the {MAX_PROMPT_CHARS} a prompt may hold"
+                )
+            body = self.encode(item)[-options.max_prompt_tokens :]  # as for a file: the last tokens
         # `seconds` is new music after the prompt; MidiConstraint counts the prompt's time too
         group = PromptTime(round(self.prompt_seconds(body), 3) if options.seconds else None)
         return RowPrompt([self.prompt_start] + body, group)
