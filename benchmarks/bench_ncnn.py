@@ -3,9 +3,11 @@
 Builds random-weight checkpoints with the shapes of the ABC 82M models (L12 D768 V128, head 64)
 for RWKV v5.2 and v7, exports them to ncnn (fp32, fp16 and int8 weights; fp32 weights are also
 run with ncnn's fp16 storage) and, when ``rwkv_music.backends.onnx`` works, to ONNX, and measures
-prefill and decode tokens/s on the CPU.  The ncnn graph is single-token, so its prefill is the
-decode loop.  The last column is the largest logit difference to the torch backend after the
-prompt.  Prints a Markdown table; asserts nothing.  The rwkv package runs in a subprocess because
+prefill and decode tokens/s on the CPU.  ncnn prefill goes through the export's prefill graph
+(``PREFIX.seq.param``, ``--prefill-chunk`` tokens per call, the remainder token by token); each ncnn
+row is repeated as "token loop" with that graph switched off (one step-graph call per token, the
+path before the prefill graph).  The last column is the largest logit difference to the torch
+backend after the prompt.  Prints a Markdown table; asserts nothing.  The rwkv package runs in a subprocess because
 it picks its RWKV-7 class from environment variables at import time.
 
     python benchmarks/bench_ncnn.py --quick --threads 1
@@ -134,11 +136,16 @@ def run_version(version: str, work: Path, args: argparse.Namespace) -> list[dict
             continue
         param = work / f"v{version}-{dtype}.param"
         if not param.exists():
-            _timed(f"ncnn export v{version} {dtype}", lambda: ncnn_export.export(ckpt, param, dtype))
+            _timed(f"ncnn export v{version} {dtype}",
+                   lambda: ncnn_export.export(ckpt, param, dtype, prefill_chunk=args.prefill_chunk))
         model = ncnn_backend.load(param, num_threads=args.threads, fp16=fp16)
         label = f"{dtype} weights" + (", fp16 storage" if fp16 else "")
         for b in args.batches:
             add("ncnn", label, b, model, refs[b])
+            if model.prefill:
+                model.prefill = False
+                add("ncnn", label + ", token loop", b, model, refs[b])
+                model.prefill = True
     if not args.skip_onnx:
         try:
             from rwkv_music.backends import onnx as onnx_backend
@@ -183,6 +190,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="threads per backend (the machine is shared)")
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,4; quick: 1)")
     ap.add_argument("--ncnn-dtypes", default="fp32,fp16,int8", help="ncnn exports to time")
+    ap.add_argument("--prefill-chunk", type=int, default=16, help="tokens per ncnn prefill-graph call (0: none)")
     ap.add_argument("--workdir", default=None, help="where checkpoints and exports go (default: a temp dir)")
     ap.add_argument("--skip-onnx", action="store_true")
     ap.add_argument("--skip-pip", action="store_true")

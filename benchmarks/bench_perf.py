@@ -9,7 +9,7 @@ Each worker runs in its own subprocess, started by bench_runtime's driver, and p
   into a fraction of the roofline ``bandwidth / bytes of weights read per token``, and the fp32
   GFLOP/s of a batch-sized matrix product, the compute ceiling of batched decode.
 * ``rss``: peak resident memory of one implementation (load, prefill, a few decode steps).
-* ``agree``: int8 top-1 agreement with fp32 on the shipped trained models (random prompts).
+* ``agree``: int8 and int4 top-1 agreement with fp32 on the shipped trained models (random prompts).
 """
 
 from __future__ import annotations
@@ -44,10 +44,12 @@ QUICK_SHAPE = (2, 256)  # n_layer, n_embd of --quick
 BANDWIDTH_MB = 512  # read-bandwidth probe buffer: far beyond any L3
 DOC_START = {"abc": 2, "midi": 0}  # first token of a document (model cards: abc bos 2; midi "<pad>" 0)
 INT8_KERNELS = {"int8": None, "int8-wo": "weight_only", "int8-dyn": "dynamic"}  # None: the default (native)
+QUANTIZED = (*INT8_KERNELS, "int4")  # int4: group-wise 4-bit, the default group and kernel (issue 20)
 LABELS = {"pip": "rwkv pip fp32", "fp32": "ours fp32", "fp32-inplace": "ours fp32, `inplace=True`",
           "bf16": "ours bf16", "int8": "ours int8 (default kernel)", "int8-wo": "ours int8 (weight_only)",
-          "int8-dyn": "ours int8 (dynamic)"}
-LOADABLE = ("pip", "fp32", "int8", "int8-wo", "int8-dyn", "bf16")  # fp32-inplace: fp32's model, decoded in place
+          "int8-dyn": "ours int8 (dynamic)", "int4": "ours int4 (default kernel)"}
+# fp32-inplace: fp32's model, decoded in place
+LOADABLE = ("pip", "fp32", "int8", "int8-wo", "int8-dyn", "int4", "bf16")
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -122,7 +124,7 @@ def weight_bytes(weights: object) -> int:
     """Bytes a decode step reads: every weight tensor except the gathered embedding rows."""
     import torch
 
-    from rwkv_music.model.quant import Int8Matrix
+    from rwkv_music.model.quant import QUANT_TYPES
 
     total = 0
 
@@ -131,7 +133,7 @@ def weight_bytes(weights: object) -> int:
         if isinstance(obj, torch.Tensor):
             if name not in ("emb", "s_emb"):  # one row gathered per token
                 total += obj.numel() * obj.element_size()
-        elif isinstance(obj, Int8Matrix):
+        elif isinstance(obj, QUANT_TYPES):
             total += obj.nbytes
         elif dataclasses.is_dataclass(obj):
             for f in dataclasses.fields(obj):
@@ -162,7 +164,10 @@ def load_ours(impl: str, model: str) -> TorchModel:
     if impl in ("fp32", "bf16"):
         return load(model, dtype=impl)
     m = load(model)
-    m.quantize_int8(INT8_KERNELS[impl])
+    if impl == "int4":
+        m.quantize_int4()
+    else:
+        m.quantize_int8(INT8_KERNELS[impl])
     return m
 
 
@@ -212,7 +217,7 @@ def worker_speed(args: argparse.Namespace) -> dict:
     out: dict = {"bandwidth_gbs": read_bandwidth(torch), "gemm_gflops": gemm_gflops(torch),
                  "bf16_slowdown": bf16_slowdown(torch)}
     out["int8_kernel"] = default_int8_kernel()
-    impls = ["fp32", *INT8_KERNELS] + (["bf16"] if out["bf16_slowdown"] < 1.0 else [])
+    impls = ["fp32", *QUANTIZED] + (["bf16"] if out["bf16_slowdown"] < 1.0 else [])
     ours = {k: load_ours(k, args.model) for k in impls}
     pip = None if args.skip_pip else pip_model(args.version, args.model)
     V = ours["fp32"].config.vocab_size
@@ -250,7 +255,7 @@ def worker_speed(args: argparse.Namespace) -> dict:
     for k, t in _interleaved(runs, args.repeats).items():
         out[f"{k}_prefill"] = args.prompt / t
     prompts = torch.randint(0, V, (args.agree_rows, 16), generator=gen)  # uniform random ids
-    for k in INT8_KERNELS:
+    for k in QUANTIZED:
         out[f"{k}_agree"] = top1_agreement(ours["fp32"], ours[k], prompts)
     out["fp32_top1_prob"] = float(ours["fp32"].forward(prompts)[0].softmax(-1).amax(-1).mean())
     return out
@@ -310,7 +315,7 @@ def worker_agree(args: argparse.Namespace) -> dict:
                 "uniform": torch.randint(0, V, (args.agree_rows, args.agree_len),
                                          generator=torch.Generator().manual_seed(2))}
         res: dict = {"shape": f"L{ref.config.n_layer} D{ref.config.n_embd} V{V}"}
-        quantized = {k: load_ours(k, path) for k in INT8_KERNELS}
+        quantized = {k: load_ours(k, path) for k in QUANTIZED}
         for name, prompts in sets.items():
             res[f"{name}_top1_prob"] = float(ref.forward(prompts, all_logits=True)[0].softmax(-1).amax(-1).mean())
             for k, m in quantized.items():

@@ -1,4 +1,4 @@
-"""Runtime speed, memory and int8 accuracy: rwkv_music's torch backend next to the `rwkv` package (issue 9).
+"""Runtime speed, memory, int8/int4 accuracy: rwkv_music's torch backend beside the `rwkv` package (issues 9, 20).
 
 Usage::
 
@@ -7,9 +7,9 @@ Usage::
     python benchmarks/bench_runtime.py --versions 7 --threads 2 --batches 1,32
 
 Prints, in one run, one Markdown table per version (rows: the package fp32, ours fp32, ours int8
-with each kernel, ours bf16 where this CPU runs bf16 fast; columns: decode tok/s at each batch
+with each kernel, ours group-wise int4, ours bf16 where this CPU runs bf16 fast; columns: decode tok/s at each batch
 size, prefill tok/s, peak RSS, the fraction of the read-bandwidth roofline at B = 1 and the speed
-over the package's single stream), then int8 top-1 agreement with fp32 (random checkpoints and
+over the package's single stream), then int8 and int4 top-1 agreement with fp32 (random checkpoints and
 the shipped trained models), then the issue's targets with the measured value and whether it is
 met.  Asserts nothing.
 
@@ -51,8 +51,10 @@ SPEEDUP_TARGETS = {"4": 1.3, "5.2": 4.0, "7": 4.0}  # fp32 B=1 over the package'
 ROOFLINE_TARGET = 0.70  # ours fp32 B=1 / read-bandwidth roofline
 INT8_SPEEDUP_TARGET = 1.7  # int8 B=1 over our fp32 B=1
 AGREE_TARGET = 0.99  # int8 top-1 agreement with fp32
+INT4_SPEEDUP_TARGET = 1.3  # int4 B=1 over our int8 B=1 (issue 20)
+INT4_AGREE_TARGET = 0.98  # int4 top-1 agreement with fp32 on the shipped models (issue 20)
 BATCH_TARGET = 20.0  # B=32 aggregate over the package's B=1
-ROW_ORDER = ("pip", "fp32", "fp32-inplace", "int8", "int8-wo", "int8-dyn", "bf16")
+ROW_ORDER = ("pip", "fp32", "fp32-inplace", "int8", "int8-wo", "int8-dyn", "int4", "bf16")
 
 
 # -- driver ----------------------------------------------------------------------------------
@@ -131,16 +133,16 @@ def version_table(version: str, r: dict, args: argparse.Namespace) -> list[str]:
 
 
 def agreement_table(results: dict, trained: dict | None) -> list[str]:
-    lines = ["### int8 top-1 agreement with fp32 (every position of every prompt)", "",
-             "| model | prompts | fp32 mean top-1 prob | int8 default kernel | int8 weight_only | int8 dynamic |",
-             "|---|---|---|---|---|---|"]
-    kinds = ("int8", "int8-wo", "int8-dyn")
+    lines = ["### int8 and int4 top-1 agreement with fp32 (every position of every prompt)", "",
+             "| model | prompts | fp32 mean top-1 prob | int8 default kernel | int8 weight_only | int8 dynamic "
+             "| int4 |", "|---|---|---|---|---|---|---|"]
+    kinds = ("int8", "int8-wo", "int8-dyn", "int4")
     for version, r in results.items():
         lines.append(f"| random v{version} {r['shape']} | uniform random ids | {r['fp32_top1_prob']:.2f} | "
                      + " | ".join(f"{r[f'{k}_agree']:.1%}" for k in kinds) + " |")
     for mode, r in (trained or {}).items():
         if "error" in r:
-            lines.append(f"| {mode}-default | — | {r['error']} | — | — | — |")
+            lines.append(f"| {mode}-default | — | {r['error']} | — | — | — | — |")
             continue
         for name, label in (("sampled", "sampled from the fp32 model"), ("uniform", "uniform random ids")):
             lines.append(f"| {mode}-default {r['shape']} | {label} | {r[f'{name}_top1_prob']:.2f} | "
@@ -174,6 +176,9 @@ def target_table(results: dict, trained: dict | None, args: argparse.Namespace) 
         add(f"v{v} int8 B=1 ≥ {INT8_SPEEDUP_TARGET:g}x our fp32 B=1", r["int8_b1"] / r["fp32_b1"],
             INT8_SPEEDUP_TARGET, "{:.2f}x", ceil8, f" (weight_only {r['int8-wo_b1'] / r['fp32_b1']:.2f}x, "
             f"dynamic {r['int8-dyn_b1'] / r['fp32_b1']:.2f}x)")
+        ceil4 = f"{bw / r['int4_bytes'] / r['int8_b1']:.2f}x"
+        add(f"v{v} int4 B=1 ≥ {INT4_SPEEDUP_TARGET:g}x our int8 B=1", r["int4_b1"] / r["int8_b1"],
+            INT4_SPEEDUP_TARGET, "{:.2f}x", ceil4, f" (int4 over fp32 {r['int4_b1'] / r['fp32_b1']:.2f}x)")
         add(f"v{v} random model: int8 top-1 agreement ≥ {AGREE_TARGET:.0%}", r["int8_agree"], AGREE_TARGET,
             "{:.1%}", extra=f" (weight_only {r['int8-wo_agree']:.1%}, dynamic {r['int8-dyn_agree']:.1%})")
         big = 32 if 32 in args.batches else max(args.batches)
@@ -185,10 +190,12 @@ def target_table(results: dict, trained: dict | None, args: argparse.Namespace) 
             extra=_batch_extras(r, big, pip1))
     for mode, r in (trained or {}).items():
         if "error" not in r:
+            add(f"{mode}-default: int4 top-1 agreement ≥ {INT4_AGREE_TARGET:.0%} (sampled prompts)",
+                r["int4_sampled"], INT4_AGREE_TARGET, "{:.1%}", extra=f" (uniform {r['int4_uniform']:.1%})")
             add(f"{mode}-default: int8 top-1 agreement ≥ {AGREE_TARGET:.0%} (sampled prompts)", r["int8_sampled"],
                 AGREE_TARGET, "{:.1%}", extra=f" (uniform {r['int8_uniform']:.1%}; weight_only "
                 f"{r['int8-wo_sampled']:.1%}, dynamic {r['int8-dyn_sampled']:.1%})")
-    lines = ["### Targets (issue 9)" + (" — quick shapes, not the issue's" if args.quick else ""), "",
+    lines = ["### Targets (issues 9 and 20)" + (" — quick shapes, not the issue's" if args.quick else ""), "",
              "| target | measured | ceiling (100% of the read roofline, or of the GEMM rate) | met |",
              "|---|---|---|---|"]
     for target, measured, ceiling, met in rows:

@@ -31,10 +31,11 @@ def load_model(path: Any, backend: str = "torch", device: str = "cpu", dtype: st
     Args:
         path: a checkpoint (torch), an ``.onnx`` graph (onnx) or an export's ``.param`` (ncnn).
         device: "cpu", "cuda[:N]" (torch, onnx) or "vulkan[:N]" (ncnn).
-        dtype: the arithmetic dtype, "fp32", "bf16", "fp16" or "int8"; ``None`` means the model's
+        dtype: "fp32", "bf16", "fp16", or a weight storage with float activations: "int8"
+            (per-channel) or "int4" (group-wise; torch CPU and onnx); ``None`` means the model's
             own (fp32 for checkpoints, the export's dtype for onnx and ncnn).  A dtype a backend
             cannot run is refused with :class:`BackendUnavailable` (onnx and ncnn fix theirs at
-            export).
+            export; given a checkpoint they export it in that dtype on first use).
         threads: CPU threads of the runtime; ``None`` changes nothing.  Only the torch backend's
             setting is process-wide (``torch.set_num_threads``).
         native: torch only: the C kernels of :mod:`rwkv_music.model.native` on or off; ``None`` is

@@ -15,9 +15,10 @@ Capabilities, declared by every backend so callers never inspect signatures or t
 * ``name``: "torch", "onnx" or "ncnn"; ``device``: where it runs (a ``torch.device`` for torch,
   a string such as "cpu", "cuda:0" or "vulkan:0" otherwise);
 * ``dtype``: the arithmetic dtype of the weights, as the runtime names it (a ``torch.dtype`` for
-  torch, whose int8 models compute in float32 over int8 weights; "fp32", "fp16" or "int8"
-  otherwise); ``compute_dtype``: the same as one of "fp32", "bf16", "fp16", "int8" on every
-  backend.  Each backend's ``load`` documents which ``dtype`` it accepts and which it refuses;
+  torch, whose int8 and int4 models compute in float32 over quantized weights; "fp32", "fp16",
+  "int8", "int4" or "bf16" (weights stored in bf16 over an fp32 graph) otherwise);
+  ``compute_dtype``: the same as one of "fp32", "bf16", "fp16", "int8", "int4" on every backend.
+  Each backend's ``load`` documents which ``dtype`` it accepts and which it refuses;
 * ``supports_inplace``: ``forward(..., inplace=True)`` writes the new state into the given
   state's own tensors and returns that object (a decode loop then reuses one state's memory);
 * ``array_kind``: "torch" or "numpy", the kind of arrays ``forward`` returns;

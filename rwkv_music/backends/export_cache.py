@@ -58,11 +58,14 @@ def file_sha256(path: Path) -> str:
 def export_settings(backend: str, dtype: str | None) -> dict[str, object]:
     """The exporter arguments that let ``backend`` run in ``dtype`` (``None``/"auto": fp32)."""
     want = "fp32" if dtype in (None, "auto") else dtype
-    if backend == "onnx":
-        if want not in ("fp32", "fp16", "int8"):
-            raise BackendUnavailable(f"the onnx backend cannot compute in {want}; use fp32, fp16 or int8")
-        return {"dtype": "fp32" if want == "int8" else want, "int8": want == "int8"}
+    if backend == "onnx":  # int8, int4 and bf16 are weight storages over an fp32 graph (onnx_export)
+        if want not in ("fp32", "fp16", "int8", "int4", "bf16"):
+            raise BackendUnavailable(f"the onnx backend cannot run {want}; use fp32, fp16, int8, int4 or bf16")
+        return {"dtype": want, "int8": False}
     if backend == "ncnn":
+        if want == "int4":
+            raise BackendUnavailable("the ncnn backend cannot run int4: stock ncnn has no int4 matrix product with "
+                                     "float activations; use int8, or int4 on the torch or onnx backend")
         if want not in ("fp32", "fp16", "int8"):
             raise BackendUnavailable(f"the ncnn backend cannot compute in {want}; use fp32, fp16 or int8")
         return {"dtype": want}

@@ -8,9 +8,13 @@ with the same names, shapes and S orientation as the torch backend, so states mo
 between backends.
 
 The graph computes one token for B rows (see :mod:`rwkv_music.backends.ncnn_export` for its
-design); :meth:`NcnnModel.forward` loops over the T positions in Python, feeding ``token`` and
-the ``in_<name>_<i>`` state blobs and extracting the single packed blob ``out_all`` (logits
-and every ``out_<name>_<i>`` state, concatenated per row).
+design): :meth:`NcnnModel.forward` feeds ``token`` and the ``in_<name>_<i>`` state blobs and
+extracts the single packed blob ``out_all`` (logits and every ``out_<name>_<i>`` state,
+concatenated per row).  A prompt goes through the prefill graph ``PREFIX.seq.param`` when the
+export has one (sidecar ``prefill``): one call per chunk of T tokens (T fixed at export; it runs
+every projection on B·T rows at once and unrolls only the recurrence), the remainder token by
+token.  That second ncnn net reads the same ``.bin`` and is loaded on first use (it holds its own
+copy of the weights, so a prefill doubles the weights' memory).
 
 Why inputs are cloned: a ``ncnn.Mat`` built from a numpy array borrows its memory and has no
 reference count, and in light mode ncnn's in-place layers check that count before writing —
@@ -69,7 +73,7 @@ class NcnnModel(NumpyRuntime):
         self.num_threads = num_threads
         self.storage: str = sidecar["dtype"]  # weight storage chosen at export: fp32, fp16 or int8
         self.quantization: str | None = sidecar.get("quantization")
-        # the arithmetic: fp16 where asked for, else fp32 (over 8-bit codebook weights for an int8 export)
+        # the arithmetic: fp16 where asked for, else fp32 (over 8-bit weights expanded at load for int8)
         self.dtype: str = "fp16" if fp16 else "int8" if self.storage == "int8" else "fp32"
         self.tokenizer_kind: str | None = sidecar.get("tokenizer")
         self._ncnn = _ncnn()
@@ -79,6 +83,11 @@ class NcnnModel(NumpyRuntime):
         self._segments = [(s["state"], s["offset"], s["size"]) for s in sidecar["outputs"][PACKED]["segments"][1:]]
         self._initial = initial  # v6 state tuning (time_state), batch 1
         self._inputs = {n: sidecar["state"][n]["inputs"] for n in self._names}  # in_<name>_<i> per layer
+        prefill = sidecar.get("prefill") or {}
+        self.prefill_chunk: int = int(prefill.get("chunk", 0))  # tokens per prefill-graph call (0: none)
+        self.prefill: bool = self.prefill_chunk > 1  # set False to feed prompts token by token
+        self._seq_net: Any = None
+        self._open: Any = None  # param path → a loaded ncnn.Net with this model's options (set by load)
 
     def __repr__(self) -> str:
         storage = "fp16 storage" if self.fp16 else "fp32 storage"
@@ -101,12 +110,17 @@ class NcnnModel(NumpyRuntime):
         ids = tokens_to_numpy(tokens, self.config.vocab_size, source=f"{source}: tokens").astype(np.int32)
         B, T = ids.shape
         cur = self._layers(self._state(state, B))
-        steps = []
-        for t in range(T):
+        steps = []  # [B, n, V] per call
+        t, chunk = 0, self.prefill_chunk
+        while self.prefill and T - t >= chunk:
+            logits, cur = self._step(np.ascontiguousarray(ids[:, t : t + chunk]).ravel(), cur, B, chunk)
+            steps.append(logits)
+            t += chunk
+        for t in range(t, T):
             logits, cur = self._step(np.ascontiguousarray(ids[:, t]), cur, B)
             steps.append(logits)
         new = State(self.config.version, {n: np.stack(cur[n]) for n in self._names})
-        return (np.stack(steps, axis=1) if all_logits else steps[-1]), new
+        return (np.concatenate(steps, axis=1) if all_logits else steps[-1][:, -1]), new
 
     # -- internals ---------------------------------------------------------------------------
     def _state(self, state: Any, batch: int) -> State:
@@ -126,23 +140,39 @@ class NcnnModel(NumpyRuntime):
         caller's state is never written)."""
         return {n: [np.ascontiguousarray(a) for a in as_numpy(state.tensors[n])] for n in self._names}
 
-    def _step(self, ids: np.ndarray, cur: Layers, B: int) -> tuple[np.ndarray, Layers]:
+    def _net(self, n: int) -> Any:
+        """The step graph, or (``n`` > 1) the prefill graph, loaded on first use."""
+        if n == 1:
+            return self.net
+        if self._seq_net is None:
+            self._seq_net = self._open(prefill_param_path(self.paths["param"]))
+        return self._seq_net
+
+    def _step(self, ids: np.ndarray, cur: Layers, B: int, n: int = 1) -> tuple[np.ndarray, Layers]:
+        """Run ``n`` tokens per row (``ids``: B·n ids, row-major); logits [B, n, V] and the new state."""
         ncnn = self._ncnn
-        ex = self.net.create_extractor()
+        ex = self._net(n).create_extractor()
         ex.set_light_mode(True)
         ex.input(TOKEN, ncnn.Mat(ids).clone())  # clone: see the module docstring
-        for n in self._names:
-            for blob, arr in zip(self._inputs[n], cur[n]):
+        for name in self._names:
+            for blob, arr in zip(self._inputs[name], cur[name]):
                 ex.input(blob, ncnn.Mat(arr).clone())
         ret, mat = ex.extract(PACKED)
         if ret != 0:
             raise CheckpointError(f"{self.paths['param'].name}: ncnn failed to run the graph (error {ret})")
         out = np.array(mat, dtype=np.float32).reshape(B, -1)
-        logits = out[:, : self.config.vocab_size].copy()
-        new: dict[str, list[np.ndarray]] = {n: [] for n in self._names}
-        for name, offset, size in self._segments:
-            new[name].append(np.ascontiguousarray(out[:, offset : offset + size]).reshape(B, *self._shapes[name]))
+        V = self.config.vocab_size
+        logits = out[:, : n * V].reshape(B, n, V).copy()
+        new: dict[str, list[np.ndarray]] = {name: [] for name in self._names}
+        for name, offset, size in self._segments:  # offsets are the step graph's: n-1 more logit rows precede
+            start = offset + (n - 1) * V
+            new[name].append(np.ascontiguousarray(out[:, start : start + size]).reshape(B, *self._shapes[name]))
         return logits, new
+
+
+def prefill_param_path(param: Path) -> Path:
+    """``PREFIX.seq.param``, the prefill graph of the export whose step graph is ``PREFIX.param``."""
+    return param.with_name(param.name[: -len(".param")] + ".seq.param")
 
 
 def _check_files(paths: dict[str, Path], sidecar: dict[str, Any]) -> None:
@@ -154,6 +184,10 @@ def _check_files(paths: dict[str, Path], sidecar: dict[str, Any]) -> None:
     if files.get("param_sha256") != digest:
         raise CheckpointError(
             f"{paths['sidecar']}: sidecar does not match {paths['param'].name} (param hash differs); re-export")
+    prefill = sidecar.get("prefill")
+    seq = prefill_param_path(paths["param"])
+    if prefill and seq.is_file() and prefill.get("param_sha256") != hashlib.sha256(seq.read_bytes()).hexdigest():
+        raise CheckpointError(f"{paths['sidecar']}: sidecar does not match {seq.name} (param hash differs); re-export")
     size = paths["bin"].stat().st_size
     if files.get("bin_bytes") != size:
         raise CheckpointError(f"{paths['sidecar']}: sidecar does not match {paths['bin'].name} "
@@ -188,7 +222,7 @@ def load(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None,
         device: "cpu", or "vulkan" / "vulkan:N" (falls back to the CPU when no GPU is usable).
         dtype: the arithmetic dtype.  "fp32" (the default, also for ``None`` / "auto") or "fp16"
             (ncnn's fp16 storage and arithmetic where the CPU or GPU has them, as ``fp16=True``).
-            The weights' storage was fixed at export (fp32, fp16, or 8-bit codebooks) and is
+            The weights' storage was fixed at export (fp32, fp16, or 8-bit int8 rows / codebooks) and is
             expanded at load, so it only rounds the weights; "int8" names an int8 export run in
             fp32 and is refused for other exports, as is any other value ("bf16"), with
             :class:`BackendUnavailable`.
@@ -201,6 +235,9 @@ def load(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None,
     """
     refuse_native("ncnn", native)
     num_threads = check_threads(num_threads if num_threads is not None else threads, "ncnn")
+    if dtype == "int4":
+        raise BackendUnavailable("dtype 'int4' is not available on the ncnn backend: stock ncnn has no int4 matrix "
+                                 "product; use int8 (an int8 export) or the torch backend's int4")
     if dtype not in (None, "auto", *NCNN_STORAGES):
         raise BackendUnavailable(f"dtype {dtype!r} is not supported by the ncnn backend (use fp32, fp16, "
                                  "or int8 with an int8 export)")
@@ -217,22 +254,31 @@ def load(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None,
         raise BackendUnavailable(f"{paths['param'].name} stores {sidecar['dtype']} weights, not int8; "
                                  "export it with 'rwkv-music export-ncnn --dtype int8', or leave dtype unset")
     _check_files(paths, sidecar)
+    if sidecar.get("prefill") and not prefill_param_path(paths["param"]).is_file():  # copied without it
+        log.warning("%s: no prefill graph %s beside it; prompts run token by token", paths["param"].name,
+                    prefill_param_path(paths["param"]).name)
+        sidecar = {k: v for k, v in sidecar.items() if k != "prefill"}
     ncnn = _ncnn()
     use_vulkan, label = _use_vulkan(ncnn, str(device), vulkan)
-    net = ncnn.Net()
-    net.opt.use_vulkan_compute = use_vulkan
-    # ncnn turns fp16 storage/arithmetic on by default wherever the CPU has it (x86 F16C too), which
-    # moves logits by ~1e-2; the backend runs fp32 unless fp16 is asked for.
-    net.opt.use_fp16_storage = fp16
-    net.opt.use_fp16_packed = fp16
-    net.opt.use_fp16_arithmetic = fp16
-    net.opt.use_bf16_storage = False
-    if num_threads is not None:
-        net.opt.num_threads = num_threads
-    if net.load_param(str(paths["param"])) != 0:
-        raise CheckpointError(f"{paths['param']}: ncnn cannot parse this param file")
-    if net.load_model(str(paths["bin"])) != 0:
-        raise CheckpointError(f"{paths['bin']}: ncnn cannot read the weights (truncated or not from this .param)")
+
+    def open_net(param: Path) -> Any:
+        net = ncnn.Net()
+        net.opt.use_vulkan_compute = use_vulkan
+        # ncnn turns fp16 storage/arithmetic on by default wherever the CPU has it (x86 F16C too), which
+        # moves logits by ~1e-2; the backend runs fp32 unless fp16 is asked for.
+        net.opt.use_fp16_storage = fp16
+        net.opt.use_fp16_packed = fp16
+        net.opt.use_fp16_arithmetic = fp16
+        net.opt.use_bf16_storage = False
+        if num_threads is not None:
+            net.opt.num_threads = num_threads
+        if net.load_param(str(param)) != 0:
+            raise CheckpointError(f"{param}: ncnn cannot parse this param file")
+        if net.load_model(str(paths["bin"])) != 0:
+            raise CheckpointError(f"{paths['bin']}: ncnn cannot read the weights (truncated or not from {param.name})")
+        return net
+
+    net = open_net(paths["param"])
     wanted = {TOKEN, *(blob for s in sidecar["state"].values() for blob in s["inputs"])}
     have = set(net.input_names())
     if wanted != have:
@@ -245,5 +291,7 @@ def load(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None,
         initial = initial.numpy()
     log.info("%s: RWKV v%s on ncnn (%s weights, %s, %s)", paths["param"].name, cfg.version, sidecar["dtype"],
              "fp16" if fp16 else "fp32", label)
-    return NcnnModel(net, cfg, sidecar, paths, label, fp16, int(net.opt.num_threads), initial)
+    model = NcnnModel(net, cfg, sidecar, paths, label, fp16, int(net.opt.num_threads), initial)
+    model._open = open_net
+    return model
 

@@ -80,9 +80,13 @@ def tagged(array: np.ndarray, storage: str) -> bytes:
     if storage == "int8":
         from rwkv_music.backends.ncnn_quant import codebook_quantize
 
-        table, index = codebook_quantize(np.asarray(array, dtype=np.float32))
-        return struct.pack("<I", TAG_CODEBOOK) + raw_f32(table) + _pad4(index.tobytes())
+        return codebook_bytes(*codebook_quantize(np.asarray(array, dtype=np.float32)))
     raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+
+
+def codebook_bytes(table: np.ndarray, index: np.ndarray) -> bytes:
+    """A type-0 buffer in ncnn's 8-bit codebook format: 256 float32 levels, one uint8 index per weight."""
+    return struct.pack("<I", TAG_CODEBOOK) + raw_f32(table) + _pad4(np.ascontiguousarray(index, np.uint8).tobytes())
 
 
 class NcnnGraph:
@@ -93,10 +97,18 @@ class NcnnGraph:
     outputs feed decays and gates, where an 8-bit codebook costs more accuracy than it saves).
     """
 
-    def __init__(self, storage: str = "fp32") -> None:
+    def __init__(self, storage: str = "fp32", int8_scheme: str = "rows", seq_len: int = 1) -> None:
+        from rwkv_music.backends.ncnn_quant import SCHEMES
+
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+        if int8_scheme not in SCHEMES:
+            raise ValueError(f"int8_scheme must be one of {SCHEMES}, got {int8_scheme!r}")
         self.storage = storage
+        self.int8_scheme = int8_scheme  # under "int8": per-row int8 ("rows") or the fitted codebook
+        # tokens per row of one graph call: activations are [B*T, ...] with row b*T + t (batch-major), so
+        # every weighted layer runs once for all T tokens and only the recurrences loop (time_steps)
+        self.seq_len = int(seq_len)
         self.layers: list[Layer] = []
         self._names: set[str] = set()
         self._counter = 0
@@ -172,11 +184,11 @@ class NcnnGraph:
         return self.one(type_, [a])
 
     # -- shapes --------------------------------------------------------------------------------
-    def reshape(self, a: str, shape: Sequence[int]) -> str:
+    def reshape(self, a: str, shape: Sequence[int], out: str | None = None) -> str:
         """Reshape to ``shape`` (numpy order, one entry may be -1 for "the rest", e.g. the batch)."""
         dims = list(reversed(list(shape)))
         keys = {1: [0], 2: [0, 1], 3: [0, 1, 2], 4: [0, 1, 11, 2]}[len(dims)]
-        return self.one("Reshape", [a], dict(zip(keys, dims)))
+        return self.one("Reshape", [a], dict(zip(keys, dims)), out=out)
 
     def slice_cols(self, a: str, sizes: Sequence[int]) -> list[str]:
         """Split a ``[B, sum(sizes)]`` blob along its last axis."""
@@ -185,17 +197,48 @@ class NcnnGraph:
     def concat_cols(self, blobs: Sequence[str], out: str) -> str:
         return self.one("Concat", list(blobs), {0: 1}, out=out)
 
+    # -- time (seq_len T > 1: rows are b*T + t) ----------------------------------------------------
+    def time_steps(self, a: str, width: int) -> list[str]:
+        """``[B*T, width]`` → T blobs ``[B, width]``, one per time step (``[a]`` when T is 1)."""
+        T = self.seq_len
+        if T == 1:
+            return [a]
+        parts = self.add("Slice", [self.reshape(a, [-1, T, width])], T, {-23300: [1] * T, 1: 1})
+        return [self.reshape(part, [-1, width]) for part in parts]
+
+    def time_join(self, steps: Sequence[str], width: int) -> str:
+        """The inverse of :meth:`time_steps`: T blobs ``[B, width]`` → ``[B*T, width]``."""
+        if self.seq_len == 1:
+            return steps[0]
+        joined = self.one("Concat", [self.reshape(s, [-1, 1, width]) for s in steps], {0: 1})
+        return self.reshape(joined, [-1, width])
+
+    def shift(self, xx: str, prev: str, width: int, last: str) -> str:
+        """Token shift of ``xx`` [B*T, width]: each row's predecessor, ``prev`` [B, width] before the first.
+
+        The last token's row of every sequence becomes the blob ``last`` (the new shift state)."""
+        T = self.seq_len
+        x3 = self.reshape(xx, [-1, T, width])
+        head, tail = self.add("Slice", [x3], 2, {-23300: [T - 1, 1], 1: 1})
+        self.reshape(tail, [-1, width], out=last)
+        shifted = self.one("Concat", [self.reshape(prev, [-1, 1, width]), head], {0: 1})
+        return self.reshape(shifted, [-1, width])
+
     # -- math with weights ---------------------------------------------------------------------
     def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None = None, small: bool = False,
                out: str | None = None) -> str:
         """InnerProduct ``x @ weight.T + bias`` on ``[B, in]``; ``weight`` is ``[out, in]`` as stored."""
         n_out, n_in = weight.shape
-        if self.storage == "int8" and not small:  # codebook of the row-normalised matrix, rows rescaled after
-            from rwkv_music.backends.ncnn_quant import row_scales
+        if self.storage == "int8" and not small:  # 8-bit rows (integers or codebook), rows rescaled after
+            from rwkv_music.backends.ncnn_quant import int8_rows, row_scales
 
-            scale = row_scales(weight)
-            y = self.one("InnerProduct", [x], {0: n_out, 1: 0, 2: n_out * n_in},
-                         [tagged(weight / scale[:, None], "int8")])
+            if self.int8_scheme == "rows":
+                table, index, scale = int8_rows(weight)
+                buffer = codebook_bytes(table, index)
+            else:
+                scale = row_scales(weight)
+                buffer = tagged(weight / scale[:, None], "int8")
+            y = self.one("InnerProduct", [x], {0: n_out, 1: 0, 2: n_out * n_in}, [buffer])
             if bias is None:
                 return self.mul(y, self.row(scale), out=out)
             return self.add_(self.mul(y, self.row(scale)), self.row(bias), out=out)
@@ -209,7 +252,12 @@ class NcnnGraph:
     def embed(self, tokens: str, table: np.ndarray) -> str:
         """Rows of ``table`` [V, D] for int32 token ids ``tokens`` [B] → ``[B, D]``."""
         V, D = table.shape
-        return self.one("Embed", [tokens], {0: D, 1: V, 2: 0, 3: V * D}, [tagged(table, self.storage)])
+        storage = self.storage
+        if storage == "int8" and self.int8_scheme == "rows":
+            # fp16, as torch int8 keeps embeddings float: an 8-bit table is the one int8 error torch lacks
+            # (measured on random v5.0: max |Δlogit| 0.48 with it, 0.28 without, torch int8 0.28)
+            storage = "fp16"
+        return self.one("Embed", [tokens], {0: D, 1: V, 2: 0, 3: V * D}, [tagged(table, storage)])
 
     def layer_norm(self, x: str, weight: np.ndarray | None, bias: np.ndarray | None, size: int, eps: float,
                    out: str | None = None) -> str:

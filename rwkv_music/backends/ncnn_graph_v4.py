@@ -28,11 +28,17 @@ def state_out(name: str, i: int) -> str:
 
 
 def pre_norm(g: NcnnGraph, w: Weights, i: int, which: str, x: str, state: str) -> tuple[str, str]:
-    """``(xx, sx)``: the LN output (which is also the new shift state ``state``) and the previous one."""
+    """``(xx, sx)``: the LN output and the token-shifted one (the previous token's LN output).
+
+    One token: ``xx`` is the new shift state ``state`` and ``sx`` the state input.  T tokens: ``sx``
+    is ``xx`` moved down one step with the state input first, and the last step's row is the new state.
+    """
     C = w.get(f"blocks.{i}.{which}.weight").shape[0]
-    xx = g.layer_norm(x, w.get(f"blocks.{i}.{which}.weight"), w.get(f"blocks.{i}.{which}.bias"), C, LN_EPS,
-                      out=state_out(state, i))
-    return xx, state_in(g, state, i)
+    weight, bias = w.get(f"blocks.{i}.{which}.weight"), w.get(f"blocks.{i}.{which}.bias")
+    if g.seq_len == 1:
+        return g.layer_norm(x, weight, bias, C, LN_EPS, out=state_out(state, i)), state_in(g, state, i)
+    xx = g.layer_norm(x, weight, bias, C, LN_EPS)
+    return xx, g.shift(xx, state_in(g, state, i), C, state_out(state, i))
 
 
 def channel_mix_v4(g: NcnnGraph, w: Weights, i: int, x: str, keys: tuple[str, str] = ("time_mix_k", "time_mix_r"),
@@ -73,19 +79,26 @@ def time_mix_v4(g: NcnnGraph, w: Weights, cfg: RWKVConfig, i: int, x: str) -> st
     aa, bb, pp = (state_in(g, n, i) for n in ("att_a", "att_b", "att_p"))
     decay = g.row(w.v4_decay(a))  # A6: w = -exp(time_decay)
     first = g.row(w.get(a + "time_first"))  # A6: u = time_first (log domain)
-    # output: q = max(pp, u + k); wkv = (e^{pp-q} aa + e^{u+k-q} v) / (e^{pp-q} bb + e^{u+k-q})
-    ww = g.add_(k, first)
-    q = g.binary(MAX, pp, ww)
-    e1, e2 = _exp(g, g.sub(pp, q)), _exp(g, g.sub(ww, q))
-    num = g.add_(g.mul(e1, aa), g.mul(e2, v))
-    den = g.add_(g.mul(e1, bb), e2)
-    wkv = g.binary(DIV, num, den)
-    # state: q' = max(w + pp, k); aa' = e^{w+pp-q'} aa + e^{k-q'} v; bb' likewise; pp' = q'
-    ww = g.add_(pp, decay)
-    q2 = g.binary(MAX, ww, k, out=state_out("att_p", i))
-    e1, e2 = _exp(g, g.sub(ww, q2)), _exp(g, g.sub(k, q2))
-    g.add_(g.mul(e1, aa), g.mul(e2, v), out=state_out("att_a", i))
-    g.add_(g.mul(e1, bb), e2, out=state_out("att_b", i))
+    A = w.get(a + "key.weight").shape[0]
+    T = g.seq_len
+    outs: list[str] = []
+    for t, (kt, vt) in enumerate(zip(g.time_steps(k, A), g.time_steps(v, A))):  # the recurrence, step by step
+        last = t == T - 1
+        # output: q = max(pp, u + k); wkv = (e^{pp-q} aa + e^{u+k-q} v) / (e^{pp-q} bb + e^{u+k-q})
+        ww = g.add_(kt, first)
+        q = g.binary(MAX, pp, ww)
+        e1, e2 = _exp(g, g.sub(pp, q)), _exp(g, g.sub(ww, q))
+        num = g.add_(g.mul(e1, aa), g.mul(e2, vt))
+        den = g.add_(g.mul(e1, bb), e2)
+        outs.append(g.binary(DIV, num, den))
+        # state: q' = max(w + pp, k); aa' = e^{w+pp-q'} aa + e^{k-q'} v; bb' likewise; pp' = q'
+        ww = g.add_(pp, decay)
+        q2 = g.binary(MAX, ww, kt, out=state_out("att_p", i) if last else None)
+        e1, e2 = _exp(g, g.sub(ww, q2)), _exp(g, g.sub(kt, q2))
+        aa = g.add_(g.mul(e1, aa), g.mul(e2, vt), out=state_out("att_a", i) if last else None)
+        bb = g.add_(g.mul(e1, bb), e2, out=state_out("att_b", i) if last else None)
+        pp = q2
+    wkv = g.time_join(outs, A)
     return g.add_(x, g.linear(g.mul(r, wkv), w.get(a + "output.weight")))
 
 

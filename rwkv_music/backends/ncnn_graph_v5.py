@@ -27,17 +27,28 @@ from rwkv_music.model.constants import GN_EPS
 V6_MIX_ORDER = "wkvrg"  # rows of time_maa_w2 (docs/formats.md A3 notes)
 
 
-def wkv5(g: NcnnGraph, cfg: RWKVConfig, i: int, r: str, k: str, v: str, u: np.ndarray, decay: str) -> str:
-    """The per-head recurrence above; ``decay`` broadcasts as ``[·, H, N, 1]``.  Returns y as [B, A]."""
+def wkv5(g: NcnnGraph, cfg: RWKVConfig, i: int, r: str, k: str, v: str, u: np.ndarray, decay: str,
+         per_token: bool = False) -> str:
+    """The per-head recurrence above over ``g.seq_len`` steps; returns y as [B*T, A].
+
+    ``decay`` is a ``[1, H, N, 1]`` constant, or with ``per_token`` (v6) a ``[B*T, A]`` blob."""
     H, N, A = cfg.n_head, cfg.head_size, cfg.dim_att
+    T = g.seq_len
     S = state_in(g, "att_kv", i)
-    v_row = g.reshape(v, [-1, H, 1, N])
-    y = g.matmul(g.reshape(r, [-1, H, 1, N]), S)  # Σ_j r_j S[j, i]
-    ruk = g.reduce_last(R_SUM, g.reshape(g.mul(g.mul(r, g.row(u.reshape(-1))), k), [-1, H, N]))  # [B, H, 1]
-    y = g.add_(y, g.mul(g.reshape(ruk, [-1, H, 1, 1]), v_row))
-    kv = g.mul(g.reshape(k, [-1, H, N, 1]), v_row)
-    g.add_(g.mul(S, decay), kv, out=state_out("att_kv", i))
-    return g.reshape(y, [-1, A])
+    # the bonus term needs no state: Σ_j r_j u_j k_j for all T tokens at once
+    ruk = g.reduce_last(R_SUM, g.reshape(g.mul(g.mul(r, g.row(u.reshape(-1))), k), [-1, H, N]))  # [B*T, H, 1]
+    decays = g.time_steps(decay, A) if per_token else [decay] * T
+    ys = []
+    for t, (rt, kt, vt, rukt) in enumerate(zip(g.time_steps(r, A), g.time_steps(k, A), g.time_steps(v, A),
+                                               g.time_steps(ruk, H))):
+        v_row = g.reshape(vt, [-1, H, 1, N])
+        y = g.matmul(g.reshape(rt, [-1, H, 1, N]), S)  # Σ_j r_j S[j, i]
+        y = g.add_(y, g.mul(g.reshape(rukt, [-1, H, 1, 1]), v_row))
+        kv = g.mul(g.reshape(kt, [-1, H, N, 1]), v_row)
+        dt = g.reshape(decays[t], [-1, H, N, 1]) if per_token else decays[t]
+        S = g.add_(g.mul(S, dt), kv, out=state_out("att_kv", i) if t == T - 1 else None)
+        ys.append(g.reshape(y, [-1, A]))
+    return g.time_join(ys, A)
 
 
 def group_norm(g: NcnnGraph, w: Weights, cfg: RWKVConfig, a: str, y: str) -> str:
@@ -69,7 +80,6 @@ def time_mix_v5(g: NcnnGraph, w: Weights, cfg: RWKVConfig, i: int, x: str) -> st
 def time_mix_v6(g: NcnnGraph, w: Weights, cfg: RWKVConfig, i: int, x: str) -> str:
     """docs/formats.md A7 "v6.0 time mix" (data-dependent shift and decay)."""
     a = f"blocks.{i}.att."
-    H, N = cfg.n_head, cfg.head_size
     xx, sx = pre_norm(g, w, i, "ln1", x, "att_x")
     dd = g.sub(sx, xx)  # v6 mixes are xx + (sx - xx)·m
     xxx = g.lerp(xx, dd, g.row(w.get(a + "time_maa_x")))
@@ -90,7 +100,7 @@ def time_mix_v6(g: NcnnGraph, w: Weights, cfg: RWKVConfig, i: int, x: str) -> st
     td = g.linear(lora, w.get(a + "time_decay_w2").T, bias=w.get(a + "time_decay").reshape(-1), small=True)
     decay = g.unary(EXP, g.unary(NEG, g.unary(EXP, td)))  # w = exp(-exp(td + ...)) per token
     u, _ = w.v5_bonus_decay(cfg, a)
-    y = group_norm(g, w, cfg, a, wkv5(g, cfg, i, r, k, v, u, g.reshape(decay, [-1, H, N, 1])))
+    y = group_norm(g, w, cfg, a, wkv5(g, cfg, i, r, k, v, u, decay, per_token=True))
     return g.add_(x, g.linear(g.mul(y, gate), w.get(a + "output.weight")))
 
 

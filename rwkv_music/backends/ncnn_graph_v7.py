@@ -65,12 +65,17 @@ def time_mix(g: NcnnGraph, w: Weights, cfg: RWKVConfig, i: int, x: str, ctx: dic
     decay = g.unary(EXP, g.scalar(MUL, g.act("Sigmoid", wz), -V7_DECAY_SCALE))
     # step 8: state update and read-out
     S = state_in(g, "att_kv", i)
-    sk = g.matmul(S, g.reshape(kk, [-1, H, N, 1]))  # S·kk  [B,H,N,1]
-    b_row = g.reshape(g.mul(kk, g.reshape(alpha, [-1, H, N])), [-1, H, 1, N])
-    k_row = g.reshape(k, [-1, H, 1, N])
-    S_new = g.sub(g.mul(S, g.reshape(decay, [-1, H, 1, N])), g.mul(sk, b_row))
-    S_new = g.add_(S_new, g.mul(g.reshape(v, [-1, H, N, 1]), k_row), out=state_out("att_kv", i))
-    y = g.reshape(g.matmul(S_new, g.reshape(r, [-1, H, N, 1])), [-1, C])
+    T = g.seq_len
+    b = g.reshape(g.mul(kk, g.reshape(alpha, [-1, H, N])), [-1, C])  # kk ⊙ a, for all T tokens at once
+    steps = zip(*(g.time_steps(blob, C) for blob in (g.reshape(kk, [-1, C]), b, decay, k, v, r)))
+    ys = []
+    for t, (kkt, bt, dt, kt, vt, rt) in enumerate(steps):
+        sk = g.matmul(S, g.reshape(kkt, [-1, H, N, 1]))  # S·kk  [B,H,N,1]
+        S_new = g.sub(g.mul(S, g.reshape(dt, [-1, H, 1, N])), g.mul(sk, g.reshape(bt, [-1, H, 1, N])))
+        S = g.add_(S_new, g.mul(g.reshape(vt, [-1, H, N, 1]), g.reshape(kt, [-1, H, 1, N])),
+                   out=state_out("att_kv", i) if t == T - 1 else None)
+        ys.append(g.reshape(g.matmul(S, g.reshape(rt, [-1, H, N, 1])), [-1, C]))
+    y = g.time_join(ys, C)
     # step 9: GroupNorm and the bonus (Σ_j r_j k_j r_k[h,j]) v_h
     y = group_norm(g, w, cfg, a, y)
     rk = g.reduce_last(R_SUM, g.reshape(g.mul(g.mul(r, k), g.row(w.get(a + "r_k").reshape(-1))), [-1, H, N]))

@@ -1,4 +1,13 @@
-"""8-bit weight storage for ncnn exports: one 256-entry codebook per matrix.
+"""8-bit weight storage for ncnn exports, in ncnn's stock 256-entry codebook format.
+
+Two schemes share the format (``SCHEMES``); the exporter picks one per export:
+
+* ``"rows"`` (the default): symmetric int8 with one scale per output row, the grid of
+  :func:`rwkv_music.model.quant.quantize_rows` (``scale = max|row| / 127``, ``q`` in -127..127).  The
+  table is the 256 integers -128..127 and the index is ``q + 128``, so ncnn's loader rebuilds the
+  integer matrix exactly and the row scales are applied after the InnerProduct (:func:`int8_rows`):
+  the same weights as our torch int8, activations in float.
+* ``"codebook"``: the older fitted table described below.
 
 Why a codebook: ncnn's model loader has a stock weight-only 8-bit format for every buffer it
 reads "by type 0" (InnerProduct and Embed weights): a tag, a table of 256 float32 values, then
@@ -21,6 +30,9 @@ from __future__ import annotations
 import numpy as np
 
 LEVELS = 256
+SCHEMES = ("rows", "codebook")
+QMAX = 127  # symmetric int8, as rwkv_music.model.quant.QMAX (not imported: this module runs without torch)
+INT_TABLE = np.arange(-LEVELS // 2, LEVELS // 2, dtype=np.float32)  # index i -> integer i - 128
 LLOYD_ITERATIONS = 8
 FIT_SAMPLE = 1 << 18  # weights used to fit the table; assignment always uses all of them
 DENSITY_FLOOR = 0.2  # uniform share added to the level density, so sparse tails keep some levels
@@ -96,6 +108,19 @@ def row_scales(weight: np.ndarray) -> np.ndarray:
     """
     rms = np.sqrt(np.mean(np.square(weight, dtype=np.float64), axis=1))
     return np.where(rms > 0, rms, 1.0).astype(np.float32)
+
+
+def int8_rows(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row symmetric int8 of ``weight`` [out, in]: ``(table, index uint8, scale float32[out])``.
+
+    ``table[index].reshape(weight.shape) * scale[:, None]`` is the int8 approximation (an all-zero
+    row keeps scale 1 and q = 0); ``table`` is :data:`INT_TABLE`, so the codebook holds integers.
+    """
+    w = np.asarray(weight, dtype=np.float32)
+    amax = np.abs(w).max(axis=1) if w.size else np.zeros(w.shape[0], np.float32)
+    scale = np.where(amax > 0, amax / QMAX, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale[:, None]), -QMAX, QMAX).astype(np.int16)
+    return INT_TABLE, (q + LEVELS // 2).astype(np.uint8).ravel(), scale
 
 
 def dequantize(table: np.ndarray, index: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -57,6 +57,27 @@ log = logging.getLogger(__name__)
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
+# Session settings a sidecar may ask for (``ort_session_config``), and the values allowed: the
+# weight-only int8 graph needs onnxruntime's DequantizeLinear -> MatMul fusion off (onnx_weights).
+_SESSION_CONFIG_ALLOWED = {"session.disable_quant_qdq": ("0", "1")}
+
+
+def _graph_dtype(sidecar: dict[str, Any]) -> str:
+    """The dtype a graph reports: its weight storage ("int8", "int4", "bf16") over fp32 activations,
+    else "fp32"/"fp16"; an int8 graph from before the sidecar had "weights" has only "quantization"."""
+    return sidecar.get("weights") or ("int8" if sidecar.get("quantization") else sidecar["dtype"])
+
+
+def _session_config(side: Path, sidecar: dict[str, Any]) -> dict[str, str]:
+    config = sidecar.get("ort_session_config") or {}
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{side}: ort_session_config must be an object, got {type(config).__name__}")
+    for key, value in config.items():
+        if value not in _SESSION_CONFIG_ALLOWED.get(key, ()):
+            raise CheckpointError(f"{side}: ort_session_config {key!r}: {value!r} is not a setting this runtime takes")
+    return config
+
+
 def _providers(device: str) -> list[Any]:
     import onnxruntime as ort
 
@@ -92,7 +113,7 @@ class OnnxModel(NumpyRuntime):
         self.device = device
         self.path = path
         self.quantization: str | None = sidecar.get("quantization")
-        self.dtype: str = "int8" if self.quantization else sidecar["dtype"]  # the graph's arithmetic, fixed at export
+        self.dtype: str = _graph_dtype(sidecar)  # fixed at export
         self.tokenizer_kind: str | None = sidecar.get("tokenizer")
         self._state_dtypes = {n: _NP_DTYPES[s["dtype"]] for n, s in sidecar["state"].items()}
         self._initial = initial  # v6 state tuning (time_state), batch 1
@@ -187,11 +208,11 @@ def load(
     Args:
         path: the ``.onnx`` file (its sidecar ``.onnx.json`` must sit next to it).
         device: "cpu", or "cuda"/"cuda:N" (needs onnxruntime-gpu).
-        dtype: the arithmetic dtype, fixed when the graph was exported: "fp32" (fp32 graphs, also
-            those with int8 weights), "fp16" (fp16 activations and weights, the WKV state in fp32)
-            or "int8" (int8 weights and fp32 activations: ``export-onnx --int8``).  ``None`` or
-            "auto" takes the graph's own; another value (a different dtype, "bf16") is refused with
-            :class:`BackendUnavailable`, since onnxruntime cannot change a graph's dtype.
+        dtype: the graph's dtype, fixed when it was exported: "fp32", "fp16" (fp16 activations
+            and weights, the WKV state in fp32), or a weight storage over fp32 activations
+            ("int8", "int4", "bf16": ``export-onnx --dtype``).  ``None`` or "auto" takes the
+            graph's own; another value is refused with :class:`BackendUnavailable`, since
+            onnxruntime cannot change a graph's dtype.
         threads: onnxruntime intra-op threads of this session (default: onnxruntime's choice);
             nothing process-wide is changed.
         native: the torch backend's C kernels do not apply here; ``True`` is refused.
@@ -205,18 +226,21 @@ def load(
         raise CheckpointError(f"{path}: no such ONNX file")
     side = find_onnx_sidecar(path)
     sidecar, cfg = read_onnx_sidecar(side)
-    accepted = {None, "auto", sidecar["dtype"], *(("int8",) if sidecar.get("quantization") else ())}
-    if dtype not in accepted:
+    graph_dtype = _graph_dtype(sidecar)
+    if dtype not in {None, "auto", graph_dtype}:
         raise BackendUnavailable(
-            f"{path.name} computes in {sidecar['dtype']} (fixed at export), not {dtype}; "
-            f"re-export it with 'rwkv-music export-onnx' for {dtype}, or leave dtype unset"
+            f"{path.name} computes in {graph_dtype} (fixed at export), not {dtype}; "
+            f"re-export it with 'rwkv-music export-onnx --dtype {dtype}', or leave dtype unset"
         )
+    session_config = _session_config(side, sidecar)
     try:
         import onnxruntime as ort
     except ImportError as exc:
         raise BackendUnavailable(f"backend 'onnx' needs onnxruntime ({exc}); pip install rwkv-music[onnx]") from None
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    for key, value in session_config.items():
+        opts.add_session_config_entry(key, value)
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

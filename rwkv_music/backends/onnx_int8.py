@@ -1,17 +1,19 @@
-"""Weight-only int8 quantization of an exported fp32 graph (onnxruntime ``MatMulNBits``).
+"""int8 ``MatMulNBits`` graphs that also round activations: ``export(..., int8_mode="dynamic")``.
 
-Every large projection (time-mix r/k/v/g/output, channel-mix key/value/receptance and the head)
-is replaced by a ``com.microsoft.MatMulNBits`` node with 8-bit weights: blocks of
-:data:`BLOCK_SIZE` input rows share one fp32 scale, symmetric around the default zero point 128,
-so ``W ≈ (q − 128)·scale``.  Activations, LayerNorms, LoRAs, decays and the WKV state stay fp32.
-The quantization is done here in numpy (a few lines) rather than through
+The default int8 export is weight-only (:mod:`rwkv_music.backends.onnx_weights`); this is the
+faster, less accurate option.  Every large projection (time-mix r/k/v/g/output, channel-mix
+key/value/receptance and the head) is replaced by a ``com.microsoft.MatMulNBits`` node with 8-bit
+weights: blocks of :data:`BLOCK_SIZE` input rows share one fp32 scale, symmetric around the default
+zero point 128, so ``W ≈ (q − 128)·scale``.  With :data:`ACCURACY_LEVEL` 4 the kernel also rounds
+the activations to int8 per block on every call.  LayerNorms, LoRAs, decays and the WKV state stay
+fp32.  The quantization is done here in numpy (a few lines) rather than through
 ``onnxruntime.quantization``, whose import configures the root logger.
 
 Accuracy (random-weight models, which amplify weight noise more than trained ones): max
-|Δlogit| vs fp32 0.07–0.38 on the 2-layer test models (logits of magnitude ≈ 7, top-1 agreement
-≥ 97 %; tests/test_onnx_int8.py) and 0.26–0.29 on L12 D768 (82M) v5.2/v7 models.  The big
-matrices shrink ~3.9×; batch-1 decode on one CPU thread ran ~1.9× faster than the fp32 graph
-(benchmarks/bench_onnx.py).
+|Δlogit| vs fp32 0.13–0.81 on the 2-layer test models of every version (logits of magnitude
+≈ 7–9; the weight-only default: 0.075–0.56, equal to the torch int8 backend's), and 0.26–0.29 on
+L12 D768 (82M) v5.2/v7 models.  The big matrices shrink ~3.9×; batch-1 decode on one CPU thread
+ran ~1.9–2.9× faster than the fp32 graph (benchmarks/bench_onnx.py).
 """
 
 from __future__ import annotations

@@ -172,6 +172,25 @@ def onnx_sidecar(
     }
 
 
+SAMPLER_KEY = "sampler"  # sidecar entry of the sampler graph (export-onnx --with-sampler): file, format, io
+
+
+def onnx_sampler_path(onnx_path: str | os.PathLike) -> Path:
+    """Where ``export-onnx --with-sampler`` writes the sampler graph: ``OUT.onnx`` → ``OUT.sampler.onnx``."""
+    p = Path(onnx_path)
+    stem = p.name[: -len(".onnx")] if p.name.endswith(".onnx") else p.name
+    return p.with_name(stem + ".sampler.onnx")
+
+
+def record_onnx_sampler(side_path: Path, entry: dict[str, Any]) -> None:
+    """Add the sampler graph's entry to an ONNX sidecar already written (atomically; other entries stay)."""
+    from rwkv_music.io_utils import atomic_write_text
+
+    data = json.loads(side_path.read_text())
+    data[SAMPLER_KEY] = entry
+    atomic_write_text(side_path, json.dumps(data, indent=2) + "\n", force=True)
+
+
 # -- ncnn files ------------------------------------------------------------------------------------
 def ncnn_paths(path: str | os.PathLike) -> dict[str, Path]:
     """The files of one ncnn export from its prefix or any of its files: param, bin, sidecar, state."""

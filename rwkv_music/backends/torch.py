@@ -156,6 +156,17 @@ class TorchModel:
         self.quantization = "int8"
         return count
 
+    def quantize_int4(self, kernel: str | None = None, group: int | None = None) -> int:
+        """Store the big matrices as group-wise int4 (CPU); returns how many were quantized.
+
+        ``kernel``: one of :data:`rwkv_music.model.quant.INT4_KERNELS` (by default the C kernel where
+        this model's ``native`` choice allows it and it builds); ``group``: inputs per scale."""
+        from rwkv_music.model.quant import INT4_GROUP, quantize_weights_int4
+
+        count = quantize_weights_int4(self._weights, kernel, self.native, group or INT4_GROUP)
+        self.quantization = "int4"
+        return count
+
     @property
     def info(self) -> RWKVConfig:
         """The model's sizes and version (same object as :attr:`config`)."""
@@ -163,9 +174,9 @@ class TorchModel:
 
     @property
     def compute_dtype(self) -> str:
-        """The arithmetic dtype by name, as every backend reports it: "fp32", "bf16", "fp16" or "int8"."""
-        if self.quantization == "int8":
-            return "int8"
+        """The arithmetic dtype by name, as every backend reports it: "fp32", "bf16", "fp16", "int8" or "int4"."""
+        if self.quantization in ("int8", "int4"):
+            return self.quantization
         return next(name for name, dt in DTYPES.items() if dt == self.dtype)
 
     def as_numpy(self, logits: Any) -> np.ndarray:
@@ -278,7 +289,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str
         dtype: the arithmetic dtype of the weights and activations (the WKV state stays fp32):
             "fp32" (also for ``None`` / "auto"), "bf16" or "fp16"; or "int8": per-channel int8
             weights for the big matrices with fp32 activations (CPU only, see
-            :mod:`rwkv_music.model.quant`).
+            :mod:`rwkv_music.model.quant`); or "int4": the same with group-wise 4-bit weights.
         threads: CPU threads for torch's kernels and the int8 kernel.  ``torch.set_num_threads``
             is process-wide, so it is called only when ``threads`` is given; ``None`` leaves
             torch's setting alone (by default one thread per physical core).  At most
@@ -294,17 +305,21 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str
     if threads is not None:
         torch.set_num_threads(threads)
     dtype = "fp32" if dtype in (None, "auto") else dtype
-    int8 = _is_int8(dtype)
-    dev, dt = parse_device(device), parse_dtype("fp32" if int8 else dtype)  # argument errors before the slow read
-    if int8 and dev.type != "cpu":
-        raise OptionError(f"dtype 'int8' runs on the CPU only, not on {device!r}")
+    quant = _quant_name(dtype)
+    dev, dt = parse_device(device), parse_dtype("fp32" if quant else dtype)  # argument errors before the slow read
+    if quant and dev.type != "cpu":
+        raise OptionError(f"dtype {quant!r} runs on the CPU only, not on {device!r}")
     sd, config, source = load_state_dict(path)
     model = TorchModel._build(sd, config, dev, dt, source, native)
     model.cuda_graph = bool(cuda_graph)
-    if int8:
+    if quant == "int8":
         model.quantize_int8()
+    elif quant == "int4":
+        model.quantize_int4()
     return model
 
 
-def _is_int8(dtype: Any) -> bool:
-    return isinstance(dtype, str) and dtype.lower() == "int8"
+def _quant_name(dtype: Any) -> str | None:
+    """"int8" / "int4" for a weight-quantized dtype name, else ``None``."""
+    name = dtype.lower() if isinstance(dtype, str) else None
+    return name if name in ("int8", "int4") else None

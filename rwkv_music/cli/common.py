@@ -14,7 +14,7 @@ import click
 from rwkv_music.errors import RwkvMusicError
 
 BACKENDS = ("torch", "onnx", "ncnn")
-DTYPES = ("fp32", "fp16", "bf16", "int8")  # int8: torch CPU weight-only quantization
+DTYPES = ("fp32", "fp16", "bf16", "int8", "int4")  # int8/int4: torch CPU weight-only quantization
 PRESETS = ("default-midi", "default-abc", "chatrwkv-midi", "chatrwkv-abc")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -272,7 +272,7 @@ model_options = combine(
         type=click.Choice(DTYPES),
         default=None,
         help="Arithmetic dtype (default: the model's own: fp32 for checkpoints, the export's for onnx/ncnn; "
-        "a dtype the backend or export cannot run is refused).",
+        "a dtype the backend or export cannot run is refused; int8/int4: torch CPU weight quantization).",
     ),
     click.option(
         "--threads",

@@ -307,6 +307,8 @@ Examples:
   rwkv-music render prompts.jsonl --model abc.pth --batch-size 16 --out data/ --resume
   rwkv-music render tunes/ --model abc.pth --max-tokens 512 --out continued/
   rwkv-music render --abc-to-midi music21:oneills1850 --out midi_data/
+  rwkv-music render prompts.txt --model midi.pth --out data/ --ray --workers 2   # a local Ray runtime
+  rwkv-music render p.txt --model /shared/m.pth -o data/ --ray auto --workers 8 --gpus-per-worker 1 --device cuda
 
 \b
 PROMPTS_OR_DIR: a text file (one prompt per line, '#' comments, '\\n' for newlines), a .jsonl
@@ -379,6 +381,34 @@ file (objects with "prompt" or "file" plus per-row options such as "seconds", "k
     metavar="DIR",
     help="Instead: convert every tune of the .abc files under DIR (or music21:COLLECTION) to .mid.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Render on Ray workers: no value (or 'local') starts a local Ray runtime, 'auto' joins this machine's "
+    "cluster, 'ray://HOST:PORT' or HOST:PORT joins that one (needs rwkv-music[ray]).",
+)
+@click.option("--workers", type=click.IntRange(1, 4096), default=None, help="--ray: workers (default 1).")
+@click.option(
+    "--gpus-per-worker", type=click.FloatRange(0, 1024), default=None, help="--ray: GPUs each worker holds (default 0)."
+)
+@click.option(
+    "--cpus-per-worker", type=click.FloatRange(0, 1024), default=None, help="--ray: CPUs each worker holds (default 1)."
+)
+@click.option(
+    "--block-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="--ray: samples handed to a worker at a time (default twice --batch-size).",
+)
+@click.option(
+    "--write-on-workers",
+    is_flag=True,
+    help="--ray: workers write the files into --out themselves (a filesystem they all share); only rows travel.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def render(
     source: str | None,
@@ -393,20 +423,64 @@ def render(
     force: bool,
     max_samples: int | None,
     abc_dir: str | None,
+    ray_address: str | None,
+    workers: int | None,
+    gpus_per_worker: float | None,
+    cpus_per_worker: float | None,
+    block_size: int | None,
+    write_on_workers: bool,
     quiet: bool,
 ) -> None:
     """Batch-render a dataset: every prompt (or file) × K samples, one file each, plus a manifest."""
+    if source is None and abc_dir is None and ray_address is not None and Path(ray_address).exists():
+        raise click.UsageError(f"--ray took {ray_address!r} as its address; write PROMPTS_OR_DIR before --ray, "
+                               "or --ray local")
     if (source is None) == (abc_dir is None):
         raise click.UsageError("give PROMPTS_OR_DIR or --abc-to-midi DIR (one of them)")
+    ray_flags = {"--workers": workers, "--gpus-per-worker": gpus_per_worker, "--cpus-per-worker": cpus_per_worker,
+                 "--block-size": block_size, "--write-on-workers": write_on_workers or None}
+    given = [name for name, value in ray_flags.items() if value is not None]
+    if given and ray_address is None:
+        raise click.UsageError(f"{given[0]} needs --ray")
     if abc_dir is not None:
         return _abc_to_midi(abc_dir, out, force, quiet)
-    from rwkv_music.compose.render import RenderSettings
-    from rwkv_music.compose.render import render as run
-
     if not Path(source).exists():
         raise RwkvMusicError(f"{source}: no such prompts file or folder")
-    composer = load.composer(default_mode=_guess_mode(source))
-    options = row.options_for(composer.format)
+    if ray_address is None:
+        from rwkv_music.compose.render import LocalEngine
+
+        engine = LocalEngine(load.composer(default_mode=_guess_mode(source)))
+        return _render(engine, source, samples_per_prompt, batch_size, row, seed, sampling, out, resume, force,
+                       max_samples, quiet)
+    from rwkv_music.compose.ray_render import ModelSpec, RayOptions, RayRenderer
+
+    spec = ModelSpec(load.model, None, _guess_mode(source), load.backend, load.device, load.dtype, load.threads,
+                     load.cuda_graph)
+    options = RayOptions(ray_address, workers or 1, gpus_per_worker or 0.0,
+                         1.0 if cpus_per_worker is None else cpus_per_worker, write_on_workers, block_size)
+    with RayRenderer(spec, options) as engine:
+        _render(engine, source, samples_per_prompt, batch_size, row, seed, sampling, out, resume, force,
+                max_samples, quiet)
+
+
+def _render(
+    engine: Any,
+    source: str,
+    samples_per_prompt: int,
+    batch_size: int,
+    row: RowFlags,
+    seed: int | None,
+    sampling: SamplingOptions,
+    out: str,
+    resume: bool,
+    force: bool,
+    max_samples: int | None,
+    quiet: bool,
+) -> None:
+    """The render itself, on ``engine`` (this process, or Ray workers)."""
+    from rwkv_music.compose.render import RenderSettings, render_with
+
+    options = row.options_for(engine.format)
     seed = _render_seed(seed, out, resume)
     settings = RenderSettings(
         samples_per_prompt, batch_size, seed, options, sampling.to_dict(), resume, force, max_samples
@@ -418,7 +492,7 @@ def render(
         bar(done[0], todo)
 
     try:
-        report = run(composer, source, out, settings, progress=progress)
+        report = render_with(engine, source, out, settings, progress=progress)
     finally:
         bar.close()
     s = report.stats

@@ -25,6 +25,10 @@ own output folder as input, writes ``render.json`` only when its first sample is
 written (a run that fails earlier leaves nothing, and removes an ``out`` it created), and lists
 inputs it cannot read (a damaged file, a link out of the prompts folder) in ``failed.txt`` with
 the reason, rendering the others.
+
+Where the samples are generated is an engine (:class:`RenderEngine`): this process
+(:class:`LocalEngine`, what :func:`render` uses) or Ray workers (:mod:`rwkv_music.compose.ray_render`).
+Both run :func:`generate_pieces` and hand the pieces to the same writer and manifest code here.
 """
 
 from __future__ import annotations
@@ -40,12 +44,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from rwkv_music.compose.options import AbcOptions, MidiOptions, SamplingOptions, piece_seed
 from rwkv_music.errors import OptionError, OutputExistsError, OutputLockedError, RwkvMusicError
 from rwkv_music.formats.base import Format, format_for
-from rwkv_music.io_utils import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from rwkv_music.io_utils import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,7 @@ SAMPLING_KEYS = (
 )
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 ProgressFn = Callable[[int, int, int], None] | None  # progress(done_now, todo, tokens)
+Failed = dict[int, tuple[str, str]]  # job index -> (input, why it could not be read)
 
 
 @dataclass(frozen=True)
@@ -265,6 +270,46 @@ def plan(jobs: list[RenderJob], settings: RenderSettings, suffix: str) -> list[S
 
 
 # -- the run -------------------------------------------------------------------------------------
+class RenderEngine(Protocol):
+    """What produces the samples of a render: this process (:class:`LocalEngine`) or workers elsewhere
+    (:mod:`rwkv_music.compose.ray_render`).  :func:`render_with` does the rest (input, plan, output
+    folder, manifest, stats) the same way for every engine."""
+
+    @property
+    def format(self) -> Format: ...
+
+    def model_info(self) -> dict[str, Any]: ...
+
+    def run(
+        self, todo: list[Sample], output: RenderOutput, settings: RenderSettings, progress: ProgressFn, failed: Failed
+    ) -> int: ...
+
+
+class LocalEngine:
+    """Render in this process with ``composer``: each finished piece is written at once."""
+
+    def __init__(self, composer: Any) -> None:
+        self.composer = composer
+
+    @property
+    def format(self) -> Format:
+        return self.composer.format
+
+    def model_info(self) -> dict[str, Any]:
+        return self.composer.model_info()
+
+    def run(
+        self, todo: list[Sample], output: RenderOutput, settings: RenderSettings, progress: ProgressFn, failed: Failed
+    ) -> int:
+        written = 0
+        for sample, piece in generate_pieces(self.composer, todo, settings, failed):
+            output.sample(sample, piece)
+            written += 1
+            if progress is not None:
+                progress(1, len(todo), int(piece.meta.get("new_tokens", 0)))
+        return written
+
+
 def render(
     composer: Any,
     source: str | os.PathLike,
@@ -275,21 +320,33 @@ def render(
     """Render ``source`` with ``composer`` into ``out`` (see the module docstring).
 
     ``progress(done_now, todo, tokens)`` is called once with ``done_now=0`` before the first
-    batch, then after each written sample (continuous batching) or each batch (fixed batches).
+    sample, then after each written sample.
     """
+    return render_with(LocalEngine(composer), source, out, settings, progress)
+
+
+def render_with(
+    engine: RenderEngine,
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    settings: RenderSettings,
+    progress: ProgressFn = None,
+) -> RenderReport:
+    """:func:`render` with the samples produced by ``engine``."""
     out = Path(out)
-    jobs = read_jobs(source, composer.format, exclude=out)
+    fmt = engine.format
+    jobs = read_jobs(source, fmt, exclude=out)
     total = len(jobs) * settings.samples_per_prompt
     if total > MAX_SAMPLES:
         raise OptionError(f"{len(jobs)} inputs x {settings.samples_per_prompt} samples is {total} samples, more "
                           f"than the {MAX_SAMPLES} one render may plan; split the input or lower samples_per_prompt")
-    samples = plan(jobs, settings, composer.format.suffix)
+    samples = plan(jobs, settings, fmt.suffix)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    output = _Output(out, settings)
+    output = RenderOutput(out, settings)
     try:
         with _locked(out):
-            info = composer.model_info()
+            info = engine.model_info()
             model = {k: info[k] for k in ("version", "n_layer", "n_embd", "vocab_size")}  # not the path: files move
             identity = {"input": str(Path(source).resolve()), "model": model, **settings.identity()}
             done = _prepare_output(out, settings, identity, output)
@@ -299,8 +356,7 @@ def render(
                 todo = todo[: settings.max_samples]
             if progress is not None:
                 progress(0, len(todo), 0)
-            run = _render_continuous if settings.continuous else _render_batches
-            written = run(composer, todo, output, settings, progress, failed)
+            written = engine.run(todo, output, settings, progress, failed)
             _write_failed(out, list(failed.values()))
             rows, _ = read_jsonl(out / MANIFEST)
             expected = len([s for s in samples if s.job.index not in failed])
@@ -331,7 +387,7 @@ def _locked(out: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-class _Output:
+class RenderOutput:
     """The output folder's writers: no write through a symbolic link, ``render.json`` before the first sample."""
 
     def __init__(self, out: Path, settings: RenderSettings) -> None:
@@ -345,12 +401,29 @@ class _Output:
             raise RwkvMusicError(f"{path}: is a symbolic link; a render writes only plain files inside its folder")
         return path
 
-    def sample(self, sample: "Sample", piece: Any) -> None:
+    def begin(self) -> None:
+        """Write ``render.json`` (once, before the first sample file)."""
         if not self.started:
             self.started = True
             if self.identity is not None:
                 atomic_write_json(self.check(self.out / SETTINGS), self.identity, force=True)
-        _write_sample(self, sample, piece)
+
+    def sample(self, sample: "Sample", piece: Any) -> None:
+        """Write a finished piece's file, then its manifest row."""
+        self.begin()
+        save_sample(self.out, sample, piece)
+        self.record(sample_row(sample, piece))
+
+    def sample_bytes(self, sample: "Sample", data: bytes, row: dict[str, Any]) -> None:
+        """Write a file made elsewhere (:func:`sample_bytes`), then its manifest row."""
+        self.begin()
+        # force=True as in save_sample: a file without a row is a killed run's (same seed, same bytes)
+        atomic_write_bytes(self.out / sample.output, data, force=True)
+        self.record(row)
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Append one manifest row (its file is already in place)."""
+        append_jsonl(self.check(self.out / MANIFEST), row)
 
 
 def _write_failed(out: Path, failed: list[tuple[str, str]]) -> None:
@@ -369,7 +442,7 @@ def _one_line(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
 
 
-def _prepare_output(out: Path, settings: RenderSettings, identity: dict[str, Any], output: _Output) -> set[str]:
+def _prepare_output(out: Path, settings: RenderSettings, identity: dict[str, Any], output: RenderOutput) -> set[str]:
     """Check or reset the output folder; return the ids already done (resume)."""
     manifest, settings_file = out / MANIFEST, out / SETTINGS
     for path in (manifest, settings_file, out / STATS, out / FAILED):
@@ -415,15 +488,24 @@ def _prepare_output(out: Path, settings: RenderSettings, identity: dict[str, Any
     return seen
 
 
-Failed = dict[int, tuple[str, str]]  # job index -> (input, why it could not be read)
 _INPUT_ERRORS = (RwkvMusicError, OSError, UnicodeDecodeError)  # what reading one input may raise
 
 
-def _render_continuous(
-    composer: Any, todo: list[Sample], output: _Output, settings: RenderSettings, progress: ProgressFn,
-    failed: Failed,
-) -> int:
-    """Generate with ``batch_size`` rows in flight; write each sample as soon as it is finished."""
+def generate_pieces(
+    composer: Any, todo: list[Sample], settings: RenderSettings, failed: Failed
+) -> Iterator[tuple[Sample, Any]]:
+    """Each sample of ``todo`` with its finished piece, as pieces end: the one generation path of a
+    render, wherever it runs (this process or a worker).  Inputs that cannot be read are recorded in
+    ``failed`` and skipped."""
+    if settings.continuous:
+        return _pieces_continuous(composer, todo, settings, failed)
+    return _pieces_batches(composer, todo, settings, failed)
+
+
+def _pieces_continuous(
+    composer: Any, todo: list[Sample], settings: RenderSettings, failed: Failed
+) -> Iterator[tuple[Sample, Any]]:
+    """Generate with ``batch_size`` rows in flight; yield each sample as soon as it is finished."""
     from rwkv_music.compose.recipe import piece_from_result
     from rwkv_music.sampling.continuous import generate_continuous
 
@@ -436,17 +518,11 @@ def _render_continuous(
             if recipe is not None:
                 yield recipe.work_item(s.seed, tag=(s, recipe))
 
-    written = 0
     model = composer.model_info()
     results = generate_continuous(composer.backend, items(), batch_size=settings.batch_size, on_constraint="finish")
     for result in results:
         sample, recipe = result.item.tag
-        piece = piece_from_result(model, recipe, result, settings.batch_size)
-        output.sample(sample, piece)
-        written += 1
-        if progress is not None:
-            progress(1, len(todo), int(piece.meta.get("new_tokens", 0)))
-    return written
+        yield sample, piece_from_result(model, recipe, result, settings.batch_size)
 
 
 def _recipe(composer: Any, sample: Sample, settings: RenderSettings, failed: Failed) -> Any:
@@ -462,27 +538,16 @@ def _recipe(composer: Any, sample: Sample, settings: RenderSettings, failed: Fai
         return None
 
 
-def _render_batches(
-    composer: Any, todo: list[Sample], output: _Output, settings: RenderSettings, progress: ProgressFn,
-    failed: Failed,
-) -> int:
+def _pieces_batches(
+    composer: Any, todo: list[Sample], settings: RenderSettings, failed: Failed
+) -> Iterator[tuple[Sample, Any]]:
     """Fixed batches of consecutive samples (each batch waits for its slowest piece)."""
-    written = 0
     for batch in _batches(todo, settings):
         for first in {s.job.index: s for s in batch}.values():  # unreadable files leave the batch first
             _recipe(composer, first, settings, failed)
         batch = [s for s in batch if s.job.index not in failed]
-        if not batch:
-            continue
-        pieces = _generate(composer, batch, settings)
-        tokens = 0
-        for sample, piece in zip(batch, pieces):
-            output.sample(sample, piece)
-            tokens += int(piece.meta.get("new_tokens", 0))
-            written += 1
-        if progress is not None:
-            progress(len(batch), len(todo), tokens)
-    return written
+        if batch:
+            yield from zip(batch, _generate(composer, batch, settings))
 
 
 def _batches(todo: list[Sample], settings: RenderSettings) -> Iterable[list[Sample]]:
@@ -517,16 +582,34 @@ def _generate(composer: Any, batch: list[Sample], settings: RenderSettings) -> l
     return composer.compose_rows(inputs, options, seeds=[s.seed for s in batch], sampling=sampling)
 
 
-def _write_sample(output: _Output, sample: Sample, piece: Any) -> None:
-    out = output.out
-    if piece.index != 0:  # one piece per file: X:1, whatever its place in a batch
-        piece = dataclasses.replace(piece, index=0)
+def _one_piece(piece: Any) -> Any:
+    """One piece per file: X:1, whatever its place in a batch."""
+    return dataclasses.replace(piece, index=0) if piece.index != 0 else piece
+
+
+def save_sample(out: Path, sample: Sample, piece: Any) -> None:
+    """Write ``sample``'s file into ``out``."""
     # force=True: a file without a manifest row is a leftover of a killed run (same seed, same piece);
     # the atomic write replaces a link of that name instead of writing through it
-    piece.save(out / sample.output, force=True)
+    _one_piece(piece).save(out / sample.output, force=True)
+
+
+def sample_bytes(sample: Sample, piece: Any) -> bytes:
+    """The bytes :func:`save_sample` writes (the same writer, into a private temporary folder), for a
+    render whose files are written by another process."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rwkv-music-piece-") as tmp:
+        path = Path(tmp) / Path(sample.output).name
+        save_sample(Path(tmp), dataclasses.replace(sample, output=path.name), piece)
+        return path.read_bytes()
+
+
+def sample_row(sample: Sample, piece: Any) -> dict[str, Any]:
+    """The manifest row of a finished sample."""
     meta = piece.meta
     timing = meta.get("timing", {})
-    row = {
+    return {
         "id": sample.id,
         "row": sample.job.index,
         "sample": sample.k,
@@ -540,7 +623,6 @@ def _write_sample(output: _Output, sample: Sample, piece: Any) -> None:
         "finish_reason": meta.get("finish_reason"),
         "validity": meta.get("validity", {}),
     }
-    append_jsonl(output.check(out / MANIFEST), row)
 
 
 def compute_stats(rows: list[dict[str, Any]], total: int) -> dict[str, Any]:

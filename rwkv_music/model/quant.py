@@ -1,4 +1,4 @@
-"""int8 weight quantization of the big matrices, applied once after a version's ``prepare``.
+"""int8 (and int4) weight quantization of the big matrices, applied once after a version's ``prepare``.
 
 Each large projection (receptance/key/value/gate/output, the channel-mix matrices, the head) is
 stored as int8 with one symmetric scale per output channel: ``W[o, :] ≈ scale[o] · q[o, :]``,
@@ -25,6 +25,14 @@ Kernels (:data:`KERNELS`), chosen once per model:
   (one scale per call, so rows of a batch share it and are independent only up to that
   rounding), int8 × int8 products; the fastest on x86 at batch ≥ 8, less accurate.
 * ``"dequant"``: rebuild the float matrix per call; slow, always available (the reference).
+
+int4 (:class:`Int4Matrix`, :func:`quantize_weights_int4`, ``dtype="int4"``): the same matrices as
+group-wise asymmetric 4-bit codes, ``w ≈ zmin + scale · code`` with one fp32 scale and minimum per
+:data:`INT4_GROUP` inputs (fitted to a small squared error, :func:`_fit_groups`), two codes a byte.
+At the default group of 64 that is 5 bits a weight (int8: 8).  Kernels: ``"native"``
+(``rwkv_music/model/native/int4_gemm.c``: int16 activations, integer products per group, fp32
+accumulation) or ``"dequant"`` (the fallback without a C compiler: the float matrix rebuilt per
+call, slower than fp32).  With the C kernel a batch row's numbers do not depend on the other rows.
 
 >>> import torch
 >>> g = torch.Generator().manual_seed(0)
@@ -227,22 +235,223 @@ class Int8Matrix:
                             "add it to rwkv_music.model.quant._HANDLERS")
         return handler(*args, **kwargs)
 
+# -- int4 ------------------------------------------------------------------------------------
+
+INT4_KERNELS = ("native", "dequant")
+INT4_GROUP = 64  # inputs per scale/minimum; a multiple of 32 (see int4_gemm.c)
+INT4_BLOCK = 32  # codes are packed in blocks of 32 inputs (16 bytes)
+
+
+def int4_native_available(choice: bool | None = None) -> bool:
+    """Whether the C int4 kernel is chosen (``choice`` as in :func:`native_available`) and builds."""
+    return native.int4_gemm(choice) is not None
+
+
+def default_int4_kernel(choice: bool | None = None) -> str:
+    """The C kernel where it is chosen and builds, else ``"dequant"`` (a float matrix rebuilt per call)."""
+    return "native" if int4_native_available(choice) else "dequant"
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """Codes [out, n] (0..15, n a multiple of 32) → bytes [out, n / 2]: in each block of 32 inputs,
+    byte j holds input j (low nibble) and input j + 16 (high nibble), the layout int4_gemm.c reads."""
+    out_f, n = codes.shape
+    if n % INT4_BLOCK:
+        raise ValueError(f"pack_int4: the input size {n} is not a multiple of {INT4_BLOCK}")
+    c = codes.to(torch.uint8).reshape(out_f, n // INT4_BLOCK, 2, INT4_BLOCK // 2)
+    return (c[:, :, 0] | (c[:, :, 1] << 4)).reshape(out_f, n // 2).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`pack_int4`: bytes [out, n / 2] → codes uint8 [out, n]."""
+    out_f, half = packed.shape
+    b = packed.reshape(out_f, half // (INT4_BLOCK // 2), 1, INT4_BLOCK // 2)
+    return torch.cat([b & 15, b >> 4], dim=2).reshape(out_f, half * 2)
+
+
+def _fit_groups(wp: torch.Tensor, valid: torch.Tensor, steps: int = 21
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes, scale and minimum of every group of ``wp`` [out, ng, group] (``valid`` masks padding)
+    with a small squared error: for each of ``steps`` code grids spanning the group's [min, max]
+    (15 ± 1 steps across it), the least-squares scale and minimum of those codes; the best is kept.
+    The same search as llama.cpp's ``make_qkx2_quants``; on Gaussian weights it lowers the squared
+    error of the plain min/max grid by 20-30 %, and lifted the shipped models' int4 top-1 agreement
+    with fp32 by 0.5-1.5 points."""
+    v = valid.expand_as(wp).to(wp.dtype)
+    w0 = wp * v
+    wmin = torch.where(valid, wp, torch.inf).amin(-1)
+    wmax = torch.where(valid, wp, -torch.inf).amax(-1)
+    span = wmax - wmin
+    flat = span <= 0  # a constant group: codes 0 and its value as the minimum, exact
+    span = torch.where(flat, torch.ones_like(span), span)
+    n, sw = v.sum(-1), w0.sum(-1)
+    best_err = best_s = best_m = None
+    for d in torch.linspace(-1.0, 1.0, steps).tolist():
+        codes = (torch.round((wp - wmin[..., None]) * ((15 + d) / span)[..., None]).clamp_(0, 15)) * v
+        sl, sll, slw = codes.sum(-1), (codes * codes).sum(-1), (codes * w0).sum(-1)
+        den = n * sll - sl * sl
+        ok = (den > 0) & ~flat
+        s = torch.where(ok, (n * slw - sl * sw) / torch.where(ok, den, torch.ones_like(den)), span / 15)
+        s = torch.where(s > 0, s, span / 15)
+        m = torch.where(ok, (sw - s * sl) / n, wmin)
+        err = (((m[..., None] + s[..., None] * codes) - w0) * v).square().sum(-1)
+        if best_err is None:
+            best_err, best_s, best_m = err, s, m
+        else:
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_s, best_m = torch.where(better, s, best_s), torch.where(better, m, best_m)
+    best_s = torch.where(flat, torch.ones_like(best_s), best_s)
+    best_m = torch.where(flat, wmin, best_m)
+    codes = torch.round((wp - best_m[..., None]) / best_s[..., None]).clamp_(0, 15)
+    return codes, best_s, best_m
+
+
+def quantize_groups_int4(weight: torch.Tensor, group: int = INT4_GROUP
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric group-wise 4-bit: ``weight`` [out, in] → (packed uint8 [out, n_pad / 2],
+    scale f32 [out, ng], zmin f32 [out, ng]) with ``w ≈ zmin + scale · code``, code 0..15, the
+    scale and minimum of each group fitted by :func:`_fit_groups`; n_pad = in rounded up to 32,
+    ng = ceil(n_pad / group)."""
+    if group <= 0 or group % INT4_BLOCK or group > 4096:
+        raise ValueError(f"int4 group size must be a positive multiple of {INT4_BLOCK} up to 4096, got {group}")
+    w = weight.detach().float()
+    out_f, n_in = w.shape
+    n_pad = -(-n_in // INT4_BLOCK) * INT4_BLOCK
+    ng = -(-n_pad // group)
+    wp = F.pad(w, (0, ng * group - n_in)).view(out_f, ng, group)
+    valid = (torch.arange(ng * group) < n_in).view(1, ng, group)
+    codes, scale, zmin = _fit_groups(wp, valid)
+    codes = torch.where(valid, codes, torch.zeros_like(codes)).view(out_f, ng * group)[:, :n_pad]
+    return pack_int4(codes), scale.contiguous(), zmin.contiguous()
+
+
+class Int4Matrix:
+    """One group-wise int4 matrix (or a stack for ``bmm``) that torch ops treat as the float original.
+
+    Stores ``q`` packed codes [out, n_pad / 2] uint8 (:func:`pack_int4`), ``scale`` [out, ng] and
+    ``zmin_t`` [ng, out] f32 (one pair per ``group`` inputs); computes in float32 and returns float32.  Kernels:
+    ``"native"`` (``rwkv_music/model/native/int4_gemm.c``) or ``"dequant"`` (the float matrix rebuilt
+    per call: slow, needs no compiler, and the reference the C kernel is tested against).
+    """
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, zmin: torch.Tensor, n_in: int, layout: str,
+                 kernel: str, group: int, stack: list["Int4Matrix"] | None = None) -> None:
+        if layout not in ("in_out", "out_in", "bmm"):
+            raise ValueError(f"Int4Matrix: layout must be 'in_out', 'out_in' or 'bmm', got {layout!r}")
+        if kernel not in INT4_KERNELS:
+            raise ValueError(f"Int4Matrix: kernel must be one of {', '.join(INT4_KERNELS)}, got {kernel!r}")
+        self.layout, self.kernel, self.group, self.n_in = layout, kernel, group, n_in
+        self.stack = stack
+        self.q, self.scale = q, scale
+        self.zmin_t = zmin.t().contiguous()  # [ng, out]: the C kernel's layout (int4_gemm.c)
+        self._native: Callable[..., int] | None = None
+        if stack is None:
+            out_f = q.shape[0]
+            self.shape = torch.Size((n_in, out_f) if layout == "in_out" else (out_f, n_in))
+            if kernel == "native":
+                self._native = native.int4_gemm(True)
+                if self._native is None:
+                    raise ValueError(f"int4 kernel 'native' is unavailable: {native.status(True)}")
+        else:
+            self.shape = torch.Size((len(stack), *stack[0].shape))
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, layout: str, kernel: str | None = None,
+                   group: int = INT4_GROUP) -> "Int4Matrix":
+        """Quantize ``weight`` as the version modules store it (``layout`` says its orientation)."""
+        kernel = kernel or default_int4_kernel()
+        if layout == "bmm":
+            parts = [cls.from_float(w, "in_out", kernel, group) for w in weight.unbind(0)]
+            p0 = parts[0]
+            return cls(p0.q[:0], p0.scale[:0], p0.scale[:0], p0.n_in, "bmm", kernel, group, stack=parts)
+        rows = weight.t() if layout == "in_out" else weight  # groups run along the input dimension
+        q, scale, zmin = quantize_groups_int4(rows, group)
+        return cls(q, scale, zmin, rows.shape[1], layout, kernel, group)
+
+    def _dequant_out_in(self) -> torch.Tensor:
+        codes = unpack_int4(self.q).float()  # [out, n_pad]
+        n_pad = codes.shape[1]
+        s = self.scale.repeat_interleave(self.group, dim=1)[:, :n_pad]
+        z = self.zmin_t.t().repeat_interleave(self.group, dim=1)[:, :n_pad]
+        return torch.addcmul(z, codes, s)[:, : self.n_in]
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 matrix this stands for, in its logical layout."""
+        if self.stack is not None:
+            return torch.stack([m.dequantize() for m in self.stack])
+        w = self._dequant_out_in()
+        return w.t().contiguous() if self.layout == "in_out" else w
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [..., in] → float32 [..., out] (x·Wᵀ with W [out, in])."""
+        if x.dim() == 2:
+            return self._kernel(x)
+        y = self._kernel(x.reshape(-1, x.shape[-1]))
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    def _kernel(self, x2: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """[rows, in] → float32 [rows, out]; ``out`` (contiguous) is written in place when given."""
+        if self._native is None:
+            y = x2.float() @ self._dequant_out_in().t()
+            return y if out is None else out.copy_(y)
+        x2 = x2.float().contiguous()
+        if out is None:
+            out = torch.empty(x2.shape[0], self.q.shape[0], dtype=torch.float32)
+        rc = self._native(x2.data_ptr(), self.q.data_ptr(), self.scale.data_ptr(), self.zmin_t.data_ptr(),
+                          out.data_ptr(), x2.shape[0], self.n_in, self.q.shape[0], self.group,
+                          torch.get_num_threads())
+        if rc == -2:
+            raise ValueError(f"int4 kernel: group size {self.group} is not a multiple of 32 in [32, 4096]")
+        if rc != 0:
+            raise MemoryError("int4 kernel: could not allocate its scratch buffers")
+        return out
+
+    def bmm(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [M, N, in] → float32 [M, N, out], slice i through matrix i."""
+        y = torch.empty(x.shape[0], x.shape[1], self.stack[0].q.shape[0], dtype=torch.float32)
+        for m, xi, yi in zip(self.stack, x.unbind(0), y.unbind(0)):
+            m._kernel(xi, yi)
+        return y
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (packed codes, scales and minimums)."""
+        if self.stack is not None:
+            return sum(m.nbytes for m in self.stack)
+        return self.q.numel() + 4 * (self.scale.numel() + self.zmin_t.numel())
+
+    def __repr__(self) -> str:
+        return (f"Int4Matrix(shape={tuple(self.shape)}, layout={self.layout!r}, group={self.group}, "
+                f"kernel={self.kernel!r})")
+
+    @classmethod
+    def __torch_function__(cls, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        handler = _HANDLERS.get(func)
+        if handler is None:
+            raise TypeError(f"Int4Matrix does not support {getattr(func, '__name__', func)}; "
+                            "add it to rwkv_music.model.quant._HANDLERS")
+        return handler(*args, **(kwargs or {}))
+
+
+QUANT_TYPES = (Int8Matrix, Int4Matrix)
+
 
 def _matmul(x: Any, w: Any) -> torch.Tensor:
-    if not isinstance(w, Int8Matrix) or w.layout != "in_out":
+    if not isinstance(w, QUANT_TYPES) or w.layout != "in_out":
         raise TypeError("Int8Matrix: x @ W needs an [in, out] int8 matrix on the right")
     return w.project(x)
 
 
 def _linear(x: torch.Tensor, w: Any, bias: torch.Tensor | None = None) -> torch.Tensor:
-    if not isinstance(w, Int8Matrix) or w.layout != "out_in":
+    if not isinstance(w, QUANT_TYPES) or w.layout != "out_in":
         raise TypeError("Int8Matrix: F.linear needs an [out, in] int8 matrix as weight")
     y = w.project(x)
     return y if bias is None else y + bias
 
 
 def _bmm(x: torch.Tensor, w: Any) -> torch.Tensor:
-    if not isinstance(w, Int8Matrix) or w.layout != "bmm":
+    if not isinstance(w, QUANT_TYPES) or w.layout != "bmm":
         raise TypeError("Int8Matrix: torch.bmm needs a stacked [M, in, out] int8 matrix second")
     return w.bmm(x)
 
@@ -280,12 +489,21 @@ def quantize_weights(weights: Any, kernel: str | None = None, native_choice: boo
         raise ValueError(f"int8 kernel 'native' is unavailable here: {native.status(True)}")
     if kernel == "weight_only" and not weight_only_available():
         raise ValueError("int8 kernel 'weight_only' needs torch._weight_int8pack_mm (torch >= 2.3)")
+    count = 0
+    for obj, name, value, layout in _matrix_slots(weights, "int8"):
+        setattr(obj, name, Int8Matrix.from_float(value, layout, kernel))
+        count += 1
+    log.info("int8: quantized %d matrices with the %r kernel", count, kernel)
+    return count
+
+
+def _matrix_slots(weights: Any, what: str) -> Any:
+    """(holder, field name, tensor, layout) of every :data:`MATRIX_FIELDS` matrix of prepared weights."""
     holders = [weights]
     for layer in getattr(weights, "layers", ()):
         holders.append(layer)
         if dataclasses.is_dataclass(getattr(layer, "ffn", None)):
             holders.append(layer.ffn)
-    count = 0
     for obj in holders:
         for f in dataclasses.fields(obj):
             layout = MATRIX_FIELDS.get(f.name)
@@ -293,8 +511,22 @@ def quantize_weights(weights: Any, kernel: str | None = None, native_choice: boo
             if layout is None or not isinstance(value, torch.Tensor):
                 continue
             if value.device.type != "cpu":
-                raise ValueError(f"int8 weights run on the CPU only; {f.name} is on {value.device}")
-            setattr(obj, f.name, Int8Matrix.from_float(value, layout, kernel))
-            count += 1
-    log.info("int8: quantized %d matrices with the %r kernel", count, kernel)
+                raise ValueError(f"{what} weights run on the CPU only; {f.name} is on {value.device}")
+            yield obj, f.name, value, layout
+
+
+def quantize_weights_int4(weights: Any, kernel: str | None = None, native_choice: bool | None = None,
+                          group: int = INT4_GROUP) -> int:
+    """Replace, in place, every :data:`MATRIX_FIELDS` matrix by a group-wise :class:`Int4Matrix`
+    (as :func:`quantize_weights` does for int8); returns the number of matrices quantized."""
+    kernel = kernel or default_int4_kernel(native_choice)
+    if kernel not in INT4_KERNELS:
+        raise ValueError(f"int4 kernel must be one of {', '.join(INT4_KERNELS)}, got {kernel!r}")
+    if kernel == "native" and not int4_native_available(True):
+        raise ValueError(f"int4 kernel 'native' is unavailable here: {native.status(True)}")
+    count = 0
+    for obj, name, value, layout in _matrix_slots(weights, "int4"):
+        setattr(obj, name, Int4Matrix.from_float(value, layout, kernel, group))
+        count += 1
+    log.info("int4: quantized %d matrices (groups of %d) with the %r kernel", count, group, kernel)
     return count

@@ -7,6 +7,7 @@ monkeypatched), so the tests cover the name resolution, not the real weights.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -212,11 +213,44 @@ def test_composer_load_by_name_and_unknown_name(shipped: dict[str, Path]) -> Non
         Composer.load("abc-dflt")
 
 
-def test_bf16_on_the_onnx_backend_is_refused_before_exporting(shipped: dict[str, Path], tmp_path: Path) -> None:
+def test_a_dtype_the_onnx_backend_cannot_run_is_refused_before_exporting(
+    shipped: dict[str, Path], tmp_path: Path
+) -> None:
     pytest.importorskip("onnxruntime")
     from rwkv_music.backends import load_backend
     from rwkv_music.errors import BackendUnavailable
 
-    with pytest.raises(BackendUnavailable, match="cannot compute in bf16"):
-        load_backend("abc-default", backend="onnx", dtype="bf16", cache_dir=tmp_path / "c")
+    with pytest.raises(BackendUnavailable, match="cannot run int3"):
+        load_backend("abc-default", backend="onnx", dtype="int3", cache_dir=tmp_path / "c")
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("dtype", ["int4", "bf16"])
+def test_the_onnx_backend_exports_weight_storages_on_first_use(
+    checkpoint_path: Callable[..., Path], tmp_path: Path, dtype: str
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from rwkv_music.backends import load_backend
+
+    ckpt = checkpoint_path("7", vocab_size=128, n_layer=1)
+    model = load_backend(ckpt, backend="onnx", dtype=dtype, cache_dir=tmp_path / "c")
+    side = next((tmp_path / "c").rglob("*.onnx.json"))
+    assert json.loads(side.read_text())["weights"] == dtype and model.dtype == dtype
+    logits, _ = model.forward([[1, 2, 3]])
+    assert model.as_numpy(logits).shape[-1] == 128
+
+
+def test_export_ncnn_takes_the_int8_scheme_and_the_prefill_chunk(
+    checkpoint_path: Callable[..., Path], tmp_path: Path
+) -> None:
+    pytest.importorskip("ncnn")
+    ckpt = checkpoint_path("7", vocab_size=128, n_layer=1)
+    assert _run(["export-ncnn", ckpt, tmp_path / "a", "--prefill-chunk", "0"]).exit_code == 0
+    assert not (tmp_path / "a.seq.param").exists()  # no prefill graph asked for
+    assert _run(["export-ncnn", ckpt, tmp_path / "b", "--prefill-chunk", "8"]).exit_code == 0
+    assert (tmp_path / "b.seq.param").is_file()
+    code = _run(["export-ncnn", ckpt, tmp_path / "c", "--dtype", "int8", "--int8-scheme", "codebook"])
+    assert code.exit_code == 0, code.output
+    assert json.loads((tmp_path / "c.json").read_text())["quantization"].startswith("codebook8")
+    wrong = _run(["export-ncnn", ckpt, tmp_path / "d", "--int8-scheme", "codebook"])
+    assert wrong.exit_code == 2 and "--dtype int8" in wrong.output

@@ -2,6 +2,7 @@
 
 * ``rwkv_int8_gemm`` (``int8_gemm.c``): the int8 weight-only product behind
   :mod:`rwkv_music.model.quant`'s ``"native"`` kernel;
+* ``rwkv_int4_gemm`` (``int4_gemm.c``): the group-wise int4 product behind ``Int4Matrix``;
 * ``rwkv4_wkv_decode``, ``rwkv5_wkv_decode``, ``rwkv7_time_mix_decode`` (``wkv4.c``, ``wkv5.c``,
   ``wkv7.c``): the one-token recurrence of each version, with the elementwise steps around it,
   fused into one call (used by the version modules on fp32 CPU decode); ``rwkv4_wkv_prefill``:
@@ -43,12 +44,13 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(n) for n in ("int8_gemm.c", "wkv4.c", "wkv5.c", "wkv7.c"))
+SOURCES = tuple(Path(__file__).with_name(n) for n in ("int8_gemm.c", "int4_gemm.c", "wkv4.c", "wkv5.c", "wkv7.c"))
 _P, _I64, _F32, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 # name → (argument types, result type) of every exported kernel
 SIGNATURES = {
     "rwkv_int8_gemm": ([_P] * 4 + [_I64] * 3 + [_INT], _INT),
     "rwkv_int8_gemm_simd": ([], _INT),
+    "rwkv_int4_gemm": ([_P] * 5 + [_I64] * 4 + [_INT], _INT),
     "rwkv4_wkv_decode": ([_I64] * 2 + [_P] * 12, None),
     "rwkv4_wkv_prefill": ([_I64] * 3 + [_P] * 11 + [_INT], None),
     "rwkv5_wkv_decode": ([_I64] * 3 + [_P] * 9 + [_F32, _P, _INT], _INT),
@@ -204,6 +206,13 @@ def int8_gemm(native: bool | None = None) -> Callable[..., int] | None:
     (turned off, or unavailable here)."""
     lib = _load() if enabled(native) else None
     return None if lib is None else lib.rwkv_int8_gemm
+
+
+def int4_gemm(native: bool | None = None) -> Callable[..., int] | None:
+    """``rwkv_int4_gemm(x, q, scale, zmin, y, nb, n_in, n_out, group, nthreads)`` on raw pointers
+    (layout in ``int4_gemm.c``), or ``None`` (turned off, or unavailable here)."""
+    lib = _load() if enabled(native) else None
+    return None if lib is None else lib.rwkv_int4_gemm
 
 
 def kernel(name: str, native: bool | None = None) -> Callable[..., Any] | None:
