@@ -116,6 +116,7 @@ class SamplingConfig:
         if self.forced_tokens:
             out.append(ForceTokens(dict(self.forced_tokens)))
         top_k = TopK(self.top_k)  # (validated first: its message names top_k)
+        top_k._after_top_p = self.top_p < 1.0  # the TopP below applies top-k too (TopK would find nothing to cut)
         for proc, neutral in (
             (TopP(self.top_p, top_k_after=self.top_k), self.top_p >= 1.0),  # TopK follows it directly
             (top_k, self.top_k == 0),

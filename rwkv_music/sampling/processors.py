@@ -154,15 +154,18 @@ class TopK(DeviceProcessor):
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
             raise SamplingValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
         self.top_k = int(top_k)
+        # Set by SamplingConfig.build_processors when a TopP(top_k_after=top_k) runs right before:
+        # that filter already kept only values >= the k-th largest (ties included), so nothing is left to cut.
+        self._after_top_p = False
 
     def apply(self, step: int, scores: Any) -> Any:
         vocab = scores.shape[1]
-        if self.top_k == 0 or self.top_k >= vocab:
+        if self.top_k == 0 or self.top_k >= vocab or self._after_top_p:
             return scores
         xp = ops(scores)
         if not on_accelerator(scores):
             fin = xp.isfinite(scores)
-            if int(xp.amax(xp.sum(xp.cast(fin, "int64")), axis=0)) <= self.top_k:
+            if int(xp.count_true(fin).max()) <= self.top_k:
                 return scores  # no row has more than k legal ids (after TopP(top_k_after=k), say): nothing to cut
         clean = xp.clean(scores)
         return xp.where(clean >= kth_largest(clean, self.top_k), scores, NEG_INF)
@@ -236,9 +239,13 @@ class TopP(DeviceProcessor):
         top = xp.top_values(clean, k)  # [B, k] descending
         smax = top[:, :1]
         smax = xp.where(xp.isfinite(smax), smax, 0.0)
-        e = xp.exp(clean - smax)
-        total = e.sum(axis=1, keepdims=True, dtype=np.float64) if xp.name == "numpy" else \
-            e.sum(dim=1, keepdim=True, dtype=xp.dtype("float64"))
+        if xp.name == "numpy":
+            e = clean - smax
+            np.exp(e, out=e)  # in place: one [B, V] temporary, not two
+            total = e.sum(axis=1, keepdims=True, dtype=np.float64)
+        else:
+            e = xp.exp(clean - smax)
+            total = e.sum(dim=1, keepdim=True, dtype=xp.dtype("float64"))
         p = xp.exp(xp.cast(top, "float64") - xp.cast(smax, "float64")) / xp.where(total > 0, total, 1.0)
         hit = xp.cumsum(p) >= self.top_p
         first = xp.argmax(xp.cast(hit, "int64")).reshape(-1, 1)

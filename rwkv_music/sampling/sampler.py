@@ -141,7 +141,7 @@ def _finite_columns(xp: Any, fin: Any) -> tuple[Any, Any] | None:
     B, V = fin.shape
     if V <= 1024 or on_accelerator(fin):  # (a short row: one pass is cheaper)
         return None
-    counts = xp.to_host(xp.sum(xp.cast(fin, "int64"))) if xp.name == "torch" else fin.sum(axis=1)
+    counts = xp.to_host(xp.count_true(fin)) if xp.name == "torch" else xp.count_true(fin)
     width = int(counts.max()) if counts.size else 0
     if width == 0 or width * 4 > V:
         return None

@@ -186,7 +186,7 @@ def test_a_changed_checkpoint_gets_a_new_export_and_a_failed_export_leaves_nothi
     second = export_cache.exported(shipped["abc"], "onnx", None, cache)
     assert first.parent != second.parent and first.is_file() and second.is_file()
     int8 = export_cache.exported(shipped["abc"], "onnx", "int8", cache).parent.name
-    assert int8.endswith(f"-onnx-fp32-int8-v{__version__}")
+    assert int8.endswith(f"-onnx-int8-v{__version__}")
 
     real = onnx_export.export
 

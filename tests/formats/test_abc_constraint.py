@@ -366,3 +366,22 @@ def test_form_writes_no_32nd_notes_and_upbeats_of_at_most_half_a_bar(unit: str) 
         assert report.strictly_balanced, (text, report.problems)
         first = report.bar_list[0].duration
         assert first == report.bar_length or first * 2 <= report.bar_length, text  # an upbeat, not a short bar
+
+
+def test_a_human_prompt_outside_the_strict_rule_is_read_and_the_new_music_keeps_it() -> None:
+    """A pickup that the last bar does not complete is common in human tunes (``continue`` takes them);
+    the prompt is read with the section rule, the bars written after it follow the strict one."""
+    head = "L:1/8\nM:6/8\nK:D\n"
+    body = "A|dBA dBG|ede fee|fed cBA|dBG F3||\n"
+    assert not judge_tune(head + body).strictly_balanced  # the prompt itself breaks the strict rule
+    strict = AbcConstraint(max_new_tokens=300, form=False)
+    with pytest.raises(ConstraintError):  # the strict grammar alone refuses the prompt's last bar line
+        strict._read_prompt(strict.grammar, 0, ids(head + body))
+    outs = sample(strict, [ids(head + body)] * 12, 300, seed=3, prior=prior_logits())
+    for out in outs:
+        new = decode_abc(out)
+        assert out[-1] == EOS and len(new) > 10
+        report = judge_tune(head + new)  # the new part alone, under the same header
+        assert report.strictly_balanced, (new, report.problems)
+    with pytest.raises(ConstraintError, match="not valid ABC here"):
+        AbcConstraint(max_new_tokens=300, form=False).reset([ids(head + "A|dBA dB#|")])  # still not ABC

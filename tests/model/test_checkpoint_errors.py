@@ -157,6 +157,6 @@ def test_state_must_be_a_state_object(checkpoint_path: Callable[..., Path]) -> N
 
 def test_bad_dtype_and_device_arguments_are_rejected(checkpoint_path: Callable[..., Path]) -> None:
     with pytest.raises(ValueError, match="dtype"):
-        load_model(checkpoint_path("4"), dtype="int4")
+        load_model(checkpoint_path("4"), dtype="int3")
     with pytest.raises(ValueError, match="device"):
         load_model(checkpoint_path("4"), device="toaster")

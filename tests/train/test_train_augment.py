@@ -213,7 +213,7 @@ def test_cli_abc_augment_rewrites_the_training_split_only(tmp_path: Path) -> Non
     result = CliRunner().invoke(train_command, [
         "--mode", "abc", "--data", str(tmp_path / "t.abc"), "--out", str(out), "--augment", "3",
         "--val-fraction", "0.2", "--layers", "1", "--width", "32", "--head-size", "32", "--ctx", "16",
-        "--batch-size", "2", "--steps", "1", "--eval-every", "0"])
+        "--batch-size", "2", "--steps", "1", "--eval-every", "0", "--seed", "0"])
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "train_meta.json").read_text())
     assert meta["n_val_docs"] == 1 and meta["augment"]["abc"]["copies"] == 3

@@ -7,8 +7,12 @@ prompt bytes are fed at :meth:`AbcConstraint.reset`, every step masks the bytes 
 illegal, and eos is legal only where the tune may end.
 
 **Speed.**  A state is a small hashable value; its 128 successors and legal mask are computed
-once (about 0.5 ms) and cached per processor, so a step costs a dict lookup per row when the
-state was seen before.
+once (about 0.5 ms) into a table shared by every constraint of the same configuration
+(:class:`_Table`, a memoised DFA over the states reached so far): a state gets an index, its
+legal bytes are one row of a bool array and its transitions one row of an int array filled on
+first use.  A step gathers the masks of all free rows at once (``legal[ids]``) and looks their
+next states up in the transition array; only rows near their length cap, in the header or forced
+along an ending run the per-row plan.  :class:`PerRowAbcConstraint` is the per-row reference.
 
 **Length.**  With ``max_new_tokens`` the row is steered to a legal end in time.  The shortest
 known completion ``c`` of the state (:meth:`AbcGrammar.completion`, checked text) tells how many
@@ -32,6 +36,7 @@ implies still fits what is left (one such byte can lengthen the ending by far mo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Sequence
 
@@ -49,7 +54,7 @@ PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
 VOCAB = 128
 SLACK = 64  # > the largest one-byte growth of the completion length (33, measured on random walks)
 ZONE = 128  # completion lengths are only computed in the last ZONE tokens of a row (> SLACK + 2 + any completion)
-_CACHE_LIMIT = 200_000  # cached states per processor before the cache is emptied
+_CACHE_LIMIT = 200_000  # states in the shared tables (all together) before the oldest is dropped
 
 
 def decode_abc(ids: Sequence[int]) -> str:
@@ -72,6 +77,109 @@ def decode_abc(ids: Sequence[int]) -> str:
 class _Entry:
     successors: tuple[AbcState | None, ...]  # per byte 0..127 (None: illegal; eos is not a byte)
     legal: np.ndarray  # bool[128]: legal bytes, eos included when the tune may end here
+    index: int  # the state's row in its table
+
+
+_UNKNOWN = -2  # a transition not computed yet (-1: illegal byte)
+
+
+class _Table:
+    """The grammar of one configuration as data, filled lazily: state index, legal masks, transitions.
+
+    ``legal[i]`` is the bool[128] mask of state ``i`` (eos included where the tune may end),
+    ``trans[i, b]`` the index of its successor after byte ``b`` (-1 illegal, ``_UNKNOWN`` not
+    computed yet), ``body[i]`` whether it is in the tune body.  Shared by the constraints of one
+    configuration (:func:`_table_for`), so later pieces find the states earlier ones reached.
+    """
+
+    def __init__(self, config: AbcGrammarConfig, eos_id: int) -> None:
+        self.grammar = AbcGrammar(config)
+        self.eos_id = eos_id
+        self.entries: dict[AbcState, _Entry] = {}
+        self.states: list[AbcState] = []
+        self.completions: dict[AbcState, str | None] = {}
+        self.legal = np.zeros((256, VOCAB), dtype=bool)
+        self.trans = np.full((256, VOCAB), _UNKNOWN, dtype=np.int32)
+        self.body = np.zeros(256, dtype=bool)
+        self.hits = self.misses = 0  # transitions found in the table / computed
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def entry(self, state: AbcState) -> _Entry:
+        entry = self.entries.get(state)
+        if entry is None:
+            g = self.grammar
+            extend = g.extenders(state)
+            if extend is None:
+                out: list[AbcState | None] = [None] * VOCAB
+                for char in g.candidates(state):
+                    if ord(char) > EOS_ID:
+                        out[ord(char)] = g.step(state, char)
+                successors = tuple(out)
+            else:  # bytes that end the token are read from the state after it (cached, shared)
+                done = g.finish_token(state)
+                after = self.entry(done).successors if done is not None else (None,) * VOCAB
+                successors = tuple(
+                    None if b <= EOS_ID else (g.step(state, chr(b)) if chr(b) in extend else after[b])
+                    for b in range(VOCAB)
+                )
+            legal = np.array([s is not None for s in successors], dtype=bool)
+            legal[self.eos_id] = g.is_final(state)
+            i = len(self.states)
+            if i == len(self.legal):  # grow by doubling
+                self.legal = np.concatenate([self.legal, np.zeros_like(self.legal)])
+                self.trans = np.concatenate([self.trans, np.full_like(self.trans, _UNKNOWN)])
+                self.body = np.concatenate([self.body, np.zeros_like(self.body)])
+            self.legal[i] = legal
+            self.trans[i] = np.where(legal, _UNKNOWN, -1)
+            self.trans[i, self.eos_id] = -1  # eos ends the row: no successor
+            self.body[i] = state.phase == BODY
+            self.states.append(state)
+            entry = self.entries[state] = _Entry(successors, legal, i)
+        return entry
+
+    def step(self, i: int, byte: int) -> int:
+        """The index of state ``i``'s successor after a legal ``byte`` (filled on first use)."""
+        nxt = int(self.trans[i, byte])
+        if nxt == _UNKNOWN:
+            self.misses += 1
+            succ = self.entries[self.states[i]].successors[byte]
+            nxt = self.entry(succ).index if succ is not None else -1
+            self.trans[i, byte] = nxt
+        else:
+            self.hits += 1
+        return nxt
+
+    def completion(self, state: AbcState) -> str | None:
+        if state not in self.completions:
+            if len(self.completions) >= _CACHE_LIMIT:
+                self.completions.clear()
+            self.completions[state] = self.grammar.completion(state)
+        return self.completions[state]
+
+
+_TABLES: dict[tuple[AbcGrammarConfig, int], _Table] = {}
+_TABLE_CONFIGS = 8  # configurations whose tables are kept (oldest dropped first)
+
+
+def _table_for(config: AbcGrammarConfig, eos_id: int) -> _Table:
+    """The shared table of a configuration; a fresh one once it holds ``_CACHE_LIMIT`` states."""
+    key = (config, eos_id)
+    table = _TABLES.pop(key, None)
+    if table is None or len(table) >= _CACHE_LIMIT:
+        table = _Table(config, eos_id)
+    _TABLES[key] = table  # (re)inserted last: the most recently used
+    # at most _TABLE_CONFIGS tables and _CACHE_LIMIT states in all (as one processor's cache before)
+    while len(_TABLES) > 1 and (len(_TABLES) > _TABLE_CONFIGS or sum(map(len, _TABLES.values())) > _CACHE_LIMIT):
+        del _TABLES[next(iter(_TABLES))]
+    return table
+
+
+@functools.lru_cache(maxsize=8)
+def _tolerant_grammar(config: AbcGrammarConfig) -> AbcGrammar:
+    """The grammar of ``config`` with the section rule for short bars (reading callers' prompts only)."""
+    return AbcGrammar(dataclasses.replace(config, short_bars="sections"))
 
 
 class AbcConstraint(LogitsProcessor):
@@ -148,16 +256,15 @@ class AbcConstraint(LogitsProcessor):
         if not (isinstance(eos_id, int) and 0 <= eos_id <= 3):
             raise SamplingValueError(f"eos_id must be one of the special ids 0..3, got {eos_id!r}")
         self.config = cfg
-        self.grammar = AbcGrammar(cfg)
+        self._table = _table_for(cfg, eos_id)
+        self.grammar = self._table.grammar
         self.max_new_tokens = max_new_tokens
         self.eos_id = eos_id
-        self._entries: dict[AbcState, _Entry] = {}
-        self._completions: dict[AbcState, str | None] = {}
-        self._states: list[AbcState | None] = []  # None: the row has ended
-        self._row_entries: list[_Entry | None] = []  # the entry of each row's state (saves hashing)
-        self._counts: list[int] = []  # tokens sampled per row
+        self._ids = np.zeros(0, dtype=np.int64)  # per row: its state's index in the table (-1: ended)
+        self._counts = np.zeros(0, dtype=np.int64)  # tokens sampled per row
         self._forced: list[str | None] = []  # the completion a row is being forced along
-        self._zones: list[int] = []  # per row: completions are computed this many tokens before the cap
+        self._is_forced = np.zeros(0, dtype=bool)
+        self._zones = np.zeros(0, dtype=np.int64)  # per row: completions watched this many tokens before the cap
         if max_new_tokens is not None and cfg.form:
             least = self._least_for_form()
             if max_new_tokens < least:
@@ -180,49 +287,27 @@ class AbcConstraint(LogitsProcessor):
 
     # -- per-state tables ---------------------------------------------------------------------
     def _entry(self, state: AbcState) -> _Entry:
-        entry = self._entries.get(state)
-        if entry is None:
-            if len(self._entries) >= _CACHE_LIMIT:
-                self._entries.clear()
-            g = self.grammar
-            extend = g.extenders(state)
-            if extend is None:
-                out: list[AbcState | None] = [None] * VOCAB
-                for char in g.candidates(state):
-                    if ord(char) > EOS_ID:
-                        out[ord(char)] = g.step(state, char)
-                successors = tuple(out)
-            else:  # bytes that end the token are read from the state after it (cached, shared)
-                done = g.finish_token(state)
-                after = self._entry(done).successors if done is not None else (None,) * VOCAB
-                successors = tuple(
-                    None if b <= EOS_ID else (g.step(state, chr(b)) if chr(b) in extend else after[b])
-                    for b in range(VOCAB)
-                )
-            legal = np.array([s is not None for s in successors], dtype=bool)
-            legal[self.eos_id] = self.grammar.is_final(state)
-            entry = self._entries[state] = _Entry(successors, legal)
-        return entry
+        return self._table.entry(state)
 
     def _completion(self, state: AbcState) -> str | None:
-        if state not in self._completions:
-            if len(self._completions) >= _CACHE_LIMIT:
-                self._completions.clear()
-            self._completions[state] = self.grammar.completion(state)
-        return self._completions[state]
+        return self._table.completion(state)
+
+    def _state_of(self, row: int) -> AbcState | None:
+        i = int(self._ids[row])
+        return self._table.states[i] if i >= 0 else None
 
     def _plan(self, row: int) -> tuple[np.ndarray, str | None]:
         """Legal ids of a row, and the completion it is forced along (None while free)."""
-        state = self._states[row]
+        state = self._state_of(row)
         if state is None:  # ended: only eos again
             only = np.zeros(VOCAB, dtype=bool)
             only[self.eos_id] = True
             return only, None
-        entry = self._row_entries[row] or self._entry(state)
+        entry = self._entry(state)
         path = self._forced[row]
         legal = entry.legal
         if path is None and self.max_new_tokens is not None:
-            remaining = self.max_new_tokens - self._counts[row]
+            remaining = self.max_new_tokens - int(self._counts[row])
             if remaining <= self._zone(row, state):
                 path = self._completion(state)
                 if path is not None and remaining - 2 >= len(path) + SLACK:
@@ -239,10 +324,11 @@ class AbcConstraint(LogitsProcessor):
         """How many tokens before the cap this row's completions are watched (always, in the header)."""
         if state.phase != BODY:
             return self.max_new_tokens or 0
-        zone = self._zones[row]
+        zone = int(self._zones[row])
         if zone < 0:
             need = self._completion(state)
-            zone = self._zones[row] = max(ZONE, (len(need) if need is not None else 0) + SLACK + 16)
+            zone = max(ZONE, (len(need) if need is not None else 0) + SLACK + 16)
+            self._zones[row] = zone
         return zone
 
     def _fitting(self, entry: _Entry, remaining: int) -> np.ndarray:
@@ -255,26 +341,59 @@ class AbcConstraint(LogitsProcessor):
                 legal[b] = need is not None and len(need) + 1 <= remaining - 1
         return legal
 
+    def _planned(self) -> np.ndarray:
+        """Rows whose mask is not their state's table row: ended, forced, or watched near the cap.
+
+        Free rows (the rest) take ``legal[ids]`` as they are: :meth:`_plan` returns exactly that
+        for them (no forcing, and the completion is only looked at inside the zone; the header is
+        always inside it).
+        """
+        out = (self._ids < 0) | self._is_forced
+        if self.max_new_tokens is not None:
+            body = self._table.body[np.maximum(self._ids, 0)]
+            out |= ~body | (self._zones < 0) | (self.max_new_tokens - self._counts <= self._zones)
+        return out
+
     # -- the protocol -------------------------------------------------------------------------
+    def _read_prompt(self, grammar: AbcGrammar, row: int, prompt: Sequence[int]) -> AbcState:
+        """The grammar state after ``prompt`` (ConstraintError naming the row, position and byte)."""
+        state = grammar.initial()
+        for pos, t in enumerate(prompt):
+            t = int(t)
+            if t == self.eos_id:
+                raise ConstraintError(f"{self.rule}: prompt row {row} has eos at position {pos}")
+            if t <= EOS_ID:
+                continue
+            nxt = grammar.step(state, chr(t)) if t < VOCAB else None
+            if nxt is None:
+                where = f"{PHASE_NAMES[state.phase]}/{state.mode}"
+                char = chr(t) if t < VOCAB else t
+                raise ConstraintError(
+                    f"{self.rule}: prompt row {row}, position {pos}: byte {char!r} is not valid ABC here ({where})"
+                )
+            state = nxt
+        return state
+
+    def _prompt_state(self, row: int, prompt: Sequence[int]) -> AbcState:
+        """Read a prompt strictly; a human tune the strict metre rejects (a pickup no last bar completes,
+        a short bar before ``||``) is read with the old section rule instead, and the new music after it
+        is held to the strict rule again: the prompt is the caller's music, not ours to judge."""
+        try:
+            return self._read_prompt(self.grammar, row, prompt)
+        except ConstraintError as strict:
+            cfg = self.config
+            if cfg.short_bars != "paired" or cfg.lenient or cfg.form:
+                raise
+            tolerant = _tolerant_grammar(cfg)
+            try:
+                return self._read_prompt(tolerant, row, prompt)
+            except ConstraintError:
+                raise strict from None
+
     def reset(self, prompts: Sequence[Sequence[int]]) -> None:
-        g = self.grammar
-        self._states, self._counts, self._forced, self._row_entries, self._zones = [], [], [], [], []
+        ids: list[int] = []
         for row, prompt in enumerate(prompts):
-            state = g.initial()
-            for pos, t in enumerate(prompt):
-                t = int(t)
-                if t == self.eos_id:
-                    raise ConstraintError(f"{self.rule}: prompt row {row} has eos at position {pos}")
-                if t <= EOS_ID:
-                    continue
-                nxt = g.step(state, chr(t)) if t < VOCAB else None
-                if nxt is None:
-                    where = f"{PHASE_NAMES[state.phase]}/{state.mode}"
-                    char = chr(t) if t < VOCAB else t
-                    raise ConstraintError(
-                        f"{self.rule}: prompt row {row}, position {pos}: byte {char!r} is not valid ABC here ({where})"
-                    )
-                state = nxt
+            state = self._prompt_state(row, prompt)
             if self.max_new_tokens is not None:
                 need = self._completion(state)
                 if need is None or len(need) + 1 > self.max_new_tokens:
@@ -283,51 +402,80 @@ class AbcConstraint(LogitsProcessor):
                         f"{self.rule}: prompt row {row} needs at least {least} more tokens to end, "
                         f"max_new_tokens is {self.max_new_tokens}"
                     )
-            self._states.append(state)
-            self._row_entries.append(self._entry(state))
-            self._counts.append(0)
-            self._forced.append(None)
-            self._zones.append(-1)
+            ids.append(self._entry(state).index)
+        n = len(ids)
+        self._ids = np.array(ids, dtype=np.int64)
+        self._counts = np.zeros(n, dtype=np.int64)
+        self._forced = [None] * n
+        self._is_forced = np.zeros(n, dtype=bool)
+        self._zones = np.full(n, -1, dtype=np.int64)
+
+    def _check_rows(self, n: int, what: str) -> None:
+        if n != len(self._ids):
+            raise SamplingValueError(f"{self.rule}: {what} {n} rows; reset() had {len(self._ids)}")
+
+    def _masks(self, active: np.ndarray) -> np.ndarray:
+        """bool [B, 128]: every active row's legal ids (one gather for the free rows)."""
+        keep = self._table.legal[np.maximum(self._ids, 0)]
+        for row in np.flatnonzero(active & self._planned()):
+            keep[row] = self._plan(int(row))[0]
+        return keep
 
     def process(self, step: int, scores: np.ndarray) -> np.ndarray:
-        if scores.shape[0] != len(self._states):
+        if scores.shape[0] != len(self._ids):
             raise SamplingValueError(
-                f"{self.rule}: scores have {scores.shape[0]} rows, reset() had {len(self._states)}"
+                f"{self.rule}: scores have {scores.shape[0]} rows, reset() had {len(self._ids)}"
             )
         width = min(scores.shape[1], VOCAB)
-        keep = np.zeros(scores.shape, dtype=bool)
         active = np.isfinite(scores).any(axis=1)
-        for row in np.flatnonzero(active):
-            keep[row, :width] = self._plan(int(row))[0][:width]
+        keep = np.zeros(scores.shape, dtype=bool)
+        keep[:, :width] = self._masks(active)[:, :width]
         keep[~active] = True  # inactive rows stay as they are (all -inf)
         return np.where(keep, scores, np.float32(-np.inf)).astype(scores.dtype, copy=False)
 
+    def _reject(self, row: int, t: int) -> None:
+        state = self._state_of(row)
+        where = f"{PHASE_NAMES[state.phase]}/{state.mode}" if state is not None else "ended"
+        step = int(self._counts[row])
+        raise ConstraintError(f"{self.rule}: step {step}, row {row}: token {t} is not allowed here ({where})")
+
     def update(self, tokens: Sequence[int]) -> None:
-        if len(tokens) != len(self._states):
-            raise SamplingValueError(f"{self.rule}: update got {len(tokens)} tokens for a batch of {len(self._states)}")
-        for row, t in enumerate(tokens):
-            t = int(t)
-            state = self._states[row]
-            if state is None or t == PAD_ID:  # finished rows get the loop's pad id
-                continue
-            legal, path = self._plan(row)
-            step = self._counts[row]
-            entry = self._row_entries[row]
-            if not (0 <= t < VOCAB and legal[t]):
-                where = f"{PHASE_NAMES[state.phase]}/{state.mode}"
-                raise ConstraintError(f"{self.rule}: step {step}, row {row}: token {t} is not allowed here ({where})")
+        if len(tokens) != len(self._ids):
+            raise SamplingValueError(f"{self.rule}: update got {len(tokens)} tokens for a batch of {len(self._ids)}")
+        toks = np.array([int(t) for t in tokens], dtype=np.int64)
+        live = (self._ids >= 0) & (toks != PAD_ID)  # finished rows get the loop's pad id
+        planned = self._planned()
+        free = live & ~planned
+        table = self._table
+        if free.any():  # one gather checks every free row
+            rows = np.flatnonzero(free)
+            t = toks[rows]
+            ok = (t >= 0) & (t < VOCAB)
+            ok[ok] = table.legal[self._ids[rows[ok]], t[ok]]
+            if not ok.all():
+                bad = int(rows[np.flatnonzero(~ok)[0]])
+                self._reject(bad, int(toks[bad]))
+        for row in np.flatnonzero(live):
+            row = int(row)
+            t = int(toks[row])
+            path = None
+            if planned[row]:
+                legal, path = self._plan(row)
+                if not (0 <= t < VOCAB and legal[t]):
+                    self._reject(row, t)
             self._counts[row] += 1
             if t == self.eos_id:
-                self._states[row] = self._row_entries[row] = None
+                self._ids[row] = -1
                 continue
-            nxt = (entry or self._entry(state)).successors[t]
-            self._states[row] = nxt
-            self._row_entries[row] = self._entry(nxt)  # type: ignore[arg-type]
+            nxt = table.step(int(self._ids[row]), t)
+            self._ids[row] = nxt
             self._forced[row] = path[1:] if path is not None else None
+            self._is_forced[row] = path is not None
             if path is None and self.max_new_tokens is not None:
-                left = self.max_new_tokens - self._counts[row]
-                if left <= self._zone(row, nxt):  # type: ignore[arg-type]
-                    need = self._completion(nxt)  # type: ignore[arg-type]
+                left = self.max_new_tokens - int(self._counts[row])
+                state = table.states[nxt]
+                if left <= self._zone(row, state):
+                    need = self._completion(state)
                     if need is None or len(need) + 1 > left:  # SLACK was too small: cannot happen
                         log.warning("%s: row %d needs more than the %d tokens left to end", self.rule, row, left)
 
@@ -337,7 +485,7 @@ class AbcConstraint(LogitsProcessor):
 
         Computed from the shortest known completion, so it is an upper bound of the true minimum.
         """
-        state = self._states[row]
+        state = self._state_of(row)
         if state is None:
             return 0
         path = self._forced[row] if self._forced[row] is not None else self._completion(state)
@@ -347,7 +495,56 @@ class AbcConstraint(LogitsProcessor):
 
     def state(self, row: int) -> AbcState | None:
         """The grammar state of a row (``None`` once it has ended)."""
-        return self._states[row]
+        return self._state_of(row)
+
+    def table_stats(self) -> dict[str, int]:
+        """The shared table's size and its transition hits and misses so far (its hit rate)."""
+        return {"states": len(self._table), "hits": self._table.hits, "misses": self._table.misses}
 
 
-__all__ = ["AbcConstraint", "decode_abc", "EOS_ID", "BOS_ID", "PAD_ID"]
+
+class PerRowAbcConstraint(AbcConstraint):
+    """The per-row reference of :class:`AbcConstraint` (its behaviour before the table gathers).
+
+    Every row's mask comes from :meth:`AbcConstraint._plan` and every token is checked and
+    stepped one row at a time through the grammar's successor tuples; tests drive both classes
+    with the same logits and require the same masks and tokens.
+    """
+
+    def process(self, step: int, scores: np.ndarray) -> np.ndarray:
+        self._check_rows(scores.shape[0], "scores have")
+        width = min(scores.shape[1], VOCAB)
+        keep = np.zeros(scores.shape, dtype=bool)
+        active = np.isfinite(scores).any(axis=1)
+        for row in np.flatnonzero(active):
+            keep[row, :width] = self._plan(int(row))[0][:width]
+        keep[~active] = True
+        return np.where(keep, scores, np.float32(-np.inf)).astype(scores.dtype, copy=False)
+
+    def update(self, tokens: Sequence[int]) -> None:
+        self._check_rows(len(tokens), "update got tokens for")
+        for row, t in enumerate(tokens):
+            t = int(t)
+            state = self._state_of(row)
+            if state is None or t == PAD_ID:
+                continue
+            legal, path = self._plan(row)
+            if not (0 <= t < VOCAB and legal[t]):
+                self._reject(row, t)
+            self._counts[row] += 1
+            if t == self.eos_id:
+                self._ids[row] = -1
+                continue
+            nxt = self._entry(state).successors[t]
+            self._ids[row] = self._entry(nxt).index  # type: ignore[arg-type]
+            self._forced[row] = path[1:] if path is not None else None
+            self._is_forced[row] = path is not None
+            if path is None and self.max_new_tokens is not None:
+                left = self.max_new_tokens - int(self._counts[row])
+                if left <= self._zone(row, nxt):  # type: ignore[arg-type]
+                    need = self._completion(nxt)  # type: ignore[arg-type]
+                    if need is None or len(need) + 1 > left:
+                        log.warning("%s: row %d needs more than the %d tokens left to end", self.rule, row, left)
+
+
+__all__ = ["AbcConstraint", "PerRowAbcConstraint", "decode_abc", "EOS_ID", "BOS_ID", "PAD_ID"]

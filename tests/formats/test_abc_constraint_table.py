@@ -1,0 +1,128 @@
+"""The table-driven ABC constraint against its per-row reference (issue 16).
+
+:class:`AbcConstraint` gathers the masks of free rows from a shared table and steps rows through
+its transition array; :class:`PerRowAbcConstraint` plans every row alone, as the constraint did
+before.  Driven by the same random logits they must give the same masks and the same tokens, with
+and without length steering, with inactive rows and pad ids, and through the decode loop.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from rwkv_music.errors import ConstraintError
+from rwkv_music.formats.abc.constraint import AbcConstraint, PerRowAbcConstraint, decode_abc
+from rwkv_music.formats.abc.grammar.machine import AbcGrammar
+
+EOS = 3
+HEADS = ["S:2\nL:1/8\nM:4/4\nK:D\n", "S:2\nL:1/16\nM:2/4\nK:Em\n", "L:1/8\nM:6/8\nK:F#m\n", "L:1/8\nM:",
+         "S:2\nL:1/8\nM:3/4\nK:G\nG2 A2 B2|", ""]  # fmt: skip
+
+
+def ids(text: str) -> list[int]:
+    return [2] + [ord(c) for c in text]
+
+
+def drive_both(kwargs: dict, heads: list[str], steps: int, seed: int) -> tuple[list[list[int]], int]:
+    """Sample through both classes side by side; every mask must match.  Returns tokens and planned rows seen."""
+    fast, ref = AbcConstraint(**kwargs), PerRowAbcConstraint(**kwargs)
+    prompts = [ids(h) for h in heads]
+    fast.reset(prompts)
+    ref.reset(prompts)
+    rng = np.random.default_rng(seed)
+    n = len(heads)
+    prior = np.full(128, -2.0, dtype=np.float32)
+    prior[[ord(c) for c in "ABCDEFGabcdefgz|2 /\n"]] = 1.0
+    out: list[list[int]] = [[] for _ in range(n)]
+    done = np.zeros(n, dtype=bool)
+    planned = 0
+    for step in range(steps):
+        scores = (prior + rng.normal(size=(n, 128)) * 1.5).astype(np.float32)
+        scores[done] = -np.inf  # finished rows are inactive
+        planned += int((fast._planned() & ~done).sum())
+        a, b = fast(step, scores), ref(step, scores)
+        np.testing.assert_array_equal(a, b, err_msg=f"step {step}")
+        chosen = []
+        for r in range(n):
+            if done[r]:
+                chosen.append(0)  # the loop's pad id
+                continue
+            p = np.exp(a[r] - a[r].max())
+            t = int(rng.choice(128, p=p / p.sum()))
+            chosen.append(t)
+            out[r].append(t)
+            done[r] = t == EOS
+        fast.update(chosen)
+        ref.update(chosen)
+        for r in range(n):
+            assert fast.state(r) == ref.state(r), (step, r)
+        if done.all():
+            break
+    return out, planned
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"form": False},
+    {"form": False, "max_new_tokens": 60},
+    {"max_new_tokens": 160},
+    {"max_new_tokens": 400, "parts": 1, "bars_per_part": 4},
+])  # fmt: skip
+def test_table_masks_and_tokens_equal_the_per_row_reference(kwargs: dict) -> None:
+    steps = kwargs.get("max_new_tokens", 150)
+    heads = HEADS * 3
+    for seed in (1, 2):
+        out, planned = drive_both(kwargs, heads, steps, seed)
+        grammar = AbcGrammar(AbcConstraint(**kwargs).config)
+        for h, o in zip(heads, out):
+            text = h + decode_abc(o)
+            assert grammar.accepts(text, complete=bool(o and o[-1] == EOS)), text
+        if "max_new_tokens" in kwargs:
+            assert planned > 0  # the per-row plan ran for rows near the cap and in the header
+            assert all(o and o[-1] == EOS and len(o) <= kwargs["max_new_tokens"] for o in out)
+
+
+def test_the_shared_table_is_hit_by_a_second_identical_run() -> None:
+    kwargs = {"form": False, "max_new_tokens": 80, "meter": "3/4", "unit": "1/8", "key": "A"}
+    heads = ["L:1/8\nM:3/4\nK:A\n"] * 8
+    first, _ = drive_both(kwargs, heads, 80, seed=11)
+    c = AbcConstraint(**kwargs)
+    before = c.table_stats()
+    second, _ = drive_both(kwargs, heads, 80, seed=11)
+    after = c.table_stats()
+    assert second == first
+    assert after["misses"] == before["misses"]  # every transition of the repeat was in the table
+    assert after["hits"] > before["hits"]
+    assert after["states"] == before["states"]
+
+
+def test_bad_tokens_are_refused_by_both_with_the_same_message() -> None:
+    for cls in (AbcConstraint, PerRowAbcConstraint):
+        c = cls(form=False)
+        c.reset([ids("L:1/8\nM:6/8\nK:D\n"), ids("L:1/8\nM:6/8\nK:D\nA6|")])
+        with pytest.raises(ConstraintError, match="step 0, row 1: token 35 is not allowed here"):
+            c.update([ord("A"), ord("#")])
+        c.reset([ids("L:1/8\nM:6/8\nK:D\n")])
+        with pytest.raises(ConstraintError, match="row 0: token 200 is not allowed"):
+            c.update([200])
+        c.reset([ids("L:1/8\nM:6/8\nK:D\nA6|")])
+        c.update([EOS])
+        c.update([ord("#")])  # an ended row ignores what it is given
+        assert c.state(0) is None and c.min_bytes_to_end(0) == 0
+
+
+def test_the_decode_loop_draws_the_same_tunes_with_both(checkpoint_path: Callable[..., object]) -> None:
+    from rwkv_music import load_model
+    from rwkv_music.sampling.generate import generate
+
+    model = load_model(str(checkpoint_path("7", vocab_size=128, n_embd=64, head_size=32, n_layer=2)))
+    heads = ["S:2\nL:1/8\nM:4/4\nK:D\n", "S:2\nL:1/8\nM:6/8\nK:G\n", "S:2\nL:1/16\nM:2/4\nK:Bb\n"] * 2
+    runs = []
+    for cls in (AbcConstraint, PerRowAbcConstraint):
+        result = generate(model, [ids(h) for h in heads], processors=[cls(max_new_tokens=200)], max_new_tokens=200,
+                          seeds=list(range(len(heads))), stop_tokens=[EOS], return_state=False)  # fmt: skip
+        runs.append((result.tokens, result.finish_reasons))
+    assert runs[0] == runs[1]
+    assert set(runs[0][1]) == {"stop"}
