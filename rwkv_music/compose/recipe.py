@@ -55,6 +55,13 @@ class RowRecipe:
         constraint = self.format.constraint(self.options, self.group)
         return self.config.build_processors([] if constraint is None else [constraint])
 
+    def check_prompt(self) -> None:
+        """Raise the constraint's one-line error now if it cannot read this row's prompt (else it would
+        surface mid-run, when the row is admitted)."""
+        constraint = self.format.constraint(self.options, self.group)
+        if constraint is not None:
+            constraint.reset([self.prompt])
+
     def work_item(self, seed: int, tag: Any = None) -> Any:
         """One piece of this row for the continuous loop, with its own processors."""
         from rwkv_music.sampling.continuous import WorkItem

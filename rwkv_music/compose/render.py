@@ -528,7 +528,10 @@ def _pieces_continuous(
 def _recipe(composer: Any, sample: Sample, settings: RenderSettings, failed: Failed) -> Any:
     """The row recipe of ``sample``'s input, or None (recorded in ``failed``) when the input cannot be read."""
     try:
-        return composer.recipe(_input(sample), *_row_settings(composer, sample.job, settings))
+        recipe = composer.recipe(_input(sample), *_row_settings(composer, sample.job, settings))
+        if sample.job.file:
+            recipe.check_prompt()  # a file the constraint cannot read is listed, not the end of the run
+        return recipe
     except _INPUT_ERRORS as exc:
         if not sample.job.file:  # a prompt or option error is the user's command, not one bad file
             raise

@@ -165,3 +165,18 @@ def test_inputs_times_samples_is_bounded_before_planning(tmp_path: Path) -> None
     with pytest.raises(OptionError, match="more than the"):
         render(_composer(), _prompts(tmp_path / "p.txt", 2), out, settings)
     assert not out.exists()
+
+
+def test_a_tune_the_abc_constraint_cannot_read_is_listed_and_the_others_rendered(tmp_path: Path) -> None:
+    tunes = tmp_path / "tunes"
+    tunes.mkdir()
+    (tunes / "good.abc").write_text("X:1\nL:1/8\nM:2/4\nK:G\nG2 A2|B4|\n")
+    (tunes / "odd.abc").write_text("X:2\nL:1/8\nM:2/4\nK:G\nG2 A#|B4|\n")  # '#' is no ABC
+    out = tmp_path / "out"
+    settings = RenderSettings(1, 2, 7, {"max_tokens": 200})
+    report = render(Composer(FakeBackend(128), model_name="fake"), tunes, out, settings)
+    assert report.written == 1 and report.complete
+    listed = dict(line.split("\t", 1) for line in (out / FAILED).read_text().splitlines())
+    assert set(listed) == {str(tunes / "odd.abc")} and "not valid ABC" in listed[str(tunes / "odd.abc")]
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [Path(r["input"]).name for r in rows] == ["good.abc"]
