@@ -180,7 +180,9 @@ class TorchModel:
         return next(name for name, dt in DTYPES.items() if dt == self.dtype)
 
     def as_numpy(self, logits: Any) -> np.ndarray:
-        """Logits (or any tensor this model returned) as a float32 numpy array on the host."""
+        """Logits (or any tensor this model returned) as a float32 numpy array on the host (numpy stays numpy)."""
+        if isinstance(logits, np.ndarray):
+            return logits.astype(np.float32, copy=False)
         return logits.detach().float().cpu().numpy()
 
     def __repr__(self) -> str:

@@ -166,10 +166,18 @@ def decode_kwargs(backend: Any) -> dict[str, Any]:
 def prefill_prompts(backend: Any, prompts: list[list[int]], state: Any, chunk: int) -> tuple[Any, Any]:
     """Logits ``[B, V]`` (float32, backend's kind) after each prompt and the batch state, rows in prompt order.
 
-    Prompts of equal length run together (a ``[g, T]`` batch in chunks of ``chunk`` tokens); the
-    group states are joined with ``State.concat`` and put back in prompt order.
+    Equal prompts from one starting state (``state`` None or of one row) are prefilled once and their
+    rows copied (compose and render start many pieces from one header).  Prompts of equal length run
+    together (a ``[g, T]`` batch in chunks of ``chunk`` tokens); the group states are joined with
+    ``State.concat`` and put back in prompt order.
     """
     n = len(prompts)
+    if state is None or state.batch_size == 1:  # equal prompts from one start: prefill each once
+        unique: dict[tuple[int, ...], int] = {}
+        index = [unique.setdefault(tuple(int(t) for t in p), len(unique)) for p in prompts]
+        if len(unique) < n:
+            logits, joined = prefill_prompts(backend, [list(k) for k in unique], state, chunk)
+            return _rows(ops(logits), logits, index), (joined.select(index) if joined is not None else None)
     groups: dict[int, list[int]] = {}
     for row, p in enumerate(prompts):
         groups.setdefault(len(p), []).append(row)
