@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     book = write_abc([jig.text for jig in jigs], args.out / "jigs.abc", force=True, titles=[j.title for j in jigs])
     print(f"{book}: {len(jigs)} tunes")  # noqa: T201 - a script reports to its user
     for jig in jigs:
-        ok = jig.meta["validity"]["parse_ok"]
+        ok = jig.validity["parse_ok"]
         try:
             path = jig.save(args.out / f"jig-{jig.index + 1}.mid", force=True)
-            print(f"{path}  (music21 parse ok: {ok}, bar balance {jig.meta['validity']['bar_balance']})")  # noqa: T201 - a script reports to its user
+            print(f"{path}  (music21 parse ok: {ok}, bar balance {jig.validity['bar_balance']})")  # noqa: T201 - a script reports to its user
         except TokenizerError as exc:  # a tune music21 cannot read has no MIDI (one line, never a traceback)
             print(f"jig {jig.index + 1}: no MIDI ({exc})")  # noqa: T201 - a script reports to its user
 

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         stem = args.out / f"{args.midi.stem}-{piece.index + 1}"
         mid = piece.save(stem.with_suffix(".mid"), force=True)
         png = piece.save(stem.with_suffix(".png"), force=True)
-        v = piece.meta["validity"]
+        v = piece.validity
         print(f"{mid} + {png.name}: {v['notes']} notes, {v['seconds']:.1f} s, {piece.meta['finish_reason']}")  # noqa: T201 - a script reports to its user
 
 

@@ -25,7 +25,8 @@ class Piece:
         tokens: every token id of the piece, prompt included (without the leading separator).
         text: model text: for MIDI ``"<start> … <end>"`` (docs/formats.md C/D3); for ABC the control codes
             and the tune as the model wrote it, without ``X:`` (docs/formats.md B).
-        meta: seed, params, model, timing, validity, finish reason (JSON-serialisable).
+        meta: seed, params, model, timing, finish reason (JSON-serialisable); ``validity`` once
+            :attr:`validity` has been read (``render`` always reads it for its manifest).
         index: position of the piece in its batch (ABC files get ``X:index+1``).
         tokenizer: the tokenizer that wrote ``text`` (needed by :meth:`to_midi` for MIDI pieces).
 
@@ -72,6 +73,16 @@ class Piece:
             key = re.search(r"^K:\s*([^%\s]+)", self.text, re.MULTILINE)
             return f"Tune {self.index + 1}" + (f" in {key.group(1)}" if key else "")
         return f"Piece {self.index + 1}"
+
+    @property
+    def validity(self) -> dict[str, Any]:
+        """The format's validity metrics of :attr:`text` (ABC: music21 parse and strict bar balance;
+        MIDI: decoding and note metrics), computed on first use and kept in ``meta["validity"]``.
+
+        Lazy because an ABC check parses the tune with music21, which takes longer than composing it."""
+        if "validity" not in self.meta:
+            self.meta["validity"] = self.format.validity(self.text)
+        return self.meta["validity"]
 
     @property
     def prompt_seconds(self) -> float | None:

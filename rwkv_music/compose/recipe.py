@@ -100,7 +100,7 @@ class RowRecipe:
         }
 
     def piece(self, new: Sequence[int], meta: dict[str, Any], index: int, base_seed: int | None = None) -> Piece:
-        """The finished piece (``meta`` gains validity, base seed and input)."""
+        """The finished piece (``meta`` gains base seed and input; validity is :attr:`Piece.validity`)."""
         piece = make_piece(self.format, self.prompt, new, meta, index)
         piece.meta.update(base_seed=base_seed, input=None if self.input is None else str(self.input))
         keep_titles = getattr(self.format, "keep_titles", None)  # ABC: a continued tune keeps its T: lines
@@ -121,9 +121,7 @@ def row_recipe(
 def make_piece(fmt: Format, prompt: Sequence[int], new: Sequence[int], meta: dict[str, Any], index: int) -> Piece:
     """The :class:`Piece` of prompt ids + generated ids (``index`` numbers ABC tunes, X:)."""
     ids = fmt.piece_ids(prompt, new)
-    piece = Piece(fmt.name, ids, fmt.piece_text(ids), meta, index, fmt.tokenizer)
-    meta["validity"] = fmt.validity(piece.text)
-    return piece
+    return Piece(fmt.name, ids, fmt.piece_text(ids), meta, index, fmt.tokenizer)  # validity: on first use
 
 
 def continuous_meta_timing(result: Any, rows_in_flight: int) -> dict[str, Any]:

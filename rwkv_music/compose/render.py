@@ -624,7 +624,7 @@ def sample_row(sample: Sample, piece: Any) -> dict[str, Any]:
         "prompt_tokens": meta.get("prompt_tokens"),
         "seconds": round(timing.get("batch_seconds", 0.0) / max(1, timing.get("batch_size", 1)), 4),
         "finish_reason": meta.get("finish_reason"),
-        "validity": meta.get("validity", {}),
+        "validity": piece.validity,
     }
 
 

@@ -64,7 +64,7 @@ def test_midi_pieces_are_wrapped_in_start_end_and_decode_to_midi(midi_batch: lis
         assert p.tokens and 0 not in p.tokens  # <pad> separates pieces, it is never part of one
         assert p.meta["prompt_tokens"] == 1  # the D3 prompt: just <pad>
         assert isinstance(p.to_midi(), mido.MidiFile)
-        assert p.meta["validity"]["decodes"] is True
+        assert p.validity["decodes"] is True
         assert p.meta["finish_reason"] in ("stop", "max_tokens", "constraint")
 
 
@@ -144,7 +144,7 @@ def test_invalid_abc_header_fails_at_construction() -> None:
 
 def test_constrained_abc_tunes_parse_in_music21(abc_composer: Composer) -> None:
     pieces = abc_composer.compose_abc(n=2, key="D", meter="6/8", max_tokens=64, parts=1, bars_per_part=4, seed=3)
-    assert all(p.meta["validity"].get("parse_ok") for p in pieces)
+    assert all(p.validity.get("parse_ok") for p in pieces)
 
 
 def test_continue_abc_reads_the_first_tune_of_a_file(abc_composer: Composer, tmp_path: Path) -> None:
@@ -177,7 +177,9 @@ def test_state_of_another_model_is_refused(midi_composer: Composer) -> None:
 
 def test_meta_records_seed_params_model_timing_and_validity(midi_composer: Composer) -> None:
     p = midi_composer.compose_midi(max_tokens=4, seed=9, temperature=0.7)[0]
-    assert {"seed", "params", "model", "timing", "validity", "sampling"} <= set(p.meta)
+    assert {"seed", "params", "model", "timing", "sampling"} <= set(p.meta)
+    assert "validity" not in p.meta  # computed on first use (an ABC check parses the tune with music21)
+    assert p.validity["decodes"] is True and p.meta["validity"] is p.validity
     assert p.meta["sampling"]["temperature"] == 0.7
     assert p.meta["model"]["vocab_size"] == 20096 and p.meta["model"]["version"] == "7"
     assert np.isfinite(p.meta["timing"]["batch_seconds"])

@@ -89,17 +89,18 @@ class FirstRowEndsAtOnce(FakeBackend):
 def test_one_empty_row_among_others_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from rwkv_music.compose.options import AbcOptions, SamplingOptions
 
-    path = tmp_path / "reel.abc"
+    path, other = tmp_path / "reel.abc", tmp_path / "other.abc"
     path.write_text(FINISHED)
+    other.write_text(FINISHED.replace("D4 D4|]", "D4 d4|]"))  # another prompt: prefilled as its own row
     composer = Composer(FirstRowEndsAtOnce(128), model_name="fake")
     sampling = SamplingOptions(None, {"min_new_tokens": 0})  # the caller allows an empty continuation
     with caplog.at_level(logging.WARNING):
-        pieces = composer.compose_rows([path, path], AbcOptions(constrained=False, max_tokens=8), seed=1,
+        pieces = composer.compose_rows([path, other], AbcOptions(constrained=False, max_tokens=8), seed=1,
                                        sampling=sampling)
     assert [p.meta["new_tokens"] for p in pieces] == [0, 8]
     assert f"continuation 0: the model added nothing to {path}" in caplog.text
     # the default (no min_new_tokens given) bans the end before the first token: both rows add music
-    pieces = composer.compose_rows([path, path], AbcOptions(constrained=False, max_tokens=8), seed=1)
+    pieces = composer.compose_rows([path, other], AbcOptions(constrained=False, max_tokens=8), seed=1)
     assert [p.meta["new_tokens"] for p in pieces] == [8, 8]
 
 
