@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from rwkv_music import __version__
+from rwkv_music.backends.limits import MAX_ROWS
 from rwkv_music.cli.common import (
     CONTEXT,
     LoadSpec,
@@ -136,7 +137,7 @@ Examples:
 @boundary  # outermost: options parsed into objects fail as one line too
 @model_options
 @click.option(
-    "-n", "--num", "--num-return-sequences", "n", type=click.IntRange(min=1), default=1, show_default=True,
+    "-n", "--num", "--num-return-sequences", "n", type=click.IntRange(1, MAX_ROWS), default=1, show_default=True,
     help="Pieces (one batch).",
 )
 @midi_options
@@ -219,7 +220,7 @@ Examples:
 @boundary
 @model_options
 @click.option(
-    "-n", "--num", "--num-return-sequences", "n", type=click.IntRange(min=1), default=1, show_default=True,
+    "-n", "--num", "--num-return-sequences", "n", type=click.IntRange(1, MAX_ROWS), default=1, show_default=True,
     help="Tunes (one batch).",
 )
 @click.option("--key", "-k", default="D", show_default=True, help="K: key, e.g. D, Gm, Ador.")
@@ -321,7 +322,7 @@ Examples:
 @click.argument("file", type=click.Path(dir_okay=False))
 @model_options
 @click.option(
-    "-n", "--num", "--num-return-sequences", "n", type=click.IntRange(min=1), default=1, show_default=True,
+    "-n", "--num", "--num-return-sequences", "n", type=click.IntRange(1, MAX_ROWS), default=1, show_default=True,
     help="Continuations (one batch).",
 )
 @midi_options

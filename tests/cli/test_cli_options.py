@@ -304,3 +304,13 @@ def test_render_without_seed_draws_one_and_resume_reuses_it(abc_model: Path, tmp
     rest = _run(args + ["--resume"])
     assert rest.exit_code == 0, rest.output
     assert "seed" not in rest.stderr and "2/2 samples (1 new)" in rest.stdout
+
+
+@pytest.mark.parametrize("command", [["generate-midi"], ["generate-abc"]])
+def test_a_piece_count_no_run_can_hold_is_refused_before_any_work(command: list[str], tmp_path: Path) -> None:
+    import time
+
+    start = time.perf_counter()
+    result = _run([*command, "-n", str(10**9), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "1<=x<=4096" in result.output
+    assert time.perf_counter() - start < 5 and not (tmp_path / "o").exists()  # no list of 10**9 paths first
