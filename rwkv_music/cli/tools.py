@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -526,15 +528,37 @@ def _render_seed(seed: int | None, out: str, resume: bool) -> int:
     return seed
 
 
+_MIDI_WORD = re.compile(r"^(?:t\d{1,3}|[a-z]{1,3}:[0-9a-f]{1,2}(?::[0-9a-f]{1,2})?|<start>|<end>|<pad>)$")
+
+
 def _guess_mode(source: str) -> str:
-    """Which shipped model fits a source without --model: the format of a folder's first music file
-    (MIDI before ABC), else ABC (prompt files are ABC unless a model says otherwise)."""
+    """Which shipped model fits a source without --model: the format of a folder's music files (MIDI
+    before ABC); for a prompts file, MIDI when its first prompts (or JSONL ``prompt``/``file`` fields)
+    are MIDI text words or MIDI files, else ABC."""
     from rwkv_music.formats.base import format_for_suffix
 
     path = Path(source)
     if path.is_dir():
         kinds = {fmt.name for p in path.rglob("*") if (fmt := format_for_suffix(p.suffix)) is not None}
         return "midi" if "midi" in kinds else "abc"
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = [line.strip() for _, line in zip(range(20), f) if line.strip()]
+    except OSError:
+        return "abc"  # the render itself reports the unreadable file
+    for line in head:
+        if line.startswith("{"):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("file"), str):
+                fmt = format_for_suffix(Path(row["file"]).suffix)
+                return fmt.name if fmt is not None else "abc"
+            line = str(row.get("prompt", "")) if isinstance(row, dict) else ""
+        words = line.split()
+        if words:
+            return "midi" if all(_MIDI_WORD.match(w) for w in words) else "abc"
     return "abc"
 
 

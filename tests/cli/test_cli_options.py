@@ -314,3 +314,22 @@ def test_a_piece_count_no_run_can_hold_is_refused_before_any_work(command: list[
     result = _run([*command, "-n", str(10**9), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "1<=x<=4096" in result.output
     assert time.perf_counter() - start < 5 and not (tmp_path / "o").exists()  # no list of 10**9 paths first
+
+
+def test_render_without_a_model_picks_the_mode_its_prompts_are_written_in(tmp_path: Path) -> None:
+    import json
+
+    from rwkv_music.cli.tools import _MIDI_WORD, _guess_mode
+    from rwkv_music.formats.midi.tokenizer import MidiTokenizer
+
+    tok = MidiTokenizer()
+    words = [tok.id_to_token(i) for i in range(tok.vocab_size)]
+    assert all(_MIDI_WORD.match(w) for w in words)  # every word of the reference vocabulary reads as MIDI
+    cases = {"m.txt": "pi:3c:a t10 pi:3c:0\n", "w.txt": "<start> pi:3c:a t125\n", "a.txt": "L:1/8\nM:6/8\nK:D\n",
+             "s.txt": "S:2\n", "j.jsonl": json.dumps({"prompt": "t5 pi:40:7"}) + "\n",
+             "f.jsonl": json.dumps({"file": "x.abc"}) + "\n", "g.jsonl": json.dumps({"file": "x.mid"}) + "\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+    guessed = {name: _guess_mode(str(tmp_path / name)) for name in cases}
+    assert guessed == {"m.txt": "midi", "w.txt": "midi", "a.txt": "abc", "s.txt": "abc", "j.jsonl": "midi",
+                       "f.jsonl": "abc", "g.jsonl": "midi"}
