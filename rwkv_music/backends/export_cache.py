@@ -61,7 +61,7 @@ def export_settings(backend: str, dtype: str | None) -> dict[str, object]:
     if backend == "onnx":  # int8, int4 and bf16 are weight storages over an fp32 graph (onnx_export)
         if want not in ("fp32", "fp16", "int8", "int4", "bf16"):
             raise BackendUnavailable(f"the onnx backend cannot run {want}; use fp32, fp16, int8, int4 or bf16")
-        return {"dtype": want, "int8": False}
+        return {"dtype": want}
     if backend == "ncnn":
         if want == "int4":
             raise BackendUnavailable("the ncnn backend cannot run int4: stock ncnn has no int4 matrix product with "
@@ -138,7 +138,7 @@ def _export(src: Path, backend: str, settings: dict[str, object], folder: Path) 
         if backend == "onnx":
             from rwkv_music.backends import onnx_export
 
-            onnx_export.export(src, folder / f"{_STEM}.onnx", str(settings["dtype"]), int8=bool(settings["int8"]))
+            onnx_export.export(src, folder / f"{_STEM}.onnx", str(settings["dtype"]))
         else:
             from rwkv_music.backends import ncnn_export
 

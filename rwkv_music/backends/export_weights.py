@@ -138,3 +138,16 @@ class Weights:
 def _per_channel(arr: np.ndarray, H: int, N: int) -> np.ndarray:
     """A per-head ([H] or [H, 1]) or per-channel ([H, N] or [H*N]) vector as float64 [H, N]."""
     return np.broadcast_to(np.asarray(arr, np.float64).reshape(H, -1), (H, N))
+
+INT8_QMAX = 127  # symmetric int8, -127..127, as rwkv_music.model.quant (not imported: no torch here)
+
+
+def int8_symmetric(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 of ``weight`` with one scale per slice along ``axis`` (the reduced axis):
+    ``(q int8, scale float32)``, rounded as :func:`rwkv_music.model.quant.quantize_rows` rounds
+    (half to even); an all-zero slice keeps scale 1 and q = 0."""
+    w = np.asarray(weight, dtype=np.float32)
+    amax = np.abs(w).max(axis=axis) if w.size else np.zeros(np.delete(w.shape, axis), np.float32)
+    scale = np.where(amax > 0, amax / INT8_QMAX, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / np.expand_dims(scale, axis)), -INT8_QMAX, INT8_QMAX).astype(np.int8)
+    return q, scale

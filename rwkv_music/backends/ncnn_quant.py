@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from rwkv_music.backends.export_weights import int8_symmetric
+
 LEVELS = 256
 SCHEMES = ("rows", "codebook")
-QMAX = 127  # symmetric int8, as rwkv_music.model.quant.QMAX (not imported: this module runs without torch)
 INT_TABLE = np.arange(-LEVELS // 2, LEVELS // 2, dtype=np.float32)  # index i -> integer i - 128
 LLOYD_ITERATIONS = 8
 FIT_SAMPLE = 1 << 18  # weights used to fit the table; assignment always uses all of them
@@ -116,11 +117,8 @@ def int8_rows(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ``table[index].reshape(weight.shape) * scale[:, None]`` is the int8 approximation (an all-zero
     row keeps scale 1 and q = 0); ``table`` is :data:`INT_TABLE`, so the codebook holds integers.
     """
-    w = np.asarray(weight, dtype=np.float32)
-    amax = np.abs(w).max(axis=1) if w.size else np.zeros(w.shape[0], np.float32)
-    scale = np.where(amax > 0, amax / QMAX, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / scale[:, None]), -QMAX, QMAX).astype(np.int16)
-    return INT_TABLE, (q + LEVELS // 2).astype(np.uint8).ravel(), scale
+    q, scale = int8_symmetric(weight, axis=1)
+    return INT_TABLE, (q.astype(np.int16) + LEVELS // 2).astype(np.uint8).ravel(), scale
 
 
 def dequantize(table: np.ndarray, index: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from rwkv_music.backends.export_weights import int8_symmetric
 from rwkv_music.backends.onnx_graph_common import onnx_modules
 from rwkv_music.backends.onnx_int8 import BIG_MATRICES, MS_DOMAIN
 
-INT8_QMAX = 127  # symmetric: -127..127, as rwkv_music.model.quant
 INT4_BLOCK = 32  # input rows per int4 scale; MatMulNBits takes powers of two >= 16
 INT4_BLOCKS = (16, 32, 64, 128)
 INT4_ACCURACY_LEVEL = 0  # 0: activations unquantized (4 would round them to int8 per block)
@@ -82,10 +82,7 @@ def _replace_initializers(model: Any, names: set[str], new: list[Any]) -> None:
 # -- int8, per output channel -------------------------------------------------------------------------
 def quantize_int8_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``weight`` [K, N] fp32 → (q int8 [K, N], scale fp32 [N]); one symmetric scale per output column."""
-    amax = np.abs(weight).max(axis=0)
-    scale = np.where(amax > 0, amax / INT8_QMAX, 1.0).astype(np.float32)  # an all-zero column keeps q = 0
-    q = np.clip(np.rint(weight / scale), -INT8_QMAX, INT8_QMAX).astype(np.int8)
-    return q, scale
+    return int8_symmetric(weight, axis=0)
 
 
 def int8_per_channel(model: Any) -> Any:

@@ -63,9 +63,13 @@ def test_lock_is_released_after_a_run(tmp_path: Path) -> None:
     render(_composer(), _prompts(tmp_path / "p.txt"), out, SETTINGS)
     fd = os.open(out, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # would raise BlockingIOError if still held
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        released = True
+    except BlockingIOError:  # the render's lock is still held
+        released = False
     finally:
         os.close(fd)
+    assert released
 
 
 @pytest.mark.parametrize("name", ["manifest.jsonl", "render.json", "stats.json"])

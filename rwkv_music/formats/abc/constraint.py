@@ -463,21 +463,25 @@ class AbcConstraint(LogitsProcessor):
                 legal, path = self._plan(row)
                 if not (0 <= t < VOCAB and legal[t]):
                     self._reject(row, t)
-            self._counts[row] += 1
-            if t == self.eos_id:
-                self._ids[row] = -1
-                continue
-            nxt = table.step(int(self._ids[row]), t)
-            self._ids[row] = nxt
-            self._forced[row] = path[1:] if path is not None else None
-            self._is_forced[row] = path is not None
-            if path is None and self.max_new_tokens is not None:
-                left = self.max_new_tokens - int(self._counts[row])
-                state = table.states[nxt]
-                if left <= self._zone(row, state):
-                    need = self._completion(state)
-                    if need is None or len(need) + 1 > left:  # SLACK was too small: cannot happen
-                        log.warning("%s: row %d needs more than the %d tokens left to end", self.rule, row, left)
+            self._advance(row, None if t == self.eos_id else table.step(int(self._ids[row]), t), path)
+
+    def _advance(self, row: int, nxt: int | None, path: str | None) -> None:
+        """Book a legal token of ``row``: count it, move to state index ``nxt`` (``None``: eos, the row
+        ends), remember the completion it is forced along, and warn if the cap no longer leaves room."""
+        self._counts[row] += 1
+        if nxt is None:
+            self._ids[row] = -1
+            return
+        self._ids[row] = nxt
+        self._forced[row] = path[1:] if path is not None else None
+        self._is_forced[row] = path is not None
+        if path is None and self.max_new_tokens is not None:
+            left = self.max_new_tokens - int(self._counts[row])
+            state = self._table.states[nxt]
+            if left <= self._zone(row, state):
+                need = self._completion(state)
+                if need is None or len(need) + 1 > left:  # SLACK was too small: cannot happen
+                    log.warning("%s: row %d needs more than the %d tokens left to end", self.rule, row, left)
 
     # -- queries ------------------------------------------------------------------------------
     def min_bytes_to_end(self, row: int) -> int:
@@ -531,20 +535,8 @@ class PerRowAbcConstraint(AbcConstraint):
             legal, path = self._plan(row)
             if not (0 <= t < VOCAB and legal[t]):
                 self._reject(row, t)
-            self._counts[row] += 1
-            if t == self.eos_id:
-                self._ids[row] = -1
-                continue
-            nxt = self._entry(state).successors[t]
-            self._ids[row] = self._entry(nxt).index  # type: ignore[arg-type]
-            self._forced[row] = path[1:] if path is not None else None
-            self._is_forced[row] = path is not None
-            if path is None and self.max_new_tokens is not None:
-                left = self.max_new_tokens - int(self._counts[row])
-                if left <= self._zone(row, nxt):  # type: ignore[arg-type]
-                    need = self._completion(nxt)  # type: ignore[arg-type]
-                    if need is None or len(need) + 1 > left:
-                        log.warning("%s: row %d needs more than the %d tokens left to end", self.rule, row, left)
+            nxt = None if t == self.eos_id else self._entry(self._entry(state).successors[t]).index  # type: ignore[arg-type]
+            self._advance(row, nxt, path)
 
 
 __all__ = ["AbcConstraint", "PerRowAbcConstraint", "decode_abc", "EOS_ID", "BOS_ID", "PAD_ID"]

@@ -24,8 +24,7 @@ from rwkv_music.formats.abc.options import AbcOptions
 from rwkv_music.formats.abc.tokenizer import AbcTokenizer
 from rwkv_music.formats.abc.tune import read_tune
 from rwkv_music.formats.base import RowInput, RowPrompt, SpecialIds
-
-VOCAB_SIZES_OF_OTHER_FORMATS = (20096,)  # the reference MIDI vocabulary (docs/formats.md C1)
+from rwkv_music.formats.midi.vocab import LAYOUT
 
 
 class AbcFormat(SpecialIds):
@@ -48,7 +47,7 @@ class AbcFormat(SpecialIds):
     def check_vocab(self, vocab_size: int, source: str = "model") -> None:
         need = int(self.tokenizer.vocab_size)
         if not need <= vocab_size <= 256:  # byte-level: one id per byte at most (the ABC models have 128)
-            kind = " (a MIDI model's vocabulary)" if vocab_size in VOCAB_SIZES_OF_OTHER_FORMATS else ""
+            kind = " (a MIDI model's vocabulary)" if vocab_size == LAYOUT.size else ""
             raise RwkvMusicError(
                 f"{source}: vocabulary has {vocab_size} ids{kind}, an ABC model has {need} to 256 "
                 "(vocab/model mismatch)"

@@ -34,31 +34,17 @@
 #define I4_BTILE 4             /* rows of x per pass over a weight row (batch > 1) */
 #define I4_RBLOCK 16           /* output rows per thread block */
 
+/* int8_gemm.c: x [nb, n_in] -> x16 [nb, ld] int16 with one scale per row */
+void rwkv_quantize_rows16(const float* x, int16_t* x16, float* xs, int64_t nb, int64_t n_in, int64_t ld);
+
 /* x [nb, n_in] float -> x16 [nb, n_pad] (zero padded), row scales xs [nb], group sums xg [nb, ng]
  * of the rounded activations (xs * sum x16), so the zmin term matches the integer products. */
 static void i4_prepare_rows(const float* x, int16_t* x16, float* xs, float* xg, int64_t nb, int64_t n_in,
                             int64_t n_pad, int64_t group, int64_t ng) {
+    rwkv_quantize_rows16(x, x16, xs, nb, n_in, n_pad); /* the same rounding as int8_gemm.c */
     for (int64_t b = 0; b < nb; b++) {
-        const float* xb = x + b * n_in;
-        int16_t* ob = x16 + b * n_pad;
-        float amax = 0.f;
-        for (int64_t i = 0; i < n_in; i++) {
-            float a = fabsf(xb[i]);
-            amax = a > amax ? a : amax;
-        }
-        float s = amax > 0.f ? amax / 32767.f : 1.f, inv = 1.f / s;
-        int64_t i = 0;
-#if defined(__AVX2__)
-        const __m256 vinv = _mm256_set1_ps(inv);
-        for (; i + 16 <= n_in; i += 16) { /* round to nearest even, as lrintf below (as in int8_gemm.c) */
-            __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + i), vinv));
-            __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + i + 8), vinv));
-            _mm256_storeu_si256((__m256i*)(ob + i), _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xd8));
-        }
-#endif
-        for (; i < n_in; i++) ob[i] = (int16_t)lrintf(xb[i] * inv);
-        for (int64_t i = n_in; i < n_pad; i++) ob[i] = 0;
-        xs[b] = s;
+        const int16_t* ob = x16 + b * n_pad;
+        const float s = xs[b];
         for (int64_t g = 0; g < ng; g++) {
             int64_t i0 = g * group, i1 = i0 + group < n_pad ? i0 + group : n_pad, t = 0;
             for (int64_t i = i0; i < i1; i++) t += ob[i];

@@ -25,10 +25,12 @@
 #define CHUNK 2048
 #define PREFETCH_AHEAD 2048 /* bytes of the weight stream requested ahead of use */
 
-static void quantize_rows16(const float* x, int16_t* x16, float* xs, int64_t nb, int64_t n_in) {
+/* x [nb, n_in] float -> x16 [nb, ld] int16 (zero padded past n_in), one scale per row in xs [nb].
+ * Shared with int4_gemm.c, so both kernels round activations the same way. */
+void rwkv_quantize_rows16(const float* x, int16_t* x16, float* xs, int64_t nb, int64_t n_in, int64_t ld) {
     for (int64_t b = 0; b < nb; b++) {
         const float* xb = x + b * n_in;
-        int16_t* ob = x16 + b * n_in;
+        int16_t* ob = x16 + b * ld;
         float amax = 0.f;
         for (int64_t i = 0; i < n_in; i++) {
             float a = fabsf(xb[i]);
@@ -45,6 +47,7 @@ static void quantize_rows16(const float* x, int16_t* x16, float* xs, int64_t nb,
         }
 #endif
         for (; i < n_in; i++) ob[i] = (int16_t)lrintf(xb[i] * inv);
+        for (i = n_in; i < ld; i++) ob[i] = 0;
         xs[b] = s;
     }
 }
@@ -117,7 +120,7 @@ int rwkv_int8_gemm(const float* x, const int8_t* q, const float* scale, float* y
         free(xs);
         return -1;
     }
-    quantize_rows16(x, x16, xs, nb, n_in);
+    rwkv_quantize_rows16(x, x16, xs, nb, n_in, n_in);
     /* Blocks of RBLOCK output rows: each block's weights come from memory once and stay in cache
      * while every tile of x passes over them, and a tile of x stays in L1 across the block. */
     const int64_t nblocks = (n_out + RBLOCK - 1) / RBLOCK;
