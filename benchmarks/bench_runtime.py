@@ -21,6 +21,11 @@ so ratios compare like with like on a shared machine; peak RSS comes from one sh
 implementation.  The roofline is ``bandwidth / bytes of weights read per token``: the fastest a
 single stream can decode when it must stream every weight once per token.
 
+"ours int4" is what ``dtype="int4"`` loads: 4-bit groups of 64 with the head kept per-channel int8
+(``rwkv_music.model.quant.INT4_INT8_FIELDS``), so its agreement and speed are those of that mix, and
+its codes chosen by GPTQ on sequences the model samples itself at load (``quantize_int4``'s default
+calibration; the random checkpoints are calibrated the same way, which makes their int4 loads slow).
+
 Random checkpoints have flatter logits than trained ones, so their int8 top-1 agreement is a
 pessimistic proxy; the shipped abc/midi models are measured on prompts sampled from the fp32
 model itself (in-distribution) and on uniform random token ids.

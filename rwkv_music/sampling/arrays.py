@@ -119,7 +119,66 @@ class NumpyOps:
         return -np.sort(-part, axis=1)
 
     @staticmethod
-    def _top_values_blocks(x: np.ndarray, m: int) -> np.ndarray:
+    def top_pool(x: np.ndarray, m: int, unclean: list[bool] | None = None) -> Any:
+        """:meth:`top_values` ``(x, m)`` and every finite entry of ``x`` at or above each row's ``m``-th
+        largest value (ties included), as ``(rows, cols, values)`` in row-major order (no NaN in ``x``).
+
+        Through the groups of :meth:`_top_values_blocks`: with ``h`` the ``m``-th largest group maximum of
+        a row, its ``m`` largest values are all ``>= h`` (``m`` group maxima are), so they, and every entry
+        tied with the ``m``-th, are among the entries ``>= h`` of the groups whose maximum is ``>= h`` (and
+        of the tail).  Only those few entries are sorted.
+        """
+        B, V = x.shape
+        n = V // _BLOCK
+        if not 0 < m < V or m * _BLOCK * 4 > V or n <= m:
+            if unclean is not None and x is not NumpyOps().clean(x):
+                unclean[0] = True
+                return None
+            top = NumpyOps.top_values(x, min(m, V))
+            rows, cols = np.nonzero((x >= top[:, -1:]) & (x > -np.inf))
+            return top, (rows, cols, x[rows, cols])
+        body = x[:, : n * _BLOCK].reshape(B, _BLOCK, n)  # group g: columns g + i * n
+        heads = body.max(axis=1)  # [B, n]
+        if unclean is not None:  # NaN and +inf reach the group maxima (or the tail): then clean first
+            top_head = heads.max() if n * _BLOCK == V else max(heads.max(), x[:, n * _BLOCK :].max())
+            if not top_head < np.inf:  # NaN or +inf
+                unclean[0] = True
+                return None
+        h = np.partition(heads, n - m, axis=1)[:, n - m]  # [B]
+        # (>= h and finite, as one comparison: h raised to the lowest finite value)
+        h = np.maximum(h, np.finfo(x.dtype).min)
+        if B == 1:  # one row: its entries >= h in one pass, already in column order (few array calls)
+            cols = np.flatnonzero(x[0] >= h[0])
+            vals = x[0, cols]
+            top = np.sort(vals)[: -m - 1 : -1]
+            if top.size < m:  # fewer than m finite entries: -inf after them, as in the grid below
+                top = np.concatenate([top, np.full(m - top.size, -np.inf, dtype=x.dtype)])
+            keep = vals >= top[m - 1]
+            cols, vals = cols[keep], vals[keep]
+            return top[None, :], (np.zeros(cols.size, dtype=np.intp), cols, vals)
+        sel_r, sel_g = np.nonzero(heads >= h[:, None])
+        grp = body[sel_r, :, sel_g]  # [s, _BLOCK]
+        q = np.flatnonzero(grp >= h[sel_r, None])
+        s, i = np.divmod(q, _BLOCK)
+        rows, cols, vals = sel_r[s], sel_g[s] + i * n, grp.reshape(-1)[q]
+        if n * _BLOCK < V:  # the tail that fills no group
+            tail = x[:, n * _BLOCK :]
+            tr, tc = np.nonzero(tail >= h[:, None])
+            rows = np.concatenate([rows, tr])
+            cols = np.concatenate([cols, tc + n * _BLOCK])
+            vals = np.concatenate([vals, tail[tr, tc]])
+        order = np.lexsort((cols, rows))  # row-major, each row's columns ascending (groups are strided)
+        rows, cols, vals = rows[order], cols[order], vals[order]
+        counts = np.bincount(rows, minlength=B)
+        start = np.cumsum(counts) - counts
+        grid = np.full((B, max(int(counts.max(initial=0)), m)), -np.inf, dtype=x.dtype)
+        grid[rows, np.arange(rows.size) - start[rows]] = vals
+        top = np.sort(grid, axis=1)[:, : -m - 1 : -1]
+        keep = vals >= top[rows, m - 1]
+        return top, (rows[keep], cols[keep], vals[keep])
+
+    @staticmethod
+    def _top_values_blocks(x: np.ndarray, m: int, heads: np.ndarray | None = None) -> np.ndarray:
         """:meth:`top_values` through group maxima, for ``m`` much smaller than the row.
 
         numpy's ``partition`` slows down ten times on rows full of equal values (the -inf of a
@@ -132,7 +191,7 @@ class NumpyOps:
         B, V = x.shape
         n = V // _BLOCK  # groups: column j + i * n for i < _BLOCK
         body = x[:, : n * _BLOCK].reshape(B, _BLOCK, n)
-        heads = body.max(axis=1)  # [B, n]
+        heads = body.max(axis=1) if heads is None else heads  # [B, n]
         if n > m:
             pick = np.argpartition(heads, n - m, axis=1)[:, n - m :]  # [B, m] groups
             cand = np.take_along_axis(body, pick[:, None, :], axis=2).reshape(B, -1)

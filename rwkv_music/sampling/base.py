@@ -141,6 +141,33 @@ def as_token_list(tokens: Any) -> list[int]:
     return [int(t) for t in np.asarray(tokens).reshape(-1)]
 
 
+_DENSE_VOCAB = 1024  # up to this vocabulary size the plain run is as fast (few, short rows)
+
+
+class Candidates:
+    """The finite scores of each row after a filter that keeps few ids (top-k, top-p with top-k), compacted.
+
+    ``ids`` ``[B, w]`` int64 in ascending order per row, ``vals`` ``[B, w]`` their scores (float32),
+    ``-inf`` where a row has fewer than ``w`` (its ``ids`` there are 0).  The dense form is ``-inf``
+    everywhere else: :meth:`dense`.  Host numpy only; the draw (:func:`~rwkv_music.sampling.sampler.sample_batch`)
+    takes either form and gives the same ids.
+    """
+
+    def __init__(self, ids: np.ndarray, vals: np.ndarray, vocab: int) -> None:
+        self.ids, self.vals, self.vocab = ids, vals, int(vocab)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.vals.shape[0], self.vocab)
+
+    def dense(self) -> np.ndarray:
+        """The ``[B, vocab]`` scores: the candidates' values, ``-inf`` elsewhere."""
+        out = np.full(self.shape, -np.inf, dtype=self.vals.dtype)
+        rows, cols = np.nonzero(np.isfinite(self.vals))
+        out[rows, self.ids[rows, cols]] = self.vals[rows, cols]
+        return out
+
+
 # -- the protocol --------------------------------------------------------------------------
 class LogitsProcessor:
     """Base class of all processors; see the module docstring for the contract.
@@ -218,14 +245,24 @@ class LogitsProcessorList(list):
         (``host``: the same ids already on the host, which saves a copy)."""
         host = None if host is None else [int(t) for t in host]
         for proc in self:
+            if getattr(type(proc), "update", None) is LogitsProcessor.update:  # stateless: nothing to tell it
+                continue
             if _on_device(proc):
                 proc.update(tokens)
             else:
                 host = as_token_list(tokens) if host is None else host
                 proc.update(host)
 
-    def run(self, step: int, scores: Any) -> Any:
-        """Every processor in order, no row checks (the loop's fast path); the result may be ``scores`` itself."""
+    def run(self, step: int, scores: Any, candidates: bool = False) -> Any:
+        """Every processor in order, no row checks (the loop's fast path); the result may be ``scores`` itself.
+
+        ``candidates=True`` (the decode loop, which only draws from the result): on host numpy scores the
+        result may be a :class:`Candidates` instead of a dense array, when a filter that keeps few ids per
+        row (top-k, top-p with top-k) is followed only by ``candidate_safe`` processors; the scores are then
+        worked on in one buffer of the list's own, in place (processors with ``apply_inplace``).
+        """
+        if candidates and isinstance(scores, np.ndarray) and scores.ndim == 2 and scores.shape[1] > _DENSE_VOCAB:
+            return self._run_host(step, scores)
         torch_in = is_torch_tensor(scores)
         back = None
         cur = scores
@@ -241,6 +278,48 @@ class LogitsProcessorList(list):
                     cur, back = to_numpy(cur)
                 cur = _host_apply(proc, step, cur)
         return back(cur) if back is not None else cur
+
+    def _run_host(self, step: int, scores: np.ndarray) -> Any:
+        """:meth:`run` on host numpy scores: one working copy, in-place steps, a compact tail where possible.
+
+        Each step gives what :meth:`run` gives: ``apply_inplace`` is the processor's ``apply`` / ``process``
+        written into its input, and a filter's ``candidates`` are exactly the finite entries of its dense
+        result, which is all the draw reads.
+        """
+        procs = list(self)
+        tail_from = len(procs)  # processors from here on are candidate_safe
+        while tail_from > 0 and getattr(procs[tail_from - 1], "candidate_safe", False):
+            tail_from -= 1
+        work = self.__dict__.get("_work")
+        if work is None or work.shape != scores.shape or work.dtype != scores.dtype:
+            work = np.empty_like(scores)  # reused every step: a fresh [B, V] allocation costs more than the copy
+            self.__dict__["_work"] = work
+        cur: Any = scores
+        owned = False  # cur may be written: the working buffer, or a new array a processor returned
+        for i, proc in enumerate(procs):
+            if i + 1 >= tail_from and hasattr(proc, "candidates"):
+                scratch = cur if owned else (work if work.dtype == cur.dtype and work.shape == cur.shape else None)
+                found = proc.candidates(step, cur, scratch=scratch)
+                if found is not None:
+                    for later in procs[i + 1 :]:
+                        found.vals = _host_apply(later, step, found.vals)
+                    return found
+            inplace = getattr(proc, "apply_inplace", None)
+            if inplace is not None:
+                if not owned:
+                    if cur.shape == work.shape and cur.dtype == work.dtype:
+                        np.copyto(work, cur)
+                        cur = work
+                    else:
+                        cur = np.array(cur)
+                    owned = True
+                cur = inplace(step, cur)
+                continue
+            nxt = _host_apply(proc, step, cur)
+            if nxt is not cur:
+                owned = not np.may_share_memory(nxt, scores)
+                cur = nxt
+        return cur.copy() if np.may_share_memory(cur, work) else cur  # the buffer is reused: never hand it out
 
     def diagnose(self, step: int, scores: Any) -> dict[int, str]:
         """Which rows each processor emptied: ``{row: rule}`` (rows already empty in ``scores``: "model logits").
@@ -304,6 +383,7 @@ def _via_host(proc: Any, step: int, scores: Any) -> Any:
 
 
 __all__ = [
+    "Candidates",
     "LogitsProcessor",
     "LogitsProcessorList",
     "RowConstraintError",

@@ -656,7 +656,7 @@ class _Loop:
         batch_row = {row.slot: i for i, row in members}
         while True:
             try:
-                return group.procs.run(step, scores)
+                return group.procs.run(step, scores, candidates=True)  # only drawn from
             except RowConstraintError as err:
                 row = group.rows[err.row] if 0 <= err.row < len(group.rows) else None
                 if self.on_constraint == "raise" or row is None or row.reason is not None:

@@ -93,6 +93,7 @@ class OccurrencePenalty(LogitsProcessor):
         self._occ: Any = np.zeros((0, 0))  # [B, cap] decayed weighted counts (numpy, or torch on the logits' device)
         self._seen: Any = np.zeros((0, 0), dtype=bool)  # [B, cap] ids that entered the map
         self._wvec: Any = None  # dense weights [cap], same kind as _occ
+        self._cols = None
 
     runs_on = "device"
     pool_mode = "state"  # continuous batching: the pieces' instances run as one batch (apply_pool)
@@ -115,6 +116,7 @@ class OccurrencePenalty(LogitsProcessor):
         self._occ = np.zeros((len(prompts), 0))
         self._seen = np.zeros((len(prompts), 0), dtype=bool)
         self._wvec = None
+        self._cols: np.ndarray | None = None  # ids some row has seen, ascending (numpy state; None: not known)
 
     def _dense_weights(self, cap: int) -> np.ndarray:
         w = np.full(cap, self.default_weight)
@@ -131,10 +133,12 @@ class OccurrencePenalty(LogitsProcessor):
                 pad = (0, cap - self._occ.shape[1])
                 self._occ = torch.nn.functional.pad(self._occ, pad)
                 self._seen = torch.nn.functional.pad(self._seen, pad)
-            else:
-                grow = ((0, 0), (0, cap - self._occ.shape[1]))
-                self._occ = np.pad(self._occ, grow)
-                self._seen = np.pad(self._seen, grow)
+            else:  # (zeros and a copy: np.pad is several times slower)
+                occ = np.zeros((self._occ.shape[0], cap), dtype=self._occ.dtype)
+                seen = np.zeros((self._seen.shape[0], cap), dtype=self._seen.dtype)
+                occ[:, : self._occ.shape[1]] = self._occ
+                seen[:, : self._seen.shape[1]] = self._seen
+                self._occ, self._seen = occ, seen
             self._wvec = None
         if is_torch_tensor(like) and not is_torch_tensor(self._occ):
             xp = ops(like)
@@ -147,7 +151,8 @@ class OccurrencePenalty(LogitsProcessor):
 
     def update(self, tokens: Any) -> None:
         n_rows = self._occ.shape[0]
-        if is_torch_tensor(self._occ):
+        on_torch = is_torch_tensor(self._occ)
+        if on_torch:
             xp = ops(self._occ)
             toks = xp.asarray(tokens, "int64").reshape(-1)
         else:
@@ -157,14 +162,31 @@ class OccurrencePenalty(LogitsProcessor):
             raise SamplingValueError(f"{self.rule}: update got {toks.shape[0]} tokens for a batch of {n_rows}")
         if n_rows == 0:
             return
-        if not is_torch_tensor(self._occ):
+        if on_torch:
+            if self._wvec is None:
+                self._grow(self._occ.shape[1])
+            rows = ops(self._occ).arange(n_rows)
+            self._occ *= self.decay
+            self._occ[rows, toks] += self._wvec[toks]
+            self._seen[rows, toks] = True
+            return
+        if int(toks.max()) >= self._occ.shape[1] or self._wvec is None:
             self._grow(int(toks.max()) + 1)  # the vocab size is not known before the first call
-        elif self._wvec is None:
-            self._grow(self._occ.shape[1])
-        rows = ops(self._occ).arange(n_rows)
-        self._occ *= self.decay
+        rows = np.arange(n_rows)
+        cols = self._seen_columns(self._occ.shape[1])
+        if self.decay != 1.0:
+            # only seen columns hold non-zero counts (0 * decay is 0): the same values, far fewer of them
+            if cols.size * 4 < self._occ.shape[1]:
+                self._occ[:, cols] = self._occ.take(cols, axis=1) * self.decay
+            else:
+                self._occ *= self.decay
+        before = self._seen[rows, toks]
         self._occ[rows, toks] += self._wvec[toks]
         self._seen[rows, toks] = True
+        if not before.all():  # first occurrences: their ids join the seen columns
+            fresh = toks[~before]
+            # (one row: an id it had not seen is in no column yet; more rows: union1d drops repeats)
+            self._cols = np.sort(np.concatenate((cols, fresh))) if n_rows == 1 else np.union1d(cols, fresh)
 
     def apply(self, step: int, scores: Any) -> Any:
         if not self.enabled:
@@ -175,6 +197,36 @@ class OccurrencePenalty(LogitsProcessor):
         if is_torch_tensor(scores):
             self._grow(scores.shape[1], like=scores)
         return self._penalize(scores, self._occ, self._seen)
+
+    def apply_inplace(self, step: int, scores: np.ndarray) -> np.ndarray:
+        """:meth:`apply` written into ``scores`` (host numpy the caller owns): only the seen columns change."""
+        if not self.enabled or is_torch_tensor(self._occ):
+            out = self.apply(step, scores)
+            if out is not scores:
+                scores[...] = out
+            return scores
+        if self._occ.shape[0] != scores.shape[0]:
+            return self.apply(step, scores)  # (names the mismatch)
+        if self._occ.shape[1] < scores.shape[1]:
+            # the whole vocabulary at once: update() would otherwise copy the state at every new highest id
+            self._grow(scores.shape[1])
+        cols = self._seen_columns(scores.shape[1])
+        if cols.size:
+            # the same float64 arithmetic as _penalize, on the same columns (take: a faster gather than [:, cols])
+            penalty = self.frequency * self._occ.take(cols, axis=1)
+            if self.presence:
+                penalty = penalty + self.presence * self._seen.take(cols, axis=1).astype(np.float64)
+            scores[:, cols] = (scores.take(cols, axis=1) - penalty).astype(scores.dtype)
+        return scores
+
+    def _seen_columns(self, limit: int) -> np.ndarray:
+        """Ids below ``limit`` some row has seen, ascending (numpy state), kept between steps."""
+        cols = self._cols
+        if cols is None:
+            cols = self._cols = np.flatnonzero(self._seen.any(axis=0)) if self._seen.size else np.zeros(0, np.int64)
+        if not cols.size or cols[-1] < limit:  # (the usual case: all of them, no search)
+            return cols
+        return cols[: np.searchsorted(cols, limit)]
 
     def _penalize(self, scores: Any, occ: Any, seen: Any) -> Any:
         cap = min(occ.shape[1], scores.shape[1])
@@ -233,7 +285,7 @@ class OccurrencePenalty(LogitsProcessor):
         occ[rows, toks] += w[toks]
         seen[rows, toks] = True
         for i, p in enumerate(procs):
-            p._occ, p._seen = occ[i : i + 1], seen[i : i + 1]
+            p._occ, p._seen, p._cols = occ[i : i + 1], seen[i : i + 1], None
 
 
 __all__ = ["OccurrencePenalty", "pip_text_weights", "weights_from_ranges"]

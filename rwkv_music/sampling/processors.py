@@ -42,8 +42,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from rwkv_music.sampling.arrays import NEG_INF, on_accelerator, ops
-from rwkv_music.sampling.base import LogitsProcessor, SamplingValueError
+from rwkv_music.sampling.arrays import NEG_INF, NumpyOps, on_accelerator, ops
+from rwkv_music.sampling.base import Candidates, LogitsProcessor, SamplingValueError
 
 
 def _finite_max(xp: Any, scores: Any) -> Any:
@@ -115,6 +115,7 @@ class Temperature(DeviceProcessor):
 
     rule = "temperature"
     pool_mode = "shared"
+    candidate_safe = True  # each finite score on its own, and the row maximum: same on a row's finite entries
 
     def __init__(self, temperature: float) -> None:
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
@@ -128,6 +129,30 @@ class Temperature(DeviceProcessor):
         if self.temperature == 0.0:
             return xp.where(scores == _finite_max(xp, scores), scores, NEG_INF)
         return scores / self.temperature
+
+
+def _pooled(pool: tuple[np.ndarray, np.ndarray, np.ndarray], cut: np.ndarray | None,
+            shape: tuple[int, int]) -> Candidates:
+    """:class:`Candidates` from row-major ``(rows, cols, values)`` entries, those below ``cut[row]`` left out."""
+    rows, cols, vals = pool
+    n_rows = shape[0]
+    if n_rows == 1:  # one row: its entries, as they are, are its candidates
+        if cut is not None:
+            keep = vals >= cut[0]
+            cols, vals = cols[keep], vals[keep]
+        return Candidates(cols.astype(np.int64, copy=False)[None, :], vals[None, :], shape[1])
+    if cut is not None:
+        keep = vals >= cut[rows]
+        rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    counts = np.bincount(rows, minlength=n_rows)
+    width = int(counts.max()) if rows.size else 0
+    start = np.cumsum(counts) - counts
+    pos = np.arange(rows.size) - start[rows]
+    ids = np.zeros((n_rows, width), dtype=np.int64)
+    out = np.full((n_rows, width), -np.inf, dtype=vals.dtype)
+    ids[rows, pos] = cols
+    out[rows, pos] = vals
+    return Candidates(ids, out, shape[1])
 
 
 def kth_largest(values: Any, k: int) -> Any:
@@ -149,6 +174,7 @@ class TopK(DeviceProcessor):
 
     rule = "top_k"
     pool_mode = "shared"
+    candidate_safe = True  # the k-th largest of a row is found among its finite entries (else it is -inf)
 
     def __init__(self, top_k: int) -> None:
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
@@ -169,6 +195,15 @@ class TopK(DeviceProcessor):
                 return scores  # no row has more than k legal ids (after TopP(top_k_after=k), say): nothing to cut
         clean = xp.clean(scores)
         return xp.where(clean >= kth_largest(clean, self.top_k), scores, NEG_INF)
+
+    def candidates(self, step: int, scores: Any, scratch: np.ndarray | None = None) -> Candidates | None:
+        """The survivors of :meth:`apply`, compacted (host numpy only; else None): every finite score at
+        or above the row's ``k``-th largest, as ``apply`` keeps them."""
+        if self._after_top_p or not isinstance(scores, np.ndarray) or not 0 < self.top_k < scores.shape[1]:
+            return None
+        found = NumpyOps.top_pool(scores, self.top_k, unclean=[False])
+        _, pool = found if found is not None else NumpyOps.top_pool(NumpyOps().clean(scores), self.top_k)
+        return _pooled(pool, None, scores.shape)
 
 
 class TopP(DeviceProcessor):
@@ -237,20 +272,63 @@ class TopP(DeviceProcessor):
         xp = ops(scores)
         clean = xp.clean(scores)
         top = xp.top_values(clean, k)  # [B, k] descending
+        s_cut = self._score_cut(xp, clean, top, k, scratch=None)
+        return xp.where(clean >= s_cut, scores, NEG_INF)
+
+    def _score_cut(self, xp: Any, clean: Any, top: Any, k: int, scratch: Any) -> Any:
+        """``[B, 1]``: the lowest score the pair keeps, from the rows' top ``k`` scores ``top`` (descending).
+
+        ``scratch``: a numpy array of ``clean``'s shape to compute the exponentials in (may be ``clean``).
+        """
         smax = top[:, :1]
-        smax = xp.where(xp.isfinite(smax), smax, 0.0)
-        if xp.name == "numpy":
-            e = clean - smax
+        if xp.name == "numpy" and top.shape[0] == 1:  # one row (the usual small batch): the same, fewer calls
+            if not math.isfinite(smax[0, 0]):
+                smax = np.zeros_like(smax)
+            e = np.subtract(clean, smax, out=scratch)
+            np.exp(e, out=e)
+            total = e.sum(axis=1, keepdims=True, dtype=np.float64)
+            p = np.exp(top.astype(np.float64) - smax.astype(np.float64)) / (total if total[0, 0] > 0 else 1.0)
+            hit = np.cumsum(p, axis=1)[0] >= self.top_p
+            first = int(hit.argmax())
+            return top[:, first : first + 1] if hit[first] else top[:, k - 1 : k]
+        if xp.name == "numpy":  # the arithmetic below in fewer numpy calls (the same operations, dtypes and order)
+            smax = np.where(np.isfinite(smax), smax, smax.dtype.type(0.0))
+            e = np.subtract(clean, smax, out=scratch)
             np.exp(e, out=e)  # in place: one [B, V] temporary, not two
             total = e.sum(axis=1, keepdims=True, dtype=np.float64)
-        else:
-            e = xp.exp(clean - smax)
-            total = e.sum(dim=1, keepdim=True, dtype=xp.dtype("float64"))
+            p = np.exp(top.astype(np.float64) - smax.astype(np.float64)) / np.where(total > 0, total, 1.0)
+            hit = np.cumsum(p, axis=1) >= self.top_p
+            first = hit.argmax(axis=1)  # the first True (0 if none), as argmax of its int64 cast
+            rows = np.arange(top.shape[0])
+            return np.where(hit[rows, first], top[rows, first], top[:, k - 1]).reshape(-1, 1)
+        smax = xp.where(xp.isfinite(smax), smax, 0.0)
+        e = xp.exp(clean - smax)
+        total = e.sum(dim=1, keepdim=True, dtype=xp.dtype("float64"))
         p = xp.exp(xp.cast(top, "float64") - xp.cast(smax, "float64")) / xp.where(total > 0, total, 1.0)
         hit = xp.cumsum(p) >= self.top_p
         first = xp.argmax(xp.cast(hit, "int64")).reshape(-1, 1)
-        s_cut = xp.where(xp.any(hit).reshape(-1, 1), xp.take(top, first), top[:, k - 1 : k])
-        return xp.where(clean >= s_cut, scores, NEG_INF)
+        return xp.where(xp.any(hit).reshape(-1, 1), xp.take(top, first), top[:, k - 1 : k])
+
+    def candidates(self, step: int, scores: Any, scratch: np.ndarray | None = None) -> Candidates | None:
+        """The survivors of :meth:`apply` with ``top_k_after`` set, compacted (host numpy only; else None).
+
+        The same threshold as :meth:`_apply_with_top_k` (the same arithmetic on the same arrays), applied
+        to the entries at or above each row's ``k``-th score, which hold every survivor (``s_cut`` is a
+        top-``k`` value, or -inf when a row has fewer than ``k`` finite scores).  ``scratch``: an array of
+        the scores' shape and dtype that may be overwritten (``scores`` itself, say).
+        """
+        k = self.top_k_after
+        if self.top_p >= 1.0 or not isinstance(scores, np.ndarray) or not 0 < k < scores.shape[1]:
+            return None
+        xp = NumpyOps()
+        clean = scores
+        found = xp.top_pool(scores, k, unclean=[False])  # None: NaN or +inf in scores (clean them first)
+        if found is None:
+            clean = xp.clean(scores)
+            found = xp.top_pool(clean, k)
+        top, pool = found  # (pool: copies, so the scratch may be clean itself)
+        s_cut = self._score_cut(xp, clean, top, k, scratch=clean if clean is not scores else scratch)
+        return _pooled(pool, s_cut[:, 0], scores.shape)
 
     def apply(self, step: int, scores: Any) -> Any:
         if self.top_p >= 1.0:
@@ -277,6 +355,7 @@ class MinP(DeviceProcessor):
 
     rule = "min_p"
     pool_mode = "shared"
+    candidate_safe = True  # compares each score with the row maximum
 
     def __init__(self, min_p: float) -> None:
         if not (isinstance(min_p, (int, float)) and 0.0 <= min_p <= 1.0):
@@ -310,9 +389,14 @@ class TokenBan(DeviceProcessor):
         if not self.token_ids:
             return scores
         _check_vocab(self.rule, self.token_ids, scores.shape[1])
-        out = ops(scores).copy(scores)
-        out[:, list(self.token_ids)] = NEG_INF
-        return out
+        return self.apply_inplace(step, ops(scores).copy(scores))
+
+    def apply_inplace(self, step: int, scores: Any) -> Any:
+        """:meth:`apply` written into ``scores`` (an array the caller owns)."""
+        if self.token_ids:
+            _check_vocab(self.rule, self.token_ids, scores.shape[1])
+            scores[:, list(self.token_ids)] = NEG_INF
+        return scores
 
 
 class LogitBias(DeviceProcessor):
@@ -331,18 +415,25 @@ class LogitBias(DeviceProcessor):
             if not (isinstance(b, (int, float)) and math.isfinite(b)):
                 raise SamplingValueError(f"logit_bias[{t}] must be a finite number, got {b!r}")
         self.bias = {t: float(bias[t]) for t in ids}
+        self._ids = list(self.bias)
+        self._values = np.asarray(list(self.bias.values()), dtype=np.float32)
 
     def apply(self, step: int, scores: Any) -> Any:
         if not self.bias:
             return scores
-        _check_vocab(self.rule, list(self.bias), scores.shape[1])
-        xp = ops(scores)
-        ids = list(self.bias)
-        values = list(self.bias.values())
-        values = xp.asarray(np.asarray(values, dtype=np.float32), scores.dtype)
-        out = xp.copy(scores)
-        out[:, ids] = out[:, ids] + values
-        return out
+        return self.apply_inplace(step, ops(scores).copy(scores))
+
+    def apply_inplace(self, step: int, scores: Any) -> Any:
+        """:meth:`apply` written into ``scores`` (an array the caller owns)."""
+        if not self.bias:
+            return scores
+        _check_vocab(self.rule, self._ids, scores.shape[1])
+        if isinstance(scores, np.ndarray):  # (the ids and values as arrays once, not every step)
+            values = self._values if self._values.dtype == scores.dtype else self._values.astype(scores.dtype)
+        else:
+            values = ops(scores).asarray(self._values, scores.dtype)
+        scores[:, self._ids] = scores[:, self._ids] + values
+        return scores
 
 
 class EosBiasSchedule(DeviceProcessor):
@@ -375,6 +466,7 @@ class EosBiasSchedule(DeviceProcessor):
             raise SamplingValueError(f"eos_bias min_bias {min_bias!r} is above max_bias {max_bias!r}")
         self.start, self.scale = float(start), float(scale)
         self.min_bias, self.max_bias = min_bias, max_bias
+        self._ids = list(self.token_ids)
 
     def bias_at(self, step: int) -> float:
         """The bias added at generated-token index ``step``."""
@@ -388,11 +480,16 @@ class EosBiasSchedule(DeviceProcessor):
     def apply(self, step: int, scores: Any) -> Any:
         if not self.token_ids:
             return scores
+        return self.apply_inplace(step, ops(scores).copy(scores))
+
+    def apply_inplace(self, step: int, scores: Any) -> Any:
+        """:meth:`apply` written into ``scores`` (an array the caller owns)."""
+        if not self.token_ids:
+            return scores
         _check_vocab(self.rule, self.token_ids, scores.shape[1])
-        out = ops(scores).copy(scores)
-        ids = list(self.token_ids)
-        out[:, ids] = out[:, ids] + self.bias_at(step)
-        return out
+        ids = self._ids
+        scores[:, ids] = scores[:, ids] + self.bias_at(step)
+        return scores
 
     def apply_steps(self, steps: np.ndarray, scores: Any) -> Any:
         if not self.token_ids:
@@ -426,10 +523,14 @@ class MinNewTokens(DeviceProcessor):
     def apply(self, step: int, scores: Any) -> Any:
         if step >= self.min_new_tokens or not self.stop_tokens:
             return scores
-        _check_vocab(self.rule, self.stop_tokens, scores.shape[1])
-        out = ops(scores).copy(scores)
-        out[:, list(self.stop_tokens)] = NEG_INF
-        return out
+        return self.apply_inplace(step, ops(scores).copy(scores))
+
+    def apply_inplace(self, step: int, scores: Any) -> Any:
+        """:meth:`apply` written into ``scores`` (an array the caller owns)."""
+        if step < self.min_new_tokens and self.stop_tokens:
+            _check_vocab(self.rule, self.stop_tokens, scores.shape[1])
+            scores[:, list(self.stop_tokens)] = NEG_INF
+        return scores
 
     def apply_steps(self, steps: np.ndarray, scores: Any) -> Any:
         rows = np.flatnonzero(np.asarray(steps) < self.min_new_tokens)

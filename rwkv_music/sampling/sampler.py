@@ -20,12 +20,13 @@ only the maximum (and exact ties) stays finite, and the draw picks among them.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import numpy as np
 
 from rwkv_music.sampling.arrays import on_accelerator, ops
-from rwkv_music.sampling.base import SamplingValueError, is_torch_tensor, to_numpy
+from rwkv_music.sampling.base import Candidates, SamplingValueError, is_torch_tensor, to_numpy
 
 _M32 = 0xFFFFFFFF
 
@@ -121,14 +122,73 @@ def counter_uniforms(seed_lo: Any, seed_hi: Any, counters: Any) -> Any:
     return xp.cast(bits, "float64") / 9007199254740992.0
 
 
+def _mix32_u64(x: np.ndarray) -> np.ndarray:
+    """:func:`_mix32` on numpy uint64 values below 2**32: a product below 2**64 is exact, so one multiply
+    and a mask give the low 32 bits that :func:`_mul32` builds from 16-bit halves."""
+    x = x ^ (x >> np.uint64(16))
+    x = (x * np.uint64(0x7FEB352D)) & np.uint64(_M32)
+    x = x ^ (x >> np.uint64(15))
+    x = (x * np.uint64(0x846CA68B)) & np.uint64(_M32)
+    return x ^ (x >> np.uint64(16))
+
+
+def _mix32_int(x: int) -> int:
+    """:func:`_mix32` of a Python int (exact big-int products, so no 16-bit halves)."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+def _keys_u64(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return _mix32_u64(lo ^ _mix32_u64(hi ^ np.uint64(0x9E3779B9)))
+
+
+def _uniforms_u64(key: np.ndarray, counters: np.ndarray) -> np.ndarray:
+    """:func:`counter_uniforms` from the rows' keys, in uint64 numpy (the same bits)."""
+    m32 = np.uint64(_M32)
+    if counters.size and (counters == counters[0]).all():  # rows in lockstep (a batch list): hash the one counter once
+        c = int(counters[0])
+        inner = np.uint64(_mix32_int((c & _M32) ^ _mix32_int((c >> 32) ^ 0x85EBCA6B)))
+    else:
+        inner = _mix32_u64((counters & m32) ^ _mix32_u64((counters >> np.uint64(32)) ^ np.uint64(0x85EBCA6B)))
+    h1 = _mix32_u64(key ^ inner)
+    h2 = _mix32_u64(h1 ^ np.uint64(0x27D4EB2F))
+    bits = (h1 >> np.uint64(5)) * np.uint64(67108864) + (h2 >> np.uint64(6))
+    return bits.astype(np.float64) / 9007199254740992.0
+
+
+@functools.lru_cache(maxsize=8)
+def _seed_keys(seeds: tuple[int, ...]) -> np.ndarray:
+    """The rows' hash keys (read-only), kept for the next steps: a batch draws with the same seeds every step."""
+    words = np.array([seed_words(s) for s in seeds], dtype=np.uint64).reshape(-1, 2)
+    keys = _keys_u64(words[:, 0], words[:, 1])
+    keys.flags.writeable = False
+    return keys
+
+
+@functools.lru_cache(maxsize=1024)
+def _seed_key_int(seed: int) -> int:
+    """The row key :func:`counter_uniforms` derives from a seed's words, kept (a row draws with it every step)."""
+    lo, hi = seed_words(seed)
+    return _mix32_int(lo ^ _mix32_int(hi ^ 0x9E3779B9))
+
+
+def _uniform_int(key: int, counter: int) -> float:
+    """:func:`counter_uniforms` of one row, from its key (:func:`_seed_key_int`), in Python ints."""
+    h1 = _mix32_int(key ^ _mix32_int((counter & _M32) ^ _mix32_int((counter >> 32) ^ 0x85EBCA6B)))
+    h2 = _mix32_int(h1 ^ 0x27D4EB2F)
+    return ((h1 >> 5) * 67108864 + (h2 >> 6)) / 9007199254740992.0
+
+
 def row_uniforms(seeds: Sequence[int], counters: Sequence[int], like: Any = None) -> Any:
     """The uniforms of rows with these seeds at these draw counts, on ``like``'s device (numpy if None)."""
     seeds, counters = list(seeds), [int(c) for c in counters]
     if len(seeds) <= 16:  # Python ints: the same arithmetic (values stay below 2**48), far less overhead
-        u = np.array([counter_uniforms(*seed_words(s), c) for s, c in zip(seeds, counters)], dtype=np.float64)
+        u = np.array([_uniform_int(_seed_key_int(int(s)), c) for s, c in zip(seeds, counters)], dtype=np.float64)
     else:
-        words = np.array([seed_words(s) for s in seeds], dtype=np.int64).reshape(-1, 2)
-        u = counter_uniforms(words[:, 0], words[:, 1], np.asarray(counters, dtype=np.int64))
+        u = _uniforms_u64(_seed_keys(tuple(int(x) for x in seeds)), np.asarray(counters, dtype=np.uint64))
     return ops(like).asarray(u, "float64") if is_torch_tensor(like) else u
 
 
@@ -157,6 +217,34 @@ def _finite_columns(xp: Any, fin: Any) -> tuple[Any, Any] | None:
     return idx, torch.gather(fin, 1, idx)
 
 
+def _draw_candidates(cand: Candidates, uniforms: np.ndarray) -> np.ndarray:
+    """:func:`sample_batch` on :class:`Candidates`: its compacted branch (the same operations in the same
+    order on the same entries), in plain numpy calls."""
+    B, width = cand.vals.shape
+    if width == 0:
+        return np.full(B, -1, dtype=np.int64)
+    valid = np.isfinite(cand.vals)
+    if B == 1 and valid.all():  # one row, every entry finite (the usual small batch): the same, on 1-D arrays
+        vals = cand.vals[0].astype(np.float64)
+        p = np.exp(vals - vals.max())
+        cdf = np.cumsum(p)
+        j = int(np.count_nonzero(cdf <= uniforms[0] * cdf[-1]))
+        if j >= width:  # x rounded up to the total: the last id with p > 0
+            j = int(np.flatnonzero(p > 0)[-1])
+        return cand.ids[0, j : j + 1].copy()
+    vals = np.where(valid, cand.vals.astype(np.float64), -np.inf)
+    top = vals.max(axis=1, keepdims=True)
+    top[~np.isfinite(top)] = 0.0
+    p = np.where(valid, np.exp(vals - top), 0.0)
+    cdf = np.cumsum(p, axis=1)
+    x = uniforms.reshape(-1, 1) * cdf[:, -1:]
+    # the first position whose cumulative sum exceeds x has p > 0 (equal sums mean p = 0)
+    j = np.count_nonzero(cdf <= x, axis=1)
+    last = np.where(p > 0, np.arange(width)[None, :], -1).max(axis=1)  # x rounded up to the total
+    j = np.maximum(np.where(j >= width, last, j), 0)
+    return np.where(valid.any(axis=1), cand.ids[np.arange(B), j], -1)
+
+
 def sample_batch(scores: Any, uniforms: Any) -> Any:
     """One id per row of ``[B, V]`` scores with the given uniforms ``[B]``, as int64 ``[B]`` of the scores' kind.
 
@@ -168,6 +256,8 @@ def sample_batch(scores: Any, uniforms: Any) -> Any:
     >>> sample_batch(np.array([[0.0, -np.inf], [-np.inf, 5.0], [-np.inf, -np.inf]]), np.array([0.5, 0.5, 0.5]))
     array([ 0,  1, -1])
     """
+    if isinstance(scores, Candidates):  # already compacted: the same draw over the same entries in the same order
+        return _draw_candidates(scores, np.asarray(uniforms, dtype=np.float64))
     xp = ops(scores)
     B, V = scores.shape
     fin = xp.isfinite(scores)

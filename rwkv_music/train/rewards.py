@@ -16,7 +16,9 @@ returns-to-go pushes on the decisions that led there.
   spaces beyond a run of two; at the end-of-tune token a cadence score (final barline, parts of
   4/8/16 bars, last note on the tonic, as many sections as the ``S:n`` control code asks) and half
   the tonic term on the final bar's tokens; −1 on every token written after the ``S:n``-th section
-  has closed (the tune should have ended there) and on bars past 16 per section; a rollout that
+  has closed (the tune should have ended there) and on bars past 16 per section; −1 on every token
+  of an empty bar (``| |``, a line of bar lines; one barline closing a line and another opening the
+  next is one barline) and on everything after a blank line (it ends the tune); a rollout that
   never ends gets −1 on its unfinished bar.  For ``credit="local"``.
 * :func:`midi_stuck_notes_reward` — −1 at the wait token where a note has been held longer than
   ``max_hold_ms``, −1 at the end for every note still held, −0.5 for a note-off of a note that
@@ -232,6 +234,12 @@ def abc_strict_reward(ids: list[int], prefix: str = "") -> list[float]:
     stop = text.find("\0", body)
     ended = stop >= 0
     end = stop if ended else len(text)
+    blank = re.search(r"\n[ \t]*\n", text[body:end])
+    if blank is not None:  # a blank line ends an ABC tune: what follows is not part of it, and is wrong
+        cut = body + blank.start() + 1
+        for i in range(cut, end):
+            rewards[i] = -1.0
+        end = cut
     spans = _bar_spans(text, body, end)
     if not ended:  # cut by the length cap: judge complete bars only, the unfinished one is wrong
         if spans and not re.search(r"[|\]]\s*$", text[spans[-1][0]:spans[-1][1]]):
@@ -252,6 +260,13 @@ def abc_strict_reward(ids: list[int], prefix: str = "") -> list[float]:
         value = 1.0 if report.strictly_balanced else -1.0
         for i in range(music[0][0], music[-1][1]):
             rewards[i] = value
+    for k, (first, last, has_music) in enumerate(spans):  # empty bars ("| |", a line of bar lines)
+        # one barline closing a line and one opening the next, before music, is a single barline
+        continued = (text[first:last].count("\n") == 1 and text[first:last].lstrip(" ").startswith("\n")
+                     and k + 1 < len(spans) and spans[k + 1][2])
+        if not has_music and not continued:
+            for i in range(first, last):
+                rewards[i] = -1.0
     for m in re.finditer(r" {3,}", text[body:end]):
         for i in range(body + m.start() + 2, body + m.end()):
             rewards[i] = -1.0

@@ -229,6 +229,16 @@ def test_an_unknown_sampling_option_is_one_line_before_any_work() -> None:
         composer.compose_abc(max_tokens=2, top_pp=0.5)
 
 
+def test_equal_rows_share_one_recipe_and_other_rows_get_their_own() -> None:
+    from rwkv_music.compose.options import SamplingOptions
+
+    composer = Composer(FakeBackend(128), model_name="fake")
+    inputs = [None, "|:DFA|", None, "|:DFA|", "|:EGB|"]
+    recipes = composer._recipes(inputs, AbcOptions(), SamplingOptions())
+    assert recipes[0] is recipes[2] and recipes[1] is recipes[3] and recipes[4] is not recipes[1]
+    assert [r.prompt for r in recipes] == [composer.recipe(x, AbcOptions(), SamplingOptions()).prompt for x in inputs]
+
+
 def test_row_recipes_give_fresh_constraints_and_the_format_stop_ids() -> None:
     from rwkv_music.compose.options import SamplingOptions
 

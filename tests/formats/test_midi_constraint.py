@@ -307,3 +307,44 @@ def test_composed_pieces_keep_key_range_polyphony_and_release_notes_themselves(
             assert lo <= e.pitch <= hi
             assert not e.forced  # the constraint released every note before the decoder's 5 s
             assert e.end - e.start <= 4.0 + 1e-9
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"max_polyphony": 2, "max_note_seconds": 0.2, "target_seconds": 2.0},
+    {"key": "auto", "key_notes": 3, "ranges": True, "max_polyphony": 3},
+    {"key": "D", "scale_penalty": 2.0, "max_note_seconds": 0.1},
+    {"instruments": ["piano"], "drums": True, "pitch_range": (40, 80), "end_tokens": (0,)},
+])
+def test_the_cached_mask_equals_the_mask_rebuilt_from_scratch(kw: dict[str, Any]) -> None:
+    """process() keeps its mask between steps (issue 16); allowed() rebuilds it: the same scores, NaN and
+    +inf logits included, over streams with legal, illegal and end tokens (a row that starts again)."""
+    rng = np.random.default_rng(len(kw))
+    for _ in range(3):
+        rows = int(rng.integers(1, 6))
+        c = MidiConstraint(**kw)
+        c.reset([[0, note_token(8, 60, 9), wait_token(50)] if r % 2 else [0] for r in range(rows)])
+        forced_seen = 0
+        for step in range(120):
+            scores = (rng.standard_normal((rows, VOCAB_SIZE)) * 3).astype(np.float32)
+            if step % 17 == 0:
+                scores[0, rng.integers(0, VOCAB_SIZE, 50)] = np.nan
+                scores[-1, rng.integers(0, VOCAB_SIZE, 50)] = np.inf
+            want = np.where(c.allowed(), scores, np.float32(-np.inf))
+            if "scale_penalty" in kw:
+                notes = want[:, 128:].reshape(rows, -1, 12)
+                notes[:, :, 1:] -= (~c._in_scale() * c.scale_penalty).astype(np.float32)[:, :, None]
+            for t in c.end_tokens:
+                want[:, t] += c.end_bias_now().astype(np.float32)
+            got = c(step, scores)
+            assert np.array_equal(got, want, equal_nan=True)
+            rules = c._rules()
+            forced_seen += int(rules[2].any())
+            for kept, rebuilt in zip(c._row_rules(), rules[2:]):  # the counters _advance keeps, from scratch
+                np.testing.assert_array_equal(kept, rebuilt)
+            legal_ids = [np.flatnonzero(np.isfinite(got[r])) for r in range(rows)]
+            draw = rng.random(rows)
+            c.update([int(rng.choice(ids)) if d > 0.04 else (0 if d < 0.01 else int(rng.integers(3, VOCAB_SIZE)))
+                      for ids, d in zip(legal_ids, draw)])
+        if "max_note_seconds" in kw:
+            assert forced_seen  # the forced-release path was exercised

@@ -178,8 +178,9 @@ def _table_for(config: AbcGrammarConfig, eos_id: int) -> _Table:
 
 @functools.lru_cache(maxsize=8)
 def _tolerant_grammar(config: AbcGrammarConfig) -> AbcGrammar:
-    """The grammar of ``config`` with the section rule for short bars (reading callers' prompts only)."""
-    return AbcGrammar(dataclasses.replace(config, short_bars="sections"))
+    """The grammar of ``config`` with the section rule for short bars and empty bars allowed (reading
+    callers' prompts only: ``:| |:`` is common in human tunes)."""
+    return AbcGrammar(dataclasses.replace(config, short_bars="sections", empty_bars=True))
 
 
 class AbcConstraint(LogitsProcessor):
@@ -455,7 +456,25 @@ class AbcConstraint(LogitsProcessor):
             if not ok.all():
                 bad = int(rows[np.flatnonzero(~ok)[0]])
                 self._reject(bad, int(toks[bad]))
-        for row in np.flatnonzero(live):
+        slow = live & planned
+        if free.any():  # free rows whose successor the table already knows: one gather, no Python per row
+            rows = np.flatnonzero(free)
+            t = toks[rows]
+            ends = t == self.eos_id
+            nxt = table.trans[self._ids[rows], t]
+            known = ends | (nxt != _UNKNOWN)
+            rows, t, ends, nxt = rows[known], t[known], ends[known], nxt[known]
+            table.hits += int((~ends).sum())
+            self._counts[rows] += 1
+            self._ids[rows] = np.where(ends, -1, nxt)  # (free rows are not forced: _forced stays None)
+            slow |= free
+            slow[rows] = False
+            if self.max_new_tokens is not None:  # near the cap: the same check as _advance
+                left = self.max_new_tokens - self._counts[rows]
+                near = rows[~ends & ((left <= self._zones[rows]) | ~table.body[np.maximum(nxt, 0)])]
+                for row in near:
+                    self._check_room(int(row))
+        for row in np.flatnonzero(slow):  # planned rows, and free rows that reach a state for the first time
             row = int(row)
             t = int(toks[row])
             path = None
@@ -477,11 +496,15 @@ class AbcConstraint(LogitsProcessor):
         self._is_forced[row] = path is not None
         if path is None and self.max_new_tokens is not None:
             left = self.max_new_tokens - int(self._counts[row])
-            state = self._table.states[nxt]
-            if left <= self._zone(row, state):
-                need = self._completion(state)
-                if need is None or len(need) + 1 > left:  # SLACK was too small: cannot happen
-                    log.warning("%s: row %d needs more than the %d tokens left to end", self.rule, row, left)
+            if left <= self._zone(row, self._table.states[nxt]):
+                self._check_room(row)
+
+    def _check_room(self, row: int) -> None:
+        """Warn if a free row's shortest ending no longer fits the tokens left (SLACK keeps it from happening)."""
+        left = self.max_new_tokens - int(self._counts[row])
+        need = self._completion(self._table.states[int(self._ids[row])])
+        if need is None or len(need) + 1 > left:
+            log.warning("%s: row %d needs more than the %d tokens left to end", self.rule, row, left)
 
     # -- queries ------------------------------------------------------------------------------
     def min_bytes_to_end(self, row: int) -> int:

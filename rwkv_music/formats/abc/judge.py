@@ -15,6 +15,11 @@ involved must hold at least two full bars, so ``d2d2||fefe||`` is two wrong bars
 Overfull bars are never allowed.  A multi-bar rest ``Zn`` is n full bars.  Sections end at
 ``||``, ``|]``, ``[|``, repeat signs and the end of the tune;
 ``[1``/``[2`` (or ``|1``/``:|2``) start endings, whose last bars may each complete the pickup.
+Whitespace exempts nothing either: an empty bar (``| |``, a plain barline next to another barline
+on the same line with nothing between) and a line of nothing but plain barlines count against the
+tune, and so does any music after a blank line (ABC 2.1 section 2.2: a blank line ends the tune).
+A barline closing one line and another opening the next (``...|\n| ...``) is one barline, a common
+way of writing tunes (O'Neill's collection, for one).
 
 Durations follow the ABC 2.1 standard (abcnotation.com/wiki/abc:standard:v2.1, section 4):
 note length multipliers (``3``, ``/``, ``//``, ``3/2``), broken rhythm (``>`` = 3/2 then 1/2,
@@ -82,11 +87,15 @@ class TuneReport:
     tonic_pitch_class: int | None  # pitch class of K:'s tonic, None for K:none or a bagpipe key
     bar_list: tuple[Bar, ...] = field(default=(), repr=False)
     problems: tuple[str, ...] = ()  # one line per unbalanced bar or unreadable construct
+    empty_bars: int = 0  # "| |" on a line, and lines of nothing but plain barlines
+    lines_after_end: int = 0  # non-blank body lines after a blank line (the tune ended there)
 
     @property
     def strictly_balanced(self) -> bool:
-        """Metered, has bars, and every bar keeps the metre (pickup pairs excepted)."""
-        return self.metered and self.bars > 0 and not self.unbalanced
+        """Metered, has bars, every bar keeps the metre (pickup pairs excepted), no empty bars,
+        nothing after the tune's end."""
+        return (self.metered and self.bars > 0 and not self.unbalanced and not self.empty_bars
+                and not self.lines_after_end)
 
     @property
     def ends_on_tonic(self) -> bool:
@@ -197,6 +206,7 @@ class _Scanner:
         self.problems: list[str] = []
         self.max_space_run = 0
         self.lines_with_bars: list[int] = []
+        self.empty_bars = 0
 
     # -- events ---------------------------------------------------------------------------
     def event(self, duration: Fraction) -> None:
@@ -259,6 +269,9 @@ class _Scanner:
         if line.strip():
             self.max_space_run = max(self.max_space_run, 1 if " " in line.strip() else 0)
         bars_before = len(self.bars)
+        previous_barline = ""  # the last barline on this line, while no music has followed it
+        plain_only = True  # every barline on this line so far is a plain "|"
+        music = False
         i, n = 0, len(line)
         while i < n:
             ch = line[i]
@@ -303,7 +316,14 @@ class _Scanner:
                     self.problems.append(f"unreadable {ch!r} in {line.strip()[:40]!r}")
                     i += 1
                 else:
+                    symbol = m.group(0).strip()
+                    if previous_barline and not self.has_music and "|" in (previous_barline, symbol):
+                        self.empty_bars += 1
+                        self.problems.append(f"empty bar {previous_barline} {symbol} in {line.strip()[:40]!r}")
+                    plain_only &= symbol == "|"
+                    music |= self.has_music
                     self.barline(m.group(0))
+                    previous_barline = symbol
                     i = m.end()
             elif ch in _DECORATION_CHARS:
                 i += 1
@@ -320,10 +340,15 @@ class _Scanner:
                 m = _MULTI_REST.match(line, i)
                 if m is not None:
                     self.multi_rest(int(m.group(2) or 1))
+                    previous_barline, music = "", True  # the rest is the bar's music
                     i = m.end()
                     continue
                 self.problems.append(f"unreadable {ch!r} in {line.strip()[:40]!r}")
                 i += 1
+        music |= self.has_music or len(self.bars) > bars_before
+        if not music and previous_barline and plain_only:
+            self.empty_bars += 1
+            self.problems.append(f"a line of bar lines only: {line.strip()[:40]!r}")
         self.lines_with_bars.append(len(self.bars) - bars_before)
 
     def chord(self, line: str, i: int) -> int:
@@ -397,9 +422,17 @@ def judge_tune(text: str) -> TuneReport:
     tonic, signature = key_signature(header.get("K", ""))
     first_bar = bar
     scanner = _Scanner(unit, bar, meter_text, signature)
+    blank = False  # a blank line after music: the tune ended there (ABC 2.1 section 2.2)
+    after_end = 0
     for raw in body:
         line = raw.split("%", 1)[0].rstrip()
         stripped = line.strip()
+        if not raw.strip():
+            blank = blank or bool(scanner.bars) or scanner.has_music
+            continue
+        if blank:
+            after_end += 1
+            continue
         if not stripped:
             continue
         m = _FIELD_LINE.match(stripped)
@@ -429,7 +462,9 @@ def judge_tune(text: str) -> TuneReport:
         final_pitch_class=scanner.final_pc,
         tonic_pitch_class=tonic,
         bar_list=tuple(bars),
-        problems=tuple(problems + scanner.problems),
+        problems=tuple(problems + scanner.problems + ([f"{after_end} lines after a blank line"] if after_end else [])),
+        empty_bars=scanner.empty_bars,
+        lines_after_end=after_end,
     )
 
 

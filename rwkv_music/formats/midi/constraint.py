@@ -228,10 +228,26 @@ class MidiConstraint(LogitsProcessor):
             )
         self._pitched = np.concatenate([np.full(N_PITCH, b not in DRUM_BINS) for b in range(N_BINS)])  # [N_KEYS]
         self._key_pc = np.tile(np.arange(N_PITCH) % 12, N_BINS)  # [N_KEYS] pitch class of each key
+        self._auto_key = self.key is not None and self.key.lower() == "auto"
+        self._scale_masks = self.key is not None and math.isinf(self.scale_penalty)  # else: penalised
+        # The first 128 template columns (specials and waits) for each (end_ok, wait limit 0..MAX_WAIT),
+        # row end_ok * (MAX_WAIT + 1) + limit: one gather per step writes them.
+        head = np.zeros((2, MAX_WAIT + 1, NOTE_BASE), dtype=bool)
+        head[:, :, WAIT_FIRST:] = np.arange(1, MAX_WAIT + 1)[None, :] <= np.arange(MAX_WAIT + 1)[:, None]
+        head[1, :, list(self.end_tokens)] = True
+        self._heads = np.where(head, np.float32(np.nan), np.float32(-np.inf)).reshape(-1, NOTE_BASE)
         self._scale = np.ones((0, 12), dtype=bool)  # per row: pitch classes a pitched note may start on
-        self._pc_counts = np.zeros((0, 12), dtype=np.int64)  # per row: pitched note-ons so far (key "auto")
+        self._pc_counts = np.zeros((0, 12), dtype=np.int64)  # per row: pitched note-ons until the key settles
+        self._settled: set[int] = set()  # rows whose "auto" key is settled
         self._start = np.zeros((0, N_KEYS), dtype=np.int64)  # tick a sounding note began, -1 = silent
         self._time = np.zeros(0, dtype=np.int64)  # ticks since the piece began
+        # kept by _advance so that a step needs no [B, N_KEYS] pass (_row_rules):
+        self._n_sounding = np.zeros(0, dtype=np.int64)  # notes sounding per row
+        self._earliest = np.zeros(0, dtype=np.int64)  # start of the longest-held sounding note, -1 = none
+        self._tmpl: np.ndarray | None = None  # [B, V] float32 mask cache (_template), None = rebuild
+        self._tmpl_rows: set[int] = set()  # rows whose note cells must all be rewritten
+        self._tmpl_keys: list[tuple[int, int]] = []  # (row, key) cells whose note changed
+        self._tmpl_can_on = self._tmpl_forced = np.zeros(0, dtype=bool)  # per row: the flags the cache was written with
 
     @classmethod
     def piano_only(cls, **kwargs: object) -> "MidiConstraint":
@@ -242,10 +258,14 @@ class MidiConstraint(LogitsProcessor):
     def reset(self, prompts: Sequence[Sequence[int]]) -> None:
         self._start = np.full((len(prompts), N_KEYS), -1, dtype=np.int64)
         self._time = np.zeros(len(prompts), dtype=np.int64)
+        self._n_sounding = np.zeros(len(prompts), dtype=np.int64)
+        self._earliest = np.full(len(prompts), -1, dtype=np.int64)
         self._scale = np.ones((len(prompts), 12), dtype=bool)
         if self._fixed_scale is not None:
             self._scale[:] = self._fixed_scale
         self._pc_counts = np.zeros((len(prompts), 12), dtype=np.int64)
+        self._settled = set()
+        self._tmpl = None
         for row, prompt in enumerate(prompts):
             for t in prompt:
                 self._advance(row, int(t), where="prompt")
@@ -262,36 +282,62 @@ class MidiConstraint(LogitsProcessor):
                 f"{self.rule}: {where} token {t} in row {row} is outside the MIDI vocabulary (0..{VOCAB_SIZE - 1})"
             )
         if t < WAIT_FIRST:  # <pad>, <start>, <end>: a new piece begins
-            self._start[row] = -1
-            self._time[row] = 0
+            if self._time[row] or self._n_sounding[row]:  # (finished rows get <pad> every step)
+                self._tmpl_rows.add(row)
+                self._start[row] = -1
+                self._time[row] = self._n_sounding[row] = 0
+                self._earliest[row] = -1
         elif t < NOTE_BASE:
             self._time[row] += t - WAIT_FIRST + 1
         else:
             key, vel = divmod(t - NOTE_BASE, N_VEL)
             # note-on of a sounding note restarts it (the decoder re-triggers, C4); orphan offs in a prompt are ignored
-            self._start[row, key] = self._time[row] if vel else -1
-            if vel and self._pitched[key] and self.key is not None and self.key.lower() == "auto":
+            starts = self._start[row]
+            was = int(starts[key])
+            now = int(self._time[row]) if vel else -1
+            starts[key] = now
+            if was < 0:
+                if now >= 0:
+                    self._n_sounding[row] += 1
+                    if self._earliest[row] < 0:
+                        self._earliest[row] = now
+            else:
+                if now < 0:
+                    self._n_sounding[row] -= 1
+                if was == self._earliest[row]:  # the longest-held note ended or restarted
+                    self._earliest[row] = starts[starts >= 0].min() if self._n_sounding[row] else -1
+            self._tmpl_keys.append((row, key))
+            if vel and self._auto_key and row not in self._settled and self._pitched[key]:
                 counts = self._pc_counts[row]
                 counts[self._key_pc[key]] += 1
                 if counts.sum() == self.key_notes:  # enough notes heard: keep the piece in their key
                     _, tonic = best_diatonic_scale(np.repeat(np.arange(12), counts))
                     self._scale[row] = _scale_row(scale_pitch_classes(tonic))
+                    self._settled.add(row)
+                    self._tmpl_rows.add(row)
 
     # -- masking -------------------------------------------------------------------------
-    def allowed(self) -> np.ndarray:
-        """Boolean ``[B, 20096]`` mask of the legal tokens for every row in the current state."""
+    def _rules(self) -> tuple[np.ndarray, ...]:
+        """Per row, this step: ``sounding`` and ``overdue`` ``[B, N_KEYS]``, ``forced``, ``wait_limit``,
+        ``can_on`` and ``end_ok`` ``[B]`` (the rules of the class docstring)."""
         n_rows = len(self._time)
         time = self._time
         sounding = self._start >= 0
-        n_sounding = sounding.sum(axis=1)
+        n_sounding = np.count_nonzero(sounding, axis=1)
         wait_limit = np.full(n_rows, MAX_WAIT, dtype=np.int64)
         overdue = np.zeros_like(sounding)
+        forced = np.zeros(n_rows, dtype=bool)
         if self.max_note_ticks is not None:
-            held = np.where(sounding, time[:, None] - self._start, -1)
-            overdue = held >= self.max_note_ticks
-            room = self.max_note_ticks - held.max(axis=1, initial=-1)
+            # the longest-held note began first: held.max() is time - the earliest start (-1 if none sounds)
+            never = np.iinfo(np.int64).max
+            earliest = np.where(sounding, self._start, never).min(axis=1, initial=never)
+            longest = np.where(n_sounding > 0, time - earliest, -1)
+            forced = longest >= self.max_note_ticks  # some note is overdue
+            if forced.any():
+                rows = np.flatnonzero(forced)
+                overdue[rows] = sounding[rows] & (time[rows, None] - self._start[rows] >= self.max_note_ticks)
+            room = self.max_note_ticks - longest
             wait_limit = np.where(n_sounding > 0, np.minimum(wait_limit, room), wait_limit)
-        forced = overdue.any(axis=1)
         can_on = ~forced
         end_ok = n_sounding == 0
         if self.max_polyphony is not None:
@@ -301,17 +347,108 @@ class MidiConstraint(LogitsProcessor):
             can_on &= time < self.target_ticks
             end_ok &= time >= self.min_end
         wait_limit[forced] = 0
+        return sounding, overdue, forced, wait_limit, can_on, end_ok
 
+    def allowed(self) -> np.ndarray:
+        """Boolean ``[B, 20096]`` mask of the legal tokens for every row in the current state.
+
+        Built from scratch each call: the reference for the cached mask :meth:`process` applies.
+        """
+        sounding, overdue, forced, wait_limit, can_on, end_ok = self._rules()
+        n_rows = len(self._time)
         mask = np.zeros((n_rows, VOCAB_SIZE), dtype=bool)
         mask[:, WAIT_FIRST:NOTE_BASE] = np.arange(1, MAX_WAIT + 1)[None, :] <= wait_limit[:, None]
         notes = mask[:, NOTE_BASE:].reshape(n_rows, N_KEYS, N_VEL)  # a view into mask
         notes[:, :, 0] = np.where(forced[:, None], overdue, sounding)
         start_ok = self._can_start[None, :] & ~sounding & can_on[:, None]
-        if self.key is not None and math.isinf(self.scale_penalty):
+        if self._scale_masks:
             start_ok &= self._in_scale()
         notes[:, :, 1:] = start_ok[:, :, None]
         mask[:, list(self.end_tokens)] = end_ok[:, None]
         return mask
+
+    def _row_rules(self) -> tuple[np.ndarray, ...]:
+        """``forced``, ``wait_limit``, ``can_on`` and ``end_ok`` ``[B]`` as :meth:`_rules` gives them, from the
+        per-row counters :meth:`_advance` keeps (no pass over the ``[B, N_KEYS]`` note table)."""
+        time, n_sounding = self._time, self._n_sounding
+        any_on = n_sounding > 0
+        end_ok = ~any_on
+        if self.max_note_ticks is not None:
+            longest = np.where(any_on, time - self._earliest, -1)  # ticks the longest-held note has sounded
+            forced = longest >= self.max_note_ticks
+            wait_limit = np.where(any_on, np.minimum(MAX_WAIT, self.max_note_ticks - longest), MAX_WAIT)
+        else:
+            forced = np.zeros(len(time), dtype=bool)
+            wait_limit = np.full(len(time), MAX_WAIT, dtype=np.int64)
+        can_on = ~forced
+        if self.max_polyphony is not None:
+            can_on &= n_sounding < self.max_polyphony
+        if self.target_ticks is not None:
+            wait_limit = np.minimum(wait_limit, self.max_end - time)
+            can_on &= time < self.target_ticks
+            end_ok &= time >= self.min_end
+        wait_limit[forced] = 0
+        return forced, wait_limit, can_on, end_ok
+
+    def _template(self) -> np.ndarray:
+        """``[B, 20096]`` float32: NaN where :meth:`allowed` is True, -inf where it is False.
+
+        ``np.fmin(scores, template)`` is then ``np.where(allowed, scores, -inf)`` for every score (NaN
+        included: fmin returns the other operand of a NaN), in one branch-free pass instead of a masked
+        write.  The cache is kept between steps: the first 128 columns (specials and waits) are written
+        every step; a note's 12 cells when it starts or ends; a row's note cells all when the row starts a
+        piece, settles its key, or its ``can_on`` / ``forced`` flags change (and every step while forced,
+        since the note-offs then follow the overdue notes).
+        """
+        forced, wait_limit, can_on, end_ok = self._row_rules()
+        n_rows = len(self._time)
+        tmpl = self._tmpl
+        if tmpl is None or tmpl.shape[0] != n_rows:
+            tmpl = self._tmpl = np.empty((n_rows, VOCAB_SIZE), dtype=np.float32)
+            full = np.arange(n_rows)
+        else:
+            changed = (can_on != self._tmpl_can_on) | forced | self._tmpl_forced
+            if self._tmpl_rows:
+                changed[list(self._tmpl_rows)] = True
+            full = np.flatnonzero(changed)
+        tmpl[:, :NOTE_BASE] = self._heads[end_ok * (MAX_WAIT + 1) + np.maximum(wait_limit, 0)]
+        notes = np.reshape(tmpl[:, NOTE_BASE:], (n_rows, N_KEYS, N_VEL), copy=False)
+        yes, no = np.float32(np.nan), np.float32(-np.inf)
+        cells = self._tmpl_keys
+        if full.size:
+            starts = self._start[full]
+            sounding = starts >= 0
+            off_ok = sounding
+            if forced[full].any():  # only the overdue notes may end
+                late = (self._time[full, None] - starts >= self.max_note_ticks) | ~forced[full, None]
+                off_ok = sounding & late
+            start_ok = self._can_start[None, :] & ~sounding & can_on[full, None]
+            if self._scale_masks:
+                start_ok &= self._scale[full][:, self._key_pc] | ~self._pitched[None, :]
+            notes[full, :, 0] = np.where(off_ok, yes, no)
+            notes[full, :, 1:] = np.where(start_ok, yes, no)[:, :, None]
+            done = set(full.tolist())
+            cells = [(r, k) for r, k in cells if r not in done]
+        # (a cell's row is not forced here: a forced row is rewritten in full)
+        if len(cells) <= 4:  # the usual step at a small batch: a few cells, as scalars (no array calls)
+            for r, k in cells:
+                on = self._start[r, k] >= 0
+                ok = not on and self._can_start[k] and can_on[r] and (
+                    not self._scale_masks or self._scale[r, self._key_pc[k]] or not self._pitched[k])
+                notes[r, k, 0] = yes if on else no
+                notes[r, k, 1:] = yes if ok else no
+        else:
+            rows, keys = np.array(cells, dtype=np.int64).T
+            on = self._start[rows, keys] >= 0
+            start_ok = self._can_start[keys] & ~on & can_on[rows]
+            if self._scale_masks:
+                start_ok &= self._scale[rows, self._key_pc[keys]] | ~self._pitched[keys]
+            notes[rows, keys, 0] = np.where(on, yes, no)
+            notes[rows, keys, 1:] = np.where(start_ok, yes, no)[:, None]
+        self._tmpl_rows.clear()
+        self._tmpl_keys.clear()
+        self._tmpl_can_on, self._tmpl_forced = can_on, forced
+        return tmpl
 
     def _in_scale(self) -> np.ndarray:
         """``[B, N_KEYS]``: the key's pitch class is in the row's scale, or the key is a drum."""
@@ -325,19 +462,27 @@ class MidiConstraint(LogitsProcessor):
         return self.end_bias * np.clip((self._time - self.min_end) / span, 0.0, 1.0)
 
     def process(self, step: int, scores: np.ndarray) -> np.ndarray:
+        return self.apply_inplace(step, np.array(scores, dtype=scores.dtype))
+
+    def apply_inplace(self, step: int, scores: np.ndarray) -> np.ndarray:
+        """:meth:`process` written into ``scores`` (a numpy array the caller owns); returns it.
+
+        Equal to ``np.where(self.allowed(), scores, -inf)`` followed by the scale penalty and the end bias.
+        """
         if scores.shape != (len(self._time), VOCAB_SIZE):
             raise SamplingValueError(
                 f"{self.rule}: scores have shape {scores.shape}, expected ({len(self._time)}, {VOCAB_SIZE}) "
                 "(batch from reset(), MIDI vocabulary)"
             )
-        out = np.where(self.allowed(), scores, np.array(-np.inf, dtype=scores.dtype))
-        if self.key is not None and not math.isinf(self.scale_penalty):  # out-of-key note-ons: penalised
+        out = np.fmin(scores, self._template(), out=scores)
+        if self.key is not None and not self._scale_masks:  # out-of-key note-ons: penalised
             off_key = ~self._in_scale()  # [B, N_KEYS]
-            notes = out[:, NOTE_BASE:].reshape(len(self._time), N_KEYS, N_VEL)
+            notes = np.reshape(out[:, NOTE_BASE:], (len(self._time), N_KEYS, N_VEL), copy=False)
             notes[:, :, 1:] -= (off_key * self.scale_penalty).astype(scores.dtype)[:, :, None]
-        bias = self.end_bias_now().astype(scores.dtype)
-        for t in self.end_tokens:
-            out[:, t] += bias
+        if self.target_ticks is not None:  # (without a target the end bias is 0)
+            bias = self.end_bias_now().astype(scores.dtype)
+            for t in self.end_tokens:
+                out[:, t] += bias
         return out
 
 

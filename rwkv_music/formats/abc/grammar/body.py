@@ -101,6 +101,10 @@ class BodyRules:
             if s.line_start or s.spaces >= self.config.max_spaces:
                 return None
             s = s.replace(spaces=s.spaces + 1)
+        if s.line_start and not self.lenient:
+            # leading spaces keep the line "at its start", so a line of spaces alone cannot end:
+            # a whitespace-only line reads as a blank line, and a blank line ends an ABC tune
+            return s.replace(after_note=False, last=ZERO, no_left=False)
         return (
             s.replace(after_note=False, last=ZERO, no_left=False, line_start=False)
             if (s.after_note or s.line_start)
@@ -112,6 +116,8 @@ class BodyRules:
 
     def _newline(self, s: AbcState, c: str) -> AbcState | None:
         if (s.line_start and not self.lenient) or s.need_note:
+            return None
+        if s.lbar == 2:  # a line of bar lines only (lbar stays 0 where empty bars are allowed)
             return None
         if s.tuplet is not None and not self.lenient:
             return None
@@ -145,6 +151,10 @@ class BodyRules:
 
     # -- notes and rests ------------------------------------------------------------------------
     def _note_start(self, s: AbcState, c: str) -> AbcState | None:
+        t = self._begin_note(s, c)
+        return t.replace(lbar=0) if t is not None and t.lbar else t  # music on the line
+
+    def _begin_note(self, s: AbcState, c: str) -> AbcState | None:
         if c == "[":
             return self.groups.open_bracket(s, c)
         if c in ACCIDENTALS and (self.config.key_scale_only or self.timing.cadence_bar(s)):

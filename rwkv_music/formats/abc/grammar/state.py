@@ -80,6 +80,9 @@ class AbcGrammarConfig:
             marks; an accidental may move it by up to two semitones).
         meter, unit, key: if given, the only ``M:``/``L:``/``K:`` value allowed, and the header
             must state it (body changes of that field are then not allowed).
+        empty_bars: allow an empty bar on a line (``| |``, ``[||``) and a line of bar lines only.
+            Off by default: the output could fill bars and lines with bar lines instead of music.
+            A bar line closing one line and another opening the next is one bar line either way.
         lenient: read human tunes: see :meth:`human`.  Not for generation: lenient tunes may
             dead-end, and music21 mis-reads some lenient constructs.
     """
@@ -123,6 +126,7 @@ class AbcGrammarConfig:
     meter: str | None = None
     unit: str | None = None
     key: str | None = None
+    empty_bars: bool = False
     lenient: bool = False
 
     def __post_init__(self) -> None:
@@ -283,6 +287,7 @@ class AbcState(NamedTuple):
     tonic: str = ""  # form + cadence: the letter of K:'s tonic ('' if none)
     ton: bool = False  # form + cadence: the note being read is the tonic
     on_tonic: bool = False  # form + cadence: the last note written was the tonic
+    lbar: int = 0  # bar lines on this line since its last music: 0 none, 1 after music, 2 on a line with none
 
     def replace(self, **changes: Any) -> "AbcState":
         """A copy with some fields changed."""
@@ -291,7 +296,8 @@ class AbcState(NamedTuple):
 
 def body_line(s: AbcState) -> AbcState:
     """A new body line starts (after a newline, a field line or a continuation)."""
-    return s.replace(mode="idle", buf="", field="", line_start=True, after_note=False, last=ZERO, no_left=False)
+    return s.replace(mode="idle", buf="", field="", line_start=True, after_note=False, last=ZERO, no_left=False,
+                     lbar=0)
 
 
 __all__ = ["AbcGrammarConfig", "AbcState", "BODY", "CONTROL", "HEADER", "ZERO", "body_line"]

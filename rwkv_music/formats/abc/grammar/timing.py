@@ -87,6 +87,7 @@ class BarTiming:
         self.pair_short_bars = config.pair_short_bars
         self.min_full_bars = config.min_full_bars
         self.form = config.form
+        self.empty_bars = config.empty_bars or config.lenient
         self.cadence = config.form and config.cadence
         self.bars_per_line = config.bars_per_line
         self.allow_pickup = config.pickup
@@ -410,6 +411,15 @@ class BarTiming:
         return self.close_bar(s, s.buf) if self.bars.is_complete(s.buf) else None
 
     def close_bar(self, s: AbcState, text: str) -> AbcState | None:
+        """:meth:`_close_bar`, and no empty bar on a line (``| |``) unless ``config.empty_bars``."""
+        if not self.empty_bars and not s.bar_notes and s.lbar:
+            return None
+        t = self._close_bar(s, text)
+        if t is None or self.empty_bars:
+            return t
+        return t.replace(lbar=2 if not s.bar_notes else 1)  # (lbar is 0 here)
+
+    def _close_bar(self, s: AbcState, text: str) -> AbcState | None:
         """A bar line ``text`` ends the current bar; ``None`` if the bar may not end here.
 
         A bar with no notes ends silently (``|`` then ``|:`` is one boundary).  A full bar may
