@@ -338,15 +338,7 @@ class MidiConstraint(LogitsProcessor):
                 overdue[rows] = sounding[rows] & (time[rows, None] - self._start[rows] >= self.max_note_ticks)
             room = self.max_note_ticks - longest
             wait_limit = np.where(n_sounding > 0, np.minimum(wait_limit, room), wait_limit)
-        can_on = ~forced
-        end_ok = n_sounding == 0
-        if self.max_polyphony is not None:
-            can_on &= n_sounding < self.max_polyphony
-        if self.target_ticks is not None:
-            wait_limit = np.minimum(wait_limit, self.max_end - time)
-            can_on &= time < self.target_ticks
-            end_ok &= time >= self.min_end
-        wait_limit[forced] = 0
+        wait_limit, can_on, end_ok = self._limits(time, n_sounding, forced, wait_limit)
         return sounding, overdue, forced, wait_limit, can_on, end_ok
 
     def allowed(self) -> np.ndarray:
@@ -372,7 +364,6 @@ class MidiConstraint(LogitsProcessor):
         per-row counters :meth:`_advance` keeps (no pass over the ``[B, N_KEYS]`` note table)."""
         time, n_sounding = self._time, self._n_sounding
         any_on = n_sounding > 0
-        end_ok = ~any_on
         if self.max_note_ticks is not None:
             longest = np.where(any_on, time - self._earliest, -1)  # ticks the longest-held note has sounded
             forced = longest >= self.max_note_ticks
@@ -380,7 +371,14 @@ class MidiConstraint(LogitsProcessor):
         else:
             forced = np.zeros(len(time), dtype=bool)
             wait_limit = np.full(len(time), MAX_WAIT, dtype=np.int64)
+        return (forced, *self._limits(time, n_sounding, forced, wait_limit))
+
+    def _limits(self, time: np.ndarray, n_sounding: np.ndarray, forced: np.ndarray,
+                wait_limit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``wait_limit``, ``can_on``, ``end_ok`` [B] from the hold rule's result: polyphony and the
+        target length (shared by :meth:`_rules` and :meth:`_row_rules`)."""
         can_on = ~forced
+        end_ok = n_sounding == 0
         if self.max_polyphony is not None:
             can_on &= n_sounding < self.max_polyphony
         if self.target_ticks is not None:
@@ -388,7 +386,7 @@ class MidiConstraint(LogitsProcessor):
             can_on &= time < self.target_ticks
             end_ok &= time >= self.min_end
         wait_limit[forced] = 0
-        return forced, wait_limit, can_on, end_ok
+        return wait_limit, can_on, end_ok
 
     def _template(self) -> np.ndarray:
         """``[B, 20096]`` float32: NaN where :meth:`allowed` is True, -inf where it is False.
