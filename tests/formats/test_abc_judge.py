@@ -159,3 +159,41 @@ def test_human_tunes_are_mostly_strictly_balanced() -> None:
     reports = [judge_tune(t.text) for t, _ in zip(corpus_tunes(("oneills1850",)), range(300))]
     rate = sum(r.strictly_balanced for r in reports) / len(reports)
     assert rate > 0.7
+
+
+# -- whitespace exempts nothing: empty bars, lines of bar lines, music after a blank line ---------
+_HEAD = "L:1/8\nM:3/4\nK:D\n"
+
+
+def test_empty_bars_and_bar_line_only_lines_are_not_balanced() -> None:
+    ok = judge_tune(_HEAD + "d2 d2 e2 | f2 f2 e2 |\n| d2 B2 G2 | A2 A2 A2 |]")  # "|\n|" is one bar line
+    assert ok.strictly_balanced and ok.empty_bars == 0
+    same_line = judge_tune(_HEAD + "d2 d2 e2 | f2 f2 e2 | | d2 B2 G2 | A2 A2 A2 |]")
+    assert not same_line.strictly_balanced and same_line.empty_bars == 1
+    only_bars = judge_tune(_HEAD + "d2 d2 e2 | f2 f2 e2 | d2 B2 G2 | A2 A2 A2 |\n|\n|\n")
+    assert not only_bars.strictly_balanced and only_bars.empty_bars == 2
+    assert judge_tune(_HEAD + "d2 d2 e2 | f2 f2 e2 :| |: d2 B2 G2 | A2 A2 A2 |]").empty_bars == 0
+
+
+def test_music_after_a_blank_line_is_not_part_of_the_tune() -> None:
+    r = judge_tune(_HEAD + "d2 d2 e2 | f2 f2 e2 |]\n\nd2 B2 G2 |")
+    assert r.lines_after_end == 1 and not r.strictly_balanced
+
+
+def test_the_grammar_writes_no_empty_bar() -> None:
+    from rwkv_music.formats.abc.grammar.machine import AbcGrammar
+
+    grammar = AbcGrammar()
+
+    def reads(text: str) -> bool:
+        state = grammar.initial()
+        for c in "S:2\n" + _HEAD + text:
+            state = grammar.step(state, c)
+            if state is None:
+                return False
+        return True
+
+    assert reads("d2 d2 e2 | f2 f2 e2 |\n| d2")
+    assert not reads("d2 d2 e2 | f2 f2 e2 | |")
+    assert not reads("d2 d2 e2 | f2 f2 e2 |\n|\n")
+    assert not reads("d2 d2 e2 | f2 f2 e2 |\n   \n")
