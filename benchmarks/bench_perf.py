@@ -44,12 +44,15 @@ QUICK_SHAPE = (2, 256)  # n_layer, n_embd of --quick
 BANDWIDTH_MB = 512  # read-bandwidth probe buffer: far beyond any L3
 DOC_START = {"abc": 2, "midi": 0}  # first token of a document (model cards: abc bos 2; midi "<pad>" 0)
 INT8_KERNELS = {"int8": None, "int8-wo": "weight_only", "int8-dyn": "dynamic"}  # None: the default (native)
-QUANTIZED = (*INT8_KERNELS, "int4")  # int4: group-wise 4-bit, the default group and kernel (issue 20)
+# int4: group-wise 4-bit, the default group and kernel, head and time mix int8 (issue 20);
+# int4-all: every layer matrix int4 (rwkv_music.model.quant.INT4_ALL_BUT_HEAD), head int8
+QUANTIZED = (*INT8_KERNELS, "int4", "int4-all")
 LABELS = {"pip": "rwkv pip fp32", "fp32": "ours fp32", "fp32-inplace": "ours fp32, `inplace=True`",
           "bf16": "ours bf16", "int8": "ours int8 (default kernel)", "int8-wo": "ours int8 (weight_only)",
-          "int8-dyn": "ours int8 (dynamic)", "int4": "ours int4 (default kernel)"}
+          "int8-dyn": "ours int8 (dynamic)", "int4": "ours int4 (default kernel)",
+          "int4-all": "ours int4, every layer matrix"}
 # fp32-inplace: fp32's model, decoded in place
-LOADABLE = ("pip", "fp32", "int8", "int8-wo", "int8-dyn", "int4", "bf16")
+LOADABLE = ("pip", "fp32", "int8", "int8-wo", "int8-dyn", "int4", "int4-all", "bf16")
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -166,6 +169,10 @@ def load_ours(impl: str, model: str) -> TorchModel:
     m = load(model)
     if impl == "int4":
         m.quantize_int4()
+    elif impl == "int4-all":
+        from rwkv_music.model.quant import INT4_ALL_BUT_HEAD
+
+        m.quantize_int4(int8_fields=INT4_ALL_BUT_HEAD)
     else:
         m.quantize_int8(INT8_KERNELS[impl])
     return m

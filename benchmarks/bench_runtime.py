@@ -21,8 +21,9 @@ so ratios compare like with like on a shared machine; peak RSS comes from one sh
 implementation.  The roofline is ``bandwidth / bytes of weights read per token``: the fastest a
 single stream can decode when it must stream every weight once per token.
 
-"ours int4" is what ``dtype="int4"`` loads: 4-bit groups of 64 with the head kept per-channel int8
-(``rwkv_music.model.quant.INT4_INT8_FIELDS``), so its agreement and speed are those of that mix, and
+"ours int4" is what ``dtype="int4"`` loads: 4-bit groups of 64 for the channel mix (FFN), with the head
+and the time mix kept per-channel int8 (``rwkv_music.model.quant.INT4_INT8_FIELDS``), so its agreement
+and speed are those of that mix; "int4-all" puts every layer matrix in int4 (head int8); both have
 its codes chosen by GPTQ on sequences the model samples itself at load (``quantize_int4``'s default
 calibration; the random checkpoints are calibrated the same way, which makes their int4 loads slow).
 
@@ -59,7 +60,7 @@ AGREE_TARGET = 0.99  # int8 top-1 agreement with fp32
 INT4_SPEEDUP_TARGET = 1.3  # int4 B=1 over our int8 B=1 (issue 20)
 INT4_AGREE_TARGET = 0.98  # int4 top-1 agreement with fp32 on the shipped models (issue 20)
 BATCH_TARGET = 20.0  # B=32 aggregate over the package's B=1
-ROW_ORDER = ("pip", "fp32", "fp32-inplace", "int8", "int8-wo", "int8-dyn", "int4", "bf16")
+ROW_ORDER = ("pip", "fp32", "fp32-inplace", "int8", "int8-wo", "int8-dyn", "int4", "int4-all", "bf16")
 
 
 # -- driver ----------------------------------------------------------------------------------
@@ -140,14 +141,14 @@ def version_table(version: str, r: dict, args: argparse.Namespace) -> list[str]:
 def agreement_table(results: dict, trained: dict | None) -> list[str]:
     lines = ["### int8 and int4 top-1 agreement with fp32 (every position of every prompt)", "",
              "| model | prompts | fp32 mean top-1 prob | int8 default kernel | int8 weight_only | int8 dynamic "
-             "| int4 |", "|---|---|---|---|---|---|---|"]
-    kinds = ("int8", "int8-wo", "int8-dyn", "int4")
+             "| int4 | int4-all |", "|---|---|---|---|---|---|---|---|"]
+    kinds = ("int8", "int8-wo", "int8-dyn", "int4", "int4-all")
     for version, r in results.items():
         lines.append(f"| random v{version} {r['shape']} | uniform random ids | {r['fp32_top1_prob']:.2f} | "
                      + " | ".join(f"{r[f'{k}_agree']:.1%}" for k in kinds) + " |")
     for mode, r in (trained or {}).items():
         if "error" in r:
-            lines.append(f"| {mode}-default | — | {r['error']} | — | — | — | — |")
+            lines.append(f"| {mode}-default | — | {r['error']} | — | — | — | — | — |")
             continue
         for name, label in (("sampled", "sampled from the fp32 model"), ("uniform", "uniform random ids")):
             lines.append(f"| {mode}-default {r['shape']} | {label} | {r[f'{name}_top1_prob']:.2f} | "
@@ -183,7 +184,8 @@ def target_table(results: dict, trained: dict | None, args: argparse.Namespace) 
             f"dynamic {r['int8-dyn_b1'] / r['fp32_b1']:.2f}x)")
         ceil4 = f"{bw / r['int4_bytes'] / r['int8_b1']:.2f}x"
         add(f"v{v} int4 B=1 ≥ {INT4_SPEEDUP_TARGET:g}x our int8 B=1", r["int4_b1"] / r["int8_b1"],
-            INT4_SPEEDUP_TARGET, "{:.2f}x", ceil4, f" (int4 over fp32 {r['int4_b1'] / r['fp32_b1']:.2f}x)")
+            INT4_SPEEDUP_TARGET, "{:.2f}x", ceil4, f" (int4 over fp32 {r['int4_b1'] / r['fp32_b1']:.2f}x; "
+            f"int4-all {r['int4-all_b1'] / r['int8_b1']:.2f}x int8)")
         add(f"v{v} random model: int8 top-1 agreement ≥ {AGREE_TARGET:.0%}", r["int8_agree"], AGREE_TARGET,
             "{:.1%}", extra=f" (weight_only {r['int8-wo_agree']:.1%}, dynamic {r['int8-dyn_agree']:.1%})")
         big = 32 if 32 in args.batches else max(args.batches)
@@ -196,7 +198,8 @@ def target_table(results: dict, trained: dict | None, args: argparse.Namespace) 
     for mode, r in (trained or {}).items():
         if "error" not in r:
             add(f"{mode}-default: int4 top-1 agreement ≥ {INT4_AGREE_TARGET:.0%} (sampled prompts)",
-                r["int4_sampled"], INT4_AGREE_TARGET, "{:.1%}", extra=f" (uniform {r['int4_uniform']:.1%})")
+                r["int4_sampled"], INT4_AGREE_TARGET, "{:.1%}", extra=f" (uniform {r['int4_uniform']:.1%}; "
+                f"int4-all {r['int4-all_sampled']:.1%})")
             add(f"{mode}-default: int8 top-1 agreement ≥ {AGREE_TARGET:.0%} (sampled prompts)", r["int8_sampled"],
                 AGREE_TARGET, "{:.1%}", extra=f" (uniform {r['int8_uniform']:.1%}; weight_only "
                 f"{r['int8-wo_sampled']:.1%}, dynamic {r['int8-dyn_sampled']:.1%})")

@@ -5,7 +5,8 @@ Usage (from the repository root)::
     python scripts/eval_strict_balance.py [MODEL.pth] [--n 12] [--seed 11] [--device cpu] [--constrained]
 
 Prints, per header (M: x L:), the share of tunes that :func:`rwkv_music.formats.abc.judge.judge_tune`
-finds strictly balanced, the share ending on the tonic and the mean length, then the overall rate.
+finds strictly balanced, the share ending on the tonic, the share with a run of more than 2 spaces,
+the share cut by the length cap (no end token) and the mean length, then the overall rates.
 Default model: the shipped ``abc-default``.
 """
 
@@ -34,7 +35,7 @@ def main() -> None:
 
     composer = Composer.load(args.model, mode="abc", device=args.device)
     print(f"{composer!r}  n={args.n} seed={args.seed} key={args.key} constrained={args.constrained}")  # noqa: T201 - a report
-    total = ok_total = 0
+    total = ok_total = tonic_total = spaces_total = cap_total = 0
     t0 = time.monotonic()
     for unit in UNITS:
         for meter in METRES:
@@ -43,12 +44,17 @@ def main() -> None:
             reports = [judge_tune(p.text) for p in pieces]
             ok = sum(r.strictly_balanced for r in reports)
             tonic = sum(r.ends_on_tonic for r in reports)
+            spaces = sum(r.max_space_run > 2 for r in reports)
+            cap = sum(p.meta.get("finish_reason") == "max_tokens" for p in pieces)
             chars = sum(len(p.text) for p in pieces) / len(pieces)
-            line = f"M:{meter:<4} L:{unit:<5} strict {ok / len(pieces):.2f}  tonic {tonic / len(pieces):.2f}"
-            print(f"{line}  chars {chars:.0f}", flush=True)  # noqa: T201 - a report
-            total += len(pieces)
-            ok_total += ok
-    print(f"overall strict {ok_total / total:.3f} ({ok_total}/{total}) in {time.monotonic() - t0:.0f}s")  # noqa: T201
+            n = len(pieces)
+            line = f"M:{meter:<4} L:{unit:<5} strict {ok / n:.2f}  tonic {tonic / n:.2f}  spaces>2 {spaces / n:.2f}"
+            print(f"{line}  cap {cap / n:.2f}  chars {chars:.0f}", flush=True)  # noqa: T201 - a report
+            total += n
+            ok_total, tonic_total, spaces_total, cap_total = (ok_total + ok, tonic_total + tonic,
+                                                              spaces_total + spaces, cap_total + cap)
+    print(f"overall strict {ok_total / total:.3f} ({ok_total}/{total}), tonic {tonic_total / total:.3f}, "  # noqa: T201
+          f"spaces>2 {spaces_total / total:.3f}, cap {cap_total / total:.3f} in {time.monotonic() - t0:.0f}s")
 
 
 if __name__ == "__main__":

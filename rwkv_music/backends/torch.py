@@ -158,7 +158,7 @@ class TorchModel:
         return count
 
     def quantize_int4(self, kernel: str | None = None, group: int | None = None, calibration: Any = "auto",
-                      sequential: bool = True) -> int:
+                      sequential: bool = True, int8_fields: tuple[str, ...] | None = None) -> int:
         """Store the big matrices as group-wise int4 (CPU); returns how many were quantized.
 
         ``kernel``: one of :data:`rwkv_music.model.quant.INT4_KERNELS` (by default the C kernel where
@@ -167,8 +167,22 @@ class TorchModel:
         (error-compensating rounding, :func:`rwkv_music.model.quant.gptq_codes_int4`); ``"auto"``
         (the default): :meth:`calibration_tokens`, sequences sampled from this model with a fixed
         seed; ``None``: every weight rounded to its nearest code.  ``sequential``: as in
-        :func:`~rwkv_music.model.quant.quantize_weights_int4`."""
-        from rwkv_music.model.quant import INT4_GROUP, CalibrationStop, quantize_weights_int4
+        :func:`~rwkv_music.model.quant.quantize_weights_int4`.  ``int8_fields``: the matrix fields kept
+        in per-channel int8 (default :data:`~rwkv_music.model.quant.INT4_INT8_FIELDS`: the head and the
+        time mix; :data:`~rwkv_music.model.quant.INT4_ALL_BUT_HEAD` for int4 in every layer matrix)."""
+        from rwkv_music.model.quant import (
+            INT4_GROUP,
+            INT4_INT8_FIELDS,
+            MATRIX_FIELDS,
+            CalibrationStop,
+            quantize_weights_int4,
+        )
+
+        int8_fields = INT4_INT8_FIELDS if int8_fields is None else tuple(int8_fields)
+        unknown = sorted(set(int8_fields) - set(MATRIX_FIELDS))
+        if unknown:
+            raise OptionError(f"int4: int8_fields names no matrix field: {', '.join(unknown)} "
+                              f"(fields: {', '.join(MATRIX_FIELDS)})")
 
         calibrate, early_stop = None, False
         if calibration is not None:
@@ -190,7 +204,7 @@ class TorchModel:
                         pass
 
         count = quantize_weights_int4(self._weights, kernel, self.native, group or INT4_GROUP,
-                                      calibrate=calibrate, sequential=sequential,
+                                      int8_fields=int8_fields, calibrate=calibrate, sequential=sequential,
                                       early_stop=early_stop)
         self.quantization = "int4"
         return count
@@ -333,7 +347,7 @@ def _pop_time_state(sd: dict[str, Any], config: RWKVConfig, device: torch.device
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = "fp32",
          threads: int | None = None, native: bool | None = None, cuda_graph: bool = True,
-         int4_calibration: Any = "auto") -> TorchModel:
+         int4_calibration: Any = "auto", int4_int8_fields: tuple[str, ...] | None = None) -> TorchModel:
     """Load a raw BlinkDL checkpoint (.pth, or .safetensors) for inference with torch.
 
     Args:
@@ -357,6 +371,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str
             :meth:`TorchModel.quantize_int4`): "auto" (GPTQ on sequences the model samples itself;
             about a second on the shipped models; at L12 D768 on one thread 103 s where nearest
             codes take 67 s), token ids [B, T] to calibrate on, or ``None`` (nearest codes).
+        int4_int8_fields: with ``dtype="int4"``, the matrices kept in int8 (``int8_fields`` of
+            :meth:`TorchModel.quantize_int4`; default the head and the time mix).
     """
     threads = check_threads(threads, "torch")
     if threads is not None:
@@ -372,7 +388,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str
     if quant == "int8":
         model.quantize_int8()
     elif quant == "int4":
-        model.quantize_int4(calibration=int4_calibration)
+        model.quantize_int4(calibration=int4_calibration, int8_fields=int4_int8_fields)
     return model
 
 

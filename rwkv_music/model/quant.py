@@ -35,7 +35,9 @@ accumulation; vpdpbusd on byte planes of the activations where the CPU has AVX51
 AVX-VNNI) or ``"dequant"`` (the fallback without a C compiler: the float matrix rebuilt per call,
 slower than fp32).  With the C kernel a batch row's numbers do not depend on the other rows.
 
-The head stays per-channel int8 (:data:`INT4_INT8_FIELDS`; ``int8_fields=()`` makes it int4 too).
+The head and the time mix's projections stay per-channel int8 (:data:`INT4_INT8_FIELDS`, so int4
+holds the channel mix: the FFN); ``int8_fields=("head",)`` (:data:`INT4_ALL_BUT_HEAD`) makes every
+layer matrix int4, ``int8_fields=()`` the head too.
 
 Which codes, scales and minimums are stored is chosen by calibration (``dtype="int4"`` does it by
 default; ``TorchModel.quantize_int4(calibration=None)`` rounds each weight to its nearest code
@@ -61,6 +63,22 @@ int4 groups of 32, head int8, nearest codes    98.3 %                 97.0 %
 int4 groups of 64, head int8, GPTQ (default)   99.2 % (99.08)         97.3 % (97.30)
 int4 groups of 32, head int8, GPTQ             98.3 % (98.50)         97.5 % (97.60)
 =============================================  =====================  =====================
+
+The default since 2026-12-05 keeps the time mix in int8 as well (int4 for the FFN only), measured on
+the shipped models of that date (the abc model is a newer fine-tune than the one in the table, and
+loses more to int4; prompt seeds 1 / mean of 1, 3, 5, 7):
+
+=============================================  =====================  =====================
+scheme (GPTQ, groups of 64)                    abc (V128)             midi (V20096)
+=============================================  =====================  =====================
+head int8, layers int4 (``INT4_ALL_BUT_HEAD``)  97.6 % (97.64)         97.3 % (97.30)
+head and rkv int8                              98.1 % (98.21)         98.0 % (98.21)
+head and output int8                           98.3 % (98.14)         97.95 % (97.62)
+head, rkv and output int8 (default)            98.8 % (98.73)         99.1 % (98.97)
+=============================================  =====================  =====================
+
+It costs decode speed: on a random v7 L12 D768 checkpoint at B=1 on one thread (another job on the
+second core) int4 ran 1.11x int8 with every layer matrix int4 and 1.06x with the default.
 
 Tried and not better: symmetric groups (64: 97.0 / 93.6 %), plain min/max grids (32: 96.8 /
 94.9 %), a clip search over 0.80-1.00 × absmax (symmetric, 32: 97.3 / 95.2 %); the int16
@@ -286,9 +304,11 @@ class Int8Matrix:
 
 INT4_KERNELS = ("native", "dequant")
 INT4_GROUP = 64  # inputs per scale/minimum; a multiple of 32 (see int4_gemm.c)
-# Matrices that dtype="int4" keeps in per-channel int8: the head is the most sensitive matrix (alone in
-# int4 it cost the shipped models 2.5-3 points of top-1 agreement with fp32: see the module docstring).
-INT4_INT8_FIELDS: tuple[str, ...] = ("head",)
+# Matrices that dtype="int4" keeps in per-channel int8: the head (alone in int4 it cost the shipped
+# models 2.5-3 points of top-1 agreement with fp32) and the time mix's projections (in, out); so int4
+# holds the channel mix (FFN), 2/3 of each layer's weights.  See the module docstring for the numbers.
+INT4_INT8_FIELDS: tuple[str, ...] = ("head", "att_kvr", "att_rkvg", "att_out", "rkvg", "rkv", "output")
+INT4_ALL_BUT_HEAD: tuple[str, ...] = ("head",)  # the all-int4 layers variant (faster, less accurate)
 INT4_BLOCK = 32  # codes are packed in blocks of 32 inputs (16 bytes)
 INT4_DAMP = 0.01  # GPTQ's damping: λ = INT4_DAMP · mean(diag H) added to H's diagonal (the paper's 1 %)
 

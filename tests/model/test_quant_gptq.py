@@ -201,10 +201,10 @@ def test_int4_load_calibrates_by_default(tmp_path: Path) -> None:
     by_hand, plain = load(path), load(path)
     by_hand.quantize_int4()
     plain.quantize_int4(calibration=None)
-    m1, m2, m3 = (x._weights.layers[1].output for x in (loaded, by_hand, plain))
+    m1, m2, m3 = (x._weights.layers[1].ffn_key for x in (loaded, by_hand, plain))  # an int4 matrix
     assert torch.equal(m1.q, m2.q) and torch.equal(m1.scale, m2.scale) and torch.equal(m1.zmin, m2.zmin)
     assert not torch.equal(m1.q, m3.q)
-    off = rwkv_music.load_model(path, dtype="int4", int4_calibration=None)._weights.layers[1].output
+    off = rwkv_music.load_model(path, dtype="int4", int4_calibration=None)._weights.layers[1].ffn_key
     assert torch.equal(off.q, m3.q) and torch.equal(off.zmin, m3.zmin)
     with pytest.raises(Exception, match="calibration"):
         load(path).quantize_int4(calibration="everything")

@@ -199,8 +199,9 @@ def test_load_model_and_composer_take_int4(tmp_path: Path) -> None:
     ref = rwkv_music.load_model(path)
     q = rwkv_music.load_model(path, dtype="int4")
     assert q.quantization == "int4" and q.compute_dtype == "int4"
-    assert isinstance(q._weights.head, Int8Matrix)  # INT4_INT8_FIELDS
-    assert isinstance(q._weights.layers[0].output, Int4Matrix)
+    assert isinstance(q._weights.head, Int8Matrix)  # INT4_INT8_FIELDS: the head and the time mix
+    assert isinstance(q._weights.layers[0].output, Int8Matrix)
+    assert isinstance(q._weights.layers[0].ffn_key, Int4Matrix)
     a, _ = ref.forward([[5, 9, 17, 33, 2]])
     b, _ = q.forward([[5, 9, 17, 33, 2]])
     # really quantized, and close (calibrated on sequences this random model samples after bos, not this prompt)
@@ -274,8 +275,9 @@ def test_int4_keeps_the_head_int8_unless_asked() -> None:
     sd = _peaked_checkpoint("7")
     model = TorchModel.from_state_dict(sd)
     n = quantize_weights_int4(model._weights, "dequant")
-    assert INT4_INT8_FIELDS == ("head",)
+    assert INT4_INT8_FIELDS[0] == "head" and {"rkv", "output", "att_kvr", "att_out"} <= set(INT4_INT8_FIELDS)
     assert isinstance(model._weights.head, Int8Matrix) and model._weights.head.kernel == "dequant"
+    assert isinstance(model._weights.layers[1].rkv, Int8Matrix)
     assert isinstance(model._weights.layers[1].ffn_key, Int4Matrix)
     every = TorchModel.from_state_dict(sd)
     assert quantize_weights_int4(every._weights, "dequant", int8_fields=()) == n
@@ -287,3 +289,33 @@ def test_int4_keeps_the_head_int8_unless_asked() -> None:
     assert err_mixed < err_all  # the int8 head errs less than the int4 one
     with pytest.raises(ValueError, match="int8_fields names no matrix field: lm_head"):
         quantize_weights_int4(TorchModel.from_state_dict(sd)._weights, "dequant", int8_fields=("lm_head",))
+
+
+@pytest.mark.parametrize("version", ["4", "5.2", "6", "7"])
+def test_int4_default_keeps_the_time_mix_int8_and_puts_the_ffn_in_int4(tmp_path: Path, version: str) -> None:
+    import rwkv_music
+    from rwkv_music.model.quant import INT4_ALL_BUT_HEAD, MATRIX_FIELDS
+
+    path = save_random_checkpoint(tmp_path / "m.pth", version, n_embd=64, head_size=32, vocab_size=128)
+    kinds = {}
+    for name, fields in (("default", None), ("all", INT4_ALL_BUT_HEAD)):
+        model = rwkv_music.load_model(path, dtype="int4", int4_calibration=None, int4_int8_fields=fields)
+        layer = model._weights.layers[0]
+        found = {f: type(getattr(obj, f)).__name__ for obj in (layer, getattr(layer, "ffn", None)) if obj is not None
+                 for f in MATRIX_FIELDS if hasattr(obj, f) and isinstance(getattr(obj, f), (Int4Matrix, Int8Matrix))}
+        kinds[name] = found
+        assert type(model._weights.head) is Int8Matrix
+    time_mix = {f for f in kinds["default"] if f in INT4_INT8_FIELDS}
+    channel_mix = set(kinds["default"]) - time_mix
+    assert time_mix and channel_mix  # every version has both kinds of matrix
+    assert all(kinds["default"][f] == "Int8Matrix" for f in time_mix)
+    assert all(kinds["default"][f] == "Int4Matrix" for f in channel_mix)
+    assert all(k == "Int4Matrix" for k in kinds["all"].values())  # INT4_ALL_BUT_HEAD: every layer matrix int4
+
+
+def test_load_refuses_unknown_int4_int8_fields(tmp_path: Path) -> None:
+    import rwkv_music
+
+    path = save_random_checkpoint(tmp_path / "m.pth", "7", n_embd=64, head_size=32, vocab_size=128)
+    with pytest.raises(OptionError, match="int8_fields names no matrix field: attention"):
+        rwkv_music.load_model(path, dtype="int4", int4_int8_fields=("attention",))
