@@ -35,27 +35,26 @@ def main() -> None:
 
     composer = Composer.load(args.model, mode="abc", device=args.device)
     print(f"{composer!r}  n={args.n} seed={args.seed} key={args.key} constrained={args.constrained}")  # noqa: T201 - a report
-    total = ok_total = tonic_total = spaces_total = cap_total = 0
+    counts = dict.fromkeys(("tunes", "strict", "tonic", "spaces>2", "cap"), 0)
     t0 = time.monotonic()
     for unit in UNITS:
         for meter in METRES:
             pieces = composer.compose_abc(n=args.n, key=args.key, meter=meter, unit=unit, seed=args.seed,
                                           constrained=args.constrained, max_tokens=args.max_tokens)
             reports = [judge_tune(p.text) for p in pieces]
-            ok = sum(r.strictly_balanced for r in reports)
-            tonic = sum(r.ends_on_tonic for r in reports)
-            spaces = sum(r.max_space_run > 2 for r in reports)
-            cap = sum(p.meta.get("finish_reason") == "max_tokens" for p in pieces)
+            found = {"tunes": len(pieces),
+                     "strict": sum(r.strictly_balanced for r in reports),
+                     "tonic": sum(r.ends_on_tonic for r in reports),
+                     "spaces>2": sum(r.max_space_run > 2 for r in reports),
+                     "cap": sum(p.meta.get("finish_reason") == "max_tokens" for p in pieces)}
             chars = sum(len(p.text) for p in pieces) / len(pieces)
-            n = len(pieces)
-            line = f"M:{meter:<4} L:{unit:<5} strict {ok / n:.2f}  tonic {tonic / n:.2f}  spaces>2 {spaces / n:.2f}"
-            print(f"{line}  cap {cap / n:.2f}  chars {chars:.0f}", flush=True)  # noqa: T201 - a report
-            total += n
-            ok_total, tonic_total, spaces_total, cap_total = (ok_total + ok, tonic_total + tonic,
-                                                              spaces_total + spaces, cap_total + cap)
-    print(f"overall strict {ok_total / total:.3f} ({ok_total}/{total}), tonic {tonic_total / total:.3f}, "  # noqa: T201
-          f"spaces>2 {spaces_total / total:.3f}, cap {cap_total / total:.3f} in {time.monotonic() - t0:.0f}s")
-
+            rates = "  ".join(f"{k} {v / found['tunes']:.2f}" for k, v in found.items() if k != "tunes")
+            print(f"M:{meter:<4} L:{unit:<5} {rates}  chars {chars:.0f}", flush=True)  # noqa: T201 - a report
+            counts = {k: counts[k] + found[k] for k in counts}
+    n = counts["tunes"]
+    rates = ", ".join(f"{k} {v / n:.3f}" for k, v in counts.items() if k not in ("tunes", "strict"))
+    print(f"overall strict {counts['strict'] / n:.3f} ({counts['strict']}/{n}), {rates} "  # noqa: T201 - a report
+          f"in {time.monotonic() - t0:.0f}s")
 
 if __name__ == "__main__":
     main()

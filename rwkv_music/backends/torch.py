@@ -170,19 +170,9 @@ class TorchModel:
         :func:`~rwkv_music.model.quant.quantize_weights_int4`.  ``int8_fields``: the matrix fields kept
         in per-channel int8 (default :data:`~rwkv_music.model.quant.INT4_INT8_FIELDS`: the head and the
         time mix; :data:`~rwkv_music.model.quant.INT4_ALL_BUT_HEAD` for int4 in every layer matrix)."""
-        from rwkv_music.model.quant import (
-            INT4_GROUP,
-            INT4_INT8_FIELDS,
-            MATRIX_FIELDS,
-            CalibrationStop,
-            quantize_weights_int4,
-        )
+        from rwkv_music.model.quant import INT4_GROUP, INT4_INT8_FIELDS, CalibrationStop, quantize_weights_int4
 
         int8_fields = INT4_INT8_FIELDS if int8_fields is None else tuple(int8_fields)
-        unknown = sorted(set(int8_fields) - set(MATRIX_FIELDS))
-        if unknown:
-            raise OptionError(f"int4: int8_fields names no matrix field: {', '.join(unknown)} "
-                              f"(fields: {', '.join(MATRIX_FIELDS)})")
 
         calibrate, early_stop = None, False
         if calibration is not None:

@@ -119,6 +119,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from rwkv_music.errors import OptionError
 from rwkv_music.model import native
 
 log = logging.getLogger(__name__)
@@ -772,7 +773,8 @@ def quantize_weights_int4(weights: Any, kernel: str | None = None, native_choice
         raise ValueError(f"int4 kernel 'native' is unavailable here: {native.status(True)}")
     unknown = sorted(set(int8_fields) - set(MATRIX_FIELDS))
     if unknown:
-        raise ValueError(f"int4: int8_fields names no matrix field: {', '.join(unknown)}")
+        raise OptionError(f"int4: int8_fields names no matrix field: {', '.join(unknown)} "
+                          f"(fields: {', '.join(MATRIX_FIELDS)})")
     slots = list(_matrix_slots(weights, "int4"))
 
     def quantize(name: str, value: torch.Tensor, layout: str, hessian: torch.Tensor | None) -> Any:
