@@ -341,6 +341,35 @@ class _Group:
     def __init__(self, procs: LogitsProcessorList, shared: bool) -> None:
         self.procs, self.shared = procs, shared
         self.rows: list[_Row] = []
+        self._scores: np.ndarray | None = None  # host_scores' buffer, kept between steps
+        self._live: set[int] = set()  # its slots that hold logits (the others are -inf)
+
+    def host_scores(self, logits: np.ndarray, batch_idx: list[int], slots: list[int]) -> np.ndarray:
+        """``[len(rows), V]`` float32: row ``slots[j]`` = ``logits[batch_idx[j]]``, the other rows -inf.
+
+        Once pieces have left a batch its logits rows no longer line up with the slots, at every step
+        from then on; one buffer per group, of which only the rows that change are written, saves
+        allocating and filling a fresh [B, V] array each time.  (Processors never write their input,
+        and nothing keeps a step's scores past the step.)
+        """
+        shape = (len(self.rows), logits.shape[1])
+        buf = self._scores
+        if buf is None or buf.shape != shape:
+            buf = self._scores = np.full(shape, NEG_INF, dtype=np.float32)
+            self._live = set()
+        live = set(slots)
+        stale = sorted(self._live - live)
+        if stale:
+            buf[stale] = NEG_INF
+        j, n = 0, len(slots)
+        while j < n:  # runs of consecutive slots fed by consecutive batch rows, as slice copies
+            e = j + 1
+            while e < n and slots[e] == slots[e - 1] + 1 and batch_idx[e] == batch_idx[e - 1] + 1:
+                e += 1
+            buf[slots[j] : slots[e - 1] + 1] = logits[batch_idx[j] : batch_idx[e - 1] + 1]
+            j = e
+        self._live = live
+        return buf
 
 
 class _Row:
@@ -602,6 +631,8 @@ class _Loop:
             scores = self.logits  # the whole batch, in slot order (processors never write their input)
         elif n_slots == 1:
             scores = self.logits[batch_idx[0] : batch_idx[0] + 1]
+        elif xp.name == "numpy":
+            scores = group.host_scores(self.logits, batch_idx, slots)
         else:
             scores = xp.full((n_slots, self.logits.shape[1]), NEG_INF, "float32")
             scores[_index(xp, slots)] = _rows(xp, self.logits, batch_idx)

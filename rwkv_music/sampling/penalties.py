@@ -175,8 +175,9 @@ class OccurrencePenalty(LogitsProcessor):
         rows = np.arange(n_rows)
         cols = self._seen_columns(self._occ.shape[1])
         if self.decay != 1.0:
-            # only seen columns hold non-zero counts (0 * decay is 0): the same values, far fewer of them
-            if cols.size * 4 < self._occ.shape[1]:
+            # only seen columns hold non-zero counts (0 * decay is 0): the same values, fewer of them; a
+            # gather and scatter costs ~20 times a dense multiply per element (measured, [32, 20096] float64)
+            if cols.size * 20 < self._occ.shape[1]:
                 self._occ[:, cols] = self._occ.take(cols, axis=1) * self.decay
             else:
                 self._occ *= self.decay
@@ -184,9 +185,12 @@ class OccurrencePenalty(LogitsProcessor):
         self._occ[rows, toks] += self._wvec[toks]
         self._seen[rows, toks] = True
         if not before.all():  # first occurrences: their ids join the seen columns
-            fresh = toks[~before]
-            # (one row: an id it had not seen is in no column yet; more rows: union1d drops repeats)
-            self._cols = np.sort(np.concatenate((cols, fresh))) if n_rows == 1 else np.union1d(cols, fresh)
+            fresh = np.unique(toks[~before])  # (few: at most one a row)
+            # insert the ids no row had seen into the ascending columns (a full union1d sorts them all again)
+            at = np.searchsorted(cols, fresh)
+            known = (at < cols.size) & (cols[np.minimum(at, max(cols.size - 1, 0))] == fresh) if cols.size else \
+                np.zeros(fresh.size, dtype=bool)
+            self._cols = np.insert(cols, at[~known], fresh[~known])
 
     def apply(self, step: int, scores: Any) -> Any:
         if not self.enabled:

@@ -8,11 +8,8 @@
   fused into one call (used by the version modules on fp32 CPU decode); ``rwkv4_wkv_prefill``:
   v4's recurrence over all tokens of a prefill (fp32 CPU).
 
-The shared library (all the files) is compiled once per machine (``-O3 -march=native -fopenmp``,
-a few seconds) into a cache folder and reused; the name of the file carries a hash of the
-sources, the flags and this CPU, so a changed source or a different machine builds a fresh
-copy.  Several processes may build at once: each writes a temporary file and renames it into
-place.
+The shared library (all the files) is compiled once per machine by :mod:`rwkv_music.native_build`
+(``-O3 -march=native -fopenmp``, a few seconds) into a cache folder and reused.
 
 Where no C compiler is found, or the build fails, :func:`int8_gemm` and :func:`kernel`
 return ``None`` and the callers fall back to torch's kernels; :func:`status` says why.
@@ -28,19 +25,15 @@ set by the torch backend around each forward), else the process default, ``RWKV_
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from rwkv_music import native_build
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +49,14 @@ SIGNATURES = {
     "rwkv5_wkv_decode": ([_I64] * 3 + [_P] * 9 + [_F32, _P, _INT], _INT),
     "rwkv7_time_mix_decode": ([_I64] * 3 + [_P] * 15 + [_F32] * 2 + [_P] * 2 + [_INT], _INT),
 }
-BUILD_TIMEOUT_S = 180
-# Tried in order: the first that compiles wins (no -march=native on compilers without it, no
-# OpenMP where the compiler lacks it: the kernel then runs on one thread).
-FLAG_SETS = (
-    ["-O3", "-march=native", "-fopenmp"],
-    ["-O3", "-march=native"],
-    ["-O3"],
-)
+FLAG_SETS = native_build.FLAG_SETS
 
 MAX_HEAD_SIZE = 256  # the stack buffers of wkv5.c / wkv7.c
 # fp32 CPU decode runs each version's one-token WKV (and the steps next to it) as one C call
 # where the kernels build; False keeps the torch ops (tests compare the two).
 FUSED_DECODE = True
 
-ENV_VAR = "RWKV_MUSIC_NATIVE"
+ENV_VAR = native_build.ENV_VAR
 
 _lock = threading.Lock()
 _loaded: dict[str, object] = {}  # "lib" → ctypes.CDLL, or "error" → str
@@ -81,7 +67,7 @@ _choice: ContextVar[bool | None] = ContextVar("rwkv_music_native", default=None)
 def env_default() -> bool:
     """The process default: on unless ``RWKV_MUSIC_NATIVE`` is 0/false/no/off (read once)."""
     if not _env_default:
-        _env_default.append(os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off"))
+        _env_default.append(native_build.env_enabled())
     return _env_default[0]
 
 
@@ -108,34 +94,9 @@ class choose:
         _choice.reset(self._token)
 
 
-def cache_dir() -> Path:
-    env = os.environ.get("RWKV_MUSIC_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rwkv_music"
-
-
-def _cpu_identity() -> str:
-    """What -march=native depends on: the machine and, on Linux, the CPU model and flags."""
-    ident = platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith(("model name", "flags", "Features")):
-                    ident += line
-                if line.strip() == "":
-                    break  # the first processor is enough
-    except OSError:
-        pass
-    return ident
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
+cache_dir = native_build.cache_dir
+_cpu_identity = native_build.cpu_identity
+_compiler = native_build.find_compiler
 
 
 def _sources_bytes() -> bytes:
@@ -145,29 +106,7 @@ def _sources_bytes() -> bytes:
 def _build(compiler: str, source: bytes, flag_sets: tuple = FLAG_SETS, folder: Path | None = None) -> Path:
     """Compile ``SOURCES`` (``source``: their bytes, for the cache key) with the first flag set that
     works; returns the cached library's path."""
-    folder = folder or cache_dir() / "kernels"
-    folder.mkdir(parents=True, exist_ok=True)
-    errors = []
-    for flags in flag_sets:
-        key = hashlib.sha256(source + " ".join([compiler, *flags]).encode() + _cpu_identity().encode())
-        target = folder / f"rwkv_music_kernels-{key.hexdigest()[:16]}.so"
-        if target.exists():
-            return target
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-        os.close(fd)
-        cmd = [compiler, *flags, "-shared", "-fPIC", "-o", tmp, *map(str, SOURCES), "-lm"]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
-            if proc.returncode == 0:
-                os.replace(tmp, target)
-                return target
-            errors.append(f"{' '.join(flags)}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            errors.append(f"{' '.join(flags)}: {exc}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    raise RuntimeError("; ".join(errors))
+    return native_build.build_library(compiler, SOURCES, "rwkv_music_kernels", source, flag_sets, folder)
 
 
 def _open(path: Path) -> ctypes.CDLL:
