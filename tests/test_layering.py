@@ -1,6 +1,6 @@
 """No import runs upward (docs/design.md): every import in the package, lazy ones included.
 
-Layers, low to high: errors and io_utils; sampling.base (the processor protocol); formats; sampling;
+Layers, low to high: errors, io_utils and native_build; sampling.base (the processor protocol); formats; sampling;
 model; backends; export; train; compose; cli.  A module may import its own layer and the layers
 below it.  ``__main__`` modules are entry points and may import the CLI.
 """
@@ -18,6 +18,7 @@ PACKAGE = Path(rwkv_music.__file__).parent
 RANK = {
     "errors": 0,
     "io_utils": 0,
+    "native_build": 0,
     "sampling.base": 1,
     "formats": 2,
     "tokenizers": 2,

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 
-from rwkv_music import native_build
+import rwkv_music.native_build as native_build
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from rwkv_music import native_build
+import rwkv_music.native_build as native_build
 
 log = logging.getLogger(__name__)
 
