@@ -146,14 +146,15 @@ class TorchModel:
                  config.n_embd, str(dtype).removeprefix("torch."), device)
         return cls(config, weights, module, device, dtype, source, initial_kv, native)
 
-    def quantize_int8(self, kernel: str | None = None) -> int:
+    def quantize_int8(self, kernel: str | None = None, skip: tuple[str, ...] = ()) -> int:
         """Store the big matrices as per-channel int8 (CPU); returns how many were quantized.
 
         ``kernel``: one of :data:`rwkv_music.model.quant.KERNELS`; by default the C kernel where
-        this model's ``native`` choice allows it and it builds."""
+        this model's ``native`` choice allows it and it builds.  ``skip``: matrix fields left in float
+        (e.g. :data:`rwkv_music.model.quant.LORA_FIELDS`)."""
         from rwkv_music.model.quant import quantize_weights
 
-        count = quantize_weights(self._weights, kernel, self.native)
+        count = quantize_weights(self._weights, kernel, self.native, skip=tuple(skip))
         self.quantization = "int8"
         return count
 

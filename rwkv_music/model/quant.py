@@ -3,8 +3,13 @@
 Each large projection (receptance/key/value/gate/output, the channel-mix matrices, the head) is
 stored as int8 with one symmetric scale per output channel: ``W[o, :] ≈ scale[o] · q[o, :]``,
 ``scale[o] = max|W[o, :]| / 127``.  That reads a quarter of the fp32 bytes per token, and
-single-token decode on a CPU is bound by reading weights.  Embeddings (a gather), LayerNorm
-vectors, decays and the small LoRA matrices (not in :data:`MATRIX_FIELDS`) stay float32.
+single-token decode on a CPU is bound by reading weights.  RWKV-7's four LoRAs (v, a, w, g), kept
+as zero-padded stacks, are int8 too: at L12 D768 they are a third of a layer's fp32 bytes, and with
+them int8 decode at B=1 went from 93 to 120 tok/s (int4's default from 103 to 139) on a random
+v7 L12 D768 checkpoint, one thread; top-1 agreement on the shipped models stayed at 99.9 % (int8)
+and 99.6 % / 99.1 % (int4, abc / midi), on that random model's flat logits int8 went 84.2 → 83.0 %.
+Embeddings (a gather), LayerNorm vectors, decays and v6's LoRAs (not in :data:`MATRIX_FIELDS`)
+stay float32.
 
 The version modules are not rewritten: an :class:`Int8Matrix` is a *tensor-like* object (torch's
 ``__torch_function__`` protocol), so the ``x @ W``, ``F.linear(x, W)`` and ``torch.bmm(x, W)``
@@ -78,7 +83,10 @@ head, rkv and output int8 (default)                99.5 % (99.44)         99.1 %
 =================================================  =====================  =====================
 
 It costs decode speed: on a random v7 L12 D768 checkpoint at B=1 on one thread (another job on the
-second core) int4 ran 1.11x int8 with every layer matrix int4 and 1.06x with the default.
+second core) int4 ran 1.11x int8 with every layer matrix int4 and 1.06x with the default.  With
+v7's LoRAs in int8 as well (2026-12-06; int4's default keeps them int8, ``INT4_ALL_BUT_HEAD``
+makes them int4): 1.25x and 1.15x int8, and the default's agreement 99.6 % (abc) and 99.1 % (midi),
+int4 in every layer matrix 99.2 % and 97.5 % (prompt seed 1).
 
 Tried and not better: symmetric groups (64: 97.0 / 93.6 %), plain min/max grids (32: 96.8 /
 94.9 %), a clip search over 0.80-1.00 × absmax (symmetric, 32: 97.3 / 95.2 %); the int16
@@ -137,8 +145,12 @@ MATRIX_FIELDS: dict[str, str] = {
     "key": "in_out", "receptance": "in_out", "value": "in_out",
     # v6 / v7
     "rkvg": "bmm", "rkv": "bmm", "output": "in_out",
+    # v7's four LoRAs (v a w g) as zero-padded stacks: at L12 D768 they are a third of a layer's
+    # bytes in fp32 and took 3.7 of 10.6 ms a step at B=1 beside int8 projections
+    "lora_in": "bmm", "lora_out": "bmm",
     "ffn_key": "in_out", "ffn_receptance": "in_out", "ffn_value": "out_in",
 }
+LORA_FIELDS: tuple[str, ...] = ("lora_in", "lora_out")  # (the ONNX and ncnn int8 exports keep them fp32)
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,7 +320,8 @@ INT4_GROUP = 64  # inputs per scale/minimum; a multiple of 32 (see int4_gemm.c)
 # Matrices that dtype="int4" keeps in per-channel int8: the head (alone in int4 it cost the shipped
 # models 2.5-3 points of top-1 agreement with fp32) and the time mix's projections (in, out); so int4
 # holds the channel mix (FFN), 2/3 of each layer's weights.  See the module docstring for the numbers.
-INT4_INT8_FIELDS: tuple[str, ...] = ("head", "att_kvr", "att_rkvg", "att_out", "rkvg", "rkv", "output")
+INT4_INT8_FIELDS: tuple[str, ...] = ("head", "att_kvr", "att_rkvg", "att_out", "rkvg", "rkv", "output", "lora_in",
+                                     "lora_out")
 INT4_ALL_BUT_HEAD: tuple[str, ...] = ("head",)  # the all-int4 layers variant (faster, less accurate)
 INT4_BLOCK = 32  # codes are packed in blocks of 32 inputs (16 bytes)
 INT4_DAMP = 0.01  # GPTQ's damping: λ = INT4_DAMP · mean(diag H) added to H's diagonal (the paper's 1 %)
@@ -691,26 +704,37 @@ def _addmm(bias: torch.Tensor, x: torch.Tensor, w: Any, *, beta: float = 1, alph
     return beta * bias + alpha * _matmul(x, w)
 
 
+def _baddbmm(bias: torch.Tensor, x: torch.Tensor, w: Any, *, beta: float = 1, alpha: float = 1) -> torch.Tensor:
+    y = _bmm(x, w)
+    return y.add_(bias) if beta == 1 and alpha == 1 else beta * bias + alpha * y
+
+
 _HANDLERS: dict[Any, Callable] = {
     torch.matmul: _matmul,
     torch.Tensor.__matmul__: _matmul,
     torch.Tensor.matmul: _matmul,
     F.linear: _linear,
     torch.bmm: _bmm,
+    torch.baddbmm: _baddbmm,
     torch.addmm: _addmm,
 }
 
 
 # -- whole models ----------------------------------------------------------------------------
 
-def quantize_weights(weights: Any, kernel: str | None = None, native_choice: bool | None = None) -> int:
+def quantize_weights(weights: Any, kernel: str | None = None, native_choice: bool | None = None,
+                     skip: tuple[str, ...] = ()) -> int:
     """Replace, in place, every :data:`MATRIX_FIELDS` matrix of a version's prepared weights.
 
     ``weights`` is what ``rwkv_music.model.v*.prepare`` returned (a dataclass with ``layers``);
     ``kernel`` one of :data:`KERNELS`, by default :func:`default_kernel` of ``native_choice``
-    (the model's ``native`` argument).  Returns the number of matrices quantized.  The float
-    originals are dropped as it goes, so peak memory stays near the fp32 model.
+    (the model's ``native`` argument); ``skip``: fields left in float (:data:`LORA_FIELDS`, say, for
+    the matrices the ONNX and ncnn int8 exports quantize).  Returns the number of matrices quantized.
+    The float originals are dropped as it goes, so peak memory stays near the fp32 model.
     """
+    unknown = sorted(set(skip) - set(MATRIX_FIELDS))
+    if unknown:
+        raise OptionError(f"int8: unknown matrix fields {', '.join(unknown)} (fields: {', '.join(MATRIX_FIELDS)})")
     kernel = kernel or default_kernel(native_choice)
     if kernel not in KERNELS:
         raise ValueError(f"int8 kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
@@ -722,6 +746,8 @@ def quantize_weights(weights: Any, kernel: str | None = None, native_choice: boo
         raise ValueError("int8 kernel 'weight_only' needs torch._weight_int8pack_mm (torch >= 2.3)")
     count = 0
     for obj, name, value, layout in _matrix_slots(weights, "int8"):
+        if name in skip:
+            continue
         setattr(obj, name, Int8Matrix.from_float(value, layout, kernel))
         count += 1
     log.info("int8: quantized %d matrices with the %r kernel", count, kernel)

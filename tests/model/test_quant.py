@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from rwkv_music.backends.torch import TorchModel
+from rwkv_music.errors import OptionError
 from rwkv_music.model.factory import random_checkpoint
 from rwkv_music.model.quant import (
     KERNELS,
+    LORA_FIELDS,
     Int8Matrix,
     dynamic_available,
     native_available,
@@ -97,6 +99,30 @@ def test_quantize_weights_rejects_an_unknown_kernel() -> None:
     with pytest.raises(ValueError, match="kernel"):
         quantize_weights(model._weights, "int4")
     assert set(KERNELS) == {"native", "dynamic", "weight_only", "dequant"}
+
+
+@pytest.mark.parametrize("version", ["7", "7a"])
+def test_v7_loras_are_int8_unless_skipped_and_the_products_match_dequant(version: str) -> None:
+    sd = random_checkpoint(version, n_layer=2, n_embd=64, head_size=32, vocab_size=128, seed=5)
+    tokens = torch.randint(0, 128, (3, 5), generator=torch.Generator().manual_seed(2))
+    full, kept = TorchModel.from_state_dict(sd), TorchModel.from_state_dict(sd)
+    n_full = full.quantize_int8("dequant")
+    n_kept = kept.quantize_int8("dequant", skip=LORA_FIELDS)
+    assert n_full - n_kept == 2 * len(full._weights.layers)
+    layer, kept_layer = full._weights.layers[0], kept._weights.layers[0]
+    assert isinstance(layer.lora_in, Int8Matrix) and isinstance(layer.lora_out, Int8Matrix)
+    assert isinstance(kept_layer.lora_in, torch.Tensor) and not isinstance(kept_layer.lora_in, Int8Matrix)
+    # torch.baddbmm through the int8 stack is the float product of its dequantized weights
+    want = TorchModel.from_state_dict(sd)
+    for name in LORA_FIELDS:
+        setattr(want._weights.layers[0], name, getattr(layer, name).dequantize())
+        setattr(want._weights.layers[1], name, getattr(full._weights.layers[1], name).dequantize())
+    want.quantize_int8("dequant", skip=LORA_FIELDS)
+    got, _ = full.forward(tokens, all_logits=True)
+    ref, _ = want.forward(tokens, all_logits=True)
+    assert float((got - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+    with pytest.raises(OptionError, match="lora_x"):
+        TorchModel.from_state_dict(sd).quantize_int8("dequant", skip=("lora_x",))
 
 
 def _peaked_checkpoint(version: str) -> dict[str, torch.Tensor]:
