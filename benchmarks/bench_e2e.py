@@ -113,7 +113,7 @@ def compose_tps(path: Path, mode: str, batch: int, steps: int, device: str, cuda
             pieces = composer.compose_midi(n=batch, max_tokens=steps, seed=1)
         else:
             pieces = composer.compose_abc(n=batch, max_tokens=max(steps, 64), seed=1)  # the form needs >= 54
-        tokens[0] = sum(len(p.tokens) for p in pieces)
+        tokens[0] = sum(p.meta["new_tokens"] for p in pieces)  # sampled tokens (p.tokens also holds the prompt)
 
     run()
     seconds = timed(run, device, repeat=REPEAT)

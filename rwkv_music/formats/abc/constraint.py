@@ -81,6 +81,7 @@ class _Entry:
 
 
 _UNKNOWN = -2  # a transition not computed yet (-1: illegal byte)
+_NOT_FOUND = object()
 
 
 class _Table:
@@ -98,6 +99,10 @@ class _Table:
         self.entries: dict[AbcState, _Entry] = {}
         self.states: list[AbcState] = []
         self.completions: dict[AbcState, str | None] = {}
+        # the same by state index: a state's hash hashes its Fractions, which cost ~15 % of a
+        # constrained compose when every watched row asked every step
+        self.by_index: list[_Entry] = []
+        self._completion_at: dict[int, str | None] = {}
         self.legal = np.zeros((256, VOCAB), dtype=bool)
         self.trans = np.full((256, VOCAB), _UNKNOWN, dtype=np.int32)
         self.body = np.zeros(256, dtype=bool)
@@ -137,6 +142,7 @@ class _Table:
             self.body[i] = state.phase == BODY
             self.states.append(state)
             entry = self.entries[state] = _Entry(successors, legal, i)
+            self.by_index.append(entry)
         return entry
 
     def step(self, i: int, byte: int) -> int:
@@ -150,6 +156,13 @@ class _Table:
         else:
             self.hits += 1
         return nxt
+
+    def completion_at(self, i: int) -> str | None:
+        """:meth:`completion` of state index ``i``."""
+        found = self._completion_at.get(i, _NOT_FOUND)
+        if found is _NOT_FOUND:
+            found = self._completion_at[i] = self.completion(self.states[i])
+        return found  # type: ignore[return-value]
 
     def completion(self, state: AbcState) -> str | None:
         if state not in self.completions:
@@ -299,18 +312,19 @@ class AbcConstraint(LogitsProcessor):
 
     def _plan(self, row: int) -> tuple[np.ndarray, str | None]:
         """Legal ids of a row, and the completion it is forced along (None while free)."""
-        state = self._state_of(row)
-        if state is None:  # ended: only eos again
+        i = int(self._ids[row])
+        if i < 0:  # ended: only eos again
             only = np.zeros(VOCAB, dtype=bool)
             only[self.eos_id] = True
             return only, None
-        entry = self._entry(state)
+        table = self._table
+        state, entry = table.states[i], table.by_index[i]
         path = self._forced[row]
         legal = entry.legal
         if path is None and self.max_new_tokens is not None:
             remaining = self.max_new_tokens - int(self._counts[row])
-            if remaining <= self._zone(row, state):
-                path = self._completion(state)
+            if remaining <= self._zone(row, i):
+                path = table.completion_at(i)
                 if path is not None and remaining - 2 >= len(path) + SLACK:
                     path = None  # still free
                     if self.config.form and state.phase != BODY and state.mode == "value":
@@ -321,13 +335,14 @@ class AbcConstraint(LogitsProcessor):
         only[ord(path[0]) if path else self.eos_id] = True
         return only, path
 
-    def _zone(self, row: int, state: AbcState) -> int:
-        """How many tokens before the cap this row's completions are watched (always, in the header)."""
-        if state.phase != BODY:
+    def _zone(self, row: int, i: int) -> int:
+        """How many tokens before the cap this row's completions are watched (always, in the header);
+        ``i``: the row's state index."""
+        if not self._table.body[i]:
             return self.max_new_tokens or 0
         zone = int(self._zones[row])
         if zone < 0:
-            need = self._completion(state)
+            need = self._table.completion_at(i)
             zone = max(ZONE, (len(need) if need is not None else 0) + SLACK + 16)
             self._zones[row] = zone
         return zone
@@ -496,13 +511,13 @@ class AbcConstraint(LogitsProcessor):
         self._is_forced[row] = path is not None
         if path is None and self.max_new_tokens is not None:
             left = self.max_new_tokens - int(self._counts[row])
-            if left <= self._zone(row, self._table.states[nxt]):
+            if left <= self._zone(row, nxt):
                 self._check_room(row)
 
     def _check_room(self, row: int) -> None:
         """Warn if a free row's shortest ending no longer fits the tokens left (SLACK keeps it from happening)."""
         left = self.max_new_tokens - int(self._counts[row])
-        need = self._completion(self._table.states[int(self._ids[row])])
+        need = self._table.completion_at(int(self._ids[row]))
         if need is None or len(need) + 1 > left:
             log.warning("%s: row %d needs more than the %d tokens left to end", self.rule, row, left)
 
