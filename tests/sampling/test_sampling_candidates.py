@@ -69,9 +69,11 @@ CONFIGS: list[dict[str, Any]] = [
 ]
 
 
+@pytest.mark.parametrize("vocab", [VOCAB, 128])  # (128: ABC's bytes, below the block-wise top_pool)
 @pytest.mark.parametrize("rows", [5, 1])  # (one row: the single-row shortcuts of top_pool, the cut and the draw)
 @pytest.mark.parametrize("overrides", CONFIGS)
-def test_the_candidate_run_keeps_the_dense_scores_and_draws_the_same_ids(overrides: dict[str, Any], rows: int) -> None:
+def test_the_candidate_run_keeps_the_dense_scores_and_draws_the_same_ids(overrides: dict[str, Any], rows: int,
+                                                                         vocab: int) -> None:
     cfg = get_preset("default-midi", **overrides)
     fast, slow = cfg.build_processors(), cfg.build_processors()
     fast.reset([[0]] * rows)
@@ -79,7 +81,7 @@ def test_the_candidate_run_keeps_the_dense_scores_and_draws_the_same_ids(overrid
     rng = np.random.default_rng(len(str(overrides)))
     compact = 0
     for step in range(12):
-        scores = _scores(rng, rows)
+        scores = _scores(rng, rows, vocab)
         before = scores.copy()
         dense = slow.run(step, scores)
         got = fast.run(step, scores, candidates=True)
@@ -136,3 +138,12 @@ def test_the_penalty_in_place_equals_its_apply_after_decayed_updates(rows: int) 
         np.testing.assert_array_equal(got, want)
         pen.update(rng.integers(0, 3000 if step % 2 else 40, rows))  # repeats and first occurrences
     assert pen._cols is not None and pen._cols.tolist() == np.flatnonzero(pen._seen.any(axis=0)).tolist()
+
+
+@pytest.mark.parametrize("vocab", [VOCAB, 128])
+def test_rows_left_with_nothing_draw_minus_one_after_a_later_filter(vocab: int) -> None:
+    # (min_p after top-p/top-k met an empty candidate table and took the max of nothing)
+    procs = LogitsProcessorList(SamplingConfig(top_k=8, top_p=0.9, min_p=0.05).build_processors())
+    procs.reset([[0]] * 3)
+    got = procs.run(0, np.full((3, vocab), -np.inf, dtype=np.float32), candidates=True)
+    assert sample_batch(got, np.full(3, 0.5)).tolist() == [-1, -1, -1]
