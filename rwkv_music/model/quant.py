@@ -728,8 +728,8 @@ def quantize_weights(weights: Any, kernel: str | None = None, native_choice: boo
 
     ``weights`` is what ``rwkv_music.model.v*.prepare`` returned (a dataclass with ``layers``);
     ``kernel`` one of :data:`KERNELS`, by default :func:`default_kernel` of ``native_choice``
-    (the model's ``native`` argument); ``skip``: fields left in float (:data:`LORA_FIELDS`, say, for
-    the matrices the ONNX and ncnn int8 exports quantize).  Returns the number of matrices quantized.
+    (the model's ``native`` argument); ``skip``: fields left in float (:data:`LORA_FIELDS`, say, to
+    match the ONNX and ncnn int8 exports, which keep those in float).  Returns the number of matrices quantized.
     The float originals are dropped as it goes, so peak memory stays near the fp32 model.
     """
     unknown = sorted(set(skip) - set(MATRIX_FIELDS))

@@ -188,8 +188,9 @@ class OccurrencePenalty(LogitsProcessor):
             fresh = np.unique(toks[~before])  # (few: at most one a row)
             # insert the ids no row had seen into the ascending columns (a full union1d sorts them all again)
             at = np.searchsorted(cols, fresh)
-            known = (at < cols.size) & (cols[np.minimum(at, max(cols.size - 1, 0))] == fresh) if cols.size else \
-                np.zeros(fresh.size, dtype=bool)
+            known = np.zeros(fresh.size, dtype=bool)
+            inside = at < cols.size
+            known[inside] = cols[at[inside]] == fresh[inside]
             self._cols = np.insert(cols, at[~known], fresh[~known])
 
     def apply(self, step: int, scores: Any) -> Any:

@@ -220,7 +220,7 @@ class TopP(DeviceProcessor):
 
     rule = "top_p"
     pool_mode = "shared"
-    native = True  # candidates() may use the C kernel (rwkv_music.sampling.native); False: numpy only
+    use_kernel = True  # candidates() may use the C kernel (rwkv_music.sampling.native); False: numpy only
     _FAST = 64  # look at the top candidates first; most real distributions are peaked
 
     def __init__(self, top_p: float, top_k_after: int = 0) -> None:
@@ -322,9 +322,9 @@ class TopP(DeviceProcessor):
         k = self.top_k_after
         if self.top_p >= 1.0 or not isinstance(scores, np.ndarray) or not 0 < k < scores.shape[1]:
             return None
-        found_native = native.top_p_k(scores, k, self.top_p) if self.native else None
-        if found_native is not None:  # the C kernel: the same rule (see rwkv_music/sampling/native)
-            return Candidates(found_native[0], found_native[1], scores.shape[1])
+        from_kernel = native.top_p_k(scores, k, self.top_p) if self.use_kernel else None
+        if from_kernel is not None:  # the C kernel: the same rule (see rwkv_music/sampling/native)
+            return Candidates(*from_kernel, scores.shape[1])
         xp = NumpyOps()
         clean = scores
         found = xp.top_pool(scores, k, unclean=[False])  # None: NaN or +inf in scores (clean them first)

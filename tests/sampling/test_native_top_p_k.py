@@ -1,7 +1,7 @@
 """The C top-p/top-k kernel (rwkv_music/sampling/native) against the numpy path it replaces.
 
 ``TopP(top_k_after=k).candidates`` takes the kernel where it is built; the numpy rule stays the
-reference (``TopP.native = False``).  The survivors must be the same ids with the same scores, row
+reference (``TopP.use_kernel = False``).  The survivors must be the same ids with the same scores, row
 for row; rows the kernel hands back (NaN, +inf, too many ties) must still come out as numpy's.
 """
 
@@ -21,7 +21,7 @@ needs_kernel = pytest.mark.skipif(native._load() is None or not native.enabled()
 
 def _both(scores: np.ndarray, k: int, top_p: float) -> tuple[Candidates, Candidates]:
     fast, ref = TopP(top_p, top_k_after=k), TopP(top_p, top_k_after=k)
-    ref.native = False
+    ref.use_kernel = False
     a = fast.candidates(0, scores.copy(), scratch=np.empty_like(scores))
     b = ref.candidates(0, scores.copy(), scratch=np.empty_like(scores))
     return a, b

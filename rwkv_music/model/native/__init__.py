@@ -94,7 +94,6 @@ class choose:
         _choice.reset(self._token)
 
 
-cache_dir = native_build.cache_dir
 _cpu_identity = native_build.cpu_identity
 _compiler = native_build.find_compiler
 

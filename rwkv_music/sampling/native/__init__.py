@@ -2,7 +2,7 @@
 
 * ``rwkv_top_p_k`` (``top_p_k.c``): :class:`~rwkv_music.sampling.processors.TopP` with
   ``top_k_after=k`` on float32 ``[B, V]`` scores: per row the top ``k``, the float64 softmax total
-  over the row and the survivors in column order, the rows on OpenMP threads.  On the shipped MIDI
+  over the row and the survivors in column order (rows on :data:`THREADS` OpenMP threads).  On the shipped MIDI
   model's vocabulary (20,096) at B=32 the numpy path spends ~0.9 ms a step here, the kernel
   ~0.35 ms on one thread (``benchmarks/bench_e2e.py`` shows the end-to-end effect).
 
@@ -34,7 +34,6 @@ SIGNATURES = {
 }
 MAX_K = 256  # TOPPK_MAX_K in top_p_k.c
 MIN_VOCAB = 1024  # below this numpy's few calls cost less than the ctypes call
-MIN_ROWS_PER_THREAD = 4
 # Rows run on one thread by default: the kernel's OpenMP threads keep spinning after it returns and
 # slow the model's next forward (torch's own thread pool) more than they save.  Measured on the
 # 2-core CI-like machine, compose_midi B=32 with the shipped MIDI model, best of 3: numpy 4,145
@@ -87,11 +86,6 @@ def status() -> str:
     return f"AVX2 ({lib._name})" if lib is not None else f"unavailable: {_loaded.get('error')}"
 
 
-def _threads(rows: int) -> int:
-    """One thread, unless :data:`THREADS` says otherwise (see there)."""
-    return max(1, min(THREADS, rows // MIN_ROWS_PER_THREAD)) if THREADS > 1 else 1
-
-
 def top_p_k(scores: np.ndarray, k: int, top_p: float) -> tuple[np.ndarray, np.ndarray] | None:
     """``TopP(top_p, top_k_after=k)``'s survivors of float32 ``scores`` [B, V] as ``(ids, vals)``
     ([B, w] int64 ascending per row, float32, ``-inf`` / 0 padded; the layout of
@@ -110,7 +104,7 @@ def top_p_k(scores: np.ndarray, k: int, top_p: float) -> tuple[np.ndarray, np.nd
     vals = np.empty((B, cap), dtype=np.float32)
     counts = np.empty(B, dtype=np.int64)
     status_code = lib.rwkv_top_p_k(x.ctypes.data, B, V, k, float(top_p), cap, ids.ctypes.data,
-                                   vals.ctypes.data, counts.ctypes.data, _threads(B))
+                                   vals.ctypes.data, counts.ctypes.data, min(THREADS, B))
     if status_code != 0:
         return None  # NaN / +inf in a row, or too many ties: the numpy path handles it
     width = int(counts.max())

@@ -163,34 +163,32 @@ static int one_row(const float* x, int64_t V, int64_t k, double top_p, int64_t c
     }
     float cut = top[first];
     int64_t n = 0;
-    {
-        if (cut > -INFINITY && first < k - 1 && top[first] > top[k - 1]) {
-            /* every score >= cut is among the first k (a score left out is <= top[k-1] < cut) */
-            for (int64_t j = 0; j < k && top[j] >= cut; j++) {
-                if (n == cap) return -2;
-                ids[n++] = cols[j];
-            }
-            qsort(ids, (size_t)n, sizeof(int64_t), cmp_i64);
-        } else {
-            /* (cut -inf: a row of fewer than k finite scores keeps them all) */
-            i = 0;
+    if (cut > top[k - 1]) { /* (then cut is finite and first < k - 1) */
+        /* every score >= cut is among the first k (a score left out is <= top[k-1] < cut) */
+        for (int64_t j = 0; j < k && top[j] >= cut; j++) {
+            if (n == cap) return -2;
+            ids[n++] = cols[j];
+        }
+        qsort(ids, (size_t)n, sizeof(int64_t), cmp_i64);
+    } else {
+        /* (cut -inf: a row of fewer than k finite scores keeps them all) */
+        i = 0;
 #if TOPPK_SIMD
-            const __m256 c = _mm256_set1_ps(cut), ninf = _mm256_set1_ps(-INFINITY);
-            for (; i + 8 <= V; i += 8) {
-                __m256 v = _mm256_loadu_ps(x + i);
-                int mask = _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(v, c, _CMP_GE_OQ), _mm256_cmp_ps(v, ninf, _CMP_GT_OQ)));
-                while (mask) {
-                    if (n == cap) return -2;
-                    ids[n++] = i + __builtin_ctz(mask);
-                    mask &= mask - 1;
-                }
+        const __m256 c = _mm256_set1_ps(cut), ninf = _mm256_set1_ps(-INFINITY);
+        for (; i + 8 <= V; i += 8) {
+            __m256 v = _mm256_loadu_ps(x + i);
+            int mask = _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(v, c, _CMP_GE_OQ), _mm256_cmp_ps(v, ninf, _CMP_GT_OQ)));
+            while (mask) {
+                if (n == cap) return -2;
+                ids[n++] = i + __builtin_ctz(mask);
+                mask &= mask - 1;
             }
+        }
 #endif
-            for (; i < V; i++) {
-                if (x[i] >= cut && x[i] > -INFINITY) {
-                    if (n == cap) return -2;
-                    ids[n++] = i;
-                }
+        for (; i < V; i++) {
+            if (x[i] >= cut && x[i] > -INFINITY) {
+                if (n == cap) return -2;
+                ids[n++] = i;
             }
         }
     }
