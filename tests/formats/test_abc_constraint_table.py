@@ -45,6 +45,9 @@ def drive_both(kwargs: dict, heads: list[str], steps: int, seed: int) -> tuple[l
         planned += int((fast._planned() & ~done).sum())
         a, b = fast(step, scores), ref(step, scores)
         np.testing.assert_array_equal(a, b, err_msg=f"step {step}")
+        inplace = scores.copy()  # the decode loop's host path: the same mask, written into its buffer
+        assert fast.apply_inplace(step, inplace) is inplace
+        np.testing.assert_array_equal(inplace, b, err_msg=f"step {step}, in place")
         chosen = []
         for r in range(n):
             if done[r]:
@@ -126,3 +129,37 @@ def test_the_decode_loop_draws_the_same_tunes_with_both(checkpoint_path: Callabl
         runs.append((result.tokens, result.finish_reasons))
     assert runs[0] == runs[1]
     assert set(runs[0][1]) == {"stop"}
+
+
+def test_in_place_masking_handles_wide_rows_inactive_rows_and_nan_like_the_reference() -> None:
+    prompts = [ids("L:1/8\nM:6/8\nK:D\n"), ids("L:1/8\nM:6/8\nK:D\nA6|"), ids("L:1/8\nM:3/4\nK:G\n")]
+    scores = np.random.default_rng(5).normal(size=(3, 130)).astype(np.float32)  # 2 ids past the bytes
+    scores[1] = -np.inf  # inactive: left as it is
+    scores[2, :5] = np.nan  # NaN with finite scores: an active row, masked like the rest
+    expected = []
+    for cls in (PerRowAbcConstraint, AbcConstraint):
+        c = cls(form=False, max_new_tokens=100)
+        c.reset(prompts)
+        expected.append(c.process(0, scores))
+        got = c.apply_inplace(0, scores.copy())
+        np.testing.assert_array_equal(got, expected[0])
+    np.testing.assert_array_equal(expected[1], expected[0])
+    assert np.isneginf(expected[0][[0, 2], 128:]).all() and np.isneginf(expected[0][1]).all()
+
+
+def test_a_prompt_read_before_is_looked_up_and_bad_prompts_still_raise_every_time() -> None:
+    head = ids("S:2\nL:1/8\nM:2/4\nK:Em\nE2 G2|")
+    first = AbcConstraint(max_new_tokens=200)
+    first.reset([head])
+    state = first.state(0)
+    table = first._table
+    assert table.prompt_states[tuple(head)] == state
+    second = AbcConstraint(max_new_tokens=200)  # same configuration: same table, the state is looked up
+    assert second._table is table
+    second.reset([head, head])
+    assert second.state(0) == second.state(1) == state
+    bad = ids("L:1/8\nM:2/4\nK:Em\nE2 #")
+    for _ in range(2):
+        with pytest.raises(ConstraintError, match="row 0, position 21: byte '#' is not valid ABC"):
+            second.reset([bad])
+    assert tuple(bad) not in table.prompt_states

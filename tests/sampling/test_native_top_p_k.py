@@ -35,8 +35,9 @@ def _same(a: Candidates, b: Candidates) -> None:
 
 def _random_batch(rng: np.random.Generator, trial: int) -> tuple[np.ndarray, int, float]:
     B = int(rng.integers(1, 20))
-    V = int(rng.choice([1024, 1031, 5000, 20096]))  # (1031: a tail past the 8- and 256-wide blocks)
-    k = int(rng.choice([1, 2, 8, 16, 40]))
+    # (1031: a tail past the 8- and 256-wide blocks; 5, 17, 128: narrower than a block, ABC's vocabulary)
+    V = int(rng.choice([5, 17, 128, 1024, 1031, 5000, 20096]))
+    k = min(int(rng.choice([1, 2, 8, 16, 40])), V - 1)
     top_p = float(rng.choice([0.0, 0.3, 0.8, 0.9, 0.999]))
     x = (rng.standard_normal((B, V)) * rng.choice([0.3, 2.0, 8.0])).astype(np.float32)
     if trial % 2:
@@ -100,9 +101,9 @@ def test_drawn_ids_are_the_same_with_and_without_the_kernel() -> None:
     np.testing.assert_array_equal(sample_batch(a, u), sample_batch(b, u))
 
 
-def test_small_vocabularies_other_dtypes_and_switched_off_use_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
-    x = np.random.default_rng(4).standard_normal((4, 128)).astype(np.float32)
-    assert native.top_p_k(x, 8, 0.9) is None  # below MIN_VOCAB
+def test_other_dtypes_k_out_of_range_and_switched_off_use_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = np.random.default_rng(4).standard_normal((4, 8)).astype(np.float32)
+    assert native.top_p_k(x, 8, 0.9) is None  # k >= V: top-k keeps everything, nothing to do
     big = np.random.default_rng(4).standard_normal((4, 4096))
     assert native.top_p_k(big, 8, 0.9) is None  # float64
     assert native.top_p_k(big.astype(np.float32), native.MAX_K + 1, 0.9) is None

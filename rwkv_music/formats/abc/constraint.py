@@ -55,6 +55,8 @@ VOCAB = 128
 SLACK = 64  # > the largest one-byte growth of the completion length (33, measured on random walks)
 ZONE = 128  # completion lengths are only computed in the last ZONE tokens of a row (> SLACK + 2 + any completion)
 _CACHE_LIMIT = 200_000  # states in the shared tables (all together) before the oldest is dropped
+_PROMPT_CACHE = 256  # prompts whose end state a table remembers (strictly read ones only) ...
+_PROMPT_CACHE_LENGTH = 512  # ... of at most this many ids (a header; a long prompt's prefill dwarfs its reading)
 
 
 def decode_abc(ids: Sequence[int]) -> str:
@@ -103,6 +105,9 @@ class _Table:
         # constrained compose when every watched row asked every step
         self.by_index: list[_Entry] = []
         self._completion_at: dict[int, str | None] = {}
+        # prompts read before (the same header for every piece of a compose): reading one byte by byte
+        # through the grammar takes ~0.25 ms, as long as a piece's whole sampling at B=1 for 2 steps
+        self.prompt_states: dict[tuple[int, ...], AbcState] = {}
         self.legal = np.zeros((256, VOCAB), dtype=bool)
         self.trans = np.full((256, VOCAB), _UNKNOWN, dtype=np.int32)
         self.body = np.zeros(256, dtype=bool)
@@ -279,6 +284,7 @@ class AbcConstraint(LogitsProcessor):
         self._forced: list[str | None] = []  # the completion a row is being forced along
         self._is_forced = np.zeros(0, dtype=bool)
         self._zones = np.zeros(0, dtype=np.int64)  # per row: completions watched this many tokens before the cap
+        self._planned_now: np.ndarray | None = None  # _planned() until a row's state changes
         if max_new_tokens is not None and cfg.form:
             least = self._least_for_form()
             if max_new_tokens < least:
@@ -294,7 +300,8 @@ class AbcConstraint(LogitsProcessor):
         if cfg.meter is not None and cfg.unit is not None:
             head = f"M:{cfg.meter}\nL:{cfg.unit}\nK:{cfg.key or 'C'}\n"
             state = self.grammar.feed(self.grammar.initial(), head)
-            need = self.grammar.completion(state) if state is not None else None
+            # the shared table's cache: the search takes ~6 ms, as long as a short piece's sampling
+            need = self._table.completion(state) if state is not None else None
             if need is not None:
                 return len(need) + 1
         return parts * bars * 2 + parts * bars // cfg.bars_per_line + 1  # at least "z|" a bar and the breaks
@@ -345,6 +352,7 @@ class AbcConstraint(LogitsProcessor):
             need = self._table.completion_at(i)
             zone = max(ZONE, (len(need) if need is not None else 0) + SLACK + 16)
             self._zones[row] = zone
+            self._planned_now = None
         return zone
 
     def _fitting(self, entry: _Entry, remaining: int) -> np.ndarray:
@@ -364,10 +372,13 @@ class AbcConstraint(LogitsProcessor):
         for them (no forcing, and the completion is only looked at inside the zone; the header is
         always inside it).
         """
-        out = (self._ids < 0) | self._is_forced
-        if self.max_new_tokens is not None:
-            body = self._table.body[np.maximum(self._ids, 0)]
-            out |= ~body | (self._zones < 0) | (self.max_new_tokens - self._counts <= self._zones)
+        out = self._planned_now
+        if out is None:  # (kept from process() to update(): the rows' states only change in between)
+            out = (self._ids < 0) | self._is_forced
+            if self.max_new_tokens is not None:
+                body = self._table.body[np.maximum(self._ids, 0)]
+                out |= ~body | (self._zones < 0) | (self.max_new_tokens - self._counts <= self._zones)
+            self._planned_now = out
         return out
 
     # -- the protocol -------------------------------------------------------------------------
@@ -394,8 +405,12 @@ class AbcConstraint(LogitsProcessor):
         """Read a prompt strictly; a human tune the strict metre rejects (a pickup no last bar completes,
         a short bar before ``||``) is read with the old section rule instead, and the new music after it
         is held to the strict rule again: the prompt is the caller's music, not ours to judge."""
+        key = tuple(int(t) for t in prompt) if len(prompt) <= _PROMPT_CACHE_LENGTH else None
+        known = self._table.prompt_states.get(key) if key is not None else None
+        if known is not None:
+            return known
         try:
-            return self._read_prompt(self.grammar, row, prompt)
+            state = self._read_prompt(self.grammar, row, prompt)
         except ConstraintError as strict:
             cfg = self.config
             if cfg.short_bars != "paired" or cfg.lenient or cfg.form:
@@ -405,6 +420,11 @@ class AbcConstraint(LogitsProcessor):
                 return self._read_prompt(tolerant, row, prompt)
             except ConstraintError:
                 raise strict from None
+        if key is not None:
+            if len(self._table.prompt_states) >= _PROMPT_CACHE:
+                self._table.prompt_states.clear()
+            self._table.prompt_states[key] = state
+        return state
 
     def reset(self, prompts: Sequence[Sequence[int]]) -> None:
         ids: list[int] = []
@@ -425,6 +445,7 @@ class AbcConstraint(LogitsProcessor):
         self._forced = [None] * n
         self._is_forced = np.zeros(n, dtype=bool)
         self._zones = np.full(n, -1, dtype=np.int64)
+        self._planned_now = None
 
     def _check_rows(self, n: int, what: str) -> None:
         if n != len(self._ids):
@@ -438,16 +459,27 @@ class AbcConstraint(LogitsProcessor):
         return keep
 
     def process(self, step: int, scores: np.ndarray) -> np.ndarray:
+        return self.apply_inplace(step, np.array(scores))
+
+    def apply_inplace(self, step: int, scores: np.ndarray) -> np.ndarray:
+        """:meth:`process` written into ``scores`` (a numpy array the caller owns); returns it.
+
+        Active rows (any finite score) keep their legal ids' scores, the rest become -inf (ids past the
+        128 bytes too); inactive rows stay as they are.  (The decode loop's host path runs this on its
+        work buffer: no [B, V] temporaries.)
+        """
         if scores.shape[0] != len(self._ids):
             raise SamplingValueError(
                 f"{self.rule}: scores have {scores.shape[0]} rows, reset() had {len(self._ids)}"
             )
         width = min(scores.shape[1], VOCAB)
         active = np.isfinite(scores).any(axis=1)
-        keep = np.zeros(scores.shape, dtype=bool)
-        keep[:, :width] = self._masks(active)[:, :width]
-        keep[~active] = True  # inactive rows stay as they are (all -inf)
-        return np.where(keep, scores, np.float32(-np.inf)).astype(scores.dtype, copy=False)
+        drop = ~self._masks(active)[:, :width]
+        drop[~active] = False
+        np.copyto(scores[:, :width], scores.dtype.type(-np.inf), where=drop)
+        if scores.shape[1] > VOCAB:
+            scores[active, VOCAB:] = -np.inf
+        return scores
 
     def _reject(self, row: int, t: int) -> None:
         state = self._state_of(row)
@@ -461,6 +493,7 @@ class AbcConstraint(LogitsProcessor):
         toks = np.array([int(t) for t in tokens], dtype=np.int64)
         live = (self._ids >= 0) & (toks != PAD_ID)  # finished rows get the loop's pad id
         planned = self._planned()
+        self._planned_now = None  # every row below may move
         free = live & ~planned
         table = self._table
         if free.any():  # one gather checks every free row
@@ -502,6 +535,7 @@ class AbcConstraint(LogitsProcessor):
     def _advance(self, row: int, nxt: int | None, path: str | None) -> None:
         """Book a legal token of ``row``: count it, move to state index ``nxt`` (``None``: eos, the row
         ends), remember the completion it is forced along, and warn if the cap no longer leaves room."""
+        self._planned_now = None
         self._counts[row] += 1
         if nxt is None:
             self._ids[row] = -1
@@ -562,6 +596,10 @@ class PerRowAbcConstraint(AbcConstraint):
             keep[row, :width] = self._plan(int(row))[0][:width]
         keep[~active] = True
         return np.where(keep, scores, np.float32(-np.inf)).astype(scores.dtype, copy=False)
+
+    def apply_inplace(self, step: int, scores: np.ndarray) -> np.ndarray:
+        scores[...] = self.process(step, scores)  # (the reference in the decode loop's host path too)
+        return scores
 
     def update(self, tokens: Sequence[int]) -> None:
         self._check_rows(len(tokens), "update got tokens for")

@@ -33,7 +33,6 @@ SIGNATURES = {
     "rwkv_top_p_k_simd": ([], ctypes.c_int),
 }
 MAX_K = 256  # TOPPK_MAX_K in top_p_k.c
-MIN_VOCAB = 1024  # below this numpy's few calls cost less than the ctypes call
 # Rows run on one thread by default: the kernel's OpenMP threads keep spinning after it returns and
 # slow the model's next forward (torch's own thread pool) more than they save.  Measured on the
 # 2-core CI-like machine, compose_midi B=32 with the shipped MIDI model, best of 3: numpy 4,145
@@ -93,7 +92,7 @@ def top_p_k(scores: np.ndarray, k: int, top_p: float) -> tuple[np.ndarray, np.nd
     if not (isinstance(scores, np.ndarray) and scores.ndim == 2 and scores.dtype == np.float32):
         return None
     B, V = scores.shape
-    if V < MIN_VOCAB or not 0 < k <= min(MAX_K, V - 1) or B == 0 or not enabled():
+    if not 0 < k <= min(MAX_K, V - 1) or B == 0 or not enabled():
         return None
     lib = _load()
     if lib is None:
