@@ -119,6 +119,7 @@ True
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import warnings
@@ -206,12 +207,16 @@ class Int8Matrix:
         self._packed: Any = None
         self._scale_bf16: torch.Tensor | None = None
         self._native: Callable[..., int] | None = None
+        self._stack_call: Callable[..., int] | None = None
         if stack is None:
             out_f, in_f = q.shape
             self.shape = torch.Size((in_f, out_f) if layout == "in_out" else (out_f, in_f))
             self._prepare_kernel()
         else:
             self.shape = torch.Size((len(stack), *stack[0].shape))
+            if kernel == "native":  # the whole stack in one C call, its slices' pointers taken once
+                self._stack_call = native.kernel("rwkv_int8_gemm_stack", True)
+                self._stack_ptrs = _pointer_arrays([m.q for m in stack], [m.scale for m in stack])
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -283,6 +288,8 @@ class Int8Matrix:
 
     def bmm(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` [M, N, in] → float32 [M, N, out], slice i through matrix i."""
+        if self._stack_call is not None:
+            return _stack_product(self, x, self.stack[0].q.shape[0], ())
         if self.kernel == "native":  # each slice writes straight into its part of the result
             y = torch.empty(x.shape[0], x.shape[1], self.stack[0].q.shape[0], dtype=torch.float32)
             for m, xi, yi in zip(self.stack, x.unbind(0), y.unbind(0)):
@@ -535,6 +542,7 @@ class Int4Matrix:
         self.q, self.scale = q, scale
         self.zmin = zmin.contiguous()  # [out, ng], as scale: a row's codes and group parameters stream forward
         self._native: Callable[..., int] | None = None
+        self._stack_call: Callable[..., int] | None = None
         if stack is None:
             out_f = q.shape[0]
             self.shape = torch.Size((n_in, out_f) if layout == "in_out" else (out_f, n_in))
@@ -546,6 +554,10 @@ class Int4Matrix:
                 self._fixed = (self.q.data_ptr(), self.scale.data_ptr(), self.zmin.data_ptr())
         else:
             self.shape = torch.Size((len(stack), *stack[0].shape))
+            if kernel == "native":
+                self._stack_call = native.kernel("rwkv_int4_gemm_stack", True)
+                self._stack_ptrs = _pointer_arrays([m.q for m in stack], [m.scale for m in stack],
+                                                   [m.zmin for m in stack])
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, layout: str, kernel: str | None = None,
@@ -605,6 +617,8 @@ class Int4Matrix:
 
     def bmm(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` [M, N, in] → float32 [M, N, out], slice i through matrix i."""
+        if self._stack_call is not None:
+            return _stack_product(self, x, self.stack[0].q.shape[0], (self.group,))
         y = torch.empty(x.shape[0], x.shape[1], self.stack[0].q.shape[0], dtype=torch.float32)
         for m, xi, yi in zip(self.stack, x.unbind(0), y.unbind(0)):
             m._kernel(xi, yi)
@@ -628,6 +642,28 @@ class Int4Matrix:
             raise TypeError(f"Int4Matrix does not support {getattr(func, '__name__', func)}; "
                             "add it to rwkv_music.model.quant._HANDLERS")
         return handler(*args, **(kwargs or {}))
+
+
+def _pointer_arrays(*columns: list[torch.Tensor]) -> tuple[Any, ...]:
+    """Per column, a C array of the tensors' data pointers (the tensors stay held by the stack)."""
+    return tuple((ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts]) for ts in columns)
+
+
+def _stack_product(matrix: Any, x: torch.Tensor, n_out: int, extra: tuple[int, ...]) -> torch.Tensor:
+    """``x`` [M, N, in] through a native stack's C call (``extra``: int4's group) → float32 [M, N, out]."""
+    if x.dtype != torch.float32 or not x.is_contiguous():
+        x = x.float().contiguous()
+    m, n, n_in = x.shape
+    if m != len(matrix.stack):
+        raise ValueError(f"{type(matrix).__name__}: bmm of {m} slices with a stack of {len(matrix.stack)}")
+    y = torch.empty(m, n, n_out, dtype=torch.float32)
+    rc = matrix._stack_call(x.data_ptr(), *[ctypes.addressof(a) for a in matrix._stack_ptrs], y.data_ptr(), m, n,
+                            n_in, n_out, *extra, torch.get_num_threads())
+    if rc == -2:
+        raise ValueError(f"int4 kernel: group size {extra[0]} is not a multiple of 32 in [32, 4096]")
+    if rc != 0:
+        raise MemoryError(f"{type(matrix).__name__}: the kernel could not allocate its scratch buffers")
+    return y
 
 
 class CalibrationStop(Exception):

@@ -319,3 +319,25 @@ def test_load_refuses_unknown_int4_int8_fields(tmp_path: Path) -> None:
     path = save_random_checkpoint(tmp_path / "m.pth", "7", n_embd=64, head_size=32, vocab_size=128)
     with pytest.raises(OptionError, match="int8_fields names no matrix field: attention"):
         rwkv_music.load_model(path, dtype="int4", int4_int8_fields=("attention",))
+
+
+@needs_native
+@pytest.mark.parametrize("cls", ["int8", "int4"])
+def test_a_native_stack_runs_in_one_call_with_the_slices_own_numbers(cls: str) -> None:
+    """torch.bmm through a native int8 / int4 stack is one C call (rwkv_int*_gemm_stack) that gives,
+    bit for bit, what each slice's own kernel gives its slice; also for a non-contiguous input."""
+    from rwkv_music.model.quant import Int8Matrix
+
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(4, 96, 48, generator=g)
+    if cls == "int8":
+        stack = Int8Matrix.from_float(w, "bmm", "native")
+    else:
+        stack = Int4Matrix.from_float(w, "bmm", "native", 32)
+    assert stack._stack_call is not None
+    for xs in (torch.randn(4, 3, 96, generator=g), torch.randn(3, 4, 96, generator=g).transpose(0, 1)):
+        got = torch.bmm(xs, stack)
+        want = torch.stack([m._kernel(xi.contiguous()) for m, xi in zip(stack.stack, xs.unbind(0))])
+        assert got.shape == (4, 3, 48) and torch.equal(got, want)
+    with pytest.raises(ValueError, match="bmm of 3 slices with a stack of 4"):
+        torch.bmm(torch.randn(3, 1, 96), stack)

@@ -3,6 +3,7 @@
 * ``rwkv_int8_gemm`` (``int8_gemm.c``): the int8 weight-only product behind
   :mod:`rwkv_music.model.quant`'s ``"native"`` kernel;
 * ``rwkv_int4_gemm`` (``int4_gemm.c``): the group-wise int4 product behind ``Int4Matrix``;
+* ``rwkv_int8_gemm_stack``, ``rwkv_int4_gemm_stack``: a stack of either (``torch.bmm``) in one call;
 * ``rwkv4_wkv_decode``, ``rwkv5_wkv_decode``, ``rwkv7_time_mix_decode`` (``wkv4.c``, ``wkv5.c``,
   ``wkv7.c``): the one-token recurrence of each version, with the elementwise steps around it,
   fused into one call (used by the version modules on fp32 CPU decode); ``rwkv4_wkv_prefill``:
@@ -44,6 +45,8 @@ SIGNATURES = {
     "rwkv_int8_gemm": ([_P] * 4 + [_I64] * 3 + [_INT], _INT),
     "rwkv_int8_gemm_simd": ([], _INT),
     "rwkv_int4_gemm": ([_P] * 5 + [_I64] * 4 + [_INT], _INT),
+    "rwkv_int8_gemm_stack": ([_P] * 4 + [_I64] * 4 + [_INT], _INT),
+    "rwkv_int4_gemm_stack": ([_P] * 5 + [_I64] * 5 + [_INT], _INT),
     "rwkv4_wkv_decode": ([_I64] * 2 + [_P] * 12, None),
     "rwkv4_wkv_prefill": ([_I64] * 3 + [_P] * 11 + [_INT], None),
     "rwkv5_wkv_decode": ([_I64] * 3 + [_P] * 9 + [_F32, _P, _INT], _INT),

@@ -375,3 +375,16 @@ int rwkv_int4_gemm(const float* x, const uint8_t* q, const float* scale, const f
     free(xr);
     return 0;
 }
+
+/* A stack of m matrices of one shape (torch.bmm): x [m, nb, n_in] -> y [m, nb, n_out], slice i through
+ * q[i], scale[i], zmin[i] (as rwkv_int8_gemm_stack: one call from Python for the whole stack). */
+int rwkv_int4_gemm_stack(const float* x, const uint8_t* const* q, const float* const* scale,
+                         const float* const* zmin, float* y, int64_t m, int64_t nb, int64_t n_in, int64_t n_out,
+                         int64_t group, int nthreads) {
+    for (int64_t i = 0; i < m; i++) {
+        const int rc = rwkv_int4_gemm(x + i * nb * n_in, q[i], scale[i], zmin[i], y + i * nb * n_out, nb, n_in,
+                                      n_out, group, nthreads);
+        if (rc != 0) return rc;
+    }
+    return 0;
+}

@@ -151,6 +151,18 @@ int rwkv_int8_gemm(const float* x, const int8_t* q, const float* scale, float* y
     return 0;
 }
 
+/* A stack of m matrices of one shape (torch.bmm): x [m, nb, n_in] -> y [m, nb, n_out], slice i through
+ * q[i], scale[i].  One call instead of m from Python: a RWKV-7 layer has three such stacks (r k v, and
+ * the LoRAs in and out), eleven small products that each paid a ctypes call, views and checks. */
+int rwkv_int8_gemm_stack(const float* x, const int8_t* const* q, const float* const* scale, float* y, int64_t m,
+                         int64_t nb, int64_t n_in, int64_t n_out, int nthreads) {
+    for (int64_t i = 0; i < m; i++) {
+        const int rc = rwkv_int8_gemm(x + i * nb * n_in, q[i], scale[i], y + i * nb * n_out, nb, n_in, n_out, nthreads);
+        if (rc != 0) return rc;
+    }
+    return 0;
+}
+
 /* 1 when this build used the AVX2 path (reported in logs and benchmarks). */
 int rwkv_int8_gemm_simd(void) {
 #if defined(__AVX2__)
