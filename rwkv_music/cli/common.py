@@ -332,7 +332,8 @@ sampling_options = combine(
 )
 output_options = combine(
     click.option(
-        "--out", "-o", type=click.Path(file_okay=False), default="out", show_default=True, help="Output folder."
+        "--out", "-o", type=click.Path(), default="out", show_default=True,
+        help="Output folder, or a file name such as song.mid (several pieces: song-00.mid, song-01.mid, ...).",
     ),
     click.option("--force", is_flag=True, help="Overwrite existing output files."),
     click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
@@ -433,9 +434,37 @@ def compose(
         progress.close()
 
 
-def output_paths(out: str, stem: str, n: int, extras: tuple[str, ...]) -> list[Path]:
-    """``out/stem-ii.ext`` for every piece and extension, in saving order."""
-    return [Path(out) / f"{stem}-{i:02d}.{ext}" for i in range(n) for ext in extras]
+# --out given as a file name of the command's main format: the pieces are named after it
+MUSIC_SUFFIXES = {"mid": (".mid", ".midi"), "abc": (".abc",)}
+
+
+def output_target(out: str, main: str) -> tuple[Path, Path | None]:
+    """``(folder, file)``: ``--out`` as a folder (file None), or as a file name ending in the main
+    format's suffix (``song.mid``), whose folder the files go to."""
+    path = Path(out)
+    if path.suffix.lower() in MUSIC_SUFFIXES.get(main, ()):
+        if path.is_dir():
+            return path, None  # an existing folder that happens to be called song.mid stays a folder
+        return path.parent, path
+    if path.is_file():
+        raise click.BadParameter(f"{out} is a file; give a folder, or a file name ending in "
+                                 f"{' or '.join(MUSIC_SUFFIXES.get(main, ('.' + main,)))}", param_hint="--out")
+    return path, None
+
+
+def output_paths(out: str, stem: str, n: int, extras: tuple[str, ...], main: str | None = None) -> list[Path]:
+    """Every piece's file of every extension, in saving order: ``out/stem-ii.ext``; with ``--out song.mid``
+    (a file name of the ``main`` format, by default ``extras[0]``'s) ``song.mid`` itself and
+    ``song.png`` etc. for one piece, ``song-ii.mid`` beside it for several."""
+    folder, file = output_target(out, main or (extras[0] if extras else ""))
+    if file is None:
+        return [folder / f"{stem}-{i:02d}.{ext}" for i in range(n) for ext in extras]
+
+    def named(i: int, ext: str) -> Path:
+        suffix = file.suffix if ext in MUSIC_SUFFIXES and file.suffix.lower() in MUSIC_SUFFIXES[ext] else f".{ext}"
+        return folder / (f"{file.stem}{suffix}" if n == 1 else f"{file.stem}-{i:02d}{suffix}")
+
+    return [named(i, ext) for i in range(n) for ext in extras]
 
 
 def check_outputs(paths: list[Path], force: bool) -> None:
@@ -454,18 +483,22 @@ def save_all(
     extras: tuple[str, ...],
     soundfont: str | None = None,
     required: int = 1,
+    main: str | None = None,
 ) -> list[Path]:
-    """Save every piece as ``out/stem-ii.<ext>``; returns the paths written.
+    """Save every piece at its :func:`output_paths` (``out/stem-ii.<ext>``); returns the paths written.
 
     The first ``required`` extensions must work; a later one (e.g. ``.mid`` of an ABC tune that
     music21 cannot read) is skipped with a warning on stderr.
     """
     from rwkv_music.errors import TokenizerError
 
-    Path(out).mkdir(parents=True, exist_ok=True)
+    n = max([len(pieces)] + [p.index + 1 for p in pieces])
+    paths = output_paths(out, stem, n, extras, main)
+    if paths:
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
     written = []
     for piece in pieces:
-        for k, path in enumerate(output_paths(out, stem, piece.index + 1, extras)[piece.index * len(extras) :]):
+        for k, path in enumerate(paths[piece.index * len(extras) : (piece.index + 1) * len(extras)]):
             try:
                 written.append(piece.save(path, force=force, soundfont=soundfont))
             except TokenizerError as exc:  # AbcFormatError / MidiFormatError of generated music

@@ -35,6 +35,7 @@ from rwkv_music.cli.common import (
     model_options,
     output_options,
     output_paths,
+    output_target,
     sampling_options,
     save_all,
     seed_option,
@@ -292,8 +293,14 @@ def generate_abc(
 def _abc_paths(out: str, stem: str, n: int, book: bool, also_midi: bool, musicxml: bool) -> list[Path]:
     extras = ("mid",) * also_midi + ("musicxml",) * musicxml
     if book:
-        return [Path(out) / f"{stem}.abc"] + output_paths(out, stem, n, extras)
+        return [_book_path(out, stem)] + output_paths(out, stem, n, extras, main="abc")
     return output_paths(out, stem, n, ("abc",) + extras)
+
+
+def _book_path(out: str, stem: str) -> Path:
+    """--book's one .abc: ``out/stem.abc``, or ``--out`` itself when it names an .abc file."""
+    folder, file = output_target(out, "abc")
+    return file if file is not None else folder / f"{stem}.abc"
 
 
 def _save_abc(
@@ -304,9 +311,10 @@ def _save_abc(
         return save_all(pieces, out, stem, force, ("abc",) + extras)
     from rwkv_music.export.abc import write_abc
 
-    Path(out).mkdir(parents=True, exist_ok=True)
-    paths = [write_abc([p.text for p in pieces], Path(out) / f"{stem}.abc", force, titles=[p.title for p in pieces])]
-    return paths + (save_all(pieces, out, stem, force, extras, required=0) if extras else [])
+    book_path = _book_path(out, stem)
+    book_path.parent.mkdir(parents=True, exist_ok=True)
+    paths = [write_abc([p.text for p in pieces], book_path, force, titles=[p.title for p in pieces])]
+    return paths + (save_all(pieces, out, stem, force, extras, required=0, main="abc") if extras else [])
 
 
 @main.command(

@@ -425,3 +425,25 @@ def test_generate_abc_form_options_and_a_budget_too_small(abc_model: Path, tmp_p
     assert len(small.stderr.strip().splitlines()) == 1
     free = _run(["generate-abc", "--model", abc_model, "--free-form", "--parts", 2, "--out", tmp_path / "f", "-q"])
     assert free.exit_code != 0 and "form" in free.stderr
+
+
+def test_out_may_name_the_file(midi_model: Path, abc_model: Path, tmp_path: Path) -> None:
+    """`-o song.mid` writes song.mid (not a folder called song.mid); several pieces are named after it."""
+    one = _run(["generate-midi", "--model", midi_model, "--max-tokens", 4, "--seed", 1, "-o", tmp_path / "song.mid",
+                "--png", "-q"])
+    assert one.exit_code == 0, one.output
+    assert one.stdout.split() == [str(tmp_path / "song.mid"), str(tmp_path / "song.png")]
+    assert (tmp_path / "song.mid").is_file() and len(mido.MidiFile(tmp_path / "song.mid").tracks) >= 1
+    several = _run(["generate-midi", "--model", midi_model, "-n", 2, "--max-tokens", 4, "--seed", 1,
+                    "-o", tmp_path / "new" / "take.midi", "-q"])
+    assert several.exit_code == 0, several.output
+    assert several.stdout.split() == [str(tmp_path / "new" / f"take-0{i}.midi") for i in range(2)]
+    again = _run(["generate-midi", "--model", midi_model, "--max-tokens", 4, "-o", tmp_path / "song.mid", "-q"])
+    assert again.exit_code == 2 and "exists" in again.stderr  # an existing file is not overwritten by default
+    book = _run(["generate-abc", "--model", abc_model, "-n", 2, "--max-tokens", 60, "--bars-per-part", 4, "--parts", 1,
+                 "--book", "--seed", 2, "-o", tmp_path / "tunes.abc", "-q"])
+    assert book.exit_code == 0, book.output
+    assert book.stdout.split() == [str(tmp_path / "tunes.abc")]
+    assert (tmp_path / "tunes.abc").read_text().count("X:") == 2
+    wrong = _run(["generate-midi", "--model", midi_model, "-o", tmp_path / "tunes.abc", "-q"])
+    assert wrong.exit_code == 2 and "tunes.abc is a file; give a folder, or a file name ending in .mid" in wrong.stderr
