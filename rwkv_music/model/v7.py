@@ -19,6 +19,7 @@ The sequence-mode WKV runs in chunks (:mod:`rwkv_music.model.wkv7`, shared with 
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,6 +186,10 @@ def _forward(
     B, T = tokens.shape
     C, dtype = config.n_embd, weights.dtype
     flat_tokens = tokens.reshape(-1)
+    if T == 1 and B <= FUSED_LAYERS_MAX_ROWS and C <= FUSED_LAYERS_MAX_WIDTH:
+        fused = _fused_layers(weights, config, flat_tokens, state, out_state, all_logits)
+        if fused is not None:
+            return fused
     att_prev, ffn_prev, kv_in, kv_out, new_kv = matrix_state_io(state, out_state, dtype)
     att_last, ffn_last = [], []
     x = weights.emb[flat_tokens]  # [B·T, C]
@@ -201,6 +206,56 @@ def _forward(
     tensors = {"att_x": torch.stack(att_last), "att_kv": new_kv, "ffn_x": torch.stack(ffn_last)}
     return logits, write_state(out_state, config.version, tensors)
 
+
+
+# The all-layers C step (native/v7_decode.c) runs for a few rows of a narrow fp32 model: there torch's
+# per-op dispatch is most of a step (shipped L4 D128: see the kernel's notes); wider models and bigger
+# batches spend their time in the matrix products, which torch's BLAS does better than its plain loops.
+FUSED_LAYERS_MAX_ROWS = 4
+FUSED_LAYERS_MAX_WIDTH = 256
+_LAYER_FIELDS = ("ln1", "mix", "rkv", "lora_in", "lora_out", "lora_bias", "k_k", "k_a", "one_minus_k_a", "r_k",
+                 "ln_x", "output", "ln2", "ffn_mix", "ffn_key", "ffn_value")  # the kernel's order (pairs: w, b)
+
+
+def _fused_layers(
+    weights: V7Weights, config: RWKVConfig, flat_tokens: torch.Tensor, state: State, out_state: State | None,
+    all_logits: bool,
+) -> tuple[torch.Tensor, State] | None:
+    """One-token step of every layer in one C call (``rwkv7_decode_layers``), or None where it does not
+    apply (not fp32 plain-tensor weights on the CPU, DeepEmbed, the kernels off or missing, another state)."""
+    if weights.deep_embed or weights.dtype != torch.float32 or not native.FUSED_LAYERS:
+        return None
+    tensors: list[torch.Tensor] = []
+    for lw in weights.layers:
+        for name in _LAYER_FIELDS:
+            value = getattr(lw, name)
+            if isinstance(value, tuple):
+                tensors.extend(value)
+            else:
+                tensors.append(value)
+    att_in, ffn_in, kv_in = (state.tensors[k] for k in ("att_x", "ffn_x", "att_kv"))
+    if out_state is None:
+        att_out, ffn_out, kv_out = torch.empty_like(att_in), torch.empty_like(ffn_in), torch.empty_like(kv_in)
+    else:
+        att_out, ffn_out, kv_out = (out_state.tensors[k] for k in ("att_x", "ffn_x", "att_kv"))
+    x = weights.emb[flat_tokens]  # [B, C], a new tensor: the kernel writes the residual into it
+    io = (x, att_in, att_out, ffn_in, ffn_out, kv_in, kv_out)
+    widths = {(lw.lora_in.shape[2], lw.ffn_key.shape[1]) for lw in weights.layers}  # (one D and F for all)
+    if len(widths) != 1 or not all(type(t) is torch.Tensor for t in tensors) or not native.fused_decode_ok(
+        *io, *tensors, head_size=config.head_size
+    ):
+        return None
+    lib = native.kernel("rwkv7_decode_layers")
+    pointers = (ctypes.c_int64 * len(tensors))(*[t.data_ptr() for t in tensors])
+    lw0 = weights.layers[0]
+    rc = lib(len(weights.layers), x.shape[0], config.n_embd, config.n_head, config.head_size, lw0.lora_in.shape[2],
+             lw0.ffn_key.shape[1], ctypes.addressof(pointers), *(t.data_ptr() for t in io), LN_EPS, GN_EPS,
+             DECAY_SCALE)
+    if rc != 0:
+        raise MemoryError(f"fused RWKV-7 decode failed (head size {config.head_size}, no scratch memory?)")
+    logits = head_logits_rows(x, weights.ln_out, weights.head, x.shape[0], 1, all_logits)
+    new = {"att_x": att_out, "att_kv": kv_out, "ffn_x": ffn_out}
+    return logits, write_state(out_state, config.version, new)
 
 
 def _time_mix(

@@ -165,6 +165,7 @@ def test_fused_decode_matches_the_torch_ops(version: str, inplace: bool, monkeyp
         return wrapper
 
     monkeypatch.setattr(native, "kernel", counting)
+    monkeypatch.setattr(native, "FUSED_LAYERS", False)  # v7's per-layer kernel here; all layers in one call below
     model = TorchModel.from_state_dict(random_checkpoint(version, n_layer=3, n_embd=128, head_size=32,
                                                          vocab_size=100, seed=1))
     tokens = torch.randint(0, 100, (3, 5), generator=torch.Generator().manual_seed(4))
@@ -184,3 +185,51 @@ def test_fused_decode_matches_the_torch_ops(version: str, inplace: bool, monkeyp
         assert float((got[1][name] - tensor).abs().max()) < 1e-5 * max(float(tensor.abs().max()), 1.0), name
     full, _ = model.forward(tokens)  # prefill (the chunked / scanned torch form) agrees with the fused steps
     assert float((full - got[0][-1]).abs().max()) < 1e-4 * scale
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_all_rwkv7_layers_in_one_call_match_the_torch_ops(monkeypatch: pytest.MonkeyPatch, rows: int,
+                                                           inplace: bool) -> None:
+    """v7_decode.c (every layer of a small fp32 RWKV-7's one-token step) against the torch ops: logits and
+    every state tensor to float rounding, one call a step, and a row's numbers the same in any batch."""
+    from rwkv_music.backends.torch import TorchModel
+    from rwkv_music.model import v7
+    from rwkv_music.model.factory import random_checkpoint
+
+    model = TorchModel.from_state_dict(random_checkpoint("7", n_layer=3, n_embd=128, head_size=32,
+                                                         vocab_size=100, seed=3))
+    tokens = torch.randint(0, 100, (rows, 6), generator=torch.Generator().manual_seed(5))
+    calls = []
+    real = native.kernel
+
+    def counting(name: str) -> Callable[..., int]:
+        calls.append(name)
+        return real(name)
+
+    monkeypatch.setattr(native, "kernel", counting)
+    runs = {}
+    for layers in (False, True):
+        monkeypatch.setattr(native, "FUSED_LAYERS", layers)
+        state, logits = model.new_state(rows), []
+        for t in range(tokens.shape[1]):
+            step, state = model.forward(tokens[:, t : t + 1], state, inplace=inplace)
+            logits.append(step)
+        runs[layers] = (torch.stack(logits), {k: v.clone() for k, v in state.tensors.items()})
+    assert calls.count("rwkv7_decode_layers") == tokens.shape[1] and "rwkv7_time_mix_decode" in calls
+    want, got = runs[False], runs[True]
+    scale = float(want[0].abs().max())
+    assert float((got[0] - want[0]).abs().max()) < 1e-5 * scale
+    for name, tensor in want[1].items():
+        assert float((got[1][name] - tensor).abs().max()) < 1e-5 * max(float(tensor.abs().max()), 1.0), name
+    if rows > 1:  # row 1 alone gives the same numbers as inside the batch (every row is computed alike)
+        state = model.new_state(1)
+        for t in range(tokens.shape[1]):
+            alone, state = model.forward(tokens[1:2, t : t + 1], state)
+        assert torch.equal(alone[0], got[0][-1, 1])
+    monkeypatch.setattr(native, "FUSED_LAYERS", True)
+    calls.clear()
+    wide = torch.zeros((v7.FUSED_LAYERS_MAX_ROWS + 1, 1), dtype=torch.long)
+    model.forward(wide, model.new_state(wide.shape[0]))
+    assert "rwkv7_decode_layers" not in calls  # more rows than it takes: the per-layer path

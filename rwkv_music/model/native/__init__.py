@@ -7,7 +7,9 @@
 * ``rwkv4_wkv_decode``, ``rwkv5_wkv_decode``, ``rwkv7_time_mix_decode`` (``wkv4.c``, ``wkv5.c``,
   ``wkv7.c``): the one-token recurrence of each version, with the elementwise steps around it,
   fused into one call (used by the version modules on fp32 CPU decode); ``rwkv4_wkv_prefill``:
-  v4's recurrence over all tokens of a prefill (fp32 CPU).
+  v4's recurrence over all tokens of a prefill (fp32 CPU);
+* ``rwkv7_decode_layers`` (``v7_decode.c``): every layer of a small fp32 RWKV-7's one-token step in
+  one call.
 
 The shared library (all the files) is compiled once per machine by :mod:`rwkv_music.native_build`
 (``-O3 -march=native -fopenmp``, a few seconds) into a cache folder and reused.
@@ -38,7 +40,8 @@ import rwkv_music.native_build as native_build
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(n) for n in ("int8_gemm.c", "int4_gemm.c", "wkv4.c", "wkv5.c", "wkv7.c"))
+SOURCES = tuple(Path(__file__).with_name(n)
+                for n in ("int8_gemm.c", "int4_gemm.c", "wkv4.c", "wkv5.c", "wkv7.c", "v7_decode.c"))
 _P, _I64, _F32, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 # name → (argument types, result type) of every exported kernel
 SIGNATURES = {
@@ -51,6 +54,7 @@ SIGNATURES = {
     "rwkv4_wkv_prefill": ([_I64] * 3 + [_P] * 11 + [_INT], None),
     "rwkv5_wkv_decode": ([_I64] * 3 + [_P] * 9 + [_F32, _P, _INT], _INT),
     "rwkv7_time_mix_decode": ([_I64] * 3 + [_P] * 15 + [_F32] * 2 + [_P] * 2 + [_INT], _INT),
+    "rwkv7_decode_layers": ([_I64] * 7 + [_P] * 8 + [_F32] * 3, _INT),
 }
 FLAG_SETS = native_build.FLAG_SETS
 
@@ -58,6 +62,9 @@ MAX_HEAD_SIZE = 256  # the stack buffers of wkv5.c / wkv7.c
 # fp32 CPU decode runs each version's one-token WKV (and the steps next to it) as one C call
 # where the kernels build; False keeps the torch ops (tests compare the two).
 FUSED_DECODE = True
+# Small fp32 RWKV-7 models decode a few rows at a time through one call for all layers
+# (v7_decode.c) where FUSED_DECODE holds; False keeps the per-layer path (tests compare the two).
+FUSED_LAYERS = True
 
 ENV_VAR = native_build.ENV_VAR
 

@@ -1,0 +1,155 @@
+/* Every RWKV-7 layer of a one-token step in one call, fp32 (rwkv_music/model/v7.py, _forward with
+ * T == 1 for plain float32 weights; the maths is docs/formats.md A7).
+ *
+ * A small model (the shipped ones are L4 D128) spends most of a torch decode step in ~25 op
+ * dispatches a layer, each a few microseconds on vectors of 128 floats: the arithmetic is a
+ * fraction of that.  Here a step is one call for all layers; the time mix's recurrence is
+ * rwkv7_time_mix_decode (wkv7.c), the rest is written out below.  Rows are independent and each
+ * is computed with the same operation order at any batch size.
+ *
+ * Per layer (weights as v7.V7Layer stores them: x @ W with W [in, out], ffn_value [C, F]):
+ *   xx = LN1(x);  m_j = lerp(xx, prev_att, mix_j), j = r k v a w g;  att_x' = xx
+ *   r, k, v = m_r R, m_k K, m_v V;  h_j = m_j L_j (j = v a w g), tanh on h_w, h_g
+ *   lv, la, lw, g = bias_j + h_j U_j;  y = time_mix(r, k, v, lv, la, lw)  (wkv7.c)
+ *   x += (y * g) O;  xx = LN2(x);  kx = lerp(xx, prev_ffn, ffn_mix);  ffn_x' = xx
+ *   x += relu(kx Key)^2 Valueᵀ
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+int rwkv7_time_mix_decode(int64_t B, int64_t H, int64_t N, const float* S, float* S_out, const float* r,
+                          const float* k, const float* v, const float* lv, const float* la, const float* lw,
+                          const float* v_first, const float* k_k, const float* k_a, const float* one_minus_k_a,
+                          const float* r_k, const float* ln_w, const float* ln_b, float gn_eps, float decay_scale,
+                          float* y, float* v_out, int nthreads);
+
+/* the weight pointers of one layer, in this order (v7.py's _fused_layer_pointers) */
+enum {
+    W_LN1_W, W_LN1_B, W_MIX, W_RKV, W_LORA_IN, W_LORA_OUT, W_LORA_BIAS, W_K_K, W_K_A, W_ONE_MINUS_K_A, W_R_K,
+    W_LN_X_W, W_LN_X_B, W_OUTPUT, W_LN2_W, W_LN2_B, W_FFN_MIX, W_FFN_KEY, W_FFN_VALUE, W_COUNT
+};
+
+static inline float lerpf(float start, float end, float weight) { /* torch.lerp's formula */
+    return weight < 0.5f ? start + weight * (end - start) : end - (end - start) * (1.f - weight);
+}
+
+/* y = LayerNorm(x) over n (biased variance, as torch), one row */
+static void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t n, float eps) {
+    float mean = 0.f, var = 0.f;
+    for (int64_t i = 0; i < n; i++) mean += x[i];
+    mean /= (float)n;
+    for (int64_t i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+    const float inv = 1.f / sqrtf(var / (float)n + eps);
+    for (int64_t i = 0; i < n; i++) y[i] = (x[i] - mean) * inv * w[i] + b[i];
+}
+
+/* out[b, :] (+)= x[b, :] @ W for rows b < nb; W [n_in, n_out] row-major; every W row is read once for all
+ * rows of x, and every output is summed over i in order (the same numbers at any nb) */
+static void rows_matmul(const float* x, int64_t ldx, const float* W, float* out, int64_t ldo, int64_t nb,
+                        int64_t n_in, int64_t n_out, int accumulate) {
+    if (!accumulate)
+        for (int64_t b = 0; b < nb; b++) memset(out + b * ldo, 0, (size_t)n_out * sizeof(float));
+    for (int64_t i = 0; i < n_in; i++) {
+        const float* wi = W + i * n_out;
+        for (int64_t b = 0; b < nb; b++) {
+            const float xi = x[b * ldx + i];
+            float* o = out + b * ldo;
+#pragma omp simd
+            for (int64_t j = 0; j < n_out; j++) o[j] += xi * wi[j];
+        }
+    }
+}
+
+/* out[b, c] += sum_f k[b, f] * Wt[c, f]  (Wt [n_out, n_in]: F.linear's layout, a dot product per output) */
+static void rows_linear_add(const float* k, const float* Wt, float* out, int64_t nb, int64_t n_in, int64_t n_out) {
+    for (int64_t b = 0; b < nb; b++) {
+        const float* kb = k + b * n_in;
+        for (int64_t c = 0; c < n_out; c++) {
+            const float* w = Wt + c * n_in;
+            float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t f = 0; f < n_in; f++) acc += kb[f] * w[f];
+            out[b * n_out + c] += acc;
+        }
+    }
+}
+
+/* Returns 0; -1 when scratch memory cannot be allocated or N exceeds wkv7.c's buffers.
+ *   x [B, C]: the embedded token on entry, the residual after the last layer on return;
+ *   att_in / att_out, ffn_in / ffn_out [L, B, C] and kv_in / kv_out [L, B, H, N, N]: the state before
+ *   and after (each pair may be one buffer: a layer reads its rows before writing them);
+ *   weights: L * W_COUNT pointers. */
+int rwkv7_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, int64_t D, int64_t F,
+                        const int64_t* weights, float* x, const float* att_in, float* att_out, const float* ffn_in,
+                        float* ffn_out, const float* kv_in, float* kv_out, float ln_eps, float gn_eps,
+                        float decay_scale) {
+    if (N > 256 || H * N != C) return -1;
+    /* scratch: mixes [6, B, C], r k v [3, B, C], h [4, B, D], lora outputs [4, B, C], y, v_first, v_out,
+     * xx [B, C], ffn hidden [B, F] */
+    const size_t BC = (size_t)(B * C);
+    float* buf = (float*)malloc(sizeof(float) * (6 * BC + 3 * BC + 4 * (size_t)(B * D) + 4 * BC + 4 * BC +
+                                                 (size_t)(B * F)));
+    if (!buf) return -1;
+    float* mixed = buf;
+    float* rkv = mixed + 6 * BC;
+    float* h = rkv + 3 * BC;
+    float* lo = h + 4 * (size_t)(B * D);
+    float* y = lo + 4 * BC;
+    float* v_first = y + BC;
+    float* v_out = v_first + BC;
+    float* xx = v_out + BC;
+    float* hidden = xx + BC;
+    int rc = 0;
+    for (int64_t l = 0; l < L && rc == 0; l++) {
+        const float* const* w = (const float* const*)(weights + l * W_COUNT);
+        const size_t so = (size_t)l * BC, sk = (size_t)l * (size_t)(B * H * N * N);
+        /* time mix: LN1, the six token-shift mixes (prev is read before att_out, possibly the same row, is written) */
+        for (int64_t b = 0; b < B; b++) {
+            float* xb = xx + b * C;
+            layer_norm(x + b * C, w[W_LN1_W], w[W_LN1_B], xb, C, ln_eps);
+            const float* prev = att_in + so + b * C;
+            for (int j = 0; j < 6; j++) {
+                const float* mj = w[W_MIX] + j * C;
+                float* dst = mixed + j * BC + b * C;
+                for (int64_t c = 0; c < C; c++) dst[c] = lerpf(xb[c], prev[c], mj[c]);
+            }
+            memcpy(att_out + so + b * C, xb, (size_t)C * sizeof(float));
+        }
+        for (int j = 0; j < 3; j++) /* r k v */
+            rows_matmul(mixed + j * BC, C, w[W_RKV] + (size_t)j * C * C, rkv + j * BC, C, B, C, C, 0);
+        for (int j = 0; j < 4; j++) { /* LoRAs v a w g: in, tanh for w and g, out plus bias */
+            float* hj = h + (size_t)j * B * D;
+            rows_matmul(mixed + (2 + j) * BC, C, w[W_LORA_IN] + (size_t)j * C * D, hj, D, B, C, D, 0);
+            if (j >= 2)
+                for (int64_t i = 0; i < B * D; i++) hj[i] = tanhf(hj[i]);
+            float* oj = lo + j * BC;
+            for (int64_t b = 0; b < B; b++) memcpy(oj + b * C, w[W_LORA_BIAS] + j * C, (size_t)C * sizeof(float));
+            rows_matmul(hj, D, w[W_LORA_OUT] + (size_t)j * D * C, oj, C, B, D, C, 1);
+        }
+        rc = rwkv7_time_mix_decode(B, H, N, kv_in + sk, kv_out + sk, rkv, rkv + BC, rkv + 2 * BC, lo, lo + BC,
+                                   lo + 2 * BC, l == 0 ? NULL : v_first, w[W_K_K], w[W_K_A], w[W_ONE_MINUS_K_A],
+                                   w[W_R_K], w[W_LN_X_W], w[W_LN_X_B], gn_eps, decay_scale, y,
+                                   l == 0 ? v_first : v_out, 1);
+        for (size_t i = 0; i < BC; i++) y[i] *= lo[3 * BC + i]; /* the gate g */
+        rows_matmul(y, C, w[W_OUTPUT], x, C, B, C, C, 1);    /* x += (y * g) O */
+        /* channel mix */
+        for (int64_t b = 0; b < B; b++) {
+            float* xb = xx + b * C;
+            layer_norm(x + b * C, w[W_LN2_W], w[W_LN2_B], xb, C, ln_eps);
+            const float* prev = ffn_in + so + b * C;
+            float* kx = mixed + b * C; /* (the mixes are spent) */
+            for (int64_t c = 0; c < C; c++) kx[c] = lerpf(xb[c], prev[c], w[W_FFN_MIX][c]);
+            memcpy(ffn_out + so + b * C, xb, (size_t)C * sizeof(float));
+        }
+        rows_matmul(mixed, C, w[W_FFN_KEY], hidden, F, B, C, F, 0);
+        for (int64_t i = 0; i < B * F; i++) {
+            const float t = hidden[i] > 0.f ? hidden[i] : 0.f;
+            hidden[i] = t * t;
+        }
+        rows_linear_add(hidden, w[W_FFN_VALUE], x, B, F, C);
+    }
+    free(buf);
+    return rc;
+}
