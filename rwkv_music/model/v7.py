@@ -225,6 +225,35 @@ def _fused_layers(
     apply (not fp32 plain-tensor weights on the CPU, DeepEmbed, the kernels off or missing, another state)."""
     if weights.deep_embed or weights.dtype != torch.float32 or not native.FUSED_LAYERS:
         return None
+    plan = _layer_plan(weights, config)
+    if plan is None:
+        return None
+    att_in, ffn_in, kv_in = (state.tensors[k] for k in ("att_x", "ffn_x", "att_kv"))
+    if out_state is None:
+        att_out, ffn_out, kv_out = torch.empty_like(att_in), torch.empty_like(ffn_in), torch.empty_like(kv_in)
+    else:
+        att_out, ffn_out, kv_out = (out_state.tensors[k] for k in ("att_x", "ffn_x", "att_kv"))
+    x = weights.emb[flat_tokens]  # [B, C], a new tensor: the kernel writes the residual into it
+    io = (x, att_in, att_out, ffn_in, ffn_out, kv_in, kv_out)
+    if not native.fused_decode_ok(*io, head_size=config.head_size):  # (also: the kernels on and built)
+        return None
+    _, pointers, D, F_ = plan
+    rc = native.kernel("rwkv7_decode_layers")(
+        len(weights.layers), x.shape[0], config.n_embd, config.n_head, config.head_size, D, F_,
+        ctypes.addressof(pointers), *(t.data_ptr() for t in io), LN_EPS, GN_EPS, DECAY_SCALE)
+    if rc != 0:
+        raise MemoryError(f"fused RWKV-7 decode failed (head size {config.head_size}, no scratch memory?)")
+    logits = head_logits_rows(x, weights.ln_out, weights.head, x.shape[0], 1, all_logits)
+    new = {"att_x": att_out, "att_kv": kv_out, "ffn_x": ffn_out}
+    return logits, write_state(out_state, config.version, new)
+
+
+def _layer_plan(weights: V7Weights, config: RWKVConfig) -> tuple | None:
+    """``(tensors, pointer array, D, F)`` of the layers for the kernel, or None if they do not suit it.
+
+    Kept on ``weights`` and reused while every tensor is still the same object (quantizing replaces
+    matrices, which then fail the plain-tensor check), so a step does not re-check ~20 tensors a layer.
+    """
     tensors: list[torch.Tensor] = []
     for lw in weights.layers:
         for name in _LAYER_FIELDS:
@@ -233,29 +262,18 @@ def _fused_layers(
                 tensors.extend(value)
             else:
                 tensors.append(value)
-    att_in, ffn_in, kv_in = (state.tensors[k] for k in ("att_x", "ffn_x", "att_kv"))
-    if out_state is None:
-        att_out, ffn_out, kv_out = torch.empty_like(att_in), torch.empty_like(ffn_in), torch.empty_like(kv_in)
-    else:
-        att_out, ffn_out, kv_out = (out_state.tensors[k] for k in ("att_x", "ffn_x", "att_kv"))
-    x = weights.emb[flat_tokens]  # [B, C], a new tensor: the kernel writes the residual into it
-    io = (x, att_in, att_out, ffn_in, ffn_out, kv_in, kv_out)
+    plan = weights.__dict__.get("_fused_plan")
+    if plan is not None and len(plan[0]) == len(tensors) and all(a is b for a, b in zip(plan[0], tensors)):
+        return plan if plan[1] is not None else None
     widths = {(lw.lora_in.shape[2], lw.ffn_key.shape[1]) for lw in weights.layers}  # (one D and F for all)
-    if len(widths) != 1 or not all(type(t) is torch.Tensor for t in tensors) or not native.fused_decode_ok(
-        *io, *tensors, head_size=config.head_size
-    ):
-        return None
-    lib = native.kernel("rwkv7_decode_layers")
-    pointers = (ctypes.c_int64 * len(tensors))(*[t.data_ptr() for t in tensors])
-    lw0 = weights.layers[0]
-    rc = lib(len(weights.layers), x.shape[0], config.n_embd, config.n_head, config.head_size, lw0.lora_in.shape[2],
-             lw0.ffn_key.shape[1], ctypes.addressof(pointers), *(t.data_ptr() for t in io), LN_EPS, GN_EPS,
-             DECAY_SCALE)
-    if rc != 0:
-        raise MemoryError(f"fused RWKV-7 decode failed (head size {config.head_size}, no scratch memory?)")
-    logits = head_logits_rows(x, weights.ln_out, weights.head, x.shape[0], 1, all_logits)
-    new = {"att_x": att_out, "att_kv": kv_out, "ffn_x": ffn_out}
-    return logits, write_state(out_state, config.version, new)
+    suits = (len(widths) == 1 and all(type(t) is torch.Tensor for t in tensors)
+             and native.fused_decode_ok(*tensors, head_size=config.head_size))
+    pointers = (ctypes.c_int64 * len(tensors))(*[t.data_ptr() for t in tensors]) if suits else None
+    D, F_ = next(iter(widths))
+    plan = (tuple(tensors), pointers, D, F_)
+    if suits:  # (an unsuitable verdict may hinge on the kernels being off just now: not kept)
+        weights.__dict__["_fused_plan"] = plan
+    return plan if suits else None
 
 
 def _time_mix(

@@ -204,9 +204,9 @@ def test_all_rwkv7_layers_in_one_call_match_the_torch_ops(monkeypatch: pytest.Mo
     calls = []
     real = native.kernel
 
-    def counting(name: str) -> Callable[..., int]:
+    def counting(name: str, *choice: object) -> Callable[..., int]:
         calls.append(name)
-        return real(name)
+        return real(name, *choice)
 
     monkeypatch.setattr(native, "kernel", counting)
     runs = {}
@@ -233,3 +233,9 @@ def test_all_rwkv7_layers_in_one_call_match_the_torch_ops(monkeypatch: pytest.Mo
     wide = torch.zeros((v7.FUSED_LAYERS_MAX_ROWS + 1, 1), dtype=torch.long)
     model.forward(wide, model.new_state(wide.shape[0]))
     assert "rwkv7_decode_layers" not in calls  # more rows than it takes: the per-layer path
+    model.forward(wide[:1], model.new_state(1))
+    assert calls.count("rwkv7_decode_layers") == 1
+    model.quantize_int8()  # the layers it planned for are replaced: int8 matrices go the per-layer way
+    calls.clear()
+    model.forward(wide[:1], model.new_state(1))
+    assert "rwkv7_decode_layers" not in calls
