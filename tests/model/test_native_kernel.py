@@ -239,3 +239,44 @@ def test_all_rwkv7_layers_in_one_call_match_the_torch_ops(monkeypatch: pytest.Mo
     calls.clear()
     model.forward(wide[:1], model.new_state(1))
     assert "rwkv7_decode_layers" not in calls
+
+
+@needs_native
+@pytest.mark.parametrize("rows,length", [(1, 2), (1, 21), (3, 21), (1, 64), (1, 65)])
+def test_a_short_prompt_through_the_all_layers_steps_matches_the_chunked_prefill(
+    monkeypatch: pytest.MonkeyPatch, rows: int, length: int
+) -> None:
+    """A prompt of up to FUSED_PREFILL_MAX_TOKENS tokens is read as one-token steps in one C call
+    (rwkv7_prefill_layers): the last logits and the state as the torch chunked prefill's, to rounding;
+    longer prompts, and all_logits, keep the chunked form."""
+    from rwkv_music.backends.torch import TorchModel
+    from rwkv_music.model import v7
+    from rwkv_music.model.factory import random_checkpoint
+
+    model = TorchModel.from_state_dict(random_checkpoint("7", n_layer=2, n_embd=64, head_size=32,
+                                                         vocab_size=90, seed=6))
+    tokens = torch.randint(0, 90, (rows, length), generator=torch.Generator().manual_seed(length))
+    start = model.new_state(rows)
+    start.tensors["att_kv"].normal_(generator=torch.Generator().manual_seed(1))  # a state to carry on from
+    calls = []
+    real = native.kernel
+
+    def counting(name: str, *choice: object) -> Callable[..., int]:
+        calls.append(name)
+        return real(name, *choice)
+
+    monkeypatch.setattr(native, "kernel", counting)
+    runs = {}
+    for layers in (False, True):
+        monkeypatch.setattr(native, "FUSED_LAYERS", layers)
+        logits, state = model.forward(tokens, start)
+        runs[layers] = (logits, state)
+    used = "rwkv7_prefill_layers" in calls
+    assert used == (rows * length <= v7.FUSED_PREFILL_MAX_POSITIONS)
+    (want, ws), (got, gs) = runs[False], runs[True]
+    assert float((got - want).abs().max()) < 1e-4 * float(want.abs().max())
+    for name, tensor in ws.tensors.items():
+        assert float((gs.tensors[name] - tensor).abs().max()) < 1e-4 * max(float(tensor.abs().max()), 1.0), name
+    calls.clear()
+    every, _ = model.forward(tokens, start, all_logits=True)
+    assert "rwkv7_prefill_layers" not in calls and torch.allclose(every[:, -1], want, atol=1e-4)

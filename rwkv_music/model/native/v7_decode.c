@@ -153,3 +153,20 @@ int rwkv7_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
     free(buf);
     return rc;
 }
+
+/* T tokens one after another through rwkv7_decode_layers (a short prompt's prefill: below a few dozen
+ * tokens the chunked torch form costs more in op dispatch than these steps in compute).
+ * xs [T, B, C]: the embedded tokens, position-major; xs[T - 1] holds the last residual on return.
+ * The state is read from the *_in buffers for the first token and carried in the *_out ones. */
+int rwkv7_prefill_layers(int64_t T, int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, int64_t D, int64_t F,
+                         const int64_t* weights, float* xs, const float* att_in, float* att_out,
+                         const float* ffn_in, float* ffn_out, const float* kv_in, float* kv_out, float ln_eps,
+                         float gn_eps, float decay_scale) {
+    for (int64_t t = 0; t < T; t++) {
+        const int rc = rwkv7_decode_layers(L, B, C, H, N, D, F, weights, xs + t * B * C, t ? att_out : att_in,
+                                           att_out, t ? ffn_out : ffn_in, ffn_out, t ? kv_out : kv_in, kv_out, ln_eps,
+                                           gn_eps, decay_scale);
+        if (rc != 0) return rc;
+    }
+    return 0;
+}
