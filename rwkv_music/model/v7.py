@@ -209,10 +209,12 @@ def _forward(
 
 
 
-# The all-layers C step (native/v7_decode.c) runs for a few rows of a narrow fp32 model: there torch's
+# The all-layers C step (native/v7_decode.c) runs for up to 16 rows of a narrow fp32 model: there torch's
 # per-op dispatch is most of a step (shipped L4 D128: see the kernel's notes); wider models and bigger
-# batches spend their time in the matrix products, which torch's BLAS does better than its plain loops.
-FUSED_LAYERS_MAX_ROWS = 4
+# batches spend their time in the matrix products, where torch's BLAS on every thread catches up with the
+# kernel's one (shipped models, one C thread against torch's two: 2.1x / 1.4x at 8 rows, 1.5x / 1.2x at
+# 16, 1.1x / 0.96x at 32 for abc / midi).
+FUSED_LAYERS_MAX_ROWS = 16
 FUSED_LAYERS_MAX_WIDTH = 256
 # ... and prompts of up to this many positions (B·T) are read as one-token steps in one call
 # (rwkv7_prefill_layers), where only the last logits are wanted: a compose header (~20 tokens, B = 1
@@ -247,7 +249,7 @@ def _fused_layers(
     io = (xs, att_in, att_out, ffn_in, ffn_out, kv_in, kv_out)
     if not native.fused_decode_ok(*io, head_size=config.head_size):  # (also: the kernels on and built)
         return None
-    _, pointers, D, F_ = plan
+    _, pointers, D, F_, _ = plan
     shape = (len(weights.layers), B, config.n_embd, config.n_head, config.head_size, D, F_)
     args = (ctypes.addressof(pointers), *(t.data_ptr() for t in io), LN_EPS, GN_EPS, DECAY_SCALE)
     if T == 1:
@@ -262,7 +264,7 @@ def _fused_layers(
 
 
 def _layer_plan(weights: V7Weights, config: RWKVConfig) -> tuple | None:
-    """``(matrices, pointer array, D, F)`` of the layers for the kernel, or None if they do not suit it.
+    """``(matrices, pointer array, D, F, tensors)`` of the layers for the kernel, or None if they do not suit it.
 
     Kept on ``weights`` and reused while every layer still holds the same matrix objects (quantizing is
     what replaces a layer's tensors, and it replaces matrices: they then fail the plain-tensor check), so a
@@ -281,8 +283,13 @@ def _layer_plan(weights: V7Weights, config: RWKVConfig) -> tuple | None:
             and native.fused_decode_ok(*tensors, head_size=config.head_size)):
         return None  # (not kept: the verdict may hinge on the kernels being off just now)
     matrices = tuple((lw, n, getattr(lw, n)) for lw in weights.layers for n in _MATRIX_FIELDS)
+    # the kernel sums x @ W a block of outputs at a time; for the channel mix's value that needs [F, C]
+    per_layer = len(tensors) // len(weights.layers)
+    for i, lw in enumerate(weights.layers):
+        tensors[(i + 1) * per_layer - 1] = lw.ffn_value.t().contiguous()
     pointers = (ctypes.c_int64 * len(tensors))(*[t.data_ptr() for t in tensors])
-    plan = weights.__dict__["_fused_plan"] = (matrices, pointers, *next(iter(widths)))
+    # (the plan holds the transposed copies, whose addresses the pointers are)
+    plan = weights.__dict__["_fused_plan"] = (matrices, pointers, *next(iter(widths)), tuple(tensors))
     return plan
 
 

@@ -7,12 +7,13 @@
  * rwkv7_time_mix_decode (wkv7.c), the rest is written out below.  Rows are independent and each
  * is computed with the same operation order at any batch size.
  *
- * Per layer (weights as v7.V7Layer stores them: x @ W with W [in, out], ffn_value [C, F]):
+ * Per layer (weights as v7.V7Layer stores them: x @ W with W [in, out]; ffn_value transposed to [F, C]
+ * by the caller, v7._layer_plan):
  *   xx = LN1(x);  m_j = lerp(xx, prev_att, mix_j), j = r k v a w g;  att_x' = xx
  *   r, k, v = m_r R, m_k K, m_v V;  h_j = m_j L_j (j = v a w g), tanh on h_w, h_g
  *   lv, la, lw, g = bias_j + h_j U_j;  y = time_mix(r, k, v, lv, la, lw)  (wkv7.c)
  *   x += (y * g) O;  xx = LN2(x);  kx = lerp(xx, prev_ffn, ffn_mix);  ffn_x' = xx
- *   x += relu(kx Key)^2 Valueᵀ
+ *   x += relu(kx Key)^2 Value
  */
 #include <math.h>
 #include <stdint.h>
@@ -45,33 +46,45 @@ static void layer_norm(const float* x, const float* w, const float* b, float* y,
     for (int64_t i = 0; i < n; i++) y[i] = (x[i] - mean) * inv * w[i] + b[i];
 }
 
-/* out[b, :] (+)= x[b, :] @ W for rows b < nb; W [n_in, n_out] row-major; every W row is read once for all
- * rows of x, and every output is summed over i in order (the same numbers at any nb) */
+/* 16 floats, loaded and stored unaligned (GCC/Clang vector extension: AVX-512 registers, or pairs of
+ * AVX2 ones); a + x * w contracts to FMA as the scalar code does */
+typedef float vf16 __attribute__((vector_size(64), aligned(4)));
+
+/* out[b, :] (+)= x[b, :] @ W for rows b < nb; W [n_in, n_out] row-major.  Every output is summed over i
+ * in order with one FMA per input (the same numbers at any nb), 64 outputs at a time in four vector
+ * registers: a running sum kept in memory was a load-add-store chain per input, bound by store
+ * forwarding, and a dot product per output one long dependency chain. */
 static void rows_matmul(const float* x, int64_t ldx, const float* W, float* out, int64_t ldo, int64_t nb,
                         int64_t n_in, int64_t n_out, int accumulate) {
-    if (!accumulate)
-        for (int64_t b = 0; b < nb; b++) memset(out + b * ldo, 0, (size_t)n_out * sizeof(float));
-    for (int64_t i = 0; i < n_in; i++) {
-        const float* wi = W + i * n_out;
-        for (int64_t b = 0; b < nb; b++) {
-            const float xi = x[b * ldx + i];
-            float* o = out + b * ldo;
-#pragma omp simd
-            for (int64_t j = 0; j < n_out; j++) o[j] += xi * wi[j];
-        }
-    }
-}
-
-/* out[b, c] += sum_f k[b, f] * Wt[c, f]  (Wt [n_out, n_in]: F.linear's layout, a dot product per output) */
-static void rows_linear_add(const float* k, const float* Wt, float* out, int64_t nb, int64_t n_in, int64_t n_out) {
     for (int64_t b = 0; b < nb; b++) {
-        const float* kb = k + b * n_in;
-        for (int64_t c = 0; c < n_out; c++) {
-            const float* w = Wt + c * n_in;
-            float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-            for (int64_t f = 0; f < n_in; f++) acc += kb[f] * w[f];
-            out[b * n_out + c] += acc;
+        const float* xb = x + b * ldx;
+        float* ob = out + b * ldo;
+        int64_t j0 = 0;
+        for (; j0 + 64 <= n_out; j0 += 64) {
+            vf16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            if (accumulate) {
+                a0 = *(const vf16*)(ob + j0);
+                a1 = *(const vf16*)(ob + j0 + 16);
+                a2 = *(const vf16*)(ob + j0 + 32);
+                a3 = *(const vf16*)(ob + j0 + 48);
+            }
+            const float* wi = W + j0;
+            for (int64_t i = 0; i < n_in; i++, wi += n_out) {
+                const float xi = xb[i];
+                a0 += xi * *(const vf16*)wi;
+                a1 += xi * *(const vf16*)(wi + 16);
+                a2 += xi * *(const vf16*)(wi + 32);
+                a3 += xi * *(const vf16*)(wi + 48);
+            }
+            *(vf16*)(ob + j0) = a0;
+            *(vf16*)(ob + j0 + 16) = a1;
+            *(vf16*)(ob + j0 + 32) = a2;
+            *(vf16*)(ob + j0 + 48) = a3;
+        }
+        for (int64_t j = j0; j < n_out; j++) { /* a tail narrower than 64, one output at a time */
+            float acc = accumulate ? ob[j] : 0.f;
+            for (int64_t i = 0; i < n_in; i++) acc += xb[i] * W[i * n_out + j];
+            ob[j] = acc;
         }
     }
 }
@@ -148,7 +161,7 @@ int rwkv7_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
             const float t = hidden[i] > 0.f ? hidden[i] : 0.f;
             hidden[i] = t * t;
         }
-        rows_linear_add(hidden, w[W_FFN_VALUE], x, B, F, C);
+        rows_matmul(hidden, F, w[W_FFN_VALUE], x, C, B, F, C, 1); /* (ffn_value transposed: [F, C]) */
     }
     free(buf);
     return rc;
