@@ -218,8 +218,8 @@ FUSED_LAYERS_MAX_ROWS = 16
 FUSED_LAYERS_MAX_WIDTH = 256
 # ... and prompts of up to this many positions (B·T) are read as one-token steps in one call
 # (rwkv7_prefill_layers), where only the last logits are wanted: a compose header (~20 tokens, B = 1
-# once equal prompts are merged) 2.7x faster than the chunked form, 64 tokens 2x; at B = 4 the
-# chunked form was already as fast
+# once equal prompts are merged) 2.7x faster than the chunked form, 64 tokens 2x (with the kernel's
+# first version, which at 4 rows of 21 tokens was only as fast as the chunked form)
 FUSED_PREFILL_MAX_POSITIONS = 64
 _LAYER_FIELDS = ("ln1", "mix", "rkv", "lora_in", "lora_out", "lora_bias", "k_k", "k_a", "one_minus_k_a", "r_k",
                  "ln_x", "output", "ln2", "ffn_mix", "ffn_key", "ffn_value")  # the kernel's order (pairs: w, b)
