@@ -141,8 +141,6 @@ def as_token_list(tokens: Any) -> list[int]:
     return [int(t) for t in np.asarray(tokens).reshape(-1)]
 
 
-
-
 class Candidates:
     """The finite scores of each row after a filter that keeps few ids (top-k, top-p with top-k), compacted.
 

@@ -14,6 +14,7 @@ from typing import Callable
 import pytest
 import torch
 
+import rwkv_music.native_build as native_build
 from rwkv_music.model import native
 from rwkv_music.model.quant import Int8Matrix, quantize_rows
 
@@ -91,7 +92,7 @@ def test_a_zero_row_of_activations_gives_zeros() -> None:
 @needs_native
 def test_portable_build_gives_the_same_numbers(tmp_path: Path) -> None:
     """Compiled without -march=native (no AVX2 on baseline x86-64): the plain C loops."""
-    path = native._build(native._compiler(), native._sources_bytes(), flag_sets=(["-O2"],), folder=tmp_path)
+    path = native._build(native_build.find_compiler(), native._sources_bytes(), flag_sets=(["-O2"],), folder=tmp_path)
     portable = native._open(path)
     if platform.machine() in ("x86_64", "AMD64"):
         assert portable.rwkv_int8_gemm_simd() == 0
@@ -187,6 +188,19 @@ def test_fused_decode_matches_the_torch_ops(version: str, inplace: bool, monkeyp
     assert float((full - got[0][-1]).abs().max()) < 1e-4 * scale
 
 
+def _kernel_lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names ``native.kernel`` is asked for from now on, in order (the kernels themselves unchanged)."""
+    calls: list[str] = []
+    real = native.kernel
+
+    def counting(name: str, *choice: object) -> Callable[..., int]:
+        calls.append(name)
+        return real(name, *choice)
+
+    monkeypatch.setattr(native, "kernel", counting)
+    return calls
+
+
 @needs_native
 @pytest.mark.parametrize("rows", [1, 3])
 @pytest.mark.parametrize("inplace", [False, True])
@@ -201,14 +215,7 @@ def test_all_rwkv7_layers_in_one_call_match_the_torch_ops(monkeypatch: pytest.Mo
     model = TorchModel.from_state_dict(random_checkpoint("7", n_layer=3, n_embd=128, head_size=32,
                                                          vocab_size=100, seed=3))
     tokens = torch.randint(0, 100, (rows, 6), generator=torch.Generator().manual_seed(5))
-    calls = []
-    real = native.kernel
-
-    def counting(name: str, *choice: object) -> Callable[..., int]:
-        calls.append(name)
-        return real(name, *choice)
-
-    monkeypatch.setattr(native, "kernel", counting)
+    calls = _kernel_lookups(monkeypatch)
     runs = {}
     for layers in (False, True):
         monkeypatch.setattr(native, "FUSED_LAYERS", layers)
@@ -258,14 +265,7 @@ def test_a_short_prompt_through_the_all_layers_steps_matches_the_chunked_prefill
     tokens = torch.randint(0, 90, (rows, length), generator=torch.Generator().manual_seed(length))
     start = model.new_state(rows)
     start.tensors["att_kv"].normal_(generator=torch.Generator().manual_seed(1))  # a state to carry on from
-    calls = []
-    real = native.kernel
-
-    def counting(name: str, *choice: object) -> Callable[..., int]:
-        calls.append(name)
-        return real(name, *choice)
-
-    monkeypatch.setattr(native, "kernel", counting)
+    calls = _kernel_lookups(monkeypatch)
     runs = {}
     for layers in (False, True):
         monkeypatch.setattr(native, "FUSED_LAYERS", layers)

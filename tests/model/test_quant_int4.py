@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import rwkv_music.native_build as native_build
 from rwkv_music.backends.torch import TorchModel
 from rwkv_music.errors import BackendUnavailable, OptionError
 from rwkv_music.model import native
@@ -135,9 +136,9 @@ def test_native_kernel_and_torch_fallback_agree(threads: int) -> None:
 def test_other_builds_agree_with_this_machines_build(tmp_path: Path, flags: list[str]) -> None:
     """The plain C loop and the AVX2 path without AVX512-VNNI (vpmaddwd instead of vpdpwssd) give the
     numbers of the -march=native build used everywhere else here."""
-    if "-mavx2" in flags and " avx2" not in native._cpu_identity():
+    if "-mavx2" in flags and " avx2" not in native_build.cpu_identity():
         pytest.skip("this CPU has no AVX2")
-    path = native._build(native._compiler(), native._sources_bytes(), flag_sets=(flags,), folder=tmp_path)
+    path = native._build(native_build.find_compiler(), native._sources_bytes(), flag_sets=(flags,), folder=tmp_path)
     other = native._open(path)
     g = torch.Generator().manual_seed(4)
     m = Int4Matrix.from_float(torch.randn(33, 200, generator=g), "out_in", "native", 64)

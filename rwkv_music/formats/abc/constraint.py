@@ -300,7 +300,7 @@ class AbcConstraint(LogitsProcessor):
         if cfg.meter is not None and cfg.unit is not None:
             head = f"M:{cfg.meter}\nL:{cfg.unit}\nK:{cfg.key or 'C'}\n"
             state = self.grammar.feed(self.grammar.initial(), head)
-            # the shared table's cache: the search takes ~6 ms, as long as a short piece's sampling
+            # the shared table's cache: the search took 2-4 ms for every compose call
             need = self._table.completion(state) if state is not None else None
             if need is not None:
                 return len(need) + 1

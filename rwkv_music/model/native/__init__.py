@@ -105,10 +105,6 @@ class choose:
         _choice.reset(self._token)
 
 
-_cpu_identity = native_build.cpu_identity
-_compiler = native_build.find_compiler
-
-
 def _sources_bytes() -> bytes:
     return b"\0".join(p.read_bytes() for p in SOURCES)
 
@@ -134,7 +130,7 @@ def _load() -> ctypes.CDLL | None:
     with _lock:
         if "lib" in _loaded or "error" in _loaded:
             return _loaded.get("lib")  # type: ignore[return-value]
-        compiler = _compiler()
+        compiler = native_build.find_compiler()
         if compiler is None:
             _loaded["error"] = "no C compiler found (set CC, or install gcc)"
             return None
