@@ -47,13 +47,14 @@ made itself (prefill results, selections, copies of a caller's state), never a c
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from rwkv_music.sampling.arrays import NEG_INF, on_accelerator, ops
+from rwkv_music.sampling.arrays import HOST_DEVICE_TYPES, NEG_INF, ops
 from rwkv_music.sampling.base import (
     LogitsProcessor,
     LogitsProcessorList,
@@ -131,8 +132,9 @@ def batch_logits(logits: Any) -> Any:
     small operations.
     """
     if is_torch_tensor(logits):
-        logits = logits if str(logits.dtype) == "torch.float32" else logits.float()
-        return logits if on_accelerator(logits) else logits.detach().numpy()
+        torch = sys.modules["torch"]
+        logits = logits if logits.dtype == torch.float32 else logits.float()
+        return logits if logits.device.type not in HOST_DEVICE_TYPES else logits.detach().numpy()
     return np.asarray(logits, dtype=np.float32)
 
 
@@ -519,7 +521,9 @@ class _Loop:
             if row.reason is None and row.has_logits:
                 groups.setdefault(id(row.group), (row.group, []))[1].append((i, row))
         pools: dict[Any, list[tuple[_Group, list[tuple[int, _Row]]]]] = {}
-        for group, members in groups.values():
+        if len(groups) == 1:  # one list (a batch list, or a single piece): nothing to pool with
+            pools[0] = list(groups.values())
+        for group, members in groups.values() if len(groups) > 1 else ():
             key = None if group.shared or not POOLING else _pool_signature(group.procs)
             pools.setdefault(key if key is not None else id(group), []).append((group, members))
         for entries in pools.values():
@@ -662,7 +666,10 @@ class _Loop:
         # A batch list is updated every step (the pad id for rows not drawing); an item's own list
         # only when its piece drew, so a list that hit a dead end is handed back as it was.
         if drawing or group.shared:
-            on_device = xp.where(drawn < 0, self.pad_token, drawn) if not dead else xp.asarray(chosen, "int64")
+            if xp.name == "numpy" and len(members) == n_slots:  # every slot drew: the ids are `chosen` already
+                on_device = chosen
+            else:
+                on_device = xp.where(drawn < 0, self.pad_token, drawn) if not dead else xp.asarray(chosen, "int64")
             group.procs.update(on_device, host=chosen)
         for i, row in drawing:
             self._advance(row, chosen[row.slot], i)

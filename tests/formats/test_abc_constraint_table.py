@@ -87,6 +87,15 @@ def test_table_masks_and_tokens_equal_the_per_row_reference(kwargs: dict) -> Non
             assert all(o and o[-1] == EOS and len(o) <= kwargs["max_new_tokens"] for o in out)
 
 
+@pytest.mark.parametrize("kwargs", [{"form": False, "max_new_tokens": 60}, {"max_new_tokens": 160}])
+def test_one_row_batches_take_the_scalar_path_with_the_same_masks_and_tokens(kwargs: dict) -> None:
+    steps = kwargs["max_new_tokens"]
+    for n, head in enumerate(HEADS):
+        out, planned = drive_both(kwargs, [head], steps, seed=20 + n)
+        assert out[0] and out[0][-1] == EOS and len(out[0]) <= steps
+        assert planned > 0  # the one-row plan ran too (header, forced ending)
+
+
 def test_the_shared_table_is_hit_by_a_second_identical_run() -> None:
     kwargs = {"form": False, "max_new_tokens": 80, "meter": "3/4", "unit": "1/8", "key": "A"}
     heads = ["L:1/8\nM:3/4\nK:A\n"] * 8
@@ -143,6 +152,9 @@ def test_in_place_masking_handles_wide_rows_inactive_rows_and_nan_like_the_refer
         expected.append(c.process(0, scores))
         got = c.apply_inplace(0, scores.copy())
         np.testing.assert_array_equal(got, expected[0])
+        for r in range(3):  # each row alone: the one-row path
+            c.reset(prompts[r : r + 1])
+            np.testing.assert_array_equal(c.apply_inplace(0, scores[r : r + 1].copy()), expected[0][r : r + 1])
     np.testing.assert_array_equal(expected[1], expected[0])
     assert np.isneginf(expected[0][[0, 2], 128:]).all() and np.isneginf(expected[0][1]).all()
 

@@ -320,11 +320,10 @@ def test_the_cached_mask_equals_the_mask_rebuilt_from_scratch(kw: dict[str, Any]
     """process() keeps its mask between steps (issue 16); allowed() rebuilds it: the same scores, NaN and
     +inf logits included, over streams with legal, illegal and end tokens (a row that starts again)."""
     rng = np.random.default_rng(len(kw))
-    for _ in range(3):
-        rows = int(rng.integers(1, 6))
+    forced_seen = 0
+    for rows in (1, int(rng.integers(2, 6)), int(rng.integers(1, 6))):  # (one row: the scalar rules)
         c = MidiConstraint(**kw)
         c.reset([[0, note_token(8, 60, 9), wait_token(50)] if r % 2 else [0] for r in range(rows)])
-        forced_seen = 0
         for step in range(120):
             scores = (rng.standard_normal((rows, VOCAB_SIZE)) * 3).astype(np.float32)
             if step % 17 == 0:
@@ -342,9 +341,14 @@ def test_the_cached_mask_equals_the_mask_rebuilt_from_scratch(kw: dict[str, Any]
             forced_seen += int(rules[2].any())
             for kept, rebuilt in zip(c._row_rules(), rules[2:]):  # the counters _advance keeps, from scratch
                 np.testing.assert_array_equal(kept, rebuilt)
+                assert kept.dtype == rebuilt.dtype and kept.shape == (rows,)
+            if c.target_ticks is not None:  # the end bias, from its formula on the arrays
+                span = max(c.max_end - c.min_end, 1)
+                bias = c.end_bias * np.clip((c._time - c.min_end) / span, 0.0, 1.0)
+                np.testing.assert_array_equal(c.end_bias_now(), bias)
             legal_ids = [np.flatnonzero(np.isfinite(got[r])) for r in range(rows)]
             draw = rng.random(rows)
             c.update([int(rng.choice(ids)) if d > 0.04 else (0 if d < 0.01 else int(rng.integers(3, VOCAB_SIZE)))
                       for ids, d in zip(legal_ids, draw)])
-        if "max_note_seconds" in kw:
-            assert forced_seen  # the forced-release path was exercised
+    if "max_note_seconds" in kw:
+        assert forced_seen  # the forced-release path was exercised

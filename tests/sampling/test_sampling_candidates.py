@@ -140,6 +140,23 @@ def test_the_penalty_in_place_equals_its_apply_after_decayed_updates(rows: int) 
     assert pen._cols is not None and pen._cols.tolist() == np.flatnonzero(pen._seen.any(axis=0)).tolist()
 
 
+@pytest.mark.parametrize("decay", [0.9, 1.0])
+def test_a_one_row_penalty_keeps_the_counts_of_that_row_in_a_batch(decay: float) -> None:
+    alone = OccurrencePenalty(presence=0.2, frequency=0.5, decay=decay, weights={3: 0.3})
+    batch = OccurrencePenalty(presence=0.2, frequency=0.5, decay=decay, weights={3: 0.3})
+    alone.reset([[0]])
+    batch.reset([[0]] * 3)
+    rng = np.random.default_rng(7)
+    for step in range(200):  # first occurrences, repeats, and (later) more seen ids than the sparse decay takes
+        toks = rng.integers(0, 20 + 15 * step, 3)
+        alone.update([int(toks[1])])
+        batch.update(toks)
+        np.testing.assert_array_equal(alone._occ[0], batch._occ[1, : alone._occ.shape[1]])
+        assert alone._cols.tolist() == np.flatnonzero(alone._seen[0]).tolist()
+    scores = _scores(rng, 3, vocab=4000)
+    np.testing.assert_array_equal(alone.apply(0, scores[1:2]), batch.apply(0, scores)[1:2])
+
+
 @pytest.mark.parametrize("vocab", [VOCAB, 128])
 def test_rows_left_with_nothing_draw_minus_one_after_a_later_filter(vocab: int) -> None:
     # (min_p after top-p/top-k met an empty candidate table and took the max of nothing)

@@ -365,6 +365,17 @@ class AbcConstraint(LogitsProcessor):
                 legal[b] = need is not None and len(need) + 1 <= remaining - 1
         return legal
 
+    def _planned_row(self, row: int) -> bool:
+        """:meth:`_planned` of one row, in Python scalars (the one-row step: numpy's per-call cost
+        made the vectorized path 2-4x slower than this at B = 1)."""
+        i = int(self._ids[row])
+        if i < 0 or self._is_forced[row]:
+            return True
+        if self.max_new_tokens is None:
+            return False
+        zone = int(self._zones[row])
+        return not self._table.body[i] or zone < 0 or self.max_new_tokens - int(self._counts[row]) <= zone
+
     def _planned(self) -> np.ndarray:
         """Rows whose mask is not their state's table row: ended, forced, or watched near the cap.
 
@@ -473,12 +484,25 @@ class AbcConstraint(LogitsProcessor):
                 f"{self.rule}: scores have {scores.shape[0]} rows, reset() had {len(self._ids)}"
             )
         width = min(scores.shape[1], VOCAB)
+        if scores.shape[0] == 1:
+            return self._apply_one(scores, width)
         active = np.isfinite(scores).any(axis=1)
         drop = ~self._masks(active)[:, :width]
         drop[~active] = False
         np.copyto(scores[:, :width], scores.dtype.type(-np.inf), where=drop)
         if scores.shape[1] > VOCAB:
             scores[active, VOCAB:] = -np.inf
+        return scores
+
+    def _apply_one(self, scores: np.ndarray, width: int) -> np.ndarray:
+        """:meth:`apply_inplace` of a one-row batch (the same mask; no [B, 128] temporaries)."""
+        row = scores[0]
+        if not np.isfinite(row).any():
+            return scores  # inactive: left as it is
+        keep = self._plan(0)[0] if self._planned_row(0) else self._table.legal[self._ids[0]]
+        np.copyto(row[:width], row.dtype.type(-np.inf), where=~keep[:width])
+        if row.shape[0] > VOCAB:
+            row[VOCAB:] = -np.inf
         return scores
 
     def _reject(self, row: int, t: int) -> None:
@@ -490,6 +514,9 @@ class AbcConstraint(LogitsProcessor):
     def update(self, tokens: Sequence[int]) -> None:
         if len(tokens) != len(self._ids):
             raise SamplingValueError(f"{self.rule}: update got {len(tokens)} tokens for a batch of {len(self._ids)}")
+        if len(tokens) == 1:
+            self._update_one(0, int(tokens[0]))
+            return
         toks = np.array([int(t) for t in tokens], dtype=np.int64)
         live = (self._ids >= 0) & (toks != PAD_ID)  # finished rows get the loop's pad id
         planned = self._planned()
@@ -531,6 +558,35 @@ class AbcConstraint(LogitsProcessor):
                 if not (0 <= t < VOCAB and legal[t]):
                     self._reject(row, t)
             self._advance(row, None if t == self.eos_id else table.step(int(self._ids[row]), t), path)
+
+    def _update_one(self, row: int, t: int) -> None:
+        """:meth:`update` of one row in Python scalars: the same checks and moves as the batch path."""
+        i = int(self._ids[row])
+        if i < 0 or t == PAD_ID:  # ended, or the loop's pad id
+            return
+        planned = self._planned_row(row)
+        self._planned_now = None
+        table = self._table
+        if planned:
+            legal, path = self._plan(row)
+            if not (0 <= t < VOCAB and legal[t]):
+                self._reject(row, t)
+            self._advance(row, None if t == self.eos_id else table.step(i, t), path)
+            return
+        if not (0 <= t < VOCAB and table.legal[i, t]):
+            self._reject(row, t)
+        nxt = -1 if t == self.eos_id else int(table.trans[i, t])
+        if nxt == _UNKNOWN:  # a transition met for the first time
+            self._advance(row, table.step(i, t), None)
+            return
+        self._counts[row] += 1
+        self._ids[row] = nxt
+        if nxt >= 0:
+            table.hits += 1
+            if self.max_new_tokens is not None:
+                left = self.max_new_tokens - int(self._counts[row])
+                if left <= self._zones[row] or not table.body[nxt]:
+                    self._check_room(row)
 
     def _advance(self, row: int, nxt: int | None, path: str | None) -> None:
         """Book a legal token of ``row``: count it, move to state index ``nxt`` (``None``: eos, the row

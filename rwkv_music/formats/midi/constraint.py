@@ -363,6 +363,8 @@ class MidiConstraint(LogitsProcessor):
         """``forced``, ``wait_limit``, ``can_on`` and ``end_ok`` ``[B]`` as :meth:`_rules` gives them, from the
         per-row counters :meth:`_advance` keeps (no pass over the ``[B, N_KEYS]`` note table)."""
         time, n_sounding = self._time, self._n_sounding
+        if len(time) == 1:
+            return self._one_row_rules()
         any_on = n_sounding > 0
         if self.max_note_ticks is not None:
             longest = np.where(any_on, time - self._earliest, -1)  # ticks the longest-held note has sounded
@@ -372,6 +374,25 @@ class MidiConstraint(LogitsProcessor):
             forced = np.zeros(len(time), dtype=bool)
             wait_limit = np.full(len(time), MAX_WAIT, dtype=np.int64)
         return (forced, *self._limits(time, n_sounding, forced, wait_limit))
+
+    def _one_row_rules(self) -> tuple[np.ndarray, ...]:
+        """:meth:`_row_rules` of a one-row batch in Python scalars (9.7 -> ~2 us a step at B = 1)."""
+        now, n_on = int(self._time[0]), int(self._n_sounding[0])
+        forced, wait = False, MAX_WAIT
+        if self.max_note_ticks is not None and n_on > 0:
+            longest = now - int(self._earliest[0])
+            forced = longest >= self.max_note_ticks
+            wait = min(MAX_WAIT, self.max_note_ticks - longest)
+        can_on, end_ok = not forced, n_on == 0
+        if self.max_polyphony is not None:
+            can_on = can_on and n_on < self.max_polyphony
+        if self.target_ticks is not None:
+            wait = min(wait, self.max_end - now)
+            can_on = can_on and now < self.target_ticks
+            end_ok = end_ok and now >= self.min_end
+        if forced:
+            wait = 0
+        return (np.array([forced]), np.array([wait], dtype=np.int64), np.array([can_on]), np.array([end_ok]))
 
     def _limits(self, time: np.ndarray, n_sounding: np.ndarray, forced: np.ndarray,
                 wait_limit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -457,6 +478,8 @@ class MidiConstraint(LogitsProcessor):
         if self.target_ticks is None:
             return np.zeros(len(self._time))
         span = max(self.max_end - self.min_end, 1)
+        if len(self._time) == 1:  # (the same float64 arithmetic on a scalar)
+            return np.array([self.end_bias * min(max((int(self._time[0]) - self.min_end) / span, 0.0), 1.0)])
         return self.end_bias * np.clip((self._time - self.min_end) / span, 0.0, 1.0)
 
     def process(self, step: int, scores: np.ndarray) -> np.ndarray:
