@@ -27,6 +27,8 @@ class ModelVersion(str):
         return int(self[0])
 
     def __eq__(self, other: object) -> bool:
+        if type(other) is ModelVersion:  # both canonical already (checked every decode step)
+            return str.__eq__(self, other)
         if isinstance(other, (int, float)) and not isinstance(other, bool):
             try:
                 return float(self) == float(other)

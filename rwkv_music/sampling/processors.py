@@ -371,6 +371,10 @@ class MinP(DeviceProcessor):
         if self.min_p == 0.0:
             return scores
         if isinstance(scores, np.ndarray):  # the same arithmetic in fewer numpy calls (candidates at B = 1: 3x faster)
+            if scores.shape[0] == 1:  # one row: a plain max is the finite max unless it is inf or nan
+                top1 = np.float64(scores.max())
+                if math.isfinite(top1):  # (nan scores compare False below, so they are dropped as above)
+                    return np.where(scores >= top1 + math.log(self.min_p), scores, scores.dtype.type(NEG_INF))
             finite = np.isfinite(scores)
             top = np.max(scores, axis=1, keepdims=True, where=finite, initial=-np.inf)
             keep = finite & (scores >= top.astype(np.float64) + math.log(self.min_p))

@@ -93,6 +93,19 @@ def test_min_p_keeps_tokens_above_fraction_of_max() -> None:
     np.testing.assert_allclose(probs(out[0]), [0.625, 0.375, 0.0], atol=1e-7)
 
 
+@pytest.mark.parametrize("row", [
+    [1.0, 2.0, np.nan, -np.inf],  # nan dropped, the finite max decides
+    [np.inf, 1.0, 2.0],  # +inf is not finite: the batched rule drops it
+    [-np.inf, -np.inf],  # nothing finite: stays all -inf
+    [0.1, -2.9, -3.0, -3.1, 5.0],
+])
+def test_min_p_one_row_fast_path_matches_the_batched_rule(row: list) -> None:
+    one = np.array([row], np.float32)
+    batched = MinP(0.05)(0, np.vstack([one, one + 0.0]))
+    np.testing.assert_array_equal(MinP(0.05)(0, one)[0], batched[0])
+    assert np.isneginf(MinP(0.05)(0, one)).sum() >= np.isneginf(one).sum()
+
+
 def test_ban_bias_min_new_tokens_and_force_tokens() -> None:
     z = np.zeros((2, 4), np.float32)
     np.testing.assert_array_equal(TokenBan([1, 3])(0, z)[0], [0, -INF, 0, -INF])
