@@ -157,9 +157,10 @@ def test_strict_reward_judges_bars_like_the_judge_and_scores_the_ending() -> Non
     # || exempts nothing (the constraint's old loophole): a 2-unit bar before it is wrong
     marks = dict(enumerate(r for _, r in _strict("GABc|dB||GABc|dBGB|cAFA|G4|]\n")))
     assert marks[5] == marks[6] == -1.0
-    # a tune cut by the length cap: complete bars judged, the unfinished one penalised, no end score
+    # a tune cut by the length cap: its unfinished bar penalised, its balanced bars earn nothing, no end score
     cut = _strict("GABc|dBGB|cA", end=False)
-    assert [r for _, r in cut] == [1.0] * 10 + [-1.0, -1.0]
+    assert [r for _, r in cut] == [0.0] * 10 + [-1.0, -1.0]
+    assert [r for _, r in _strict("GABc|dB|GB", end=False)][:8] == [0.0] * 5 + [-1.0] * 3  # short bar still wrong
     # a run of spaces beyond two
     spaced = _strict("GABc|d    BGB|cAFA|G4|]\n")
     assert [r for c, r in spaced[5:10]] == [1.0, 1.0, 1.0, -1.0, -1.0]
@@ -171,7 +172,7 @@ def test_strict_reward_judges_bars_like_the_judge_and_scores_the_ending() -> Non
     assert _strict("GABc|dBGB|cAFA|G4|]\n")[-1][1] == pytest.approx(1 / 3)  # one section of two
     # bars past 16 per requested section are penalised even when balanced (no endless tunes)
     endless = [r for _, r in _strict("GABc|" * 40, end=False)]
-    assert endless[: 32 * 5] == [1.0] * (32 * 5) and set(endless[32 * 5:]) == {-1.0}
+    assert endless[: 32 * 5] == [0.0] * (32 * 5) and set(endless[32 * 5:]) == {-1.0}
     assert reward_by_name("abc-strict") is abc_strict_reward
 
 
