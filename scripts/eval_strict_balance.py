@@ -6,7 +6,8 @@ Usage (from the repository root)::
 
 Prints, per header (M: x L:), the share of tunes that :func:`rwkv_music.formats.abc.judge.judge_tune`
 finds strictly balanced, the share ending on the tonic, the share with a run of more than 2 spaces,
-the share cut by the length cap (no end token) and the mean length, then the overall rates.
+the share cut by the length cap (no end token), the share both strictly balanced and ended by the
+model (not cut by the cap) and the mean length, then the overall rates.
 Default model: the shipped ``abc-default``.
 """
 
@@ -35,7 +36,7 @@ def main() -> None:
 
     composer = Composer.load(args.model, mode="abc", device=args.device)
     print(f"{composer!r}  n={args.n} seed={args.seed} key={args.key} constrained={args.constrained}")  # noqa: T201 - a report
-    counts = dict.fromkeys(("tunes", "strict", "tonic", "spaces>2", "cap"), 0)
+    counts = dict.fromkeys(("tunes", "strict", "tonic", "spaces>2", "cap", "strict+ended"), 0)
     t0 = time.monotonic()
     for unit in UNITS:
         for meter in METRES:
@@ -46,7 +47,10 @@ def main() -> None:
                      "strict": sum(r.strictly_balanced for r in reports),
                      "tonic": sum(r.ends_on_tonic for r in reports),
                      "spaces>2": sum(r.max_space_run > 2 for r in reports),
-                     "cap": sum(p.meta.get("finish_reason") == "max_tokens" for p in pieces)}
+                     "cap": sum(p.meta.get("finish_reason") == "max_tokens" for p in pieces),
+                     # a tune cut by the cap may still read as balanced: this counts finished ones only
+                     "strict+ended": sum(r.strictly_balanced and p.meta.get("finish_reason") != "max_tokens"
+                                         for r, p in zip(reports, pieces))}
             chars = sum(len(p.text) for p in pieces) / len(pieces)
             rates = "  ".join(f"{k} {v / found['tunes']:.2f}" for k, v in found.items() if k != "tunes")
             print(f"M:{meter:<4} L:{unit:<5} {rates}  chars {chars:.0f}", flush=True)  # noqa: T201 - a report
