@@ -44,7 +44,7 @@ QUICK_SHAPE = (2, 256)  # n_layer, n_embd of --quick
 BANDWIDTH_MB = 512  # read-bandwidth probe buffer: far beyond any L3
 DOC_START = {"abc": 2, "midi": 0}  # first token of a document (model cards: abc bos 2; midi "<pad>" 0)
 INT8_KERNELS = {"int8": None, "int8-wo": "weight_only", "int8-dyn": "dynamic"}  # None: the default (native)
-# int4: group-wise 4-bit, the default group and kernel, head and time mix int8 (issue 20);
+# int4: group-wise 4-bit, the default group, kernel and int8 matrices (INT4_INT8_FIELDS, INT4_INT8_LAYERS; issue 20);
 # int4-all: every layer matrix int4 (rwkv_music.model.quant.INT4_ALL_BUT_HEAD), head int8
 QUANTIZED = (*INT8_KERNELS, "int4", "int4-all")
 LABELS = {"pip": "rwkv pip fp32", "fp32": "ours fp32", "fp32-inplace": "ours fp32, `inplace=True`",

@@ -21,9 +21,10 @@ so ratios compare like with like on a shared machine; peak RSS comes from one sh
 implementation.  The roofline is ``bandwidth / bytes of weights read per token``: the fastest a
 single stream can decode when it must stream every weight once per token.
 
-"ours int4" is what ``dtype="int4"`` loads: 4-bit groups of 64 for the channel mix (FFN), with the head
-and the time mix kept per-channel int8 (``rwkv_music.model.quant.INT4_INT8_FIELDS``), so its agreement
-and speed are those of that mix; "int4-all" puts every layer matrix in int4 (head int8); both have
+"ours int4" is what ``dtype="int4"`` loads: 4-bit groups of 64, with the head, the time-mix output
+projections (``rwkv_music.model.quant.INT4_INT8_FIELDS``) and layer 0 (``INT4_INT8_LAYERS``) kept
+per-channel int8, so its agreement and speed are those of that mix; "int4-all" puts every layer
+matrix in int4 (head int8); both have
 its codes chosen by GPTQ on sequences the model samples itself at load (``quantize_int4``'s default
 calibration; the random checkpoints are calibrated the same way, which makes their int4 loads slow).
 

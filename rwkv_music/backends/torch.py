@@ -159,7 +159,8 @@ class TorchModel:
         return count
 
     def quantize_int4(self, kernel: str | None = None, group: int | None = None, calibration: Any = "auto",
-                      sequential: bool = True, int8_fields: tuple[str, ...] | None = None) -> int:
+                      sequential: bool = True, int8_fields: tuple[str, ...] | None = None,
+                      int8_layers: tuple[int, ...] | None = None) -> int:
         """Store the big matrices as group-wise int4 (CPU); returns how many were quantized.
 
         ``kernel``: one of :data:`rwkv_music.model.quant.INT4_KERNELS` (by default the C kernel where
@@ -170,9 +171,21 @@ class TorchModel:
         seed; ``None``: every weight rounded to its nearest code.  ``sequential``: as in
         :func:`~rwkv_music.model.quant.quantize_weights_int4`.  ``int8_fields``: the matrix fields kept
         in per-channel int8 (default :data:`~rwkv_music.model.quant.INT4_INT8_FIELDS`: the head and the
-        time mix; :data:`~rwkv_music.model.quant.INT4_ALL_BUT_HEAD` for int4 in every layer matrix)."""
-        from rwkv_music.model.quant import INT4_GROUP, INT4_INT8_FIELDS, CalibrationStop, quantize_weights_int4
+        time mix's output projection; :data:`~rwkv_music.model.quant.INT4_ALL_BUT_HEAD`: the head alone).
+        ``int8_layers``: the layers whose every matrix stays int8 (indices; negative from the end);
+        ``None``: :data:`~rwkv_music.model.quant.INT4_INT8_LAYERS` (the first) when ``int8_fields``
+        is also left to its default, else none, so ``int8_fields=INT4_ALL_BUT_HEAD`` puts every
+        layer matrix in int4."""
+        from rwkv_music.model.quant import (
+            INT4_GROUP,
+            INT4_INT8_FIELDS,
+            INT4_INT8_LAYERS,
+            CalibrationStop,
+            quantize_weights_int4,
+        )
 
+        if int8_layers is None:
+            int8_layers = INT4_INT8_LAYERS if int8_fields is None else ()
         int8_fields = INT4_INT8_FIELDS if int8_fields is None else tuple(int8_fields)
 
         calibrate, early_stop = None, False
@@ -196,7 +209,7 @@ class TorchModel:
 
         count = quantize_weights_int4(self._weights, kernel, self.native, group or INT4_GROUP,
                                       int8_fields=int8_fields, calibrate=calibrate, sequential=sequential,
-                                      early_stop=early_stop)
+                                      early_stop=early_stop, int8_layers=tuple(int8_layers))
         self.quantization = "int4"
         return count
 
@@ -338,7 +351,8 @@ def _pop_time_state(sd: dict[str, Any], config: RWKVConfig, device: torch.device
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = "fp32",
          threads: int | None = None, native: bool | None = None, cuda_graph: bool = True,
-         int4_calibration: Any = "auto", int4_int8_fields: tuple[str, ...] | None = None) -> TorchModel:
+         int4_calibration: Any = "auto", int4_int8_fields: tuple[str, ...] | None = None,
+         int4_int8_layers: tuple[int, ...] | None = None) -> TorchModel:
     """Load a raw BlinkDL checkpoint (.pth, or .safetensors) for inference with torch.
 
     Args:
@@ -363,7 +377,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str
             about a second on the shipped models; at L12 D768 on one thread 103 s where nearest
             codes take 67 s), token ids [B, T] to calibrate on, or ``None`` (nearest codes).
         int4_int8_fields: with ``dtype="int4"``, the matrices kept in int8 (``int8_fields`` of
-            :meth:`TorchModel.quantize_int4`; default the head and the time mix).
+            :meth:`TorchModel.quantize_int4`; default the head and the time mix's output projection).
+        int4_int8_layers: with ``dtype="int4"``, the layers kept int8 whole (``int8_layers`` of
+            :meth:`TorchModel.quantize_int4`; default the first, unless ``int4_int8_fields`` is given).
     """
     threads = check_threads(threads, "torch")
     if threads is not None:
@@ -379,7 +395,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str
     if quant == "int8":
         model.quantize_int8()
     elif quant == "int4":
-        model.quantize_int4(calibration=int4_calibration, int8_fields=int4_int8_fields)
+        model.quantize_int4(calibration=int4_calibration, int8_fields=int4_int8_fields, int8_layers=int4_int8_layers)
     return model
 
 
