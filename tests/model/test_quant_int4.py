@@ -152,6 +152,27 @@ def test_other_builds_agree_with_this_machines_build(tmp_path: Path, flags: list
                                 y.data_ptr(), batch, 200, 33, 48, 1) == -2  # a group not a multiple of 32
 
 
+@needs_native
+@pytest.mark.skipif(not {" avx512_vnni", " avx512bw", " avx_vnni"} <= set(
+    f" {w}" for w in native_build.cpu_identity().split()), reason="needs a CPU with both 512-bit and 256-bit VNNI")
+def test_the_512_bit_group_pairs_give_the_256_bit_paths_numbers(tmp_path: Path) -> None:
+    """Groups of 64 go two at a time through 512-bit registers where the build has AVX512 (VNNI, BW); a
+    build without AVX512 runs the 256-bit VNNI path.  Same integer sums, same fp32 updates in the same
+    order: the same bits, for odd and even group counts, a short last group, odd row counts, batches."""
+    path = native._build(native_build.find_compiler(), native._sources_bytes(),
+                         flag_sets=(["-O3", "-march=native", "-mno-avx512f", "-fopenmp"],), folder=tmp_path)
+    narrow = native._open(path)
+    g = torch.Generator().manual_seed(7)
+    for n_in, n_out in ((768, 96), (130, 33), (448, 64), (3072, 20), (128, 50), (96, 12)):
+        m = Int4Matrix.from_float(torch.randn(n_out, n_in, generator=g), "out_in", "native", 64)
+        for batch in (1, 3):
+            x = torch.randn(batch, n_in, generator=g)
+            y = torch.full((batch, n_out), float("nan"))
+            assert narrow.rwkv_int4_gemm(x.data_ptr(), m.q.data_ptr(), m.scale.data_ptr(), m.zmin.data_ptr(),
+                                         y.data_ptr(), batch, n_in, n_out, 64, 1) == 0
+            assert torch.equal(y, F.linear(x, m)), (n_in, n_out, batch)
+
+
 def _peaked_checkpoint(version: str) -> dict[str, torch.Tensor]:
     """As in test_quant.py: widely spread logits, so the top-1 token is rarely a near tie."""
     sd = random_checkpoint(version, n_layer=2, n_embd=64, head_size=32, vocab_size=128, seed=3)

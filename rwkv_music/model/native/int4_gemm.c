@@ -13,8 +13,8 @@
  * ~1.5e-5); every group's code x activation sum is an exact int32, turned to float once and scaled,
  * accumulating in fp32; the zmin term uses the group sums of the same int16 activations.  Where the
  * compiler targets AVX512-VNNI or AVX-VNNI, decode (batch 1) runs on vpdpbusd over byte planes of the
- * activations (i4v_group2); else on AVX2's vpmaddwd over zero-extended codes (i4_group2); else a
- * plain C loop.  All three give the same integer sums.  At batch 1 two rows go together (shared
+ * activations (i4v_group2; with AVX512, groups of 64 in pairs: i4z_group_pair); else on AVX2's
+ * vpmaddwd over zero-extended codes (i4_group2); else a plain C loop.  All three give the same integer sums.  At batch 1 two rows go together (shared
  * activation loads, independent chains), and even and odd groups use separate fp32 accumulators.
  *
  * Measured on the shared 2-core AMD EPYC (Zen 4, AVX512-VNNI) this was tuned on, one thread, B = 1,
@@ -23,11 +23,13 @@
  * fp32 sums indexed by a constant (f[g & 1] kept them in memory), zmin stored like scale (a
  * transposed zmin read 16 rows at a time was 10 % of the time), and prefetching whole row pairs
  * ahead (per-row prefetches left the first KB of each pair of 3072-input rows unrequested).
- * The VNNI decode is bound by vector ALU operations, not by memory: one accumulator per row and
+ * The VNNI decode is bound by issuing instructions, not by memory: one accumulator per row and
  * byte plane instead of one per block (2026-12-06, two adds fewer a row and group) took it to
- * 43-59 G weights/s from cache and 39-49 streamed (int8 in the same run: 36-46 and 27-30).  Tried
- * and slower: the zmin terms as one vectorized dot product after the groups (the scalar FMAs in the
- * group loop overlap with the integer work; the dot product after it does not).
+ * 43-59 G weights/s from cache and 39-49 streamed (int8 in the same run: 36-46 and 27-30); groups
+ * of 64 two at a time in 512-bit registers where the build has AVX512 (i4z_group_pair, the same
+ * numbers) to 44-65 and 45-53 (int8: 33-43 and 27-28).  Tried and slower: the zmin terms as one
+ * vectorized dot product after the groups (the scalar FMAs in the group loop overlap with the
+ * integer work; the dot product after it does not).
  */
 #include <math.h>
 #include <stdint.h>
@@ -189,6 +191,44 @@ static inline __attribute__((always_inline)) void i4v_group2(const uint8_t* qa, 
     *db = _mm256_add_epi32(_mm256_slli_epi32(hb, 8), lb);
 }
 
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define I4_ZMM 1
+/* Groups of 64 two at a time in 512-bit registers: lanes 0-7 hold group g's int32 sums as i4v_group2
+ * makes them, lanes 8-15 group g + 1's, so the fp32 updates of each half are those of the even and
+ * odd accumulators of the 256-bit path, in the same order (the same numbers).  Half the instructions
+ * per weight; the 256-bit path was bound by issuing them.  The activation planes of each pair of
+ * groups are laid out for it by i4_pair_planes. */
+static inline __attribute__((always_inline)) void i4z_group_pair(const uint8_t* qa, const uint8_t* qb,
+                                                                 const uint8_t* xl, const int8_t* xh, __m512i* da,
+                                                                 __m512i* db) {
+    const __m512i m = _mm512_set1_epi8(15);
+    const __m512i xl0 = _mm512_loadu_si512((const void*)xl), xl1 = _mm512_loadu_si512((const void*)(xl + 64));
+    const __m512i xh0 = _mm512_loadu_si512((const void*)xh), xh1 = _mm512_loadu_si512((const void*)(xh + 64));
+    const __m512i wa = _mm512_loadu_si512((const void*)qa), wb = _mm512_loadu_si512((const void*)qb);
+    const __m512i a0 = _mm512_and_si512(wa, m), a1 = _mm512_and_si512(_mm512_srli_epi16(wa, 4), m);
+    const __m512i b0 = _mm512_and_si512(wb, m), b1 = _mm512_and_si512(_mm512_srli_epi16(wb, 4), m);
+    const __m512i z = _mm512_setzero_si512();
+    const __m512i ha = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, a0, xh0), a1, xh1);
+    const __m512i la = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, xl0, a0), xl1, a1);
+    const __m512i hb = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, b0, xh0), b1, xh1);
+    const __m512i lb = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, xl0, b0), xl1, b1);
+    *da = _mm512_add_epi32(_mm512_slli_epi32(ha, 8), la);
+    *db = _mm512_add_epi32(_mm512_slli_epi32(hb, 8), lb);
+}
+
+/* For groups of 64: within each pair of whole groups, the planes' 32-byte quarters [g.0 g.1 g'.0 g'.1]
+ * (as i4_split_planes writes them: the low-nibble half then the high-nibble half of a group) become
+ * [g.0 g'.0 g.1 g'.1], so one 64-byte load gives both groups' halves; a last odd group stays put. */
+static void i4_pair_planes(uint8_t* plane, int64_t n_pad) {
+    for (int64_t i0 = 0; i0 + 128 <= n_pad; i0 += 128) {
+        uint8_t t[32];
+        for (int j = 0; j < 32; j++) t[j] = plane[i0 + 32 + j];
+        for (int j = 0; j < 32; j++) plane[i0 + 32 + j] = plane[i0 + 64 + j];
+        for (int j = 0; j < 32; j++) plane[i0 + 64 + j] = t[j];
+    }
+}
+#endif
 #endif
 
 /* the activations of one row as the decode kernels read them */
@@ -244,8 +284,35 @@ static void i4_rows_decode(const i4_xrow* x, float xs, int64_t n_pad, int64_t gr
     const int64_t full = n_pad / group; /* groups of `group` inputs; a shorter last one after them */
     const int64_t pairs_ahead = (I4_PREFETCH_AHEAD + 2 * row_bytes - 1) / (2 * row_bytes);
     const uint8_t* pf = q + pairs_ahead * 2 * row_bytes; /* may pass the end: prefetches do not fault */
-    if (group == 64)
-        i4_pair_groups(x, group, ng, 0, full, 2, q, qb, s, z, pf, f, zs);
+    if (group == 64) {
+        int64_t g0 = 0;
+#if defined(I4_ZMM)
+        __m512 fz = _mm512_setzero_ps(), fzb = _mm512_setzero_ps();
+        const float* sb = s + ng;
+        const float* zb = z + ng;
+        for (; g0 + 2 <= full; g0 += 2) {
+            const int64_t i0 = g0 * 64;
+            _mm_prefetch((const char*)(pf + i0), _MM_HINT_T0);
+            _mm_prefetch((const char*)(pf + i0 + 64), _MM_HINT_T0);
+            __m512i da, db;
+            i4z_group_pair(q + i0 / 2, qb + i0 / 2, x->lo + i0, x->hi + i0, &da, &db);
+            const __m512 sa2 = _mm512_insertf32x8(_mm512_set1_ps(s[g0]), _mm256_set1_ps(s[g0 + 1]), 1);
+            const __m512 sb2 = _mm512_insertf32x8(_mm512_set1_ps(sb[g0]), _mm256_set1_ps(sb[g0 + 1]), 1);
+            fz = _mm512_fmadd_ps(_mm512_cvtepi32_ps(da), sa2, fz);
+            fzb = _mm512_fmadd_ps(_mm512_cvtepi32_ps(db), sb2, fzb);
+            const float x0 = x->xg[g0], x1 = x->xg[g0 + 1];
+            zs[0] = I4_FMAF(z[g0], x0, zs[0]);
+            zs[2] = I4_FMAF(zb[g0], x0, zs[2]);
+            zs[1] = I4_FMAF(z[g0 + 1], x1, zs[1]);
+            zs[3] = I4_FMAF(zb[g0 + 1], x1, zs[3]);
+        }
+        f[0] = _mm512_castps512_ps256(fz);
+        f[1] = _mm512_extractf32x8_ps(fz, 1);
+        f[2] = _mm512_castps512_ps256(fzb);
+        f[3] = _mm512_extractf32x8_ps(fzb, 1);
+#endif
+        i4_pair_groups(x, group, ng, g0, full, 2, q, qb, s, z, pf, f, zs);
+    }
     else if (group == 32)
         i4_pair_groups(x, group, ng, 0, full, 1, q, qb, s, z, pf, f, zs);
     else if (group == 128)
@@ -350,6 +417,12 @@ int rwkv_int4_gemm(const float* x, const uint8_t* q, const float* scale, const f
         uint8_t* pb = planes + 2 * n_pad * b;
 #if defined(I4_VNNI)
         i4_split_planes(x16 + b * n_pad, pb, (int8_t*)(pb + n_pad), n_pad, group);
+#if defined(I4_ZMM)
+        if (group == 64) {
+            i4_pair_planes(pb, n_pad);
+            i4_pair_planes(pb + n_pad, n_pad);
+        }
+#endif
 #endif
         xr[b] = (i4_xrow){x16 + b * n_pad, pb, (const int8_t*)(pb + n_pad), xg + b * ng};
     }
