@@ -242,3 +242,21 @@ def test_early_stopped_passes_give_the_same_matrices(version: str) -> None:
                 assert torch.equal(x.q, y.q) and torch.equal(x.scale, y.scale), n
     logits = ref.forward(tokens)[0]  # and the model still runs whole
     assert torch.isfinite(stopped.forward(tokens)[0]).all() and logits.shape == (5, 128)
+
+
+def test_the_inverse_hessian_factor_leaves_its_input_unless_told_and_inverts_the_damped_hessian() -> None:
+    from rwkv_music.model.quant import _inverse_hessian_factor
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(200, 48, generator=g, dtype=torch.float64)
+    x[:, 7] = 0  # an input that never fired
+    h = x.t() @ x
+    keep = h.clone()
+    u = _inverse_hessian_factor(h, 0.01)
+    assert torch.equal(h, keep)
+    damped = keep.clone()
+    damped[7, 7] = 1.0
+    damped.diagonal().add_(0.01 * float(damped.diagonal().mean()))
+    assert torch.allclose(u.t() @ u, torch.linalg.inv(damped), rtol=1e-8, atol=1e-10)  # Uᵀ U = (H + λI)⁻¹
+    scratch = keep.clone()
+    assert torch.equal(_inverse_hessian_factor(scratch, 0.01, overwrite=True), u)
