@@ -153,10 +153,10 @@ def test_other_builds_agree_with_this_machines_build(tmp_path: Path, flags: list
 
 
 @needs_native
-@pytest.mark.skipif(not {" avx512_vnni", " avx512bw", " avx_vnni"} <= set(
+@pytest.mark.skipif(not {" avx512_vnni", " avx512bw", " avx512dq", " avx_vnni"} <= set(
     f" {w}" for w in native_build.cpu_identity().split()), reason="needs a CPU with both 512-bit and 256-bit VNNI")
 def test_the_512_bit_group_pairs_give_the_256_bit_paths_numbers(tmp_path: Path) -> None:
-    """Groups of 64 go two at a time through 512-bit registers where the build has AVX512 (VNNI, BW); a
+    """Groups of 64 go two at a time through 512-bit registers where the build has AVX512 (VNNI, BW, DQ); a
     build without AVX512 runs the 256-bit VNNI path.  Same integer sums, same fp32 updates in the same
     order: the same bits, for odd and even group counts, a short last group, odd row counts, batches."""
     path = native._build(native_build.find_compiler(), native._sources_bytes(),

@@ -192,7 +192,7 @@ static inline __attribute__((always_inline)) void i4v_group2(const uint8_t* qa, 
 }
 
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VNNI__)
 #define I4_ZMM 1
 /* Groups of 64 two at a time in 512-bit registers: lanes 0-7 hold group g's int32 sums as i4v_group2
  * makes them, lanes 8-15 group g + 1's, so the fp32 updates of each half are those of the even and
