@@ -56,6 +56,9 @@ is the speed; at load it costs 0.8 s (abc) and 1.4 s (midi) on one thread, sampl
 random L12 D768 v7 checkpoint: 103 s, nearest codes 67 s).  Calibration raises the peak memory of
 a load: at L12 D768 (v7) 1.2-1.4 GB where int8 and int4 with nearest codes peak at 0.83 GB (1.6-1.8
 GB before the Hessian work of each 3,072-input matrix, 75 MB a float64 copy, was done in place).
+Most of what remains is glibc's heap keeping freed blocks once its mmap threshold has risen with
+the big temporaries: with ``MALLOC_MMAP_THRESHOLD_=1048576`` in the environment (a process setting,
+Linux/glibc) the same load peaked at 1.0 GB.
 
 Top-1 agreement with fp32 on the shipped models (32 prompts of 64 tokens sampled from the fp32
 model, as ``benchmarks/bench_runtime.py`` measures, its prompt seed 1; 2,048 positions, other
