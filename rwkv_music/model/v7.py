@@ -186,8 +186,10 @@ def _forward(
     B, T = tokens.shape
     C, dtype = config.n_embd, weights.dtype
     flat_tokens = tokens.reshape(-1)
-    if (T == 1 or (B * T <= FUSED_PREFILL_MAX_POSITIONS and not all_logits)) and B <= FUSED_LAYERS_MAX_ROWS \
-            and C <= FUSED_LAYERS_MAX_WIDTH:
+    quantized = not isinstance(weights.layers[0].ffn_key, torch.Tensor) if weights.layers else False
+    if B <= FUSED_LAYERS_MAX_ROWS and (
+            (T == 1 or (B * T <= FUSED_PREFILL_MAX_POSITIONS and not all_logits)) and C <= FUSED_LAYERS_MAX_WIDTH
+            or T == 1 and quantized):
         fused = _fused_layers(weights, config, tokens, state, out_state, all_logits)
         if fused is not None:
             return fused
@@ -216,6 +218,9 @@ def _forward(
 # 16, 1.1x / 0.96x at 32 for abc / midi).
 FUSED_LAYERS_MAX_ROWS = 16
 FUSED_LAYERS_MAX_WIDTH = 256
+# Quantized models (int8/int4 matrices on the native kernels) take it for one-token steps at any width:
+# the products are the same kernel calls as the per-layer path's, and the ~20 torch ops a layer around
+# them (~1 ms a step at L12 D768) go; their prompts keep the chunked form, which reads each matrix once.
 # ... and prompts of up to this many positions (B·T) are read as one-token steps in one call
 # (rwkv7_prefill_layers), where only the last logits are wanted: a compose header (~20 tokens, B = 1
 # once equal prompts are merged) 2.7x faster than the chunked form, 64 tokens 2x (with the kernel's
@@ -249,36 +254,50 @@ def _fused_layers(
     io = (xs, att_in, att_out, ffn_in, ffn_out, kv_in, kv_out)
     if not native.fused_decode_ok(*io, head_size=config.head_size):  # (also: the kernels on and built)
         return None
-    _, pointers, D, F_, _ = plan
+    _, pointers, D, F_, _, mats = plan
     shape = (len(weights.layers), B, config.n_embd, config.n_head, config.head_size, D, F_)
-    args = (ctypes.addressof(pointers), *(t.data_ptr() for t in io), LN_EPS, GN_EPS, DECAY_SCALE)
+    args = (ctypes.addressof(pointers), *(t.data_ptr() for t in io), LN_EPS, GN_EPS, DECAY_SCALE,
+            None if mats is None else ctypes.addressof(mats), torch.get_num_threads())
     if T == 1:
         rc = native.kernel("rwkv7_decode_layers")(*shape, *args)
     else:
         rc = native.kernel("rwkv7_prefill_layers")(T, *shape, *args)
     if rc != 0:
-        raise MemoryError(f"fused RWKV-7 decode failed (head size {config.head_size}, no scratch memory?)")
+        raise MemoryError(f"fused RWKV-7 decode failed (code {rc}; head size {config.head_size}, no scratch memory?)")
     logits = head_logits_rows(xs[T - 1], weights.ln_out, weights.head, B, 1, all_logits)
     new = {"att_x": att_out, "att_kv": kv_out, "ffn_x": ffn_out}
     return logits, write_state(out_state, config.version, new)
 
 
 def _layer_plan(weights: V7Weights, config: RWKVConfig) -> tuple | None:
-    """``(matrices, pointer array, D, F, tensors)`` of the layers for the kernel, or None if they do not suit it.
+    """``(matrices, pointer array, D, F, tensors, descriptors)`` of the layers for the kernel, or None if
+    they do not suit it (``descriptors``: None for fp32 matrices, else the quantized ones' C array).
 
     Kept on ``weights`` and reused while every layer still holds the same matrix objects (quantizing is
-    what replaces a layer's tensors, and it replaces matrices: they then fail the plain-tensor check), so a
-    step checks a few identities instead of ~20 tensors a layer.
+    what replaces a layer's tensors, and it replaces matrices), so a step checks a few identities instead
+    of ~20 tensors a layer.
     """
     plan = weights.__dict__.get("_fused_plan")
     if plan is not None and all(getattr(lw, n) is t for lw, n, t in plan[0]):
         return plan
+    quantized = any(not isinstance(getattr(lw, n), torch.Tensor) for lw in weights.layers for n in _MATRIX_FIELDS)
     tensors: list[torch.Tensor] = []
+    descriptors: list[int] = []
     for lw in weights.layers:
         for name in _LAYER_FIELDS:
             value = getattr(lw, name)
+            if quantized and name in _MATRIX_FIELDS:
+                found = _matrix_descriptors(value, _MATRIX_SLICES[name])
+                if found is None:
+                    return None
+                descriptors.extend(found)
+                if isinstance(value, torch.Tensor):  # (an fp32 matrix among quantized ones: kind 0)
+                    tensors.append(value)
+                else:
+                    tensors.append(_PLACEHOLDER)
+                continue
             tensors.extend(value if isinstance(value, tuple) else (value,))
-    widths = {(lw.lora_in.shape[2], lw.ffn_key.shape[1]) for lw in weights.layers}  # (one D and F for all)
+    widths = {(_width(lw.lora_in, 2), _width(lw.ffn_key, 1)) for lw in weights.layers}  # (one D and F for all)
     if not (len(widths) == 1 and all(type(t) is torch.Tensor for t in tensors)
             and native.fused_decode_ok(*tensors, head_size=config.head_size)):
         return None  # (not kept: the verdict may hinge on the kernels being off just now)
@@ -286,11 +305,43 @@ def _layer_plan(weights: V7Weights, config: RWKVConfig) -> tuple | None:
     # the kernel sums x @ W a block of outputs at a time; for the channel mix's value that needs [F, C]
     per_layer = len(tensors) // len(weights.layers)
     for i, lw in enumerate(weights.layers):
-        tensors[(i + 1) * per_layer - 1] = lw.ffn_value.t().contiguous()
+        if isinstance(lw.ffn_value, torch.Tensor):
+            tensors[(i + 1) * per_layer - 1] = lw.ffn_value.t().contiguous()
     pointers = (ctypes.c_int64 * len(tensors))(*[t.data_ptr() for t in tensors])
-    # (the plan holds the transposed copies, whose addresses the pointers are)
-    plan = weights.__dict__["_fused_plan"] = (matrices, pointers, *next(iter(widths)), tuple(tensors))
+    mats = (ctypes.c_int64 * len(descriptors))(*descriptors) if quantized else None
+    # (the plan holds the transposed copies, whose addresses the pointers are, and the quantized matrices)
+    plan = weights.__dict__["_fused_plan"] = (matrices, pointers, *next(iter(widths)), tuple(tensors), mats)
     return plan
+
+
+_MATRIX_SLICES = {"rkv": 3, "lora_in": 4, "lora_out": 4, "output": 1, "ffn_key": 1, "ffn_value": 1}
+_PLACEHOLDER = torch.zeros(1)  # a quantized matrix's place among the fp32 pointers (never read)
+
+
+def _width(matrix: Any, dim: int) -> int:
+    """A matrix's logical size along ``dim``, plain or quantized (their ``shape`` is the float one's)."""
+    return int(matrix.shape[dim])
+
+
+def _matrix_descriptors(matrix: Any, slices: int) -> list[int] | None:
+    """v7_decode.c's descriptors {kind, q, scale, zmin, group} of each slice of ``matrix``: kind 0 for an fp32
+    tensor (read through the weight pointers), 1 int8 and 2 int4 on the native kernels; None for others."""
+    from rwkv_music.model.quant import Int4Matrix, Int8Matrix
+
+    if isinstance(matrix, torch.Tensor):
+        return [0, 0, 0, 0, 0] * slices
+    parts = matrix.stack if getattr(matrix, "stack", None) is not None else [matrix]
+    if len(parts) != slices:
+        return None
+    out: list[int] = []
+    for m in parts:
+        if type(m) is Int8Matrix and m.kernel == "native" and m.q.dtype == torch.int8:
+            out += [1, m.q.data_ptr(), m.scale.data_ptr(), 0, 0]
+        elif type(m) is Int4Matrix and m.kernel == "native":
+            out += [2, m.q.data_ptr(), m.scale.data_ptr(), m.zmin.data_ptr(), m.group]
+        else:
+            return None
+    return out
 
 
 def _time_mix(

@@ -242,10 +242,61 @@ def test_all_rwkv7_layers_in_one_call_match_the_torch_ops(monkeypatch: pytest.Mo
     assert "rwkv7_decode_layers" not in calls  # more rows than it takes: the per-layer path
     model.forward(wide[:1], model.new_state(1))
     assert calls.count("rwkv7_decode_layers") == 1
-    model.quantize_int8()  # the layers it planned for are replaced: int8 matrices go the per-layer way
+    model.quantize_int8(kernel="dequant")  # the layers it planned for are replaced, by matrices it cannot call
     calls.clear()
     model.forward(wide[:1], model.new_state(1))
     assert "rwkv7_decode_layers" not in calls
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("dtype", ["int8", "int4", "int4-all", "int8-lora-fp32"])
+def test_quantized_rwkv7_steps_in_one_call_match_the_per_layer_path(monkeypatch: pytest.MonkeyPatch, rows: int,
+                                                                   dtype: str) -> None:
+    """With int8/int4 matrices on the native kernels, one-token steps of any width run every layer in one
+    call (the products are the same kernel calls): logits and state as the per-layer torch path's; a row's
+    numbers the same in any batch; prompts keep the chunked form.  Not to float rounding: the kernels round
+    each activation row to int16, so the C and torch element-wise steps' last-bit differences flip an
+    int16 code now and then (3e-5 of the row's largest value), and that grows over layers and steps
+    (measured up to 5e-4 of the largest logit with int8, 1.6e-3 with int4; their error against fp32 is
+    100-1000x that, and a wrong matrix or slice gives errors of the logits' own size)."""
+    from rwkv_music.backends.torch import TorchModel
+    from rwkv_music.model import v7
+    from rwkv_music.model.factory import random_checkpoint
+    from rwkv_music.model.quant import INT4_ALL_BUT_HEAD, LORA_FIELDS
+
+    width = v7.FUSED_LAYERS_MAX_WIDTH + 64  # wider than fp32 models take it
+    model = TorchModel.from_state_dict(random_checkpoint("7", n_layer=3, n_embd=width, head_size=64,
+                                                         vocab_size=100, seed=4))
+    if dtype == "int8":
+        model.quantize_int8()
+    elif dtype == "int8-lora-fp32":  # fp32 LoRA stacks among int8 matrices (as the ONNX exports keep them)
+        model.quantize_int8(skip=LORA_FIELDS)
+    else:
+        model.quantize_int4(calibration=None, int8_fields=INT4_ALL_BUT_HEAD if dtype == "int4-all" else None)
+    tokens = torch.randint(0, 100, (rows, 5), generator=torch.Generator().manual_seed(6))
+    calls = _kernel_lookups(monkeypatch)
+    runs = {}
+    for layers in (False, True):
+        monkeypatch.setattr(native, "FUSED_LAYERS", layers)
+        state, logits = model.new_state(rows), []
+        for t in range(tokens.shape[1]):
+            step, state = model.forward(tokens[:, t : t + 1], state, inplace=True)
+            logits.append(step)
+        runs[layers] = (torch.stack(logits), {k: v.clone() for k, v in state.tensors.items()})
+    assert calls.count("rwkv7_decode_layers") == tokens.shape[1]
+    want, got = runs[False], runs[True]
+    assert float((got[0] - want[0]).abs().max()) < 3e-3 * float(want[0].abs().max())
+    for name, tensor in want[1].items():
+        assert float((got[1][name] - tensor).abs().max()) < 3e-3 * max(float(tensor.abs().max()), 1.0), name
+    if rows > 1:
+        state = model.new_state(1)
+        for t in range(tokens.shape[1]):
+            alone, state = model.forward(tokens[1:2, t : t + 1], state)
+        assert torch.equal(alone[0], got[0][-1, 1])
+    calls.clear()
+    model.forward(tokens, model.new_state(rows))
+    assert "rwkv7_prefill_layers" not in calls and "rwkv7_decode_layers" not in calls
 
 
 @needs_native

@@ -9,7 +9,8 @@
   fused into one call (used by the version modules on fp32 CPU decode); ``rwkv4_wkv_prefill``:
   v4's recurrence over all tokens of a prefill (fp32 CPU);
 * ``rwkv7_decode_layers`` (``v7_decode.c``): every layer of a small fp32 RWKV-7's one-token step in
-  one call; ``rwkv7_prefill_layers``: a short prompt as such steps, in one call.
+  one call (and of an int8/int4 one at any width, its products through the kernels above);
+  ``rwkv7_prefill_layers``: a short prompt as such steps, in one call.
 
 The shared library (all the files) is compiled once per machine by :mod:`rwkv_music.native_build`
 (``-O3 -march=native -fopenmp``, a few seconds) into a cache folder and reused.
@@ -54,8 +55,8 @@ SIGNATURES = {
     "rwkv4_wkv_prefill": ([_I64] * 3 + [_P] * 11 + [_INT], None),
     "rwkv5_wkv_decode": ([_I64] * 3 + [_P] * 9 + [_F32, _P, _INT], _INT),
     "rwkv7_time_mix_decode": ([_I64] * 3 + [_P] * 15 + [_F32] * 2 + [_P] * 2 + [_INT], _INT),
-    "rwkv7_decode_layers": ([_I64] * 7 + [_P] * 8 + [_F32] * 3, _INT),
-    "rwkv7_prefill_layers": ([_I64] * 8 + [_P] * 8 + [_F32] * 3, _INT),
+    "rwkv7_decode_layers": ([_I64] * 7 + [_P] * 8 + [_F32] * 3 + [_P, _INT], _INT),
+    "rwkv7_prefill_layers": ([_I64] * 8 + [_P] * 8 + [_F32] * 3 + [_P, _INT], _INT),
 }
 FLAG_SETS = native_build.FLAG_SETS
 

@@ -7,6 +7,10 @@
  * rwkv7_time_mix_decode (wkv7.c), the rest is written out below.  Rows are independent and each
  * is computed with the same operation order at any batch size.
  *
+ * With int8/int4 matrices (rwkv_music.model.quant, native kernels) the products go through
+ * rwkv_int8_gemm / rwkv_int4_gemm, the calls the per-layer torch path makes; only the steps around
+ * them move here (at L12 D768, B = 1: ~1 ms of a 4-5 ms step in torch dispatch).
+ *
  * Per layer (weights as v7.V7Layer stores them: x @ W with W [in, out]; ffn_value transposed to [F, C]
  * by the caller, v7._layer_plan):
  *   xx = LN1(x);  m_j = lerp(xx, prev_att, mix_j), j = r k v a w g;  att_x' = xx
@@ -25,6 +29,17 @@ int rwkv7_time_mix_decode(int64_t B, int64_t H, int64_t N, const float* S, float
                           const float* v_first, const float* k_k, const float* k_a, const float* one_minus_k_a,
                           const float* r_k, const float* ln_w, const float* ln_b, float gn_eps, float decay_scale,
                           float* y, float* v_out, int nthreads);
+
+int rwkv_int8_gemm(const float* x, const int8_t* q, const float* scale, float* y, int64_t nb, int64_t n_in,
+                   int64_t n_out, int nthreads);
+int rwkv_int4_gemm(const float* x, const uint8_t* q, const float* scale, const float* zmin, float* y, int64_t nb,
+                   int64_t n_in, int64_t n_out, int64_t group, int nthreads);
+
+/* Quantized matrices (rwkv_music.model.quant): per layer M_COUNT descriptors of MD int64 each,
+ * {kind, q, scale, zmin, group} with kind 0 (the fp32 matrix of the weight pointers), 1 (int8: q
+ * [out, in] int8, a scale per output) or 2 (int4: int4_gemm.c's layout); stacks one per slice. */
+enum { M_RKV = 0, M_LORA_IN = 3, M_LORA_OUT = 7, M_OUTPUT = 11, M_FFN_KEY = 12, M_FFN_VALUE = 13, M_COUNT = 14 };
+#define MD 5
 
 /* the weight pointers of one layer, in this order (v7.py's _fused_layer_pointers) */
 enum {
@@ -89,20 +104,41 @@ static void rows_matmul(const float* x, int64_t ldx, const float* W, float* out,
     }
 }
 
+/* out (+)= x @ W for nb rows (x [nb, n_in] and out [nb, n_out] contiguous): through rows_matmul for an
+ * fp32 W [n_in, n_out] (mat NULL or of kind 0), else through the int8 or int4 kernel, the very call the
+ * per-layer torch path makes (accumulating through tmp [nb, n_out]). */
+static int mat_rows(const int64_t* mat, const float* W, const float* x, float* out, int64_t nb, int64_t n_in,
+                    int64_t n_out, int accumulate, float* tmp, int nthreads) {
+    if (mat == NULL || mat[0] == 0) {
+        rows_matmul(x, n_in, W, out, n_out, nb, n_in, n_out, accumulate);
+        return 0;
+    }
+    float* y = accumulate ? tmp : out;
+    const int rc = mat[0] == 1 ? rwkv_int8_gemm(x, (const int8_t*)mat[1], (const float*)mat[2], y, nb, n_in, n_out,
+                                                nthreads)
+                               : rwkv_int4_gemm(x, (const uint8_t*)mat[1], (const float*)mat[2], (const float*)mat[3],
+                                                y, nb, n_in, n_out, mat[4], nthreads);
+    if (rc != 0) return rc;
+    if (accumulate)
+        for (int64_t i = 0; i < nb * n_out; i++) out[i] += y[i];
+    return 0;
+}
+
 /* Returns 0; -1 when scratch memory cannot be allocated or N exceeds wkv7.c's buffers.
  *   x [B, C]: the embedded token on entry, the residual after the last layer on return;
  *   att_in / att_out, ffn_in / ffn_out [L, B, C] and kv_in / kv_out [L, B, H, N, N]: the state before
  *   and after (each pair may be one buffer: a layer reads its rows before writing them);
- *   weights: L * W_COUNT pointers. */
+ *   weights: L * W_COUNT pointers;  mats: NULL, or L * M_COUNT * MD matrix descriptors (above), whose
+ *   quantized products run on nthreads threads; a quantized kernel's error code is returned as is. */
 int rwkv7_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, int64_t D, int64_t F,
                         const int64_t* weights, float* x, const float* att_in, float* att_out, const float* ffn_in,
                         float* ffn_out, const float* kv_in, float* kv_out, float ln_eps, float gn_eps,
-                        float decay_scale) {
+                        float decay_scale, const int64_t* mats, int nthreads) {
     if (N > 256 || H * N != C) return -1;
     /* scratch: mixes [6, B, C], r k v [3, B, C], h [4, B, D], lora outputs [4, B, C], y, v_first, v_out,
      * xx [B, C], ffn hidden [B, F] */
     const size_t BC = (size_t)(B * C);
-    float* buf = (float*)malloc(sizeof(float) * (6 * BC + 3 * BC + 4 * (size_t)(B * D) + 4 * BC + 4 * BC +
+    float* buf = (float*)malloc(sizeof(float) * (6 * BC + 3 * BC + 4 * (size_t)(B * D) + 4 * BC + 5 * BC +
                                                  (size_t)(B * F)));
     if (!buf) return -1;
     float* mixed = buf;
@@ -114,9 +150,12 @@ int rwkv7_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
     float* v_out = v_first + BC;
     float* xx = v_out + BC;
     float* hidden = xx + BC;
+    float* tmp = hidden + (size_t)(B * F); /* [B, C]: a quantized product before it is added */
     int rc = 0;
     for (int64_t l = 0; l < L && rc == 0; l++) {
         const float* const* w = (const float* const*)(weights + l * W_COUNT);
+        const int64_t* mq = mats ? mats + l * M_COUNT * MD : NULL;
+#define MAT(i) (mq ? mq + (i) * MD : NULL)
         const size_t so = (size_t)l * BC, sk = (size_t)l * (size_t)(B * H * N * N);
         /* time mix: LN1, the six token-shift mixes (prev is read before att_out, possibly the same row, is written) */
         for (int64_t b = 0; b < B; b++) {
@@ -130,23 +169,30 @@ int rwkv7_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
             }
             memcpy(att_out + so + b * C, xb, (size_t)C * sizeof(float));
         }
-        for (int j = 0; j < 3; j++) /* r k v */
-            rows_matmul(mixed + j * BC, C, w[W_RKV] + (size_t)j * C * C, rkv + j * BC, C, B, C, C, 0);
-        for (int j = 0; j < 4; j++) { /* LoRAs v a w g: in, tanh for w and g, out plus bias */
+        for (int j = 0; j < 3 && rc == 0; j++) /* r k v */
+            rc = mat_rows(MAT(M_RKV + j), w[W_RKV] + (size_t)j * C * C, mixed + j * BC, rkv + j * BC, B, C, C, 0, tmp,
+                          nthreads);
+        for (int j = 0; j < 4 && rc == 0; j++) { /* LoRAs v a w g: in, tanh for w and g, out plus bias */
             float* hj = h + (size_t)j * B * D;
-            rows_matmul(mixed + (2 + j) * BC, C, w[W_LORA_IN] + (size_t)j * C * D, hj, D, B, C, D, 0);
+            rc = mat_rows(MAT(M_LORA_IN + j), w[W_LORA_IN] + (size_t)j * C * D, mixed + (2 + j) * BC, hj, B, C, D, 0,
+                          tmp, nthreads);
             if (j >= 2)
                 for (int64_t i = 0; i < B * D; i++) hj[i] = tanhf(hj[i]);
             float* oj = lo + j * BC;
             for (int64_t b = 0; b < B; b++) memcpy(oj + b * C, w[W_LORA_BIAS] + j * C, (size_t)C * sizeof(float));
-            rows_matmul(hj, D, w[W_LORA_OUT] + (size_t)j * D * C, oj, C, B, D, C, 1);
+            if (rc == 0)
+                rc = mat_rows(MAT(M_LORA_OUT + j), w[W_LORA_OUT] + (size_t)j * D * C, hj, oj, B, D, C, 1, tmp,
+                              nthreads);
         }
+        if (rc != 0) break;
         rc = rwkv7_time_mix_decode(B, H, N, kv_in + sk, kv_out + sk, rkv, rkv + BC, rkv + 2 * BC, lo, lo + BC,
                                    lo + 2 * BC, l == 0 ? NULL : v_first, w[W_K_K], w[W_K_A], w[W_ONE_MINUS_K_A],
                                    w[W_R_K], w[W_LN_X_W], w[W_LN_X_B], gn_eps, decay_scale, y,
                                    l == 0 ? v_first : v_out, 1);
-        for (size_t i = 0; i < BC; i++) y[i] *= lo[3 * BC + i]; /* the gate g */
-        rows_matmul(y, C, w[W_OUTPUT], x, C, B, C, C, 1);    /* x += (y * g) O */
+        if (rc != 0) break;
+        for (size_t i = 0; i < BC; i++) y[i] *= lo[3 * BC + i];                     /* the gate g */
+        rc = mat_rows(MAT(M_OUTPUT), w[W_OUTPUT], y, x, B, C, C, 1, tmp, nthreads); /* x += (y * g) O */
+        if (rc != 0) break;
         /* channel mix */
         for (int64_t b = 0; b < B; b++) {
             float* xb = xx + b * C;
@@ -156,12 +202,15 @@ int rwkv7_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
             for (int64_t c = 0; c < C; c++) kx[c] = lerpf(xb[c], prev[c], w[W_FFN_MIX][c]);
             memcpy(ffn_out + so + b * C, xb, (size_t)C * sizeof(float));
         }
-        rows_matmul(mixed, C, w[W_FFN_KEY], hidden, F, B, C, F, 0);
+        rc = mat_rows(MAT(M_FFN_KEY), w[W_FFN_KEY], mixed, hidden, B, C, F, 0, tmp, nthreads);
+        if (rc != 0) break;
         for (int64_t i = 0; i < B * F; i++) {
             const float t = hidden[i] > 0.f ? hidden[i] : 0.f;
             hidden[i] = t * t;
         }
-        rows_matmul(hidden, F, w[W_FFN_VALUE], x, C, B, F, C, 1); /* (ffn_value transposed: [F, C]) */
+        /* (an fp32 ffn_value transposed to [F, C] by the caller) */
+        rc = mat_rows(MAT(M_FFN_VALUE), w[W_FFN_VALUE], hidden, x, B, F, C, 1, tmp, nthreads);
+#undef MAT
     }
     free(buf);
     return rc;
@@ -174,11 +223,11 @@ int rwkv7_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
 int rwkv7_prefill_layers(int64_t T, int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, int64_t D, int64_t F,
                          const int64_t* weights, float* xs, const float* att_in, float* att_out,
                          const float* ffn_in, float* ffn_out, const float* kv_in, float* kv_out, float ln_eps,
-                         float gn_eps, float decay_scale) {
+                         float gn_eps, float decay_scale, const int64_t* mats, int nthreads) {
     for (int64_t t = 0; t < T; t++) {
         const int rc = rwkv7_decode_layers(L, B, C, H, N, D, F, weights, xs + t * B * C, t ? att_out : att_in,
                                            att_out, t ? ffn_out : ffn_in, ffn_out, t ? kv_out : kv_in, kv_out, ln_eps,
-                                           gn_eps, decay_scale);
+                                           gn_eps, decay_scale, mats, nthreads);
         if (rc != 0) return rc;
     }
     return 0;
