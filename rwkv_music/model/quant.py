@@ -116,9 +116,11 @@ seeds 1, 3), as much as int4 everywhere.  On the random L12 D768 checkpoints of
 one twelfth of the layer matrices, int4 decodes at 1.20x (v7), 1.25x (v4) and 1.28x (v5.2) int8
 (the previous default: 1.13x, 1.20x, 1.18x in an earlier run that day; int4 in every layer matrix
 1.28x, 1.32x, 1.38x); with groups of 64 in pairs through 512-bit registers (``int4_gemm.c``) 1.24x,
-1.27x, 1.27x (int4 everywhere 1.33x, 1.36x, 1.38x).  Still short of 1.3x: a v7 decode step there
-spends about 2 ms besides reading matrices (the recurrence, norms and Python per layer), the same
-for int8 and int4, and only the matrix time shrinks.
+1.27x, 1.27x (int4 everywhere 1.33x, 1.36x, 1.38x).  A v7 step there spent about 1.5 ms besides
+its products (the recurrence, norms and Python per layer), the same for int8 and int4; with the
+layers of a quantized v7 step in one C call (``v7_decode.c``) v7 went to 1.31x (int8 220, int4 288
+tok/s), v4 and v5.2 (unchanged, still per layer in torch) read 1.37x and 1.25x in that run: on this
+shared machine the same comparison moves by about 5 % between runs.
 
 Tried and not better: symmetric groups (64: 97.0 / 93.6 %), plain min/max grids (32: 96.8 /
 94.9 %), a clip search over 0.80-1.00 × absmax (symmetric, 32: 97.3 / 95.2 %); the int16
