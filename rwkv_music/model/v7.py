@@ -290,14 +290,11 @@ def _layer_plan(weights: V7Weights, config: RWKVConfig) -> tuple | None:
                 found = _matrix_descriptors(value, _MATRIX_SLICES[name])
                 if found is None:
                     return None
-                descriptors.extend(found)
-                if isinstance(value, torch.Tensor):  # (an fp32 matrix among quantized ones: kind 0)
-                    tensors.append(value)
-                else:
-                    tensors.append(_PLACEHOLDER)
+                descriptors.extend(found)  # (an fp32 matrix among quantized ones: kind 0, read by pointer)
+                tensors.append(value if isinstance(value, torch.Tensor) else _PLACEHOLDER)
                 continue
             tensors.extend(value if isinstance(value, tuple) else (value,))
-    widths = {(_width(lw.lora_in, 2), _width(lw.ffn_key, 1)) for lw in weights.layers}  # (one D and F for all)
+    widths = {(lw.lora_in.shape[2], lw.ffn_key.shape[1]) for lw in weights.layers}  # (one D and F for all)
     if not (len(widths) == 1 and all(type(t) is torch.Tensor for t in tensors)
             and native.fused_decode_ok(*tensors, head_size=config.head_size)):
         return None  # (not kept: the verdict may hinge on the kernels being off just now)
@@ -318,11 +315,6 @@ _MATRIX_SLICES = {"rkv": 3, "lora_in": 4, "lora_out": 4, "output": 1, "ffn_key":
 _PLACEHOLDER = torch.zeros(1)  # a quantized matrix's place among the fp32 pointers (never read)
 
 
-def _width(matrix: Any, dim: int) -> int:
-    """A matrix's logical size along ``dim``, plain or quantized (their ``shape`` is the float one's)."""
-    return int(matrix.shape[dim])
-
-
 def _matrix_descriptors(matrix: Any, slices: int) -> list[int] | None:
     """v7_decode.c's descriptors {kind, q, scale, zmin, group} of each slice of ``matrix``: kind 0 for an fp32
     tensor (read through the weight pointers), 1 int8 and 2 int4 on the native kernels; None for others."""
@@ -335,7 +327,7 @@ def _matrix_descriptors(matrix: Any, slices: int) -> list[int] | None:
         return None
     out: list[int] = []
     for m in parts:
-        if type(m) is Int8Matrix and m.kernel == "native" and m.q.dtype == torch.int8:
+        if type(m) is Int8Matrix and m.kernel == "native":
             out += [1, m.q.data_ptr(), m.scale.data_ptr(), 0, 0]
         elif type(m) is Int4Matrix and m.kernel == "native":
             out += [2, m.q.data_ptr(), m.scale.data_ptr(), m.zmin.data_ptr(), m.group]

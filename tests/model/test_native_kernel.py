@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -201,6 +201,34 @@ def _kernel_lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
+def _fused_against_per_layer(monkeypatch: pytest.MonkeyPatch, model: Any, tokens: torch.Tensor, inplace: bool,
+                             rel: float, calls: list[str]) -> list[str]:
+    """One-token steps over ``tokens`` with the all-layers call off, then on: asserts logits and every state
+    tensor agree within ``rel`` of their largest value, and that row 1 alone (if there is one) gives the
+    fused batch's numbers exactly; returns the kernel lookups (``calls``, from :func:`_kernel_lookups`)
+    made by the two passes."""
+    rows = tokens.shape[0]
+    runs = {}
+    for layers in (False, True):
+        monkeypatch.setattr(native, "FUSED_LAYERS", layers)
+        state, logits = model.new_state(rows), []
+        for t in range(tokens.shape[1]):
+            step, state = model.forward(tokens[:, t : t + 1], state, inplace=inplace)
+            logits.append(step)
+        runs[layers] = (torch.stack(logits), {k: v.clone() for k, v in state.tensors.items()})
+    passes = list(calls)
+    want, got = runs[False], runs[True]
+    assert float((got[0] - want[0]).abs().max()) < rel * float(want[0].abs().max())
+    for name, tensor in want[1].items():
+        assert float((got[1][name] - tensor).abs().max()) < rel * max(float(tensor.abs().max()), 1.0), name
+    if rows > 1:  # row 1 alone gives the same numbers as inside the batch (every row is computed alike)
+        state = model.new_state(1)
+        for t in range(tokens.shape[1]):
+            alone, state = model.forward(tokens[1:2, t : t + 1], state)
+        assert torch.equal(alone[0], got[0][-1, 1])
+    return passes
+
+
 @needs_native
 @pytest.mark.parametrize("rows", [1, 3])
 @pytest.mark.parametrize("inplace", [False, True])
@@ -216,25 +244,8 @@ def test_all_rwkv7_layers_in_one_call_match_the_torch_ops(monkeypatch: pytest.Mo
                                                          vocab_size=100, seed=3))
     tokens = torch.randint(0, 100, (rows, 6), generator=torch.Generator().manual_seed(5))
     calls = _kernel_lookups(monkeypatch)
-    runs = {}
-    for layers in (False, True):
-        monkeypatch.setattr(native, "FUSED_LAYERS", layers)
-        state, logits = model.new_state(rows), []
-        for t in range(tokens.shape[1]):
-            step, state = model.forward(tokens[:, t : t + 1], state, inplace=inplace)
-            logits.append(step)
-        runs[layers] = (torch.stack(logits), {k: v.clone() for k, v in state.tensors.items()})
-    assert calls.count("rwkv7_decode_layers") == tokens.shape[1] and "rwkv7_time_mix_decode" in calls
-    want, got = runs[False], runs[True]
-    scale = float(want[0].abs().max())
-    assert float((got[0] - want[0]).abs().max()) < 1e-5 * scale
-    for name, tensor in want[1].items():
-        assert float((got[1][name] - tensor).abs().max()) < 1e-5 * max(float(tensor.abs().max()), 1.0), name
-    if rows > 1:  # row 1 alone gives the same numbers as inside the batch (every row is computed alike)
-        state = model.new_state(1)
-        for t in range(tokens.shape[1]):
-            alone, state = model.forward(tokens[1:2, t : t + 1], state)
-        assert torch.equal(alone[0], got[0][-1, 1])
+    passes = _fused_against_per_layer(monkeypatch, model, tokens, inplace, 1e-5, calls)
+    assert passes.count("rwkv7_decode_layers") == tokens.shape[1] and "rwkv7_time_mix_decode" in passes
     monkeypatch.setattr(native, "FUSED_LAYERS", True)
     calls.clear()
     wide = torch.zeros((v7.FUSED_LAYERS_MAX_ROWS + 1, 1), dtype=torch.long)
@@ -276,24 +287,8 @@ def test_quantized_rwkv7_steps_in_one_call_match_the_per_layer_path(monkeypatch:
         model.quantize_int4(calibration=None, int8_fields=INT4_ALL_BUT_HEAD if dtype == "int4-all" else None)
     tokens = torch.randint(0, 100, (rows, 5), generator=torch.Generator().manual_seed(6))
     calls = _kernel_lookups(monkeypatch)
-    runs = {}
-    for layers in (False, True):
-        monkeypatch.setattr(native, "FUSED_LAYERS", layers)
-        state, logits = model.new_state(rows), []
-        for t in range(tokens.shape[1]):
-            step, state = model.forward(tokens[:, t : t + 1], state, inplace=True)
-            logits.append(step)
-        runs[layers] = (torch.stack(logits), {k: v.clone() for k, v in state.tensors.items()})
-    assert calls.count("rwkv7_decode_layers") == tokens.shape[1]
-    want, got = runs[False], runs[True]
-    assert float((got[0] - want[0]).abs().max()) < 3e-3 * float(want[0].abs().max())
-    for name, tensor in want[1].items():
-        assert float((got[1][name] - tensor).abs().max()) < 3e-3 * max(float(tensor.abs().max()), 1.0), name
-    if rows > 1:
-        state = model.new_state(1)
-        for t in range(tokens.shape[1]):
-            alone, state = model.forward(tokens[1:2, t : t + 1], state)
-        assert torch.equal(alone[0], got[0][-1, 1])
+    passes = _fused_against_per_layer(monkeypatch, model, tokens, True, 3e-3, calls)
+    assert passes.count("rwkv7_decode_layers") == tokens.shape[1]
     calls.clear()
     model.forward(tokens, model.new_state(rows))
     assert "rwkv7_prefill_layers" not in calls and "rwkv7_decode_layers" not in calls
