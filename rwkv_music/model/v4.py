@@ -17,6 +17,7 @@ The channel mix here (:func:`channel_mix`) is shared with v5 (docs/formats.md A7
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,8 @@ from torch import Tensor
 
 from rwkv_music.model import native
 from rwkv_music.model.config import RWKVConfig
+from rwkv_music.model.constants import GN_EPS, LN_EPS
+from rwkv_music.model.layer_plan import layer_plan
 from rwkv_music.model.ops import fold_ln0, layer_norm, token_shift, write_state
 from rwkv_music.model.state import State
 from rwkv_music.model.wkv_chunked_v4 import CHUNK_LEN, wkv4_chunked
@@ -268,6 +271,66 @@ def time_mix(xx: Tensor, sx: Tensor, aa: Tensor, bb: Tensor, pp: Tensor,
     return out.view(xx.shape), aa, bb, pp
 
 
+# -- every layer of a one-token step in one C call (v4 and v5) ---------------------------------
+
+# native/v45_decode.c runs a one-token step's layers in one call, up to FUSED_LAYERS_MAX_ROWS rows:
+# * int8/int4 matrices on the native kernels, any width: the products are the per-layer path's kernel
+#   calls, and the element-wise ops and dispatch around them go (random L12 D768, B = 1, one thread,
+#   interleaved: v4 int8 164 -> 207 tok/s, int4 205 -> 273; v5.2 int8 180 -> 232, int4 243 -> 328);
+# * fp32 while B·C <= FUSED_FP32_MAX_FLOATS, where dispatch is most of a step and the kernel's
+#   one-thread products still keep up with torch's BLAS on two threads (random L4, two cores, per step:
+#   D128 B1 349 -> 120 us, B8 622 -> 417; D256 B4 1214 -> 852; but D256 B8 1465 -> 1706, D128 B16 even).
+FUSED_LAYERS_MAX_ROWS = 16
+FUSED_FP32_MAX_FLOATS = 1024
+# the kernel's weight order per layer (v45_decode.c's W_* enum); None: v4 has no ln_x
+_V4_FIELDS = ("ln1_w", "ln1_b", "att_mix", "att_mix_c", "att_kvr", "decay", "first", None, None, "att_out",
+              "ln2_w", "ln2_b", "ffn.mix", "ffn.mix_c", "ffn.key", "ffn.receptance", "ffn.value")
+_FFN_SLICES = {"ffn.key": 1, "ffn.receptance": 1, "ffn.value": 1}
+
+
+def fused_layers_step(weights: Any, config: RWKVConfig, tokens: Tensor, state: State, out_state: State | None,
+                      all_logits: bool, fields: tuple, projections: str) -> tuple[Tensor, State] | None:
+    """One token per row ([B, 1]) through every layer in one C call (``rwkv4_decode_layers`` or, for
+    v5, ``rwkv5_decode_layers``), or None where it does not apply (not fp32 plain-tensor or native
+    int8/int4 weights on the CPU, too many rows, too many fp32 products, the kernels off)."""
+    B, C = tokens.shape[0], config.n_embd
+    if not native.FUSED_LAYERS or B > FUSED_LAYERS_MAX_ROWS or weights.emb.dtype != torch.float32:
+        return None
+    if B * C > FUSED_FP32_MAX_FLOATS and isinstance(weights.layers[0].ffn.key, torch.Tensor):
+        return None  # fp32 products this big: torch's BLAS on every thread does them better
+    slices = {projections: getattr(weights.layers[0], projections).shape[0], "att_out": 1, **_FFN_SLICES}
+    plan = layer_plan(weights, fields, slices, config.head_size if config.version != "4" else None,
+                      shape=lambda ly: (getattr(ly, projections).shape[0], getattr(ly, projections).shape[2],
+                                        ly.ffn.key.shape[1]))
+    if plan is None:
+        return None
+    M, A, F_ = plan.shape
+    names = ("att_x", "att_a", "att_b", "att_p", "ffn_x") if config.version == "4" else ("att_x", "att_kv", "ffn_x")
+    ins = [state.tensors[n] for n in names]
+    outs = [torch.empty_like(t) for t in ins] if out_state is None else [out_state.tensors[n] for n in names]
+    x = weights.emb[tokens[:, 0]]  # [B, C], a new tensor: the kernel leaves the last residual in it
+    if not native.fused_decode_ok(x, *ins, *outs):
+        return None
+    mats = None if plan.descriptors is None else ctypes.addressof(plan.descriptors)
+    common = (ctypes.addressof(plan.pointers), x.data_ptr())
+    ptr = {n: (i.data_ptr(), o.data_ptr()) for n, i, o in zip(names, ins, outs)}
+    threads = torch.get_num_threads()
+    L = len(weights.layers)
+    if config.version == "4":
+        rc = native.kernel("rwkv4_decode_layers")(
+            L, B, C, A, F_, *common, *ptr["att_x"], *ptr["att_a"], *ptr["att_b"], *ptr["att_p"], *ptr["ffn_x"],
+            LN_EPS, mats, threads)
+    else:
+        rc = native.kernel("rwkv5_decode_layers")(
+            L, B, C, config.n_head, A // config.n_head, F_, M, *common, *ptr["att_x"], *ptr["ffn_x"],
+            *ptr["att_kv"], LN_EPS, GN_EPS, mats, threads)
+    if rc != 0:
+        raise MemoryError(f"fused RWKV-{config.version} decode failed (code {rc}; no scratch memory?)")
+    logits = head_logits(x, weights)
+    return (logits.unsqueeze(1) if all_logits else logits), write_state(out_state, config.version,
+                                                                          dict(zip(names, outs)))
+
+
 # -- forward -------------------------------------------------------------------------------
 
 def forward(weights: V4Weights, config: RWKVConfig, tokens: Tensor, state: State,
@@ -278,6 +341,10 @@ def forward(weights: V4Weights, config: RWKVConfig, tokens: Tensor, state: State
     and ``out_state`` is returned; else ``state`` is left alone and a new State returned.
     """
     B, T = tokens.shape
+    if T == 1:
+        fused = fused_layers_step(weights, config, tokens, state, out_state, all_logits, _V4_FIELDS, "att_kvr")
+        if fused is not None:
+            return fused
     s = state.tensors
     x = F.embedding(tokens, weights.emb)  # [B, T, C]
     if T == 1:

@@ -38,6 +38,7 @@ from rwkv_music.model.v4 import (
     as_vector,
     channel_mix,
     folded_embedding,
+    fused_layers_step,
     head_logits,
     mixed_projections,
     mixes,
@@ -232,6 +233,11 @@ def time_mix(xx: Tensor, sx: Tensor, S: Tensor, S_out: Tensor | None, ly: V5Laye
 
 # -- forward -------------------------------------------------------------------------------
 
+# every layer of a one-token step in one C call (v4.fused_layers_step): the kernel's weight order per layer
+_V5_FIELDS = ("ln1_w", "ln1_b", "att_mix", "att_mix_c", "att_rkvg", "decay", "bonus", "ln_x_w", "ln_x_b", "att_out",
+              "ln2_w", "ln2_b", "ffn.mix", "ffn.mix_c", "ffn.key", "ffn.receptance", "ffn.value")
+
+
 def forward(weights: V5Weights, config: RWKVConfig, tokens: Tensor, state: State,
             all_logits: bool, out_state: State | None = None) -> tuple[Tensor, State]:
     """Logits float32 [B, V] (or [B, T, V]) and the new state, for tokens [B, T].
@@ -240,6 +246,10 @@ def forward(weights: V5Weights, config: RWKVConfig, tokens: Tensor, state: State
     and ``out_state`` is returned; else ``state`` is left alone and a new State returned.
     """
     B, T = tokens.shape
+    if T == 1:
+        fused = fused_layers_step(weights, config, tokens, state, out_state, all_logits, _V5_FIELDS, "att_rkvg")
+        if fused is not None:
+            return fused
     s = state.tensors
     x = F.embedding(tokens, weights.emb)  # [B, T, C]
     if T == 1:

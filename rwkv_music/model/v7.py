@@ -31,6 +31,7 @@ from rwkv_music.model import native
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.constants import GN_EPS, LN_EPS
 from rwkv_music.model.constants import V7_DECAY_SCALE as DECAY_SCALE
+from rwkv_music.model.layer_plan import LayerPlan, layer_plan
 from rwkv_music.model.ops import (
     fold_ln0,
     forward_in_segments,
@@ -228,7 +229,6 @@ FUSED_LAYERS_MAX_WIDTH = 256
 FUSED_PREFILL_MAX_POSITIONS = 64
 _LAYER_FIELDS = ("ln1", "mix", "rkv", "lora_in", "lora_out", "lora_bias", "k_k", "k_a", "one_minus_k_a", "r_k",
                  "ln_x", "output", "ln2", "ffn_mix", "ffn_key", "ffn_value")  # the kernel's order (pairs: w, b)
-_MATRIX_FIELDS = ("rkv", "lora_in", "lora_out", "output", "ffn_key", "ffn_value")  # what quantizing replaces
 
 
 def _fused_layers(
@@ -254,9 +254,9 @@ def _fused_layers(
     io = (xs, att_in, att_out, ffn_in, ffn_out, kv_in, kv_out)
     if not native.fused_decode_ok(*io, head_size=config.head_size):  # (also: the kernels on and built)
         return None
-    _, pointers, D, F_, _, mats = plan
-    shape = (len(weights.layers), B, config.n_embd, config.n_head, config.head_size, D, F_)
-    args = (ctypes.addressof(pointers), *(t.data_ptr() for t in io), LN_EPS, GN_EPS, DECAY_SCALE,
+    shape = (len(weights.layers), B, config.n_embd, config.n_head, config.head_size, *plan.shape)
+    mats = plan.descriptors
+    args = (ctypes.addressof(plan.pointers), *(t.data_ptr() for t in io), LN_EPS, GN_EPS, DECAY_SCALE,
             None if mats is None else ctypes.addressof(mats), torch.get_num_threads())
     if T == 1:
         rc = native.kernel("rwkv7_decode_layers")(*shape, *args)
@@ -269,71 +269,17 @@ def _fused_layers(
     return logits, write_state(out_state, config.version, new)
 
 
-def _layer_plan(weights: V7Weights, config: RWKVConfig) -> tuple | None:
-    """``(matrices, pointer array, D, F, tensors, descriptors)`` of the layers for the kernel, or None if
-    they do not suit it (``descriptors``: None for fp32 matrices, else the quantized ones' C array).
-
-    Kept on ``weights`` and reused while every layer still holds the same matrix objects (quantizing is
-    what replaces a layer's tensors, and it replaces matrices), so a step checks a few identities instead
-    of ~20 tensors a layer.
-    """
-    plan = weights.__dict__.get("_fused_plan")
-    if plan is not None and all(getattr(lw, n) is t for lw, n, t in plan[0]):
-        return plan
-    quantized = any(not isinstance(getattr(lw, n), torch.Tensor) for lw in weights.layers for n in _MATRIX_FIELDS)
-    tensors: list[torch.Tensor] = []
-    descriptors: list[int] = []
-    for lw in weights.layers:
-        for name in _LAYER_FIELDS:
-            value = getattr(lw, name)
-            if quantized and name in _MATRIX_FIELDS:
-                found = _matrix_descriptors(value, _MATRIX_SLICES[name])
-                if found is None:
-                    return None
-                descriptors.extend(found)  # (an fp32 matrix among quantized ones: kind 0, read by pointer)
-                tensors.append(value if isinstance(value, torch.Tensor) else _PLACEHOLDER)
-                continue
-            tensors.extend(value if isinstance(value, tuple) else (value,))
-    widths = {(lw.lora_in.shape[2], lw.ffn_key.shape[1]) for lw in weights.layers}  # (one D and F for all)
-    if not (len(widths) == 1 and all(type(t) is torch.Tensor for t in tensors)
-            and native.fused_decode_ok(*tensors, head_size=config.head_size)):
-        return None  # (not kept: the verdict may hinge on the kernels being off just now)
-    matrices = tuple((lw, n, getattr(lw, n)) for lw in weights.layers for n in _MATRIX_FIELDS)
-    # the kernel sums x @ W a block of outputs at a time; for the channel mix's value that needs [F, C]
-    per_layer = len(tensors) // len(weights.layers)
-    for i, lw in enumerate(weights.layers):
-        if isinstance(lw.ffn_value, torch.Tensor):
-            tensors[(i + 1) * per_layer - 1] = lw.ffn_value.t().contiguous()
-    pointers = (ctypes.c_int64 * len(tensors))(*[t.data_ptr() for t in tensors])
-    mats = (ctypes.c_int64 * len(descriptors))(*descriptors) if quantized else None
-    # (the plan holds the transposed copies, whose addresses the pointers are, and the quantized matrices)
-    plan = weights.__dict__["_fused_plan"] = (matrices, pointers, *next(iter(widths)), tuple(tensors), mats)
-    return plan
+def _layer_plan(weights: V7Weights, config: RWKVConfig) -> LayerPlan | None:
+    """The kernel's plan of the layers (:mod:`rwkv_music.model.layer_plan`; shape: the LoRA width D and
+    the channel mix's F, one for all layers), or None if they do not suit it."""
+    return layer_plan(weights, _LAYER_FIELDS, _MATRIX_SLICES, config.head_size,
+                      shape=lambda lw: (lw.lora_in.shape[2], lw.ffn_key.shape[1]),
+                      # the kernel sums x @ W a block of outputs at a time; for the channel mix's value
+                      # that needs [F, C]
+                      fp32_rewrite={"ffn_value": lambda t: t.t().contiguous()})
 
 
 _MATRIX_SLICES = {"rkv": 3, "lora_in": 4, "lora_out": 4, "output": 1, "ffn_key": 1, "ffn_value": 1}
-_PLACEHOLDER = torch.zeros(1)  # a quantized matrix's place among the fp32 pointers (never read)
-
-
-def _matrix_descriptors(matrix: Any, slices: int) -> list[int] | None:
-    """v7_decode.c's descriptors {kind, q, scale, zmin, group} of each slice of ``matrix``: kind 0 for an fp32
-    tensor (read through the weight pointers), 1 int8 and 2 int4 on the native kernels; None for others."""
-    from rwkv_music.model.quant import Int4Matrix, Int8Matrix
-
-    if isinstance(matrix, torch.Tensor):
-        return [0, 0, 0, 0, 0] * slices
-    parts = matrix.stack if getattr(matrix, "stack", None) is not None else [matrix]
-    if len(parts) != slices:
-        return None
-    out: list[int] = []
-    for m in parts:
-        if type(m) is Int8Matrix and m.kernel == "native":
-            out += [1, m.q.data_ptr(), m.scale.data_ptr(), 0, 0]
-        elif type(m) is Int4Matrix and m.kernel == "native":
-            out += [2, m.q.data_ptr(), m.scale.data_ptr(), m.zmin.data_ptr(), m.group]
-        else:
-            return None
-    return out
 
 
 def _time_mix(

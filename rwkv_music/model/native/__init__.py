@@ -10,7 +10,9 @@
   v4's recurrence over all tokens of a prefill (fp32 CPU);
 * ``rwkv7_decode_layers`` (``v7_decode.c``): every layer of a small fp32 RWKV-7's one-token step in
   one call (and of an int8/int4 one at any width, its products through the kernels above);
-  ``rwkv7_prefill_layers``: a short prompt as such steps, in one call.
+  ``rwkv7_prefill_layers``: a short prompt as such steps, in one call;
+* ``rwkv4_decode_layers``, ``rwkv5_decode_layers`` (``v45_decode.c``): the same one-token step for
+  RWKV-4 and 5.x (helpers shared through ``decode_common.h``).
 
 The shared library (all the files) is compiled once per machine by :mod:`rwkv_music.native_build`
 (``-O3 -march=native -fopenmp``, a few seconds) into a cache folder and reused.
@@ -42,7 +44,8 @@ import rwkv_music.native_build as native_build
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).with_name(n)
-                for n in ("int8_gemm.c", "int4_gemm.c", "wkv4.c", "wkv5.c", "wkv7.c", "v7_decode.c"))
+                for n in ("int8_gemm.c", "int4_gemm.c", "wkv4.c", "wkv5.c", "wkv7.c", "v7_decode.c", "v45_decode.c"))
+HEADERS = (Path(__file__).with_name("decode_common.h"),)  # included by the sources: part of the cache key
 _P, _I64, _F32, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 # name → (argument types, result type) of every exported kernel
 SIGNATURES = {
@@ -57,6 +60,8 @@ SIGNATURES = {
     "rwkv7_time_mix_decode": ([_I64] * 3 + [_P] * 15 + [_F32] * 2 + [_P] * 2 + [_INT], _INT),
     "rwkv7_decode_layers": ([_I64] * 7 + [_P] * 8 + [_F32] * 3 + [_P, _INT], _INT),
     "rwkv7_prefill_layers": ([_I64] * 8 + [_P] * 8 + [_F32] * 3 + [_P, _INT], _INT),
+    "rwkv4_decode_layers": ([_I64] * 5 + [_P] * 12 + [_F32, _P, _INT], _INT),
+    "rwkv5_decode_layers": ([_I64] * 7 + [_P] * 8 + [_F32] * 2 + [_P, _INT], _INT),
 }
 FLAG_SETS = native_build.FLAG_SETS
 
@@ -64,8 +69,9 @@ MAX_HEAD_SIZE = 256  # the stack buffers of wkv5.c / wkv7.c
 # fp32 CPU decode runs each version's one-token WKV (and the steps next to it) as one C call
 # where the kernels build; False keeps the torch ops (tests compare the two).
 FUSED_DECODE = True
-# Small fp32 RWKV-7 models decode a few rows at a time through one call for all layers
-# (v7_decode.c) where FUSED_DECODE holds; False keeps the per-layer path (tests compare the two).
+# Small fp32 models and int8/int4 ones decode a few rows at a time through one call for all layers
+# (v7_decode.c, v45_decode.c) where FUSED_DECODE holds; False keeps the per-layer path (tests compare
+# the two).
 FUSED_LAYERS = True
 
 ENV_VAR = native_build.ENV_VAR
@@ -107,7 +113,7 @@ class choose:
 
 
 def _sources_bytes() -> bytes:
-    return b"\0".join(p.read_bytes() for p in SOURCES)
+    return b"\0".join(p.read_bytes() for p in SOURCES + HEADERS)
 
 
 def _build(compiler: str, source: bytes, flag_sets: tuple = FLAG_SETS, folder: Path | None = None) -> Path:

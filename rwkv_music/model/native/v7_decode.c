@@ -19,10 +19,7 @@
  *   x += (y * g) O;  xx = LN2(x);  kx = lerp(xx, prev_ffn, ffn_mix);  ffn_x' = xx
  *   x += relu(kx Key)^2 Value
  */
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
+#include "decode_common.h"
 
 int rwkv7_time_mix_decode(int64_t B, int64_t H, int64_t N, const float* S, float* S_out, const float* r,
                           const float* k, const float* v, const float* lv, const float* la, const float* lw,
@@ -30,18 +27,10 @@ int rwkv7_time_mix_decode(int64_t B, int64_t H, int64_t N, const float* S, float
                           const float* r_k, const float* ln_w, const float* ln_b, float gn_eps, float decay_scale,
                           float* y, float* v_out, int nthreads);
 
-int rwkv_int8_gemm(const float* x, const int8_t* q, const float* scale, float* y, int64_t nb, int64_t n_in,
-                   int64_t n_out, int nthreads);
-int rwkv_int4_gemm(const float* x, const uint8_t* q, const float* scale, const float* zmin, float* y, int64_t nb,
-                   int64_t n_in, int64_t n_out, int64_t group, int nthreads);
-
-/* Quantized matrices (rwkv_music.model.quant): per layer M_COUNT descriptors of MD int64 each,
- * {kind, q, scale, zmin, group} with kind 0 (the fp32 matrix of the weight pointers), 1 (int8: q
- * [out, in] int8, a scale per output) or 2 (int4: int4_gemm.c's layout); stacks one per slice. */
+/* Quantized matrices: per layer M_COUNT descriptors (decode_common.h), stacks one per slice. */
 enum { M_RKV = 0, M_LORA_IN = 3, M_LORA_OUT = 7, M_OUTPUT = 11, M_FFN_KEY = 12, M_FFN_VALUE = 13, M_COUNT = 14 };
-#define MD 5
 
-/* the weight pointers of one layer, in this order (v7.py's _fused_layer_pointers) */
+/* the weight pointers of one layer, in this order (v7.py's _LAYER_FIELDS) */
 enum {
     W_LN1_W, W_LN1_B, W_MIX, W_RKV, W_LORA_IN, W_LORA_OUT, W_LORA_BIAS, W_K_K, W_K_A, W_ONE_MINUS_K_A, W_R_K,
     W_LN_X_W, W_LN_X_B, W_OUTPUT, W_LN2_W, W_LN2_B, W_FFN_MIX, W_FFN_KEY, W_FFN_VALUE, W_COUNT
@@ -49,79 +38,6 @@ enum {
 
 static inline float lerpf(float start, float end, float weight) { /* torch.lerp's formula */
     return weight < 0.5f ? start + weight * (end - start) : end - (end - start) * (1.f - weight);
-}
-
-/* y = LayerNorm(x) over n (biased variance, as torch), one row */
-static void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t n, float eps) {
-    float mean = 0.f, var = 0.f;
-    for (int64_t i = 0; i < n; i++) mean += x[i];
-    mean /= (float)n;
-    for (int64_t i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
-    const float inv = 1.f / sqrtf(var / (float)n + eps);
-    for (int64_t i = 0; i < n; i++) y[i] = (x[i] - mean) * inv * w[i] + b[i];
-}
-
-/* 16 floats, loaded and stored unaligned (GCC/Clang vector extension: AVX-512 registers, or pairs of
- * AVX2 ones); a + x * w contracts to FMA as the scalar code does */
-typedef float vf16 __attribute__((vector_size(64), aligned(4)));
-
-/* out[b, :] (+)= x[b, :] @ W for rows b < nb; W [n_in, n_out] row-major.  Every output is summed over i
- * in order with one FMA per input (the same numbers at any nb), 64 outputs at a time in four vector
- * registers: a running sum kept in memory was a load-add-store chain per input, bound by store
- * forwarding, and a dot product per output one long dependency chain. */
-static void rows_matmul(const float* x, int64_t ldx, const float* W, float* out, int64_t ldo, int64_t nb,
-                        int64_t n_in, int64_t n_out, int accumulate) {
-    for (int64_t b = 0; b < nb; b++) {
-        const float* xb = x + b * ldx;
-        float* ob = out + b * ldo;
-        int64_t j0 = 0;
-        for (; j0 + 64 <= n_out; j0 += 64) {
-            vf16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-            if (accumulate) {
-                a0 = *(const vf16*)(ob + j0);
-                a1 = *(const vf16*)(ob + j0 + 16);
-                a2 = *(const vf16*)(ob + j0 + 32);
-                a3 = *(const vf16*)(ob + j0 + 48);
-            }
-            const float* wi = W + j0;
-            for (int64_t i = 0; i < n_in; i++, wi += n_out) {
-                const float xi = xb[i];
-                a0 += xi * *(const vf16*)wi;
-                a1 += xi * *(const vf16*)(wi + 16);
-                a2 += xi * *(const vf16*)(wi + 32);
-                a3 += xi * *(const vf16*)(wi + 48);
-            }
-            *(vf16*)(ob + j0) = a0;
-            *(vf16*)(ob + j0 + 16) = a1;
-            *(vf16*)(ob + j0 + 32) = a2;
-            *(vf16*)(ob + j0 + 48) = a3;
-        }
-        for (int64_t j = j0; j < n_out; j++) { /* a tail narrower than 64, one output at a time */
-            float acc = accumulate ? ob[j] : 0.f;
-            for (int64_t i = 0; i < n_in; i++) acc += xb[i] * W[i * n_out + j];
-            ob[j] = acc;
-        }
-    }
-}
-
-/* out (+)= x @ W for nb rows (x [nb, n_in] and out [nb, n_out] contiguous): through rows_matmul for an
- * fp32 W [n_in, n_out] (mat NULL or of kind 0), else through the int8 or int4 kernel, the very call the
- * per-layer torch path makes (accumulating through tmp [nb, n_out]). */
-static int mat_rows(const int64_t* mat, const float* W, const float* x, float* out, int64_t nb, int64_t n_in,
-                    int64_t n_out, int accumulate, float* tmp, int nthreads) {
-    if (mat == NULL || mat[0] == 0) {
-        rows_matmul(x, n_in, W, out, n_out, nb, n_in, n_out, accumulate);
-        return 0;
-    }
-    float* y = accumulate ? tmp : out;
-    const int rc = mat[0] == 1 ? rwkv_int8_gemm(x, (const int8_t*)mat[1], (const float*)mat[2], y, nb, n_in, n_out,
-                                                nthreads)
-                               : rwkv_int4_gemm(x, (const uint8_t*)mat[1], (const float*)mat[2], (const float*)mat[3],
-                                                y, nb, n_in, n_out, mat[4], nthreads);
-    if (rc != 0) return rc;
-    if (accumulate)
-        for (int64_t i = 0; i < nb * n_out; i++) out[i] += y[i];
-    return 0;
 }
 
 /* Returns 0; -1 when scratch memory cannot be allocated or N exceeds wkv7.c's buffers.

@@ -6,8 +6,9 @@
  *   ww = decay + pp;  p' = max(ww, k);  e1 = exp(ww - p');  e2 = exp(k - p')
  *   aa' = e1 aa + e2 v;  bb' = e1 bb + e2;  pp' = p'
  *
- * ``decay`` is -exp(time_decay) and ``first`` is time_first, per channel [A].  The outputs may
- * not alias the inputs.
+ * ``decay`` is -exp(time_decay) and ``first`` is time_first, per channel [A].  Each channel's
+ * inputs are read before its outputs are written, so aa_out, bb_out, pp_out may be aa, bb, pp
+ * (v45_decode.c's in-place step); out may not alias r, k or v.
  */
 #include <math.h>
 #include <stdint.h>

@@ -1,0 +1,115 @@
+"""The pointer tables the all-layers C decode steps read (``native/v7_decode.c``, ``native/v45_decode.c``).
+
+A version lists, per layer, the fields its kernel takes in order (``"ffn.key"`` reaches into a member;
+a tuple value such as v7's ``(weight, bias)`` gives one pointer each; a field ``None`` a null pointer).  Its
+matrix fields may be fp32 tensors or int8/int4 matrices on the native kernels
+(:mod:`rwkv_music.model.quant`); the latter become descriptors ``{kind, q, scale, zmin, group}``, one
+per stack slice (``decode_common.h``), and an fp32 matrix among quantized ones gets kind 0 and is read
+through its pointer.
+
+A plan is built once and kept on the weights object; a step only checks that every layer still holds
+the same matrix objects (quantizing is what replaces a layer's tensors, and it replaces matrices).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any, Callable
+
+import torch
+
+from rwkv_music.model import native
+
+_PLACEHOLDER = torch.zeros(1)  # a quantized matrix's place among the fp32 pointers (never read)
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    matrices: tuple  # (owner, attribute, object) of every matrix field: the plan holds while these do
+    pointers: Any  # ctypes int64 array: the fp32 pointers, layer after layer, in the kernel's order
+    descriptors: Any  # ctypes int64 array of the matrix descriptors, or None where every matrix is fp32
+    shape: tuple  # the per-layer shape the caller asked to be the same in every layer
+    tensors: tuple  # what the pointers point into (held alive here: some are copies made for the plan)
+
+    def current(self) -> bool:
+        return all(getattr(owner, name) is value for owner, name, value in self.matrices)
+
+
+def _owner_and_name(layer: Any, field: str) -> tuple[Any, str]:
+    path, _, name = field.rpartition(".")
+    return (attrgetter(path)(layer) if path else layer), name
+
+
+def matrix_descriptors(matrix: Any, slices: int) -> list[int] | None:
+    """The descriptors of each slice of ``matrix``: kind 0 for an fp32 tensor (read through the weight
+    pointers), 1 int8 and 2 int4 on the native kernels; None for any other matrix (another kernel)."""
+    from rwkv_music.model.quant import Int4Matrix, Int8Matrix
+
+    if isinstance(matrix, torch.Tensor):
+        return [0, 0, 0, 0, 0] * slices
+    parts = matrix.stack if getattr(matrix, "stack", None) is not None else [matrix]
+    if len(parts) != slices:
+        return None
+    out: list[int] = []
+    for m in parts:
+        if type(m) is Int8Matrix and m.kernel == "native":
+            out += [1, m.q.data_ptr(), m.scale.data_ptr(), 0, 0]
+        elif type(m) is Int4Matrix and m.kernel == "native":
+            out += [2, m.q.data_ptr(), m.scale.data_ptr(), m.zmin.data_ptr(), m.group]
+        else:
+            return None
+    return out
+
+
+def layer_plan(weights: Any, fields: tuple[str | None, ...], matrix_slices: dict[str, int], head_size: int | None,
+               shape: Callable[[Any], tuple] = lambda layer: (),
+               fp32_rewrite: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> LayerPlan | None:
+    """The kept plan of ``weights.layers`` for a kernel taking ``fields`` per layer, or a new one; None where
+    the layers do not suit it (a matrix on another kernel, a tensor not fp32 contiguous on the CPU, layers
+    of different ``shape``, the kernels off).
+
+    ``matrix_slices``: the matrix fields and their stack sizes; ``fp32_rewrite``: per matrix field, the copy
+    the kernel reads instead of an fp32 tensor (v7's transposed channel-mix value)."""
+    plan = weights.__dict__.get("_layer_plan")
+    if plan is not None and plan.current():
+        return plan
+    layers = weights.layers
+    quantized = any(not isinstance(_get(ly, f), torch.Tensor) for ly in layers for f in matrix_slices)
+    tensors: list[torch.Tensor | None] = []
+    descriptors: list[int] = []
+    for ly in layers:
+        for field in fields:
+            if field is None:  # (a null pointer: a weight this version does not have)
+                tensors.append(None)
+                continue
+            value = _get(ly, field)
+            if field in matrix_slices:
+                if quantized:
+                    found = matrix_descriptors(value, matrix_slices[field])
+                    if found is None:
+                        return None
+                    descriptors.extend(found)
+                    if not isinstance(value, torch.Tensor):
+                        tensors.append(_PLACEHOLDER)
+                        continue
+                rewrite = (fp32_rewrite or {}).get(field)
+                tensors.append(rewrite(value) if rewrite else value)
+                continue
+            tensors.extend(value if isinstance(value, tuple) else (value,))
+    present = [t for t in tensors if t is not None]
+    if not (len({shape(ly) for ly in layers}) == 1 and all(type(t) is torch.Tensor for t in present)
+            and native.fused_decode_ok(*present, head_size=head_size)):
+        return None  # (not kept: the verdict may hinge on the kernels being off just now)
+    matrices = tuple((*_owner_and_name(ly, f), _get(ly, f)) for ly in layers for f in matrix_slices)
+    pointers = (ctypes.c_int64 * len(tensors))(*[0 if t is None else t.data_ptr() for t in tensors])
+    table = (ctypes.c_int64 * len(descriptors))(*descriptors) if quantized else None
+    plan = LayerPlan(matrices, pointers, table, shape(layers[0]), tuple(present))
+    weights.__dict__["_layer_plan"] = plan
+    return plan
+
+
+def _get(layer: Any, field: str) -> Any:
+    owner, name = _owner_and_name(layer, field)
+    return getattr(owner, name)

@@ -1,0 +1,95 @@
+/* Helpers shared by the all-layers decode steps (v7_decode.c, v45_decode.c): LayerNorm, the fp32
+ * row products and the dispatch of a product to the int8 / int4 kernels.  Included, not compiled on
+ * its own; rwkv_music.model.native hashes it with the sources for the build cache. */
+#ifndef RWKV_DECODE_COMMON_H
+#define RWKV_DECODE_COMMON_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+int rwkv_int8_gemm(const float* x, const int8_t* q, const float* scale, float* y, int64_t nb, int64_t n_in,
+                   int64_t n_out, int nthreads);
+int rwkv_int4_gemm(const float* x, const uint8_t* q, const float* scale, const float* zmin, float* y, int64_t nb,
+                   int64_t n_in, int64_t n_out, int64_t group, int nthreads);
+
+/* A quantized matrix descriptor (rwkv_music.model.quant, through the version modules' plans): MD int64
+ * {kind, q, scale, zmin, group}, kind 0 (the fp32 matrix of the weight pointers), 1 (int8: q [out, in]
+ * int8, a scale per output) or 2 (int4: int4_gemm.c's layout). */
+#define MD 5
+
+/* y = LayerNorm(x) over n (biased variance, as torch), one row */
+static inline void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t n, float eps) {
+    float mean = 0.f, var = 0.f;
+    for (int64_t i = 0; i < n; i++) mean += x[i];
+    mean /= (float)n;
+    for (int64_t i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+    const float inv = 1.f / sqrtf(var / (float)n + eps);
+    for (int64_t i = 0; i < n; i++) y[i] = (x[i] - mean) * inv * w[i] + b[i];
+}
+
+/* 16 floats, loaded and stored unaligned (GCC/Clang vector extension: AVX-512 registers, or pairs of
+ * AVX2 ones); a + x * w contracts to FMA as the scalar code does */
+typedef float vf16 __attribute__((vector_size(64), aligned(4)));
+
+/* out[b, :] (+)= x[b, :] @ W for rows b < nb; W [n_in, n_out] row-major.  Every output is summed over i
+ * in order with one FMA per input (the same numbers at any nb), 64 outputs at a time in four vector
+ * registers: a running sum kept in memory was a load-add-store chain per input, bound by store
+ * forwarding, and a dot product per output one long dependency chain. */
+static inline void rows_matmul(const float* x, int64_t ldx, const float* W, float* out, int64_t ldo, int64_t nb,
+                        int64_t n_in, int64_t n_out, int accumulate) {
+    for (int64_t b = 0; b < nb; b++) {
+        const float* xb = x + b * ldx;
+        float* ob = out + b * ldo;
+        int64_t j0 = 0;
+        for (; j0 + 64 <= n_out; j0 += 64) {
+            vf16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            if (accumulate) {
+                a0 = *(const vf16*)(ob + j0);
+                a1 = *(const vf16*)(ob + j0 + 16);
+                a2 = *(const vf16*)(ob + j0 + 32);
+                a3 = *(const vf16*)(ob + j0 + 48);
+            }
+            const float* wi = W + j0;
+            for (int64_t i = 0; i < n_in; i++, wi += n_out) {
+                const float xi = xb[i];
+                a0 += xi * *(const vf16*)wi;
+                a1 += xi * *(const vf16*)(wi + 16);
+                a2 += xi * *(const vf16*)(wi + 32);
+                a3 += xi * *(const vf16*)(wi + 48);
+            }
+            *(vf16*)(ob + j0) = a0;
+            *(vf16*)(ob + j0 + 16) = a1;
+            *(vf16*)(ob + j0 + 32) = a2;
+            *(vf16*)(ob + j0 + 48) = a3;
+        }
+        for (int64_t j = j0; j < n_out; j++) { /* a tail narrower than 64, one output at a time */
+            float acc = accumulate ? ob[j] : 0.f;
+            for (int64_t i = 0; i < n_in; i++) acc += xb[i] * W[i * n_out + j];
+            ob[j] = acc;
+        }
+    }
+}
+
+/* out (+)= x @ W for nb rows (x [nb, n_in] and out [nb, n_out] contiguous): through rows_matmul for an
+ * fp32 W [n_in, n_out] (mat NULL or of kind 0), else through the int8 or int4 kernel, the very call the
+ * per-layer torch path makes (accumulating through tmp [nb, n_out]). */
+static inline int mat_rows(const int64_t* mat, const float* W, const float* x, float* out, int64_t nb, int64_t n_in,
+                    int64_t n_out, int accumulate, float* tmp, int nthreads) {
+    if (mat == NULL || mat[0] == 0) {
+        rows_matmul(x, n_in, W, out, n_out, nb, n_in, n_out, accumulate);
+        return 0;
+    }
+    float* y = accumulate ? tmp : out;
+    const int rc = mat[0] == 1 ? rwkv_int8_gemm(x, (const int8_t*)mat[1], (const float*)mat[2], y, nb, n_in, n_out,
+                                                nthreads)
+                               : rwkv_int4_gemm(x, (const uint8_t*)mat[1], (const float*)mat[2], (const float*)mat[3],
+                                                y, nb, n_in, n_out, mat[4], nthreads);
+    if (rc != 0) return rc;
+    if (accumulate)
+        for (int64_t i = 0; i < nb * n_out; i++) out[i] += y[i];
+    return 0;
+}
+
+#endif
