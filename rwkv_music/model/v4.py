@@ -28,7 +28,7 @@ from torch import Tensor
 from rwkv_music.model import native
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.constants import GN_EPS, LN_EPS
-from rwkv_music.model.layer_plan import layer_plan
+from rwkv_music.model.layer_plan import FUSED_FP32_MAX_FLOATS, layer_plan
 from rwkv_music.model.ops import fold_ln0, layer_norm, token_shift, write_state
 from rwkv_music.model.state import State
 from rwkv_music.model.wkv_chunked_v4 import CHUNK_LEN, wkv4_chunked
@@ -277,11 +277,9 @@ def time_mix(xx: Tensor, sx: Tensor, aa: Tensor, bb: Tensor, pp: Tensor,
 # * int8/int4 matrices on the native kernels, any width: the products are the per-layer path's kernel
 #   calls, and the element-wise ops and dispatch around them go (random L12 D768, B = 1, one thread,
 #   interleaved: v4 int8 164 -> 207 tok/s, int4 205 -> 273; v5.2 int8 180 -> 232, int4 243 -> 328);
-# * fp32 while B·C <= FUSED_FP32_MAX_FLOATS, where dispatch is most of a step and the kernel's
-#   one-thread products still keep up with torch's BLAS on two threads (random L4, two cores, per step:
-#   D128 B1 349 -> 120 us, B8 622 -> 417; D256 B4 1214 -> 852; but D256 B8 1465 -> 1706, D128 B16 even).
+# * fp32 while B·C <= FUSED_FP32_MAX_FLOATS (layer_plan.py; random L12 D768 B = 1, fp32 one thread: v4
+#   23.1 -> 16.2 ms a step, v5.2 19.7 -> 12.2).
 FUSED_LAYERS_MAX_ROWS = 16
-FUSED_FP32_MAX_FLOATS = 1024
 # the kernel's weight order per layer (v45_decode.c's W_* enum); None: v4 has no ln_x
 _V4_FIELDS = ("ln1_w", "ln1_b", "att_mix", "att_mix_c", "att_kvr", "decay", "first", None, None, "att_out",
               "ln2_w", "ln2_b", "ffn.mix", "ffn.mix_c", "ffn.key", "ffn.receptance", "ffn.value")

@@ -260,6 +260,29 @@ def test_all_rwkv7_layers_in_one_call_match_the_torch_ops(monkeypatch: pytest.Mo
 
 
 @needs_native
+def test_a_wide_fp32_rwkv7_step_takes_the_all_layers_call_for_few_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wider than FUSED_LAYERS_MAX_WIDTH, an fp32 RWKV-7 step still runs in one call while B·C is at most
+    FUSED_FP32_MAX_FLOATS (the same numbers as the per-layer path, to rounding), and not above."""
+    from rwkv_music.backends.torch import TorchModel
+    from rwkv_music.model import v7
+    from rwkv_music.model.factory import random_checkpoint
+    from rwkv_music.model.layer_plan import FUSED_FP32_MAX_FLOATS
+
+    width = v7.FUSED_LAYERS_MAX_WIDTH + 64
+    model = TorchModel.from_state_dict(random_checkpoint("7", n_layer=2, n_embd=width, head_size=64,
+                                                         vocab_size=100, seed=9))
+    tokens = torch.randint(0, 100, (1, 4), generator=torch.Generator().manual_seed(9))
+    calls = _kernel_lookups(monkeypatch)
+    passes = _fused_against_per_layer(monkeypatch, model, tokens, True, 1e-5, calls)
+    assert passes.count("rwkv7_decode_layers") == tokens.shape[1]
+    calls.clear()
+    rows = FUSED_FP32_MAX_FLOATS // width + 1
+    model.forward(torch.zeros((rows, 1), dtype=torch.long), model.new_state(rows))
+    model.forward(tokens, model.new_state(1))  # a prompt of a wide model: the chunked form
+    assert "rwkv7_decode_layers" not in calls and "rwkv7_prefill_layers" not in calls
+
+
+@needs_native
 @pytest.mark.parametrize("rows", [1, 3])
 @pytest.mark.parametrize("dtype", ["int8", "int4", "int4-all", "int8-lora-fp32"])
 def test_quantized_rwkv7_steps_in_one_call_match_the_per_layer_path(monkeypatch: pytest.MonkeyPatch, rows: int,
@@ -276,7 +299,7 @@ def test_quantized_rwkv7_steps_in_one_call_match_the_per_layer_path(monkeypatch:
     from rwkv_music.model.factory import random_checkpoint
     from rwkv_music.model.quant import INT4_ALL_BUT_HEAD, LORA_FIELDS
 
-    width = v7.FUSED_LAYERS_MAX_WIDTH + 64  # wider than fp32 models take it
+    width = v7.FUSED_LAYERS_MAX_WIDTH + 64  # wider than narrow fp32 models
     model = TorchModel.from_state_dict(random_checkpoint("7", n_layer=3, n_embd=width, head_size=64,
                                                          vocab_size=100, seed=4))
     if dtype == "int8":
@@ -308,6 +331,7 @@ def test_rwkv4_and_5_steps_in_one_call_match_the_per_layer_path(monkeypatch: pyt
     from rwkv_music.backends.torch import TorchModel
     from rwkv_music.model import v4
     from rwkv_music.model.factory import random_checkpoint
+    from rwkv_music.model.layer_plan import FUSED_FP32_MAX_FLOATS
 
     width = 64 if dtype == "fp32" else 320  # fp32: within FUSED_FP32_MAX_FLOATS at 3 rows
     model = TorchModel.from_state_dict(random_checkpoint(version, n_layer=3, n_embd=width, head_size=32,
@@ -328,7 +352,7 @@ def test_rwkv4_and_5_steps_in_one_call_match_the_per_layer_path(monkeypatch: pyt
     model.forward(too_many, model.new_state(too_many.shape[0]))
     assert name not in calls
     if dtype == "fp32":  # an fp32 step with more than FUSED_FP32_MAX_FLOATS: torch's products
-        rows_over = v4.FUSED_FP32_MAX_FLOATS // width + 1
+        rows_over = FUSED_FP32_MAX_FLOATS // width + 1
         model.forward(too_many[:rows_over], model.new_state(rows_over))
         assert name not in calls
         model.quantize_int8(kernel="dequant")  # matrices the kernel cannot call: the per-layer path
