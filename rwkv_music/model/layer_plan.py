@@ -23,10 +23,11 @@ import torch
 from rwkv_music.model import native
 
 # An fp32 one-token step goes through the all-layers kernels while B·C is at most this: dispatch is most of a
-# small step, and the kernels' one-thread products keep up with torch's BLAS on two threads (random L4,
-# two cores, v4 per step: D128 B1 349 -> 120 us, B8 622 -> 417; D256 B4 1214 -> 852; D768 B1 (L12)
-# 19.2 -> 15.9 ms; but D256 B8 1465 -> 1706 us, D128 B16 even).  v7's narrow models take it up to 16 rows.
-FUSED_FP32_MAX_FLOATS = 1024
+# small step, and the kernels' products (a big matrix split over the threads, decode_common.h) beat torch's
+# BLAS up to about here.  Measured on two cores, torch on two threads, v4 per step: L4 D128 B8 652 -> 390
+# us, B16 864 -> 708; D256 B4 1151 -> 590, B8 1296 -> 1018, B16 1874 -> 1926 (even); L12 D768 B1 20.4 ->
+# 11.6 ms, B4 36.3 -> 21.1, B8 38.6 -> 29.9.  v7's narrow models take it up to 16 rows.
+FUSED_FP32_MAX_FLOATS = 4096
 _PLACEHOLDER = torch.zeros(1)  # a quantized matrix's place among the fp32 pointers (never read)
 
 

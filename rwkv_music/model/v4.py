@@ -278,7 +278,7 @@ def time_mix(xx: Tensor, sx: Tensor, aa: Tensor, bb: Tensor, pp: Tensor,
 #   calls, and the element-wise ops and dispatch around them go (random L12 D768, B = 1, one thread,
 #   interleaved: v4 int8 164 -> 207 tok/s, int4 205 -> 273; v5.2 int8 180 -> 232, int4 243 -> 328);
 # * fp32 while B·C <= FUSED_FP32_MAX_FLOATS (layer_plan.py; random L12 D768 B = 1, fp32 one thread: v4
-#   23.1 -> 16.2 ms a step, v5.2 19.7 -> 12.2).
+#   23.1 -> 16.2 ms a step, v5.2 19.7 -> 12.2; two threads, v4: 20.4 -> 11.6).
 FUSED_LAYERS_MAX_ROWS = 16
 # the kernel's weight order per layer (v45_decode.c's W_* enum); None: v4 has no ln_x
 _V4_FIELDS = ("ln1_w", "ln1_b", "att_mix", "att_mix_c", "att_kvr", "decay", "first", None, None, "att_out",

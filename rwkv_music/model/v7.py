@@ -220,9 +220,9 @@ def _forward(
 # 16, 1.1x / 0.96x at 32 for abc / midi).
 FUSED_LAYERS_MAX_ROWS = 16
 FUSED_LAYERS_MAX_WIDTH = 256
-# ... and a wider fp32 model's step while B·C <= FUSED_FP32_MAX_FLOATS (layer_plan.py): one row at D768
-# there streams each matrix faster than torch's BLAS (random L12 D768, B = 1: 19.9 -> 13.8 ms a step on
-# one thread, 18.6 -> 14.4 ms against torch's two).
+# ... and a wider fp32 model's step while B·C <= FUSED_FP32_MAX_FLOATS (layer_plan.py): a few rows at D768
+# there stream each matrix faster than torch's BLAS (random L12 D768, B = 1: 19.8 -> 15.4 ms a step on
+# one thread, 17.5 -> 10.7 ms on two).
 # Quantized models (int8/int4 matrices on the native kernels) take it for one-token steps at any width:
 # the products are the same kernel calls as the per-layer path's, and the ~20 torch ops a layer around
 # them (~1 ms a step at L12 D768) go; their prompts keep the chunked form, which reads each matrix once.

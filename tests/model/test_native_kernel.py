@@ -333,7 +333,7 @@ def test_rwkv4_and_5_steps_in_one_call_match_the_per_layer_path(monkeypatch: pyt
     from rwkv_music.model.factory import random_checkpoint
     from rwkv_music.model.layer_plan import FUSED_FP32_MAX_FLOATS
 
-    width = 64 if dtype == "fp32" else 320  # fp32: within FUSED_FP32_MAX_FLOATS at 3 rows
+    width = 320  # (fp32: within FUSED_FP32_MAX_FLOATS at 3 rows)
     model = TorchModel.from_state_dict(random_checkpoint(version, n_layer=3, n_embd=width, head_size=32,
                                                          vocab_size=100, seed=7))
     if dtype == "int8":
@@ -358,6 +358,34 @@ def test_rwkv4_and_5_steps_in_one_call_match_the_per_layer_path(monkeypatch: pyt
         model.quantize_int8(kernel="dequant")  # matrices the kernel cannot call: the per-layer path
         model.forward(too_many[:1], model.new_state(1))
         assert name not in calls
+
+
+@needs_native
+@pytest.mark.parametrize("version", ["4", "7"])
+def test_the_all_layers_step_gives_the_same_numbers_on_any_number_of_threads(version: str) -> None:
+    """A big fp32 matrix's product is split over the threads by blocks of outputs (decode_common.h), each
+    output summed the same way: one thread and two give the same logits and state, bit for bit."""
+    from rwkv_music.backends.torch import TorchModel
+    from rwkv_music.model.factory import random_checkpoint
+
+    model = TorchModel.from_state_dict(random_checkpoint(version, n_layer=2, n_embd=512, head_size=64,
+                                                         vocab_size=100, seed=10))  # FFN 512 x 2048: split
+    tokens = torch.randint(0, 100, (2, 3), generator=torch.Generator().manual_seed(10))
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            state, logits = model.new_state(2), []
+            for t in range(tokens.shape[1]):
+                step, state = model.forward(tokens[:, t : t + 1], state, inplace=True)
+                logits.append(step)
+            runs.append((torch.stack(logits), state))
+    finally:
+        torch.set_num_threads(before)
+    (one, s1), (two, s2) = runs
+    assert torch.equal(one, two)
+    assert all(torch.equal(s1.tensors[k], s2.tensors[k]) for k in s1.tensors)
 
 
 @needs_native

@@ -33,38 +33,55 @@ static inline void layer_norm(const float* x, const float* w, const float* b, fl
  * AVX2 ones); a + x * w contracts to FMA as the scalar code does */
 typedef float vf16 __attribute__((vector_size(64), aligned(4)));
 
-/* out[b, :] (+)= x[b, :] @ W for rows b < nb; W [n_in, n_out] row-major.  Every output is summed over i
- * in order with one FMA per input (the same numbers at any nb), 64 outputs at a time in four vector
- * registers: a running sum kept in memory was a load-add-store chain per input, bound by store
- * forwarding, and a dot product per output one long dependency chain. */
-static inline void rows_matmul(const float* x, int64_t ldx, const float* W, float* out, int64_t ldo, int64_t nb,
-                        int64_t n_in, int64_t n_out, int accumulate) {
+/* Matrices of at least this many weights are split over the threads (by blocks of outputs): a one-row
+ * product of a D768 model streams megabytes, which one core reads at well below the machine's bandwidth;
+ * the shipped models' matrices (at most 128 x 512) stay on one thread, where waking others costs more. */
+#define ROWS_PARALLEL_MIN (1 << 18)
+
+/* out[b, j0 .. j0 + 64) (+)= x[b, :] @ W[:, j0 .. j0 + 64) for rows b < nb: every output summed over i in
+ * order with one FMA per input, in four vector registers (a running sum kept in memory was a
+ * load-add-store chain per input, bound by store forwarding; a dot product per output one long
+ * dependency chain).  The rows reuse the block's weights from cache. */
+static inline void rows_block(const float* x, int64_t ldx, const float* W, float* out, int64_t ldo, int64_t nb,
+                              int64_t n_in, int64_t n_out, int64_t j0, int accumulate) {
     for (int64_t b = 0; b < nb; b++) {
         const float* xb = x + b * ldx;
-        float* ob = out + b * ldo;
-        int64_t j0 = 0;
-        for (; j0 + 64 <= n_out; j0 += 64) {
-            vf16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-            if (accumulate) {
-                a0 = *(const vf16*)(ob + j0);
-                a1 = *(const vf16*)(ob + j0 + 16);
-                a2 = *(const vf16*)(ob + j0 + 32);
-                a3 = *(const vf16*)(ob + j0 + 48);
-            }
-            const float* wi = W + j0;
-            for (int64_t i = 0; i < n_in; i++, wi += n_out) {
-                const float xi = xb[i];
-                a0 += xi * *(const vf16*)wi;
-                a1 += xi * *(const vf16*)(wi + 16);
-                a2 += xi * *(const vf16*)(wi + 32);
-                a3 += xi * *(const vf16*)(wi + 48);
-            }
-            *(vf16*)(ob + j0) = a0;
-            *(vf16*)(ob + j0 + 16) = a1;
-            *(vf16*)(ob + j0 + 32) = a2;
-            *(vf16*)(ob + j0 + 48) = a3;
+        float* ob = out + b * ldo + j0;
+        vf16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        if (accumulate) {
+            a0 = *(const vf16*)ob;
+            a1 = *(const vf16*)(ob + 16);
+            a2 = *(const vf16*)(ob + 32);
+            a3 = *(const vf16*)(ob + 48);
         }
-        for (int64_t j = j0; j < n_out; j++) { /* a tail narrower than 64, one output at a time */
+        const float* wi = W + j0;
+        for (int64_t i = 0; i < n_in; i++, wi += n_out) {
+            const float xi = xb[i];
+            a0 += xi * *(const vf16*)wi;
+            a1 += xi * *(const vf16*)(wi + 16);
+            a2 += xi * *(const vf16*)(wi + 32);
+            a3 += xi * *(const vf16*)(wi + 48);
+        }
+        *(vf16*)ob = a0;
+        *(vf16*)(ob + 16) = a1;
+        *(vf16*)(ob + 32) = a2;
+        *(vf16*)(ob + 48) = a3;
+    }
+}
+
+/* out[b, :] (+)= x[b, :] @ W for rows b < nb; W [n_in, n_out] row-major.  64 outputs at a time
+ * (rows_block), on nthreads threads for a big W; each output is computed the same way whatever the
+ * rows and threads, so the numbers do not depend on either. */
+static inline void rows_matmul(const float* x, int64_t ldx, const float* W, float* out, int64_t ldo, int64_t nb,
+                               int64_t n_in, int64_t n_out, int accumulate, int nthreads) {
+    const int64_t blocks = n_out / 64;
+#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) \
+    if (nthreads > 1 && blocks > 1 && n_in * n_out >= ROWS_PARALLEL_MIN)
+    for (int64_t k = 0; k < blocks; k++) rows_block(x, ldx, W, out, ldo, nb, n_in, n_out, k * 64, accumulate);
+    for (int64_t b = 0; b < nb; b++) { /* a tail narrower than 64, one output at a time */
+        const float* xb = x + b * ldx;
+        float* ob = out + b * ldo;
+        for (int64_t j = blocks * 64; j < n_out; j++) {
             float acc = accumulate ? ob[j] : 0.f;
             for (int64_t i = 0; i < n_in; i++) acc += xb[i] * W[i * n_out + j];
             ob[j] = acc;
@@ -78,7 +95,7 @@ static inline void rows_matmul(const float* x, int64_t ldx, const float* W, floa
 static inline int mat_rows(const int64_t* mat, const float* W, const float* x, float* out, int64_t nb, int64_t n_in,
                     int64_t n_out, int accumulate, float* tmp, int nthreads) {
     if (mat == NULL || mat[0] == 0) {
-        rows_matmul(x, n_in, W, out, n_out, nb, n_in, n_out, accumulate);
+        rows_matmul(x, n_in, W, out, n_out, nb, n_in, n_out, accumulate, nthreads);
         return 0;
     }
     float* y = accumulate ? tmp : out;
