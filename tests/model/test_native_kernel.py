@@ -320,22 +320,23 @@ def test_quantized_rwkv7_steps_in_one_call_match_the_per_layer_path(monkeypatch:
 @needs_native
 @pytest.mark.parametrize("rows", [1, 3])
 @pytest.mark.parametrize("dtype", ["fp32", "int8", "int4"])
-@pytest.mark.parametrize("version", ["4", "5.0", "5.1", "5.2"])
-def test_rwkv4_and_5_steps_in_one_call_match_the_per_layer_path(monkeypatch: pytest.MonkeyPatch, version: str,
-                                                                dtype: str, rows: int) -> None:
-    """v45_decode.c: every layer of a v4 / v5.x one-token step in one call, for fp32 models (few rows of a
-    narrow one) and int8/int4 ones (any width): logits and every state tensor as the per-layer path's, one
+@pytest.mark.parametrize("version", ["4", "5.0", "5.1", "5.2", "6"])
+def test_rwkv4_5_6_steps_in_one_call_match_the_per_layer_path(monkeypatch: pytest.MonkeyPatch, version: str,
+                                                              dtype: str, rows: int) -> None:
+    """v45_decode.c / v6_decode.c: every layer of a v4 / v5.x / v6 one-token step in one call, for fp32 models
+    (few rows) and int8/int4 ones (any width): logits and every state tensor as the per-layer path's, one
     call a step, a row's numbers the same in any batch.  fp32 to rounding (5.0, whose random bonus is
     large, amplifies it most: measured 1.5e-5 of the largest logit); quantized within 3e-3 for the int16
     activation codes the two paths' last-bit differences flip (as for RWKV-7 above; measured <= 1.6e-4)."""
     from rwkv_music.backends.torch import TorchModel
-    from rwkv_music.model import v4
+    from rwkv_music.model import registry
     from rwkv_music.model.factory import random_checkpoint
     from rwkv_music.model.layer_plan import FUSED_FP32_MAX_FLOATS
 
     width = 320  # (fp32: within FUSED_FP32_MAX_FLOATS at 3 rows)
     model = TorchModel.from_state_dict(random_checkpoint(version, n_layer=3, n_embd=width, head_size=32,
                                                          vocab_size=100, seed=7))
+    module = registry.get_module("4" if version.startswith("5") else version)  # (v5 runs on v4.fused_layers_step)
     if dtype == "int8":
         model.quantize_int8()
     elif dtype == "int4":
@@ -343,12 +344,12 @@ def test_rwkv4_and_5_steps_in_one_call_match_the_per_layer_path(monkeypatch: pyt
     tokens = torch.randint(0, 100, (rows, 5), generator=torch.Generator().manual_seed(8))
     calls = _kernel_lookups(monkeypatch)
     passes = _fused_against_per_layer(monkeypatch, model, tokens, True, 5e-5 if dtype == "fp32" else 3e-3, calls)
-    name = "rwkv4_decode_layers" if version == "4" else "rwkv5_decode_layers"
+    name = {"4": "rwkv4_decode_layers", "6": "rwkv6_decode_layers"}.get(version, "rwkv5_decode_layers")
     assert passes.count(name) == tokens.shape[1]
     monkeypatch.setattr(native, "FUSED_LAYERS", True)
     calls.clear()
     model.forward(tokens, model.new_state(rows))  # prompts keep the per-layer (chunked / scanned) form
-    too_many = torch.zeros((v4.FUSED_LAYERS_MAX_ROWS + 1, 1), dtype=torch.long)
+    too_many = torch.zeros((module.FUSED_LAYERS_MAX_ROWS + 1, 1), dtype=torch.long)
     model.forward(too_many, model.new_state(too_many.shape[0]))
     assert name not in calls
     if dtype == "fp32":  # an fp32 step with more than FUSED_FP32_MAX_FLOATS: torch's products

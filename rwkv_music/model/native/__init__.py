@@ -11,8 +11,9 @@
 * ``rwkv7_decode_layers`` (``v7_decode.c``): every layer of a small fp32 RWKV-7's one-token step in
   one call (and of an int8/int4 one at any width, its products through the kernels above);
   ``rwkv7_prefill_layers``: a short prompt as such steps, in one call;
-* ``rwkv4_decode_layers``, ``rwkv5_decode_layers`` (``v45_decode.c``): the same one-token step for
-  RWKV-4 and 5.x (helpers shared through ``decode_common.h``).
+* ``rwkv4_decode_layers``, ``rwkv5_decode_layers`` (``v45_decode.c``), ``rwkv6_decode_layers``
+  (``v6_decode.c``): the same one-token step for RWKV-4, 5.x and 6 (helpers shared through
+  ``decode_common.h``).
 
 The shared library (all the files) is compiled once per machine by :mod:`rwkv_music.native_build`
 (``-O3 -march=native -fopenmp``, a few seconds) into a cache folder and reused.
@@ -44,7 +45,8 @@ import rwkv_music.native_build as native_build
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).with_name(n)
-                for n in ("int8_gemm.c", "int4_gemm.c", "wkv4.c", "wkv5.c", "wkv7.c", "v7_decode.c", "v45_decode.c"))
+                for n in ("int8_gemm.c", "int4_gemm.c", "wkv4.c", "wkv5.c", "wkv7.c", "v7_decode.c", "v45_decode.c",
+                          "v6_decode.c"))
 HEADERS = (Path(__file__).with_name("decode_common.h"),)  # included by the sources: part of the cache key
 _P, _I64, _F32, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 # name → (argument types, result type) of every exported kernel
@@ -62,6 +64,7 @@ SIGNATURES = {
     "rwkv7_prefill_layers": ([_I64] * 8 + [_P] * 8 + [_F32] * 3 + [_P, _INT], _INT),
     "rwkv4_decode_layers": ([_I64] * 5 + [_P] * 12 + [_F32, _P, _INT], _INT),
     "rwkv5_decode_layers": ([_I64] * 7 + [_P] * 8 + [_F32] * 2 + [_P, _INT], _INT),
+    "rwkv6_decode_layers": ([_I64] * 8 + [_P] * 8 + [_F32] * 2 + [_P, _INT], _INT),
 }
 FLAG_SETS = native_build.FLAG_SETS
 
