@@ -19,6 +19,16 @@ int rwkv_int4_gemm(const float* x, const uint8_t* q, const float* scale, const f
  * int8, a scale per output) or 2 (int4: int4_gemm.c's layout). */
 #define MD 5
 
+/* layer l's weight pointers (count a layer) and matrix descriptors (count a layer; NULL without any) */
+static inline const float* const* layer_weights(const int64_t* weights, int64_t l, int64_t count) {
+    return (const float* const*)(weights + l * count);
+}
+static inline const int64_t* layer_mats(const int64_t* mats, int64_t l, int64_t count) {
+    return mats ? mats + l * count * MD : NULL;
+}
+/* descriptor i of a layer's (NULL: none, an fp32 product) */
+static inline const int64_t* mat_at(const int64_t* layer, int64_t i) { return layer ? layer + i * MD : NULL; }
+
 /* y = LayerNorm(x) over n (biased variance, as torch), one row */
 static inline void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t n, float eps) {
     float mean = 0.f, var = 0.f;
@@ -106,6 +116,29 @@ static inline int mat_rows(const int64_t* mat, const float* W, const float* x, f
     if (rc != 0) return rc;
     if (accumulate)
         for (int64_t i = 0; i < nb * n_out; i++) out[i] += y[i];
+    return 0;
+}
+
+static inline float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
+
+/* The v4 / v5 / v6 channel mix after its token shift: x += σ(rx R) ⊙ (relu(kx K)^2 V), for kx and rx the
+ * [B, C] rows at mixed and mixed + B·C (mixed is then reused for the value product); matrices as mat_rows
+ * takes them (V as [F, C]); hidden [B, F], gate [B, C] and tmp [B, max(C, F)] scratch. */
+static inline int channel_mix_rows(const int64_t* mat_key, const float* K, const int64_t* mat_receptance,
+                                   const float* R, const int64_t* mat_value, const float* V, float* x, float* mixed,
+                                   float* hidden, float* gate, float* tmp, int64_t B, int64_t C, int64_t F,
+                                   int nthreads) {
+    const size_t BC = (size_t)(B * C);
+    int rc = mat_rows(mat_key, K, mixed, hidden, B, C, F, 0, tmp, nthreads);
+    if (rc == 0) rc = mat_rows(mat_receptance, R, mixed + BC, gate, B, C, C, 0, tmp, nthreads);
+    if (rc != 0) return rc;
+    for (int64_t i = 0; i < B * F; i++) {
+        const float t = hidden[i] > 0.f ? hidden[i] : 0.f;
+        hidden[i] = t * t;
+    }
+    rc = mat_rows(mat_value, V, hidden, mixed, B, F, C, 0, tmp, nthreads);
+    if (rc != 0) return rc;
+    for (size_t i = 0; i < BC; i++) x[i] += sigmoid_f(gate[i]) * mixed[i];
     return 0;
 }
 

@@ -44,8 +44,6 @@ static void token_mixes(const float* xx, const float* prev, const float* mix, co
         }
 }
 
-static inline float sigmoidf(float x) { return 1.f / (1.f + expf(-x)); }
-
 /* Both versions: the layer loop around a version's time mix (v5: kv_in non-NULL).  See the exported
  * functions below for the arguments. */
 static int decode_layers(int version5, int M, int64_t L, int64_t B, int64_t C, int64_t A, int64_t H, int64_t N,
@@ -67,17 +65,15 @@ static int decode_layers(int version5, int M, int64_t L, int64_t B, int64_t C, i
     float* gate = hidden + (size_t)(B * F);
     int rc = 0;
     for (int64_t l = 0; l < L && rc == 0; l++) {
-        const float* const* w = (const float* const*)(weights + l * W_COUNT);
-        const int64_t* mq = mats ? mats + l * (M + M_AFTER_PROJ) * MD : NULL;
-#define MAT(i) (mq ? mq + (i) * MD : NULL)
-#define MAT_AFTER(i) (mq ? mq + (M + (i)) * MD : NULL)
+        const float* const* w = layer_weights(weights, l, W_COUNT);
+        const int64_t* mq = layer_mats(mats, l, M + M_AFTER_PROJ);
         const size_t so = (size_t)l * BC;
         /* time mix (prev is read before att_out, possibly the same row, is written) */
         for (int64_t b = 0; b < B; b++) layer_norm(x + b * C, w[W_LN1_W], w[W_LN1_B], xx + b * C, C, ln_eps);
         token_mixes(xx, att_in + so, w[W_MIX], w[W_MIX_C], mixed, M, B, C);
         memcpy(att_out + so, xx, BC * sizeof(float));
         for (int j = 0; j < M && rc == 0; j++)
-            rc = mat_rows(MAT(j), w[W_PROJ] + (size_t)j * C * A, mixed + j * BC, proj + j * BA, B, C, A,
+            rc = mat_rows(mat_at(mq, j), w[W_PROJ] + (size_t)j * C * A, mixed + j * BC, proj + j * BA, B, C, A,
                           0, tmp, nthreads);
         if (rc != 0) break;
         if (!version5) { /* (k, v, r): wkv4.c reads each channel's state before writing it */
@@ -90,29 +86,17 @@ static int decode_layers(int version5, int M, int64_t L, int64_t B, int64_t C, i
                                   w[W_DECAY], w[W_BONUS], w[W_LN_X_W], w[W_LN_X_B], gn_eps, y, 1);
             if (rc != 0) break;
             if (M == 4) /* 5.1 / 5.2: y ⊙ silu(g) */
-                for (size_t i = 0; i < BA; i++) y[i] *= proj[3 * BA + i] * sigmoidf(proj[3 * BA + i]);
+                for (size_t i = 0; i < BA; i++) y[i] *= proj[3 * BA + i] * sigmoid_f(proj[3 * BA + i]);
         }
-        rc = mat_rows(MAT_AFTER(M_OUT), w[W_OUT], y, x, B, A, C, 1, tmp, nthreads); /* x += y Out */
+        rc = mat_rows(mat_at(mq, M + M_OUT), w[W_OUT], y, x, B, A, C, 1, tmp, nthreads); /* x += y Out */
         if (rc != 0) break;
         /* channel mix */
         for (int64_t b = 0; b < B; b++) layer_norm(x + b * C, w[W_LN2_W], w[W_LN2_B], xx + b * C, C, ln_eps);
         token_mixes(xx, ffn_in + so, w[W_FFN_MIX], w[W_FFN_MIX_C], mixed, 2, B, C); /* (k, r) */
         memcpy(ffn_out + so, xx, BC * sizeof(float));
-        rc = mat_rows(MAT_AFTER(M_FFN_KEY), w[W_FFN_KEY], mixed, hidden, B, C, F, 0, tmp, nthreads);
-        if (rc == 0)
-            rc = mat_rows(MAT_AFTER(M_FFN_RECEPTANCE), w[W_FFN_RECEPTANCE], mixed + BC, gate, B, C, C, 0, tmp,
-                          nthreads);
-        if (rc != 0) break;
-        for (int64_t i = 0; i < B * F; i++) {
-            const float t = hidden[i] > 0.f ? hidden[i] : 0.f;
-            hidden[i] = t * t;
-        }
-        /* (into the spent mixes: [B, C]) */
-        rc = mat_rows(MAT_AFTER(M_FFN_VALUE), w[W_FFN_VALUE], hidden, mixed, B, F, C, 0, tmp, nthreads);
-        if (rc != 0) break;
-        for (size_t i = 0; i < BC; i++) x[i] += sigmoidf(gate[i]) * mixed[i];
-#undef MAT
-#undef MAT_AFTER
+        rc = channel_mix_rows(mat_at(mq, M + M_FFN_KEY), w[W_FFN_KEY], mat_at(mq, M + M_FFN_RECEPTANCE),
+                              w[W_FFN_RECEPTANCE], mat_at(mq, M + M_FFN_VALUE), w[W_FFN_VALUE], x, mixed, hidden, gate,
+                              tmp, B, C, F, nthreads);
     }
     free(buf);
     return rc;

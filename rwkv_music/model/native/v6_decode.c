@@ -24,8 +24,6 @@ enum {
 /* quantized matrices: per layer M_COUNT descriptors (decode_common.h), the rkvg stack one per slice */
 enum { M_RKVG = 0, M_OUTPUT = 4, M_FFN_KEY = 5, M_FFN_RECEPTANCE = 6, M_FFN_VALUE = 7, M_COUNT = 8 };
 
-static inline float sigmoid6(float x) { return 1.f / (1.f + expf(-x)); }
-
 /* One row's WKV and GroupNorm (v6._wkv_step, then the ln_x GroupNorm): r, k, v, w [A]; S, S_out [H, N, N]
  * (may be one buffer: row j of S' needs only row j of S); y [A]. */
 static void wkv6_row(int64_t H, int64_t N, const float* S, float* S_out, const float* r, const float* k,
@@ -91,9 +89,8 @@ int rwkv6_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
     float* gate = hidden + (size_t)(B * F);
     int rc = 0;
     for (int64_t l = 0; l < L && rc == 0; l++) {
-        const float* const* w = (const float* const*)(weights + l * W_COUNT);
-        const int64_t* mq = mats ? mats + l * M_COUNT * MD : NULL;
-#define MAT(i) (mq ? mq + (i) * MD : NULL)
+        const float* const* w = layer_weights(weights, l, W_COUNT);
+        const int64_t* mq = layer_mats(mats, l, M_COUNT);
         const size_t so = (size_t)l * BC, sk = (size_t)l * (size_t)(B * H * N * N);
         /* time mix: the data-dependent token shift */
         for (int64_t b = 0; b < B; b++) layer_norm(x + b * C, w[W_LN1_W], w[W_LN1_B], xx + b * C, C, ln_eps);
@@ -111,8 +108,8 @@ int rwkv6_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
             for (size_t i = 0; i < BC; i++) mj[i] = xx[i] + d[i] * mj[i];
         }
         for (int j = 0; j < 4 && rc == 0; j++) /* r k v g */
-            rc = mat_rows(MAT(M_RKVG + j), w[W_RKVG] + (size_t)j * C * A, mixed + j * BC, proj + j * BA, B, C, A, 0,
-                          tmp, nthreads);
+            rc = mat_rows(mat_at(mq, M_RKVG + j), w[W_RKVG] + (size_t)j * C * A, mixed + j * BC, proj + j * BA,
+                          B, C, A, 0, tmp, nthreads);
         if (rc != 0) break;
         float* wd = proj + 4 * BA; /* the decay: w = exp(-exp(time_decay + tanh(mixed_w D1) D2)) */
         rows_matmul(mixed + 4 * BC, C, w[W_DECAY_W1], hd, Dd, B, C, Dd, 0, nthreads);
@@ -126,9 +123,9 @@ int rwkv6_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
                      y + b * A);
         for (size_t i = 0; i < BA; i++) { /* y silu(g) */
             const float g = proj[3 * BA + i];
-            y[i] *= g * sigmoid6(g);
+            y[i] *= g * sigmoid_f(g);
         }
-        rc = mat_rows(MAT(M_OUTPUT), w[W_OUTPUT], y, x, B, A, C, 1, tmp, nthreads);
+        rc = mat_rows(mat_at(mq, M_OUTPUT), w[W_OUTPUT], y, x, B, A, C, 1, tmp, nthreads);
         if (rc != 0) break;
         /* channel mix */
         for (int64_t b = 0; b < B; b++) layer_norm(x + b * C, w[W_LN2_W], w[W_LN2_B], xx + b * C, C, ln_eps);
@@ -139,19 +136,10 @@ int rwkv6_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
             mixed[BC + i] = xx[i] + dd * w[W_FFN_MAA][C + c];  /* rx */
         }
         memcpy(ffn_out + so, xx, BC * sizeof(float));
-        rc = mat_rows(MAT(M_FFN_KEY), w[W_FFN_KEY], mixed, hidden, B, C, F, 0, tmp, nthreads);
-        if (rc == 0)
-            rc = mat_rows(MAT(M_FFN_RECEPTANCE), w[W_FFN_RECEPTANCE], mixed + BC, gate, B, C, C, 0, tmp, nthreads);
-        if (rc != 0) break;
-        for (int64_t i = 0; i < B * F; i++) {
-            const float t = hidden[i] > 0.f ? hidden[i] : 0.f;
-            hidden[i] = t * t;
-        }
-        /* (into the spent mixes: [B, C]; an fp32 ffn_value transposed to [F, C] by the caller) */
-        rc = mat_rows(MAT(M_FFN_VALUE), w[W_FFN_VALUE], hidden, mixed, B, F, C, 0, tmp, nthreads);
-        if (rc != 0) break;
-        for (size_t i = 0; i < BC; i++) x[i] += sigmoid6(gate[i]) * mixed[i];
-#undef MAT
+        /* (an fp32 ffn_value transposed to [F, C] by the caller) */
+        rc = channel_mix_rows(mat_at(mq, M_FFN_KEY), w[W_FFN_KEY], mat_at(mq, M_FFN_RECEPTANCE),
+                              w[W_FFN_RECEPTANCE], mat_at(mq, M_FFN_VALUE), w[W_FFN_VALUE], x, mixed, hidden, gate,
+                              tmp, B, C, F, nthreads);
     }
     free(buf);
     return rc;

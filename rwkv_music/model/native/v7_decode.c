@@ -69,9 +69,8 @@ int rwkv7_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
     float* tmp = hidden + (size_t)(B * F); /* [B, C]: a quantized product before it is added */
     int rc = 0;
     for (int64_t l = 0; l < L && rc == 0; l++) {
-        const float* const* w = (const float* const*)(weights + l * W_COUNT);
-        const int64_t* mq = mats ? mats + l * M_COUNT * MD : NULL;
-#define MAT(i) (mq ? mq + (i) * MD : NULL)
+        const float* const* w = layer_weights(weights, l, W_COUNT);
+        const int64_t* mq = layer_mats(mats, l, M_COUNT);
         const size_t so = (size_t)l * BC, sk = (size_t)l * (size_t)(B * H * N * N);
         /* time mix: LN1, the six token-shift mixes (prev is read before att_out, possibly the same row, is written) */
         for (int64_t b = 0; b < B; b++) {
@@ -86,19 +85,19 @@ int rwkv7_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
             memcpy(att_out + so + b * C, xb, (size_t)C * sizeof(float));
         }
         for (int j = 0; j < 3 && rc == 0; j++) /* r k v */
-            rc = mat_rows(MAT(M_RKV + j), w[W_RKV] + (size_t)j * C * C, mixed + j * BC, rkv + j * BC, B, C, C, 0, tmp,
-                          nthreads);
+            rc = mat_rows(mat_at(mq, M_RKV + j), w[W_RKV] + (size_t)j * C * C, mixed + j * BC, rkv + j * BC, B, C,
+                          C, 0, tmp, nthreads);
         for (int j = 0; j < 4 && rc == 0; j++) { /* LoRAs v a w g: in, tanh for w and g, out plus bias */
             float* hj = h + (size_t)j * B * D;
-            rc = mat_rows(MAT(M_LORA_IN + j), w[W_LORA_IN] + (size_t)j * C * D, mixed + (2 + j) * BC, hj, B, C, D, 0,
-                          tmp, nthreads);
+            rc = mat_rows(mat_at(mq, M_LORA_IN + j), w[W_LORA_IN] + (size_t)j * C * D, mixed + (2 + j) * BC, hj,
+                          B, C, D, 0, tmp, nthreads);
             if (j >= 2)
                 for (int64_t i = 0; i < B * D; i++) hj[i] = tanhf(hj[i]);
             float* oj = lo + j * BC;
             for (int64_t b = 0; b < B; b++) memcpy(oj + b * C, w[W_LORA_BIAS] + j * C, (size_t)C * sizeof(float));
             if (rc == 0)
-                rc = mat_rows(MAT(M_LORA_OUT + j), w[W_LORA_OUT] + (size_t)j * D * C, hj, oj, B, D, C, 1, tmp,
-                              nthreads);
+                rc = mat_rows(mat_at(mq, M_LORA_OUT + j), w[W_LORA_OUT] + (size_t)j * D * C, hj, oj, B, D, C, 1,
+                              tmp, nthreads);
         }
         if (rc != 0) break;
         rc = rwkv7_time_mix_decode(B, H, N, kv_in + sk, kv_out + sk, rkv, rkv + BC, rkv + 2 * BC, lo, lo + BC,
@@ -107,7 +106,7 @@ int rwkv7_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
                                    l == 0 ? v_first : v_out, 1);
         if (rc != 0) break;
         for (size_t i = 0; i < BC; i++) y[i] *= lo[3 * BC + i];                     /* the gate g */
-        rc = mat_rows(MAT(M_OUTPUT), w[W_OUTPUT], y, x, B, C, C, 1, tmp, nthreads); /* x += (y * g) O */
+        rc = mat_rows(mat_at(mq, M_OUTPUT), w[W_OUTPUT], y, x, B, C, C, 1, tmp, nthreads); /* x += (y * g) O */
         if (rc != 0) break;
         /* channel mix */
         for (int64_t b = 0; b < B; b++) {
@@ -118,15 +117,14 @@ int rwkv7_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
             for (int64_t c = 0; c < C; c++) kx[c] = lerpf(xb[c], prev[c], w[W_FFN_MIX][c]);
             memcpy(ffn_out + so + b * C, xb, (size_t)C * sizeof(float));
         }
-        rc = mat_rows(MAT(M_FFN_KEY), w[W_FFN_KEY], mixed, hidden, B, C, F, 0, tmp, nthreads);
+        rc = mat_rows(mat_at(mq, M_FFN_KEY), w[W_FFN_KEY], mixed, hidden, B, C, F, 0, tmp, nthreads);
         if (rc != 0) break;
         for (int64_t i = 0; i < B * F; i++) {
             const float t = hidden[i] > 0.f ? hidden[i] : 0.f;
             hidden[i] = t * t;
         }
         /* (an fp32 ffn_value transposed to [F, C] by the caller) */
-        rc = mat_rows(MAT(M_FFN_VALUE), w[W_FFN_VALUE], hidden, x, B, F, C, 1, tmp, nthreads);
-#undef MAT
+        rc = mat_rows(mat_at(mq, M_FFN_VALUE), w[W_FFN_VALUE], hidden, x, B, F, C, 1, tmp, nthreads);
     }
     free(buf);
     return rc;
