@@ -122,7 +122,10 @@ layers of a quantized v7 step in one C call (``v7_decode.c``) v7 went to 1.31x (
 tok/s), v4 and v5.2 (unchanged, still per layer in torch) read 1.37x and 1.25x in that run: on this
 shared machine the same comparison moves by about 5 % between runs.  With v4 and v5 steps in one C
 call as well (``v45_decode.c``, 2026-12-06): v7 1.33x (int8 213, int4 284 tok/s), v4 1.46x (193, 281),
-v5.2 1.36x (222, 303); int4 in every layer matrix 1.44x, 1.57x, 1.47x.
+v5.2 1.36x (222, 303); int4 in every layer matrix 1.44x, 1.57x, 1.47x.  Two more runs of all three:
+v7 1.29x and 1.30x (206, 267), v4 1.36x (228, 310), v5.2 1.43x and 1.44x (226, 325); then, with v7's
+recurrence taking its exponentials 16 lanes at a time (``wkv7.c``), v7 alone 1.37x (227, 311): v7
+sits at the 1.3x line within this machine's noise, v4 and v5.2 above it.
 
 Tried and not better: symmetric groups (64: 97.0 / 93.6 %), plain min/max grids (32: 96.8 /
 94.9 %), a clip search over 0.80-1.00 × absmax (symmetric, 32: 97.3 / 95.2 %); the int16
