@@ -1,4 +1,5 @@
-"""The pointer tables the all-layers C decode steps read (``native/v7_decode.c``, ``native/v45_decode.c``).
+"""The pointer tables the all-layers C decode steps read (``native/v7_decode.c``, ``v45_decode.c``,
+``v6_decode.c``), and the one way they are called (:func:`run_layers`).
 
 A version lists, per layer, the fields its kernel takes in order (``"ffn.key"`` reaches into a member;
 a tuple value such as v7's ``(weight, bias)`` gives one pointer each; a field ``None`` a null pointer).  Its
@@ -28,6 +29,8 @@ from rwkv_music.model import native
 # us, B16 864 -> 708; D256 B4 1151 -> 590, B8 1296 -> 1018, B16 1874 -> 1926 (even); L12 D768 B1 20.4 ->
 # 11.6 ms, B4 36.3 -> 21.1, B8 38.6 -> 29.9.  v7's narrow models take it up to 16 rows.
 FUSED_FP32_MAX_FLOATS = 4096
+# Rows a step takes the all-layers call for (every version); the shipped models measured in v7.py.
+FUSED_LAYERS_MAX_ROWS = 16
 _PLACEHOLDER = torch.zeros(1)  # a quantized matrix's place among the fp32 pointers (never read)
 
 
@@ -119,3 +122,22 @@ def layer_plan(weights: Any, fields: tuple[str | None, ...], matrix_slices: dict
 def _get(layer: Any, field: str) -> Any:
     owner, name = _owner_and_name(layer, field)
     return getattr(owner, name)
+
+
+def run_layers(kernel: str, plan: LayerPlan, sizes: tuple, x: torch.Tensor, state: Any, out_state: Any,
+               names: tuple[str, ...], floats: tuple[float, ...], head_size: int | None) -> list[torch.Tensor] | None:
+    """Call an all-layers kernel as they all take their arguments: ``sizes``, the plan's pointer table,
+    ``x`` (the embedded rows; the kernel leaves the residual in it), the state tensors ``names`` as (in,
+    out) pairs, ``floats``, the plan's descriptors and the thread count.  Returns the new state tensors
+    (``out_state``'s own, or new ones), or None where these tensors do not suit the kernel."""
+    ins = [state.tensors[n] for n in names]
+    outs = [torch.empty_like(t) for t in ins] if out_state is None else [out_state.tensors[n] for n in names]
+    if not native.fused_decode_ok(x, *ins, *outs, head_size=head_size):  # (also: the kernels on and built)
+        return None
+    pairs = [p for i, o in zip(ins, outs) for p in (i.data_ptr(), o.data_ptr())]
+    mats = None if plan.descriptors is None else ctypes.addressof(plan.descriptors)
+    rc = native.kernel(kernel)(*sizes, ctypes.addressof(plan.pointers), x.data_ptr(), *pairs, *floats, mats,
+                               torch.get_num_threads())
+    if rc != 0:
+        raise MemoryError(f"{kernel} failed (code {rc}; no scratch memory?)")
+    return outs

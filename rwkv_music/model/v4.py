@@ -17,7 +17,6 @@ The channel mix here (:func:`channel_mix`) is shared with v5 (docs/formats.md A7
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +27,7 @@ from torch import Tensor
 from rwkv_music.model import native
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.constants import GN_EPS, LN_EPS
-from rwkv_music.model.layer_plan import FUSED_FP32_MAX_FLOATS, layer_plan
+from rwkv_music.model.layer_plan import FUSED_FP32_MAX_FLOATS, FUSED_LAYERS_MAX_ROWS, layer_plan, run_layers
 from rwkv_music.model.ops import fold_ln0, layer_norm, token_shift, write_state
 from rwkv_music.model.state import State
 from rwkv_music.model.wkv_chunked_v4 import CHUNK_LEN, wkv4_chunked
@@ -279,7 +278,6 @@ def time_mix(xx: Tensor, sx: Tensor, aa: Tensor, bb: Tensor, pp: Tensor,
 #   interleaved: v4 int8 164 -> 207 tok/s, int4 205 -> 273; v5.2 int8 180 -> 232, int4 243 -> 328);
 # * fp32 while B·C <= FUSED_FP32_MAX_FLOATS (layer_plan.py; random L12 D768 B = 1, fp32 one thread: v4
 #   23.1 -> 16.2 ms a step, v5.2 19.7 -> 12.2; two threads, v4: 20.4 -> 11.6).
-FUSED_LAYERS_MAX_ROWS = 16
 # the kernel's weight order per layer (v45_decode.c's W_* enum); None: v4 has no ln_x
 _V4_FIELDS = ("ln1_w", "ln1_b", "att_mix", "att_mix_c", "att_kvr", "decay", "first", None, None, "att_out",
               "ln2_w", "ln2_b", "ffn.mix", "ffn.mix_c", "ffn.key", "ffn.receptance", "ffn.value")
@@ -303,27 +301,18 @@ def fused_layers_step(weights: Any, config: RWKVConfig, tokens: Tensor, state: S
     if plan is None:
         return None
     M, A, F_ = plan.shape
-    names = ("att_x", "att_a", "att_b", "att_p", "ffn_x") if config.version == "4" else ("att_x", "att_kv", "ffn_x")
-    ins = [state.tensors[n] for n in names]
-    outs = [torch.empty_like(t) for t in ins] if out_state is None else [out_state.tensors[n] for n in names]
     x = weights.emb[tokens[:, 0]]  # [B, C], a new tensor: the kernel leaves the last residual in it
-    if not native.fused_decode_ok(x, *ins, *outs):
-        return None
-    mats = None if plan.descriptors is None else ctypes.addressof(plan.descriptors)
-    common = (ctypes.addressof(plan.pointers), x.data_ptr())
-    ptr = {n: (i.data_ptr(), o.data_ptr()) for n, i, o in zip(names, ins, outs)}
-    threads = torch.get_num_threads()
     L = len(weights.layers)
     if config.version == "4":
-        rc = native.kernel("rwkv4_decode_layers")(
-            L, B, C, A, F_, *common, *ptr["att_x"], *ptr["att_a"], *ptr["att_b"], *ptr["att_p"], *ptr["ffn_x"],
-            LN_EPS, mats, threads)
+        names: tuple[str, ...] = ("att_x", "att_a", "att_b", "att_p", "ffn_x")
+        outs = run_layers("rwkv4_decode_layers", plan, (L, B, C, A, F_), x, state, out_state, names, (LN_EPS,),
+                          None)
     else:
-        rc = native.kernel("rwkv5_decode_layers")(
-            L, B, C, config.n_head, A // config.n_head, F_, M, *common, *ptr["att_x"], *ptr["ffn_x"],
-            *ptr["att_kv"], LN_EPS, GN_EPS, mats, threads)
-    if rc != 0:
-        raise MemoryError(f"fused RWKV-{config.version} decode failed (code {rc}; no scratch memory?)")
+        names = ("att_x", "ffn_x", "att_kv")
+        outs = run_layers("rwkv5_decode_layers", plan, (L, B, C, config.n_head, A // config.n_head, F_, M), x,
+                          state, out_state, names, (LN_EPS, GN_EPS), config.head_size)
+    if outs is None:
+        return None
     logits = head_logits(x, weights)
     return (logits.unsqueeze(1) if all_logits else logits), write_state(out_state, config.version,
                                                                           dict(zip(names, outs)))

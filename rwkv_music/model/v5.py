@@ -191,7 +191,7 @@ def _fused_decode(r: Tensor, k: Tensor, v: Tensor, S: Tensor, S_out: Tensor, ly:
     B, A = r.shape
     y = torch.empty(B, A)
     held = [t.contiguous() for t in (ly.decay, ly.bonus, ly.ln_x_w, ly.ln_x_b)]  # alive during the call
-    native.kernel("rwkv5_wkv_decode")(B, H, A // H, S.data_ptr(), S_out.data_ptr(), r.data_ptr(), k.data_ptr(),
+    native.kernel("rwkv5_wkv_decode")(B, H, A // H, 0, S.data_ptr(), S_out.data_ptr(), r.data_ptr(), k.data_ptr(),
                                       v.data_ptr(), *(t.data_ptr() for t in held), GN_EPS, y.data_ptr(),
                                       torch.get_num_threads())
     return y

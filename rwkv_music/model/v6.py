@@ -26,7 +26,6 @@ loops over chunks.
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +36,7 @@ from rwkv_music.errors import CheckpointError
 from rwkv_music.model import native
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.constants import GN_EPS, LN_EPS
-from rwkv_music.model.layer_plan import FUSED_FP32_MAX_FLOATS, LayerPlan, layer_plan
+from rwkv_music.model.layer_plan import FUSED_FP32_MAX_FLOATS, FUSED_LAYERS_MAX_ROWS, LayerPlan, layer_plan, run_layers
 from rwkv_music.model.ops import (
     fold_ln0,
     forward_in_segments,
@@ -215,9 +214,8 @@ def _forward(
 
 
 # native/v6_decode.c runs a one-token step's layers in one call (as v4/v5/v7): int8/int4 models at any width,
-# fp32 ones while B·C <= FUSED_FP32_MAX_FLOATS (layer_plan.py), up to this many rows.  Random L12 D768,
+# fp32 ones while B·C <= FUSED_FP32_MAX_FLOATS, up to FUSED_LAYERS_MAX_ROWS (layer_plan.py).  Random L12 D768,
 # B = 1, one thread, per step (per-layer -> one call): fp32 20.8 -> 12.9 ms, int8 6.7 -> 4.8, int4 5.4 -> 3.5.
-FUSED_LAYERS_MAX_ROWS = 16
 _LAYER_FIELDS = ("ln1", "maa_x", "maa_w1", "maa_w2", "maa", "rkvg", "decay_w1", "decay_w2", "time_decay", "u", "ln_x",
                  "output", "ln2", "ffn_maa", "ffn_key", "ffn_receptance", "ffn_value")  # the kernel's order
 _MATRIX_SLICES = {"rkvg": 4, "output": 1, "ffn_key": 1, "ffn_receptance": 1, "ffn_value": 1}
@@ -243,19 +241,12 @@ def _fused_layers(
     if plan is None:
         return None
     names = ("att_x", "ffn_x", "att_kv")
-    ins = [state.tensors[n] for n in names]
-    outs = [torch.empty_like(t) for t in ins] if out_state is None else [out_state.tensors[n] for n in names]
     x = weights.emb[tokens[:, 0]]  # [B, C], a new tensor: the kernel leaves the last residual in it
-    if not native.fused_decode_ok(x, *ins, *outs, head_size=config.head_size):
+    sizes = (len(weights.layers), tokens.shape[0], config.n_embd, config.n_head, config.head_size, *plan.shape)
+    outs = run_layers("rwkv6_decode_layers", plan, sizes, x, state, out_state, names, (LN_EPS, GN_EPS),
+                      config.head_size)
+    if outs is None:
         return None
-    F_, Dm, Dd = plan.shape
-    pairs = [p for i, o in zip(ins, outs) for p in (i.data_ptr(), o.data_ptr())]
-    mats = None if plan.descriptors is None else ctypes.addressof(plan.descriptors)
-    rc = native.kernel("rwkv6_decode_layers")(
-        len(weights.layers), tokens.shape[0], config.n_embd, config.n_head, config.head_size, F_, Dm, Dd,
-        ctypes.addressof(plan.pointers), x.data_ptr(), *pairs, LN_EPS, GN_EPS, mats, torch.get_num_threads())
-    if rc != 0:
-        raise MemoryError(f"fused RWKV-6 decode failed (code {rc}; no scratch memory?)")
     logits = head_logits_rows(x, weights.ln_out, weights.head, tokens.shape[0], 1, all_logits)
     return logits, write_state(out_state, config.version, dict(zip(names, outs)))
 

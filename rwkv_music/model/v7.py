@@ -19,7 +19,6 @@ The sequence-mode WKV runs in chunks (:mod:`rwkv_music.model.wkv7`, shared with 
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +30,13 @@ from rwkv_music.model import native
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.constants import GN_EPS, LN_EPS
 from rwkv_music.model.constants import V7_DECAY_SCALE as DECAY_SCALE
-from rwkv_music.model.layer_plan import FUSED_FP32_MAX_FLOATS, LayerPlan, layer_plan
+from rwkv_music.model.layer_plan import (
+    FUSED_FP32_MAX_FLOATS,
+    FUSED_LAYERS_MAX_ROWS,
+    LayerPlan,
+    layer_plan,
+    run_layers,
+)
 from rwkv_music.model.ops import (
     fold_ln0,
     forward_in_segments,
@@ -218,8 +223,7 @@ def _forward(
 # batches spend their time in the matrix products, where torch's BLAS on every thread catches up with the
 # kernel's one (shipped models, one C thread against torch's two: 2.1x / 1.4x at 8 rows, 1.5x / 1.2x at
 # 16, 1.1x / 0.96x at 32 for abc / midi).
-FUSED_LAYERS_MAX_ROWS = 16
-FUSED_LAYERS_MAX_WIDTH = 256
+FUSED_LAYERS_MAX_WIDTH = 256  # (FUSED_LAYERS_MAX_ROWS: layer_plan.py)
 # ... and a wider fp32 model's step while B·C <= FUSED_FP32_MAX_FLOATS (layer_plan.py): a few rows at D768
 # there stream each matrix faster than torch's BLAS (random L12 D768, B = 1: 19.8 -> 15.4 ms a step on
 # one thread, 17.5 -> 10.7 ms on two).
@@ -247,30 +251,18 @@ def _fused_layers(
     plan = _layer_plan(weights, config)
     if plan is None:
         return None
-    att_in, ffn_in, kv_in = (state.tensors[k] for k in ("att_x", "ffn_x", "att_kv"))
-    if out_state is None:
-        att_out, ffn_out, kv_out = torch.empty_like(att_in), torch.empty_like(ffn_in), torch.empty_like(kv_in)
-    else:
-        att_out, ffn_out, kv_out = (out_state.tensors[k] for k in ("att_x", "ffn_x", "att_kv"))
     B, T = tokens.shape
     # [T, B, C] position-major, a new tensor: the kernel writes each position's residual into it
     xs = weights.emb[tokens.t().reshape(-1)].view(T, B, -1)
-    io = (xs, att_in, att_out, ffn_in, ffn_out, kv_in, kv_out)
-    if not native.fused_decode_ok(*io, head_size=config.head_size):  # (also: the kernels on and built)
+    names = ("att_x", "ffn_x", "att_kv")
+    sizes = (len(weights.layers), B, config.n_embd, config.n_head, config.head_size, *plan.shape)
+    kernel, sizes = ("rwkv7_decode_layers", sizes) if T == 1 else ("rwkv7_prefill_layers", (T, *sizes))
+    outs = run_layers(kernel, plan, sizes, xs, state, out_state, names, (LN_EPS, GN_EPS, DECAY_SCALE),
+                      config.head_size)
+    if outs is None:
         return None
-    shape = (len(weights.layers), B, config.n_embd, config.n_head, config.head_size, *plan.shape)
-    mats = plan.descriptors
-    args = (ctypes.addressof(plan.pointers), *(t.data_ptr() for t in io), LN_EPS, GN_EPS, DECAY_SCALE,
-            None if mats is None else ctypes.addressof(mats), torch.get_num_threads())
-    if T == 1:
-        rc = native.kernel("rwkv7_decode_layers")(*shape, *args)
-    else:
-        rc = native.kernel("rwkv7_prefill_layers")(T, *shape, *args)
-    if rc != 0:
-        raise MemoryError(f"fused RWKV-7 decode failed (code {rc}; head size {config.head_size}, no scratch memory?)")
     logits = head_logits_rows(xs[T - 1], weights.ln_out, weights.head, B, 1, all_logits)
-    new = {"att_x": att_out, "att_kv": kv_out, "ffn_x": ffn_out}
-    return logits, write_state(out_state, config.version, new)
+    return logits, write_state(out_state, config.version, dict(zip(names, outs)))
 
 
 def _layer_plan(weights: V7Weights, config: RWKVConfig) -> LayerPlan | None:

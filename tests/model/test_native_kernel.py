@@ -329,14 +329,12 @@ def test_rwkv4_5_6_steps_in_one_call_match_the_per_layer_path(monkeypatch: pytes
     large, amplifies it most: measured 1.5e-5 of the largest logit); quantized within 3e-3 for the int16
     activation codes the two paths' last-bit differences flip (as for RWKV-7 above; measured <= 1.6e-4)."""
     from rwkv_music.backends.torch import TorchModel
-    from rwkv_music.model import registry
     from rwkv_music.model.factory import random_checkpoint
-    from rwkv_music.model.layer_plan import FUSED_FP32_MAX_FLOATS
+    from rwkv_music.model.layer_plan import FUSED_FP32_MAX_FLOATS, FUSED_LAYERS_MAX_ROWS
 
     width = 320  # (fp32: within FUSED_FP32_MAX_FLOATS at 3 rows)
     model = TorchModel.from_state_dict(random_checkpoint(version, n_layer=3, n_embd=width, head_size=32,
                                                          vocab_size=100, seed=7))
-    module = registry.get_module("4" if version.startswith("5") else version)  # (v5 runs on v4.fused_layers_step)
     if dtype == "int8":
         model.quantize_int8()
     elif dtype == "int4":
@@ -349,7 +347,7 @@ def test_rwkv4_5_6_steps_in_one_call_match_the_per_layer_path(monkeypatch: pytes
     monkeypatch.setattr(native, "FUSED_LAYERS", True)
     calls.clear()
     model.forward(tokens, model.new_state(rows))  # prompts keep the per-layer (chunked / scanned) form
-    too_many = torch.zeros((module.FUSED_LAYERS_MAX_ROWS + 1, 1), dtype=torch.long)
+    too_many = torch.zeros((FUSED_LAYERS_MAX_ROWS + 1, 1), dtype=torch.long)
     model.forward(too_many, model.new_state(too_many.shape[0]))
     assert name not in calls
     if dtype == "fp32":  # an fp32 step with more than FUSED_FP32_MAX_FLOATS: torch's products

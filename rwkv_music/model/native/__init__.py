@@ -58,7 +58,7 @@ SIGNATURES = {
     "rwkv_int4_gemm_stack": ([_P] * 5 + [_I64] * 5 + [_INT], _INT),
     "rwkv4_wkv_decode": ([_I64] * 2 + [_P] * 12, None),
     "rwkv4_wkv_prefill": ([_I64] * 3 + [_P] * 11 + [_INT], None),
-    "rwkv5_wkv_decode": ([_I64] * 3 + [_P] * 9 + [_F32, _P, _INT], _INT),
+    "rwkv5_wkv_decode": ([_I64] * 4 + [_P] * 9 + [_F32, _P, _INT], _INT),
     "rwkv7_time_mix_decode": ([_I64] * 3 + [_P] * 15 + [_F32] * 2 + [_P] * 2 + [_INT], _INT),
     "rwkv7_decode_layers": ([_I64] * 7 + [_P] * 8 + [_F32] * 3 + [_P, _INT], _INT),
     "rwkv7_prefill_layers": ([_I64] * 8 + [_P] * 8 + [_F32] * 3 + [_P, _INT], _INT),

@@ -13,6 +13,9 @@ int rwkv_int8_gemm(const float* x, const int8_t* q, const float* scale, float* y
                    int64_t n_out, int nthreads);
 int rwkv_int4_gemm(const float* x, const uint8_t* q, const float* scale, const float* zmin, float* y, int64_t nb,
                    int64_t n_in, int64_t n_out, int64_t group, int nthreads);
+int rwkv5_wkv_decode(int64_t B, int64_t H, int64_t N, int64_t decay_ld, const float* S, float* S_out,
+                     const float* r, const float* k, const float* v, const float* decay, const float* bonus,
+                     const float* ln_w, const float* ln_b, float gn_eps, float* y, int nthreads);
 
 /* A quantized matrix descriptor (rwkv_music.model.quant, through the version modules' plans): MD int64
  * {kind, q, scale, zmin, group}, kind 0 (the fp32 matrix of the weight pointers), 1 (int8: q [out, in]

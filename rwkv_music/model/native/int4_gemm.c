@@ -14,8 +14,9 @@
  * accumulating in fp32; the zmin term uses the group sums of the same int16 activations.  Where the
  * compiler targets AVX512-VNNI or AVX-VNNI, decode (batch 1) runs on vpdpbusd over byte planes of the
  * activations (i4v_group2; with AVX512, groups of 64 in pairs: i4z_group_pair); else on AVX2's
- * vpmaddwd over zero-extended codes (i4_group2); else a plain C loop.  All three give the same integer sums.  At batch 1 two rows go together (shared
- * activation loads, independent chains), and even and odd groups use separate fp32 accumulators.
+ * vpmaddwd over zero-extended codes (i4_group2); else a plain C loop.  All of them give the same
+ * integer sums.  At batch 1 two rows go together (shared activation loads, independent chains), and
+ * even and odd groups use separate fp32 accumulators.
  *
  * Measured on the shared 2-core AMD EPYC (Zen 4, AVX512-VNNI) this was tuned on, one thread, B = 1,
  * process CPU time, against int8_gemm.c in the same run: ~32-38 G weights/s from cache (int8: ~30-34),
@@ -34,6 +35,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -223,9 +225,9 @@ static inline __attribute__((always_inline)) void i4z_group_pair(const uint8_t* 
 static void i4_pair_planes(uint8_t* plane, int64_t n_pad) {
     for (int64_t i0 = 0; i0 + 128 <= n_pad; i0 += 128) {
         uint8_t t[32];
-        for (int j = 0; j < 32; j++) t[j] = plane[i0 + 32 + j];
-        for (int j = 0; j < 32; j++) plane[i0 + 32 + j] = plane[i0 + 64 + j];
-        for (int j = 0; j < 32; j++) plane[i0 + 64 + j] = t[j];
+        memcpy(t, plane + i0 + 32, 32);
+        memcpy(plane + i0 + 32, plane + i0 + 64, 32);
+        memcpy(plane + i0 + 64, t, 32);
     }
 }
 #endif

@@ -20,9 +20,6 @@
 void rwkv4_wkv_decode(int64_t B, int64_t A, const float* r, const float* k, const float* v, const float* aa,
                       const float* bb, const float* pp, const float* decay, const float* first, float* out,
                       float* aa_out, float* bb_out, float* pp_out);
-int rwkv5_wkv_decode(int64_t B, int64_t H, int64_t N, const float* S, float* S_out, const float* r,
-                     const float* k, const float* v, const float* decay, const float* bonus, const float* ln_w,
-                     const float* ln_b, float gn_eps, float* y, int nthreads);
 
 /* the weight pointers of one layer, in this order (v4.py / v5.py _LAYER_FIELDS); v4 has no ln_x (NULL) and
  * its projections are (k, v, r); v5's are (r, k, v[, g]); DECAY / BONUS are v4's decay and first, v5's
@@ -38,9 +35,10 @@ enum { M_OUT, M_FFN_KEY, M_FFN_RECEPTANCE, M_FFN_VALUE, M_AFTER_PROJ };
 static void token_mixes(const float* xx, const float* prev, const float* mix, const float* mix_c, float* dst,
                         int M, int64_t B, int64_t C) {
     for (int j = 0; j < M; j++)
-        for (int64_t i = 0; i < B * C; i++) {
-            const int64_t c = i % C;
-            dst[(size_t)j * B * C + i] = xx[i] * mix[j * C + c] + prev[i] * mix_c[j * C + c];
+        for (int64_t b = 0; b < B; b++) {
+            const float *xb = xx + b * C, *pb = prev + b * C, *mj = mix + j * C, *cj = mix_c + j * C;
+            float* out = dst + ((size_t)j * B + b) * C;
+            for (int64_t c = 0; c < C; c++) out[c] = xb[c] * mj[c] + pb[c] * cj[c];
         }
 }
 
@@ -82,7 +80,7 @@ static int decode_layers(int version5, int M, int64_t L, int64_t B, int64_t C, i
                              w[W_DECAY], w[W_BONUS], y, rec_out[0] + sa, rec_out[1] + sa, rec_out[2] + sa);
         } else { /* (r, k, v[, g]) */
             const size_t sk = (size_t)l * (size_t)(B * H * N * N);
-            rc = rwkv5_wkv_decode(B, H, N, rec_in[0] + sk, rec_out[0] + sk, proj, proj + BA, proj + 2 * BA,
+            rc = rwkv5_wkv_decode(B, H, N, 0, rec_in[0] + sk, rec_out[0] + sk, proj, proj + BA, proj + 2 * BA,
                                   w[W_DECAY], w[W_BONUS], w[W_LN_X_W], w[W_LN_X_B], gn_eps, y, 1);
             if (rc != 0) break;
             if (M == 4) /* 5.1 / 5.2: y ⊙ silu(g) */

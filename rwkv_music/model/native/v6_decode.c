@@ -24,40 +24,6 @@ enum {
 /* quantized matrices: per layer M_COUNT descriptors (decode_common.h), the rkvg stack one per slice */
 enum { M_RKVG = 0, M_OUTPUT = 4, M_FFN_KEY = 5, M_FFN_RECEPTANCE = 6, M_FFN_VALUE = 7, M_COUNT = 8 };
 
-/* One row's WKV and GroupNorm (v6._wkv_step, then the ln_x GroupNorm): r, k, v, w [A]; S, S_out [H, N, N]
- * (may be one buffer: row j of S' needs only row j of S); y [A]. */
-static void wkv6_row(int64_t H, int64_t N, const float* S, float* S_out, const float* r, const float* k,
-                     const float* v, const float* w, const float* u, const float* ln_w, const float* ln_b,
-                     float gn_eps, float* y) {
-    for (int64_t h = 0; h < H; h++) {
-        const int64_t o = h * N;
-        const float* Sh = S + h * N * N;
-        float* Oh = S_out + h * N * N;
-        float yy[256], ruk = 0.f;
-        for (int64_t i = 0; i < N; i++) yy[i] = 0.f;
-        for (int64_t j = 0; j < N; j++) {
-            const float* Sj = Sh + j * N;
-            float* Oj = Oh + j * N;
-            const float rj = r[o + j], kj = k[o + j], wj = w[o + j];
-            ruk += rj * u[o + j] * kj;
-            for (int64_t i = 0; i < N; i++) {
-                const float s = Sj[i];
-                yy[i] += rj * s;
-                Oj[i] = s * wj + kj * v[o + i];
-            }
-        }
-        float mean = 0.f, var = 0.f;
-        for (int64_t i = 0; i < N; i++) {
-            yy[i] += ruk * v[o + i];
-            mean += yy[i];
-        }
-        mean /= (float)N;
-        for (int64_t i = 0; i < N; i++) var += (yy[i] - mean) * (yy[i] - mean);
-        const float inv = 1.f / sqrtf(var / (float)N + gn_eps);
-        for (int64_t i = 0; i < N; i++) y[o + i] = (yy[i] - mean) * inv * ln_w[o + i] + ln_b[o + i];
-    }
-}
-
 /* Returns 0; -1 when scratch memory cannot be allocated or N exceeds 256; a quantized kernel's error code.
  *   x [B, C]: the embedded token on entry, the residual after the last layer on return;
  *   att_in / att_out, ffn_in / ffn_out [L, B, C] and kv_in / kv_out [L, B, H, N, N]: the state before and
@@ -94,10 +60,12 @@ int rwkv6_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
         const size_t so = (size_t)l * BC, sk = (size_t)l * (size_t)(B * H * N * N);
         /* time mix: the data-dependent token shift */
         for (int64_t b = 0; b < B; b++) layer_norm(x + b * C, w[W_LN1_W], w[W_LN1_B], xx + b * C, C, ln_eps);
-        for (size_t i = 0; i < BC; i++) {
-            d[i] = att_in[so + i] - xx[i];
-            xxx[i] = xx[i] + d[i] * w[W_MAA_X][i % C];
-        }
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t c = 0; c < C; c++) {
+                const size_t i = (size_t)(b * C + c);
+                d[i] = att_in[so + i] - xx[i];
+                xxx[i] = xx[i] + d[i] * w[W_MAA_X][c];
+            }
         memcpy(att_out + so, xx, BC * sizeof(float));
         rows_matmul(xxx, C, w[W_MAA_W1], m, 5 * Dm, B, C, 5 * Dm, 0, nthreads);
         for (int64_t i = 0; i < B * 5 * Dm; i++) m[i] = tanhf(m[i]);
@@ -117,10 +85,10 @@ int rwkv6_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
         for (int64_t b = 0; b < B; b++) memcpy(wd + b * A, w[W_TIME_DECAY], (size_t)A * sizeof(float));
         rows_matmul(hd, Dd, w[W_DECAY_W2], wd, A, B, Dd, A, 1, nthreads);
         for (size_t i = 0; i < BA; i++) wd[i] = expf(-expf(wd[i]));
-        for (int64_t b = 0; b < B; b++)
-            wkv6_row(H, N, kv_in + sk + (size_t)b * H * N * N, kv_out + sk + (size_t)b * H * N * N, proj + b * A,
-                     proj + BA + b * A, proj + 2 * BA + b * A, wd + b * A, w[W_U], w[W_LN_X_W], w[W_LN_X_B], gn_eps,
-                     y + b * A);
+        /* the recurrence and GroupNorm of v5 (wkv5.c), with this token's decay per row */
+        rc = rwkv5_wkv_decode(B, H, N, A, kv_in + sk, kv_out + sk, proj, proj + BA, proj + 2 * BA, wd, w[W_U],
+                              w[W_LN_X_W], w[W_LN_X_B], gn_eps, y, 1);
+        if (rc != 0) break;
         for (size_t i = 0; i < BA; i++) { /* y silu(g) */
             const float g = proj[3 * BA + i];
             y[i] *= g * sigmoid_f(g);
@@ -129,12 +97,13 @@ int rwkv6_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
         if (rc != 0) break;
         /* channel mix */
         for (int64_t b = 0; b < B; b++) layer_norm(x + b * C, w[W_LN2_W], w[W_LN2_B], xx + b * C, C, ln_eps);
-        for (size_t i = 0; i < BC; i++) {
-            const float dd = ffn_in[so + i] - xx[i];
-            const int64_t c = (int64_t)(i % C);
-            mixed[i] = xx[i] + dd * w[W_FFN_MAA][c];           /* kx */
-            mixed[BC + i] = xx[i] + dd * w[W_FFN_MAA][C + c];  /* rx */
-        }
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t c = 0; c < C; c++) {
+                const size_t i = (size_t)(b * C + c);
+                const float dd = ffn_in[so + i] - xx[i];
+                mixed[i] = xx[i] + dd * w[W_FFN_MAA][c];          /* kx */
+                mixed[BC + i] = xx[i] + dd * w[W_FFN_MAA][C + c]; /* rx */
+            }
         memcpy(ffn_out + so, xx, BC * sizeof(float));
         /* (an fp32 ffn_value transposed to [F, C] by the caller) */
         rc = channel_mix_rows(mat_at(mq, M_FFN_KEY), w[W_FFN_KEY], mat_at(mq, M_FFN_RECEPTANCE),

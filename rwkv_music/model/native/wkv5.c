@@ -1,5 +1,7 @@
-/* RWKV-5.x WKV for one token and the per-head GroupNorm, fused (rwkv_music/model/v5.py,
+/* RWKV-5.x (and RWKV-6) WKV for one token and the per-head GroupNorm, fused (rwkv_music/model/v5.py,
  * wkv_one and the ln_x GroupNorm of time_mix; docs/formats.md A7 v5).  Everything float32.
+ * v5's decay w is one vector [H·N] for every row (decay_ld 0); v6's is computed per token, a row of
+ * [B, H·N] each (decay_ld = H·N, v6_decode.c).
  *
  * Per head (N channels; S is [N(key j), N(value i)]):
  *   y[i] = Σ_j r[j] S[j, i] + (Σ_j r[j] u[j] k[j]) v[i]
@@ -11,9 +13,9 @@
 #include <stdint.h>
 
 /* Returns 0; -1 for N beyond the stack buffer. */
-int rwkv5_wkv_decode(int64_t B, int64_t H, int64_t N, const float* S, float* S_out, const float* r,
-                     const float* k, const float* v, const float* decay, const float* bonus, const float* ln_w,
-                     const float* ln_b, float gn_eps, float* y, int nthreads) {
+int rwkv5_wkv_decode(int64_t B, int64_t H, int64_t N, int64_t decay_ld, const float* S, float* S_out,
+                     const float* r, const float* k, const float* v, const float* decay, const float* bonus,
+                     const float* ln_w, const float* ln_b, float gn_eps, float* y, int nthreads) {
     if (N > 256) return -1;
     const int64_t C = H * N;
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && B * H > 1)
@@ -27,7 +29,7 @@ int rwkv5_wkv_decode(int64_t B, int64_t H, int64_t N, const float* S, float* S_o
         for (int64_t j = 0; j < N; j++) {
             const float* Sj = Sh + j * N;
             float* Oj = Oh + j * N;
-            const float rj = rh[j], kj = kh[j], wj = decay[h * N + j];
+            const float rj = rh[j], kj = kh[j], wj = decay[b * decay_ld + h * N + j];
             ruk += rj * bonus[h * N + j] * kj;
 #pragma omp simd
             for (int64_t i = 0; i < N; i++) {
