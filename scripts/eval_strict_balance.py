@@ -29,19 +29,22 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--constrained", action="store_true")
+    parser.add_argument("--temperature", type=float, default=None, help="override the preset's temperature")
+    parser.add_argument("--top-p", type=float, default=None, help="override the preset's top-p")
     args = parser.parse_args()
 
     from rwkv_music import Composer
     from rwkv_music.formats.abc.judge import judge_tune
 
+    sampling = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p)) if v is not None}
     composer = Composer.load(args.model, mode="abc", device=args.device)
-    print(f"{composer!r}  n={args.n} seed={args.seed} key={args.key} constrained={args.constrained}")  # noqa: T201 - a report
+    print(f"{composer!r}  n={args.n} seed={args.seed} key={args.key} constrained={args.constrained} {sampling}")  # noqa: T201 - a report
     counts = dict.fromkeys(("tunes", "strict", "tonic", "spaces>2", "cap", "strict+ended"), 0)
     t0 = time.monotonic()
     for unit in UNITS:
         for meter in METRES:
             pieces = composer.compose_abc(n=args.n, key=args.key, meter=meter, unit=unit, seed=args.seed,
-                                          constrained=args.constrained, max_tokens=args.max_tokens)
+                                          constrained=args.constrained, max_tokens=args.max_tokens, **sampling)
             reports = [judge_tune(p.text) for p in pieces]
             found = {"tunes": len(pieces),
                      "strict": sum(r.strictly_balanced for r in reports),

@@ -49,7 +49,7 @@ def _progress_printer(every: int) -> Callable[[dict], None]:
 
 TRAIN_OPTION_NAMES = ("out", "mode", "layers", "width", "head_size", "ctx", "steps", "lr", "lr_final", "batch_size",
                       "seed", "val_fraction", "device", "init", "time_budget_min", "eval_every", "save_dtype",
-                      "threads")
+                      "threads", "tune_starts")
 
 
 def _run_seed(seed: int | None, out: str, resume: bool) -> int:
@@ -146,6 +146,8 @@ def _init_checkpoint(_ctx: click.Context, _param: click.Parameter, value: Path |
 @click.option("--save-dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="Weight dtype of the written model.pth (training itself runs in fp32).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@click.option("--tune-starts", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Share of training windows that begin at a tune's (document's) first token.")
 @click.option("--no-control-codes", is_flag=True, help="ABC: do not prepend S:/B:/E: control codes.")
 @click.option("--mask-control", is_flag=True, help="ABC: do not train on the control-code bytes.")
 @click.option("--max-pieces", type=int, default=None, help="MIDI: use at most this many music21 pieces when rendering.")

@@ -420,6 +420,20 @@ class AbcAugment:
     unit_16_share: float = 0.4  # share of copies written in L:1/16
     caller_controls_share: float = 0.3  # share of documents whose control codes are just S:n
     strict_only: bool = True  # drop tunes the judge finds not strictly balanced
+    tidy_spaces: bool = True  # one space at most between note groups, none at a line's ends
+
+
+def tidy_spaces(tune: str) -> str:
+    """Runs of spaces and tabs in the music cut to one space, and none at either end of a line.
+
+    Why: a third of the corpus' tunes align their bars in columns with long space runs, which mean
+    nothing musically (only "space or no space" sets beaming) and teach a model to write them.
+    Header lines are left as they are.
+    """
+    lines = tune.split("\n")
+    body = next((i + 1 for i, line in enumerate(lines) if line.startswith("K:")), 0)
+    music = [re.sub(r"[ \t]+", " ", line).strip() for line in lines[body:]]
+    return "\n".join(lines[:body] + music)
 
 
 def strictly_balanced(tune: str) -> bool:
@@ -435,7 +449,7 @@ def caller_meter(meter: str, rng: random.Random) -> str:
 def augment_tune(tune: str, rng: random.Random, recipe: AbcAugment = AbcAugment()) -> list[str]:
     """The cleaned tune (explicit L:) and its rewritten copies; [] if the tune is dropped."""
     try:
-        tune = with_explicit_unit(tune)
+        tune = with_explicit_unit(tidy_spaces(tune) if recipe.tidy_spaces else tune)
         fields = _header(_split(tune)[0])
     except (AugmentError, StopIteration):
         return []
@@ -582,5 +596,5 @@ def prepare_midi_data(path: str, folders: list[str], seed: int = 0, val_fraction
 __all__ = ["AbcAugment", "AugmentError", "CALLER_METRES", "CALLER_UNITS", "Key", "abc_augmented_documents",
            "augment_tune", "caller_controls", "format_length", "midi_augmented_documents", "parse_key",
            "prepare_abc_data", "prepare_midi_data",
-           "related_keys", "rescale_unit", "respell_meter", "shift_midi_ids", "strictly_balanced", "transpose",
-           "with_explicit_unit"]
+           "related_keys", "rescale_unit", "respell_meter", "shift_midi_ids", "strictly_balanced", "tidy_spaces",
+           "transpose", "with_explicit_unit"]

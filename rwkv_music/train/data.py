@@ -259,16 +259,28 @@ class TokenStream:
             raise RwkvMusicError("empty data split: add data or lower --val-fraction")
         self.ids = np.concatenate([d.ids for d in docs])
         self.mask = np.concatenate([d.mask for d in docs])
+        self.doc_starts = np.cumsum([0] + [len(d.ids) for d in docs[:-1]])
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def random_batch(
-        self, rng: np.random.Generator, batch_size: int, ctx: int
+        self, rng: np.random.Generator, batch_size: int, ctx: int, tune_starts: float = 0.0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Random windows: (inputs [B,ctx], targets [B,ctx], target mask [B,ctx]) numpy arrays."""
+        """Random windows: (inputs [B,ctx], targets [B,ctx], target mask [B,ctx]) numpy arrays.
+
+        ``tune_starts`` is the share of windows that begin at a document's first token, so the
+        model reads a whole header from a zero state as it does when generating (a window at a
+        random offset mostly starts mid-tune, with the header that sets the metre out of reach).
+        With 0 the random draws are exactly those of a plain run.
+        """
         ctx = min(ctx, len(self.ids) - 1)
         starts = rng.integers(0, len(self.ids) - ctx, size=batch_size)
+        if tune_starts > 0.0:
+            fits = self.doc_starts[self.doc_starts < len(self.ids) - ctx]
+            aligned = rng.random(batch_size) < tune_starts
+            if len(fits) and aligned.any():
+                starts[aligned] = rng.choice(fits, size=int(aligned.sum()))
         return self._gather(starts, ctx)
 
     def eval_batches(

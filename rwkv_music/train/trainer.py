@@ -55,6 +55,7 @@ class TrainOptions:
     save_every: int = 200
     save_dtype: str = "fp32"
     threads: int | None = None
+    tune_starts: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -203,7 +204,8 @@ def train(opts: TrainOptions, docs: list[Document], vocab_size: int, *,
         lr = lr_at(opts, step, progress_frac)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        x, y, m = (torch.from_numpy(a).to(device) for a in train_stream.random_batch(rng, opts.batch_size, opts.ctx))
+        x, y, m = (torch.from_numpy(a).to(device) for a in train_stream.random_batch(
+            rng, opts.batch_size, opts.ctx, opts.tune_starts))
         with _autocast(device):
             logits, _ = model(x)
         loss = masked_loss(logits, y, m)

@@ -24,6 +24,7 @@ from rwkv_music.train.augment import (
     rescale_unit,
     respell_meter,
     shift_midi_ids,
+    tidy_spaces,
     transpose,
     with_explicit_unit,
 )
@@ -145,6 +146,17 @@ def test_augment_keeps_strict_tunes_only_and_every_copy_is_strict() -> None:
     heads = {tuple(c.splitlines()[:2]) for c in copies}
     assert ("L:1/16", "M:4/4") in heads and ("L:1/8", "M:C") in heads
     assert len({c.splitlines()[2] for c in copies}) > 2  # several keys
+
+
+def test_tidy_spaces_cuts_alignment_runs_and_keeps_every_bar() -> None:
+    aligned = "L:1/8\nM:3/4\nK:G  Minor\nD B A|G G  A B c B|A4\\\n                     B c|d2  d> c\td f|d3 |]\n"
+    tidy = tidy_spaces(aligned)
+    assert tidy == "L:1/8\nM:3/4\nK:G  Minor\nD B A|G G A B c B|A4\\\nB c|d2 d> c d f|d3 |]\n"
+    assert _durations(tidy) == _durations(aligned) and judge_tune(tidy).max_space_run == 1
+    copies = augment_tune(aligned, random.Random(0), AbcAugment(copies=6))
+    assert copies and all(judge_tune(c).max_space_run <= 1 for c in copies)
+    kept = augment_tune(aligned, random.Random(0), AbcAugment(copies=0, tidy_spaces=False))
+    assert judge_tune(kept[0]).max_space_run > 1  # the option is what removes them
 
 
 def test_augmented_documents_and_caller_controls() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,21 @@ def test_token_stream_windows_are_shifted_by_one() -> None:
     assert (x[:, 1:] == y[:, :-1]).all()
     covered = sum(b[1].size for b in stream.eval_batches(2, 32))
     assert len(stream) - 1 - 32 < covered <= len(stream) - 1
+
+
+def test_tune_starts_aligns_that_share_of_windows_to_a_document_start() -> None:
+    docs = [abc_document(TUNE), abc_document(TUNE, with_control=False), abc_document(TUNE)] * 4
+    stream = TokenStream(docs)
+    bos = docs[0].ids[0]
+    plain = stream.random_batch(np.random.default_rng(5), 64, 24)
+    assert (plain[0][:, 0] == bos).mean() < 0.5  # random offsets rarely land on a tune's first token
+    assert all((a == b).all() for a, b in zip(plain, stream.random_batch(np.random.default_rng(5), 64, 24, 0.0)))
+    x, y, _ = stream.random_batch(np.random.default_rng(5), 64, 24, 1.0)
+    assert (x[:, 0] == bos).all() and (x[:, 1:] == y[:, :-1]).all()
+    starts = {bytes(row[:24].astype(np.uint8)) for row in x}
+    assert len(starts) == 2  # both kinds of document were drawn
+    half = stream.random_batch(np.random.default_rng(6), 400, 24, 0.5)[0]
+    assert 0.4 < (half[:, 0] == bos).mean() < 0.7
 
 
 def test_music21_collections_exclude_essen() -> None:
@@ -137,8 +153,11 @@ def test_train_command_runs_and_writes_checkpoint(tmp_path: Path) -> None:
     data.write_text("\n\n".join(TUNE.replace("X:7", f"X:{i}") for i in range(6)))
     res = CliRunner().invoke(train, ["--data", str(data), "--out", str(tmp_path / "run"), "--layers", "1",
                                      "--width", "32", "--head-size", "16", "--ctx", "32", "--steps", "3",
-                                     "--batch-size", "2", "--val-fraction", "0.3", "--eval-every", "0"])
+                                     "--batch-size", "2", "--val-fraction", "0.3", "--eval-every", "0",
+                                     "--tune-starts", "0.5"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "run" / "model.pth").is_file() and "val" in res.output
+    meta = json.loads((tmp_path / "run" / "train_meta.json").read_text())
+    assert meta["options"]["tune_starts"] == 0.5
     bad = CliRunner().invoke(train, ["--objective", "reinforce", "--out", str(tmp_path / "rl")])
     assert bad.exit_code != 0 and "--init" in bad.output
