@@ -14,13 +14,14 @@ returns-to-go pushes on the decisions that led there.
   (:func:`rwkv_music.formats.abc.judge.judge_tune`: every bar a full bar, pickup pairs only, no
   exemption by barline kind, overfull bars count) given to every token of each bar, ±1; −1 on
   spaces beyond a run of two; at the end-of-tune token a cadence score (final barline, parts of
-  4/8/16 bars, last note on the tonic, as many sections as the ``S:n`` control code asks) and half
+  4/8/16 bars, last note on the tonic, as many sections as the ``S:n`` control code asks; 1 + half of
+  it, so ending always earns more than the mean bar) and half
   the tonic term on the final bar's tokens; −1 on every token written after the ``S:n``-th section
   has closed (the tune should have ended there) and on bars past 16 per section; −1 on every token
   of an empty bar (``| |``, a line of bar lines; one barline closing a line and another opening the
   next is one barline) and on everything after a blank line (it ends the tune); a rollout that
-  never ends gets −1 on its unfinished bar and no positive reward at all (its balanced bars score 0,
-  so writing more bars instead of ending earns nothing).  For ``credit="local"``.
+  never ends gets −1 on its unfinished bar, no positive reward at all and −0.5 on every token (so
+  writing more bars instead of ending costs).  For ``credit="local"``.
 * :func:`midi_stuck_notes_reward` — −1 at the wait token where a note has been held longer than
   ``max_hold_ms``, −1 at the end for every note still held, −0.5 for a note-off of a note that
   is not sounding.
@@ -276,14 +277,16 @@ def abc_strict_reward(ids: list[int], prefix: str = "") -> list[float]:
         for i in range(done_at, stop if ended else len(text)):
             if text[i] not in " \n":
                 rewards[i] = -1.0
-    if not ended:  # no credit for bars of a tune that never ends: else length itself pays (a policy
-        # trained with local credit stopped ending its tunes within 100 steps: 88 % ran into the cap)
-        rewards = [min(r, 0.0) for r in rewards]
+    if not ended:  # a tune that never ends: no credit for its bars, and every token of it loses 0.5, else
+        # length itself pays (policies trained with local credit stopped ending their tunes: 88 % ran into the cap)
+        rewards = [min(r, 0.0) - (0.5 if i >= body else 0.0) for i, r in enumerate(rewards)]
     if ended:
         tail = text[body:end].rstrip()
         checks = (tail.endswith(_FINAL_BARLINES) and (wanted is None or done_at is not None),
                   report.regular_parts, report.ends_on_tonic)
-        rewards[stop] = sum(1.0 if ok else -1.0 for ok in checks) / len(checks)
+        # the end token itself always earns 0.5-1.5, 1 + half the cadence score: with local credit a
+        # score below the batch's mean token reward taught the policy not to end at all
+        rewards[stop] = 1.0 + 0.5 * sum(1.0 if ok else -1.0 for ok in checks) / len(checks)
         if music:
             first, last, _ = music[-1]
             for i in range(first, last):

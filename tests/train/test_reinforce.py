@@ -152,27 +152,28 @@ def test_strict_reward_judges_bars_like_the_judge_and_scores_the_ending() -> Non
     by_char = "".join("+" if r > 0 else "-" if r < 0 else "0" for _, r in marks)
     assert by_char[:16] == "+" * 7 + "-" * 4 + "+" * 5
     # final repeat, one 4-bar part, last note G = tonic; but one section where S:2 asks for two
-    assert marks[-1] == ("$", pytest.approx(1 / 3))
+    assert marks[-1] == ("$", pytest.approx(1 + 1 / 6))  # ending always earns more than not: 1 + score / 2
     assert all(r == 1.5 for c, r in marks[16:21])  # final bar: +1 balanced, +0.5 on the tonic
     # || exempts nothing (the constraint's old loophole): a 2-unit bar before it is wrong
     marks = dict(enumerate(r for _, r in _strict("GABc|dB||GABc|dBGB|cAFA|G4|]\n")))
     assert marks[5] == marks[6] == -1.0
-    # a tune cut by the length cap: its unfinished bar penalised, its balanced bars earn nothing, no end score
+    # a tune cut by the length cap: its unfinished bar penalised, its balanced bars earn nothing, no end
+    # score, and every token loses 0.5
     cut = _strict("GABc|dBGB|cA", end=False)
-    assert [r for _, r in cut] == [0.0] * 10 + [-1.0, -1.0]
-    assert [r for _, r in _strict("GABc|dB|GB", end=False)][:8] == [0.0] * 5 + [-1.0] * 3  # short bar still wrong
+    assert [r for _, r in cut] == [-0.5] * 10 + [-1.5, -1.5]
+    assert [r for _, r in _strict("GABc|dB|GB", end=False)][:8] == [-0.5] * 5 + [-1.5] * 3  # short bar still wrong
     # a run of spaces beyond two
     spaced = _strict("GABc|d    BGB|cAFA|G4|]\n")
     assert [r for c, r in spaced[5:10]] == [1.0, 1.0, 1.0, -1.0, -1.0]
     # S:2 asks for two sections: music after the second one closes is wrong, and so is stopping after one
     two = "GABc|dBGB|cAFA|G4:|\nBcde|dBGB|cAFA|G4|]\n"
     over = _strict(two + "GABc|dBGB|", end=False)
-    assert [r for _, r in over[len(two):]] == [-1.0] * 10
-    assert _strict(two)[-1] == ("$", 1.0)
-    assert _strict("GABc|dBGB|cAFA|G4|]\n")[-1][1] == pytest.approx(1 / 3)  # one section of two
+    assert [r for _, r in over[len(two):]] == [-1.5] * 10
+    assert _strict(two)[-1] == ("$", 1.5)
+    assert _strict("GABc|dBGB|cAFA|G4|]\n")[-1][1] == pytest.approx(1 + 1 / 6)  # one section of two
     # bars past 16 per requested section are penalised even when balanced (no endless tunes)
     endless = [r for _, r in _strict("GABc|" * 40, end=False)]
-    assert endless[: 32 * 5] == [0.0] * (32 * 5) and set(endless[32 * 5:]) == {-1.0}
+    assert endless[: 32 * 5] == [-0.5] * (32 * 5) and set(endless[32 * 5:]) == {-1.5}
     assert reward_by_name("abc-strict") is abc_strict_reward
 
 
