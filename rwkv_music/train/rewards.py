@@ -17,7 +17,8 @@ returns-to-go pushes on the decisions that led there.
   4/8/16 bars, last note on the tonic, as many sections as the ``S:n`` control code asks; 1 + half of
   it, so ending always earns more than the mean bar) and half
   the tonic term on the final bar's tokens; −1 on every token written after the ``S:n``-th section
-  has closed (the tune should have ended there) and on bars past 16 per section; −1 on every token
+  has closed (the tune should have ended there), on bars past 16 per requested section in all and on
+  bars past the 24th of one section; −1 on every token
   of an empty bar (``| |``, a line of bar lines; one barline closing a line and another opening the
   next is one barline) and on everything after a blank line (it ends the tune); a rollout that
   never ends gets −1 on its unfinished bar, no positive reward at all and −0.5 on every token (so
@@ -168,6 +169,7 @@ _FINAL_BARLINES = ("|]", ":|", "||", "::")
 # A section of a common tune has 8 (at most 16) bars: bars beyond 16 per S:n section are penalised,
 # or a policy learns to dodge the end-of-tune checks by never closing a section.
 BARS_PER_SECTION_LIMIT = 16
+PART_BARS_LIMIT = 24  # one section: human parts run 4, 8 or 16 bars, a few 20; a policy's 40-bar "parts" have no form
 
 
 def _bar_spans(text: str, start: int, end: int) -> list[tuple[int, int, bool]]:
@@ -255,9 +257,12 @@ def abc_strict_reward(ids: list[int], prefix: str = "") -> list[float]:
     wanted = re.search(r"^\0?S:(\d+)$", full, re.M)  # (the bos byte reads as \0)
     max_bars = BARS_PER_SECTION_LIMIT * max(int(wanted.group(1)) if wanted else 2, 1)
     if len(music) == len(report.bar_list):
+        in_part = 0  # bars so far in the current section
         for k, (first, last, _) in enumerate(music):
-            for i in range(first, last):  # bars past the length limit are wrong however long they are
-                rewards[i] = -1.0 if k in bad or k >= max_bars else 1.0
+            in_part = in_part + 1 if k and report.bar_list[k].section == report.bar_list[k - 1].section else 1
+            too_long = k >= max_bars or in_part > PART_BARS_LIMIT
+            for i in range(first, last):  # bars past the length limits are wrong however long they are
+                rewards[i] = -1.0 if k in bad or too_long else 1.0
     elif music:  # the scanners disagree (a rare construct): judge the tune as a whole
         value = 1.0 if report.strictly_balanced else -1.0
         for i in range(music[0][0], music[-1][1]):

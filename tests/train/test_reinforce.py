@@ -173,7 +173,11 @@ def test_strict_reward_judges_bars_like_the_judge_and_scores_the_ending() -> Non
     assert _strict("GABc|dBGB|cAFA|G4|]\n")[-1][1] == pytest.approx(1 + 1 / 6)  # one section of two
     # bars past 16 per requested section are penalised even when balanced (no endless tunes)
     endless = [r for _, r in _strict("GABc|" * 40, end=False)]
-    assert endless[: 32 * 5] == [-0.5] * (32 * 5) and set(endless[32 * 5:]) == {-1.5}
+    assert endless[: 24 * 5] == [-0.5] * (24 * 5) and set(endless[24 * 5:]) == {-1.5}
+    # and past the 24th bar of one section, even when the tune ends within 16 bars per requested section
+    long_first = "GABc|" * 27 + "dBGB||" + "GABc|" * 3 + "G4|]\n"
+    by_bar = [r for c, r in _strict(long_first) if c == "|"]
+    assert by_bar[:24] == [1.0] * 24 and by_bar[24:29] == [-1.0] * 5 and set(by_bar[29:-1]) == {1.0}  # (|| is 2)
     assert reward_by_name("abc-strict") is abc_strict_reward
 
 
