@@ -15,7 +15,8 @@ returns-to-go pushes on the decisions that led there.
   exemption by barline kind, overfull bars count) given to every token of each bar, ±1; −1 on
   spaces beyond a run of two; at the end-of-tune token a cadence score (final barline, parts of
   4/8/16 bars, last note on the tonic, as many sections as the ``S:n`` control code asks; 1 + half of
-  it, so ending always earns more than the mean bar) and half
+  it, so ending always earns more than the mean bar), −1 on the final bar if the tune closes with
+  fewer sections than ``S:n`` asks, and half
   the tonic term on the final bar's tokens; −1 on every token written after the ``S:n``-th section
   has closed (the tune should have ended there), on bars past 16 per requested section in all and on
   bars past the 24th of one section; −1 on every token
@@ -294,6 +295,11 @@ def abc_strict_reward(ids: list[int], prefix: str = "") -> list[float]:
         rewards[stop] = 1.0 + 0.5 * sum(1.0 if ok else -1.0 for ok in checks) / len(checks)
         if music:
             first, last, _ = music[-1]
+            if wanted is not None and done_at is None:
+                # fewer sections than S:n asks: closing the tune there was wrong, however balanced the
+                # bar (a policy learned to write one short part and stop, safer than a second one)
+                for i in range(first, last):
+                    rewards[i] = -1.0
             for i in range(first, last):
                 rewards[i] += 0.5 if report.ends_on_tonic else -0.5
     return rewards

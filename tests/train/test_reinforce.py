@@ -153,7 +153,7 @@ def test_strict_reward_judges_bars_like_the_judge_and_scores_the_ending() -> Non
     assert by_char[:16] == "+" * 7 + "-" * 4 + "+" * 5
     # final repeat, one 4-bar part, last note G = tonic; but one section where S:2 asks for two
     assert marks[-1] == ("$", pytest.approx(1 + 1 / 6))  # ending always earns more than not: 1 + score / 2
-    assert all(r == 1.5 for c, r in marks[16:21])  # final bar: +1 balanced, +0.5 on the tonic
+    assert all(r == -0.5 for c, r in marks[16:21])  # final bar: -1 closing one section early, +0.5 on the tonic
     # || exempts nothing (the constraint's old loophole): a 2-unit bar before it is wrong
     marks = dict(enumerate(r for _, r in _strict("GABc|dB||GABc|dBGB|cAFA|G4|]\n")))
     assert marks[5] == marks[6] == -1.0
@@ -170,7 +170,9 @@ def test_strict_reward_judges_bars_like_the_judge_and_scores_the_ending() -> Non
     over = _strict(two + "GABc|dBGB|", end=False)
     assert [r for _, r in over[len(two):]] == [-1.5] * 10
     assert _strict(two)[-1] == ("$", 1.5)
-    assert _strict("GABc|dBGB|cAFA|G4|]\n")[-1][1] == pytest.approx(1 + 1 / 6)  # one section of two
+    one = _strict("GABc|dBGB|cAFA|G4|]\n")  # one section of two: a lower end score, and the final bar wrong
+    assert one[-1][1] == pytest.approx(1 + 1 / 6)
+    assert [r for _, r in one[15:19]] == [-0.5] * 4 and _strict(two)[35][1] == 1.5
     # bars past 16 per requested section are penalised even when balanced (no endless tunes)
     endless = [r for _, r in _strict("GABc|" * 40, end=False)]
     assert endless[: 24 * 5] == [-0.5] * (24 * 5) and set(endless[24 * 5:]) == {-1.5}
