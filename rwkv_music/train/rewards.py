@@ -19,7 +19,8 @@ returns-to-go pushes on the decisions that led there.
   fewer sections than ``S:n`` asks, and half
   the tonic term on the final bar's tokens; −1 on every token written after the ``S:n``-th section
   has closed (the tune should have ended there), on bars past 16 per requested section in all and on
-  bars past the 24th of one section; −1 on every token
+  bars past the 24th of one section; ±0.5 on the bar closing each part as the part has 4, 8 or 16
+  bars or not; −1 on every token
   of an empty bar (``| |``, a line of bar lines; one barline closing a line and another opening the
   next is one barline) and on everything after a blank line (it ends the tune); a rollout that
   never ends gets −1 on its unfinished bar, no positive reward at all and −0.5 on every token (so
@@ -259,11 +260,19 @@ def abc_strict_reward(ids: list[int], prefix: str = "") -> list[float]:
     max_bars = BARS_PER_SECTION_LIMIT * max(int(wanted.group(1)) if wanted else 2, 1)
     if len(music) == len(report.bar_list):
         in_part = 0  # bars so far in the current section
+        sections = sorted({b.section for b in report.bar_list if b.ending <= 1})
+        part_len = dict(zip(sections, report.part_bars))  # bars of each part, a pickup pair counted once
         for k, (first, last, _) in enumerate(music):
             in_part = in_part + 1 if k and report.bar_list[k].section == report.bar_list[k - 1].section else 1
             too_long = k >= max_bars or in_part > PART_BARS_LIMIT
             for i in range(first, last):  # bars past the length limits are wrong however long they are
                 rewards[i] = -1.0 if k in bad or too_long else 1.0
+            section = report.bar_list[k].section
+            closes = report.bar_list[k + 1].section != section if k + 1 < len(music) else ended
+            if closes:  # the bar closing a part (the last one only if the tune did end there):
+                form = 0.5 if part_len.get(section) in (4, 8, 16) else -0.5  # a whole number of phrases
+                for i in range(first, last):
+                    rewards[i] += form
     elif music:  # the scanners disagree (a rare construct): judge the tune as a whole
         value = 1.0 if report.strictly_balanced else -1.0
         for i in range(music[0][0], music[-1][1]):

@@ -156,7 +156,7 @@ def test_strict_reward_judges_bars_like_the_judge_and_scores_the_ending() -> Non
     assert all(r == -0.5 for c, r in marks[16:21])  # final bar: -1 closing one section early, +0.5 on the tonic
     # || exempts nothing (the constraint's old loophole): a 2-unit bar before it is wrong
     marks = dict(enumerate(r for _, r in _strict("GABc|dB||GABc|dBGB|cAFA|G4|]\n")))
-    assert marks[5] == marks[6] == -1.0
+    assert marks[5] == marks[6] == -1.5  # (-1 short, -0.5 for closing a 2-bar part)
     # a tune cut by the length cap: its unfinished bar penalised, its balanced bars earn nothing, no end
     # score, and every token loses 0.5
     cut = _strict("GABc|dBGB|cA", end=False)
@@ -172,14 +172,19 @@ def test_strict_reward_judges_bars_like_the_judge_and_scores_the_ending() -> Non
     assert _strict(two)[-1] == ("$", 1.5)
     one = _strict("GABc|dBGB|cAFA|G4|]\n")  # one section of two: a lower end score, and the final bar wrong
     assert one[-1][1] == pytest.approx(1 + 1 / 6)
-    assert [r for _, r in one[15:19]] == [-0.5] * 4 and _strict(two)[35][1] == 1.5
+    assert [r for _, r in one[15:19]] == [-0.5] * 4
+    assert _strict(two)[35][1] == 2.0  # balanced, on the tonic, closing a 4-bar part
+    # the bar closing each part: +0.5 for a part of 4, 8 or 16 bars, -0.5 for any other length
+    assert {r for _, r in _strict(two)[15:19]} == {1.5}
+    assert {r for _, r in _strict("GABc|dBGB|G4:|\nBcde|dBGB|cAFA|G4|]\n")[10:14]} == {0.5}
     # bars past 16 per requested section are penalised even when balanced (no endless tunes)
     endless = [r for _, r in _strict("GABc|" * 40, end=False)]
     assert endless[: 24 * 5] == [-0.5] * (24 * 5) and set(endless[24 * 5:]) == {-1.5}
     # and past the 24th bar of one section, even when the tune ends within 16 bars per requested section
     long_first = "GABc|" * 27 + "dBGB||" + "GABc|" * 3 + "G4|]\n"
     by_bar = [r for c, r in _strict(long_first) if c == "|"]
-    assert by_bar[:24] == [1.0] * 24 and by_bar[24:29] == [-1.0] * 5 and set(by_bar[29:-1]) == {1.0}  # (|| is 2)
+    assert by_bar[:24] == [1.0] * 24 and by_bar[24:27] == [-1.0] * 3 and set(by_bar[29:-1]) == {1.0}
+    assert by_bar[27:29] == [-1.5] * 2  # the || closing a 28-bar part: -0.5 more, not 4, 8 or 16 bars
     assert reward_by_name("abc-strict") is abc_strict_reward
 
 
