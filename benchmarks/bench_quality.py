@@ -97,7 +97,8 @@ def heldout(mode: str, order: int, docs: list[Document], folder: Path | None = N
     folder = Path(folder) if folder else default_model_dir(mode)
     meta = json.loads((folder / ckpt.META_FILE).read_text())
     opts = meta["options"]
-    train_docs, val_docs = split_documents(docs, opts["val_fraction"], opts["seed"])
+    split = meta.get("split", opts)  # a fine-tune of prepared data records the data's own split
+    train_docs, val_docs = split_documents(docs, split["val_fraction"], split["seed"])
     tr, va = TokenStream(train_docs), TokenStream(val_docs)
     path = folder / ckpt.MODEL_FILE if folder != default_model_dir(mode) else default_model_path(mode)
     model = ckpt.model_from_checkpoint(path).eval()

@@ -59,7 +59,7 @@ say "ABC SFT start"
 timeout "$("$PY" -c "print(int(60 * $SFT_MIN * $SCALE) + 90)")" \
 "${TRAIN[@]}" --mode abc --data "$ABC_DATA" --out "$RUN/abc-sft" --device "$DEVICE" \
   --layers "$ABC_LAYERS" --width "$ABC_WIDTH" --head-size 64 --ctx 512 --batch-size "$ABC_BATCH" \
-  --steps 100000 --lr 1.5e-3 --lr-final 1e-4 --seed 0 --eval-every 0 \
+  --steps 100000 --lr 1.5e-3 --lr-final 1e-4 --seed 0 --eval-every 0 --tune-starts 0.5 \
   --time-budget-min "$(budget "$SFT_MIN")" 2>&1 | tee -a "$LOG"
 export_fp16 "$RUN/abc-sft" "$RUN/abc-sft-fp16"
 mkdir -p "$OUT/abc-sft"  # the supervised model alone, to compare with (and fall back from) REINFORCE

@@ -8,11 +8,12 @@
 # Issue 15 recipe (the same stages as scripts/gpu_train_defaults.sh, with CPU budgets):
 #   prepare: render/tokenize the data once into .traindata/ (git-ignored): abc_aug.npz = music21's
 #            non-Essen tunes split 95/5 (seed 0), training split kept only where the strict judge finds
-#            every bar balanced, plus 8 rewritten copies per tune (M:C<->4/4, C|<->2/2, L:1/8<->1/16,
+#            every bar balanced, space runs cut to one, plus 8 rewritten copies per tune (M:C<->4/4, C|<->2/2, L:1/8<->1/16,
 #            re-keyed, caller-style S:n control codes; rwkv_music.train.augment); midi.npz = the
 #            rendered MIDI corpus, split (pitch shifts are added at training time with --augment).
-#   abc:     supervised (8 x 256) on abc_aug.npz, then REINFORCE with the strict reward (abc-strict)
-#            over caller-style headers (--caller-prompts).
+#   abc:     from the issue-8 model: two supervised fine-tunes on abc_aug.npz (the second with
+#            --tune-starts 0.5, ctx 384), then REINFORCE with the strict reward (abc-strict) over
+#            caller-style headers (--caller-prompts) and bos alone.
 #   midi:    fine-tune of the shipped MIDI model with 3 pitch-shifted copies (+-5 semitones, within
 #            each instrument's range) of every training piece.
 # The issue-8 commands that built the models shipped before issue 15 are kept in git history and
@@ -24,7 +25,9 @@
 #   of steps reached depends on the machine.  For a bit-reproducible rerun use the step count
 #   recorded in the model card as --steps and drop --time-budget-min.
 # * Data: music21's installed corpus, read by `prepare` (never copied into the repo); never the
-#   essenFolksong collection.  Budgets (minutes): ABC_MIN, RL_MIN, MIDI_MIN; THREADS; DATA_DIR.
+#   essenFolksong collection.
+# * Knobs: ABC_FT1_MIN (minutes), ABC_FT2_STEPS, RL1_STEPS, RL2_STEPS, MIDI_MIN (minutes), THREADS,
+#   DATA_DIR, ABC_BASE_REV (the commit whose abc-default the fine-tunes start from; needs git).
 set -euo pipefail
 
 WHAT="${1:-all}"
@@ -40,7 +43,9 @@ export_model() {  # $1 = run folder, $2 = asset folder
 }
 
 DATA="${DATA_DIR:-.traindata}"
-ABC_MIN="${ABC_MIN:-120}"; RL_MIN="${RL_MIN:-60}"; MIDI_MIN="${MIDI_MIN:-60}"; THREADS="${THREADS:-2}"
+ABC_FT1_MIN="${ABC_FT1_MIN:-28}"; ABC_FT2_STEPS="${ABC_FT2_STEPS:-2600}"; MIDI_MIN="${MIDI_MIN:-60}"
+RL1_STEPS="${RL1_STEPS:-200}"; RL2_STEPS="${RL2_STEPS:-100}"
+THREADS="${THREADS:-1}"
 
 if [[ "$WHAT" == prepare || "$WHAT" == all ]]; then
   mkdir -p "$DATA"
@@ -54,14 +59,22 @@ if [[ "$WHAT" == prepare || "$WHAT" == all ]]; then
 fi
 
 if [[ "$WHAT" == abc || "$WHAT" == all ]]; then
-  "${TRAIN[@]}" --mode abc --data "$DATA/abc_aug.npz" --out "$RUN/abc-sft" \
-    --layers 8 --width 256 --head-size 64 --ctx 512 --batch-size 8 \
-    --steps 100000 --lr 1.5e-3 --lr-final 1e-4 --seed 0 --eval-every 0 \
-    --time-budget-min "$ABC_MIN" --threads "$THREADS"
-  export_model "$RUN/abc-sft" "$RUN/abc-sft-fp16"
-  "${TRAIN[@]}" --objective reinforce --mode abc --init "$RUN/abc-sft-fp16/model.pth" --out "$RUN/abc-rl" \
-    --reward abc-strict --credit local --caller-prompts --steps 10000 --batch-size 16 --gen-len 768 \
-    --lr 1e-4 --kl-coef 0.02 --seed 0 --time-budget-min "$RL_MIN" --threads "$THREADS"
+  # Four stages from the issue-8 model (git ABC_BASE_REV), as the shipped model was made (its MODEL_CARD.md):
+  # two supervised fine-tunes on abc_aug.npz, the second with half its windows starting at a tune's
+  # first token, then two REINFORCE runs with the strict reward over caller-style headers and bos alone.
+  mkdir -p "$RUN"
+  git show "${ABC_BASE_REV:-7dd09a6}:rwkv_music/assets/abc-default/model.pth" > "$RUN/abc-base.pth"
+  "${TRAIN[@]}" --mode abc --data "$DATA/abc_aug.npz" --out "$RUN/abc-ft" --init "$RUN/abc-base.pth" \
+    --ctx 256 --batch-size 8 --steps 100000 --lr 5e-4 --lr-final 5e-5 --seed 0 --eval-every 0 \
+    --time-budget-min "$ABC_FT1_MIN" --threads "$THREADS"
+  "${TRAIN[@]}" --mode abc --data "$DATA/abc_aug.npz" --out "$RUN/abc-ft2" --init "$RUN/abc-ft/model.pth" \
+    --ctx 384 --batch-size 8 --steps "$ABC_FT2_STEPS" --lr 4e-4 --lr-final 4e-5 --seed 2 --eval-every 0 \
+    --tune-starts 0.5 --threads "$THREADS"
+  BOS=(); for _ in $(seq 70); do BOS+=(--prompt ""); done   # 70 rollouts from bos alone per 210 caller headers
+  RL=(--objective reinforce --mode abc --reward abc-strict --credit local --caller-prompts "${BOS[@]}"
+      --batch-size 16 --gen-len 1024 --lr 1e-4 --kl-coef 0.1 --threads "$THREADS")
+  "${TRAIN[@]}" "${RL[@]}" --init "$RUN/abc-ft2/model.pth" --out "$RUN/abc-rl1" --steps "$RL1_STEPS" --seed 2
+  "${TRAIN[@]}" "${RL[@]}" --init "$RUN/abc-rl1/model.pth" --out "$RUN/abc-rl" --steps "$RL2_STEPS" --seed 4
   export_model "$RUN/abc-rl" rwkv_music/assets/abc-default
 fi
 
