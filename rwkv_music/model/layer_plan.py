@@ -32,6 +32,15 @@ FUSED_FP32_MAX_FLOATS = 4096
 # Rows a step takes the all-layers call for (every version); the shipped models measured in v7.py.
 FUSED_LAYERS_MAX_ROWS = 16
 _PLACEHOLDER = torch.zeros(1)  # a quantized matrix's place among the fp32 pointers (never read)
+# v6's and v7's kernels sum the channel mix's x @ W a block of outputs at a time: they read its fp32 value
+# matrix as [F, C] (an fp32_rewrite for layer_plan)
+FFN_VALUE_AS_F_C = {"ffn_value": lambda t: t.t().contiguous()}
+
+
+def one_token_step_fits(rows: int, width: int, quantized: bool) -> bool:
+    """Whether a one-token step of ``rows`` rows takes an all-layers kernel (every version): up to
+    FUSED_LAYERS_MAX_ROWS rows, and for fp32 matrices while rows x width <= FUSED_FP32_MAX_FLOATS."""
+    return rows <= FUSED_LAYERS_MAX_ROWS and (quantized or rows * width <= FUSED_FP32_MAX_FLOATS)
 
 
 @dataclass(frozen=True)

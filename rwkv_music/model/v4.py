@@ -27,7 +27,7 @@ from torch import Tensor
 from rwkv_music.model import native
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.constants import GN_EPS, LN_EPS
-from rwkv_music.model.layer_plan import FUSED_FP32_MAX_FLOATS, FUSED_LAYERS_MAX_ROWS, layer_plan, run_layers
+from rwkv_music.model.layer_plan import layer_plan, one_token_step_fits, run_layers
 from rwkv_music.model.ops import fold_ln0, layer_norm, token_shift, write_state
 from rwkv_music.model.state import State
 from rwkv_music.model.wkv_chunked_v4 import CHUNK_LEN, wkv4_chunked
@@ -290,10 +290,9 @@ def fused_layers_step(weights: Any, config: RWKVConfig, tokens: Tensor, state: S
     v5, ``rwkv5_decode_layers``), or None where it does not apply (not fp32 plain-tensor or native
     int8/int4 weights on the CPU, too many rows, too many fp32 products, the kernels off)."""
     B, C = tokens.shape[0], config.n_embd
-    if not native.FUSED_LAYERS or B > FUSED_LAYERS_MAX_ROWS or weights.emb.dtype != torch.float32:
+    quantized = not isinstance(weights.layers[0].ffn.key, torch.Tensor)
+    if not (native.FUSED_LAYERS and weights.emb.dtype == torch.float32 and one_token_step_fits(B, C, quantized)):
         return None
-    if B * C > FUSED_FP32_MAX_FLOATS and isinstance(weights.layers[0].ffn.key, torch.Tensor):
-        return None  # fp32 products this big: torch's BLAS on every thread does them better
     slices = {projections: getattr(weights.layers[0], projections).shape[0], "att_out": 1, **_FFN_SLICES}
     plan = layer_plan(weights, fields, slices, config.head_size if config.version != "4" else None,
                       shape=lambda ly: (getattr(ly, projections).shape[0], getattr(ly, projections).shape[2],

@@ -36,7 +36,13 @@ from rwkv_music.errors import CheckpointError
 from rwkv_music.model import native
 from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.constants import GN_EPS, LN_EPS
-from rwkv_music.model.layer_plan import FUSED_FP32_MAX_FLOATS, FUSED_LAYERS_MAX_ROWS, LayerPlan, layer_plan, run_layers
+from rwkv_music.model.layer_plan import (
+    FFN_VALUE_AS_F_C,
+    LayerPlan,
+    layer_plan,
+    one_token_step_fits,
+    run_layers,
+)
 from rwkv_music.model.ops import (
     fold_ln0,
     forward_in_segments,
@@ -192,8 +198,8 @@ def _forward(
     """One pass over all of ``tokens``; activations are ``[B·T, C]`` (``[B, C]`` when T == 1)."""
     B, T = tokens.shape
     C, dtype = config.n_embd, weights.dtype
-    if T == 1 and B <= FUSED_LAYERS_MAX_ROWS and weights.layers and (
-            B * C <= FUSED_FP32_MAX_FLOATS or not isinstance(weights.layers[0].ffn_key, torch.Tensor)):
+    if T == 1 and weights.layers and one_token_step_fits(
+            B, C, quantized=not isinstance(weights.layers[0].ffn_key, torch.Tensor)):
         fused = _fused_layers(weights, config, tokens, state, out_state, all_logits)
         if fused is not None:
             return fused
@@ -214,7 +220,7 @@ def _forward(
 
 
 # native/v6_decode.c runs a one-token step's layers in one call (as v4/v5/v7): int8/int4 models at any width,
-# fp32 ones while B·C <= FUSED_FP32_MAX_FLOATS, up to FUSED_LAYERS_MAX_ROWS (layer_plan.py).  Random L12 D768,
+# fp32 ones while B·C is small, a few rows (layer_plan.one_token_step_fits).  Random L12 D768,
 # B = 1, one thread, per step (per-layer -> one call): fp32 20.8 -> 12.9 ms, int8 6.7 -> 4.8, int4 5.4 -> 3.5.
 _LAYER_FIELDS = ("ln1", "maa_x", "maa_w1", "maa_w2", "maa", "rkvg", "decay_w1", "decay_w2", "time_decay", "u", "ln_x",
                  "output", "ln2", "ffn_maa", "ffn_key", "ffn_receptance", "ffn_value")  # the kernel's order
@@ -226,7 +232,7 @@ def _layer_plan(weights: V6Weights, config: RWKVConfig) -> LayerPlan | None:
     the two LoRA widths, one for all layers), or None if they do not suit it."""
     return layer_plan(weights, _LAYER_FIELDS, _MATRIX_SLICES, config.head_size,
                       shape=lambda lw: (lw.ffn_key.shape[1], lw.maa_w2.shape[1], lw.decay_w1.shape[1]),
-                      fp32_rewrite={"ffn_value": lambda t: t.t().contiguous()})  # [F, C] for the kernel's sums
+                      fp32_rewrite=FFN_VALUE_AS_F_C)
 
 
 def _fused_layers(

@@ -31,10 +31,11 @@ from rwkv_music.model.config import RWKVConfig
 from rwkv_music.model.constants import GN_EPS, LN_EPS
 from rwkv_music.model.constants import V7_DECAY_SCALE as DECAY_SCALE
 from rwkv_music.model.layer_plan import (
-    FUSED_FP32_MAX_FLOATS,
+    FFN_VALUE_AS_F_C,
     FUSED_LAYERS_MAX_ROWS,
     LayerPlan,
     layer_plan,
+    one_token_step_fits,
     run_layers,
 )
 from rwkv_music.model.ops import (
@@ -193,10 +194,9 @@ def _forward(
     C, dtype = config.n_embd, weights.dtype
     flat_tokens = tokens.reshape(-1)
     quantized = not isinstance(weights.layers[0].ffn_key, torch.Tensor) if weights.layers else False
-    narrow = C <= FUSED_LAYERS_MAX_WIDTH
-    if B <= FUSED_LAYERS_MAX_ROWS and (
-            T == 1 and (narrow or quantized or B * C <= FUSED_FP32_MAX_FLOATS)
-            or narrow and B * T <= FUSED_PREFILL_MAX_POSITIONS and not all_logits):
+    if (T == 1 and one_token_step_fits(B, C, quantized)
+            or B <= FUSED_LAYERS_MAX_ROWS and C <= FUSED_LAYERS_MAX_WIDTH and B * T <= FUSED_PREFILL_MAX_POSITIONS
+            and not all_logits):
         fused = _fused_layers(weights, config, tokens, state, out_state, all_logits)
         if fused is not None:
             return fused
@@ -224,7 +224,7 @@ def _forward(
 # kernel's one (shipped models, one C thread against torch's two: 2.1x / 1.4x at 8 rows, 1.5x / 1.2x at
 # 16, 1.1x / 0.96x at 32 for abc / midi).
 FUSED_LAYERS_MAX_WIDTH = 256  # (FUSED_LAYERS_MAX_ROWS: layer_plan.py)
-# ... and a wider fp32 model's step while B·C <= FUSED_FP32_MAX_FLOATS (layer_plan.py): a few rows at D768
+# ... and a wider fp32 model's step while B·C is small (layer_plan.one_token_step_fits): a few rows at D768
 # there stream each matrix faster than torch's BLAS (random L12 D768, B = 1: 19.8 -> 15.4 ms a step on
 # one thread, 17.5 -> 10.7 ms on two).
 # Quantized models (int8/int4 matrices on the native kernels) take it for one-token steps at any width:
@@ -269,10 +269,7 @@ def _layer_plan(weights: V7Weights, config: RWKVConfig) -> LayerPlan | None:
     """The kernel's plan of the layers (:mod:`rwkv_music.model.layer_plan`; shape: the LoRA width D and
     the channel mix's F, one for all layers), or None if they do not suit it."""
     return layer_plan(weights, _LAYER_FIELDS, _MATRIX_SLICES, config.head_size,
-                      shape=lambda lw: (lw.lora_in.shape[2], lw.ffn_key.shape[1]),
-                      # the kernel sums x @ W a block of outputs at a time; for the channel mix's value
-                      # that needs [F, C]
-                      fp32_rewrite={"ffn_value": lambda t: t.t().contiguous()})
+                      shape=lambda lw: (lw.lora_in.shape[2], lw.ffn_key.shape[1]), fp32_rewrite=FFN_VALUE_AS_F_C)
 
 
 _MATRIX_SLICES = {"rkv": 3, "lora_in": 4, "lora_out": 4, "output": 1, "ffn_key": 1, "ffn_value": 1}
