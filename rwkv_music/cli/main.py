@@ -49,6 +49,7 @@ from rwkv_music.formats.base import format_for_suffix
 # Commands that live in other modules, imported only when run: name → (module, attribute, help).
 LAZY_COMMANDS = {
     "train": ("rwkv_music.cli.train", "train", "Train or fine-tune an RWKV-7 music model."),
+    "distill": ("rwkv_music.cli.distill", "distill", "Self-distillation: keep a model's good tunes as training data."),
     "export-onnx": ("rwkv_music.cli.export", "export_onnx", "Export a checkpoint to ONNX (--backend onnx)."),
     "export-ncnn": ("rwkv_music.cli.export", "export_ncnn", "Export a checkpoint to ncnn (--backend ncnn)."),
 }

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from rwkv_music.io_utils import atomic_write_text
 from rwkv_music.train import checkpoint as ckpt
+from rwkv_music.train.augment import CALLER_METRES, CALLER_UNITS
 from rwkv_music.train.model_v7 import RWKV7
 from rwkv_music.train.rewards import RewardFn, reward_by_name  # noqa: F401  (re-exported for the CLI)
 from rwkv_music.train.trainer import _autocast
@@ -42,8 +43,6 @@ log = logging.getLogger(__name__)
 
 CREDITS = ("returns", "local")  # how rewards become advantages (module docstring)
 # What callers send (Composer / rwkv-music generate-abc): S:2 then L:, M:, K: (formats.abc.header).
-CALLER_METRES = ("4/4", "3/4", "2/4", "6/8", "9/8", "C", "C|")
-CALLER_UNITS = ("1/8", "1/16")
 CALLER_KEYS = ("D", "G", "A", "C", "F", "Bb", "Em", "Am", "Bm", "Dm", "Gm", "Ador", "Edor", "Dmix", "Amix")
 
 
