@@ -360,8 +360,10 @@ def print_midi_table(rows: list[tuple[str, dict]]) -> None:
               f"{r['forced_release']:>7.2%} {r['peak_polyphony']:>5.0f} {r['out_of_range']:>12.2%}")
 
 
-def music_report(tunes: int, pieces: int, seconds: float, seed: int, abc_model: Path | None = None) -> dict:
-    """All the issue-15 tables in one run (``abc_model``: a checkpoint or run folder instead of the shipped one)."""
+def music_report(tunes: int, pieces: int, seconds: float, seed: int, abc_model: Path | None = None,
+                 midi_model: Path | None = None) -> dict:
+    """All the issue-15 tables in one run (``abc_model`` / ``midi_model``: a checkpoint or run folder
+    instead of the shipped one)."""
     import tempfile
 
     from rwkv_music import Composer
@@ -386,11 +388,14 @@ def music_report(tunes: int, pieces: int, seconds: float, seed: int, abc_model: 
         print_judge_table(f"ABC, random-weights RWKV-7, constrained, {tunes} tunes per metre",
                           report["random_abc_constrained"])
     if pieces:
-        midi = Composer.load(mode="midi")
+        if midi_model is not None and Path(midi_model).is_dir():
+            midi_model = Path(midi_model) / ckpt.MODEL_FILE
+        midi = Composer.load(midi_model, mode="midi")
+        which = "shipped model" if midi_model is None else Path(midi_model).parent.name
         rows = [("music21 Bach, rendered (human)", midi_measures(human_midi_token_lists(pieces, seconds)))]
         for instruments in (None, ["piano", "violin"]):
             made = midi.compose_midi(n=pieces, seconds=seconds, instruments=instruments, seed=seed)
-            label = f"shipped model, default preset, {instruments and ','.join(instruments) or 'any instrument'}"
+            label = f"{which}, default preset, {instruments and ','.join(instruments) or 'any instrument'}"
             rows.append((label, midi_measures([p.tokens for p in made], instruments)))
         report["midi"] = dict(rows)
         print_midi_table(rows)
@@ -410,7 +415,8 @@ def main() -> None:
     ap.add_argument("--midi-data", type=Path, default=None, help="Rendered MIDI folder (default: render cache).")
     ap.add_argument("--abc-model", type=Path, default=None,
                     help="Run folder (or, with --music, a checkpoint) to test instead of the ABC default.")
-    ap.add_argument("--midi-model", type=Path, default=None, help="Run folder to test instead of the MIDI default.")
+    ap.add_argument("--midi-model", type=Path, default=None,
+                    help="Run folder (or, with --music, a checkpoint) to test instead of the MIDI default.")
     ap.add_argument("--composer-tunes", type=int, default=0,
                     help="Also compose this many tunes through Composer (5 headers), unconstrained and constrained.")
     ap.add_argument("--skip-abc", action="store_true")
@@ -420,7 +426,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.music:
-        report = music_report(args.tunes, args.pieces, args.seconds, args.seed, args.abc_model)
+        report = music_report(args.tunes, args.pieces, args.seconds, args.seed, args.abc_model, args.midi_model)
         print(json.dumps(report, indent=1, default=str))  # noqa: T201
         return
     report = {}
