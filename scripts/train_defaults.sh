@@ -14,8 +14,8 @@
 #   abc:     from the issue-8 model: two supervised fine-tunes on abc_aug.npz (the second with
 #            --tune-starts 0.5, ctx 384), REINFORCE with the strict reward (abc-strict) over
 #            caller-style headers (--caller-prompts) and bos alone, then self-distillation (the
-#            tunes of earlier stages that pass every check, rwkv_music.train.distill) and four more
-#            REINFORCE stages held close to their starts (ten stages; the model card lists them).
+#            tunes of earlier stages that pass every check, rwkv_music.train.distill) and five more
+#            REINFORCE stages held close to their starts (eleven stages; the model card lists them).
 #   midi:    the shipped MIDI model's two stages (its MODEL_CARD.md).
 #   midi-shift: the pitch-shift fine-tune tried for issue 15 (not shipped; numbers in the MIDI card).
 # The issue-8 commands that built the models shipped before issue 15 are kept in git history and
@@ -107,7 +107,11 @@ if [[ "$WHAT" == abc || "$WHAT" == all ]]; then
   "${TRAIN[@]}" "${RLFORM[@]}" --init "$RUN/abc-rl7/model.pth" --out "$RUN/abc-rl8" --steps 100 --seed 15
   "${TRAIN[@]}" "${RLFORM[@]}" --lr 2e-4 --init "$RUN/abc-rl8/model.pth" --out "$RUN/abc-rl9" --steps 100 --seed 17
   "${TRAIN[@]}" "${RLFORM[@]}" --init "$RUN/abc-rl9/model.pth" --out "$RUN/abc-rl10" --steps 100 --seed 18
-  export_model "$RUN/abc-rl10" rwkv_music/assets/abc-default
+  # (11) as (10), with 60 more M:2/4 L:1/8 prompts (its weakest header), 4 under each caller key
+  P24=(); for k in D G A C F Bb Em Am Bm Dm Gm Ador Edor Dmix Amix; do
+    for _ in 1 2 3 4; do P24+=(--prompt "S:2\\nL:1/8\\nM:2/4\\nK:$k\\n"); done; done
+  "${TRAIN[@]}" "${RLFORM[@]}" "${P24[@]}" --init "$RUN/abc-rl10/model.pth" --out "$RUN/abc-rl11" --steps 50 --seed 20
+  export_model "$RUN/abc-rl11" rwkv_music/assets/abc-default
 fi
 
 if [[ "$WHAT" == midi || "$WHAT" == all ]]; then
