@@ -360,6 +360,15 @@ def print_midi_table(rows: list[tuple[str, dict]]) -> None:
               f"{r['forced_release']:>7.2%} {r['peak_polyphony']:>5.0f} {r['out_of_range']:>12.2%}")
 
 
+def _checkpoint(path: Path | None) -> tuple[Path | None, str]:
+    """A checkpoint or run folder given on the command line as (checkpoint file, table label);
+    (None, "shipped model") without one."""
+    if path is None:
+        return None, "shipped model"
+    path = Path(path) / ckpt.MODEL_FILE if Path(path).is_dir() else Path(path)
+    return path, str(path)
+
+
 def music_report(tunes: int, pieces: int, seconds: float, seed: int, abc_model: Path | None = None,
                  midi_model: Path | None = None) -> dict:
     """All the issue-15 tables in one run (``abc_model`` / ``midi_model``: a checkpoint or run folder
@@ -372,10 +381,8 @@ def music_report(tunes: int, pieces: int, seconds: float, seed: int, abc_model: 
     if tunes:
         report["human_abc"] = human_abc_rows()
         print_judge_table("ABC, music21 non-Essen tunes (human), by written metre", report["human_abc"])
-        if abc_model is not None and Path(abc_model).is_dir():
-            abc_model = Path(abc_model) / ckpt.MODEL_FILE
+        abc_model, which = _checkpoint(abc_model)
         abc = Composer.load(abc_model, mode="abc")
-        which = "shipped model" if abc_model is None else str(abc_model)
         for unit in ("1/8", "1/16"):  # the issue's targets cover both units a caller may pass
             for constrained in (True, False):
                 name = f"shipped_abc_{'constrained' if constrained else 'unconstrained'}"
@@ -388,10 +395,8 @@ def music_report(tunes: int, pieces: int, seconds: float, seed: int, abc_model: 
         print_judge_table(f"ABC, random-weights RWKV-7, constrained, {tunes} tunes per metre",
                           report["random_abc_constrained"])
     if pieces:
-        if midi_model is not None and Path(midi_model).is_dir():
-            midi_model = Path(midi_model) / ckpt.MODEL_FILE
+        midi_model, which = _checkpoint(midi_model)
         midi = Composer.load(midi_model, mode="midi")
-        which = "shipped model" if midi_model is None else Path(midi_model).parent.name
         rows = [("music21 Bach, rendered (human)", midi_measures(human_midi_token_lists(pieces, seconds)))]
         for instruments in (None, ["piano", "violin"]):
             made = midi.compose_midi(n=pieces, seconds=seconds, instruments=instruments, seed=seed)

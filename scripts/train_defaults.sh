@@ -81,8 +81,7 @@ if [[ "$WHAT" == abc || "$WHAT" == all ]]; then
   "${TRAIN[@]}" "${RL[@]}" --init "$RUN/abc-rl1/model.pth" --out "$RUN/abc-rl" --steps "$RL2_STEPS" --seed 4
   # (5) REINFORCE from stage 2 held close to it (KL 0.3): it keeps the two-part form and balances about
   # half its tunes, a good source for (6).
-  RLFORM=(--objective reinforce --mode abc --reward abc-strict --credit local --caller-prompts "${BOS[@]}"
-          --batch-size 16 --gen-len 1024 --lr 1e-4 --kl-coef 0.3 --threads "$THREADS")
+  RLFORM=("${RL[@]}" --kl-coef 0.3)   # (a repeated option: the last value counts)
   "${TRAIN[@]}" "${RLFORM[@]}" --init "$RUN/abc-ft2/model.pth" --out "$RUN/abc-rlform" --steps "$RLFORM_STEPS" --seed 9
   # (6) self-distillation (rwkv-music distill, rwkv_music.train.distill): tunes of stages 2 and 5 under caller headers that
   # pass every check (strict bars, S:2 parts of 4/8/16 bars, tonic ending, tidy, varied), plus

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from rwkv_music.errors import RwkvMusicError
+from rwkv_music.formats.abc.header import header_fields
 from rwkv_music.formats.abc.judge import judge_tune
 from rwkv_music.train.augment import CALLER_METRES, CALLER_UNITS
 from rwkv_music.train.data import ABC_BOS, ABC_EOS, Document
@@ -58,9 +59,9 @@ def distinct_bar_share(text: str) -> float:
 
 
 def requested_parts(text: str) -> int | None:
-    """The ``S:n`` control code at the head of a tune (TunesFormer's section count), or None."""
-    found = re.match(r"(?:[BES]:\d+\n)*?S:(\d+)\n", text)
-    return int(found.group(1)) if found else None
+    """The ``S:n`` control code in a tune's header (TunesFormer's section count), or None."""
+    value = header_fields(text).get("S", "")
+    return int(value) if value.isdigit() else None
 
 
 def tune_verdict(text: str, finish_reason: str = "stop") -> Verdict:
