@@ -6,7 +6,8 @@ For each model and batch size it measures, on one device:
   as the product path), logits left where they are;
 * ``loop``: :func:`rwkv_music.sampling.generate` with the mode's default preset's processors (no stop
   tokens, so every row runs the full length), the decode loop users run without the music constraints;
-* ``compose``: ``Composer.compose_midi`` / ``compose_abc`` (constraints included);
+* ``compose``: ``Composer.compose_midi`` (``--steps`` tokens a piece) / ``compose_abc`` (whole tunes, see
+  ``--abc-tokens``), constraints included;
 * their ratios to ``forward``; and prefill tok/s of a long prompt, beside the ``rwkv`` pip package where
   it is installed.
 
@@ -44,6 +45,11 @@ QUICK_SHAPES = {
 }
 START = {"midi": 0, "abc": 2}  # first token of a document
 REPEAT = 1  # --repeat
+# --abc-tokens: compose_abc's max_tokens (0: the decode steps, at least the 64 the form needs).  By default
+# tunes end by themselves, at the form the constraint plans (about 150-350 tokens with the shipped model):
+# under a 64-token cap the form plan writes a 7-bar stub whose fixed costs (the header's prefill, the
+# piece's checks; ~3 ms a call on the 2-core CPU) are half of what it costs.
+ABC_MAX_TOKENS = 1024
 
 
 def say(text: str, err: bool = False) -> None:
@@ -112,7 +118,7 @@ def compose_tps(path: Path, mode: str, batch: int, steps: int, device: str, cuda
         if mode == "midi":
             pieces = composer.compose_midi(n=batch, max_tokens=steps, seed=1)
         else:
-            pieces = composer.compose_abc(n=batch, max_tokens=max(steps, 64), seed=1)  # the form needs >= 54
+            pieces = composer.compose_abc(n=batch, max_tokens=ABC_MAX_TOKENS or max(steps, 64), seed=1)
         tokens[0] = sum(p.meta["new_tokens"] for p in pieces)  # sampled tokens (p.tokens also holds the prompt)
 
     run()
@@ -190,8 +196,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="cpu: time by this process's CPU time (CPU only; steadier on a shared, loaded machine, "
                          "best with --threads 1)")
     ap.add_argument("--repeat", type=int, default=1, help="best of this many compose / loop runs")
+    ap.add_argument("--abc-tokens", type=int, default=1024,
+                    help="compose_abc's max_tokens (default: 1024, tunes end by themselves; 0: the steps)")
     args = ap.parse_args(argv)
-    global CLOCK, REPEAT
+    global CLOCK, REPEAT, ABC_MAX_TOKENS
+    ABC_MAX_TOKENS = max(0, args.abc_tokens)
     if args.clock == "cpu":
         CLOCK = time.process_time
     REPEAT = max(1, args.repeat)

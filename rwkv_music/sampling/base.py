@@ -297,6 +297,10 @@ class LogitsProcessorList(list):
         for i, proc in enumerate(procs):
             if i + 1 >= tail_from and hasattr(proc, "candidates"):
                 scratch = cur if owned else (work if work.dtype == cur.dtype and work.shape == cur.shape else None)
+                drawn_tail = getattr(proc, "drawn_tail", None)  # the filter, the rest and the draw in one call
+                found = drawn_tail(step, cur, procs[i + 1 :], scratch=scratch) if drawn_tail is not None else None
+                if found is not None:
+                    return found
                 found = proc.candidates(step, cur, scratch=scratch)
                 if found is not None:
                     for later in procs[i + 1 :] if found.vals.shape[1] else ():  # (no entries: nothing to filter)

@@ -156,6 +156,52 @@ def _pooled(pool: tuple[np.ndarray, np.ndarray, np.ndarray], cut: np.ndarray | N
     return Candidates(ids, out, shape[1])
 
 
+class NucleusCandidates(Candidates):
+    """The candidates of ``TopP(top_k_after=k)`` then a no-op ``TopK`` and ``MinP``, left uncomputed until read.
+
+    The decode loop only draws from them: :meth:`draw` runs the three filters and the draw in one C call
+    (:func:`rwkv_music.sampling.native.top_p_k_draw`), the same ids as drawing from the computed
+    candidates.  ``ids``/``vals`` are computed (by :meth:`TopP.candidates` and the later processors) when
+    first read, or when the kernel hands a row back.  Valid until the processor list's next step, which
+    reuses the scores' buffer.
+    """
+
+    def __init__(self, top_p: TopP, step: int, scores: np.ndarray, later: Sequence[Any],
+                 scratch: np.ndarray | None, min_p: float) -> None:
+        self._source = (top_p, step, scores, tuple(later), scratch)
+        self.min_p, self.vocab = min_p, int(scores.shape[1])
+        self._computed: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self._source[2].shape[0], self.vocab)
+
+    def _compute(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._computed is None:
+            top_p, step, scores, later, scratch = self._source
+            found = top_p.candidates(step, scores, scratch=scratch)
+            assert found is not None  # (drawn_tail checked what candidates() needs)
+            for proc in later if found.vals.shape[1] else ():
+                found.vals = proc.apply(step, found.vals)
+            self._computed = (found.ids, found.vals)
+        return self._computed
+
+    @property
+    def ids(self) -> np.ndarray:  # type: ignore[override]
+        return self._compute()[0]
+
+    @property
+    def vals(self) -> np.ndarray:  # type: ignore[override]
+        return self._compute()[1]
+
+    def draw(self, uniforms: np.ndarray) -> np.ndarray | None:
+        """The drawn ids [B] (-1: an emptied row), or None where the caller must draw from ``ids``/``vals``."""
+        if self._computed is not None:
+            return None
+        top_p, _, scores, _, _ = self._source
+        return native.top_p_k_draw(scores, top_p.top_k_after, top_p.top_p, self.min_p, uniforms)
+
+
 def kth_largest(values: Any, k: int) -> Any:
     """The ``k``-th largest value of each row of ``values`` [B, V] (no NaN; k <= V), as [B, 1].
 
@@ -334,6 +380,26 @@ class TopP(DeviceProcessor):
         top, pool = found  # (pool: copies, so the scratch may be clean itself)
         s_cut = self._score_cut(xp, clean, top, k, scratch=clean if clean is not scores else scratch)
         return _pooled(pool, s_cut[:, 0], scores.shape)
+
+    def drawn_tail(self, step: int, scores: Any, later: Sequence[Any],
+                   scratch: np.ndarray | None = None) -> "NucleusCandidates | None":
+        """:meth:`candidates` with the ``later`` processors folded in, drawn from by one C call; None unless the
+        kernel runs and ``later`` is only a no-op :class:`TopK` (the pair's own ``k``) and one :class:`MinP`."""
+        k = self.top_k_after
+        if (self.top_p >= 1.0 or not self.use_kernel or not isinstance(scores, np.ndarray) or scores.ndim != 2
+                or scores.dtype != np.float32 or not 0 < k < min(scores.shape[1], native.MAX_K + 1)):
+            return None
+        min_p = 0.0
+        for i, proc in enumerate(later):
+            if type(proc) is TopK and (proc._after_top_p or proc.top_k in (0, k)) and i == 0:
+                continue
+            if type(proc) is MinP and i == len(later) - 1:
+                min_p = proc.min_p
+                continue
+            return None
+        if not native.available():
+            return None
+        return NucleusCandidates(self, step, scores, later, scratch, min_p)
 
     def apply(self, step: int, scores: Any) -> Any:
         if self.top_p >= 1.0:

@@ -219,7 +219,11 @@ def _finite_columns(xp: Any, fin: Any) -> tuple[Any, Any] | None:
 
 def _draw_candidates(cand: Candidates, uniforms: np.ndarray) -> np.ndarray:
     """:func:`sample_batch` on :class:`Candidates`: its compacted branch (the same operations in the same
-    order on the same entries), in plain numpy calls."""
+    order on the same entries), in plain numpy calls (or the candidates' own one-call draw, where they have one)."""
+    draw = getattr(cand, "draw", None)
+    drawn = draw(uniforms) if draw is not None else None
+    if drawn is not None:
+        return drawn
     B, width = cand.vals.shape
     if width == 0:
         return np.full(B, -1, dtype=np.int64)

@@ -1,4 +1,4 @@
-"""The C top-p/top-k kernel (rwkv_music/sampling/native) against the numpy path it replaces.
+"""The C top-p/top-k kernels (rwkv_music/sampling/native) against the numpy path they replace.
 
 ``TopP(top_k_after=k).candidates`` takes the kernel where it is built; the numpy rule stays the
 reference (``TopP.use_kernel = False``).  The survivors must be the same ids with the same scores, row
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from rwkv_music.sampling import native
-from rwkv_music.sampling.base import Candidates
-from rwkv_music.sampling.processors import TopP
+from rwkv_music.sampling.base import Candidates, LogitsProcessor, LogitsProcessorList
+from rwkv_music.sampling.processors import MinP, NucleusCandidates, Temperature, TokenBan, TopK, TopP
 from rwkv_music.sampling.sampler import row_uniforms, sample_batch
 
 needs_kernel = pytest.mark.skipif(native._load() is None or not native.enabled(),
@@ -111,3 +111,102 @@ def test_other_dtypes_k_out_of_range_and_switched_off_use_numpy(monkeypatch: pyt
     assert native.top_p_k(big.astype(np.float32), 8, 0.9) is None
     assert native.status().startswith("unavailable: turned off")
     _same(*_both(big.astype(np.float32), 8, 0.9))
+
+
+# -- the one-call draw (rwkv_top_p_k_draw): survivors, MinP and the draw --------------------------------
+def _numpy_draw(x: np.ndarray, k: int, top_p: float, min_p: float, u: np.ndarray) -> np.ndarray:
+    """The reference: numpy's TopP(top_k_after=k) candidates, MinP on them, the numpy draw."""
+    ref = TopP(top_p, top_k_after=k)
+    ref.use_kernel = False
+    cand = ref.candidates(0, x.copy(), scratch=np.empty_like(x))
+    if min_p and cand.vals.shape[1]:
+        cand.vals = MinP(min_p).apply(0, cand.vals)
+    return sample_batch(cand, u)
+
+
+@needs_kernel
+def test_one_call_draw_gives_the_numpy_ids_on_random_batches() -> None:
+    rng = np.random.default_rng(5)
+    answered = 0
+    for trial in range(200):
+        x, k, top_p = _random_batch(rng, trial)
+        min_p = float(rng.choice([0.0, 0.02, 0.3]))
+        u = rng.random(x.shape[0])
+        if trial % 7 == 0:
+            u[0] = 1.0 - 2.0**-53  # the largest uniform
+        got = native.top_p_k_draw(x, k, top_p, min_p, u)
+        if got is None:  # (too many ties for the kernel's buffer: the caller draws in numpy)
+            continue
+        answered += 1
+        np.testing.assert_array_equal(got, _numpy_draw(x, k, top_p, min_p, u), err_msg=f"trial {trial}")
+    assert answered >= 170
+
+
+@needs_kernel
+def test_one_call_draw_marks_empty_rows_and_hands_back_nan_rows() -> None:
+    x = np.full((3, 128), -np.inf, dtype=np.float32)
+    x[1, 7] = 2.0
+    np.testing.assert_array_equal(native.top_p_k_draw(x, 16, 0.9, 0.02, np.full(3, 0.5)), [-1, 7, -1])
+    x[2, 3] = np.nan
+    assert native.top_p_k_draw(x, 16, 0.9, 0.02, np.full(3, 0.5)) is None
+
+
+def _tail(*procs: LogitsProcessor) -> LogitsProcessorList:
+    return LogitsProcessorList([TokenBan([1]), *procs])
+
+
+@needs_kernel
+def test_the_decode_fast_path_draws_what_the_candidates_draw() -> None:
+    """``run(candidates=True)`` hands the draw a lazy :class:`NucleusCandidates` where the tail is TopP (+ a
+    no-op TopK) (+ MinP); reading it gives the plain candidates, and its one-call draw their ids."""
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((8, 20096)) * 3.0).astype(np.float32)
+    u = row_uniforms(list(range(8)), [3] * 8)
+    top_k = TopK(16)
+    top_k._after_top_p = True
+    fused = _tail(TopP(0.9, top_k_after=16), top_k, MinP(0.05)).run(0, x, candidates=True)
+    assert isinstance(fused, NucleusCandidates)
+    ids = sample_batch(fused, u)
+    plain = TopP(0.9, top_k_after=16)
+    plain.use_kernel = False
+    xb = x.copy()
+    xb[:, 1] = -np.inf
+    ref = plain.candidates(0, xb)
+    ref.vals = MinP(0.05).apply(0, ref.vals)
+    np.testing.assert_array_equal(ids, sample_batch(ref, u))
+    again = _tail(TopP(0.9, top_k_after=16), top_k, MinP(0.05)).run(0, x, candidates=True)
+    _same(again, ref)  # read, it is the candidates themselves
+    assert again.draw(u) is None  # (once computed, the numpy draw takes them)
+    np.testing.assert_array_equal(sample_batch(again, u), ids)
+
+
+def test_tails_the_kernel_does_not_cover_keep_the_plain_candidates() -> None:
+    x = np.random.default_rng(7).standard_normal((2, 128)).astype(np.float32)
+    for tail in ([TopP(0.9, top_k_after=16), Temperature(0.7)], [TopP(0.9, top_k_after=16), MinP(0.1), TopK(4)],
+                 [TopP(0.9), TopK(16)]):
+        out = _tail(*tail).run(0, x, candidates=True)
+        assert not isinstance(out, NucleusCandidates)
+
+
+@needs_kernel
+def test_generation_is_the_same_with_and_without_the_one_call_draw(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rwkv_music.sampling import generate, get_preset
+    from tests.sampling.test_sampling_fakes import FakeBackend  # logits from a table, by history
+
+    def run() -> list[list[int]]:
+        rows = []
+        for prompts, seeds in (([[2], [2, 5], [2]], [1, 2, 3]), ([[2, 5]], [2])):  # a batch, and one row alone
+            procs = get_preset("default-abc").build_processors()
+            out = generate(FakeBackend(128, scale=3.0), prompts, processors=procs, max_new_tokens=60, seeds=seeds,
+                           return_state=False)
+            rows += out.tokens
+        return rows
+
+    answered = []
+    kernel = native.top_p_k_draw
+    monkeypatch.setattr(native, "top_p_k_draw", lambda *a: answered.append(kernel(*a)) or answered[-1])
+    first = run()
+    assert sum(a is not None for a in answered) >= 100  # the one-call draw ran
+    assert first[1] == first[3]  # (the same piece in a batch and alone)
+    monkeypatch.setattr(TopP, "drawn_tail", lambda self, *a, **k: None)
+    assert run() == first

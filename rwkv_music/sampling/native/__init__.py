@@ -6,6 +6,11 @@
   model's vocabulary (20,096) at B=32 the numpy path spends ~0.9 ms a step here, the kernel
   ~0.35 ms on one thread (``benchmarks/bench_e2e.py`` shows the end-to-end effect).
 
+* ``rwkv_top_p_k_draw`` (same file): those survivors, then :class:`~rwkv_music.sampling.processors.MinP`
+  on them and the draw of :func:`~rwkv_music.sampling.sampler.sample_batch` with the caller's uniforms, in
+  one call that returns the ``B`` ids.  At B=1 the separate steps (survivors handed to Python, MinP and
+  the draw in numpy) cost ~25 us a token, as much as a fifth of the shipped ABC model's forward.
+
 The numpy path stays the reference and the fallback: it runs where no C compiler is found, where
 the build lacks AVX2/FMA (a portable build's scalar exponential is slower than numpy's), where
 ``RWKV_MUSIC_NATIVE=0``, and for rows the kernel hands back (NaN or +inf in a row, more survivors
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,8 @@ SOURCES = (Path(__file__).with_name("top_p_k.c"),)
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 SIGNATURES = {
     "rwkv_top_p_k": ([_P, _I64, _I64, _I64, ctypes.c_double, _I64, _P, _P, _P, ctypes.c_int], ctypes.c_int),
+    "rwkv_top_p_k_draw": ([_P, _I64, _I64, _I64, ctypes.c_double, ctypes.c_double, _P, _P, ctypes.c_int],
+                          ctypes.c_int),
     "rwkv_top_p_k_simd": ([], ctypes.c_int),
 }
 MAX_K = 256  # TOPPK_MAX_K in top_p_k.c
@@ -77,6 +85,11 @@ def _load() -> ctypes.CDLL | None:
         return lib
 
 
+def available() -> bool:
+    """Whether the kernels run here (turned on, built, AVX2); builds them on the first call."""
+    return enabled() and _load() is not None
+
+
 def status() -> str:
     """One line: whether the sampling kernel is in use, or why not."""
     if not enabled():
@@ -105,6 +118,37 @@ def top_p_k(scores: np.ndarray, k: int, top_p: float) -> tuple[np.ndarray, np.nd
         return None  # NaN / +inf in a row, or too many ties: the numpy path handles it
     width = int(counts.max())
     return ids[:, :width].copy(), vals[:, :width].copy()  # (copies: the buffers are the next call's)
+
+
+def top_p_k_draw(scores: np.ndarray, k: int, top_p: float, min_p: float, uniforms: np.ndarray) -> np.ndarray | None:
+    """The ids ``sample_batch`` draws with ``uniforms`` [B] (float64) from ``TopP(top_p, top_k_after=k)``
+    then ``MinP(min_p)`` (0: none) of float32 ``scores`` [B, V], as int64 [B] (-1: an emptied row), or
+    ``None`` where the numpy path must run (as :func:`top_p_k`)."""
+    if not (isinstance(scores, np.ndarray) and scores.ndim == 2 and scores.dtype == np.float32):
+        return None
+    B, V = scores.shape
+    if not 0 < k <= min(MAX_K, V - 1) or B == 0 or not enabled() or len(uniforms) != B:
+        return None
+    lib = _load()
+    if lib is None:
+        return None
+    x = scores if scores.flags.c_contiguous else np.ascontiguousarray(scores)
+    u, out, (u_at, out_at) = _draw_buffers(B)
+    u[:] = uniforms
+    log_min_p = math.log(min_p) if min_p > 0.0 else -math.inf
+    if lib.rwkv_top_p_k_draw(x.ctypes.data, B, V, k, float(top_p), log_min_p, u_at, out_at, min(THREADS, B)) != 0:
+        return None
+    return out.copy()
+
+
+def _draw_buffers(rows: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """The draw's uniforms and ids arrays, kept between calls with their addresses (see :func:`_buffers`)."""
+    found = getattr(_BUFFERS, "draw", None)
+    if found is None or found[0] != rows:
+        u = np.empty(rows, dtype=np.float64)
+        out = np.empty(rows, dtype=np.int64)
+        found = _BUFFERS.draw = (rows, u, out, (u.ctypes.data, out.ctypes.data))
+    return found[1], found[2], found[3]
 
 
 _BUFFERS = threading.local()  # per thread: (B, cap) → the kernel's output arrays and their addresses

@@ -218,3 +218,51 @@ int rwkv_top_p_k(const float* x, int64_t B, int64_t V, int64_t k, double top_p, 
     (void)nthreads;
     return status;
 }
+
+/* One row's draw from its survivors ids/vals [n] (column order): drop those below log_min_p + the row's
+ * maximum (MinP; -inf: off), then the inverse CDF over exp(v - max) in float64 with the uniform u:
+ * the first position whose cumulative sum exceeds u * total (the last with p > 0 when u * total rounds
+ * up to the total).  The same operations in the same order as the numpy draw
+ * (rwkv_music/sampling/sampler.py, _draw_candidates, after MinP.apply on the candidates). */
+static int64_t draw_row(const int64_t* ids, const float* vals, int64_t n, double log_min_p, double u) {
+    if (n == 0) return -1;
+    float vmax = vals[0];
+    for (int64_t j = 1; j < n; j++) vmax = vals[j] > vmax ? vals[j] : vmax;
+    const double keep_from = (double)vmax + log_min_p;
+    double cdf[2 * TOPPK_MAX_K];
+    double total = 0.0;
+    int64_t last = -1;
+    for (int64_t j = 0; j < n; j++) {
+        double p = (double)vals[j] >= keep_from ? exp((double)vals[j] - (double)vmax) : 0.0;
+        if (p > 0.0) last = j;
+        total += p;
+        cdf[j] = total;
+    }
+    if (last < 0) return -1;
+    const double x = u * total;
+    int64_t j = 0;
+    for (int64_t i = 0; i < n; i++) j += cdf[i] <= x;
+    return ids[j >= n ? last : j];
+}
+
+/* rwkv_top_p_k's survivors of each row, drawn from at once: out [B] int64 the drawn ids (-1 for a row
+ * left empty), u [B] float64 the rows' uniforms, log_min_p as draw_row.  Same return codes as
+ * rwkv_top_p_k (on a nonzero return out is not to be used). */
+int rwkv_top_p_k_draw(const float* x, int64_t B, int64_t V, int64_t k, double top_p, double log_min_p,
+                      const double* u, int64_t* out, int nthreads) {
+    if (k < 1 || k > TOPPK_MAX_K || k > V) return -3;
+    const int64_t cap = 2 * TOPPK_MAX_K < V ? 2 * TOPPK_MAX_K : V;
+    int status = 0;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(min : status)
+#endif
+    for (int64_t b = 0; b < B; b++) {
+        int64_t ids[2 * TOPPK_MAX_K], count = 0;
+        float vals[2 * TOPPK_MAX_K];
+        int s = one_row(x + b * V, V, k, top_p, cap, ids, vals, &count);
+        if (s == 0) out[b] = draw_row(ids, vals, count, log_min_p, u[b]);
+        status = s < status ? s : status;
+    }
+    (void)nthreads;
+    return status;
+}
