@@ -15,11 +15,13 @@ the rest with presence 0, frequency 0.5, decay 0.997 (:func:`weights_from_ranges
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from rwkv_music.sampling import native
 from rwkv_music.sampling.arrays import on_accelerator, ops
 from rwkv_music.sampling.base import LogitsProcessor, SamplingValueError, is_torch_tensor
 
@@ -67,6 +69,7 @@ class OccurrencePenalty(LogitsProcessor):
     """
 
     rule = "occurrence_penalty"
+    use_kernel = True  # the numpy state's steps may run in C (rwkv_music.sampling.native); False: numpy only
 
     def __init__(
         self,
@@ -177,16 +180,17 @@ class OccurrencePenalty(LogitsProcessor):
             self._update_one(int(toks[0]), cols)
             return
         rows = np.arange(n_rows)
-        if self.decay != 1.0:
-            # only seen columns hold non-zero counts (0 * decay is 0): the same values, fewer of them; a
-            # gather and scatter costs ~20 times a dense multiply per element (measured, [32, 20096] float64)
-            if cols.size * 20 < self._occ.shape[1]:
-                self._occ[:, cols] = self._occ.take(cols, axis=1) * self.decay
-            else:
-                self._occ *= self.decay
         before = self._seen[rows, toks]
-        self._occ[rows, toks] += self._wvec[toks]
-        self._seen[rows, toks] = True
+        if not self._update_native(toks, cols):
+            if self.decay != 1.0:
+                # only seen columns hold non-zero counts (0 * decay is 0): the same values, fewer of them; a
+                # gather and scatter costs ~20 times a dense multiply per element (measured, [32, 20096] float64)
+                if cols.size * 20 < self._occ.shape[1]:
+                    self._occ[:, cols] = self._occ.take(cols, axis=1) * self.decay
+                else:
+                    self._occ *= self.decay
+            self._occ[rows, toks] += self._wvec[toks]
+            self._seen[rows, toks] = True
         if not before.all():  # first occurrences: their ids join the seen columns
             fresh = np.unique(toks[~before])  # (few: at most one a row)
             # insert the ids no row had seen into the ascending columns (a full union1d sorts them all again)
@@ -199,15 +203,56 @@ class OccurrencePenalty(LogitsProcessor):
     def _update_one(self, t: int, cols: np.ndarray) -> None:
         """:meth:`update` of a one-row numpy state, the same float64 arithmetic in scalars (B = 1: 3x faster)."""
         occ = self._occ
-        if self.decay != 1.0 and cols.size:
-            if cols.size * 20 < occ.shape[1]:  # (as in update: only seen columns hold counts)
-                occ[0, cols] = occ[0].take(cols) * self.decay
-            else:
-                occ *= self.decay
-        occ[0, t] += self._wvec[t]
-        if not self._seen[0, t]:
+        fresh = not self._seen[0, t]
+        token = self._token_buffer
+        token[0] = t
+        # (few columns: numpy's gather and scatter cost less than the kernel call, ~5 us against ~6 at 200)
+        if cols.size * 20 < occ.shape[1] or not self._update_native(token, cols):
+            if self.decay != 1.0 and cols.size:
+                if cols.size * 20 < occ.shape[1]:  # (as in update: only seen columns hold counts)
+                    occ[0, cols] = occ[0].take(cols) * self.decay
+                else:
+                    occ *= self.decay
+            occ[0, t] += self._wvec[t]
             self._seen[0, t] = True
-            self._cols = np.insert(cols, int(np.searchsorted(cols, t)), t)
+        if fresh:  # t joins the ascending columns (a copy by hand: np.insert costs ~5 us, this ~1)
+            at = bisect.bisect_left(cols, t)
+            grown = np.empty(cols.size + 1, dtype=np.int64)
+            grown[:at], grown[at], grown[at + 1 :] = cols[:at], t, cols[at:]
+            self._cols = grown
+
+    # -- the C kernels of the numpy state (rwkv_music/sampling/native/occurrence.c) ----------------------
+    def _native_ready(self) -> Any:
+        """The kernels' library where they may run (the numpy state's own arrays are C-contiguous, of its dtypes)."""
+        return native.occurrence_kernels() if self.use_kernel else None
+
+    def _address(self, arr: np.ndarray) -> int:
+        """``arr.ctypes.data``, kept per array: reading it costs ~1.3 us, as much as a B=1 step's whole update."""
+        cache = self.__dict__.setdefault("_addresses", {})
+        hit = cache.get(id(arr))
+        if hit is None or hit[0] is not arr:
+            if len(cache) > 8:  # (old maps and column lists: let them go)
+                cache.clear()
+            hit = cache[id(arr)] = (arr, arr.ctypes.data)
+        return hit[1]
+
+    def _update_native(self, toks: np.ndarray, cols: np.ndarray) -> bool:
+        """:meth:`update`'s decay, count and seen flag in C; False where the numpy path must run."""
+        lib = self._native_ready()
+        if lib is None or toks.dtype != np.int64 or cols.dtype != np.int64 or not toks.flags.c_contiguous:
+            return False
+        lib.rwkv_occ_update(self._address(self._occ), self._address(self._seen), toks.shape[0], self._occ.shape[1],
+                            self._address(cols), cols.shape[0], self.decay,
+                            self._address(toks) if toks is self._token_buffer else toks.ctypes.data,
+                            self._address(self._wvec))
+        return True
+
+    @property
+    def _token_buffer(self) -> np.ndarray:
+        buf = self.__dict__.get("_token")
+        if buf is None:
+            buf = self.__dict__["_token"] = np.zeros(1, dtype=np.int64)
+        return buf
 
     def apply(self, step: int, scores: Any) -> Any:
         if not self.enabled:
@@ -232,7 +277,12 @@ class OccurrencePenalty(LogitsProcessor):
             # the whole vocabulary at once: update() would otherwise copy the state at every new highest id
             self._grow(scores.shape[1])
         cols = self._seen_columns(scores.shape[1])
-        if cols.size:
+        lib = self._native_ready() if cols.size else None
+        if lib is not None and scores.dtype == np.float32 and scores.flags.c_contiguous and cols.dtype == np.int64:
+            lib.rwkv_occ_penalize(self._address(scores), scores.shape[0], scores.shape[1], self._address(self._occ),
+                                  self._address(self._seen), self._occ.shape[1], self._address(cols), cols.shape[0],
+                                  self.frequency, self.presence)
+        elif cols.size:
             # the same float64 arithmetic as _penalize, on the same columns (take: a faster gather than [:, cols])
             penalty = self.frequency * self._occ.take(cols, axis=1)
             if self.presence:

@@ -12,6 +12,7 @@ import pytest
 
 from rwkv_music.sampling import native
 from rwkv_music.sampling.base import Candidates, LogitsProcessor, LogitsProcessorList
+from rwkv_music.sampling.penalties import OccurrencePenalty, weights_from_ranges
 from rwkv_music.sampling.processors import MinP, NucleusCandidates, Temperature, TokenBan, TopK, TopP
 from rwkv_music.sampling.sampler import row_uniforms, sample_batch
 
@@ -210,3 +211,44 @@ def test_generation_is_the_same_with_and_without_the_one_call_draw(monkeypatch: 
     assert first[1] == first[3]  # (the same piece in a batch and alone)
     monkeypatch.setattr(TopP, "drawn_tail", lambda self, *a, **k: None)
     assert run() == first
+
+
+# -- OccurrencePenalty's numpy state in C (occurrence.c) ------------------------------------------------
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 5])
+@pytest.mark.parametrize("presence, decay", [(0.0, 0.997), (0.4, 1.0), (0.25, 0.9)])
+def test_occurrence_kernels_keep_the_numpy_state_and_scores_bit_for_bit(rows: int, presence: float,
+                                                                        decay: float) -> None:
+    """Penalise and update in C and in numpy side by side for 300 steps, past the point (a twentieth of the
+    vocabulary seen) where numpy's update switches to the dense pass."""
+    rng = np.random.default_rng(rows)
+    V = 2000
+    weights = weights_from_ranges([(0, 50, 0.3), (1990, 2000, 0.0)])
+    fast, ref = (OccurrencePenalty(presence, 0.5, decay, weights) for _ in range(2))
+    ref.use_kernel = False
+    for proc in (fast, ref):
+        proc.reset([[1]] * rows)
+    for step in range(300):
+        x = (rng.standard_normal((rows, V)) * 3).astype(np.float32)
+        x[rng.random(x.shape) < 0.3] = -np.inf
+        a, b = fast.apply_inplace(step, x.copy()), ref.apply_inplace(step, x.copy())
+        np.testing.assert_array_equal(a, b, err_msg=f"step {step}")
+        toks = rng.integers(0, V if step % 3 else 60, rows)  # (repeats: counts above one)
+        fast.update(toks.tolist())
+        ref.update(toks.tolist())
+        np.testing.assert_array_equal(fast._occ, ref._occ)
+        np.testing.assert_array_equal(fast._seen, ref._seen)
+        np.testing.assert_array_equal(fast._cols, ref._cols)
+    assert ref._cols.size * 20 > V  # the dense branch of the numpy update ran
+
+
+@needs_kernel
+def test_occurrence_kernels_run_in_the_decode_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    kernels = native.occurrence_kernels
+    monkeypatch.setattr(native, "occurrence_kernels", lambda: calls.append(1) or kernels())
+    pen = OccurrencePenalty(0.0, 0.5, 0.997)
+    pen.reset([[1], [2]])
+    pen.update([3, 4])
+    out = pen.apply_inplace(0, np.zeros((2, 8), dtype=np.float32))
+    assert len(calls) == 2 and out[0, 3] == out[1, 4] == -0.5 and out[0, 4] == 0.0

@@ -11,6 +11,11 @@
   one call that returns the ``B`` ids.  At B=1 the separate steps (survivors handed to Python, MinP and
   the draw in numpy) cost ~25 us a token, as much as a fifth of the shipped ABC model's forward.
 
+* ``rwkv_occ_penalize`` / ``rwkv_occ_update`` (``occurrence.c``): the two steps of
+  :class:`~rwkv_music.sampling.penalties.OccurrencePenalty`'s numpy state over the columns some row has
+  seen, where numpy gathers and scatters ``[B, columns]`` blocks or, once the columns are many, passes
+  over the whole ``[B, vocab]`` float64 map (at B=32 on the MIDI vocabulary ~0.35 ms a step).
+
 The numpy path stays the reference and the fallback: it runs where no C compiler is found, where
 the build lacks AVX2/FMA (a portable build's scalar exponential is slower than numpy's), where
 ``RWKV_MUSIC_NATIVE=0``, and for rows the kernel hands back (NaN or +inf in a row, more survivors
@@ -32,13 +37,15 @@ import rwkv_music.native_build as native_build
 
 log = logging.getLogger(__name__)
 
-SOURCES = (Path(__file__).with_name("top_p_k.c"),)
+SOURCES = (Path(__file__).with_name("top_p_k.c"), Path(__file__).with_name("occurrence.c"))
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 SIGNATURES = {
     "rwkv_top_p_k": ([_P, _I64, _I64, _I64, ctypes.c_double, _I64, _P, _P, _P, ctypes.c_int], ctypes.c_int),
     "rwkv_top_p_k_draw": ([_P, _I64, _I64, _I64, ctypes.c_double, ctypes.c_double, _P, _P, ctypes.c_int],
                           ctypes.c_int),
     "rwkv_top_p_k_simd": ([], ctypes.c_int),
+    "rwkv_occ_penalize": ([_P, _I64, _I64, _P, _P, _I64, _P, _I64, ctypes.c_double, ctypes.c_double], None),
+    "rwkv_occ_update": ([_P, _P, _I64, _I64, _P, _I64, ctypes.c_double, _P, _P], None),
 }
 MAX_K = 256  # TOPPK_MAX_K in top_p_k.c
 # Rows run on one thread by default: the kernel's OpenMP threads keep spinning after it returns and
@@ -139,6 +146,12 @@ def top_p_k_draw(scores: np.ndarray, k: int, top_p: float, min_p: float, uniform
     if lib.rwkv_top_p_k_draw(x.ctypes.data, B, V, k, float(top_p), log_min_p, u_at, out_at, min(THREADS, B)) != 0:
         return None
     return out.copy()
+
+
+def occurrence_kernels() -> ctypes.CDLL | None:
+    """The library holding ``rwkv_occ_penalize`` / ``rwkv_occ_update`` (see ``occurrence.c``), or None where the
+    numpy path must run (as for :func:`top_p_k`)."""
+    return _load() if enabled() else None
 
 
 def _draw_buffers(rows: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
