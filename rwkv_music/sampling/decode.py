@@ -516,6 +516,19 @@ class _Loop:
     # -- one step --------------------------------------------------------------------------
     def sample(self) -> bool:
         """Draw the next token of every row that has logits; True if any row took part."""
+        rows = self.rows
+        group = rows[0].group if rows else None
+        if group is not None and (len(rows) == 1 or all(row.group is group for row in rows)):
+            # one list (a batch list, or a single piece): the usual step, without the pooling below
+            members = [(i, row) for i, row in enumerate(rows) if row.reason is None and row.has_logits]
+            if not members:
+                return False
+            t0 = time.perf_counter()
+            self._sample_group(group, members)
+            share = (time.perf_counter() - t0) / len(members)
+            for _, row in members:
+                row.decode_s += share
+            return True
         groups: dict[int, tuple[_Group, list[tuple[int, _Row]]]] = {}
         for i, row in enumerate(self.rows):
             if row.reason is None and row.has_logits:

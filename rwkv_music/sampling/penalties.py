@@ -226,25 +226,15 @@ class OccurrencePenalty(LogitsProcessor):
         """The kernels' library where they may run (the numpy state's own arrays are C-contiguous, of its dtypes)."""
         return native.occurrence_kernels() if self.use_kernel else None
 
-    def _address(self, arr: np.ndarray) -> int:
-        """``arr.ctypes.data``, kept per array: reading it costs ~1.3 us, as much as a B=1 step's whole update."""
-        cache = self.__dict__.setdefault("_addresses", {})
-        hit = cache.get(id(arr))
-        if hit is None or hit[0] is not arr:
-            if len(cache) > 8:  # (old maps and column lists: let them go)
-                cache.clear()
-            hit = cache[id(arr)] = (arr, arr.ctypes.data)
-        return hit[1]
-
     def _update_native(self, toks: np.ndarray, cols: np.ndarray) -> bool:
         """:meth:`update`'s decay, count and seen flag in C; False where the numpy path must run."""
         lib = self._native_ready()
         if lib is None or toks.dtype != np.int64 or cols.dtype != np.int64 or not toks.flags.c_contiguous:
             return False
-        lib.rwkv_occ_update(self._address(self._occ), self._address(self._seen), toks.shape[0], self._occ.shape[1],
-                            self._address(cols), cols.shape[0], self.decay,
-                            self._address(toks) if toks is self._token_buffer else toks.ctypes.data,
-                            self._address(self._wvec))
+        lib.rwkv_occ_update(native.address(self._occ), native.address(self._seen), toks.shape[0], self._occ.shape[1],
+                            native.address(cols), cols.shape[0], self.decay,
+                            native.address(toks) if toks is self._token_buffer else toks.ctypes.data,
+                            native.address(self._wvec))
         return True
 
     @property
@@ -279,8 +269,8 @@ class OccurrencePenalty(LogitsProcessor):
         cols = self._seen_columns(scores.shape[1])
         lib = self._native_ready() if cols.size else None
         if lib is not None and scores.dtype == np.float32 and scores.flags.c_contiguous and cols.dtype == np.int64:
-            lib.rwkv_occ_penalize(self._address(scores), scores.shape[0], scores.shape[1], self._address(self._occ),
-                                  self._address(self._seen), self._occ.shape[1], self._address(cols), cols.shape[0],
+            lib.rwkv_occ_penalize(native.address(scores), scores.shape[0], scores.shape[1], native.address(self._occ),
+                                  native.address(self._seen), self._occ.shape[1], native.address(cols), cols.shape[0],
                                   self.frequency, self.presence)
         elif cols.size:
             # the same float64 arithmetic as _penalize, on the same columns (take: a faster gather than [:, cols])

@@ -252,3 +252,17 @@ def test_occurrence_kernels_run_in_the_decode_loop(monkeypatch: pytest.MonkeyPat
     pen.update([3, 4])
     out = pen.apply_inplace(0, np.zeros((2, 8), dtype=np.float32))
     assert len(calls) == 2 and out[0, 3] == out[1, 4] == -0.5 and out[0, 4] == 0.0
+
+
+def test_kept_addresses_follow_the_array_and_hold_none_alive() -> None:
+    import gc
+    import weakref
+
+    a = np.zeros(8)
+    assert native.address(a) == a.ctypes.data == native.address(a)
+    ref = weakref.ref(a)
+    del a
+    gc.collect()
+    assert ref() is None  # the cache kept no reference
+    b = np.ones(16)  # (may reuse a's id: the dead entry is not taken for it)
+    assert native.address(b) == b.ctypes.data

@@ -28,6 +28,7 @@ import ctypes
 import logging
 import math
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -143,9 +144,24 @@ def top_p_k_draw(scores: np.ndarray, k: int, top_p: float, min_p: float, uniform
     u, out, (u_at, out_at) = _draw_buffers(B)
     u[:] = uniforms
     log_min_p = math.log(min_p) if min_p > 0.0 else -math.inf
-    if lib.rwkv_top_p_k_draw(x.ctypes.data, B, V, k, float(top_p), log_min_p, u_at, out_at, min(THREADS, B)) != 0:
+    if lib.rwkv_top_p_k_draw(address(x), B, V, k, float(top_p), log_min_p, u_at, out_at, min(THREADS, B)) != 0:
         return None
     return out.copy()
+
+
+_ADDRESSES: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def address(arr: np.ndarray) -> int:
+    """``arr.ctypes.data``, kept for arrays passed again and again (a decode loop's working buffers, a
+    penalty's state): reading it costs ~1.3 us, as much as the draw kernel's work on a 128-id row.  Held by
+    weak reference, so the cache keeps no array alive."""
+    hit = _ADDRESSES.get(id(arr))
+    if hit is None or hit[0]() is not arr:
+        if len(_ADDRESSES) >= 64:
+            _ADDRESSES.clear()
+        hit = _ADDRESSES[id(arr)] = (weakref.ref(arr), arr.ctypes.data)
+    return hit[1]
 
 
 def occurrence_kernels() -> ctypes.CDLL | None:
