@@ -5,7 +5,7 @@
 #
 # Usage: scripts/train_defaults.sh [prepare|abc|midi|midi-shift|all]      (run from the repository root)
 #
-# Issue 15 recipe (the same stages as scripts/gpu_train_defaults.sh, with CPU budgets):
+# Issue 15 recipe (scripts/gpu_train_defaults.sh is a different, GPU-sized one; see its header):
 #   prepare: render/tokenize the data once into .traindata/ (git-ignored): abc_aug.npz = music21's
 #            non-Essen tunes split 95/5 (seed 0), training split kept only where the strict judge finds
 #            every bar balanced, space runs cut to one, plus 8 rewritten copies per tune (M:C<->4/4, C|<->2/2, L:1/8<->1/16,
