@@ -36,10 +36,10 @@ echo -e "\n## bench_e2e" | tee -a "$LOG"
 KERNEL=()
 [ "${PIP_KERNEL:-0}" = 1 ] && KERNEL=(--pip-cuda-kernel)
 if [ "$CUDA" = 1 ]; then
-    timeout 150 "$PY" benchmarks/bench_e2e.py --device cuda --steps 32 --batch 1 32 256 --prefill 512 \
+    timeout 150 "$PY" benchmarks/bench_e2e.py --device cuda --steps 32 --batch 1 32 256 --prefill 512 --repeat 1 \
         "${KERNEL[@]}" 2>"$OUT/bench_e2e.err" | tee -a "$LOG"
 else
-    timeout 150 "$PY" benchmarks/bench_e2e.py --device cpu --quick 2>"$OUT/bench_e2e.err" | tee -a "$LOG"
+    timeout 150 "$PY" benchmarks/bench_e2e.py --device cpu --quick --repeat 1 2>"$OUT/bench_e2e.err" | tee -a "$LOG"
 fi
 echo "(bench exit ${PIPESTATUS[0]}; 124 = cut at its time limit; progress and notes in bench_e2e.err)" | tee -a "$LOG"
 tail -8 "$OUT/bench_e2e.err" >> "$LOG"
