@@ -63,8 +63,8 @@ if [[ "$WHAT" == prepare || "$WHAT" == all ]]; then
 fi
 
 if [[ "$WHAT" == abc || "$WHAT" == all ]]; then
-  # Four stages from the issue-8 model (git ABC_BASE_REV), as the shipped model was made (its MODEL_CARD.md):
-  # two supervised fine-tunes on abc_aug.npz, the second with half its windows starting at a tune's
+  # Eleven stages from the issue-8 model (git ABC_BASE_REV), as the shipped model was made (its MODEL_CARD.md).
+  # (1)-(4): two supervised fine-tunes on abc_aug.npz, the second with half its windows starting at a tune's
   # first token, then two REINFORCE runs with the strict reward over caller-style headers and bos alone.
   mkdir -p "$RUN"
   git show "${ABC_BASE_REV:-7dd09a6}:rwkv_music/assets/abc-default/model.pth" > "$RUN/abc-base.pth"
