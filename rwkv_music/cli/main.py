@@ -251,6 +251,10 @@ Examples:
 @click.option(
     "--free-form", is_flag=True, help="Only keep bars balanced: no parts, line layout or cadence imposed."
 )
+@click.option(
+    "--max-bar-repeats", type=click.IntRange(min=0), default=2, show_default=True,
+    help="Most times one bar may be written in a row, under the constraint (0: no limit).",
+)
 @collect("constrained", lambda no_constraints: not no_constraints, ("no_constraints",))  # runs first
 @collect("cadence", lambda no_cadence: not no_cadence, ("no_cadence",))
 @collect("form", lambda free_form: not free_form, ("free_form",))
@@ -258,7 +262,7 @@ Examples:
     "options",
     AbcOptions,
     ("key", "meter", "unit", "tempo", "controls", "constrained", "max_tokens", "form", "parts", "bars_per_part",
-     "cadence"),
+     "cadence", "max_bar_repeats"),
 )
 @click.option("--state", "state_file", type=click.Path(dir_okay=False), default=None, help="Initial state (.npz).")
 @seed_option

@@ -243,6 +243,7 @@ class Composer:
         parts: int | None = None,
         bars_per_part: int | None = None,
         cadence: bool = True,
+        max_bar_repeats: int = 2,
         **sampling: Any,
     ) -> list[Piece]:
         """Compose ``n`` ABC tunes.
@@ -258,12 +259,15 @@ class Composer:
                 else 2) of ``bars_per_part`` bars (the ``B:`` code, else 8), section barlines only at
                 part ends, four bars a line and, with ``cadence``, its last note on the tonic of ``K:``;
                 ``form=False`` keeps only the bar rules.
+            max_bar_repeats: under the constraint, the most times one bar may be written in a row
+                (0: no limit).
             max_tokens, seed, preset, state, callback, **sampling: as in :meth:`compose_midi`
                 (default preset ``"default-abc"``; ``"chatrwkv-abc"`` is docs/formats.md D4).
         """
         max_tokens, sampling = _sampling_kwargs(self.compose_abc, max_tokens, 1024, sampling)
         options = AbcOptions(
-            key, meter, unit, tempo, controls, constrained, max_tokens, form, parts, bars_per_part, cadence
+            key, meter, unit, tempo, controls, constrained, max_tokens, form, parts, bars_per_part, cadence,
+            max_bar_repeats,
         )
         return self.compose_rows(
             [prompt] * check_rows(n), options, seed=seed, preset=preset, state=state, callback=callback, **sampling

@@ -46,6 +46,7 @@ from rwkv_music.errors import ConstraintError
 from rwkv_music.formats.abc.grammar.machine import PHASE_NAMES, AbcGrammar
 from rwkv_music.formats.abc.grammar.state import BODY, AbcGrammarConfig, AbcState
 from rwkv_music.formats.abc.header import check_key, check_meter, check_unit
+from rwkv_music.formats.abc.repeats import BarRun
 from rwkv_music.sampling.base import LogitsProcessor, SamplingValueError
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,9 @@ class AbcConstraint(LogitsProcessor):
         cadence: end on the tonic of ``K:`` (default ``True``).
         max_spaces: most spaces in a row (default 1).
         bars_per_line: bars per line of music (default 4).
+        max_bar_repeats: most times one bar may be written in a row (spaces aside): the byte that
+            would go on copying it once more is banned, unless it is the only legal one
+            (:mod:`rwkv_music.formats.abc.repeats`).  Default 2 under the form, else no limit; 0 = no limit.
 
     Prompts (``reset``) are fed to the grammar after dropping ids <= 3 (bos); a prompt byte the
     grammar does not allow raises :class:`ConstraintError` naming the row and position.  A
@@ -252,6 +256,7 @@ class AbcConstraint(LogitsProcessor):
         cadence: bool | None = None,
         max_spaces: int | None = None,
         bars_per_line: int | None = None,
+        max_bar_repeats: int | None = None,
     ) -> None:
         cfg = config if config is not None else AbcGrammarConfig(form=True)
         shape = {"form": form, "parts": parts, "bars_per_part": bars_per_part, "cadence": cadence,
@@ -274,7 +279,14 @@ class AbcConstraint(LogitsProcessor):
             raise SamplingValueError(f"max_new_tokens must be an integer >= 1 or None, got {max_new_tokens!r}")
         if not (isinstance(eos_id, int) and 0 <= eos_id <= 3):
             raise SamplingValueError(f"eos_id must be one of the special ids 0..3, got {eos_id!r}")
+        if max_bar_repeats is not None and (
+            isinstance(max_bar_repeats, bool) or not isinstance(max_bar_repeats, int) or max_bar_repeats < 0
+        ):
+            raise SamplingValueError(f"max_bar_repeats must be an integer >= 0 (0 = no limit), got {max_bar_repeats!r}")
         self.config = cfg
+        self.max_bar_repeats = (2 if cfg.form else 0) if max_bar_repeats is None else max_bar_repeats
+        self._runs: list[BarRun] = []  # per row: the bars it wrote (max_bar_repeats)
+        self._copy: list[int] = []  # per row: the byte that would copy a bar once too often, or -1
         self._table = _table_for(cfg, eos_id)
         self.grammar = self._table.grammar
         self.max_new_tokens = max_new_tokens
@@ -451,6 +463,10 @@ class AbcConstraint(LogitsProcessor):
                     )
             ids.append(self._entry(state).index)
         n = len(ids)
+        self._runs = [BarRun() for _ in range(n)]
+        self._copy = [-1] * n
+        for row, prompt in enumerate(prompts):
+            self._note_bytes(row, [int(t) for t in prompt if EOS_ID < int(t) < VOCAB])
         self._ids = np.array(ids, dtype=np.int64)
         self._counts = np.zeros(n, dtype=np.int64)
         self._forced = [None] * n
@@ -492,7 +508,7 @@ class AbcConstraint(LogitsProcessor):
         np.copyto(scores[:, :width], scores.dtype.type(-np.inf), where=drop)
         if scores.shape[1] > VOCAB:
             scores[active, VOCAB:] = -np.inf
-        return scores
+        return self._ban_copies(scores)
 
     def _apply_one(self, scores: np.ndarray, width: int) -> np.ndarray:
         """:meth:`apply_inplace` of a one-row batch (the same mask; no [B, 128] temporaries)."""
@@ -503,7 +519,39 @@ class AbcConstraint(LogitsProcessor):
         np.copyto(row[:width], row.dtype.type(-np.inf), where=~keep[:width])
         if row.shape[0] > VOCAB:
             row[VOCAB:] = -np.inf
+        return self._ban_copies(scores) if self._copy[0] >= 0 else scores
+
+    # -- max_bar_repeats ------------------------------------------------------------------------
+    def _note_bytes(self, row: int, tokens: Sequence[int]) -> None:
+        """Feed a row's new bytes (no special ids) to its bar run; refresh the byte it may not copy."""
+        if not self.max_bar_repeats:
+            return
+        run = self._runs[row]
+        for t in tokens:
+            run.feed(chr(t))
+        self._copy[row] = run.copy_byte(self.max_bar_repeats)
+
+    def _ban_copies(self, scores: np.ndarray) -> np.ndarray:
+        """Ban each active row's copy byte where another legal byte is left (masks already applied)."""
+        for row, t in enumerate(self._copy):
+            if t < 0:
+                continue
+            line = scores[row]
+            if t < line.shape[0] and np.isfinite(line[t]) and np.count_nonzero(np.isfinite(line)) > 1:
+                line[t] = -np.inf
         return scores
+
+    def _note_sampled(self, tokens: Sequence[int]) -> None:
+        """After a step: the rows' sampled bytes (not the pad id or the end) to their bar runs."""
+        limit = self.max_bar_repeats
+        if not limit:
+            return
+        runs, copy = self._runs, self._copy
+        for row, t in enumerate(tokens):
+            if EOS_ID < t < VOCAB:  # (one row at a time: ~0.5 us a row, 2 % of an ABC step at B=32)
+                run = runs[row]
+                run.feed(chr(t))
+                copy[row] = run.copy_byte(limit)
 
     def _reject(self, row: int, t: int) -> None:
         state = self._state_of(row)
@@ -514,6 +562,11 @@ class AbcConstraint(LogitsProcessor):
     def update(self, tokens: Sequence[int]) -> None:
         if len(tokens) != len(self._ids):
             raise SamplingValueError(f"{self.rule}: update got {len(tokens)} tokens for a batch of {len(self._ids)}")
+        self._move(tokens)
+        self._note_sampled(tokens)
+
+    def _move(self, tokens: Sequence[int]) -> None:
+        """Check and step every row's grammar state by its token."""
         if len(tokens) == 1:
             self._update_one(0, int(tokens[0]))
             return
@@ -651,7 +704,7 @@ class PerRowAbcConstraint(AbcConstraint):
         for row in np.flatnonzero(active):
             keep[row, :width] = self._plan(int(row))[0][:width]
         keep[~active] = True
-        return np.where(keep, scores, np.float32(-np.inf)).astype(scores.dtype, copy=False)
+        return self._ban_copies(np.where(keep, scores, np.float32(-np.inf)).astype(scores.dtype, copy=False))
 
     def apply_inplace(self, step: int, scores: np.ndarray) -> np.ndarray:
         scores[...] = self.process(step, scores)  # (the reference in the decode loop's host path too)
@@ -659,6 +712,10 @@ class PerRowAbcConstraint(AbcConstraint):
 
     def update(self, tokens: Sequence[int]) -> None:
         self._check_rows(len(tokens), "update got tokens for")
+        self._move(tokens)
+        self._note_sampled(tokens)
+
+    def _move(self, tokens: Sequence[int]) -> None:
         for row, t in enumerate(tokens):
             t = int(t)
             state = self._state_of(row)

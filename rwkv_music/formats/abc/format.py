@@ -108,6 +108,7 @@ class AbcFormat(SpecialIds):
             max_new_tokens=options.max_tokens,
             form=form,
             cadence=options.cadence and form,
+            max_bar_repeats=options.max_bar_repeats,
             **{k: v for k, v in {**forced, **shape}.items() if v},
         )
 

@@ -68,6 +68,7 @@ class Bar:
     closing: str  # the barline text after it ("" at the end of the tune)
     full_bars: int = 1  # a multi-bar rest Zn stands for n bars
     metre: Fraction | None = None  # the bar length in force (M: and inline [M:] fields)
+    text: str = ""  # the bar's music as written, without spaces and without its barlines
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,18 @@ class TuneReport:
         nothing after the tune's end."""
         return (self.metered and self.bars > 0 and not self.unbalanced and not self.empty_bars
                 and not self.lines_after_end)
+
+    @property
+    def max_same_bars(self) -> int:
+        """The longest run of consecutive bars written alike (the same music text, spaces aside); human
+        tunes rarely write one bar three times running."""
+        best = run = 0
+        last = None
+        for bar in self.bar_list:
+            run = run + 1 if bar.text and bar.text == last else 1
+            last = bar.text
+            best = max(best, run)
+        return best
 
     @property
     def ends_on_tonic(self) -> bool:
@@ -207,6 +220,7 @@ class _Scanner:
         self.max_space_run = 0
         self.lines_with_bars: list[int] = []
         self.empty_bars = 0
+        self.bar_text: list[str] = []  # the current bar's music so far, line by line
 
     # -- events ---------------------------------------------------------------------------
     def event(self, duration: Fraction) -> None:
@@ -231,7 +245,9 @@ class _Scanner:
 
     def close_bar(self, closing: str) -> None:
         if self.has_music:
-            self.bars.append(Bar(self.current, self.section, self.ending, closing, 1, self.bar))
+            text = re.sub(r"\s+", "", "".join(self.bar_text))
+            self.bars.append(Bar(self.current, self.section, self.ending, closing, 1, self.bar, text))
+        self.bar_text = []
         self.current = Fraction(0)
         self.has_music = False
         self.broken_next = Fraction(1)
@@ -259,7 +275,7 @@ class _Scanner:
     def multi_rest(self, count: int) -> None:
         self.close_bar("|")
         if self.bar is not None:
-            self.bars.append(Bar(self.bar * count, self.section, self.ending, "|", count, self.bar))
+            self.bars.append(Bar(self.bar * count, self.section, self.ending, "|", count, self.bar, f"Z{count}"))
 
     # -- the scan -------------------------------------------------------------------------
     def scan_line(self, line: str) -> None:
@@ -273,6 +289,7 @@ class _Scanner:
         plain_only = True  # every barline on this line so far is a plain "|"
         music = False
         i, n = 0, len(line)
+        start = 0  # where this line's part of the current bar began
         while i < n:
             ch = line[i]
             if ch in " \t`\\y":
@@ -322,9 +339,10 @@ class _Scanner:
                         self.problems.append(f"empty bar {previous_barline} {symbol} in {line.strip()[:40]!r}")
                     plain_only &= symbol == "|"
                     music |= self.has_music
+                    self.bar_text.append(line[start:i])
                     self.barline(m.group(0))
                     previous_barline = symbol
-                    i = m.end()
+                    i = start = m.end()
             elif ch in _DECORATION_CHARS:
                 i += 1
             else:
@@ -339,12 +357,14 @@ class _Scanner:
                     continue
                 m = _MULTI_REST.match(line, i)
                 if m is not None:
+                    self.bar_text.append(line[start:i])
                     self.multi_rest(int(m.group(2) or 1))
                     previous_barline, music = "", True  # the rest is the bar's music
-                    i = m.end()
+                    i = start = m.end()
                     continue
                 self.problems.append(f"unreadable {ch!r} in {line.strip()[:40]!r}")
                 i += 1
+        self.bar_text.append(line[start:])  # (a bar may go on on the next line)
         music |= self.has_music or len(self.bars) > bars_before
         if not music and previous_barline and plain_only:
             self.empty_bars += 1

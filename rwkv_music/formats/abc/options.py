@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from rwkv_music.errors import RwkvMusicError
+from rwkv_music.errors import OptionError, RwkvMusicError
 from rwkv_music.formats.abc.header import check_controls, check_key, check_meter, check_tempo, check_unit
 from rwkv_music.formats.midi.options import MAX_NEW_TOKENS, bounded_int
 
@@ -33,6 +33,9 @@ class AbcOptions:
     parts: int | None = None
     bars_per_part: int | None = None
     cadence: bool = True
+    # Under the constraint, no bar written more than this many times in a row (0: no limit; human tunes
+    # rarely write one three times running; rwkv_music.formats.abc.repeats).
+    max_bar_repeats: int = 2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", check_key(self.key))
@@ -45,6 +48,9 @@ class AbcOptions:
         for name in ("parts", "bars_per_part"):
             if getattr(self, name) is not None:
                 bounded_int(name, getattr(self, name), 1024)
+        limit = self.max_bar_repeats
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= 1024:
+            raise OptionError(f"max_bar_repeats must be an integer in 0..1024 (0 = no limit), got {limit!r}")
         if (self.parts is not None or self.bars_per_part is not None) and not self.form:
             raise RwkvMusicError("parts and bars_per_part shape the tune form: drop form=False (--free-form)")
 
