@@ -12,7 +12,8 @@
   ABC, per caller metre (4/4, 3/4, 2/4, 6/8, 9/8, C, C|): the share of tunes the strict judge
   (:mod:`rwkv_music.formats.abc.judge`) finds balanced, section barlines per 8 bars, the longest
   space run, bars per line, tunes whose parts are 4/8/16 bars, tunes ending on the tonic,
-  tunes cut at the length cap and tunes that write one bar three times running -- for the
+  tunes cut at the length cap, tunes that write one bar three times running and tunes whose notes
+  all have one written length (``rhythm_is_monotone``) -- for the
   shipped model constrained and not, a random-weights RWKV-7 under the constraint, and music21's
   non-Essen tunes in that metre.  MIDI: the share of notes in the best-fitting diatonic scale,
   pitch-class entropy, notes ended by the decoder's 5-s forced release, peak polyphony and notes
@@ -222,9 +223,13 @@ MUSIC_METRES = ("4/4", "3/4", "2/4", "6/8", "9/8", "C", "C|")
 HUMAN_COLLECTIONS = ("oneills1850", "airdsAirs", "ryansMammoth", "miscFolk")  # never essenFolksong
 
 
-def judge_row(reports: list, capped: int | None = None) -> dict:
-    """Musicianship measures over :class:`~rwkv_music.formats.abc.judge.TuneReport` s."""
+def judge_row(reports: list, capped: int | None = None, texts: list[str] | None = None) -> dict:
+    """Musicianship measures over :class:`~rwkv_music.formats.abc.judge.TuneReport` s (and the tunes' texts,
+    for the rhythm)."""
+    from rwkv_music.train.rewards import rhythm_is_monotone
+
     n = len(reports)
+    bodies = [t.split("\nK:", 1)[-1].split("\n", 1)[-1] for t in texts or ()]
     bars = sum(r.bars for r in reports)
     return {
         "tunes": n,
@@ -237,6 +242,7 @@ def judge_row(reports: list, capped: int | None = None) -> dict:
         "length_cap": (capped / n) if (capped is not None and n) else None,
         "mean_bars": bars / n if n else float("nan"),
         "same_bar_x3": sum(r.max_same_bars >= 3 for r in reports) / n if n else float("nan"),
+        "one_length": sum(map(rhythm_is_monotone, bodies)) / len(bodies) if bodies else float("nan"),
     }
 
 
@@ -246,11 +252,13 @@ def human_abc_rows() -> dict[str, dict]:
     from rwkv_music.formats.abc.judge import judge_tune
 
     groups: dict[str, list] = {m: [] for m in MUSIC_METRES}
+    texts: dict[str, list] = {m: [] for m in MUSIC_METRES}
     for tune in corpus_tunes(HUMAN_COLLECTIONS):
         meter = next((line[2:].strip() for line in tune.text.split("\n") if line.startswith("M:")), None)
         if meter in groups:
             groups[meter].append(judge_tune(tune.text))
-    return {m: judge_row(rs) for m, rs in groups.items() if rs}
+            texts[meter].append(tune.text)
+    return {m: judge_row(rs, texts=texts[m]) for m, rs in groups.items() if rs}
 
 
 def composed_abc_rows(composer: Composer, n: int, seed: int, constrained: bool, unit: str = "1/8") -> dict[str, dict]:
@@ -261,7 +269,7 @@ def composed_abc_rows(composer: Composer, n: int, seed: int, constrained: bool, 
         key = "D" if meter != "9/8" else "G"
         pieces = composer.compose_abc(n=n, key=key, meter=meter, unit=unit, seed=seed, constrained=constrained)
         capped = sum(p.meta.get("finish_reason") not in ("stop", "eos", "end") for p in pieces)
-        rows[meter] = judge_row([judge_tune(p.text) for p in pieces], capped)
+        rows[meter] = judge_row([judge_tune(p.text) for p in pieces], capped, [p.text for p in pieces])
     return rows
 
 
@@ -276,12 +284,13 @@ def random_abc_composer(folder: Path) -> Composer:
 def print_judge_table(title: str, rows: dict[str, dict]) -> None:
     print(f"\n{title}")  # noqa: T201
     print(f"{'metre':<6} {'tunes':>5} {'strict':>7} {'sect/8bars':>10} {'max sp':>6} {'bars/line':>9} "  # noqa: T201
-          f"{'4/8/16':>7} {'tonic':>6} {'cap':>6} {'bars':>6} {'bar x3':>6}")
+          f"{'4/8/16':>7} {'tonic':>6} {'cap':>6} {'bars':>6} {'bar x3':>6} {'1 len':>6}")
     for meter, r in rows.items():
         cap = "-" if r["length_cap"] is None else f"{r['length_cap']:.0%}"
         print(f"{meter:<6} {r['tunes']:>5} {r['strict']:>7.0%} {r['section_bars_per_8']:>10.2f} "  # noqa: T201
               f"{r['max_space_run']:>6} {r['bars_per_line']:>9.1f} {r['regular_parts']:>7.0%} "
-              f"{r['ends_on_tonic']:>6.0%} {cap:>6} {r['mean_bars']:>6.1f} {r['same_bar_x3']:>6.0%}")
+              f"{r['ends_on_tonic']:>6.0%} {cap:>6} {r['mean_bars']:>6.1f} {r['same_bar_x3']:>6.0%} "
+              f"{r['one_length']:>6.0%}")
 
 
 def midi_measures(token_lists: list[list[int]], instruments: list[str] | None = None) -> dict:

@@ -158,7 +158,8 @@ def _init_checkpoint(_ctx: click.Context, _param: click.Parameter, value: Path |
                    "caller-style headers, L:1/16 and re-keyed copies; MIDI adds pitch shifts within ±5 semitones.")
 @click.option("--reward", default="abc-bar-balance", show_default=True,
               help="REINFORCE reward: abc-strict, abc-bar-balance, abc-bar-balance-local (use with --credit local), "
-                   "midi-stuck-notes or token:<id>[:<value>].")
+                   "midi-stuck-notes, token:<id>[:<value>] or abc-strict-rhythm[:<penalty>] (abc-strict, less "
+                   "for a tune whose notes all have one length).")
 @click.option("--caller-prompts", is_flag=True,
               help="REINFORCE (ABC): draw each step's prompt from every caller header "
                    "(S:2, L:1/8|1/16, common M: and K:).")

@@ -22,10 +22,13 @@ from rwkv_music.train.reinforce import (
     sample_rollouts,
 )
 from rwkv_music.train.rewards import (
+    MONOTONE_PENALTY,
     abc_bar_balance_local_reward,
     abc_bar_balance_reward,
     abc_strict_reward,
+    abc_strict_rhythm_reward,
     reward_by_name,
+    rhythm_is_monotone,
 )
 
 # 2/4 in eighths: a bar is 4 units.  Bar 1 is a pickup (never judged), bar 3 is one unit short.
@@ -237,3 +240,33 @@ def test_training_model_runs_under_bf16_autocast_with_an_fp32_state() -> None:
     assert torch.allclose(out.float(), ref, atol=0.05 * float(ref.detach().abs().max()))
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert len(grads) > 20 and all(torch.isfinite(g).all() for g in grads)  # (layer 0 has no v0/v1/v2 use)
+
+
+def test_rhythm_reward_docks_only_finished_tunes_whose_notes_all_have_one_length() -> None:
+    head = "S:2\nL:1/8\nM:3/4\nK:D\n"
+    crotchets = "d2 e2 f2|e2 d2 c2|d2 e2 f2|a2 f2 d2:|\nf2 e2 d2|c2 d2 e2|f2 e2 d2|d2 d2 d2|]"
+    ids = _ids(head + crotchets) + [3]
+    strict, rhythm = abc_strict_reward(ids), abc_strict_rhythm_reward(ids)
+    music = [i for i, t in enumerate(ids) if i > len(head) and t > 3 and chr(t) not in " \n"]
+    assert all(rhythm[i] == strict[i] - MONOTONE_PENALTY for i in music)
+    assert rhythm[-1] == strict[-1] > 0  # the end token keeps its reward
+    assert reward_by_name("abc-strict-rhythm") is abc_strict_rhythm_reward
+    doubled = reward_by_name("abc-strict-rhythm:1.0")(ids)
+    assert all(doubled[i] == strict[i] - 1.0 for i in music)
+    for varied in (crotchets.replace("d2 e2 f2|e2", "d3 e f2|e2", 1),  # a dotted crotchet and a quaver
+                   crotchets.replace("a2 f2 d2", "a>f f2 d2", 1),  # broken rhythm
+                   crotchets.replace("c2 d2 e2", "(3cde d2 e2", 1)):  # a triplet
+        assert not rhythm_is_monotone(varied)
+        ids = _ids(head + varied) + [3]
+        assert abc_strict_rhythm_reward(ids) == abc_strict_reward(ids)
+    unfinished = _ids(head + crotchets)  # cut by the cap: abc-strict's own penalty, nothing more
+    assert abc_strict_rhythm_reward(unfinished) == abc_strict_reward(unfinished)
+
+
+def test_human_tunes_are_almost_never_rhythmically_monotone() -> None:
+    from rwkv_music.train.data import abc_documents, music21_abc_files
+
+    docs = abc_documents(music21_abc_files(("miscFolk", "airdsAirs")))[:300]
+    bodies = [bytes(t for t in doc.ids if t > 3).decode("ascii").split("\nK:", 1)[-1] for doc in docs]
+    monotone = sum(rhythm_is_monotone(body.split("\n", 1)[-1]) for body in bodies)
+    assert len(bodies) == 300 and monotone <= 6  # (12 of the 4,433 non-Essen tunes are, none in 3/4)
