@@ -255,14 +255,19 @@ Examples:
     "--max-bar-repeats", type=click.IntRange(min=0), default=2, show_default=True,
     help="Most times one bar may be written in a row, under the constraint (0: no limit).",
 )
+@click.option(
+    "--plain-rhythm", is_flag=True,
+    help="Allow a tune in one note length (by default, after three bars in one length the next note takes another).",
+)
 @collect("constrained", lambda no_constraints: not no_constraints, ("no_constraints",))  # runs first
 @collect("cadence", lambda no_cadence: not no_cadence, ("no_cadence",))
+@collect("vary_rhythm", lambda plain_rhythm: not plain_rhythm, ("plain_rhythm",))
 @collect("form", lambda free_form: not free_form, ("free_form",))
 @collect(
     "options",
     AbcOptions,
     ("key", "meter", "unit", "tempo", "controls", "constrained", "max_tokens", "form", "parts", "bars_per_part",
-     "cadence", "max_bar_repeats"),
+     "cadence", "max_bar_repeats", "vary_rhythm"),
 )
 @click.option("--state", "state_file", type=click.Path(dir_okay=False), default=None, help="Initial state (.npz).")
 @seed_option

@@ -244,6 +244,7 @@ class Composer:
         bars_per_part: int | None = None,
         cadence: bool = True,
         max_bar_repeats: int = 2,
+        vary_rhythm: bool = True,
         **sampling: Any,
     ) -> list[Piece]:
         """Compose ``n`` ABC tunes.
@@ -261,13 +262,14 @@ class Composer:
                 ``form=False`` keeps only the bar rules.
             max_bar_repeats: under the constraint, the most times one bar may be written in a row
                 (0: no limit).
+            vary_rhythm: under the form, a tune does not keep one note length for more than three bars.
             max_tokens, seed, preset, state, callback, **sampling: as in :meth:`compose_midi`
                 (default preset ``"default-abc"``; ``"chatrwkv-abc"`` is docs/formats.md D4).
         """
         max_tokens, sampling = _sampling_kwargs(self.compose_abc, max_tokens, 1024, sampling)
         options = AbcOptions(
             key, meter, unit, tempo, controls, constrained, max_tokens, form, parts, bars_per_part, cadence,
-            max_bar_repeats,
+            max_bar_repeats, vary_rhythm,
         )
         return self.compose_rows(
             [prompt] * check_rows(n), options, seed=seed, preset=preset, state=state, callback=callback, **sampling

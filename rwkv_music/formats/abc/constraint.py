@@ -46,7 +46,7 @@ from rwkv_music.errors import ConstraintError
 from rwkv_music.formats.abc.grammar.machine import PHASE_NAMES, AbcGrammar
 from rwkv_music.formats.abc.grammar.state import BODY, AbcGrammarConfig, AbcState
 from rwkv_music.formats.abc.header import check_key, check_meter, check_unit
-from rwkv_music.formats.abc.repeats import BarRun
+from rwkv_music.formats.abc.variety import BarRun, RhythmRun
 from rwkv_music.sampling.base import LogitsProcessor, SamplingValueError
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,10 @@ class AbcConstraint(LogitsProcessor):
         bars_per_line: bars per line of music (default 4).
         max_bar_repeats: most times one bar may be written in a row (spaces aside): the byte that
             would go on copying it once more is banned, unless it is the only legal one
-            (:mod:`rwkv_music.formats.abc.repeats`).  Default 2 under the form, else no limit; 0 = no limit.
+            (:mod:`rwkv_music.formats.abc.variety`).  Default 2 under the form, else no limit; 0 = no limit.
+        vary_rhythm: after three bars whose notes all have one written length, the next note takes
+            another (its length bytes banned, unless nothing else is legal; :mod:`rwkv_music.formats.abc.variety`).
+            Default: on under the form.
 
     Prompts (``reset``) are fed to the grammar after dropping ids <= 3 (bos); a prompt byte the
     grammar does not allow raises :class:`ConstraintError` naming the row and position.  A
@@ -257,6 +260,7 @@ class AbcConstraint(LogitsProcessor):
         max_spaces: int | None = None,
         bars_per_line: int | None = None,
         max_bar_repeats: int | None = None,
+        vary_rhythm: bool | None = None,
     ) -> None:
         cfg = config if config is not None else AbcGrammarConfig(form=True)
         shape = {"form": form, "parts": parts, "bars_per_part": bars_per_part, "cadence": cadence,
@@ -285,8 +289,11 @@ class AbcConstraint(LogitsProcessor):
             raise SamplingValueError(f"max_bar_repeats must be an integer >= 0 (0 = no limit), got {max_bar_repeats!r}")
         self.config = cfg
         self.max_bar_repeats = (2 if cfg.form else 0) if max_bar_repeats is None else max_bar_repeats
+        self.vary_rhythm = bool(cfg.form) if vary_rhythm is None else bool(vary_rhythm)
         self._runs: list[BarRun] = []  # per row: the bars it wrote (max_bar_repeats)
+        self._rhythms: list[RhythmRun] = []  # per row: the note lengths it wrote (vary_rhythm)
         self._copy: list[int] = []  # per row: the byte that would copy a bar once too often, or -1
+        self._plain: list[tuple[str, str] | None] = []  # per row: RhythmRun.banned(), the rule's bytes now
         self._table = _table_for(cfg, eos_id)
         self.grammar = self._table.grammar
         self.max_new_tokens = max_new_tokens
@@ -464,7 +471,9 @@ class AbcConstraint(LogitsProcessor):
             ids.append(self._entry(state).index)
         n = len(ids)
         self._runs = [BarRun() for _ in range(n)]
+        self._rhythms = [RhythmRun() for _ in range(n)]
         self._copy = [-1] * n
+        self._plain = [None] * n
         for row, prompt in enumerate(prompts):
             self._note_bytes(row, [int(t) for t in prompt if EOS_ID < int(t) < VOCAB])
         self._ids = np.array(ids, dtype=np.int64)
@@ -519,39 +528,53 @@ class AbcConstraint(LogitsProcessor):
         np.copyto(row[:width], row.dtype.type(-np.inf), where=~keep[:width])
         if row.shape[0] > VOCAB:
             row[VOCAB:] = -np.inf
-        return self._ban_copies(scores) if self._copy[0] >= 0 else scores
+        return self._ban_copies(scores) if self._copy[0] >= 0 or self._plain[0] is not None else scores
 
     # -- max_bar_repeats ------------------------------------------------------------------------
     def _note_bytes(self, row: int, tokens: Sequence[int]) -> None:
-        """Feed a row's new bytes (no special ids) to its bar run; refresh the byte it may not copy."""
-        if not self.max_bar_repeats:
-            return
-        run = self._runs[row]
+        """Feed a row's new bytes (no special ids) to its variety rules; refresh what they ban."""
         for t in tokens:
-            run.feed(chr(t))
-        self._copy[row] = run.copy_byte(self.max_bar_repeats)
+            self._note_byte(row, chr(t))
+
+    def _note_byte(self, row: int, ch: str) -> None:
+        if self.max_bar_repeats:
+            run = self._runs[row]
+            run.feed(ch)
+            self._copy[row] = run.copy_byte(self.max_bar_repeats)
+        if self.vary_rhythm:
+            rhythm = self._rhythms[row]
+            if not rhythm.varied:
+                rhythm.feed(ch)
+                self._plain[row] = rhythm.banned()
 
     def _ban_copies(self, scores: np.ndarray) -> np.ndarray:
-        """Ban each active row's copy byte where another legal byte is left (masks already applied)."""
-        for row, t in enumerate(self._copy):
-            if t < 0:
+        """The variety rules on each active row (masks already applied): its copy byte, then its one-length
+        bytes, each banned only where another legal byte is left."""
+        for row in range(len(self._copy)):
+            t, plain = self._copy[row], self._plain[row]
+            if t < 0 and plain is None:
                 continue
             line = scores[row]
-            if t < line.shape[0] and np.isfinite(line[t]) and np.count_nonzero(np.isfinite(line)) > 1:
+            legal = np.isfinite(line)
+            if t >= 0 and t < line.shape[0] and legal[t] and np.count_nonzero(legal) > 1:
                 line[t] = -np.inf
+                legal[t] = False
+            if plain is not None:
+                how, chars = plain
+                listed = np.zeros(line.shape[0], dtype=bool)
+                listed[[ord(c) for c in chars]] = True
+                drop = listed if how == "ban" else ~listed
+                if np.count_nonzero(legal & ~drop):
+                    line[drop] = -np.inf
         return scores
 
     def _note_sampled(self, tokens: Sequence[int]) -> None:
-        """After a step: the rows' sampled bytes (not the pad id or the end) to their bar runs."""
-        limit = self.max_bar_repeats
-        if not limit:
+        """After a step: the rows' sampled bytes (not the pad id or the end) to their variety rules."""
+        if not (self.max_bar_repeats or self.vary_rhythm):
             return
-        runs, copy = self._runs, self._copy
         for row, t in enumerate(tokens):
-            if EOS_ID < t < VOCAB:  # (one row at a time: ~0.5 us a row, 2 % of an ABC step at B=32)
-                run = runs[row]
-                run.feed(chr(t))
-                copy[row] = run.copy_byte(limit)
+            if EOS_ID < t < VOCAB:  # (one row at a time: ~1 us a row, 2-3 % of an ABC step at B=32)
+                self._note_byte(row, chr(t))
 
     def _reject(self, row: int, t: int) -> None:
         state = self._state_of(row)

@@ -109,6 +109,7 @@ class AbcFormat(SpecialIds):
             form=form,
             cadence=options.cadence and form,
             max_bar_repeats=options.max_bar_repeats,
+            vary_rhythm=options.vary_rhythm and form,
             **{k: v for k, v in {**forced, **shape}.items() if v},
         )
 

@@ -34,8 +34,11 @@ class AbcOptions:
     bars_per_part: int | None = None
     cadence: bool = True
     # Under the constraint, no bar written more than this many times in a row (0: no limit; human tunes
-    # rarely write one three times running; rwkv_music.formats.abc.repeats).
+    # rarely write one three times running; rwkv_music.formats.abc.variety).
     max_bar_repeats: int = 2
+    # Under the form, after three bars whose notes all have one written length the next note takes
+    # another (human tunes almost never keep one length throughout; rwkv_music.formats.abc.variety).
+    vary_rhythm: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", check_key(self.key))

@@ -1,11 +1,15 @@
-"""No bar three times running (the constraint's ``max_bar_repeats``), checked by the judge's own count.
+"""The constraint's variety rules, each checked by a count that does not share its code.
 
-The constraint reads bytes (:mod:`rwkv_music.formats.abc.repeats`); the judge counts equal consecutive
-bars from its own parse (``TuneReport.max_same_bars``).  A scorer that always wants to copy one bar
-drives the constraint: with the limit the judge finds no run over two, without it the copies run on.
+No bar three times running (``max_bar_repeats``): the constraint reads bytes
+(:mod:`rwkv_music.formats.abc.variety`), the judge counts equal consecutive bars from its own parse
+(``TuneReport.max_same_bars``).  No tune in one note length (``vary_rhythm``): checked with
+:func:`rwkv_music.train.rewards.rhythm_is_monotone`.  A scorer that always wants to copy one bar drives the
+constraint: with the rules the counts come out clean, without them the copies run on.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,17 +19,22 @@ from rwkv_music.formats.abc.constraint import AbcConstraint, PerRowAbcConstraint
 from rwkv_music.formats.abc.format import AbcFormat
 from rwkv_music.formats.abc.judge import judge_tune
 from rwkv_music.formats.abc.options import AbcOptions
-from rwkv_music.formats.abc.repeats import BarRun
+from rwkv_music.formats.abc.variety import RHYTHM_BARS, BarRun, RhythmRun
 from rwkv_music.sampling.base import SamplingValueError
+from rwkv_music.train.rewards import rhythm_is_monotone
 
 HEAD = "S:2\nL:1/8\nM:4/4\nK:D\n"
 
 
-def run_of(text: str) -> BarRun:
-    run = BarRun()
+def fed(run: Any, text: str) -> Any:
+    """``run`` (a BarRun or RhythmRun) after reading ``text``."""
     for ch in text:
         run.feed(ch)
     return run
+
+
+def run_of(text: str) -> BarRun:
+    return fed(BarRun(), text)
 
 
 def test_bar_run_counts_equal_bars_spaces_and_barline_marks_aside() -> None:
@@ -49,10 +58,10 @@ def test_judge_counts_the_longest_run_of_equal_bars() -> None:
     assert judge_tune(tune.replace("d>BB  B2c", "d>Bc B2c")).max_same_bars == 2
 
 
-def copycat(constraints: list[AbcConstraint], bar: str = "d2dc d2ef|", steps: int = 600) -> str:
+def copycat(constraints: list[AbcConstraint], bar: str = "d2dc d2ef|", steps: int = 600, head: str = HEAD) -> str:
     """Greedy decoding of a scorer that always wants to write ``bar`` again (then a line break, then the
     end); every constraint given must allow the same bytes at every step."""
-    prompt = [2] + [ord(c) for c in HEAD]
+    prompt = [2] + [ord(c) for c in head]
     for c in constraints:
         c.reset([prompt])
     noise = np.random.default_rng(0).random((steps, 128)).astype(np.float32)
@@ -68,7 +77,7 @@ def copycat(constraints: list[AbcConstraint], bar: str = "d2dc d2ef|", steps: in
         for c in constraints:
             c.update([t])
         if t == 3:
-            return HEAD + text
+            return head + text
         pos = 0 if chr(t) == "|" else pos + (chr(t) == bar[pos % len(bar)])
         text += chr(t)
     raise AssertionError(f"no end in {steps} steps: {text!r}")
@@ -92,11 +101,52 @@ def test_without_the_limit_the_copies_run_on() -> None:
         AbcConstraint(max_bar_repeats=-1)
 
 
-def test_options_carry_the_limit_to_the_constraint() -> None:
+def test_options_carry_the_rules_to_the_constraint() -> None:
     fmt = AbcFormat()
-    for limit in (2, 3, 0):
-        options = AbcOptions(max_bar_repeats=limit)
+    for limit, vary in ((2, True), (3, False), (0, True)):
+        options = AbcOptions(max_bar_repeats=limit, vary_rhythm=vary)
         row = fmt.row_prompt(None, options)
-        assert fmt.constraint(options, row.group).max_bar_repeats == limit
+        constraint = fmt.constraint(options, row.group)
+        assert (constraint.max_bar_repeats, constraint.vary_rhythm) == (limit, vary)
+    free = AbcOptions(form=False)
+    assert fmt.constraint(free, fmt.row_prompt(None, free).group).vary_rhythm is False  # a rule of the form
     with pytest.raises(OptionError, match="max_bar_repeats"):
         AbcOptions(max_bar_repeats=-2)
+
+
+def rhythm_of(text: str) -> RhythmRun:
+    return fed(RhythmRun(), text)
+
+
+def test_rhythm_run_reads_note_lengths_and_says_what_to_ban() -> None:
+    head = "L:1/8\nM:3/4\nK:D\n"
+    run = rhythm_of(head + 'd2 "A"e2 !trill!f2 | {g}e2 [DFA]2 c2 | [K:D] d2 e2 f2 | d')
+    assert (run.lengths, run.bars, run.varied) == ({"2"}, 3, False)
+    assert run.banned() == ("ban", "2")  # the note just begun may not be a crotchet
+    run.feed("'")
+    assert run.banned() == ("ban", "2")  # (after its octave mark too)
+    run.feed("4")
+    assert run.banned() is None  # its length is being written
+    run.feed(" ")
+    assert run.varied and run.lengths == {"2", "4"}
+    quavers = rhythm_of(head + "defg ab | agfe dc | BAGF ED | c")
+    assert quavers.banned() == ("keep", "0123456789/,'")  # one unit is no suffix: a suffix must come
+    assert rhythm_of(head + "d2 e2 f2 | d2 e2 f2 | d").banned() is None  # (two bars: not yet)
+    for varied in ("d>e f2 | d2 e2 f2 | d2 e2 f2 | d", "(3def f2 e2 | d2 e2 f2 | d2 e2 f2 | d"):
+        assert rhythm_of(head + varied).varied and rhythm_of(head + varied).banned() is None
+    assert RHYTHM_BARS == 3
+
+
+def test_the_constraint_gives_a_tune_a_second_note_length() -> None:
+    head = "S:2\nL:1/8\nM:3/4\nK:D\n"
+    kwargs = dict(meter="3/4", unit="1/8", key="D", max_new_tokens=600, max_bar_repeats=0)  # (this rule alone)
+    def first_part(tune: str) -> str:
+        return tune.split("K:D\n", 1)[1].split("||", 1)[0]
+
+    plain = copycat([AbcConstraint(**kwargs, vary_rhythm=False)], bar="d2 e2 f2|", head=head)
+    assert rhythm_is_monotone(first_part(plain)), plain  # the scorer alone: a part of crotchets
+    tune = copycat([AbcConstraint(**kwargs), PerRowAbcConstraint(**kwargs)], bar="d2 e2 f2|", head=head)
+    assert not rhythm_is_monotone(first_part(tune)), tune
+    assert first_part(tune).startswith("d2 e2 f2|" * RHYTHM_BARS), tune  # free until the rule's bar
+    report = judge_tune(tune)
+    assert report.strictly_balanced and report.ends_on_tonic, tune
