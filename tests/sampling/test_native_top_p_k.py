@@ -191,8 +191,9 @@ def test_tails_the_kernel_does_not_cover_keep_the_plain_candidates() -> None:
 
 @needs_kernel
 def test_generation_is_the_same_with_and_without_the_one_call_draw(monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_sampling_fakes import FakeBackend  # logits from a table, by history
+
     from rwkv_music.sampling import generate, get_preset
-    from tests.sampling.test_sampling_fakes import FakeBackend  # logits from a table, by history
 
     def run() -> list[list[int]]:
         rows = []
