@@ -517,7 +517,7 @@ class AbcConstraint(LogitsProcessor):
         np.copyto(scores[:, :width], scores.dtype.type(-np.inf), where=drop)
         if scores.shape[1] > VOCAB:
             scores[active, VOCAB:] = -np.inf
-        return self._ban_copies(scores)
+        return self._apply_variety(scores)
 
     def _apply_one(self, scores: np.ndarray, width: int) -> np.ndarray:
         """:meth:`apply_inplace` of a one-row batch (the same mask; no [B, 128] temporaries)."""
@@ -528,9 +528,9 @@ class AbcConstraint(LogitsProcessor):
         np.copyto(row[:width], row.dtype.type(-np.inf), where=~keep[:width])
         if row.shape[0] > VOCAB:
             row[VOCAB:] = -np.inf
-        return self._ban_copies(scores) if self._copy[0] >= 0 or self._plain[0] is not None else scores
+        return self._apply_variety(scores) if self._copy[0] >= 0 or self._plain[0] is not None else scores
 
-    # -- max_bar_repeats ------------------------------------------------------------------------
+    # -- the variety rules (max_bar_repeats, vary_rhythm) ---------------------------------------
     def _note_bytes(self, row: int, tokens: Sequence[int]) -> None:
         """Feed a row's new bytes (no special ids) to its variety rules; refresh what they ban."""
         for t in tokens:
@@ -547,7 +547,7 @@ class AbcConstraint(LogitsProcessor):
                 rhythm.feed(ch)
                 self._plain[row] = rhythm.banned()
 
-    def _ban_copies(self, scores: np.ndarray) -> np.ndarray:
+    def _apply_variety(self, scores: np.ndarray) -> np.ndarray:
         """The variety rules on each active row (masks already applied): its copy byte, then its one-length
         bytes, each banned only where another legal byte is left."""
         for row in range(len(self._copy)):
@@ -727,7 +727,7 @@ class PerRowAbcConstraint(AbcConstraint):
         for row in np.flatnonzero(active):
             keep[row, :width] = self._plan(int(row))[0][:width]
         keep[~active] = True
-        return self._ban_copies(np.where(keep, scores, np.float32(-np.inf)).astype(scores.dtype, copy=False))
+        return self._apply_variety(np.where(keep, scores, np.float32(-np.inf)).astype(scores.dtype, copy=False))
 
     def apply_inplace(self, step: int, scores: np.ndarray) -> np.ndarray:
         scores[...] = self.process(step, scores)  # (the reference in the decode loop's host path too)
