@@ -32,8 +32,11 @@ def distill() -> None:
               help="Seeds the header draws and the tunes (random if omitted; printed).")
 @click.option("--constrained", is_flag=True, help="Compose under the ABC constraint (bar and form rules).")
 @click.option("--metres", default=",".join(CALLER_METRES), show_default=True, help="Comma-separated M: values.")
+@click.option("--varied", is_flag=True,
+              help="Also require two note lengths or more and no bar three times running.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="torch CPU threads.")
-def sample(model: str, out: Path, rounds: int, seed: int | None, constrained: bool, metres: str, threads: int) -> None:
+def sample(model: str, out: Path, rounds: int, seed: int | None, constrained: bool, metres: str, varied: bool,
+           threads: int) -> None:
     """Compose tunes under caller headers and append those that pass every check to --out."""
     import torch
 
@@ -46,7 +49,8 @@ def sample(model: str, out: Path, rounds: int, seed: int | None, constrained: bo
     counts: dict[str, int] = {}
     with open(out, "a", encoding="utf-8") as f:  # one whole line per kept tune: an interrupted run loses none
         for tune in sample_accepted(composer, rounds, seed, constrained=constrained,
-                                    metres=tuple(m.strip() for m in metres.split(",")), counts=counts):
+                                    metres=tuple(m.strip() for m in metres.split(",")), counts=counts,
+                                    variety=varied):
             f.write(json.dumps(tune) + "\n")
             f.flush()
     click.echo(json.dumps({"seed": seed, **counts}))

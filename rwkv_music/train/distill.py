@@ -64,7 +64,7 @@ def requested_parts(text: str) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def tune_verdict(text: str, finish_reason: str = "stop") -> Verdict:
+def tune_verdict(text: str, finish_reason: str = "stop", variety: bool = False) -> Verdict:
     """The checks a kept tune passes, named as :attr:`Verdict.failed` lists them.
 
     ``stop`` the model ended the tune itself (not the length cap); ``strict`` every bar keeps the metre
@@ -72,6 +72,9 @@ def tune_verdict(text: str, finish_reason: str = "stop") -> Verdict:
     ``S:n`` asks (2 without a code); ``regular`` every section 4, 8 or 16 bars; ``tonic`` the last note
     is the tonic of ``K:``; ``spaces`` no run of two spaces; ``distinct`` at least
     :data:`MIN_DISTINCT_BARS` of the bars differ; ``tidy`` no empty bars, nothing after the tune's end.
+    With ``variety`` also ``rhythm``: not every note of one written length
+    (:func:`~rwkv_music.train.rewards.rhythm_is_monotone`), and ``repeats``: no bar three times running
+    (``TuneReport.max_same_bars``); 99.7 % and 99.6 % of music21's non-Essen tunes pass them.
     """
     report = judge_tune(text)
     checks = {
@@ -84,18 +87,25 @@ def tune_verdict(text: str, finish_reason: str = "stop") -> Verdict:
         "distinct": distinct_bar_share(text) >= MIN_DISTINCT_BARS,
         "tidy": report.empty_bars == 0 and report.lines_after_end == 0,
     }
+    if variety:
+        from rwkv_music.train.rewards import rhythm_is_monotone
+
+        body = text.split("\nK:", 1)[-1].split("\n", 1)[-1]
+        checks["rhythm"] = not rhythm_is_monotone(body)
+        checks["repeats"] = report.max_same_bars < 3
     return Verdict(tuple(name for name, ok in checks.items() if not ok))
 
 
 def sample_accepted(composer: Any, rounds: int, seed: int, *, constrained: bool = False,
                     metres: Sequence[str] = CALLER_METRES, units: Sequence[str] = CALLER_UNITS,
                     keys: Sequence[str] = DISTILL_KEYS, per_header: int = 16,
-                    counts: dict[str, int] | None = None) -> Iterator[dict]:
+                    counts: dict[str, int] | None = None, variety: bool = False) -> Iterator[dict]:
     """Tunes of ``composer`` that pass :func:`tune_verdict`, as dicts (``tokens``: the ids after bos,
     header included; ``meter``, ``unit``, ``key``).
 
     Each round draws ``per_header`` tunes under every metre x unit, with a key drawn per header from
-    ``keys``; ``counts`` (if given) collects ``tunes``, ``kept`` and one count per failed check.
+    ``keys``; ``counts`` (if given) collects ``tunes``, ``kept`` and one count per failed check;
+    ``variety``: :func:`tune_verdict`'s rhythm and repeat checks too.
     """
     rng = random.Random(seed)
     counts = {} if counts is None else counts
@@ -106,7 +116,7 @@ def sample_accepted(composer: Any, rounds: int, seed: int, *, constrained: bool 
                 pieces = composer.compose_abc(n=per_header, key=key, meter=meter, unit=unit,
                                               seed=rng.randrange(1 << 30), constrained=constrained)
                 for piece in pieces:
-                    verdict = tune_verdict(piece.text, piece.meta.get("finish_reason", "stop"))
+                    verdict = tune_verdict(piece.text, piece.meta.get("finish_reason", "stop"), variety)
                     counts["tunes"] = counts.get("tunes", 0) + 1
                     for name in verdict.failed:
                         counts[name] = counts.get(name, 0) + 1

@@ -55,6 +55,15 @@ def test_each_failed_check_is_named(text: str, reason: str, failed: str) -> None
     assert failed in verdict.failed and not verdict.keep
 
 
+def test_the_variety_checks_run_only_when_asked() -> None:
+    assert tune_verdict(GOOD, variety=True).keep
+    quavers = HEADER + PART_A.replace("Bc d2", "Bc dd").replace("D4", "DDDD") + PART_B.replace(
+        "Bc d2", "Bc dd").replace("D4", "DDDD")  # every note a quaver
+    assert tune_verdict(quavers).keep and tune_verdict(quavers, variety=True).failed == ("rhythm",)
+    thrice = GOOD.replace("| GB AF | EF GA |", "| DF AF | DF AF |")  # the first bar three times running
+    assert tune_verdict(thrice).keep and tune_verdict(thrice, variety=True).failed == ("repeats",)
+
+
 def test_distinct_bars_ignore_repeat_marks_and_ending_numbers() -> None:
     assert distinct_bar_share(HEADER + "|: AB cd :|1 AB cd :|2 AB cd |]\n") == pytest.approx(1 / 3)
     assert distinct_bar_share(HEADER + "AB cd | AB c2 |]\n") == 1.0  # a different duration is a different bar
