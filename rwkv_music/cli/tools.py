@@ -315,7 +315,8 @@ Examples:
 \b
 PROMPTS_OR_DIR: a text file (one prompt per line, '#' comments, '\\n' for newlines), a .jsonl
 file (objects with "prompt" or "file" plus per-row options such as "seconds", "key",
-"temperature"), or a folder of .abc/.mid files to continue.
+"temperature"; ABC rows also the form: "parts", "bars_per_part", "cadence", "form",
+"max_bar_repeats", "vary_rhythm"), or a folder of .abc/.mid files to continue.
 """,
 )
 @boundary

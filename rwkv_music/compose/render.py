@@ -60,7 +60,8 @@ FAILED = "failed.txt"
 MAX_SAMPLES = 1_000_000  # inputs x samples_per_prompt: a plan is a list of that many records (~0.3 KB each)
 MAX_BATCH = 4096  # rows in flight: each holds a recurrent state and a logits row
 MIDI_OPTION_KEYS = ("seconds", "max_tokens", "instruments", "constrained")  # per-row keys of a .jsonl file
-ABC_OPTION_KEYS = ("key", "meter", "unit", "tempo", "controls", "constrained", "max_tokens")
+ABC_OPTION_KEYS = ("key", "meter", "unit", "tempo", "controls", "constrained", "max_tokens",
+                   "form", "parts", "bars_per_part", "cadence", "max_bar_repeats", "vary_rhythm")
 ROW_OPTION_KEYS = {"midi": MIDI_OPTION_KEYS, "abc": ABC_OPTION_KEYS}
 SAMPLING_KEYS = (
     "preset",

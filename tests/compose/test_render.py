@@ -168,3 +168,19 @@ def test_bad_jsonl_rows_name_the_line(tmp_path: Path) -> None:
     path.write_text('{"prompt": "pi:3c:a"}\n{"prompt": "x", "colour": "red"}\n')
     with pytest.raises(RwkvMusicError, match=r"rows.jsonl:2: unknown key\(s\) colour"):
         read_jobs(path, "midi")
+
+
+def test_abc_rows_carry_the_form_and_variety_options(tmp_path: Path) -> None:
+    rows = tmp_path / "tunes.jsonl"
+    rows.write_text('{"prompt": "S:2", "meter": "3/4", "parts": 3, "bars_per_part": 4, "max_bar_repeats": 0}\n'
+                    '{"prompt": "S:2", "vary_rhythm": false, "cadence": false}\n')
+    jobs = read_jobs(rows, "abc")
+    assert dict(jobs[0].params) == {"meter": "3/4", "parts": 3, "bars_per_part": 4, "max_bar_repeats": 0}
+    assert dict(jobs[1].params) == {"vary_rhythm": False, "cadence": False}
+    from rwkv_music.formats.abc.options import AbcOptions
+
+    options = AbcOptions(**dict(jobs[0].params))
+    assert (options.parts, options.bars_per_part, options.max_bar_repeats, options.vary_rhythm) == (3, 4, 0, True)
+    rows.write_text('{"prompt": "S:2", "vary_rhythm": "no"}\n')
+    with pytest.raises(RwkvMusicError, match="vary_rhythm must be true or false"):
+        AbcOptions(**dict(read_jobs(rows, "abc")[0].params))

@@ -51,6 +51,9 @@ class AbcOptions:
         for name in ("parts", "bars_per_part"):
             if getattr(self, name) is not None:
                 bounded_int(name, getattr(self, name), 1024)
+        for name in ("constrained", "form", "cadence", "vary_rhythm"):  # (a .jsonl render row may hold anything)
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(f"{name} must be true or false, got {getattr(self, name)!r}")
         limit = self.max_bar_repeats
         if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= 1024:
             raise OptionError(f"max_bar_repeats must be an integer in 0..1024 (0 = no limit), got {limit!r}")
