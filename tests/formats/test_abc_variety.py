@@ -9,6 +9,8 @@ constraint: with the rules the counts come out clean, without them the copies ru
 
 from __future__ import annotations
 
+import re
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -150,3 +152,28 @@ def test_the_constraint_gives_a_tune_a_second_note_length() -> None:
     assert first_part(tune).startswith("d2 e2 f2|" * RHYTHM_BARS), tune  # free until the rule's bar
     report = judge_tune(tune)
     assert report.strictly_balanced and report.ends_on_tonic, tune
+
+
+def _final_note_whole_notes(tune: str) -> Fraction:
+    """The written length of a tune's last note, in whole notes (a reading of its own, with a regex)."""
+    unit = re.search(r"^L:\s*1/(\d+)", tune, re.M)
+    body = re.sub(r'"[^"]*"|![^!]*!|\{[^}]*\}', "", tune.split("\nK:", 1)[1])
+    last = list(re.finditer(r"[_^=]*[A-Ga-g][,']*(\d*)(/*)(\d*)", body))[-1]
+    num = int(last.group(1) or 1)
+    den = (int(last.group(3)) if last.group(3) else 2 ** len(last.group(2))) if last.group(2) else 1
+    return Fraction(num, den) / int(unit.group(1) if unit else 8)
+
+
+@pytest.mark.parametrize("meter", ["4/4", "3/4", "6/8"])
+def test_tunes_in_common_metres_end_on_a_quarter_note_or_longer(meter: str, checkpoint_path: Any) -> None:
+    """LONG_ENDING_METERS: a random-weights model, whose lengths are anyone's guess, still ends on a held tonic."""
+    from rwkv_music import Composer
+    from rwkv_music.formats.abc.grammar.timing import LONG_ENDING_METERS
+
+    assert meter in LONG_ENDING_METERS
+    composer = Composer.load(checkpoint_path("7", vocab_size=128, n_embd=64, head_size=32, n_layer=2), mode="abc")
+    for unit in ("1/8", "1/16"):
+        for piece in composer.compose_abc(n=6, key="G", meter=meter, unit=unit, seed=3):
+            report = judge_tune(piece.text)
+            assert report.strictly_balanced and report.ends_on_tonic, piece.text
+            assert _final_note_whole_notes(piece.text) >= Fraction(1, 4), piece.text
