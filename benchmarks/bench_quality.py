@@ -12,8 +12,9 @@
   ABC, per caller metre (4/4, 3/4, 2/4, 6/8, 9/8, C, C|): the share of tunes the strict judge
   (:mod:`rwkv_music.formats.abc.judge`) finds balanced, section barlines per 8 bars, the longest
   space run, bars per line, tunes whose parts are 4/8/16 bars, tunes ending on the tonic,
-  tunes cut at the length cap, tunes that write one bar three times running and tunes whose notes
-  all have one written length (``rhythm_is_monotone``) -- for the
+  tunes cut at the length cap, tunes that write one bar three times running, tunes whose notes
+  all have one written length (``rhythm_is_monotone``) and tunes whose last note is shorter than a
+  quarter note ("end<q") -- for the
   shipped model constrained and not, a random-weights RWKV-7 under the constraint, and music21's
   non-Essen tunes in that metre.  MIDI: the share of notes in the best-fitting diatonic scale,
   pitch-class entropy, notes ended by the decoder's 5-s forced release, peak polyphony and notes
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -243,6 +245,8 @@ def judge_row(reports: list, capped: int | None = None, texts: list[str] | None 
         "mean_bars": bars / n if n else float("nan"),
         "same_bar_x3": sum(r.max_same_bars >= 3 for r in reports) / n if n else float("nan"),
         "one_length": sum(map(rhythm_is_monotone, bodies)) / len(bodies) if bodies else float("nan"),
+        "short_end": (sum(r.final_note_length is not None and r.final_note_length < Fraction(1, 4) for r in reports)
+                      / n if n else float("nan")),
     }
 
 
@@ -284,13 +288,13 @@ def random_abc_composer(folder: Path) -> Composer:
 def print_judge_table(title: str, rows: dict[str, dict]) -> None:
     print(f"\n{title}")  # noqa: T201
     print(f"{'metre':<6} {'tunes':>5} {'strict':>7} {'sect/8bars':>10} {'max sp':>6} {'bars/line':>9} "  # noqa: T201
-          f"{'4/8/16':>7} {'tonic':>6} {'cap':>6} {'bars':>6} {'bar x3':>6} {'1 len':>6}")
+          f"{'4/8/16':>7} {'tonic':>6} {'cap':>6} {'bars':>6} {'bar x3':>6} {'1 len':>6} {'end<q':>6}")
     for meter, r in rows.items():
         cap = "-" if r["length_cap"] is None else f"{r['length_cap']:.0%}"
         print(f"{meter:<6} {r['tunes']:>5} {r['strict']:>7.0%} {r['section_bars_per_8']:>10.2f} "  # noqa: T201
               f"{r['max_space_run']:>6} {r['bars_per_line']:>9.1f} {r['regular_parts']:>7.0%} "
               f"{r['ends_on_tonic']:>6.0%} {cap:>6} {r['mean_bars']:>6.1f} {r['same_bar_x3']:>6.0%} "
-              f"{r['one_length']:>6.0%}")
+              f"{r['one_length']:>6.0%} {r['short_end']:>6.0%}")
 
 
 def midi_measures(token_lists: list[list[int]], instruments: list[str] | None = None) -> dict:

@@ -197,3 +197,12 @@ def test_the_grammar_writes_no_empty_bar() -> None:
     assert not reads("d2 d2 e2 | f2 f2 e2 | |")
     assert not reads("d2 d2 e2 | f2 f2 e2 |\n|\n")
     assert not reads("d2 d2 e2 | f2 f2 e2 |\n   \n")
+
+
+def test_the_final_note_length_is_the_last_pitched_note_as_played() -> None:
+    head = "X:1\nL:1/8\nM:4/4\nK:G\n"
+    assert judge_tune(head + "GABc d2B2 | A2 z G |]\n").final_note_length == Fraction(1, 8)
+    assert judge_tune(head + "GABc d2B2 | A2 G2 z2 |]\n").final_note_length == Fraction(1, 4)  # a rest after it
+    assert judge_tune(head + "GABc d2B2 | (3ABc [GB]4 |]\n").final_note_length == Fraction(1, 2)  # a chord
+    assert judge_tune(head + "GABc d2B2 | A2 (3GAG |]\n").final_note_length == Fraction(1, 12)  # a triplet's note
+    assert judge_tune(head + "z8 |]\n").final_note_length is None

@@ -154,19 +154,24 @@ def test_the_constraint_gives_a_tune_a_second_note_length() -> None:
     assert report.strictly_balanced and report.ends_on_tonic, tune
 
 
-def _final_note_whole_notes(tune: str) -> Fraction:
-    """The written length of a tune's last note, in whole notes (a reading of its own, with a regex)."""
+def _final_span_whole_notes(tune: str) -> Fraction:
+    """How long before the end a tune's last note starts: its written length and the rests after it, in
+    whole notes (a reading of its own, with a regex)."""
     unit = re.search(r"^L:\s*1/(\d+)", tune, re.M)
     body = re.sub(r'"[^"]*"|![^!]*!|\{[^}]*\}', "", tune.split("\nK:", 1)[1])
-    last = list(re.finditer(r"[_^=]*[A-Ga-g][,']*(\d*)(/*)(\d*)", body))[-1]
-    num = int(last.group(1) or 1)
-    den = (int(last.group(3)) if last.group(3) else 2 ** len(last.group(2))) if last.group(2) else 1
-    return Fraction(num, den) / int(unit.group(1) if unit else 8)
+    events = list(re.finditer(r"[_^=]*([A-Ga-gz])[,']*(\d*)(/*)(\d*)", body))
+    last = max(i for i, m in enumerate(events) if m.group(1) != "z")
+    span = Fraction(0)
+    for m in events[last:]:  # the last note, then the rests after it
+        num = int(m.group(2) or 1)
+        span += Fraction(num, (int(m.group(4)) if m.group(4) else 2 ** len(m.group(3))) if m.group(3) else 1)
+    return span / int(unit.group(1) if unit else 8)
 
 
 @pytest.mark.parametrize("meter", ["4/4", "3/4", "6/8"])
-def test_tunes_in_common_metres_end_on_a_quarter_note_or_longer(meter: str, checkpoint_path: Any) -> None:
-    """LONG_ENDING_METERS: a random-weights model, whose lengths are anyone's guess, still ends on a held tonic."""
+def test_tunes_in_common_metres_end_a_quarter_note_or_more_before_the_end(meter: str, checkpoint_path: Any) -> None:
+    """LONG_ENDING_METERS: a random-weights model, whose lengths are anyone's guess, never squeezes its final tonic
+    onto the last off-beat (the tonic, held or followed by a rest, spans a quarter note or more)."""
     from rwkv_music import Composer
     from rwkv_music.formats.abc.grammar.timing import LONG_ENDING_METERS
 
@@ -176,4 +181,4 @@ def test_tunes_in_common_metres_end_on_a_quarter_note_or_longer(meter: str, chec
         for piece in composer.compose_abc(n=6, key="G", meter=meter, unit=unit, seed=3):
             report = judge_tune(piece.text)
             assert report.strictly_balanced and report.ends_on_tonic, piece.text
-            assert _final_note_whole_notes(piece.text) >= Fraction(1, 4), piece.text
+            assert _final_span_whole_notes(piece.text) >= Fraction(1, 4), piece.text

@@ -90,6 +90,7 @@ class TuneReport:
     problems: tuple[str, ...] = ()  # one line per unbalanced bar or unreadable construct
     empty_bars: int = 0  # "| |" on a line, and lines of nothing but plain barlines
     lines_after_end: int = 0  # non-blank body lines after a blank line (the tune ended there)
+    final_note_length: Fraction | None = None  # the last pitched note's length in whole notes, None without notes
 
     @property
     def strictly_balanced(self) -> bool:
@@ -216,6 +217,7 @@ class _Scanner:
         self.broken_next = Fraction(1)
         self.last_event = Fraction(0)  # duration of the last note/rest/chord in this bar
         self.final_pc: int | None = None
+        self.final_len: Fraction | None = None  # the last note's length (tuplets and broken rhythm applied)
         self.problems: list[str] = []
         self.max_space_run = 0
         self.lines_with_bars: list[int] = []
@@ -351,6 +353,7 @@ class _Scanner:
                     if m.re is _NOTE:
                         self.final_pc = self.pitch_class(m.group(1), m.group(2))
                         self.event(self.unit * _length(m.group(4), m.group(5), m.group(6)))
+                        self.final_len = self.last_event
                     else:
                         self.event(self.unit * _length(m.group(2), m.group(3), m.group(4)))
                     i = m.end()
@@ -389,6 +392,7 @@ class _Scanner:
                                                       pitch_classes[k]))
         self.final_pc = pitch_classes[lowest]
         self.event(self.unit * length * multiplier)
+        self.final_len = self.last_event
         return m.end()
 
     def pitch_class(self, accidental: str | None, letter: str) -> int:
@@ -485,6 +489,7 @@ def judge_tune(text: str) -> TuneReport:
         problems=tuple(problems + scanner.problems + ([f"{after_end} lines after a blank line"] if after_end else [])),
         empty_bars=scanner.empty_bars,
         lines_after_end=after_end,
+        final_note_length=scanner.final_len,
     )
 
 

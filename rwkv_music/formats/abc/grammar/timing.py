@@ -27,7 +27,8 @@ Both are multiples of the grid, so the grid argument holds for them too.  In the
 bar (with a cadence) every plain note must leave room for a final tonic of at least an eighth
 note (:meth:`BarTiming.cadence_length`), unless it is that tonic, so the tonic can always still
 follow and the tune never ends on a flick.  In 4/4, 3/4 and 6/8 the floor is a quarter note
-(:data:`LONG_ENDING_METERS`).
+(:data:`LONG_ENDING_METERS`): the final tonic starts a quarter or more before the tune's end, held or
+followed by a rest, and is never squeezed onto the last off-beat.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ LEFT_FACTOR = {">": Fraction(3, 2), ">>": Fraction(7, 4), ">>>": Fraction(15, 8)
 # Metres whose tunes end on a quarter note or longer in music21's non-Essen collections: 4/4 91 %,
 # 3/4 92 %, 6/8 86 % of the tunes (last note, broken rhythm aside; measured 2026-12-07).  In 2/4, 9/8,
 # C and C| a shorter final note is common (28-69 % end on a quarter or longer): there an eighth is the floor.
+# The floor covers the tonic and the rest that may follow it ("D z2" in 6/8 keeps it; "A2 z G" in 4/4 not).
 LONG_ENDING_METERS = frozenset({"4/4", "3/4", "6/8"})
 
 
@@ -192,8 +194,9 @@ class BarTiming:
         return s.ton if s.mode == "note" else (s.mode == "rest" and s.on_tonic)
 
     def cadence_length(self, s: AbcState) -> Fraction:
-        """Shortest final tonic, in units of ``L``: an eighth note (a cadence is no 32nd-note flick), a
-        quarter in :data:`LONG_ENDING_METERS`, or the whole last bar when a pickup leaves it shorter."""
+        """Shortest final tonic (with the rest that may follow it), in units of ``L``: an eighth note (a
+        cadence is no 32nd-note flick), a quarter in :data:`LONG_ENDING_METERS`, or the whole last bar
+        when a pickup leaves it shorter."""
         if not s.unit:
             return self.grain
         return min(max(self.grain, self.final_floor / s.unit), self.cap(s) / s.unit)
