@@ -225,13 +225,16 @@ MUSIC_METRES = ("4/4", "3/4", "2/4", "6/8", "9/8", "C", "C|")
 HUMAN_COLLECTIONS = ("oneills1850", "airdsAirs", "ryansMammoth", "miscFolk")  # never essenFolksong
 
 
-def judge_row(reports: list, capped: int | None = None, texts: list[str] | None = None) -> dict:
-    """Musicianship measures over :class:`~rwkv_music.formats.abc.judge.TuneReport` s (and the tunes' texts,
-    for the rhythm)."""
+def judge_row(texts: list[str], capped: int | None = None) -> dict:
+    """Musicianship measures over tunes (the strict judge's :class:`~rwkv_music.formats.abc.judge.TuneReport`
+    of each, and the rhythm of its music)."""
+    from rwkv_music.formats.abc.header import music_after_header
+    from rwkv_music.formats.abc.judge import judge_tune
     from rwkv_music.train.rewards import rhythm_is_monotone
 
+    reports = [judge_tune(t) for t in texts]
     n = len(reports)
-    bodies = [t.split("\nK:", 1)[-1].split("\n", 1)[-1] for t in texts or ()]
+    bodies = [music_after_header(t) for t in texts]
     bars = sum(r.bars for r in reports)
     return {
         "tunes": n,
@@ -244,7 +247,7 @@ def judge_row(reports: list, capped: int | None = None, texts: list[str] | None 
         "length_cap": (capped / n) if (capped is not None and n) else None,
         "mean_bars": bars / n if n else float("nan"),
         "same_bar_x3": sum(r.max_same_bars >= 3 for r in reports) / n if n else float("nan"),
-        "one_length": sum(map(rhythm_is_monotone, bodies)) / len(bodies) if bodies else float("nan"),
+        "one_length": sum(map(rhythm_is_monotone, bodies)) / n if n else float("nan"),
         "short_end": (sum(r.final_note_length is not None and r.final_note_length < Fraction(1, 4) for r in reports)
                       / n if n else float("nan")),
     }
@@ -253,27 +256,22 @@ def judge_row(reports: list, capped: int | None = None, texts: list[str] | None 
 def human_abc_rows() -> dict[str, dict]:
     """The judge's measures on music21's non-Essen ABC tunes, grouped by their written metre."""
     from rwkv_music.formats.abc.check import corpus_tunes
-    from rwkv_music.formats.abc.judge import judge_tune
 
-    groups: dict[str, list] = {m: [] for m in MUSIC_METRES}
-    texts: dict[str, list] = {m: [] for m in MUSIC_METRES}
+    groups: dict[str, list[str]] = {m: [] for m in MUSIC_METRES}
     for tune in corpus_tunes(HUMAN_COLLECTIONS):
         meter = next((line[2:].strip() for line in tune.text.split("\n") if line.startswith("M:")), None)
         if meter in groups:
-            groups[meter].append(judge_tune(tune.text))
-            texts[meter].append(tune.text)
-    return {m: judge_row(rs, texts=texts[m]) for m, rs in groups.items() if rs}
+            groups[meter].append(tune.text)
+    return {m: judge_row(texts) for m, texts in groups.items() if texts}
 
 
 def composed_abc_rows(composer: Composer, n: int, seed: int, constrained: bool, unit: str = "1/8") -> dict[str, dict]:
-    from rwkv_music.formats.abc.judge import judge_tune
-
     rows = {}
     for meter in MUSIC_METRES:
         key = "D" if meter != "9/8" else "G"
         pieces = composer.compose_abc(n=n, key=key, meter=meter, unit=unit, seed=seed, constrained=constrained)
         capped = sum(p.meta.get("finish_reason") not in ("stop", "eos", "end") for p in pieces)
-        rows[meter] = judge_row([judge_tune(p.text) for p in pieces], capped, [p.text for p in pieces])
+        rows[meter] = judge_row([p.text for p in pieces], capped)
     return rows
 
 

@@ -204,10 +204,8 @@ class OccurrencePenalty(LogitsProcessor):
         """:meth:`update` of a one-row numpy state, the same float64 arithmetic in scalars (B = 1: 3x faster)."""
         occ = self._occ
         fresh = not self._seen[0, t]
-        token = self._token_buffer
-        token[0] = t
         # (few columns: numpy's gather and scatter cost less than the kernel call, ~5 us against ~6 at 200)
-        if cols.size * 20 < occ.shape[1] or not self._update_native(token, cols):
+        if cols.size * 20 < occ.shape[1] or not self._update_native(np.array([t], dtype=np.int64), cols):
             if self.decay != 1.0 and cols.size:
                 if cols.size * 20 < occ.shape[1]:  # (as in update: only seen columns hold counts)
                     occ[0, cols] = occ[0].take(cols) * self.decay
@@ -232,17 +230,9 @@ class OccurrencePenalty(LogitsProcessor):
         if lib is None or toks.dtype != np.int64 or cols.dtype != np.int64 or not toks.flags.c_contiguous:
             return False
         lib.rwkv_occ_update(native.address(self._occ), native.address(self._seen), toks.shape[0], self._occ.shape[1],
-                            native.address(cols), cols.shape[0], self.decay,
-                            native.address(toks) if toks is self._token_buffer else toks.ctypes.data,
+                            native.address(cols), cols.shape[0], self.decay, toks.ctypes.data,
                             native.address(self._wvec))
         return True
-
-    @property
-    def _token_buffer(self) -> np.ndarray:
-        buf = self.__dict__.get("_token")
-        if buf is None:
-            buf = self.__dict__["_token"] = np.zeros(1, dtype=np.int64)
-        return buf
 
     def apply(self, step: int, scores: Any) -> Any:
         if not self.enabled:

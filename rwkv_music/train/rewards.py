@@ -229,18 +229,26 @@ def _sections_end(text: str, body: int, end: int, wanted: int) -> int | None:
     return None
 
 
+def _tune_text(ids: list[int], prefix: str) -> tuple[str, int | None, int]:
+    """``ids`` as text (special ids as ``\0``), where the music starts in it (after ``prefix`` + the header's
+    ``K:`` line; None without one) and where the end token is (-1 if the tune never ended)."""
+    text = "".join(chr(t) if t > 3 else "\0" for t in ids)
+    head = re.search(r"^K:[^\n\0]*(\n|$)", prefix + text, re.M)
+    if head is None:
+        return text, None, -1
+    body = max(head.end() - len(prefix), 0)
+    return text, body, text.find("\0", body)
+
+
 def abc_strict_reward(ids: list[int], prefix: str = "") -> list[float]:
     """Per-token strict reward (module docstring); ``prefix`` is header text not in ``ids``."""
     from rwkv_music.formats.abc.judge import judge_tune
 
-    text = "".join(chr(t) if t > 3 else "\0" for t in ids)
     rewards = [0.0] * len(ids)
-    full = prefix + text
-    head = re.search(r"^K:[^\n\0]*(\n|$)", full, re.M)
-    if head is None:
+    text, body, stop = _tune_text(ids, prefix)
+    if body is None:
         return rewards
-    body = max(head.end() - len(prefix), 0)
-    stop = text.find("\0", body)
+    full = prefix + text
     ended = stop >= 0
     end = stop if ended else len(text)
     blank = re.search(r"\n[ \t]*\n", text[body:end])
@@ -328,9 +336,8 @@ def rhythm_is_monotone(body: str) -> bool:
     music = re.sub(r'"[^"]*"|![^!]*!|\{[^}]*\}|\+[^+]*\+|\[[A-Za-z]:[^\]]*\]', "", body)
     if re.search(r"[<>]|\(\d", music):
         return False
-    lengths = {_note_length(m) for m in _NOTE_RE.finditer(music)}
-    count = sum(1 for _ in _NOTE_RE.finditer(music))
-    return count >= MONOTONE_MIN_NOTES and len(lengths) == 1
+    lengths = [_note_length(m) for m in _NOTE_RE.finditer(music)]
+    return len(lengths) >= MONOTONE_MIN_NOTES and len(set(lengths)) == 1
 
 
 def abc_strict_rhythm_reward(ids: list[int], prefix: str = "", penalty: float = MONOTONE_PENALTY) -> list[float]:
@@ -339,13 +346,8 @@ def abc_strict_rhythm_reward(ids: list[int], prefix: str = "", penalty: float = 
     a tune then fall below the batch's mean (balanced bars earn +1), which pushes on the choices of note
     length; the end token keeps its reward (see :func:`abc_strict_reward` for why)."""
     rewards = abc_strict_reward(ids, prefix)
-    text = "".join(chr(t) if t > 3 else "\0" for t in ids)
-    head = re.search(r"^K:[^\n\0]*(\n|$)", prefix + text, re.M)
-    stop = text.find("\0", max(head.end() - len(prefix), 0)) if head is not None else -1
-    if head is None or stop < 0:
-        return rewards
-    body = max(head.end() - len(prefix), 0)
-    if rhythm_is_monotone(text[body:stop]):
+    text, body, stop = _tune_text(ids, prefix)
+    if body is not None and stop >= 0 and rhythm_is_monotone(text[body:stop]):
         for i in range(body, stop):
             if text[i] not in " \n":
                 rewards[i] -= penalty

@@ -244,7 +244,7 @@ def test_occurrence_kernels_keep_the_numpy_state_and_scores_bit_for_bit(rows: in
 
 
 @needs_kernel
-def test_occurrence_kernels_run_in_the_decode_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_occurrence_kernels_answer_both_apply_and_update(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     kernels = native.occurrence_kernels
     monkeypatch.setattr(native, "occurrence_kernels", lambda: calls.append(1) or kernels())

@@ -733,12 +733,8 @@ class PerRowAbcConstraint(AbcConstraint):
         scores[...] = self.process(step, scores)  # (the reference in the decode loop's host path too)
         return scores
 
-    def update(self, tokens: Sequence[int]) -> None:
-        self._check_rows(len(tokens), "update got tokens for")
-        self._move(tokens)
-        self._note_sampled(tokens)
-
     def _move(self, tokens: Sequence[int]) -> None:
+        """One row at a time through the grammar's successor tuples (:meth:`update` checks the batch size)."""
         for row, t in enumerate(tokens):
             t = int(t)
             state = self._state_of(row)

@@ -110,18 +110,14 @@ def top_p_k(scores: np.ndarray, k: int, top_p: float) -> tuple[np.ndarray, np.nd
     """``TopP(top_p, top_k_after=k)``'s survivors of float32 ``scores`` [B, V] as ``(ids, vals)``
     ([B, w] int64 ascending per row, float32, ``-inf`` / 0 padded; the layout of
     :class:`~rwkv_music.sampling.base.Candidates`), or ``None`` where the numpy path must run."""
-    if not (isinstance(scores, np.ndarray) and scores.ndim == 2 and scores.dtype == np.float32):
-        return None
-    B, V = scores.shape
-    if not 0 < k <= min(MAX_K, V - 1) or B == 0 or not enabled():
-        return None
-    lib = _load()
+    lib = _kernels_for(scores, k)
     if lib is None:
         return None
+    B, V = scores.shape
     x = np.ascontiguousarray(scores)
     cap = max(2 * k, 64)  # survivors beyond the top k are ties with the k-th: rare
-    ids, vals, counts, addresses = _buffers(B, cap)
-    status_code = lib.rwkv_top_p_k(x.ctypes.data, B, V, k, float(top_p), cap, *addresses, min(THREADS, B))
+    (ids, vals, counts), addresses = _kept("top_p_k", ((B, cap), np.int64), ((B, cap), np.float32), ((B,), np.int64))
+    status_code = lib.rwkv_top_p_k(address(x), B, V, k, float(top_p), cap, *addresses, min(THREADS, B))
     if status_code != 0:
         return None  # NaN / +inf in a row, or too many ties: the numpy path handles it
     width = int(counts.max())
@@ -132,21 +128,34 @@ def top_p_k_draw(scores: np.ndarray, k: int, top_p: float, min_p: float, uniform
     """The ids ``sample_batch`` draws with ``uniforms`` [B] (float64) from ``TopP(top_p, top_k_after=k)``
     then ``MinP(min_p)`` (0: none) of float32 ``scores`` [B, V], as int64 [B] (-1: an emptied row), or
     ``None`` where the numpy path must run (as :func:`top_p_k`)."""
-    if not (isinstance(scores, np.ndarray) and scores.ndim == 2 and scores.dtype == np.float32):
+    lib = _kernels_for(scores, k)
+    if lib is None or len(uniforms) != scores.shape[0]:
         return None
     B, V = scores.shape
-    if not 0 < k <= min(MAX_K, V - 1) or B == 0 or not enabled() or len(uniforms) != B:
-        return None
-    lib = _load()
-    if lib is None:
-        return None
-    x = scores if scores.flags.c_contiguous else np.ascontiguousarray(scores)
-    u, out, (u_at, out_at) = _draw_buffers(B)
+    x = np.ascontiguousarray(scores)
+    (u, out), (u_at, out_at) = _kept("draw", ((B,), np.float64), ((B,), np.int64))
     u[:] = uniforms
     log_min_p = math.log(min_p) if min_p > 0.0 else -math.inf
     if lib.rwkv_top_p_k_draw(address(x), B, V, k, float(top_p), log_min_p, u_at, out_at, min(THREADS, B)) != 0:
         return None
     return out.copy()
+
+
+def _kernels_for(scores: Any, k: int) -> ctypes.CDLL | None:
+    """The library where the top-p/top-k kernels may run on ``scores`` (float32 [B, V], B >= 1, 0 < k < V,
+    k <= :data:`MAX_K`), else None."""
+    if not (isinstance(scores, np.ndarray) and scores.ndim == 2 and scores.dtype == np.float32):
+        return None
+    B, V = scores.shape
+    if not 0 < k <= min(MAX_K, V - 1) or B == 0 or not enabled():
+        return None
+    return _load()
+
+
+def occurrence_kernels() -> ctypes.CDLL | None:
+    """The library holding ``rwkv_occ_penalize`` / ``rwkv_occ_update`` (see ``occurrence.c``), or None where the
+    numpy path must run (as for :func:`top_p_k`)."""
+    return _load() if enabled() else None
 
 
 _ADDRESSES: dict[int, tuple[weakref.ref, int]] = {}
@@ -164,33 +173,17 @@ def address(arr: np.ndarray) -> int:
     return hit[1]
 
 
-def occurrence_kernels() -> ctypes.CDLL | None:
-    """The library holding ``rwkv_occ_penalize`` / ``rwkv_occ_update`` (see ``occurrence.c``), or None where the
-    numpy path must run (as for :func:`top_p_k`)."""
-    return _load() if enabled() else None
+_BUFFERS = threading.local()  # per thread and kernel: the output arrays of the last shapes, and their addresses
 
 
-def _draw_buffers(rows: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """The draw's uniforms and ids arrays, kept between calls with their addresses (see :func:`_buffers`)."""
-    found = getattr(_BUFFERS, "draw", None)
-    if found is None or found[0] != rows:
-        u = np.empty(rows, dtype=np.float64)
-        out = np.empty(rows, dtype=np.int64)
-        found = _BUFFERS.draw = (rows, u, out, (u.ctypes.data, out.ctypes.data))
-    return found[1], found[2], found[3]
+def _kept(name: str, *specs: tuple[tuple[int, ...], Any]) -> tuple[list[np.ndarray], tuple[int, ...]]:
+    """Arrays of these ``(shape, dtype)`` kept between calls of kernel ``name`` (per thread), with their
+    addresses: a fresh array and its ``.ctypes.data`` cost as much as the kernel's work on a 128-id row."""
+    found = getattr(_BUFFERS, name, None)
+    if found is None or found[0] != specs:
+        arrays = [np.empty(shape, dtype=dtype) for shape, dtype in specs]
+        found = (specs, arrays, tuple(a.ctypes.data for a in arrays))
+        setattr(_BUFFERS, name, found)
+    return found[1], found[2]
 
 
-_BUFFERS = threading.local()  # per thread: (B, cap) → the kernel's output arrays and their addresses
-
-
-def _buffers(rows: int, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int]]:
-    """Output arrays kept between calls: reading an array's address (``.ctypes.data``) costs ~1.4 us,
-    as much as the kernel's own work on a 128-id row."""
-    found = getattr(_BUFFERS, "last", None)
-    if found is None or found[0] != (rows, cap):
-        ids = np.empty((rows, cap), dtype=np.int64)
-        vals = np.empty((rows, cap), dtype=np.float32)
-        counts = np.empty(rows, dtype=np.int64)
-        found = _BUFFERS.last = ((rows, cap), ids, vals, counts, (ids.ctypes.data, vals.ctypes.data,
-                                                                   counts.ctypes.data))
-    return found[1], found[2], found[3], found[4]
