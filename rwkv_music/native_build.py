@@ -9,14 +9,20 @@ processes may build at once: each writes a temporary file and renames it into pl
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
+import threading
+import weakref
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger(__name__)
 
 BUILD_TIMEOUT_S = 180
 # Tried in order: the first that compiles wins (no -march=native on compilers without it, no
@@ -96,3 +102,68 @@ def build_library(compiler: str, sources: Sequence[Path], stem: str, source_byte
             if os.path.exists(tmp):
                 os.unlink(tmp)
     raise RuntimeError("; ".join(errors))
+
+
+class Library:
+    """A kernel library built on first use from ``sources``: :meth:`get` gives the ctypes library with
+    ``signatures`` (``{name: (argtypes, restype)}``) set, or None where it cannot run (no compiler, a
+    failed build, ``check(lib)`` false, or ``RWKV_MUSIC_NATIVE=0``); :attr:`error` says why."""
+
+    def __init__(self, sources: Sequence[Path], stem: str, signatures: dict[str, tuple[list, Any]],
+                 check: Callable[[ctypes.CDLL], str | None] | None = None) -> None:
+        self.sources, self.stem, self.signatures, self.check = tuple(sources), stem, signatures, check
+        self.error: str | None = None
+        self._lib: ctypes.CDLL | None = None
+        self._tried = False
+        self._lock = threading.Lock()
+        self._enabled: bool | None = None
+
+    def enabled(self) -> bool:
+        """``RWKV_MUSIC_NATIVE`` leaves the kernels on (read once)."""
+        if self._enabled is None:
+            self._enabled = env_enabled()
+        return self._enabled
+
+    def get(self) -> ctypes.CDLL | None:
+        if self._lib is not None and self._enabled:  # the hot path: no lock once loaded
+            return self._lib
+        if not self.enabled():
+            self.error = f"turned off by {ENV_VAR}=0"
+            return None
+        with self._lock:
+            if self._tried:
+                return self._lib
+            self._tried = True
+            compiler = find_compiler()
+            if compiler is None:
+                self.error = "no C compiler found (set CC, or install gcc)"
+                return None
+            names = ", ".join(p.name for p in self.sources)
+            try:
+                lib = ctypes.CDLL(str(build_library(compiler, self.sources, self.stem)))
+                for name, (args, result) in self.signatures.items():
+                    fn = getattr(lib, name)
+                    fn.argtypes, fn.restype = args, result
+            except (OSError, RuntimeError, AttributeError) as exc:
+                self.error = f"building {names} failed: {exc}"
+                log.warning("C kernels unavailable (%s); using numpy", self.error)
+                return None
+            self.error = self.check(lib) if self.check is not None else None
+            if self.error is None:
+                self._lib = lib
+            return self._lib
+
+
+_ADDRESSES: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def address(arr: Any) -> int:
+    """``arr.ctypes.data`` of a numpy array, kept for arrays passed again and again (a decode loop's working
+    buffers, a processor's state): reading it costs ~1.3 us, as much as a small kernel's work.  Held by weak
+    reference, so the cache keeps no array alive."""
+    hit = _ADDRESSES.get(id(arr))
+    if hit is None or hit[0]() is not arr:
+        if len(_ADDRESSES) >= 64:
+            _ADDRESSES.clear()
+        hit = _ADDRESSES[id(arr)] = (weakref.ref(arr), arr.ctypes.data)
+    return hit[1]

@@ -281,8 +281,9 @@ class LogitsProcessorList(list):
         """:meth:`run` on host numpy scores: one working copy, in-place steps, a compact tail where possible.
 
         Each step gives what :meth:`run` gives: ``apply_inplace`` is the processor's ``apply`` / ``process``
-        written into its input, and a filter's ``candidates`` are exactly the finite entries of its dense
-        result, which is all the draw reads.
+        written into its input (``apply_into(step, scores, out)``, where a processor has it, the same written
+        into ``out``: the first in-place step then makes the working copy in its own pass), and a filter's
+        ``candidates`` are exactly the finite entries of its dense result, which is all the draw reads.
         """
         procs = list(self)
         tail_from = len(procs)  # processors from here on are candidate_safe
@@ -309,7 +310,12 @@ class LogitsProcessorList(list):
             inplace = getattr(proc, "apply_inplace", None)
             if inplace is not None:
                 if not owned:
-                    if cur.shape == work.shape and cur.dtype == work.dtype:
+                    same = cur.shape == work.shape and cur.dtype == work.dtype
+                    into = getattr(proc, "apply_into", None)
+                    if same and into is not None:  # the processor's own pass makes the working copy
+                        cur, owned = into(step, cur, work), True
+                        continue
+                    if same:
                         np.copyto(work, cur)
                         cur = work
                     else:

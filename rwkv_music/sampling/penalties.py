@@ -97,6 +97,8 @@ class OccurrencePenalty(LogitsProcessor):
         self._seen: Any = np.zeros((0, 0), dtype=bool)  # [B, cap] ids that entered the map
         self._wvec: Any = None  # dense weights [cap], same kind as _occ
         self._cols = None
+        self._lists: np.ndarray | None = None  # [B, L] each row's seen ids, the kernels' (None: rebuild from _seen)
+        self._counts = np.zeros(0, dtype=np.int64)  # [B] how many of a row's list are filled
 
     runs_on = "device"
     pool_mode = "state"  # continuous batching: the pieces' instances run as one batch (apply_pool)
@@ -120,6 +122,7 @@ class OccurrencePenalty(LogitsProcessor):
         self._seen = np.zeros((len(prompts), 0), dtype=bool)
         self._wvec = None
         self._cols: np.ndarray | None = None  # ids some row has seen, ascending (numpy state; None: not known)
+        self._lists = None
 
     def _dense_weights(self, cap: int) -> np.ndarray:
         w = np.full(cap, self.default_weight)
@@ -175,22 +178,25 @@ class OccurrencePenalty(LogitsProcessor):
             return
         if int(toks.max()) >= self._occ.shape[1] or self._wvec is None:
             self._grow(int(toks.max()) + 1)  # the vocab size is not known before the first call
+        if self._update_rows(toks):
+            self._cols = None  # (the union of the rows' ids, which only the numpy path uses: found again there)
+            return
+        self._lists = None  # (the rows' lists: rebuilt if the kernels run again)
         cols = self._seen_columns(self._occ.shape[1])
         if n_rows == 1:
             self._update_one(int(toks[0]), cols)
             return
         rows = np.arange(n_rows)
         before = self._seen[rows, toks]
-        if not self._update_native(toks, cols):
-            if self.decay != 1.0:
-                # only seen columns hold non-zero counts (0 * decay is 0): the same values, fewer of them; a
-                # gather and scatter costs ~20 times a dense multiply per element (measured, [32, 20096] float64)
-                if cols.size * 20 < self._occ.shape[1]:
-                    self._occ[:, cols] = self._occ.take(cols, axis=1) * self.decay
-                else:
-                    self._occ *= self.decay
-            self._occ[rows, toks] += self._wvec[toks]
-            self._seen[rows, toks] = True
+        if self.decay != 1.0:
+            # only seen columns hold non-zero counts (0 * decay is 0): the same values, fewer of them; a
+            # gather and scatter costs ~20 times a dense multiply per element (measured, [32, 20096] float64)
+            if cols.size * 20 < self._occ.shape[1]:
+                self._occ[:, cols] = self._occ.take(cols, axis=1) * self.decay
+            else:
+                self._occ *= self.decay
+        self._occ[rows, toks] += self._wvec[toks]
+        self._seen[rows, toks] = True
         if not before.all():  # first occurrences: their ids join the seen columns
             fresh = np.unique(toks[~before])  # (few: at most one a row)
             # insert the ids no row had seen into the ascending columns (a full union1d sorts them all again)
@@ -204,15 +210,13 @@ class OccurrencePenalty(LogitsProcessor):
         """:meth:`update` of a one-row numpy state, the same float64 arithmetic in scalars (B = 1: 3x faster)."""
         occ = self._occ
         fresh = not self._seen[0, t]
-        # (few columns: numpy's gather and scatter cost less than the kernel call, ~5 us against ~6 at 200)
-        if cols.size * 20 < occ.shape[1] or not self._update_native(np.array([t], dtype=np.int64), cols):
-            if self.decay != 1.0 and cols.size:
-                if cols.size * 20 < occ.shape[1]:  # (as in update: only seen columns hold counts)
-                    occ[0, cols] = occ[0].take(cols) * self.decay
-                else:
-                    occ *= self.decay
-            occ[0, t] += self._wvec[t]
-            self._seen[0, t] = True
+        if self.decay != 1.0 and cols.size:
+            if cols.size * 20 < occ.shape[1]:  # (as in update: only seen columns hold counts)
+                occ[0, cols] = occ[0].take(cols) * self.decay
+            else:
+                occ *= self.decay
+        occ[0, t] += self._wvec[t]
+        self._seen[0, t] = True
         if fresh:  # t joins the ascending columns (a copy by hand: np.insert costs ~5 us, this ~1)
             at = bisect.bisect_left(cols, t)
             grown = np.empty(cols.size + 1, dtype=np.int64)
@@ -220,18 +224,34 @@ class OccurrencePenalty(LogitsProcessor):
             self._cols = grown
 
     # -- the C kernels of the numpy state (rwkv_music/sampling/native/occurrence.c) ----------------------
-    def _native_ready(self) -> Any:
-        """The kernels' library where they may run (the numpy state's own arrays are C-contiguous, of its dtypes)."""
-        return native.occurrence_kernels() if self.use_kernel else None
+    def _row_lists(self) -> tuple[Any, np.ndarray, np.ndarray] | None:
+        """The kernels' library and each row's seen ids (``[B, L]`` int64, row ``r``'s first ``counts[r]``,
+        kept between steps; rebuilt from ``_seen`` when unknown), or None where the numpy path must run."""
+        lib = native.occurrence_kernels() if self.use_kernel else None
+        if lib is None or is_torch_tensor(self._occ) or not (self._occ.flags.c_contiguous and
+                                                             self._seen.flags.c_contiguous):
+            return None  # (a pool's one-row views of a stacked state, for one)
+        if self._lists is None or self._lists.shape[0] != self._occ.shape[0]:
+            seen = self._seen
+            counts = np.count_nonzero(seen, axis=1).astype(np.int64)
+            lists = np.zeros((seen.shape[0], max(64, 2 * int(counts.max(initial=0)))), dtype=np.int64)
+            for r in range(seen.shape[0]):
+                lists[r, : counts[r]] = np.flatnonzero(seen[r])
+            self._lists, self._counts = lists, counts
+        return lib, self._lists, self._counts
 
-    def _update_native(self, toks: np.ndarray, cols: np.ndarray) -> bool:
+    def _update_rows(self, toks: np.ndarray) -> bool:
         """:meth:`update`'s decay, count and seen flag in C; False where the numpy path must run."""
-        lib = self._native_ready()
-        if lib is None or toks.dtype != np.int64 or cols.dtype != np.int64 or not toks.flags.c_contiguous:
+        found = self._row_lists()
+        if found is None or toks.dtype != np.int64 or not toks.flags.c_contiguous:
             return False
-        lib.rwkv_occ_update(native.address(self._occ), native.address(self._seen), toks.shape[0], self._occ.shape[1],
-                            native.address(cols), cols.shape[0], self.decay, toks.ctypes.data,
-                            native.address(self._wvec))
+        lib, lists, counts = found
+        at = native.address
+        while lib.rwkv_occ_update_rows(at(self._occ), at(self._seen), toks.shape[0], self._occ.shape[1], at(lists),
+                                       lists.shape[1], at(counts), self.decay, toks.ctypes.data, at(self._wvec)):
+            grown = np.zeros((lists.shape[0], 2 * lists.shape[1]), dtype=np.int64)  # a row's list is full
+            grown[:, : lists.shape[1]] = lists
+            lists = self._lists = grown
         return True
 
     def apply(self, step: int, scores: Any) -> Any:
@@ -256,13 +276,15 @@ class OccurrencePenalty(LogitsProcessor):
         if self._occ.shape[1] < scores.shape[1]:
             # the whole vocabulary at once: update() would otherwise copy the state at every new highest id
             self._grow(scores.shape[1])
+        found = self._row_lists() if scores.dtype == np.float32 and scores.flags.c_contiguous else None
+        if found is not None:
+            lib, lists, counts = found
+            at = native.address
+            lib.rwkv_occ_penalize_rows(at(scores), scores.shape[0], scores.shape[1], at(self._occ), self._occ.shape[1],
+                                       at(lists), lists.shape[1], at(counts), self.frequency, self.presence)
+            return scores
         cols = self._seen_columns(scores.shape[1])
-        lib = self._native_ready() if cols.size else None
-        if lib is not None and scores.dtype == np.float32 and scores.flags.c_contiguous and cols.dtype == np.int64:
-            lib.rwkv_occ_penalize(native.address(scores), scores.shape[0], scores.shape[1], native.address(self._occ),
-                                  native.address(self._seen), self._occ.shape[1], native.address(cols), cols.shape[0],
-                                  self.frequency, self.presence)
-        elif cols.size:
+        if cols.size:
             # the same float64 arithmetic as _penalize, on the same columns (take: a faster gather than [:, cols])
             penalty = self.frequency * self._occ.take(cols, axis=1)
             if self.presence:
@@ -336,7 +358,7 @@ class OccurrencePenalty(LogitsProcessor):
         occ[rows, toks] += w[toks]
         seen[rows, toks] = True
         for i, p in enumerate(procs):
-            p._occ, p._seen, p._cols = occ[i : i + 1], seen[i : i + 1], None
+            p._occ, p._seen, p._cols, p._lists = occ[i : i + 1], seen[i : i + 1], None, None
 
 
 __all__ = ["OccurrencePenalty", "pip_text_weights", "weights_from_ranges"]

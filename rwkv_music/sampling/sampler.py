@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from rwkv_music.sampling import native
 from rwkv_music.sampling.arrays import on_accelerator, ops
 from rwkv_music.sampling.base import Candidates, SamplingValueError, is_torch_tensor, to_numpy
 
@@ -185,10 +186,13 @@ def _uniform_int(key: int, counter: int) -> float:
 def row_uniforms(seeds: Sequence[int], counters: Sequence[int], like: Any = None) -> Any:
     """The uniforms of rows with these seeds at these draw counts, on ``like``'s device (numpy if None)."""
     seeds, counters = list(seeds), [int(c) for c in counters]
-    if len(seeds) <= 16:  # Python ints: the same arithmetic (values stay below 2**48), far less overhead
+    if len(seeds) <= 2:  # Python ints: the same arithmetic (values stay below 2**48), far less overhead
         u = np.array([_uniform_int(_seed_key_int(int(s)), c) for s, c in zip(seeds, counters)], dtype=np.float64)
     else:
-        u = _uniforms_u64(_seed_keys(tuple(int(x) for x in seeds)), np.asarray(counters, dtype=np.uint64))
+        keys = _seed_keys(tuple(int(x) for x in seeds))
+        u = native.row_uniforms(keys, counters) if len(seeds) == len(counters) else None  # (C: the same bits)
+        if u is None:
+            u = _uniforms_u64(keys, np.asarray(counters, dtype=np.uint64))
     return ops(like).asarray(u, "float64") if is_torch_tensor(like) else u
 
 

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_sampling_fakes import DATA, PREFIX_TO_BIN, FakeBackend, check_stream, id_to_word
 
+from rwkv_music.formats.midi import fast_mask
 from rwkv_music.formats.midi.constraint import BIN_NAMES, VOCAB_SIZE, note_token, wait_token
 from rwkv_music.sampling import LogitsProcessorList, MidiConstraint, SamplingValueError, generate, get_preset
 
@@ -316,15 +317,25 @@ def test_composed_pieces_keep_key_range_polyphony_and_release_notes_themselves(
     {"key": "D", "scale_penalty": 2.0, "max_note_seconds": 0.1},
     {"instruments": ["piano"], "drums": True, "pitch_range": (40, 80), "end_tokens": (0,)},
 ])
-def test_the_cached_mask_equals_the_mask_rebuilt_from_scratch(kw: dict[str, Any]) -> None:
-    """process() keeps its mask between steps (issue 16); allowed() rebuilds it: the same scores, NaN and
-    +inf logits included, over streams with legal, illegal and end tokens (a row that starts again)."""
+@pytest.mark.parametrize("path", ["numpy", "c", "alternating"])
+def test_the_cached_mask_equals_the_mask_rebuilt_from_scratch(kw: dict[str, Any], path: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """process() keeps its mask between steps (issue 16), or writes it in C (fast_mask.c); allowed() rebuilds
+    it: the same scores, NaN and +inf logits included, over streams with legal, illegal and end tokens (a row
+    that starts again).  "alternating" switches between the two paths, so the numpy cache must notice what
+    it missed."""
+    if path != "numpy" and fast_mask.kernel() is None:
+        pytest.skip(f"the C mask does not build here ({fast_mask.LIBRARY.error})")
     rng = np.random.default_rng(len(kw))
     forced_seen = 0
+    calls = []
+    real = fast_mask.mask_into
+    monkeypatch.setattr(fast_mask, "mask_into", lambda *a: calls.append(1) or real(*a))
     for rows in (1, int(rng.integers(2, 6)), int(rng.integers(1, 6))):  # (one row: the scalar rules)
         c = MidiConstraint(**kw)
         c.reset([[0, note_token(8, 60, 9), wait_token(50)] if r % 2 else [0] for r in range(rows)])
         for step in range(120):
+            c.native = path == "c" or (path == "alternating" and step % 3 != 0)
             scores = (rng.standard_normal((rows, VOCAB_SIZE)) * 3).astype(np.float32)
             if step % 17 == 0:
                 scores[0, rng.integers(0, VOCAB_SIZE, 50)] = np.nan
@@ -352,3 +363,4 @@ def test_the_cached_mask_equals_the_mask_rebuilt_from_scratch(kw: dict[str, Any]
                       for ids, d in zip(legal_ids, draw)])
     if "max_note_seconds" in kw:
         assert forced_seen  # the forced-release path was exercised
+    assert bool(calls) == (path != "numpy")

@@ -108,7 +108,7 @@ def test_other_dtypes_k_out_of_range_and_switched_off_use_numpy(monkeypatch: pyt
     big = np.random.default_rng(4).standard_normal((4, 4096))
     assert native.top_p_k(big, 8, 0.9) is None  # float64
     assert native.top_p_k(big.astype(np.float32), native.MAX_K + 1, 0.9) is None
-    monkeypatch.setattr(native, "_enabled", [False])
+    monkeypatch.setattr(native.LIBRARY, "_enabled", False)
     assert native.top_p_k(big.astype(np.float32), 8, 0.9) is None
     assert native.status().startswith("unavailable: turned off")
     _same(*_both(big.astype(np.float32), 8, 0.9))
@@ -221,26 +221,33 @@ def test_generation_is_the_same_with_and_without_the_one_call_draw(monkeypatch: 
 def test_occurrence_kernels_keep_the_numpy_state_and_scores_bit_for_bit(rows: int, presence: float,
                                                                         decay: float) -> None:
     """Penalise and update in C and in numpy side by side for 300 steps, past the point (a twentieth of the
-    vocabulary seen) where numpy's update switches to the dense pass."""
+    vocabulary seen) where numpy's update switches to the dense pass, past a full row list (grown), and with a
+    third penalty that changes path every few steps (each path must pick up the state the other left)."""
     rng = np.random.default_rng(rows)
     V = 2000
     weights = weights_from_ranges([(0, 50, 0.3), (1990, 2000, 0.0)])
-    fast, ref = (OccurrencePenalty(presence, 0.5, decay, weights) for _ in range(2))
+    fast, ref, mixed = (OccurrencePenalty(presence, 0.5, decay, weights) for _ in range(3))
     ref.use_kernel = False
-    for proc in (fast, ref):
+    for proc in (fast, ref, mixed):
         proc.reset([[1]] * rows)
     for step in range(300):
+        mixed.use_kernel = step % 7 < 4
         x = (rng.standard_normal((rows, V)) * 3).astype(np.float32)
         x[rng.random(x.shape) < 0.3] = -np.inf
-        a, b = fast.apply_inplace(step, x.copy()), ref.apply_inplace(step, x.copy())
+        a, b, c = (p.apply_inplace(step, x.copy()) for p in (fast, ref, mixed))
         np.testing.assert_array_equal(a, b, err_msg=f"step {step}")
+        np.testing.assert_array_equal(c, b, err_msg=f"step {step}")
         toks = rng.integers(0, V if step % 3 else 60, rows)  # (repeats: counts above one)
-        fast.update(toks.tolist())
-        ref.update(toks.tolist())
-        np.testing.assert_array_equal(fast._occ, ref._occ)
-        np.testing.assert_array_equal(fast._seen, ref._seen)
-        np.testing.assert_array_equal(fast._cols, ref._cols)
+        for p in (fast, ref, mixed):
+            p.update(toks.tolist())
+        for p in (fast, mixed):
+            np.testing.assert_array_equal(p._occ, ref._occ)
+            np.testing.assert_array_equal(p._seen, ref._seen)
+        np.testing.assert_array_equal(fast._seen_columns(V), ref._cols)
+        for r in range(rows):  # each row's list: exactly the ids it has seen
+            assert sorted(fast._lists[r, : fast._counts[r]]) == np.flatnonzero(ref._seen[r]).tolist()
     assert ref._cols.size * 20 > V  # the dense branch of the numpy update ran
+    assert fast._lists.shape[1] > 64  # a row outgrew the first list
 
 
 @needs_kernel

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rwkv_music.sampling import LogitsProcessorList, OccurrencePenalty, SamplingConfig, get_preset
+from rwkv_music.sampling import LogitsProcessorList, OccurrencePenalty, SamplingConfig, get_preset, native
 from rwkv_music.sampling.arrays import NumpyOps
 from rwkv_music.sampling.base import Candidates
 from rwkv_music.sampling.sampler import counter_uniforms, row_uniforms, sample_batch, seed_words
@@ -126,6 +126,23 @@ def test_the_vectorised_uniforms_are_the_bits_of_the_reference_hash() -> None:
     np.testing.assert_array_equal(row_uniforms(seeds, same), want)
 
 
+@pytest.mark.skipif(not native.available(), reason="no C compiler with AVX2 here (the numpy path runs)")
+def test_the_c_uniforms_are_the_numpy_bits_and_both_paths_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    seeds = [int(s) for s in rng.integers(0, 2**63, 64)] + [2**70 + 5]
+    counters = [int(c) for c in rng.integers(0, 2**40, len(seeds))]
+    words = np.array([seed_words(s) for s in seeds], dtype=np.int64)
+    want = counter_uniforms(words[:, 0], words[:, 1], np.array(counters, dtype=np.int64))
+    calls = []
+    kernel = native.row_uniforms
+    monkeypatch.setattr(native, "row_uniforms", lambda *a: calls.append(1) or kernel(*a))
+    np.testing.assert_array_equal(row_uniforms(seeds, counters), want)  # C
+    assert calls
+    monkeypatch.setattr(native.LIBRARY, "_enabled", False)
+    assert kernel(np.zeros(2, dtype=np.uint64), [0, 1]) is None
+    np.testing.assert_array_equal(row_uniforms(seeds, counters), want)  # numpy
+
+
 @pytest.mark.parametrize("rows", [4, 1])
 def test_the_penalty_in_place_equals_its_apply_after_decayed_updates(rows: int) -> None:
     pen = OccurrencePenalty(presence=0.2, frequency=0.5, decay=0.9, weights={3: 0.3})
@@ -137,7 +154,7 @@ def test_the_penalty_in_place_equals_its_apply_after_decayed_updates(rows: int) 
         got = pen.apply_inplace(step, scores.copy())
         np.testing.assert_array_equal(got, want)
         pen.update(rng.integers(0, 3000 if step % 2 else 40, rows))  # repeats and first occurrences
-    assert pen._cols is not None and pen._cols.tolist() == np.flatnonzero(pen._seen.any(axis=0)).tolist()
+    assert pen._seen_columns(3000).tolist() == np.flatnonzero(pen._seen.any(axis=0)).tolist()
 
 
 @pytest.mark.parametrize("decay", [0.9, 1.0])
@@ -152,7 +169,7 @@ def test_a_one_row_penalty_keeps_the_counts_of_that_row_in_a_batch(decay: float)
         alone.update([int(toks[1])])
         batch.update(toks)
         np.testing.assert_array_equal(alone._occ[0], batch._occ[1, : alone._occ.shape[1]])
-        assert alone._cols.tolist() == np.flatnonzero(alone._seen[0]).tolist()
+        assert alone._seen_columns(alone._occ.shape[1]).tolist() == np.flatnonzero(alone._seen[0]).tolist()
     scores = _scores(rng, 3, vocab=4000)
     np.testing.assert_array_equal(alone.apply(0, scores[1:2]), batch.apply(0, scores)[1:2])
 

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from rwkv_music.errors import RwkvMusicError
+from rwkv_music.formats.midi import fast_mask
 from rwkv_music.formats.midi.musicality import INSTRUMENT_RANGES, best_diatonic_scale, parse_key, scale_pitch_classes
 from rwkv_music.formats.midi.vocab import LAYOUT
 from rwkv_music.sampling.base import LogitsProcessor, SamplingValueError
@@ -248,6 +249,15 @@ class MidiConstraint(LogitsProcessor):
         self._tmpl_rows: set[int] = set()  # rows whose note cells must all be rewritten
         self._tmpl_keys: list[tuple[int, int]] = []  # (row, key) cells whose note changed
         self._tmpl_can_on = self._tmpl_forced = np.zeros(0, dtype=bool)  # per row: the flags the cache was written with
+        self.native = True  # the mask in C (fast_mask.c) where it builds; False: the numpy template (the reference)
+        none = -1  # (the kernel's "no limit")
+        self._rules_c = fast_mask.MidiRules(
+            vocab=VOCAB_SIZE, first_wait=WAIT_FIRST, n_waits=MAX_WAIT, first_note=NOTE_BASE, n_keys=N_KEYS,
+            n_vel=N_VEL, max_note_ticks=none if self.max_note_ticks is None else self.max_note_ticks,
+            max_polyphony=none if max_polyphony is None else max_polyphony,
+            target_ticks=none if self.target_ticks is None else self.target_ticks,
+            min_end=self.min_end or 0, max_end=self.max_end or 0,
+            end_mask=sum(1 << t for t in self.end_tokens), use_scale=int(self._scale_masks))
 
     @classmethod
     def piano_only(cls, **kwargs: object) -> "MidiConstraint":
@@ -490,18 +500,31 @@ class MidiConstraint(LogitsProcessor):
 
         Equal to ``np.where(self.allowed(), scores, -inf)`` followed by the scale penalty and the end bias.
         """
+        return self.apply_into(step, scores, scores)
+
+    def apply_into(self, step: int, scores: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """:meth:`process` of ``scores`` written into ``out`` (float32, the same shape; may be ``scores``),
+        which is returned: the decode loop's working copy made by the mask's own pass."""
         if scores.shape != (len(self._time), VOCAB_SIZE):
             raise SamplingValueError(
                 f"{self.rule}: scores have shape {scores.shape}, expected ({len(self._time)}, {VOCAB_SIZE}) "
                 "(batch from reset(), MIDI vocabulary)"
             )
-        out = np.fmin(scores, self._template(), out=scores)
+        if self.native and fast_mask.mask_into(self._rules_c, scores, out, self._start, self._time,
+                                               self._n_sounding, self._earliest, self._can_start, self._pitched,
+                                               self._key_pc, self._scale):
+            self._tmpl = None  # the template cache was not kept: the numpy path rebuilds it if it runs again
+            if self._tmpl_keys:
+                self._tmpl_keys.clear()
+                self._tmpl_rows.clear()
+        else:
+            np.fmin(scores, self._template(), out=out)
         if self.key is not None and not self._scale_masks:  # out-of-key note-ons: penalised
             off_key = ~self._in_scale()  # [B, N_KEYS]
             notes = np.reshape(out[:, NOTE_BASE:], (len(self._time), N_KEYS, N_VEL), copy=False)
-            notes[:, :, 1:] -= (off_key * self.scale_penalty).astype(scores.dtype)[:, :, None]
+            notes[:, :, 1:] -= (off_key * self.scale_penalty).astype(out.dtype)[:, :, None]
         if self.target_ticks is not None:  # (without a target the end bias is 0)
-            bias = self.end_bias_now().astype(scores.dtype)
+            bias = self.end_bias_now().astype(out.dtype)
             for t in self.end_tokens:
                 out[:, t] += bias
         return out

@@ -11,10 +11,13 @@
   one call that returns the ``B`` ids.  At B=1 the separate steps (survivors handed to Python, MinP and
   the draw in numpy) cost ~25 us a token, as much as a fifth of the shipped ABC model's forward.
 
-* ``rwkv_occ_penalize`` / ``rwkv_occ_update`` (``occurrence.c``): the two steps of
-  :class:`~rwkv_music.sampling.penalties.OccurrencePenalty`'s numpy state over the columns some row has
-  seen, where numpy gathers and scatters ``[B, columns]`` blocks or, once the columns are many, passes
-  over the whole ``[B, vocab]`` float64 map (at B=32 on the MIDI vocabulary ~0.35 ms a step).
+* ``rwkv_row_uniforms`` (``uniforms.c``): :func:`~rwkv_music.sampling.sampler.row_uniforms`'s hash for a
+  batch (at B=32 ~25 us a step in numpy).
+
+* ``rwkv_occ_penalize_rows`` / ``rwkv_occ_update_rows`` (``occurrence.c``): the two steps of
+  :class:`~rwkv_music.sampling.penalties.OccurrencePenalty`'s numpy state over each row's own seen ids,
+  where numpy gathers and scatters ``[B, columns]`` blocks over the ids any row has seen or, once those
+  are many, passes over the whole ``[B, vocab]`` float64 map (at B=32 on the MIDI vocabulary ~0.35 ms a step).
 
 The numpy path stays the reference and the fallback: it runs where no C compiler is found, where
 the build lacks AVX2/FMA (a portable build's scalar exponential is slower than numpy's), where
@@ -25,10 +28,8 @@ than its buffer).  Tests compare the two on the same scores.
 from __future__ import annotations
 
 import ctypes
-import logging
 import math
 import threading
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +37,16 @@ import numpy as np
 
 import rwkv_music.native_build as native_build
 
-log = logging.getLogger(__name__)
-
-SOURCES = (Path(__file__).with_name("top_p_k.c"), Path(__file__).with_name("occurrence.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("top_p_k.c", "occurrence.c", "uniforms.c"))
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 SIGNATURES = {
     "rwkv_top_p_k": ([_P, _I64, _I64, _I64, ctypes.c_double, _I64, _P, _P, _P, ctypes.c_int], ctypes.c_int),
     "rwkv_top_p_k_draw": ([_P, _I64, _I64, _I64, ctypes.c_double, ctypes.c_double, _P, _P, ctypes.c_int],
                           ctypes.c_int),
     "rwkv_top_p_k_simd": ([], ctypes.c_int),
-    "rwkv_occ_penalize": ([_P, _I64, _I64, _P, _P, _I64, _P, _I64, ctypes.c_double, ctypes.c_double], None),
-    "rwkv_occ_update": ([_P, _P, _I64, _I64, _P, _I64, ctypes.c_double, _P, _P], None),
+    "rwkv_occ_penalize_rows": ([_P, _I64, _I64, _P, _I64, _P, _I64, _P, ctypes.c_double, ctypes.c_double], None),
+    "rwkv_occ_update_rows": ([_P, _P, _I64, _I64, _P, _I64, _P, ctypes.c_double, _P, _P], ctypes.c_int),
+    "rwkv_row_uniforms": ([_P, _P, _I64, _P], None),
 }
 MAX_K = 256  # TOPPK_MAX_K in top_p_k.c
 # Rows run on one thread by default: the kernel's OpenMP threads keep spinning after it returns and
@@ -55,42 +55,22 @@ MAX_K = 256  # TOPPK_MAX_K in top_p_k.c
 # tok/s, kernel on one thread 4,639, on two 4,488.  Raise it where CPUs are plentiful.
 THREADS = 1
 
-_lock = threading.Lock()
-_loaded: dict[str, Any] = {}  # "lib" → ctypes.CDLL, or "error" → str
-_enabled: list[bool] = []  # RWKV_MUSIC_NATIVE, read once
+
+def _check(lib: ctypes.CDLL) -> str | None:
+    if not lib.rwkv_top_p_k_simd():
+        return "built without AVX2/FMA (numpy's exponential is faster than its portable one)"
+    return None
+
+
+LIBRARY = native_build.Library(SOURCES, "rwkv_music_sampling", SIGNATURES, check=_check)
 
 
 def enabled() -> bool:
-    if not _enabled:
-        _enabled.append(native_build.env_enabled())
-    return _enabled[0]
+    return LIBRARY.enabled()
 
 
 def _load() -> ctypes.CDLL | None:
-    lib = _loaded.get("lib")
-    if lib is not None:
-        return lib
-    with _lock:
-        if "lib" in _loaded or "error" in _loaded:
-            return _loaded.get("lib")
-        compiler = native_build.find_compiler()
-        if compiler is None:
-            _loaded["error"] = "no C compiler found (set CC, or install gcc)"
-            return None
-        try:
-            lib = ctypes.CDLL(str(native_build.build_library(compiler, SOURCES, "rwkv_music_sampling")))
-            for name, (args, result) in SIGNATURES.items():
-                fn = getattr(lib, name)
-                fn.argtypes, fn.restype = args, result
-        except (OSError, RuntimeError, AttributeError) as exc:
-            _loaded["error"] = f"building top_p_k.c failed: {exc}"
-            log.warning("sampling kernel unavailable (%s); using numpy", _loaded["error"])
-            return None
-        if not lib.rwkv_top_p_k_simd():
-            _loaded["error"] = "built without AVX2/FMA (numpy's exponential is faster than its portable one)"
-            return None
-        _loaded["lib"] = lib
-        return lib
+    return LIBRARY.get()
 
 
 def available() -> bool:
@@ -100,10 +80,8 @@ def available() -> bool:
 
 def status() -> str:
     """One line: whether the sampling kernel is in use, or why not."""
-    if not enabled():
-        return f"unavailable: turned off by {native_build.ENV_VAR}=0"
     lib = _load()
-    return f"AVX2 ({lib._name})" if lib is not None else f"unavailable: {_loaded.get('error')}"
+    return f"AVX2 ({lib._name})" if lib is not None else f"unavailable: {LIBRARY.error}"
 
 
 def top_p_k(scores: np.ndarray, k: int, top_p: float) -> tuple[np.ndarray, np.ndarray] | None:
@@ -152,26 +130,25 @@ def _kernels_for(scores: Any, k: int) -> ctypes.CDLL | None:
     return _load()
 
 
+def row_uniforms(keys: np.ndarray, counters: Any) -> np.ndarray | None:
+    """The uniforms of rows with hash ``keys`` (uint64 [B], C order) at draw ``counters`` (B ints), or None where
+    the numpy path must run."""
+    lib = _load() if enabled() else None
+    if lib is None:
+        return None
+    c = np.asarray(counters, dtype=np.int64)
+    out = np.empty(c.shape[0], dtype=np.float64)
+    lib.rwkv_row_uniforms(address(keys), c.ctypes.data, c.shape[0], out.ctypes.data)
+    return out
+
+
 def occurrence_kernels() -> ctypes.CDLL | None:
-    """The library holding ``rwkv_occ_penalize`` / ``rwkv_occ_update`` (see ``occurrence.c``), or None where the
+    """The library holding ``rwkv_occ_penalize_rows`` / ``rwkv_occ_update_rows`` (``occurrence.c``), or None where the
     numpy path must run (as for :func:`top_p_k`)."""
     return _load() if enabled() else None
 
 
-_ADDRESSES: dict[int, tuple[weakref.ref, int]] = {}
-
-
-def address(arr: np.ndarray) -> int:
-    """``arr.ctypes.data``, kept for arrays passed again and again (a decode loop's working buffers, a
-    penalty's state): reading it costs ~1.3 us, as much as the draw kernel's work on a 128-id row.  Held by
-    weak reference, so the cache keeps no array alive."""
-    hit = _ADDRESSES.get(id(arr))
-    if hit is None or hit[0]() is not arr:
-        if len(_ADDRESSES) >= 64:
-            _ADDRESSES.clear()
-        hit = _ADDRESSES[id(arr)] = (weakref.ref(arr), arr.ctypes.data)
-    return hit[1]
-
+address = native_build.address  # (kept here too: the kernels' callers import it from this module)
 
 _BUFFERS = threading.local()  # per thread and kernel: the output arrays of the last shapes, and their addresses
 

@@ -1,0 +1,93 @@
+/* MidiConstraint's mask (rwkv_music/formats/midi/constraint.py) in one pass over the scores.
+ *
+ * The numpy path builds a [B, V] template of NaN (legal) and -inf (illegal), keeps it between steps and
+ * applies it with fmin after copying the scores.  At B=32 on the 20,096-id vocabulary rewriting the rows whose
+ * flags changed and the two passes cost ~0.4 ms a step, a tenth of the step.  Here each row's rules are
+ * worked out from its counters and every score is copied or replaced by -inf straight into the output:
+ * out[r, c] = legal(r, c) ? in[r, c] : -inf, the numpy result exactly (fmin with NaN keeps the score).
+ *
+ * Vocabulary layout (docs/formats.md): ids below first_wait are the specials (<pad>, <start>, <end>),
+ * then n_waits waits t1..tN, then per key (instrument bin x pitch) n_vel cells: the note-off, then the
+ * note-ons of the velocity bins.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef struct {
+    int64_t vocab, first_wait, n_waits, first_note, n_keys, n_vel;
+    int64_t max_note_ticks;  /* -1: no limit on a note's length */
+    int64_t max_polyphony;   /* -1: none */
+    int64_t target_ticks, min_end, max_end;  /* target_ticks -1: no target length */
+    int64_t end_mask;        /* bit i set: id i (< first_wait) ends a piece */
+    int64_t use_scale;       /* note-ons of pitched keys only on the row's scale */
+} midi_rules;
+
+/* One key's cells: the note-off (cell 0) kept if off_ok, the note-ons if on_ok, else -inf. */
+static inline void gate(const float* x, float* y, int64_t n, int off_ok, int on_ok) {
+    y[0] = off_ok ? x[0] : -INFINITY;
+    for (int64_t v = 1; v < n; v++) y[v] = on_ok ? x[v] : -INFINITY;
+}
+
+static inline void gate12(const float* x, float* y, int off_ok, int on_ok) {
+    /* bit selects on a copy: the compiler makes these a few vector ops (x and y may be the same row) */
+    const uint32_t ninf = 0xFF800000u, off = off_ok ? ~0u : 0u, on = on_ok ? ~0u : 0u;
+    uint32_t t[12];
+    memcpy(t, x, sizeof t);
+    t[0] = (t[0] & off) | (ninf & ~off);
+    for (int v = 1; v < 12; v++) t[v] = (t[v] & on) | (ninf & ~on);
+    memcpy(y, t, sizeof t);
+}
+
+/* in, out [B, vocab] float32 (may be the same array); start [B, n_keys] (tick a sounding note began, -1
+ * silent); time, n_sounding, earliest [B]; can_start, pitched, key_pc [n_keys]; scale [B, 12].
+ * Returns 0. */
+int rwkv_midi_mask(const float* in, float* out, int64_t B, const midi_rules* q, const int64_t* start,
+                   const int64_t* time, const int64_t* n_sounding, const int64_t* earliest,
+                   const uint8_t* can_start, const uint8_t* pitched, const int64_t* key_pc, const uint8_t* scale) {
+    const float no = -INFINITY;
+    const int64_t n_keys = q->n_keys, n_vel = q->n_vel, first_note = q->first_note, max_note = q->max_note_ticks;
+    const int use_scale = q->use_scale != 0;
+    for (int64_t r = 0; r < B; r++) {
+        const float* x = in + r * q->vocab;
+        float* y = out + r * q->vocab;
+        const int64_t now = time[r], on = n_sounding[r];
+        /* the row's rules, as MidiConstraint._row_rules and _limits give them */
+        int forced = 0;
+        int64_t wait = q->n_waits;
+        if (q->max_note_ticks >= 0 && on > 0) {
+            const int64_t longest = now - earliest[r];
+            forced = longest >= q->max_note_ticks;
+            if (q->max_note_ticks - longest < wait) wait = q->max_note_ticks - longest;
+        }
+        int can_on = !forced, end_ok = on == 0;
+        if (q->max_polyphony >= 0) can_on = can_on && on < q->max_polyphony;
+        if (q->target_ticks >= 0) {
+            if (q->max_end - now < wait) wait = q->max_end - now;
+            can_on = can_on && now < q->target_ticks;
+            end_ok = end_ok && now >= q->min_end;
+        }
+        if (forced) wait = 0;
+        for (int64_t c = 0; c < q->first_wait; c++)
+            y[c] = (end_ok && c < 63 && ((q->end_mask >> c) & 1)) ? x[c] : no;
+        for (int64_t w = 1; w <= q->n_waits; w++) {
+            const int64_t c = q->first_wait + w - 1;
+            y[c] = w <= wait ? x[c] : no;
+        }
+        const int64_t* st = start + r * n_keys;
+        const uint8_t* sc = scale + r * 12;
+        const float* xn = x + first_note;
+        float* yn = y + first_note;
+        for (int64_t k = 0; k < n_keys; k++) {
+            const int sounding = st[k] >= 0;
+            /* a forced row ends only its overdue notes */
+            const int off_ok = sounding && (!forced || now - st[k] >= max_note);
+            const int on_ok = !sounding && can_on && can_start[k] && (!use_scale || !pitched[k] || sc[key_pc[k]]);
+            if (n_vel == 12)  /* the real layout: a fixed width, a few vector ops */
+                gate12(xn + k * 12, yn + k * 12, off_ok, on_ok);
+            else
+                gate(xn + k * n_vel, yn + k * n_vel, n_vel, off_ok, on_ok);
+        }
+    }
+    return 0;
+}
