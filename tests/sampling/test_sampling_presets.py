@@ -93,6 +93,21 @@ def test_config_constructor_rejects_bad_values_naming_them(kw: dict[str, Any], m
     assert isinstance(info.value, ValueError) and isinstance(info.value, RwkvMusicError)
 
 
+def test_a_config_checked_once_is_not_checked_again_but_an_equal_bad_one_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rwkv_music.sampling.config as config
+
+    monkeypatch.setattr(config, "_VALIDATED", {})
+    builds = []
+    real = SamplingConfig.build_processors
+    monkeypatch.setattr(SamplingConfig, "build_processors", lambda self, *a: builds.append(1) or real(self, *a))
+    SamplingConfig(top_k=3, top_p=0.7, temperature=0.9)
+    SamplingConfig(top_k=3, top_p=0.7, temperature=0.9)
+    assert len(builds) == 1
+    SamplingConfig(top_k=1)
+    with pytest.raises(SamplingValueError, match="top_k must be .* got True"):  # True == 1, yet not an integer
+        SamplingConfig(top_k=True)
+
+
 def test_config_is_frozen_and_round_trips_through_json() -> None:
     cfg = get_preset("chatrwkv-midi").replace(banned_tokens=[1], forced_tokens={0: 5})
     with pytest.raises(dataclasses.FrozenInstanceError):
