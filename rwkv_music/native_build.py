@@ -167,3 +167,8 @@ def address(arr: Any) -> int:
             _ADDRESSES.clear()
         hit = _ADDRESSES[id(arr)] = (weakref.ref(arr), arr.ctypes.data)
     return hit[1]
+
+
+def plain(arr: Any, dtype: Any) -> bool:
+    """Whether numpy ``arr`` can go to a kernel as it is: of ``dtype``, in C order."""
+    return arr.dtype == dtype and arr.flags.c_contiguous

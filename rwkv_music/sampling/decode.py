@@ -64,7 +64,7 @@ from rwkv_music.sampling.base import (
     is_torch_tensor,
     to_numpy,
 )
-from rwkv_music.sampling.sampler import make_generators, row_uniforms, sample_batch, seed_words
+from rwkv_music.sampling.sampler import key_uniforms, make_generators, row_keys, row_uniforms, sample_batch, seed_words
 
 log = logging.getLogger(__name__)
 
@@ -345,6 +345,13 @@ class _Group:
         self.rows: list[_Row] = []
         self._scores: np.ndarray | None = None  # host_scores' buffer, kept between steps
         self._live: set[int] = set()  # its slots that hold logits (the others are -inf)
+        self._keys: np.ndarray | None = None  # the rows' seed hash keys, one per slot (rows never change slots)
+
+    def keys(self) -> np.ndarray:
+        """Every slot's :func:`~rwkv_music.sampling.sampler.row_keys`, kept while the group's rows stay."""
+        if self._keys is None or len(self._keys) != len(self.rows):
+            self._keys = row_keys([row.seed for row in self.rows])
+        return self._keys
 
     def host_scores(self, logits: np.ndarray, batch_idx: list[int], slots: list[int]) -> np.ndarray:
         """``[len(rows), V]`` float32: row ``slots[j]`` = ``logits[batch_idx[j]]``, the other rows -inf.
@@ -657,10 +664,10 @@ class _Loop:
             row.steps += 1
             row.has_logits = False
         processed = self._process(group, step, scores, members)
-        seeds, counts = [0] * n_slots, [0] * n_slots
+        counts = [0] * n_slots  # (a slot not drawing: any uniform, its draw is not read)
         for _, row in members:
-            seeds[row.slot], counts[row.slot] = row.seed, row.n_sampled
-        drawn = sample_batch(processed, row_uniforms(seeds, counts, like=processed))
+            counts[row.slot] = row.n_sampled
+        drawn = sample_batch(processed, key_uniforms(group.keys(), counts, like=processed))
         picked = xp.to_host(drawn)  # the one host sync of the step
         chosen = [self.pad_token] * n_slots
         drawing = []

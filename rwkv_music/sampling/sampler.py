@@ -188,9 +188,22 @@ def row_uniforms(seeds: Sequence[int], counters: Sequence[int], like: Any = None
     seeds, counters = list(seeds), [int(c) for c in counters]
     if len(seeds) <= 2:  # Python ints: the same arithmetic (values stay below 2**48), far less overhead
         u = np.array([_uniform_int(_seed_key_int(int(s)), c) for s, c in zip(seeds, counters)], dtype=np.float64)
+        return ops(like).asarray(u, "float64") if is_torch_tensor(like) else u
+    return key_uniforms(row_keys(seeds), counters, like)
+
+
+def row_keys(seeds: Sequence[int]) -> np.ndarray:
+    """The rows' hash keys (uint64, read-only): what :func:`key_uniforms` draws from, for a caller that keeps
+    them while its rows stay (hashing a tuple of seeds every step costs as much as the draw of a small row)."""
+    return _seed_keys(tuple(int(x) for x in seeds))
+
+
+def key_uniforms(keys: np.ndarray, counters: Sequence[int], like: Any = None) -> Any:
+    """:func:`row_uniforms` of the rows whose :func:`row_keys` are ``keys``."""
+    if len(keys) <= 2:
+        u = np.array([_uniform_int(int(k), int(c)) for k, c in zip(keys, counters)], dtype=np.float64)
     else:
-        keys = _seed_keys(tuple(int(x) for x in seeds))
-        u = native.row_uniforms(keys, counters) if len(seeds) == len(counters) else None  # (C: the same bits)
+        u = native.row_uniforms(keys, counters) if len(keys) == len(counters) else None  # (C: the same bits)
         if u is None:
             u = _uniforms_u64(keys, np.asarray(counters, dtype=np.uint64))
     return ops(like).asarray(u, "float64") if is_torch_tensor(like) else u

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from rwkv_music.errors import ConstraintError
+from rwkv_music.formats.abc import fast_table
 from rwkv_music.formats.abc.constraint import AbcConstraint, PerRowAbcConstraint, decode_abc
 from rwkv_music.formats.abc.grammar.machine import AbcGrammar
 
@@ -26,9 +27,12 @@ def ids(text: str) -> list[int]:
     return [2] + [ord(c) for c in text]
 
 
-def drive_both(kwargs: dict, heads: list[str], steps: int, seed: int) -> tuple[list[list[int]], int]:
-    """Sample through both classes side by side; every mask must match.  Returns tokens and planned rows seen."""
+def drive_both(kwargs: dict, heads: list[str], steps: int, seed: int,
+               native: bool = True) -> tuple[list[list[int]], int]:
+    """Sample through both classes side by side; every mask must match.  Returns tokens and planned rows seen.
+    ``native``: the table constraint's batch step in C (fast_table.c) where it builds, else numpy."""
     fast, ref = AbcConstraint(**kwargs), PerRowAbcConstraint(**kwargs)
+    fast.native = native
     prompts = [ids(h) for h in heads]
     fast.reset(prompts)
     ref.reset(prompts)
@@ -73,11 +77,18 @@ def drive_both(kwargs: dict, heads: list[str], steps: int, seed: int) -> tuple[l
     {"max_new_tokens": 160},
     {"max_new_tokens": 400, "parts": 1, "bars_per_part": 4},
 ])  # fmt: skip
-def test_table_masks_and_tokens_equal_the_per_row_reference(kwargs: dict) -> None:
+@pytest.mark.parametrize("native", [False, True])
+def test_table_masks_and_tokens_equal_the_per_row_reference(kwargs: dict, native: bool,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    if native and fast_table.kernels() is None:
+        pytest.skip(f"fast_table.c does not build here ({fast_table.LIBRARY.error})")
+    calls = []
+    lib = fast_table.kernels()
+    monkeypatch.setattr(fast_table, "kernels", lambda: calls.append(1) or lib)
     steps = kwargs.get("max_new_tokens", 150)
     heads = HEADS * 3
     for seed in (1, 2):
-        out, planned = drive_both(kwargs, heads, steps, seed)
+        out, planned = drive_both(kwargs, heads, steps, seed, native)
         grammar = AbcGrammar(AbcConstraint(**kwargs).config)
         for h, o in zip(heads, out):
             text = h + decode_abc(o)
@@ -85,6 +96,7 @@ def test_table_masks_and_tokens_equal_the_per_row_reference(kwargs: dict) -> Non
         if "max_new_tokens" in kwargs:
             assert planned > 0  # the per-row plan ran for rows near the cap and in the header
             assert all(o and o[-1] == EOS and len(o) <= kwargs["max_new_tokens"] for o in out)
+    assert bool(calls) == native
 
 
 @pytest.mark.parametrize("kwargs", [{"form": False, "max_new_tokens": 60}, {"max_new_tokens": 160}])
@@ -110,9 +122,11 @@ def test_the_shared_table_is_hit_by_a_second_identical_run() -> None:
     assert after["states"] == before["states"]
 
 
-def test_bad_tokens_are_refused_by_both_with_the_same_message() -> None:
+@pytest.mark.parametrize("native", [False, True])
+def test_bad_tokens_are_refused_by_both_with_the_same_message(native: bool) -> None:
     for cls in (AbcConstraint, PerRowAbcConstraint):
         c = cls(form=False)
+        c.native = native
         c.reset([ids("L:1/8\nM:6/8\nK:D\n"), ids("L:1/8\nM:6/8\nK:D\nA6|")])
         with pytest.raises(ConstraintError, match="step 0, row 1: token 35 is not allowed here"):
             c.update([ord("A"), ord("#")])

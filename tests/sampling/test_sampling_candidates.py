@@ -16,7 +16,14 @@ import pytest
 from rwkv_music.sampling import LogitsProcessorList, OccurrencePenalty, SamplingConfig, get_preset, native
 from rwkv_music.sampling.arrays import NumpyOps
 from rwkv_music.sampling.base import Candidates
-from rwkv_music.sampling.sampler import counter_uniforms, row_uniforms, sample_batch, seed_words
+from rwkv_music.sampling.sampler import (
+    counter_uniforms,
+    key_uniforms,
+    row_keys,
+    row_uniforms,
+    sample_batch,
+    seed_words,
+)
 
 VOCAB = 20096
 
@@ -119,8 +126,11 @@ def test_the_vectorised_uniforms_are_the_bits_of_the_reference_hash() -> None:
     want = counter_uniforms(words[:, 0], words[:, 1], np.array(counters, dtype=np.int64))
     for _ in range(2):  # the second call uses the cached keys
         np.testing.assert_array_equal(row_uniforms(seeds, counters), want)
-    small = row_uniforms(seeds[:3], counters[:3])  # the Python-int path
+    small = row_uniforms(seeds[:3], counters[:3])
     np.testing.assert_array_equal(small, want[:3])
+    for n in (1, 2, 3, len(seeds)):  # from kept keys (the decode loop's), the Python-int path at n <= 2
+        np.testing.assert_array_equal(key_uniforms(row_keys(seeds[:n]), counters[:n]), want[:n])
+        np.testing.assert_array_equal(row_uniforms(seeds[:n], counters[:n]), want[:n])
     same = [counters[0]] * len(seeds)  # rows in lockstep: the counter hashed once
     want = counter_uniforms(words[:, 0], words[:, 1], np.array(same, dtype=np.int64))
     np.testing.assert_array_equal(row_uniforms(seeds, same), want)

@@ -42,7 +42,9 @@ from typing import Sequence
 
 import numpy as np
 
+import rwkv_music.native_build as native_build
 from rwkv_music.errors import ConstraintError
+from rwkv_music.formats.abc import fast_table
 from rwkv_music.formats.abc.grammar.machine import PHASE_NAMES, AbcGrammar
 from rwkv_music.formats.abc.grammar.state import BODY, AbcGrammarConfig, AbcState
 from rwkv_music.formats.abc.header import check_key, check_meter, check_unit
@@ -294,6 +296,7 @@ class AbcConstraint(LogitsProcessor):
         self._rhythms: list[RhythmRun] = []  # per row: the note lengths it wrote (vary_rhythm)
         self._copy: list[int] = []  # per row: the byte that would copy a bar once too often, or -1
         self._plain: list[tuple[str, str] | None] = []  # per row: RhythmRun.banned(), the rule's bytes now
+        self._banning: set[int] = set()  # rows whose _copy or _plain bans a byte now
         self._table = _table_for(cfg, eos_id)
         self.grammar = self._table.grammar
         self.max_new_tokens = max_new_tokens
@@ -304,6 +307,8 @@ class AbcConstraint(LogitsProcessor):
         self._is_forced = np.zeros(0, dtype=bool)
         self._zones = np.zeros(0, dtype=np.int64)  # per row: completions watched this many tokens before the cap
         self._planned_now: np.ndarray | None = None  # _planned() until a row's state changes
+        self.native = True  # the batch step's table work in C (fast_table.c) where it builds; False: numpy
+        self._flags = tuple(np.zeros(0, dtype=bool) for _ in range(4))  # C step outputs: planned, active, slow, near
         if max_new_tokens is not None and cfg.form:
             least = self._least_for_form()
             if max_new_tokens < least:
@@ -474,6 +479,7 @@ class AbcConstraint(LogitsProcessor):
         self._rhythms = [RhythmRun() for _ in range(n)]
         self._copy = [-1] * n
         self._plain = [None] * n
+        self._banning: set[int] = set()  # rows whose _copy or _plain bans a byte now
         for row, prompt in enumerate(prompts):
             self._note_bytes(row, [int(t) for t in prompt if EOS_ID < int(t) < VOCAB])
         self._ids = np.array(ids, dtype=np.int64)
@@ -482,6 +488,7 @@ class AbcConstraint(LogitsProcessor):
         self._is_forced = np.zeros(n, dtype=bool)
         self._zones = np.full(n, -1, dtype=np.int64)
         self._planned_now = None
+        self._flags = tuple(np.zeros(n, dtype=bool) for _ in range(4))
 
     def _check_rows(self, n: int, what: str) -> None:
         if n != len(self._ids):
@@ -511,6 +518,19 @@ class AbcConstraint(LogitsProcessor):
         width = min(scores.shape[1], VOCAB)
         if scores.shape[0] == 1:
             return self._apply_one(scores, width)
+        lib = self._kernels(scores)
+        if lib is not None:  # the free rows in C; the planned ones below, as _masks does them
+            table, at = self._table, native_build.address
+            planned, active = self._flags[0], self._flags[1]
+            lib.rwkv_abc_mask(at(scores), scores.shape[0], scores.shape[1], at(self._ids), at(self._is_forced),
+                              at(self._zones), at(self._counts), self._cap(), at(table.body), at(table.legal),
+                              at(planned), at(active))
+            self._planned_now = planned
+            for row in np.flatnonzero(active & planned):
+                line = scores[row]
+                np.copyto(line[:width], line.dtype.type(-np.inf), where=~self._plan(int(row))[0][:width])
+                line[VOCAB:] = -np.inf
+            return self._apply_variety(scores)
         active = np.isfinite(scores).any(axis=1)
         drop = ~self._masks(active)[:, :width]
         drop[~active] = False
@@ -518,6 +538,15 @@ class AbcConstraint(LogitsProcessor):
         if scores.shape[1] > VOCAB:
             scores[active, VOCAB:] = -np.inf
         return self._apply_variety(scores)
+
+    def _kernels(self, scores: np.ndarray | None = None) -> object | None:
+        """fast_table.c's library where the batch step may run there (scores, when given, float32 in C order)."""
+        if not self.native or (scores is not None and not native_build.plain(scores, np.float32)):
+            return None
+        return fast_table.kernels()
+
+    def _cap(self) -> int:
+        return -1 if self.max_new_tokens is None else int(self.max_new_tokens)
 
     def _apply_one(self, scores: np.ndarray, width: int) -> np.ndarray:
         """:meth:`apply_inplace` of a one-row batch (the same mask; no [B, 128] temporaries)."""
@@ -546,14 +575,16 @@ class AbcConstraint(LogitsProcessor):
             if not rhythm.varied:
                 rhythm.feed(ch)
                 self._plain[row] = rhythm.banned()
+        if self._copy[row] >= 0 or self._plain[row] is not None:
+            self._banning.add(row)
+        else:
+            self._banning.discard(row)
 
     def _apply_variety(self, scores: np.ndarray) -> np.ndarray:
         """The variety rules on each active row (masks already applied): its copy byte, then its one-length
         bytes, each banned only where another legal byte is left."""
-        for row in range(len(self._copy)):
+        for row in self._banning:  # (the rows with a byte to ban now: few, and none most steps)
             t, plain = self._copy[row], self._plain[row]
-            if t < 0 and plain is None:
-                continue
             line = scores[row]
             legal = np.isfinite(line)
             if t >= 0 and t < line.shape[0] and legal[t] and np.count_nonzero(legal) > 1:
@@ -594,11 +625,25 @@ class AbcConstraint(LogitsProcessor):
             self._update_one(0, int(tokens[0]))
             return
         toks = np.array([int(t) for t in tokens], dtype=np.int64)
-        live = (self._ids >= 0) & (toks != PAD_ID)  # finished rows get the loop's pad id
         planned = self._planned()
         self._planned_now = None  # every row below may move
-        free = live & ~planned
         table = self._table
+        lib = self._kernels()
+        if lib is not None:  # the free rows' check and move in C; the rows it hands back as below
+            at = native_build.address
+            slow, near = self._flags[2], self._flags[3]
+            hits = lib.rwkv_abc_move(len(toks), toks.ctypes.data, at(self._ids), at(self._counts), at(planned),
+                                     at(table.trans), at(table.legal), at(table.body), at(self._zones), self._cap(),
+                                     self.eos_id, PAD_ID, at(slow), at(near))
+            if hits < 0:
+                self._reject(-hits - 1, int(toks[-hits - 1]))
+            table.hits += hits
+            for row in np.flatnonzero(near):
+                self._check_room(int(row))
+            self._move_slow(np.flatnonzero(slow), toks, planned)
+            return
+        live = (self._ids >= 0) & (toks != PAD_ID)  # finished rows get the loop's pad id
+        free = live & ~planned
         if free.any():  # one gather checks every free row
             rows = np.flatnonzero(free)
             t = toks[rows]
@@ -625,7 +670,11 @@ class AbcConstraint(LogitsProcessor):
                 near = rows[~ends & ((left <= self._zones[rows]) | ~table.body[np.maximum(nxt, 0)])]
                 for row in near:
                     self._check_room(int(row))
-        for row in np.flatnonzero(slow):  # planned rows, and free rows that reach a state for the first time
+        self._move_slow(np.flatnonzero(slow), toks, planned)
+
+    def _move_slow(self, rows: np.ndarray, toks: np.ndarray, planned: np.ndarray) -> None:
+        """The rows :meth:`_move` steps one at a time: planned rows, and free rows meeting a transition first."""
+        for row in rows:
             row = int(row)
             t = int(toks[row])
             path = None
@@ -633,7 +682,7 @@ class AbcConstraint(LogitsProcessor):
                 legal, path = self._plan(row)
                 if not (0 <= t < VOCAB and legal[t]):
                     self._reject(row, t)
-            self._advance(row, None if t == self.eos_id else table.step(int(self._ids[row]), t), path)
+            self._advance(row, None if t == self.eos_id else self._table.step(int(self._ids[row]), t), path)
 
     def _update_one(self, row: int, t: int) -> None:
         """:meth:`update` of one row in Python scalars: the same checks and moves as the batch path."""

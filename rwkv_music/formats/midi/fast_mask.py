@@ -38,10 +38,6 @@ def kernel() -> Any:
     return None if lib is None else lib.rwkv_midi_mask
 
 
-def _plain(arr: np.ndarray, dtype: Any) -> bool:
-    return arr.dtype == dtype and arr.flags.c_contiguous
-
-
 def mask_into(rules: MidiRules, src: np.ndarray, out: np.ndarray, start: np.ndarray, time: np.ndarray,
               n_sounding: np.ndarray, earliest: np.ndarray, can_start: np.ndarray, pitched: np.ndarray,
               key_pc: np.ndarray, scale: np.ndarray) -> bool:
@@ -52,6 +48,7 @@ def mask_into(rules: MidiRules, src: np.ndarray, out: np.ndarray, start: np.ndar
         return False
     B = time.shape[0]
     shape = (B, rules.vocab)
+    _plain = native_build.plain
     if not (src.shape == out.shape == shape and _plain(src, np.float32) and _plain(out, np.float32)
             and _plain(start, np.int64) and _plain(time, np.int64) and _plain(n_sounding, np.int64)
             and _plain(earliest, np.int64) and _plain(scale, np.bool_) and start.shape == (B, rules.n_keys)

@@ -69,13 +69,12 @@ def enabled() -> bool:
     return LIBRARY.enabled()
 
 
-def _load() -> ctypes.CDLL | None:
-    return LIBRARY.get()
+_load = LIBRARY.get  # the library, or None (off, or not built); a step calls it several times: no wrapper
 
 
 def available() -> bool:
     """Whether the kernels run here (turned on, built, AVX2); builds them on the first call."""
-    return enabled() and _load() is not None
+    return _load() is not None
 
 
 def status() -> str:
@@ -125,7 +124,7 @@ def _kernels_for(scores: Any, k: int) -> ctypes.CDLL | None:
     if not (isinstance(scores, np.ndarray) and scores.ndim == 2 and scores.dtype == np.float32):
         return None
     B, V = scores.shape
-    if not 0 < k <= min(MAX_K, V - 1) or B == 0 or not enabled():
+    if not 0 < k <= min(MAX_K, V - 1) or B == 0:
         return None
     return _load()
 
@@ -133,7 +132,7 @@ def _kernels_for(scores: Any, k: int) -> ctypes.CDLL | None:
 def row_uniforms(keys: np.ndarray, counters: Any) -> np.ndarray | None:
     """The uniforms of rows with hash ``keys`` (uint64 [B], C order) at draw ``counters`` (B ints), or None where
     the numpy path must run."""
-    lib = _load() if enabled() else None
+    lib = _load()
     if lib is None:
         return None
     c = np.asarray(counters, dtype=np.int64)
@@ -145,7 +144,7 @@ def row_uniforms(keys: np.ndarray, counters: Any) -> np.ndarray | None:
 def occurrence_kernels() -> ctypes.CDLL | None:
     """The library holding ``rwkv_occ_penalize_rows`` / ``rwkv_occ_update_rows`` (``occurrence.c``), or None where the
     numpy path must run (as for :func:`top_p_k`)."""
-    return _load() if enabled() else None
+    return _load()
 
 
 address = native_build.address  # (kept here too: the kernels' callers import it from this module)
