@@ -388,6 +388,38 @@ def test_the_all_layers_step_gives_the_same_numbers_on_any_number_of_threads(ver
 
 
 @needs_native
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="an x86 vector width choice")
+@pytest.mark.parametrize("version", ["4", "7"])
+def test_the_avx2_width_build_gives_this_build_s_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          version: str) -> None:
+    """decode_common.h sums a block of outputs in 16-float vectors where the build has AVX-512 and in 8-float
+    ones elsewhere (64-byte vectors on AVX2 spilled to the stack); each lane is one output summed in the
+    same order, so a build without AVX-512 gives this machine's build's logits and state bit for bit."""
+    from rwkv_music.backends.torch import TorchModel
+    from rwkv_music.model.factory import random_checkpoint
+
+    if " avx2" not in native_build.cpu_identity():
+        pytest.skip("this CPU has no AVX2")
+    path = native._build(native_build.find_compiler(), native._sources_bytes(),
+                         flag_sets=(["-O3", "-march=native", "-mno-avx512f", "-fopenmp"],), folder=tmp_path)
+    narrow = native._open(path)
+    model = TorchModel.from_state_dict(random_checkpoint(version, n_layer=2, n_embd=192, head_size=32,
+                                                         vocab_size=100, seed=12))  # 192: three 64-output blocks
+    tokens = torch.randint(0, 100, (3, 4), generator=torch.Generator().manual_seed(12))
+    runs = []
+    for lib in (native._load(), narrow):
+        monkeypatch.setitem(native._loaded, "lib", lib)
+        state, logits = model.new_state(3), []
+        for t in range(tokens.shape[1]):
+            step, state = model.forward(tokens[:, t : t + 1], state)
+            logits.append(step)
+        runs.append((torch.stack(logits), state))
+    (wide, s1), (eight, s2) = runs
+    assert torch.equal(wide, eight)
+    assert all(torch.equal(s1.tensors[k], s2.tensors[k]) for k in s1.tensors)
+
+
+@needs_native
 @pytest.mark.parametrize("rows,length", [(1, 2), (1, 21), (3, 21), (1, 64), (1, 65)])
 def test_a_short_prompt_through_the_all_layers_steps_matches_the_chunked_prefill(
     monkeypatch: pytest.MonkeyPatch, rows: int, length: int

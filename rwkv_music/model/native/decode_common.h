@@ -42,43 +42,47 @@ static inline void layer_norm(const float* x, const float* w, const float* b, fl
     for (int64_t i = 0; i < n; i++) y[i] = (x[i] - mean) * inv * w[i] + b[i];
 }
 
-/* 16 floats, loaded and stored unaligned (GCC/Clang vector extension: AVX-512 registers, or pairs of
- * AVX2 ones); a + x * w contracts to FMA as the scalar code does */
-typedef float vf16 __attribute__((vector_size(64), aligned(4)));
-
 /* Matrices of at least this many weights are split over the threads (by blocks of outputs): a one-row
  * product of a D768 model streams megabytes, which one core reads at well below the machine's bandwidth;
  * the shipped models' matrices (at most 128 x 512) stay on one thread, where waking others costs more. */
 #define ROWS_PARALLEL_MIN (1 << 18)
 
 /* out[b, j0 .. j0 + 64) (+)= x[b, :] @ W[:, j0 .. j0 + 64) for rows b < nb: every output summed over i in
- * order with one FMA per input, in four vector registers (a running sum kept in memory was a
- * load-add-store chain per input, bound by store forwarding; a dot product per output one long
- * dependency chain).  The rows reuse the block's weights from cache. */
+ * order with one FMA per input, in vector registers (a running sum kept in memory was a load-add-store
+ * chain per input, bound by store forwarding; a dot product per output one long dependency chain).  The
+ * rows reuse the block's weights from cache.  Vectors are loaded and stored unaligned (GCC/Clang vector
+ * extension); a + x * w contracts to FMA as the scalar code does, and each lane is one output, so the
+ * numbers are the same at either vector width. */
+#if defined(__AVX512F__)
+/* four 16-float registers */
+typedef float vrow __attribute__((vector_size(64), aligned(4)));
+#define VROW_LANES 16
+#else
+/* eight 8-float registers: with 64-byte vectors on an AVX2-only CPU GCC spilled every accumulator to
+ * the stack at each input (measured on a Zen 3: 5-8x slower decode than this form) */
+typedef float vrow __attribute__((vector_size(32), aligned(4)));
+#define VROW_LANES 8
+#endif
+#define VROW_REGS (64 / VROW_LANES)
+
 static inline void rows_block(const float* x, int64_t ldx, const float* W, float* out, int64_t ldo, int64_t nb,
                               int64_t n_in, int64_t n_out, int64_t j0, int accumulate) {
     for (int64_t b = 0; b < nb; b++) {
         const float* xb = x + b * ldx;
         float* ob = out + b * ldo + j0;
-        vf16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-        if (accumulate) {
-            a0 = *(const vf16*)ob;
-            a1 = *(const vf16*)(ob + 16);
-            a2 = *(const vf16*)(ob + 32);
-            a3 = *(const vf16*)(ob + 48);
+        vrow a[VROW_REGS];
+        for (int r = 0; r < VROW_REGS; r++) {
+            if (accumulate)
+                a[r] = *(const vrow*)(ob + r * VROW_LANES);
+            else
+                a[r] = (vrow){0};
         }
         const float* wi = W + j0;
         for (int64_t i = 0; i < n_in; i++, wi += n_out) {
             const float xi = xb[i];
-            a0 += xi * *(const vf16*)wi;
-            a1 += xi * *(const vf16*)(wi + 16);
-            a2 += xi * *(const vf16*)(wi + 32);
-            a3 += xi * *(const vf16*)(wi + 48);
+            for (int r = 0; r < VROW_REGS; r++) a[r] += xi * *(const vrow*)(wi + r * VROW_LANES);
         }
-        *(vf16*)ob = a0;
-        *(vf16*)(ob + 16) = a1;
-        *(vf16*)(ob + 32) = a2;
-        *(vf16*)(ob + 48) = a3;
+        for (int r = 0; r < VROW_REGS; r++) *(vrow*)(ob + r * VROW_LANES) = a[r];
     }
 }
 
