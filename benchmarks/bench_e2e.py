@@ -8,6 +8,9 @@ For each model and batch size it measures, on one device:
   tokens, so every row runs the full length), the decode loop users run without the music constraints;
 * ``compose``: ``Composer.compose_midi`` (``--steps`` tokens a piece) / ``compose_abc`` (whole tunes, see
   ``--abc-tokens``), constraints included;
+* ``render``: :func:`rwkv_music.compose.render.render` of ``RENDER_PIECES_PER_ROW`` x B default pieces
+  (a ``.jsonl`` of empty rows, the same lengths as ``compose``) at ``batch_size`` B, continuous batching
+  refilling rows as pieces end, files and manifest written: the dataset path of ``rwkv-music render``;
 * their ratios to ``forward``; and prefill tok/s of a long prompt, beside the ``rwkv`` pip package where
   it is installed.
 
@@ -44,12 +47,13 @@ QUICK_SHAPES = {
     "v7-small (random)": ("7", 2, 128, 128, "abc"),
 }
 START = {"midi": 0, "abc": 2}  # first token of a document
-REPEAT = 3  # --repeat: rounds, each measuring forward, loop and compose in turn; the best of each counts
+REPEAT = 3  # --repeat: rounds, each measuring forward, loop, compose and render in turn; the best of each counts
 # --abc-tokens: compose_abc's max_tokens (0: the decode steps, at least the 64 the form needs).  By default
 # tunes end by themselves, at the form the constraint plans (about 150-350 tokens with the shipped model):
 # under a 64-token cap the form plan writes a 7-bar stub whose fixed costs (the header's prefill, the
 # piece's checks; ~3 ms a call on the 2-core CPU) are half of what it costs.
 ABC_MAX_TOKENS = 1024
+RENDER_PIECES_PER_ROW = 2  # render's pieces per batch row: each row is refilled once on average
 
 
 def say(text: str, err: bool = False) -> None:
@@ -123,6 +127,31 @@ def compose_tps(path: Path, mode: str, batch: int, steps: int, device: str, cuda
         else:
             pieces = composer.compose_abc(n=batch, max_tokens=ABC_MAX_TOKENS or max(steps, 64), seed=1)
         tokens[0] = sum(p.meta["new_tokens"] for p in pieces)  # sampled tokens (p.tokens also holds the prompt)
+
+    run()
+    return lambda: tokens[0] / timed(run, device)
+
+
+def render_tps(path: Path, mode: str, batch: int, steps: int, device: str, cuda_graph: bool,
+               tmp: Path) -> Callable[[], float]:
+    """A measurement: sampled tok/s of ``render`` (files written), each run into a new folder."""
+    from rwkv_music import Composer
+    from rwkv_music.compose.render import RenderSettings, render
+
+    composer = Composer.load(path, mode=mode, device=device)
+    if hasattr(composer.backend, "cuda_graph"):
+        composer.backend.cuda_graph = cuda_graph
+    prompts = Path(tempfile.mkdtemp(dir=tmp, prefix="render-")) / "prompts.jsonl"
+    prompts.write_text("{}\n" * (RENDER_PIECES_PER_ROW * batch))
+    max_tokens = steps if mode == "midi" else ABC_MAX_TOKENS or max(steps, 64)
+    settings = RenderSettings(1, batch, 1, {"max_tokens": max_tokens})
+    tokens = [0]
+
+    def run() -> None:
+        report = render(composer, prompts, tempfile.mkdtemp(dir=prompts.parent, prefix="out-"), settings)
+        if report.written != RENDER_PIECES_PER_ROW * batch or report.failed:
+            raise RuntimeError(f"render wrote {report.written} pieces, failed {report.failed[:2]}")
+        tokens[0] = int(report.stats["tokens"])
 
     run()
     return lambda: tokens[0] / timed(run, device)
@@ -202,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefill", type=int, default=None, help="prompt length of the prefill measurement")
     ap.add_argument("--quick", action="store_true", help="small shapes and few steps (a smoke run)")
     ap.add_argument("--no-cuda-graph", action="store_true")
-    ap.add_argument("--skip-compose", action="store_true")
+    ap.add_argument("--skip-compose", action="store_true", help="no compose and render measurements")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--only", default=None, help="measure only models whose name contains this text")
     ap.add_argument("--pip-cuda-kernel", action="store_true", help="the rwkv package with its CUDA kernel")
@@ -210,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="cpu: time by this process's CPU time (CPU only; steadier on a shared, loaded machine, "
                          "best with --threads 1)")
     ap.add_argument("--repeat", type=int, default=3,
-                    help="rounds (each times forward, loop and compose once, in turn); the best of each counts")
+                    help="rounds (each times forward, loop, compose and render once, in turn); the best of each counts")
     ap.add_argument("--abc-tokens", type=int, default=1024,
                     help="compose_abc's max_tokens (default: 1024, tunes end by themselves; 0: the steps)")
     args = ap.parse_args(argv)
@@ -231,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     say(f"# bench_e2e: device {args.device}, dtype {dtype}, cuda graphs {not args.no_cuda_graph and cuda}, "
           f"{args.clock} clock, {steps} steps, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     say("| model | ver | B | forward tok/s | loop tok/s | loop/fwd | compose tok/s | compose/fwd "
-        "| prefill tok/s | rwkv pkg prefill |")
-    say("|---|---|---|---|---|---|---|---|---|---|")  # rows as they are measured (a time limit keeps them)
+        "| render tok/s | render/fwd | prefill tok/s | rwkv pkg prefill |")
+    say("|---|---|---|---|---|---|---|---|---|---|---|---|")  # rows as they are measured (a time limit keeps them)
     with tempfile.TemporaryDirectory() as tmpdir:
         for name, path, mode, version in models(args.quick, Path(tmpdir)):
             if args.only and args.only not in name:
@@ -245,19 +274,23 @@ def main(argv: list[str] | None = None) -> int:
             for batch in batches:
                 t0 = time.perf_counter()
                 measures = {"forward": forward_tps(model, batch, steps, args.device, mode),
-                            "loop": loop_tps(model, batch, steps, args.device, mode), "compose": None}
+                            "loop": loop_tps(model, batch, steps, args.device, mode), "compose": None,
+                            "render": None}
                 if not args.skip_compose:
-                    try:
-                        measures["compose"] = compose_tps(path, mode, batch, steps, args.device,
-                                                          not args.no_cuda_graph)
-                    except Exception as exc:
-                        say(f"  ({name} compose B={batch}: {type(exc).__name__}: {str(exc)[:100]})", err=True)
+                    for key, make in (("compose", compose_tps), ("render", render_tps)):
+                        extra = (Path(tmpdir),) if key == "render" else ()
+                        try:
+                            measures[key] = make(path, mode, batch, steps, args.device, not args.no_cuda_graph,
+                                                 *extra)
+                        except Exception as exc:
+                            say(f"  ({name} {key} B={batch}: {type(exc).__name__}: {str(exc)[:100]})", err=True)
                 best = best_of_rounds(measures, REPEAT)
-                raw, loop, comp = best["forward"], best["loop"], best["compose"]
+                raw, loop, comp, rend = best["forward"], best["loop"], best["compose"], best["render"]
                 assert raw is not None and loop is not None
                 ratio = "n/a" if comp is None else f"{comp / raw:.0%}"
+                rratio = "n/a" if rend is None else f"{rend / raw:.0%}"
                 say(f"| {name} | v{version} | {batch} | {fmt(raw)} | {fmt(loop)} | {loop / raw:.0%} | {fmt(comp)} | "
-                    f"{ratio} | {fmt(pre)} | {fmt(pip)} |")
+                    f"{ratio} | {fmt(rend)} | {rratio} | {fmt(pre)} | {fmt(pip)} |")
                 say(f"  {name} B={batch}: {time.perf_counter() - t0:.1f} s", err=True)
             del model
     return 0

@@ -346,12 +346,19 @@ class _Group:
         self._scores: np.ndarray | None = None  # host_scores' buffer, kept between steps
         self._live: set[int] = set()  # its slots that hold logits (the others are -inf)
         self._keys: np.ndarray | None = None  # the rows' seed hash keys, one per slot (rows never change slots)
+        self._signature: Any = _END  # _pool_signature(procs), once: settings are public attributes set at creation
 
     def keys(self) -> np.ndarray:
         """Every slot's :func:`~rwkv_music.sampling.sampler.row_keys`, kept while the group's rows stay."""
         if self._keys is None or len(self._keys) != len(self.rows):
             self._keys = row_keys([row.seed for row in self.rows])
         return self._keys
+
+    def signature(self) -> tuple | None:
+        """:func:`_pool_signature` of the group's list, computed on the first step (about 0.1 ms a list)."""
+        if self._signature is _END:
+            self._signature = _pool_signature(self.procs)
+        return self._signature
 
     def host_scores(self, logits: np.ndarray, batch_idx: list[int], slots: list[int]) -> np.ndarray:
         """``[len(rows), V]`` float32: row ``slots[j]`` = ``logits[batch_idx[j]]``, the other rows -inf.
@@ -454,6 +461,7 @@ class _Loop:
         self.logits: Any = None  # float32 [len(rows), V] of the backend's kind, rows as self.rows (or None)
         self.n_finished = 0  # pieces already handed out
         self._owned: set[int] = set()  # ids of the processor objects in flight
+        self._tails: dict[Any, tuple[int, LogitsProcessorList | None]] = {}  # per pool signature, see _pool_tail
 
     # -- admission -------------------------------------------------------------------------
     def make_row(self, item: Any, index: int) -> _Row:
@@ -544,7 +552,7 @@ class _Loop:
         if len(groups) == 1:  # one list (a batch list, or a single piece): nothing to pool with
             pools[0] = list(groups.values())
         for group, members in groups.values() if len(groups) > 1 else ():
-            key = None if group.shared or not POOLING else _pool_signature(group.procs)
+            key = None if group.shared or not POOLING else group.signature()
             pools.setdefault(key if key is not None else id(group), []).append((group, members))
         for entries in pools.values():
             t0 = time.perf_counter()
@@ -576,8 +584,14 @@ class _Loop:
         alive = np.ones(n, dtype=bool)
         scores = original
         columns = list(zip(*[group.procs for _, _, group in members]))
-        for procs in columns:
+        tail_at, tail = self._pool_tail(entries[0][0], columns)
+        for j, procs in enumerate(columns):
             p0 = procs[0]
+            if j == tail_at and tail is not None and isinstance(scores, np.ndarray):
+                # the shared processors left run as one list, as a single batch's do (a filter's compact
+                # candidates and the one-call draw kernel where they apply); row r's result is unchanged
+                scores = tail.run(int(steps[0]), scores, candidates=True)
+                break
             mode = getattr(p0, "pool_mode", None) if getattr(p0, "runs_on", "host") == "device" else None
             if mode == "shared":
                 scores = p0.apply(int(steps[0]), scores)
@@ -611,6 +625,22 @@ class _Loop:
         for r in drawing:
             i, row, _ = members[r]
             self._advance(row, tokens[r], i)
+
+    def _pool_tail(self, group: _Group, columns: list[tuple]) -> tuple[int, LogitsProcessorList | None]:
+        """Where a pool's last run of ``shared`` processors starts, and one list of them (kept per signature:
+        shared processors hold no state, so any piece's instances serve every row), or ``(len, None)``."""
+        key = group.signature()
+        hit = self._tails.get(key)
+        if hit is None:
+            at = len(columns)
+            while at > 0:
+                p0 = columns[at - 1][0]
+                if getattr(p0, "runs_on", "host") != "device" or getattr(p0, "pool_mode", None) != "shared":
+                    break
+                at -= 1
+            hit = self._tails[key] = (at, LogitsProcessorList(c[0] for c in columns[at:]) if at < len(columns)
+                                      else None)
+        return hit
 
     def _host_rows(self, procs: tuple, steps: np.ndarray, scores: Any, members: list, alive: np.ndarray) -> Any:
         """One host processor per row (each piece's own), on numpy; a raised dead end ends that piece."""
