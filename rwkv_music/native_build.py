@@ -163,7 +163,7 @@ def address(arr: Any) -> int:
     reference, so the cache keeps no array alive."""
     hit = _ADDRESSES.get(id(arr))
     if hit is None or hit[0]() is not arr:
-        if len(_ADDRESSES) >= 64:
+        if len(_ADDRESSES) >= 1024:  # (a pool of 32 pieces' MIDI constraints passes ~320 arrays a step: 64 thrashed)
             _ADDRESSES.clear()
         hit = _ADDRESSES[id(arr)] = (weakref.ref(arr), arr.ctypes.data)
     return hit[1]

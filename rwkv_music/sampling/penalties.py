@@ -99,6 +99,7 @@ class OccurrencePenalty(LogitsProcessor):
         self._cols = None
         self._lists: np.ndarray | None = None  # [B, L] each row's seen ids, the kernels' (None: rebuild from _seen)
         self._counts = np.zeros(0, dtype=np.int64)  # [B] how many of a row's list are filled
+        self._pool_row = -1  # its row in the arrays of the last update_pool it took part in (-1: none)
 
     runs_on = "device"
     pool_mode = "state"  # continuous batching: the pieces' instances run as one batch (apply_pool)
@@ -362,18 +363,18 @@ class OccurrencePenalty(LogitsProcessor):
         seen[rows, toks] = True
         for i, p in enumerate(procs):
             p._occ, p._seen, p._cols, p._lists = occ[i : i + 1], seen[i : i + 1], None, None
+            p._pool_row = i  # row i of occ and seen (_rows_of_one)
 
 
 def _rows_of_one(procs: Sequence[OccurrencePenalty], name: str) -> np.ndarray | None:
-    """The array whose rows 0, 1, ... are ``procs``' ``name`` views in order (as :meth:`update_pool` leaves
-    them), or None: then the pool's state is stacked again (a [B, V] copy a step, 5 MB at B=32, V=20,096)."""
+    """The array whose rows 0, 1, ... are ``procs``' ``name`` views in order, as :meth:`update_pool` left them
+    (it tags each piece with its row), or None: then the pool's state is stacked again (a [B, V] copy a step,
+    5 MB at B=32, V=20,096).  A path that replaces a piece's array breaks the ``base`` link."""
     base = getattr(procs[0], name).base
-    if not isinstance(base, np.ndarray) or base.ndim != 2 or base.shape[0] != len(procs) or not base.flags.c_contiguous:
+    if not isinstance(base, np.ndarray) or base.shape[0] != len(procs):
         return None
-    start, step = base.ctypes.data, base.strides[0]
     for i, p in enumerate(procs):
-        row = getattr(p, name)
-        if row.base is not base or row.shape != (1, base.shape[1]) or row.ctypes.data != start + i * step:
+        if p._pool_row != i or getattr(p, name).base is not base:
             return None
     return base
 
