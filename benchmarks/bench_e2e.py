@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 import tempfile
@@ -277,11 +278,10 @@ def main(argv: list[str] | None = None) -> int:
                             "loop": loop_tps(model, batch, steps, args.device, mode), "compose": None,
                             "render": None}
                 if not args.skip_compose:
-                    for key, make in (("compose", compose_tps), ("render", render_tps)):
-                        extra = (Path(tmpdir),) if key == "render" else ()
+                    makers = {"compose": compose_tps, "render": functools.partial(render_tps, tmp=Path(tmpdir))}
+                    for key, make in makers.items():
                         try:
-                            measures[key] = make(path, mode, batch, steps, args.device, not args.no_cuda_graph,
-                                                 *extra)
+                            measures[key] = make(path, mode, batch, steps, args.device, not args.no_cuda_graph)
                         except Exception as exc:
                             say(f"  ({name} {key} B={batch}: {type(exc).__name__}: {str(exc)[:100]})", err=True)
                 best = best_of_rounds(measures, REPEAT)

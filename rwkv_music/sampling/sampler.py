@@ -169,15 +169,8 @@ def _seed_keys(seeds: tuple[int, ...]) -> np.ndarray:
     return keys
 
 
-@functools.lru_cache(maxsize=1024)
-def _seed_key_int(seed: int) -> int:
-    """The row key :func:`counter_uniforms` derives from a seed's words, kept (a row draws with it every step)."""
-    lo, hi = seed_words(seed)
-    return _mix32_int(lo ^ _mix32_int(hi ^ 0x9E3779B9))
-
-
 def _uniform_int(key: int, counter: int) -> float:
-    """:func:`counter_uniforms` of one row, from its key (:func:`_seed_key_int`), in Python ints."""
+    """:func:`counter_uniforms` of one row, from its key (:func:`row_keys`), in Python ints."""
     h1 = _mix32_int(key ^ _mix32_int((counter & _M32) ^ _mix32_int((counter >> 32) ^ 0x85EBCA6B)))
     h2 = _mix32_int(h1 ^ 0x27D4EB2F)
     return ((h1 >> 5) * 67108864 + (h2 >> 6)) / 9007199254740992.0
@@ -185,10 +178,6 @@ def _uniform_int(key: int, counter: int) -> float:
 
 def row_uniforms(seeds: Sequence[int], counters: Sequence[int], like: Any = None) -> Any:
     """The uniforms of rows with these seeds at these draw counts, on ``like``'s device (numpy if None)."""
-    seeds, counters = list(seeds), [int(c) for c in counters]
-    if len(seeds) <= 2:  # Python ints: the same arithmetic (values stay below 2**48), far less overhead
-        u = np.array([_uniform_int(_seed_key_int(int(s)), c) for s, c in zip(seeds, counters)], dtype=np.float64)
-        return ops(like).asarray(u, "float64") if is_torch_tensor(like) else u
     return key_uniforms(row_keys(seeds), counters, like)
 
 
@@ -200,7 +189,7 @@ def row_keys(seeds: Sequence[int]) -> np.ndarray:
 
 def key_uniforms(keys: np.ndarray, counters: Sequence[int], like: Any = None) -> Any:
     """:func:`row_uniforms` of the rows whose :func:`row_keys` are ``keys``."""
-    if len(keys) <= 2:
+    if len(keys) <= 2:  # Python ints: the same arithmetic (values stay below 2**48), far less overhead
         u = np.array([_uniform_int(int(k), int(c)) for k, c in zip(keys, counters)], dtype=np.float64)
     else:
         u = native.row_uniforms(keys, counters) if len(keys) == len(counters) else None  # (C: the same bits)

@@ -479,7 +479,7 @@ class AbcConstraint(LogitsProcessor):
         self._rhythms = [RhythmRun() for _ in range(n)]
         self._copy = [-1] * n
         self._plain = [None] * n
-        self._banning: set[int] = set()  # rows whose _copy or _plain bans a byte now
+        self._banning = set()
         for row, prompt in enumerate(prompts):
             self._note_bytes(row, [int(t) for t in prompt if EOS_ID < int(t) < VOCAB])
         self._ids = np.array(ids, dtype=np.int64)
