@@ -55,6 +55,7 @@ REPEAT = 3  # --repeat: rounds, each measuring forward, loop, compose and render
 # piece's checks; ~3 ms a call on the 2-core CPU) are half of what it costs.
 ABC_MAX_TOKENS = 1024
 RENDER_PIECES_PER_ROW = 2  # render's pieces per batch row: each row is refilled once on average
+CHECK_WORKERS: int | None = None  # --check-workers: render's ABC check processes (None: render's own choice)
 
 
 def say(text: str, err: bool = False) -> None:
@@ -145,7 +146,7 @@ def render_tps(path: Path, mode: str, batch: int, steps: int, device: str, cuda_
     prompts = Path(tempfile.mkdtemp(dir=tmp, prefix="render-")) / "prompts.jsonl"
     prompts.write_text("{}\n" * (RENDER_PIECES_PER_ROW * batch))
     max_tokens = steps if mode == "midi" else ABC_MAX_TOKENS or max(steps, 64)
-    settings = RenderSettings(1, batch, 1, {"max_tokens": max_tokens})
+    settings = RenderSettings(1, batch, 1, {"max_tokens": max_tokens}, check_workers=CHECK_WORKERS)
     tokens = [0]
 
     def run() -> None:
@@ -243,8 +244,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="rounds (each times forward, loop, compose and render once, in turn); the best of each counts")
     ap.add_argument("--abc-tokens", type=int, default=1024,
                     help="compose_abc's max_tokens (default: 1024, tunes end by themselves; 0: the steps)")
+    ap.add_argument("--check-workers", type=int, default=None,
+                    help="render's ABC check processes (default: render's choice, one per core the decoder leaves; "
+                         "time them with the wall clock, the cpu clock does not see other processes)")
     args = ap.parse_args(argv)
-    global CLOCK, REPEAT, ABC_MAX_TOKENS
+    global CLOCK, REPEAT, ABC_MAX_TOKENS, CHECK_WORKERS
+    CHECK_WORKERS = args.check_workers
     ABC_MAX_TOKENS = max(0, args.abc_tokens)
     if args.clock == "cpu":
         CLOCK = time.process_time

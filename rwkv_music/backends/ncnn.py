@@ -71,6 +71,7 @@ class NcnnModel(NumpyRuntime):
         self.device = device
         self.fp16 = fp16
         self.num_threads = num_threads
+        self.host_threads = num_threads  # CPU threads a step keeps busy (a render's check workers get the rest)
         self.storage: str = sidecar["dtype"]  # weight storage chosen at export: fp32, fp16 or int8
         self.quantization: str | None = sidecar.get("quantization")
         # the arithmetic: fp16 where asked for, else fp32 (over 8-bit weights expanded at load for int8)

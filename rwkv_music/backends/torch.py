@@ -117,6 +117,12 @@ class TorchModel:
         self._graph_steps: Any = None
         self._graph_eager = False  # tests: run the same static-buffer path eagerly (on a CPU)
 
+    @property
+    def host_threads(self) -> int:
+        """CPU threads a decode step keeps busy: torch's (and the native kernels') on a CPU, the one
+        launching thread on a GPU.  A render leaves the other cores to its check workers."""
+        return torch.get_num_threads() if self.device.type == "cpu" else 1
+
     # -- construction ----------------------------------------------------------------------
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Any], device: str | torch.device = "cpu",

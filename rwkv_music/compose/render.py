@@ -33,6 +33,7 @@ Both run :func:`generate_pieces` and hand the pieces to the same writer and mani
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -59,6 +60,8 @@ SETTINGS = "render.json"
 FAILED = "failed.txt"
 MAX_SAMPLES = 1_000_000  # inputs x samples_per_prompt: a plan is a list of that many records (~0.3 KB each)
 MAX_BATCH = 4096  # rows in flight: each holds a recurrent state and a logits row
+MAX_CHECK_WORKERS = 64
+CHECKS_IN_FLIGHT = 256  # finished pieces whose manifest row waits for its check, at most
 MIDI_OPTION_KEYS = ("seconds", "max_tokens", "instruments", "constrained")  # per-row keys of a .jsonl file
 ABC_OPTION_KEYS = ("key", "meter", "unit", "tempo", "controls", "constrained", "max_tokens",
                    "form", "parts", "bars_per_part", "cadence", "max_bar_repeats", "vary_rhythm")
@@ -106,6 +109,9 @@ class RenderSettings:
     force: bool = False
     max_samples: int | None = None  # stop after this many new samples (chunked runs)
     continuous: bool = True  # refill a row as soon as its piece ends (False: fixed batches)
+    # processes that check pieces for the manifest beside the decoder (formats whose check is slow:
+    # ABC); 0 checks in this process, None picks (validity_pool.auto_workers)
+    check_workers: int | None = None
 
     def __post_init__(self) -> None:
         limits = {"samples_per_prompt": MAX_SAMPLES, "batch_size": MAX_BATCH}
@@ -117,6 +123,12 @@ class RenderSettings:
             isinstance(self.max_samples, bool) or not isinstance(self.max_samples, int) or self.max_samples < 0
         ):
             raise OptionError(f"max_samples must be an integer >= 0, got {self.max_samples!r}")
+        if self.check_workers is not None and (
+            isinstance(self.check_workers, bool)
+            or not isinstance(self.check_workers, int)
+            or not 0 <= self.check_workers <= MAX_CHECK_WORKERS
+        ):
+            raise OptionError(f"check_workers must be an integer 0-{MAX_CHECK_WORKERS}, got {self.check_workers!r}")
         for name in ("options", "sampling"):
             value = getattr(self, name)
             if isinstance(value, dict):
@@ -302,13 +314,64 @@ class LocalEngine:
     def run(
         self, todo: list[Sample], output: RenderOutput, settings: RenderSettings, progress: ProgressFn, failed: Failed
     ) -> int:
-        written = 0
-        for sample, piece in generate_pieces(self.composer, todo, settings, failed):
-            output.sample(sample, piece)
+        workers = settings.check_workers
+        if not self.format.checks_in_workers:
+            workers = 0
+        elif workers is None:
+            from rwkv_music.formats.validity_pool import auto_workers
+
+            workers = auto_workers(len(todo), getattr(self.composer.backend, "host_threads", None))
+        if workers == 0:
+            written = 0
+            for sample, piece in generate_pieces(self.composer, todo, settings, failed):
+                output.sample(sample, piece)
+                written += 1
+                if progress is not None:
+                    progress(1, len(todo), int(piece.meta.get("new_tokens", 0)))
+            return written
+        from rwkv_music.formats.validity_pool import ValidityPool
+
+        with ValidityPool(self.format.name, workers, self.format.validity) as pool:
+            return _run_checked(generate_pieces(self.composer, todo, settings, failed), pool, output, todo, progress)
+
+
+def _run_checked(
+    pieces: Iterable[tuple[Sample, Any]], pool: Any, output: RenderOutput, todo: list[Sample], progress: ProgressFn
+) -> int:
+    """Write each piece's file at once and its manifest row when its check (in ``pool``) is back.
+
+    Rows keep the order of the pieces.  At most ``CHECKS_IN_FLIGHT`` checks wait: a decoder faster
+    than the checkers then waits for them instead of holding every finished piece in memory.  A run
+    that stops early records the rows whose checks are back; the other files get theirs on resume
+    (they are regenerated, identically, as after a kill)."""
+    pending: collections.deque[tuple[Sample, Any, Any]] = collections.deque()
+    written = 0
+
+    def record_head() -> None:
+        sample, piece, future = pending.popleft()
+        piece.meta["validity"] = pool.result(future, piece.text)
+        output.record(sample_row(sample, piece))
+
+    try:
+        for sample, piece in pieces:
+            output.begin()
+            save_sample(output.out, sample, piece)
+            pending.append((sample, piece, pool.submit(piece.text)))
             written += 1
+            while pending and (pending[0][2].done() or len(pending) > CHECKS_IN_FLIGHT):
+                record_head()
             if progress is not None:
                 progress(1, len(todo), int(piece.meta.get("new_tokens", 0)))
-        return written
+        while pending:
+            record_head()
+    finally:
+        while pending and _answered(pending[0][2]):  # stopped early: keep what is checked
+            record_head()
+    return written
+
+
+def _answered(future: Any) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 def render(

@@ -50,6 +50,8 @@ class Format(Protocol):
         default_preset: sampling preset when a call names none.
         options_class: the frozen options dataclass of a compose call (``AbcOptions``/``MidiOptions``).
         prompt_start: the id every prompt starts with (ABC ``bos``, MIDI ``<pad>``).
+        checks_in_workers: ``validity`` is slow enough that a render runs it in worker processes
+            (:mod:`rwkv_music.formats.validity_pool`); it must depend on the text alone.
     """
 
     name: str
@@ -59,6 +61,7 @@ class Format(Protocol):
     default_preset: str
     options_class: type
     prompt_start: int
+    checks_in_workers: bool
 
     @property
     def pad_id(self) -> int: ...

@@ -184,3 +184,114 @@ def test_abc_rows_carry_the_form_and_variety_options(tmp_path: Path) -> None:
     rows.write_text('{"prompt": "S:2", "vary_rhythm": "no"}\n')
     with pytest.raises(RwkvMusicError, match="vary_rhythm must be true or false"):
         AbcOptions(**dict(read_jobs(rows, "abc")[0].params))
+
+
+def _without_timing(rows: list[dict]) -> list[dict]:
+    return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in rows), key=lambda r: r["id"])
+
+
+def test_abc_checks_in_worker_processes_give_the_manifest_of_checks_in_this_process(tmp_path: Path) -> None:
+    """check_workers=2 (music21 in two worker processes) against 0 (in the render's process): the same
+    files and rows, in the same order; a run stopped mid-way keeps the rows whose checks came back,
+    and its resume completes the same render."""
+    composer = Composer(FakeBackend(128), model_name="fake")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"meter": m}) + "\n" for m in ("2/4", "3/4", "6/8") * 4))
+    settings = {"max_tokens": 160}
+    here, there = tmp_path / "here", tmp_path / "there"
+    render(composer, prompts, here, RenderSettings(2, 5, 9, settings, check_workers=0))
+    report = render(composer, prompts, there, RenderSettings(2, 5, 9, settings, check_workers=2))
+    assert report.written == 24 and report.complete
+    rows = _manifest(there)
+    assert [r["id"] for r in rows] == [r["id"] for r in _manifest(here)]  # rows keep the pieces' order
+    assert _without_timing(rows) == _without_timing(_manifest(here))
+    assert {r["validity"]["parse_ok"] for r in rows} == {True}
+    for row in rows:
+        assert (there / row["output"]).read_bytes() == (here / row["output"]).read_bytes()
+
+    stopped = tmp_path / "stopped"
+
+    def stop_after_ten(done_now: int, todo: int, tokens: int) -> None:
+        stop_after_ten.n += done_now
+        if stop_after_ten.n == 10:
+            raise KeyboardInterrupt
+
+    stop_after_ten.n = 0
+    with pytest.raises(KeyboardInterrupt):
+        render(composer, prompts, stopped, RenderSettings(2, 5, 9, settings, check_workers=2), progress=stop_after_ten)
+    assert len(list(stopped.glob("*.abc"))) == 10 and len(_complete_rows(stopped / "manifest.jsonl")) <= 10
+    resumed = render(composer, prompts, stopped, RenderSettings(2, 3, 9, settings, check_workers=2, resume=True))
+    assert resumed.complete and resumed.done_before + resumed.written == 24
+    assert _without_timing(_manifest(stopped)) == _without_timing(rows)
+
+
+def test_check_workers_is_checked() -> None:
+    for bad in (-1, 65, 1.5, True):
+        with pytest.raises(RwkvMusicError, match="check_workers"):
+            RenderSettings(check_workers=bad)
+
+
+def test_cli_check_workers_is_for_a_local_render(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from rwkv_music.cli.main import main as cli
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n")
+    result = CliRunner().invoke(cli, ["render", str(prompts), "-o", str(tmp_path / "o"), "--check-workers", "2",
+                                      "--ray"])
+    assert result.exit_code == 2 and "--check-workers is for a render in this process" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_check_workers_reach_the_render(
+    checkpoint_path: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from rwkv_music.cli.main import main as cli
+    from rwkv_music.formats import validity_pool
+
+    pools = []
+    real_init = validity_pool.ValidityPool.__init__
+
+    def recording_init(self, mode, workers, check, command=None):  # noqa: ANN001
+        pools.append((mode, workers))
+        real_init(self, mode, workers, check, command)
+
+    monkeypatch.setattr(validity_pool.ValidityPool, "__init__", recording_init)
+    model = checkpoint_path("7", vocab_size=128, n_layer=2)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"meter": "3/4"}\n')
+    args = ["render", str(prompts), "--model", str(model), "-n", "3", "--max-tokens", "120", "--seed", "1", "-q"]
+    result = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "o"), "--check-workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert pools == [("abc", 1)]
+    rows = _manifest(tmp_path / "o")
+    assert len(rows) == 3 and all("parse_ok" in r["validity"] for r in rows)
+    result = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "o0"), "--check-workers", "0"])
+    assert result.exit_code == 0 and pools == [("abc", 1)]  # 0: no pool
+    assert _without_timing(_manifest(tmp_path / "o0")) == _without_timing(rows)
+
+
+@pytest.mark.parametrize("flags, threads_after", [([], 2), (["--threads", "4"], 4), (["--check-workers", "0"], 4)])
+def test_cli_abc_render_on_the_cpu_leaves_half_the_cores_to_its_checks(
+    checkpoint_path: Callable[..., Path], tmp_path: Path, flags: list[str], threads_after: int
+) -> None:
+    import torch
+    from click.testing import CliRunner
+
+    from rwkv_music.cli.main import main as cli
+
+    model = checkpoint_path("7", vocab_size=128, n_layer=2)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("{}\n")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        result = CliRunner().invoke(cli, ["render", str(prompts), "--model", str(model), "--max-tokens", "120", "-q",
+                                          "--seed", "1", "-o", str(tmp_path / "o"), *flags])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == threads_after
+    finally:
+        torch.set_num_threads(before)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import mido
@@ -312,3 +313,20 @@ def test_settings_round_trip_through_dict() -> None:
     assert isinstance(tok, MidiTokenizer) and tok.timing == "reference" and tok.vocab.tokens == REF.vocab.tokens
     with pytest.raises(TokenizerError, match="timing 'fast'"):
         MidiTokenizer(timing="fast")  # type: ignore[arg-type]
+
+
+def test_exact_ms_to_tick_in_integers_is_the_fraction_rounding() -> None:
+    """Whole ms take an integer path (the decoder calls it once a message); it must round as the
+    exact rational formula does: nearest tick at 0.96 ticks a ms, halves up (25 ms = 24 ticks)."""
+    from fractions import Fraction
+
+    from rwkv_music.formats.midi.timing import DECODE_TEMPO, DECODE_TICKS_PER_BEAT, exact_ms_to_tick
+
+    def rational(ms: float) -> int:
+        return math.floor(Fraction(ms) * DECODE_TICKS_PER_BEAT * 1000 / DECODE_TEMPO + Fraction(1, 2))
+
+    for ms in [*range(-60, 4000), 12_345_678, 25 * 10**9 + 13]:
+        assert exact_ms_to_tick(ms) == rational(ms), ms
+    for ms in (12.5, 0.52, 1e-9, 1041.6666):  # floats keep the Fraction path
+        assert exact_ms_to_tick(ms) == rational(ms)
+    assert [exact_ms_to_tick(m) for m in (1, 13, 25, 1000)] == [1, 12, 24, 960]

@@ -35,6 +35,7 @@ class AbcFormat(SpecialIds):
     suffix = ".abc"
     input_suffixes = (".abc",)
     default_preset = "default-abc"
+    checks_in_workers = True  # a tune's check (music21 + strict bars) costs more than composing it
     options_class = AbcOptions
 
     def __init__(self, tokenizer: Any = None) -> None:

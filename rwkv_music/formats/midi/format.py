@@ -35,6 +35,7 @@ class MidiFormat(SpecialIds):
     suffix = ".mid"
     input_suffixes = (".mid", ".midi")
     default_preset = "default-midi"
+    checks_in_workers = False  # decoding the ids is cheap: check in the writing process
     options_class = MidiOptions
 
     def __init__(self, tokenizer: Any = None) -> None:

@@ -100,6 +100,8 @@ class DecodeClock:
 
 def exact_ms_to_tick(ms: float) -> int:
     """Tick nearest to ``ms`` at 480 ticks/beat and 120 bpm (0.96 ticks per ms, halves up)."""
+    if type(ms) is int:  # the exact clock's whole ms: the same rounding in integers, without Fractions
+        return (2000 * DECODE_TICKS_PER_BEAT * ms + DECODE_TEMPO) // (2 * DECODE_TEMPO)
     exact = Fraction(ms) * DECODE_TICKS_PER_BEAT * 1000 / DECODE_TEMPO
     return math.floor(exact + Fraction(1, 2))
 
