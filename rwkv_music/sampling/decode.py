@@ -646,6 +646,9 @@ class _Loop:
         """One host processor per row (each piece's own), on numpy; a raised dead end ends that piece."""
         arr, back = to_numpy(scores)
         arr = np.array(arr, dtype=np.float32)  # ours to write
+        pooled = getattr(type(procs[0]), "apply_rows", None)  # one call for every row's own processor
+        if pooled is not None and alive.all() and pooled(procs, arr):
+            return back(arr)
         for r, proc in enumerate(procs):
             if not alive[r]:
                 continue

@@ -364,3 +364,80 @@ def test_the_cached_mask_equals_the_mask_rebuilt_from_scratch(kw: dict[str, Any]
     if "max_note_seconds" in kw:
         assert forced_seen  # the forced-release path was exercised
     assert bool(calls) == (path != "numpy")
+
+
+def test_a_pool_of_one_row_constraints_in_one_kernel_call_equals_each_alone() -> None:
+    """apply_rows (a render's pool: every piece its own constraint, all masked by one call of
+    rwkv_midi_mask_pieces) leaves row r as procs[r].apply_inplace leaves it alone: pieces with
+    different settings (instruments, key penalty or mask, target length, polyphony, note length),
+    each advanced on its own stream, NaN and +inf scores included, across a reset."""
+    if fast_mask.kernel() is None:
+        pytest.skip(f"the C mask does not build here ({fast_mask.LIBRARY.error})")
+    settings = [
+        {},
+        {"max_polyphony": 2, "max_note_seconds": 0.2, "target_seconds": 2.0},
+        {"key": "auto", "key_notes": 3, "ranges": True, "max_polyphony": 3},
+        {"key": "D", "scale_penalty": 2.0, "max_note_seconds": 0.1, "target_seconds": 1.0},
+        {"instruments": ["piano"], "drums": True, "pitch_range": (40, 80), "end_tokens": (0,)},
+    ]
+    rng = np.random.default_rng(7)
+    procs = [MidiConstraint(**kw) for kw in settings * 2]
+    alone = [MidiConstraint(**kw) for kw in settings * 2]
+    for p in (*procs, *alone):
+        p.reset([[0]])
+    P = len(procs)
+    for step in range(150):
+        if step == 75:  # a reset replaces the state arrays: the pooled arguments must follow
+            for p, q in zip(procs, alone):
+                p.reset([[0, note_token(8, 60, 9)]])
+                q.reset([[0, note_token(8, 60, 9)]])
+        scores = (rng.standard_normal((P, VOCAB_SIZE)) * 3).astype(np.float32)
+        if step % 13 == 0:
+            scores[1, rng.integers(0, VOCAB_SIZE, 50)] = np.nan
+            scores[-1, rng.integers(0, VOCAB_SIZE, 50)] = np.inf
+        want = np.concatenate([q.apply_inplace(step, scores[r : r + 1].copy()) for r, q in enumerate(alone)])
+        got = scores.copy()
+        assert MidiConstraint.apply_rows(procs, got)  # True: the one kernel call ran
+        assert np.array_equal(got, want, equal_nan=True), step
+        tokens = []
+        for r in range(P):
+            legal = np.flatnonzero(np.isfinite(want[r]))
+            tokens.append(int(rng.choice(legal)))
+        for p, q, t in zip(procs, alone, tokens):
+            p.update([t])
+            q.update([t])
+    procs[0].native = False  # one piece on the numpy path: the pool declines, nothing written
+    scores = np.ones((P, VOCAB_SIZE), dtype=np.float32)
+    assert not MidiConstraint.apply_rows(procs, scores) and (scores == 1).all()
+    wide = MidiConstraint()
+    wide.reset([[0], [0]])  # a two-row constraint is not a piece of a pool
+    assert not MidiConstraint.apply_rows([wide], np.ones((1, VOCAB_SIZE), dtype=np.float32))
+
+
+def test_continuous_batching_pools_the_pieces_constraints_into_the_same_pieces(monkeypatch: pytest.MonkeyPatch
+                                                                              ) -> None:
+    """Render's pool with each piece's own constraint (one kernel call a step, apply_rows) gives the pieces
+    that one list per row gives (POOLING off: each constraint on its own row)."""
+    import importlib
+
+    from rwkv_music.sampling import SamplingConfig
+    from rwkv_music.sampling.continuous import WorkItem, generate_continuous
+
+    decode_mod = importlib.import_module("rwkv_music.sampling.decode")
+    backend = FakeBackend(vocab_size=VOCAB_SIZE, scale=3.0)
+    cfg = SamplingConfig(top_k=40, temperature=1.1)
+    calls = []
+    real = MidiConstraint.apply_rows.__func__
+    monkeypatch.setattr(MidiConstraint, "apply_rows", classmethod(lambda cls, p, s: calls.append(len(p))
+                                                                  or real(cls, p, s)))
+
+    def run() -> list:
+        items = [WorkItem(prompt=[0], seed=s, max_new_tokens=30 + 5 * (s % 3), stop_tokens=(0, 2),
+                          processors=cfg.build_processors([MidiConstraint(max_polyphony=3, max_note_seconds=0.3)]))
+                 for s in range(9)]
+        return [(r.index, r.tokens, r.finish_reason) for r in generate_continuous(backend, items, batch_size=4)]
+
+    pooled = run()
+    assert calls and max(calls) == 4  # the pool's rows went through one call
+    monkeypatch.setattr(decode_mod, "POOLING", False)
+    assert run() == pooled

@@ -17,7 +17,7 @@ piece after it (as after ``<start>``, which the constraint never proposes itself
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -250,6 +250,8 @@ class MidiConstraint(LogitsProcessor):
         self._tmpl_keys: list[tuple[int, int]] = []  # (row, key) cells whose note changed
         self._tmpl_can_on = self._tmpl_forced = np.zeros(0, dtype=bool)  # per row: the flags the cache was written with
         self.native = True  # the mask in C (fast_mask.c) where it builds; False: the numpy template (the reference)
+        self._piece: Any = None  # _piece_args: this constraint's arrays for the pooled kernel, and ...
+        self._piece_of: Any = None  # ... the _start array they were taken from
         none = -1  # (the kernel's "no limit")
         self._rules_c = fast_mask.MidiRules(
             vocab=VOCAB_SIZE, first_wait=WAIT_FIRST, n_waits=MAX_WAIT, first_note=NOTE_BASE, n_keys=N_KEYS,
@@ -513,12 +515,51 @@ class MidiConstraint(LogitsProcessor):
         if self.native and fast_mask.mask_into(self._rules_c, scores, out, self._start, self._time,
                                                self._n_sounding, self._earliest, self._can_start, self._pitched,
                                                self._key_pc, self._scale):
-            self._tmpl = None  # the template cache was not kept: the numpy path rebuilds it if it runs again
-            if self._tmpl_keys:
-                self._tmpl_keys.clear()
-                self._tmpl_rows.clear()
+            self._masked_natively()
         else:
             np.fmin(scores, self._template(), out=out)
+        return self._penalise_and_bias(out)
+
+    @classmethod
+    def apply_rows(cls, procs: Sequence["MidiConstraint"], scores: np.ndarray) -> bool:
+        """Row r of ``scores`` (float32 ``[P, V]``, the caller's to write) processed by ``procs[r]``, each a
+        one-row constraint of its own (the pieces of a render's pool), with one kernel call for the masks;
+        False (nothing written) where that cannot run, and the caller processes the rows one by one.
+
+        Row r ends as ``procs[r].apply_inplace(step, scores[r : r + 1])`` leaves it (tested)."""
+        pieces = []
+        for proc in procs:
+            if type(proc) is not cls or not proc.native:
+                return False
+            piece = proc._piece_args()
+            if piece is None:
+                return False
+            pieces.append(piece)
+        if not fast_mask.mask_pieces(scores, scores, pieces):
+            return False
+        for r, proc in enumerate(procs):
+            proc._masked_natively()
+            proc._penalise_and_bias(scores[r : r + 1])
+        return True
+
+    def _piece_args(self) -> Any:
+        """This one-row constraint for the pooled kernel, made once per :meth:`reset` (which replaces the
+        state arrays; every other change is in place)."""
+        if self._piece_of is not self._start:
+            self._piece = fast_mask.piece_args(self._rules_c, self._start, self._time, self._n_sounding,
+                                               self._earliest, self._can_start, self._pitched, self._key_pc,
+                                               self._scale)
+            self._piece_of = self._start
+        return self._piece
+
+    def _masked_natively(self) -> None:
+        self._tmpl = None  # the template cache was not kept: the numpy path rebuilds it if it runs again
+        if self._tmpl_keys:
+            self._tmpl_keys.clear()
+            self._tmpl_rows.clear()
+
+    def _penalise_and_bias(self, out: np.ndarray) -> np.ndarray:
+        """The scale penalty and the end bias, after the mask."""
         if self.key is not None and not self._scale_masks:  # out-of-key note-ons: penalised
             off_key = ~self._in_scale()  # [B, N_KEYS]
             notes = np.reshape(out[:, NOTE_BASE:], (len(self._time), N_KEYS, N_VEL), copy=False)

@@ -91,3 +91,23 @@ int rwkv_midi_mask(const float* in, float* out, int64_t B, const midi_rules* q, 
     }
     return 0;
 }
+
+/* One constraint's rules and one-row state: a piece of a render's pool, where every piece has its own
+ * MidiConstraint (rwkv_music.sampling.decode, _host_rows). */
+typedef struct {
+    const midi_rules* q;
+    const int64_t *start, *time, *n_sounding, *earliest, *key_pc;
+    const uint8_t *can_start, *pitched, *scale;
+} midi_piece;
+
+/* in, out [P, vocab]: row r masked by pieces[r], as rwkv_midi_mask does it for a one-row batch; one
+ * call a step instead of one a piece.  Returns 0. */
+int rwkv_midi_mask_pieces(const float* in, float* out, int64_t P, const midi_piece* const* pieces) {
+    for (int64_t r = 0; r < P; r++) {
+        const midi_piece* p = pieces[r];
+        const int64_t v = p->q->vocab;
+        rwkv_midi_mask(in + r * v, out + r * v, 1, p->q, p->start, p->time, p->n_sounding, p->earliest,
+                       p->can_start, p->pitched, p->key_pc, p->scale);
+    }
+    return 0;
+}

@@ -26,9 +26,17 @@ class MidiRules(ctypes.Structure):
         "target_ticks", "min_end", "max_end", "end_mask", "use_scale")]
 
 
+class MidiPiece(ctypes.Structure):
+    """``midi_piece`` in ``fast_mask.c``: one one-row constraint's rules and state arrays, by address."""
+
+    _fields_ = [("rules", ctypes.POINTER(MidiRules))] + [(name, _P) for name in (
+        "start", "time", "n_sounding", "earliest", "key_pc", "can_start", "pitched", "scale")]
+
+
 LIBRARY = native_build.Library(
     (Path(__file__).with_name("fast_mask.c"),), "rwkv_music_midi_mask",
-    {"rwkv_midi_mask": ([_P, _P, _I64, ctypes.POINTER(MidiRules), _P, _P, _P, _P, _P, _P, _P, _P], ctypes.c_int)},
+    {"rwkv_midi_mask": ([_P, _P, _I64, ctypes.POINTER(MidiRules), _P, _P, _P, _P, _P, _P, _P, _P], ctypes.c_int),
+     "rwkv_midi_mask_pieces": ([_P, _P, _I64, _P], ctypes.c_int)},
 )
 
 
@@ -57,4 +65,32 @@ def mask_into(rules: MidiRules, src: np.ndarray, out: np.ndarray, start: np.ndar
     at = native_build.address
     fn(at(src), at(out), B, ctypes.byref(rules), at(start), at(time), at(n_sounding), at(earliest),
        at(can_start), at(pitched), at(key_pc), at(scale))
+    return True
+
+
+def piece_args(rules: MidiRules, start: np.ndarray, time: np.ndarray, n_sounding: np.ndarray, earliest: np.ndarray,
+               can_start: np.ndarray, pitched: np.ndarray, key_pc: np.ndarray, scale: np.ndarray) -> MidiPiece | None:
+    """The :class:`MidiPiece` of a one-row constraint's arrays (valid while they live and are not replaced),
+    or None where the kernel cannot read them."""
+    _plain = native_build.plain
+    if not (time.shape == n_sounding.shape == earliest.shape == (1,) and start.shape == (1, rules.n_keys)
+            and scale.shape == (1, 12) and _plain(start, np.int64) and _plain(time, np.int64)
+            and _plain(n_sounding, np.int64) and _plain(earliest, np.int64) and _plain(scale, np.bool_)):
+        return None
+    return MidiPiece(ctypes.pointer(rules), *(a.ctypes.data for a in (
+        start, time, n_sounding, earliest, key_pc, can_start, pitched, scale)))
+
+
+def mask_pieces(src: np.ndarray, out: np.ndarray, pieces: list[MidiPiece]) -> bool:
+    """Row r of ``src`` masked by ``pieces[r]`` into ``out`` (float32 ``[P, vocab]``, C order; may be ``src``);
+    False (nothing written) where the kernel cannot run."""
+    lib = LIBRARY.get()
+    if lib is None or not pieces:
+        return False
+    vocab = pieces[0].rules.contents.vocab
+    if not (src.shape == out.shape == (len(pieces), vocab) and native_build.plain(src, np.float32)
+            and native_build.plain(out, np.float32)):
+        return False
+    table = (ctypes.c_void_p * len(pieces))(*[ctypes.addressof(p) for p in pieces])
+    lib.rwkv_midi_mask_pieces(native_build.address(src), native_build.address(out), len(pieces), table)
     return True
