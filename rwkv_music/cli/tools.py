@@ -381,8 +381,8 @@ file (objects with "prompt" or "file" plus per-row options such as "seconds", "k
     "--check-workers",
     type=click.IntRange(0, 64),
     default=None,
-    help="ABC: processes that check finished tunes for the manifest while the model decodes (0: check in this "
-    "process; default: one per core the decoder leaves; on a CPU without --threads the decoder takes half).",
+    help="Processes that write and check finished pieces while the model decodes (0: this process does; "
+    "default: one per core the decoder leaves; an ABC render on a CPU without --threads decodes on half).",
 )
 @click.option(
     "--abc-to-midi",
@@ -485,7 +485,7 @@ def _leave_cores_for_checks(load: LoadSpec, engine: Any, check_workers: int | No
     checking in turn (a decoder thread more gained the small model about 10 %)."""
     if load.threads is not None or check_workers == 0 or load.backend != "torch" or load.device != "cpu":
         return
-    if engine.format.checks_in_workers:
+    if engine.format.slow_checks:
         import torch
 
         torch.set_num_threads(max(1, torch.get_num_threads() // 2))

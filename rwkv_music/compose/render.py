@@ -9,6 +9,8 @@ stay in flight, a finished piece is written at once and its row takes the next s
 samples with different row parameters share the batch.  Files and manifest rows therefore appear
 in completion order; the manifest is keyed by sample id, so resuming does not care.
 ``RenderSettings(continuous=False)`` keeps the older fixed batches of consecutive samples.
+Where cores are free (``check_workers``), worker processes write the files and check the pieces
+while the model decodes (:mod:`rwkv_music.compose.piece_workers`); the files and rows are the same.
 
 Crash safety (``resume=True``): each sample file is written atomically (temporary file, then
 rename) and its manifest row is appended, in one ``write`` and fsynced, only after the file is
@@ -61,7 +63,7 @@ FAILED = "failed.txt"
 MAX_SAMPLES = 1_000_000  # inputs x samples_per_prompt: a plan is a list of that many records (~0.3 KB each)
 MAX_BATCH = 4096  # rows in flight: each holds a recurrent state and a logits row
 MAX_CHECK_WORKERS = 64
-CHECKS_IN_FLIGHT = 256  # finished pieces whose manifest row waits for its check, at most
+PIECES_IN_FLIGHT = 256  # pieces handed to the workers whose manifest row waits, at most
 MIDI_OPTION_KEYS = ("seconds", "max_tokens", "instruments", "constrained")  # per-row keys of a .jsonl file
 ABC_OPTION_KEYS = ("key", "meter", "unit", "tempo", "controls", "constrained", "max_tokens",
                    "form", "parts", "bars_per_part", "cadence", "max_bar_repeats", "vary_rhythm")
@@ -109,8 +111,8 @@ class RenderSettings:
     force: bool = False
     max_samples: int | None = None  # stop after this many new samples (chunked runs)
     continuous: bool = True  # refill a row as soon as its piece ends (False: fixed batches)
-    # processes that check pieces for the manifest beside the decoder (formats whose check is slow:
-    # ABC); 0 checks in this process, None picks (validity_pool.auto_workers)
+    # processes that write and check the pieces beside the decoder (compose/piece_workers.py); 0: this
+    # process does it, None: piece_workers.auto_workers picks
     check_workers: int | None = None
 
     def __post_init__(self) -> None:
@@ -318,7 +320,7 @@ class LocalEngine:
         if not self.format.checks_in_workers:
             workers = 0
         elif workers is None:
-            from rwkv_music.formats.validity_pool import auto_workers
+            from rwkv_music.compose.piece_workers import auto_workers
 
             workers = auto_workers(len(todo), getattr(self.composer.backend, "host_threads", None))
         if workers == 0:
@@ -329,43 +331,47 @@ class LocalEngine:
                 if progress is not None:
                     progress(1, len(todo), int(piece.meta.get("new_tokens", 0)))
             return written
-        from rwkv_music.formats.validity_pool import ValidityPool
+        from rwkv_music.compose.piece_workers import PiecePool
 
-        with ValidityPool(self.format.name, workers, self.format.validity) as pool:
-            return _run_checked(generate_pieces(self.composer, todo, settings, failed), pool, output, todo, progress)
+        with PiecePool(workers) as pool:
+            return _run_in_workers(generate_pieces(self.composer, todo, settings, failed), pool, output, todo,
+                                   progress)
 
 
-def _run_checked(
+def _run_in_workers(
     pieces: Iterable[tuple[Sample, Any]], pool: Any, output: RenderOutput, todo: list[Sample], progress: ProgressFn
 ) -> int:
-    """Write each piece's file at once and its manifest row when its check (in ``pool``) is back.
+    """Hand each piece to ``pool``'s workers, which write its file and check it; append its manifest row
+    when they are done (the file is then in place).
 
-    Rows keep the order of the pieces.  At most ``CHECKS_IN_FLIGHT`` checks wait: a decoder faster
-    than the checkers then waits for them instead of holding every finished piece in memory.  A run
-    that stops early records the rows whose checks are back; the other files get theirs on resume
-    (they are regenerated, identically, as after a kill)."""
-    pending: collections.deque[tuple[Sample, Any, Any]] = collections.deque()
+    Rows keep the order of the pieces.  At most ``PIECES_IN_FLIGHT`` pieces wait: a decoder faster
+    than the workers then waits for them instead of holding every finished piece in memory.  A run
+    that stops early records the rows of the pieces already finished; the others are rendered again,
+    identically, on resume (a file without a row is a killed run's, as after a kill)."""
+    pending: collections.deque[tuple[Sample, Any, dict[str, Any], Any]] = collections.deque()
     written = 0
 
     def record_head() -> None:
-        sample, piece, future = pending.popleft()
-        piece.meta["validity"] = pool.result(future, piece.text)
+        sample, piece, request, future = pending.popleft()
+        piece.meta["validity"] = pool.result(future, request)
         output.record(sample_row(sample, piece))
 
     try:
         for sample, piece in pieces:
-            output.begin()
-            save_sample(output.out, sample, piece)
-            pending.append((sample, piece, pool.submit(piece.text)))
+            output.begin()  # render.json before the first sample file
+            # the path and title save_sample would use (the atomic write replaces a link of that name)
+            save = {"path": str(output.out / sample.output), "title": _one_piece(piece).title}
+            request = {"mode": piece.mode, "text": piece.text, "save": save}
+            pending.append((sample, piece, request, pool.submit(request)))
             written += 1
-            while pending and (pending[0][2].done() or len(pending) > CHECKS_IN_FLIGHT):
+            while pending and (pending[0][3].done() or len(pending) > PIECES_IN_FLIGHT):
                 record_head()
             if progress is not None:
                 progress(1, len(todo), int(piece.meta.get("new_tokens", 0)))
         while pending:
             record_head()
     finally:
-        while pending and _answered(pending[0][2]):  # stopped early: keep what is checked
+        while pending and _answered(pending[0][3]):  # stopped early: keep what is finished
             record_head()
     return written
 

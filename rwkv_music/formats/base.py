@@ -50,8 +50,10 @@ class Format(Protocol):
         default_preset: sampling preset when a call names none.
         options_class: the frozen options dataclass of a compose call (``AbcOptions``/``MidiOptions``).
         prompt_start: the id every prompt starts with (ABC ``bos``, MIDI ``<pad>``).
-        checks_in_workers: ``validity`` is slow enough that a render runs it in worker processes
-            (:mod:`rwkv_music.formats.validity_pool`); it must depend on the text alone.
+        checks_in_workers: a render may write a piece's file and check it in worker processes
+            (:mod:`rwkv_music.compose.piece_workers`), which use the format's default tokenizer.
+        slow_checks: ``validity`` costs more CPU than composing the piece (the CLI's render then
+            leaves half of a CPU's cores to the workers).
     """
 
     name: str
@@ -62,6 +64,7 @@ class Format(Protocol):
     options_class: type
     prompt_start: int
     checks_in_workers: bool
+    slow_checks: bool
 
     @property
     def pad_id(self) -> int: ...

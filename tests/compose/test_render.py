@@ -190,10 +190,10 @@ def _without_timing(rows: list[dict]) -> list[dict]:
     return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in rows), key=lambda r: r["id"])
 
 
-def test_abc_checks_in_worker_processes_give_the_manifest_of_checks_in_this_process(tmp_path: Path) -> None:
-    """check_workers=2 (music21 in two worker processes) against 0 (in the render's process): the same
-    files and rows, in the same order; a run stopped mid-way keeps the rows whose checks came back,
-    and its resume completes the same render."""
+def test_abc_pieces_finished_in_worker_processes_give_the_render_of_this_process(tmp_path: Path) -> None:
+    """check_workers=2 (files written and checked with music21 in two worker processes) against 0 (in the
+    render's process): the same files and rows, in the same order; a run stopped mid-way keeps the rows of
+    the pieces already finished, and its resume completes the same render."""
     composer = Composer(FakeBackend(128), model_name="fake")
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"meter": m}) + "\n" for m in ("2/4", "3/4", "6/8") * 4))
@@ -219,10 +219,27 @@ def test_abc_checks_in_worker_processes_give_the_manifest_of_checks_in_this_proc
     stop_after_ten.n = 0
     with pytest.raises(KeyboardInterrupt):
         render(composer, prompts, stopped, RenderSettings(2, 5, 9, settings, check_workers=2), progress=stop_after_ten)
-    assert len(list(stopped.glob("*.abc"))) == 10 and len(_complete_rows(stopped / "manifest.jsonl")) <= 10
+    kept = _complete_rows(stopped / "manifest.jsonl")
+    assert len(kept) <= len(list(stopped.glob("*.abc"))) <= 10  # (workers may not have written them all)
+    assert all((stopped / r["output"]).is_file() for r in kept) and not list(stopped.glob(".*tmp*"))
     resumed = render(composer, prompts, stopped, RenderSettings(2, 3, 9, settings, check_workers=2, resume=True))
     assert resumed.complete and resumed.done_before + resumed.written == 24
     assert _without_timing(_manifest(stopped)) == _without_timing(rows)
+
+
+def test_midi_pieces_finished_in_worker_processes_give_the_render_of_this_process(tmp_path: Path) -> None:
+    composer = Composer(FakeBackend(20096), model_name="fake")
+    prompts = _prompts(tmp_path / "p.txt")
+    here, there = tmp_path / "here", tmp_path / "there"
+    render(composer, prompts, here, RenderSettings(K, 9, 4, {"max_tokens": 24}, check_workers=0))
+    report = render(composer, prompts, there, RenderSettings(K, 9, 4, {"max_tokens": 24}, check_workers=2))
+    assert report.written == 60 and report.complete
+    rows = _check_complete(there)
+    assert [r["id"] for r in rows] == [r["id"] for r in _manifest(here)]
+    assert _without_timing(rows) == _without_timing(_manifest(here))
+    assert {r["validity"]["decodes"] for r in rows} == {True}
+    for row in rows:
+        assert (there / row["output"]).read_bytes() == (here / row["output"]).read_bytes()
 
 
 def test_check_workers_is_checked() -> None:
@@ -250,16 +267,16 @@ def test_cli_check_workers_reach_the_render(
     from click.testing import CliRunner
 
     from rwkv_music.cli.main import main as cli
-    from rwkv_music.formats import validity_pool
+    from rwkv_music.compose import piece_workers
 
     pools = []
-    real_init = validity_pool.ValidityPool.__init__
+    real_init = piece_workers.PiecePool.__init__
 
-    def recording_init(self, mode, workers, check, command=None):  # noqa: ANN001
-        pools.append((mode, workers))
-        real_init(self, mode, workers, check, command)
+    def recording_init(self, workers, command=None):  # noqa: ANN001
+        pools.append(("abc", workers))
+        real_init(self, workers, command)
 
-    monkeypatch.setattr(validity_pool.ValidityPool, "__init__", recording_init)
+    monkeypatch.setattr(piece_workers.PiecePool, "__init__", recording_init)
     model = checkpoint_path("7", vocab_size=128, n_layer=2)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"meter": "3/4"}\n')
@@ -274,16 +291,18 @@ def test_cli_check_workers_reach_the_render(
     assert _without_timing(_manifest(tmp_path / "o0")) == _without_timing(rows)
 
 
-@pytest.mark.parametrize("flags, threads_after", [([], 2), (["--threads", "4"], 4), (["--check-workers", "0"], 4)])
+@pytest.mark.parametrize("vocab, flags, threads_after", [(128, [], 2), (128, ["--threads", "4"], 4),
+                                                         (128, ["--check-workers", "0"], 4), (20096, [], 4)])
 def test_cli_abc_render_on_the_cpu_leaves_half_the_cores_to_its_checks(
-    checkpoint_path: Callable[..., Path], tmp_path: Path, flags: list[str], threads_after: int
+    checkpoint_path: Callable[..., Path], tmp_path: Path, vocab: int, flags: list[str], threads_after: int
 ) -> None:
+    """ABC checks outweigh decoding (half the cores to them); a MIDI render keeps its decoder threads."""
     import torch
     from click.testing import CliRunner
 
     from rwkv_music.cli.main import main as cli
 
-    model = checkpoint_path("7", vocab_size=128, n_layer=2)
+    model = checkpoint_path("7", vocab_size=vocab, n_layer=2)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("{}\n")
     before = torch.get_num_threads()

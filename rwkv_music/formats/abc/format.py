@@ -35,7 +35,8 @@ class AbcFormat(SpecialIds):
     suffix = ".abc"
     input_suffixes = (".abc",)
     default_preset = "default-abc"
-    checks_in_workers = True  # a tune's check (music21 + strict bars) costs more than composing it
+    checks_in_workers = True  # a tune's file and check depend on its text alone
+    slow_checks = True  # the check (music21 + strict bars) costs more CPU than composing the tune
     options_class = AbcOptions
 
     def __init__(self, tokenizer: Any = None) -> None:

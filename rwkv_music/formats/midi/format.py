@@ -35,7 +35,7 @@ class MidiFormat(SpecialIds):
     suffix = ".mid"
     input_suffixes = (".mid", ".midi")
     default_preset = "default-midi"
-    checks_in_workers = False  # decoding the ids is cheap: check in the writing process
+    slow_checks = False  # a piece's file and check cost a few ms: less than composing it
     options_class = MidiOptions
 
     def __init__(self, tokenizer: Any = None) -> None:
@@ -50,6 +50,13 @@ class MidiFormat(SpecialIds):
     @property
     def prompt_start(self) -> int:
         return self.pad_id  # the piece separator (docs/formats.md D3)
+
+    @property
+    def checks_in_workers(self) -> bool:
+        """Workers finish pieces with the default tokenizer: only pieces of that one may go to them."""
+        from rwkv_music.formats.midi.config import MidiVocabConfig
+
+        return self.tokenizer.config == MidiVocabConfig() and getattr(self.tokenizer, "timing", None) == "exact"
 
     def check_vocab(self, vocab_size: int, source: str = "model") -> None:
         need = int(self.tokenizer.vocab_size)

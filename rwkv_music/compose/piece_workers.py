@@ -1,20 +1,22 @@
-"""Validity checks in worker processes, beside the decoder.
+"""Finishing a render's pieces in worker processes, beside the decoder: each piece's file written and
+its validity checked for the manifest.
 
-Checking an ABC tune for a render's manifest (music21 reads it, then the strict bar rule) takes
-100-200 ms of CPU, several times what composing it takes, so a render that checked each piece in
-its own process would run at the checker's speed, not the model's: on a 2-core CPU three quarters
-of an ABC render was the check, and a GPU decodes hundreds of tunes a second.  :class:`ValidityPool`
-hands the texts to long-lived worker processes (:mod:`rwkv_music.formats.validity_worker`, one
-JSON line in and one out per text) and gives back futures, so the checks run on other cores while
-the model decodes.
+Checking an ABC tune (music21 reads it, then the strict bar rule) takes 50-200 ms of CPU, more than
+composing it: three quarters of an ABC render on a 2-core CPU.  A MIDI piece costs less (writing the
+file about 3 ms, checking it about 2 ms) but a GPU decodes hundreds of pieces a second, and one
+process writing and checking them all would cap the render at about 180 pieces a second.
+:class:`PiecePool` hands each finished piece (its text, and where its file goes) to long-lived worker
+processes, one JSON line in and one out (the validity) per piece, and gives back futures, so that
+work runs on other cores while the model decodes.  Workers and this process run the same function
+(:func:`finish`), so a render's files and manifest do not depend on where a piece was finished.
 
 The workers are plain subprocesses, not :mod:`multiprocessing`: no ``fork`` of a process that holds
 torch's threads, and no re-import of the caller's ``__main__`` (which a ``spawn`` start does, and
 which would start the render again in every worker of a script without a main guard).
 
-A check is never lost: if a worker cannot start, dies or answers something else than an answer,
-the pool stops using workers (one warning in the log) and :meth:`ValidityPool.result` checks that
-text, and every later one, in this process with the same function the workers run.
+Nothing is lost: if a worker cannot start, dies or answers something else than an answer, the pool
+stops using workers (one warning in the log) and :meth:`PiecePool.result` finishes that piece, and
+every later one, in this process.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, BinaryIO, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 # Python would not find it by itself (a checkout the caller put on sys.path), and only then, so an
 # installed package's site-packages never moves ahead of the standard library.
 _BOOT = ("import sys; root = sys.argv[1]; sys.path[:0] = [] if root in sys.path else [root]; "
-         "from rwkv_music.formats.validity_worker import main; sys.exit(main())")
+         "from rwkv_music.compose.piece_workers import worker_main; sys.exit(worker_main())")
 _ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -45,8 +47,56 @@ def worker_command() -> list[str]:
     return [sys.executable, "-c", _BOOT, _ROOT]
 
 
+def finish(request: dict[str, Any]) -> dict[str, Any]:
+    """Finish one piece: write its file where ``request["save"]`` says (``{"path", "title"}``; none: no file),
+    then return its validity.  ``request``: ``{"mode", "text", "save"}``, with the format's default
+    tokenizer (a render sends only pieces whose format says :attr:`~Format.checks_in_workers`)."""
+    from rwkv_music.compose.piece import Piece
+    from rwkv_music.formats.base import format_for
+
+    fmt = _formats.get(request["mode"])
+    if fmt is None:
+        fmt = _formats[request["mode"]] = format_for(request["mode"])
+    text = request["text"]
+    save = request.get("save")
+    if save:
+        # a piece as render's own writer sees it: one to a file (X:1), its title given
+        piece = Piece(fmt.name, [], text, {"title": save["title"]}, 0, fmt.tokenizer)
+        piece.save(save["path"], force=True)  # force: as render's writer (a file without a row is a killed run's)
+    return fmt.validity(text)
+
+
+_formats: dict[str, Any] = {}  # the formats finish() has made, by mode (one tokenizer each per process)
+
+
+def serve(requests: Iterable[bytes], answers: BinaryIO) -> int:
+    """Answer every request line of ``requests`` on ``answers`` (``{"validity": ...}`` or ``{"error": ...}``);
+    return how many were answered."""
+    served = 0
+    for line in requests:
+        try:
+            answer = {"validity": finish(json.loads(line))}
+        except Exception as exc:  # the render finishes that piece itself instead (and sees the error there)
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        answers.write(json.dumps(answer).encode("utf-8") + b"\n")
+        answers.flush()
+        served += 1
+    return served
+
+
+def worker_main() -> int:
+    """A worker's main loop: requests on standard input, answers on standard output, until the input ends
+    (so a worker never outlives the render that started it)."""
+    # the answers get a private copy of standard output; anything a library prints goes to standard
+    # error instead, where it cannot break a line of the protocol
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    serve(sys.stdin.buffer, answers)
+    return 0
+
+
 class WorkerFailed(Exception):
-    """A worker could not answer (it did not start, died, or wrote something else than an answer)."""
+    """A worker could not answer (it did not start, died, failed, or wrote something else than an answer)."""
 
 
 class _Worker:
@@ -72,7 +122,7 @@ class _Worker:
         except ValueError:
             raise WorkerFailed(f"the worker wrote {line[:80]!r} instead of an answer") from None
         if not isinstance(answer, dict) or not isinstance(answer.get("validity"), dict):
-            raise WorkerFailed(f"the worker answered {str(answer)[:160]!r}")
+            raise WorkerFailed(f"the worker answered {str(answer)[:160]!r}")  # an "error" too: see it here
         return answer["validity"]
 
     def _last_error(self) -> str:
@@ -105,53 +155,44 @@ class _Worker:
         self.errors.close()
 
 
-class ValidityPool:
-    """``workers`` processes that compute ``format_for(mode).validity(text)``.
+class PiecePool:
+    """``workers`` processes that run :func:`finish` on requests.
 
-    ``submit(text)`` returns a future; ``result(future, text)`` its validity dict, checked in this
-    process when no worker could.  Use it as a context manager (or call :meth:`close`): the workers
-    end with it.
-
-    ``check`` is the in-process check (the same function the workers run); ``command`` the worker
-    command line (tests give a broken one to drive the fallback).
+    ``submit(request)`` returns a future; ``result(future, request)`` its validity dict, with the piece
+    finished in this process where no worker could.  Use it as a context manager (or call
+    :meth:`close`): the workers end with it.  ``command`` is the worker command line (tests give a
+    broken one to drive the fallback).
     """
 
-    def __init__(
-        self,
-        mode: str,
-        workers: int,
-        check: Callable[[str], dict[str, Any]],
-        command: list[str] | None = None,
-    ) -> None:
+    def __init__(self, workers: int, command: list[str] | None = None) -> None:
         if workers < 1:
-            raise ValueError(f"a validity pool needs at least one worker, got {workers}")
-        self.mode = mode
-        self.check = check
+            raise ValueError(f"a piece pool needs at least one worker, got {workers}")
         self.command = command or worker_command()
         self.broken: str | None = None  # why the workers are no longer used
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="rwkv-music-check")
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="rwkv-music-piece")
         self._local = threading.local()  # each pool thread's own worker
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
 
-    def submit(self, text: str) -> Future:
+    def submit(self, request: dict[str, Any]) -> Future:
         if self.broken is not None or self._closed:
             done: Future = Future()
             done.set_exception(WorkerFailed(self.broken or "the pool is closed"))
             return done
-        return self._executor.submit(self._ask, text)
+        return self._executor.submit(self._ask, request)
 
-    def result(self, future: Future, text: str) -> dict[str, Any]:
-        """The validity of ``text`` (``future`` from :meth:`submit`), from a worker or from this process."""
+    def result(self, future: Future, request: dict[str, Any]) -> dict[str, Any]:
+        """The validity of ``request``'s piece (``future`` from :meth:`submit`), its file written: by a
+        worker, or else here and now."""
         try:
             return future.result()
         except WorkerFailed as exc:
             if self.broken is None:
                 self.broken = str(exc)
-            return self.check(text)
+            return finish(request)
 
-    def _ask(self, text: str) -> dict[str, Any]:
+    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
         if self.broken is not None:
             raise WorkerFailed(self.broken)
         worker = getattr(self._local, "worker", None)
@@ -163,17 +204,17 @@ class ValidityPool:
                     worker = _Worker(self.command)
                     self._workers.append(worker)
                 self._local.worker = worker
-            return worker.ask({"mode": self.mode, "text": text})
+            return worker.ask(request)
         except (WorkerFailed, OSError) as exc:
             why = str(exc)
             with self._lock:
                 if self.broken is None and not self._closed:
                     self.broken = why
-                    log.warning("validity workers stopped (%s); checking in this process instead", why)
+                    log.warning("piece workers stopped (%s); finishing pieces in this process instead", why)
             raise WorkerFailed(why) from None
 
     def close(self) -> None:
-        """End the workers (pending checks that have not started are cancelled)."""
+        """End the workers (pieces not yet handed to one are cancelled)."""
         with self._lock:
             self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -181,7 +222,7 @@ class ValidityPool:
             worker.close()
         self._executor.shutdown(wait=True)
 
-    def __enter__(self) -> "ValidityPool":
+    def __enter__(self) -> "PiecePool":
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -189,7 +230,7 @@ class ValidityPool:
 
 
 def auto_workers(pieces: int, decoder_threads: int | None, cores: int | None = None, min_pieces: int = 16) -> int:
-    """Check workers for a render of ``pieces`` pieces whose decoder keeps ``decoder_threads`` CPU
+    """Piece workers for a render of ``pieces`` pieces whose decoder keeps ``decoder_threads`` CPU
     threads busy (``None``: unknown, taken as every core): the cores it leaves, at most
     :data:`MAX_AUTO_WORKERS`.  None for a few pieces (starting a worker and importing music21 in it
     costs about what checking a dozen tunes does), and none where the decoder uses every core: a
@@ -204,4 +245,4 @@ def auto_workers(pieces: int, decoder_threads: int | None, cores: int | None = N
 MAX_AUTO_WORKERS = 8
 
 
-__all__ = ["ValidityPool", "WorkerFailed", "auto_workers"]
+__all__ = ["PiecePool", "WorkerFailed", "auto_workers", "finish", "worker_command"]
