@@ -71,7 +71,6 @@ class NcnnModel(NumpyRuntime):
         self.device = device
         self.fp16 = fp16
         self.num_threads = num_threads
-        self.host_threads = num_threads  # CPU threads a step keeps busy (a render's check workers get the rest)
         self.storage: str = sidecar["dtype"]  # weight storage chosen at export: fp32, fp16 or int8
         self.quantization: str | None = sidecar.get("quantization")
         # the arithmetic: fp16 where asked for, else fp32 (over 8-bit weights expanded at load for int8)
@@ -89,6 +88,11 @@ class NcnnModel(NumpyRuntime):
         self.prefill: bool = self.prefill_chunk > 1  # set False to feed prompts token by token
         self._seq_net: Any = None
         self._open: Any = None  # param path → a loaded ncnn.Net with this model's options (set by load)
+
+    @property
+    def host_threads(self) -> int:
+        """CPU threads a step keeps busy (a render's piece workers get the other cores)."""
+        return self.num_threads
 
     def __repr__(self) -> str:
         storage = "fp16 storage" if self.fp16 else "fp32 storage"

@@ -120,7 +120,7 @@ class TorchModel:
     @property
     def host_threads(self) -> int:
         """CPU threads a decode step keeps busy: torch's (and the native kernels') on a CPU, the one
-        launching thread on a GPU.  A render leaves the other cores to its check workers."""
+        launching thread on a GPU.  A render leaves the other cores to its piece workers."""
         return torch.get_num_threads() if self.device.type == "cpu" else 1
 
     # -- construction ----------------------------------------------------------------------

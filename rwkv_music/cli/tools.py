@@ -379,7 +379,7 @@ file (objects with "prompt" or "file" plus per-row options such as "seconds", "k
 @click.option("--max-samples", type=click.IntRange(min=0), default=None, help="Stop after this many new samples.")
 @click.option(
     "--check-workers",
-    type=click.IntRange(0, 64),
+    type=click.IntRange(min=0),  # (the upper bound is RenderSettings' check)
     default=None,
     help="Processes that write and check finished pieces while the model decodes (0: this process does; "
     "default: one per core the decoder leaves; an ABC render on a CPU without --threads decodes on half).",

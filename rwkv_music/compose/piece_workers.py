@@ -47,6 +47,9 @@ def worker_command() -> list[str]:
     return [sys.executable, "-c", _BOOT, _ROOT]
 
 
+_formats: dict[str, Any] = {}  # the formats finish() has made, by mode (one tokenizer each per process)
+
+
 def finish(request: dict[str, Any]) -> dict[str, Any]:
     """Finish one piece: write its file where ``request["save"]`` says (``{"path", "title"}``; none: no file),
     then return its validity.  ``request``: ``{"mode", "text", "save"}``, with the format's default
@@ -64,9 +67,6 @@ def finish(request: dict[str, Any]) -> dict[str, Any]:
         piece = Piece(fmt.name, [], text, {"title": save["title"]}, 0, fmt.tokenizer)
         piece.save(save["path"], force=True)  # force: as render's writer (a file without a row is a killed run's)
     return fmt.validity(text)
-
-
-_formats: dict[str, Any] = {}  # the formats finish() has made, by mode (one tokenizer each per process)
 
 
 def serve(requests: Iterable[bytes], answers: BinaryIO) -> int:
@@ -187,9 +187,7 @@ class PiecePool:
         worker, or else here and now."""
         try:
             return future.result()
-        except WorkerFailed as exc:
-            if self.broken is None:
-                self.broken = str(exc)
+        except WorkerFailed:  # (_ask has recorded why in `broken`)
             return finish(request)
 
     def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -229,6 +227,9 @@ class PiecePool:
         self.close()
 
 
+MAX_AUTO_WORKERS = 8  # each holds about 75 MB once music21 and the MIDI tokenizer are loaded
+
+
 def auto_workers(pieces: int, decoder_threads: int | None, cores: int | None = None, min_pieces: int = 16) -> int:
     """Piece workers for a render of ``pieces`` pieces whose decoder keeps ``decoder_threads`` CPU
     threads busy (``None``: unknown, taken as every core): the cores it leaves, at most
@@ -240,9 +241,6 @@ def auto_workers(pieces: int, decoder_threads: int | None, cores: int | None = N
     if pieces < min_pieces or decoder_threads is None:
         return 0
     return max(0, min(MAX_AUTO_WORKERS, cores - decoder_threads))
-
-
-MAX_AUTO_WORKERS = 8
 
 
 __all__ = ["PiecePool", "WorkerFailed", "auto_workers", "finish", "worker_command"]

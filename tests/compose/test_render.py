@@ -273,7 +273,7 @@ def test_cli_check_workers_reach_the_render(
     real_init = piece_workers.PiecePool.__init__
 
     def recording_init(self, workers, command=None):  # noqa: ANN001
-        pools.append(("abc", workers))
+        pools.append(workers)
         real_init(self, workers, command)
 
     monkeypatch.setattr(piece_workers.PiecePool, "__init__", recording_init)
@@ -283,11 +283,11 @@ def test_cli_check_workers_reach_the_render(
     args = ["render", str(prompts), "--model", str(model), "-n", "3", "--max-tokens", "120", "--seed", "1", "-q"]
     result = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "o"), "--check-workers", "1"])
     assert result.exit_code == 0, result.output
-    assert pools == [("abc", 1)]
+    assert pools == [1]
     rows = _manifest(tmp_path / "o")
     assert len(rows) == 3 and all("parse_ok" in r["validity"] for r in rows)
     result = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "o0"), "--check-workers", "0"])
-    assert result.exit_code == 0 and pools == [("abc", 1)]  # 0: no pool
+    assert result.exit_code == 0 and pools == [1]  # 0: no pool
     assert _without_timing(_manifest(tmp_path / "o0")) == _without_timing(rows)
 
 
