@@ -253,3 +253,61 @@ def test_checker_and_judge_agree_on_generated_tricky_tunes() -> None:
     assert not disagree, disagree[:3]
     passed = sum(c.strictly_balanced for c in checked)
     assert 0.15 * len(texts) < passed < 0.85 * len(texts)  # both outcomes are exercised
+
+
+def _beams(score: object) -> int:
+    return sum(1 for n in score.flatten().notes if n.beams and len(n.beams) > 0)  # type: ignore[attr-defined]
+
+
+def test_the_checks_parse_skips_beams_in_its_own_thread_only() -> None:
+    """parse_ok's music21 parse leaves out beaming (most of its cost); nobody else's does."""
+    import threading
+
+    from rwkv_music.formats.abc import check
+    from rwkv_music.formats.score import abc_to_score
+
+    jig = "L:1/8\nM:6/8\nK:G\nGAB cde|dcB AGF|GAB cde|dBG G3|]"
+    assert _beams(check._parse(jig, beams=True)) > 0
+    assert _beams(check._parse(jig)) == 0  # the switch works (a music21 rename would show here)
+    assert parse_ok(jig) and _beams(abc_to_score(jig)) > 0  # and is off again after the check
+
+    # While one thread parses without beams, another thread's parse still beams.
+    inside, release, seen = threading.Event(), threading.Event(), []
+
+    def hold_switch_on() -> None:
+        check._beams_off.on = True
+        inside.set()
+        release.wait(30)
+        check._beams_off.on = False
+
+    holder = threading.Thread(target=hold_switch_on)
+    holder.start()
+    try:
+        assert inside.wait(30)
+        seen.append(_beams(abc_to_score(jig)))
+    finally:
+        release.set()
+        holder.join()
+    assert seen[0] > 0
+
+
+def test_parse_ok_without_beams_agrees_with_music21s_full_import() -> None:
+    """Skipping beams changes no verdict: human tunes, and the same tunes with random damage."""
+    from rwkv_music.formats.abc import check
+
+    rng = random.Random(5)
+    human = [t.text for _, t in zip(range(12), corpus_tunes(collections=("oneills1850",)))]
+    damaged = []
+    for text in human:
+        chars = list(text)
+        for _ in range(15):
+            chars[rng.randrange(len(chars))] = rng.choice("|:[]()/{}2345zZ^_=,'\"!<>-.~ \n")
+        damaged.append("".join(chars))
+
+    def full_import_ok(text: str) -> bool:
+        score = check._parse(text, beams=True)
+        return score is not None and len(score.flatten().notes) > 0
+
+    verdicts = [(parse_ok(t), full_import_ok(t)) for t in human + damaged]
+    assert [a for a, _ in verdicts] == [b for _, b in verdicts]
+    assert all(a for a, _ in verdicts[: len(human)]) and not all(a for a, _ in verdicts)  # both kinds occur
