@@ -189,3 +189,92 @@ def test_a_prompt_read_before_is_looked_up_and_bad_prompts_still_raise_every_tim
         with pytest.raises(ConstraintError, match="row 0, position 21: byte '#' is not valid ABC"):
             second.reset([bad])
     assert tuple(bad) not in table.prompt_states
+
+
+def test_a_pool_of_one_row_constraints_masked_together_equals_each_alone() -> None:
+    """apply_rows (a render's pool: every piece its own one-row constraint, one gather for the free rows)
+    leaves row r as procs[r].apply_inplace leaves it alone: pieces in different metres and lengths, near
+    their caps (planned rows), with the variety rules banning bytes, inactive rows, NaN, +inf and ids
+    past the bytes; every piece advanced on its own stream until it ends."""
+    heads = HEADS[:3] + ["S:2\nL:1/8\nM:3/4\nK:G\n", "S:2\nL:1/8\nM:4/4\nK:D\n"] * 2
+    caps = [None, 90, 140, 60, 200, 120, None]
+    kinds = [(h, caps[i % len(caps)]) for i, h in enumerate(heads)]
+    procs = [AbcConstraint(max_new_tokens=cap) for _, cap in kinds]
+    alone = [AbcConstraint(max_new_tokens=cap) for _, cap in kinds]
+    for p, q, (head, _) in zip(procs, alone, kinds):
+        p.reset([ids(head)])
+        q.reset([ids(head)])
+    rng = np.random.default_rng(3)
+    prior = np.full(130, -3.0, dtype=np.float32)
+    prior[[ord(c) for c in "ABCDEFGabcdefg|"]] = 1.0  # mostly one note length: the rhythm rule bans it
+    P = len(procs)
+    done = np.zeros(P, dtype=bool)
+    seen = {"planned": 0, "banning": 0}
+    for step in range(220):
+        scores = (prior + rng.normal(size=(P, 130)) * 1.5).astype(np.float32)
+        scores[done] = -np.inf  # a finished piece's row: inactive, left as it is
+        if step % 11 == 0:
+            scores[0, rng.integers(0, 130, 20)] = np.nan
+            scores[-1, rng.integers(0, 130, 5)] = np.inf
+        seen["planned"] += sum(p._planned_row(0) for p, d in zip(procs, done) if not d)
+        seen["banning"] += sum(bool(p._banning) for p, d in zip(procs, done) if not d)
+        want = np.concatenate([q.apply_inplace(step, scores[r : r + 1].copy()) for r, q in enumerate(alone)])
+        got = scores.copy()
+        assert AbcConstraint.apply_rows(procs, got)
+        np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
+        for r in range(P):
+            if done[r]:
+                continue
+            legal = np.flatnonzero((want[r] > -np.inf) & (np.arange(130) < 128))  # (+inf: legal; NaN: skipped)
+            weights = np.exp(2 * prior[legal])
+            t = int(rng.choice(legal, p=weights / weights.sum()))
+            procs[r].update([t])
+            alone[r].update([t])
+            done[r] = t == EOS
+        if done.all():
+            break
+    assert done.sum() >= P // 2 and seen["planned"] > 0 and seen["banning"] > 0  # every path ran
+
+    # what the pool declines (nothing written; the rows then go one by one)
+    scores = np.ones((2, 128), dtype=np.float32)
+    ref = PerRowAbcConstraint()
+    ref.reset([ids(HEADS[0])])
+    assert not AbcConstraint.apply_rows([procs[1], ref], scores)  # the per-row reference class
+    other = AbcConstraint(form=False)
+    other.reset([ids(HEADS[0])])
+    assert not AbcConstraint.apply_rows([procs[1], other], scores)  # another configuration, another table
+    wide = AbcConstraint()
+    wide.reset([ids(HEADS[0])] * 2)
+    assert not AbcConstraint.apply_rows([wide], scores[:1])  # a two-row constraint is not a piece
+    assert (scores == 1).all()
+
+
+def test_continuous_batching_pools_the_pieces_abc_constraints_into_the_same_tunes(
+        checkpoint_path: Callable[..., object], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Render's pool with each piece's own AbcConstraint (apply_rows) gives the tunes that one list per row
+    gives (POOLING off: each constraint on its own row)."""
+    import importlib
+
+    from rwkv_music import load_model
+    from rwkv_music.sampling import SamplingConfig
+    from rwkv_music.sampling.continuous import WorkItem, generate_continuous
+
+    decode_mod = importlib.import_module("rwkv_music.sampling.decode")
+    model = load_model(str(checkpoint_path("7", vocab_size=128, n_embd=64, head_size=32, n_layer=2)))
+    cfg = SamplingConfig(top_k=30, temperature=1.0)
+    calls = []
+    real = AbcConstraint.apply_rows.__func__
+    monkeypatch.setattr(AbcConstraint, "apply_rows", classmethod(lambda cls, p, s: calls.append(len(p))
+                                                                 or real(cls, p, s)))
+
+    def run() -> list:
+        items = [WorkItem(prompt=ids(HEADS[s % 2]), seed=s, max_new_tokens=150, stop_tokens=(EOS,),
+                          processors=cfg.build_processors([AbcConstraint(max_new_tokens=150)]))
+                 for s in range(7)]
+        return [(r.index, r.tokens, r.finish_reason) for r in generate_continuous(model, items, batch_size=3)]
+
+    pooled = run()
+    assert calls and max(calls) == 3  # the pool's rows went through one call
+    assert {reason for _, _, reason in pooled} == {"stop"}
+    monkeypatch.setattr(decode_mod, "POOLING", False)
+    assert run() == pooled

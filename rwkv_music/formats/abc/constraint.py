@@ -539,6 +539,40 @@ class AbcConstraint(LogitsProcessor):
             scores[active, VOCAB:] = -np.inf
         return self._apply_variety(scores)
 
+    @classmethod
+    def apply_rows(cls, procs: Sequence["AbcConstraint"], scores: np.ndarray) -> bool:
+        """Row r of ``scores`` (``[P, V]``, the caller's to write) processed by ``procs[r]``, each a
+        one-row constraint of its own (the pieces of a render's pool), the free rows' masks in one
+        gather; False (nothing written) where that cannot run, and the caller processes the rows one
+        by one.
+
+        Row r ends as ``procs[r].apply_inplace(step, scores[r : r + 1])`` leaves it (tested).  The
+        pool's rows went one by one before, 20-25 us each: 0.72 ms of a 32-piece render step.
+        """
+        table = getattr(procs[0], "_table", None) if procs else None
+        for proc in procs:  # the same class (not the per-row reference) over the same table
+            if type(proc) is not AbcConstraint or proc._table is not table or len(proc._ids) != 1:
+                return False
+        width = min(scores.shape[1], VOCAB)
+        free = np.isfinite(scores).any(axis=1)  # active rows; inactive ones stay as they are
+        own = []  # rows whose mask is not their state's table row (see _planned): each alone
+        for r, proc in enumerate(procs):
+            if free[r] and proc._planned_row(0):
+                own.append(r)
+                free[r] = False
+        ids = np.fromiter((proc._ids[0] for proc in procs), dtype=np.int64, count=len(procs))
+        drop = ~table.legal[np.maximum(ids, 0), :width]
+        drop[~free] = False
+        np.copyto(scores[:, :width], scores.dtype.type(-np.inf), where=drop)
+        if scores.shape[1] > VOCAB:
+            scores[free, VOCAB:] = -np.inf
+        for r in own:
+            procs[r]._apply_one(scores[r : r + 1], width)
+        for r in np.flatnonzero(free):  # the variety rules, where a free row has a byte to ban
+            if procs[r]._banning:
+                procs[r]._apply_variety(scores[r : r + 1])
+        return True
+
     def _kernels(self, scores: np.ndarray | None = None) -> object | None:
         """fast_table.c's library where the batch step may run there (scores, when given, float32 in C order)."""
         if not self.native or (scores is not None and not native_build.plain(scores, np.float32)):
