@@ -84,17 +84,25 @@ def atomic_write_json(path: str | os.PathLike, data: Any, force: bool = False) -
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", force)
 
 
-def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:
-    """Append one JSON row to ``path`` and flush it to disk before returning.
+def append_jsonl(path: str | os.PathLike, row: dict[str, Any], sync: bool = True) -> None:
+    """Append one JSON row to ``path``; with ``sync`` (the default) flush it to disk before returning.
 
     The row is written with a single ``write`` call of a complete line, so a crash leaves at most
-    one truncated last line, which :func:`read_jsonl` drops.
+    one truncated last line, which :func:`read_jsonl` drops.  Without ``sync`` the row is in the
+    file for every reader and survives the writer being killed, but not a power loss until
+    :func:`fsync_path` (or a later synced append) runs.
     """
     line = json.dumps(row, sort_keys=True, default=str) + "\n"
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)
         fh.flush()
-        os.fsync(fh.fileno())
+        if sync:
+            os.fsync(fh.fileno())
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file written earlier to disk."""
+    _fsync_file(Path(path))
 
 
 def read_jsonl(path: str | os.PathLike) -> tuple[list[dict[str, Any]], int]:

@@ -63,6 +63,43 @@ def test_render_30_prompts_x2_writes_60_files_and_a_60_row_manifest(tmp_path: Pa
     assert stats["samples"] == 60 and stats["complete"] and stats["decodes_rate"] == 1.0
 
 
+def test_the_manifest_is_fsynced_at_most_once_a_second_and_when_the_render_ends_or_stops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A render appends every row at once but fsyncs the manifest only when MANIFEST_SYNC_S has passed
+    since the last fsync, and before it returns or raises: every row is on disk when render() is done."""
+    import rwkv_music.compose.render as render_mod
+
+    events: list[tuple[str, str]] = []
+    append, fsync = render_mod.append_jsonl, render_mod.fsync_path
+    monkeypatch.setattr(render_mod, "append_jsonl", lambda path, row, sync=True: (
+        events.append(("row", "synced" if sync else "written")), append(path, row, sync=sync))[-1])
+    monkeypatch.setattr(render_mod, "fsync_path", lambda path: (events.append(("sync", Path(path).name)),
+                                                                fsync(path))[-1])
+    composer = Composer(FakeBackend(20096), model_name="fake")
+    prompts = _prompts(tmp_path / "p.txt")
+    monkeypatch.setattr(render_mod, "MANIFEST_SYNC_S", 3600.0)  # a render shorter than the interval
+    render(composer, prompts, tmp_path / "a", RenderSettings(K, 8, 7, {"max_tokens": 6}))
+    _check_complete(tmp_path / "a")
+    assert events == [("row", "written")] * (N_PROMPTS * K) + [("sync", "manifest.jsonl")]  # one, at the end
+
+    events.clear()
+    monkeypatch.setattr(render_mod, "MANIFEST_SYNC_S", 0.0)  # every row synced: nothing left for the end
+    render(composer, prompts, tmp_path / "b", RenderSettings(K, 8, 7, {"max_tokens": 6}))
+    assert set(events) == {("row", "synced")} and len(events) == N_PROMPTS * K
+
+    events.clear()
+    monkeypatch.setattr(render_mod, "MANIFEST_SYNC_S", 3600.0)
+
+    def stop(done_now: int, todo: int, tokens: int) -> None:
+        if sum(1 for e in events if e[0] == "row") >= 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        render(composer, prompts, tmp_path / "c", RenderSettings(K, 8, 7, {"max_tokens": 6}), progress=stop)
+    assert events[-1] == ("sync", "manifest.jsonl") and ("row", "synced") not in events  # synced on the way out
+    assert len(_manifest(tmp_path / "c")) == sum(1 for e in events if e[0] == "row")
+
+
 def test_resume_after_a_partial_run_gives_the_same_samples_as_one_run(tmp_path: Path) -> None:
     composer = Composer(FakeBackend(20096), model_name="fake")
     prompts = _prompts(tmp_path / "p.txt")
