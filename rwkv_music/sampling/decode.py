@@ -536,25 +536,37 @@ class _Loop:
             return prefill_prompts(self.backend, prompts, init, self.chunk)
         keys = [tuple(int(t) for t in p) for p in prompts]
         cache = self._prefilled
-        missing = [k for k in dict.fromkeys(keys) if k not in cache]
+        unique = list(dict.fromkeys(keys))
+        missing = [k for k in unique if k not in cache]
+        hits = [k for k in unique if k in cache]
+        logits_parts, state_parts, at = [], [], {}
         if missing:
             logits, state = prefill_prompts(self.backend, [list(k) for k in missing], None, self.chunk)
             if state is None:  # a backend keeping no state objects: nothing to keep
                 return prefill_prompts(self.backend, prompts, init, self.chunk)
             xp = ops(logits)
-            for j, k in enumerate(missing):
+            for j, k in list(enumerate(missing))[-PREFILL_CACHE:]:  # copies: the batch state is updated in place
                 cache[k] = (_rows(xp, logits, [j]), state.select([j]))
-        for k in dict.fromkeys(keys):  # (re)inserted last: the most recently used
-            cache[k] = cache.pop(k)
-        unique = list(dict.fromkeys(keys))
-        at = {k: j for j, k in enumerate(unique)}
+            if not hits and len(keys) == len(missing):  # each prompt once, none met before: the prefill's own rows
+                self._evict()
+                return logits, state
+            logits_parts.append(logits)
+            state_parts.append(state)
+            at.update((k, j) for j, k in enumerate(missing))
+        for j, k in enumerate(hits, start=len(missing)):
+            entry = cache[k] = cache.pop(k)  # (re)inserted last: the most recently used
+            logits_parts.append(entry[0])
+            state_parts.append(entry[1])
+            at[k] = j
+        self._evict()
+        logits = logits_parts[0] if len(logits_parts) == 1 else _join(logits_parts)
+        state = state_parts[0] if len(state_parts) == 1 else type(state_parts[0]).concat(state_parts)
         index = [at[k] for k in keys]
-        blocks = [cache[k] for k in unique]
-        logits = blocks[0][0] if len(blocks) == 1 else _join([b[0] for b in blocks])
-        state = blocks[0][1] if len(blocks) == 1 else type(blocks[0][1]).concat([b[1] for b in blocks])
-        while len(cache) > PREFILL_CACHE:
-            del cache[next(iter(cache))]
-        return _rows(ops(logits), logits, index), state.select(index)  # copies: the batch state is updated in place
+        return _rows(ops(logits), logits, index), state.select(index)  # copies, never the kept rows themselves
+
+    def _evict(self) -> None:
+        while len(self._prefilled) > PREFILL_CACHE:
+            del self._prefilled[next(iter(self._prefilled))]
 
     def _initial_state(self, rows: list[_Row], always: bool = False) -> Any:
         """The rows' starting states (item state or a fresh one); None lets the backend start fresh."""
