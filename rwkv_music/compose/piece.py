@@ -79,7 +79,7 @@ class Piece:
         """The format's validity metrics of :attr:`text` (ABC: music21 parse and strict bar balance;
         MIDI: decoding and note metrics), computed on first use and kept in ``meta["validity"]``.
 
-        Lazy because an ABC check parses the tune with music21, which takes longer than composing it."""
+        Lazy because an ABC check parses the tune with music21, which takes about as long as composing it."""
         if "validity" not in self.meta:
             self.meta["validity"] = self.format.validity(self.text)
         return self.meta["validity"]

@@ -1,8 +1,8 @@
 """Finishing a render's pieces in worker processes, beside the decoder: each piece's file written and
 its validity checked for the manifest.
 
-Checking an ABC tune (music21 reads it, then the strict bar rule) takes 50-200 ms of CPU, more than
-composing it: three quarters of an ABC render on a 2-core CPU.  A MIDI piece costs less (writing the
+Checking an ABC tune (music21 reads it, then the strict bar rule) takes 15-75 ms of CPU, about what
+composing it takes: a quarter of an ABC render on a 2-core CPU.  A MIDI piece costs less (writing the
 file about 3 ms, checking it about 2 ms) but a GPU decodes hundreds of pieces a second, and one
 process writing and checking them all would cap the render at about 180 pieces a second.
 :class:`PiecePool` hands each finished piece (its text, and where its file goes) to long-lived worker
