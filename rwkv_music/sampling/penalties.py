@@ -100,6 +100,7 @@ class OccurrencePenalty(LogitsProcessor):
         self._lists: np.ndarray | None = None  # [B, L] each row's seen ids, the kernels' (None: rebuild from _seen)
         self._counts = np.zeros(0, dtype=np.int64)  # [B] how many of a row's list are filled
         self._pool_row = -1  # its row in the arrays of the last update_pool it took part in (-1: none)
+        self._lists_of: Any = None  # the pool's stacked _occ its _lists row was last updated with (_stack_lists)
 
     runs_on = "device"
     pool_mode = "state"  # continuous batching: the pieces' instances run as one batch (apply_pool)
@@ -330,16 +331,52 @@ class OccurrencePenalty(LogitsProcessor):
     # -- pools (continuous batching): the instances of several pieces as one batch ---------------
     @staticmethod
     def _stack(procs: Sequence["OccurrencePenalty"], vocab: int, like: Any) -> tuple[Any, Any, Any]:
+        first = procs[0]
+        if not is_torch_tensor(like) and not is_torch_tensor(first._occ):
+            # the pool's arrays from the last update_pool, unchanged since and wide enough: every piece grew to
+            # their width then (a _grow call per piece and step was most of a 32-piece pool's penalty step)
+            occ, seen = _rows_of_one(procs, "_occ"), _rows_of_one(procs, "_seen")
+            w = first._wvec
+            if occ is not None and seen is not None and occ.shape[1] >= vocab and w is not None \
+                    and w.shape[0] == occ.shape[1]:
+                return occ, seen, w
         for p in procs:
             p._grow(vocab, like=like if is_torch_tensor(like) else None)
-        first = procs[0]
         if is_torch_tensor(first._occ):
             torch = ops(first._occ).torch
             return torch.cat([p._occ for p in procs]), torch.cat([p._seen for p in procs]), first._wvec
         occ, seen = _rows_of_one(procs, "_occ"), _rows_of_one(procs, "_seen")
-        if occ is not None and seen is not None:  # the pool's arrays from the last update_pool, unchanged since
+        if occ is not None and seen is not None:  # (as above, once the weights are made)
             return occ, seen, first._wvec
-        return np.concatenate([p._occ for p in procs]), np.concatenate([p._seen for p in procs]), first._wvec
+        occ, seen = np.concatenate([p._occ for p in procs]), np.concatenate([p._seen for p in procs])
+        for i, p in enumerate(procs):  # the pieces' state moves into the new arrays: found there next time
+            p._occ, p._seen, p._pool_row = occ[i : i + 1], seen[i : i + 1], i
+        return occ, seen, first._wvec
+
+    @staticmethod
+    def _pool_kernels(procs: Sequence["OccurrencePenalty"], occ: Any) -> Any:
+        """The kernels' library where a pool's stacked numpy state may run in C, else None."""
+        if not procs[0].use_kernel or is_torch_tensor(occ):
+            return None
+        return native.occurrence_kernels()
+
+    @staticmethod
+    def _stack_lists(procs: Sequence["OccurrencePenalty"], occ: np.ndarray,
+                     seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The pool's rows' seen-id lists and counts for the kernels (``[P, L]``, ``[P]``): the arrays the last
+        :meth:`update_pool` left with this ``occ``, where every piece still holds its row of them; else stacked
+        again from each piece's own list, or its seen flags where it has none."""
+        if all(p._lists is not None and p._lists_of is occ for p in procs):
+            lists, counts = _rows_of_one(procs, "_lists"), _rows_of_one(procs, "_counts")
+            if lists is not None and counts is not None:
+                return lists, counts
+        rows = [p._lists[0, : int(p._counts[0])] if p._lists is not None and p._lists.shape[0] == 1
+                else np.flatnonzero(seen[r]) for r, p in enumerate(procs)]
+        counts = np.array([ids.shape[0] for ids in rows], dtype=np.int64)
+        lists = np.zeros((len(procs), max(64, 2 * int(counts.max(initial=0)))), dtype=np.int64)
+        for r, ids in enumerate(rows):
+            lists[r, : ids.shape[0]] = ids
+        return lists, counts
 
     @classmethod
     def apply_pool(cls, procs: Sequence["OccurrencePenalty"], scores: Any) -> Any:
@@ -347,6 +384,14 @@ class OccurrencePenalty(LogitsProcessor):
         if not procs[0].enabled:
             return scores
         occ, seen, _ = cls._stack(procs, scores.shape[1], scores)
+        lib = cls._pool_kernels(procs, occ) if isinstance(scores, np.ndarray) and scores.dtype == np.float32 else None
+        if lib is not None:  # each row's own seen ids in C, as apply_inplace does for one list
+            lists, counts = cls._stack_lists(procs, occ, seen)
+            out = np.array(scores, order="C")  # (a copy: the input is never written)
+            at = native.address
+            lib.rwkv_occ_penalize_rows(at(out), out.shape[0], out.shape[1], at(occ), occ.shape[1], at(lists),
+                                       lists.shape[1], at(counts), procs[0].frequency, procs[0].presence)
+            return out
         return procs[0]._penalize(scores, occ, seen)
 
     @classmethod
@@ -355,6 +400,21 @@ class OccurrencePenalty(LogitsProcessor):
         if not procs:
             return
         occ, seen, w = cls._stack(procs, vocab, like)
+        lib = cls._pool_kernels(procs, occ)
+        if lib is not None:  # decay, count and seen flag in C over each row's own ids (update's kernel)
+            lists, counts = cls._stack_lists(procs, occ, seen)
+            toks = np.ascontiguousarray(tokens, dtype=np.int64)
+            at = native.address
+            while lib.rwkv_occ_update_rows(at(occ), at(seen), toks.shape[0], occ.shape[1], at(lists), lists.shape[1],
+                                           at(counts), procs[0].decay, toks.ctypes.data, at(w)):
+                grown = np.zeros((lists.shape[0], 2 * lists.shape[1]), dtype=np.int64)  # a row's list is full
+                grown[:, : lists.shape[1]] = lists
+                lists = grown
+            for i, p in enumerate(procs):
+                p._occ, p._seen, p._cols = occ[i : i + 1], seen[i : i + 1], None
+                p._lists, p._counts, p._lists_of = lists[i : i + 1], counts[i : i + 1], occ
+                p._pool_row = i  # row i of the pool's arrays (_rows_of_one)
+            return
         xp = ops(occ)
         toks = xp.asarray(np.asarray(tokens, dtype=np.int64))
         rows = xp.arange(len(procs))

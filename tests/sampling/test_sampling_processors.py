@@ -281,3 +281,55 @@ def test_pruned_top_k_and_top_p_equal_the_full_sort(seed: int) -> None:
             p = np.exp(finite - finite.max())
             p /= p.sum()
             assert proc.cutoff(p[None, :])[0, 0] == _reference_top_p_cutoff(top_p, p)
+
+
+def test_pooled_occurrence_penalties_in_c_equal_the_numpy_pool_and_each_piece_alone() -> None:
+    """apply_pool / update_pool (a render's pieces, each its own one-row penalty, as one batch) with the C
+    kernels give what the numpy pool and each piece alone give, bit for bit: the pool's members changing
+    from step to step, a piece stepping alone in between, a piece replaced by a new one, and lists that
+    outgrow their first size (over 64 ids a row)."""
+    from rwkv_music.sampling import native
+    from rwkv_music.sampling.penalties import OccurrencePenalty
+
+    if native.occurrence_kernels() is None:
+        pytest.skip("the occurrence kernels do not build here")
+    V, P = 300, 6
+    rng = np.random.default_rng(4)
+
+    def make(kernel: bool) -> OccurrencePenalty:
+        p = OccurrencePenalty(presence=0.3, frequency=0.4, decay=0.95, weights={7: 0.5, 11: 0.0})
+        p.use_kernel = kernel
+        p.reset([[0]])
+        return p
+
+    in_c, in_numpy, alone = ([make(k) for _ in range(P)] for k in (True, False, True))
+    grew = False
+    for step in range(260):
+        if step % 50 == 49:  # a finished piece's slot takes a new piece
+            r = int(rng.integers(P))
+            in_c[r], in_numpy[r], alone[r] = make(True), make(False), make(True)
+        members = [r for r in range(P) if rng.random() < 0.85] or [0]
+        if step % 7 == 3:
+            members.reverse()  # (the loop keeps its rows' order; the pool functions must not rely on it)
+        scores = rng.normal(size=(len(members), V)).astype(np.float32)
+        scores[rng.random(scores.shape) < 0.05] = -np.inf
+        got = OccurrencePenalty.apply_pool([in_c[r] for r in members], scores)
+        want = OccurrencePenalty.apply_pool([in_numpy[r] for r in members], scores)
+        each = np.concatenate([alone[r].apply(step, scores[i : i + 1]) for i, r in enumerate(members)])
+        np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
+        np.testing.assert_array_equal(got, each, err_msg=f"step {step}")
+        assert got is not scores and np.isneginf(scores).any()  # (the input is never written)
+        tokens = [int(t) for t in rng.integers(0, V, len(members))]
+        if step % 13 == 5:  # one piece steps alone (its own list, outside the pool)
+            r = members[0]
+            for p in (in_c[r], in_numpy[r], alone[r]):
+                p.update([tokens[0]])
+            continue
+        OccurrencePenalty.update_pool([in_c[r] for r in members], tokens, V, scores)
+        OccurrencePenalty.update_pool([in_numpy[r] for r in members], tokens, V, scores)
+        for r, t in zip(members, tokens):
+            alone[r].update([t])
+        grew = grew or any(p._lists is not None and p._lists.shape[1] > 64 for p in in_c)
+    for r in range(P):
+        assert in_c[r].occurrences(0) == in_numpy[r].occurrences(0) == alone[r].occurrences(0)
+    assert grew  # the kernels' lists outgrew their first size
