@@ -51,7 +51,7 @@ def atomic_path(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         yield tmp
         if not tmp.exists() or tmp.stat().st_size == 0:
             raise OSError(f"{path}: the writer produced no data")
-        _fsync_file(tmp)
+        fsync_path(tmp)
         os.chmod(tmp, _default_file_mode())  # mkstemp makes 0600; outputs are ordinary files
         if not force and path.exists():  # appeared while we were writing
             raise OutputExistsError(f"{path}: file exists; pass --force (force=True) to overwrite it")
@@ -100,11 +100,6 @@ def append_jsonl(path: str | os.PathLike, row: dict[str, Any], sync: bool = True
             os.fsync(fh.fileno())
 
 
-def fsync_path(path: str | os.PathLike) -> None:
-    """Flush a file written earlier to disk."""
-    _fsync_file(Path(path))
-
-
 def read_jsonl(path: str | os.PathLike) -> tuple[list[dict[str, Any]], int]:
     """Rows of a JSON-lines file and the number of damaged lines skipped (a killed writer's tail)."""
     rows: list[dict[str, Any]] = []
@@ -127,6 +122,7 @@ def read_jsonl(path: str | os.PathLike) -> tuple[list[dict[str, Any]], int]:
     return rows, bad
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file written earlier to disk."""
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())

@@ -52,8 +52,8 @@ class Format(Protocol):
         prompt_start: the id every prompt starts with (ABC ``bos``, MIDI ``<pad>``).
         checks_in_workers: a render may write a piece's file and check it in worker processes
             (:mod:`rwkv_music.compose.piece_workers`), which use the format's default tokenizer.
-        slow_checks: ``validity`` costs more CPU than composing the piece (the CLI's render then
-            leaves half of a CPU's cores to the workers).
+        slow_checks: ``validity`` costs about as much CPU as composing the piece, or more (the CLI's
+            render then leaves half of a CPU's cores to the workers).
     """
 
     name: str

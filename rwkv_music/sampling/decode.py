@@ -533,7 +533,7 @@ class _Loop:
         loop's determinism), so a looked-up row is the row a prefill would give; each row gets a copy.
         """
         if init is not None or PREFILL_CACHE <= 0 or getattr(self.backend, "new_state", None) is None:
-            return prefill_prompts(self.backend, prompts, init, self.chunk)
+            return prefill_prompts(self.backend, prompts, init, self.chunk)  # (no state objects: nothing to keep)
         keys = [tuple(int(t) for t in p) for p in prompts]
         cache = self._prefilled
         unique = list(dict.fromkeys(keys))
@@ -542,8 +542,6 @@ class _Loop:
         logits_parts, state_parts, at = [], [], {}
         if missing:
             logits, state = prefill_prompts(self.backend, [list(k) for k in missing], None, self.chunk)
-            if state is None:  # a backend keeping no state objects: nothing to keep
-                return prefill_prompts(self.backend, prompts, init, self.chunk)
             xp = ops(logits)
             for j, k in list(enumerate(missing))[-PREFILL_CACHE:]:  # copies: the batch state is updated in place
                 cache[k] = (_rows(xp, logits, [j]), state.select([j]))

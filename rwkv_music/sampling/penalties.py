@@ -248,12 +248,7 @@ class OccurrencePenalty(LogitsProcessor):
         if found is None or toks.dtype != np.int64 or not toks.flags.c_contiguous:
             return False
         lib, lists, counts = found
-        at = native.address
-        while lib.rwkv_occ_update_rows(at(self._occ), at(self._seen), toks.shape[0], self._occ.shape[1], at(lists),
-                                       lists.shape[1], at(counts), self.decay, toks.ctypes.data, at(self._wvec)):
-            grown = np.zeros((lists.shape[0], 2 * lists.shape[1]), dtype=np.int64)  # a row's list is full
-            grown[:, : lists.shape[1]] = lists
-            lists = self._lists = grown
+        self._lists = _update_in_c(lib, self._occ, self._seen, lists, counts, self.decay, toks, self._wvec)
         return True
 
     def apply(self, step: int, scores: Any) -> Any:
@@ -281,9 +276,7 @@ class OccurrencePenalty(LogitsProcessor):
         found = self._row_lists() if scores.dtype == np.float32 and scores.flags.c_contiguous else None
         if found is not None:
             lib, lists, counts = found
-            at = native.address
-            lib.rwkv_occ_penalize_rows(at(scores), scores.shape[0], scores.shape[1], at(self._occ), self._occ.shape[1],
-                                       at(lists), lists.shape[1], at(counts), self.frequency, self.presence)
+            _penalize_in_c(lib, scores, self._occ, lists, counts, self.frequency, self.presence)
             return scores
         cols = self._seen_columns(scores.shape[1])
         if cols.size:
@@ -388,9 +381,7 @@ class OccurrencePenalty(LogitsProcessor):
         if lib is not None:  # each row's own seen ids in C, as apply_inplace does for one list
             lists, counts = cls._stack_lists(procs, occ, seen)
             out = np.array(scores, order="C")  # (a copy: the input is never written)
-            at = native.address
-            lib.rwkv_occ_penalize_rows(at(out), out.shape[0], out.shape[1], at(occ), occ.shape[1], at(lists),
-                                       lists.shape[1], at(counts), procs[0].frequency, procs[0].presence)
+            _penalize_in_c(lib, out, occ, lists, counts, procs[0].frequency, procs[0].presence)
             return out
         return procs[0]._penalize(scores, occ, seen)
 
@@ -404,12 +395,7 @@ class OccurrencePenalty(LogitsProcessor):
         if lib is not None:  # decay, count and seen flag in C over each row's own ids (update's kernel)
             lists, counts = cls._stack_lists(procs, occ, seen)
             toks = np.ascontiguousarray(tokens, dtype=np.int64)
-            at = native.address
-            while lib.rwkv_occ_update_rows(at(occ), at(seen), toks.shape[0], occ.shape[1], at(lists), lists.shape[1],
-                                           at(counts), procs[0].decay, toks.ctypes.data, at(w)):
-                grown = np.zeros((lists.shape[0], 2 * lists.shape[1]), dtype=np.int64)  # a row's list is full
-                grown[:, : lists.shape[1]] = lists
-                lists = grown
+            lists = _update_in_c(lib, occ, seen, lists, counts, procs[0].decay, toks, w)
             for i, p in enumerate(procs):
                 p._occ, p._seen, p._cols = occ[i : i + 1], seen[i : i + 1], None
                 p._lists, p._counts, p._lists_of = lists[i : i + 1], counts[i : i + 1], occ
@@ -424,6 +410,27 @@ class OccurrencePenalty(LogitsProcessor):
         for i, p in enumerate(procs):
             p._occ, p._seen, p._cols, p._lists = occ[i : i + 1], seen[i : i + 1], None, None
             p._pool_row = i  # row i of occ and seen (_rows_of_one)
+
+
+def _penalize_in_c(lib: Any, scores: np.ndarray, occ: np.ndarray, lists: np.ndarray, counts: np.ndarray,
+                   frequency: float, presence: float) -> None:
+    """occurrence.c's penalty of each row's own seen ids, written into ``scores`` (float32, C order)."""
+    at = native.address
+    lib.rwkv_occ_penalize_rows(at(scores), scores.shape[0], scores.shape[1], at(occ), occ.shape[1], at(lists),
+                               lists.shape[1], at(counts), frequency, presence)
+
+
+def _update_in_c(lib: Any, occ: np.ndarray, seen: np.ndarray, lists: np.ndarray, counts: np.ndarray, decay: float,
+                 toks: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """occurrence.c's step of every row (decay, count, seen flag, list); returns the lists, grown (a new
+    array, twice as wide) where a row's list was full."""
+    at = native.address
+    while lib.rwkv_occ_update_rows(at(occ), at(seen), toks.shape[0], occ.shape[1], at(lists), lists.shape[1],
+                                   at(counts), decay, toks.ctypes.data, at(weights)):
+        grown = np.zeros((lists.shape[0], 2 * lists.shape[1]), dtype=np.int64)  # (it changed nothing)
+        grown[:, : lists.shape[1]] = lists
+        lists = grown
+    return lists
 
 
 def _rows_of_one(procs: Sequence[OccurrencePenalty], name: str) -> np.ndarray | None:

@@ -549,7 +549,9 @@ class AbcConstraint(LogitsProcessor):
         Row r ends as ``procs[r].apply_inplace(step, scores[r : r + 1])`` leaves it (tested).  The
         pool's rows went one by one before, 20-25 us each: 0.72 ms of a 32-piece render step.
         """
-        table = getattr(procs[0], "_table", None) if procs else None
+        if not procs:
+            return False
+        table = procs[0]._table
         for proc in procs:  # the same class (not the per-row reference) over the same table
             if type(proc) is not AbcConstraint or proc._table is not table or len(proc._ids) != 1:
                 return False

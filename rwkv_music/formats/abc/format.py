@@ -36,7 +36,7 @@ class AbcFormat(SpecialIds):
     input_suffixes = (".abc",)
     default_preset = "default-abc"
     checks_in_workers = True  # a tune's file and check depend on its text alone
-    slow_checks = True  # the check (music21 + strict bars) costs more CPU than composing the tune
+    slow_checks = True  # the check (music21 + strict bars) costs about what composing the tune does
     options_class = AbcOptions
 
     def __init__(self, tokenizer: Any = None) -> None:
