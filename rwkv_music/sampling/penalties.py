@@ -374,13 +374,24 @@ class OccurrencePenalty(LogitsProcessor):
     @classmethod
     def apply_pool(cls, procs: Sequence["OccurrencePenalty"], scores: Any) -> Any:
         """Row ``r`` of ``scores`` penalised by ``procs[r]`` (equal settings, one row each)."""
+        return cls._pool(procs, scores, inplace=False)
+
+    @classmethod
+    def apply_pool_inplace(cls, procs: Sequence["OccurrencePenalty"], scores: Any) -> Any:
+        """:meth:`apply_pool` written into ``scores`` (an array the caller owns) where the C kernel runs
+        (host float32, C order): only the seen ids change.  Returns the result, ``scores`` or a new array."""
+        return cls._pool(procs, scores, inplace=True)
+
+    @classmethod
+    def _pool(cls, procs: Sequence["OccurrencePenalty"], scores: Any, inplace: bool) -> Any:
         if not procs[0].enabled:
             return scores
         occ, seen, _ = cls._stack(procs, scores.shape[1], scores)
         lib = cls._pool_kernels(procs, occ) if isinstance(scores, np.ndarray) and scores.dtype == np.float32 else None
         if lib is not None:  # each row's own seen ids in C, as apply_inplace does for one list
             lists, counts = cls._stack_lists(procs, occ, seen)
-            out = np.array(scores, order="C")  # (a copy: the input is never written)
+            out = scores if inplace and scores.flags.c_contiguous and scores.flags.writeable else np.array(
+                scores, order="C")  # (a copy unless the caller gave its own array)
             _penalize_in_c(lib, out, occ, lists, counts, procs[0].frequency, procs[0].presence)
             return out
         return procs[0]._penalize(scores, occ, seen)

@@ -99,6 +99,15 @@ class DeviceProcessor(LogitsProcessor):
         """``apply`` with one step per row (host ints ``[B]``)."""
         raise NotImplementedError
 
+    def apply_steps_inplace(self, steps: np.ndarray, scores: Any) -> Any:
+        """:meth:`apply_steps` written into ``scores`` (an array the caller owns), which is returned: a
+        render's pooled step works on one copy of its rows' logits (a [B, V] copy per processor and step
+        is 0.2-0.6 ms at the MIDI vocabulary on our 2-core CPU)."""
+        out = self.apply_steps(steps, scores)
+        if out is not scores:
+            scores[...] = out
+        return scores
+
     def apply(self, step: int, scores: Any) -> Any:
         raise NotImplementedError
 
@@ -580,14 +589,21 @@ class EosBiasSchedule(DeviceProcessor):
     def apply_steps(self, steps: np.ndarray, scores: Any) -> Any:
         if not self.token_ids:
             return scores
+        return self.apply_steps_inplace(steps, ops(scores).copy(scores))
+
+    def apply_steps_inplace(self, steps: np.ndarray, scores: Any) -> Any:
+        if not self.token_ids:
+            return scores
         _check_vocab(self.rule, self.token_ids, scores.shape[1])
         xp = ops(scores)
         bias = np.array([self.bias_at(int(t)) for t in np.unique(steps)], dtype=np.float64)
-        bias = bias[np.searchsorted(np.unique(steps), steps)].astype(np.float32).reshape(-1, 1)
-        out = xp.copy(scores)
-        ids = list(self.token_ids)
-        out[:, ids] = out[:, ids] + xp.asarray(bias, "float32")
-        return out
+        bias = xp.asarray(bias[np.searchsorted(np.unique(steps), steps)].astype(np.float32).reshape(-1, 1), "float32")
+        ids = self._ids
+        if len(ids) == 1:  # one column, as a view (as apply_inplace)
+            scores[:, ids[0] : ids[0] + 1] += bias
+        else:
+            scores[:, ids] = scores[:, ids] + bias
+        return scores
 
 
 class MinNewTokens(DeviceProcessor):
@@ -619,14 +635,18 @@ class MinNewTokens(DeviceProcessor):
         return scores
 
     def apply_steps(self, steps: np.ndarray, scores: Any) -> Any:
+        if not self.stop_tokens or not (np.asarray(steps) < self.min_new_tokens).any():
+            return scores
+        return self.apply_steps_inplace(steps, ops(scores).copy(scores))
+
+    def apply_steps_inplace(self, steps: np.ndarray, scores: Any) -> Any:
         rows = np.flatnonzero(np.asarray(steps) < self.min_new_tokens)
         if rows.size == 0 or not self.stop_tokens:
             return scores
         _check_vocab(self.rule, self.stop_tokens, scores.shape[1])
         xp = ops(scores)
-        out = xp.copy(scores)
-        out[xp.asarray(rows[:, None]), xp.asarray(np.array(self.stop_tokens)[None, :])] = NEG_INF
-        return out
+        scores[xp.asarray(rows[:, None]), xp.asarray(np.array(self.stop_tokens)[None, :])] = NEG_INF
+        return scores
 
 
 class ForceTokens(DeviceProcessor):
@@ -659,6 +679,11 @@ class ForceTokens(DeviceProcessor):
         return out
 
     def apply_steps(self, steps: np.ndarray, scores: Any) -> Any:
+        if not any(int(t) in self.schedule for t in steps):
+            return scores
+        return self.apply_steps_inplace(steps, ops(scores).copy(scores))
+
+    def apply_steps_inplace(self, steps: np.ndarray, scores: Any) -> Any:
         forced = np.array([self.schedule.get(int(t), -1) for t in steps], dtype=np.int64)
         rows = np.flatnonzero(forced >= 0)
         if rows.size == 0:
@@ -666,11 +691,10 @@ class ForceTokens(DeviceProcessor):
         _check_vocab(self.rule, forced[rows].tolist(), scores.shape[1])
         xp = ops(scores)
         r, t = xp.asarray(rows), xp.asarray(forced[rows])
-        keep = scores[r, t]
-        out = xp.copy(scores)
-        out[r] = NEG_INF
-        out[r, t] = keep
-        return out
+        keep = scores[r, t]  # (a copy, read before the rows are cleared)
+        scores[r] = NEG_INF
+        scores[r, t] = keep
+        return scores
 
 
 __all__ = [

@@ -386,6 +386,39 @@ def test_pooled_per_piece_lists_give_each_piece_what_its_own_list_gives(kind: st
     assert all(toks[1] == 7 for _, toks, _ in pooled if len(toks) > 1)  # the forced step of each piece
 
 
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_a_pooled_dead_end_is_diagnosed_from_the_logits_the_model_gave(kind: str, monkeypatch: pytest.MonkeyPatch
+                                                                       ) -> None:
+    """A pooled step writes its rows in place, but into its own copy: a row emptied there is diagnosed from
+    the model's logits and ends naming the rule that emptied it (forcing an id an earlier ban removed), as
+    with one list per row; the other pieces carry on."""
+    import importlib
+
+    from test_sampling_fakes import FakeBackend
+
+    from rwkv_music.sampling.continuous import WorkItem, generate_continuous
+
+    decode_mod = importlib.import_module("rwkv_music.sampling.decode")
+    backend = FakeBackend(vocab_size=32, torch_logits=kind == "torch")
+    doomed = SamplingConfig(top_k=8, banned_tokens=(6,), forced_tokens=((3, 6),), presence_penalty=0.2)
+    fine = SamplingConfig(top_k=8, banned_tokens=(6,), forced_tokens=((3, 5),), presence_penalty=0.2)
+
+    def run(on_constraint: str) -> list:
+        items = [WorkItem(prompt=[1 + s], seed=s, max_new_tokens=6, stop_tokens=(),
+                          processors=(doomed if s % 2 else fine).build_processors()) for s in range(6)]
+        return sorted((r.index, r.tokens, r.finish_reason)
+                      for r in generate_continuous(backend, items, batch_size=4, on_constraint=on_constraint))
+
+    for pooling in (True, False):
+        monkeypatch.setattr(decode_mod, "POOLING", pooling)
+        with pytest.raises(RowConstraintError, match="force_tokens"):
+            run("raise")
+        ended = run("finish")
+        assert [reason for _, _, reason in ended] == ["max_tokens", "constraint"] * 3
+        assert all(len(toks) == 3 for _, toks, reason in ended if reason == "constraint")
+        assert all(toks[3] == 5 for _, toks, reason in ended if reason == "max_tokens")
+
+
 def test_the_static_buffer_step_path_gives_the_eager_pieces_and_keeps_the_state_resident() -> None:
     """What the CUDA graph path does, run eagerly on a CPU: buckets, adopted states, refills."""
     from rwkv_music.backends.torch_cuda_graph import bucket_for

@@ -319,6 +319,9 @@ def test_pooled_occurrence_penalties_in_c_equal_the_numpy_pool_and_each_piece_al
         np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
         np.testing.assert_array_equal(got, each, err_msg=f"step {step}")
         assert got is not scores and np.isneginf(scores).any()  # (the input is never written)
+        own = scores.copy()  # a pooled step's own array: written in place, the same result
+        assert OccurrencePenalty.apply_pool_inplace([in_c[r] for r in members], own) is own
+        np.testing.assert_array_equal(own, got, err_msg=f"step {step}")
         tokens = [int(t) for t in rng.integers(0, V, len(members))]
         if step % 13 == 5:  # one piece steps alone (its own list, outside the pool)
             r = members[0]
@@ -333,3 +336,31 @@ def test_pooled_occurrence_penalties_in_c_equal_the_numpy_pool_and_each_piece_al
     for r in range(P):
         assert in_c[r].occurrences(0) == in_numpy[r].occurrences(0) == alone[r].occurrences(0)
     assert grew  # the kernels' lists outgrew their first size
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_step_processors_in_place_give_what_they_give_on_a_copy(kind: str) -> None:
+    """apply_steps_inplace (a render's pooled step, on its own copy of the rows) writes into its input and
+    leaves exactly what apply_steps returns, which never writes its input; rows at different steps."""
+    from rwkv_music.sampling.processors import EosBiasSchedule, ForceTokens, MinNewTokens
+
+    torch = pytest.importorskip("torch") if kind == "torch" else None
+    rng = np.random.default_rng(9)
+    procs = [EosBiasSchedule([0], start=4, scale=2.0), EosBiasSchedule([0, 3], start=1, scale=3.0, max_bias=0.5),
+             MinNewTokens(3, [0, 2]), ForceTokens({1: 4, 5: 2})]
+    for proc in procs:
+        for steps in ([0, 1, 2, 5, 9, 1], [7, 7, 7, 7, 7, 7], [1, 5, 0, 3, 4, 2]):
+            scores = rng.normal(size=(6, 10)).astype(np.float32)
+            scores[0, 5] = -np.inf
+            if kind == "torch":
+                scores = torch.from_numpy(scores)
+            before = scores.clone() if kind == "torch" else scores.copy()
+            want = proc.apply_steps(np.array(steps), scores)
+            assert (want is scores) == (proc.apply_steps(np.array(steps), before) is before)
+            own = before.clone() if kind == "torch" else before.copy()
+            got = proc.apply_steps_inplace(np.array(steps), own)
+            assert got is own, (proc, steps)
+            np.testing.assert_array_equal(np.asarray(scores), np.asarray(before))  # apply_steps wrote nothing
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=f"{proc} {steps}")
+            changed = not np.array_equal(np.asarray(got), np.asarray(before))
+            assert changed == (want is not scores), (proc, steps)
