@@ -81,7 +81,8 @@ class Piece:
 
         Lazy because an ABC check parses the tune with music21, which takes about as long as composing it."""
         if "validity" not in self.meta:
-            self.meta["validity"] = self.format.validity(self.text)
+            decoded = self._midi() if self.mode == "midi" else None  # (the file :meth:`save` writes)
+            self.meta["validity"] = self.format.validity(self.text, midi=decoded)
         return self.meta["validity"]
 
     @property
@@ -118,8 +119,18 @@ class Piece:
         return with_reference(with_title(self.text, self.title), self.index + 1 if number is None else number)
 
     def to_midi(self) -> Any:
-        """The piece as a :class:`mido.MidiFile` (MIDI: through the tokenizer; ABC: through music21)."""
+        """The piece as a :class:`mido.MidiFile` (MIDI: through the tokenizer; ABC: through music21); a new
+        one at each call, the caller's to change."""
         return self.format.to_midi(self.text, source=self._name())
+
+    def _midi(self) -> Any:
+        """:meth:`to_midi`, made once and kept for this piece's own readers (:meth:`save`, :attr:`validity`),
+        which never change it: a render saves and checks every MIDI piece, and decoding it was half of that."""
+        midi = self.__dict__.get("_midi_file")
+        if midi is None:
+            midi = self.to_midi()
+            object.__setattr__(self, "_midi_file", midi)  # (a cache, not a field: frozen dataclass)
+        return midi
 
     def to_score(self) -> Any:
         """The piece as a music21 score, titled (:attr:`title`) and credited to rwkv-music."""
@@ -159,7 +170,7 @@ class Piece:
             from rwkv_music.export.music21_io import write_musicxml
 
             return write_musicxml(self.to_score(), path, force)
-        midi = self.to_midi()
+        midi = self._midi()
         if fmt == "midi":
             from rwkv_music.export.midi import write_midi
 

@@ -60,13 +60,12 @@ def finish(request: dict[str, Any]) -> dict[str, Any]:
     fmt = _formats.get(request["mode"])
     if fmt is None:
         fmt = _formats[request["mode"]] = format_for(request["mode"])
-    text = request["text"]
     save = request.get("save")
+    # a piece as render's own writer sees it: one to a file (X:1), its title given
+    piece = Piece(fmt.name, [], request["text"], {"title": save["title"]} if save else {}, 0, fmt.tokenizer)
     if save:
-        # a piece as render's own writer sees it: one to a file (X:1), its title given
-        piece = Piece(fmt.name, [], text, {"title": save["title"]}, 0, fmt.tokenizer)
         piece.save(save["path"], force=True)  # force: as render's writer (a file without a row is a killed run's)
-    return fmt.validity(text)
+    return piece.validity  # (a MIDI piece's file decoded once for both)
 
 
 def serve(requests: Iterable[bytes], answers: BinaryIO) -> int:

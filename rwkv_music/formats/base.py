@@ -99,8 +99,10 @@ class Format(Protocol):
     def piece_text(self, ids: Sequence[int]) -> str:
         """The piece's model text from :meth:`piece_ids`."""
 
-    def validity(self, text: str) -> dict[str, Any]:
-        """Cheap validity metrics of a piece's text; never raises (failures are recorded)."""
+    def validity(self, text: str, midi: Any = None) -> dict[str, Any]:
+        """Cheap validity metrics of a piece's text; never raises (failures are recorded).  ``midi``: the
+        text's :meth:`to_midi` file where the caller has it already (a MIDI check reads it instead of
+        decoding the text again; an ABC check reads the text)."""
 
     def to_midi(self, text: str, source: str = "") -> Any:
         """The piece text as a :class:`mido.MidiFile` (``source`` names it in errors)."""

@@ -351,3 +351,31 @@ def test_cli_abc_render_on_the_cpu_leaves_half_the_cores_to_its_checks(
         assert torch.get_num_threads() == threads_after
     finally:
         torch.set_num_threads(before)
+
+
+def test_rows_with_equal_params_share_their_options_and_others_get_their_own() -> None:
+    """A render makes each row's options once per distinct set of plain params (a prompts file often has
+    a row per piece); rows that differ in any value, its type included, or hold other kinds of values,
+    get options of their own, equal to what making them afresh gives."""
+    import numpy as np
+
+    from rwkv_music.compose.render import RenderJob, _make_row_settings, _row_settings
+
+    composer = Composer(FakeBackend(20096), model_name="fake")
+    settings = RenderSettings(options=(("max_tokens", 9),), sampling=(("temperature", 0.8),))
+
+    def pair(**params: object) -> tuple:
+        return _row_settings(composer, RenderJob(0, "pi:3c:7", params=tuple(params.items())), settings)
+
+    first = pair(seconds=4.0, instruments=["violin"], top_k=5)
+    again = pair(top_k=5, instruments=["violin"], seconds=4.0)
+    assert again[0] is first[0] and again[1] is first[1]
+    want = _make_row_settings(type(first[0]), {"max_tokens": 9, "temperature": 0.8, "seconds": 4.0,
+                                                "instruments": ["violin"], "top_k": 5})
+    assert first == want
+    for other in (pair(seconds=4.0, instruments=["viola"], top_k=5), pair(seconds=4.0, instruments=["violin"]),
+                  pair(seconds=4.0, instruments=["violin"], top_k=6)):
+        assert other[0] is not first[0] or other[1] is not first[1]
+    assert pair(seconds=4, top_k=5)[0] is not pair(seconds=4.0, top_k=5)[0]  # 4 and 4.0: equal options, own keys
+    odd = pair(top_k=np.int64(5))  # not a plain value: made for the row, not shared
+    assert odd == pair(top_k=5) and odd[1] is not pair(top_k=np.int64(5))[1]

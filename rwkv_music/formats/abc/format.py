@@ -122,11 +122,12 @@ class AbcFormat(SpecialIds):
     def piece_text(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids))
 
-    def validity(self, text: str) -> dict[str, Any]:
+    def validity(self, text: str, midi: Any = None) -> dict[str, Any]:
         """music21 validity and the strict bar balance of a tune (:mod:`rwkv_music.formats.abc.check`).
 
         ``bar_balance`` is the share of judged bars keeping the strict metre rule (pickup pairs and
-        endings only); ``strictly_balanced`` says the whole tune keeps it (metered, every bar).
+        endings only); ``strictly_balanced`` says the whole tune keeps it (metered, every bar).  ``midi``
+        is not read: the check judges the text.
         """
         from rwkv_music.formats.abc.check import bar_balance, parse_ok
         from rwkv_music.formats.score import quiet_music21

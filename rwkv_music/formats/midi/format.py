@@ -118,12 +118,13 @@ class MidiFormat(SpecialIds):
         body = self.tokenizer.decode(self.body(ids))
         return f"<start> {body} <end>" if body else "<start> <end>"
 
-    def validity(self, text: str) -> dict[str, Any]:
-        """Whether the text decodes, and note metrics of the decoded file."""
+    def validity(self, text: str, midi: Any = None) -> dict[str, Any]:
+        """Whether the text decodes, and note metrics of the decoded file (``midi``, where the caller
+        decoded ``text`` already)."""
         from rwkv_music.formats.midi.files import midi_metrics
 
         try:
-            return {"decodes": True, **midi_metrics(self.to_midi(text))}
+            return {"decodes": True, **midi_metrics(self.to_midi(text) if midi is None else midi)}
         except RwkvMusicError as exc:
             return {"decodes": False, "error": str(exc)}
 
