@@ -259,6 +259,8 @@ class OccurrencePenalty(LogitsProcessor):
             raise SamplingValueError(f"{self.rule}: scores have {scores.shape[0]} rows but reset() was given {n_rows}")
         if is_torch_tensor(scores):
             self._grow(scores.shape[1], like=scores)
+        elif is_torch_tensor(self._occ):  # a device state on host scores: the loop's dead-end diagnosis on a GPU
+            return self._penalize(scores, self._occ.detach().cpu().numpy(), self._seen.detach().cpu().numpy())
         return self._penalize(scores, self._occ, self._seen)
 
     def apply_inplace(self, step: int, scores: np.ndarray) -> np.ndarray:

@@ -42,9 +42,13 @@ KINDS = ["numpy", "torch", "gpu-branches"] + (["cuda"] if torch.cuda.is_availabl
 def _gpu_branches(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     callspec = getattr(request.node, "callspec", None)
     if callspec is not None and callspec.params.get("kind") == "gpu-branches":
+        import importlib
+
         import rwkv_music.sampling.arrays as arrays
 
         monkeypatch.setattr(arrays, "HOST_DEVICE_TYPES", set())
+        # the decode loop's own name too: it keeps a GPU's logits as tensors (a CPU's become numpy views)
+        monkeypatch.setattr(importlib.import_module("rwkv_music.sampling.decode"), "HOST_DEVICE_TYPES", set())
 
 
 def _as(kind: str, arr: np.ndarray) -> object:
@@ -386,7 +390,7 @@ def test_pooled_per_piece_lists_give_each_piece_what_its_own_list_gives(kind: st
     assert all(toks[1] == 7 for _, toks, _ in pooled if len(toks) > 1)  # the forced step of each piece
 
 
-@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("kind", ["numpy", "gpu-branches"])
 def test_a_pooled_dead_end_is_diagnosed_from_the_logits_the_model_gave(kind: str, monkeypatch: pytest.MonkeyPatch
                                                                        ) -> None:
     """A pooled step writes its rows in place, but into its own copy: a row emptied there is diagnosed from
@@ -399,7 +403,7 @@ def test_a_pooled_dead_end_is_diagnosed_from_the_logits_the_model_gave(kind: str
     from rwkv_music.sampling.continuous import WorkItem, generate_continuous
 
     decode_mod = importlib.import_module("rwkv_music.sampling.decode")
-    backend = FakeBackend(vocab_size=32, torch_logits=kind == "torch")
+    backend = FakeBackend(vocab_size=32, torch_logits=kind != "numpy")
     doomed = SamplingConfig(top_k=8, banned_tokens=(6,), forced_tokens=((3, 6),), presence_penalty=0.2)
     fine = SamplingConfig(top_k=8, banned_tokens=(6,), forced_tokens=((3, 5),), presence_penalty=0.2)
 
