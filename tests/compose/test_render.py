@@ -379,3 +379,45 @@ def test_rows_with_equal_params_share_their_options_and_others_get_their_own() -
     assert pair(seconds=4, top_k=5)[0] is not pair(seconds=4.0, top_k=5)[0]  # 4 and 4.0: equal options, own keys
     odd = pair(top_k=np.int64(5))  # not a plain value: made for the row, not shared
     assert odd == pair(top_k=5) and odd[1] is not pair(top_k=np.int64(5))[1]
+
+
+@pytest.mark.parametrize("mode", ["midi", "abc"])
+def test_a_render_on_the_gpu_branches_writes_the_files_and_rows_of_a_host_render(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Logits as tensors on an "accelerator" (CPU tensors with the GPU branches on: the decode loop keeps
+    them as tensors, pools them, sends only its host constraints through numpy): the same files and rows
+    as the numpy render, pooled pieces of several settings and both finish reasons included."""
+    import importlib
+
+    import numpy as np
+    import torch
+
+    import rwkv_music.sampling.arrays as arrays
+
+    class TensorLogits(FakeBackend):
+        def forward(self, *args: object, **kwargs: object) -> tuple:
+            out, state = super().forward(*args, **kwargs)
+            return torch.from_numpy(np.ascontiguousarray(out)), state
+
+    rows = ('{}\n{"instruments": ["violin"]}\n{"seconds": 3}\n{}\n' if mode == "midi"
+            else '{}\n{"meter": "6/8"}\n{}\n')
+    (tmp_path / "p.jsonl").write_text(rows)
+    settings = RenderSettings(2, 3, 5, {"max_tokens": 48 if mode == "midi" else 300}, check_workers=0)
+
+    def run(backend: FakeBackend, out: str) -> list:
+        composer = Composer(backend, model_name="fake", mode=mode)
+        render(composer, tmp_path / "p.jsonl", tmp_path / out, settings)
+        found = sorted((json.loads(line) for line in (tmp_path / out / "manifest.jsonl").read_text().splitlines()),
+                       key=lambda r: r["id"])
+        for row in found:
+            row.pop("seconds", None)
+            row.pop("timing", None)
+        return [(row, (tmp_path / out / row["output"]).read_bytes()) for row in found]
+
+    vocab = 20096 if mode == "midi" else 128
+    host = run(FakeBackend(vocab), "host")
+    monkeypatch.setattr(arrays, "HOST_DEVICE_TYPES", set())
+    monkeypatch.setattr(importlib.import_module("rwkv_music.sampling.decode"), "HOST_DEVICE_TYPES", set())
+    assert run(TensorLogits(vocab), "device") == host
+    assert len(host) == (8 if mode == "midi" else 6)
