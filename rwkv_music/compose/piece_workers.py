@@ -2,9 +2,10 @@
 its validity checked for the manifest.
 
 Checking an ABC tune (music21 reads it, then the strict bar rule) takes 15-75 ms of CPU, about what
-composing it takes: a quarter of an ABC render on a 2-core CPU.  A MIDI piece costs less (writing the
-file about 3 ms, checking it about 2 ms) but a GPU decodes hundreds of pieces a second, and one
-process writing and checking them all would cap the render at about 180 pieces a second.
+composing it takes: a quarter of an ABC render on a 2-core CPU.  A MIDI piece costs less (writing and
+checking a 64-token piece about 3 ms, a third of it the file's fsync; a 1,300-token piece 15 ms) but a
+GPU decodes hundreds of pieces a second, and one process writing and checking them all would cap the
+render at a few hundred pieces a second.
 :class:`PiecePool` hands each finished piece (its text, and where its file goes) to long-lived worker
 processes, one JSON line in and one out (the validity) per piece, and gives back futures, so that
 work runs on other cores while the model decodes.  Workers and this process run the same function
