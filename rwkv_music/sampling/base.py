@@ -272,6 +272,10 @@ class LogitsProcessorList(list):
             elif getattr(proc, "mask_only", False) and back is None and is_torch_tensor(cur):
                 cur = _via_mask(proc, step, cur)
             else:
+                done = _apply_on_device(proc, step, cur) if back is None else None
+                if done is not None:  # (a host processor that can run where the scores are)
+                    cur = done
+                    continue
                 if torch_in and back is None:
                     cur, back = to_numpy(cur)
                 cur = _host_apply(proc, step, cur)
@@ -368,6 +372,18 @@ def _host_apply(proc: Any, step: int, scores: Any) -> Any:
     if isinstance(proc, LogitsProcessor) and type(proc).__call__ is LogitsProcessor.__call__:
         return proc.process(step, scores)
     return proc(step, scores)
+
+
+def _apply_on_device(proc: Any, step: int, scores: Any) -> Any:
+    """A host processor's ``apply_device(step, scores)`` for scores on an accelerator (the MIDI constraint
+    builds its mask there from a few flags), or None: it has none, the scores are on the host, or it
+    declined."""
+    apply_device = getattr(proc, "apply_device", None)
+    if apply_device is None or not is_torch_tensor(scores):
+        return None
+    from rwkv_music.sampling.arrays import on_accelerator
+
+    return apply_device(step, scores) if on_accelerator(scores) else None
 
 
 def _via_mask(proc: Any, step: int, scores: Any) -> Any:

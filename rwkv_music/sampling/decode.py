@@ -21,12 +21,15 @@ with its own list is a group of one, so its step counter is its own token count;
 **On the logits' device.**  The batch logits stay where the backend put them (torch tensors on
 their GPU; on a CPU a zero-copy numpy view, numpy for the onnx/ncnn backends): device processors and the draw
 (:func:`~rwkv_music.sampling.sampler.sample_batch`) run there, and only the ``B`` chosen ids come to
-the host each step for the end checks.  Host processors (the music constraints) get numpy.
+the host each step for the end checks.  Host processors (the music constraints) get numpy, except
+where one runs on the logits' device itself (``apply_device`` / ``apply_rows_device``: the MIDI
+constraint sends a byte of flags per key and row and builds its mask there).
 
 **Pools.**  Items with their own lists of equal settings (continuous batching: one list per
 piece, built from one config) are drawn as one batch: generic processors once over the pool, the
-per-piece state of the penalties stacked, host processors row by row on each piece's own instance,
-every row seeing exactly what its own list would do alone (:meth:`_Loop._sample_pool`).
+per-piece state of the penalties stacked, host processors on each piece's own instance (one call
+for the pool where the class has ``apply_rows``), every row seeing exactly what its own list would
+do alone (:meth:`_Loop._sample_pool`).  The pool works in place on one copy of its rows' logits.
 
 **Same piece, however batched.**  A row's ``n``-th draw uses the counter-based uniform of
 ``(seed, n)`` (:func:`~rwkv_music.sampling.sampler.counter_uniforms`), its processors see only its
@@ -54,7 +57,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from rwkv_music.sampling.arrays import HOST_DEVICE_TYPES, NEG_INF, ops
+from rwkv_music.sampling.arrays import HOST_DEVICE_TYPES, NEG_INF, on_accelerator, ops
 from rwkv_music.sampling.base import (
     LogitsProcessor,
     LogitsProcessorList,
@@ -619,7 +622,7 @@ class _Loop:
 
         Row ``r`` sees exactly what its own list would do alone: shared processors run once on the
         batch, step-dependent ones with one step per row, penalties over the stacked per-piece
-        state, host processors (the music constraints) row by row on numpy.
+        state, host processors (the music constraints) on each piece's own instance (:meth:`_host_rows`).
         """
         members = [(i, row, group) for group, ms in entries for i, row in ms]
         xp = ops(self.logits)
@@ -710,7 +713,14 @@ class _Loop:
 
     def _host_rows(self, procs: tuple, steps: np.ndarray, scores: Any, members: list, alive: np.ndarray) -> Any:
         """One host processor per row (each piece's own), on numpy; a raised dead end ends that piece.
-        ``scores`` is the pool's own array, written in place where it is float32 host memory."""
+        ``scores`` is the pool's own array, written in place where it is float32 host memory.  On an
+        accelerator a class with ``apply_rows_device`` processes the pool there (the MIDI constraint: only
+        its flags cross from the host)."""
+        on_device = getattr(type(procs[0]), "apply_rows_device", None)
+        if on_device is not None and on_accelerator(scores) and alive.all():
+            done = on_device(procs, scores)
+            if done is not None:
+                return done
         arr, back = to_numpy(scores)
         if not (arr.dtype == np.float32 and arr.flags.c_contiguous and arr.flags.writeable):
             arr = np.array(arr, dtype=np.float32)

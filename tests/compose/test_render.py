@@ -386,8 +386,9 @@ def test_a_render_on_the_gpu_branches_writes_the_files_and_rows_of_a_host_render
     mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Logits as tensors on an "accelerator" (CPU tensors with the GPU branches on: the decode loop keeps
-    them as tensors, pools them, sends only its host constraints through numpy): the same files and rows
-    as the numpy render, pooled pieces of several settings and both finish reasons included."""
+    them as tensors and pools them; the MIDI constraint builds its mask there from the kernel's flags, the
+    ABC constraint goes through numpy): the same files and rows as the numpy render, pooled pieces of
+    several settings and both finish reasons included, and the same pieces from one compose call."""
     import importlib
 
     import numpy as np
@@ -415,9 +416,16 @@ def test_a_render_on_the_gpu_branches_writes_the_files_and_rows_of_a_host_render
             row.pop("timing", None)
         return [(row, (tmp_path / out / row["output"]).read_bytes()) for row in found]
 
+    def compose(backend: FakeBackend) -> list:  # one batch list (no pool): the constraint on the whole batch
+        composer = Composer(backend, model_name="fake", mode=mode)
+        pieces = composer.compose_midi(n=3, seed=4, max_tokens=40) if mode == "midi" else \
+            composer.compose_abc(n=3, seed=4, max_tokens=300)
+        return [p.tokens for p in pieces]
+
     vocab = 20096 if mode == "midi" else 128
-    host = run(FakeBackend(vocab), "host")
+    host, host_composed = run(FakeBackend(vocab), "host"), compose(FakeBackend(vocab))
     monkeypatch.setattr(arrays, "HOST_DEVICE_TYPES", set())
     monkeypatch.setattr(importlib.import_module("rwkv_music.sampling.decode"), "HOST_DEVICE_TYPES", set())
     assert run(TensorLogits(vocab), "device") == host
+    assert compose(TensorLogits(vocab)) == host_composed
     assert len(host) == (8 if mode == "midi" else 6)

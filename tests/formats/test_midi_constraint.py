@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_sampling_fakes import DATA, PREFIX_TO_BIN, FakeBackend, check_stream, id_to_word
@@ -317,13 +318,14 @@ def test_composed_pieces_keep_key_range_polyphony_and_release_notes_themselves(
     {"key": "D", "scale_penalty": 2.0, "max_note_seconds": 0.1},
     {"instruments": ["piano"], "drums": True, "pitch_range": (40, 80), "end_tokens": (0,)},
 ])
-@pytest.mark.parametrize("path", ["numpy", "c", "alternating"])
+@pytest.mark.parametrize("path", ["numpy", "c", "alternating", "device", "device-alternating"])
 def test_the_cached_mask_equals_the_mask_rebuilt_from_scratch(kw: dict[str, Any], path: str,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """process() keeps its mask between steps (issue 16), or writes it in C (fast_mask.c); allowed() rebuilds
     it: the same scores, NaN and +inf logits included, over streams with legal, illegal and end tokens (a row
     that starts again).  "alternating" switches between the two paths, so the numpy cache must notice what
-    it missed."""
+    it missed.  "device": apply_device on a torch tensor (what a GPU's logits get: the kernel's flags, the
+    mask, penalty and bias built with torch), alone and alternating with the numpy path."""
     if path != "numpy" and fast_mask.kernel() is None:
         pytest.skip(f"the C mask does not build here ({fast_mask.LIBRARY.error})")
     rng = np.random.default_rng(len(kw))
@@ -335,7 +337,8 @@ def test_the_cached_mask_equals_the_mask_rebuilt_from_scratch(kw: dict[str, Any]
         c = MidiConstraint(**kw)
         c.reset([[0, note_token(8, 60, 9), wait_token(50)] if r % 2 else [0] for r in range(rows)])
         for step in range(120):
-            c.native = path == "c" or (path == "alternating" and step % 3 != 0)
+            c.native = path in ("c", "device") or (path.endswith("alternating") and step % 3 != 0)
+            on_device = path == "device" or (path == "device-alternating" and c.native)
             scores = (rng.standard_normal((rows, VOCAB_SIZE)) * 3).astype(np.float32)
             if step % 17 == 0:
                 scores[0, rng.integers(0, VOCAB_SIZE, 50)] = np.nan
@@ -346,7 +349,12 @@ def test_the_cached_mask_equals_the_mask_rebuilt_from_scratch(kw: dict[str, Any]
                 notes[:, :, 1:] -= (~c._in_scale() * c.scale_penalty).astype(np.float32)[:, :, None]
             for t in c.end_tokens:
                 want[:, t] += c.end_bias_now().astype(np.float32)
-            got = c(step, scores)
+            if on_device:
+                tensor = torch.from_numpy(scores.copy())
+                got = c.apply_device(step, tensor).numpy()
+                assert np.array_equal(tensor.numpy(), scores, equal_nan=True)  # (a new tensor: input unchanged)
+            else:
+                got = c(step, scores)
             assert np.array_equal(got, want, equal_nan=True)
             rules = c._rules()
             forced_seen += int(rules[2].any())
@@ -363,7 +371,7 @@ def test_the_cached_mask_equals_the_mask_rebuilt_from_scratch(kw: dict[str, Any]
                       for ids, d in zip(legal_ids, draw)])
     if "max_note_seconds" in kw:
         assert forced_seen  # the forced-release path was exercised
-    assert bool(calls) == (path != "numpy")
+    assert bool(calls) == (path in ("c", "alternating"))
 
 
 def test_a_pool_of_one_row_constraints_in_one_kernel_call_equals_each_alone() -> None:
@@ -396,6 +404,8 @@ def test_a_pool_of_one_row_constraints_in_one_kernel_call_equals_each_alone() ->
             scores[1, rng.integers(0, VOCAB_SIZE, 50)] = np.nan
             scores[-1, rng.integers(0, VOCAB_SIZE, 50)] = np.inf
         want = np.concatenate([q.apply_inplace(step, scores[r : r + 1].copy()) for r, q in enumerate(alone)])
+        on_device = MidiConstraint.apply_rows_device(procs, torch.from_numpy(scores.copy()))  # (a GPU's pool)
+        assert on_device is not None and np.array_equal(on_device.numpy(), want, equal_nan=True), step
         got = scores.copy()
         assert MidiConstraint.apply_rows(procs, got)  # True: the one kernel call ran
         assert np.array_equal(got, want, equal_nan=True), step
@@ -409,6 +419,7 @@ def test_a_pool_of_one_row_constraints_in_one_kernel_call_equals_each_alone() ->
     procs[0].native = False  # one piece on the numpy path: the pool declines, nothing written
     scores = np.ones((P, VOCAB_SIZE), dtype=np.float32)
     assert not MidiConstraint.apply_rows(procs, scores) and (scores == 1).all()
+    assert MidiConstraint.apply_rows_device(procs, torch.from_numpy(scores)) is None
     wide = MidiConstraint()
     wide.reset([[0], [0]])  # a two-row constraint is not a piece of a pool
     assert not MidiConstraint.apply_rows([wide], np.ones((1, VOCAB_SIZE), dtype=np.float32))

@@ -542,6 +542,42 @@ class MidiConstraint(LogitsProcessor):
             proc._penalise_and_bias(scores[r : r + 1])
         return True
 
+    # -- on an accelerator: the mask built where the scores are ------------------------------
+    def apply_device(self, step: int, scores: Any) -> Any:
+        """:meth:`process` of a torch tensor on its own device (a GPU's logits), or None where the kernel does
+        not run (the caller then takes the host path): this step's rules cross to the device as flags, a byte
+        a key and row (1.7 KB a row where the scores would take 80 KB each way), and the mask, the scale
+        penalty and the end bias are torch operations there.  The same scores as :meth:`process`."""
+        if tuple(scores.shape) != (len(self._time), VOCAB_SIZE) or not self.native:
+            return None
+        found = fast_mask.flags(self._rules_c, self._start, self._time, self._n_sounding, self._earliest,
+                                self._can_start, self._pitched, self._key_pc, self._scale)
+        if found is None:
+            return None
+        self._masked_natively()
+        return _finish_on_device(scores, found, [self] * len(self._time), list(range(len(self._time))))
+
+    @classmethod
+    def apply_rows_device(cls, procs: Sequence["MidiConstraint"], scores: Any) -> Any:
+        """:meth:`apply_rows` of a torch tensor on its device (row r by ``procs[r]``, one-row constraints), as
+        :meth:`apply_device` does it for one constraint: the result (a new tensor), or None (nothing done)."""
+        pieces = []
+        for proc in procs:
+            if type(proc) is not cls or not proc.native:
+                return None
+            piece = proc._piece_args()
+            if piece is None:
+                return None
+            pieces.append(piece)
+        if tuple(scores.shape) != (len(procs), VOCAB_SIZE):
+            return None
+        found = fast_mask.flags_pieces(pieces)
+        if found is None:
+            return None
+        for proc in procs:
+            proc._masked_natively()
+        return _finish_on_device(scores, found, list(procs), [0] * len(procs))
+
     def _piece_args(self) -> Any:
         """This one-row constraint for the pooled kernel, made once per :meth:`reset` (which replaces the
         state arrays; every other change is in place)."""
@@ -569,6 +605,47 @@ class MidiConstraint(LogitsProcessor):
             for t in self.end_tokens:
                 out[:, t] += bias
         return out
+
+
+def _finish_on_device(scores: Any, found: tuple, owners: list[MidiConstraint], rows: list[int]) -> Any:
+    """``scores`` (torch ``[B, V]``) masked by the kernel's flags, then row r's scale penalty and end bias as
+    ``owners[r]`` (its own row ``rows[r]``) gives them in :meth:`MidiConstraint._penalise_and_bias`; a new
+    tensor on the scores' device.  The mask keeps a legal score as it is and puts -inf elsewhere, as the
+    host kernel; the penalty and the bias are the host's float32 values, subtracted and added there."""
+    import torch
+
+    heads, wait, keys = found
+    dev, n = scores.device, scores.shape[0]
+    to = {"device": dev, "non_blocking": True}
+    keys_t = torch.from_numpy(keys).to(**to)
+    notes = torch.cat([(keys_t & 1).bool()[:, :, None], (keys_t >= 2)[:, :, None].expand(n, N_KEYS, N_VEL - 1)],
+                      dim=2).reshape(n, N_KEYS * N_VEL)
+    waits = torch.arange(1, MAX_WAIT + 1, device=dev)[None, :] <= torch.from_numpy(wait).to(**to)[:, None]
+    legal = torch.cat([torch.from_numpy(heads).to(**to).bool(), waits, notes], dim=1)
+    out = torch.where(legal, scores, torch.tensor(float("-inf"), dtype=scores.dtype, device=dev))
+    in_scale: dict[int, np.ndarray] = {}  # per owner, made once ([its rows, N_KEYS])
+    penalised = [r for r, c in enumerate(owners) if c.key is not None and not c._scale_masks]
+    if penalised:  # out-of-key note-ons, where a finite scale penalty is subtracted instead of a mask
+        pen = np.stack([(~_once(in_scale, owners[r], owners[r]._in_scale)[rows[r]] * owners[r].scale_penalty)
+                        .astype(np.float32) for r in penalised])
+        notes_out = out[:, NOTE_BASE:].view(n, N_KEYS, N_VEL)
+        at = torch.tensor(penalised, device=dev)
+        notes_out[at, :, 1:] -= torch.from_numpy(pen).to(device=dev, dtype=out.dtype)[:, :, None]
+    bias_now: dict[int, np.ndarray] = {}
+    biased = [(r, t, np.float32(_once(bias_now, c, c.end_bias_now)[rows[r]])) for r, c in enumerate(owners)
+              if c.target_ticks is not None for t in c.end_tokens]
+    if biased:
+        r_at, t_at, vals = (list(v) for v in zip(*biased))
+        out.index_put_((torch.tensor(r_at, device=dev), torch.tensor(t_at, device=dev)),
+                       torch.tensor(np.array(vals, dtype=np.float32), device=dev, dtype=out.dtype), accumulate=True)
+    return out
+
+
+def _once(made: dict[int, np.ndarray], owner: MidiConstraint, make: Any) -> np.ndarray:
+    found = made.get(id(owner))
+    if found is None:
+        found = made[id(owner)] = make()
+    return found
 
 
 __all__ = [

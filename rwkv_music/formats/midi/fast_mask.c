@@ -39,6 +39,40 @@ static inline void gate12(const float* x, float* y, int off_ok, int on_ok) {
     memcpy(y, t, sizeof t);
 }
 
+/* A row's rules from its counters, as MidiConstraint._row_rules and _limits give them: whether an overdue
+ * note forces the row to end it, the longest legal wait (below 1: none), whether notes may start, and
+ * whether the piece may end. */
+static inline void row_rules(const midi_rules* q, int64_t now, int64_t on, int64_t earliest, int* forced,
+                             int64_t* wait, int* can_on, int* end_ok) {
+    *forced = 0;
+    *wait = q->n_waits;
+    if (q->max_note_ticks >= 0 && on > 0) {
+        const int64_t longest = now - earliest;
+        *forced = longest >= q->max_note_ticks;
+        if (q->max_note_ticks - longest < *wait) *wait = q->max_note_ticks - longest;
+    }
+    *can_on = !*forced;
+    *end_ok = on == 0;
+    if (q->max_polyphony >= 0) *can_on = *can_on && on < q->max_polyphony;
+    if (q->target_ticks >= 0) {
+        if (q->max_end - now < *wait) *wait = q->max_end - now;
+        *can_on = *can_on && now < q->target_ticks;
+        *end_ok = *end_ok && now >= q->min_end;
+    }
+    if (*forced) *wait = 0;
+}
+
+/* Key k of a row: bit 0 set if its note-off is legal (a forced row ends only its overdue notes), bit 1 if
+ * its note-ons are. */
+static inline int key_flags(const midi_rules* q, int64_t k, int64_t started, int64_t now, int forced, int can_on,
+                            const uint8_t* can_start, const uint8_t* pitched, const int64_t* key_pc,
+                            const uint8_t* scale) {
+    const int sounding = started >= 0;
+    const int off_ok = sounding && (!forced || now - started >= q->max_note_ticks);
+    const int on_ok = !sounding && can_on && can_start[k] && (!q->use_scale || !pitched[k] || scale[key_pc[k]]);
+    return off_ok | (on_ok << 1);
+}
+
 /* in, out [B, vocab] float32 (may be the same array); start [B, n_keys] (tick a sounding note began, -1
  * silent); time, n_sounding, earliest [B]; can_start, pitched, key_pc [n_keys]; scale [B, 12].
  * Returns 0. */
@@ -46,28 +80,14 @@ int rwkv_midi_mask(const float* in, float* out, int64_t B, const midi_rules* q, 
                    const int64_t* time, const int64_t* n_sounding, const int64_t* earliest,
                    const uint8_t* can_start, const uint8_t* pitched, const int64_t* key_pc, const uint8_t* scale) {
     const float no = -INFINITY;
-    const int64_t n_keys = q->n_keys, n_vel = q->n_vel, first_note = q->first_note, max_note = q->max_note_ticks;
-    const int use_scale = q->use_scale != 0;
+    const int64_t n_keys = q->n_keys, n_vel = q->n_vel, first_note = q->first_note;
     for (int64_t r = 0; r < B; r++) {
         const float* x = in + r * q->vocab;
         float* y = out + r * q->vocab;
-        const int64_t now = time[r], on = n_sounding[r];
-        /* the row's rules, as MidiConstraint._row_rules and _limits give them */
-        int forced = 0;
-        int64_t wait = q->n_waits;
-        if (q->max_note_ticks >= 0 && on > 0) {
-            const int64_t longest = now - earliest[r];
-            forced = longest >= q->max_note_ticks;
-            if (q->max_note_ticks - longest < wait) wait = q->max_note_ticks - longest;
-        }
-        int can_on = !forced, end_ok = on == 0;
-        if (q->max_polyphony >= 0) can_on = can_on && on < q->max_polyphony;
-        if (q->target_ticks >= 0) {
-            if (q->max_end - now < wait) wait = q->max_end - now;
-            can_on = can_on && now < q->target_ticks;
-            end_ok = end_ok && now >= q->min_end;
-        }
-        if (forced) wait = 0;
+        const int64_t now = time[r];
+        int forced, can_on, end_ok;
+        int64_t wait;
+        row_rules(q, now, n_sounding[r], earliest[r], &forced, &wait, &can_on, &end_ok);
         for (int64_t c = 0; c < q->first_wait; c++)
             y[c] = (end_ok && c < 63 && ((q->end_mask >> c) & 1)) ? x[c] : no;
         for (int64_t w = 1; w <= q->n_waits; w++) {
@@ -79,15 +99,33 @@ int rwkv_midi_mask(const float* in, float* out, int64_t B, const midi_rules* q, 
         const float* xn = x + first_note;
         float* yn = y + first_note;
         for (int64_t k = 0; k < n_keys; k++) {
-            const int sounding = st[k] >= 0;
-            /* a forced row ends only its overdue notes */
-            const int off_ok = sounding && (!forced || now - st[k] >= max_note);
-            const int on_ok = !sounding && can_on && can_start[k] && (!use_scale || !pitched[k] || sc[key_pc[k]]);
+            const int f = key_flags(q, k, st[k], now, forced, can_on, can_start, pitched, key_pc, sc);
             if (n_vel == 12)  /* the real layout: a fixed width, a few vector ops */
-                gate12(xn + k * 12, yn + k * 12, off_ok, on_ok);
+                gate12(xn + k * 12, yn + k * 12, f & 1, f >> 1);
             else
-                gate(xn + k * n_vel, yn + k * n_vel, n_vel, off_ok, on_ok);
+                gate(xn + k * n_vel, yn + k * n_vel, n_vel, f & 1, f >> 1);
         }
+    }
+    return 0;
+}
+
+/* rwkv_midi_mask's rules as flags, for a mask built where the scores are (a GPU): heads [B, first_wait]
+ * uint8 (1: the special id is legal), wait [B] (waits t1..t<wait> are legal), keys [B, n_keys] uint8
+ * (key_flags).  A byte per key and row instead of the scores both ways.  Returns 0. */
+int rwkv_midi_flags(int64_t B, const midi_rules* q, const int64_t* start, const int64_t* time,
+                    const int64_t* n_sounding, const int64_t* earliest, const uint8_t* can_start,
+                    const uint8_t* pitched, const int64_t* key_pc, const uint8_t* scale, uint8_t* heads,
+                    int64_t* wait, uint8_t* keys) {
+    for (int64_t r = 0; r < B; r++) {
+        const int64_t now = time[r];
+        int forced, can_on, end_ok;
+        row_rules(q, now, n_sounding[r], earliest[r], &forced, &wait[r], &can_on, &end_ok);
+        for (int64_t c = 0; c < q->first_wait; c++)
+            heads[r * q->first_wait + c] = (uint8_t)(end_ok && c < 63 && ((q->end_mask >> c) & 1));
+        const int64_t* st = start + r * q->n_keys;
+        uint8_t* kr = keys + r * q->n_keys;
+        for (int64_t k = 0; k < q->n_keys; k++)
+            kr[k] = (uint8_t)key_flags(q, k, st[k], now, forced, can_on, can_start, pitched, key_pc, scale + r * 12);
     }
     return 0;
 }
@@ -108,6 +146,18 @@ int rwkv_midi_mask_pieces(const float* in, float* out, int64_t P, const midi_pie
         const int64_t v = p->q->vocab;
         rwkv_midi_mask(in + r * v, out + r * v, 1, p->q, p->start, p->time, p->n_sounding, p->earliest,
                        p->can_start, p->pitched, p->key_pc, p->scale);
+    }
+    return 0;
+}
+
+/* rwkv_midi_flags of a render's pool: row r by pieces[r] (heads [P, first_wait], wait [P], keys [P, n_keys]).
+ * Returns 0. */
+int rwkv_midi_flags_pieces(int64_t P, const midi_piece* const* pieces, uint8_t* heads, int64_t* wait,
+                           uint8_t* keys) {
+    for (int64_t r = 0; r < P; r++) {
+        const midi_piece* p = pieces[r];
+        rwkv_midi_flags(1, p->q, p->start, p->time, p->n_sounding, p->earliest, p->can_start, p->pitched,
+                        p->key_pc, p->scale, heads + r * p->q->first_wait, wait + r, keys + r * p->q->n_keys);
     }
     return 0;
 }

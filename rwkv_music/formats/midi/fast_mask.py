@@ -3,6 +3,10 @@
 The numpy path (a cached NaN/-inf template, rows rewritten when their flags change, ``fmin`` after a copy
 of the scores) stays the reference and the fallback: it runs where no C compiler is found or
 ``RWKV_MUSIC_NATIVE=0``.  Tests drive both on the same states and require the same scores.
+
+For scores on a GPU the kernel writes the same rules as flags instead (:func:`flags`, :func:`flags_pieces`:
+a byte per key and row, the legal specials and the longest legal wait), from which
+:meth:`MidiConstraint.apply_device` builds the mask where the scores are; the scores never come to the host.
 """
 
 from __future__ import annotations
@@ -36,8 +40,12 @@ class MidiPiece(ctypes.Structure):
 LIBRARY = native_build.Library(
     (Path(__file__).with_name("fast_mask.c"),), "rwkv_music_midi_mask",
     {"rwkv_midi_mask": ([_P, _P, _I64, ctypes.POINTER(MidiRules), _P, _P, _P, _P, _P, _P, _P, _P], ctypes.c_int),
-     "rwkv_midi_mask_pieces": ([_P, _P, _I64, _P], ctypes.c_int)},
+     "rwkv_midi_mask_pieces": ([_P, _P, _I64, _P], ctypes.c_int),
+     "rwkv_midi_flags": ([_I64, ctypes.POINTER(MidiRules), _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P], ctypes.c_int),
+     "rwkv_midi_flags_pieces": ([_I64, _P, _P, _P, _P], ctypes.c_int)},
 )
+
+Flags = tuple  # (heads uint8 [B, first_wait], wait int64 [B], keys uint8 [B, n_keys]): see rwkv_midi_flags
 
 
 def kernel() -> Any:
@@ -66,6 +74,40 @@ def mask_into(rules: MidiRules, src: np.ndarray, out: np.ndarray, start: np.ndar
     fn(at(src), at(out), B, ctypes.byref(rules), at(start), at(time), at(n_sounding), at(earliest),
        at(can_start), at(pitched), at(key_pc), at(scale))
     return True
+
+
+def flags(rules: MidiRules, start: np.ndarray, time: np.ndarray, n_sounding: np.ndarray, earliest: np.ndarray,
+          can_start: np.ndarray, pitched: np.ndarray, key_pc: np.ndarray, scale: np.ndarray) -> Flags | None:
+    """The rules :func:`mask_into` applies, as flags a mask is built from where the scores are (``fast_mask.c``,
+    ``rwkv_midi_flags``), or None where the kernel cannot run on these arrays."""
+    lib = LIBRARY.get()
+    B = time.shape[0]
+    _plain = native_build.plain
+    if lib is None or not (_plain(start, np.int64) and _plain(time, np.int64) and _plain(n_sounding, np.int64)
+                           and _plain(earliest, np.int64) and _plain(scale, np.bool_)
+                           and start.shape == (B, rules.n_keys) and scale.shape == (B, 12)):
+        return None
+    heads, wait = np.empty((B, rules.first_wait), np.uint8), np.empty(B, np.int64)
+    keys = np.empty((B, rules.n_keys), np.uint8)
+    at = native_build.address
+    lib.rwkv_midi_flags(B, ctypes.byref(rules), at(start), at(time), at(n_sounding), at(earliest), at(can_start),
+                        at(pitched), at(key_pc), at(scale), at(heads), at(wait), at(keys))
+    return heads, wait, keys
+
+
+def flags_pieces(pieces: list[MidiPiece]) -> Flags | None:
+    """:func:`flags` of a pool, row r by ``pieces[r]`` (equal layouts), or None where the kernel cannot run."""
+    lib = LIBRARY.get()
+    if lib is None or not pieces:
+        return None
+    rules = pieces[0].rules.contents
+    P = len(pieces)
+    heads, wait = np.empty((P, rules.first_wait), np.uint8), np.empty(P, np.int64)
+    keys = np.empty((P, rules.n_keys), np.uint8)
+    table = (ctypes.c_void_p * P)(*[ctypes.addressof(p) for p in pieces])
+    at = native_build.address
+    lib.rwkv_midi_flags_pieces(P, table, at(heads), at(wait), at(keys))
+    return heads, wait, keys
 
 
 def piece_args(rules: MidiRules, start: np.ndarray, time: np.ndarray, n_sounding: np.ndarray, earliest: np.ndarray,
