@@ -375,15 +375,13 @@ def _host_apply(proc: Any, step: int, scores: Any) -> Any:
 
 
 def _apply_on_device(proc: Any, step: int, scores: Any) -> Any:
-    """A host processor's ``apply_device(step, scores)`` for scores on an accelerator (the MIDI constraint
-    builds its mask there from a few flags), or None: it has none, the scores are on the host, or it
-    declined."""
+    """A host processor's ``apply_device(step, scores)`` for torch scores, which stay where they are (the MIDI
+    constraint builds its mask there from a few flags), or None: it has none, the scores are numpy, or it
+    declined.  (The decode loop hands this path a GPU's logits; a CPU's reach it as numpy views.)"""
     apply_device = getattr(proc, "apply_device", None)
     if apply_device is None or not is_torch_tensor(scores):
         return None
-    from rwkv_music.sampling.arrays import on_accelerator
-
-    return apply_device(step, scores) if on_accelerator(scores) else None
+    return apply_device(step, scores)
 
 
 def _via_mask(proc: Any, step: int, scores: Any) -> Any:
