@@ -671,6 +671,8 @@ class _Loop:
             if mode == "state":
                 type(p0).update_pool([procs[r] for r in drawing], [tokens[r] for r in drawing],
                                      scores.shape[1], scores)
+            elif mode is None and getattr(type(p0), "update_rows", None) is not None:  # one call for the pool
+                type(p0).update_rows([procs[r] for r in drawing], [tokens[r] for r in drawing])
             elif mode is None or type(p0).update is not LogitsProcessor.update:
                 for r in drawing:
                     procs[r].update([tokens[r]])

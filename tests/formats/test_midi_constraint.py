@@ -376,9 +376,11 @@ def test_the_cached_mask_equals_the_mask_rebuilt_from_scratch(kw: dict[str, Any]
 
 def test_a_pool_of_one_row_constraints_in_one_kernel_call_equals_each_alone() -> None:
     """apply_rows (a render's pool: every piece its own constraint, all masked by one call of
-    rwkv_midi_mask_pieces) leaves row r as procs[r].apply_inplace leaves it alone: pieces with
-    different settings (instruments, key penalty or mask, target length, polyphony, note length),
-    each advanced on its own stream, NaN and +inf scores included, across a reset."""
+    rwkv_midi_mask_pieces) leaves row r as procs[r].apply_inplace leaves it alone, and apply_rows_device
+    (a GPU's pool) gives the same scores; update_rows leaves every piece in the state its own update
+    does: pieces with different settings (instruments, key penalty or mask, auto key, target length,
+    polyphony, note length), each advanced on its own stream (end tokens and stray ids among them),
+    NaN and +inf scores included, across a reset."""
     if fast_mask.kernel() is None:
         pytest.skip(f"the C mask does not build here ({fast_mask.LIBRARY.error})")
     settings = [
@@ -394,6 +396,7 @@ def test_a_pool_of_one_row_constraints_in_one_kernel_call_equals_each_alone() ->
     for p in (*procs, *alone):
         p.reset([[0]])
     P = len(procs)
+    settled = 0
     for step in range(150):
         if step == 75:  # a reset replaces the state arrays: the pooled arguments must follow
             for p, q in zip(procs, alone):
@@ -412,10 +415,18 @@ def test_a_pool_of_one_row_constraints_in_one_kernel_call_equals_each_alone() ->
         tokens = []
         for r in range(P):
             legal = np.flatnonzero(np.isfinite(want[r]))
-            tokens.append(int(rng.choice(legal)))
-        for p, q, t in zip(procs, alone, tokens):
-            p.update([t])
+            draw = rng.random()  # now and then an end token (a new piece) or any id (an orphan note-off, ...)
+            tokens.append(0 if draw < 0.02 else int(rng.integers(3, VOCAB_SIZE)) if draw < 0.06
+                          else int(rng.choice(legal)))
+        MidiConstraint.update_rows(procs, tokens)  # (waits and notes in one kernel call; the rest piece by piece)
+        for q, t in zip(alone, tokens):
             q.update([t])
+        for p, q in zip(procs, alone):
+            for name in ("_start", "_time", "_n_sounding", "_earliest", "_pc_counts", "_scale"):
+                np.testing.assert_array_equal(getattr(p, name), getattr(q, name), err_msg=f"{step} {name}")
+            assert p._settled == q._settled
+        settled += sum(bool(p._settled) for p in procs if p._auto_key)
+    assert settled  # auto keys settled inside the pool (by the Python path, between kernel updates)
     procs[0].native = False  # one piece on the numpy path: the pool declines, nothing written
     scores = np.ones((P, VOCAB_SIZE), dtype=np.float32)
     assert not MidiConstraint.apply_rows(procs, scores) and (scores == 1).all()

@@ -161,3 +161,48 @@ int rwkv_midi_flags_pieces(int64_t P, const midi_piece* const* pieces, uint8_t* 
     }
     return 0;
 }
+
+/* MidiConstraint._advance of an update token for each piece of a render's pool (tokens [P]): waits and
+ * notes.  left [P] is set to 1 where the piece is left to the Python code, untouched: an id outside the
+ * vocabulary or below the waits (an error, or a new piece), or a pitched note-on while the piece's
+ * "auto" key is still being heard (counting [P] nonzero); else 0.  Returns 0. */
+int rwkv_midi_update_pieces(int64_t P, const midi_piece* const* pieces, const int64_t* tokens,
+                            const uint8_t* counting, uint8_t* left) {
+    for (int64_t r = 0; r < P; r++) {
+        const midi_piece* p = pieces[r];
+        const midi_rules* q = p->q;
+        const int64_t t = tokens[r];
+        left[r] = 1;
+        if (t < q->first_wait || t >= q->vocab) continue;
+        int64_t* time = (int64_t*)p->time;  /* (the piece's own arrays, writable: see piece_args) */
+        if (t < q->first_note) {
+            time[0] += t - q->first_wait + 1;
+            left[r] = 0;
+            continue;
+        }
+        const int64_t key = (t - q->first_note) / q->n_vel, vel = (t - q->first_note) % q->n_vel;
+        if (key >= q->n_keys || (vel && counting[r] && p->pitched[key])) continue;
+        int64_t* starts = (int64_t*)p->start;
+        int64_t* n_sounding = (int64_t*)p->n_sounding;
+        int64_t* earliest = (int64_t*)p->earliest;
+        const int64_t was = starts[key], now = vel ? time[0] : -1;
+        starts[key] = now;
+        if (was < 0) {
+            if (now >= 0) {
+                n_sounding[0] += 1;
+                if (earliest[0] < 0) earliest[0] = now;
+            }
+        } else {
+            if (now < 0) n_sounding[0] -= 1;
+            if (was == earliest[0]) {  /* the longest-held note ended or restarted */
+                int64_t least = -1;
+                if (n_sounding[0])
+                    for (int64_t k = 0; k < q->n_keys; k++)
+                        if (starts[k] >= 0 && (least < 0 || starts[k] < least)) least = starts[k];
+                earliest[0] = least;
+            }
+        }
+        left[r] = 0;
+    }
+    return 0;
+}

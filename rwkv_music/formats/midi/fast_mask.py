@@ -42,7 +42,8 @@ LIBRARY = native_build.Library(
     {"rwkv_midi_mask": ([_P, _P, _I64, ctypes.POINTER(MidiRules), _P, _P, _P, _P, _P, _P, _P, _P], ctypes.c_int),
      "rwkv_midi_mask_pieces": ([_P, _P, _I64, _P], ctypes.c_int),
      "rwkv_midi_flags": ([_I64, ctypes.POINTER(MidiRules), _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P], ctypes.c_int),
-     "rwkv_midi_flags_pieces": ([_I64, _P, _P, _P, _P], ctypes.c_int)},
+     "rwkv_midi_flags_pieces": ([_I64, _P, _P, _P, _P], ctypes.c_int),
+     "rwkv_midi_update_pieces": ([_I64, _P, _P, _P, _P], ctypes.c_int)},
 )
 
 Flags = tuple  # (heads uint8 [B, first_wait], wait int64 [B], keys uint8 [B, n_keys]): see rwkv_midi_flags
@@ -110,10 +111,27 @@ def flags_pieces(pieces: list[MidiPiece]) -> Flags | None:
     return heads, wait, keys
 
 
+def update_pieces(pieces: list[MidiPiece], tokens: np.ndarray, counting: np.ndarray) -> np.ndarray | None:
+    """Each piece's update token (``tokens[r]``) read into its state arrays where the kernel can
+    (``rwkv_midi_update_pieces``: waits and notes); returns ``left`` (uint8 ``[P]``, 1: the piece was not
+    touched and its token is the caller's to read), or None where the kernel cannot run."""
+    lib = LIBRARY.get()
+    P = len(pieces)
+    if lib is None or not pieces or tokens.shape != (P,) or counting.shape != (P,):
+        return None
+    tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+    counting = np.ascontiguousarray(counting, dtype=np.uint8)
+    left = np.empty(P, np.uint8)
+    table = (ctypes.c_void_p * P)(*[ctypes.addressof(p) for p in pieces])
+    at = native_build.address
+    lib.rwkv_midi_update_pieces(P, table, at(tokens), at(counting), at(left))
+    return left
+
+
 def piece_args(rules: MidiRules, start: np.ndarray, time: np.ndarray, n_sounding: np.ndarray, earliest: np.ndarray,
                can_start: np.ndarray, pitched: np.ndarray, key_pc: np.ndarray, scale: np.ndarray) -> MidiPiece | None:
-    """The :class:`MidiPiece` of a one-row constraint's arrays (valid while they live and are not replaced),
-    or None where the kernel cannot read them."""
+    """The :class:`MidiPiece` of a one-row constraint's arrays (valid while they live and are not replaced;
+    :func:`update_pieces` writes the state ones), or None where the kernel cannot read them."""
     _plain = native_build.plain
     if not (time.shape == n_sounding.shape == earliest.shape == (1,) and start.shape == (1, rules.n_keys)
             and scale.shape == (1, 12) and _plain(start, np.int64) and _plain(time, np.int64)
