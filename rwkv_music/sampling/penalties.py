@@ -327,9 +327,11 @@ class OccurrencePenalty(LogitsProcessor):
     @staticmethod
     def _stack(procs: Sequence["OccurrencePenalty"], vocab: int, like: Any) -> tuple[Any, Any, Any]:
         first = procs[0]
-        if not is_torch_tensor(like) and not is_torch_tensor(first._occ):
+        if is_torch_tensor(like) == is_torch_tensor(first._occ) and (
+                not is_torch_tensor(like) or first._occ.device == like.device):
             # the pool's arrays from the last update_pool, unchanged since and wide enough: every piece grew to
-            # their width then (a _grow call per piece and step was most of a 32-piece pool's penalty step)
+            # their width then (a _grow call per piece and step was most of a 32-piece pool's penalty step; on
+            # a GPU the pool's state stays there, not stacked again from 2 x 256 rows every step)
             occ, seen = _rows_of_one(procs, "_occ"), _rows_of_one(procs, "_seen")
             w = first._wvec
             if occ is not None and seen is not None and occ.shape[1] >= vocab and w is not None \
@@ -450,13 +452,19 @@ def _rows_of_one(procs: Sequence[OccurrencePenalty], name: str) -> np.ndarray | 
     """The array whose rows 0, 1, ... are ``procs``' ``name`` views in order, as :meth:`update_pool` left them
     (it tags each piece with its row), or None: then the pool's state is stacked again (a [B, V] copy a step,
     5 MB at B=32, V=20,096).  A path that replaces a piece's array breaks the ``base`` link."""
-    base = getattr(procs[0], name).base
-    if not isinstance(base, np.ndarray) or base.shape[0] != len(procs):
+    base = _base_of(getattr(procs[0], name))
+    if base is None or base.shape[0] != len(procs):
         return None
     for i, p in enumerate(procs):
-        if p._pool_row != i or getattr(p, name).base is not base:
+        if p._pool_row != i or _base_of(getattr(p, name)) is not base:
             return None
     return base
+
+
+def _base_of(view: Any) -> Any:
+    """The array a numpy or torch view was taken from, or None."""
+    base = view._base if is_torch_tensor(view) else view.base
+    return base if isinstance(base, np.ndarray) or is_torch_tensor(base) else None
 
 
 __all__ = ["OccurrencePenalty", "pip_text_weights", "weights_from_ranges"]

@@ -364,3 +364,42 @@ def test_step_processors_in_place_give_what_they_give_on_a_copy(kind: str) -> No
             np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=f"{proc} {steps}")
             changed = not np.array_equal(np.asarray(got), np.asarray(before))
             assert changed == (want is not scores), (proc, steps)
+
+
+def test_a_pools_penalty_state_on_torch_stays_stacked_between_steps_and_equals_numpy() -> None:
+    """Torch state (a GPU's pool): after update_pool the pieces hold rows of one tensor, which the next
+    apply_pool and update_pool use as it is (not stacked again from every piece each step); the scores
+    equal the numpy pool's while pieces join, leave and step alone."""
+    torch = pytest.importorskip("torch")
+    from rwkv_music.sampling.penalties import OccurrencePenalty
+
+    V, P = 200, 5
+    rng = np.random.default_rng(12)
+
+    def make() -> OccurrencePenalty:
+        p = OccurrencePenalty(presence=0.2, frequency=0.3, decay=0.9, weights={3: 0.5})
+        p.reset([[0]])
+        return p
+
+    on_torch, on_numpy = [make() for _ in range(P)], [make() for _ in range(P)]
+    kept = 0
+    for step in range(120):
+        if step % 40 == 39:
+            r = int(rng.integers(P))
+            on_torch[r], on_numpy[r] = make(), make()
+        members = list(range(P)) if step % 10 < 7 else sorted(rng.choice(P, 3, replace=False).tolist())
+        scores = rng.normal(size=(len(members), V)).astype(np.float32)
+        procs_t = [on_torch[r] for r in members]
+        before = OccurrencePenalty._stack(procs_t, V, torch.from_numpy(scores))[0]
+        kept += int(procs_t[0]._occ._base is before)  # the rows the last update_pool left, as they are
+        got = OccurrencePenalty.apply_pool_inplace(procs_t, torch.from_numpy(scores.copy()))
+        want = OccurrencePenalty.apply_pool([on_numpy[r] for r in members], scores)
+        np.testing.assert_array_equal(got.numpy(), want, err_msg=f"step {step}")
+        tokens = [int(t) for t in rng.integers(0, V, len(members))]
+        if step % 17 == 8:  # one piece steps alone
+            on_torch[members[0]].update([tokens[0]])
+            on_numpy[members[0]].update([tokens[0]])
+            continue
+        OccurrencePenalty.update_pool(procs_t, tokens, V, torch.from_numpy(scores))
+        OccurrencePenalty.update_pool([on_numpy[r] for r in members], tokens, V, scores)
+    assert kept > 40
