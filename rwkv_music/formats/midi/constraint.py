@@ -294,13 +294,7 @@ class MidiConstraint(LogitsProcessor):
         and notes in one kernel call (``rwkv_midi_update_pieces``, 11 us a piece in Python), the rest (an end
         token, a note-on while an "auto" key is being heard, an id outside the vocabulary) by the piece's
         own :meth:`update`.  The same states as :meth:`update` (tested)."""
-        pieces = [] if all(type(p) is cls and p.native for p in procs) else None
-        for proc in procs if pieces is not None else ():
-            piece = proc._piece_args()
-            if piece is None:
-                pieces = None
-                break
-            pieces.append(piece)
+        pieces = cls._pieces_of(procs)
         left = None
         if pieces:
             counting = np.array([p._auto_key and 0 not in p._settled for p in procs], dtype=np.uint8)
@@ -550,15 +544,8 @@ class MidiConstraint(LogitsProcessor):
         False (nothing written) where that cannot run, and the caller processes the rows one by one.
 
         Row r ends as ``procs[r].apply_inplace(step, scores[r : r + 1])`` leaves it (tested)."""
-        pieces = []
-        for proc in procs:
-            if type(proc) is not cls or not proc.native:
-                return False
-            piece = proc._piece_args()
-            if piece is None:
-                return False
-            pieces.append(piece)
-        if not fast_mask.mask_pieces(scores, scores, pieces):
+        pieces = cls._pieces_of(procs)
+        if pieces is None or not fast_mask.mask_pieces(scores, scores, pieces):
             return False
         for r, proc in enumerate(procs):
             proc._masked_natively()
@@ -584,15 +571,8 @@ class MidiConstraint(LogitsProcessor):
     def apply_rows_device(cls, procs: Sequence["MidiConstraint"], scores: Any) -> Any:
         """:meth:`apply_rows` of a torch tensor on its device (row r by ``procs[r]``, one-row constraints), as
         :meth:`apply_device` does it for one constraint: the result (a new tensor), or None (nothing done)."""
-        pieces = []
-        for proc in procs:
-            if type(proc) is not cls or not proc.native:
-                return None
-            piece = proc._piece_args()
-            if piece is None:
-                return None
-            pieces.append(piece)
-        if tuple(scores.shape) != (len(procs), VOCAB_SIZE):
+        pieces = cls._pieces_of(procs)
+        if pieces is None or tuple(scores.shape) != (len(procs), VOCAB_SIZE):
             return None
         found = fast_mask.flags_pieces(pieces)
         if found is None:
@@ -600,6 +580,18 @@ class MidiConstraint(LogitsProcessor):
         for proc in procs:
             proc._masked_natively()
         return _finish_on_device(scores, found, list(procs), [0] * len(procs))
+
+    @classmethod
+    def _pieces_of(cls, procs: Sequence["MidiConstraint"]) -> list[Any] | None:
+        """The pool's one-row constraints as the kernel's pieces, or None where one cannot be (another class,
+        the numpy path, more than one row)."""
+        pieces = []
+        for proc in procs:
+            piece = proc._piece_args() if type(proc) is cls and proc.native else None
+            if piece is None:
+                return None
+            pieces.append(piece)
+        return pieces
 
     def _piece_args(self) -> Any:
         """This one-row constraint for the pooled kernel, made once per :meth:`reset` (which replaces the
