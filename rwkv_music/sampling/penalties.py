@@ -326,27 +326,34 @@ class OccurrencePenalty(LogitsProcessor):
     # -- pools (continuous batching): the instances of several pieces as one batch ---------------
     @staticmethod
     def _stack(procs: Sequence["OccurrencePenalty"], vocab: int, like: Any) -> tuple[Any, Any, Any]:
+        """The pool's state, ``[P, V]`` occ and seen (numpy, or torch on ``like``'s device) and the weights.
+
+        The arrays the last :meth:`update_pool` (or restack) left are used as they are while every piece
+        still holds its row of them and they are wide enough: a ``_grow`` per piece and step was most of a
+        32-piece pool's penalty step, and on a GPU a ``torch.cat`` of every piece's rows twice a step.
+        Else each piece grows (to the vocabulary, onto the device) and the pool is stacked again, the
+        pieces' state moving into the new arrays so that the next step finds it there."""
         first = procs[0]
-        if is_torch_tensor(like) == is_torch_tensor(first._occ) and (
-                not is_torch_tensor(like) or first._occ.device == like.device):
-            # the pool's arrays from the last update_pool, unchanged since and wide enough: every piece grew to
-            # their width then (a _grow call per piece and step was most of a 32-piece pool's penalty step; on
-            # a GPU the pool's state stays there, not stacked again from 2 x 256 rows every step)
-            occ, seen = _rows_of_one(procs, "_occ"), _rows_of_one(procs, "_seen")
-            w = first._wvec
-            if occ is not None and seen is not None and occ.shape[1] >= vocab and w is not None \
-                    and w.shape[0] == occ.shape[1]:
-                return occ, seen, w
-        for p in procs:
-            p._grow(vocab, like=like if is_torch_tensor(like) else None)
-        if is_torch_tensor(first._occ):
-            torch = ops(first._occ).torch
-            return torch.cat([p._occ for p in procs]), torch.cat([p._seen for p in procs]), first._wvec
-        occ, seen = _rows_of_one(procs, "_occ"), _rows_of_one(procs, "_seen")
-        if occ is not None and seen is not None:  # (as above, once the weights are made)
-            return occ, seen, first._wvec
-        occ, seen = np.concatenate([p._occ for p in procs]), np.concatenate([p._seen for p in procs])
-        for i, p in enumerate(procs):  # the pieces' state moves into the new arrays: found there next time
+
+        def kept() -> tuple[Any, Any, Any] | None:
+            occ, seen, w = _rows_of_one(procs, "_occ"), _rows_of_one(procs, "_seen"), first._wvec
+            if occ is None or seen is None or w is None or occ.shape[1] < vocab or w.shape[0] != occ.shape[1]:
+                return None
+            return (occ, seen, w) if _same_place(occ, like) else None
+
+        found = kept()
+        if found is None:
+            for p in procs:
+                p._grow(vocab, like=like if is_torch_tensor(like) else None)
+            found = kept()  # (the weights made, nothing moved: still the pool's arrays)
+        if found is not None:
+            return found
+        xp = ops(first._occ)
+        if xp.name == "torch":
+            occ, seen = xp.torch.cat([p._occ for p in procs]), xp.torch.cat([p._seen for p in procs])
+        else:
+            occ, seen = np.concatenate([p._occ for p in procs]), np.concatenate([p._seen for p in procs])
+        for i, p in enumerate(procs):
             p._occ, p._seen, p._pool_row = occ[i : i + 1], seen[i : i + 1], i
         return occ, seen, first._wvec
 
@@ -459,6 +466,13 @@ def _rows_of_one(procs: Sequence[OccurrencePenalty], name: str) -> np.ndarray | 
         if p._pool_row != i or _base_of(getattr(p, name)) is not base:
             return None
     return base
+
+
+def _same_place(state: Any, like: Any) -> bool:
+    """The pool's state is where the scores are: both numpy, or torch tensors on one device."""
+    if is_torch_tensor(like) != is_torch_tensor(state):
+        return False
+    return not is_torch_tensor(like) or state.device == like.device
 
 
 def _base_of(view: Any) -> Any:

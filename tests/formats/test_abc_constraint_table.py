@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from test_sampling_fakes import pool_call_sizes
 
 from rwkv_music.errors import ConstraintError
 from rwkv_music.formats.abc import fast_table
@@ -262,10 +263,7 @@ def test_continuous_batching_pools_the_pieces_abc_constraints_into_the_same_tune
     decode_mod = importlib.import_module("rwkv_music.sampling.decode")
     model = load_model(str(checkpoint_path("7", vocab_size=128, n_embd=64, head_size=32, n_layer=2)))
     cfg = SamplingConfig(top_k=30, temperature=1.0)
-    calls = []
-    real = AbcConstraint.apply_rows.__func__
-    monkeypatch.setattr(AbcConstraint, "apply_rows", classmethod(lambda cls, p, s: calls.append(len(p))
-                                                                 or real(cls, p, s)))
+    calls = pool_call_sizes(monkeypatch, AbcConstraint)
 
     def run() -> list:
         items = [WorkItem(prompt=ids(HEADS[s % 2]), seed=s, max_new_tokens=150, stop_tokens=(EOS,),

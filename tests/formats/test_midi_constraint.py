@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_sampling_fakes import DATA, PREFIX_TO_BIN, FakeBackend, check_stream, id_to_word
+from test_sampling_fakes import DATA, PREFIX_TO_BIN, FakeBackend, check_stream, id_to_word, pool_call_sizes
 
 from rwkv_music.formats.midi import fast_mask
 from rwkv_music.formats.midi.constraint import BIN_NAMES, VOCAB_SIZE, note_token, wait_token
@@ -448,10 +448,7 @@ def test_continuous_batching_pools_the_pieces_constraints_into_the_same_pieces(m
     decode_mod = importlib.import_module("rwkv_music.sampling.decode")
     backend = FakeBackend(vocab_size=VOCAB_SIZE, scale=3.0)
     cfg = SamplingConfig(top_k=40, temperature=1.1)
-    calls = []
-    real = MidiConstraint.apply_rows.__func__
-    monkeypatch.setattr(MidiConstraint, "apply_rows", classmethod(lambda cls, p, s: calls.append(len(p))
-                                                                  or real(cls, p, s)))
+    calls = pool_call_sizes(monkeypatch, MidiConstraint)
 
     def run() -> list:
         items = [WorkItem(prompt=[0], seed=s, max_new_tokens=30 + 5 * (s % 3), stop_tokens=(0, 2),

@@ -63,6 +63,15 @@ class FakeBackend:
         return logits, new
 
 
+def pool_call_sizes(monkeypatch: Any, cls: type) -> list[int]:
+    """Record the pool size of every ``cls.apply_rows`` call (still running it): the list it appends to."""
+    sizes: list[int] = []
+    real = cls.apply_rows.__func__
+    monkeypatch.setattr(cls, "apply_rows", classmethod(lambda c, procs, scores: sizes.append(len(procs))
+                                                       or real(c, procs, scores)))
+    return sizes
+
+
 def history_hash(tokens: Iterable[int]) -> int:
     h = 0
     for t in tokens:

@@ -565,7 +565,7 @@ class MidiConstraint(LogitsProcessor):
         if found is None:
             return None
         self._masked_natively()
-        return _finish_on_device(scores, found, [self] * len(self._time), list(range(len(self._time))))
+        return _finish_on_device(scores, found, [self])
 
     @classmethod
     def apply_rows_device(cls, procs: Sequence["MidiConstraint"], scores: Any) -> Any:
@@ -579,7 +579,7 @@ class MidiConstraint(LogitsProcessor):
             return None
         for proc in procs:
             proc._masked_natively()
-        return _finish_on_device(scores, found, list(procs), [0] * len(procs))
+        return _finish_on_device(scores, found, procs)
 
     @classmethod
     def _pieces_of(cls, procs: Sequence["MidiConstraint"]) -> list[Any] | None:
@@ -622,11 +622,12 @@ class MidiConstraint(LogitsProcessor):
         return out
 
 
-def _finish_on_device(scores: Any, found: tuple, owners: list[MidiConstraint], rows: list[int]) -> Any:
-    """``scores`` (torch ``[B, V]``) masked by the kernel's flags, then row r's scale penalty and end bias as
-    ``owners[r]`` (its own row ``rows[r]``) gives them in :meth:`MidiConstraint._penalise_and_bias`; a new
-    tensor on the scores' device.  The mask keeps a legal score as it is and puts -inf elsewhere, as the
-    host kernel; the penalty and the bias are the host's float32 values, subtracted and added there."""
+def _finish_on_device(scores: Any, found: tuple, owners: Sequence[MidiConstraint]) -> Any:
+    """``scores`` (torch ``[B, V]``) masked by the kernel's flags, then each owner's scale penalty and end bias,
+    as :meth:`MidiConstraint._penalise_and_bias` gives them, on its rows (the owners cover the rows in order:
+    one constraint all of them, or a pool's pieces one each); a new tensor on the scores' device.  The mask
+    keeps a legal score as it is and puts -inf elsewhere, as the host kernel; the penalty and the bias are
+    the host's float32 values, subtracted and added there."""
     import torch
 
     heads, wait, keys = found
@@ -638,29 +639,28 @@ def _finish_on_device(scores: Any, found: tuple, owners: list[MidiConstraint], r
     waits = torch.arange(1, MAX_WAIT + 1, device=dev)[None, :] <= torch.from_numpy(wait).to(**to)[:, None]
     legal = torch.cat([torch.from_numpy(heads).to(**to).bool(), waits, notes], dim=1)
     out = torch.where(legal, scores, torch.tensor(float("-inf"), dtype=scores.dtype, device=dev))
-    in_scale: dict[int, np.ndarray] = {}  # per owner, made once ([its rows, N_KEYS])
-    penalised = [r for r, c in enumerate(owners) if c.key is not None and not c._scale_masks]
-    if penalised:  # out-of-key note-ons, where a finite scale penalty is subtracted instead of a mask
-        pen = np.stack([(~_once(in_scale, owners[r], owners[r]._in_scale)[rows[r]] * owners[r].scale_penalty)
-                        .astype(np.float32) for r in penalised])
+    pen_rows, pens, bias_rows, bias_ids, biases = [], [], [], [], []
+    first = 0
+    for c in owners:
+        rows = list(range(first, first + len(c._time)))
+        first += len(rows)
+        if c.key is not None and not c._scale_masks:  # out-of-key note-ons: a finite penalty, not a mask
+            pen_rows += rows
+            pens.append((~c._in_scale() * c.scale_penalty).astype(np.float32))
+        if c.target_ticks is not None:
+            bias = c.end_bias_now().astype(np.float32)
+            for t in c.end_tokens:
+                bias_rows += rows
+                bias_ids += [t] * len(rows)
+                biases.append(bias)
+    if pen_rows:
         notes_out = out[:, NOTE_BASE:].view(n, N_KEYS, N_VEL)
-        at = torch.tensor(penalised, device=dev)
-        notes_out[at, :, 1:] -= torch.from_numpy(pen).to(device=dev, dtype=out.dtype)[:, :, None]
-    bias_now: dict[int, np.ndarray] = {}
-    biased = [(r, t, np.float32(_once(bias_now, c, c.end_bias_now)[rows[r]])) for r, c in enumerate(owners)
-              if c.target_ticks is not None for t in c.end_tokens]
-    if biased:
-        r_at, t_at, vals = (list(v) for v in zip(*biased))
-        out.index_put_((torch.tensor(r_at, device=dev), torch.tensor(t_at, device=dev)),
-                       torch.tensor(np.array(vals, dtype=np.float32), device=dev, dtype=out.dtype), accumulate=True)
+        pen = torch.from_numpy(np.concatenate(pens)).to(device=dev, dtype=out.dtype)
+        notes_out[torch.tensor(pen_rows, device=dev), :, 1:] -= pen[:, :, None]
+    if bias_rows:
+        out.index_put_((torch.tensor(bias_rows, device=dev), torch.tensor(bias_ids, device=dev)),
+                       torch.from_numpy(np.concatenate(biases)).to(device=dev, dtype=out.dtype), accumulate=True)
     return out
-
-
-def _once(made: dict[int, np.ndarray], owner: MidiConstraint, make: Any) -> np.ndarray:
-    found = made.get(id(owner))
-    if found is None:
-        found = made[id(owner)] = make()
-    return found
 
 
 __all__ = [

@@ -55,6 +55,21 @@ def kernel() -> Any:
     return None if lib is None else lib.rwkv_midi_mask
 
 
+def _readable(rules: MidiRules, start: np.ndarray, time: np.ndarray, n_sounding: np.ndarray, earliest: np.ndarray,
+              scale: np.ndarray) -> bool:
+    """A constraint's state arrays as the kernels read them: int64 / bool, C order, one batch of rows."""
+    B = time.shape[0]
+    _plain = native_build.plain
+    return (n_sounding.shape == earliest.shape == (B,) and start.shape == (B, rules.n_keys) and scale.shape == (B, 12)
+            and _plain(start, np.int64) and _plain(time, np.int64) and _plain(n_sounding, np.int64)
+            and _plain(earliest, np.int64) and _plain(scale, np.bool_))
+
+
+def _table(pieces: list[MidiPiece]) -> Any:
+    """The pieces' addresses as the ``const midi_piece* const*`` the pooled kernels take."""
+    return (ctypes.c_void_p * len(pieces))(*[ctypes.addressof(p) for p in pieces])
+
+
 def mask_into(rules: MidiRules, src: np.ndarray, out: np.ndarray, start: np.ndarray, time: np.ndarray,
               n_sounding: np.ndarray, earliest: np.ndarray, can_start: np.ndarray, pitched: np.ndarray,
               key_pc: np.ndarray, scale: np.ndarray) -> bool:
@@ -64,12 +79,9 @@ def mask_into(rules: MidiRules, src: np.ndarray, out: np.ndarray, start: np.ndar
     if fn is None:
         return False
     B = time.shape[0]
-    shape = (B, rules.vocab)
     _plain = native_build.plain
-    if not (src.shape == out.shape == shape and _plain(src, np.float32) and _plain(out, np.float32)
-            and _plain(start, np.int64) and _plain(time, np.int64) and _plain(n_sounding, np.int64)
-            and _plain(earliest, np.int64) and _plain(scale, np.bool_) and start.shape == (B, rules.n_keys)
-            and scale.shape == (B, 12)):
+    if not (src.shape == out.shape == (B, rules.vocab) and _plain(src, np.float32) and _plain(out, np.float32)
+            and _readable(rules, start, time, n_sounding, earliest, scale)):
         return False
     at = native_build.address
     fn(at(src), at(out), B, ctypes.byref(rules), at(start), at(time), at(n_sounding), at(earliest),
@@ -83,10 +95,7 @@ def flags(rules: MidiRules, start: np.ndarray, time: np.ndarray, n_sounding: np.
     ``rwkv_midi_flags``), or None where the kernel cannot run on these arrays."""
     lib = LIBRARY.get()
     B = time.shape[0]
-    _plain = native_build.plain
-    if lib is None or not (_plain(start, np.int64) and _plain(time, np.int64) and _plain(n_sounding, np.int64)
-                           and _plain(earliest, np.int64) and _plain(scale, np.bool_)
-                           and start.shape == (B, rules.n_keys) and scale.shape == (B, 12)):
+    if lib is None or not _readable(rules, start, time, n_sounding, earliest, scale):
         return None
     heads, wait = np.empty((B, rules.first_wait), np.uint8), np.empty(B, np.int64)
     keys = np.empty((B, rules.n_keys), np.uint8)
@@ -105,9 +114,8 @@ def flags_pieces(pieces: list[MidiPiece]) -> Flags | None:
     P = len(pieces)
     heads, wait = np.empty((P, rules.first_wait), np.uint8), np.empty(P, np.int64)
     keys = np.empty((P, rules.n_keys), np.uint8)
-    table = (ctypes.c_void_p * P)(*[ctypes.addressof(p) for p in pieces])
     at = native_build.address
-    lib.rwkv_midi_flags_pieces(P, table, at(heads), at(wait), at(keys))
+    lib.rwkv_midi_flags_pieces(P, _table(pieces), at(heads), at(wait), at(keys))
     return heads, wait, keys
 
 
@@ -122,9 +130,8 @@ def update_pieces(pieces: list[MidiPiece], tokens: np.ndarray, counting: np.ndar
     tokens = np.ascontiguousarray(tokens, dtype=np.int64)
     counting = np.ascontiguousarray(counting, dtype=np.uint8)
     left = np.empty(P, np.uint8)
-    table = (ctypes.c_void_p * P)(*[ctypes.addressof(p) for p in pieces])
     at = native_build.address
-    lib.rwkv_midi_update_pieces(P, table, at(tokens), at(counting), at(left))
+    lib.rwkv_midi_update_pieces(P, _table(pieces), at(tokens), at(counting), at(left))
     return left
 
 
@@ -132,10 +139,7 @@ def piece_args(rules: MidiRules, start: np.ndarray, time: np.ndarray, n_sounding
                can_start: np.ndarray, pitched: np.ndarray, key_pc: np.ndarray, scale: np.ndarray) -> MidiPiece | None:
     """The :class:`MidiPiece` of a one-row constraint's arrays (valid while they live and are not replaced;
     :func:`update_pieces` writes the state ones), or None where the kernel cannot read them."""
-    _plain = native_build.plain
-    if not (time.shape == n_sounding.shape == earliest.shape == (1,) and start.shape == (1, rules.n_keys)
-            and scale.shape == (1, 12) and _plain(start, np.int64) and _plain(time, np.int64)
-            and _plain(n_sounding, np.int64) and _plain(earliest, np.int64) and _plain(scale, np.bool_)):
+    if time.shape != (1,) or not _readable(rules, start, time, n_sounding, earliest, scale):
         return None
     return MidiPiece(ctypes.pointer(rules), *(a.ctypes.data for a in (
         start, time, n_sounding, earliest, key_pc, can_start, pitched, scale)))
@@ -151,6 +155,5 @@ def mask_pieces(src: np.ndarray, out: np.ndarray, pieces: list[MidiPiece]) -> bo
     if not (src.shape == out.shape == (len(pieces), vocab) and native_build.plain(src, np.float32)
             and native_build.plain(out, np.float32)):
         return False
-    table = (ctypes.c_void_p * len(pieces))(*[ctypes.addressof(p) for p in pieces])
-    lib.rwkv_midi_mask_pieces(native_build.address(src), native_build.address(out), len(pieces), table)
+    lib.rwkv_midi_mask_pieces(native_build.address(src), native_build.address(out), len(pieces), _table(pieces))
     return True
