@@ -331,31 +331,44 @@ class OccurrencePenalty(LogitsProcessor):
         The arrays the last :meth:`update_pool` (or restack) left are used as they are while every piece
         still holds its row of them and they are wide enough: a ``_grow`` per piece and step was most of a
         32-piece pool's penalty step, and on a GPU a ``torch.cat`` of every piece's rows twice a step.
-        Else each piece grows (to the vocabulary, onto the device) and the pool is stacked again, the
-        pieces' state moving into the new arrays so that the next step finds it there."""
+        Else the pool is stacked again (:meth:`_restack`), the pieces' state moving into the new arrays so
+        that the next step finds it there."""
         first = procs[0]
+        both = _rows_of_one(procs, "_occ", "_seen")
+        if both is not None:
+            occ, seen = both
+            w = first._wvec
+            if occ.shape[1] >= vocab and w is not None and w.shape[0] == occ.shape[1] and _same_place(occ, like):
+                return occ, seen, w
+        return OccurrencePenalty._restack(procs, vocab, like)
 
-        def kept() -> tuple[Any, Any, Any] | None:
-            occ, seen, w = _rows_of_one(procs, "_occ"), _rows_of_one(procs, "_seen"), first._wvec
-            if occ is None or seen is None or w is None or occ.shape[1] < vocab or w.shape[0] != occ.shape[1]:
-                return None
-            return (occ, seen, w) if _same_place(occ, like) else None
-
-        found = kept()
-        if found is None:
-            for p in procs:
-                p._grow(vocab, like=like if is_torch_tensor(like) else None)
-            found = kept()  # (the weights made, nothing moved: still the pool's arrays)
-        if found is not None:
-            return found
-        xp = ops(first._occ)
+    @staticmethod
+    def _restack(procs: Sequence["OccurrencePenalty"], vocab: int, like: Any) -> tuple[Any, Any, Any]:
+        """New pool arrays, zeroed, with each piece's rows copied in and its views re-pointed at its row.  A piece
+        that has seen nothing yet (a new one: every piece of a render starts so) has nothing to copy: growing
+        each to the vocabulary and concatenating them made 32 fresh arrays and a copy of 5 MB, 8-9 ms at
+        every new batch of a render; the weights are made once for the pool (the pool key holds them equal)."""
+        width = max(vocab, *(p._occ.shape[1] for p in procs))
+        xp = ops(like)
         if xp.name == "torch":
-            occ, seen = xp.torch.cat([p._occ for p in procs]), xp.torch.cat([p._seen for p in procs])
+            occ = xp.torch.zeros((len(procs), width), dtype=xp.torch.float64, device=like.device)
+            seen = xp.torch.zeros((len(procs), width), dtype=xp.torch.bool, device=like.device)
         else:
-            occ, seen = np.concatenate([p._occ for p in procs]), np.concatenate([p._seen for p in procs])
+            occ, seen = np.zeros((len(procs), width)), np.zeros((len(procs), width), dtype=bool)
+
+        def moved(x: Any, dtype: str) -> Any:  # a piece's row, on the pool's kind and device
+            return xp.asarray(x, dtype) if xp.name == "torch" else ops(x).to_host(x)
+
         for i, p in enumerate(procs):
-            p._occ, p._seen, p._pool_row = occ[i : i + 1], seen[i : i + 1], i
-        return occ, seen, first._wvec
+            if p._occ.shape[0] != 1:
+                raise SamplingValueError(f"{p.rule}: a pooled piece has one row, this one {p._occ.shape[0]}")
+            have = p._occ.shape[1]
+            if have:
+                occ[i, :have], seen[i, :have] = moved(p._occ[0], "float64"), moved(p._seen[0], "bool")
+        w = xp.asarray(procs[0]._dense_weights(width), "float64")
+        for i, p in enumerate(procs):
+            p._occ, p._seen, p._pool_row, p._wvec = occ[i : i + 1], seen[i : i + 1], i, w
+        return occ, seen, w
 
     @staticmethod
     def _pool_kernels(procs: Sequence["OccurrencePenalty"], occ: Any) -> Any:
@@ -371,9 +384,9 @@ class OccurrencePenalty(LogitsProcessor):
         :meth:`update_pool` left with this ``occ``, where every piece still holds its row of them; else stacked
         again from each piece's own list, or its seen flags where it has none."""
         if all(p._lists is not None and p._lists_of is occ for p in procs):
-            lists, counts = _rows_of_one(procs, "_lists"), _rows_of_one(procs, "_counts")
-            if lists is not None and counts is not None:
-                return lists, counts
+            both = _rows_of_one(procs, "_lists", "_counts")
+            if both is not None:
+                return both[0], both[1]
         rows = [p._lists[0, : int(p._counts[0])] if p._lists is not None and p._lists.shape[0] == 1
                 else np.flatnonzero(seen[r]) for r, p in enumerate(procs)]
         counts = np.array([ids.shape[0] for ids in rows], dtype=np.int64)
@@ -455,17 +468,24 @@ def _update_in_c(lib: Any, occ: np.ndarray, seen: np.ndarray, lists: np.ndarray,
     return lists
 
 
-def _rows_of_one(procs: Sequence[OccurrencePenalty], name: str) -> np.ndarray | None:
-    """The array whose rows 0, 1, ... are ``procs``' ``name`` views in order, as :meth:`update_pool` left them
-    (it tags each piece with its row), or None: then the pool's state is stacked again (a [B, V] copy a step,
-    5 MB at B=32, V=20,096).  A path that replaces a piece's array breaks the ``base`` link."""
-    base = _base_of(getattr(procs[0], name))
-    if base is None or base.shape[0] != len(procs):
+def _rows_of_one(procs: Sequence[OccurrencePenalty], *names: str) -> list[Any] | None:
+    """For each of ``names``, the array whose rows 0, 1, ... are ``procs``' views of that name in order, as
+    :meth:`update_pool` left them (it tags each piece with its row), or None: then the pool's state is stacked
+    again (a [B, V] copy, 5 MB at B=32, V=20,096).  A path that replaces a piece's array breaks the ``base``
+    link.  (Checked for every piece twice a step: one plain loop, one torch-or-numpy test for the pool.)"""
+    views = [getattr(procs[0], name) for name in names]
+    link = "_base" if is_torch_tensor(views[0]) else "base"  # (torch's view link, numpy's)
+    bases = [getattr(view, link, None) for view in views]
+    if any(not (isinstance(b, np.ndarray) or is_torch_tensor(b)) or b.shape[0] != len(procs) for b in bases):
         return None
+    pairs = list(zip(names, bases))
     for i, p in enumerate(procs):
-        if p._pool_row != i or _base_of(getattr(p, name)) is not base:
+        if p._pool_row != i:
             return None
-    return base
+        for name, base in pairs:
+            if getattr(getattr(p, name), link, None) is not base:
+                return None
+    return bases
 
 
 def _same_place(state: Any, like: Any) -> bool:
@@ -473,12 +493,6 @@ def _same_place(state: Any, like: Any) -> bool:
     if is_torch_tensor(like) != is_torch_tensor(state):
         return False
     return not is_torch_tensor(like) or state.device == like.device
-
-
-def _base_of(view: Any) -> Any:
-    """The array a numpy or torch view was taken from, or None."""
-    base = view._base if is_torch_tensor(view) else view.base
-    return base if isinstance(base, np.ndarray) or is_torch_tensor(base) else None
 
 
 __all__ = ["OccurrencePenalty", "pip_text_weights", "weights_from_ranges"]
