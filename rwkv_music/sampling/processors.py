@@ -596,8 +596,12 @@ class EosBiasSchedule(DeviceProcessor):
             return scores
         _check_vocab(self.rule, self.token_ids, scores.shape[1])
         xp = ops(scores)
-        bias = np.array([self.bias_at(int(t)) for t in np.unique(steps)], dtype=np.float64)
-        bias = xp.asarray(bias[np.searchsorted(np.unique(steps), steps)].astype(np.float32).reshape(-1, 1), "float32")
+        bias = (np.asarray(steps, dtype=np.float64) - self.start) / self.scale  # bias_at's float64 steps, each row
+        if self.min_bias is not None:
+            bias = np.maximum(bias, self.min_bias)
+        if self.max_bias is not None:
+            bias = np.minimum(bias, self.max_bias)
+        bias = xp.asarray(bias.astype(np.float32).reshape(-1, 1), "float32")
         ids = self._ids
         if len(ids) == 1:  # one column, as a view (as apply_inplace)
             scores[:, ids[0] : ids[0] + 1] += bias

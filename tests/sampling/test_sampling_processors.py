@@ -366,6 +366,24 @@ def test_step_processors_in_place_give_what_they_give_on_a_copy(kind: str) -> No
             assert changed == (want is not scores), (proc, steps)
 
 
+def test_step_processors_give_each_row_what_apply_gives_it_at_its_own_step() -> None:
+    """apply_steps (a pool whose rows are at different steps) leaves row r as apply(steps[r]) leaves it alone,
+    bit for bit: the end-bias schedule's vectorised arithmetic (clamped and not) against bias_at's per step."""
+    from rwkv_music.sampling.processors import EosBiasSchedule, ForceTokens, MinNewTokens
+
+    rng = np.random.default_rng(21)
+    procs = [EosBiasSchedule([0], start=2000, scale=500), EosBiasSchedule([0, 2], start=1234.567, scale=0.3,
+                                                                          min_bias=-1000, max_bias=9000.25),
+             EosBiasSchedule([1], start=-7, scale=3.0, max_bias=1), MinNewTokens(40, [0, 2]),
+             ForceTokens({3: 1, 700: 2})]
+    for proc in procs:
+        steps = np.concatenate([rng.integers(0, 5000, 200), [0, 3, 39, 40, 700, 4095]])
+        scores = rng.normal(size=(len(steps), 4)).astype(np.float32)
+        got = proc.apply_steps(steps, scores)
+        want = np.concatenate([proc.apply(int(t), scores[r : r + 1]) for r, t in enumerate(steps)])
+        np.testing.assert_array_equal(got, want, err_msg=repr(proc))
+
+
 def test_a_pools_penalty_state_on_torch_stays_stacked_between_steps_and_equals_numpy() -> None:
     """Torch state (a GPU's pool): after update_pool the pieces hold rows of one tensor, which the next
     apply_pool and update_pool use as it is (not stacked again from every piece each step); the scores
