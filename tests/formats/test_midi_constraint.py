@@ -460,3 +460,26 @@ def test_continuous_batching_pools_the_pieces_constraints_into_the_same_pieces(m
     assert calls and max(calls) == 4  # the pool's rows went through one call
     monkeypatch.setattr(decode_mod, "POOLING", False)
     assert run() == pooled
+
+
+def test_constraints_with_equal_settings_share_their_read_only_tables_and_others_get_their_own() -> None:
+    """A render builds a constraint per piece; the tables that depend on the settings alone are made once per
+    settings: equal settings share them (read-only), other settings get tables of their own, and those follow
+    the settings (a note-on outside the pitch range or the instrument bins is never allowed; the end ids)."""
+    wide, also_wide = MidiConstraint(), MidiConstraint()
+    narrow = MidiConstraint(["piano"], drums=False, pitch_range=(50, 70), end_tokens=(0,))
+    assert wide._can_start is also_wide._can_start and wide._heads is also_wide._heads
+    assert narrow._can_start is not wide._can_start and narrow._heads is not wide._heads
+    for table in (wide._can_start, wide._pitched, wide._key_pc, wide._heads):
+        assert not table.flags.writeable
+        with pytest.raises(ValueError):
+            table[0] = table[1]
+    n_pitch = 128
+    piano = BIN_NAMES.index("piano")
+    want = np.zeros(len(BIN_NAMES) * n_pitch, dtype=bool)
+    want[piano * n_pitch + 50 : piano * n_pitch + 71] = True
+    np.testing.assert_array_equal(narrow._can_start, want)
+    assert wide._can_start.all()
+    end_ok_rows = narrow._heads[narrow._heads.shape[0] // 2 :]  # (rows with end_ok: the end ids legal there)
+    assert np.isnan(end_ok_rows[:, 0]).all() and np.isneginf(end_ok_rows[:, 2]).all()
+    assert np.isnan(wide._heads[wide._heads.shape[0] // 2 :, [0, 2]]).all()

@@ -16,6 +16,7 @@ piece after it (as after ``<start>``, which the constraint never proposes itself
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -213,30 +214,15 @@ class MidiConstraint(LogitsProcessor):
         self.length_tolerance = float(length_tolerance)
         self.end_bias = float(end_bias)
         self.end_tokens = tuple(int(t) for t in end_tokens)
-        pitch = np.arange(N_PITCH)
-        per_bin = []
-        for b in range(N_BINS):
-            lo, hi = low, high
-            if self.ranges and BIN_NAMES[b] in INSTRUMENT_RANGES:  # the instrument's playable range too
-                lo, hi = max(lo, INSTRUMENT_RANGES[BIN_NAMES[b]][0]), min(hi, INSTRUMENT_RANGES[BIN_NAMES[b]][1])
-            unpitched = BIN_NAMES[b] == "percussion"  # drum-kit keys: the pitch picks a drum, no range
-            per_bin.append(np.full(N_PITCH, b in bins) & (unpitched | ((pitch >= lo) & (pitch <= hi))))
-        self._can_start = np.concatenate(per_bin)  # [N_KEYS] static note-on permission
+        self._can_start, self._pitched, self._key_pc, self._heads = _static_tables(
+            frozenset(bins), int(low), int(high), self.ranges, self.end_tokens)
         if not self._can_start.any():
             raise SamplingValueError(
                 f"instruments {', '.join(BIN_NAMES[b] for b in sorted(bins))}: no pitch left in pitch_range "
                 f"{self.pitch_range} and their ranges"
             )
-        self._pitched = np.concatenate([np.full(N_PITCH, b not in DRUM_BINS) for b in range(N_BINS)])  # [N_KEYS]
-        self._key_pc = np.tile(np.arange(N_PITCH) % 12, N_BINS)  # [N_KEYS] pitch class of each key
         self._auto_key = self.key is not None and self.key.lower() == "auto"
         self._scale_masks = self.key is not None and math.isinf(self.scale_penalty)  # else: penalised
-        # The first 128 template columns (specials and waits) for each (end_ok, wait limit 0..MAX_WAIT),
-        # row end_ok * (MAX_WAIT + 1) + limit: one gather per step writes them.
-        head = np.zeros((2, MAX_WAIT + 1, NOTE_BASE), dtype=bool)
-        head[:, :, WAIT_FIRST:] = np.arange(1, MAX_WAIT + 1)[None, :] <= np.arange(MAX_WAIT + 1)[:, None]
-        head[1, :, list(self.end_tokens)] = True
-        self._heads = np.where(head, np.float32(np.nan), np.float32(-np.inf)).reshape(-1, NOTE_BASE)
         self._scale = np.ones((0, 12), dtype=bool)  # per row: pitch classes a pitched note may start on
         self._pc_counts = np.zeros((0, 12), dtype=np.int64)  # per row: pitched note-ons until the key settles
         self._settled: set[int] = set()  # rows whose "auto" key is settled
@@ -259,7 +245,8 @@ class MidiConstraint(LogitsProcessor):
             max_polyphony=none if max_polyphony is None else max_polyphony,
             target_ticks=none if self.target_ticks is None else self.target_ticks,
             min_end=self.min_end or 0, max_end=self.max_end or 0,
-            end_mask=sum(1 << t for t in self.end_tokens), use_scale=int(self._scale_masks))
+            end_mask=sum(1 << t for t in self.end_tokens), use_scale=int(self._scale_masks),
+            key_notes=self.key_notes)
 
     @classmethod
     def piano_only(cls, **kwargs: object) -> "MidiConstraint":
@@ -290,10 +277,10 @@ class MidiConstraint(LogitsProcessor):
 
     @classmethod
     def update_rows(cls, procs: Sequence["MidiConstraint"], tokens: Sequence[int]) -> None:
-        """``procs[r].update([tokens[r]])`` for every piece of a render's pool (one-row constraints): waits
-        and notes in one kernel call (``rwkv_midi_update_pieces``, 11 us a piece in Python), the rest (an end
-        token, a note-on while an "auto" key is being heard, an id outside the vocabulary) by the piece's
-        own :meth:`update`.  The same states as :meth:`update` (tested)."""
+        """``procs[r].update([tokens[r]])`` for every piece of a render's pool (one-row constraints): waits,
+        notes and the pitch classes an "auto" key hears in one kernel call (``rwkv_midi_update_pieces``, 11 us
+        a piece in Python), the rest (an end token, the note-on that settles an "auto" key, an id outside the
+        vocabulary) by the piece's own :meth:`update`.  The same states as :meth:`update` (tested)."""
         pieces = cls._pieces_of(procs)
         left = None
         if pieces:
@@ -599,7 +586,7 @@ class MidiConstraint(LogitsProcessor):
         if self._piece_of is not self._start:
             self._piece = fast_mask.piece_args(self._rules_c, self._start, self._time, self._n_sounding,
                                                self._earliest, self._can_start, self._pitched, self._key_pc,
-                                               self._scale)
+                                               self._scale, self._pc_counts)
             self._piece_of = self._start
         return self._piece
 
@@ -620,6 +607,35 @@ class MidiConstraint(LogitsProcessor):
             for t in self.end_tokens:
                 out[:, t] += bias
         return out
+
+
+@functools.lru_cache(maxsize=64)
+def _static_tables(bins: frozenset[int], low: int, high: int, ranges: bool,
+                   end_tokens: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A constraint's tables that depend on its settings alone, made once per settings and shared, read-only:
+    ``can_start`` (a key's note-on allowed at all), ``pitched``, ``key_pc`` (pitch class), all ``[N_KEYS]``, and
+    the heads (below).  A render makes a constraint per piece: building them was most of its 0.25 ms."""
+    pitch = np.arange(N_PITCH)
+    per_bin = []
+    for b in range(N_BINS):
+        lo, hi = low, high
+        if ranges and BIN_NAMES[b] in INSTRUMENT_RANGES:  # the instrument's playable range too
+            lo, hi = max(lo, INSTRUMENT_RANGES[BIN_NAMES[b]][0]), min(hi, INSTRUMENT_RANGES[BIN_NAMES[b]][1])
+        unpitched = BIN_NAMES[b] == "percussion"  # drum-kit keys: the pitch picks a drum, no range
+        per_bin.append(np.full(N_PITCH, b in bins) & (unpitched | ((pitch >= lo) & (pitch <= hi))))
+    can_start = np.concatenate(per_bin)
+    pitched = np.concatenate([np.full(N_PITCH, b not in DRUM_BINS) for b in range(N_BINS)])
+    key_pc = np.tile(np.arange(N_PITCH) % 12, N_BINS)
+    # The first 128 template columns (specials and waits) for each (end_ok, wait limit 0..MAX_WAIT),
+    # row end_ok * (MAX_WAIT + 1) + limit: one gather per step writes them.
+    head = np.zeros((2, MAX_WAIT + 1, NOTE_BASE), dtype=bool)
+    head[:, :, WAIT_FIRST:] = np.arange(1, MAX_WAIT + 1)[None, :] <= np.arange(MAX_WAIT + 1)[:, None]
+    head[1, :, list(end_tokens)] = True
+    heads = np.where(head, np.float32(np.nan), np.float32(-np.inf)).reshape(-1, NOTE_BASE)
+    tables = (can_start, pitched, key_pc, heads)
+    for table in tables:
+        table.setflags(write=False)
+    return tables
 
 
 def _finish_on_device(scores: Any, found: tuple, owners: Sequence[MidiConstraint]) -> Any:

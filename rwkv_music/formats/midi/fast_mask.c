@@ -22,6 +22,7 @@ typedef struct {
     int64_t target_ticks, min_end, max_end;  /* target_ticks -1: no target length */
     int64_t end_mask;        /* bit i set: id i (< first_wait) ends a piece */
     int64_t use_scale;       /* note-ons of pitched keys only on the row's scale */
+    int64_t key_notes;       /* pitched note-ons an "auto" key hears before it settles */
 } midi_rules;
 
 /* A row's rules from its counters, as MidiConstraint._row_rules and _limits give them: whether an overdue
@@ -132,6 +133,7 @@ typedef struct {
     const midi_rules* q;
     const int64_t *start, *time, *n_sounding, *earliest, *key_pc;
     const uint8_t *can_start, *pitched, *scale;
+    const int64_t* pc_counts; /* [12] pitched note-ons heard per pitch class while an "auto" key settles */
 } midi_piece;
 
 /* in, out [P, vocab]: row r masked by pieces[r], as rwkv_midi_mask does it for a one-row batch; one
@@ -159,9 +161,10 @@ int rwkv_midi_flags_pieces(int64_t P, const midi_piece* const* pieces, uint8_t* 
 }
 
 /* MidiConstraint._advance of an update token for each piece of a render's pool (tokens [P]): waits and
- * notes.  left [P] is set to 1 where the piece is left to the Python code, untouched: an id outside the
- * vocabulary or below the waits (an error, or a new piece), or a pitched note-on while the piece's
- * "auto" key is still being heard (counting [P] nonzero); else 0.  Returns 0. */
+ * notes, and the pitch class of a pitched note-on while the piece's "auto" key is being heard (counting [P]
+ * nonzero).  left [P] is set to 1 where the piece is left to the Python code, untouched: an id outside the
+ * vocabulary or below the waits (an error, or a new piece), or the note-on that completes the notes an
+ * "auto" key hears (the key is chosen in Python); else 0.  Returns 0. */
 int rwkv_midi_update_pieces(int64_t P, const midi_piece* const* pieces, const int64_t* tokens,
                             const uint8_t* counting, uint8_t* left) {
     for (int64_t r = 0; r < P; r++) {
@@ -177,7 +180,14 @@ int rwkv_midi_update_pieces(int64_t P, const midi_piece* const* pieces, const in
             continue;
         }
         const int64_t key = (t - q->first_note) / q->n_vel, vel = (t - q->first_note) % q->n_vel;
-        if (key >= q->n_keys || (vel && counting[r] && p->pitched[key])) continue;
+        if (key >= q->n_keys) continue;
+        if (vel && counting[r] && p->pitched[key]) {
+            int64_t* heard = (int64_t*)p->pc_counts;
+            int64_t total = 0;
+            for (int c = 0; c < 12; c++) total += heard[c];
+            if (total + 1 >= q->key_notes) continue;  /* it settles the key */
+            heard[p->key_pc[key]] += 1;
+        }
         int64_t* starts = (int64_t*)p->start;
         int64_t* n_sounding = (int64_t*)p->n_sounding;
         int64_t* earliest = (int64_t*)p->earliest;

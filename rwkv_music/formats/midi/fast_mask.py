@@ -27,14 +27,14 @@ class MidiRules(ctypes.Structure):
 
     _fields_ = [(name, ctypes.c_int64) for name in (
         "vocab", "first_wait", "n_waits", "first_note", "n_keys", "n_vel", "max_note_ticks", "max_polyphony",
-        "target_ticks", "min_end", "max_end", "end_mask", "use_scale")]
+        "target_ticks", "min_end", "max_end", "end_mask", "use_scale", "key_notes")]
 
 
 class MidiPiece(ctypes.Structure):
     """``midi_piece`` in ``fast_mask.c``: one one-row constraint's rules and state arrays, by address."""
 
     _fields_ = [("rules", ctypes.POINTER(MidiRules))] + [(name, _P) for name in (
-        "start", "time", "n_sounding", "earliest", "key_pc", "can_start", "pitched", "scale")]
+        "start", "time", "n_sounding", "earliest", "key_pc", "can_start", "pitched", "scale", "pc_counts")]
 
 
 LIBRARY = native_build.Library(
@@ -121,7 +121,8 @@ def flags_pieces(pieces: list[MidiPiece]) -> Flags | None:
 
 def update_pieces(pieces: list[MidiPiece], tokens: np.ndarray, counting: np.ndarray) -> np.ndarray | None:
     """Each piece's update token (``tokens[r]``) read into its state arrays where the kernel can
-    (``rwkv_midi_update_pieces``: waits and notes); returns ``left`` (uint8 ``[P]``, 1: the piece was not
+    (``rwkv_midi_update_pieces``: waits and notes, and the pitch classes an "auto" key hears where
+    ``counting[r]``, short of the note that settles it); returns ``left`` (uint8 ``[P]``, 1: the piece was not
     touched and its token is the caller's to read), or None where the kernel cannot run."""
     lib = LIBRARY.get()
     P = len(pieces)
@@ -136,13 +137,16 @@ def update_pieces(pieces: list[MidiPiece], tokens: np.ndarray, counting: np.ndar
 
 
 def piece_args(rules: MidiRules, start: np.ndarray, time: np.ndarray, n_sounding: np.ndarray, earliest: np.ndarray,
-               can_start: np.ndarray, pitched: np.ndarray, key_pc: np.ndarray, scale: np.ndarray) -> MidiPiece | None:
+               can_start: np.ndarray, pitched: np.ndarray, key_pc: np.ndarray, scale: np.ndarray,
+               pc_counts: np.ndarray) -> MidiPiece | None:
     """The :class:`MidiPiece` of a one-row constraint's arrays (valid while they live and are not replaced;
     :func:`update_pieces` writes the state ones), or None where the kernel cannot read them."""
     if time.shape != (1,) or not _readable(rules, start, time, n_sounding, earliest, scale):
         return None
+    if pc_counts.shape != (1, 12) or not native_build.plain(pc_counts, np.int64):
+        return None
     return MidiPiece(ctypes.pointer(rules), *(a.ctypes.data for a in (
-        start, time, n_sounding, earliest, key_pc, can_start, pitched, scale)))
+        start, time, n_sounding, earliest, key_pc, can_start, pitched, scale, pc_counts)))
 
 
 def mask_pieces(src: np.ndarray, out: np.ndarray, pieces: list[MidiPiece]) -> bool:
