@@ -137,7 +137,7 @@ class _Table:
                     None if b <= EOS_ID else (g.step(state, chr(b)) if chr(b) in extend else after[b])
                     for b in range(VOCAB)
                 )
-            legal = np.array([s is not None for s in successors], dtype=bool)
+            legal = np.fromiter((s is not None for s in successors), dtype=bool, count=VOCAB)
             legal[self.eos_id] = g.is_final(state)
             i = len(self.states)
             if i == len(self.legal):  # grow by doubling
@@ -145,8 +145,10 @@ class _Table:
                 self.trans = np.concatenate([self.trans, np.full_like(self.trans, _UNKNOWN)])
                 self.body = np.concatenate([self.body, np.zeros_like(self.body)])
             self.legal[i] = legal
-            self.trans[i] = np.where(legal, _UNKNOWN, -1)
-            self.trans[i, self.eos_id] = -1  # eos ends the row: no successor
+            row = self.trans[i]  # successors found on first use (step); -1 for illegal bytes
+            row[:] = _UNKNOWN
+            row[~legal] = -1
+            row[self.eos_id] = -1  # eos ends the row: no successor
             self.body[i] = state.phase == BODY
             self.states.append(state)
             entry = self.entries[state] = _Entry(successors, legal, i)

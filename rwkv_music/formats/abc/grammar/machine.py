@@ -181,7 +181,7 @@ class AbcGrammar:
         """The state after one character, or ``None`` if the character is not allowed here."""
         t = self._rules[state.phase][state.mode](state, char)
         if t is not None and t.spaces and char != " ":
-            return t._replace(spaces=0)  # (form) the run of spaces ended
+            return t.replace(spaces=0)  # (form) the run of spaces ended
         return t
 
     def feed(self, state: AbcState, text: str) -> AbcState | None:

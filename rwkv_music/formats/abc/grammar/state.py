@@ -290,8 +290,18 @@ class AbcState(NamedTuple):
     lbar: int = 0  # bar lines on this line since its last music: 0 none, 1 after music, 2 on a line with none
 
     def replace(self, **changes: Any) -> "AbcState":
-        """A copy with some fields changed."""
-        return self._replace(**changes)
+        """A copy with some fields changed (``_replace``'s result, in a quarter of its time: the grammar
+        makes a state per byte it tries, and a new state of the constraint's table tries every byte)."""
+        values = list(self)
+        for name, value in changes.items():
+            at = _FIELD_AT.get(name)
+            if at is None:
+                raise ValueError(f"AbcState has no field {name!r}")
+            values[at] = value
+        return tuple.__new__(AbcState, values)
+
+
+_FIELD_AT = {name: i for i, name in enumerate(AbcState._fields)}  # AbcState.replace's field positions
 
 
 def body_line(s: AbcState) -> AbcState:
