@@ -347,25 +347,40 @@ class OccurrencePenalty(LogitsProcessor):
         """New pool arrays, zeroed, with each piece's rows copied in and its views re-pointed at its row.  A piece
         that has seen nothing yet (a new one: every piece of a render starts so) has nothing to copy: growing
         each to the vocabulary and concatenating them made 32 fresh arrays and a copy of 5 MB, 8-9 ms at
-        every new batch of a render; the weights are made once for the pool (the pool key holds them equal)."""
+        every new batch of a render.  On torch the pieces' rows go in with one ``cat`` and ``index_copy_``
+        (a GPU pool is stacked again whenever a piece joins or leaves: not a copy per piece), and the weights
+        are kept from a piece that has them for this width, else made once for the pool (the pool key holds
+        them equal)."""
         width = max(vocab, *(p._occ.shape[1] for p in procs))
-        xp = ops(like)
-        if xp.name == "torch":
-            occ = xp.torch.zeros((len(procs), width), dtype=xp.torch.float64, device=like.device)
-            seen = xp.torch.zeros((len(procs), width), dtype=xp.torch.bool, device=like.device)
-        else:
-            occ, seen = np.zeros((len(procs), width)), np.zeros((len(procs), width), dtype=bool)
-
-        def moved(x: Any, dtype: str) -> Any:  # a piece's row, on the pool's kind and device
-            return xp.asarray(x, dtype) if xp.name == "torch" else ops(x).to_host(x)
-
-        for i, p in enumerate(procs):
+        for p in procs:
             if p._occ.shape[0] != 1:
                 raise SamplingValueError(f"{p.rule}: a pooled piece has one row, this one {p._occ.shape[0]}")
-            have = p._occ.shape[1]
-            if have:
-                occ[i, :have], seen[i, :have] = moved(p._occ[0], "float64"), moved(p._seen[0], "bool")
-        w = xp.asarray(procs[0]._dense_weights(width), "float64")
+        xp = ops(like)
+        on_torch = xp.name == "torch"
+        if on_torch:
+            torch = xp.torch
+            occ = torch.zeros((len(procs), width), dtype=torch.float64, device=like.device)
+            seen = torch.zeros((len(procs), width), dtype=torch.bool, device=like.device)
+        else:
+            occ, seen = np.zeros((len(procs), width)), np.zeros((len(procs), width), dtype=bool)
+        full = [i for i, p in enumerate(procs) if p._occ.shape[1] == width]
+        rest = [i for i, p in enumerate(procs) if 0 < p._occ.shape[1] < width]
+        if on_torch and full:  # (asarray: the piece's tensor itself where it is on the device already)
+            index = torch.tensor(full, device=like.device)
+            occ.index_copy_(0, index, torch.cat([xp.asarray(procs[i]._occ, "float64") for i in full]))
+            seen.index_copy_(0, index, torch.cat([xp.asarray(procs[i]._seen, "bool") for i in full]))
+        else:
+            rest = full + rest
+        for i in rest:
+            p, have = procs[i], procs[i]._occ.shape[1]
+            if on_torch:
+                occ[i, :have], seen[i, :have] = xp.asarray(p._occ[0], "float64"), xp.asarray(p._seen[0], "bool")
+            else:
+                occ[i, :have], seen[i, :have] = ops(p._occ).to_host(p._occ[0]), ops(p._seen).to_host(p._seen[0])
+        w = next((p._wvec for p in procs if p._wvec is not None and p._wvec.shape[0] == width
+                  and _same_place(p._wvec, like)), None)
+        if w is None:
+            w = xp.asarray(procs[0]._dense_weights(width), "float64")
         for i, p in enumerate(procs):
             p._occ, p._seen, p._pool_row, p._wvec = occ[i : i + 1], seen[i : i + 1], i, w
         return occ, seen, w

@@ -387,7 +387,7 @@ def test_step_processors_give_each_row_what_apply_gives_it_at_its_own_step() -> 
 def test_a_pools_penalty_state_on_torch_stays_stacked_between_steps_and_equals_numpy() -> None:
     """Torch state (a GPU's pool): after update_pool the pieces hold rows of one tensor, which the next
     apply_pool and update_pool use as it is (not stacked again from every piece each step); the scores
-    equal the numpy pool's while pieces join, leave and step alone."""
+    equal the numpy pool's while pieces join (some with host state of their own), leave and step alone."""
     torch = pytest.importorskip("torch")
     from rwkv_music.sampling.penalties import OccurrencePenalty
 
@@ -405,6 +405,9 @@ def test_a_pools_penalty_state_on_torch_stays_stacked_between_steps_and_equals_n
         if step % 40 == 39:
             r = int(rng.integers(P))
             on_torch[r], on_numpy[r] = make(), make()
+            first = int(rng.integers(0, V // 2))  # a new piece's first id, read alone: host state narrower
+            on_torch[r].update([first])           # than the vocabulary, which the pool takes over
+            on_numpy[r].update([first])
         members = list(range(P)) if step % 10 < 7 else sorted(rng.choice(P, 3, replace=False).tolist())
         scores = rng.normal(size=(len(members), V)).astype(np.float32)
         procs_t = [on_torch[r] for r in members]
