@@ -347,10 +347,10 @@ class OccurrencePenalty(LogitsProcessor):
         """New pool arrays, zeroed, with each piece's rows copied in and its views re-pointed at its row.  A piece
         that has seen nothing yet (a new one: every piece of a render starts so) has nothing to copy: growing
         each to the vocabulary and concatenating them made 32 fresh arrays and a copy of 5 MB, 2.5-3.5 ms at
-        every new batch of a render, against 0.3-0.4 ms.  On torch the pieces' rows go in with one ``cat`` and ``index_copy_``
-        (a GPU pool is stacked again whenever a piece joins or leaves: not a copy per piece), and the weights
-        are kept from a piece that has them for this width, else made once for the pool (the pool key holds
-        them equal)."""
+        every new batch of a render, against 0.3-0.4 ms.  On torch the pieces' rows go in with one ``cat``
+        and ``index_copy_`` (a GPU pool is stacked again whenever a piece joins or leaves: not a copy per
+        piece), and the weights are kept from a piece that has them for this width, else made once for the
+        pool (the pool key holds them equal)."""
         width = max(vocab, *(p._occ.shape[1] for p in procs))
         for p in procs:
             if p._occ.shape[0] != 1:
