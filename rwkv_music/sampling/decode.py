@@ -352,8 +352,7 @@ class _Group:
         self._scores: np.ndarray | None = None  # host_scores' buffer, kept between steps
         self._live: set[int] = set()  # its slots that hold logits (the others are -inf)
         self._keys: np.ndarray | None = None  # the rows' seed hash keys, one per slot (rows never change slots)
-        self._signature: Any = _END  # _pool_signature(procs), once: settings are public attributes set at creation
-        self._pool_key: Any = _END  # the loop's token for that signature (pool_key)
+        self._pool_key: Any = _END  # pool_key's token, once: settings are public attributes set at creation
 
     def keys(self) -> np.ndarray:
         """Every slot's :func:`~rwkv_music.sampling.sampler.row_keys`, kept while the group's rows stay."""
@@ -361,18 +360,13 @@ class _Group:
             self._keys = row_keys([row.seed for row in self.rows])
         return self._keys
 
-    def signature(self) -> tuple | None:
-        """:func:`_pool_signature` of the group's list, computed on the first step (about 0.1 ms a list)."""
-        if self._signature is _END:
-            self._signature = _pool_signature(self.procs)
-        return self._signature
-
     def pool_key(self, tokens: dict[tuple, object]) -> object | None:
-        """One token per distinct :meth:`signature` in ``tokens`` (the loop's table), kept by the group, or None
-        where the list is not pooled.  A signature is a nested tuple whose hash Python computes anew at every
-        use: looked up for every row at every step it cost 0.5 ms a step in a 32-piece render."""
+        """One token per distinct :func:`_pool_signature` in ``tokens`` (the loop's table), computed on the first
+        step (about 0.1 ms a list) and kept by the group, or None where the list is not pooled.  A signature is a
+        nested tuple whose hash Python computes anew at every use: looked up for every row at every step it cost
+        0.5 ms a step in a 32-piece render."""
         if self._pool_key is _END:
-            sig = self.signature()
+            sig = _pool_signature(self.procs)
             self._pool_key = None if sig is None else tokens.setdefault(sig, object())
         return self._pool_key
 

@@ -363,19 +363,18 @@ class OccurrencePenalty(LogitsProcessor):
             seen = torch.zeros((len(procs), width), dtype=torch.bool, device=like.device)
         else:
             occ, seen = np.zeros((len(procs), width)), np.zeros((len(procs), width), dtype=bool)
-        full = [i for i, p in enumerate(procs) if p._occ.shape[1] == width]
-        rest = [i for i, p in enumerate(procs) if 0 < p._occ.shape[1] < width]
-        if on_torch and full:  # (asarray: the piece's tensor itself where it is on the device already)
-            index = torch.tensor(full, device=like.device)
-            occ.index_copy_(0, index, torch.cat([xp.asarray(procs[i]._occ, "float64") for i in full]))
-            seen.index_copy_(0, index, torch.cat([xp.asarray(procs[i]._seen, "bool") for i in full]))
+        held = [i for i, p in enumerate(procs) if p._occ.shape[1]]  # (the others stay zero)
+        if not held:
+            pass
+        elif on_torch:
+            for i in held:  # to the pool's width and device (a no-op for a piece of the last pool)
+                procs[i]._grow(width, like=like)
+            index = torch.tensor(held, device=like.device)
+            occ.index_copy_(0, index, torch.cat([procs[i]._occ for i in held]))
+            seen.index_copy_(0, index, torch.cat([procs[i]._seen for i in held]))
         else:
-            rest = full + rest
-        for i in rest:
-            p, have = procs[i], procs[i]._occ.shape[1]
-            if on_torch:
-                occ[i, :have], seen[i, :have] = xp.asarray(p._occ[0], "float64"), xp.asarray(p._seen[0], "bool")
-            else:
+            for i in held:
+                p, have = procs[i], procs[i]._occ.shape[1]
                 occ[i, :have], seen[i, :have] = ops(p._occ).to_host(p._occ[0]), ops(p._seen).to_host(p._seen[0])
         w = next((p._wvec for p in procs if p._wvec is not None and p._wvec.shape[0] == width
                   and _same_place(p._wvec, like)), None)

@@ -560,14 +560,15 @@ class EosBiasSchedule(DeviceProcessor):
         self.min_bias, self.max_bias = min_bias, max_bias
         self._ids = list(self.token_ids)
 
-    def bias_at(self, step: int) -> float:
-        """The bias added at generated-token index ``step``."""
+    def bias_at(self, step: Any) -> Any:
+        """The bias added at generated-token index ``step``: a float, or for an int array (a pool's rows, each at
+        its own step) a float64 array of the same arithmetic."""
         b = (step - self.start) / self.scale
         if self.min_bias is not None:
-            b = max(b, self.min_bias)
+            b = np.maximum(b, self.min_bias)
         if self.max_bias is not None:
-            b = min(b, self.max_bias)
-        return b
+            b = np.minimum(b, self.max_bias)
+        return b if isinstance(b, np.ndarray) else float(b)  # (a Python float: numpy adds it to float32 as float32)
 
     def apply(self, step: int, scores: Any) -> Any:
         if not self.token_ids:
@@ -596,11 +597,7 @@ class EosBiasSchedule(DeviceProcessor):
             return scores
         _check_vocab(self.rule, self.token_ids, scores.shape[1])
         xp = ops(scores)
-        bias = (np.asarray(steps, dtype=np.float64) - self.start) / self.scale  # bias_at's float64 steps, each row
-        if self.min_bias is not None:
-            bias = np.maximum(bias, self.min_bias)
-        if self.max_bias is not None:
-            bias = np.minimum(bias, self.max_bias)
+        bias = self.bias_at(np.asarray(steps, dtype=np.int64))
         bias = xp.asarray(bias.astype(np.float32).reshape(-1, 1), "float32")
         ids = self._ids
         if len(ids) == 1:  # one column, as a view (as apply_inplace)
