@@ -11,6 +11,8 @@ in completion order; the manifest is keyed by sample id, so resuming does not ca
 ``RenderSettings(continuous=False)`` keeps the older fixed batches of consecutive samples.
 Where cores are free (``check_workers``), worker processes write the files and check the pieces
 while the model decodes (:mod:`rwkv_music.compose.piece_workers`); the files and rows are the same.
+By default a render that finds no free core watches its decoder over its first pieces and hands the
+rest to workers if the decoder leaves a core idle after all (:class:`~rwkv_music.compose.piece_workers.DecoderWatch`).
 
 Crash safety (``resume=True``): each sample file is written atomically (temporary file, fsync,
 rename) and its manifest row is appended, in one ``write``, only after the file is in place.  A
@@ -328,26 +330,36 @@ class LocalEngine:
     def run(
         self, todo: list[Sample], output: RenderOutput, settings: RenderSettings, progress: ProgressFn, failed: Failed
     ) -> int:
+        from rwkv_music.compose.piece_workers import DecoderWatch, PiecePool, auto_workers
+
         workers = settings.check_workers
+        watch: DecoderWatch | None = None
+        pieces: Iterator[tuple[Sample, Any]] = iter(generate_pieces(self.composer, todo, settings, failed))
         if not self.format.checks_in_workers:
             workers = 0
         elif workers is None:
-            from rwkv_music.compose.piece_workers import auto_workers
-
             workers = auto_workers(len(todo), getattr(self.composer.backend, "host_threads", None))
+            if workers == 0:  # the decoder may still leave a core idle (a small model at batch 1): watch it
+                pieces = watch = DecoderWatch(pieces)
+        written = 0
         if workers == 0:
-            written = 0
-            for sample, piece in generate_pieces(self.composer, todo, settings, failed):
+            for sample, piece in pieces:
                 output.sample(sample, piece)
                 written += 1
                 if progress is not None:
                     progress(1, len(todo), int(piece.meta.get("new_tokens", 0)))
+                if watch is not None and watch.count >= watch.PROBE_PIECES:
+                    workers = watch.workers(len(todo) - written)
+                    if workers:
+                        log.info("the decoder leaves a core idle (%.2f CPU-s/s; finishing took %.0f%% of the time): "
+                                 "%d piece worker(s) finish the rest", watch.decode_cpu / watch.decode_wall,
+                                 100 * watch.finish_share, workers)
+                        break
+                    watch = None  # decided: this process finishes every piece
+        if workers == 0:
             return written
-        from rwkv_music.compose.piece_workers import PiecePool
-
         with PiecePool(workers) as pool:
-            return _run_in_workers(generate_pieces(self.composer, todo, settings, failed), pool, output, todo,
-                                   progress)
+            return written + _run_in_workers(pieces, pool, output, todo, progress)
 
 
 def _run_in_workers(

@@ -124,6 +124,48 @@ def test_auto_workers_leave_the_decoder_its_cores() -> None:
     assert auto_workers(15, decoder_threads=1, cores=16) == 0  # a few pieces: a worker costs more than it saves
 
 
+def test_a_watched_decoder_gets_workers_for_the_cores_it_leaves_idle() -> None:
+    from rwkv_music.compose.piece_workers import DecoderWatch
+
+    def watched(count: int, decode_wall: float, decode_cpu: float, finish_wall: float) -> DecoderWatch:
+        watch = DecoderWatch([])
+        watch.count, watch.decode_wall, watch.decode_cpu = count, decode_wall, decode_cpu
+        watch.finish_wall = finish_wall
+        return watch
+
+    one_thread = watched(8, 10.0, 10.0, 1.0)  # one CPU-second per second; finishing 1/11 of the time
+    assert one_thread.workers(100, cores=2) == 1
+    assert one_thread.workers(100, cores=16) == 1  # as many as finishing needs, not one per idle core
+    assert watched(8, 1.0, 1.0, 3.0).workers(100, cores=16) == 3  # finishing took 3/4 of the time
+    assert one_thread.workers(100, cores=1) == 0  # no idle core
+    assert watched(8, 10.0, 19.9, 1.0).workers(100, cores=2) == 0  # both cores busy
+    assert watched(8, 10.0, 12.6, 1.0).workers(100, cores=2) == 0  # less than 3/4 of a core idle
+    assert one_thread.workers(15, cores=2) == 0  # a few pieces left
+    assert watched(7, 10.0, 10.0, 1.0).workers(100, cores=2) == 0  # still probing
+    assert watched(8, 10.0, 10.0, 0.4).workers(100, cores=2) == 0  # finishing is cheap: not worth a worker
+
+
+def test_the_watch_times_the_decoder_and_the_finishing_apart() -> None:
+    import time
+
+    from rwkv_music.compose.piece_workers import DecoderWatch
+
+    def slow_pieces():
+        for i in range(3):
+            end = time.process_time() + 0.05  # decoding: CPU busy
+            while time.process_time() < end:
+                pass
+            yield i
+
+    watch = DecoderWatch(slow_pieces())
+    for _ in watch:
+        time.sleep(0.05)  # finishing: idle
+    assert watch.count == 3
+    assert 0.14 <= watch.decode_wall and 0.14 <= watch.decode_cpu <= watch.decode_wall * 1.1 + 0.01
+    assert 0.14 <= watch.finish_wall  # (the last piece's finishing ends at the call that ends the loop)
+    assert 0.3 <= watch.finish_share <= 0.7
+
+
 def test_a_pool_needs_a_worker() -> None:
     with pytest.raises(ValueError, match="at least one worker"):
         PiecePool(0)

@@ -264,6 +264,38 @@ def test_abc_pieces_finished_in_worker_processes_give_the_render_of_this_process
     assert _without_timing(_manifest(stopped)) == _without_timing(rows)
 
 
+def test_a_render_whose_decoder_leaves_a_core_idle_finishes_the_rest_in_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the default check_workers, a render that starts finishing its pieces itself watches its decoder;
+    a decoder that leaves a core idle (here: a one-thread fake backend on four cores) hands the pieces
+    after the first eight to workers: the same files and rows as a render that finishes them all itself."""
+    from rwkv_music.compose import piece_workers
+
+    monkeypatch.setattr(piece_workers, "_cores", lambda: 4)
+    monkeypatch.setattr(piece_workers, "auto_workers", lambda *a, **k: 0)  # (the backend's threads: unknown)
+    composer = Composer(FakeBackend(128), model_name="fake")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"meter": m}) + "\n" for m in ("2/4", "3/4", "6/8") * 4))
+    settings = {"max_tokens": 160}
+    here, there = tmp_path / "here", tmp_path / "there"
+    render(composer, prompts, here, RenderSettings(2, 5, 9, settings, check_workers=0))
+    submitted: list[str] = []
+    submit = piece_workers.PiecePool.submit
+    monkeypatch.setattr(piece_workers.PiecePool, "submit",
+                        lambda pool, request: submitted.append(request["text"]) or submit(pool, request))
+    with caplog.at_level("INFO", logger="rwkv_music.compose.render"):
+        report = render(composer, prompts, there, RenderSettings(2, 5, 9, settings))
+    assert report.written == 24 and report.complete
+    assert "piece worker(s) finish the rest" in caplog.text
+    assert len(submitted) == 24 - piece_workers.DecoderWatch.PROBE_PIECES
+    rows = _manifest(there)
+    assert [r["id"] for r in rows] == [r["id"] for r in _manifest(here)]
+    assert _without_timing(rows) == _without_timing(_manifest(here))
+    for row in rows:
+        assert (there / row["output"]).read_bytes() == (here / row["output"]).read_bytes()
+
+
 def test_midi_pieces_finished_in_worker_processes_give_the_render_of_this_process(tmp_path: Path) -> None:
     composer = Composer(FakeBackend(20096), model_name="fake")
     prompts = _prompts(tmp_path / "p.txt")
