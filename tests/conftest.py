@@ -20,6 +20,11 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
+# The ABC grammar tables stay in memory: no test reads a table an earlier run left in the user's cache
+# (each starts empty, as the table tests expect) or writes one there; tests/formats/test_abc_table_disk.py
+# turns it on for its own folders.  (Set here, so CLI subprocesses inherit it.)
+os.environ["RWKV_MUSIC_ABC_TABLES"] = "0"
+
 ORACLE_SCRIPT = Path(__file__).with_name("pip_oracle.py")
 ALL_VERSIONS = ("4", "5.0", "5.1", "5.2", "6", "7", "7a")
 

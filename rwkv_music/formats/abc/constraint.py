@@ -35,16 +35,18 @@ implies still fits what is left (one such byte can lengthen the ending by far mo
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import logging
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
 import rwkv_music.native_build as native_build
 from rwkv_music.errors import ConstraintError
-from rwkv_music.formats.abc import fast_table
+from rwkv_music.formats.abc import fast_table, table_disk
 from rwkv_music.formats.abc.grammar.machine import PHASE_NAMES, AbcGrammar
 from rwkv_music.formats.abc.grammar.state import BODY, AbcGrammarConfig, AbcState
 from rwkv_music.formats.abc.header import check_key, check_meter, check_unit
@@ -78,11 +80,30 @@ def decode_abc(ids: Sequence[int]) -> str:
     return "".join(out)
 
 
-@dataclasses.dataclass(frozen=True)
 class _Entry:
-    successors: tuple[AbcState | None, ...]  # per byte 0..127 (None: illegal; eos is not a byte)
-    legal: np.ndarray  # bool[128]: legal bytes, eos included when the tune may end here
-    index: int  # the state's row in its table
+    """A state's row of its table: ``index``, ``legal`` (bool[128], eos included when the tune may end
+    here) and ``successors`` (per byte 0..127, None where illegal; eos is not a byte), which a state
+    read from disk computes on first use."""
+
+    __slots__ = ("index", "legal", "_successors", "_make")
+
+    def __init__(self, index: int, legal: np.ndarray, successors: tuple[AbcState | None, ...] | None,
+                 make: Callable[[], tuple[AbcState | None, ...]] | None = None) -> None:
+        self.index, self.legal, self._successors, self._make = index, legal, successors, make
+
+    @property
+    def computed(self) -> bool:
+        """Whether :attr:`successors` is known (a state read from disk: not until first asked)."""
+        return self._successors is not None
+
+    @property
+    def successors(self) -> tuple[AbcState | None, ...]:
+        found = self._successors
+        if found is None:
+            assert self._make is not None
+            found = self._successors = self._make()
+            self._make = None
+        return found
 
 
 _UNKNOWN = -2  # a transition not computed yet (-1: illegal byte)
@@ -115,6 +136,7 @@ class _Table:
         self.trans = np.full((256, VOCAB), _UNKNOWN, dtype=np.int32)
         self.body = np.zeros(256, dtype=bool)
         self.hits = self.misses = 0  # transitions found in the table / computed
+        self.saved = 0  # states in the file this table was read from or last written to
 
     def __len__(self) -> int:
         return len(self.states)
@@ -122,28 +144,11 @@ class _Table:
     def entry(self, state: AbcState) -> _Entry:
         entry = self.entries.get(state)
         if entry is None:
-            g = self.grammar
-            extend = g.extenders(state)
-            if extend is None:
-                out: list[AbcState | None] = [None] * VOCAB
-                for char in g.candidates(state):
-                    if ord(char) > EOS_ID:
-                        out[ord(char)] = g.step(state, char)
-                successors = tuple(out)
-            else:  # bytes that end the token are read from the state after it (cached, shared)
-                done = g.finish_token(state)
-                after = self.entry(done).successors if done is not None else (None,) * VOCAB
-                successors = tuple(
-                    None if b <= EOS_ID else (g.step(state, chr(b)) if chr(b) in extend else after[b])
-                    for b in range(VOCAB)
-                )
+            successors = self._successors(state)
             legal = np.fromiter((s is not None for s in successors), dtype=bool, count=VOCAB)
-            legal[self.eos_id] = g.is_final(state)
+            legal[self.eos_id] = self.grammar.is_final(state)
             i = len(self.states)
-            if i == len(self.legal):  # grow by doubling
-                self.legal = np.concatenate([self.legal, np.zeros_like(self.legal)])
-                self.trans = np.concatenate([self.trans, np.full_like(self.trans, _UNKNOWN)])
-                self.body = np.concatenate([self.body, np.zeros_like(self.body)])
+            self._room(i + 1)
             self.legal[i] = legal
             row = self.trans[i]  # successors found on first use (step); -1 for illegal bytes
             row[:] = _UNKNOWN
@@ -151,16 +156,96 @@ class _Table:
             row[self.eos_id] = -1  # eos ends the row: no successor
             self.body[i] = state.phase == BODY
             self.states.append(state)
-            entry = self.entries[state] = _Entry(successors, legal, i)
+            entry = self.entries[state] = _Entry(i, legal, successors)
             self.by_index.append(entry)
         return entry
+
+    def _successors(self, state: AbcState) -> tuple[AbcState | None, ...]:
+        """The state after each byte (None: illegal), from the grammar (about 0.6 ms a new state)."""
+        g = self.grammar
+        extend = g.extenders(state)
+        if extend is None:
+            out: list[AbcState | None] = [None] * VOCAB
+            for char in g.candidates(state):
+                if ord(char) > EOS_ID:
+                    out[ord(char)] = g.step(state, char)
+            return tuple(out)
+        # bytes that end the token are read from the state after it (cached, shared)
+        done = g.finish_token(state)
+        after = self.entry(done).successors if done is not None else (None,) * VOCAB
+        return tuple(
+            None if b <= EOS_ID else (g.step(state, chr(b)) if chr(b) in extend else after[b]) for b in range(VOCAB)
+        )
+
+    def _successor(self, state: AbcState, byte: int) -> AbcState | None:
+        """``_successors(state)[byte]``, computing only that byte's successor."""
+        if byte <= EOS_ID:
+            return None
+        g, char = self.grammar, chr(byte)
+        extend = g.extenders(state)
+        if extend is None:
+            return g.step(state, char) if char in g.candidates(state) else None
+        if char in extend:
+            return g.step(state, char)
+        done = g.finish_token(state)
+        if done is None:
+            return None
+        after = self.entry(done)
+        return after.successors[byte] if after.computed else self._successor(done, byte)
+
+    def _room(self, n: int) -> None:
+        """Arrays for at least ``n`` states (grown by doubling)."""
+        size = len(self.legal)
+        if n <= size:
+            return
+        while size < n:
+            size *= 2
+        grow = size - len(self.legal)
+        self.legal = np.concatenate([self.legal, np.zeros((grow, VOCAB), dtype=bool)])
+        self.trans = np.concatenate([self.trans, np.full((grow, VOCAB), _UNKNOWN, dtype=np.int32)])
+        self.body = np.concatenate([self.body, np.zeros(grow, dtype=bool)])
+
+    # -- on disk (table_disk) -------------------------------------------------------------------
+    def load(self, path: Path) -> bool:
+        """Start from the table saved at ``path`` (an empty table only); False where there is none to read."""
+        if self.states:
+            raise RuntimeError("only an empty table loads a saved one")
+        found = table_disk.load(path)
+        if found is None:
+            return False
+        states, legal, trans, body = found
+        n = len(states)
+        self._room(n)
+        self.legal[:n], self.trans[:n], self.body[:n] = legal, trans, body
+        make, rows = self._successors, list(legal)  # (rows: views of the file's array, which never grows)
+        loaded = [_Entry(i, rows[i], None, functools.partial(make, state)) for i, state in enumerate(states)]
+        self.entries.update(zip(states, loaded))
+        self.by_index.extend(loaded)
+        if len(self.entries) != n:  # (a file with a state twice: start empty)
+            self.entries.clear()
+            self.by_index.clear()
+            self.legal[:n], self.trans[:n], self.body[:n] = False, _UNKNOWN, False
+            return False
+        self.states = list(states)
+        self.saved = n
+        return True
+
+    def save(self, path: Path) -> bool:
+        """Write this table to ``path`` (:func:`table_disk.save`)."""
+        n = len(self.states)
+        if table_disk.save(path, self.states, self.legal[:n], self.trans[:n], self.body[:n]):
+            self.saved = n
+            return True
+        return False
 
     def step(self, i: int, byte: int) -> int:
         """The index of state ``i``'s successor after a legal ``byte`` (filled on first use)."""
         nxt = int(self.trans[i, byte])
         if nxt == _UNKNOWN:
             self.misses += 1
-            succ = self.entries[self.states[i]].successors[byte]
+            entry = self.by_index[i]
+            # (a state read from disk: this byte's successor alone, not all 128)
+            succ = entry.successors[byte] if entry.computed else self._successor(self.states[i], byte)
             nxt = self.entry(succ).index if succ is not None else -1
             self.trans[i, byte] = nxt
         else:
@@ -186,17 +271,45 @@ _TABLES: dict[tuple[AbcGrammarConfig, int], _Table] = {}
 _TABLE_CONFIGS = 8  # configurations whose tables are kept (oldest dropped first)
 
 
+_SAVE_GROWTH = 64  # new states that make a table worth writing again when the process ends
+
+
 def _table_for(config: AbcGrammarConfig, eos_id: int) -> _Table:
-    """The shared table of a configuration; a fresh one once it holds ``_CACHE_LIMIT`` states."""
+    """The shared table of a configuration; a fresh one once it holds ``_CACHE_LIMIT`` states.  A new
+    table starts from the one saved on disk (:mod:`~rwkv_music.formats.abc.table_disk`)."""
     key = (config, eos_id)
     table = _TABLES.pop(key, None)
     if table is None or len(table) >= _CACHE_LIMIT:
         table = _Table(config, eos_id)
+        if table_disk.enabled():
+            table.load(table_disk.table_path(config, eos_id))
+            _save_at_exit()
     _TABLES[key] = table  # (re)inserted last: the most recently used
     # at most _TABLE_CONFIGS tables and _CACHE_LIMIT states in all (as one processor's cache before)
     while len(_TABLES) > 1 and (len(_TABLES) > _TABLE_CONFIGS or sum(map(len, _TABLES.values())) > _CACHE_LIMIT):
         del _TABLES[next(iter(_TABLES))]
     return table
+
+
+@functools.lru_cache(maxsize=1)
+def _save_at_exit() -> None:
+    atexit.register(save_tables)
+
+
+def save_tables() -> int:
+    """Write every table of this process that grew by :data:`_SAVE_GROWTH` states since it was read or
+    written, unless its file already holds as many states (another process's); how many were written."""
+    written = 0
+    if not table_disk.enabled():
+        return written
+    for (config, eos_id), table in list(_TABLES.items()):
+        if len(table) - table.saved < _SAVE_GROWTH:
+            continue
+        path = table_disk.table_path(config, eos_id)
+        if table_disk.saved_count(path) >= min(len(table), table_disk.MAX_SAVED):
+            continue
+        written += table.save(path)
+    return written
 
 
 @functools.lru_cache(maxsize=8)
