@@ -227,16 +227,22 @@ def _without_timing(rows: list[dict]) -> list[dict]:
     return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in rows), key=lambda r: r["id"])
 
 
-def test_abc_pieces_finished_in_worker_processes_give_the_render_of_this_process(tmp_path: Path) -> None:
-    """check_workers=2 (files written and checked with music21 in two worker processes) against 0 (in the
-    render's process): the same files and rows, in the same order; a run stopped mid-way keeps the rows of
-    the pieces already finished, and its resume completes the same render."""
+def _abc_render_in_process(tmp_path: Path) -> tuple[Composer, Path, dict, Path, Path]:
+    """24 ABC pieces (12 prompts x 2) rendered by this process into ``here``; ``there`` is for the other render."""
     composer = Composer(FakeBackend(128), model_name="fake")
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"meter": m}) + "\n" for m in ("2/4", "3/4", "6/8") * 4))
     settings = {"max_tokens": 160}
     here, there = tmp_path / "here", tmp_path / "there"
     render(composer, prompts, here, RenderSettings(2, 5, 9, settings, check_workers=0))
+    return composer, prompts, settings, here, there
+
+
+def test_abc_pieces_finished_in_worker_processes_give_the_render_of_this_process(tmp_path: Path) -> None:
+    """check_workers=2 (files written and checked with music21 in two worker processes) against 0 (in the
+    render's process): the same files and rows, in the same order; a run stopped mid-way keeps the rows of
+    the pieces already finished, and its resume completes the same render."""
+    composer, prompts, settings, here, there = _abc_render_in_process(tmp_path)
     report = render(composer, prompts, there, RenderSettings(2, 5, 9, settings, check_workers=2))
     assert report.written == 24 and report.complete
     rows = _manifest(there)
@@ -274,12 +280,7 @@ def test_a_render_whose_decoder_leaves_a_core_idle_finishes_the_rest_in_workers(
 
     monkeypatch.setattr(piece_workers, "_cores", lambda: 4)
     monkeypatch.setattr(piece_workers, "auto_workers", lambda *a, **k: 0)  # (the backend's threads: unknown)
-    composer = Composer(FakeBackend(128), model_name="fake")
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(json.dumps({"meter": m}) + "\n" for m in ("2/4", "3/4", "6/8") * 4))
-    settings = {"max_tokens": 160}
-    here, there = tmp_path / "here", tmp_path / "there"
-    render(composer, prompts, here, RenderSettings(2, 5, 9, settings, check_workers=0))
+    composer, prompts, settings, here, there = _abc_render_in_process(tmp_path)
     submitted: list[str] = []
     submit = piece_workers.PiecePool.submit
     monkeypatch.setattr(piece_workers.PiecePool, "submit",
