@@ -179,3 +179,22 @@ def test_a_smaller_table_does_not_replace_a_bigger_file(tmp_path: Path, monkeypa
     big.save(path)
     monkeypatch.setattr(constraint, "_TABLES", {(CONFIG, 3): filled(range(1))})  # another process's, smaller
     assert constraint.save_tables() == 0 and table_disk.saved_count(path) == len(big)
+
+
+def test_a_folder_that_cannot_be_written_costs_nothing_but_the_file(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "abc_tables").write_text("a file where the folder would go")
+    monkeypatch.setenv("RWKV_MUSIC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(table_disk.ENV, "1")
+    monkeypatch.setattr(constraint, "_TABLES", {(CONFIG, 3): filled(range(1))})
+    assert constraint.save_tables() == 0
+    constraint._save_tables_quietly()  # what runs at exit: no error either
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["abc_tables"]
+
+
+@pytest.mark.parametrize("value", ["0", "false", "Off", " no "])
+def test_the_switch_reads_like_the_native_kernels_one(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(table_disk.ENV, value)
+    assert not table_disk.enabled()
+    monkeypatch.setenv(table_disk.ENV, "1")
+    assert table_disk.enabled()

@@ -293,7 +293,14 @@ def _table_for(config: AbcGrammarConfig, eos_id: int) -> _Table:
 
 @functools.lru_cache(maxsize=1)
 def _save_at_exit() -> None:
-    atexit.register(save_tables)
+    atexit.register(_save_tables_quietly)
+
+
+def _save_tables_quietly() -> None:
+    try:
+        save_tables()
+    except Exception as exc:  # (an exit never fails over a cache)
+        log.debug("the ABC grammar tables were not saved: %s: %s", type(exc).__name__, exc)
 
 
 def save_tables() -> int:

@@ -42,7 +42,8 @@ VOCAB = 128
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV, "1").strip() != "0"
+    """Off where ``RWKV_MUSIC_ABC_TABLES`` is 0, false, no or off (as ``RWKV_MUSIC_NATIVE``)."""
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _source_hash() -> str:
@@ -127,15 +128,15 @@ def save(path: Path, states: list[AbcState], legal: np.ndarray, trans: np.ndarra
     """Write the first :data:`MAX_SAVED` states atomically (a temporary file renamed over ``path``); False
     where it cannot be written."""
     n = min(len(states), MAX_SAVED)
-    columns, index = _columns(states[:n])
-    text = json.dumps({"fields": list(AbcState._fields), "values": columns}, separators=(",", ":")).encode()
-    legal = np.ascontiguousarray(legal[:n], dtype=bool)
-    trans = np.array(trans[:n], dtype=np.int32)
-    trans[trans >= n] = -2  # a successor past the saved states: found again on first use
-    body = np.ascontiguousarray(body[:n], dtype=bool)
-    check = _checksum(text, index, legal, trans, body)
     tmp = None
     try:
+        columns, index = _columns(states[:n])
+        text = json.dumps({"fields": list(AbcState._fields), "values": columns}, separators=(",", ":")).encode()
+        legal = np.ascontiguousarray(legal[:n], dtype=bool)
+        trans = np.array(trans[:n], dtype=np.int32)
+        trans[trans >= n] = -2  # a successor past the saved states: found again on first use
+        body = np.ascontiguousarray(body[:n], dtype=bool)
+        check = _checksum(text, index, legal, trans, body)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".abc-table-", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
@@ -143,7 +144,7 @@ def save(path: Path, states: list[AbcState], legal: np.ndarray, trans: np.ndarra
                                 check=np.array(check))
         os.replace(tmp, path)
         return True
-    except OSError as exc:
+    except (OSError, ValueError, TypeError) as exc:  # a folder that cannot be written; a state it cannot hold
         log.debug("could not save the ABC grammar table %s: %s", path, exc)
         if tmp is not None:
             try:
