@@ -198,3 +198,13 @@ def test_the_switch_reads_like_the_native_kernels_one(monkeypatch: pytest.Monkey
     assert not table_disk.enabled()
     monkeypatch.setenv(table_disk.ENV, "1")
     assert table_disk.enabled()
+
+
+def test_the_switch_may_name_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RWKV_MUSIC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(table_disk.ENV, "on")
+    assert table_disk.default_folder() == tmp_path / "cache" / "abc_tables"
+    monkeypatch.setenv(table_disk.ENV, str(tmp_path / "tables"))
+    assert table_disk.enabled() and table_disk.table_path(CONFIG, 3).parent == tmp_path / "tables"
+    monkeypatch.setattr(constraint, "_TABLES", {(CONFIG, 3): filled(range(1))})
+    assert constraint.save_tables() == 1 and len(list((tmp_path / "tables").glob("abc-table-*.npz"))) == 1

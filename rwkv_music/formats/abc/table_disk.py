@@ -15,7 +15,8 @@ hashes the configuration, the end id and the source of every module of
 the file is taken as it is; one not found yet is computed on first use, for that byte alone.  A
 file that cannot be read, does not match its checksum or holds anything else is ignored (the table
 starts empty, as without the file).
-``RWKV_MUSIC_ABC_TABLES=0`` turns reading and writing off.
+``RWKV_MUSIC_ABC_TABLES=0`` turns reading and writing off; ``RWKV_MUSIC_ABC_TABLES=/a/folder`` keeps the
+files there.
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def default_folder() -> Path:
+    """``RWKV_MUSIC_ABC_TABLES`` where it names a folder, else ``abc_tables`` in the build cache
+    (:func:`~rwkv_music.native_build.cache_dir`)."""
+    value = os.environ.get(ENV, "").strip()
+    if value and value.lower() not in ("1", "true", "yes", "on"):
+        return Path(value).expanduser()
+    from rwkv_music.native_build import cache_dir
+
+    return cache_dir() / "abc_tables"
+
+
 def _source_hash() -> str:
     root = Path(__file__).resolve().parent
     h = hashlib.sha256()
@@ -63,9 +75,7 @@ def table_path(config: Any, eos_id: int, folder: Path | None = None) -> Path:
     if _SOURCE is None:
         _SOURCE = _source_hash()
     if folder is None:
-        from rwkv_music.native_build import cache_dir
-
-        folder = cache_dir() / "abc_tables"
+        folder = default_folder()
     key = hashlib.sha256(f"{FORMAT}\0{_SOURCE}\0{config!r}\0{eos_id}".encode()).hexdigest()[:32]
     return folder / f"abc-table-{key}.npz"
 
@@ -185,4 +195,4 @@ def load(path: Path) -> tuple[list[AbcState], np.ndarray, np.ndarray, np.ndarray
         return None
 
 
-__all__ = ["ENV", "MAX_SAVED", "enabled", "load", "save", "saved_count", "table_path"]
+__all__ = ["ENV", "MAX_SAVED", "default_folder", "enabled", "load", "save", "saved_count", "table_path"]
