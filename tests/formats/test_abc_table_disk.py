@@ -8,7 +8,9 @@ is damaged, foreign or of another grammar must be ignored.
 
 from __future__ import annotations
 
+import json
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +74,9 @@ def test_a_saved_table_reads_back_as_it_was(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back.trans[:n], table.trans[:n])
     np.testing.assert_array_equal(back.body[:n], table.body[:n])
     assert all(e.index == i and not e.computed for i, e in enumerate(back.by_index))
-    assert [type(v) for v in back.states[-1]] == [type(v) for v in table.states[-1]]  # Fractions stay Fractions
+    kinds = [(Fraction if isinstance(v, Fraction) else type(v)) for v in back.states[-1]]
+    assert kinds == [type(v) for v in table.states[-1]] and Fraction in kinds  # Fractions stay Fractions
+    assert all(hash(a) == hash(b) for a, b in zip(back.states, table.states))
 
 
 def test_every_read_state_gives_what_the_grammar_gives(tmp_path: Path) -> None:
@@ -97,6 +101,25 @@ def test_every_read_state_gives_what_the_grammar_gives(tmp_path: Path) -> None:
     assert known > 1000  # (the file had transitions to check)
 
 
+def test_saving_again_encodes_only_the_new_states_and_reads_back_the_same(tmp_path: Path) -> None:
+    table = filled(range(1))
+    table.save(tmp_path / "a.npz")
+    back = _Table(CONFIG, 3)
+    back.load(tmp_path / "a.npz")
+    before = len(back)
+    for seed in (1, 2):
+        sample(back, seed)  # grows past the file
+    assert len(back) > before and len(back.columns.index) == before
+    back.save(tmp_path / "b.npz")
+    assert len(back.columns.index) == len(back)
+    again = _Table(CONFIG, 3)
+    again.load(tmp_path / "b.npz")
+    assert again.states == back.states
+    fresh = table_disk.Columns()
+    fresh.extend(back.states)  # the same states encoded in one go
+    assert np.array_equal(fresh.index, back.columns.index) and fresh.values() == back.columns.values()
+
+
 def test_tunes_through_a_read_table_are_the_tunes_of_an_empty_one(tmp_path: Path) -> None:
     filled(range(3)).save(tmp_path / "t.npz")
     back = _Table(CONFIG, 3)
@@ -118,6 +141,12 @@ def _damage(path: Path, how: str) -> None:
         data["values"] = np.array(str(data["values"][()]).replace('"fields":["phase"', '"fields":["stage"'))
         data["check"] = np.array(table_disk._checksum(str(data["values"][()]).encode(), data["index"],
                                                       data["legal"], data["trans"], data["body"]))
+    elif how == "value twice":
+        found = json.loads(str(data["values"][()]))
+        found["values"][0].append(found["values"][0][0])  # the first field's first value again, at its end
+        data["values"] = np.array(json.dumps(found))
+        data["check"] = np.array(table_disk._checksum(str(data["values"][()]).encode(), data["index"],
+                                                      data["legal"], data["trans"], data["body"]))
     elif how == "index":
         data["index"][0, 0] = 60000
         data["check"] = np.array(table_disk._checksum(str(data["values"][()]).encode(), data["index"],
@@ -127,7 +156,7 @@ def _damage(path: Path, how: str) -> None:
         path.write_bytes(path.read_bytes()[:500])
 
 
-@pytest.mark.parametrize("how", ["transition", "checksum", "fields", "index", "truncated"])
+@pytest.mark.parametrize("how", ["transition", "checksum", "fields", "index", "value twice", "truncated"])
 def test_a_damaged_or_foreign_file_is_ignored(tmp_path: Path, how: str) -> None:
     path = tmp_path / "t.npz"
     filled(range(1)).save(path)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import functools
+import gc
 import logging
 from pathlib import Path
 from typing import Callable, Sequence
@@ -137,6 +138,7 @@ class _Table:
         self.body = np.zeros(256, dtype=bool)
         self.hits = self.misses = 0  # transitions found in the table / computed
         self.saved = 0  # states in the file this table was read from or last written to
+        self.columns = table_disk.Columns()  # the states' encoding for that file, extended by each save
 
     def __len__(self) -> int:
         return len(self.states)
@@ -210,30 +212,36 @@ class _Table:
         """Start from the table saved at ``path`` (an empty table only); False where there is none to read."""
         if self.states:
             raise RuntimeError("only an empty table loads a saved one")
-        found = table_disk.load(path)
-        if found is None:
-            return False
-        states, legal, trans, body = found
-        n = len(states)
-        self._room(n)
-        self.legal[:n], self.trans[:n], self.body[:n] = legal, trans, body
-        make, rows = self._successors, list(legal)  # (rows: views of the file's array, which never grows)
-        loaded = [_Entry(i, rows[i], None, functools.partial(make, state)) for i, state in enumerate(states)]
-        self.entries.update(zip(states, loaded))
-        self.by_index.extend(loaded)
+        paused = gc.isenabled()  # (tens of thousands of new objects at once: no collection in between)
+        gc.disable()
+        try:
+            found = table_disk.load(path)
+            if found is None:
+                return False
+            states, legal, trans, body, columns = found
+            n = len(states)
+            self._room(n)
+            self.legal[:n], self.trans[:n], self.body[:n] = legal, trans, body
+            make, rows = self._successors, list(legal)  # (rows: views of the file's array, which never grows)
+            loaded = [_Entry(i, rows[i], None, functools.partial(make, state)) for i, state in enumerate(states)]
+            self.entries.update(zip(states, loaded))
+            self.by_index.extend(loaded)
+        finally:
+            if paused:
+                gc.enable()
         if len(self.entries) != n:  # (a file with a state twice: start empty)
             self.entries.clear()
             self.by_index.clear()
             self.legal[:n], self.trans[:n], self.body[:n] = False, _UNKNOWN, False
             return False
         self.states = list(states)
-        self.saved = n
+        self.saved, self.columns = n, columns
         return True
 
     def save(self, path: Path) -> bool:
         """Write this table to ``path`` (:func:`table_disk.save`)."""
         n = len(self.states)
-        if table_disk.save(path, self.states, self.legal[:n], self.trans[:n], self.body[:n]):
+        if table_disk.save(path, self.states, self.legal[:n], self.trans[:n], self.body[:n], self.columns):
             self.saved = n
             return True
         return False
