@@ -286,10 +286,14 @@ class DecoderWatch:
         self.count += 1
         return item
 
+    def _finished_so_far(self) -> float:
+        """:attr:`finish_wall` with the piece being finished now (the last one handed out)."""
+        return self.finish_wall + (time.perf_counter() - self._left_at if self._left_at is not None else 0.0)
+
     @property
     def finish_share(self) -> float:
         """The share of the time spent finishing pieces here, so far (the last piece handed out included)."""
-        finish = self.finish_wall + (time.perf_counter() - self._left_at if self._left_at is not None else 0.0)
+        finish = self._finished_so_far()
         total = self.decode_wall + finish
         return finish / total if total > 0 else 0.0
 
@@ -305,8 +309,7 @@ class DecoderWatch:
             return 0
         cores = _cores() if cores is None else cores
         idle = int(cores - self.decode_cpu / self.decode_wall + 0.25)
-        share = self.finish_share
-        needed = max(1, math.ceil(share / (1 - share) if share < 1 else cores))
+        needed = max(1, math.ceil(self._finished_so_far() / self.decode_wall))  # finishing's time per decoding's
         return max(0, min(MAX_AUTO_WORKERS, idle, needed))
 
 

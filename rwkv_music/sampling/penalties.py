@@ -364,15 +364,13 @@ class OccurrencePenalty(LogitsProcessor):
         else:
             occ, seen = np.zeros((len(procs), width)), np.zeros((len(procs), width), dtype=bool)
         held = [i for i, p in enumerate(procs) if p._occ.shape[1]]  # (the others stay zero)
-        if not held:
-            pass
-        elif on_torch:
+        if held and on_torch:
             for i in held:  # to the pool's width and device (a no-op for a piece of the last pool)
                 procs[i]._grow(width, like=like)
             index = torch.tensor(held, device=like.device)
             occ.index_copy_(0, index, torch.cat([procs[i]._occ for i in held]))
             seen.index_copy_(0, index, torch.cat([procs[i]._seen for i in held]))
-        else:
+        elif held:
             for i in held:
                 p, have = procs[i], procs[i]._occ.shape[1]
                 occ[i, :have], seen[i, :have] = ops(p._occ).to_host(p._occ[0]), ops(p._seen).to_host(p._seen[0])

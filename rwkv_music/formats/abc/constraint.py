@@ -180,7 +180,8 @@ class _Table:
         )
 
     def _successor(self, state: AbcState, byte: int) -> AbcState | None:
-        """``_successors(state)[byte]``, computing only that byte's successor."""
+        """``_successors(state)[byte]``, computing only that byte's successor (the same rules byte by byte;
+        ``_successors`` is not built from this, which would end the token once per byte instead of once)."""
         if byte <= EOS_ID:
             return None
         g, char = self.grammar, chr(byte)
