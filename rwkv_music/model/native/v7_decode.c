@@ -36,10 +36,6 @@ enum {
     W_LN_X_W, W_LN_X_B, W_OUTPUT, W_LN2_W, W_LN2_B, W_FFN_MIX, W_FFN_KEY, W_FFN_VALUE, W_COUNT
 };
 
-static inline float lerpf(float start, float end, float weight) { /* torch.lerp's formula */
-    return weight < 0.5f ? start + weight * (end - start) : end - (end - start) * (1.f - weight);
-}
-
 /* Returns 0; -1 when scratch memory cannot be allocated or N exceeds wkv7.c's buffers.
  *   x [B, C]: the embedded token on entry, the residual after the last layer on return;
  *   att_in / att_out, ffn_in / ffn_out [L, B, C] and kv_in / kv_out [L, B, H, N, N]: the state before
@@ -80,7 +76,7 @@ int rwkv7_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
             for (int j = 0; j < 6; j++) {
                 const float* mj = w[W_MIX] + j * C;
                 float* dst = mixed + j * BC + b * C;
-                for (int64_t c = 0; c < C; c++) dst[c] = lerpf(xb[c], prev[c], mj[c]);
+                lerp_rows(xb, prev, mj, dst, C);
             }
             memcpy(att_out + so + b * C, xb, (size_t)C * sizeof(float));
         }
@@ -114,15 +110,12 @@ int rwkv7_decode_layers(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, i
             layer_norm(x + b * C, w[W_LN2_W], w[W_LN2_B], xb, C, ln_eps);
             const float* prev = ffn_in + so + b * C;
             float* kx = mixed + b * C; /* (the mixes are spent) */
-            for (int64_t c = 0; c < C; c++) kx[c] = lerpf(xb[c], prev[c], w[W_FFN_MIX][c]);
+            lerp_rows(xb, prev, w[W_FFN_MIX], kx, C);
             memcpy(ffn_out + so + b * C, xb, (size_t)C * sizeof(float));
         }
         rc = mat_rows(mat_at(mq, M_FFN_KEY), w[W_FFN_KEY], mixed, hidden, B, C, F, 0, tmp, nthreads);
         if (rc != 0) break;
-        for (int64_t i = 0; i < B * F; i++) {
-            const float t = hidden[i] > 0.f ? hidden[i] : 0.f;
-            hidden[i] = t * t;
-        }
+        relu_square(hidden, B * F);
         /* (an fp32 ffn_value transposed to [F, C] by the caller) */
         rc = mat_rows(mat_at(mq, M_FFN_VALUE), w[W_FFN_VALUE], hidden, x, B, F, C, 1, tmp, nthreads);
     }
