@@ -116,12 +116,22 @@ class TorchModel:
         self.cuda_graph = bool(cuda_graph)
         self._graph_steps: Any = None
         self._graph_eager = False  # tests: run the same static-buffer path eagerly (on a CPU)
+        self.threads_pinned = False  # load(threads=...) chose torch's thread count (see set_host_threads)
 
     @property
     def host_threads(self) -> int:
         """CPU threads a decode step keeps busy: torch's (and the native kernels') on a CPU, the one
         launching thread on a GPU.  A render leaves the other cores to its piece workers."""
         return torch.get_num_threads() if self.device.type == "cpu" else 1
+
+    def set_host_threads(self, threads: int) -> bool:
+        """Decode on ``threads`` CPU threads from now on (``torch.set_num_threads``, process-wide); False,
+        changing nothing, on a GPU or where :func:`load` was given ``threads`` (:attr:`threads_pinned`):
+        a render lends cores to its piece workers only where nobody chose the count."""
+        if self.device.type != "cpu" or self.threads_pinned or threads < 1:
+            return False
+        torch.set_num_threads(threads)
+        return True
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -398,6 +408,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str
     sd, config, source = load_state_dict(path)
     model = TorchModel._build(sd, config, dev, dt, source, native)
     model.cuda_graph = bool(cuda_graph)
+    model.threads_pinned = threads is not None
     if quant == "int8":
         model.quantize_int8()
     elif quant == "int4":

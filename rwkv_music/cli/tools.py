@@ -464,7 +464,6 @@ def render(
         from rwkv_music.compose.render import LocalEngine
 
         engine = LocalEngine(load.composer(default_mode=_guess_mode(source)))
-        _leave_cores_for_checks(load, engine, check_workers)
         return _render(engine, source, samples_per_prompt, batch_size, row, seed, sampling, out, resume, force,
                        max_samples, quiet, check_workers)
     from rwkv_music.compose.ray_render import ModelSpec, RayOptions, RayRenderer
@@ -476,19 +475,6 @@ def render(
     with RayRenderer(spec, options) as engine:
         _render(engine, source, samples_per_prompt, batch_size, row, seed, sampling, out, resume, force,
                 max_samples, quiet)
-
-
-def _leave_cores_for_checks(load: LoadSpec, engine: Any, check_workers: int | None) -> None:
-    """An ABC render on the CPU without ``--threads`` decodes on half the cores and leaves the rest to
-    its check workers: on a 2-core CPU, 320 shipped-model tunes at batch 32 rendered at 2,734-2,869
-    tok/s with one decoder thread and one worker, against 2,033-2,060 with two decoder threads
-    checking in turn and 2,288-2,318 with two threads and one worker (a check: 27 ms a tune)."""
-    if load.threads is not None or check_workers == 0 or load.backend != "torch" or load.device != "cpu":
-        return
-    if engine.format.slow_checks:
-        import torch
-
-        torch.set_num_threads(max(1, torch.get_num_threads() // 2))
 
 
 def _render(

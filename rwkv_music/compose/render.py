@@ -330,6 +330,23 @@ class LocalEngine:
     def run(
         self, todo: list[Sample], output: RenderOutput, settings: RenderSettings, progress: ProgressFn, failed: Failed
     ) -> int:
+        from rwkv_music.compose.piece_workers import lend_decoder_threads
+
+        backend = self.composer.backend
+        lent = None
+        if settings.check_workers is None and self.format.checks_in_workers:
+            lent = lend_decoder_threads(backend, self.format.slow_checks, len(todo))
+            if lent is not None:
+                log.info("decoding on %d of %d threads, the other cores check the pieces", backend.host_threads, lent)
+        try:
+            return self._run(todo, output, settings, progress, failed)
+        finally:
+            if lent is not None:
+                backend.set_host_threads(lent)
+
+    def _run(
+        self, todo: list[Sample], output: RenderOutput, settings: RenderSettings, progress: ProgressFn, failed: Failed
+    ) -> int:
         from rwkv_music.compose.piece_workers import DecoderWatch, PiecePool, auto_workers
 
         workers = settings.check_workers

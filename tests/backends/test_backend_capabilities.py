@@ -109,6 +109,19 @@ def test_torch_sets_threads_only_when_asked(exports: dict[str, Path], monkeypatc
     assert calls == [2]
 
 
+def test_a_render_may_lend_torchs_threads_only_where_the_caller_left_them(
+    exports: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """set_host_threads (what a render calls to leave cores to its checks) sets torch's count, except for
+    a model loaded with threads=, whose count the caller chose."""
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    free = rwkv_music.load_model(exports["torch"])
+    assert not free.threads_pinned and free.set_host_threads(1) and calls == [1]
+    pinned = rwkv_music.load_model(exports["torch"], threads=2)
+    assert pinned.threads_pinned and not pinned.set_host_threads(1) and calls == [1, 2]
+
+
 def _counting_kernels(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = native.kernel

@@ -361,29 +361,63 @@ def test_cli_check_workers_reach_the_render(
     assert _without_timing(_manifest(tmp_path / "o0")) == _without_timing(rows)
 
 
-@pytest.mark.parametrize("vocab, flags, threads_after", [(128, [], 2), (128, ["--threads", "4"], 4),
-                                                         (128, ["--check-workers", "0"], 4), (20096, [], 4)])
-def test_cli_abc_render_on_the_cpu_leaves_half_the_cores_to_its_checks(
-    checkpoint_path: Callable[..., Path], tmp_path: Path, vocab: int, flags: list[str], threads_after: int
+class _ThreadedFake(FakeBackend):
+    """A fake decoder with a CPU thread count a render may lend from (as the torch backend's)."""
+
+    def __init__(self, vocab_size: int, threads: int, pinned: bool = False) -> None:
+        super().__init__(vocab_size)
+        self.threads, self.pinned, self.seen = threads, pinned, set()
+
+    @property
+    def host_threads(self) -> int:
+        return self.threads
+
+    def set_host_threads(self, threads: int) -> bool:
+        if self.pinned:
+            return False
+        self.threads = threads
+        return True
+
+    def forward(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        self.seen.add(self.threads)
+        return super().forward(*args, **kwargs)
+
+
+@pytest.mark.parametrize("case", ["abc", "pinned", "few", "check_workers=0", "midi"])
+def test_an_abc_render_decodes_on_half_the_threads_and_gives_them_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
-    """ABC checks outweigh decoding (half the cores to them); a MIDI render keeps its decoder threads."""
-    import torch
-    from click.testing import CliRunner
+    """ABC checks outweigh decoding: a render of 16 or more ABC pieces with the default check_workers
+    decodes on half the backend's threads, a worker checks on the core that frees, and the count is back
+    when it ends, with the files and rows of a render that checks in this process.  Threads chosen at
+    load (pinned), fewer pieces, check_workers=0 and MIDI (cheap checks) leave the decoder's threads."""
+    from rwkv_music.compose import piece_workers
 
-    from rwkv_music.cli.main import main as cli
+    monkeypatch.setattr(piece_workers, "_cores", lambda: 2)
+    pools: list[int] = []
+    real_init = piece_workers.PiecePool.__init__
 
-    model = checkpoint_path("7", vocab_size=vocab, n_layer=2)
+    def recording_init(self, workers, command=None):  # noqa: ANN001
+        pools.append(workers)
+        real_init(self, workers, command)
+
+    monkeypatch.setattr(piece_workers.PiecePool, "__init__", recording_init)
+    backend = _ThreadedFake(20096 if case == "midi" else 128, 2, pinned=case == "pinned")
+    composer = Composer(backend, model_name="fake")
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text("{}\n")
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(4)
-        result = CliRunner().invoke(cli, ["render", str(prompts), "--model", str(model), "--max-tokens", "120", "-q",
-                                          "--seed", "1", "-o", str(tmp_path / "o"), *flags])
-        assert result.exit_code == 0, result.output
-        assert torch.get_num_threads() == threads_after
-    finally:
-        torch.set_num_threads(before)
+    prompts.write_text("{}\n" * (3 if case == "few" else 8))
+    settings = {"max_tokens": 24 if case == "midi" else 160}
+    workers = 0 if case == "check_workers=0" else None
+    report = render(composer, prompts, tmp_path / "o", RenderSettings(2, 4, 9, settings, check_workers=workers))
+    assert report.complete and report.written == (6 if case == "few" else 16)
+    assert backend.threads == 2  # back (or never changed)
+    lent = case == "abc"
+    assert backend.seen == ({1} if lent else {2})
+    assert pools == ([1] if lent else [])
+    backend.seen.clear()
+    render(composer, prompts, tmp_path / "here", RenderSettings(2, 4, 9, settings, check_workers=0))
+    assert backend.seen == {2}
+    assert _without_timing(_manifest(tmp_path / "o")) == _without_timing(_manifest(tmp_path / "here"))
 
 
 def test_rows_with_equal_params_share_their_options_and_others_get_their_own() -> None:
