@@ -375,9 +375,10 @@ def _host_apply(proc: Any, step: int, scores: Any) -> Any:
 
 
 def _apply_on_device(proc: Any, step: int, scores: Any) -> Any:
-    """A host processor's ``apply_device(step, scores)`` for torch scores, which stay where they are (the MIDI
-    constraint builds its mask there from a few flags), or None: it has none, the scores are numpy, or it
-    declined.  (The decode loop hands this path a GPU's logits; a CPU's reach it as numpy views.)"""
+    """A host processor's ``apply_device(step, scores)`` for torch scores, which stay where they are (the music
+    constraints build their masks there from a few flags or bools a row), or None: it has none, the scores
+    are numpy, or it declined.  (The decode loop hands this path a GPU's logits; a CPU's reach it as numpy
+    views.)"""
     apply_device = getattr(proc, "apply_device", None)
     if apply_device is None or not is_torch_tensor(scores):
         return None

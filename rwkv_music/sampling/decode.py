@@ -23,7 +23,8 @@ their GPU; on a CPU a zero-copy numpy view, numpy for the onnx/ncnn backends): d
 (:func:`~rwkv_music.sampling.sampler.sample_batch`) run there, and only the ``B`` chosen ids come to
 the host each step for the end checks.  Host processors (the music constraints) get numpy, except
 where one runs on the logits' device itself (``apply_device`` / ``apply_rows_device``: the MIDI
-constraint sends a byte of flags per key and row and builds its mask there).
+constraint sends a byte of flags per key and row and builds its mask there, the ABC constraint a
+bool per byte and row).
 
 **Pools.**  Items with their own lists of equal settings (continuous batching: one list per
 piece, built from one config) are drawn as one batch: generic processors once over the pool, the
@@ -721,8 +722,8 @@ class _Loop:
     def _host_rows(self, procs: tuple, steps: np.ndarray, scores: Any, members: list, alive: np.ndarray) -> Any:
         """One host processor per row (each piece's own), on numpy; a raised dead end ends that piece.
         ``scores`` is the pool's own array, written in place where it is float32 host memory.  On an
-        accelerator a class with ``apply_rows_device`` processes the pool there (the MIDI constraint: only
-        its flags cross from the host)."""
+        accelerator a class with ``apply_rows_device`` processes the pool there (the music constraints: only
+        their masks or flags cross from the host)."""
         on_device = getattr(type(procs[0]), "apply_rows_device", None)
         if on_device is not None and on_accelerator(scores) and alive.all():
             done = on_device(procs, scores)

@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+import torch
 from test_sampling_fakes import pool_call_sizes
 
 from rwkv_music.errors import ConstraintError
@@ -220,6 +221,8 @@ def test_a_pool_of_one_row_constraints_masked_together_equals_each_alone() -> No
         seen["planned"] += sum(p._planned_row(0) for p, d in zip(procs, done) if not d)
         seen["banning"] += sum(bool(p._banning) for p, d in zip(procs, done) if not d)
         want = np.concatenate([q.apply_inplace(step, scores[r : r + 1].copy()) for r, q in enumerate(alone)])
+        on_device = AbcConstraint.apply_rows_device(procs, torch.from_numpy(scores.copy()))  # (a GPU's pool)
+        np.testing.assert_array_equal(on_device.numpy(), want, err_msg=f"device, step {step}")
         got = scores.copy()
         assert AbcConstraint.apply_rows(procs, got)
         np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
@@ -248,6 +251,62 @@ def test_a_pool_of_one_row_constraints_masked_together_equals_each_alone() -> No
     wide.reset([ids(HEADS[0])] * 2)
     assert not AbcConstraint.apply_rows([wide], scores[:1])  # a two-row constraint is not a piece
     assert (scores == 1).all()
+    for declined in ([procs[1], ref], [procs[1], other], [wide]):
+        assert AbcConstraint.apply_rows_device(declined, torch.from_numpy(scores[: len(declined)])) is None
+
+
+def test_the_mask_on_a_gpus_scores_is_made_without_reading_them_on_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """apply_device (a GPU's logits: the masks from the rows' states, the rules' checks of the scores made
+    where they are) gives what process gives, over batches walking to their ends with caps, the variety
+    rules, inactive rows, NaN and +inf; no score is read on the host meanwhile.  The per-row reference
+    class declines (None)."""
+    heads = [ids(h) for h in HEADS[:3] + ["S:2\nL:1/8\nM:3/4\nK:G\n", "S:2\nL:1/8\nM:4/4\nK:D\n",
+                                          "S:2\nL:1/8\nM:2/4\nK:D\nABcd|ABcd|"]]  # (a third copy is banned)
+    c, ref = AbcConstraint(max_new_tokens=120), AbcConstraint(max_new_tokens=120)
+    c.reset(heads)
+    ref.reset(heads)
+    rng = np.random.default_rng(11)
+    prior = np.full(130, -3.0, dtype=np.float32)
+    prior[[ord(ch) for ch in "ABCDEFGabcdefg|"]] = 1.0
+    B = len(heads)
+    done = np.zeros(B, dtype=bool)
+    banned = copies = 0
+
+    def no_host_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the scores were read on the host")
+
+    for step in range(200):
+        scores = (prior + rng.normal(size=(B, 130)) * 1.5).astype(np.float32)
+        scores[done] = -np.inf
+        if step % 7 == 0:
+            scores[1, rng.integers(0, 130, 20)] = np.nan
+            scores[2, rng.integers(0, 130, 5)] = np.inf
+        banned += len(c._banning)
+        copies += sum(t >= 0 for t in c._copy)
+        tensor = torch.from_numpy(scores.copy())
+        with monkeypatch.context() as m:
+            for name in ("numpy", "cpu", "tolist", "item", "__array__"):
+                m.setattr(torch.Tensor, name, no_host_read)
+            got = c.apply_device(step, tensor)
+        want = ref.process(step, scores)
+        np.testing.assert_array_equal(got.numpy(), want, err_msg=f"step {step}")
+        tokens = []
+        for r in range(B):
+            legal = np.flatnonzero((want[r] > -np.inf) & (np.arange(130) < 128))
+            if done[r] or not len(legal):
+                tokens.append(0)  # the loop's pad id
+                continue
+            weights = np.exp(2 * prior[legal])
+            tokens.append(int(rng.choice(legal, p=weights / weights.sum())))
+            done[r] = tokens[-1] == EOS
+        c.update(tokens)
+        ref.update(tokens)
+        if done.all():
+            break
+    assert done.all() and banned > 0 and copies > 0
+    per_row = PerRowAbcConstraint()
+    per_row.reset(heads[:1])
+    assert per_row.apply_device(0, torch.zeros(1, 128)) is None
 
 
 def test_continuous_batching_pools_the_pieces_abc_constraints_into_the_same_tunes(

@@ -41,7 +41,7 @@ import functools
 import gc
 import logging
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -706,6 +706,39 @@ class AbcConstraint(LogitsProcessor):
                 procs[r]._apply_variety(scores[r : r + 1])
         return True
 
+    # -- on the scores' device (a GPU's logits) ------------------------------------------------
+    def apply_device(self, step: int, scores: Any) -> Any:
+        """:meth:`process` of a torch tensor where it is (a GPU's logits), as a new tensor; None (declined)
+        for the per-row reference class.
+
+        The masks come from the rows' grammar states alone, so they are made here and cross to the device
+        as a ``[B, 128]`` bool; what the rules need of the scores (which rows are active, whether a banned
+        byte leaves another legal one) is read there.  Nothing crosses back: the scores never come to the
+        host (before, each row's 128 scores went to the host and back mid-step)."""
+        if type(self) is not AbcConstraint:
+            return None
+        self._check_rows(scores.shape[0], "scores have")
+        keep = self._masks(np.ones(len(self._ids), dtype=bool))
+        return _mask_on_device(scores, keep, [(row, self._copy[row], self._plain[row]) for row in self._banning])
+
+    @classmethod
+    def apply_rows_device(cls, procs: Sequence["AbcConstraint"], scores: Any) -> Any:
+        """:meth:`apply_rows` of a torch tensor on its device (row r by ``procs[r]``, one-row constraints of
+        one table), as :meth:`apply_device` does it: the result (a new tensor), or None (nothing done)."""
+        if not procs:
+            return None
+        table = procs[0]._table
+        for proc in procs:
+            if type(proc) is not AbcConstraint or proc._table is not table or len(proc._ids) != 1:
+                return None
+        ids = np.fromiter((proc._ids[0] for proc in procs), dtype=np.int64, count=len(procs))
+        keep = table.legal[np.maximum(ids, 0)]
+        for r, proc in enumerate(procs):
+            if proc._planned_row(0):
+                keep[r] = proc._plan(0)[0]
+        bans = [(r, proc._copy[0], proc._plain[0]) for r, proc in enumerate(procs) if proc._banning]
+        return _mask_on_device(scores, keep, bans)
+
     def _kernels(self, scores: np.ndarray | None = None) -> object | None:
         """fast_table.c's library where the batch step may run there (scores, when given, float32 in C order)."""
         if not self.native or (scores is not None and not native_build.plain(scores, np.float32)):
@@ -925,6 +958,42 @@ class AbcConstraint(LogitsProcessor):
         """The shared table's size and its transition hits and misses so far (its hit rate)."""
         return {"states": len(self._table), "hits": self._table.hits, "misses": self._table.misses}
 
+
+
+def _mask_on_device(scores: Any, keep: np.ndarray, bans: list[tuple[int, int, tuple[str, str] | None]]) -> Any:
+    """``scores`` (torch ``[B, V]``) as :meth:`AbcConstraint.apply_inplace` leaves them, on their device: active
+    rows (any finite score) keep their legal ids (``keep``, bool ``[B, 128]``) and lose every id past the
+    128 bytes; inactive rows stay as they are.  Then the variety rules of ``bans`` (row, copy byte or -1,
+    one-length rule or None), each banning only where another legal byte is left, as ``_apply_variety``."""
+    import torch
+
+    dev, (n, v) = scores.device, scores.shape
+    width = min(v, VOCAB)
+    legal = torch.zeros((n, v), dtype=torch.bool, device=dev)
+    legal[:, :width] = torch.from_numpy(np.ascontiguousarray(keep[:, :width])).to(dev, non_blocking=True)
+    active = torch.isfinite(scores).any(dim=1, keepdim=True)
+    neg = torch.tensor(float("-inf"), dtype=scores.dtype, device=dev)
+    out = torch.where(legal | ~active, scores, neg)
+    copies = [(r, t) for r, t, _ in bans if 0 <= t < v]
+    if copies:  # the copy byte, where the row keeps another legal byte
+        rows = torch.tensor([r for r, _ in copies], device=dev)
+        ids = torch.tensor([t for _, t in copies], device=dev)
+        ok = torch.isfinite(out[rows])
+        hit = ok[torch.arange(len(copies), device=dev), ids] & (ok.sum(dim=1) > 1)
+        out[rows, ids] = torch.where(hit, neg, out[rows, ids])
+    plains = [(r, plain) for r, _, plain in bans if plain is not None]
+    if plains:  # the one-length rule: its bytes (or all but them), where a legal byte is left outside
+        drop = np.zeros((len(plains), v), dtype=bool)
+        for j, (_, (how, chars)) in enumerate(plains):
+            drop[j, [ord(c) for c in chars]] = True
+            if how != "ban":
+                drop[j] = ~drop[j]
+        rows = torch.tensor([r for r, _ in plains], device=dev)
+        drop_t = torch.from_numpy(drop).to(dev, non_blocking=True)
+        sub = out[rows]
+        left = (torch.isfinite(sub) & ~drop_t).any(dim=1, keepdim=True)
+        out[rows] = torch.where(drop_t & left, neg, sub)
+    return out
 
 
 class PerRowAbcConstraint(AbcConstraint):
