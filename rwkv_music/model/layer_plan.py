@@ -29,8 +29,14 @@ from rwkv_music.model import native
 # us, B16 864 -> 708; D256 B4 1151 -> 590, B8 1296 -> 1018, B16 1874 -> 1926 (even); L12 D768 B1 20.4 ->
 # 11.6 ms, B4 36.3 -> 21.1, B8 38.6 -> 29.9.  v7's narrow models take it up to 16 rows.
 FUSED_FP32_MAX_FLOATS = 4096
-# Rows a step takes the all-layers call for (every version); the shipped models measured in v7.py.
-FUSED_LAYERS_MAX_ROWS = 16
+# Rows an fp32 step takes the all-layers call for (every version; FUSED_FP32_MAX_FLOATS bounds it further),
+# and a quantized one.  At 17-32 rows of a narrow fp32 model the call still beat torch's ops on either
+# thread count (2026-12-08, L4 D128, 2-core AVX2, medians of 9 alternations): with 2 torch threads
+# B = 24 / 32, random v4 1.30x / 1.21x, v5.2 1.11x / 1.06x, v6 1.20x / 1.19x, v7 1.12x / 1.02x, shipped
+# abc 1.12x / 1.06x, midi 1.04x / 1.04x; with 1 thread (a render lending a core to its checks) shipped
+# abc 1.24x / 1.10x, midi 1.19x / 1.09x.  Quantized steps stay at 16 rows (not measured beyond).
+FUSED_LAYERS_MAX_ROWS = 32
+FUSED_QUANTIZED_MAX_ROWS = 16
 _PLACEHOLDER = torch.zeros(1)  # a quantized matrix's place among the fp32 pointers (never read)
 # v6's and v7's kernels sum the channel mix's x @ W a block of outputs at a time: they read its fp32 value
 # matrix as [F, C] (an fp32_rewrite for layer_plan)
@@ -38,9 +44,11 @@ FFN_VALUE_AS_F_C = {"ffn_value": lambda t: t.t().contiguous()}
 
 
 def one_token_step_fits(rows: int, width: int, quantized: bool) -> bool:
-    """Whether a one-token step of ``rows`` rows takes an all-layers kernel (every version): up to
-    FUSED_LAYERS_MAX_ROWS rows, and for fp32 matrices while rows x width <= FUSED_FP32_MAX_FLOATS."""
-    return rows <= FUSED_LAYERS_MAX_ROWS and (quantized or rows * width <= FUSED_FP32_MAX_FLOATS)
+    """Whether a one-token step of ``rows`` rows takes an all-layers kernel (every version): quantized up to
+    FUSED_QUANTIZED_MAX_ROWS rows; fp32 up to FUSED_LAYERS_MAX_ROWS while rows x width <= FUSED_FP32_MAX_FLOATS."""
+    if quantized:
+        return rows <= FUSED_QUANTIZED_MAX_ROWS
+    return rows <= FUSED_LAYERS_MAX_ROWS and rows * width <= FUSED_FP32_MAX_FLOATS
 
 
 @dataclass(frozen=True)

@@ -218,11 +218,12 @@ def _forward(
 
 
 
-# The all-layers C step (native/v7_decode.c) runs for up to 16 rows of a narrow fp32 model: there torch's
+# The all-layers C step (native/v7_decode.c) runs for up to 32 rows of a narrow fp32 model: there torch's
 # per-op dispatch is most of a step (shipped L4 D128: see the kernel's notes); wider models and bigger
 # batches spend their time in the matrix products, where torch's BLAS on every thread catches up with the
 # kernel's one (shipped models, one C thread against torch's two: 2.1x / 1.4x at 8 rows, 1.5x / 1.2x at
-# 16, 1.1x / 0.96x at 32 for abc / midi).
+# 16, 1.1x / 0.96x at 32 for abc / midi when the cap was 16; 1.06x / 1.04x at 32 on 2026-12-08 with the
+# mixes vectorized, layer_plan.FUSED_LAYERS_MAX_ROWS).
 FUSED_LAYERS_MAX_WIDTH = 256  # (FUSED_LAYERS_MAX_ROWS: layer_plan.py)
 # ... and a wider fp32 model's step while B·C is small (layer_plan.one_token_step_fits): a few rows at D768
 # there stream each matrix faster than torch's BLAS (random L12 D768, B = 1: 19.8 -> 15.4 ms a step on
