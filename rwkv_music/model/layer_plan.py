@@ -27,7 +27,7 @@ from rwkv_music.model import native
 # small step, and the kernels' products (a big matrix split over the threads, decode_common.h) beat torch's
 # BLAS up to about here.  Measured on two cores, torch on two threads, v4 per step: L4 D128 B8 652 -> 390
 # us, B16 864 -> 708; D256 B4 1151 -> 590, B8 1296 -> 1018, B16 1874 -> 1926 (even); L12 D768 B1 20.4 ->
-# 11.6 ms, B4 36.3 -> 21.1, B8 38.6 -> 29.9.  v7's narrow models take it up to 16 rows.
+# 11.6 ms, B4 36.3 -> 21.1, B8 38.6 -> 29.9.  Narrow models take it up to FUSED_LAYERS_MAX_ROWS rows.
 FUSED_FP32_MAX_FLOATS = 4096
 # Rows an fp32 step takes the all-layers call for (every version; FUSED_FP32_MAX_FLOATS bounds it further),
 # and a quantized one.  At 17-32 rows of a narrow fp32 model the call still beat torch's ops on either

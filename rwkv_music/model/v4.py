@@ -272,7 +272,7 @@ def time_mix(xx: Tensor, sx: Tensor, aa: Tensor, bb: Tensor, pp: Tensor,
 
 # -- every layer of a one-token step in one C call (v4 and v5) ---------------------------------
 
-# native/v45_decode.c runs a one-token step's layers in one call, up to FUSED_LAYERS_MAX_ROWS rows:
+# native/v45_decode.c runs a one-token step's layers in one call (layer_plan.one_token_step_fits):
 # * int8/int4 matrices on the native kernels, any width: the products are the per-layer path's kernel
 #   calls, and the element-wise ops and dispatch around them go (random L12 D768, B = 1, one thread,
 #   interleaved: v4 int8 164 -> 207 tok/s, int4 205 -> 273; v5.2 int8 180 -> 232, int4 243 -> 328);
