@@ -32,7 +32,6 @@ from rwkv_music.model.constants import GN_EPS, LN_EPS
 from rwkv_music.model.constants import V7_DECAY_SCALE as DECAY_SCALE
 from rwkv_music.model.layer_plan import (
     FFN_VALUE_AS_F_C,
-    FUSED_LAYERS_MAX_ROWS,
     LayerPlan,
     layer_plan,
     one_token_step_fits,
@@ -194,9 +193,8 @@ def _forward(
     C, dtype = config.n_embd, weights.dtype
     flat_tokens = tokens.reshape(-1)
     quantized = not isinstance(weights.layers[0].ffn_key, torch.Tensor) if weights.layers else False
-    if (T == 1 and one_token_step_fits(B, C, quantized)
-            or B <= FUSED_LAYERS_MAX_ROWS and C <= FUSED_LAYERS_MAX_WIDTH and B * T <= FUSED_PREFILL_MAX_POSITIONS
-            and not all_logits):
+    if one_token_step_fits(B, C, quantized) and (
+            T == 1 or C <= FUSED_LAYERS_MAX_WIDTH and B * T <= FUSED_PREFILL_MAX_POSITIONS and not all_logits):
         fused = _fused_layers(weights, config, tokens, state, out_state, all_logits)
         if fused is not None:
             return fused

@@ -237,7 +237,7 @@ def test_all_rwkv7_layers_in_one_call_match_the_torch_ops(monkeypatch: pytest.Mo
     """v7_decode.c (every layer of a small fp32 RWKV-7's one-token step) against the torch ops: logits and
     every state tensor to float rounding, one call a step, and a row's numbers the same in any batch."""
     from rwkv_music.backends.torch import TorchModel
-    from rwkv_music.model import v7
+    from rwkv_music.model import layer_plan
     from rwkv_music.model.factory import random_checkpoint
 
     model = TorchModel.from_state_dict(random_checkpoint("7", n_layer=3, n_embd=128, head_size=32,
@@ -248,7 +248,7 @@ def test_all_rwkv7_layers_in_one_call_match_the_torch_ops(monkeypatch: pytest.Mo
     assert passes.count("rwkv7_decode_layers") == tokens.shape[1] and "rwkv7_time_mix_decode" in passes
     monkeypatch.setattr(native, "FUSED_LAYERS", True)
     calls.clear()
-    wide = torch.zeros((v7.FUSED_LAYERS_MAX_ROWS + 1, 1), dtype=torch.long)
+    wide = torch.zeros((layer_plan.FUSED_LAYERS_MAX_ROWS + 1, 1), dtype=torch.long)
     model.forward(wide, model.new_state(wide.shape[0]))
     assert "rwkv7_decode_layers" not in calls  # more rows than it takes: the per-layer path
     model.forward(wide[:1], model.new_state(1))

@@ -680,12 +680,9 @@ class AbcConstraint(LogitsProcessor):
         Row r ends as ``procs[r].apply_inplace(step, scores[r : r + 1])`` leaves it (tested).  The
         pool's rows went one by one before, 20-25 us each: 0.72 ms of a 32-piece render step.
         """
-        if not procs:
+        table = cls._pool_table(procs)
+        if table is None:
             return False
-        table = procs[0]._table
-        for proc in procs:  # the same class (not the per-row reference) over the same table
-            if type(proc) is not AbcConstraint or proc._table is not table or len(proc._ids) != 1:
-                return False
         width = min(scores.shape[1], VOCAB)
         free = np.isfinite(scores).any(axis=1)  # active rows; inactive ones stay as they are
         own = []  # rows whose mask is not their state's table row (see _planned): each alone
@@ -706,6 +703,18 @@ class AbcConstraint(LogitsProcessor):
                 procs[r]._apply_variety(scores[r : r + 1])
         return True
 
+    @staticmethod
+    def _pool_table(procs: Sequence["AbcConstraint"]) -> _Table | None:
+        """The one table of a pool's constraints, or None where they cannot be masked together: none, the
+        per-row reference class, another table, or a constraint of more than one row."""
+        if not procs:
+            return None
+        table = procs[0]._table
+        for proc in procs:
+            if type(proc) is not AbcConstraint or proc._table is not table or len(proc._ids) != 1:
+                return None
+        return table
+
     # -- on the scores' device (a GPU's logits) ------------------------------------------------
     def apply_device(self, step: int, scores: Any) -> Any:
         """:meth:`process` of a torch tensor where it is (a GPU's logits), as a new tensor; None (declined)
@@ -725,12 +734,9 @@ class AbcConstraint(LogitsProcessor):
     def apply_rows_device(cls, procs: Sequence["AbcConstraint"], scores: Any) -> Any:
         """:meth:`apply_rows` of a torch tensor on its device (row r by ``procs[r]``, one-row constraints of
         one table), as :meth:`apply_device` does it: the result (a new tensor), or None (nothing done)."""
-        if not procs:
+        table = cls._pool_table(procs)
+        if table is None:
             return None
-        table = procs[0]._table
-        for proc in procs:
-            if type(proc) is not AbcConstraint or proc._table is not table or len(proc._ids) != 1:
-                return None
         ids = np.fromiter((proc._ids[0] for proc in procs), dtype=np.int64, count=len(procs))
         keep = table.legal[np.maximum(ids, 0)]
         for r, proc in enumerate(procs):
@@ -791,10 +797,7 @@ class AbcConstraint(LogitsProcessor):
                 line[t] = -np.inf
                 legal[t] = False
             if plain is not None:
-                how, chars = plain
-                listed = np.zeros(line.shape[0], dtype=bool)
-                listed[[ord(c) for c in chars]] = True
-                drop = listed if how == "ban" else ~listed
+                drop = _one_length_drop(plain, line.shape[0])
                 if np.count_nonzero(legal & ~drop):
                     line[drop] = -np.inf
         return scores
@@ -960,6 +963,15 @@ class AbcConstraint(LogitsProcessor):
 
 
 
+def _one_length_drop(plain: tuple[str, str], width: int) -> np.ndarray:
+    """The ids the one-length rule drops, bool [width]: ``plain`` is ``("ban", chars)`` (those bytes) or
+    ``("keep", chars)`` (all but those), as :meth:`RhythmRun.banned` gives it."""
+    how, chars = plain
+    listed = np.zeros(width, dtype=bool)
+    listed[[ord(c) for c in chars]] = True
+    return listed if how == "ban" else ~listed
+
+
 def _mask_on_device(scores: Any, keep: np.ndarray, bans: list[tuple[int, int, tuple[str, str] | None]]) -> Any:
     """``scores`` (torch ``[B, V]``) as :meth:`AbcConstraint.apply_inplace` leaves them, on their device: active
     rows (any finite score) keep their legal ids (``keep``, bool ``[B, 128]``) and lose every id past the
@@ -983,11 +995,7 @@ def _mask_on_device(scores: Any, keep: np.ndarray, bans: list[tuple[int, int, tu
         out[rows, ids] = torch.where(hit, neg, out[rows, ids])
     plains = [(r, plain) for r, _, plain in bans if plain is not None]
     if plains:  # the one-length rule: its bytes (or all but them), where a legal byte is left outside
-        drop = np.zeros((len(plains), v), dtype=bool)
-        for j, (_, (how, chars)) in enumerate(plains):
-            drop[j, [ord(c) for c in chars]] = True
-            if how != "ban":
-                drop[j] = ~drop[j]
+        drop = np.stack([_one_length_drop(plain, v) for _, plain in plains])
         rows = torch.tensor([r for r, _ in plains], device=dev)
         drop_t = torch.from_numpy(drop).to(dev, non_blocking=True)
         sub = out[rows]
